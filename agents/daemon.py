@@ -1,0 +1,214 @@
+"""``mlfleet agent serve``: the headless node daemon.
+
+It listens on a Unix socket (mode 0600) and nowhere else; remote
+controllers reach it through SSH. It samples telemetry at 1 Hz into a ring
+buffer that the controller pulls in batches, and answers the run requests
+(launch, status, cancel, read) from the run folders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import fcntl
+import logging
+import os
+import platform
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from mlfleet import __version__
+from mlfleet.core.errors import UnavailableError, UsageError
+from mlfleet.core.models import HostSample, LaunchRequest
+from mlfleet.core.protocol import MAX_FRAME, PROTOCOL_VERSION, Peer, method_dispatcher
+
+from .supervisor import Supervisor
+from .telemetry import GpuSource, HostSampler, NvmlGpuSource
+
+log = logging.getLogger(__name__)
+
+TELEMETRY_HISTORY = 600  # samples kept for a controller that was away (10 min at 1 Hz)
+MAX_POLL_RUNS = 1000
+
+
+class AgentDaemon:
+    """One agent: a state dir, a socket, a sampler and a supervisor."""
+
+    def __init__(self, state_dir: Path, socket_path: Path, host_name: str | None = None,
+                 sample_interval: float = 1.0, idle_exit: float | None = None,
+                 gpu_source: GpuSource | None = None) -> None:
+        self.state_dir = state_dir
+        self.socket_path = socket_path
+        self.host_name = host_name or socket.gethostname()
+        self.sample_interval = sample_interval
+        self.idle_exit = idle_exit
+        self.gpu_source = gpu_source
+        self.supervisor = Supervisor(state_dir)
+        self.samples: collections.deque[HostSample] = collections.deque(maxlen=TELEMETRY_HISTORY)
+        self.peers: set[Peer] = set()
+        self.started_at = time.time()
+        self._stop = asyncio.Event()
+        self._lock_fd: int | None = None
+        self._last_contact = time.time()
+
+    # ------------------------------------------------------------ running
+    def _take_lock(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.state_dir / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UnavailableError(f"another agent is already running with state dir {self.state_dir}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    async def serve(self) -> None:
+        """Run until SIGTERM/SIGINT, a shutdown request, or idle exit."""
+        self._take_lock()
+        if self.gpu_source is None:
+            self.gpu_source = NvmlGpuSource()
+        sampler = HostSampler(self.state_dir, self.gpu_source)
+        self.samples.append(sampler.sample())
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        old_umask = os.umask(0o177)  # the socket is born 0600: no window where others may connect
+        try:
+            server = await asyncio.start_unix_server(self._on_connect, path=str(self.socket_path), limit=MAX_FRAME)
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.socket_path, 0o600)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        log.info("agent %s serving on %s (state dir %s)", self.host_name, self.socket_path, self.state_dir)
+        tasks = [asyncio.create_task(self._sample_loop(sampler)), asyncio.create_task(self._housekeeping())]
+        try:
+            await self._stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            server.close()
+            for peer in list(self.peers):
+                await peer.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+            self.gpu_source.close()
+            log.info("agent stopped; %d run(s) keep running on their own", self.supervisor.active_count())
+
+    async def _sample_loop(self, sampler: HostSampler) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                self.samples.append(await asyncio.to_thread(sampler.sample))
+            except Exception:  # telemetry must never take the agent down
+                log.exception("telemetry sample failed")
+            await asyncio.sleep(max(0.05, self.sample_interval - (time.monotonic() - started)))
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            self.supervisor.reap()
+            if self.idle_exit is not None and not self.peers:
+                if time.time() - self._last_contact > self.idle_exit and self.supervisor.active_count() == 0:
+                    log.info("no controller and no runs for %.0f s: exiting", self.idle_exit)
+                    self._stop.set()
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = Peer(reader, writer, method_dispatcher(self), name="controller")
+        self.peers.add(peer)
+        self._last_contact = time.time()
+        peer.start()
+        try:
+            await peer.wait_closed()
+        finally:
+            self.peers.discard(peer)
+            self._last_contact = time.time()
+
+    # --------------------------------------------------------------- RPCs
+    async def rpc_hello(self, peer: Peer, protocol: int, role: str = "") -> dict[str, Any]:
+        return {"protocol": PROTOCOL_VERSION, "role": "agent", "version": __version__, "host": self.host_name}
+
+    async def rpc_info(self, peer: Peer) -> dict[str, Any]:
+        latest = self.samples[-1] if self.samples else None
+        return {
+            "host": self.host_name,
+            "version": __version__,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "state_dir": str(self.state_dir),
+            "cpu_count": latest.cpu_count if latest else os.cpu_count(),
+            "memory_total": latest.memory_total if latest else None,
+        }
+
+    async def rpc_telemetry(self, peer: Peer, since: int = 0) -> list[dict[str, Any]]:
+        """Samples newer than ``since`` (a seq); an agent restart restarts seq at 1."""
+        return [msgspec.to_builtins(s) for s in self.samples if s.seq > since or since > self.samples[-1].seq]
+
+    async def rpc_launch(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            launch = msgspec.convert(request, LaunchRequest)
+        except msgspec.ValidationError as exc:
+            raise UsageError(f"bad launch request: {exc}") from None
+        return msgspec.to_builtins(self.supervisor.launch(launch))
+
+    async def rpc_status(self, peer: Peer, run_ids: list[str] | None = None) -> list[dict[str, Any]]:
+        ids = self.supervisor.run_ids() if run_ids is None else run_ids
+        out = []
+        for run_id in ids:
+            try:
+                out.append(msgspec.to_builtins(self.supervisor.status(run_id)))
+            except Exception as exc:  # one unknown run must not hide the others
+                out.append({"run_id": run_id, "state": "unknown", "message": str(exc)})
+        return out
+
+    async def rpc_cancel(self, peer: Peer, run_id: str) -> dict[str, Any]:
+        return msgspec.to_builtins(self.supervisor.cancel(run_id))
+
+    async def rpc_read(self, peer: Peer, run_id: str, stream: str, offset: int = 0,
+                       max_bytes: int = 1024 * 1024) -> dict[str, Any]:
+        return msgspec.to_builtins(await asyncio.to_thread(self.supervisor.read, run_id, stream, offset, max_bytes))
+
+    async def rpc_poll(self, peer: Peer, telemetry_since: int = 0, metrics: dict[str, int] | None = None,
+                       max_bytes: int = 1024 * 1024) -> dict[str, Any]:
+        """One round trip for everything the controller pulls each tick.
+
+        ``metrics`` maps run id to the offset the controller has committed;
+        the answer has each run's status and the metric lines after it.
+        """
+        metrics = metrics or {}
+        if len(metrics) > MAX_POLL_RUNS:
+            raise UsageError(f"poll asks for {len(metrics)} runs; {MAX_POLL_RUNS} at most")
+
+        def collect() -> dict[str, Any]:
+            runs = {}
+            for run_id, offset in metrics.items():
+                try:
+                    status = self.supervisor.status(run_id)
+                    chunk = self.supervisor.read(run_id, "metrics", offset, max_bytes)
+                except Exception as exc:
+                    runs[run_id] = {"status": {"run_id": run_id, "state": "unknown", "message": str(exc)}}
+                    continue
+                runs[run_id] = {"status": msgspec.to_builtins(status), "metrics": msgspec.to_builtins(chunk)}
+            return runs
+
+        runs = await asyncio.to_thread(collect)
+        telemetry = await self.rpc_telemetry(peer, telemetry_since)
+        return {"runs": runs, "telemetry": telemetry, "agent_started_at": self.started_at}
+
+    async def rpc_shutdown(self, peer: Peer, only_if_idle: bool = False) -> dict[str, Any]:
+        active = self.supervisor.active_count()
+        if only_if_idle and active:
+            return {"stopping": False, "active_runs": active}
+        asyncio.get_running_loop().call_later(0.05, self._stop.set)
+        return {"stopping": True, "active_runs": active}

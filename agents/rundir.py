@@ -1,0 +1,74 @@
+"""The agent's journal: one folder per run, written so that nothing is lost.
+
+Layout of ``STATE_DIR/runs/RUN_ID/``::
+
+    launch.json   what to run (LaunchRequest), written before anything starts
+    runner.json   the runner's pid and process start time
+    started.json  the job's pid/pgid and start time, once it started
+    exit.json     exit code, signal and reason, once it ended
+    stdout.log, stderr.log, metrics.jsonl
+
+Every JSON file is written to a temporary name and renamed, so a crash
+leaves either the old file or the new one, never half of one. The folder's
+existence is the idempotency key of a launch (``mkdir`` is atomic).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+STREAMS = {"stdout": "stdout.log", "stderr": "stderr.log", "metrics": "metrics.jsonl"}
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class RunDir:
+    """Paths and records of one run on this node."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def run_id(self) -> str:
+        return self.root.name
+
+    def file(self, name: str) -> Path:
+        return self.root / name
+
+    def stream_path(self, stream: str) -> Path:
+        return self.root / STREAMS[stream]
+
+    @property
+    def launch(self) -> dict[str, Any] | None:
+        return read_json(self.file("launch.json"))
+
+    @property
+    def runner(self) -> dict[str, Any] | None:
+        return read_json(self.file("runner.json"))
+
+    @property
+    def started(self) -> dict[str, Any] | None:
+        return read_json(self.file("started.json"))
+
+    @property
+    def exit(self) -> dict[str, Any] | None:
+        return read_json(self.file("exit.json"))

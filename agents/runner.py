@@ -1,0 +1,123 @@
+"""The per-run supervisor process: ``python -m mlfleet.agents.runner RUNDIR``.
+
+The agent starts one runner per run in a new session, so the run outlives
+the agent (an agent restart or upgrade never kills training). The runner
+starts the job in its own process group, waits for it, enforces the
+timeout, turns SIGTERM into a graceful cancel (SIGTERM to the job's group,
+SIGKILL after the grace period) and writes ``exit.json``. Because the
+runner, not the agent, records the exit, an exit that happens while the
+agent is down is still known when it comes back.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import subprocess
+
+import psutil
+
+from mlfleet.agents.rundir import RunDir, write_json_atomic
+
+_POLL_S = 0.1
+
+
+class _Runner:
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self.launch = run.launch or {}
+        self.cancel_requested = False
+
+    def on_sigterm(self, signum: int, frame: object) -> None:
+        self.cancel_requested = True
+
+    def main(self) -> int:
+        me = psutil.Process()
+        write_json_atomic(self.run.file("runner.json"), {"pid": me.pid, "create_time": me.create_time()})
+        try:
+            stdout = open(self.run.stream_path("stdout"), "ab", buffering=0)
+            stderr = open(self.run.stream_path("stderr"), "ab", buffering=0)
+        except OSError as exc:
+            return self._finish(None, reason="failed-to-start", message=f"cannot open log files: {exc}")
+        self.run.stream_path("metrics").touch()
+        try:
+            proc = subprocess.Popen(
+                self.launch["argv"],
+                cwd=self.launch["workdir"],
+                env=self.launch["env"],
+                stdin=open(os.devnull, "rb"),
+                stdout=stdout,
+                stderr=stderr,
+                process_group=0,
+                close_fds=True,
+            )
+        except (OSError, KeyError, ValueError) as exc:
+            message = f"could not start {self.launch.get('argv', ['?'])[0]!r}: {getattr(exc, 'strerror', None) or exc}"
+            stderr.write(f"mlfleet: {message}\n".encode())
+            return self._finish(None, reason="failed-to-start", message=message)
+        started_at = time.time()
+        write_json_atomic(self.run.file("started.json"),
+                          {"pid": proc.pid, "pgid": proc.pid, "create_time": _create_time(proc.pid), "started_at": started_at})
+        timeout = self.launch.get("timeout")
+        grace = float(self.launch.get("kill_grace", 10.0))
+        deadline = started_at + timeout if timeout else None
+        reason, stop_at = "exited", None
+        # WNOWAIT: see the exit without reaping, so the group id stays ours
+        # until the stragglers in it are killed below.
+        while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            time.sleep(_POLL_S)
+            now = time.time()
+            if stop_at is None and (self.cancel_requested or (deadline and now >= deadline)):
+                reason = "cancelled" if self.cancel_requested else "timeout"
+                _signal_group(proc.pid, signal.SIGTERM)
+                stop_at = now + grace
+            elif stop_at is not None and now >= stop_at:
+                _signal_group(proc.pid, signal.SIGKILL)
+                stop_at = float("inf")
+        # Leave nothing of the job behind (dataloader workers hold GPU memory).
+        _signal_group(proc.pid, signal.SIGKILL)
+        return self._finish(proc.wait(), reason=reason, message="")
+
+    def _finish(self, code: int | None, reason: str, message: str) -> int:
+        exit_code, sig = (None, None)
+        if code is not None:
+            exit_code, sig = (code, None) if code >= 0 else (None, -code)
+        elif reason == "failed-to-start":
+            exit_code = 127
+        write_json_atomic(self.run.file("exit.json"), {
+            "exit_code": exit_code, "signal": sig, "reason": reason, "message": message, "finished_at": time.time(),
+        })
+        return 0
+
+
+def _create_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m mlfleet.agents.runner RUNDIR", file=sys.stderr)
+        return 2
+    runner = _Runner(RunDir(Path(argv[0])))
+    signal.signal(signal.SIGTERM, runner.on_sigterm)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    return runner.main()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

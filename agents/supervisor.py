@@ -1,0 +1,187 @@
+"""Starts, watches and cancels runs on this node, through their run folders.
+
+The state of a run is read from its folder (see rundir.py), never kept only
+in memory: an agent that restarts knows every run it had, re-attaches to
+the ones still going and reports the exits it missed. Process identity is
+pid *plus* process start time, so a reused pid is never mistaken for a run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import psutil
+
+from mlfleet.core.errors import NotFoundError, UsageError
+from mlfleet.core.models import LaunchRequest, RunStatus, StreamChunk
+
+from .rundir import STREAMS, RunDir, write_json_atomic
+
+# A runner that has not written runner.json this long after launch never started.
+_START_GRACE_S = 30.0
+MAX_READ = 4 * 1024 * 1024
+
+
+def _alive(record: dict | None) -> bool:
+    """Is the process in ``record`` (pid + create_time) still the one we started?"""
+    if not record or not record.get("pid"):
+        return False
+    try:
+        proc = psutil.Process(int(record["pid"]))
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        created = record.get("create_time")
+        return created is None or abs(proc.create_time() - float(created)) < 0.01
+    except (psutil.Error, ValueError):
+        return False
+
+
+def job_environment(request: LaunchRequest, run: RunDir) -> dict[str, str]:
+    """The agent's environment, then the spec's, then what mlfleet promises every job.
+
+    The agent's interpreter comes first on PATH so that ``python`` in a job
+    is one where ``from mlfleet import track`` works; a spec that sets PATH
+    itself keeps its own.
+    """
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", os.defpath)])
+    env.update(request.env)
+    env["MLFLEET_RUN_ID"] = request.run_id
+    env["MLFLEET_JOB_ID"] = request.job_id
+    env["MLFLEET_METRICS_FILE"] = str(run.stream_path("metrics"))
+    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # so indices mean what NVML (and nvidia-smi) call them
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in request.gpu_indices)
+    env["PYTHONUNBUFFERED"] = env.get("PYTHONUNBUFFERED", "1")
+    return env
+
+
+class Supervisor:
+    """The runs of one agent state dir."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.runs_dir = state_dir / "runs"
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _dir(self, run_id: str) -> RunDir:
+        if not run_id or "/" in run_id or run_id.startswith(".") or len(run_id) > 200:
+            raise UsageError(f"invalid run id {run_id!r}")
+        return RunDir(self.runs_dir / run_id)
+
+    def _existing(self, run_id: str) -> RunDir:
+        run = self._dir(run_id)
+        if not run.root.is_dir():
+            raise NotFoundError(f"run {run_id} is not known on this host")
+        return run
+
+    # ------------------------------------------------------------ actions
+    def launch(self, request: LaunchRequest) -> RunStatus:
+        """Start a run once; asking again for the same run_id returns its status."""
+        run = self._dir(request.run_id)
+        try:
+            run.root.mkdir()
+        except FileExistsError:
+            return self.status(request.run_id)
+        env = job_environment(request, run)
+        write_json_atomic(run.file("launch.json"), msgspec.to_builtins(msgspec.structs.replace(request, env=env)))
+        child = subprocess.Popen(
+            [sys.executable, "-m", "mlfleet.agents.runner", str(run.root)],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(run.file("runner.log"), "ab"),
+            close_fds=True,
+        )
+        self._children[request.run_id] = child
+        return RunStatus(run_id=request.run_id, state="starting")
+
+    def cancel(self, run_id: str) -> RunStatus:
+        """Ask the run's runner to stop the job gracefully (it escalates to SIGKILL)."""
+        run = self._existing(run_id)
+        status = self.status(run_id)
+        if status.state == "exited":
+            return status
+        write_json_atomic(run.file("cancel.json"), {"requested_at": time.time()})
+        runner = run.runner
+        if _alive(runner):
+            os.kill(int(runner["pid"]), signal.SIGTERM)  # type: ignore[index]
+        return self.status(run_id)
+
+    def reap(self) -> None:
+        """Collect exited runner children so they do not linger as zombies."""
+        for run_id, child in list(self._children.items()):
+            if child.poll() is not None:
+                del self._children[run_id]
+
+    # ------------------------------------------------------------- queries
+    def run_ids(self) -> list[str]:
+        return sorted(p.name for p in self.runs_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def status(self, run_id: str) -> RunStatus:
+        run = self._existing(run_id)
+        exit_record = run.exit
+        started = run.started
+        if exit_record is not None:
+            return RunStatus(
+                run_id=run_id, state="exited",
+                pid=(started or {}).get("pid"),
+                started_at=(started or {}).get("started_at"),
+                finished_at=exit_record.get("finished_at"),
+                exit_code=exit_record.get("exit_code"),
+                signal=exit_record.get("signal"),
+                reason=exit_record.get("reason", "exited"),
+                message=exit_record.get("message", ""),
+            )
+        runner = run.runner
+        if _alive(runner):
+            state = "running" if started else "starting"
+            return RunStatus(run_id=run_id, state=state, pid=(started or {}).get("pid"),
+                             started_at=(started or {}).get("started_at"))
+        if runner is None and time.time() - run.root.stat().st_mtime < _START_GRACE_S:
+            return RunStatus(run_id=run_id, state="starting")
+        # The runner is gone without writing exit.json (host reboot, OOM killer, kill -9).
+        if started and _alive(started):
+            return RunStatus(run_id=run_id, state="running", pid=started.get("pid"), started_at=started.get("started_at"),
+                             message="runner is gone; the job is still running")
+        return RunStatus(run_id=run_id, state="exited", pid=(started or {}).get("pid"),
+                         started_at=(started or {}).get("started_at"), reason="lost",
+                         message="the run's supervisor died without recording an exit (host reboot or kill -9?)")
+
+    def read(self, run_id: str, stream: str, offset: int, max_bytes: int = MAX_READ) -> StreamChunk:
+        """Bytes of a stream from ``offset``; metrics come in whole lines only.
+
+        ``eof`` is true when the run has exited and this chunk reaches the
+        end of the file: nothing more will ever come.
+        """
+        if stream not in STREAMS:
+            raise UsageError(f"unknown stream {stream!r} (use {', '.join(STREAMS)})")
+        if offset < 0:
+            raise UsageError("offset cannot be negative")
+        run = self._existing(run_id)
+        exited = self.status(run_id).state == "exited"  # read before the file, so eof is never early
+        path = run.stream_path(stream)
+        max_bytes = max(1, min(int(max_bytes), MAX_READ))
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read(max_bytes)
+                size = os.fstat(fh.fileno()).st_size
+        except FileNotFoundError:
+            data, size = b"", 0
+        if stream == "metrics":
+            cut = data.rfind(b"\n") + 1
+            at_end = offset + len(data) >= size
+            if not (exited and at_end):
+                data = data[:cut]  # a partial last line waits for its newline
+        end = offset + len(data)
+        return StreamChunk(run_id=run_id, stream=stream, offset=offset, end=end,
+                           data=data.decode("utf-8", errors="replace"), eof=exited and end >= size)
+
+    def active_count(self) -> int:
+        return sum(1 for run_id in self.run_ids() if self.status(run_id).state != "exited")

@@ -1,0 +1,237 @@
+"""What clients (CLI, TUI) may ask the controller, over its 0600 Unix socket.
+
+Each ``rpc_*`` method is one client action. The caller's identity for the
+audit trail is the OS user behind the socket (SO_PEERCRED), not anything
+the client says about itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import secrets
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from mlfleet import __version__
+from mlfleet.core.config import validate_job_spec
+from mlfleet.core.errors import NotFoundError, UsageError
+from mlfleet.core.models import TERMINAL_STATES, JobSpec, to_plain
+from mlfleet.core.protocol import MAX_FRAME, PROTOCOL_VERSION, Peer, method_dispatcher
+from mlfleet.core.store import records
+from mlfleet.core.store.db import read_only_query
+
+if TYPE_CHECKING:
+    from mlfleet.core.controller import Controller
+
+
+def _peer_user(writer: asyncio.StreamWriter) -> str:
+    sock = writer.get_extra_info("socket")
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+    except (OSError, AttributeError):
+        uid = os.getuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+class ControllerApi:
+    def __init__(self, controller: "Controller") -> None:
+        self.c = controller
+        self.peers: set[Peer] = set()
+
+    @property
+    def store(self):  # noqa: ANN201 - the controller's Store
+        assert self.c.store is not None
+        return self.c.store
+
+    async def listen(self, path: Path) -> asyncio.AbstractServer:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        old = os.umask(0o177)
+        try:
+            server = await asyncio.start_unix_server(self._on_connect, path=str(path), limit=MAX_FRAME)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        return server
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = Peer(reader, writer, method_dispatcher(self), name="client")
+        peer.info["actor"] = _peer_user(writer)
+        self.peers.add(peer)
+        peer.start()
+        try:
+            await peer.wait_closed()
+        finally:
+            self.peers.discard(peer)
+
+    async def close(self) -> None:
+        for peer in list(self.peers):
+            await peer.close()
+
+    # ------------------------------------------------------------ basics
+    async def rpc_hello(self, peer: Peer, protocol: int, role: str = "") -> dict[str, Any]:
+        return {"protocol": PROTOCOL_VERSION, "role": "controller", "version": __version__}
+
+    async def rpc_status(self, peer: Peer) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(), "version": __version__, "started_at": self.c.started_at,
+            "db": str(self.c.home.db_path), "socket": str(self.c.home.controller_socket),
+            "hosts": {name: link.state for name, link in self.c.links.items()},
+            "pending": len(self.c.pending), "active": len(self.c.active), "schema_version": self.store.version,
+        }
+
+    async def rpc_shutdown(self, peer: Peer, stop_local_agent: bool = True) -> dict[str, Any]:
+        await self.store.run(records.audit, peer.info["actor"], "controller.stop", None, {})
+        agent_stopping = False
+        local = self.c.links.get("local")
+        if stop_local_agent and local is not None and local.up:
+            with contextlib.suppress(Exception):
+                answer = await local.request("shutdown", only_if_idle=True, timeout=5)
+                agent_stopping = bool(answer.get("stopping"))
+        asyncio.get_running_loop().call_later(0.05, self.c.stop)
+        return {"stopping": True, "local_agent_stopping": agent_stopping}
+
+    # -------------------------------------------------------------- jobs
+    async def rpc_submit(self, peer: Peer, spec: dict[str, Any], spec_path: str | None = None) -> dict[str, Any]:
+        job_spec = validate_job_spec(spec)
+        if not Path(job_spec.workdir).is_absolute():
+            raise UsageError("workdir must be an absolute path when submitting through the API")
+        job_id = await self._new_job_id()
+        submitted = time.time()
+        actor = peer.info["actor"]
+        await self.store.run(records.insert_job, {
+            "job_id": job_id, "name": job_spec.name, "project": job_spec.project, "owner": actor,
+            "spec": to_plain(job_spec), "spec_hash": job_spec.content_hash(), "spec_path": spec_path,
+            "priority": job_spec.priority, "max_attempts": job_spec.retries + 1, "submitted_at": submitted}, actor)
+        from mlfleet.core.controller import PendingJob
+
+        self.c.pending[job_id] = PendingJob(job_id, job_spec, job_spec.priority, submitted, 0, job_spec.retries + 1, actor)
+        await self.c.notify_jobs()
+        return {"job_id": job_id, "state": "pending", "name": job_spec.name, "project": job_spec.project}
+
+    async def _new_job_id(self) -> str:
+        while True:
+            job_id = "j" + secrets.token_hex(4)
+            found = await self.store.read(records.rows, "select 1 from jobs where job_id = ?", [job_id])
+            if not found and job_id not in self.c.pending:
+                return job_id
+
+    async def rpc_jobs_list(self, peer: Peer, limit: int = 200, states: list[str] | None = None) -> list[dict[str, Any]]:
+        jobs = await self.store.read(records.list_jobs, limit, states)
+        for job in jobs:
+            if job["state"] == "pending" and job["job_id"] in self.c.pending:
+                job["reason"] = self._short_reason(job["job_id"]) or job["reason"]
+        return jobs
+
+    def _short_reason(self, job_id: str) -> str | None:
+        reasons = self.c.waiting_reasons.get(job_id)
+        if not reasons:
+            return None
+        from mlfleet.core.scheduler import Decision
+
+        return Decision(waiting={job_id: reasons}).short_reason(job_id)
+
+    async def rpc_job_show(self, peer: Peer, job: str) -> dict[str, Any]:
+        detail = await self.store.read(records.get_job, job)
+        reasons = self.c.waiting_reasons.get(detail["job_id"], []) if detail["state"] == "pending" else []
+        detail["why_pending"] = [{"host": r.host, "check": r.check, "message": r.message} for r in reasons]
+        return detail
+
+    async def rpc_job_wait(self, peer: Peer, job: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Return when the job has ended, or after ``timeout`` seconds with its current state."""
+        job_id = (await self.store.read(records.job_run, job))["job_id"]
+        deadline = time.monotonic() + max(0.0, min(timeout, 300.0))
+        while True:
+            current = await self.store.read(records.job_run, job_id)
+            left = deadline - time.monotonic()
+            if current["state"] in TERMINAL_STATES or left <= 0:
+                return await self.store.read(records.get_job, job_id)
+            async with self.c.job_changed:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.c.job_changed.wait(), min(left, 1.0))
+
+    async def rpc_job_cancel(self, peer: Peer, job: str) -> dict[str, Any]:
+        actor = peer.info["actor"]
+        current = await self.store.read(records.job_run, job)
+        job_id, state = current["job_id"], current["state"]
+        if state in TERMINAL_STATES:
+            return {"job_id": job_id, "state": state, "changed": False, "message": f"job {job_id} already {state}"}
+        pending = self.c.pending.pop(job_id, None)
+        if pending is not None:
+            await self.store.run(records.cancel_pending, job_id, actor)
+            await self.c.notify_jobs()
+            return {"job_id": job_id, "state": "cancelled", "changed": True, "message": f"job {job_id} cancelled"}
+        await self.store.run(records.request_cancel, job_id, actor)
+        run = self.c.active.get(current["run_id"])
+        if run is not None:
+            run.cancel_requested_by = actor
+            link = self.c.links.get(run.host)
+            if link is not None and link.up and run.launched:
+                with contextlib.suppress(Exception):
+                    await link.request("cancel", run_id=run.run_id)
+        return {"job_id": job_id, "state": state, "changed": True,
+                "message": f"job {job_id} is being stopped (SIGTERM, then SIGKILL after the grace period)"}
+
+    async def rpc_job_logs(self, peer: Peer, job: str, stream: str = "stdout", offset: int = 0,
+                           max_bytes: int = 256 * 1024, run: str | None = None) -> dict[str, Any]:
+        if stream not in ("stdout", "stderr"):
+            raise UsageError(f"unknown log stream {stream!r}; use stdout or stderr")
+        current = await self.store.read(records.job_run, job)
+        run_id = run or current["run_id"]
+        if run_id is None:
+            return {"job_id": current["job_id"], "run_id": None, "state": current["state"], "offset": offset,
+                    "end": offset, "data": "", "eof": current["state"] in TERMINAL_STATES}
+        host = current["host"]
+        if run is not None or host is None:
+            rows = await self.store.read(records.rows, "select host from runs where run_id = ?", [run_id])
+            if not rows:
+                raise NotFoundError(f"no run {run_id!r}")
+            host = rows[0]["host"]
+        link = self.c.links.get(host)
+        if link is None:
+            raise NotFoundError(f"host {host} is no longer configured")
+        chunk = await link.request("read", run_id=run_id, stream=stream, offset=offset, max_bytes=max_bytes)
+        chunk.update(job_id=current["job_id"], state=current["state"])
+        return chunk
+
+    # ------------------------------------------------------------- hosts
+    async def rpc_hosts_list(self, peer: Peer, history: int = 0) -> list[dict[str, Any]]:
+        out = []
+        for link in self.c.links.values():
+            item = link.summary()
+            item["running_jobs"] = sum(1 for r in self.c.active.values() if r.host == link.name)
+            if history:
+                item["history"] = link.history_series(history)
+            out.append(item)
+        return out
+
+    # -------------------------------------------------------------- runs
+    async def rpc_runs_list(self, peer: Peer, limit: int = 200) -> list[dict[str, Any]]:
+        return await self.store.read(records.list_runs, limit)
+
+    async def rpc_run_show(self, peer: Peer, run: str) -> dict[str, Any]:
+        return await self.store.read(records.get_run, run)
+
+    # ---------------------------------------------------------- db, audit
+    async def rpc_db_query(self, peer: Peer, sql: str, limit: int = 10_000) -> dict[str, Any]:
+        if not isinstance(sql, str) or not sql.strip():
+            raise UsageError("give a SQL query, e.g. mlfleet db query \"select count(*) from metrics\"")
+        return await self.store.read(read_only_query, sql, limit)
+
+    async def rpc_audit_list(self, peer: Peer, limit: int = 200, action: str | None = None) -> list[dict[str, Any]]:
+        return await self.store.read(records.list_audit, limit, action)
+
+
+__all__ = ["ControllerApi", "JobSpec"]

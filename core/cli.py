@@ -1,0 +1,391 @@
+"""``mlfleet``: the TUI with no arguments, the batch CLI otherwise.
+
+Every command that prints data takes ``--json``. Exit codes (docs/cli.md):
+0 ok, 1 the job or action failed, 2 bad input, 3 drift found, 4 not found,
+5 controller or host unavailable. A user's mistake is one sentence on
+stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from mlfleet import __version__
+from mlfleet.core import render
+from mlfleet.core.client import ControllerClient, connect, start_controller_process, try_connect
+from mlfleet.core.config import load_job_spec
+from mlfleet.core.errors import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, MlfleetError, UnavailableError
+from mlfleet.core.models import TERMINAL_STATES, to_plain
+from mlfleet.core.paths import Home
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _client_command(fn: Callable[[ControllerClient, argparse.Namespace], Awaitable[int]]) -> Callable[[argparse.Namespace], int]:
+    """Wrap an async command that needs a controller (started on demand)."""
+
+    def run(args: argparse.Namespace) -> int:
+        async def go() -> int:
+            async with await connect(Home.from_env()) as client:
+                return await fn(client, args)
+
+        return asyncio.run(go())
+
+    return run
+
+
+# ------------------------------------------------------------------ jobs
+
+async def cmd_submit(client: ControllerClient, args: argparse.Namespace) -> int:
+    spec = load_job_spec(args.file)
+    answer = await client.call("submit", spec=to_plain(spec), spec_path=str(Path(args.file).absolute()))
+    job_id = answer["job_id"]
+    if not args.wait:
+        if args.json:
+            _print_json(answer)
+        else:
+            print(job_id)
+        return EXIT_OK
+    if not args.json:
+        print(f"{job_id} submitted; waiting for it to finish (Ctrl-C stops waiting, not the job)", file=sys.stderr)
+    while True:
+        job = await client.call("job_wait", timeout=60, job=job_id)
+        if job["state"] in TERMINAL_STATES:
+            break
+    result = {"job_id": job_id, "state": job["state"], "run_id": job["run_id"], "exit_code": job["exit_code"],
+              "reason": job["reason"], "host": job["host"]}
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"{job_id} {job['state']} ({job['reason']}); run {job['run_id']}")
+    return EXIT_OK if job["state"] == "succeeded" else EXIT_FAILED
+
+
+async def cmd_jobs_list(client: ControllerClient, args: argparse.Namespace) -> int:
+    jobs = await client.call("jobs_list", limit=args.limit, states=args.state or None)
+    if args.json:
+        _print_json(jobs)
+        return EXIT_OK
+    print(render.table(
+        ["id", "name", "project", "state", "host", "elapsed", "submitted", "reason"],
+        [[j["job_id"], j["name"], j["project"], j["state"], j["host"], render.elapsed(j["started_at"], j["finished_at"]),
+          render.when(j["submitted_at"]), j["reason"]] for j in jobs]))
+    return EXIT_OK
+
+
+async def cmd_jobs_show(client: ControllerClient, args: argparse.Namespace) -> int:
+    job = await client.call("job_show", job=args.id)
+    if args.json:
+        _print_json(job)
+        return EXIT_OK
+    print(f"job {job['job_id']}  {job['name']}  (project {job['project']}, owner {job['owner']})")
+    print(f"state: {job['state']}" + (f"  ({job['reason']})" if job["reason"] else ""))
+    print(f"attempt {job['attempt']} of {job['max_attempts']}; host {job['host'] or '-'}; GPUs {job['gpus'] or '-'}")
+    if job["why_pending"]:
+        print("why pending:")
+        for r in job["why_pending"]:
+            print(f"  {r['host']}: {r['message']}")
+    print("events:")
+    for e in job["events"]:
+        print(f"  {render.when(e['ts'])}  {e['state']:<10} {e['reason'] or ''}")
+    if job["runs"]:
+        print("runs:")
+        for r in job["runs"]:
+            print(f"  {r['run_id']}  {r['state']:<10} host {r['host']}  exit {r['exit_code'] if r['exit_code'] is not None else '-'}")
+    return EXIT_OK
+
+
+async def cmd_jobs_why(client: ControllerClient, args: argparse.Namespace) -> int:
+    job = await client.call("job_show", job=args.id)
+    if args.json:
+        _print_json({"job_id": job["job_id"], "state": job["state"], "reason": job["reason"],
+                     "why_pending": job["why_pending"]})
+        return EXIT_OK
+    if job["state"] != "pending":
+        print(f"{job['job_id']} is not pending: it is {job['state']}" + (f" ({job['reason']})" if job["reason"] else ""))
+        return EXIT_OK
+    print(f"{job['job_id']} is pending: {job['reason']}")
+    for r in job["why_pending"]:
+        print(f"  {r['host']}: {r['message']}")
+    return EXIT_OK
+
+
+async def cmd_jobs_cancel(client: ControllerClient, args: argparse.Namespace) -> int:
+    answer = await client.call("job_cancel", job=args.id)
+    if args.json:
+        _print_json(answer)
+    else:
+        print(answer["message"])
+    return EXIT_OK
+
+
+async def cmd_jobs_logs(client: ControllerClient, args: argparse.Namespace) -> int:
+    stream = "stderr" if args.stderr else "stdout"
+    offset = 0
+    out = sys.stdout
+    while True:
+        chunk = await client.call("job_logs", job=args.id, stream=stream, offset=offset)
+        if chunk["data"]:
+            out.write(chunk["data"])
+            out.flush()
+        offset = chunk["end"]
+        if chunk["end"] > chunk["offset"]:
+            continue  # more may be waiting right away
+        if not args.follow or (chunk["eof"] and chunk["state"] in TERMINAL_STATES):
+            return EXIT_OK
+        if chunk["state"] in TERMINAL_STATES and chunk.get("run_id") is None:
+            return EXIT_OK
+        await asyncio.sleep(0.5)
+
+
+# ------------------------------------------------------------ hosts, runs
+
+async def cmd_hosts_list(client: ControllerClient, args: argparse.Namespace) -> int:
+    hosts = await client.call("hosts_list")
+    if args.json:
+        _print_json(hosts)
+        return EXIT_OK
+    rows = []
+    for h in hosts:
+        t = h["telemetry"] or {}
+        mem = f"{render.format_size(t.get('memory_used'))}/{render.format_size(t.get('memory_total'))}" if t else "-"
+        gpus = str(len(t.get("gpus", []))) if t.get("gpu_state") == "ok" else t.get("gpu_state", "-").replace("_", " ")
+        rows.append([h["name"], h["kind"], h["state"], render.percent(t.get("cpu_percent")) if t else "-", mem, gpus,
+                     h["running_jobs"], h["agent_version"]])
+    print(render.table(["host", "kind", "state", "cpu", "memory", "gpus", "jobs", "agent"], rows))
+    return EXIT_OK
+
+
+async def cmd_runs_list(client: ControllerClient, args: argparse.Namespace) -> int:
+    runs = await client.call("runs_list", limit=args.limit)
+    if args.json:
+        _print_json(runs)
+        return EXIT_OK
+    print(render.table(["run", "job", "name", "project", "host", "state", "points", "started", "elapsed"],
+                       [[r["run_id"], r["job_id"], r["name"], r["project"], r["host"], r["state"], r["points"],
+                         render.when(r["started_at"]), render.elapsed(r["started_at"], r["finished_at"])] for r in runs]))
+    return EXIT_OK
+
+
+async def cmd_runs_show(client: ControllerClient, args: argparse.Namespace) -> int:
+    run = await client.call("run_show", run=args.id)
+    if args.json:
+        _print_json(run)
+        return EXIT_OK
+    print(f"run {run['run_id']}  {run['name']}  (job {run['job_id']}, attempt {run['attempt']}, host {run['host']})")
+    print(f"state: {run['state']}; exit {run['exit_code'] if run['exit_code'] is not None else '-'}; "
+          f"{render.when(run['started_at'])} for {render.elapsed(run['started_at'], run['finished_at'])}")
+    if run["params"]:
+        print("params:")
+        for k, v in run["params"].items():
+            print(f"  {k} = {json.dumps(v)}")
+    if run["tags"]:
+        print("tags:")
+        for k, v in run["tags"].items():
+            print(f"  {k} = {v}")
+    if run["metrics"]:
+        print(render.table(["metric", "points", "min", "max", "last", "last step"],
+                           [[m["key"], m["points"], m["min"], m["max"], m["last"], m["last_step"]] for m in run["metrics"]]))
+    return EXIT_OK
+
+
+async def cmd_db_query(client: ControllerClient, args: argparse.Namespace) -> int:
+    result = await client.call("db_query", sql=args.sql, limit=args.limit, timeout=None)
+    if args.json:
+        _print_json(result)
+        return EXIT_OK
+    print(render.table(result["columns"], result["rows"]))
+    if result["truncated"]:
+        print(f"(first {args.limit} rows; use --limit or LIMIT for more)", file=sys.stderr)
+    return EXIT_OK
+
+
+async def cmd_audit_list(client: ControllerClient, args: argparse.Namespace) -> int:
+    events = await client.call("audit_list", limit=args.limit, action=args.action_filter)
+    if args.json:
+        _print_json(events)
+        return EXIT_OK
+    print(render.table(["id", "when", "who", "action", "target", "detail"],
+                       [[e["id"], render.when(e["ts"]), e["actor"], e["action"], e["target"], e["detail"]] for e in events]))
+    return EXIT_OK
+
+
+# ------------------------------------------------------------- controller
+
+def cmd_controller(args: argparse.Namespace) -> int:
+    home = Home.from_env()
+    if args.action == "run":
+        return _controller_foreground(home)
+    return asyncio.run(_controller_action(home, args))
+
+
+def _controller_foreground(home: Home) -> int:
+    from mlfleet.core.controller import Controller
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(Controller(home).run())
+    except MlfleetError as exc:
+        print(f"mlfleet: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    return EXIT_OK
+
+
+async def _controller_action(home: Home, args: argparse.Namespace) -> int:
+    client = await try_connect(home)
+    if args.action == "status":
+        if client is None:
+            _say(args, {"running": False}, f"no controller is running for {home.data_dir}")
+            return EXIT_UNAVAILABLE
+        async with client:
+            status = await client.call("status")
+        status["running"] = True
+        _say(args, status, f"controller {status['pid']} running (mlfleet {status['version']}); db {status['db']}; "
+                           f"{status['pending']} pending, {status['active']} active; hosts {status['hosts']}")
+        return EXIT_OK
+    if args.action == "start":
+        if client is not None:
+            async with client:
+                status = await client.call("status")
+            _say(args, {"started": False, "pid": status["pid"]}, f"controller already running (pid {status['pid']})")
+            return EXIT_OK
+        async with await connect(home) as client:
+            status = await client.call("status")
+        _say(args, {"started": True, "pid": status["pid"]}, f"controller started (pid {status['pid']})")
+        return EXIT_OK
+    # stop
+    if client is None:
+        _say(args, {"stopped": False}, "no controller is running")
+        return EXIT_OK
+    async with client:
+        answer = await client.call("shutdown")
+    for _ in range(300):
+        await asyncio.sleep(0.1)
+        probe = await try_connect(home)
+        if probe is None:
+            break
+        await probe.close()
+    else:
+        raise UnavailableError("the controller did not stop within 30 s")
+    _say(args, {"stopped": True, **answer}, "controller stopped")
+    return EXIT_OK
+
+
+def _say(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    if getattr(args, "json", False):
+        _print_json(data)
+    else:
+        print(text)
+
+
+# ------------------------------------------------------------------ agent
+
+def cmd_agent_serve(args: argparse.Namespace) -> int:
+    from mlfleet.agents.daemon import AgentDaemon
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    state_dir = Path(args.state_dir).expanduser().absolute()
+    socket_path = Path(args.socket).expanduser().absolute() if args.socket else state_dir / "agent.sock"
+    daemon = AgentDaemon(state_dir, socket_path, host_name=args.name, sample_interval=args.sample_interval,
+                         idle_exit=args.idle_exit)
+    asyncio.run(daemon.serve())
+    return EXIT_OK
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    from mlfleet.tui.app import run_app
+
+    return run_app(Home.from_env())
+
+
+# ----------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlfleet", description="A terminal control center for GPU fleets. "
+                                     "With no command, opens the TUI.")
+    parser.add_argument("--version", action="version", version=f"mlfleet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(parent: Any, name: str, fn: Callable[[argparse.Namespace], int], help_text: str,
+            json_flag: bool = True) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=fn)
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="print JSON")
+        return p
+
+    p = add(sub, "submit", _client_command(cmd_submit), "submit a job spec (YAML)")
+    p.add_argument("file", help="the job spec, e.g. configs/demo-train.yaml")
+    p.add_argument("--wait", action="store_true", help="wait for the job; exit 0 only if it succeeded")
+
+    jobs = sub.add_parser("jobs", help="list, inspect, follow and cancel jobs").add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = add(jobs, "list", _client_command(cmd_jobs_list), "list jobs, newest first")
+    p.add_argument("--state", action="append", help="only jobs in this state (repeatable)")
+    p.add_argument("--limit", type=int, default=200)
+    for name, fn, text in (("show", cmd_jobs_show, "show a job, its events and runs"),
+                           ("why", cmd_jobs_why, "say why a job is pending, per host"),
+                           ("cancel", cmd_jobs_cancel, "cancel a queued or running job")):
+        add(jobs, name, _client_command(fn), text).add_argument("id", help="job id (a unique prefix is enough)")
+    p = add(jobs, "logs", _client_command(cmd_jobs_logs), "print a job's output", json_flag=False)
+    p.add_argument("id", help="job id (a unique prefix is enough)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    p.add_argument("--stderr", action="store_true", help="print stderr instead of stdout")
+
+    hosts = sub.add_parser("hosts", help="the fleet").add_subparsers(dest="action", metavar="ACTION", required=True)
+    add(hosts, "list", _client_command(cmd_hosts_list), "list hosts with live telemetry")
+
+    runs = sub.add_parser("runs", help="tracked runs").add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = add(runs, "list", _client_command(cmd_runs_list), "list runs, newest first")
+    p.add_argument("--limit", type=int, default=200)
+    add(runs, "show", _client_command(cmd_runs_show), "show a run's params, tags and metrics").add_argument("id")
+
+    db = sub.add_parser("db", help="the DuckDB file").add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = add(db, "query", _client_command(cmd_db_query), "run a read-only SQL query through the controller")
+    p.add_argument("sql")
+    p.add_argument("--limit", type=int, default=10_000)
+
+    audit = sub.add_parser("audit", help="the audit trail").add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = add(audit, "list", _client_command(cmd_audit_list), "list audit events, newest first")
+    p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--action", dest="action_filter", help="only this action, e.g. job.submit")
+
+    p = add(sub, "controller", cmd_controller, "start, stop or inspect the controller")
+    p.add_argument("action", choices=["start", "stop", "status", "run"], help="run = in the foreground")
+
+    agent = sub.add_parser("agent", help="the node daemon").add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = add(agent, "serve", cmd_agent_serve, "run the agent in the foreground", json_flag=False)
+    p.add_argument("--state-dir", required=True, help="where the agent keeps its journal, logs and metrics")
+    p.add_argument("--socket", help="Unix socket path (default STATE_DIR/agent.sock)")
+    p.add_argument("--name", help="host name to report (default: the machine's)")
+    p.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
+    p.add_argument("--sample-interval", type=float, default=1.0, help="seconds between telemetry samples")
+
+    add(sub, "tui", cmd_tui, "open the TUI (the default with no command)", json_flag=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "command", None) is None:
+        args.func = cmd_tui
+    try:
+        return args.func(args)
+    except MlfleetError as exc:
+        if getattr(args, "json", False):
+            _print_json({"error": {"kind": getattr(exc, "kind", type(exc).__name__), "message": str(exc),
+                                   "exit_code": exc.exit_code}})
+        print(f"mlfleet: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK

@@ -1,0 +1,167 @@
+"""Job specs from YAML into validated models, with errors at file:line:field.
+
+Validation is msgspec's (types, ranges, unknown fields); this module turns
+its error paths back into the YAML line the user has to fix, and adds the
+checks that need the file system (``workdir`` must exist).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from . import units
+from .errors import SpecError
+from .models import MAX_GPU_MEMORY, JobSpec, spec_dec_hook
+from .yamlsource import Located, dotted, read_yaml
+
+_PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_TOKEN_RE = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+|\.\.\.)\]")
+_TYPE_WORDS = {
+    "int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+    "array": "a list", "object": "a mapping", "null": "nothing (null)",
+}
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def load_job_spec(path: str | Path) -> JobSpec:
+    """Read, validate and resolve a job spec file (workdir made absolute)."""
+    located = read_yaml(path)
+    if not isinstance(located.data, dict):
+        raise SpecError(located.path, 1, None, f"a job spec must be a YAML mapping, got {_describe(located.data)}",
+                        "start with 'name:' and 'command:' (see configs/)")
+    spec = validate_job_spec(located.data, located)
+    return _resolve(spec, Path(path), located)
+
+
+def validate_job_spec(data: dict[str, Any], located: Located | None = None) -> JobSpec:
+    """msgspec validation plus the checks types cannot express."""
+    display = located.path if located else "job spec"
+    try:
+        spec = msgspec.convert(data, JobSpec, dec_hook=spec_dec_hook, str_keys=True)
+    except msgspec.ValidationError as exc:
+        raise _spec_error(str(exc), data, located, display) from None
+    _check_semantics(spec, located, display)
+    return spec
+
+
+def _check_semantics(spec: JobSpec, located: Located | None, display: str) -> None:
+    def fail(parts: tuple[Any, ...], problem: str, hint: str = "") -> None:
+        line = located.line_of(parts) if located else None
+        raise SpecError(display, line, dotted(parts), problem, hint)
+
+    if isinstance(spec.command, str) and not spec.command.strip():
+        fail(("command",), "is empty", "give the program to run, e.g. [python, train.py]")
+    if isinstance(spec.command, list):
+        if not spec.command:
+            fail(("command",), "is an empty list", "give the program to run, e.g. [python, train.py]")
+        if not spec.command[0].strip():
+            fail(("command", 0), "the program name is empty")
+    if spec.resources.gpu_memory is not None:
+        if spec.resources.gpu_memory > MAX_GPU_MEMORY:
+            fail(("resources", "gpu_memory"), f"{units.format_size(spec.resources.gpu_memory)} per GPU is more than any GPU has",
+                 "gpu_memory is per GPU; 1 TiB at most")
+        if spec.resources.gpus == 0:
+            fail(("resources", "gpu_memory"), "is set but resources.gpus is 0", "ask for gpus: 1 or more, or drop gpu_memory")
+    for i, name in enumerate(spec.resources.gpu_types):
+        if not name.strip():
+            fail(("resources", "gpu_type", i), "is empty")
+    for key in spec.env:
+        if not key or "=" in key or "\0" in key:
+            fail(("env", key), "is not a valid environment variable name")
+    if spec.tags and any(not k for k in spec.tags):
+        fail(("tags",), "has an empty key")
+
+
+def _resolve(spec: JobSpec, path: Path, located: Located) -> JobSpec:
+    workdir = Path(spec.workdir).expanduser()
+    if not workdir.is_absolute():
+        workdir = (path.parent / workdir).resolve()
+    if not workdir.is_dir():
+        line = located.line_of(("workdir",))
+        problem = f"folder {str(workdir)!r} does not exist"
+        raise SpecError(located.path, line, "workdir", problem, "a relative workdir is taken from the spec file's folder")
+    return msgspec.structs.replace(spec, workdir=str(workdir))
+
+
+def _spec_error(message: str, data: Any, located: Located | None, display: str) -> SpecError:
+    """Turn msgspec's message into our sentence, pointing at the YAML line."""
+    match = _PATH_RE.search(message)
+    parts: tuple[Any, ...] = ()
+    if match:
+        parts = _parse_path(match.group("path"), data)
+        message = message[: match.start()]
+    problem, hint = message, ""
+    if m := re.match(r"Object contains unknown field `(.+)`", message):
+        key = m.group(1)
+        parts = parts + (key,)
+        known = _known_fields(parts[:-1])
+        close = difflib.get_close_matches(key, known, n=1)
+        problem = "unknown field"
+        hint = f"did you mean {close[0]!r}?" if close else f"known fields are {', '.join(known)}"
+    elif m := re.match(r"Object missing required field `(.+)`", message):
+        parts = parts + (m.group(1),)
+        problem = "is required but missing"
+        hint = "add it (see configs/ for examples)"
+    elif m := re.match(r"Expected `([^`]+)`, got `([^`]+)`", message):
+        problem = f"expected {_words(m.group(1))}, got {_TYPE_WORDS.get(m.group(2), m.group(2))}"
+    elif m := re.match(r"Expected `([^`]+)` (.+)$", message):
+        problem = f"must be {_words(m.group(1))} {m.group(2)}".replace("matching regex", "matching")
+        if parts and parts[-1] in ("name", "project"):
+            problem = "must start with a letter or digit and hold only letters, digits, '.', '_' and '-'"
+    line = located.line_of(parts) if located else None
+    return SpecError(display, line, dotted(parts) or None, problem, hint)
+
+
+def _words(type_text: str) -> str:
+    alternatives = [t.strip() for t in type_text.split("|")]
+    if {"str", "int", "float"} <= set(alternatives):
+        return "a plain value (text or a number)"
+    return " or ".join(_TYPE_WORDS.get(t, t) for t in alternatives)
+
+
+def _parse_path(text: str, data: Any) -> tuple[Any, ...]:
+    """``.resources.gpu_type[0]`` -> ("resources", "gpu_type", 0); ``[...]`` picks the first bad key."""
+    parts: list[Any] = []
+    node = data
+    for name, index in _TOKEN_RE.findall(text):
+        if name:
+            parts.append(name)
+            node = node.get(name) if isinstance(node, dict) else None
+        elif index == "...":
+            key = _first_nonscalar_key(node)
+            if key is None:
+                break
+            parts.append(key)
+            node = node.get(key) if isinstance(node, dict) else None
+        else:
+            parts.append(int(index))
+            node = node[int(index)] if isinstance(node, list) and int(index) < len(node) else None
+    return tuple(parts)
+
+
+def _first_nonscalar_key(node: Any) -> Any:
+    if not isinstance(node, dict):
+        return None
+    for key, value in node.items():
+        if isinstance(value, (dict, list)) or value is None:
+            return key
+    return next(iter(node), None)
+
+
+def _known_fields(parts: tuple[Any, ...]) -> list[str]:
+    from .models import Constraints, Resources
+
+    struct: type[msgspec.Struct] = {(): JobSpec, ("resources",): Resources, ("constraints",): Constraints}.get(parts, JobSpec)
+    return list(struct.__struct_fields__)

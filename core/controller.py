@@ -1,0 +1,390 @@
+"""The controller: one per workstation, the only writer of the DuckDB file.
+
+Each tick it pulls every host's telemetry, run states and new metric lines
+in one request per host, commits the metrics exactly once, asks the pure
+scheduler where waiting jobs should go, and dispatches them. Clients talk
+to it through :mod:`mlfleet.core.api` on a 0600 Unix socket.
+
+Crash safety: a dispatch is written to DuckDB before the agent is asked to
+launch (and launching is idempotent by run id), and a run is closed only
+after its metrics stream has been read to the end. A controller killed at
+any point therefore resumes without losing a point or starting a job twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from mlfleet.core import scheduler
+from mlfleet.core.errors import MlfleetError, UnavailableError
+from mlfleet.core.hostlink import HostLink
+from mlfleet.core.ingest import parse_lines
+from mlfleet.core.models import JobSpec, LaunchRequest, RunStatus, StreamChunk, spec_from_plain
+from mlfleet.core.paths import Home
+from mlfleet.core.store import records
+from mlfleet.core.store.db import Store
+from mlfleet.core.transport.local import LocalAgentTransport
+
+log = logging.getLogger(__name__)
+
+TELEMETRY_WINDOW_S = 10
+TELEMETRY_RETENTION_S = 7 * 86400
+
+
+@dataclass
+class PendingJob:
+    job_id: str
+    spec: JobSpec
+    priority: int
+    submitted: float
+    attempt: int
+    max_attempts: int
+    owner: str
+
+
+@dataclass
+class ActiveRun:
+    job_id: str
+    run_id: str
+    host: str
+    state: str  # dispatched | running
+    offset: int
+    lines: int
+    attempt: int
+    max_attempts: int
+    spec: JobSpec
+    gpus: list[int]
+    owner: str
+    cancel_requested_by: str | None = None
+    launched: bool = False
+    finished_status: RunStatus | None = field(default=None)
+
+
+class Controller:
+    def __init__(self, home: Home, tick: float = 0.5, sample_interval: float = 1.0) -> None:
+        self.home = home
+        self.tick_interval = tick
+        self.store: Store | None = None
+        self.links: dict[str, HostLink] = {
+            "local": HostLink(LocalAgentTransport(home, "local", sample_interval=sample_interval),
+                              labels={"provider": "local"}),
+        }
+        self.pending: dict[str, PendingJob] = {}
+        self.active: dict[str, ActiveRun] = {}  # by run id
+        self.waiting_reasons: dict[str, list[scheduler.Reason]] = {}
+        self.job_changed = asyncio.Condition()
+        self.started_at = time.time()
+        self._stop = asyncio.Event()
+        self._lock_fd: int | None = None
+        self._server: asyncio.AbstractServer | None = None
+
+    # ------------------------------------------------------------ lifecycle
+    def _take_lock(self) -> None:
+        self.home.ensure()
+        fd = os.open(self.home.controller_lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UnavailableError(f"another controller is already running for {self.home.data_dir}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        """Serve until stopped (SIGTERM, SIGINT or a client's ``controller stop``)."""
+        from mlfleet.core.api import ControllerApi
+
+        self._take_lock()
+        self.store = Store(self.home.db_path)
+        await self._load_state()
+        api = ControllerApi(self)
+        self._server = await api.listen(self.home.controller_socket)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        await self.store.run(records.audit, _os_user(), "controller.start", None, {"pid": os.getpid()})
+        log.info("controller serving on %s", self.home.controller_socket)
+        if ready is not None:
+            ready.set()
+        tasks = [loop.create_task(self._tick_loop()), loop.create_task(self._telemetry_loop())]
+        try:
+            await self._stop.wait()
+        finally:
+            self._server.close()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await api.close()
+            await self._flush_telemetry()
+            for link in self.links.values():
+                await link.close()
+            self.store.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.home.controller_socket.unlink()
+            log.info("controller stopped")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _load_state(self) -> None:
+        """Rebuild the in-memory queue and active runs from the file (after a crash too)."""
+        assert self.store is not None
+        for name, link in self.links.items():
+            await self.store.run(records.upsert_host, name, link.transport.kind, link.transport.address,
+                                 link.labels, "connecting")
+        for row in await self.store.run(records.jobs_in_states, ("pending", "dispatched", "running")):
+            spec = spec_from_plain(json.loads(row["spec"]) if isinstance(row["spec"], str) else row["spec"])
+            if row["state"] == "pending":
+                self.pending[row["job_id"]] = PendingJob(row["job_id"], spec, row["priority"], row["submitted_epoch"],
+                                                         row["attempt"], row["max_attempts"], row["owner"])
+            else:
+                self.active[row["run_id"]] = ActiveRun(
+                    job_id=row["job_id"], run_id=row["run_id"], host=row["host"], state=row["state"],
+                    offset=row["byte_offset"] or 0, lines=row["lines"] or 0, attempt=row["attempt"],
+                    max_attempts=row["max_attempts"], spec=spec, gpus=list(row["gpus"] or []), owner=row["owner"],
+                    cancel_requested_by=row.get("cancel_requested_by"))
+
+    # ------------------------------------------------------------ the loop
+    async def _tick_loop(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await asyncio.gather(*(self._sync_host(link) for link in self.links.values()))
+                await self._schedule()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one bad tick must not stop the controller
+                log.exception("controller tick failed")
+            await asyncio.sleep(max(0.05, self.tick_interval - (time.monotonic() - started)))
+
+    async def _sync_host(self, link: HostLink) -> None:
+        assert self.store is not None
+        was_up = link.up
+        if not await link.ensure_connected():
+            if was_up or link.state != "connecting":
+                await self.store.run(records.upsert_host, link.name, link.transport.kind, link.transport.address,
+                                     link.labels, link.state)
+            return
+        if not was_up:
+            await self.store.run(records.upsert_host, link.name, link.transport.kind, link.transport.address,
+                                 link.labels, "up", link.info.get("version"), link.info, True)
+        runs = [r for r in self.active.values() if r.host == link.name]
+        for run in runs:
+            if run.state == "dispatched" and not run.launched:
+                await self._launch(link, run)
+            if run.cancel_requested_by and run.finished_status is None:
+                with contextlib.suppress(MlfleetError):
+                    await link.request("cancel", run_id=run.run_id)
+        try:
+            answer = await link.request("poll", telemetry_since=link.telemetry_seq,
+                                        metrics={r.run_id: r.offset for r in runs if r.launched})
+        except MlfleetError as exc:
+            log.warning("poll of %s failed: %s", link.name, exc)
+            return
+        link.absorb_telemetry(answer.get("telemetry", []), answer.get("agent_started_at", 0.0))
+        for run_id, item in answer.get("runs", {}).items():
+            run = self.active.get(run_id)
+            if run is not None:
+                await self._absorb_run(link, run, item)
+
+    async def _launch(self, link: HostLink, run: ActiveRun) -> None:
+        request = LaunchRequest(
+            run_id=run.run_id, job_id=run.job_id, argv=run.spec.argv, workdir=run.spec.workdir,
+            env=run.spec.env_strings(), gpu_indices=run.gpus,
+            timeout=float(run.spec.timeout) if run.spec.timeout else None)
+        try:
+            await link.request("launch", request=msgspec.to_builtins(request))
+        except MlfleetError as exc:
+            log.warning("launch of %s on %s failed: %s (will retry)", run.run_id, link.name, exc)
+            return
+        run.launched = True
+
+    async def _absorb_run(self, link: HostLink, run: ActiveRun, item: dict[str, Any]) -> None:
+        assert self.store is not None
+        status_raw = item.get("status", {})
+        if status_raw.get("state") == "unknown":
+            # The agent has never seen this run: it was written down but not launched. Launch it (idempotent).
+            run.launched = False
+            return
+        status = msgspec.convert(status_raw, RunStatus)
+        chunk_raw = item.get("metrics")
+        drained = False
+        if chunk_raw is not None:
+            chunk = msgspec.convert(chunk_raw, StreamChunk)
+            if chunk.end > chunk.offset:
+                parsed = parse_lines(chunk.data, run.lines)
+                taken = await self.store.run(records.ingest_metrics, run.run_id, chunk.offset, chunk.end, parsed)
+                if taken:
+                    run.offset, run.lines = chunk.end, run.lines + parsed.lines
+                else:
+                    await self._reload_offset(run)
+            drained = chunk.eof and chunk.end == run.offset
+        if run.state == "dispatched" and status.state in ("running", "exited") and status.started_at:
+            await self.store.run(records.mark_running, run.job_id, run.run_id, status.started_at)
+            run.state = "running"
+        if status.state == "exited" and drained:
+            await self._finish(run, status)
+
+    async def _reload_offset(self, run: ActiveRun) -> None:
+        assert self.store is not None
+        rows = await self.store.read(records.rows, "select byte_offset, lines from ingest_offsets where run_id = ?",
+                                     [run.run_id])
+        if rows:
+            run.offset, run.lines = rows[0]["byte_offset"], rows[0]["lines"]
+
+    async def _finish(self, run: ActiveRun, status: RunStatus) -> None:
+        assert self.store is not None
+        if status.reason == "cancelled" or (run.cancel_requested_by and status.exit_code != 0):
+            run_state, job_state = "cancelled", "cancelled"
+            reason = f"cancelled by {run.cancel_requested_by or 'a user'}"
+        elif status.exit_code == 0 and status.reason == "exited":
+            run_state, job_state, reason = "succeeded", "succeeded", "exited 0"
+        else:
+            run_state = "failed"
+            reason = _failure_words(status)
+            if run.attempt < run.max_attempts:
+                job_state = "pending"
+                reason = f"attempt {run.attempt} {reason}; retrying ({run.attempt + 1} of {run.max_attempts})"
+            else:
+                job_state = "failed"
+        await self.store.run(records.finish_run, run.job_id, run.run_id, run_state, job_state, reason,
+                             status.exit_code, status.signal, status.finished_at, status.reason)
+        del self.active[run.run_id]
+        if job_state == "pending":
+            self.pending[run.job_id] = PendingJob(run.job_id, run.spec, run.spec.priority, time.time(), run.attempt,
+                                                  run.max_attempts, run.owner)
+        await self.notify_jobs()
+
+    async def notify_jobs(self) -> None:
+        async with self.job_changed:
+            self.job_changed.notify_all()
+
+    async def _schedule(self) -> None:
+        assert self.store is not None
+        if not self.pending:
+            return
+        views = [self._host_view(link) for link in self.links.values()]
+        queue = [_queued(job) for job in self.pending.values()]
+        decision = scheduler.schedule(views, queue)
+        self.waiting_reasons = decision.waiting
+        await self.store.run(records.set_pending_reason,
+                             {job_id: decision.short_reason(job_id) for job_id in decision.waiting})
+        for placement in decision.placements:
+            await self._dispatch(self.pending.pop(placement.job_id), placement)
+
+    async def _dispatch(self, job: PendingJob, placement: scheduler.Placement) -> None:
+        assert self.store is not None
+        attempt = job.attempt + 1
+        run_id = f"{job.job_id}-{attempt}"
+        await self.store.run(records.dispatch, job.job_id, {
+            "run_id": run_id, "attempt": attempt, "project": job.spec.project, "name": job.spec.name,
+            "owner": job.owner, "host": placement.host, "gpus": list(placement.gpu_indices),
+            "spec_hash": job.spec.content_hash(), "workdir": job.spec.workdir, "command": job.spec.argv})
+        run = ActiveRun(job_id=job.job_id, run_id=run_id, host=placement.host, state="dispatched", offset=0, lines=0,
+                        attempt=attempt, max_attempts=job.max_attempts, spec=job.spec,
+                        gpus=list(placement.gpu_indices), owner=job.owner)
+        self.active[run_id] = run
+        link = self.links[placement.host]
+        if link.up:
+            await self._launch(link, run)
+        await self.notify_jobs()
+
+    def _host_view(self, link: HostLink) -> scheduler.HostView:
+        latest = link.latest
+        in_use = [r for r in self.active.values() if r.host == link.name]
+        gpus = tuple(scheduler.GpuView(index=g.index, name=g.name, memory_total=g.memory_total,
+                                       memory_free=g.memory_free, utilization=g.utilization)
+                     for g in (latest.gpus if latest else []))
+        return scheduler.HostView(
+            name=link.name, up=link.up and latest is not None, labels=link.labels,
+            cpu_count=latest.cpu_count if latest else 0, memory_total=latest.memory_total if latest else 0,
+            gpus=gpus, gpus_in_use=frozenset(i for r in in_use for i in r.gpus),
+            cpus_in_use=sum(r.spec.resources.cpus for r in in_use),
+            memory_in_use=sum(r.spec.resources.memory or 0 for r in in_use))
+
+    # ---------------------------------------------------------- telemetry
+    async def _telemetry_loop(self) -> None:
+        last_prune = 0.0
+        while True:
+            await asyncio.sleep(TELEMETRY_WINDOW_S)
+            try:
+                await self._flush_telemetry()
+                if time.time() - last_prune > 3600:
+                    assert self.store is not None
+                    await self.store.run(records.prune_telemetry, TELEMETRY_RETENTION_S)
+                    last_prune = time.time()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("telemetry flush failed")
+
+    async def _flush_telemetry(self) -> None:
+        """Write one averaged row per host (and per GPU) for the last window."""
+        assert self.store is not None
+        cutoff = time.time() - TELEMETRY_WINDOW_S
+        host_rows, gpu_rows = [], []
+        for link in self.links.values():
+            window = [s for s in link.history if s.ts > cutoff]
+            if not window:
+                continue
+            last = window[-1]
+            mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+            host_rows.append([link.name, last.ts, TELEMETRY_WINDOW_S, mean([s.cpu_percent for s in window]),
+                              mean([s.load1 for s in window]), int(mean([s.memory_used for s in window])),
+                              last.memory_total, last.swap_used, last.disk_used, last.disk_total,
+                              mean([s.net_rx_bps for s in window]), mean([s.net_tx_bps for s in window]),
+                              last.gpu_state])
+            for gpu in last.gpus:
+                utils = [g.utilization for s in window for g in s.gpus if g.index == gpu.index and g.utilization is not None]
+                gpu_rows.append([link.name, last.ts, TELEMETRY_WINDOW_S, gpu.index, gpu.uuid, gpu.name,
+                                 mean(utils) if utils else None, gpu.memory_used, gpu.memory_total, gpu.temperature,
+                                 gpu.power_draw, len(gpu.processes)])
+        if host_rows or gpu_rows:
+            await self.store.run(records.write_telemetry, host_rows, gpu_rows)
+
+
+def _queued(job: PendingJob) -> scheduler.QueuedJob:
+    r = job.spec.resources
+    return scheduler.QueuedJob(
+        job_id=job.job_id, priority=job.priority, submitted=job.submitted, gpus=r.gpus, gpu_memory=r.gpu_memory,
+        gpu_types=tuple(r.gpu_types), cpus=r.cpus, memory=r.memory, labels=dict(job.spec.constraints.labels),
+        hosts=tuple(job.spec.constraints.hosts))
+
+
+def _failure_words(status: RunStatus) -> str:
+    if status.reason == "timeout":
+        return "hit its timeout"
+    if status.reason == "failed-to-start":
+        return f"failed to start: {status.message}"
+    if status.reason == "lost":
+        return f"was lost: {status.message}"
+    if status.signal:
+        try:
+            name = signal.Signals(status.signal).name
+        except ValueError:
+            name = f"signal {status.signal}"
+        return f"was killed by {name}"
+    return f"exited {status.exit_code}"
+
+
+def _os_user() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())

@@ -1,0 +1,91 @@
+"""Typed errors that carry the facts; the CLI and TUI turn them into one sentence.
+
+Every error a user can cause derives from :class:`MlfleetError`, whose
+``str()`` is the sentence shown to the user and whose ``exit_code`` is the
+batch-mode exit status (see docs/cli.md for the table).
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the thing ran and failed (a job failed, was cancelled)
+EXIT_USAGE = 2  # bad input: a spec, a flag, a filter
+EXIT_DRIFT = 3  # reserved for drift checks (--fail-on-drift)
+EXIT_NOT_FOUND = 4  # a job, run or host that does not exist
+EXIT_UNAVAILABLE = 5  # controller or agent could not be reached or started
+
+
+class MlfleetError(Exception):
+    """Base of every error meant for a user's eyes."""
+
+    exit_code = EXIT_FAILED
+
+
+class SpecError(MlfleetError):
+    """A YAML file (job spec, config) is wrong at a known place."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, path: str, line: int | None, field: str | None, problem: str, hint: str = "") -> None:
+        self.path = path
+        self.line = line
+        self.field = field
+        self.problem = problem
+        self.hint = hint
+        where = path if line is None else f"{path}:{line}"
+        what = f"{field}: {problem}" if field else problem
+        text = f"{where}: {what}"
+        if hint:
+            text += f"; {hint}"
+        super().__init__(text)
+
+
+class UsageError(MlfleetError):
+    """A command-line argument or request parameter is wrong."""
+
+    exit_code = EXIT_USAGE
+
+
+class NotFoundError(MlfleetError):
+    """A named job, run or host does not exist."""
+
+    exit_code = EXIT_NOT_FOUND
+
+
+class UnavailableError(MlfleetError):
+    """The controller or an agent cannot be reached or started."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+class HostUnreachableError(UnavailableError):
+    """A host's agent cannot be reached right now (the host is marked ``unreachable``)."""
+
+    def __init__(self, host: str, why: str = "") -> None:
+        self.host = host
+        super().__init__(f"host {host} is unreachable{': ' + why if why else ''}")
+
+
+class StoreVersionError(MlfleetError):
+    """The DuckDB file was written by a newer mlfleet than this one."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+class ProtocolError(MlfleetError):
+    """The peer spoke something that is not our protocol (or not our version)."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+class RemoteError(MlfleetError):
+    """An error raised on the other side of an RPC, carried back by kind.
+
+    ``kind`` is the class name of the original error so that the receiving
+    side can keep the original exit code.
+    """
+
+    def __init__(self, kind: str, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.exit_code = exit_code

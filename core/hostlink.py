@@ -1,0 +1,131 @@
+"""The controller's live view of one host: its connection, state and telemetry.
+
+A link reconnects with backoff and jitter; while it cannot reach the agent
+the host is ``unreachable``, but nothing is killed or forgotten: runs keep
+going on the node and are picked up again when the link comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from typing import Any
+
+import msgspec
+
+from mlfleet.core.errors import HostUnreachableError, MlfleetError
+from mlfleet.core.models import HostSample
+from mlfleet.core.protocol import Peer
+from mlfleet.core.transport.base import AgentTransport
+
+log = logging.getLogger(__name__)
+
+HISTORY = 300  # samples kept in memory for the clients' sparklines (5 min at 1 Hz)
+
+
+class HostLink:
+    def __init__(self, transport: AgentTransport, labels: dict[str, str] | None = None) -> None:
+        self.transport = transport
+        self.name = transport.host
+        self.labels = labels or {}
+        self.peer: Peer | None = None
+        self.state = "connecting"
+        self.message = ""
+        self.info: dict[str, Any] = {}
+        self.history: deque[HostSample] = deque(maxlen=HISTORY)
+        self.telemetry_seq = 0
+        self.agent_started_at: float | None = None
+        self.last_seen: float | None = None
+        self._backoff = 0.5
+        self._next_try = 0.0
+        self._connecting: asyncio.Task[None] | None = None
+
+    @property
+    def up(self) -> bool:
+        return self.peer is not None and not self.peer.closed
+
+    @property
+    def latest(self) -> HostSample | None:
+        return self.history[-1] if self.history else None
+
+    async def ensure_connected(self) -> bool:
+        """Connect if it is time to try; return whether the link is up."""
+        if self.up:
+            return True
+        if self.peer is not None:
+            self._lost("connection closed")
+        now = time.monotonic()
+        if now < self._next_try:
+            return False
+        try:
+            peer = await self.transport.connect()
+            info = await peer.request("info", timeout=10)
+        except MlfleetError as exc:
+            self._backoff = min(self._backoff * 2, 30.0)
+            self._next_try = now + self._backoff * random.uniform(0.5, 1.0)
+            self.state, self.message = "unreachable", str(exc)
+            return False
+        self.peer, self.info = peer, info
+        self.state, self.message = "up", ""
+        self._backoff = 0.5
+        log.info("connected to agent on %s", self.name)
+        return True
+
+    def _lost(self, why: str) -> None:
+        self.peer = None
+        self.state, self.message = "unreachable", why
+        self._next_try = time.monotonic() + self._backoff * random.uniform(0.5, 1.0)
+
+    async def request(self, method: str, timeout: float = 30.0, **params: Any) -> Any:
+        if not self.up or self.peer is None:
+            raise HostUnreachableError(self.name, self.message)
+        try:
+            return await self.peer.request(method, timeout=timeout, **params)
+        except MlfleetError as exc:
+            if self.peer is not None and self.peer.closed:
+                self._lost(str(exc))
+            raise
+
+    def absorb_telemetry(self, samples: list[dict[str, Any]], agent_started_at: float) -> list[HostSample]:
+        """Keep new samples; an agent restart resets the sequence."""
+        if self.agent_started_at != agent_started_at:
+            self.agent_started_at = agent_started_at
+            self.telemetry_seq = 0
+        fresh = [msgspec.convert(s, HostSample) for s in samples if s.get("seq", 0) > self.telemetry_seq]
+        if fresh:
+            self.telemetry_seq = fresh[-1].seq
+            self.history.extend(fresh)
+            self.last_seen = time.time()
+        return fresh
+
+    async def close(self) -> None:
+        if self.peer is not None:
+            await self.peer.close()
+            self.peer = None
+
+    def summary(self) -> dict[str, Any]:
+        """What clients see of this host (``hosts list``)."""
+        latest = self.latest
+        return {
+            "name": self.name,
+            "kind": self.transport.kind,
+            "address": self.transport.address,
+            "labels": self.labels,
+            "state": self.state,
+            "message": self.message,
+            "agent_version": self.info.get("version"),
+            "last_seen": self.last_seen,
+            "info": self.info,
+            "telemetry": msgspec.to_builtins(latest) if latest else None,
+        }
+
+    def history_series(self, points: int = 120) -> dict[str, list[float]]:
+        samples = list(self.history)[-points:]
+        return {
+            "cpu_percent": [s.cpu_percent for s in samples],
+            "memory_percent": [100.0 * s.memory_used / s.memory_total if s.memory_total else 0.0 for s in samples],
+        }
+

@@ -1,0 +1,253 @@
+"""The versioned line protocol spoken between clients, controller and agents.
+
+One JSON object per line (msgspec-encoded), over any byte stream: a Unix
+socket, or an SSH channel to one. A request is ``{"id", "method",
+"params"}``; its answer is ``{"id", "result"}`` or ``{"id", "error"}``. The
+first request on every connection is ``hello``, which carries the protocol
+version; a peer of another version is refused with a clear sentence.
+
+Frames are bounded (``MAX_FRAME``). A line that is too long or not a
+request gets an error answer and the connection carries on: a bad frame
+never takes a daemon down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import traceback
+from typing import Any, Awaitable, Callable
+
+import msgspec
+
+from .errors import MlfleetError, ProtocolError, RemoteError, UnavailableError
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 16 * 1024 * 1024
+
+log = logging.getLogger(__name__)
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
+
+
+class Frame(msgspec.Struct, omit_defaults=True):
+    id: int | None = None
+    method: str | None = None
+    params: dict[str, Any] | None = None
+    result: Any = None
+    error: dict[str, Any] | None = None
+
+
+_frame_decoder = msgspec.json.Decoder(Frame)
+
+
+def encode(obj: Any) -> bytes:
+    return _encoder.encode(obj) + b"\n"
+
+
+Handler = Callable[["Peer", str, dict[str, Any]], Awaitable[Any]]
+
+
+class Peer:
+    """One end of a protocol connection: it sends requests and answers the other side's.
+
+    ``handler(peer, method, params)`` answers incoming requests; a peer
+    without a handler only makes requests.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 handler: Handler | None = None, name: str = "peer") -> None:
+        self.reader = reader
+        self.writer = writer
+        self.handler = handler
+        self.name = name
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = asyncio.Event()
+        self._reader_task: asyncio.Task[None] | None = None
+        self.info: dict[str, Any] = {}
+
+    # ----------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """Start reading frames in the background."""
+        if self._reader_task is None:
+            self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def close(self) -> None:
+        if self._reader_task and self._reader_task is not asyncio.current_task():
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader_task
+        self._shutdown("connection closed")
+        with contextlib.suppress(Exception):
+            self.writer.close()
+            await asyncio.wait_for(self.writer.wait_closed(), 2)
+
+    def _shutdown(self, reason: str) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(UnavailableError(f"{self.name}: {reason}"))
+        self._pending.clear()
+        for task in list(self._tasks):
+            task.cancel()
+
+    # ------------------------------------------------------------- sending
+    async def request(self, method: str, timeout: float | None = 60.0, **params: Any) -> Any:
+        """Send a request and wait for its answer (raising the remote error, typed)."""
+        if self.closed:
+            raise UnavailableError(f"{self.name}: connection is closed")
+        request_id = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = fut
+        try:
+            self._write(Frame(id=request_id, method=method, params=params))
+            await self.writer.drain()
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise UnavailableError(f"{self.name}: no answer to {method} within {timeout:.0f} s") from None
+        except (ConnectionError, RuntimeError) as exc:
+            self._shutdown(str(exc))
+            raise UnavailableError(f"{self.name}: connection lost ({exc})") from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def hello(self, role: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Open the conversation: both sides must speak PROTOCOL_VERSION."""
+        info = await self.request("hello", timeout=timeout, protocol=PROTOCOL_VERSION, role=role)
+        if not isinstance(info, dict) or info.get("protocol") != PROTOCOL_VERSION:
+            raise ProtocolError(f"{self.name} speaks protocol {info.get('protocol') if isinstance(info, dict) else '?'}, "
+                                f"this mlfleet speaks {PROTOCOL_VERSION}; install the same mlfleet version on both sides")
+        self.info = info
+        return info
+
+    def _write(self, frame: Frame) -> None:
+        if self.writer.is_closing():
+            raise ConnectionError("connection is closing")
+        self.writer.write(encode(frame))
+
+    # ------------------------------------------------------------ receiving
+    async def _read_loop(self) -> None:
+        reason = "connection closed by the other side"
+        try:
+            while True:
+                try:
+                    line = await self.reader.readline()
+                except ValueError:
+                    # Longer than MAX_FRAME: asyncio dropped it; say so and carry on.
+                    await self._reply_error(None, ProtocolError(f"frame longer than {MAX_FRAME} bytes was dropped"))
+                    continue
+                if not line:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    frame = _frame_decoder.decode(line)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    await self._reply_error(None, ProtocolError(f"malformed frame: {exc}"))
+                    continue
+                if frame.method is not None:
+                    self._spawn(self._answer(frame))
+                elif frame.id is not None and frame.id in self._pending:
+                    fut = self._pending[frame.id]
+                    if not fut.done():
+                        if frame.error is not None:
+                            fut.set_exception(_remote_error(frame.error))
+                        else:
+                            fut.set_result(frame.result)
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            reason = f"connection lost ({exc})"
+        except asyncio.CancelledError:
+            reason = "connection closed"
+            raise
+        finally:
+            self._shutdown(reason)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, frame: Frame) -> None:
+        if frame.method == "hello":
+            params = frame.params or {}
+            if params.get("protocol") != PROTOCOL_VERSION:
+                await self._reply_error(frame.id, ProtocolError(
+                    f"peer speaks protocol {params.get('protocol')!r}, this side speaks {PROTOCOL_VERSION}; "
+                    "install the same mlfleet version on both sides"))
+                return
+        if self.handler is None:
+            await self._reply_error(frame.id, ProtocolError(f"{self.name} does not take requests"))
+            return
+        try:
+            result = await self.handler(self, frame.method or "", frame.params or {})
+        except MlfleetError as exc:
+            await self._reply_error(frame.id, exc)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug on our side: keep the daemon up, log it, say so
+            log.error("request %s failed:\n%s", frame.method, traceback.format_exc())
+            await self._reply_error(frame.id, exc)
+            return
+        try:
+            self._write(Frame(id=frame.id, result=result))
+            await self.writer.drain()
+        except (ConnectionError, RuntimeError):
+            self._shutdown("connection lost while answering")
+
+    async def _reply_error(self, request_id: int | None, exc: BaseException) -> None:
+        if isinstance(exc, MlfleetError):
+            error = {"kind": type(exc).__name__ if not isinstance(exc, RemoteError) else exc.kind,
+                     "message": str(exc), "exit_code": exc.exit_code}
+        else:
+            error = {"kind": "InternalError", "message": f"internal error: {type(exc).__name__}: {exc}", "exit_code": 1}
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self._write(Frame(id=request_id, error=error))
+            await self.writer.drain()
+
+
+def _remote_error(error: dict[str, Any]) -> RemoteError:
+    return RemoteError(str(error.get("kind", "Error")), str(error.get("message", "unknown error")),
+                       int(error.get("exit_code", 1)))
+
+
+async def open_unix_peer(path: str, name: str, handler: Handler | None = None) -> Peer:
+    """Connect to a Unix socket and start reading; raises UnavailableError if nothing listens."""
+    try:
+        reader, writer = await asyncio.open_unix_connection(path, limit=MAX_FRAME)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise UnavailableError(f"{name} is not listening on {path} ({exc.strerror})") from None
+    peer = Peer(reader, writer, handler, name)
+    peer.start()
+    return peer
+
+
+def method_dispatcher(obj: Any, prefix: str = "rpc_") -> Handler:
+    """A Handler that calls ``obj.rpc_<method>(peer, **params)``."""
+
+    async def handle(peer: Peer, method: str, params: dict[str, Any]) -> Any:
+        fn = getattr(obj, prefix + method, None) if method.isidentifier() else None
+        if fn is None:
+            raise ProtocolError(f"unknown method {method!r}")
+        try:
+            return await fn(peer, **params)
+        except TypeError as exc:
+            if "argument" in str(exc) and fn.__name__ in str(exc):
+                raise ProtocolError(f"bad parameters for {method}: {exc}") from None
+            raise
+
+    return handle

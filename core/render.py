@@ -1,0 +1,61 @@
+"""Plain-text tables and values for the batch CLI (``--json`` bypasses this)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any, Iterable, Sequence
+
+from .units import format_duration, format_size
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    body = [[_cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in body:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    for row in body:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value) if value else "-"
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def when(value: Any) -> str:
+    """An ISO timestamp as local ``YYYY-mm-dd HH:MM:SS``."""
+    if not value:
+        return "-"
+    try:
+        stamp = dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value)
+    return stamp.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def elapsed(start: Any, end: Any = None) -> str:
+    if not start:
+        return "-"
+    try:
+        a = dt.datetime.fromisoformat(str(start))
+        b = dt.datetime.fromisoformat(str(end)) if end else dt.datetime.now(dt.timezone.utc)
+    except ValueError:
+        return "-"
+    return format_duration((b - a).total_seconds())
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f}%"
+
+
+__all__ = ["table", "when", "elapsed", "percent", "format_size", "format_duration"]

@@ -1,0 +1,76 @@
+"""The embedded host ``local``: an agent process on this machine, no SSH.
+
+It speaks the same protocol over the same kind of socket as a remote agent;
+the only difference is that we start it ourselves when it is not running.
+It runs detached in its own session, so restarting the controller never
+touches it or its jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mlfleet.core.errors import UnavailableError
+from mlfleet.core.paths import Home
+from mlfleet.core.protocol import Peer, open_unix_peer
+
+_START_TIMEOUT_S = 20.0
+IDLE_EXIT_S = 300
+
+
+class LocalAgentTransport:
+    kind = "local"
+    address = None
+
+    def __init__(self, home: Home, host: str = "local", sample_interval: float = 1.0) -> None:
+        self.home = home
+        self.host = host
+        self.socket_path: Path = home.local_agent_socket
+        self.state_dir: Path = home.local_agent_dir
+        self.sample_interval = sample_interval
+        self._child: subprocess.Popen[bytes] | None = None
+
+    async def connect(self) -> Peer:
+        if self._child is not None and self._child.poll() is not None:
+            self._child = None  # reaped: an agent we started has exited
+        try:
+            return await self._hello()
+        except UnavailableError:
+            pass
+        self._spawn()
+        deadline = asyncio.get_running_loop().time() + _START_TIMEOUT_S
+        last: Exception | None = None
+        while asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+            try:
+                return await self._hello()
+            except UnavailableError as exc:
+                last = exc
+        raise UnavailableError(f"the local agent did not start within {_START_TIMEOUT_S:.0f} s ({last}); "
+                               f"see {self.home.log_dir / 'agent-local.log'}")
+
+    async def _hello(self) -> Peer:
+        peer = await open_unix_peer(str(self.socket_path), f"agent {self.host}")
+        try:
+            await peer.hello("controller")
+        except Exception:
+            await peer.close()
+            raise
+        return peer
+
+    def _spawn(self) -> None:
+        self.home.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.home.log_dir / "agent-local.log", "ab")
+        self._child = subprocess.Popen(
+            [sys.executable, "-m", "mlfleet", "agent", "serve",
+             "--state-dir", str(self.state_dir), "--socket", str(self.socket_path),
+             "--name", self.host, "--idle-exit", str(IDLE_EXIT_S),
+             "--sample-interval", str(self.sample_interval)],
+            start_new_session=True, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
+            env={**os.environ},
+        )
+        log.close()
