@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 
 from mlfleet import __version__
-from mlfleet.core.errors import UnavailableError, UsageError
+from mlfleet.core.errors import NotFoundError, UnavailableError, UsageError
 from mlfleet.core.models import HostSample, LaunchRequest
 from mlfleet.core.protocol import MAX_FRAME, PROTOCOL_VERSION, Peer, method_dispatcher
 
@@ -168,7 +168,7 @@ class AgentDaemon:
         for run_id in ids:
             try:
                 out.append(msgspec.to_builtins(self.supervisor.status(run_id)))
-            except Exception as exc:  # one unknown run must not hide the others
+            except NotFoundError as exc:  # one unknown run must not hide the others
                 out.append({"run_id": run_id, "state": "unknown", "message": str(exc)})
         return out
 
@@ -196,8 +196,11 @@ class AgentDaemon:
                 try:
                     status = self.supervisor.status(run_id)
                     chunk = self.supervisor.read(run_id, "metrics", offset, max_bytes)
-                except Exception as exc:
+                except NotFoundError as exc:  # only "never heard of it" means unknown
                     runs[run_id] = {"status": {"run_id": run_id, "state": "unknown", "message": str(exc)}}
+                    continue
+                except Exception as exc:
+                    runs[run_id] = {"error": str(exc)}
                     continue
                 runs[run_id] = {"status": msgspec.to_builtins(status), "metrics": msgspec.to_builtins(chunk)}
             return runs

@@ -267,16 +267,31 @@ async def _controller_action(home: Home, args: argparse.Namespace) -> int:
         return EXIT_OK
     async with client:
         answer = await client.call("shutdown")
-    for _ in range(300):
+    for _ in range(300):  # stopped means its lock is free: the file is closed and checkpointed
         await asyncio.sleep(0.1)
-        probe = await try_connect(home)
-        if probe is None:
+        if not _lock_held(home.controller_lock):
             break
-        await probe.close()
     else:
         raise UnavailableError("the controller did not stop within 30 s")
     _say(args, {"stopped": True, **answer}, "controller stopped")
     return EXIT_OK
+
+
+def _lock_held(path: Path) -> bool:
+    import fcntl
+    import os
+
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _say(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:

@@ -41,7 +41,14 @@ def load_job_spec(path: str | Path) -> JobSpec:
     if not isinstance(located.data, dict):
         raise SpecError(located.path, 1, None, f"a job spec must be a YAML mapping, got {_describe(located.data)}",
                         "start with 'name:' and 'command:' (see configs/)")
-    spec = validate_job_spec(located.data, located)
+    data = dict(located.data)
+    # argv items and environment values are text: keep what was typed, not YAML's reading
+    # of it (0.10 -> 0.1, 010 -> 8, yes -> True).
+    if isinstance(data.get("command"), list):
+        data["command"] = [located.as_typed(("command", i), v) for i, v in enumerate(data["command"])]
+    if isinstance(data.get("env"), dict):
+        data["env"] = {k: located.as_typed(("env", k), v) for k, v in data["env"].items()}
+    spec = validate_job_spec(data, located)
     return _resolve(spec, Path(path), located)
 
 

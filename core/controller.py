@@ -156,7 +156,9 @@ class Controller:
                     job_id=row["job_id"], run_id=row["run_id"], host=row["host"], state=row["state"],
                     offset=row["byte_offset"] or 0, lines=row["lines"] or 0, attempt=row["attempt"],
                     max_attempts=row["max_attempts"], spec=spec, gpus=list(row["gpus"] or []), owner=row["owner"],
-                    cancel_requested_by=row.get("cancel_requested_by"))
+                    cancel_requested_by=row.get("cancel_requested_by"),
+                    # a dispatched run may never have reached its agent: launch again (idempotent)
+                    launched=row["state"] == "running")
 
     # ------------------------------------------------------------ the loop
     async def _tick_loop(self) -> None:
@@ -215,11 +217,20 @@ class Controller:
 
     async def _absorb_run(self, link: HostLink, run: ActiveRun, item: dict[str, Any]) -> None:
         assert self.store is not None
+        if "error" in item:
+            log.warning("agent on %s could not report run %s: %s", link.name, run.run_id, item["error"])
+            return
         status_raw = item.get("status", {})
         if status_raw.get("state") == "unknown":
-            # The agent has never seen this run: it was written down but not launched. Launch it (idempotent).
-            run.launched = False
-            return
+            if run.state == "dispatched":
+                # Written down but never launched there (a crash in between): launch it now.
+                run.launched = False
+                return
+            # It ran there, and the agent has forgotten it (its state dir was wiped).
+            status_raw = {"run_id": run.run_id, "state": "exited", "reason": "lost",
+                          "message": f"the agent on {link.name} no longer knows this run"}
+            item = {"status": status_raw, "metrics": {"run_id": run.run_id, "stream": "metrics", "offset": run.offset,
+                                                      "end": run.offset, "data": "", "eof": True}}
         status = msgspec.convert(status_raw, RunStatus)
         chunk_raw = item.get("metrics")
         drained = False

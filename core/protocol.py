@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import logging
 import traceback
+import typing
 from typing import Any, Awaitable, Callable
 
 import msgspec
@@ -237,17 +239,32 @@ async def open_unix_peer(path: str, name: str, handler: Handler | None = None) -
 
 
 def method_dispatcher(obj: Any, prefix: str = "rpc_") -> Handler:
-    """A Handler that calls ``obj.rpc_<method>(peer, **params)``."""
+    """A Handler that calls ``obj.rpc_<method>(peer, **params)``.
+
+    Parameters are checked against the method's type hints first (a msgspec
+    struct built once per method), so a peer that sends the wrong shape gets
+    "bad parameters" instead of reaching our code with it.
+    """
+    param_types: dict[str, type[msgspec.Struct]] = {}
+
+    def params_type(method: str, fn: Callable[..., Any]) -> type[msgspec.Struct]:
+        if method not in param_types:
+            hints = typing.get_type_hints(fn)
+            fields: list[Any] = []
+            for name, p in list(inspect.signature(fn).parameters.items())[1:]:  # skip the peer
+                kind = hints.get(name, Any)
+                fields.append((name, kind) if p.default is inspect.Parameter.empty else (name, kind, p.default))
+            param_types[method] = msgspec.defstruct(f"{method}_params", fields, forbid_unknown_fields=True)
+        return param_types[method]
 
     async def handle(peer: Peer, method: str, params: dict[str, Any]) -> Any:
         fn = getattr(obj, prefix + method, None) if method.isidentifier() else None
         if fn is None:
             raise ProtocolError(f"unknown method {method!r}")
         try:
-            return await fn(peer, **params)
-        except TypeError as exc:
-            if "argument" in str(exc) and fn.__name__ in str(exc):
-                raise ProtocolError(f"bad parameters for {method}: {exc}") from None
-            raise
+            checked = msgspec.convert(params, params_type(method, fn))
+        except msgspec.ValidationError as exc:
+            raise ProtocolError(f"bad parameters for {method}: {exc}") from None
+        return await fn(peer, **{f: getattr(checked, f) for f in checked.__struct_fields__})
 
     return handle

@@ -27,6 +27,13 @@ class Located:
     data: Any
     lines: dict[tuple[Any, ...], int] = field(default_factory=dict)
     key_lines: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    raw: dict[tuple[Any, ...], str] = field(default_factory=dict)  # plain scalars as typed
+
+    def as_typed(self, parts: tuple[Any, ...], value: Any) -> Any:
+        """A plain scalar exactly as the user typed it (``0.10`` stays "0.10", ``true`` stays "true")."""
+        if isinstance(value, (int, float, bool)) and parts in self.raw:
+            return self.raw[parts]
+        return value
 
     def line_of(self, parts: tuple[Any, ...]) -> int | None:
         """The line of the deepest known node on ``parts`` (a key's line when it is a key)."""
@@ -99,6 +106,8 @@ def _build(node: yaml.Node, parts: tuple[Any, ...], located: Located) -> Any:
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_build(child, parts + (i,), located) for i, child in enumerate(node.value)]
+    if isinstance(node, yaml.ScalarNode) and node.style is None:
+        located.raw[parts] = node.value
     return yaml.SafeLoader(" ").construct_object(node, deep=True)
 
 

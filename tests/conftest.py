@@ -1,0 +1,128 @@
+"""Shared fixtures: an isolated mlfleet installation per test, driven like a user would.
+
+Each test gets its own MLFLEET_HOME (short, so Unix socket paths fit) and
+talks to a real controller and a real local agent through the real CLI.
+Whatever processes the test started are stopped afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from mlfleet.core.paths import Home
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+class Fleet:
+    """One isolated installation: run CLI commands, inspect processes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.home = Home(config_dir=root, data_dir=root)
+        self.env = {**os.environ, "MLFLEET_HOME": str(root)}
+
+    def cli(self, *args: str, timeout: float = 90, check: bool = False) -> CliResult:
+        proc = subprocess.run([sys.executable, "-m", "mlfleet", *args], env=self.env, capture_output=True,
+                              text=True, timeout=timeout, cwd=REPO)
+        result = CliResult(proc.returncode, proc.stdout, proc.stderr)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"mlfleet {' '.join(args)} exited {proc.returncode}: {proc.stderr or proc.stdout}")
+        return result
+
+    def cli_json(self, *args: str, timeout: float = 90) -> Any:
+        return self.cli(*args, "--json", timeout=timeout, check=True).json()
+
+    def write_spec(self, name: str, text: str) -> Path:
+        path = self.root / f"{name}.yaml"
+        path.write_text(text)
+        return path
+
+    def pid_in(self, lock: Path) -> int | None:
+        try:
+            pid = int(lock.read_text().strip() or 0)
+        except (OSError, ValueError):
+            return None
+        try:
+            alive = pid > 0 and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            alive = False
+        return pid if alive else None
+
+    @property
+    def controller_pid(self) -> int | None:
+        return self.pid_in(self.home.controller_lock)
+
+    @property
+    def agent_pid(self) -> int | None:
+        return self.pid_in(self.home.local_agent_dir / "agent.lock")
+
+    def wait_for(self, predicate, timeout: float = 30.0, interval: float = 0.2, what: str = "condition") -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(interval)
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self.cli_json("jobs", "show", job_id)
+
+    def wait_state(self, job_id: str, states: set[str], timeout: float = 60.0) -> dict[str, Any]:
+        return self.wait_for(lambda: (j := self.job(job_id)) and j["state"] in states and j, timeout,
+                             what=f"job {job_id} to reach {states}")
+
+    def kill_everything(self) -> None:
+        """Stop every process that belongs to this installation (controller, agent, runners, jobs)."""
+        mine = []
+        for proc in psutil.process_iter(["pid", "environ", "cmdline"]):
+            try:
+                env = proc.info.get("environ") or {}
+                cmd = " ".join(proc.info.get("cmdline") or [])
+            except (psutil.Error, OSError):
+                continue
+            if env.get("MLFLEET_HOME") == str(self.root) or str(self.root) in cmd:
+                if proc.pid != os.getpid():
+                    mine.append(proc)
+        for proc in mine:
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except psutil.Error:
+                pass
+        psutil.wait_procs(mine, timeout=5)
+
+
+@pytest.fixture
+def fleet() -> Fleet:
+    root = Path(tempfile.mkdtemp(prefix="mlf", dir="/tmp"))
+    installation = Fleet(root)
+    try:
+        yield installation
+    finally:
+        installation.kill_everything()
+        shutil.rmtree(root, ignore_errors=True)
