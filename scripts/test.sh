@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install what the test suite needs on a fresh machine, then run all of it.
+# Extra arguments go to pytest (e.g. scripts/test.sh -k jobs -x).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)   # the TUI is tried in a real terminal
+if ((${#missing[@]})); then
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "installing ${missing[*]} (apt)" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "mlfleet needs Python 3.11 or newer" >&2; exit 2; }
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+exec .venv/bin/python -m pytest "$@"
