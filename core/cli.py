@@ -23,6 +23,7 @@ from mlfleet.core.config import load_job_spec
 from mlfleet.core.errors import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, MlfleetError, UnavailableError
 from mlfleet.core.models import TERMINAL_STATES, to_plain
 from mlfleet.core.paths import Home
+from mlfleet.core.settings import load_settings
 
 
 def _print_json(data: Any) -> None:
@@ -232,7 +233,8 @@ def _controller_foreground(home: Home) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(Controller(home).run())
+        settings = load_settings(home.config_file)
+        asyncio.run(Controller(home, settings).run())
     except MlfleetError as exc:
         print(f"mlfleet: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code

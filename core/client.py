@@ -14,6 +14,7 @@ from typing import Any
 
 from mlfleet.core.errors import UnavailableError
 from mlfleet.core.paths import Home
+from mlfleet.core.settings import load_settings
 from mlfleet.core.protocol import Peer, open_unix_peer
 
 START_TIMEOUT_S = 30.0
@@ -65,6 +66,7 @@ async def connect(home: Home | None = None, autostart: bool = True) -> Controlle
         return client
     if not autostart:
         raise UnavailableError(f"no controller is running for {home.data_dir}; start one with 'mlfleet controller start'")
+    load_settings(home.config_file)  # a mistake there is the user's to fix: say it here, with its line
     process = start_controller_process(home)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + START_TIMEOUT_S

@@ -58,7 +58,7 @@ def validate_job_spec(data: dict[str, Any], located: Located | None = None) -> J
     try:
         spec = msgspec.convert(data, JobSpec, dec_hook=spec_dec_hook, str_keys=True)
     except msgspec.ValidationError as exc:
-        raise _spec_error(str(exc), data, located, display) from None
+        raise spec_error_from_validation(str(exc), data, located) from None
     _check_semantics(spec, located, display)
     return spec
 
@@ -102,8 +102,14 @@ def _resolve(spec: JobSpec, path: Path, located: Located) -> JobSpec:
     return msgspec.structs.replace(spec, workdir=str(workdir))
 
 
-def _spec_error(message: str, data: Any, located: Located | None, display: str) -> SpecError:
-    """Turn msgspec's message into our sentence, pointing at the YAML line."""
+def spec_error_from_validation(message: str, data: Any, located: Located | None,
+                               structs: dict[tuple[Any, ...], type[msgspec.Struct]] | None = None) -> SpecError:
+    """Turn msgspec's message into our sentence, pointing at the YAML line.
+
+    ``structs`` maps a field path to the Struct found there, to suggest the
+    known fields when one is unknown (job specs by default).
+    """
+    display = located.path if located else "job spec"
     match = _PATH_RE.search(message)
     parts: tuple[Any, ...] = ()
     if match:
@@ -113,10 +119,10 @@ def _spec_error(message: str, data: Any, located: Located | None, display: str) 
     if m := re.match(r"Object contains unknown field `(.+)`", message):
         key = m.group(1)
         parts = parts + (key,)
-        known = _known_fields(parts[:-1])
+        known = _known_fields(parts[:-1], structs)
         close = difflib.get_close_matches(key, known, n=1)
         problem = "unknown field"
-        hint = f"did you mean {close[0]!r}?" if close else f"known fields are {', '.join(known)}"
+        hint = f"did you mean {close[0]!r}?" if close else (f"known fields are {', '.join(known)}" if known else "")
     elif m := re.match(r"Object missing required field `(.+)`", message):
         parts = parts + (m.group(1),)
         problem = "is required but missing"
@@ -167,8 +173,9 @@ def _first_nonscalar_key(node: Any) -> Any:
     return next(iter(node), None)
 
 
-def _known_fields(parts: tuple[Any, ...]) -> list[str]:
+def _known_fields(parts: tuple[Any, ...], structs: dict[tuple[Any, ...], type[msgspec.Struct]] | None) -> list[str]:
     from .models import Constraints, Resources
 
-    struct: type[msgspec.Struct] = {(): JobSpec, ("resources",): Resources, ("constraints",): Constraints}.get(parts, JobSpec)
-    return list(struct.__struct_fields__)
+    table = structs or {(): JobSpec, ("resources",): Resources, ("constraints",): Constraints}
+    struct = table.get(parts)
+    return list(struct.__struct_fields__) if struct else []

@@ -22,6 +22,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -32,14 +33,12 @@ from mlfleet.core.hostlink import HostLink
 from mlfleet.core.ingest import parse_lines
 from mlfleet.core.models import JobSpec, LaunchRequest, RunStatus, StreamChunk, spec_from_plain
 from mlfleet.core.paths import Home
+from mlfleet.core.settings import Settings, file_digest
 from mlfleet.core.store import records
 from mlfleet.core.store.db import Store
 from mlfleet.core.transport.local import LocalAgentTransport
 
 log = logging.getLogger(__name__)
-
-TELEMETRY_WINDOW_S = 10
-TELEMETRY_RETENTION_S = 7 * 86400
 
 
 @dataclass
@@ -72,12 +71,14 @@ class ActiveRun:
 
 
 class Controller:
-    def __init__(self, home: Home, tick: float = 0.5, sample_interval: float = 1.0) -> None:
+    def __init__(self, home: Home, settings: Settings | None = None) -> None:
         self.home = home
-        self.tick_interval = tick
+        self.settings = settings or Settings()
+        self.tick_interval = float(self.settings.controller.tick)
         self.store: Store | None = None
         self.links: dict[str, HostLink] = {
-            "local": HostLink(LocalAgentTransport(home, "local", sample_interval=sample_interval),
+            "local": HostLink(LocalAgentTransport(home, "local",
+                                                  sample_interval=float(self.settings.telemetry.sample_interval)),
                               labels={"provider": "local"}),
         }
         self.pending: dict[str, PendingJob] = {}
@@ -115,6 +116,7 @@ class Controller:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         await self.store.run(records.audit, _os_user(), "controller.start", None, {"pid": os.getpid()})
+        await self._audit_config_change()
         log.info("controller serving on %s", self.home.controller_socket)
         if ready is not None:
             ready.set()
@@ -136,6 +138,20 @@ class Controller:
             with contextlib.suppress(FileNotFoundError):
                 self.home.controller_socket.unlink()
             log.info("controller stopped")
+
+    async def _audit_config_change(self) -> None:
+        """Record a config file that changed since the controller last saw it (who: the file's owner)."""
+        assert self.store is not None
+        for path in (self.home.config_file, self.home.hosts_file):
+            digest = file_digest(path)
+            rows = await self.store.read(records.rows, """select detail->>'sha256' as sha256 from audit
+                                          where action = 'config.change' and target = ? order by id desc limit 1""",
+                                         [str(path)])
+            last = rows[0]["sha256"] if rows else None
+            if digest != last and (digest is not None or last is not None):
+                owner = _file_owner(path) if digest else _os_user()
+                await self.store.run(records.audit, owner, "config.change", str(path),
+                                     {"sha256": digest, "previous": last})
 
     def stop(self) -> None:
         self._stop.set()
@@ -331,12 +347,12 @@ class Controller:
     async def _telemetry_loop(self) -> None:
         last_prune = 0.0
         while True:
-            await asyncio.sleep(TELEMETRY_WINDOW_S)
+            await asyncio.sleep(float(self.settings.telemetry.window))
             try:
                 await self._flush_telemetry()
                 if time.time() - last_prune > 3600:
                     assert self.store is not None
-                    await self.store.run(records.prune_telemetry, TELEMETRY_RETENTION_S)
+                    await self.store.run(records.prune_telemetry, float(self.settings.telemetry.retention))
                     last_prune = time.time()
             except asyncio.CancelledError:
                 raise
@@ -346,7 +362,8 @@ class Controller:
     async def _flush_telemetry(self) -> None:
         """Write one averaged row per host (and per GPU) for the last window."""
         assert self.store is not None
-        cutoff = time.time() - TELEMETRY_WINDOW_S
+        window_s = float(self.settings.telemetry.window)
+        cutoff = time.time() - window_s
         host_rows, gpu_rows = [], []
         for link in self.links.values():
             window = [s for s in link.history if s.ts > cutoff]
@@ -354,14 +371,14 @@ class Controller:
                 continue
             last = window[-1]
             mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-            host_rows.append([link.name, last.ts, TELEMETRY_WINDOW_S, mean([s.cpu_percent for s in window]),
+            host_rows.append([link.name, last.ts, window_s, mean([s.cpu_percent for s in window]),
                               mean([s.load1 for s in window]), int(mean([s.memory_used for s in window])),
                               last.memory_total, last.swap_used, last.disk_used, last.disk_total,
                               mean([s.net_rx_bps for s in window]), mean([s.net_tx_bps for s in window]),
                               last.gpu_state])
             for gpu in last.gpus:
                 utils = [g.utilization for s in window for g in s.gpus if g.index == gpu.index and g.utilization is not None]
-                gpu_rows.append([link.name, last.ts, TELEMETRY_WINDOW_S, gpu.index, gpu.uuid, gpu.name,
+                gpu_rows.append([link.name, last.ts, window_s, gpu.index, gpu.uuid, gpu.name,
                                  mean(utils) if utils else None, gpu.memory_used, gpu.memory_total, gpu.temperature,
                                  gpu.power_draw, len(gpu.processes)])
         if host_rows or gpu_rows:
@@ -390,6 +407,15 @@ def _failure_words(status: RunStatus) -> str:
             name = f"signal {status.signal}"
         return f"was killed by {name}"
     return f"exited {status.exit_code}"
+
+
+def _file_owner(path: Path) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(path.stat().st_uid).pw_name
+    except (KeyError, OSError):
+        return _os_user()
 
 
 def _os_user() -> str:

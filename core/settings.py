@@ -1,0 +1,73 @@
+"""Installation settings from ``config.yaml`` (optional; every key has a default).
+
+```yaml
+controller:
+  tick: 0.5s            # how often hosts are polled and the queue scheduled
+telemetry:
+  sample_interval: 1s   # agent sampling period (the local agent)
+  window: 10s           # one averaged row per host per window in DuckDB
+  retention: 7d         # older telemetry rows are deleted
+```
+
+Mistakes are SpecErrors with file:line:field, like job specs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+import msgspec
+
+from .config import spec_error_from_validation
+from .errors import SpecError
+from .models import Seconds, spec_dec_hook
+from .yamlsource import read_yaml
+
+
+class ControllerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    tick: Seconds = Seconds(0.5)
+
+
+class TelemetrySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    sample_interval: Seconds = Seconds(1.0)
+    window: Seconds = Seconds(10.0)
+    retention: Seconds = Seconds(7 * 86400.0)
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    controller: ControllerSettings = msgspec.field(default_factory=ControllerSettings)
+    telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
+
+
+def load_settings(path: Path) -> Settings:
+    """The settings in ``path``, or the defaults when it does not exist."""
+    if not path.exists():
+        return Settings()
+    located = read_yaml(path)
+    if located.data is None or located.data == {}:
+        return Settings()
+    if not isinstance(located.data, dict):
+        raise SpecError(located.path, 1, None, "settings must be a YAML mapping", "see docs/configuration.md")
+    try:
+        settings = msgspec.convert(located.data, Settings, dec_hook=spec_dec_hook, str_keys=True)
+    except msgspec.ValidationError as exc:
+        raise spec_error_from_validation(str(exc), located.data, located, {
+            (): Settings, ("controller",): ControllerSettings, ("telemetry",): TelemetrySettings}) from None
+    for parts, value, low, high in (
+        (("controller", "tick"), settings.controller.tick, 0.05, 60),
+        (("telemetry", "sample_interval"), settings.telemetry.sample_interval, 0.1, 60),
+        (("telemetry", "window"), settings.telemetry.window, 1, 3600),
+        (("telemetry", "retention"), settings.telemetry.retention, 3600, 3650 * 86400),
+    ):
+        if not low <= value <= high:
+            raise SpecError(located.path, located.line_of(parts), ".".join(parts),
+                            f"{value:g} s is out of range", f"use between {low:g} s and {high:g} s")
+    return settings
+
+
+def file_digest(path: Path) -> str | None:
+    """sha256 of a config file, or None when it does not exist (to audit changes)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
