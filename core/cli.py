@@ -45,8 +45,14 @@ def _client_command(fn: Callable[[ControllerClient, argparse.Namespace], Awaitab
 
 # ------------------------------------------------------------------ jobs
 
-async def cmd_submit(client: ControllerClient, args: argparse.Namespace) -> int:
-    spec = load_job_spec(args.file)
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Validate the spec here, before any controller is started for it."""
+    args.spec = load_job_spec(args.file)
+    return _client_command(_submit)(args)
+
+
+async def _submit(client: ControllerClient, args: argparse.Namespace) -> int:
+    spec = args.spec
     answer = await client.call("submit", spec=to_plain(spec), spec_path=str(Path(args.file).absolute()))
     job_id = answer["job_id"]
     if not args.wait:
@@ -339,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="print JSON")
         return p
 
-    p = add(sub, "submit", _client_command(cmd_submit), "submit a job spec (YAML)")
+    p = add(sub, "submit", cmd_submit, "submit a job spec (YAML)")
     p.add_argument("file", help="the job spec, e.g. configs/demo-train.yaml")
     p.add_argument("--wait", action="store_true", help="wait for the job; exit 0 only if it succeeded")
 

@@ -39,17 +39,32 @@ def load_job_spec(path: str | Path) -> JobSpec:
     """Read, validate and resolve a job spec file (workdir made absolute)."""
     located = read_yaml(path)
     if not isinstance(located.data, dict):
-        raise SpecError(located.path, 1, None, f"a job spec must be a YAML mapping, got {_describe(located.data)}",
+        raise SpecError(located.path, located.line_of(()), None, f"a job spec must be a YAML mapping, got {_describe(located.data)}",
                         "start with 'name:' and 'command:' (see configs/)")
     data = dict(located.data)
     # argv items and environment values are text: keep what was typed, not YAML's reading
     # of it (0.10 -> 0.1, 010 -> 8, yes -> True).
     if isinstance(data.get("command"), list):
         data["command"] = [located.as_typed(("command", i), v) for i, v in enumerate(data["command"])]
-    if isinstance(data.get("env"), dict):
-        data["env"] = {k: located.as_typed(("env", k), v) for k, v in data["env"].items()}
+    for parts in (("env",), ("tags",), ("constraints", "labels")):
+        mapping = _get(data, parts)
+        if isinstance(mapping, dict):
+            _put(data, parts, {k: located.as_typed(parts + (k,), v) for k, v in mapping.items()})
     spec = validate_job_spec(data, located)
     return _resolve(spec, Path(path), located)
+
+
+def _get(data: Any, parts: tuple[str, ...]) -> Any:
+    for part in parts:
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def _put(data: dict[str, Any], parts: tuple[str, ...], value: Any) -> None:
+    for part in parts[:-1]:
+        data[part] = dict(data[part])
+        data = data[part]
+    data[parts[-1]] = value
 
 
 def validate_job_spec(data: dict[str, Any], located: Located | None = None) -> JobSpec:
@@ -83,7 +98,8 @@ def _check_semantics(spec: JobSpec, located: Located | None, display: str) -> No
             fail(("resources", "gpu_memory"), "is set but resources.gpus is 0", "ask for gpus: 1 or more, or drop gpu_memory")
     for i, name in enumerate(spec.resources.gpu_types):
         if not name.strip():
-            fail(("resources", "gpu_type", i), "is empty")
+            where = ("resources", "gpu_type") if isinstance(spec.resources.gpu_type, str) else ("resources", "gpu_type", i)
+            fail(where, "is empty", "name a GPU model like H100, or drop gpu_type")
     for key in spec.env:
         if not key or "=" in key or "\0" in key:
             fail(("env", key), "is not a valid environment variable name")
@@ -113,7 +129,7 @@ def spec_error_from_validation(message: str, data: Any, located: Located | None,
     match = _PATH_RE.search(message)
     parts: tuple[Any, ...] = ()
     if match:
-        parts = _parse_path(match.group("path"), data)
+        parts = _parse_path(match.group("path"), data, structs)
         message = message[: match.start()]
     problem, hint = message, ""
     if m := re.match(r"Object contains unknown field `(.+)`", message):
@@ -128,13 +144,32 @@ def spec_error_from_validation(message: str, data: Any, located: Located | None,
         problem = "is required but missing"
         hint = "add it (see configs/ for examples)"
     elif m := re.match(r"Expected `([^`]+)`, got `([^`]+)`", message):
-        problem = f"expected {_words(m.group(1))}, got {_TYPE_WORDS.get(m.group(2), m.group(2))}"
+        got = _TYPE_WORDS.get(m.group(2), m.group(2))
+        value = _value_at(data, parts)
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool) and len(str(value)) <= 40:
+            got = repr(value)
+        problem = f"expected {_words(m.group(1))}, got {got}"
     elif m := re.match(r"Expected `([^`]+)` (.+)$", message):
-        problem = f"must be {_words(m.group(1))} {m.group(2)}".replace("matching regex", "matching")
-        if parts and parts[-1] in ("name", "project"):
+        problem = f"must be {_words(m.group(1))} {m.group(2)}"
+        if "matching regex" in message and parts and parts[-1] in ("name", "project"):
             problem = "must start with a letter or digit and hold only letters, digits, '.', '_' and '-'"
+        elif m2 := re.match(r"of length <= (\d+)", m.group(2)):
+            problem = f"is too long: {m2.group(1)} characters at most"
+        elif m2 := re.match(r"of length >= (\d+)", m.group(2)):
+            problem = "is empty" if m2.group(1) == "1" else f"is too short: {m2.group(1)} characters at least"
     line = located.line_of(parts) if located else None
     return SpecError(display, line, dotted(parts) or None, problem, hint)
+
+
+def _value_at(data: Any, parts: tuple[Any, ...]) -> Any:
+    for part in parts:
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        else:
+            return None
+    return data
 
 
 def _words(type_text: str) -> str:
@@ -144,8 +179,8 @@ def _words(type_text: str) -> str:
     return " or ".join(_TYPE_WORDS.get(t, t) for t in alternatives)
 
 
-def _parse_path(text: str, data: Any) -> tuple[Any, ...]:
-    """``.resources.gpu_type[0]`` -> ("resources", "gpu_type", 0); ``[...]`` picks the first bad key."""
+def _parse_path(text: str, data: Any, structs: dict[tuple[Any, ...], type[msgspec.Struct]] | None) -> tuple[Any, ...]:
+    """``.resources.gpu_type[0]`` -> ("resources", "gpu_type", 0); ``[...]`` finds the bad key."""
     parts: list[Any] = []
     node = data
     for name, index in _TOKEN_RE.findall(text):
@@ -153,7 +188,7 @@ def _parse_path(text: str, data: Any) -> tuple[Any, ...]:
             parts.append(name)
             node = node.get(name) if isinstance(node, dict) else None
         elif index == "...":
-            key = _first_nonscalar_key(node)
+            key = _first_bad_key(data, tuple(parts), node, structs)
             if key is None:
                 break
             parts.append(key)
@@ -164,13 +199,29 @@ def _parse_path(text: str, data: Any) -> tuple[Any, ...]:
     return tuple(parts)
 
 
-def _first_nonscalar_key(node: Any) -> Any:
+def _first_bad_key(data: Any, parts: tuple[Any, ...], node: Any,
+                   structs: dict[tuple[Any, ...], type[msgspec.Struct]] | None) -> Any:
+    """msgspec says only "a value in this mapping"; find which, by validating each entry alone."""
     if not isinstance(node, dict):
         return None
+    root = (structs or {}).get((), JobSpec)
     for key, value in node.items():
-        if isinstance(value, (dict, list)) or value is None:
-            return key
+        trial = _replace_at(data, parts, {key: value})
+        try:
+            msgspec.convert(trial, root, dec_hook=spec_dec_hook, str_keys=True)
+        except msgspec.ValidationError as exc:
+            if "[...]" in str(exc):
+                return key
     return next(iter(node), None)
+
+
+def _replace_at(data: Any, parts: tuple[Any, ...], value: Any) -> Any:
+    if not parts:
+        return value
+    copy = dict(data) if isinstance(data, dict) else data
+    if isinstance(copy, dict):
+        copy[parts[0]] = _replace_at(copy.get(parts[0]), parts[1:], value)
+    return copy
 
 
 def _known_fields(parts: tuple[Any, ...], structs: dict[tuple[Any, ...], type[msgspec.Struct]] | None) -> list[str]:

@@ -76,10 +76,13 @@ def parse_lines(text: str, first_seq: int) -> ParsedBatch:
             step = int(step) if isinstance(step, float) and step.is_integer() else None
         metrics = record.get("metrics")
         if isinstance(metrics, dict):
+            line_is_bad = False
             for key, raw in metrics.items():
                 value = _number(raw)
                 if value is None or not isinstance(key, str):
-                    _bad(batch, first_seq + i, f"metric {key!r} is not a number")
+                    if not line_is_bad:  # bad_lines counts lines; the good values on it are kept
+                        _bad(batch, first_seq + i, f"metric {key!r} is not a number")
+                        line_is_bad = True
                     continue
                 batch.keys.append(key)
                 batch.steps.append(step)

@@ -9,6 +9,7 @@ words a user can act on.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 
@@ -102,6 +103,7 @@ def schedule(hosts: list[HostView], queue: list[QueuedJob]) -> Decision:
     }
     for job in sorted(queue, key=lambda j: (-j.priority, j.submitted, j.job_id)):
         reasons: list[Reason] = []
+        best: tuple[tuple[float, ...], HostView, list[int]] | None = None
         for host in sorted(hosts, key=lambda h: h.name):
             cap = capacity[host.name]
             reason = _check(job, host, cap)
@@ -109,14 +111,32 @@ def schedule(hosts: list[HostView], queue: list[QueuedJob]) -> Decision:
                 reasons.append(reason)
                 continue
             chosen = _pick_gpus(job, cap.free_gpus)
-            cap.free_gpus = [g for g in cap.free_gpus if g.index not in chosen]
-            cap.cpus -= job.cpus
-            cap.memory -= job.memory or 0
-            decision.placements.append(Placement(job.job_id, host.name, tuple(sorted(chosen))))
-            break
-        else:
+            score = _fit_score(job, cap, chosen)
+            if best is None or score < best[0]:
+                best = (score, host, chosen)
+        if best is None:
             decision.waiting[job.job_id] = reasons
+            continue
+        _, host, chosen = best
+        cap = capacity[host.name]
+        cap.free_gpus = [g for g in cap.free_gpus if g.index not in chosen]
+        cap.cpus -= job.cpus
+        cap.memory -= job.memory or 0
+        decision.placements.append(Placement(job.job_id, host.name, tuple(sorted(chosen))))
     return decision
+
+
+def _fit_score(job: QueuedJob, cap: _Capacity, chosen: list[int]) -> tuple[float, ...]:
+    """Smaller is a tighter fit: leave big GPUs and big hosts for the jobs that need them.
+
+    GPU jobs go where the chosen GPUs have the least free memory, then where
+    the fewest GPUs stay free; others where the fewest CPUs stay free.
+    Ties keep host-name order (the sort is stable on the caller's side).
+    """
+    if job.gpus:
+        memory = sum(g.memory_free or 0 for g in cap.free_gpus if g.index in chosen)
+        return (float(memory), float(len(cap.free_gpus) - len(chosen)))
+    return (0.0, cap.cpus - job.cpus)
 
 
 def _check(job: QueuedJob, host: HostView, cap: _Capacity) -> Reason | None:
@@ -148,11 +168,20 @@ def _check(job: QueuedJob, host: HostView, cap: _Capacity) -> Reason | None:
     return None
 
 
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
 def _type_ok(job: QueuedJob, gpu: GpuView) -> bool:
+    """``A100`` matches "NVIDIA A100-SXM4-80GB" but ``A10`` does not; ``RTX 4090`` matches by whole words."""
     if not job.gpu_types:
         return True
-    name = (gpu.name or "").lower()
-    return any(t.lower() in name for t in job.gpu_types)
+    name = _words(gpu.name or "")
+    for wanted in job.gpu_types:
+        words = _words(wanted)
+        if words and any(name[i:i + len(words)] == words for i in range(len(name) - len(words) + 1)):
+            return True
+    return False
 
 
 def _memory_ok(job: QueuedJob, gpu: GpuView) -> bool:

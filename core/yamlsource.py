@@ -30,8 +30,8 @@ class Located:
     raw: dict[tuple[Any, ...], str] = field(default_factory=dict)  # plain scalars as typed
 
     def as_typed(self, parts: tuple[Any, ...], value: Any) -> Any:
-        """A plain scalar exactly as the user typed it (``0.10`` stays "0.10", ``true`` stays "true")."""
-        if isinstance(value, (int, float, bool)) and parts in self.raw:
+        """A plain scalar exactly as the user typed it (``0.10`` stays "0.10", ``2024-01-01`` stays text)."""
+        if not isinstance(value, (str, list, dict)) and value is not None and parts in self.raw:
             return self.raw[parts]
         return value
 
@@ -67,22 +67,64 @@ def read_yaml(path: str | Path) -> Located:
 
 def parse_yaml(text: str, display: str) -> Located:
     try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        nodes = [n for n in yaml.compose_all(text, Loader=yaml.SafeLoader) if not _is_empty(n)]
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        problem = (exc.problem or exc.context or "invalid YAML").strip()
-        raise SpecError(display, line, None, f"invalid YAML: {problem}", "fix the syntax at that line") from None
+        line, problem, hint = _explain_syntax_error(exc)
+        raise SpecError(display, line, None, problem, hint) from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise SpecError(display, line, None, f"character #x{exc.character:04x} is not allowed in YAML",
+                        "remove it (control characters are not text)") from None
     except yaml.YAMLError as exc:
-        raise SpecError(display, None, None, f"invalid YAML: {exc}") from None
-    if not nodes or nodes[0] is None:
+        raise SpecError(display, None, None, f"invalid YAML: {' '.join(str(exc).split())}") from None
+    if not nodes:
         raise SpecError(display, 1, None, "the file is empty", "write a YAML mapping (see configs/ for examples)")
     if len(nodes) > 1:
-        line = nodes[1].start_mark.line + 1
-        raise SpecError(display, line, None, "holds more than one YAML document", "keep one job per file")
+        raise SpecError(display, _second_document_line(text), None, "holds more than one YAML document",
+                        "keep one job per file")
     located = Located(display, None)
     located.data = _build(nodes[0], (), located)
     return located
+
+
+def _is_empty(node: yaml.Node | None) -> bool:
+    return node is None or (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null") and not node.value)
+
+
+def _second_document_line(text: str) -> int | None:
+    """The line of the ``---`` that starts the second non-empty document."""
+    seen = 0
+    start_line = None
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.DocumentStartEvent):
+            start_line = event.start_mark.line + 1
+        elif isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent, yaml.ScalarEvent)):
+            if start_line is not None:
+                seen += 1
+                if seen == 2:
+                    return start_line
+                start_line = None
+    return None
+
+
+def _explain_syntax_error(exc: yaml.MarkedYAMLError) -> tuple[int | None, str, str]:
+    """PyYAML's parser words, turned into what a person fixes, with the line to look at."""
+    problem = " ".join((exc.problem or exc.context or "invalid YAML").split())
+    context = " ".join((exc.context or "").split())
+    mark = exc.problem_mark or exc.context_mark
+    line = mark.line + 1 if mark else None
+    if ("end of stream" in problem or "stream end" in problem) and exc.context_mark is not None:
+        what, hint = {"while scanning a quoted scalar": ("the quoted text", "add the closing quote"),
+                      "while parsing a flow sequence": ("the '[' list", "add the closing ']'"),
+                      "while parsing a flow mapping": ("the '{' mapping", "add the closing '}'"),
+                      }.get(context, ("what starts here", "close it"))
+        return exc.context_mark.line + 1, f"invalid YAML: {what} that starts on this line is not closed", hint
+    if r"'\t'" in problem or "\t" in problem:
+        return line, "invalid YAML: a tab is used for indentation", "indent with spaces, not tabs"
+    if "<block end>" in problem or "block mapping" in problem or "indentation" in problem:
+        return line, f"invalid YAML: the indentation does not line up ({problem})", \
+            "indent keys of one mapping by the same number of spaces"
+    return line, f"invalid YAML: {problem}", "fix the syntax at that line"
 
 
 def _build(node: yaml.Node, parts: tuple[Any, ...], located: Located) -> Any:
@@ -94,6 +136,8 @@ def _build(node: yaml.Node, parts: tuple[Any, ...], located: Located) -> Any:
                 raise SpecError(located.path, key_node.start_mark.line + 1, _dotted(parts) or None,
                                 "YAML merge keys (<<) are not supported", "write the fields out")
             key = _build(key_node, parts + ("<key>",), located)
+            if isinstance(key_node, yaml.ScalarNode) and not isinstance(key, str):
+                key = key_node.value  # a key is a name: "1", "on" and "2024-01-01" stay as typed
             if not isinstance(key, (str, int, float, bool)):
                 raise SpecError(located.path, key_node.start_mark.line + 1, _dotted(parts) or None,
                                 "a mapping key must be a plain value")
