@@ -61,6 +61,18 @@ def job_environment(request: LaunchRequest, run: RunDir) -> dict[str, str]:
     return env
 
 
+def _complete_utf8(data: bytes) -> int:
+    """Length of ``data`` without a trailing, unfinished UTF-8 sequence."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:
+            return len(data)
+        if byte >= 0xC0:  # a lead byte: is its sequence complete?
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return len(data) if back >= need else len(data) - back
+    return len(data)
+
+
 class Supervisor:
     """The runs of one agent state dir."""
 
@@ -174,11 +186,12 @@ class Supervisor:
                 size = os.fstat(fh.fileno()).st_size
         except FileNotFoundError:
             data, size = b"", 0
+        at_end = offset + len(data) >= size
         if stream == "metrics":
-            cut = data.rfind(b"\n") + 1
-            at_end = offset + len(data) >= size
             if not (exited and at_end):
-                data = data[:cut]  # a partial last line waits for its newline
+                data = data[: data.rfind(b"\n") + 1]  # a partial last line waits for its newline
+        elif not (exited and at_end):
+            data = data[: _complete_utf8(data)]  # a character split by the chunk edge comes whole next time
         end = offset + len(data)
         return StreamChunk(run_id=run_id, stream=stream, offset=offset, end=end,
                            data=data.decode("utf-8", errors="replace"), eof=exited and end >= size)

@@ -98,7 +98,7 @@ class ControllerApi:
         local = self.c.links.get("local")
         if stop_local_agent and local is not None and local.up:
             with contextlib.suppress(Exception):
-                answer = await local.request("shutdown", only_if_idle=True, timeout=5)
+                answer = await local.request("shutdown", only_if_idle=True, request_timeout=5)
                 agent_stopping = bool(answer.get("stopping"))
         asyncio.get_running_loop().call_later(0.05, self.c.stop)
         return {"stopping": True, "local_agent_stopping": agent_stopping}

@@ -64,7 +64,7 @@ async def _submit(client: ControllerClient, args: argparse.Namespace) -> int:
     if not args.json:
         print(f"{job_id} submitted; waiting for it to finish (Ctrl-C stops waiting, not the job)", file=sys.stderr)
     while True:
-        job = await client.call("job_wait", timeout=60, job=job_id)
+        job = await client.call("job_wait", request_timeout=60, job=job_id, timeout=30)
         if job["state"] in TERMINAL_STATES:
             break
     result = {"job_id": job_id, "state": job["state"], "run_id": job["run_id"], "exit_code": job["exit_code"],
@@ -205,7 +205,7 @@ async def cmd_runs_show(client: ControllerClient, args: argparse.Namespace) -> i
 
 
 async def cmd_db_query(client: ControllerClient, args: argparse.Namespace) -> int:
-    result = await client.call("db_query", sql=args.sql, limit=args.limit, timeout=None)
+    result = await client.call("db_query", sql=args.sql, limit=args.limit, request_timeout=None)
     if args.json:
         _print_json(result)
         return EXIT_OK

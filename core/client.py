@@ -8,6 +8,7 @@ of their own and never open the DuckDB file.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from typing import Any
@@ -27,8 +28,9 @@ class ControllerClient:
         self.peer = peer
         self.home = home
 
-    async def call(self, method: str, timeout: float | None = 60.0, **params: Any) -> Any:
-        return await self.peer.request(method, timeout=timeout, **params)
+    async def call(self, method: str, request_timeout: float | None = 60.0, **params: Any) -> Any:
+        """Call one controller method; ``request_timeout`` bounds the wait (params are the method's own)."""
+        return await self.peer.request(method, request_timeout=request_timeout, **params)
 
     @property
     def connected(self) -> bool:
@@ -93,6 +95,7 @@ def start_controller_process(home: Home) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [sys.executable, "-m", "mlfleet", "controller", "run"],
             start_new_session=True, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
+            env={**os.environ, **home.to_env()},
         )
     finally:
         log.close()

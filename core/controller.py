@@ -191,15 +191,14 @@ class Controller:
 
     async def _sync_host(self, link: HostLink) -> None:
         assert self.store is not None
-        was_up = link.up
-        if not await link.ensure_connected():
-            if was_up or link.state != "connecting":
-                await self.store.run(records.upsert_host, link.name, link.transport.kind, link.transport.address,
-                                     link.labels, link.state)
-            return
-        if not was_up:
+        up = await link.ensure_connected()
+        if link.state != link.recorded_state:  # write host rows on changes only, not every tick
             await self.store.run(records.upsert_host, link.name, link.transport.kind, link.transport.address,
-                                 link.labels, "up", link.info.get("version"), link.info, True)
+                                 link.labels, link.state, link.info.get("version") if up else None,
+                                 link.info if up else None, up)
+            link.recorded_state = link.state
+        if not up:
+            return
         runs = [r for r in self.active.values() if r.host == link.name]
         for run in runs:
             if run.state == "dispatched" and not run.launched:

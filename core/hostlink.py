@@ -33,6 +33,7 @@ class HostLink:
         self.labels = labels or {}
         self.peer: Peer | None = None
         self.state = "connecting"
+        self.recorded_state = ""  # the state last written to the hosts table
         self.message = ""
         self.info: dict[str, Any] = {}
         self.history: deque[HostSample] = deque(maxlen=HISTORY)
@@ -62,7 +63,7 @@ class HostLink:
             return False
         try:
             peer = await self.transport.connect()
-            info = await peer.request("info", timeout=10)
+            info = await peer.request("info", request_timeout=10)
         except MlfleetError as exc:
             self._backoff = min(self._backoff * 2, 30.0)
             self._next_try = now + self._backoff * random.uniform(0.5, 1.0)
@@ -79,11 +80,11 @@ class HostLink:
         self.state, self.message = "unreachable", why
         self._next_try = time.monotonic() + self._backoff * random.uniform(0.5, 1.0)
 
-    async def request(self, method: str, timeout: float = 30.0, **params: Any) -> Any:
+    async def request(self, method: str, request_timeout: float = 30.0, **params: Any) -> Any:
         if not self.up or self.peer is None:
             raise HostUnreachableError(self.name, self.message)
         try:
-            return await self.peer.request(method, timeout=timeout, **params)
+            return await self.peer.request(method, request_timeout=request_timeout, **params)
         except MlfleetError as exc:
             if self.peer is not None and self.peer.closed:
                 self._lost(str(exc))

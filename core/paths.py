@@ -27,6 +27,8 @@ class Home:
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Home":
         env = os.environ if environ is None else environ
+        if env.get("MLFLEET_CONFIG_DIR") and env.get("MLFLEET_DATA_DIR"):  # set by to_env() for child processes
+            return cls(config_dir=Path(env["MLFLEET_CONFIG_DIR"]), data_dir=Path(env["MLFLEET_DATA_DIR"]))
         root = env.get("MLFLEET_HOME")
         if root:
             base = Path(root).expanduser().absolute()
@@ -35,6 +37,10 @@ class Home:
         config = Path(env.get("XDG_CONFIG_HOME") or user_home / ".config") / "mlfleet"
         data = Path(env.get("XDG_DATA_HOME") or user_home / ".local" / "share") / "mlfleet"
         return cls(config_dir=config, data_dir=data)
+
+    def to_env(self) -> dict[str, str]:
+        """Environment for a child process (controller, agent) that must use this same home."""
+        return {"MLFLEET_CONFIG_DIR": str(self.config_dir), "MLFLEET_DATA_DIR": str(self.data_dir)}
 
     @property
     def config_file(self) -> Path:

@@ -108,8 +108,11 @@ class Peer:
             task.cancel()
 
     # ------------------------------------------------------------- sending
-    async def request(self, method: str, timeout: float | None = 60.0, **params: Any) -> Any:
-        """Send a request and wait for its answer (raising the remote error, typed)."""
+    async def request(self, method: str, request_timeout: float | None = 60.0, **params: Any) -> Any:
+        """Send a request and wait for its answer (raising the remote error, typed).
+
+        ``request_timeout`` is ours; every other keyword is a parameter of the method.
+        """
         if self.closed:
             raise UnavailableError(f"{self.name}: connection is closed")
         request_id = next(self._ids)
@@ -118,9 +121,9 @@ class Peer:
         try:
             self._write(Frame(id=request_id, method=method, params=params))
             await self.writer.drain()
-            return await asyncio.wait_for(fut, timeout)
+            return await asyncio.wait_for(fut, request_timeout)
         except asyncio.TimeoutError:
-            raise UnavailableError(f"{self.name}: no answer to {method} within {timeout:.0f} s") from None
+            raise UnavailableError(f"{self.name}: no answer to {method} within {request_timeout:.0f} s") from None
         except (ConnectionError, RuntimeError) as exc:
             self._shutdown(str(exc))
             raise UnavailableError(f"{self.name}: connection lost ({exc})") from None
@@ -129,7 +132,7 @@ class Peer:
 
     async def hello(self, role: str, timeout: float = 10.0) -> dict[str, Any]:
         """Open the conversation: both sides must speak PROTOCOL_VERSION."""
-        info = await self.request("hello", timeout=timeout, protocol=PROTOCOL_VERSION, role=role)
+        info = await self.request("hello", request_timeout=timeout, protocol=PROTOCOL_VERSION, role=role)
         if not isinstance(info, dict) or info.get("protocol") != PROTOCOL_VERSION:
             raise ProtocolError(f"{self.name} speaks protocol {info.get('protocol') if isinstance(info, dict) else '?'}, "
                                 f"this mlfleet speaks {PROTOCOL_VERSION}; install the same mlfleet version on both sides")
@@ -231,8 +234,8 @@ async def open_unix_peer(path: str, name: str, handler: Handler | None = None) -
     """Connect to a Unix socket and start reading; raises UnavailableError if nothing listens."""
     try:
         reader, writer = await asyncio.open_unix_connection(path, limit=MAX_FRAME)
-    except (FileNotFoundError, ConnectionRefusedError) as exc:
-        raise UnavailableError(f"{name} is not listening on {path} ({exc.strerror})") from None
+    except OSError as exc:  # missing, refused, no permission, path too long: all mean "not reachable"
+        raise UnavailableError(f"{name} is not listening on {path} ({exc.strerror or exc})") from None
     peer = Peer(reader, writer, handler, name)
     peer.start()
     return peer

@@ -299,6 +299,8 @@ def write_telemetry(con: duckdb.DuckDBPyConnection, host_rows: list[list[Any]], 
             con.executemany("""insert into telemetry (host, ts, window_s, cpu_percent, load1, memory_used, memory_total,
                                swap_used, disk_used, disk_total, net_rx_bps, net_tx_bps, gpu_state)
                                values (?, to_timestamp(?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""", host_rows)
+            con.executemany("update hosts set last_seen = to_timestamp(?) where name = ?",
+                            [[row[1], row[0]] for row in host_rows])
         if gpu_rows:
             con.executemany("""insert into gpu_telemetry (host, ts, window_s, gpu_index, uuid, name, utilization,
                                memory_used, memory_total, temperature, power_draw, processes)

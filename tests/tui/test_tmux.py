@@ -1,0 +1,89 @@
+"""The TUI in a real terminal: ``mlfleet`` in tmux, read back from the screen like a user would.
+
+tmux runs on a private socket inside the test's home, so the test never
+touches anyone else's tmux server, and ``kill-server`` at the end stops
+exactly what it started.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mlfleet.core.paths import Home
+from tui_fleet import home  # noqa: F401  (a fixture)
+
+SESSION = "mlfleet"
+CPU = re.compile(r"CPU\s+\d+\.\d % of \d+ cores")
+MEMORY = re.compile(r"MEM\s+\d+(\.\d)? [KMGT]?i?B / \d+(\.\d)? [KMGT]iB")
+
+
+class Terminal:
+    """A tmux session of 160x45 on a private server."""
+
+    def __init__(self, tmux: str, socket: Path) -> None:
+        self.tmux = tmux
+        self.socket = socket
+
+    def run(self, *args: str) -> str:
+        done = subprocess.run([self.tmux, "-S", str(self.socket), *args], capture_output=True, text=True, timeout=10)
+        if done.returncode != 0:
+            raise AssertionError(f"tmux {' '.join(args)} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-t", SESSION)
+
+    def keys(self, *keys: str) -> None:
+        self.run("send-keys", "-t", SESSION, *keys)
+
+    def wait_for(self, what: str, predicate, timeout: float = 30.0) -> str:  # noqa: ANN001
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = self.screen()
+            if predicate(screen):
+                return screen
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; the screen shows:\n{screen}")
+            time.sleep(0.3)
+
+
+def test_mlfleet_opens_the_tui_in_a_terminal_and_switches_views(home: Home) -> None:
+    tmux = shutil.which("tmux")
+    if tmux is None:
+        pytest.fail("tmux is not installed: this end-to-end test runs mlfleet in a real terminal. "
+                    "Run the tests with the README's command (scripts/test.sh), which installs tmux.")
+    term = Terminal(tmux, home.data_dir / "tmux.sock")
+    # After mlfleet exits the shell prints its exit status and keeps the pane open, so a crash stays readable.
+    command = (f"MLFLEET_HOME={shlex.quote(str(home.data_dir))} {shlex.quote(sys.executable)} -m mlfleet; "
+               "echo mlfleet exited $?; sleep 60")
+    term.run("new-session", "-d", "-s", SESSION, "-x", "160", "-y", "45", command)
+    try:
+        first = term.wait_for("the local host with its CPU and memory",
+                              lambda s: "local" in s and CPU.search(s) and MEMORY.search(s))
+        time.sleep(2.5)
+        later = term.screen()
+        for screen in (first, later):
+            assert "local" in screen and CPU.search(screen) and MEMORY.search(screen), screen
+        assert "up · local" in later and "1 Fleet" in later and "2 Jobs" in later, later
+
+        term.keys("2")
+        jobs = term.wait_for("the jobs view", lambda s: "JOB" in s and "STATE" in s and "stdout/stderr" in s)
+        assert not CPU.search(jobs), jobs
+
+        term.keys("1")
+        term.wait_for("the fleet view again", lambda s: CPU.search(s) is not None)
+
+        term.keys("q")
+        term.wait_for("mlfleet to exit", lambda s: "mlfleet exited" in s, timeout=10)
+        assert "mlfleet exited 0" in term.screen()
+        assert "Traceback" not in term.screen()
+    finally:
+        subprocess.run([tmux, "-S", str(term.socket), "kill-server"], capture_output=True, timeout=10)
