@@ -149,6 +149,7 @@ class AgentDaemon:
             "state_dir": str(self.state_dir),
             "cpu_count": latest.cpu_count if latest else os.cpu_count(),
             "memory_total": latest.memory_total if latest else None,
+            "simulated_gpus": bool(getattr(self.gpu_source, "simulated", False)),
         }
 
     async def rpc_telemetry(self, peer: Peer, since: int = 0) -> list[dict[str, Any]]:

@@ -73,6 +73,10 @@ class NvmlGpuSource:
         power = _nv(nv.nvmlDeviceGetPowerUsage, handle)
         limit = _nv(nv.nvmlDeviceGetEnforcedPowerLimit, handle)
         temp = _nv(nv.nvmlDeviceGetTemperature, handle, nv.NVML_TEMPERATURE_GPU)
+        ecc = _nv(nv.nvmlDeviceGetTotalEccErrors, handle, nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, nv.NVML_VOLATILE_ECC)
+        reasons_fn = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
+            getattr(nv, "nvmlDeviceGetCurrentClocksThrottleReasons", None)
+        reasons = _nv(reasons_fn, handle) if reasons_fn else None
         processes: dict[int, GpuProcess] = {}
         for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
             fn = getattr(nv, getter, None)
@@ -95,12 +99,28 @@ class NvmlGpuSource:
             temperature=float(temp) if temp is not None else None,
             power_draw=power / 1000.0 if power is not None else None,
             power_limit=limit / 1000.0 if limit is not None else None,
+            ecc_errors=int(ecc) if ecc is not None else None,
+            throttle_reasons=_throttle_names(nv, reasons) if reasons is not None else [],
             processes=list(processes.values()),
         )
 
     def close(self) -> None:
         if self.state == "ok":
             _nv(self._nvml.nvmlShutdown)
+
+
+# Clock-event bits that mean the GPU is held back (idle and app-clock settings are not problems).
+_THROTTLE_BITS = {
+    "nvmlClocksThrottleReasonSwPowerCap": "sw_power_cap",
+    "nvmlClocksThrottleReasonHwSlowdown": "hw_slowdown",
+    "nvmlClocksThrottleReasonSwThermalSlowdown": "sw_thermal",
+    "nvmlClocksThrottleReasonHwThermalSlowdown": "hw_thermal",
+    "nvmlClocksThrottleReasonHwPowerBrakeSlowdown": "hw_power_brake",
+}
+
+
+def _throttle_names(nv: Any, mask: int) -> list[str]:
+    return [name for attr, name in _THROTTLE_BITS.items() if getattr(nv, attr, 0) and mask & getattr(nv, attr)]
 
 
 def _classify_init_error(nv: Any, exc: Exception) -> tuple[GpuState, str]:

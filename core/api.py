@@ -21,15 +21,23 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from mlfleet import __version__
+from mlfleet.core import hostkeys
 from mlfleet.core.config import validate_job_spec
-from mlfleet.core.errors import NotFoundError, UsageError
-from mlfleet.core.models import TERMINAL_STATES, JobSpec, to_plain
+from mlfleet.core.errors import MlfleetError, NotFoundError, UsageError
+from mlfleet.core.inventory import LOCAL_HOST, HostConfig, add_host, load_inventory, remove_host
+from mlfleet.core.models import TERMINAL_STATES, JobSpec, spec_dec_hook, to_plain
 from mlfleet.core.protocol import MAX_FRAME, PROTOCOL_VERSION, Peer, method_dispatcher
 from mlfleet.core.store import records
 from mlfleet.core.store.db import read_only_query
 
 if TYPE_CHECKING:
     from mlfleet.core.controller import Controller
+
+
+async def _round_trip(peer: Peer) -> float:
+    started = time.monotonic()
+    await peer.request("telemetry", request_timeout=10, since=1 << 62)
+    return time.monotonic() - started
 
 
 def _peer_user(writer: asyncio.StreamWriter) -> str:
@@ -216,6 +224,83 @@ class ControllerApi:
                 item["history"] = link.history_series(history)
             out.append(item)
         return out
+
+    async def rpc_hosts_add(self, peer: Peer, host: dict[str, Any]) -> dict[str, Any]:
+        try:
+            config = msgspec.convert(host, HostConfig, dec_hook=spec_dec_hook)
+        except msgspec.ValidationError as exc:
+            raise UsageError(f"bad host: {exc}") from None
+        if config.name == LOCAL_HOST:
+            raise UsageError(f"'{LOCAL_HOST}' is the embedded host; choose another name")
+        add_host(self.c.home.hosts_file, config)
+        await self._apply_hosts_file(peer, "host.add", config.name, msgspec.to_builtins(config))
+        return {"name": config.name, "added": True, "known_hosts": str(self.c.home.known_hosts_file)}
+
+    async def rpc_hosts_remove(self, peer: Peer, name: str) -> dict[str, Any]:
+        busy = [r.run_id for r in self.c.active.values() if r.host == name]
+        if busy:
+            raise UsageError(f"host {name} has {len(busy)} run(s) in flight ({', '.join(busy[:3])}); "
+                             "cancel them or wait for them to end")
+        remove_host(self.c.home.hosts_file, name)
+        await self._apply_hosts_file(peer, "host.remove", name, {})
+        await self.store.run(records.set_host_state, name, "removed")
+        return {"name": name, "removed": True}
+
+    async def _apply_hosts_file(self, peer: Peer, action: str, target: str, detail: dict[str, Any]) -> None:
+        self.c.apply_inventory(load_inventory(self.c.home.hosts_file))
+        self.c.note_inventory_written()
+        await self.store.run(records.audit, peer.info["actor"], action, target, detail)
+
+    def _ssh_host(self, name: str) -> HostConfig:
+        if name == LOCAL_HOST:
+            raise UsageError(f"'{LOCAL_HOST}' is reached without SSH; it has no host key")
+        host = self.c.inventory.get(name)
+        if host is None:
+            raise NotFoundError(f"no host {name!r}; list them with 'mlfleet hosts list'")
+        return host
+
+    async def rpc_host_key(self, peer: Peer, name: str) -> dict[str, Any]:
+        """The key the host presents now, and what we have recorded for it."""
+        host = self._ssh_host(name)
+        presented = await hostkeys.fetch_host_key(host.address, host.port)
+        known = hostkeys.recorded_fingerprints(self.c.home.known_hosts_file, host.address, host.port)
+        return {"name": name, "address": host.address, "port": host.port, "fingerprint": presented.fingerprint,
+                "key_type": presented.line.split()[0], "known": known, "trusted": presented.fingerprint in known}
+
+    async def rpc_host_trust(self, peer: Peer, name: str, fingerprint: str) -> dict[str, Any]:
+        """Record the host's key, but only if it is still the one the user was shown."""
+        host = self._ssh_host(name)
+        presented = await hostkeys.fetch_host_key(host.address, host.port)
+        if presented.fingerprint != fingerprint:
+            raise UsageError(f"{name} now presents {presented.fingerprint}, not the {fingerprint} you confirmed; "
+                             "nothing was recorded: run 'mlfleet hosts trust' again and check the key")
+        previous = hostkeys.recorded_fingerprints(self.c.home.known_hosts_file, host.address, host.port)
+        hostkeys.trust(self.c.home.known_hosts_file, host.address, host.port, presented)
+        await self.store.run(records.audit, peer.info["actor"], "host.trust", name,
+                             {"fingerprint": fingerprint, "previous": previous})
+        link = self.c.links.get(name)
+        if link is not None:
+            link.retry_now()
+        return {"name": name, "fingerprint": fingerprint, "replaced": previous}
+
+    async def rpc_hosts_check(self, peer: Peer, name: str) -> dict[str, Any]:
+        """Connect afresh, say hello, read the agent's facts; report each step."""
+        link = self.c.links.get(name)
+        if link is None:
+            raise NotFoundError(f"no host {name!r}; list them with 'mlfleet hosts list'")
+        started = time.monotonic()
+        try:
+            probe = await link.transport.connect()
+        except MlfleetError as exc:
+            return {"name": name, "ok": False, "problem": str(exc), "state": link.state}
+        try:
+            info = await probe.request("info", request_timeout=10)
+            latency = await _round_trip(probe)
+        finally:
+            await probe.close()
+        return {"name": name, "ok": True, "connect_s": round(time.monotonic() - started, 3),
+                "round_trip_ms": round(latency * 1000, 2), "agent_version": info.get("version"),
+                "simulated_gpus": bool(info.get("simulated_gpus")), "info": info, "state": link.state}
 
     # -------------------------------------------------------------- runs
     async def rpc_runs_list(self, peer: Peer, limit: int = 200) -> list[dict[str, Any]]:

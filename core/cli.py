@@ -20,7 +20,7 @@ from mlfleet import __version__
 from mlfleet.core import render
 from mlfleet.core.client import ControllerClient, connect, start_controller_process, try_connect
 from mlfleet.core.config import load_job_spec
-from mlfleet.core.errors import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, MlfleetError, UnavailableError
+from mlfleet.core.errors import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, MlfleetError, UnavailableError, UsageError
 from mlfleet.core.models import TERMINAL_STATES, to_plain
 from mlfleet.core.paths import Home
 from mlfleet.core.settings import load_settings
@@ -171,6 +171,91 @@ async def cmd_hosts_list(client: ControllerClient, args: argparse.Namespace) -> 
     return EXIT_OK
 
 
+def cmd_hosts_add(args: argparse.Namespace) -> int:
+    labels = {}
+    for item in args.label or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--label {item!r}: write it as KEY=VALUE, e.g. --label region=eu-west")
+        labels[key] = value
+    host = {"name": args.name, "address": args.address, "port": args.port, "user": args.user,
+            "identity": str(Path(args.identity).expanduser().absolute()) if args.identity else None,
+            "labels": labels, "agent_command": args.agent_command, "state_dir": args.state_dir,
+            "simulate_gpus": args.simulate_gpus}
+    host = {k: v for k, v in host.items() if v is not None}
+    return _client_command(_hosts_add)(argparse.Namespace(**vars(args), host=host))
+
+
+async def _hosts_add(client: ControllerClient, args: argparse.Namespace) -> int:
+    answer = await client.call("hosts_add", host=args.host)
+    _say(args, answer, f"added {args.name}; next: 'mlfleet hosts trust {args.name}' to check and record its host key")
+    return EXIT_OK
+
+
+async def cmd_hosts_remove(client: ControllerClient, args: argparse.Namespace) -> int:
+    answer = await client.call("hosts_remove", name=args.name)
+    _say(args, answer, f"removed {args.name}")
+    return EXIT_OK
+
+
+async def cmd_hosts_check(client: ControllerClient, args: argparse.Namespace) -> int:
+    answer = await client.call("hosts_check", name=args.name, request_timeout=60)
+    if args.json:
+        _print_json(answer)
+    elif answer["ok"]:
+        print(f"{args.name}: ok; connected in {answer['connect_s']:.2f} s, round trip {answer['round_trip_ms']:.1f} ms, "
+              f"agent {answer['agent_version']}" + (" (simulated GPUs)" if answer["simulated_gpus"] else ""))
+    else:
+        print(f"{args.name}: {answer['problem']}", file=sys.stderr)
+    return EXIT_OK if answer["ok"] else EXIT_UNAVAILABLE
+
+
+async def cmd_hosts_trust(client: ControllerClient, args: argparse.Namespace) -> int:
+    key = await client.call("host_key", name=args.name)
+    where = f"{args.name} ({key['address']}:{key['port']})"
+    if key["trusted"]:
+        _say(args, {**key, "recorded": False}, f"{where} is already trusted: {key['key_type']} {key['fingerprint']}")
+        return EXIT_OK
+    if not args.json:
+        print(f"{where} presents {key['key_type']} key {key['fingerprint']}")
+        if key["known"]:
+            print(f"mlfleet had recorded {', '.join(key['known'])} for it: the key has CHANGED")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"confirm the key of {args.name} with --yes when there is no terminal to ask")
+        answer = input("Trust this key? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            print("nothing recorded")
+            return EXIT_FAILED
+    result = await client.call("host_trust", name=args.name, fingerprint=key["fingerprint"])
+    _say(args, {**result, "recorded": True}, f"recorded {key['fingerprint']} for {args.name}")
+    return EXIT_OK
+
+
+def cmd_hosts_import_ssh_config(args: argparse.Namespace) -> int:
+    from mlfleet.core.sshconfig import hosts_from_ssh_config
+
+    found = hosts_from_ssh_config(Path(args.file).expanduser(), args.host or None)
+    if not found:
+        raise UsageError(f"no concrete Host entries to import in {args.file}"
+                         + (f" matching {', '.join(args.host)}" if args.host else ""))
+    return _client_command(_import_hosts)(argparse.Namespace(**vars(args), found=found))
+
+
+async def _import_hosts(client: ControllerClient, args: argparse.Namespace) -> int:
+    existing = {h["name"] for h in await client.call("hosts_list")}
+    added, skipped = [], []
+    for host in args.found:
+        if host["name"] in existing:
+            skipped.append(host["name"])
+            continue
+        await client.call("hosts_add", host=host)
+        added.append(host["name"])
+    _say(args, {"added": added, "skipped": skipped},
+         f"added {', '.join(added) or 'nothing'}" + (f"; already there: {', '.join(skipped)}" if skipped else ""))
+    return EXIT_OK
+
+
 async def cmd_runs_list(client: ControllerClient, args: argparse.Namespace) -> int:
     runs = await client.call("runs_list", limit=args.limit)
     if args.json:
@@ -317,10 +402,24 @@ def cmd_agent_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state_dir = Path(args.state_dir).expanduser().absolute()
     socket_path = Path(args.socket).expanduser().absolute() if args.socket else state_dir / "agent.sock"
+    gpus = None
+    if args.simulate_gpus:
+        from mlfleet.agents.simulated import SimulatedGpuSource
+
+        gpus = SimulatedGpuSource(Path(args.simulate_gpus).expanduser().absolute())
     daemon = AgentDaemon(state_dir, socket_path, host_name=args.name, sample_interval=args.sample_interval,
-                         idle_exit=args.idle_exit)
+                         idle_exit=args.idle_exit, gpu_source=gpus)
     asyncio.run(daemon.serve())
     return EXIT_OK
+
+
+def cmd_agent_connect(args: argparse.Namespace) -> int:
+    from mlfleet.agents.bridge import bridge, ensure_agent
+
+    state_dir = Path(args.state_dir).expanduser().absolute()
+    socket_path = state_dir / "agent.sock"
+    ensure_agent(state_dir, socket_path, args.name, args.simulate_gpus)
+    return bridge(socket_path)
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
@@ -364,6 +463,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     hosts = sub.add_parser("hosts", help="the fleet").add_subparsers(dest="action", metavar="ACTION", required=True)
     add(hosts, "list", _client_command(cmd_hosts_list), "list hosts with live telemetry")
+    p = add(hosts, "add", cmd_hosts_add, "add an SSH host to hosts.yaml")
+    p.add_argument("name")
+    p.add_argument("--address", required=True, help="host name or IP address")
+    p.add_argument("--port", type=int, default=22)
+    p.add_argument("--user")
+    p.add_argument("--identity", help="private key file")
+    p.add_argument("--label", action="append", metavar="KEY=VALUE", help="e.g. region=eu-west (repeatable)")
+    p.add_argument("--agent-command", help="how to run mlfleet on the node (default: mlfleet)")
+    p.add_argument("--state-dir", help="the agent's folder on the node (default: ~/.mlfleet/agent)")
+    p.add_argument("--simulate-gpus", metavar="FILE", help="simulated GPUs described in FILE on the node")
+    add(hosts, "remove", _client_command(cmd_hosts_remove), "remove a host from hosts.yaml").add_argument("name")
+    add(hosts, "check", _client_command(cmd_hosts_check), "connect to a host now and report").add_argument("name")
+    p = add(hosts, "trust", _client_command(cmd_hosts_trust), "show a host's key and record it once you confirm")
+    p.add_argument("name")
+    p.add_argument("--yes", action="store_true", help="record without asking (batch mode)")
+    p = add(hosts, "import-ssh-config", cmd_hosts_import_ssh_config, "add the hosts of an OpenSSH config file")
+    p.add_argument("--file", default="~/.ssh/config")
+    p.add_argument("--host", action="append", help="only these Host aliases (repeatable)")
 
     runs = sub.add_parser("runs", help="tracked runs").add_subparsers(dest="action", metavar="ACTION", required=True)
     p = add(runs, "list", _client_command(cmd_runs_list), "list runs, newest first")
@@ -390,6 +507,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="host name to report (default: the machine's)")
     p.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
     p.add_argument("--sample-interval", type=float, default=1.0, help="seconds between telemetry samples")
+    p.add_argument("--simulate-gpus", metavar="FILE", help="simulated GPUs described in FILE (re-read each sample)")
+    p = add(agent, "connect", cmd_agent_connect, "start the agent if needed and join stdin/stdout to it "
+            "(what the controller runs over SSH)", json_flag=False)
+    p.add_argument("--state-dir", required=True)
+    p.add_argument("--name")
+    p.add_argument("--simulate-gpus", metavar="FILE")
 
     add(sub, "tui", cmd_tui, "open the TUI (the default with no command)", json_flag=False)
     return parser

@@ -15,6 +15,7 @@ from typing import Any
 
 from mlfleet.core.errors import UnavailableError
 from mlfleet.core.paths import Home
+from mlfleet.core.inventory import load_inventory
 from mlfleet.core.settings import load_settings
 from mlfleet.core.protocol import Peer, open_unix_peer
 
@@ -69,6 +70,7 @@ async def connect(home: Home | None = None, autostart: bool = True) -> Controlle
     if not autostart:
         raise UnavailableError(f"no controller is running for {home.data_dir}; start one with 'mlfleet controller start'")
     load_settings(home.config_file)  # a mistake there is the user's to fix: say it here, with its line
+    load_inventory(home.hosts_file)
     process = start_controller_process(home)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + START_TIMEOUT_S

@@ -228,5 +228,5 @@ def _known_fields(parts: tuple[Any, ...], structs: dict[tuple[Any, ...], type[ms
     from .models import Constraints, Resources
 
     table = structs or {(): JobSpec, ("resources",): Resources, ("constraints",): Constraints}
-    struct = table.get(parts)
+    struct = table.get(tuple("*" if isinstance(p, int) else p for p in parts))  # "*": any list item
     return list(struct.__struct_fields__) if struct else []

@@ -36,7 +36,9 @@ from mlfleet.core.paths import Home
 from mlfleet.core.settings import Settings, file_digest
 from mlfleet.core.store import records
 from mlfleet.core.store.db import Store
+from mlfleet.core.inventory import HostConfig, load_inventory
 from mlfleet.core.transport.local import LocalAgentTransport
+from mlfleet.core.transport.ssh import SshAgentTransport
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,8 @@ class Controller:
                                                   sample_interval=float(self.settings.telemetry.sample_interval)),
                               labels={"provider": "local"}),
         }
+        self.inventory: dict[str, HostConfig] = {}
+        self._inventory_digest: str | None = None
         self.pending: dict[str, PendingJob] = {}
         self.active: dict[str, ActiveRun] = {}  # by run id
         self.waiting_reasons: dict[str, list[scheduler.Reason]] = {}
@@ -108,6 +112,8 @@ class Controller:
         from mlfleet.core.api import ControllerApi
 
         self._take_lock()
+        self.apply_inventory(load_inventory(self.home.hosts_file))
+        self._inventory_digest = file_digest(self.home.hosts_file)
         self.store = Store(self.home.db_path)
         await self._load_state()
         api = ControllerApi(self)
@@ -138,6 +144,38 @@ class Controller:
             with contextlib.suppress(FileNotFoundError):
                 self.home.controller_socket.unlink()
             log.info("controller stopped")
+
+    def apply_inventory(self, hosts: list[HostConfig]) -> None:
+        """Make the links match the inventory: new hosts get a link, removed or changed ones lose theirs."""
+        wanted = {h.name: h for h in hosts}
+        for name in list(self.inventory):
+            if name not in wanted or wanted[name] != self.inventory[name]:
+                link = self.links.pop(name, None)
+                if link is not None:
+                    asyncio.get_event_loop().create_task(link.close())
+                del self.inventory[name]
+        for name, host in wanted.items():
+            if name not in self.links:
+                self.links[name] = HostLink(SshAgentTransport(host, self.home.known_hosts_file), labels=dict(host.labels))
+                self.inventory[name] = host
+
+    def note_inventory_written(self) -> None:
+        """The controller itself changed hosts.yaml (and audited why): not a hand edit."""
+        self._inventory_digest = file_digest(self.home.hosts_file)
+
+    async def _watch_inventory(self) -> None:
+        """Pick up hand edits of hosts.yaml; a broken edit keeps the fleet as it was and says why."""
+        digest = file_digest(self.home.hosts_file)
+        if digest == self._inventory_digest:
+            return
+        self._inventory_digest = digest
+        try:
+            hosts = load_inventory(self.home.hosts_file)
+        except MlfleetError as exc:
+            log.error("hosts.yaml not applied: %s", exc)
+            return
+        self.apply_inventory(hosts)
+        await self._audit_config_change()
 
     async def _audit_config_change(self) -> None:
         """Record a config file that changed since the controller last saw it (who: the file's owner)."""
@@ -181,7 +219,8 @@ class Controller:
         while True:
             started = time.monotonic()
             try:
-                await asyncio.gather(*(self._sync_host(link) for link in self.links.values()))
+                await self._watch_inventory()
+                await asyncio.gather(*(self._sync_host(link) for link in list(self.links.values())))
                 await self._schedule()
             except asyncio.CancelledError:
                 raise

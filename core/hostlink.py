@@ -75,6 +75,11 @@ class HostLink:
         log.info("connected to agent on %s", self.name)
         return True
 
+    def retry_now(self) -> None:
+        """Forget the backoff (after the user fixed something, like trusting a host key)."""
+        self._backoff = 0.5
+        self._next_try = 0.0
+
     def _lost(self, why: str) -> None:
         self.peer = None
         self.state, self.message = "unreachable", why
@@ -118,6 +123,7 @@ class HostLink:
             "state": self.state,
             "message": self.message,
             "agent_version": self.info.get("version"),
+            "simulated": bool(self.info.get("simulated_gpus")),
             "last_seen": self.last_seen,
             "info": self.info,
             "telemetry": msgspec.to_builtins(latest) if latest else None,

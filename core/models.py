@@ -155,6 +155,8 @@ class GpuSample(msgspec.Struct, kw_only=True):
     temperature: float | None = None  # Celsius
     power_draw: float | None = None  # watts
     power_limit: float | None = None  # watts
+    ecc_errors: int | None = None  # uncorrected, since the driver loaded
+    throttle_reasons: list[str] = msgspec.field(default_factory=list)  # e.g. hw_thermal, sw_power_cap
     processes: list[GpuProcess] = msgspec.field(default_factory=list)
 
 

@@ -51,6 +51,10 @@ class Home:
         return self.config_dir / "hosts.yaml"
 
     @property
+    def known_hosts_file(self) -> Path:
+        return self.config_dir / "known_hosts"
+
+    @property
     def db_path(self) -> Path:
         return self.data_dir / "mlfleet.duckdb"
 

@@ -71,6 +71,7 @@ class Peer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = asyncio.Event()
         self._reader_task: asyncio.Task[None] | None = None
+        self._on_close: list[Callable[[], Any]] = []
         self.info: dict[str, Any] = {}
 
     # ----------------------------------------------------------- lifecycle
@@ -78,6 +79,10 @@ class Peer:
         """Start reading frames in the background."""
         if self._reader_task is None:
             self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
+
+    def on_close(self, callback: Callable[[], Any]) -> None:
+        """Call ``callback()`` once the connection has closed (e.g. to close the SSH link under it)."""
+        self._on_close.append(callback)
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
@@ -106,6 +111,11 @@ class Peer:
         self._pending.clear()
         for task in list(self._tasks):
             task.cancel()
+        for callback in self._on_close:
+            try:
+                callback()
+            except Exception:  # closing must never fail the caller
+                log.debug("close callback failed", exc_info=True)
 
     # ------------------------------------------------------------- sending
     async def request(self, method: str, request_timeout: float | None = 60.0, **params: Any) -> Any:

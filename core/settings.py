@@ -43,7 +43,7 @@ def load_settings(path: Path) -> Settings:
     """The settings in ``path``, or the defaults when it does not exist."""
     if not path.exists():
         return Settings()
-    located = read_yaml(path)
+    located = read_yaml(path, allow_empty=True)
     if located.data is None or located.data == {}:
         return Settings()
     if not isinstance(located.data, dict):

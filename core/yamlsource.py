@@ -46,7 +46,7 @@ class Located:
         return None
 
 
-def read_yaml(path: str | Path) -> Located:
+def read_yaml(path: str | Path, allow_empty: bool = False) -> Located:
     """Parse one YAML document; every problem is a SpecError with a line."""
     display = str(path)
     p = Path(path)
@@ -62,10 +62,10 @@ def read_yaml(path: str | Path) -> Located:
         raise SpecError(display, None, None, f"is not UTF-8 text (byte {exc.start})", "save it as UTF-8") from None
     except OSError as exc:
         raise SpecError(display, None, None, f"cannot be read: {exc.strerror}") from None
-    return parse_yaml(text, display)
+    return parse_yaml(text, display, allow_empty)
 
 
-def parse_yaml(text: str, display: str) -> Located:
+def parse_yaml(text: str, display: str, allow_empty: bool = False) -> Located:
     try:
         nodes = [n for n in yaml.compose_all(text, Loader=yaml.SafeLoader) if not _is_empty(n)]
     except yaml.MarkedYAMLError as exc:
@@ -77,6 +77,8 @@ def parse_yaml(text: str, display: str) -> Located:
                         "remove it (control characters are not text)") from None
     except yaml.YAMLError as exc:
         raise SpecError(display, None, None, f"invalid YAML: {' '.join(str(exc).split())}") from None
+    if not nodes and allow_empty:
+        return Located(display, None)
     if not nodes:
         raise SpecError(display, 1, None, "the file is empty", "write a YAML mapping (see configs/ for examples)")
     if len(nodes) > 1:

@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 missing=()
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)   # the TUI is tried in a real terminal
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)    # the fleet tests talk to real sshd on loopback
+command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
 if ((${#missing[@]})); then
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
     echo "installing ${missing[*]} (apt)" >&2

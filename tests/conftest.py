@@ -106,7 +106,7 @@ class Fleet:
                 cmd = " ".join(proc.info.get("cmdline") or [])
             except (psutil.Error, OSError):
                 continue
-            if env.get("MLFLEET_HOME") == str(self.root) or str(self.root) in cmd:
+            if any(str(self.root) in str(v) for v in env.values()) or str(self.root) in cmd:
                 if proc.pid != os.getpid():
                     mine.append(proc)
         for proc in mine:
@@ -115,6 +115,53 @@ class Fleet:
             except psutil.Error:
                 pass
         psutil.wait_procs(mine, timeout=5)
+
+
+class SshFleet:
+    """Two SSH "hosts" (real sshd on loopback, each with its own agent state dir) in a Fleet."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        from sshd import SshServer, keygen
+
+        self.fleet = fleet
+        self.user_key = keygen(fleet.root / "user_key")
+        self.servers = {name: SshServer(fleet.root / f"sshd-{name}", self.user_key).start()
+                        for name in ("node-a", "node-b")}
+
+    def state_dir(self, name: str) -> Path:
+        return self.fleet.root / f"state-{name}"
+
+    def add(self, name: str, *extra: str, trust: bool = True) -> None:
+        server = self.servers[name]
+        self.fleet.cli("hosts", "add", name, "--address", "127.0.0.1", "--port", str(server.port),
+                       "--user", server.user, "--identity", str(self.user_key),
+                       "--agent-command", f"{sys.executable} -m mlfleet",
+                       "--state-dir", str(self.state_dir(name)), *extra, check=True)
+        if trust:
+            self.fleet.cli("hosts", "trust", name, "--yes", check=True)
+
+    def host(self, name: str) -> dict[str, Any]:
+        return next(h for h in self.fleet.cli_json("hosts", "list") if h["name"] == name)
+
+    def wait_up(self, name: str, timeout: float = 40) -> dict[str, Any]:
+        return self.fleet.wait_for(lambda: (h := self.host(name))["state"] == "up" and h["telemetry"] and h,
+                                   timeout, what=f"host {name} to be up")
+
+    def agent_pid(self, name: str) -> int | None:
+        return self.fleet.pid_in(self.state_dir(name) / "agent.lock")
+
+    def stop(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+
+
+@pytest.fixture
+def ssh_fleet(fleet: Fleet) -> SshFleet:
+    hosts = SshFleet(fleet)
+    try:
+        yield hosts
+    finally:
+        hosts.stop()
 
 
 @pytest.fixture

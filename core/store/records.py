@@ -59,6 +59,10 @@ def upsert_host(con: duckdb.DuckDBPyConnection, name: str, kind: str, address: s
          json.dumps(info) if info is not None else None, ts, seen, ts])
 
 
+def set_host_state(con: duckdb.DuckDBPyConnection, name: str, state: str) -> None:
+    con.execute("update hosts set state = ? where name = ?", [state, name])
+
+
 def list_hosts(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     return rows(con, "select * from hosts order by name")
 

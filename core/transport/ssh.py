@@ -1,0 +1,108 @@
+"""Reaching a remote agent over SSH (asyncssh), with strict host keys.
+
+One SSH connection per host, with keepalives. On it we run
+``<agent_command> agent connect --state-dir DIR`` on the node: that command
+starts the agent daemon (detached, so it outlives the SSH session) when it
+is not running, then joins the channel's stdin/stdout to the agent's 0600
+Unix socket. The line protocol runs over that channel unchanged.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import asyncssh
+
+from mlfleet.core import hostkeys
+from mlfleet.core.errors import UnavailableError
+from mlfleet.core.inventory import HostConfig
+from mlfleet.core.protocol import Peer
+
+CONNECT_TIMEOUT_S = 10.0
+KEEPALIVE_INTERVAL_S = 5.0
+KEEPALIVE_COUNT_MAX = 3
+
+
+class SshAgentTransport:
+    kind = "ssh"
+
+    def __init__(self, config: HostConfig, known_hosts: Path) -> None:
+        self.config = config
+        self.host = config.name
+        self.address = f"{config.address}:{config.port}"
+        self.known_hosts = known_hosts
+
+    def agent_command(self) -> str:
+        c = self.config
+        argv = [*shlex.split(c.agent_command), "agent", "connect", "--state-dir", c.state_dir, "--name", c.name]
+        if c.simulate_gpus:
+            argv += ["--simulate-gpus", c.simulate_gpus]
+        return " ".join(shlex.quote(a) for a in argv)
+
+    async def open_connection(self) -> asyncssh.SSHClientConnection:
+        c = self.config
+        options = {
+            "port": c.port,
+            "known_hosts": hostkeys.load_known_hosts(self.known_hosts),
+            "config": [],  # the inventory is the configuration; ~/.ssh/config is imported explicitly
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "keepalive_interval": KEEPALIVE_INTERVAL_S,
+            "keepalive_count_max": KEEPALIVE_COUNT_MAX,
+        }
+        if c.user:
+            options["username"] = c.user
+        if c.identity_path:
+            options["client_keys"] = [str(c.identity_path)]
+        try:
+            return await asyncssh.connect(c.address, **options)
+        except asyncssh.HostKeyNotVerifiable:
+            raise await self._host_key_error() from None
+        except asyncssh.PermissionDenied:
+            raise UnavailableError(f"{self.host} ({self.address}) refused our key for user "
+                                   f"{c.user or 'the current user'}; check 'identity' in hosts.yaml and the "
+                                   "node's authorized_keys") from None
+        except (OSError, asyncssh.Error, TimeoutError) as exc:
+            raise UnavailableError(f"cannot connect to {self.host} ({self.address}): "
+                                   f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}") from None
+
+    async def _host_key_error(self) -> hostkeys.HostKeyError:
+        c = self.config
+        try:
+            presented: str | None = (await hostkeys.fetch_host_key(c.address, c.port)).fingerprint
+        except UnavailableError:
+            presented = None
+        return hostkeys.HostKeyError(c.name, c.address, c.port, presented,
+                                     hostkeys.recorded_fingerprints(self.known_hosts, c.address, c.port))
+
+    async def connect(self) -> Peer:
+        conn = await self.open_connection()
+        try:
+            process = await conn.create_process(self.agent_command(), encoding=None)
+        except (OSError, asyncssh.Error) as exc:
+            conn.close()
+            raise UnavailableError(f"cannot start the agent on {self.host}: {exc}") from None
+        peer = Peer(process.stdout, process.stdin, name=f"agent {self.host}")
+        peer.on_close(conn.close)
+        peer.start()
+        try:
+            await peer.hello("controller")
+        except Exception as exc:
+            stderr = await _read_some(process)
+            await peer.close()
+            detail = f" (the node said: {stderr})" if stderr else ""
+            raise UnavailableError(f"the agent on {self.host} did not answer: {exc}{detail}; "
+                                   f"is mlfleet installed there ('agent_command' is {self.config.agent_command!r})? "
+                                   f"'mlfleet hosts bootstrap {self.host}' installs it") from None
+        return peer
+
+
+async def _read_some(process: asyncssh.SSHClientProcess) -> str:
+    try:
+        import asyncio
+
+        data = await asyncio.wait_for(process.stderr.read(2000), 2.0)
+    except Exception:
+        return ""
+    text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+    return " ".join(text.split())[-300:]

@@ -1,0 +1,100 @@
+"""Real OpenSSH servers on 127.0.0.1 for the fleet tests.
+
+Each :class:`SshServer` is its own ``sshd -D`` on a free high port, with a
+generated host key, accepting one generated user key. Several of them are
+several "hosts" on one machine. The README's test command installs
+openssh-server; without it these tests fail, they do not skip.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def keygen(path: Path) -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mlfleet-test", "-f", str(path)],
+                   check=True, capture_output=True)
+    return path
+
+
+class SshServer:
+    def __init__(self, root: Path, user_key: Path) -> None:
+        assert os.path.exists(SSHD), ("sshd is not installed: run the tests with 'bash scripts/test.sh', "
+                                      "which installs openssh-server")
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.user = getpass.getuser()
+        self.user_key = user_key
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.new_host_key()
+
+    def new_host_key(self) -> None:
+        """A fresh host key (as after a reinstall); takes effect at the next start."""
+        for suffix in ("", ".pub"):
+            Path(f"{self.root}/host_key{suffix}").unlink(missing_ok=True)
+        keygen(self.root / "host_key")
+
+    def start(self) -> "SshServer":
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
+        (self.root / "authorized_keys").write_text(Path(f"{self.user_key}.pub").read_text())
+        config = self.root / "sshd_config"
+        config.write_text("\n".join([
+            f"Port {self.port}",
+            "ListenAddress 127.0.0.1",
+            f"HostKey {self.root / 'host_key'}",
+            f"PidFile {self.root / 'sshd.pid'}",
+            f"AuthorizedKeysFile {self.root / 'authorized_keys'}",
+            "StrictModes no",
+            "UsePAM no",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "PubkeyAuthentication yes",
+            "PermitRootLogin prohibit-password",
+            "AllowStreamLocalForwarding yes",
+            "Subsystem sftp internal-sftp",
+            "LogLevel ERROR",
+            "",
+        ]))
+        log = open(self.root / "sshd.log", "ab")
+        self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sshd exited: {(self.root / 'sshd.log').read_text()[-500:]}")
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError("sshd did not listen within 10 s")
+
+    def stop(self) -> None:
+        """Stop the server and its open connections (as a host going down would)."""
+        self.drop_connections()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+    def drop_connections(self) -> None:
+        """Kill the per-connection sshd processes (the link drops; the listener stays)."""
+        import psutil
+
+        if self.process is None or self.process.poll() is not None:
+            return
+        for child in psutil.Process(self.process.pid).children(recursive=False):
+            child.kill()

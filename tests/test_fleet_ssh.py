@@ -1,0 +1,154 @@
+"""A team adds GPU hosts over SSH; jobs run there and no fault loses a point or runs twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import duckdb
+
+from conftest import Fleet, SshFleet
+
+STEADY = """name: steady
+constraints: {{hosts: [{host}]}}
+command: [python, -c, "from mlfleet import track; import time\\nfor s in range(40):\\n    track.log({{'loss': 1.0 / (s + 1)}}, step=s); track.flush(); time.sleep(0.2)\\nprint('finished on', __import__('socket').gethostname())"]
+"""
+
+
+def _points(fleet: Fleet, run_id: str) -> list[list]:
+    return fleet.cli_json("db", "query", f"select step, count(*) from metrics where run_id = '{run_id}' "
+                                         "group by step order by step")["rows"]
+
+
+def _submit_steady(fleet: Fleet, host: str) -> str:
+    return fleet.cli("submit", str(fleet.write_spec(f"steady-{host}", STEADY.format(host=host))), check=True).out.strip()
+
+
+def test_two_hosts_come_up_with_live_telemetry_and_a_job_runs_remotely(ssh_fleet: SshFleet) -> None:
+    fleet = ssh_fleet.fleet
+    ssh_fleet.add("node-a", "--label", "region=eu-west")
+    ssh_fleet.add("node-b", "--label", "region=us-east")
+    a, b = ssh_fleet.wait_up("node-a"), ssh_fleet.wait_up("node-b")
+    assert a["kind"] == "ssh" and a["labels"] == {"region": "eu-west"}
+    assert a["telemetry"]["memory_total"] > 0 and b["telemetry"]["cpu_count"] >= 1
+    assert a["info"]["state_dir"] == str(ssh_fleet.state_dir("node-a"))
+
+    job_id = _submit_steady(fleet, "node-b")
+    job = fleet.wait_state(job_id, {"succeeded", "failed"})
+    assert job["state"] == "succeeded" and job["host"] == "node-b"
+    assert _points(fleet, job["run_id"]) == [[step, 1] for step in range(40)]
+    assert (ssh_fleet.state_dir("node-b") / "runs" / job["run_id"] / "metrics.jsonl").exists()
+    assert "finished on" in fleet.cli("jobs", "logs", job_id).out
+    actions = [e["action"] for e in fleet.cli_json("audit", "list")]
+    assert actions.count("host.add") == 2 and actions.count("host.trust") == 2
+
+
+def test_an_unknown_host_key_is_refused_with_its_fingerprint(ssh_fleet: SshFleet) -> None:
+    fleet = ssh_fleet.fleet
+    ssh_fleet.add("node-a", trust=False)
+    check = fleet.cli("hosts", "check", "node-a")
+    assert check.code == 5
+    assert "presented a host key mlfleet does not know (SHA256:" in check.err
+    assert "mlfleet hosts trust node-a" in check.err
+    listed = fleet.wait_for(lambda: (h := ssh_fleet.host("node-a"))["state"] == "unreachable" and h,
+                            what="the host to be refused")
+    assert "SHA256:" in listed["message"]
+    assert not ssh_fleet.state_dir("node-a").exists()  # nothing ran on a host we do not trust
+
+    trusted = fleet.cli_json("hosts", "trust", "node-a", "--yes")
+    assert trusted["recorded"] is True and trusted["fingerprint"].startswith("SHA256:")
+    assert fleet.cli("hosts", "check", "node-a").code == 0
+
+
+def test_a_changed_host_key_is_refused_until_trusted_again(ssh_fleet: SshFleet) -> None:
+    fleet = ssh_fleet.fleet
+    ssh_fleet.add("node-a")
+    ssh_fleet.wait_up("node-a")
+    old = fleet.cli_json("hosts", "trust", "node-a", "--yes")["fingerprint"]
+
+    server = ssh_fleet.servers["node-a"]
+    server.stop()
+    server.new_host_key()
+    server.start()
+    check = fleet.cli("hosts", "check", "node-a")
+    assert check.code == 5
+    assert "has CHANGED" in check.err and old in check.err
+    fleet.wait_for(lambda: "CHANGED" in ssh_fleet.host("node-a")["message"], what="the host to be refused")
+
+    again = fleet.cli_json("hosts", "trust", "node-a", "--yes")
+    assert again["replaced"] == [old] and again["fingerprint"] != old
+    ssh_fleet.wait_up("node-a")
+
+
+def test_a_dropped_ssh_link_reconnects_without_double_dispatch_or_lost_points(ssh_fleet: SshFleet) -> None:
+    fleet = ssh_fleet.fleet
+    ssh_fleet.add("node-a")
+    ssh_fleet.wait_up("node-a")
+    job_id = _submit_steady(fleet, "node-a")
+    job = fleet.wait_state(job_id, {"running"})
+    fleet.wait_for(lambda: len(_points(fleet, job["run_id"])) >= 5, what="some points")
+
+    ssh_fleet.servers["node-a"].drop_connections()
+    final = fleet.wait_state(job_id, {"succeeded", "failed"})
+    assert final["state"] == "succeeded" and len(final["runs"]) == 1
+    assert _points(fleet, job["run_id"]) == [[step, 1] for step in range(40)]
+    assert len(list((ssh_fleet.state_dir("node-a") / "runs").iterdir())) == 1  # launched once
+
+
+def test_sigkill_of_a_remote_agent_mid_job_loses_nothing(ssh_fleet: SshFleet) -> None:
+    fleet = ssh_fleet.fleet
+    ssh_fleet.add("node-a")
+    ssh_fleet.wait_up("node-a")
+    job_id = _submit_steady(fleet, "node-a")
+    job = fleet.wait_state(job_id, {"running"})
+    fleet.wait_for(lambda: len(_points(fleet, job["run_id"])) >= 5, what="some points")
+    agent = ssh_fleet.agent_pid("node-a")
+    os.kill(agent, signal.SIGKILL)
+
+    final = fleet.wait_state(job_id, {"succeeded", "failed"})
+    assert final["state"] == "succeeded" and len(final["runs"]) == 1
+    assert ssh_fleet.agent_pid("node-a") not in (None, agent)  # the controller started a new one over SSH
+    assert _points(fleet, job["run_id"]) == [[step, 1] for step in range(40)]
+
+
+def test_sigkill_of_the_controller_mid_remote_job_reconciles(ssh_fleet: SshFleet) -> None:
+    fleet = ssh_fleet.fleet
+    ssh_fleet.add("node-a")
+    ssh_fleet.wait_up("node-a")
+    job_id = _submit_steady(fleet, "node-a")
+    job = fleet.wait_state(job_id, {"running"})
+    fleet.wait_for(lambda: len(_points(fleet, job["run_id"])) >= 5, what="some points")
+    os.kill(fleet.controller_pid, signal.SIGKILL)
+
+    final = fleet.wait_state(job_id, {"succeeded", "failed"})  # the CLI starts a new controller
+    assert final["state"] == "succeeded" and len(final["runs"]) == 1
+    assert _points(fleet, job["run_id"]) == [[step, 1] for step in range(40)]
+
+
+def test_hosts_import_from_ssh_config_and_remove(fleet: Fleet) -> None:
+    config = fleet.root / "ssh_config"
+    config.write_text("Host *\n  User deploy\n\nHost gpu-a gpu-b\n  HostName 127.0.0.1\n  Port 2299\n"
+                      "  IdentityFile ~/.ssh/id_gpu\n\nHost bastion-*\n  ProxyJump none\n")
+    imported = fleet.cli_json("hosts", "import-ssh-config", "--file", str(config))
+    assert imported["added"] == ["gpu-a", "gpu-b"]
+    listed = {h["name"]: h for h in fleet.cli_json("hosts", "list")}
+    assert listed["gpu-a"]["address"] == "127.0.0.1:2299" and listed["gpu-a"]["kind"] == "ssh"
+    text = fleet.home.hosts_file.read_text()
+    assert "user: deploy" in text and "id_gpu" in text
+
+    again = fleet.cli_json("hosts", "import-ssh-config", "--file", str(config))
+    assert again == {"added": [], "skipped": ["gpu-a", "gpu-b"]}
+    fleet.home.hosts_file.write_text("# keep this comment\n" + fleet.home.hosts_file.read_text())
+    assert fleet.cli("hosts", "remove", "gpu-a").code == 0
+    assert "# keep this comment" in fleet.home.hosts_file.read_text()
+    assert [h["name"] for h in fleet.cli_json("hosts", "list")] == ["local", "gpu-b"]
+
+
+def test_a_broken_hosts_file_is_one_sentence_with_its_line(fleet: Fleet) -> None:
+    fleet.home.hosts_file.write_text("hosts:\n  - name: a\n    address: 10.0.0.1\n    prot: 22\n")
+    result = fleet.cli("hosts", "list")
+    assert result.code == 2
+    assert result.err.strip() == f"mlfleet: {fleet.home.hosts_file}:4: hosts[0].prot: unknown field; did you mean 'port'?"
+
+
+__all__ = ["duckdb"]
