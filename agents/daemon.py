@@ -210,6 +210,12 @@ class AgentDaemon:
         telemetry = await self.rpc_telemetry(peer, telemetry_since)
         return {"runs": runs, "telemetry": telemetry, "agent_started_at": self.started_at}
 
+    async def rpc_code_status(self, peer: Peer, sha256: str) -> dict[str, Any]:
+        return self.supervisor.code.status(sha256)
+
+    async def rpc_code_unpack(self, peer: Peer, sha256: str) -> dict[str, Any]:
+        return await asyncio.to_thread(self.supervisor.code.unpack, sha256)
+
     async def rpc_shutdown(self, peer: Peer, only_if_idle: bool = False) -> dict[str, Any]:
         active = self.supervisor.active_count()
         if only_if_idle and active:

@@ -21,6 +21,7 @@ import psutil
 from mlfleet.core.errors import NotFoundError, UsageError
 from mlfleet.core.models import LaunchRequest, RunStatus, StreamChunk
 
+from .codecache import CodeCache
 from .rundir import STREAMS, RunDir, write_json_atomic
 
 # A runner that has not written runner.json this long after launch never started.
@@ -77,6 +78,7 @@ class Supervisor:
     """The runs of one agent state dir."""
 
     def __init__(self, state_dir: Path) -> None:
+        self.code = CodeCache(state_dir)
         self.runs_dir = state_dir / "runs"
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self._children: dict[str, subprocess.Popen[bytes]] = {}
@@ -96,6 +98,11 @@ class Supervisor:
     def launch(self, request: LaunchRequest) -> RunStatus:
         """Start a run once; asking again for the same run_id returns its status."""
         run = self._dir(request.run_id)
+        if request.code_hash:
+            code_dir = self.code.path(request.code_hash)
+            if not code_dir.is_dir():
+                raise NotFoundError(f"snapshot {request.code_hash[:12]} is not on this host; ship it first")
+            request = msgspec.structs.replace(request, workdir=str(code_dir))
         try:
             run.root.mkdir()
         except FileExistsError:

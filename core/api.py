@@ -26,6 +26,7 @@ from mlfleet.core.config import validate_job_spec
 from mlfleet.core.errors import MlfleetError, NotFoundError, UsageError
 from mlfleet.core.inventory import LOCAL_HOST, HostConfig, add_host, load_inventory, remove_host
 from mlfleet.core.models import TERMINAL_STATES, JobSpec, spec_dec_hook, to_plain
+from mlfleet.core.snapshot import snapshot
 from mlfleet.core.protocol import MAX_FRAME, PROTOCOL_VERSION, Peer, method_dispatcher
 from mlfleet.core.store import records
 from mlfleet.core.store.db import read_only_query
@@ -119,15 +120,18 @@ class ControllerApi:
         job_id = await self._new_job_id()
         submitted = time.time()
         actor = peer.info["actor"]
-        await self.store.run(records.insert_job, {
+        snap = await asyncio.to_thread(snapshot, Path(job_spec.workdir), self.c.home.code_cache_dir)
+        await self.store.run(records.insert_job, {"code_hash": snap.sha256,
             "job_id": job_id, "name": job_spec.name, "project": job_spec.project, "owner": actor,
             "spec": to_plain(job_spec), "spec_hash": job_spec.content_hash(), "spec_path": spec_path,
             "priority": job_spec.priority, "max_attempts": job_spec.retries + 1, "submitted_at": submitted}, actor)
         from mlfleet.core.controller import PendingJob
 
-        self.c.pending[job_id] = PendingJob(job_id, job_spec, job_spec.priority, submitted, 0, job_spec.retries + 1, actor)
+        self.c.pending[job_id] = PendingJob(job_id, job_spec, job_spec.priority, submitted, 0, job_spec.retries + 1, actor,
+                                            code_hash=snap.sha256)
         await self.c.notify_jobs()
-        return {"job_id": job_id, "state": "pending", "name": job_spec.name, "project": job_spec.project}
+        return {"job_id": job_id, "state": "pending", "name": job_spec.name, "project": job_spec.project,
+                "code_hash": snap.sha256, "code_files": snap.files}
 
     async def _new_job_id(self) -> str:
         while True:

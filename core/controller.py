@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 
 from mlfleet.core import scheduler
-from mlfleet.core.errors import MlfleetError, UnavailableError
+from mlfleet.core.errors import MlfleetError, UnavailableError, UsageError
 from mlfleet.core.hostlink import HostLink
 from mlfleet.core.ingest import parse_lines
 from mlfleet.core.models import JobSpec, LaunchRequest, RunStatus, StreamChunk, spec_from_plain
@@ -52,6 +52,7 @@ class PendingJob:
     attempt: int
     max_attempts: int
     owner: str
+    code_hash: str | None = None
 
 
 @dataclass
@@ -68,6 +69,7 @@ class ActiveRun:
     gpus: list[int]
     owner: str
     cancel_requested_by: str | None = None
+    code_hash: str | None = None
     launched: bool = False
     finished_status: RunStatus | None = field(default=None)
 
@@ -204,13 +206,14 @@ class Controller:
             spec = spec_from_plain(json.loads(row["spec"]) if isinstance(row["spec"], str) else row["spec"])
             if row["state"] == "pending":
                 self.pending[row["job_id"]] = PendingJob(row["job_id"], spec, row["priority"], row["submitted_epoch"],
-                                                         row["attempt"], row["max_attempts"], row["owner"])
+                                                         row["attempt"], row["max_attempts"], row["owner"],
+                                                         code_hash=row["code_hash"])
             else:
                 self.active[row["run_id"]] = ActiveRun(
                     job_id=row["job_id"], run_id=row["run_id"], host=row["host"], state=row["state"],
                     offset=row["byte_offset"] or 0, lines=row["lines"] or 0, attempt=row["attempt"],
                     max_attempts=row["max_attempts"], spec=spec, gpus=list(row["gpus"] or []), owner=row["owner"],
-                    cancel_requested_by=row.get("cancel_requested_by"),
+                    cancel_requested_by=row.get("cancel_requested_by"), code_hash=row["code_hash"],
                     # a dispatched run may never have reached its agent: launch again (idempotent)
                     launched=row["state"] == "running")
 
@@ -258,16 +261,32 @@ class Controller:
                 await self._absorb_run(link, run, item)
 
     async def _launch(self, link: HostLink, run: ActiveRun) -> None:
+        # The local host runs in the user's workdir; a remote host runs the snapshot taken at submit.
+        shipped = run.code_hash if link.transport.kind == "ssh" else None
         request = LaunchRequest(
             run_id=run.run_id, job_id=run.job_id, argv=run.spec.argv, workdir=run.spec.workdir,
-            env=run.spec.env_strings(), gpu_indices=run.gpus,
+            env=run.spec.env_strings(), gpu_indices=run.gpus, code_hash=shipped,
             timeout=float(run.spec.timeout) if run.spec.timeout else None)
         try:
+            if shipped:
+                await self._ship(link, shipped)
             await link.request("launch", request=msgspec.to_builtins(request))
         except MlfleetError as exc:
             log.warning("launch of %s on %s failed: %s (will retry)", run.run_id, link.name, exc)
             return
         run.launched = True
+
+    async def _ship(self, link: HostLink, sha256: str) -> None:
+        """Upload a snapshot once per host and content (SFTP), then have the node unpack it."""
+        status = await link.request("code_status", sha256=sha256)
+        if status["present"]:
+            return
+        archive = self.home.code_cache_dir / f"{sha256}.tar.gz"
+        if not archive.exists():
+            raise UsageError(f"snapshot {sha256[:12]} is no longer in {self.home.code_cache_dir}")
+        await link.transport.upload(archive, status["incoming"])  # type: ignore[attr-defined]
+        await link.request("code_unpack", sha256=sha256, request_timeout=300)
+        log.info("shipped snapshot %s to %s", sha256[:12], link.name)
 
     async def _absorb_run(self, link: HostLink, run: ActiveRun, item: dict[str, Any]) -> None:
         assert self.store is not None
@@ -331,7 +350,7 @@ class Controller:
         del self.active[run.run_id]
         if job_state == "pending":
             self.pending[run.job_id] = PendingJob(run.job_id, run.spec, run.spec.priority, time.time(), run.attempt,
-                                                  run.max_attempts, run.owner)
+                                                  run.max_attempts, run.owner, code_hash=run.code_hash)
         await self.notify_jobs()
 
     async def notify_jobs(self) -> None:
@@ -358,10 +377,11 @@ class Controller:
         await self.store.run(records.dispatch, job.job_id, {
             "run_id": run_id, "attempt": attempt, "project": job.spec.project, "name": job.spec.name,
             "owner": job.owner, "host": placement.host, "gpus": list(placement.gpu_indices),
-            "spec_hash": job.spec.content_hash(), "workdir": job.spec.workdir, "command": job.spec.argv})
+            "spec_hash": job.spec.content_hash(), "workdir": job.spec.workdir, "command": job.spec.argv,
+            "code_hash": job.code_hash})
         run = ActiveRun(job_id=job.job_id, run_id=run_id, host=placement.host, state="dispatched", offset=0, lines=0,
                         attempt=attempt, max_attempts=job.max_attempts, spec=job.spec,
-                        gpus=list(placement.gpu_indices), owner=job.owner)
+                        gpus=list(placement.gpu_indices), owner=job.owner, code_hash=job.code_hash)
         self.active[run_id] = run
         link = self.links[placement.host]
         if link.up:

@@ -203,6 +203,7 @@ class LaunchRequest(msgspec.Struct, kw_only=True):
     workdir: str
     env: dict[str, str]
     gpu_indices: list[int] = msgspec.field(default_factory=list)
+    code_hash: str | None = None  # run in this shipped snapshot instead of ``workdir``
     timeout: float | None = None
     kill_grace: float = 10.0
 

@@ -59,6 +59,11 @@ class Home:
         return self.data_dir / "mlfleet.duckdb"
 
     @property
+    def code_cache_dir(self) -> Path:
+        """Workdir snapshots taken at submit, by sha256 (what is shipped to hosts)."""
+        return self.data_dir / "code"
+
+    @property
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
 

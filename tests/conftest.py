@@ -58,7 +58,10 @@ class Fleet:
         return self.cli(*args, "--json", timeout=timeout, check=True).json()
 
     def write_spec(self, name: str, text: str) -> Path:
-        path = self.root / f"{name}.yaml"
+        """A spec in ROOT/specs/ (its workdir by default: what gets snapshotted and shipped)."""
+        folder = self.root / "specs"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{name}.yaml"
         path.write_text(text)
         return path
 

@@ -152,3 +152,37 @@ def test_a_broken_hosts_file_is_one_sentence_with_its_line(fleet: Fleet) -> None
 
 
 __all__ = ["duckdb"]
+
+
+def test_the_workdir_is_shipped_once_per_content_and_respects_gitignore(ssh_fleet: SshFleet) -> None:
+    import subprocess
+
+    fleet = ssh_fleet.fleet
+    ssh_fleet.add("node-a")
+    ssh_fleet.wait_up("node-a")
+    project = fleet.root / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "helper.py").write_text("GREETING = 'shipped code says hi'\n")
+    (project / "train.py").write_text("import os, helper\nprint(helper.GREETING)\n"
+                                      "print('data present:', os.path.exists('data/big.bin'))\nprint('cwd', os.getcwd())\n")
+    (project / "data" / "big.bin").write_bytes(b"\0" * 1024)
+    (project / ".gitignore").write_text("data/\n")
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    spec = project / "job.yaml"
+    spec.write_text("name: shipped\ncommand: [python, train.py]\nconstraints: {hosts: [node-a]}\n")
+
+    first = fleet.cli_json("submit", str(spec))
+    second = fleet.cli_json("submit", str(spec))
+    assert first["code_hash"] == second["code_hash"] and len(first["code_hash"]) == 64
+    for job_id in (first["job_id"], second["job_id"]):
+        assert fleet.wait_state(job_id, {"succeeded", "failed"})["state"] == "succeeded"
+    out = fleet.cli("jobs", "logs", first["job_id"]).out
+    assert "shipped code says hi" in out and "data present: False" in out
+    code_dir = ssh_fleet.state_dir("node-a") / "code" / first["code_hash"]
+    assert f"cwd {code_dir}" in out
+    snapshots = [p.name for p in (ssh_fleet.state_dir("node-a") / "code").iterdir() if not p.name.startswith(".")]
+    assert snapshots == [first["code_hash"]]
+    run = fleet.cli_json("runs", "show", fleet.job(first["job_id"])["run_id"])
+    assert run["code_hash"] == first["code_hash"]
+    shipped = (fleet.home.log_dir / "controller.log").read_text().count(f"shipped snapshot {first['code_hash'][:12]}")
+    assert shipped == 1

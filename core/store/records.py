@@ -73,11 +73,11 @@ def insert_job(con: duckdb.DuckDBPyConnection, job: dict[str, Any], actor: str) 
     with transaction(con):
         con.execute(
             """insert into jobs (job_id, name, project, owner, spec, spec_hash, spec_path, priority, state, reason,
-                                 attempt, max_attempts, submitted_at)
-               values (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, 0, ?, to_timestamp(?))""",
+                                 attempt, max_attempts, submitted_at, code_hash)
+               values (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, 0, ?, to_timestamp(?), ?)""",
             [job["job_id"], job["name"], job["project"], job["owner"], json.dumps(job["spec"]), job["spec_hash"],
              job.get("spec_path"), job["priority"], job.get("reason", "waiting for the scheduler"),
-             job["max_attempts"], job["submitted_at"]])
+             job["max_attempts"], job["submitted_at"], job.get("code_hash")])
         _event(con, job["job_id"], "pending", "submitted", None, None)
         audit(con, actor, "job.submit", job["job_id"], {"name": job["name"], "project": job["project"],
                                                         "spec_hash": job["spec_hash"], "spec_path": job.get("spec_path")})
@@ -102,10 +102,10 @@ def dispatch(con: duckdb.DuckDBPyConnection, job_id: str, run: dict[str, Any]) -
     with transaction(con):
         con.execute(
             """insert into runs (run_id, job_id, attempt, project, name, owner, host, gpus, state, spec_hash,
-                                 workdir, command, created_at)
-               values (?, ?, ?, ?, ?, ?, ?, ?, 'dispatched', ?, ?, ?, to_timestamp(?))""",
+                                 workdir, command, created_at, code_hash)
+               values (?, ?, ?, ?, ?, ?, ?, ?, 'dispatched', ?, ?, ?, to_timestamp(?), ?)""",
             [run["run_id"], job_id, run["attempt"], run["project"], run["name"], run["owner"], run["host"],
-             run["gpus"], run["spec_hash"], run["workdir"], json.dumps(run["command"]), now()])
+             run["gpus"], run["spec_hash"], run["workdir"], json.dumps(run["command"]), now(), run.get("code_hash")])
         con.execute("""insert into ingest_offsets (run_id, stream, byte_offset, lines) values (?, 'metrics', 0, 0)
                        on conflict do nothing""", [run["run_id"]])
         con.execute("""update jobs set state = 'dispatched', reason = ?, attempt = ?, host = ?, gpus = ?, run_id = ?
@@ -161,7 +161,7 @@ def cancel_pending(con: duckdb.DuckDBPyConnection, job_id: str, actor: str) -> N
 def jobs_in_states(con: duckdb.DuckDBPyConnection, states: tuple[str, ...]) -> list[dict[str, Any]]:
     marks = ",".join("?" for _ in states)
     return rows(con, f"""select j.job_id, j.name, j.project, j.owner, j.spec, j.priority, j.state, j.attempt,
-                         j.max_attempts, j.host, j.gpus, j.run_id, j.cancel_requested_by,
+                         j.max_attempts, j.host, j.gpus, j.run_id, j.cancel_requested_by, j.code_hash,
                          epoch(j.submitted_at) as submitted_epoch,
                          o.byte_offset, o.lines
                   from jobs j left join ingest_offsets o on o.run_id = j.run_id and o.stream = 'metrics'
@@ -194,7 +194,7 @@ def _resolve(con: duckdb.DuckDBPyConnection, table: str, column: str, ident: str
 
 
 _JOB_COLUMNS = """job_id, name, project, owner, state, reason, priority, attempt, max_attempts, host, gpus, run_id,
-                  submitted_at, started_at, finished_at, exit_code"""
+                  submitted_at, started_at, finished_at, exit_code, code_hash"""
 
 
 def list_jobs(con: duckdb.DuckDBPyConnection, limit: int = 200, states: list[str] | None = None) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ class SshAgentTransport:
     kind = "ssh"
 
     def __init__(self, config: HostConfig, known_hosts: Path) -> None:
+        self._conn: asyncssh.SSHClientConnection | None = None
         self.config = config
         self.host = config.name
         self.address = f"{config.address}:{config.port}"
@@ -84,6 +85,7 @@ class SshAgentTransport:
             raise UnavailableError(f"cannot start the agent on {self.host}: {exc}") from None
         peer = Peer(process.stdout, process.stdin, name=f"agent {self.host}")
         peer.on_close(conn.close)
+        self._conn = conn
         peer.start()
         try:
             await peer.hello("controller")
@@ -95,6 +97,19 @@ class SshAgentTransport:
                                    f"is mlfleet installed there ('agent_command' is {self.config.agent_command!r})? "
                                    f"'mlfleet hosts bootstrap {self.host}' installs it") from None
         return peer
+
+
+    async def upload(self, local: Path, remote: str) -> None:
+        """Copy a file to the node over SFTP on the agent's connection (to a temporary name, then renamed)."""
+        if self._conn is None:
+            raise UnavailableError(f"no connection to {self.host}")
+        try:
+            async with self._conn.start_sftp_client() as sftp:
+                partial = f"{remote}.part"
+                await sftp.put(str(local), partial)
+                await sftp.posix_rename(partial, remote)
+        except (OSError, asyncssh.Error) as exc:
+            raise UnavailableError(f"upload of {local.name} to {self.host} failed: {exc}") from None
 
 
 async def _read_some(process: asyncssh.SSHClientProcess) -> str:
