@@ -241,7 +241,7 @@ class ControllerApi:
         return {"name": config.name, "added": True, "known_hosts": str(self.c.home.known_hosts_file)}
 
     async def rpc_hosts_remove(self, peer: Peer, name: str) -> dict[str, Any]:
-        busy = [r.run_id for r in self.c.active.values() if r.host == name]
+        busy = self.c.active_on(name)
         if busy:
             raise UsageError(f"host {name} has {len(busy)} run(s) in flight ({', '.join(busy[:3])}); "
                              "cancel them or wait for them to end")
@@ -286,6 +286,22 @@ class ControllerApi:
         if link is not None:
             link.retry_now()
         return {"name": name, "fingerprint": fingerprint, "replaced": previous}
+
+    async def rpc_hosts_bootstrap(self, peer: Peer, name: str, prefix: str = ".mlfleet",
+                                  python: str = "python3") -> dict[str, Any]:
+        """Install the agent on the node, then point the host's agent_command at it."""
+        from mlfleet.core.bootstrap import bootstrap
+        from mlfleet.core.transport.ssh import SshAgentTransport
+
+        host = self._ssh_host(name)
+        result = await bootstrap(SshAgentTransport(host, self.c.home.known_hosts_file), prefix, python)
+        if self.c.active_on(name):
+            raise UsageError(f"installed on {name}, but runs are in flight there; agent_command was not changed")
+        updated = msgspec.structs.replace(host, agent_command=result["agent_command"])
+        remove_host(self.c.home.hosts_file, name)
+        add_host(self.c.home.hosts_file, updated)
+        await self._apply_hosts_file(peer, "host.bootstrap", name, result)
+        return {"name": name, **result}
 
     async def rpc_hosts_check(self, peer: Peer, name: str) -> dict[str, Any]:
         """Connect afresh, say hello, read the agent's facts; report each step."""

@@ -210,6 +210,15 @@ async def cmd_hosts_check(client: ControllerClient, args: argparse.Namespace) ->
     return EXIT_OK if answer["ok"] else EXIT_UNAVAILABLE
 
 
+async def cmd_hosts_bootstrap(client: ControllerClient, args: argparse.Namespace) -> int:
+    if not args.json:
+        print(f"building a wheel and installing the agent on {args.name} (this takes a minute)...", file=sys.stderr)
+    answer = await client.call("hosts_bootstrap", name=args.name, prefix=args.prefix, python=args.python,
+                               request_timeout=1800)
+    _say(args, answer, f"{args.name}: {answer['version']} installed; agent_command is now {answer['agent_command']}")
+    return EXIT_OK
+
+
 async def cmd_hosts_trust(client: ControllerClient, args: argparse.Namespace) -> int:
     key = await client.call("host_key", name=args.name)
     where = f"{args.name} ({key['address']}:{key['port']})"
@@ -422,6 +431,16 @@ def cmd_agent_connect(args: argparse.Namespace) -> int:
     return bridge(socket_path)
 
 
+def cmd_agent_install_service(args: argparse.Namespace) -> int:
+    from mlfleet.agents.service import UNIT_NAME, install
+
+    unit = install(Path(args.state_dir).expanduser().absolute(), args.name, args.simulate_gpus)
+    _say(args, {"unit": str(unit)}, f"wrote {unit}\nstart it with: systemctl --user daemon-reload && "
+                                    f"systemctl --user enable --now {UNIT_NAME}\n(and 'loginctl enable-linger' "
+                                    "to keep it running while you are logged out)")
+    return EXIT_OK
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
     from mlfleet.tui.app import run_app
 
@@ -478,6 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(hosts, "trust", _client_command(cmd_hosts_trust), "show a host's key and record it once you confirm")
     p.add_argument("name")
     p.add_argument("--yes", action="store_true", help="record without asking (batch mode)")
+    p = add(hosts, "bootstrap", _client_command(cmd_hosts_bootstrap),
+            "install mlfleet's agent on a host that only has Python (into a venv)")
+    p.add_argument("name")
+    p.add_argument("--prefix", default=".mlfleet", help="folder on the node, relative to its home (default .mlfleet)")
+    p.add_argument("--python", default="python3", help="the node's Python 3.11+ (default python3)")
     p = add(hosts, "import-ssh-config", cmd_hosts_import_ssh_config, "add the hosts of an OpenSSH config file")
     p.add_argument("--file", default="~/.ssh/config")
     p.add_argument("--host", action="append", help="only these Host aliases (repeatable)")
@@ -508,6 +532,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
     p.add_argument("--sample-interval", type=float, default=1.0, help="seconds between telemetry samples")
     p.add_argument("--simulate-gpus", metavar="FILE", help="simulated GPUs described in FILE (re-read each sample)")
+    p = add(agent, "install-service", cmd_agent_install_service, "write a systemd user unit for the agent")
+    p.add_argument("--state-dir", default="~/.mlfleet/agent")
+    p.add_argument("--name")
+    p.add_argument("--simulate-gpus", metavar="FILE")
     p = add(agent, "connect", cmd_agent_connect, "start the agent if needed and join stdin/stdout to it "
             "(what the controller runs over SSH)", json_flag=False)
     p.add_argument("--state-dir", required=True)

@@ -161,6 +161,10 @@ class Controller:
                 self.links[name] = HostLink(SshAgentTransport(host, self.home.known_hosts_file), labels=dict(host.labels))
                 self.inventory[name] = host
 
+    def active_on(self, host: str) -> list[str]:
+        """Runs in flight on ``host``."""
+        return [r.run_id for r in self.active.values() if r.host == host]
+
     def note_inventory_written(self) -> None:
         """The controller itself changed hosts.yaml (and audited why): not a hand edit."""
         self._inventory_digest = file_digest(self.home.hosts_file)

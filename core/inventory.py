@@ -100,6 +100,8 @@ def add_host(path: Path, host: HostConfig) -> None:
         raise UsageError(f"a host named {host.name!r} already exists; remove it first or choose another name")
     entry = yaml.safe_dump([msgspec.to_builtins(host)], sort_keys=False, default_flow_style=False)
     text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if not existing:  # "hosts: []" (left by removing the last host) becomes a block list again
+        text = "".join("hosts:\n" if line.strip() == "hosts: []" else line for line in text.splitlines(keepends=True))
     if not existing and "hosts:" not in text:
         text = (text.rstrip("\n") + "\n" if text.strip() else "") + "hosts:\n"
     elif not text.endswith("\n"):

@@ -186,3 +186,39 @@ def test_the_workdir_is_shipped_once_per_content_and_respects_gitignore(ssh_flee
     assert run["code_hash"] == first["code_hash"]
     shipped = (fleet.home.log_dir / "controller.log").read_text().count(f"shipped snapshot {first['code_hash'][:12]}")
     assert shipped == 1
+
+
+def test_bootstrap_installs_the_agent_on_a_host_with_only_python(ssh_fleet: SshFleet) -> None:
+    fleet = ssh_fleet.fleet
+    server = ssh_fleet.servers["node-a"]
+    # As on a fresh node: 'mlfleet' is not installed there, so the host cannot come up.
+    fleet.cli("hosts", "add", "node-a", "--address", "127.0.0.1", "--port", str(server.port), "--user", server.user,
+              "--identity", str(ssh_fleet.user_key), "--state-dir", str(ssh_fleet.state_dir("node-a")), check=True)
+    fleet.cli("hosts", "trust", "node-a", "--yes", check=True)
+    down = fleet.wait_for(lambda: "hosts bootstrap node-a" in (h := ssh_fleet.host("node-a"))["message"] and h,
+                          what="the host to say mlfleet is missing")
+    assert down["state"] == "unreachable"
+
+    prefix = fleet.root / "node-a-home" / ".mlfleet"
+    answer = fleet.cli_json("hosts", "bootstrap", "node-a", "--prefix", str(prefix), "--python", "/usr/bin/python3",
+                            timeout=900)
+    assert answer["agent_command"] == f"{prefix}/venv/bin/mlfleet" and answer["version"].startswith("mlfleet ")
+    assert f"agent_command: {prefix}/venv/bin/mlfleet" in fleet.home.hosts_file.read_text()
+    up = ssh_fleet.wait_up("node-a", timeout=60)
+    assert up["agent_version"] == answer["version"].split()[-1]
+    spec = fleet.write_spec("hello", "name: hello\ncommand: [python, -c, \"import sys; print(sys.prefix)\"]\n"
+                                     "constraints: {hosts: [node-a]}\n")
+    done = fleet.cli("submit", str(spec), "--wait", "--json", timeout=120)
+    assert done.code == 0
+    assert str(prefix / "venv") in fleet.cli("jobs", "logs", done.json()["job_id"]).out
+
+
+def test_install_service_writes_a_user_unit_that_spares_running_jobs(fleet: Fleet) -> None:
+    env_home = fleet.root / "xdg"
+    fleet.env["XDG_CONFIG_HOME"] = str(env_home)
+    result = fleet.cli_json("agent", "install-service", "--state-dir", str(fleet.root / "agent"), "--name", "gpu-a")
+    unit = env_home / "systemd" / "user" / "mlfleet-agent.service"
+    assert result["unit"] == str(unit)
+    text = unit.read_text()
+    assert "KillMode=process" in text and "Restart=on-failure" in text
+    assert f"--state-dir {fleet.root / 'agent'}" in text and "--name gpu-a" in text
