@@ -42,6 +42,8 @@ from mlfleet.core.transport.ssh import SshAgentTransport
 
 log = logging.getLogger(__name__)
 
+SLOW_LINK_S = 10.0  # a poll unanswered this long marks the host unreachable (and kills nothing)
+
 
 @dataclass
 class PendingJob:
@@ -253,11 +255,14 @@ class Controller:
                 with contextlib.suppress(MlfleetError):
                     await link.request("cancel", run_id=run.run_id)
         try:
-            answer = await link.request("poll", telemetry_since=link.telemetry_seq,
+            answer = await link.request("poll", request_timeout=SLOW_LINK_S, telemetry_since=link.telemetry_seq,
                                         metrics={r.run_id: r.offset for r in runs if r.launched})
         except MlfleetError as exc:
+            # Slow is shown like lost, but the connection and the runs are left alone.
             log.warning("poll of %s failed: %s", link.name, exc)
+            link.mark_slow(str(exc))
             return
+        link.mark_answering()
         link.absorb_telemetry(answer.get("telemetry", []), answer.get("agent_started_at", 0.0))
         for run_id, item in answer.get("runs", {}).items():
             run = self.active.get(run_id)
@@ -399,7 +404,7 @@ class Controller:
                                        memory_free=g.memory_free, utilization=g.utilization)
                      for g in (latest.gpus if latest else []))
         return scheduler.HostView(
-            name=link.name, up=link.up and latest is not None, labels=link.labels,
+            name=link.name, up=link.up and link.state == "up" and latest is not None, labels=link.labels,
             cpu_count=latest.cpu_count if latest else 0, memory_total=latest.memory_total if latest else 0,
             gpus=gpus, gpus_in_use=frozenset(i for r in in_use for i in r.gpus),
             cpus_in_use=sum(r.spec.resources.cpus for r in in_use),

@@ -75,6 +75,14 @@ class HostLink:
         log.info("connected to agent on %s", self.name)
         return True
 
+    def mark_slow(self, why: str) -> None:
+        if self.up:
+            self.state, self.message = "unreachable", f"not answering: {why}"
+
+    def mark_answering(self) -> None:
+        if self.state != "up":
+            self.state, self.message = "up", ""
+
     def retry_now(self) -> None:
         """Forget the backoff (after the user fixed something, like trusting a host key)."""
         self._backoff = 0.5
