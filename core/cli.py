@@ -165,9 +165,11 @@ async def cmd_hosts_list(client: ControllerClient, args: argparse.Namespace) -> 
         t = h["telemetry"] or {}
         mem = f"{render.format_size(t.get('memory_used'))}/{render.format_size(t.get('memory_total'))}" if t else "-"
         gpus = str(len(t.get("gpus", []))) if t.get("gpu_state") == "ok" else t.get("gpu_state", "-").replace("_", " ")
+        if h.get("simulated") and t.get("gpu_state") == "ok":
+            gpus += " (simulated)"
         rows.append([h["name"], h["kind"], h["state"], render.percent(t.get("cpu_percent")) if t else "-", mem, gpus,
-                     h["running_jobs"], h["agent_version"]])
-    print(render.table(["host", "kind", "state", "cpu", "memory", "gpus", "jobs", "agent"], rows))
+                     h["running_jobs"], h["agent_version"], h["message"] or ""])
+    print(render.table(["host", "kind", "state", "cpu", "memory", "gpus", "jobs", "agent", "problem"], rows))
     return EXIT_OK
 
 

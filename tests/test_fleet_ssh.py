@@ -222,3 +222,21 @@ def test_install_service_writes_a_user_unit_that_spares_running_jobs(fleet: Flee
     text = unit.read_text()
     assert "KillMode=process" in text and "Restart=on-failure" in text
     assert f"--state-dir {fleet.root / 'agent'}" in text and "--name gpu-a" in text
+
+
+def test_a_host_with_simulated_gpus_says_so_and_shows_them_live(ssh_fleet: SshFleet) -> None:
+    fleet = ssh_fleet.fleet
+    gpus = fleet.root / "gpus-b.yaml"
+    gpus.write_text("gpus:\n  - name: NVIDIA H100 80GB HBM3\n    count: 2\n    memory_total: 80GiB\n")
+    ssh_fleet.add("node-b", "--simulate-gpus", str(gpus))
+    host = fleet.wait_for(lambda: len(((h := ssh_fleet.host("node-b"))["telemetry"] or {}).get("gpus", [])) == 2 and h,
+                          what="two simulated GPUs")
+    assert host["simulated"] is True and host["telemetry"]["gpu_message"].startswith("simulated GPUs")
+    assert "(simulated)" in fleet.cli("hosts", "list").out
+
+    gpus.write_text("gpus:\n  - name: NVIDIA H100 80GB HBM3\n    memory_total: 80GiB\n    utilization: 91\n"
+                    "    processes: [{pid: 4121, used_memory: 20GiB, name: jupyter}]\n")
+    changed = fleet.wait_for(lambda: len((g := ssh_fleet.host("node-b")["telemetry"]["gpus"])) == 1 and g,
+                             what="the GPUs to change live")
+    assert changed[0]["utilization"] == 91 and changed[0]["processes"][0]["pid"] == 4121
+    assert changed[0]["memory_used"] == 20 * 1024**3

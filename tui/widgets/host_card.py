@@ -67,6 +67,8 @@ class HostCard(Vertical):
 
 def _subtitle(host: dict[str, Any]) -> str:
     parts = [host.get("state", "connecting"), host.get("kind") or "?"]
+    if host.get("simulated"):
+        parts.append("SIMULATED GPUs")
     if host.get("agent_version"):
         parts.append(f"agent {host['agent_version']}")
     running = host.get("running_jobs") or 0
