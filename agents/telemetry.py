@@ -33,6 +33,20 @@ def _nv(fn: Callable[..., Any], *args: Any) -> Any:
         return None
 
 
+def process_identity(pid: int) -> tuple[str | None, str | None]:
+    """A GPU process's name, and the mlfleet run it belongs to (None: someone else's)."""
+    try:
+        proc = psutil.Process(pid)
+        name = proc.name()
+    except (psutil.Error, OSError):
+        return None, None
+    try:
+        run_id = proc.environ().get("MLFLEET_RUN_ID")
+    except (psutil.Error, OSError):  # another user's process: not ours to read, and not ours
+        run_id = None
+    return name, run_id
+
+
 class NvmlGpuSource:
     """GPUs seen through NVML; a host without a driver reports ``no_driver``."""
 
@@ -84,10 +98,7 @@ class NvmlGpuSource:
                 used = getattr(proc, "usedGpuMemory", None)
                 processes.setdefault(proc.pid, GpuProcess(pid=proc.pid, used_memory=used if isinstance(used, int) else None))
         for proc in processes.values():
-            try:
-                proc.name = psutil.Process(proc.pid).name()
-            except (psutil.Error, OSError):
-                pass
+            proc.name, proc.run_id = process_identity(proc.pid)
         return GpuSample(
             index=index,
             uuid=_text(_nv(nv.nvmlDeviceGetUUID, handle)),

@@ -113,10 +113,20 @@ class ControllerApi:
         return {"stopping": True, "local_agent_stopping": agent_stopping}
 
     # -------------------------------------------------------------- jobs
-    async def rpc_submit(self, peer: Peer, spec: dict[str, Any], spec_path: str | None = None) -> dict[str, Any]:
+    async def rpc_submit(self, peer: Peer, spec: dict[str, Any], spec_path: str | None = None,
+                         queue_anyway: bool = False) -> dict[str, Any]:
         job_spec = validate_job_spec(spec)
         if not Path(job_spec.workdir).is_absolute():
             raise UsageError("workdir must be an absolute path when submitting through the API")
+        from mlfleet.core.controller import queued_job
+        from mlfleet.core.scheduler import never_fits
+
+        impossible = never_fits(self.c.host_views(), queued_job("new", job_spec, time.time(), peer.info["actor"]),
+                                self.c.policy)
+        if impossible and not queue_anyway:
+            where = "; ".join(f"{r.host}: {r.message}" for r in impossible[:5])
+            raise UsageError(f"{job_spec.name} can never fit on this fleet ({where}); change its resources or "
+                             "constraints, or add a host that has them and submit with --queue-anyway")
         job_id = await self._new_job_id()
         submitted = time.time()
         actor = peer.info["actor"]
@@ -224,6 +234,7 @@ class ControllerApi:
         for link in self.c.links.values():
             item = link.summary()
             item["running_jobs"] = sum(1 for r in self.c.active.values() if r.host == link.name)
+            item["drained"] = self.c.drained.get(link.name)
             if history:
                 item["history"] = link.history_series(history)
             out.append(item)
@@ -254,6 +265,19 @@ class ControllerApi:
         self.c.apply_inventory(load_inventory(self.c.home.hosts_file))
         self.c.note_inventory_written()
         await self.store.run(records.audit, peer.info["actor"], action, target, detail)
+
+    async def rpc_hosts_drain(self, peer: Peer, name: str, reason: str = "", drain: bool = True) -> dict[str, Any]:
+        """No new placements on the host (runs in flight go on); ``drain=False`` undoes it."""
+        if name not in self.c.links:
+            raise NotFoundError(f"no host {name!r}; list them with 'mlfleet hosts list'")
+        actor = peer.info["actor"]
+        if drain:
+            self.c.drained[name] = f"by {actor}: {reason or 'no reason given'}"
+        else:
+            self.c.drained.pop(name, None)
+        await self.store.run(records.set_drain, name, actor if drain else None, reason if drain else None)
+        await self.store.run(records.audit, actor, "host.drain" if drain else "host.undrain", name, {"reason": reason})
+        return {"name": name, "drained": drain, "running": len(self.c.active_on(name))}
 
     def _ssh_host(self, name: str) -> HostConfig:
         if name == LOCAL_HOST:

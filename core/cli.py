@@ -53,7 +53,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 async def _submit(client: ControllerClient, args: argparse.Namespace) -> int:
     spec = args.spec
-    answer = await client.call("submit", spec=to_plain(spec), spec_path=str(Path(args.file).absolute()))
+    answer = await client.call("submit", spec=to_plain(spec), spec_path=str(Path(args.file).absolute()),
+                               queue_anyway=args.queue_anyway)
     job_id = answer["job_id"]
     if not args.wait:
         if args.json:
@@ -167,7 +168,8 @@ async def cmd_hosts_list(client: ControllerClient, args: argparse.Namespace) -> 
         gpus = str(len(t.get("gpus", []))) if t.get("gpu_state") == "ok" else t.get("gpu_state", "-").replace("_", " ")
         if h.get("simulated") and t.get("gpu_state") == "ok":
             gpus += " (simulated)"
-        rows.append([h["name"], h["kind"], h["state"], render.percent(t.get("cpu_percent")) if t else "-", mem, gpus,
+        state = f"{h['state']}, drained" if h.get("drained") else h["state"]
+        rows.append([h["name"], h["kind"], state, render.percent(t.get("cpu_percent")) if t else "-", mem, gpus,
                      h["running_jobs"], h["agent_version"], h["message"] or ""])
     print(render.table(["host", "kind", "state", "cpu", "memory", "gpus", "jobs", "agent", "problem"], rows))
     return EXIT_OK
@@ -218,6 +220,15 @@ async def cmd_hosts_bootstrap(client: ControllerClient, args: argparse.Namespace
     answer = await client.call("hosts_bootstrap", name=args.name, prefix=args.prefix, python=args.python,
                                request_timeout=1800)
     _say(args, answer, f"{args.name}: {answer['version']} installed; agent_command is now {answer['agent_command']}")
+    return EXIT_OK
+
+
+async def cmd_hosts_drain(client: ControllerClient, args: argparse.Namespace) -> int:
+    drain = args.action == "drain"
+    answer = await client.call("hosts_drain", name=args.name, reason=getattr(args, "reason", "") or "", drain=drain)
+    text = (f"{args.name} drained: no new jobs; {answer['running']} run(s) in flight go on" if drain
+            else f"{args.name} takes jobs again")
+    _say(args, answer, text)
     return EXIT_OK
 
 
@@ -468,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(sub, "submit", cmd_submit, "submit a job spec (YAML)")
     p.add_argument("file", help="the job spec, e.g. configs/demo-train.yaml")
     p.add_argument("--wait", action="store_true", help="wait for the job; exit 0 only if it succeeded")
+    p.add_argument("--queue-anyway", action="store_true",
+                   help="queue a job that no current host could ever run (a host that can is coming)")
 
     jobs = sub.add_parser("jobs", help="list, inspect, follow and cancel jobs").add_subparsers(dest="action", metavar="ACTION", required=True)
     p = add(jobs, "list", _client_command(cmd_jobs_list), "list jobs, newest first")
@@ -499,6 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(hosts, "trust", _client_command(cmd_hosts_trust), "show a host's key and record it once you confirm")
     p.add_argument("name")
     p.add_argument("--yes", action="store_true", help="record without asking (batch mode)")
+    p = add(hosts, "drain", _client_command(cmd_hosts_drain), "stop placing jobs on a host (runs in flight go on)")
+    p.add_argument("name")
+    p.add_argument("--reason", default="")
+    add(hosts, "undrain", _client_command(cmd_hosts_drain), "place jobs on a drained host again").add_argument("name")
     p = add(hosts, "bootstrap", _client_command(cmd_hosts_bootstrap),
             "install mlfleet's agent on a host that only has Python (into a venv)")
     p.add_argument("name")

@@ -55,6 +55,7 @@ class PendingJob:
     max_attempts: int
     owner: str
     code_hash: str | None = None
+    failed_hosts: tuple[str, ...] = ()
 
 
 @dataclass
@@ -72,6 +73,8 @@ class ActiveRun:
     owner: str
     cancel_requested_by: str | None = None
     code_hash: str | None = None
+    started_at: float | None = None
+    failed_hosts: tuple[str, ...] = ()
     launched: bool = False
     finished_status: RunStatus | None = field(default=None)
 
@@ -84,10 +87,19 @@ class Controller:
         self.store: Store | None = None
         self.links: dict[str, HostLink] = {
             "local": HostLink(LocalAgentTransport(home, "local",
-                                                  sample_interval=float(self.settings.telemetry.sample_interval)),
-                              labels={"provider": "local"}),
+                                                  sample_interval=float(self.settings.telemetry.sample_interval),
+                                                  simulate_gpus=self.settings.local.simulate_gpus),
+                              labels={"provider": "local", **self.settings.local.labels}),
         }
         self.inventory: dict[str, HostConfig] = {}
+        self.drained: dict[str, str] = {}  # host -> why (who and reason)
+        self.policy = scheduler.Policy(
+            memory_margin=int(self.settings.scheduler.memory_margin),
+            busy_utilization=self.settings.scheduler.busy_utilization,
+            aging_per_hour=self.settings.scheduler.aging_per_hour,
+            fair_share_weight=self.settings.scheduler.fair_share_weight,
+            backfill=self.settings.scheduler.backfill)
+        self._refusals_audited: set[tuple[str, str]] = set()
         self._inventory_digest: str | None = None
         self.pending: dict[str, PendingJob] = {}
         self.active: dict[str, ActiveRun] = {}  # by run id
@@ -208,6 +220,9 @@ class Controller:
         for name, link in self.links.items():
             await self.store.run(records.upsert_host, name, link.transport.kind, link.transport.address,
                                  link.labels, "connecting")
+        for row in await self.store.read(records.rows, "select name, drained_by, drain_reason from hosts "
+                                                       "where drained_by is not null"):
+            self.drained[row["name"]] = f"by {row['drained_by']}: {row['drain_reason'] or 'no reason given'}"
         for row in await self.store.run(records.jobs_in_states, ("pending", "dispatched", "running")):
             spec = spec_from_plain(json.loads(row["spec"]) if isinstance(row["spec"], str) else row["spec"])
             if row["state"] == "pending":
@@ -326,6 +341,8 @@ class Controller:
                 else:
                     await self._reload_offset(run)
             drained = chunk.eof and chunk.end == run.offset
+        if status.started_at:
+            run.started_at = status.started_at
         if run.state == "dispatched" and status.state in ("running", "exited") and status.started_at:
             await self.store.run(records.mark_running, run.job_id, run.run_id, status.started_at)
             run.state = "running"
@@ -359,7 +376,8 @@ class Controller:
         del self.active[run.run_id]
         if job_state == "pending":
             self.pending[run.job_id] = PendingJob(run.job_id, run.spec, run.spec.priority, time.time(), run.attempt,
-                                                  run.max_attempts, run.owner, code_hash=run.code_hash)
+                                                  run.max_attempts, run.owner, code_hash=run.code_hash,
+                                                  failed_hosts=run.failed_hosts + (run.host,))
         await self.notify_jobs()
 
     async def notify_jobs(self) -> None:
@@ -370,14 +388,28 @@ class Controller:
         assert self.store is not None
         if not self.pending:
             return
-        views = [self._host_view(link) for link in self.links.values()]
+        views = self.host_views()
         queue = [_queued(job) for job in self.pending.values()]
-        decision = scheduler.schedule(views, queue)
+        usage: dict[str, int] = {}
+        for run in self.active.values():
+            usage[run.spec.project] = usage.get(run.spec.project, 0) + len(run.gpus)
+        decision = scheduler.schedule(views, queue, self.policy, time.time(), usage)
         self.waiting_reasons = decision.waiting
         await self.store.run(records.set_pending_reason,
                              {job_id: decision.short_reason(job_id) for job_id in decision.waiting})
+        await self._audit_refusals(decision)
         for placement in decision.placements:
             await self._dispatch(self.pending.pop(placement.job_id), placement)
+
+    async def _audit_refusals(self, decision: scheduler.Decision) -> None:
+        """Data residency: every host a job's hard constraints kept it off is audited (once per job and host)."""
+        assert self.store is not None
+        for job_id, reasons in decision.waiting.items():
+            for reason in reasons:
+                if reason.check == "constraint" and (job_id, reason.host) not in self._refusals_audited:
+                    self._refusals_audited.add((job_id, reason.host))
+                    await self.store.run(records.audit, "scheduler", "scheduler.refuse", job_id,
+                                         {"host": reason.host, "reason": reason.message})
 
     async def _dispatch(self, job: PendingJob, placement: scheduler.Placement) -> None:
         assert self.store is not None
@@ -390,25 +422,44 @@ class Controller:
             "code_hash": job.code_hash})
         run = ActiveRun(job_id=job.job_id, run_id=run_id, host=placement.host, state="dispatched", offset=0, lines=0,
                         attempt=attempt, max_attempts=job.max_attempts, spec=job.spec,
-                        gpus=list(placement.gpu_indices), owner=job.owner, code_hash=job.code_hash)
+                        gpus=list(placement.gpu_indices), owner=job.owner, code_hash=job.code_hash,
+                        failed_hosts=job.failed_hosts)
         self.active[run_id] = run
         link = self.links[placement.host]
         if link.up:
             await self._launch(link, run)
         await self.notify_jobs()
 
+    def host_views(self) -> list[scheduler.HostView]:
+        return [self._host_view(link) for link in self.links.values()]
+
     def _host_view(self, link: HostLink) -> scheduler.HostView:
+        """What the scheduler sees of a host: live telemetry plus what mlfleet has placed there."""
         latest = link.latest
         in_use = [r for r in self.active.values() if r.host == link.name]
-        gpus = tuple(scheduler.GpuView(index=g.index, name=g.name, memory_total=g.memory_total,
-                                       memory_free=g.memory_free, utilization=g.utilization)
-                     for g in (latest.gpus if latest else []))
+        since = time.time() - float(self.settings.scheduler.utilization_window)
+        window = [s for s in link.history if s.ts >= since] or ([latest] if latest else [])
+        gpus = []
+        for g in latest.gpus if latest else []:
+            peaks = [x.utilization for s in window for x in s.gpus if x.index == g.index and x.utilization is not None]
+            visible = {p.run_id for p in g.processes if p.run_id}
+            reserved = sum(int(r.spec.resources.gpu_memory or 0) for r in in_use
+                           if r.spec.resources.gpu_memory and g.index in r.gpus and r.run_id not in visible)
+            gpus.append(scheduler.GpuView(
+                index=g.index, name=g.name, memory_total=g.memory_total, memory_free=g.memory_free,
+                utilization=max(peaks) if peaks else None,
+                processes=tuple(scheduler.GpuProcessView(p.pid, p.used_memory, p.run_id, p.name) for p in g.processes),
+                ecc_errors=g.ecc_errors, throttle_reasons=tuple(g.throttle_reasons), reserved_memory=reserved))
         return scheduler.HostView(
             name=link.name, up=link.up and link.state == "up" and latest is not None, labels=link.labels,
             cpu_count=latest.cpu_count if latest else 0, memory_total=latest.memory_total if latest else 0,
-            gpus=gpus, gpus_in_use=frozenset(i for r in in_use for i in r.gpus),
+            gpus=tuple(gpus),
+            gpus_in_use=frozenset(i for r in in_use if r.spec.resources.gpu_memory is None for i in r.gpus),
             cpus_in_use=sum(r.spec.resources.cpus for r in in_use),
-            memory_in_use=sum(r.spec.resources.memory or 0 for r in in_use))
+            memory_in_use=sum(r.spec.resources.memory or 0 for r in in_use),
+            drained=self.drained.get(link.name),
+            releases=tuple(scheduler.Release(r.started_at + float(r.spec.timeout), tuple(r.gpus))
+                           for r in in_use if r.spec.timeout and r.started_at and r.gpus))
 
     # ---------------------------------------------------------- telemetry
     async def _telemetry_loop(self) -> None:
@@ -453,11 +504,18 @@ class Controller:
 
 
 def _queued(job: PendingJob) -> scheduler.QueuedJob:
-    r = job.spec.resources
+    return queued_job(job.job_id, job.spec, job.submitted, job.owner, job.failed_hosts)
+
+
+def queued_job(job_id: str, spec: JobSpec, submitted: float, owner: str,
+               failed_hosts: tuple[str, ...] = ()) -> scheduler.QueuedJob:
+    r = spec.resources
     return scheduler.QueuedJob(
-        job_id=job.job_id, priority=job.priority, submitted=job.submitted, gpus=r.gpus, gpu_memory=r.gpu_memory,
-        gpu_types=tuple(r.gpu_types), cpus=r.cpus, memory=r.memory, labels=dict(job.spec.constraints.labels),
-        hosts=tuple(job.spec.constraints.hosts))
+        job_id=job_id, priority=spec.priority, submitted=submitted, gpus=r.gpus,
+        gpu_memory=int(r.gpu_memory) if r.gpu_memory is not None else None,
+        gpu_types=tuple(r.gpu_types), cpus=r.cpus, memory=int(r.memory) if r.memory is not None else None,
+        labels=dict(spec.constraints.labels), hosts=tuple(spec.constraints.hosts), project=spec.project,
+        owner=owner, timeout=float(spec.timeout) if spec.timeout else None, avoid_hosts=failed_hosts)
 
 
 def _failure_words(status: RunStatus) -> str:

@@ -140,6 +140,7 @@ class GpuProcess(msgspec.Struct, kw_only=True):
     pid: int
     used_memory: int | None = None
     name: str | None = None
+    run_id: str | None = None  # the mlfleet run it belongs to (from its environment); None: foreign
 
 
 class GpuSample(msgspec.Struct, kw_only=True):

@@ -2,15 +2,40 @@
 
 A pure function over plain data: no I/O, no clock, no globals. The
 controller builds a :class:`HostView` per host from live telemetry and the
-runs it knows, hands them with the queue to :func:`schedule`, and acts on
-the answer. Every job left waiting gets one :class:`Reason` per host, in
-words a user can act on.
+runs it knows, hands them with the queue, a :class:`Policy` and the time to
+:func:`schedule`, and acts on the answer. Every job left waiting gets one
+:class:`Reason` per host, in words a user can act on, with the live numbers.
+
+What "free" means (docs/scheduler.md has the whole story):
+
+* A job that names ``gpu_memory`` may share a GPU: the GPU's measured free
+  memory, less what mlfleet has reserved on it for runs whose processes have
+  not shown up yet, must cover the request plus a margin, and the GPU's
+  utilisation must have stayed under a threshold over the recent window.
+* A job without ``gpu_memory`` takes whole GPUs: no process on them (ours or
+  anyone's), nothing reserved, and idle over the window.
+* A GPU with uncorrected ECC errors or hardware/thermal throttling, and every
+  GPU of a drained host, is excluded. A GPU whose memory NVML cannot read is
+  counted whole (and the reason says so).
 """
 
 from __future__ import annotations
 
+import fnmatch
+import heapq
 import re
 from dataclasses import dataclass, field
+
+GiB = 1024**3
+EXCLUDING_THROTTLE = frozenset({"hw_thermal", "sw_thermal", "hw_power_brake", "hw_slowdown"})
+
+
+@dataclass(frozen=True)
+class GpuProcessView:
+    pid: int
+    used_memory: int | None = None
+    run_id: str | None = None  # None: not an mlfleet job (foreign)
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -19,7 +44,19 @@ class GpuView:
     name: str | None = None
     memory_total: int | None = None
     memory_free: int | None = None
-    utilization: float | None = None
+    utilization: float | None = None  # peak over the recent window
+    processes: tuple[GpuProcessView, ...] = ()
+    ecc_errors: int | None = None
+    throttle_reasons: tuple[str, ...] = ()
+    reserved_memory: int = 0  # by mlfleet runs placed here whose processes are not visible yet
+
+
+@dataclass(frozen=True)
+class Release:
+    """A running mlfleet run's resources, free again by ``end`` at the latest (its timeout)."""
+
+    end: float
+    gpu_indices: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -30,9 +67,11 @@ class HostView:
     cpu_count: float = 0
     memory_total: int = 0
     gpus: tuple[GpuView, ...] = ()
-    gpus_in_use: frozenset[int] = frozenset()  # held by mlfleet runs (reserved from dispatch on)
+    gpus_in_use: frozenset[int] = frozenset()  # held whole by mlfleet runs
     cpus_in_use: float = 0
     memory_in_use: int = 0
+    drained: str | None = None  # why, when drained
+    releases: tuple[Release, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -45,8 +84,21 @@ class QueuedJob:
     gpu_types: tuple[str, ...] = ()
     cpus: float = 0
     memory: int | None = None
-    labels: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # values may be globs: region: eu-*
     hosts: tuple[str, ...] = ()
+    project: str = "default"
+    owner: str = ""
+    timeout: float | None = None
+    avoid_hosts: tuple[str, ...] = ()  # where earlier attempts failed: used only when nothing else fits
+
+
+@dataclass(frozen=True)
+class Policy:
+    memory_margin: int = 1 * GiB
+    busy_utilization: float = 10.0  # percent; above this over the window a GPU is busy
+    aging_per_hour: float = 1.0  # priority points a waiting job gains per hour
+    fair_share_weight: float = 10.0  # priority points lost at 100 % of the fleet's GPUs held by one project
+    backfill: bool = True
 
 
 @dataclass(frozen=True)
@@ -59,7 +111,7 @@ class Placement:
 @dataclass(frozen=True)
 class Reason:
     host: str
-    check: str  # host-down | constraint | gpu-count | gpu-type | gpu-memory | cpus | memory
+    check: str  # constraint | host-down | drained | gpu-count | gpu-type | gpu-memory | gpu-busy | cpus | memory | backfill
     message: str
 
 
@@ -67,6 +119,7 @@ class Reason:
 class Decision:
     placements: list[Placement] = field(default_factory=list)
     waiting: dict[str, list[Reason]] = field(default_factory=dict)
+    reservation: tuple[str, str, tuple[int, ...], float] | None = None  # (job, host, GPUs, from) kept for a big job
 
     def short_reason(self, job_id: str) -> str:
         """One line for ``jobs list``: the most common failed check."""
@@ -83,119 +136,291 @@ class Decision:
         return f"{checks[top]} of {len(reasons)} hosts: {example.message}"
 
 
+# ---------------------------------------------------------------- capacity
+
 @dataclass
-class _Capacity:
-    free_gpus: list[GpuView]
+class _Gpu:
+    view: GpuView
+    free: int | None  # usable memory now (measured free - reservations), None when unknown
+    whole_free: bool  # no process, nothing reserved, not held
+    busy: str | None  # why it is busy right now, in words
+    excluded: str | None  # why it can never be used now
+
+
+@dataclass
+class _Host:
+    view: HostView
+    gpus: dict[int, _Gpu]
     cpus: float
     memory: int
 
 
-def schedule(hosts: list[HostView], queue: list[QueuedJob]) -> Decision:
-    """Place jobs by priority (then age); later jobs see what earlier ones took."""
-    decision = Decision()
-    capacity = {
-        h.name: _Capacity(
-            free_gpus=[g for g in h.gpus if g.index not in h.gpus_in_use],
-            cpus=h.cpu_count - h.cpus_in_use,
-            memory=h.memory_total - h.memory_in_use,
-        )
-        for h in hosts
-    }
-    for job in sorted(queue, key=lambda j: (-j.priority, j.submitted, j.job_id)):
-        reasons: list[Reason] = []
-        best: tuple[tuple[float, ...], HostView, list[int]] | None = None
-        for host in sorted(hosts, key=lambda h: h.name):
-            cap = capacity[host.name]
-            reason = _check(job, host, cap)
-            if reason is not None:
-                reasons.append(reason)
-                continue
-            chosen = _pick_gpus(job, cap.free_gpus)
-            score = _fit_score(job, cap, chosen)
-            if best is None or score < best[0]:
-                best = (score, host, chosen)
-        if best is None:
-            decision.waiting[job.job_id] = reasons
-            continue
-        _, host, chosen = best
-        cap = capacity[host.name]
-        cap.free_gpus = [g for g in cap.free_gpus if g.index not in chosen]
-        cap.cpus -= job.cpus
-        cap.memory -= job.memory or 0
-        decision.placements.append(Placement(job.job_id, host.name, tuple(sorted(chosen))))
-    return decision
+def _gpu_state(gpu: GpuView, held: bool, policy: Policy) -> _Gpu:
+    excluded = None
+    if gpu.ecc_errors:
+        excluded = f"GPU {gpu.index} excluded: {gpu.ecc_errors} uncorrected ECC errors"
+    elif bad := sorted(set(gpu.throttle_reasons) & EXCLUDING_THROTTLE):
+        excluded = f"GPU {gpu.index} excluded: throttled ({', '.join(bad)})"
+    busy = None
+    if held:
+        busy = f"GPU {gpu.index} held by an mlfleet job"
+    elif gpu.utilization is not None and gpu.utilization > policy.busy_utilization:
+        busy = f"GPU {gpu.index} busy: {gpu.utilization:.0f}% util{_by_whom(gpu)}"
+    free = None if gpu.memory_free is None else gpu.memory_free - gpu.reserved_memory
+    whole = not held and not gpu.processes and gpu.reserved_memory == 0
+    return _Gpu(gpu, free, whole, busy, excluded)
 
 
-def _fit_score(job: QueuedJob, cap: _Capacity, chosen: list[int]) -> tuple[float, ...]:
-    """Smaller is a tighter fit: leave big GPUs and big hosts for the jobs that need them.
-
-    GPU jobs go where the chosen GPUs have the least free memory, then where
-    the fewest GPUs stay free; others where the fewest CPUs stay free.
-    Ties keep host-name order (the sort is stable on the caller's side).
-    """
-    if job.gpus:
-        memory = sum(g.memory_free or 0 for g in cap.free_gpus if g.index in chosen)
-        return (float(memory), float(len(cap.free_gpus) - len(chosen)))
-    return (0.0, cap.cpus - job.cpus)
+def _by_whom(gpu: GpuView) -> str:
+    if not gpu.processes:
+        return ""
+    top = max(gpu.processes, key=lambda p: p.used_memory or 0)
+    who = f"mlfleet run {top.run_id}" if top.run_id else "not mlfleet"
+    return f" by pid {top.pid} ({who})"
 
 
-def _check(job: QueuedJob, host: HostView, cap: _Capacity) -> Reason | None:
-    if job.hosts and host.name not in job.hosts:
-        return Reason(host.name, "constraint", f"not in constraints.hosts ({', '.join(job.hosts)})")
-    for key, wanted in job.labels.items():
-        have = host.labels.get(key)
-        if have != wanted:
-            return Reason(host.name, "constraint", f"label {key}={have or '(none)'} (need {wanted})")
-    if not host.up:
-        return Reason(host.name, "host-down", "host is not reachable")
-    if job.gpus:
-        if not host.gpus:
-            return Reason(host.name, "gpu-count", f"has no GPUs (need {job.gpus})")
-        typed = [g for g in cap.free_gpus if _type_ok(job, g)]
-        if job.gpu_types and not any(_type_ok(job, g) for g in host.gpus):
-            kinds = sorted({g.name or "unknown" for g in host.gpus})
-            return Reason(host.name, "gpu-type", f"GPU type {', '.join(kinds)} (need {' or '.join(job.gpu_types)})")
-        roomy = [g for g in typed if _memory_ok(job, g)]
-        if len(roomy) < job.gpus:
-            if len(typed) >= job.gpus:
-                return Reason(host.name, "gpu-memory",
-                              f"{len(roomy)} of {len(host.gpus)} GPUs have {_gib(job.gpu_memory)} free (need {job.gpus})")
-            return Reason(host.name, "gpu-count", f"{len(typed)} of {len(host.gpus)} GPUs free (need {job.gpus})")
-    if job.cpus and cap.cpus < job.cpus:
-        return Reason(host.name, "cpus", f"{max(cap.cpus, 0):g} CPUs free (need {job.cpus:g})")
-    if job.memory and cap.memory < job.memory:
-        return Reason(host.name, "memory", f"{_gib(max(cap.memory, 0))} memory free (need {_gib(job.memory)})")
-    return None
+def _capacity(host: HostView, policy: Policy) -> _Host:
+    gpus = {g.index: _gpu_state(g, g.index in host.gpus_in_use, policy) for g in host.gpus}
+    return _Host(host, gpus, host.cpu_count - host.cpus_in_use, host.memory_total - host.memory_in_use)
 
+
+# ------------------------------------------------------------------ checks
 
 def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", text.lower())
 
 
-def _type_ok(job: QueuedJob, gpu: GpuView) -> bool:
+def type_matches(wanted: tuple[str, ...], name: str | None) -> bool:
     """``A100`` matches "NVIDIA A100-SXM4-80GB" but ``A10`` does not; ``RTX 4090`` matches by whole words."""
-    if not job.gpu_types:
+    if not wanted:
         return True
-    name = _words(gpu.name or "")
-    for wanted in job.gpu_types:
-        words = _words(wanted)
-        if words and any(name[i:i + len(words)] == words for i in range(len(name) - len(words) + 1)):
+    have = _words(name or "")
+    for item in wanted:
+        words = _words(item)
+        if words and any(have[i:i + len(words)] == words for i in range(len(have) - len(words) + 1)):
             return True
     return False
 
 
-def _memory_ok(job: QueuedJob, gpu: GpuView) -> bool:
-    if job.gpu_memory is None or gpu.memory_free is None:
-        return True
-    return gpu.memory_free >= job.gpu_memory
+def _static_check(job: QueuedJob, host: HostView) -> Reason | None:
+    """Checks that no amount of waiting changes: constraints, and what the host has at all."""
+    if job.hosts and host.name not in job.hosts:
+        return Reason(host.name, "constraint", f"not in constraints.hosts ({', '.join(job.hosts)})")
+    for key, pattern in job.labels.items():
+        have = host.labels.get(key)
+        if have is None or not fnmatch.fnmatchcase(have, pattern):
+            return Reason(host.name, "constraint", f"label {key}={have or '(none)'} (need {pattern})")
+    return None
 
 
-def _pick_gpus(job: QueuedJob, free: list[GpuView]) -> list[int]:
-    """Best fit: the GPUs with the least free memory that still fit, to keep big holes for big jobs."""
-    fitting = [g for g in free if _type_ok(job, g) and _memory_ok(job, g)]
-    fitting.sort(key=lambda g: (g.memory_free if g.memory_free is not None else 1 << 62, g.index))
-    return [g.index for g in fitting[: job.gpus]]
+def _capacity_check(job: QueuedJob, host: HostView, policy: Policy) -> Reason | None:
+    """What the host could never give this job, even idle (used at submit, and for reservations)."""
+    if not host.up:
+        return None  # unknown: it may come back
+    if job.gpus:
+        typed = [g for g in host.gpus if type_matches(job.gpu_types, g.name)]
+        if not host.gpus:
+            return Reason(host.name, "gpu-count", f"has no GPUs (need {job.gpus})")
+        if job.gpu_types and not typed:
+            kinds = sorted({g.name or "unknown" for g in host.gpus})
+            return Reason(host.name, "gpu-type", f"GPU type {', '.join(kinds)} (need {' or '.join(job.gpu_types)})")
+        if len(typed) < job.gpus:
+            return Reason(host.name, "gpu-count", f"has {len(typed)} matching GPUs (need {job.gpus})")
+        if job.gpu_memory is not None:
+            roomy = [g for g in typed if g.memory_total is None or g.memory_total >= job.gpu_memory + policy.memory_margin]
+            if len(roomy) < job.gpus:
+                return Reason(host.name, "gpu-memory", f"{len(roomy)} GPUs have {_gib(job.gpu_memory)} + margin in all "
+                                                       f"(need {job.gpus})")
+    if job.cpus and host.cpu_count and host.cpu_count < job.cpus:
+        return Reason(host.name, "cpus", f"has {host.cpu_count:g} CPUs (need {job.cpus:g})")
+    if job.memory and host.memory_total and host.memory_total < job.memory:
+        return Reason(host.name, "memory", f"has {_gib(host.memory_total)} memory (need {_gib(job.memory)})")
+    return None
+
+
+def never_fits(hosts: list[HostView], job: QueuedJob, policy: Policy = Policy()) -> list[Reason] | None:
+    """Reasons per host when no host of this fleet could ever run the job; None when one might."""
+    reasons = []
+    for host in hosts:
+        reason = _static_check(job, host) or _capacity_check(job, host, policy)
+        if reason is None:
+            return None
+        reasons.append(reason)
+    return reasons if hosts else None
+
+
+def _fit(job: QueuedJob, cap: _Host, policy: Policy, blocked: frozenset[int]) -> tuple[list[int], Reason | None]:
+    """GPUs for the job on this host now (best fit), or why not."""
+    host = cap.view
+    name = host.name
+    if not host.up:
+        return [], Reason(name, "host-down", "host is not reachable")
+    if host.drained:
+        return [], Reason(name, "drained", f"host drained ({host.drained})")
+    static = _capacity_check(job, host, policy)
+    if static is not None:
+        return [], static
+    chosen: list[int] = []
+    if job.gpus:
+        candidates, problems = [], []
+        unknown_memory = False
+        for gpu in cap.gpus.values():
+            view = gpu.view
+            if not type_matches(job.gpu_types, view.name):
+                continue
+            if gpu.excluded:
+                problems.append(gpu.excluded)
+                continue
+            if view.index in blocked:
+                problems.append(f"GPU {view.index} reserved for an older, bigger job")
+                continue
+            if gpu.busy:
+                problems.append(gpu.busy)
+                continue
+            if job.gpu_memory is None or gpu.free is None:
+                unknown_memory = unknown_memory or gpu.free is None
+                if not gpu.whole_free:
+                    problems.append(f"GPU {view.index} in use{_by_whom(view)}")
+                    continue
+            elif gpu.free < job.gpu_memory + policy.memory_margin:
+                problems.append(f"GPU {view.index} has {_gib(max(gpu.free, 0))} free")
+                continue
+            candidates.append(gpu)
+        if len(candidates) < job.gpus:
+            total = sum(1 for g in cap.gpus.values() if type_matches(job.gpu_types, g.view.name))
+            detail = f"; {problems[0]}" if problems else ""
+            if len(problems) > 1:
+                detail += f" (+{len(problems) - 1} more)"
+            counted = " (memory n/a: counting whole GPUs)" if unknown_memory else ""
+            check = "gpu-memory" if job.gpu_memory and any("free" in p for p in problems) else "gpu-count"
+            have = f"have {_gib(job.gpu_memory)} free" if job.gpu_memory and not unknown_memory else "free"
+            return [], Reason(name, check, f"{len(candidates)} of {total} GPUs {have} (need {job.gpus}){counted}{detail}")
+        # Best fit: the least free memory that still fits, to keep big holes for big jobs.
+        candidates.sort(key=lambda g: (g.free if g.free is not None else 1 << 62, g.view.index))
+        chosen = [g.view.index for g in candidates[: job.gpus]]
+    if job.cpus and cap.cpus < job.cpus:
+        return [], Reason(name, "cpus", f"{max(cap.cpus, 0):g} CPUs free (need {job.cpus:g})")
+    if job.memory and cap.memory < job.memory:
+        return [], Reason(name, "memory", f"{_gib(max(cap.memory, 0))} memory free (need {_gib(job.memory)})")
+    return chosen, None
+
+
+def _take(job: QueuedJob, cap: _Host, chosen: list[int]) -> None:
+    for index in chosen:
+        gpu = cap.gpus[index]
+        if job.gpu_memory is None or gpu.free is None:
+            cap.gpus[index] = _Gpu(gpu.view, gpu.free, False, f"GPU {index} held by an mlfleet job", gpu.excluded)
+        else:
+            cap.gpus[index] = _Gpu(gpu.view, gpu.free - job.gpu_memory, False, gpu.busy, gpu.excluded)
+    cap.cpus -= job.cpus
+    cap.memory -= job.memory or 0
+
+
+def _score(job: QueuedJob, cap: _Host, chosen: list[int]) -> tuple[float, ...]:
+    """Smaller is a tighter fit; hosts where the job failed before come last."""
+    avoid = 1.0 if cap.view.name in job.avoid_hosts else 0.0
+    if job.gpus:
+        memory = sum(cap.gpus[i].free or 0 for i in chosen)
+        left = sum(1 for g in cap.gpus.values() if g.whole_free and not g.busy) - len(chosen)
+        return (avoid, float(memory), float(left))
+    return (avoid, 0.0, cap.cpus - job.cpus)
+
+
+# ---------------------------------------------------------------- ordering
+
+def _effective_priority(job: QueuedJob, now: float, policy: Policy, share: float) -> float:
+    waited_h = max(now - job.submitted, 0.0) / 3600.0
+    return job.priority + policy.aging_per_hour * waited_h - policy.fair_share_weight * share
+
+
+def schedule(hosts: list[HostView], queue: list[QueuedJob], policy: Policy = Policy(), now: float = 0.0,
+             usage: dict[str, int] | None = None) -> Decision:
+    """Place what fits, in order of effective priority; say why the rest wait.
+
+    ``usage`` is GPUs held per project by running jobs (for fair share);
+    ``now`` only ages waiting jobs. Jobs are taken from a heap whose keys
+    only ever fall during a cycle (a project's share only grows), so a
+    popped job whose key went stale is pushed back: fair and O(n log n).
+    """
+    decision = Decision()
+    caps = {h.name: _capacity(h, policy) for h in sorted(hosts, key=lambda h: h.name)}
+    total_gpus = max(sum(len(h.gpus) for h in hosts), 1)
+    held = dict(usage or {})
+
+    def key(job: QueuedJob) -> tuple[float, float, str]:
+        share = held.get(job.project, 0) / total_gpus
+        return (-_effective_priority(job, now, policy, share), job.submitted, job.job_id)
+
+    heap = [(key(j), i, j) for i, j in enumerate(queue)]
+    heapq.heapify(heap)
+    reserved: dict[str, frozenset[int]] = {}
+    shadow = float("inf")
+    while heap:
+        stale, i, job = heapq.heappop(heap)
+        fresh = key(job)
+        if fresh > stale and heap and fresh > heap[0][0]:
+            heapq.heappush(heap, (fresh, i, job))
+            continue
+        reasons: list[Reason] = []
+        best: tuple[tuple[float, ...], _Host, list[int]] | None = None
+        finishes_before_shadow = job.timeout is not None and now + job.timeout <= shadow
+        for cap in caps.values():
+            static = _static_check(job, cap.view)
+            if static is not None:
+                reasons.append(static)
+                continue
+            blocked = frozenset() if finishes_before_shadow else reserved.get(cap.view.name, frozenset())
+            chosen, reason = _fit(job, cap, policy, blocked)
+            if reason is not None:
+                reasons.append(reason)
+                continue
+            score = _score(job, cap, chosen)
+            if best is None or score < best[0]:
+                best = (score, cap, chosen)
+        if best is None:
+            decision.waiting[job.job_id] = reasons
+            if policy.backfill and decision.reservation is None and job.gpus:
+                plan = _reserve(job, caps, policy)
+                if plan is not None:
+                    host, gpus, start = plan
+                    decision.reservation = (job.job_id, host, gpus, start)
+                    reserved[host] = frozenset(gpus)
+                    shadow = start
+            continue
+        _, cap, chosen = best
+        _take(job, cap, chosen)
+        held[job.project] = held.get(job.project, 0) + job.gpus
+        decision.placements.append(Placement(job.job_id, cap.view.name, tuple(sorted(chosen))))
+    return decision
+
+
+def _reserve(job: QueuedJob, caps: dict[str, _Host], policy: Policy) -> tuple[str, tuple[int, ...], float] | None:
+    """EASY backfill: when and where the first blocked job will fit as running jobs reach their timeouts.
+
+    Only runs with a timeout have a known end; without one nothing can be
+    promised and smaller jobs may go ahead (aging keeps the big job moving up).
+    """
+    best: tuple[float, str, tuple[int, ...]] | None = None
+    for cap in caps.values():
+        host = cap.view
+        if not host.up or host.drained or _static_check(job, host) or _capacity_check(job, host, policy):
+            continue
+        usable = {i for i, g in cap.gpus.items()
+                  if not g.excluded and type_matches(job.gpu_types, g.view.name) and g.whole_free and not g.busy}
+        if len(usable) >= job.gpus:
+            continue  # it would fit but for CPUs/memory: no GPU reservation helps
+        for release in sorted(host.releases, key=lambda r: r.end):
+            usable |= {i for i in release.gpu_indices
+                       if i in cap.gpus and not cap.gpus[i].excluded and type_matches(job.gpu_types, cap.gpus[i].view.name)}
+            if len(usable) >= job.gpus:
+                plan = (release.end, host.name, tuple(sorted(usable)[: job.gpus]))
+                if best is None or plan < best:
+                    best = plan
+                break
+    if best is None:
+        return None
+    return best[1], best[2], best[0]
 
 
 def _gib(n: int | None) -> str:
-    return "n/a" if n is None else f"{n / 1024**3:.1f} GiB"
+    return "n/a" if n is None else f"{n / GiB:.1f} GiB"

@@ -7,6 +7,16 @@ telemetry:
   sample_interval: 1s   # agent sampling period (the local agent)
   window: 10s           # one averaged row per host per window in DuckDB
   retention: 7d         # older telemetry rows are deleted
+scheduler:              # see docs/scheduler.md
+  memory_margin: 1GiB
+  busy_utilization: 10  # percent
+  utilization_window: 30s
+  aging_per_hour: 1
+  fair_share_weight: 10
+  backfill: true
+local:
+  labels: {}
+  simulate_gpus: null   # a file of simulated GPUs for the embedded host (demos, tests)
 ```
 
 Mistakes are SpecErrors with file:line:field, like job specs.
@@ -16,11 +26,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Annotated
+
 import msgspec
+from msgspec import Meta
 
 from .config import spec_error_from_validation
 from .errors import SpecError
-from .models import Seconds, spec_dec_hook
+from .models import ByteSize, Seconds, spec_dec_hook
 from .yamlsource import read_yaml
 
 
@@ -34,9 +47,25 @@ class TelemetrySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     retention: Seconds = Seconds(7 * 86400.0)
 
 
+class SchedulerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    memory_margin: ByteSize = ByteSize(1024**3)
+    busy_utilization: Annotated[float, Meta(ge=0, le=100)] = 10.0
+    utilization_window: Seconds = Seconds(30.0)
+    aging_per_hour: Annotated[float, Meta(ge=0, le=1000)] = 1.0
+    fair_share_weight: Annotated[float, Meta(ge=0, le=1000)] = 10.0
+    backfill: bool = True
+
+
+class LocalHostSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    simulate_gpus: str | None = None  # demos and tests: the embedded host with simulated GPUs
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     controller: ControllerSettings = msgspec.field(default_factory=ControllerSettings)
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
+    scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
+    local: LocalHostSettings = msgspec.field(default_factory=LocalHostSettings)
 
 
 def load_settings(path: Path) -> Settings:
@@ -52,12 +81,14 @@ def load_settings(path: Path) -> Settings:
         settings = msgspec.convert(located.data, Settings, dec_hook=spec_dec_hook, str_keys=True)
     except msgspec.ValidationError as exc:
         raise spec_error_from_validation(str(exc), located.data, located, {
-            (): Settings, ("controller",): ControllerSettings, ("telemetry",): TelemetrySettings}) from None
+            (): Settings, ("controller",): ControllerSettings, ("telemetry",): TelemetrySettings,
+            ("scheduler",): SchedulerSettings, ("local",): LocalHostSettings}) from None
     for parts, value, low, high in (
         (("controller", "tick"), settings.controller.tick, 0.05, 60),
         (("telemetry", "sample_interval"), settings.telemetry.sample_interval, 0.1, 60),
         (("telemetry", "window"), settings.telemetry.window, 1, 3600),
         (("telemetry", "retention"), settings.telemetry.retention, 3600, 3650 * 86400),
+        (("scheduler", "utilization_window"), settings.scheduler.utilization_window, 0.5, 3600),
     ):
         if not low <= value <= high:
             raise SpecError(located.path, located.line_of(parts), ".".join(parts),

@@ -96,9 +96,21 @@ def test_cancel_stops_the_whole_process_group(fleet: Fleet) -> None:
     assert any(e["action"] == "job.cancel" and e["target"] == job_id for e in audit)
 
 
+def test_a_job_that_can_never_fit_is_refused_at_submit(fleet: Fleet) -> None:
+    fleet.cli("controller", "start", check=True)
+    fleet.wait_for(lambda: fleet.cli_json("hosts", "list")[0]["telemetry"], what="the local host's telemetry")
+    spec = fleet.write_spec("gpu", "name: needs-gpu\ncommand: [true]\nresources: {gpus: 1}\n")
+    refused = fleet.cli("submit", str(spec))
+    assert refused.code == 2
+    assert refused.err.strip() == ("mlfleet: needs-gpu can never fit on this fleet (local: has no GPUs (need 1)); "
+                                   "change its resources or constraints, or add a host that has them and submit "
+                                   "with --queue-anyway")
+    assert fleet.cli_json("jobs", "list") == []
+
+
 def test_cancel_of_a_job_that_cannot_be_placed_leaves_it_cancelled(fleet: Fleet) -> None:
     spec = fleet.write_spec("gpu", "name: needs-gpu\ncommand: [true]\nresources: {gpus: 1}\n")
-    job_id = fleet.cli("submit", str(spec), check=True).out.strip()
+    job_id = fleet.cli("submit", str(spec), "--queue-anyway", check=True).out.strip()
     why = fleet.wait_for(lambda: (j := fleet.job(job_id))["why_pending"] and j, what="a pending reason")
     assert why["why_pending"][0]["host"] == "local"
     assert "has no GPUs (need 1)" in why["why_pending"][0]["message"]

@@ -56,7 +56,7 @@ def test_gpu_memory_decides_which_gpu_a_job_can_use() -> None:
     decision = schedule([box], [job("too-big", gpus=1, gpu_memory=60 * GiB)])
     [reason] = decision.waiting["too-big"]
     assert reason.check == "gpu-memory"
-    assert reason.message == "0 of 2 GPUs have 60.0 GiB free (need 1)"
+    assert reason.message == "0 of 2 GPUs have 60.0 GiB free (need 1); GPU 0 has 8.0 GiB free (+1 more)"
 
 
 def test_a_gpu_whose_free_memory_is_unknown_is_not_ruled_out() -> None:
@@ -120,7 +120,7 @@ def test_the_higher_priority_job_gets_the_last_gpu_even_if_it_came_later() -> No
     decision = schedule([host("gpu1", gpu(0))], queue)
     assert decision.placements == [Placement("late-high", "gpu1", (0,))]
     [reason] = decision.waiting["early-low"]
-    assert (reason.check, reason.message) == ("gpu-count", "0 of 1 GPUs free (need 1)")
+    assert (reason.check, reason.message) == ("gpu-count", "0 of 1 GPUs free (need 1); GPU 0 held by an mlfleet job")
 
 
 def test_with_equal_priority_the_older_job_goes_first() -> None:
@@ -142,7 +142,7 @@ def test_gpus_already_held_by_running_jobs_are_not_handed_out() -> None:
     box = host("gpu1", gpu(0), gpu(1), gpu(2), gpus_in_use={0, 2})
     decision = schedule([box], [job("j1", gpus=1), job("j2", gpus=1)])
     assert decision.placements == [Placement("j1", "gpu1", (1,))]
-    assert decision.waiting["j2"][0].message == "0 of 3 GPUs free (need 1)"  # j1 took the last one
+    assert decision.waiting["j2"][0].message.startswith("0 of 3 GPUs free (need 1)")  # j1 took the last one
 
 
 def test_best_fit_takes_the_gpu_with_the_least_free_memory_that_fits() -> None:
@@ -176,7 +176,7 @@ def test_cpus_and_memory_run_out_too() -> None:
 def test_short_reason_names_the_most_common_check_across_hosts() -> None:
     hosts = [host("a", gpu(0, free_gib=4)), host("b", gpu(0, free_gib=4)), host("c", up=False)]
     decision = schedule(hosts, [job("j1", gpus=1, gpu_memory=20 * GiB)])
-    assert decision.short_reason("j1") == "2 of 3 hosts: 0 of 1 GPUs have 20.0 GiB free (need 1)"
+    assert decision.short_reason("j1") == "2 of 3 hosts: 0 of 1 GPUs have 20.0 GiB free (need 1); GPU 0 has 4.0 GiB free"
 
     decision = schedule([], [job("j2")])
     assert decision.short_reason("j2") == "no hosts"

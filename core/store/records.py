@@ -59,6 +59,10 @@ def upsert_host(con: duckdb.DuckDBPyConnection, name: str, kind: str, address: s
          json.dumps(info) if info is not None else None, ts, seen, ts])
 
 
+def set_drain(con: duckdb.DuckDBPyConnection, name: str, actor: str | None, reason: str | None) -> None:
+    con.execute("update hosts set drained_by = ?, drain_reason = ? where name = ?", [actor, reason, name])
+
+
 def set_host_state(con: duckdb.DuckDBPyConnection, name: str, state: str) -> None:
     con.execute("update hosts set state = ? where name = ?", [state, name])
 

@@ -26,7 +26,9 @@ class LocalAgentTransport:
     kind = "local"
     address = None
 
-    def __init__(self, home: Home, host: str = "local", sample_interval: float = 1.0) -> None:
+    def __init__(self, home: Home, host: str = "local", sample_interval: float = 1.0,
+                 simulate_gpus: str | None = None) -> None:
+        self.simulate_gpus = simulate_gpus
         self.home = home
         self.host = host
         self.socket_path: Path = home.local_agent_socket
@@ -69,7 +71,8 @@ class LocalAgentTransport:
             [sys.executable, "-m", "mlfleet", "agent", "serve",
              "--state-dir", str(self.state_dir), "--socket", str(self.socket_path),
              "--name", self.host, "--idle-exit", str(IDLE_EXIT_S),
-             "--sample-interval", str(self.sample_interval)],
+             "--sample-interval", str(self.sample_interval),
+             *(["--simulate-gpus", self.simulate_gpus] if self.simulate_gpus else [])],
             start_new_session=True, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
             env={**os.environ},
         )
