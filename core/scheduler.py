@@ -153,6 +153,13 @@ class _Host:
     gpus: dict[int, _Gpu]
     cpus: float
     memory: int
+    open_gpus: int = 0  # GPUs neither excluded nor busy: an upper bound on what any job can get here
+    most_free: int = 0  # the most free memory on one of them (unknown memory counts as plenty)
+
+    def refresh(self) -> None:
+        usable = [g for g in self.gpus.values() if not g.excluded and not g.busy]
+        self.open_gpus = len(usable)
+        self.most_free = max((g.free if g.free is not None else 1 << 62 for g in usable), default=0)
 
 
 def _gpu_state(gpu: GpuView, held: bool, policy: Policy) -> _Gpu:
@@ -181,7 +188,19 @@ def _by_whom(gpu: GpuView) -> str:
 
 def _capacity(host: HostView, policy: Policy) -> _Host:
     gpus = {g.index: _gpu_state(g, g.index in host.gpus_in_use, policy) for g in host.gpus}
-    return _Host(host, gpus, host.cpu_count - host.cpus_in_use, host.memory_total - host.memory_in_use)
+    cap = _Host(host, gpus, host.cpu_count - host.cpus_in_use, host.memory_total - host.memory_in_use)
+    cap.refresh()
+    return cap
+
+
+def _cannot_fit_now(job: QueuedJob, cap: _Host, policy: Policy) -> bool:
+    """A cheap look at the host's totals: True means _fit would say no (False decides nothing)."""
+    if not cap.view.up or cap.view.drained:
+        return True
+    if job.gpus and (cap.open_gpus < job.gpus or
+                     (job.gpu_memory is not None and cap.most_free < job.gpu_memory + policy.memory_margin)):
+        return True
+    return bool(job.cpus and cap.cpus < job.cpus) or bool(job.memory and cap.memory < job.memory)
 
 
 # ------------------------------------------------------------------ checks
@@ -314,16 +333,7 @@ def _take(job: QueuedJob, cap: _Host, chosen: list[int]) -> None:
             cap.gpus[index] = _Gpu(gpu.view, gpu.free - job.gpu_memory, False, gpu.busy, gpu.excluded)
     cap.cpus -= job.cpus
     cap.memory -= job.memory or 0
-
-
-def _score(job: QueuedJob, cap: _Host, chosen: list[int]) -> tuple[float, ...]:
-    """Smaller is a tighter fit; hosts where the job failed before come last."""
-    avoid = 1.0 if cap.view.name in job.avoid_hosts else 0.0
-    if job.gpus:
-        memory = sum(cap.gpus[i].free or 0 for i in chosen)
-        left = sum(1 for g in cap.gpus.values() if g.whole_free and not g.busy) - len(chosen)
-        return (avoid, float(memory), float(left))
-    return (avoid, 0.0, cap.cpus - job.cpus)
+    cap.refresh()
 
 
 # ---------------------------------------------------------------- ordering
@@ -355,30 +365,59 @@ def schedule(hosts: list[HostView], queue: list[QueuedJob], policy: Policy = Pol
     heapq.heapify(heap)
     reserved: dict[str, frozenset[int]] = {}
     shadow = float("inf")
+    # Capacity only shrinks during a cycle, so a job shape that fitted nowhere fits nowhere later
+    # either: its reasons are reused, which keeps long queues of look-alike jobs cheap.
+    hopeless: dict[tuple, list[Reason]] = {}
+    allowed_by_shape: dict[tuple, list[_Host]] = {}  # hosts the job's constraints allow, per shape
+    refused: dict[tuple[tuple, str], Reason] = {}
     while heap:
         stale, i, job = heapq.heappop(heap)
         fresh = key(job)
         if fresh > stale and heap and fresh > heap[0][0]:
             heapq.heappush(heap, (fresh, i, job))
             continue
-        reasons: list[Reason] = []
-        best: tuple[tuple[float, ...], _Host, list[int]] | None = None
         finishes_before_shadow = job.timeout is not None and now + job.timeout <= shadow
-        for cap in caps.values():
-            static = _static_check(job, cap.view)
-            if static is not None:
-                reasons.append(static)
-                continue
+        shape = _shape(job, finishes_before_shadow)
+        if shape in hopeless:
+            decision.waiting[job.job_id] = hopeless[shape]
+            continue
+        reasons: list[Reason] = []
+        best: tuple[tuple[()], _Host, list[int]] | None = None
+        allowed = allowed_by_shape.get(shape[:-1])
+        if allowed is None:
+            allowed = allowed_by_shape[shape[:-1]] = []
+            for cap in caps.values():
+                static = _static_check(job, cap.view)
+                if static is not None:
+                    refused[(shape[:-1], cap.view.name)] = static
+                else:
+                    allowed.append(cap)
+        quick_rejects: list[_Host] = []
+        candidates: list[_Host] = []
+        for cap in allowed:
+            (quick_rejects if _cannot_fit_now(job, cap, policy) else candidates).append(cap)
+        # Best fit, cheaply: the host with the fewest open GPUs (then the least free memory) that fits,
+        # hosts where the job failed before last. _fit then picks the tightest GPUs on it.
+        candidates.sort(key=lambda c: (c.view.name in job.avoid_hosts, c.open_gpus if job.gpus else c.cpus,
+                                       c.most_free, c.view.name))
+        for cap in candidates:
             blocked = frozenset() if finishes_before_shadow else reserved.get(cap.view.name, frozenset())
             chosen, reason = _fit(job, cap, policy, blocked)
             if reason is not None:
                 reasons.append(reason)
                 continue
-            score = _score(job, cap, chosen)
-            if best is None or score < best[0]:
-                best = (score, cap, chosen)
+            best = ((), cap, chosen)
+            break
         if best is None:
+            # Words for the hosts passed over cheaply, and for those the constraints rule out.
+            for cap in quick_rejects:
+                reasons.append(_fit(job, cap, policy, reserved.get(cap.view.name, frozenset()))[1]
+                               or Reason(cap.view.name, "gpu-count", "no room"))
+            reasons.extend(r for (s, _), r in refused.items() if s == shape[:-1])
+            reasons.sort(key=lambda r: r.host)
             decision.waiting[job.job_id] = reasons
+            if not job.avoid_hosts:
+                hopeless[shape] = reasons
             if policy.backfill and decision.reservation is None and job.gpus:
                 plan = _reserve(job, caps, policy)
                 if plan is not None:
@@ -392,6 +431,12 @@ def schedule(hosts: list[HostView], queue: list[QueuedJob], policy: Policy = Pol
         held[job.project] = held.get(job.project, 0) + job.gpus
         decision.placements.append(Placement(job.job_id, cap.view.name, tuple(sorted(chosen))))
     return decision
+
+
+def _shape(job: QueuedJob, finishes_before_shadow: bool) -> tuple:
+    """Everything about a job that decides where it can go (not who or when)."""
+    return (job.gpus, job.gpu_memory, job.gpu_types, job.cpus, job.memory, tuple(sorted(job.labels.items())),
+            job.hosts, finishes_before_shadow)
 
 
 def _reserve(job: QueuedJob, caps: dict[str, _Host], policy: Policy) -> tuple[str, tuple[int, ...], float] | None:
