@@ -68,7 +68,7 @@ class SimulatedGpuSource:
         try:
             raw = yaml.safe_load(self.path.read_text(encoding="utf-8")) or {}
             described = msgspec.convert(raw, _File, dec_hook=spec_dec_hook, str_keys=True)
-        except (OSError, yaml.YAMLError, msgspec.ValidationError) as exc:
+        except (OSError, ValueError, yaml.YAMLError, msgspec.ValidationError) as exc:  # ValueError: not UTF-8
             reason = " ".join(str(exc).split())
             return "error", f"{SIMULATED}: cannot read {self.path}: {reason}", []
         samples: list[GpuSample] = []
@@ -90,7 +90,7 @@ class SimulatedGpuSource:
                     power_limit=gpu.power_limit,
                     ecc_errors=gpu.ecc_errors,
                     throttle_reasons=list(gpu.throttle_reasons),
-                    processes=[GpuProcess(pid=p.pid, used_memory=int(p.used_memory) if p.used_memory else None,
+                    processes=[GpuProcess(pid=p.pid, used_memory=int(p.used_memory) if p.used_memory is not None else None,
                                           name=p.name) for p in gpu.processes],
                 ))
         return "ok", f"{SIMULATED} from {self.path}", samples

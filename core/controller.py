@@ -393,7 +393,8 @@ class Controller:
         usage: dict[str, int] = {}
         for run in self.active.values():
             usage[run.spec.project] = usage.get(run.spec.project, 0) + len(run.gpus)
-        decision = scheduler.schedule(views, queue, self.policy, time.time(), usage)
+        # Pure and CPU-bound: off the event loop, so a big queue never stalls polling or clients.
+        decision = await asyncio.to_thread(scheduler.schedule, views, queue, self.policy, time.time(), usage)
         self.waiting_reasons = decision.waiting
         await self.store.run(records.set_pending_reason,
                              {job_id: decision.short_reason(job_id) for job_id in decision.waiting})

@@ -21,6 +21,7 @@ What "free" means (docs/scheduler.md has the whole story):
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import heapq
 import re
@@ -155,11 +156,15 @@ class _Host:
     memory: int
     open_gpus: int = 0  # GPUs neither excluded nor busy: an upper bound on what any job can get here
     most_free: int = 0  # the most free memory on one of them (unknown memory counts as plenty)
+    whole_gpus: int = 0  # open GPUs with nothing on them (what a whole-GPU job can take)
+    frees: tuple[int, ...] = ()  # free memory of the open GPUs, largest first
 
     def refresh(self) -> None:
         usable = [g for g in self.gpus.values() if not g.excluded and not g.busy]
         self.open_gpus = len(usable)
-        self.most_free = max((g.free if g.free is not None else 1 << 62 for g in usable), default=0)
+        self.frees = tuple(sorted((g.free if g.free is not None else 1 << 62 for g in usable), reverse=True))
+        self.most_free = self.frees[0] if self.frees else 0
+        self.whole_gpus = sum(1 for g in usable if g.whole_free)
 
 
 def _gpu_state(gpu: GpuView, held: bool, policy: Policy) -> _Gpu:
@@ -197,9 +202,13 @@ def _cannot_fit_now(job: QueuedJob, cap: _Host, policy: Policy) -> bool:
     """A cheap look at the host's totals: True means _fit would say no (False decides nothing)."""
     if not cap.view.up or cap.view.drained:
         return True
-    if job.gpus and (cap.open_gpus < job.gpus or
-                     (job.gpu_memory is not None and cap.most_free < job.gpu_memory + policy.memory_margin)):
-        return True
+    if job.gpus:
+        if cap.open_gpus < job.gpus:
+            return True
+        if job.gpu_memory is None and cap.whole_gpus < job.gpus:
+            return True
+        if job.gpu_memory is not None and cap.frees[job.gpus - 1] < job.gpu_memory + policy.memory_margin:
+            return True
     return bool(job.cpus and cap.cpus < job.cpus) or bool(job.memory and cap.memory < job.memory)
 
 
@@ -237,7 +246,7 @@ def _capacity_check(job: QueuedJob, host: HostView, policy: Policy) -> Reason | 
     if not host.up:
         return None  # unknown: it may come back
     if job.gpus:
-        typed = [g for g in host.gpus if type_matches(job.gpu_types, g.name)]
+        typed = [g for g in host.gpus if type_matches(job.gpu_types, g.name)] if job.gpu_types else host.gpus
         if not host.gpus:
             return Reason(host.name, "gpu-count", f"has no GPUs (need {job.gpus})")
         if job.gpu_types and not typed:
@@ -268,7 +277,8 @@ def never_fits(hosts: list[HostView], job: QueuedJob, policy: Policy = Policy())
     return reasons if hosts else None
 
 
-def _fit(job: QueuedJob, cap: _Host, policy: Policy, blocked: frozenset[int]) -> tuple[list[int], Reason | None]:
+def _fit(job: QueuedJob, cap: _Host, policy: Policy, blocked: frozenset[int],
+         capacity_checked: bool = False) -> tuple[list[int], Reason | None]:
     """GPUs for the job on this host now (best fit), or why not."""
     host = cap.view
     name = host.name
@@ -276,7 +286,7 @@ def _fit(job: QueuedJob, cap: _Host, policy: Policy, blocked: frozenset[int]) ->
         return [], Reason(name, "host-down", "host is not reachable")
     if host.drained:
         return [], Reason(name, "drained", f"host drained ({host.drained})")
-    static = _capacity_check(job, host, policy)
+    static = None if capacity_checked else _capacity_check(job, host, policy)
     if static is not None:
         return [], static
     chosen: list[int] = []
@@ -348,72 +358,97 @@ def schedule(hosts: list[HostView], queue: list[QueuedJob], policy: Policy = Pol
     """Place what fits, in order of effective priority; say why the rest wait.
 
     ``usage`` is GPUs held per project by running jobs (for fair share);
-    ``now`` only ages waiting jobs. Jobs are taken from a heap whose keys
-    only ever fall during a cycle (a project's share only grows), so a
-    popped job whose key went stale is pushed back: fair and O(n log n).
+    ``now`` only ages waiting jobs. The fair-share penalty is the same for
+    every job of a project, so each project keeps its own heap, and each
+    step takes the best head among the projects: O(n log n + n·projects).
     """
     decision = Decision()
     caps = {h.name: _capacity(h, policy) for h in sorted(hosts, key=lambda h: h.name)}
     total_gpus = max(sum(len(h.gpus) for h in hosts), 1)
     held = dict(usage or {})
 
-    def key(job: QueuedJob) -> tuple[float, float, str]:
-        share = held.get(job.project, 0) / total_gpus
-        return (-_effective_priority(job, now, policy, share), job.submitted, job.job_id)
+    heaps: dict[str, list[tuple[tuple[float, float, str], QueuedJob]]] = {}
+    for job in queue:
+        base = _effective_priority(job, now, policy, 0.0)
+        heaps.setdefault(job.project, []).append(((-base, job.submitted, job.job_id), job))
+    for items in heaps.values():
+        heapq.heapify(items)
 
-    heap = [(key(j), i, j) for i, j in enumerate(queue)]
-    heapq.heapify(heap)
+    def next_job() -> QueuedJob | None:
+        best_project, best_key = None, None
+        for project, items in heaps.items():
+            if not items:
+                continue
+            (neg_base, submitted, job_id), _ = items[0]
+            penalty = policy.fair_share_weight * held.get(project, 0) / total_gpus
+            candidate = (neg_base + penalty, submitted, job_id)
+            if best_key is None or candidate < best_key:
+                best_project, best_key = project, candidate
+        return heapq.heappop(heaps[best_project])[1] if best_project is not None else None
+
     reserved: dict[str, frozenset[int]] = {}
     shadow = float("inf")
     # Capacity only shrinks during a cycle, so a job shape that fitted nowhere fits nowhere later
     # either: its reasons are reused, which keeps long queues of look-alike jobs cheap.
     hopeless: dict[tuple, list[Reason]] = {}
-    allowed_by_shape: dict[tuple, list[_Host]] = {}  # hosts the job's constraints allow, per shape
-    refused: dict[tuple[tuple, str], Reason] = {}
-    while heap:
-        stale, i, job = heapq.heappop(heap)
-        fresh = key(job)
-        if fresh > stale and heap and fresh > heap[0][0]:
-            heapq.heappush(heap, (fresh, i, job))
-            continue
+    allowed_by_shape: dict[tuple, tuple[set[str], list[Reason]]] = {}  # per shape: allowed hosts, refusals
+    index = _BestFitIndex(list(caps.values()))
+    look_alikes: dict[tuple, list[_Host]] = {}
+    for cap in caps.values():
+        v = cap.view
+        signature = (v.up, tuple(sorted(v.labels.items())), v.cpu_count, v.memory_total,
+                     tuple((g.name, g.memory_total) for g in v.gpus))
+        look_alikes.setdefault(signature, []).append(cap)
+    while (job := next_job()) is not None:
         finishes_before_shadow = job.timeout is not None and now + job.timeout <= shadow
         shape = _shape(job, finishes_before_shadow)
         if shape in hopeless:
             decision.waiting[job.job_id] = hopeless[shape]
             continue
         reasons: list[Reason] = []
-        best: tuple[tuple[()], _Host, list[int]] | None = None
-        allowed = allowed_by_shape.get(shape[:-1])
-        if allowed is None:
-            allowed = allowed_by_shape[shape[:-1]] = []
-            for cap in caps.values():
-                static = _static_check(job, cap.view)
-                if static is not None:
-                    refused[(shape[:-1], cap.view.name)] = static
-                else:
-                    allowed.append(cap)
-        quick_rejects: list[_Host] = []
-        candidates: list[_Host] = []
-        for cap in allowed:
-            (quick_rejects if _cannot_fit_now(job, cap, policy) else candidates).append(cap)
-        # Best fit, cheaply: the host with the fewest open GPUs (then the least free memory) that fits,
-        # hosts where the job failed before last. _fit then picks the tightest GPUs on it.
-        candidates.sort(key=lambda c: (c.view.name in job.avoid_hosts, c.open_gpus if job.gpus else c.cpus,
-                                       c.most_free, c.view.name))
-        for cap in candidates:
-            blocked = frozenset() if finishes_before_shadow else reserved.get(cap.view.name, frozenset())
-            chosen, reason = _fit(job, cap, policy, blocked)
+        best: tuple[_Host, list[int]] | None = None
+        fallback: tuple[_Host, list[int]] | None = None
+        constraints = shape[:-1]
+        if constraints not in allowed_by_shape:
+            names, refusals = set(), []
+            for group in look_alikes.values():  # hosts that answer every static question alike
+                static = None if job.hosts else \
+                    _static_check(job, group[0].view) or _capacity_check(job, group[0].view, policy)
+                for cap in group:
+                    if job.hosts:
+                        static = _static_check(job, cap.view) or _capacity_check(job, cap.view, policy)
+                    if static is None:
+                        names.add(cap.view.name)
+                    else:
+                        refusals.append(Reason(cap.view.name, static.check, static.message))
+            allowed_by_shape[constraints] = (names, refusals)
+        allowed, refusals = allowed_by_shape[constraints]
+        tried: set[str] = set()
+        # Best fit, cheaply: hosts in order of fewest open GPUs (then least free memory) that could
+        # hold the job; the first that fits wins; _fit then picks the tightest GPUs on it.
+        for cap in index.walk(job, policy):
+            name = cap.view.name
+            if name not in allowed or _cannot_fit_now(job, cap, policy):
+                continue
+            tried.add(name)
+            blocked = frozenset() if finishes_before_shadow else reserved.get(name, frozenset())
+            chosen, reason = _fit(job, cap, policy, blocked, capacity_checked=True)
             if reason is not None:
                 reasons.append(reason)
-                continue
-            best = ((), cap, chosen)
-            break
+            elif name in job.avoid_hosts:
+                fallback = fallback or (cap, chosen)  # it failed there before: only if nothing else fits
+            else:
+                best = (cap, chosen)
+                break
+        best = best or fallback
         if best is None:
-            # Words for the hosts passed over cheaply, and for those the constraints rule out.
-            for cap in quick_rejects:
-                reasons.append(_fit(job, cap, policy, reserved.get(cap.view.name, frozenset()))[1]
-                               or Reason(cap.view.name, "gpu-count", "no room"))
-            reasons.extend(r for (s, _), r in refused.items() if s == shape[:-1])
+            # Words for every other allowed host (in detail for the first few), and for the refusals.
+            for n, name in enumerate(sorted(allowed - tried)):
+                cap = caps[name]
+                detailed = _fit(job, cap, policy, reserved.get(name, frozenset()), capacity_checked=True)[1] \
+                    if n < _DETAILED_REASONS else None
+                reasons.append(detailed or _summary_reason(job, cap))
+            reasons.extend(refusals)
             reasons.sort(key=lambda r: r.host)
             decision.waiting[job.job_id] = reasons
             if not job.avoid_hosts:
@@ -426,11 +461,76 @@ def schedule(hosts: list[HostView], queue: list[QueuedJob], policy: Policy = Pol
                     reserved[host] = frozenset(gpus)
                     shadow = start
             continue
-        _, cap, chosen = best
+        cap, chosen = best
+        before = index.keys_of(cap)
         _take(job, cap, chosen)
+        index.moved(cap, before)
         held[job.project] = held.get(job.project, 0) + job.gpus
         decision.placements.append(Placement(job.job_id, cap.view.name, tuple(sorted(chosen))))
     return decision
+
+
+_DETAILED_REASONS = 20  # hosts past this many get a reason from their totals, not a GPU-by-GPU look
+
+
+def _summary_reason(job: QueuedJob, cap: _Host) -> Reason:
+    name = cap.view.name
+    if not cap.view.up:
+        return Reason(name, "host-down", "host is not reachable")
+    if cap.view.drained:
+        return Reason(name, "drained", f"host drained ({cap.view.drained})")
+    if job.gpus and cap.open_gpus < job.gpus:
+        return Reason(name, "gpu-count", f"{cap.open_gpus} of {len(cap.gpus)} GPUs free (need {job.gpus})")
+    if job.gpus:
+        return Reason(name, "gpu-memory", f"no {job.gpus} GPUs with {_gib(job.gpu_memory)} free")
+    if job.cpus and cap.cpus < job.cpus:
+        return Reason(name, "cpus", f"{max(cap.cpus, 0):g} CPUs free (need {job.cpus:g})")
+    return Reason(name, "memory", f"{_gib(max(cap.memory, 0))} memory free (need {_gib(job.memory)})")
+
+
+class _BestFitIndex:
+    """Hosts kept sorted by what they have left, so a job looks only at hosts big enough for it.
+
+    Orders: whole free GPUs (for whole-GPU jobs); for jobs that share GPUs by
+    memory, one order per GPU count n on the n-th largest free memory (so a
+    job starts at the tightest host with n roomy GPUs); free CPUs (for jobs
+    without GPUs). A placement moves one host in each order.
+    """
+
+    def __init__(self, caps: list[_Host]) -> None:
+        self.by_name = {c.view.name: c for c in caps}
+        self.width = max((len(c.gpus) for c in caps), default=0)
+        keys = [self._keys(c) for c in caps]
+        self.orders: list[list[tuple]] = [sorted(k[n] for k in keys) for n in range(self.width + 2)]
+
+    def _keys(self, cap: _Host) -> list[tuple]:
+        name = cap.view.name
+        out: list[tuple] = [(cap.whole_gpus, name), (cap.cpus, name)]
+        for n in range(1, self.width + 1):
+            out.append((cap.frees[n - 1] if len(cap.frees) >= n else -1, name))
+        return out
+
+    def keys_of(self, cap: _Host) -> list[tuple]:
+        return self._keys(cap)
+
+    def moved(self, cap: _Host, before: list[tuple]) -> None:
+        for keys, old, new in zip(self.orders, before, self._keys(cap)):
+            if old != new:
+                del keys[bisect.bisect_left(keys, old)]
+                bisect.insort(keys, new)
+
+    def walk(self, job: QueuedJob, policy: Policy):  # noqa: ANN201 - an iterator of _Host
+        if job.gpus and job.gpus > self.width:
+            return
+        if not job.gpus:
+            keys, start = self.orders[1], bisect.bisect_left(self.orders[1], (job.cpus,))
+        elif job.gpu_memory is None:
+            keys, start = self.orders[0], bisect.bisect_left(self.orders[0], (job.gpus,))
+        else:
+            keys = self.orders[1 + job.gpus]
+            start = bisect.bisect_left(keys, (job.gpu_memory + policy.memory_margin,))
+        for n in range(start, len(keys)):
+            yield self.by_name[keys[n][-1]]
 
 
 def _shape(job: QueuedJob, finishes_before_shadow: bool) -> tuple:
@@ -448,7 +548,8 @@ def _reserve(job: QueuedJob, caps: dict[str, _Host], policy: Policy) -> tuple[st
     best: tuple[float, str, tuple[int, ...]] | None = None
     for cap in caps.values():
         host = cap.view
-        if not host.up or host.drained or _static_check(job, host) or _capacity_check(job, host, policy):
+        if not host.releases or not host.up or host.drained or _static_check(job, host) \
+                or _capacity_check(job, host, policy):
             continue
         usable = {i for i, g in cap.gpus.items()
                   if not g.excluded and type_matches(job.gpu_types, g.view.name) and g.whole_free and not g.busy}
