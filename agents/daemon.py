@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 TELEMETRY_HISTORY = 600  # samples kept for a controller that was away (10 min at 1 Hz)
 MAX_POLL_RUNS = 1000
+POLL_BUDGET = MAX_FRAME // 8  # bytes of metric lines in one poll answer, all runs together
 
 
 class AgentDaemon:
@@ -192,11 +193,16 @@ class AgentDaemon:
             raise UsageError(f"poll asks for {len(metrics)} runs; {MAX_POLL_RUNS} at most")
 
         def collect() -> dict[str, Any]:
-            runs = {}
+            runs: dict[str, Any] = {}
+            budget = POLL_BUDGET  # the whole answer must stay far below MAX_FRAME
             for run_id, offset in metrics.items():
                 try:
                     status = self.supervisor.status(run_id)
-                    chunk = self.supervisor.read(run_id, "metrics", offset, max_bytes)
+                    if budget <= 0:  # the rest of the lines come next tick
+                        runs[run_id] = {"status": msgspec.to_builtins(status)}
+                        continue
+                    chunk = self.supervisor.read(run_id, "metrics", offset, min(max_bytes, budget))
+                    budget -= chunk.end - chunk.offset
                 except NotFoundError as exc:  # only "never heard of it" means unknown
                     runs[run_id] = {"status": {"run_id": run_id, "state": "unknown", "message": str(exc)}}
                     continue

@@ -23,9 +23,20 @@ from typing import Any
 STREAMS = {"stdout": "stdout.log", "stderr": "stderr.log", "metrics": "metrics.jsonl"}
 
 
+def start_ticks(pid: int) -> int | None:
+    """A process's start time in clock ticks since boot (/proc): unlike wall-clock times, a clock jump never moves it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        return int(stat[stat.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON by rename, readable by the owner only (a launch holds the job's environment)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as fh:
         json.dump(data, fh)
         fh.flush()
         os.fsync(fh.fileno())

@@ -11,6 +11,7 @@ agent is down is still known when it comes back.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -21,7 +22,7 @@ import subprocess
 
 import psutil
 
-from mlfleet.agents.rundir import RunDir, write_json_atomic
+from mlfleet.agents.rundir import RunDir, start_ticks, write_json_atomic
 
 _POLL_S = 0.1
 
@@ -37,7 +38,8 @@ class _Runner:
 
     def main(self) -> int:
         me = psutil.Process()
-        write_json_atomic(self.run.file("runner.json"), {"pid": me.pid, "create_time": me.create_time()})
+        write_json_atomic(self.run.file("runner.json"), {"pid": me.pid, "create_time": me.create_time(),
+                                                         "start_ticks": start_ticks(me.pid)})
         try:
             stdout = open(self.run.stream_path("stdout"), "ab", buffering=0)
             stderr = open(self.run.stream_path("stderr"), "ab", buffering=0)
@@ -59,9 +61,19 @@ class _Runner:
             message = f"could not start {self.launch.get('argv', ['?'])[0]!r}: {getattr(exc, 'strerror', None) or exc}"
             stderr.write(f"mlfleet: {message}\n".encode())
             return self._finish(None, reason="failed-to-start", message=message)
+        try:
+            return self._supervise(proc)
+        except BaseException as exc:  # never leave a job running that nobody watches (disk full, say)
+            _signal_group(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                proc.wait(5)
+            return self._finish(None, reason="failed-to-start", message=f"the runner failed: {exc}")
+
+    def _supervise(self, proc: subprocess.Popen[bytes]) -> int:
         started_at = time.time()
         write_json_atomic(self.run.file("started.json"),
-                          {"pid": proc.pid, "pgid": proc.pid, "create_time": _create_time(proc.pid), "started_at": started_at})
+                          {"pid": proc.pid, "pgid": proc.pid, "create_time": _create_time(proc.pid),
+                           "start_ticks": start_ticks(proc.pid), "started_at": started_at})
         timeout = self.launch.get("timeout")
         grace = float(self.launch.get("kill_grace", 10.0))
         deadline = started_at + timeout if timeout else None

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from mlfleet.core.errors import NotFoundError, UsageError
 from mlfleet.core.models import LaunchRequest, RunStatus, StreamChunk
 
 from .codecache import CodeCache
-from .rundir import STREAMS, RunDir, write_json_atomic
+from .rundir import STREAMS, RunDir, start_ticks, write_json_atomic
 
 # A runner that has not written runner.json this long after launch never started.
 _START_GRACE_S = 30.0
@@ -34,11 +35,14 @@ def _alive(record: dict | None) -> bool:
     if not record or not record.get("pid"):
         return False
     try:
-        proc = psutil.Process(int(record["pid"]))
+        pid = int(record["pid"])
+        proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
+        if record.get("start_ticks") is not None and (ticks := start_ticks(pid)) is not None:
+            return ticks == record["start_ticks"]  # immune to clock jumps
         created = record.get("create_time")
-        return created is None or abs(proc.create_time() - float(created)) < 0.01
+        return created is None or abs(proc.create_time() - float(created)) < 1.0
     except (psutil.Error, ValueError):
         return False
 
@@ -72,6 +76,13 @@ def _complete_utf8(data: bytes) -> int:
             need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
             return len(data) if back >= need else len(data) - back
     return len(data)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 class Supervisor:
@@ -127,9 +138,17 @@ class Supervisor:
         if status.state == "exited":
             return status
         write_json_atomic(run.file("cancel.json"), {"requested_at": time.time()})
-        runner = run.runner
+        runner, started = run.runner, run.started
         if _alive(runner):
             os.kill(int(runner["pid"]), signal.SIGTERM)  # type: ignore[index]
+        elif started and _alive(started):
+            # The runner is gone: stop the job's group ourselves, SIGKILL after the grace period.
+            grace = float((run.launch or {}).get("kill_grace", 10.0))
+            pgid = int(started.get("pgid") or started["pid"])
+            _signal_group(pgid, signal.SIGTERM)
+            timer = threading.Timer(grace, _signal_group, (pgid, signal.SIGKILL))
+            timer.daemon = True
+            timer.start()
         return self.status(run_id)
 
     def reap(self) -> None:
@@ -195,8 +214,11 @@ class Supervisor:
             data, size = b"", 0
         at_end = offset + len(data) >= size
         if stream == "metrics":
-            if not (exited and at_end):
-                data = data[: data.rfind(b"\n") + 1]  # a partial last line waits for its newline
+            cut = data.rfind(b"\n") + 1
+            if not (exited and at_end) and not (cut == 0 and len(data) == max_bytes):
+                # A partial last line waits for its newline; a line longer than a whole read
+                # is passed on as it is (it will count as a bad line) so the stream never stalls.
+                data = data[:cut]
         elif not (exited and at_end):
             data = data[: _complete_utf8(data)]  # a character split by the chunk edge comes whole next time
         end = offset + len(data)

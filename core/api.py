@@ -27,6 +27,7 @@ from mlfleet.core.errors import MlfleetError, NotFoundError, UsageError
 from mlfleet.core.inventory import LOCAL_HOST, HostConfig, add_host, load_inventory, remove_host
 from mlfleet.core.models import TERMINAL_STATES, JobSpec, spec_dec_hook, to_plain
 from mlfleet.core.snapshot import snapshot
+from mlfleet.core.transport.ssh import SshAgentTransport
 from mlfleet.core.protocol import MAX_FRAME, PROTOCOL_VERSION, Peer, method_dispatcher
 from mlfleet.core.store import records
 from mlfleet.core.store.db import read_only_query
@@ -131,17 +132,22 @@ class ControllerApi:
         submitted = time.time()
         actor = peer.info["actor"]
         snap = await asyncio.to_thread(snapshot, Path(job_spec.workdir), self.c.home.code_cache_dir)
-        await self.store.run(records.insert_job, {"code_hash": snap.sha256,
-            "job_id": job_id, "name": job_spec.name, "project": job_spec.project, "owner": actor,
-            "spec": to_plain(job_spec), "spec_hash": job_spec.content_hash(), "spec_path": spec_path,
-            "priority": job_spec.priority, "max_attempts": job_spec.retries + 1, "submitted_at": submitted}, actor)
-        from mlfleet.core.controller import PendingJob
-
-        self.c.pending[job_id] = PendingJob(job_id, job_spec, job_spec.priority, submitted, 0, job_spec.retries + 1, actor,
-                                            code_hash=snap.sha256)
+        # Shielded: a client that hangs up mid-submit must not leave a job in the file but not in the queue.
+        await asyncio.shield(self._record_job(job_id, job_spec, snap.sha256, spec_path, actor, submitted))
         await self.c.notify_jobs()
         return {"job_id": job_id, "state": "pending", "name": job_spec.name, "project": job_spec.project,
                 "code_hash": snap.sha256, "code_files": snap.files}
+
+    async def _record_job(self, job_id: str, job_spec: JobSpec, code_hash: str, spec_path: str | None, actor: str,
+                          submitted: float) -> None:
+        from mlfleet.core.controller import PendingJob
+
+        await self.store.run(records.insert_job, {"code_hash": code_hash,
+            "job_id": job_id, "name": job_spec.name, "project": job_spec.project, "owner": actor,
+            "spec": to_plain(job_spec), "spec_hash": job_spec.content_hash(), "spec_path": spec_path,
+            "priority": job_spec.priority, "max_attempts": job_spec.retries + 1, "submitted_at": submitted}, actor)
+        self.c.pending[job_id] = PendingJob(job_id, job_spec, job_spec.priority, submitted, 0, job_spec.retries + 1, actor,
+                                            code_hash=code_hash)
 
     async def _new_job_id(self) -> str:
         while True:
@@ -196,8 +202,10 @@ class ControllerApi:
             await self.c.notify_jobs()
             return {"job_id": job_id, "state": "cancelled", "changed": True, "message": f"job {job_id} cancelled"}
         await self.store.run(records.request_cancel, job_id, actor)
-        run = self.c.active.get(current["run_id"])
-        if run is not None:
+        run = self.c.active.get(current["run_id"]) if current["run_id"] else None
+        if run is None or run.job_id != job_id or current["state"] == "pending":
+            self.c.cancels[job_id] = actor  # between states (being dispatched or re-queued): applied there
+        if run is not None and run.job_id == job_id:
             run.cancel_requested_by = actor
             link = self.c.links.get(run.host)
             if link is not None and link.up and run.launched:
@@ -315,7 +323,6 @@ class ControllerApi:
                                   python: str = "python3") -> dict[str, Any]:
         """Install the agent on the node, then point the host's agent_command at it."""
         from mlfleet.core.bootstrap import bootstrap
-        from mlfleet.core.transport.ssh import SshAgentTransport
 
         host = self._ssh_host(name)
         result = await bootstrap(SshAgentTransport(host, self.c.home.known_hosts_file), prefix, python)
@@ -333,8 +340,11 @@ class ControllerApi:
         if link is None:
             raise NotFoundError(f"no host {name!r}; list them with 'mlfleet hosts list'")
         started = time.monotonic()
+        # A transport of its own: the probe must not replace the link's connection (uploads use it).
+        transport = SshAgentTransport(self.c.inventory[name], self.c.home.known_hosts_file) \
+            if name in self.c.inventory else link.transport
         try:
-            probe = await link.transport.connect()
+            probe = await transport.connect()
         except MlfleetError as exc:
             return {"name": name, "ok": False, "problem": str(exc), "state": link.state}
         try:

@@ -137,10 +137,14 @@ async def cmd_jobs_cancel(client: ControllerClient, args: argparse.Namespace) ->
 
 async def cmd_jobs_logs(client: ControllerClient, args: argparse.Namespace) -> int:
     stream = "stderr" if args.stderr else "stdout"
-    offset = 0
+    offset, run_id = 0, None
     out = sys.stdout
     while True:
         chunk = await client.call("job_logs", job=args.id, stream=stream, offset=offset)
+        if chunk.get("run_id") != run_id:  # a retry started a new run: its log starts at 0
+            if run_id is not None and offset:
+                chunk = await client.call("job_logs", job=args.id, stream=stream, offset=0)
+            run_id = chunk.get("run_id")
         if chunk["data"]:
             out.write(chunk["data"])
             out.flush()
@@ -245,7 +249,10 @@ async def cmd_hosts_trust(client: ControllerClient, args: argparse.Namespace) ->
     if not args.yes:
         if not sys.stdin.isatty():
             raise UsageError(f"confirm the key of {args.name} with --yes when there is no terminal to ask")
-        answer = input("Trust this key? [y/N] ").strip().lower()
+        try:
+            answer = input("Trust this key? [y/N] ").strip().lower()
+        except EOFError:
+            answer = ""
         if answer not in ("y", "yes"):
             print("nothing recorded")
             return EXIT_FAILED
@@ -462,6 +469,16 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------- parser
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlfleet", description="A terminal control center for GPU fleets. "
                                      "With no command, opens the TUI.")
@@ -485,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = sub.add_parser("jobs", help="list, inspect, follow and cancel jobs").add_subparsers(dest="action", metavar="ACTION", required=True)
     p = add(jobs, "list", _client_command(cmd_jobs_list), "list jobs, newest first")
     p.add_argument("--state", action="append", help="only jobs in this state (repeatable)")
-    p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--limit", type=_positive, default=200)
     for name, fn, text in (("show", cmd_jobs_show, "show a job, its events and runs"),
                            ("why", cmd_jobs_why, "say why a job is pending, per host"),
                            ("cancel", cmd_jobs_cancel, "cancel a queued or running job")):
@@ -527,17 +544,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="tracked runs").add_subparsers(dest="action", metavar="ACTION", required=True)
     p = add(runs, "list", _client_command(cmd_runs_list), "list runs, newest first")
-    p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--limit", type=_positive, default=200)
     add(runs, "show", _client_command(cmd_runs_show), "show a run's params, tags and metrics").add_argument("id")
 
     db = sub.add_parser("db", help="the DuckDB file").add_subparsers(dest="action", metavar="ACTION", required=True)
     p = add(db, "query", _client_command(cmd_db_query), "run a read-only SQL query through the controller")
     p.add_argument("sql")
-    p.add_argument("--limit", type=int, default=10_000)
+    p.add_argument("--limit", type=_positive, default=10_000)
 
     audit = sub.add_parser("audit", help="the audit trail").add_subparsers(dest="action", metavar="ACTION", required=True)
     p = add(audit, "list", _client_command(cmd_audit_list), "list audit events, newest first")
-    p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--limit", type=_positive, default=200)
     p.add_argument("--action", dest="action_filter", help="only this action, e.g. job.submit")
 
     p = add(sub, "controller", cmd_controller, "start, stop or inspect the controller")

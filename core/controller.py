@@ -100,6 +100,8 @@ class Controller:
             fair_share_weight=self.settings.scheduler.fair_share_weight,
             backfill=self.settings.scheduler.backfill)
         self._refusals_audited: set[tuple[str, str]] = set()
+        self.cancels: dict[str, str] = {}  # job -> who, for cancels that arrive while a job changes state
+        self._launching: set[str] = set()
         self._inventory_digest: str | None = None
         self.pending: dict[str, PendingJob] = {}
         self.active: dict[str, ActiveRun] = {}  # by run id
@@ -166,6 +168,9 @@ class Controller:
         wanted = {h.name: h for h in hosts}
         for name in list(self.inventory):
             if name not in wanted or wanted[name] != self.inventory[name]:
+                if self.active_on(name):
+                    log.error("host %s left hosts.yaml with runs in flight; keeping its link until they end", name)
+                    continue
                 link = self.links.pop(name, None)
                 if link is not None:
                     asyncio.get_event_loop().create_task(link.close())
@@ -225,7 +230,9 @@ class Controller:
             self.drained[row["name"]] = f"by {row['drained_by']}: {row['drain_reason'] or 'no reason given'}"
         for row in await self.store.run(records.jobs_in_states, ("pending", "dispatched", "running")):
             spec = spec_from_plain(json.loads(row["spec"]) if isinstance(row["spec"], str) else row["spec"])
-            if row["state"] == "pending":
+            if row["state"] == "pending" and row.get("cancel_requested_by"):
+                await self.store.run(records.cancel_pending, row["job_id"], row["cancel_requested_by"])
+            elif row["state"] == "pending":
                 self.pending[row["job_id"]] = PendingJob(row["job_id"], spec, row["priority"], row["submitted_epoch"],
                                                          row["attempt"], row["max_attempts"], row["owner"],
                                                          code_hash=row["code_hash"])
@@ -244,7 +251,11 @@ class Controller:
             started = time.monotonic()
             try:
                 await self._watch_inventory()
-                await asyncio.gather(*(self._sync_host(link) for link in list(self.links.values())))
+                links = list(self.links.values())
+                results = await asyncio.gather(*(self._sync_host(link) for link in links), return_exceptions=True)
+                for link, result in zip(links, results):  # one host's trouble never stops the others
+                    if isinstance(result, Exception):
+                        log.error("sync of %s failed: %r", link.name, result, exc_info=result)
                 await self._schedule()
             except asyncio.CancelledError:
                 raise
@@ -264,14 +275,17 @@ class Controller:
             return
         runs = [r for r in self.active.values() if r.host == link.name]
         for run in runs:
-            if run.state == "dispatched" and not run.launched:
-                await self._launch(link, run)
+            if run.job_id in self.cancels and not run.cancel_requested_by:
+                run.cancel_requested_by = self.cancels.pop(run.job_id)
+            if run.state == "dispatched" and not run.launched and not run.cancel_requested_by:
+                self.launch_soon(link, run)
             if run.cancel_requested_by and run.finished_status is None:
                 with contextlib.suppress(MlfleetError):
                     await link.request("cancel", run_id=run.run_id)
         try:
             answer = await link.request("poll", request_timeout=SLOW_LINK_S, telemetry_since=link.telemetry_seq,
-                                        metrics={r.run_id: r.offset for r in runs if r.launched})
+                                        metrics={r.run_id: r.offset for r in runs
+                                                 if r.launched or r.cancel_requested_by})
         except MlfleetError as exc:
             # Slow is shown like lost, but the connection and the runs are left alone.
             log.warning("poll of %s failed: %s", link.name, exc)
@@ -282,7 +296,18 @@ class Controller:
         for run_id, item in answer.get("runs", {}).items():
             run = self.active.get(run_id)
             if run is not None:
-                await self._absorb_run(link, run, item)
+                try:
+                    await self._absorb_run(link, run, item)
+                except Exception:  # one run's trouble never stops the others
+                    log.exception("run %s on %s could not be absorbed", run_id, link.name)
+
+    def launch_soon(self, link: HostLink, run: ActiveRun) -> None:
+        """Launch in the background: shipping code can take a while and must not hold up the tick."""
+        if run.run_id in self._launching:
+            return
+        self._launching.add(run.run_id)
+        task = asyncio.get_running_loop().create_task(self._launch(link, run))
+        task.add_done_callback(lambda _: self._launching.discard(run.run_id))
 
     async def _launch(self, link: HostLink, run: ActiveRun) -> None:
         # The local host runs in the user's workdir; a remote host runs the snapshot taken at submit.
@@ -294,8 +319,10 @@ class Controller:
         try:
             if shipped:
                 await self._ship(link, shipped)
+            if run.cancel_requested_by:
+                return  # cancelled while its code was on the way: never start it
             await link.request("launch", request=msgspec.to_builtins(request))
-        except MlfleetError as exc:
+        except Exception as exc:  # noqa: BLE001 - logged, retried next tick
             log.warning("launch of %s on %s failed: %s (will retry)", run.run_id, link.name, exc)
             return
         run.launched = True
@@ -319,6 +346,10 @@ class Controller:
             return
         status_raw = item.get("status", {})
         if status_raw.get("state") == "unknown":
+            if run.state == "dispatched" and run.cancel_requested_by:
+                await self._finish(run, RunStatus(run_id=run.run_id, state="exited", reason="cancelled",
+                                                  message="cancelled before it started"))
+                return
             if run.state == "dispatched":
                 # Written down but never launched there (a crash in between): launch it now.
                 run.launched = False
@@ -358,6 +389,7 @@ class Controller:
 
     async def _finish(self, run: ActiveRun, status: RunStatus) -> None:
         assert self.store is not None
+        run.cancel_requested_by = run.cancel_requested_by or self.cancels.pop(run.job_id, None)
         if status.reason == "cancelled" or (run.cancel_requested_by and status.exit_code != 0):
             run_state, job_state = "cancelled", "cancelled"
             reason = f"cancelled by {run.cancel_requested_by or 'a user'}"
@@ -374,7 +406,9 @@ class Controller:
         await self.store.run(records.finish_run, run.job_id, run.run_id, run_state, job_state, reason,
                              status.exit_code, status.signal, status.finished_at, status.reason)
         del self.active[run.run_id]
-        if job_state == "pending":
+        if job_state == "pending" and run.job_id in self.cancels:  # cancelled while it was being re-queued
+            await self.store.run(records.cancel_pending, run.job_id, self.cancels.pop(run.job_id))
+        elif job_state == "pending":
             self.pending[run.job_id] = PendingJob(run.job_id, run.spec, run.spec.priority, time.time(), run.attempt,
                                                   run.max_attempts, run.owner, code_hash=run.code_hash,
                                                   failed_hosts=run.failed_hosts + (run.host,))
@@ -400,7 +434,10 @@ class Controller:
                              {job_id: decision.short_reason(job_id) for job_id in decision.waiting})
         await self._audit_refusals(decision)
         for placement in decision.placements:
-            await self._dispatch(self.pending.pop(placement.job_id), placement)
+            job = self.pending.pop(placement.job_id, None)
+            if job is None or placement.host not in self.links:
+                continue  # cancelled, or its host removed, while the scheduler was thinking
+            await self._dispatch(job, placement)
 
     async def _audit_refusals(self, decision: scheduler.Decision) -> None:
         """Data residency: every host a job's hard constraints kept it off is audited (once per job and host)."""
@@ -424,11 +461,11 @@ class Controller:
         run = ActiveRun(job_id=job.job_id, run_id=run_id, host=placement.host, state="dispatched", offset=0, lines=0,
                         attempt=attempt, max_attempts=job.max_attempts, spec=job.spec,
                         gpus=list(placement.gpu_indices), owner=job.owner, code_hash=job.code_hash,
-                        failed_hosts=job.failed_hosts)
+                        failed_hosts=job.failed_hosts, cancel_requested_by=self.cancels.pop(job.job_id, None))
         self.active[run_id] = run
-        link = self.links[placement.host]
-        if link.up:
-            await self._launch(link, run)
+        link = self.links.get(placement.host)
+        if link is not None and link.up and not run.cancel_requested_by:
+            self.launch_soon(link, run)
         await self.notify_jobs()
 
     def host_views(self) -> list[scheduler.HostView]:

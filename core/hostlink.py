@@ -61,13 +61,17 @@ class HostLink:
         now = time.monotonic()
         if now < self._next_try:
             return False
+        peer: Peer | None = None
         try:
             peer = await self.transport.connect()
             info = await peer.request("info", request_timeout=10)
-        except MlfleetError as exc:
+        except Exception as exc:  # any failure to connect is "unreachable, with why", never a crash
+            if peer is not None:
+                await peer.close()
             self._backoff = min(self._backoff * 2, 30.0)
             self._next_try = now + self._backoff * random.uniform(0.5, 1.0)
-            self.state, self.message = "unreachable", str(exc)
+            self.state = "unreachable"
+            self.message = str(exc) if isinstance(exc, MlfleetError) else f"{type(exc).__name__}: {exc}"
             return False
         self.peer, self.info = peer, info
         self.state, self.message = "up", ""

@@ -22,6 +22,8 @@ from typing import Any
 import msgspec
 
 _decoder = msgspec.json.Decoder()
+_MAX_TS = 253402300800.0  # year 10000: anything larger is not Unix seconds (nanoseconds, say)
+_MAX_STEP = 1 << 62
 _SPECIAL = {"nan": math.nan, "inf": math.inf, "+inf": math.inf, "-inf": -math.inf,
             "infinity": math.inf, "-infinity": -math.inf}
 
@@ -71,9 +73,15 @@ def parse_lines(text: str, first_seq: int) -> ParsedBatch:
             _bad(batch, first_seq + i, "not a JSON object")
             continue
         ts = _number(record.get("ts"))
+        if ts is not None and not (0 <= ts < _MAX_TS):
+            _bad(batch, first_seq + i, f"ts {record.get('ts')!r} is not Unix seconds")
+            continue
         step = record.get("step")
         if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
             step = int(step) if isinstance(step, float) and step.is_integer() else None
+        if step is not None and not (-_MAX_STEP <= step < _MAX_STEP):
+            _bad(batch, first_seq + i, f"step {step} is out of range")
+            continue
         metrics = record.get("metrics")
         if isinstance(metrics, dict):
             line_is_bad = False

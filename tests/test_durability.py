@@ -104,7 +104,8 @@ def test_a_newer_database_file_is_refused_and_left_untouched(fleet: Fleet) -> No
 
 
 def test_db_query_is_read_only(fleet: Fleet) -> None:
-    for sql in ("delete from jobs", "drop table metrics", "copy jobs to '/tmp/x.csv'", "select 1; delete from jobs"):
+    for sql in ("delete from jobs", "drop table metrics", "copy jobs to '/tmp/x.csv'", "select 1; delete from jobs",
+                "explain analyze delete from audit"):
         result = fleet.cli("db", "query", sql)
         assert result.code == 2, sql
         assert result.err.startswith("mlfleet: ") and "Traceback" not in result.err

@@ -160,6 +160,7 @@ def test_the_workdir_is_shipped_once_per_content_and_respects_gitignore(ssh_flee
     fleet = ssh_fleet.fleet
     ssh_fleet.add("node-a")
     ssh_fleet.wait_up("node-a")
+    assert fleet.cli("hosts", "check", "node-a").code == 0  # a probe must not disturb the link's own connection
     project = fleet.root / "project"
     (project / "data").mkdir(parents=True)
     (project / "helper.py").write_text("GREETING = 'shipped code says hi'\n")

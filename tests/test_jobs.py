@@ -159,3 +159,30 @@ def _alive(pid: int) -> bool:
 
 
 __all__ = ["os", "signal"]
+
+
+def test_bad_metric_lines_never_stall_a_run_or_the_fleet(fleet: Fleet) -> None:
+    # A timestamp in nanoseconds, a line longer than one read, then a good point: the run still ends,
+    # the good point is kept, the bad lines are counted, and the next job still runs.
+    script = (
+        "import json, os\n"
+        "f = open(os.environ['MLFLEET_METRICS_FILE'], 'a')\n"
+        "f.write(json.dumps({'ts': 1.7e18, 'metrics': {'loss': 1}}) + chr(10))\n"
+        "f.write(json.dumps({'params': {'blob': 'a' * 5_000_000}}) + chr(10))\n"
+        "f.write(json.dumps({'step': 1, 'metrics': {'loss': 0.5}}) + chr(10))\n"
+    )
+    (fleet.root / "specs").mkdir(exist_ok=True)
+    (fleet.root / "specs" / "writer.py").write_text(script)
+    spec = fleet.write_spec("bad-lines", "name: bad-lines\ncommand: [python, writer.py]\n")
+    done = fleet.cli("submit", str(spec), "--wait", "--json", timeout=120)
+    assert done.code == 0, done.out + done.err
+    run = fleet.cli_json("runs", "show", done.json()["run_id"])
+    assert [(m["key"], m["points"], m["last"]) for m in run["metrics"]] == [("loss", 1, 0.5)]
+    assert run["ingest"][0]["bad_lines"] >= 2 and run["ingest"][0]["complete"] is True
+    follow = fleet.write_spec("after", "name: after\ncommand: [true]\n")
+    assert fleet.cli("submit", str(follow), "--wait").code == 0
+
+
+def test_a_negative_limit_is_a_usage_error(fleet: Fleet) -> None:
+    result = fleet.cli("jobs", "list", "--limit", "-1")
+    assert result.code == 2 and "must be 1 or more" in result.err and "Traceback" not in result.err

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import queue
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -110,6 +111,8 @@ def read_only_query(con: duckdb.DuckDBPyConnection, sql: str, limit: int = 10_00
     kind = statements[0].type.name
     if kind not in _READ_ONLY_STATEMENTS:
         raise UsageError(f"db query is read-only: a {kind} statement is not allowed; use SELECT")
+    if kind == "EXPLAIN" and re.match(r"\s*explain\s+analy[sz]e\b", sql, re.IGNORECASE):
+        raise UsageError("db query is read-only: EXPLAIN ANALYZE runs its statement; use EXPLAIN alone")
     con.execute("begin transaction")
     try:
         rel = con.execute(sql)

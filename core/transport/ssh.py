@@ -63,6 +63,9 @@ class SshAgentTransport:
             raise UnavailableError(f"{self.host} ({self.address}) refused our key for user "
                                    f"{c.user or 'the current user'}; check 'identity' in hosts.yaml and the "
                                    "node's authorized_keys") from None
+        except (asyncssh.KeyImportError, ValueError) as exc:
+            raise UnavailableError(f"cannot use the identity {c.identity} for {self.host}: {exc} "
+                                   "(a passphrase-protected key needs an ssh-agent; leave 'identity' out to use it)") from None
         except (OSError, asyncssh.Error, TimeoutError) as exc:
             raise UnavailableError(f"cannot connect to {self.host} ({self.address}): "
                                    f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}") from None
