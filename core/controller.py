@@ -440,14 +440,26 @@ class Controller:
             await self._dispatch(job, placement)
 
     async def _audit_refusals(self, decision: scheduler.Decision) -> None:
-        """Data residency: every host a job's hard constraints kept it off is audited (once per job and host)."""
+        """Data residency: every host a job's hard constraints kept it off is audited, once.
+
+        One event per job and tick at most, naming the hosts newly refused
+        (a fleet of hundreds must not write hundreds of rows per job).
+        """
         assert self.store is not None
+        events = []
         for job_id, reasons in decision.waiting.items():
+            new: dict[str, str] = {}
             for reason in reasons:
-                if reason.check == "constraint" and (job_id, reason.host) not in self._refusals_audited:
-                    self._refusals_audited.add((job_id, reason.host))
-                    await self.store.run(records.audit, "scheduler", "scheduler.refuse", job_id,
-                                         {"host": reason.host, "reason": reason.message})
+                if reason.check == "constraint":
+                    for host in reason.hosts or (reason.host,):
+                        if (job_id, host) not in self._refusals_audited:
+                            new[host] = reason.message
+            if new:
+                self._refusals_audited.update((job_id, host) for host in new)
+                events.append((job_id, {"hosts": sorted(new)[:100], "count": len(new),
+                                        "reasons": sorted(set(new.values()))[:10]}))
+        for job_id, detail in events:
+            await self.store.run(records.audit, "scheduler", "scheduler.refuse", job_id, detail)
 
     async def _dispatch(self, job: PendingJob, placement: scheduler.Placement) -> None:
         assert self.store is not None

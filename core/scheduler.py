@@ -111,9 +111,14 @@ class Placement:
 
 @dataclass(frozen=True)
 class Reason:
-    host: str
-    check: str  # constraint | host-down | drained | gpu-count | gpu-type | gpu-memory | gpu-busy | cpus | memory | backfill
+    host: str  # a host, or "N hosts" for a group that failed alike (see ``hosts``)
+    check: str  # constraint | host-down | drained | gpu-count | gpu-type | gpu-memory | cpus | memory
     message: str
+    hosts: tuple[str, ...] = ()  # for a group: its hosts (big fleets get one reason per kind, not per host)
+
+    @property
+    def count(self) -> int:
+        return len(self.hosts) or 1
 
 
 @dataclass
@@ -127,14 +132,15 @@ class Decision:
         reasons = self.waiting.get(job_id, [])
         if not reasons:
             return "no hosts"
-        if len(reasons) == 1:
+        total = sum(r.count for r in reasons)
+        if total == 1:
             return f"{reasons[0].host}: {reasons[0].message}"
         checks: dict[str, int] = {}
         for r in reasons:
-            checks[r.check] = checks.get(r.check, 0) + 1
+            checks[r.check] = checks.get(r.check, 0) + r.count
         top = max(checks, key=lambda c: checks[c])
         example = next(r for r in reasons if r.check == top)
-        return f"{checks[top]} of {len(reasons)} hosts: {example.message}"
+        return f"{checks[top]} of {total} hosts: {example.message}"
 
 
 # ---------------------------------------------------------------- capacity
@@ -414,13 +420,15 @@ def schedule(hosts: list[HostView], queue: list[QueuedJob], policy: Policy = Pol
             for group in look_alikes.values():  # hosts that answer every static question alike
                 static = None if job.hosts else \
                     _static_check(job, group[0].view) or _capacity_check(job, group[0].view, policy)
+                refused_here = []
                 for cap in group:
                     if job.hosts:
                         static = _static_check(job, cap.view) or _capacity_check(job, cap.view, policy)
                     if static is None:
                         names.add(cap.view.name)
                     else:
-                        refusals.append(Reason(cap.view.name, static.check, static.message))
+                        refused_here.append(Reason(cap.view.name, static.check, static.message))
+                refusals.extend(_grouped(refused_here))
             allowed_by_shape[constraints] = (names, refusals)
         allowed, refusals = allowed_by_shape[constraints]
         tried: set[str] = set()
@@ -443,11 +451,12 @@ def schedule(hosts: list[HostView], queue: list[QueuedJob], policy: Policy = Pol
         best = best or fallback
         if best is None:
             # Words for every other allowed host (in detail for the first few), and for the refusals.
-            for n, name in enumerate(sorted(allowed - tried)):
-                cap = caps[name]
-                detailed = _fit(job, cap, policy, reserved.get(name, frozenset()), capacity_checked=True)[1] \
-                    if n < _DETAILED_REASONS else None
-                reasons.append(detailed or _summary_reason(job, cap))
+            rest = sorted(allowed - tried)
+            for name in rest[:_DETAILED_REASONS]:
+                reasons.append(_fit(job, caps[name], policy, reserved.get(name, frozenset()), capacity_checked=True)[1]
+                               or _summary_reason(job, caps[name]))
+            reasons.extend(_grouped([_summary_reason(job, caps[name]) for name in rest[_DETAILED_REASONS:]],
+                                    at_least=1))
             reasons.extend(refusals)
             reasons.sort(key=lambda r: r.host)
             decision.waiting[job.job_id] = reasons
@@ -471,6 +480,21 @@ def schedule(hosts: list[HostView], queue: list[QueuedJob], policy: Policy = Pol
 
 
 _DETAILED_REASONS = 20  # hosts past this many get a reason from their totals, not a GPU-by-GPU look
+_GROUP_FROM = 4  # this many hosts failing alike are reported as one group
+
+
+def _grouped(reasons: list[Reason], at_least: int = _GROUP_FROM) -> list[Reason]:
+    """Hosts that fail for the same words become one reason naming how many (and which)."""
+    by_words: dict[tuple[str, str], list[str]] = {}
+    for r in reasons:
+        by_words.setdefault((r.check, r.message), []).append(r.host)
+    out = []
+    for (check, message), hosts in by_words.items():
+        if len(hosts) >= at_least and len(hosts) > 1:
+            out.append(Reason(f"{len(hosts)} hosts ({hosts[0]}, ...)", check, message, tuple(hosts)))
+        else:
+            out.extend(Reason(h, check, message) for h in hosts)
+    return out
 
 
 def _summary_reason(job: QueuedJob, cap: _Host) -> Reason:
