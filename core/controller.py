@@ -266,6 +266,12 @@ class Controller:
     async def _sync_host(self, link: HostLink) -> None:
         assert self.store is not None
         up = await link.ensure_connected()
+        if link.state == "up":
+            link.down_since = None
+        elif link.down_since is None:
+            link.down_since = time.time()
+        if not up or link.state != "up":
+            await self._give_up_on_lost_runs(link)
         if link.state != link.recorded_state:  # write host rows on changes only, not every tick
             await self.store.run(records.upsert_host, link.name, link.transport.kind, link.transport.address,
                                  link.labels, link.state, link.info.get("version") if up else None,
@@ -273,6 +279,9 @@ class Controller:
             link.recorded_state = link.state
         if not up:
             return
+        if link.fresh_connection:
+            link.fresh_connection = False
+            await self._stop_strays(link)
         runs = [r for r in self.active.values() if r.host == link.name]
         for run in runs:
             if run.job_id in self.cancels and not run.cancel_requested_by:
@@ -300,6 +309,39 @@ class Controller:
                     await self._absorb_run(link, run, item)
                 except Exception:  # one run's trouble never stops the others
                     log.exception("run %s on %s could not be absorbed", run_id, link.name)
+
+    async def _give_up_on_lost_runs(self, link: HostLink) -> None:
+        """A host gone longer than ``lost_after``: its runs count as lost and retry elsewhere (per ``retries``)."""
+        limit = float(self.settings.scheduler.lost_after)
+        if link.down_since is None or time.time() - link.down_since < limit:
+            return
+        for run in [r for r in self.active.values() if r.host == link.name]:
+            log.warning("giving up on %s: %s unreachable for %.0f s", run.run_id, link.name, limit)
+            await self._finish(run, RunStatus(run_id=run.run_id, state="exited", reason="lost",
+                                              message=f"{link.name} was unreachable for {limit:.0f} s"))
+
+    async def _stop_strays(self, link: HostLink) -> None:
+        """On (re)connect: a run still going on the node that the controller has closed (given up on it as
+        lost, or cancelled it while the host was away) is stopped, so a job never runs twice."""
+        assert self.store is not None
+        try:
+            statuses = await link.request("status")
+        except MlfleetError as exc:
+            log.warning("could not list the runs of %s: %s", link.name, exc)
+            return
+        going = [s["run_id"] for s in statuses if s.get("state") in ("starting", "running")
+                 and s["run_id"] not in self.active]
+        if not going:
+            return
+        marks = ",".join("?" for _ in going)
+        closed = await self.store.read(records.rows, f"select run_id, state from runs where run_id in ({marks}) "
+                                                     "and state not in ('dispatched', 'running')", going)
+        for row in closed:
+            log.warning("stopping stray run %s on %s (it is %s here)", row["run_id"], link.name, row["state"])
+            with contextlib.suppress(MlfleetError):
+                await link.request("cancel", run_id=row["run_id"])
+            await self.store.run(records.audit, "controller", "run.stop-stray", row["run_id"],
+                                 {"host": link.name, "state": row["state"]})
 
     def launch_soon(self, link: HostLink, run: ActiveRun) -> None:
         """Launch in the background: shipping code can take a while and must not hold up the tick."""

@@ -34,6 +34,8 @@ class HostLink:
         self.peer: Peer | None = None
         self.state = "connecting"
         self.recorded_state = ""  # the state last written to the hosts table
+        self.fresh_connection = False
+        self.down_since: float | None = None  # wall time the host stopped answering
         self.message = ""
         self.info: dict[str, Any] = {}
         self.history: deque[HostSample] = deque(maxlen=HISTORY)
@@ -75,6 +77,7 @@ class HostLink:
             return False
         self.peer, self.info = peer, info
         self.state, self.message = "up", ""
+        self.fresh_connection = True  # the controller reconciles the node's runs once per connection
         self._backoff = 0.5
         log.info("connected to agent on %s", self.name)
         return True

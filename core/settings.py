@@ -14,6 +14,7 @@ scheduler:              # see docs/scheduler.md
   aging_per_hour: 1
   fair_share_weight: 10
   backfill: true
+  lost_after: 10m       # a host unreachable this long: its runs count as lost and retry elsewhere
 local:
   labels: {}
   simulate_gpus: null   # a file of simulated GPUs for the embedded host (demos, tests)
@@ -54,6 +55,7 @@ class SchedulerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     aging_per_hour: Annotated[float, Meta(ge=0, le=1000)] = 1.0
     fair_share_weight: Annotated[float, Meta(ge=0, le=1000)] = 10.0
     backfill: bool = True
+    lost_after: Seconds = Seconds(600.0)  # a host unreachable this long: its runs are lost and retried
 
 
 class LocalHostSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -89,6 +91,7 @@ def load_settings(path: Path) -> Settings:
         (("telemetry", "window"), settings.telemetry.window, 1, 3600),
         (("telemetry", "retention"), settings.telemetry.retention, 3600, 3650 * 86400),
         (("scheduler", "utilization_window"), settings.scheduler.utilization_window, 0.5, 3600),
+        (("scheduler", "lost_after"), settings.scheduler.lost_after, 1, 7 * 86400),
     ):
         if not low <= value <= high:
             raise SpecError(located.path, located.line_of(parts), ".".join(parts),

@@ -241,3 +241,34 @@ def test_a_host_with_simulated_gpus_says_so_and_shows_them_live(ssh_fleet: SshFl
                              what="the GPUs to change live")
     assert changed[0]["utilization"] == 91 and changed[0]["processes"][0]["pid"] == 4121
     assert changed[0]["memory_used"] == 20 * 1024**3
+
+
+def test_a_host_lost_for_long_has_its_job_retried_elsewhere_and_the_stray_stopped_on_return(
+        ssh_fleet: SshFleet) -> None:
+    import json
+
+    fleet = ssh_fleet.fleet
+    fleet.home.config_file.write_text("scheduler: {lost_after: 3s}\n")
+    ssh_fleet.add("node-a", "--label", "pool=train")
+    ssh_fleet.add("node-b", "--label", "pool=train")
+    ssh_fleet.wait_up("node-a")
+    ssh_fleet.wait_up("node-b")
+    spec = fleet.write_spec("long", "name: long\nretries: 1\nconstraints: {labels: {pool: train}}\n"
+                                    "command: \"case $MLFLEET_RUN_ID in *-1) sleep 120;; *) sleep 1;; esac\"\n")
+    job_id = fleet.cli("submit", str(spec), check=True).out.strip()
+    first = fleet.wait_state(job_id, {"running"})
+    lost_host = first["host"]
+    other = "node-b" if lost_host == "node-a" else "node-a"
+
+    ssh_fleet.servers[lost_host].stop()  # a partition: the node and its run go on, unseen
+    done = fleet.wait_state(job_id, {"succeeded", "failed"}, timeout=90)
+    assert done["state"] == "succeeded" and done["host"] == other
+    assert [r["state"] for r in done["runs"]] == ["failed", "succeeded"]
+    assert "was lost" in next(e["reason"] for e in done["events"] if e["state"] == "pending" and e["run_id"])
+
+    ssh_fleet.servers[lost_host].start()
+    exit_file = ssh_fleet.state_dir(lost_host) / "runs" / first["run_id"] / "exit.json"
+    stopped = fleet.wait_for(lambda: exit_file.exists() and json.loads(exit_file.read_text()), timeout=60,
+                             what="the stray run to be stopped")
+    assert stopped["reason"] == "cancelled"
+    assert any(e["action"] == "run.stop-stray" for e in fleet.cli_json("audit", "list"))
