@@ -53,6 +53,7 @@ class _Gpu(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class _File(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     gpus: list[_Gpu] = msgspec.field(default_factory=list)
+    nvlink_groups: list[list[int]] = msgspec.field(default_factory=list)  # GPUs linked by NVLink, by index
 
 
 SIMULATED = "simulated GPUs"
@@ -63,6 +64,8 @@ class SimulatedGpuSource:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+
+    links: list[list[int]] | None = None  # set by read(): from nvlink_groups (0 inside a group, 50 across)
 
     def read(self) -> tuple[GpuState, str, list[GpuSample]]:
         try:
@@ -93,6 +96,11 @@ class SimulatedGpuSource:
                     processes=[GpuProcess(pid=p.pid, used_memory=int(p.used_memory) if p.used_memory is not None else None,
                                           name=p.name) for p in gpu.processes],
                 ))
+        self.links = None
+        if described.nvlink_groups:
+            group = {i: n for n, members in enumerate(described.nvlink_groups) for i in members}
+            self.links = [[0 if a == b or (a in group and group.get(a) == group.get(b)) else 50
+                           for b in range(len(samples))] for a in range(len(samples))]
         return "ok", f"{SIMULATED} from {self.path}", samples
 
     def close(self) -> None:

@@ -115,6 +115,15 @@ class NvmlGpuSource:
             processes=list(processes.values()),
         )
 
+    @property
+    def links(self) -> list[list[int]] | None:
+        """Pairwise link levels, read once (topology does not change while the driver runs)."""
+        if self.state != "ok":
+            return None
+        if not hasattr(self, "_links"):
+            self._links = _read_links(self._nvml)
+        return self._links
+
     def close(self) -> None:
         if self.state == "ok":
             _nv(self._nvml.nvmlShutdown)
@@ -132,6 +141,29 @@ _THROTTLE_BITS = {
 
 def _throttle_names(nv: Any, mask: int) -> list[str]:
     return [name for attr, name in _THROTTLE_BITS.items() if getattr(nv, attr, 0) and mask & getattr(nv, attr)]
+
+
+def _read_links(nv: Any) -> list[list[int]] | None:
+    count = _nv(nv.nvmlDeviceGetCount)
+    if not count:
+        return None
+    handles = [_nv(nv.nvmlDeviceGetHandleByIndex, i) for i in range(count)]
+    if any(h is None for h in handles):
+        return None
+    nvlink_index = getattr(nv, "NVML_P2P_CAPS_INDEX_NVLINK", None)
+    links = [[0] * count for _ in range(count)]
+    for a in range(count):
+        for b in range(a + 1, count):
+            level = None
+            if nvlink_index is not None and _nv(nv.nvmlDeviceGetP2PStatus, handles[a], handles[b], nvlink_index) == \
+                    getattr(nv, "NVML_P2P_STATUS_OK", 0):
+                level = 0
+            if level is None:
+                level = _nv(nv.nvmlDeviceGetTopologyCommonAncestor, handles[a], handles[b])
+            if level is None:
+                return None  # partial topology is worse than none
+            links[a][b] = links[b][a] = int(level)
+    return links
 
 
 def _classify_init_error(nv: Any, exc: Exception) -> tuple[GpuState, str]:
@@ -178,6 +210,7 @@ class HostSampler:
         except (AttributeError, OSError):
             load1 = 0.0
         gpu_state, gpu_message, gpus = self.gpus.read()
+        links = getattr(self.gpus, "links", None) if gpu_state == "ok" else None
         self.seq += 1
         return HostSample(
             seq=self.seq,
@@ -195,4 +228,5 @@ class HostSampler:
             gpu_state=gpu_state,
             gpu_message=gpu_message,
             gpus=gpus,
+            gpu_links=links,
         )

@@ -550,6 +550,7 @@ class Controller:
             cpus_in_use=sum(r.spec.resources.cpus for r in in_use),
             memory_in_use=sum(r.spec.resources.memory or 0 for r in in_use),
             drained=self.drained.get(link.name),
+            gpu_links=tuple(tuple(row) for row in latest.gpu_links) if latest and latest.gpu_links else None,
             releases=tuple(scheduler.Release(r.started_at + float(r.spec.timeout), tuple(r.gpus))
                            for r in in_use if r.spec.timeout and r.started_at and r.gpus))
 

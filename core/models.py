@@ -182,6 +182,9 @@ class HostSample(msgspec.Struct, kw_only=True):
     gpu_state: GpuState = "no_driver"
     gpu_message: str = ""
     gpus: list[GpuSample] = msgspec.field(default_factory=list)
+    # How closely each pair of GPUs is linked (0 NVLink, then NVML's topology levels: 10 same board,
+    # 20 PCIe switches, 30 host bridge, 40 NUMA node, 50 across sockets); None when unknown.
+    gpu_links: list[list[int]] | None = None
 
 
 # ------------------------------------------------------- job execution

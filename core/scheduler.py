@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import fnmatch
 import heapq
+import itertools
 import re
 from dataclasses import dataclass, field
 
@@ -73,6 +74,7 @@ class HostView:
     memory_in_use: int = 0
     drained: str | None = None  # why, when drained
     releases: tuple[Release, ...] = ()
+    gpu_links: tuple[tuple[int, ...], ...] | None = None  # pairwise link level by GPU index (0 = NVLink)
 
 
 @dataclass(frozen=True)
@@ -330,14 +332,37 @@ def _fit(job: QueuedJob, cap: _Host, policy: Policy, blocked: frozenset[int],
             check = "gpu-memory" if job.gpu_memory and any("free" in p for p in problems) else "gpu-count"
             have = f"have {_gib(job.gpu_memory)} free" if job.gpu_memory and not unknown_memory else "free"
             return [], Reason(name, check, f"{len(candidates)} of {total} GPUs {have} (need {job.gpus}){counted}{detail}")
-        # Best fit: the least free memory that still fits, to keep big holes for big jobs.
+        # Best fit: the least free memory that still fits, to keep big holes for big jobs;
+        # with topology known, the closest-linked set of GPUs first.
         candidates.sort(key=lambda g: (g.free if g.free is not None else 1 << 62, g.view.index))
         chosen = [g.view.index for g in candidates[: job.gpus]]
+        if host.gpu_links and 1 < job.gpus < len(candidates):
+            chosen = _closest_set(candidates, job.gpus, host.gpu_links) or chosen
     if job.cpus and cap.cpus < job.cpus:
         return [], Reason(name, "cpus", f"{max(cap.cpus, 0):g} CPUs free (need {job.cpus:g})")
     if job.memory and cap.memory < job.memory:
         return [], Reason(name, "memory", f"{_gib(max(cap.memory, 0))} memory free (need {_gib(job.memory)})")
     return chosen, None
+
+
+_MAX_TOPOLOGY_CANDIDATES = 12  # C(12, 6) = 924 sets at most
+
+
+def _closest_set(candidates: list[_Gpu], count: int, links: tuple[tuple[int, ...], ...]) -> list[int] | None:
+    """The ``count`` GPUs whose worst pairwise link is best (then the tightest memory)."""
+    pool = candidates[:_MAX_TOPOLOGY_CANDIDATES]
+    best: tuple[tuple[int, int], list[int]] | None = None
+    for combo in itertools.combinations(pool, count):
+        indices = [g.view.index for g in combo]
+        try:
+            worst = max(links[a][b] for a, b in itertools.combinations(indices, 2))
+        except IndexError:
+            return None  # the matrix does not cover these GPUs: ignore topology
+        memory = sum(g.free if g.free is not None else 1 << 40 for g in combo)
+        key = (worst, memory)
+        if best is None or key < best[0]:
+            best = (key, indices)
+    return best[1] if best else None
 
 
 def _take(job: QueuedJob, cap: _Host, chosen: list[int]) -> None:

@@ -189,3 +189,17 @@ def test_the_same_snapshot_always_gets_the_same_answer() -> None:
     again = schedule(list(reversed(hosts)), list(reversed(queue)))
     assert first.placements == again.placements
     assert first.waiting == again.waiting
+
+
+def test_with_topology_known_a_two_gpu_job_gets_gpus_that_share_nvlink() -> None:
+    # Two NVLink islands (0-3, 4-7). Memory alone would pick GPUs 3 and 4 (the tightest), across islands.
+    islands = tuple(tuple(0 if (a < 4) == (b < 4) else 50 for b in range(8)) for a in range(8))
+    gpus = [gpu(i, free_gib=30 if i in (3, 4) else 80) for i in range(8)]
+    box = HostView(name="dgx", up=True, cpu_count=64, memory_total=1024 * GiB, gpus=tuple(gpus), gpu_links=islands)
+    [placement] = schedule([box], [job("pair", gpus=2, gpu_memory=20 * GiB)]).placements
+    a, b = placement.gpu_indices
+    assert (a < 4) == (b < 4), placement
+    assert 3 in placement.gpu_indices or 4 in placement.gpu_indices  # still the tightest within an island
+
+    without = HostView(name="dgx", up=True, cpu_count=64, memory_total=1024 * GiB, gpus=tuple(gpus))
+    assert schedule([without], [job("pair", gpus=2, gpu_memory=20 * GiB)]).placements[0].gpu_indices == (3, 4)

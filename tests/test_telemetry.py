@@ -424,3 +424,14 @@ async def test_simulated_gpus_follow_their_file_live_through_a_real_agent(simula
     finally:
         await peer.close()
     assert agent.proc.poll() is None
+
+
+def test_simulated_nvlink_groups_become_a_link_matrix(tmp_path) -> None:
+    from mlfleet.agents.simulated import SimulatedGpuSource
+
+    path = tmp_path / "gpus.yaml"
+    path.write_text("gpus:\n  - {name: NVIDIA H100 80GB HBM3, count: 4}\nnvlink_groups: [[0, 1], [2, 3]]\n")
+    source = SimulatedGpuSource(path)
+    state, _, gpus = source.read()
+    assert state == "ok" and len(gpus) == 4
+    assert source.links == [[0, 0, 50, 50], [0, 0, 50, 50], [50, 50, 0, 0], [50, 50, 0, 0]]
