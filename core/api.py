@@ -372,5 +372,3 @@ class ControllerApi:
     async def rpc_audit_list(self, peer: Peer, limit: int = 200, action: str | None = None) -> list[dict[str, Any]]:
         return await self.store.read(records.list_audit, limit, action)
 
-
-__all__ = ["ControllerApi", "JobSpec"]

@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable
 
 from mlfleet import __version__
 from mlfleet.core import render
-from mlfleet.core.client import ControllerClient, connect, start_controller_process, try_connect
+from mlfleet.core.client import ControllerClient, connect, try_connect
 from mlfleet.core.config import load_job_spec
 from mlfleet.core.errors import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, MlfleetError, UnavailableError, UsageError
 from mlfleet.core.models import TERMINAL_STATES, to_plain

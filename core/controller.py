@@ -102,6 +102,7 @@ class Controller:
         self._refusals_audited: set[tuple[str, str]] = set()
         self.cancels: dict[str, str] = {}  # job -> who, for cancels that arrive while a job changes state
         self._launching: set[str] = set()
+        self._shipping: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._inventory_digest: str | None = None
         self.pending: dict[str, PendingJob] = {}
         self.active: dict[str, ActiveRun] = {}  # by run id
@@ -370,7 +371,15 @@ class Controller:
         run.launched = True
 
     async def _ship(self, link: HostLink, sha256: str) -> None:
-        """Upload a snapshot once per host and content (SFTP), then have the node unpack it."""
+        """Upload a snapshot once per host and content; launches that need it at the same time share one upload."""
+        key = (link.name, sha256)
+        task = self._shipping.get(key)
+        if task is None:
+            task = self._shipping[key] = asyncio.get_running_loop().create_task(self._upload(link, sha256))
+            task.add_done_callback(lambda _: self._shipping.pop(key, None))
+        await asyncio.shield(task)
+
+    async def _upload(self, link: HostLink, sha256: str) -> None:
         status = await link.request("code_status", sha256=sha256)
         if status["present"]:
             return

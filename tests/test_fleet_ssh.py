@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import signal
 
-import duckdb
-
 from conftest import Fleet, SshFleet
 
 STEADY = """name: steady
@@ -80,49 +78,42 @@ def test_a_changed_host_key_is_refused_until_trusted_again(ssh_fleet: SshFleet) 
     ssh_fleet.wait_up("node-a")
 
 
-def test_a_dropped_ssh_link_reconnects_without_double_dispatch_or_lost_points(ssh_fleet: SshFleet) -> None:
+def _steady_job_midway(ssh_fleet: SshFleet) -> tuple[Fleet, str, dict]:
+    """A job on node-a that has logged some of its 40 points: the moment to break something."""
     fleet = ssh_fleet.fleet
     ssh_fleet.add("node-a")
     ssh_fleet.wait_up("node-a")
     job_id = _submit_steady(fleet, "node-a")
     job = fleet.wait_state(job_id, {"running"})
     fleet.wait_for(lambda: len(_points(fleet, job["run_id"])) >= 5, what="some points")
+    return fleet, job_id, job
 
-    ssh_fleet.servers["node-a"].drop_connections()
-    final = fleet.wait_state(job_id, {"succeeded", "failed"})
+
+def _ran_once_with_every_point(fleet: Fleet, job_id: str, run_id: str) -> None:
+    final = fleet.wait_state(job_id, {"succeeded", "failed"})  # the CLI starts a new controller if needed
     assert final["state"] == "succeeded" and len(final["runs"]) == 1
-    assert _points(fleet, job["run_id"]) == [[step, 1] for step in range(40)]
+    assert _points(fleet, run_id) == [[step, 1] for step in range(40)]
+
+
+def test_a_dropped_ssh_link_reconnects_without_double_dispatch_or_lost_points(ssh_fleet: SshFleet) -> None:
+    fleet, job_id, job = _steady_job_midway(ssh_fleet)
+    ssh_fleet.servers["node-a"].drop_connections()
+    _ran_once_with_every_point(fleet, job_id, job["run_id"])
     assert len(list((ssh_fleet.state_dir("node-a") / "runs").iterdir())) == 1  # launched once
 
 
 def test_sigkill_of_a_remote_agent_mid_job_loses_nothing(ssh_fleet: SshFleet) -> None:
-    fleet = ssh_fleet.fleet
-    ssh_fleet.add("node-a")
-    ssh_fleet.wait_up("node-a")
-    job_id = _submit_steady(fleet, "node-a")
-    job = fleet.wait_state(job_id, {"running"})
-    fleet.wait_for(lambda: len(_points(fleet, job["run_id"])) >= 5, what="some points")
+    fleet, job_id, job = _steady_job_midway(ssh_fleet)
     agent = ssh_fleet.agent_pid("node-a")
     os.kill(agent, signal.SIGKILL)
-
-    final = fleet.wait_state(job_id, {"succeeded", "failed"})
-    assert final["state"] == "succeeded" and len(final["runs"]) == 1
+    _ran_once_with_every_point(fleet, job_id, job["run_id"])
     assert ssh_fleet.agent_pid("node-a") not in (None, agent)  # the controller started a new one over SSH
-    assert _points(fleet, job["run_id"]) == [[step, 1] for step in range(40)]
 
 
 def test_sigkill_of_the_controller_mid_remote_job_reconciles(ssh_fleet: SshFleet) -> None:
-    fleet = ssh_fleet.fleet
-    ssh_fleet.add("node-a")
-    ssh_fleet.wait_up("node-a")
-    job_id = _submit_steady(fleet, "node-a")
-    job = fleet.wait_state(job_id, {"running"})
-    fleet.wait_for(lambda: len(_points(fleet, job["run_id"])) >= 5, what="some points")
+    fleet, job_id, job = _steady_job_midway(ssh_fleet)
     os.kill(fleet.controller_pid, signal.SIGKILL)
-
-    final = fleet.wait_state(job_id, {"succeeded", "failed"})  # the CLI starts a new controller
-    assert final["state"] == "succeeded" and len(final["runs"]) == 1
-    assert _points(fleet, job["run_id"]) == [[step, 1] for step in range(40)]
+    _ran_once_with_every_point(fleet, job_id, job["run_id"])
 
 
 def test_hosts_import_from_ssh_config_and_remove(fleet: Fleet) -> None:
@@ -150,8 +141,6 @@ def test_a_broken_hosts_file_is_one_sentence_with_its_line(fleet: Fleet) -> None
     assert result.code == 2
     assert result.err.strip() == f"mlfleet: {fleet.home.hosts_file}:4: hosts[0].prot: unknown field; did you mean 'port'?"
 
-
-__all__ = ["duckdb"]
 
 
 def test_the_workdir_is_shipped_once_per_content_and_respects_gitignore(ssh_fleet: SshFleet) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import psutil
@@ -157,8 +155,6 @@ def _alive(pid: int) -> bool:
     except psutil.Error:
         return False
 
-
-__all__ = ["os", "signal"]
 
 
 def test_bad_metric_lines_never_stall_a_run_or_the_fleet(fleet: Fleet) -> None:
