@@ -540,30 +540,38 @@ def _summary_reason(job: QueuedJob, cap: _Host) -> Reason:
 class _BestFitIndex:
     """Hosts kept sorted by what they have left, so a job looks only at hosts big enough for it.
 
-    Orders: whole free GPUs (for whole-GPU jobs); for jobs that share GPUs by
-    memory, one order per GPU count n on the n-th largest free memory (so a
-    job starts at the tightest host with n roomy GPUs); free CPUs (for jobs
-    without GPUs). A placement moves one host in each order.
+    Orders: whole free GPUs (for whole-GPU jobs); free CPUs (for jobs without
+    GPUs); and for jobs that share GPUs by memory, one order per GPU count n
+    on the n-th largest free memory (so a job starts at the tightest host with
+    n roomy GPUs), built the first time a job of that size asks. A placement
+    moves one host in each order that exists.
     """
 
     def __init__(self, caps: list[_Host]) -> None:
         self.by_name = {c.view.name: c for c in caps}
         self.width = max((len(c.gpus) for c in caps), default=0)
-        keys = [self._keys(c) for c in caps]
-        self.orders: list[list[tuple]] = [sorted(k[n] for k in keys) for n in range(self.width + 2)]
+        self.whole = sorted((c.whole_gpus, c.view.name) for c in caps)
+        self.cpus = sorted((c.cpus, c.view.name) for c in caps)
+        self.memory: dict[int, list[tuple[int, str]]] = {}
 
-    def _keys(self, cap: _Host) -> list[tuple]:
-        name = cap.view.name
-        out: list[tuple] = [(cap.whole_gpus, name), (cap.cpus, name)]
-        for n in range(1, self.width + 1):
-            out.append((cap.frees[n - 1] if len(cap.frees) >= n else -1, name))
-        return out
+    @staticmethod
+    def _nth_free(cap: _Host, n: int) -> tuple[int, str]:
+        return (cap.frees[n - 1] if len(cap.frees) >= n else -1, cap.view.name)
 
-    def keys_of(self, cap: _Host) -> list[tuple]:
-        return self._keys(cap)
+    def _memory_order(self, n: int) -> list[tuple[int, str]]:
+        if n not in self.memory:
+            self.memory[n] = sorted(self._nth_free(c, n) for c in self.by_name.values())
+        return self.memory[n]
 
-    def moved(self, cap: _Host, before: list[tuple]) -> None:
-        for keys, old, new in zip(self.orders, before, self._keys(cap)):
+    def keys_of(self, cap: _Host) -> tuple[tuple, tuple, dict[int, tuple]]:
+        return ((cap.whole_gpus, cap.view.name), (cap.cpus, cap.view.name),
+                {n: self._nth_free(cap, n) for n in self.memory})
+
+    def moved(self, cap: _Host, before: tuple[tuple, tuple, dict[int, tuple]]) -> None:
+        after = self.keys_of(cap)
+        pairs = [(self.whole, before[0], after[0]), (self.cpus, before[1], after[1])]
+        pairs += [(self.memory[n], before[2][n], after[2][n]) for n in before[2]]
+        for keys, old, new in pairs:
             if old != new:
                 del keys[bisect.bisect_left(keys, old)]
                 bisect.insort(keys, new)
@@ -572,11 +580,11 @@ class _BestFitIndex:
         if job.gpus and job.gpus > self.width:
             return
         if not job.gpus:
-            keys, start = self.orders[1], bisect.bisect_left(self.orders[1], (job.cpus,))
+            keys, start = self.cpus, bisect.bisect_left(self.cpus, (job.cpus,))
         elif job.gpu_memory is None:
-            keys, start = self.orders[0], bisect.bisect_left(self.orders[0], (job.gpus,))
+            keys, start = self.whole, bisect.bisect_left(self.whole, (job.gpus,))
         else:
-            keys = self.orders[1 + job.gpus]
+            keys = self._memory_order(job.gpus)
             start = bisect.bisect_left(keys, (job.gpu_memory + policy.memory_margin,))
         for n in range(start, len(keys)):
             yield self.by_name[keys[n][-1]]
