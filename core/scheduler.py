@@ -379,9 +379,10 @@ def _take(job: QueuedJob, cap: _Host, chosen: list[int]) -> None:
 
 # ---------------------------------------------------------------- ordering
 
-def _effective_priority(job: QueuedJob, now: float, policy: Policy, share: float) -> float:
+def _aged_priority(job: QueuedJob, now: float, policy: Policy) -> float:
+    """Priority plus what waiting earned; the fair-share penalty is applied per project in schedule()."""
     waited_h = max(now - job.submitted, 0.0) / 3600.0
-    return job.priority + policy.aging_per_hour * waited_h - policy.fair_share_weight * share
+    return job.priority + policy.aging_per_hour * waited_h
 
 
 def schedule(hosts: list[HostView], queue: list[QueuedJob], policy: Policy = Policy(), now: float = 0.0,
@@ -400,7 +401,7 @@ def schedule(hosts: list[HostView], queue: list[QueuedJob], policy: Policy = Pol
 
     heaps: dict[str, list[tuple[tuple[float, float, str], QueuedJob]]] = {}
     for job in queue:
-        base = _effective_priority(job, now, policy, 0.0)
+        base = _aged_priority(job, now, policy)
         heaps.setdefault(job.project, []).append(((-base, job.submitted, job.job_id), job))
     for items in heaps.values():
         heapq.heapify(items)

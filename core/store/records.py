@@ -67,10 +67,6 @@ def set_host_state(con: duckdb.DuckDBPyConnection, name: str, state: str) -> Non
     con.execute("update hosts set state = ? where name = ?", [state, name])
 
 
-def list_hosts(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    return rows(con, "select * from hosts order by name")
-
-
 # ------------------------------------------------------------------- jobs
 
 def insert_job(con: duckdb.DuckDBPyConnection, job: dict[str, Any], actor: str) -> None:
