@@ -22,6 +22,8 @@ import msgspec
 
 from mlfleet import __version__
 from mlfleet.core import hostkeys
+from mlfleet.core.api_drift import DriftApi
+from mlfleet.core.api_runs import RunsApi
 from mlfleet.core.config import validate_job_spec
 from mlfleet.core.errors import MlfleetError, NotFoundError, UsageError
 from mlfleet.core.inventory import LOCAL_HOST, HostConfig, add_host, load_inventory, remove_host
@@ -55,7 +57,7 @@ def _peer_user(writer: asyncio.StreamWriter) -> str:
         return str(uid)
 
 
-class ControllerApi:
+class ControllerApi(DriftApi, RunsApi):
     def __init__(self, controller: "Controller") -> None:
         self.c = controller
         self.peers: set[Peer] = set()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from mlfleet import __version__
-from mlfleet.core import render
+from mlfleet.core import cli_drift, render
 from mlfleet.core.client import ControllerClient, connect, try_connect
 from mlfleet.core.config import load_job_spec
 from mlfleet.core.errors import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, MlfleetError, UnavailableError, UsageError
@@ -577,6 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", required=True)
     p.add_argument("--name")
     p.add_argument("--simulate-gpus", metavar="FILE")
+
+    cli_drift.register(sub, add)
 
     add(sub, "tui", cmd_tui, "open the TUI (the default with no command)", json_flag=False)
     return parser
