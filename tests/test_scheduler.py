@@ -6,7 +6,7 @@ story here is one snapshot and one answer.
 
 from __future__ import annotations
 
-from mlfleet.core.scheduler import GpuView, HostView, Placement, QueuedJob, schedule
+from mlfleet.core.scheduler import GpuView, HostView, Placement, QueuedJob, Release, schedule
 
 GiB = 1024**3
 A100 = "NVIDIA A100-SXM4-80GB"
@@ -203,3 +203,36 @@ def test_with_topology_known_a_two_gpu_job_gets_gpus_that_share_nvlink() -> None
 
     without = HostView(name="dgx", up=True, cpu_count=64, memory_total=1024 * GiB, gpus=tuple(gpus))
     assert schedule([without], [job("pair", gpus=2, gpu_memory=20 * GiB)]).placements[0].gpu_indices == (3, 4)
+
+
+def test_a_long_queue_of_look_alike_jobs_that_fit_nowhere_gets_the_same_answer_as_one_of_them() -> None:
+    # Look-alike jobs are answered together once their shape is known not to fit: each of them
+    # must still get the reasons a lone job of that shape would get, and jobs behind them still run.
+    hosts = [host("a", gpu(0), gpu(1)), host("b", gpu(0, free_gib=30), gpu(1, free_gib=10))]
+    alone = schedule(hosts, [job("wide", gpus=4)])
+    queue = [job(f"wide-{i:03d}", priority=5, submitted=float(i), gpus=4, project=("vision", "nlp")[i % 2])
+             for i in range(200)]
+    decision = schedule(hosts, queue + [job("small", submitted=1000.0, gpus=1, gpu_memory=20 * GiB)])
+    assert decision.placements == [Placement("small", "b", (0,))]
+    assert len(decision.waiting) == 200
+    assert all(reasons == alone.waiting["wide"] for reasons in decision.waiting.values())
+
+
+def test_short_jobs_backfill_ahead_of_a_reserved_big_job_and_long_ones_wait() -> None:
+    # GPUs 2 and 3 run a job until t=1000; the big job reserves all four from then. Jobs that
+    # end before t=1000 may use GPUs 0 and 1 meanwhile; longer or open-ended ones may not.
+    box = HostView(name="dgx", up=True, cpu_count=64, memory_total=1024 * GiB,
+                   gpus=tuple(gpu(i) for i in range(4)), gpus_in_use=frozenset({2, 3}),
+                   releases=(Release(end=1000.0, gpu_indices=(2, 3)),))
+    queue = [job("big", priority=10, gpus=4),
+             *(job(f"long-{i}", submitted=float(i), gpus=1, timeout=5000.0) for i in range(3)),
+             job("untimed", submitted=5.0, gpus=1),
+             *(job(f"short-{i}", submitted=10.0 + i, gpus=1, timeout=600.0) for i in range(3))]
+    decision = schedule([box], queue)
+    assert decision.reservation == ("big", "dgx", (0, 1, 2, 3), 1000.0)
+    assert sorted(p.job_id for p in decision.placements) == ["short-0", "short-1"]
+    assert sorted({i for p in decision.placements for i in p.gpu_indices}) == [0, 1]
+    assert set(decision.waiting) == {"big", "long-0", "long-1", "long-2", "untimed", "short-2"}
+    for job_id in ("long-0", "long-1", "long-2", "untimed"):
+        [reason] = decision.waiting[job_id]
+        assert "reserved for an older, bigger job" in reason.message
