@@ -1,0 +1,1 @@
+"""Data drift: exact statistics over Parquet/CSV/JSON computed in DuckDB (docs/drift.md)."""
