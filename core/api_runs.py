@@ -1,7 +1,47 @@
-"""Client RPCs for tracked runs: filtering, comparison, export (mixed into ControllerApi)."""
+"""Client RPCs for tracked runs: filtering, comparison, export (mixed into ControllerApi).
+
+Filters and sorts arrive as the text the user typed (``--where``, the TUI's
+filter box) and are parsed here, in the controller, by
+:mod:`mlfleet.core.runfilter`; a bad one comes back as one sentence that
+names the column.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mlfleet.core.errors import UsageError
+from mlfleet.core.protocol import Peer
+from mlfleet.core.runfilter import parse_filter, parse_sort
+from mlfleet.core.store import run_queries
+from mlfleet.core.store.records import audit
 
 
 class RunsApi:
     """``rpc_runs_*`` methods; ``self.store`` and ``self.c`` come from ControllerApi."""
+
+    async def rpc_runs_list(self, peer: Peer, where: str | None = None, sort: str | None = None,
+                            limit: int = 200) -> list[dict[str, Any]]:
+        """Runs that pass ``where``, in ``sort`` order (newest first by default), with params, tags, metrics."""
+        parse_filter(where or "")  # fail here, before the store's thread, with the sentence
+        parse_sort(sort)
+        return await self.store.read(run_queries.list_runs, where, sort, limit)
+
+    async def rpc_runs_compare(self, peer: Peer, runs: list[str], metrics: list[str] | None = None,
+                               points: int = 500) -> dict[str, Any]:
+        """Downsampled curves (min, max, last per bucket), best values and param differences of a few runs."""
+        return await self.store.read(run_queries.compare_runs, runs, metrics, points)
+
+    async def rpc_runs_export(self, peer: Peer, output: str, format: str = "parquet", where: str | None = None,
+                              sort: str | None = None, points: bool = False,
+                              metrics: list[str] | None = None) -> dict[str, Any]:
+        """Write runs (one row each) or their metric points to ``output`` (an absolute path) with COPY."""
+        parse_filter(where or "")
+        parse_sort(sort)
+        if not Path(output).is_absolute():
+            raise UsageError(f"the output path must be absolute, got {output!r}")
+        result = await self.store.read(run_queries.export_runs, output, format, where, sort, points, metrics)
+        await self.store.run(audit, peer.info["actor"], "runs.export", result["output"],
+                             {"format": format, "where": where, "rows": result["rows"], "kind": result["kind"]})
+        return result
