@@ -181,8 +181,17 @@ class AgentDaemon:
                        max_bytes: int = 1024 * 1024) -> dict[str, Any]:
         return msgspec.to_builtins(await asyncio.to_thread(self.supervisor.read, run_id, stream, offset, max_bytes))
 
+    async def rpc_lineage(self, peer: Peer, run_id: str) -> dict[str, Any] | None:
+        """The run's lineage.json (inputs, Python, packages), or None until the runner has written it."""
+        return await asyncio.to_thread(self.supervisor.lineage, run_id)
+
+    async def rpc_artifact_read(self, peer: Peer, run_id: str, path: str, offset: int = 0,
+                                max_bytes: int = 1024 * 1024) -> dict[str, Any]:
+        """A chunk of a file the run logged as an artifact (base64); any other path is refused."""
+        return await asyncio.to_thread(self.supervisor.read_artifact, run_id, path, offset, max_bytes)
+
     async def rpc_poll(self, peer: Peer, telemetry_since: int = 0, metrics: dict[str, int] | None = None,
-                       max_bytes: int = 1024 * 1024) -> dict[str, Any]:
+                       max_bytes: int = POLL_BUDGET) -> dict[str, Any]:
         """One round trip for everything the controller pulls each tick.
 
         ``metrics`` maps run id to the offset the controller has committed;

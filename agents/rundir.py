@@ -6,6 +6,7 @@ Layout of ``STATE_DIR/runs/RUN_ID/``::
     runner.json   the runner's pid and process start time
     started.json  the job's pid/pgid and start time, once it started
     exit.json     exit code, signal and reason, once it ended
+    lineage.json  inputs' sha256, Python and packages hash, taken before the job starts
     stdout.log, stderr.log, metrics.jsonl
 
 Every JSON file is written to a temporary name and renamed, so a crash

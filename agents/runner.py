@@ -7,14 +7,20 @@ timeout, turns SIGTERM into a graceful cancel (SIGTERM to the job's group,
 SIGKILL after the grace period) and writes ``exit.json``. Because the
 runner, not the agent, records the exit, an exit that happens while the
 agent is down is still known when it comes back.
+
+Before the job starts the runner hashes the spec's ``inputs:``; while it
+runs, it looks up the job's Python and packages; both go to
+``lineage.json``, written before ``exit.json`` (see agents/lineage.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +28,9 @@ import subprocess
 
 import psutil
 
+import msgspec
+
+from mlfleet.agents.lineage import hash_launch_inputs, node_lineage
 from mlfleet.agents.rundir import RunDir, start_ticks, write_json_atomic
 
 _POLL_S = 0.1
@@ -32,6 +41,7 @@ class _Runner:
         self.run = run
         self.launch = run.launch or {}
         self.cancel_requested = False
+        self.lineage: threading.Thread | None = None
 
     def on_sigterm(self, signum: int, frame: object) -> None:
         self.cancel_requested = True
@@ -46,6 +56,9 @@ class _Runner:
         except OSError as exc:
             return self._finish(None, reason="failed-to-start", message=f"cannot open log files: {exc}")
         self.run.stream_path("metrics").touch()
+        inputs, hashed = self._hash_inputs()  # before the job starts: the inputs as the job found them
+        if self.cancel_requested:  # cancelled while a large input was being hashed: never start it
+            return self._finish(None, reason="cancelled", message="cancelled before it started")
         try:
             proc = subprocess.Popen(
                 self.launch["argv"],
@@ -61,6 +74,9 @@ class _Runner:
             message = f"could not start {self.launch.get('argv', ['?'])[0]!r}: {getattr(exc, 'strerror', None) or exc}"
             stderr.write(f"mlfleet: {message}\n".encode())
             return self._finish(None, reason="failed-to-start", message=message)
+        # The job's Python and packages are looked up while it runs (it may take a second).
+        self.lineage = threading.Thread(target=self._record_lineage, args=(inputs, hashed), daemon=True)
+        self.lineage.start()
         try:
             return self._supervise(proc)
         except BaseException as exc:  # never leave a job running that nobody watches (disk full, say)
@@ -94,7 +110,25 @@ class _Runner:
         _signal_group(proc.pid, signal.SIGKILL)
         return self._finish(proc.wait(), reason=reason, message="")
 
+    def _hash_inputs(self) -> tuple[list, int]:
+        if not self.launch.get("inputs"):
+            return [], 0
+        try:
+            return hash_launch_inputs(self.launch, self.run.root.parent.parent)
+        except Exception as exc:  # lineage must never stop a job from running
+            logging.getLogger(__name__).warning("hashing inputs failed: %s", exc)
+            return [], 0
+
+    def _record_lineage(self, inputs: list, hashed: int) -> None:
+        try:
+            lineage = node_lineage(self.launch, inputs, hashed)
+            write_json_atomic(self.run.file("lineage.json"), msgspec.to_builtins(lineage))
+        except Exception as exc:
+            logging.getLogger(__name__).warning("recording lineage failed: %s", exc)
+
     def _finish(self, code: int | None, reason: str, message: str) -> int:
+        if self.lineage is not None:  # lineage.json comes before exit.json, so an exited run has it
+            self.lineage.join(timeout=120)
         exit_code, sig = (None, None)
         if code is not None:
             exit_code, sig = (code, None) if code >= 0 else (None, -code)

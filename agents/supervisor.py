@@ -8,8 +8,10 @@ pid *plus* process start time, so a reused pid is never mistaken for a run.
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -23,7 +25,7 @@ from mlfleet.core.errors import NotFoundError, UsageError
 from mlfleet.core.models import LaunchRequest, RunStatus, StreamChunk
 
 from .codecache import CodeCache
-from .rundir import STREAMS, RunDir, start_ticks, write_json_atomic
+from .rundir import STREAMS, RunDir, read_json, start_ticks, write_json_atomic
 
 # A runner that has not written runner.json this long after launch never started.
 _START_GRACE_S = 30.0
@@ -78,6 +80,14 @@ def _complete_utf8(data: bytes) -> int:
     return len(data)
 
 
+def _note_artifact(known: dict[str, int], line: bytes) -> None:
+    try:
+        artifact = msgspec.json.decode(line).get("artifact")
+        known[str(artifact["path"])] = int(artifact["size"])
+    except (msgspec.DecodeError, AttributeError, KeyError, TypeError, ValueError):
+        pass
+
+
 def _signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -93,6 +103,7 @@ class Supervisor:
         self.runs_dir = state_dir / "runs"
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._artifacts: dict[str, tuple[int, dict[str, int]]] = {}  # run -> (bytes scanned, path -> size)
 
     def _dir(self, run_id: str) -> RunDir:
         if not run_id or "/" in run_id or run_id.startswith(".") or len(run_id) > 200:
@@ -223,7 +234,54 @@ class Supervisor:
             data = data[: _complete_utf8(data)]  # a character split by the chunk edge comes whole next time
         end = offset + len(data)
         return StreamChunk(run_id=run_id, stream=stream, offset=offset, end=end,
-                           data=data.decode("utf-8", errors="replace"), eof=exited and end >= size)
+                           data=data.decode("utf-8", errors="replace"), eof=exited and end >= size,
+                           more=len(data) > 0 and end < size)
+
+    def lineage(self, run_id: str) -> dict | None:
+        """What the runner recorded before the job started (lineage.json), or None while it is not written yet."""
+        return read_json(self._existing(run_id).file("lineage.json"))
+
+    def read_artifact(self, run_id: str, path: str, offset: int, max_bytes: int = MAX_READ) -> dict:
+        """Bytes of a file the run logged as an artifact (and only such a file), base64 in ``data``."""
+        if offset < 0:
+            raise UsageError("offset cannot be negative")
+        if path not in self._logged_artifacts(run_id):
+            raise NotFoundError(f"run {run_id} logged no artifact {path!r} on this host")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise NotFoundError(f"artifact {path} of run {run_id} cannot be read here: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise NotFoundError(f"artifact {path} of run {run_id} is no longer a regular file")
+            fh.seek(offset)
+            data = fh.read(max(1, min(int(max_bytes), MAX_READ)))
+        return {"run_id": run_id, "path": path, "offset": offset, "end": offset + len(data), "size": st.st_size,
+                "data": base64.b64encode(data).decode("ascii"), "eof": offset + len(data) >= st.st_size}
+
+    def _logged_artifacts(self, run_id: str) -> dict[str, int]:
+        """Paths the run's metric stream names as artifacts; scanned incrementally, kept in memory."""
+        run = self._existing(run_id)
+        scanned, known = self._artifacts.get(run_id, (0, {}))
+        try:
+            with open(run.stream_path("metrics"), "rb") as fh:
+                fh.seek(scanned)
+                while data := fh.read(MAX_READ * 4):  # in slices: a metric stream may be gigabytes
+                    cut = data.rfind(b"\n") + 1
+                    if cut == 0 and len(data) == MAX_READ * 4:
+                        cut = len(data)  # one line longer than a slice is not an artifact line
+                    for line in data[:cut].split(b"\n"):
+                        if b'"artifact"' in line:
+                            _note_artifact(known, line)
+                    scanned += cut
+                    fh.seek(scanned)
+                    if cut == 0:
+                        break
+        except FileNotFoundError:
+            pass
+        self._artifacts[run_id] = (scanned, known)
+        return known
 
     def active_count(self) -> int:
         return sum(1 for run_id in self.run_ids() if self.status(run_id).state != "exited")

@@ -25,9 +25,10 @@ from mlfleet.core import hostkeys
 from mlfleet.core.api_drift import DriftApi
 from mlfleet.core.api_runs import RunsApi
 from mlfleet.core.config import validate_job_spec
-from mlfleet.core.errors import MlfleetError, NotFoundError, UsageError
+from mlfleet.core.errors import MlfleetError, NotFoundError, UnavailableError, UsageError
 from mlfleet.core.inventory import LOCAL_HOST, HostConfig, add_host, load_inventory, remove_host
 from mlfleet.core.models import TERMINAL_STATES, JobSpec, spec_dec_hook, to_plain
+from mlfleet.core.lineage import git_lineage
 from mlfleet.core.snapshot import snapshot
 from mlfleet.core.transport.ssh import SshAgentTransport
 from mlfleet.core.protocol import MAX_FRAME, PROTOCOL_VERSION, Peer, method_dispatcher
@@ -133,21 +134,24 @@ class ControllerApi(DriftApi, RunsApi):
         job_id = await self._new_job_id()
         submitted = time.time()
         actor = peer.info["actor"]
-        snap = await asyncio.to_thread(snapshot, Path(job_spec.workdir), self.c.home.code_cache_dir)
+        workdir = Path(job_spec.workdir)
+        snap, git = await asyncio.gather(asyncio.to_thread(snapshot, workdir, self.c.home.code_cache_dir),
+                                         asyncio.to_thread(git_lineage, workdir))
         # Shielded: a client that hangs up mid-submit must not leave a job in the file but not in the queue.
-        await asyncio.shield(self._record_job(job_id, job_spec, snap.sha256, spec_path, actor, submitted))
+        await asyncio.shield(self._record_job(job_id, job_spec, snap.sha256, spec_path, actor, submitted, git))
         await self.c.notify_jobs()
         return {"job_id": job_id, "state": "pending", "name": job_spec.name, "project": job_spec.project,
-                "code_hash": snap.sha256, "code_files": snap.files}
+                "code_hash": snap.sha256, "code_files": snap.files, "lineage": git}
 
     async def _record_job(self, job_id: str, job_spec: JobSpec, code_hash: str, spec_path: str | None, actor: str,
-                          submitted: float) -> None:
+                          submitted: float, lineage: dict[str, Any]) -> None:
         from mlfleet.core.controller import PendingJob
 
         await self.store.run(records.insert_job, {"code_hash": code_hash,
             "job_id": job_id, "name": job_spec.name, "project": job_spec.project, "owner": actor,
             "spec": to_plain(job_spec), "spec_hash": job_spec.content_hash(), "spec_path": spec_path,
             "priority": job_spec.priority, "max_attempts": job_spec.retries + 1, "submitted_at": submitted}, actor)
+        await self.store.run(records.set_job_lineage, job_id, lineage)  # before the job can be dispatched
         self.c.pending[job_id] = PendingJob(job_id, job_spec, job_spec.priority, submitted, 0, job_spec.retries + 1, actor,
                                             code_hash=code_hash)
 
@@ -215,6 +219,38 @@ class ControllerApi(DriftApi, RunsApi):
                     await link.request("cancel", run_id=run.run_id)
         return {"job_id": job_id, "state": state, "changed": True,
                 "message": f"job {job_id} is being stopped (SIGTERM, then SIGKILL after the grace period)"}
+
+    async def rpc_job_set_priority(self, peer: Peer, job: str, priority: int) -> dict[str, Any]:
+        """Change a job's priority (higher is placed first); a queued job is re-ranked at once."""
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise UsageError(f"priority must be a whole number, not {priority!r}")
+        if not -1000 <= priority <= 1000:
+            raise UsageError(f"priority {priority} is out of range; use a number from -1000 to 1000, as in job specs")
+        job_id = (await self.store.read(records.job_run, job))["job_id"]
+        before = await self.store.run(records.set_job_priority, job_id, priority, peer.info["actor"])
+        pending = self.c.pending.get(job_id)
+        if pending is not None:
+            pending.priority = priority
+            await self.c.notify_jobs()
+        return {"job_id": job_id, "priority": priority, "previous": before, "changed": before != priority,
+                "message": f"job {job_id} priority {before} -> {priority}"}
+
+    async def rpc_job_retry(self, peer: Peer, job: str) -> dict[str, Any]:
+        """Queue an ended job (failed, cancelled, lost, or even succeeded) for one more attempt."""
+        current = await self.store.read(records.job_run, job)
+        job_id, state = current["job_id"], current["state"]
+        if state not in TERMINAL_STATES:
+            raise UsageError(f"job {job_id} is {state}; only an ended job can be retried (cancel it first)")
+        from mlfleet.core.controller import PendingJob
+        from mlfleet.core.models import spec_from_plain
+
+        row = await self.store.run(records.retry_job, job_id, peer.info["actor"])
+        self.c.pending[job_id] = PendingJob(job_id, spec_from_plain(row["spec"]), row["priority"], time.time(),
+                                            row["attempt"], row["max_attempts"], row["owner"],
+                                            code_hash=row["code_hash"])
+        await self.c.notify_jobs()
+        return {"job_id": job_id, "state": "pending", "previous": state, "attempt": row["attempt"] + 1,
+                "message": f"job {job_id} queued again (attempt {row['attempt'] + 1})"}
 
     async def rpc_job_logs(self, peer: Peer, job: str, stream: str = "stdout", offset: int = 0,
                            max_bytes: int = 256 * 1024, run: str | None = None) -> dict[str, Any]:
@@ -359,11 +395,25 @@ class ControllerApi(DriftApi, RunsApi):
                 "simulated_gpus": bool(info.get("simulated_gpus")), "info": info, "state": link.state}
 
     # -------------------------------------------------------------- runs
-    async def rpc_runs_list(self, peer: Peer, limit: int = 200) -> list[dict[str, Any]]:
-        return await self.store.read(records.list_runs, limit)
-
     async def rpc_run_show(self, peer: Peer, run: str) -> dict[str, Any]:
         return await self.store.read(records.get_run, run)
+
+    async def rpc_run_artifacts(self, peer: Peer, run: str) -> list[dict[str, Any]]:
+        return await self.store.read(records.list_artifacts, run)
+
+    async def rpc_run_artifact_read(self, peer: Peer, run: str, path: str, offset: int = 0,
+                                    max_bytes: int = 1024 * 1024) -> dict[str, Any]:
+        """A chunk of a run's artifact, read on its node by the agent (base64 ``data``; ``sha256`` as logged)."""
+        artifact = await self.store.read(records.find_artifact, run, path)
+        link = self.c.links.get(artifact["host"])
+        if link is None:
+            raise NotFoundError(f"host {artifact['host']} of run {artifact['run_id']} is no longer configured")
+        if not link.up:
+            raise UnavailableError(f"host {artifact['host']} is {link.state}; its artifacts are there, try again later")
+        chunk = await link.request("artifact_read", run_id=artifact["run_id"], path=artifact["path"], offset=offset,
+                                   max_bytes=max_bytes, request_timeout=60)
+        chunk.update(sha256=artifact["sha256"], logged_size=artifact["size"], host=artifact["host"])
+        return chunk
 
     # ---------------------------------------------------------- db, audit
     async def rpc_db_query(self, peer: Peer, sql: str, limit: int = 10_000) -> dict[str, Any]:

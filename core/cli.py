@@ -135,6 +135,24 @@ async def cmd_jobs_cancel(client: ControllerClient, args: argparse.Namespace) ->
     return EXIT_OK
 
 
+async def cmd_jobs_priority(client: ControllerClient, args: argparse.Namespace) -> int:
+    answer = await client.call("job_set_priority", job=args.id, priority=args.priority)
+    if args.json:
+        _print_json(answer)
+    else:
+        print(answer["message"])
+    return EXIT_OK
+
+
+async def cmd_jobs_retry(client: ControllerClient, args: argparse.Namespace) -> int:
+    answer = await client.call("job_retry", job=args.id)
+    if args.json:
+        _print_json(answer)
+    else:
+        print(answer["message"])
+    return EXIT_OK
+
+
 async def cmd_jobs_logs(client: ControllerClient, args: argparse.Namespace) -> int:
     stream = "stderr" if args.stderr else "stdout"
     offset, run_id = 0, None
@@ -286,13 +304,87 @@ async def _import_hosts(client: ControllerClient, args: argparse.Namespace) -> i
 
 
 async def cmd_runs_list(client: ControllerClient, args: argparse.Namespace) -> int:
-    runs = await client.call("runs_list", limit=args.limit)
+    runs = await client.call("runs_list", where=args.where, sort=args.sort, limit=args.limit)
     if args.json:
         _print_json(runs)
         return EXIT_OK
-    print(render.table(["run", "job", "name", "project", "host", "state", "points", "started", "elapsed"],
-                       [[r["run_id"], r["job_id"], r["name"], r["project"], r["host"], r["state"], r["points"],
-                         render.when(r["started_at"]), render.elapsed(r["started_at"], r["finished_at"])] for r in runs]))
+    from mlfleet.core.runfilter import fields_of, parse_filter, parse_sort
+
+    named = [f for f in fields_of(parse_filter(args.where or "")) + [k.field for k in parse_sort(args.sort)]
+             if f.source != "run"]
+    extra = list(dict.fromkeys(named))[:4]  # the params, tags and metrics the filter and sort name
+    print(render.table(["run", "name", "project", "host", "state", "points", "started", "elapsed"]
+                       + [str(f) for f in extra],
+                       [[r["run_id"], r["name"], r["project"], r["host"], r["state"], r["points"],
+                         render.when(r["started_at"]), render.elapsed(r["started_at"], r["finished_at"])]
+                        + [_run_field(r, f) for f in extra] for r in runs]))
+    return EXIT_OK
+
+
+def _run_field(run: dict[str, Any], field: Any) -> Any:
+    if field.source == "metrics":
+        summary = run["metrics"].get(field.key) or {}
+        return summary.get({"count": "points"}.get(field.summary, field.summary)) if field.summary != "mean" else "-"
+    return run[field.source].get(field.key)
+
+
+_SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def _number(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _sparkline(values: list[Any], width: int = 24) -> str:
+    """A small text curve of a run's bucket values (gaps as spaces)."""
+    if not values:
+        return ""
+    picked = [values[min(len(values) - 1, i * len(values) // width)] for i in range(min(width, len(values)))]
+    finite = [v for v in picked if v is not None]
+    if not finite:
+        return " " * len(picked)
+    lo, hi = min(finite), max(finite)
+    scale = (len(_SPARKS) - 1) / (hi - lo) if hi > lo else 0.0
+    return "".join(" " if v is None else _SPARKS[int((v - lo) * scale)] for v in picked)
+
+
+async def cmd_runs_compare(client: ControllerClient, args: argparse.Namespace) -> int:
+    result = await client.call("runs_compare", runs=args.ids, metrics=args.metric or None, points=args.points,
+                               request_timeout=300)
+    if args.json:
+        _print_json(result)
+        return EXIT_OK
+    names = {r["run_id"]: r["name"] for r in result["runs"]}
+    for key, metric in result["metrics"].items():
+        print(f"{key}")
+        rows = []
+        for run_id in names:
+            best = metric["best"].get(run_id)
+            curve = metric["curves"].get(run_id)
+            if curve is None:
+                rows.append([run_id, names[run_id], "-", "-", "-", "-", "(not logged)"])
+                continue
+            last = next((v for v in reversed(curve["last"]) if v is not None), None)
+            rows.append([run_id, names[run_id], f"{best['mode']} {_number(best['value'])}",
+                         best["step"], last, curve["points"], _sparkline(curve["last"])])
+        print(render.table(["run", "name", "best", "at step", "last", "points", "curve (last per bucket)"], rows))
+        print()
+    params = result["params"]
+    if params["differ"]:
+        ids = list(names)
+        print(render.table(["param"] + ids, [[k] + [json.dumps(v.get(i)) if i in v and v.get(i) is not None else "-"
+                                                    for i in ids] for k, v in params["differ"].items()]))
+    if params["same"]:
+        print("same in all: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in params["same"].items()))
+    return EXIT_OK
+
+
+async def cmd_runs_export(client: ControllerClient, args: argparse.Namespace) -> int:
+    answer = await client.call("runs_export", output=str(Path(args.output).expanduser().absolute()),
+                               format=args.format, where=args.where, sort=args.sort, points=args.metrics,
+                               metrics=args.metric or None, request_timeout=None)
+    what = "metric points" if answer["kind"] == "points" else "runs"
+    _say(args, answer, f"wrote {answer['rows']} {what} of {answer['runs']} run(s) to {answer['output']}")
     return EXIT_OK
 
 
@@ -313,8 +405,105 @@ async def cmd_runs_show(client: ControllerClient, args: argparse.Namespace) -> i
         for k, v in run["tags"].items():
             print(f"  {k} = {v}")
     if run["metrics"]:
-        print(render.table(["metric", "points", "min", "max", "last", "last step"],
-                           [[m["key"], m["points"], m["min"], m["max"], m["last"], m["last_step"]] for m in run["metrics"]]))
+        summary = run.get("summary") or {}
+        print(render.table(["metric", "points", "min", "max", "last", "last step", "summary"],
+                           [[m["key"], m["points"], m["min"], m["max"], m["last"], m["last_step"],
+                             _summary_cell(summary[m["key"]])
+                             if m["key"] in summary else None] for m in run["metrics"]]))
+    if run.get("artifacts"):
+        print(f"artifacts: {len(run['artifacts'])} (mlfleet runs artifacts {run['run_id']})")
+    _print_lineage(run.get("lineage") or {})
+    return EXIT_OK
+
+
+def _summary_cell(summary: dict[str, Any]) -> str:
+    value = summary["value"]
+    return f"{summary['mode']} = {value:.4g}" if isinstance(value, float) else f"{summary['mode']} = {value}"
+
+
+def _print_lineage(lineage: dict[str, Any]) -> None:
+    print("lineage:")
+    if lineage.get("git_repo"):
+        state = f"dirty, diff {str(lineage.get('diff_hash'))[:12]}" if lineage.get("git_dirty") else "clean"
+        commit = str(lineage.get("git_commit") or "no commit")[:12]
+        print(f"  git      {commit} on {lineage.get('git_branch') or '-'} ({state})  {lineage['git_repo']}")
+    else:
+        print("  git      - (the workdir is not in a git repository)")
+    print(f"  spec     {str(lineage.get('spec_hash') or '-')[:12]}   code {str(lineage.get('code_hash') or '-')[:12]}")
+    if lineage.get("python"):
+        print(f"  python   {lineage['python']} ({lineage.get('python_executable')}); "
+              f"{lineage.get('packages')} packages, sha256 {str(lineage.get('packages_hash'))[:12]}")
+    for item in lineage.get("inputs") or []:
+        detail = item.get("error") or f"sha256 {item['sha256'][:12]}, {render.format_size(item.get('size') or 0)}" + (
+            f", {item['files']} files" if item.get("files") is not None else "")
+        print(f"  input    {item['path']}: {detail}")
+    gpus = lineage.get("gpus") or []
+    line = f"  host     {lineage.get('host')}, GPUs {','.join(map(str, gpus)) or 'none'}"
+    if lineage.get("gpu_hours") is not None:
+        line += f"; {lineage['gpu_hours']:.4f} GPU-hours"
+    if lineage.get("gpu_util_mean") is not None:
+        line += f"; utilisation mean {lineage['gpu_util_mean']:.0f}% peak {lineage['gpu_util_peak']:.0f}%"
+    if lineage.get("gpu_mem_mean") is not None:
+        mean, peak = render.format_size(int(lineage["gpu_mem_mean"])), render.format_size(int(lineage["gpu_mem_peak"]))
+        line += f"; memory mean {mean} peak {peak}"
+    print(line)
+
+
+async def cmd_runs_artifacts(client: ControllerClient, args: argparse.Namespace) -> int:
+    artifacts = await client.call("run_artifacts", run=args.id)
+    if args.json:
+        _print_json(artifacts)
+        return EXIT_OK
+    print(render.table(["path", "size", "sha256", "logged"],
+                       [[a["path"], render.format_size(a["size"]), a["sha256"][:16], render.when(a["created_at"])]
+                        for a in artifacts]))
+    return EXIT_OK
+
+
+async def cmd_runs_artifact_get(client: ControllerClient, args: argparse.Namespace) -> int:
+    """Fetch an artifact from its node in chunks; keep it only if its sha256 is the one logged."""
+    import base64
+    import hashlib
+    import os
+
+    first = await client.call("run_artifact_read", run=args.id, path=args.path, offset=0, request_timeout=120)
+    to_stdout = args.output == "-"
+    target = None if to_stdout else Path(args.output or os.path.basename(first["path"]))
+    partial = None if target is None else target.with_name(f".{target.name}.{os.getpid()}.part")
+    out = sys.stdout.buffer if to_stdout else open(partial, "wb")  # type: ignore[arg-type]
+    digest, size, chunk = hashlib.sha256(), 0, first
+    try:
+        while True:
+            data = base64.b64decode(chunk["data"])
+            digest.update(data)
+            out.write(data)
+            size += len(data)
+            if chunk["eof"] or not data:
+                break
+            chunk = await client.call("run_artifact_read", run=args.id, path=first["path"], offset=chunk["end"],
+                                      request_timeout=120)
+    except BaseException:  # an RPC error, a lost host or Ctrl-C: leave nothing half-written behind
+        if partial is not None:
+            out.close()
+            partial.unlink(missing_ok=True)
+        raise
+    finally:
+        if not to_stdout:
+            out.close()
+    if digest.hexdigest() != first["sha256"]:
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+        raise MlfleetError(f"{first['path']} on {first['host']} is not what the run logged (sha256 "
+                           f"{digest.hexdigest()[:12]}, {size} bytes; logged {first['sha256'][:12]}, "
+                           f"{first['logged_size']} bytes): it changed since; nothing was kept")
+    if partial is not None and target is not None:
+        os.replace(partial, target)
+    result = {"run_id": first["run_id"], "path": first["path"], "host": first["host"], "size": size,
+              "sha256": first["sha256"], "verified": True, "output": "-" if target is None else str(target)}
+    if args.json:
+        _print_json(result)
+    elif target is not None:
+        print(f"{target}: {render.format_size(size)} from {first['host']}, sha256 {first['sha256'][:12]} verified")
     return EXIT_OK
 
 
@@ -507,6 +696,11 @@ def build_parser() -> argparse.ArgumentParser:
                            ("why", cmd_jobs_why, "say why a job is pending, per host"),
                            ("cancel", cmd_jobs_cancel, "cancel a queued or running job")):
         add(jobs, name, _client_command(fn), text).add_argument("id", help="job id (a unique prefix is enough)")
+    add(jobs, "retry", _client_command(cmd_jobs_retry), "queue an ended job for one more attempt").add_argument(
+        "id", help="job id (a unique prefix is enough)")
+    p = add(jobs, "priority", _client_command(cmd_jobs_priority), "change a job's priority (higher runs first)")
+    p.add_argument("id", help="job id (a unique prefix is enough)")
+    p.add_argument("priority", type=int, help="the new priority, e.g. 10")
     p = add(jobs, "logs", _client_command(cmd_jobs_logs), "print a job's output", json_flag=False)
     p.add_argument("id", help="job id (a unique prefix is enough)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
@@ -543,9 +737,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", action="append", help="only these Host aliases (repeatable)")
 
     runs = sub.add_parser("runs", help="tracked runs").add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = add(runs, "list", _client_command(cmd_runs_list), "list runs, newest first")
+    where_help = ("only runs that pass this filter, e.g. \"params.lr > 0.01 and metrics.val_loss.min < 0.3\" "
+                  "(docs/runs.md)")
+    sort_help = "sort by these fields, e.g. metrics.val_loss.min or \"-params.lr, name\" (a leading - or desc: largest first)"
+    p = add(runs, "list", _client_command(cmd_runs_list), "list runs, newest first, or filtered and sorted")
+    p.add_argument("--where", help=where_help)
+    p.add_argument("--sort", help=sort_help)
     p.add_argument("--limit", type=_positive, default=200)
+    p = add(runs, "compare", _client_command(cmd_runs_compare),
+            "compare runs: best values, downsampled curves, params that differ")
+    p.add_argument("ids", nargs="+", metavar="ID", help="run ids (a unique prefix is enough)")
+    p.add_argument("--metric", action="append", help="only this metric (repeatable; default: all)")
+    p.add_argument("--points", type=_positive, default=500, help="buckets per curve (default 500)")
+    p = add(runs, "export", _client_command(cmd_runs_export), "write runs or their metric points to Parquet or CSV")
+    p.add_argument("--output", "-o", required=True, help="the file to write (replaced whole)")
+    p.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    p.add_argument("--where", help=where_help)
+    p.add_argument("--sort", help=sort_help)
+    p.add_argument("--metrics", action="store_true", help="write the metric points (a long table), not one row per run")
+    p.add_argument("--metric", action="append", help="with --metrics: only this metric (repeatable)")
     add(runs, "show", _client_command(cmd_runs_show), "show a run's params, tags and metrics").add_argument("id")
+    add(runs, "artifacts", _client_command(cmd_runs_artifacts), "list the files a run logged as artifacts").add_argument("id")
+    artifact = runs.add_parser("artifact", help="fetch a run's artifact").add_subparsers(dest="artifact_action", metavar="ACTION", required=True)
+    p = add(artifact, "get", _client_command(cmd_runs_artifact_get), "copy an artifact from its node here (sha256 verified)")
+    p.add_argument("id", help="run id (a unique prefix is enough)")
+    p.add_argument("path", help="the artifact's path as listed, or a unique ending of it (model.pt)")
+    p.add_argument("-o", "--output", help="where to write it (default: its file name, here; '-' for stdout)")
 
     db = sub.add_parser("db", help="the DuckDB file").add_subparsers(dest="action", metavar="ACTION", required=True)
     p = add(db, "query", _client_command(cmd_db_query), "run a read-only SQL query through the controller")

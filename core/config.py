@@ -105,6 +105,9 @@ def _check_semantics(spec: JobSpec, located: Located | None, display: str) -> No
             fail(("env", key), "is not a valid environment variable name")
     if spec.tags and any(not k for k in spec.tags):
         fail(("tags",), "has an empty key")
+    for i, path in enumerate(spec.inputs):
+        if not path.strip() or "\0" in path:
+            fail(("inputs", i), "is not a path", "give a file, folder or glob, relative to workdir (data/train.csv)")
 
 
 def _resolve(spec: JobSpec, path: Path, located: Located) -> JobSpec:

@@ -31,6 +31,7 @@ from mlfleet.core import scheduler
 from mlfleet.core.errors import MlfleetError, UnavailableError, UsageError
 from mlfleet.core.hostlink import HostLink
 from mlfleet.core.ingest import parse_lines
+from mlfleet.core.lineage import gpu_usage
 from mlfleet.core.models import JobSpec, LaunchRequest, RunStatus, StreamChunk, spec_from_plain
 from mlfleet.core.paths import Home
 from mlfleet.core.settings import Settings, file_digest
@@ -77,6 +78,8 @@ class ActiveRun:
     failed_hosts: tuple[str, ...] = ()
     launched: bool = False
     finished_status: RunStatus | None = field(default=None)
+    node_lineage: bool = False  # the agent's lineage.json is merged into the run's lineage
+    lineage_asked: float = 0.0
 
 
 class Controller:
@@ -292,24 +295,36 @@ class Controller:
             if run.cancel_requested_by and run.finished_status is None:
                 with contextlib.suppress(MlfleetError):
                     await link.request("cancel", run_id=run.run_id)
-        try:
-            answer = await link.request("poll", request_timeout=SLOW_LINK_S, telemetry_since=link.telemetry_seq,
-                                        metrics={r.run_id: r.offset for r in runs
-                                                 if r.launched or r.cancel_requested_by})
-        except MlfleetError as exc:
-            # Slow is shown like lost, but the connection and the runs are left alone.
-            log.warning("poll of %s failed: %s", link.name, exc)
-            link.mark_slow(str(exc))
-            return
-        link.mark_answering()
-        link.absorb_telemetry(answer.get("telemetry", []), answer.get("agent_started_at", 0.0))
-        for run_id, item in answer.get("runs", {}).items():
-            run = self.active.get(run_id)
-            if run is not None:
-                try:
-                    await self._absorb_run(link, run, item)
-                except Exception:  # one run's trouble never stops the others
-                    log.exception("run %s on %s could not be absorbed", run_id, link.name)
+        # A run that writes faster than one answer per tick carries is drained by asking again at once
+        # (for up to half a tick, so scheduling and cancels elsewhere are not held back), so ingestion keeps up
+        # with the job, not with the tick. Only a run whose chunk was taken asks again: one that failed would
+        # otherwise be re-read in a loop.
+        drain_until = time.monotonic() + self.tick_interval / 2
+        while True:
+            asked = {r.run_id: r.offset for r in runs
+                     if (r.launched or r.cancel_requested_by) and r.run_id in self.active}
+            try:
+                answer = await link.request("poll", request_timeout=SLOW_LINK_S, telemetry_since=link.telemetry_seq,
+                                            metrics=asked)
+            except MlfleetError as exc:
+                # Slow is shown like lost, but the connection and the runs are left alone.
+                log.warning("poll of %s failed: %s", link.name, exc)
+                link.mark_slow(str(exc))
+                return
+            link.mark_answering()
+            link.absorb_telemetry(answer.get("telemetry", []), answer.get("agent_started_at", 0.0))
+            more = False
+            for run_id, item in answer.get("runs", {}).items():
+                run = self.active.get(run_id)
+                if run is not None:
+                    offset_before = run.offset
+                    try:
+                        await self._absorb_run(link, run, item)
+                    except Exception:  # one run's trouble never stops the others
+                        log.exception("run %s on %s could not be absorbed", run_id, link.name)
+                    more = more or (bool((item.get("metrics") or {}).get("more")) and run.offset > offset_before)
+            if not more or time.monotonic() > drain_until:
+                break
 
     async def _give_up_on_lost_runs(self, link: HostLink) -> None:
         """A host gone longer than ``lost_after``: its runs count as lost and retry elsewhere (per ``retries``)."""
@@ -358,7 +373,7 @@ class Controller:
         request = LaunchRequest(
             run_id=run.run_id, job_id=run.job_id, argv=run.spec.argv, workdir=run.spec.workdir,
             env=run.spec.env_strings(), gpu_indices=run.gpus, code_hash=shipped,
-            timeout=float(run.spec.timeout) if run.spec.timeout else None)
+            timeout=float(run.spec.timeout) if run.spec.timeout else None, inputs=list(run.spec.inputs))
         try:
             if shipped:
                 await self._ship(link, shipped)
@@ -416,7 +431,7 @@ class Controller:
         if chunk_raw is not None:
             chunk = msgspec.convert(chunk_raw, StreamChunk)
             if chunk.end > chunk.offset:
-                parsed = parse_lines(chunk.data, run.lines)
+                parsed = await asyncio.to_thread(parse_lines, chunk.data, run.lines)
                 taken = await self.store.run(records.ingest_metrics, run.run_id, chunk.offset, chunk.end, parsed)
                 if taken:
                     run.offset, run.lines = chunk.end, run.lines + parsed.lines
@@ -428,8 +443,46 @@ class Controller:
         if run.state == "dispatched" and status.state in ("running", "exited") and status.started_at:
             await self.store.run(records.mark_running, run.job_id, run.run_id, status.started_at)
             run.state = "running"
+        if not run.node_lineage and status.state in ("running", "exited") and status.started_at:
+            await self._fetch_node_lineage(link, run, force=status.state == "exited")
         if status.state == "exited" and drained:
             await self._finish(run, status)
+
+    async def _fetch_node_lineage(self, link: HostLink, run: ActiveRun, force: bool = False) -> None:
+        """Merge the agent's lineage.json (inputs, Python, packages) into the run, once."""
+        assert self.store is not None
+        if not force and time.monotonic() - run.lineage_asked < 2.0:
+            return
+        run.lineage_asked = time.monotonic()
+        try:
+            found = await link.request("lineage", run_id=run.run_id)
+        except MlfleetError as exc:  # an older agent, or the run's folder is gone: lineage stays partial
+            log.info("no lineage for %s from %s: %s", run.run_id, link.name, exc)
+            run.node_lineage = force
+            return
+        if found:
+            await self.store.run(records.merge_run_lineage, run.run_id, found)
+            run.node_lineage = True
+        elif force:
+            run.node_lineage = True  # exited without one (it never started): do not ask forever
+
+    async def _usage(self, run: ActiveRun, status: RunStatus) -> dict[str, Any]:
+        """GPU-hours and GPU use of a run that ended, from the telemetry held here and in the file."""
+        assert self.store is not None
+        started, finished = status.started_at or run.started_at, status.finished_at
+        if started is None or finished is None:
+            return {}
+        rows: list[dict[str, Any]] = []
+        if run.gpus:
+            marks = ",".join("?" for _ in run.gpus)
+            rows = await self.store.read(records.rows, f"""select epoch(ts) as ts, window_s, gpu_index, utilization,
+                                         memory_used from gpu_telemetry where host = ? and gpu_index in ({marks})
+                                         and ts between to_timestamp(?) and to_timestamp(?)""",
+                                         [run.host, *run.gpus, started, finished + 3600])
+        link = self.links.get(run.host)
+        samples = list(link.history) if link is not None else []
+        return gpu_usage(run.run_id, run.gpus, started, finished, samples, rows,
+                         float(self.settings.telemetry.sample_interval))
 
     async def _reload_offset(self, run: ActiveRun) -> None:
         assert self.store is not None
@@ -454,13 +507,21 @@ class Controller:
                 reason = f"attempt {run.attempt} {reason}; retrying ({run.attempt + 1} of {run.max_attempts})"
             else:
                 job_state = "failed"
+        try:
+            usage = await self._usage(run, status)
+        except Exception:  # lineage must never keep a run from closing
+            log.exception("GPU use of %s could not be computed", run.run_id)
+            usage = {}
         await self.store.run(records.finish_run, run.job_id, run.run_id, run_state, job_state, reason,
-                             status.exit_code, status.signal, status.finished_at, status.reason)
+                             status.exit_code, status.signal, status.finished_at, status.reason, lineage=usage)
         del self.active[run.run_id]
         if job_state == "pending" and run.job_id in self.cancels:  # cancelled while it was being re-queued
             await self.store.run(records.cancel_pending, run.job_id, self.cancels.pop(run.job_id))
         elif job_state == "pending":
-            self.pending[run.job_id] = PendingJob(run.job_id, run.spec, run.spec.priority, time.time(), run.attempt,
+            # The job's priority as it stands now: `jobs priority` may have changed it since submit.
+            priority = (await self.store.read(records.rows, "select priority from jobs where job_id = ?",
+                                              [run.job_id]))[0]["priority"]
+            self.pending[run.job_id] = PendingJob(run.job_id, run.spec, priority, time.time(), run.attempt,
                                                   run.max_attempts, run.owner, code_hash=run.code_hash,
                                                   failed_hosts=run.failed_hosts + (run.host,))
         await self.notify_jobs()

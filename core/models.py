@@ -72,6 +72,10 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     priority: Annotated[int, Meta(ge=-1000, le=1000)] = 0
     retries: Annotated[int, Meta(ge=0, le=100)] = 0
     timeout: Seconds | None = None
+    # Files, folders or globs the job reads (relative to workdir, as on the node): the agent
+    # records the sha256 of each at run start (lineage; docs/tracking.md).
+    inputs: Annotated[list[Annotated[str, Meta(min_length=1, max_length=4096)]], Meta(max_length=1000)] = \
+        msgspec.field(default_factory=list)
 
     @property
     def argv(self) -> list[str]:
@@ -210,6 +214,7 @@ class LaunchRequest(msgspec.Struct, kw_only=True):
     code_hash: str | None = None  # run in this shipped snapshot instead of ``workdir``
     timeout: float | None = None
     kill_grace: float = 10.0
+    inputs: list[str] = msgspec.field(default_factory=list)  # hashed by the runner before the job starts
 
 
 ProcessState = Literal["starting", "running", "exited"]
@@ -238,3 +243,27 @@ class StreamChunk(msgspec.Struct, kw_only=True):
     end: int
     data: str  # UTF-8 text; undecodable bytes are replaced, offsets stay byte offsets
     eof: bool = False  # the run has exited and nothing more will come
+    more: bool = False  # the file holds more than this chunk already: ask again now, not next tick
+
+
+# ---------------------------------------------------------------- lineage
+
+class InputDigest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One entry of a job's ``inputs:`` as the agent found it at run start."""
+
+    path: str  # as written in the spec (a glob gives one entry per match)
+    sha256: str | None = None  # a folder: sha256 over its files' relative paths and digests
+    size: int | None = None  # bytes (a folder: all its files)
+    files: int | None = None  # a folder: how many files
+    error: str | None = None  # e.g. "no such file or folder"
+
+
+class NodeLineage(msgspec.Struct, kw_only=True):
+    """What the agent records about a run's environment before the job starts."""
+
+    inputs: list[InputDigest] = msgspec.field(default_factory=list)
+    python: str | None = None  # version of the interpreter that runs the job
+    python_executable: str | None = None
+    packages_hash: str | None = None  # sha256 of sorted "name==version" lines
+    packages: int | None = None  # how many distributions
+    hashed_bytes: int = 0  # input bytes read this time (0: all from the cache)

@@ -15,6 +15,7 @@ import numpy as np
 
 from mlfleet.core.errors import NotFoundError, UsageError
 from mlfleet.core.ingest import ParsedBatch
+from mlfleet.core.models import TERMINAL_STATES
 
 from .db import jsonable, now, transaction
 
@@ -108,6 +109,9 @@ def dispatch(con: duckdb.DuckDBPyConnection, job_id: str, run: dict[str, Any]) -
              run["gpus"], run["spec_hash"], run["workdir"], json.dumps(run["command"]), now(), run.get("code_hash")])
         con.execute("""insert into ingest_offsets (run_id, stream, byte_offset, lines) values (?, 'metrics', 0, 0)
                        on conflict do nothing""", [run["run_id"]])
+        # The run starts with the job's submit-time lineage (git); the agent and the end add the rest.
+        con.execute("update runs set lineage = (select lineage from jobs where job_id = ?) where run_id = ?",
+                    [job_id, run["run_id"]])
         con.execute("""update jobs set state = 'dispatched', reason = ?, attempt = ?, host = ?, gpus = ?, run_id = ?
                        where job_id = ?""",
                     [f"dispatched to {run['host']}", run["attempt"], run["host"], run["gpus"], run["run_id"], job_id])
@@ -126,10 +130,15 @@ def mark_running(con: duckdb.DuckDBPyConnection, job_id: str, run_id: str, start
 
 def finish_run(con: duckdb.DuckDBPyConnection, job_id: str, run_id: str, run_state: str, job_state: str,
                reason: str, exit_code: int | None, signal: int | None, finished_at: float | None,
-               end_reason: str, actor: str | None = None) -> None:
-    """Close an attempt; ``job_state`` is terminal, or ``pending`` when the job will retry."""
+               end_reason: str, actor: str | None = None, lineage: dict[str, Any] | None = None) -> None:
+    """Close an attempt; ``job_state`` is terminal, or ``pending`` when the job will retry.
+
+    ``lineage`` (GPU use, what the agent reported) is merged into the run's lineage.
+    """
     ts = finished_at or now()
     with transaction(con):
+        if lineage:
+            _merge_lineage(con, run_id, lineage)
         con.execute("""update runs set state = ?, finished_at = to_timestamp(?), exit_code = ?, signal = ?,
                        end_reason = ? where run_id = ?""", [run_state, ts, exit_code, signal, end_reason, run_id])
         con.execute("update ingest_offsets set complete = true where run_id = ?", [run_id])
@@ -224,13 +233,6 @@ def job_run(con: duckdb.DuckDBPyConnection, ident: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------- runs
 
-def list_runs(con: duckdb.DuckDBPyConnection, limit: int = 200) -> list[dict[str, Any]]:
-    return rows(con, """select run_id, job_id, attempt, project, name, owner, host, state, created_at, started_at,
-                        finished_at, exit_code,
-                        (select count(*) from metrics m where m.run_id = r.run_id) as points
-                        from runs r order by created_at desc limit ?""", [limit])
-
-
 def get_run(con: duckdb.DuckDBPyConnection, ident: str) -> dict[str, Any]:
     run_id = resolve_run_id(con, ident)
     run = rows(con, "select * from runs where run_id = ?", [run_id])[0]
@@ -239,12 +241,67 @@ def get_run(con: duckdb.DuckDBPyConnection, ident: str) -> dict[str, Any]:
                      rows(con, "select key, value from params where run_id = ? order by key", [run_id])}
     run["tags"] = {r["key"]: r["value"] for r in rows(con, "select key, value from tags where run_id = ? order by key",
                                                       [run_id])}
-    run["metrics"] = rows(con, """select key, count(*) as points, min(value) as min, max(value) as max,
+    # NaN is left out of min and max (DuckDB orders NaN above every number), as runs list and compare do.
+    run["metrics"] = rows(con, """select key, count(*) as points, min(nullif(value, 'nan'::double)) as min,
+                                  max(nullif(value, 'nan'::double)) as max,
                                   arg_max(value, seq) as last, arg_max(step, seq) as last_step
                                   from metrics where run_id = ? group by key order by key""", [run_id])
     run["ingest"] = rows(con, "select stream, byte_offset, lines, bad_lines, complete from ingest_offsets "
                               "where run_id = ?", [run_id])
+    run["summary"] = {r["key"]: {"mode": r["mode"], "value": r["value"]} for r in rows(con, """
+        select s.key, s.mode, case s.mode when 'min' then min(nullif(m.value, 'nan'::double))
+                                          when 'max' then max(nullif(m.value, 'nan'::double))
+                                  else arg_max(m.value, m.seq) end as value
+        from metric_summaries s left join metrics m on m.run_id = s.run_id and m.key = s.key
+        where s.run_id = ? group by s.key, s.mode order by s.key""", [run_id])}
+    run["artifacts"] = list_artifacts(con, run_id)
+    lineage = run.get("lineage")
+    lineage = json.loads(lineage) if isinstance(lineage, str) else (lineage or {})
+    run["lineage"] = {"spec_hash": run.get("spec_hash"), "code_hash": run.get("code_hash"), "host": run.get("host"),
+                      "gpus": run.get("gpus"), **lineage}
     return run
+
+
+# --------------------------------------------------------- lineage, artifacts
+
+def set_job_lineage(con: duckdb.DuckDBPyConnection, job_id: str, lineage: dict[str, Any]) -> None:
+    """What is known at submit (git); each run of the job starts from it."""
+    con.execute("update jobs set lineage = ? where job_id = ?", [json.dumps(lineage), job_id])
+
+
+def merge_run_lineage(con: duckdb.DuckDBPyConnection, run_id: str, lineage: dict[str, Any]) -> None:
+    with transaction(con):
+        _merge_lineage(con, run_id, lineage)
+
+
+def _merge_lineage(con: duckdb.DuckDBPyConnection, run_id: str, lineage: dict[str, Any]) -> None:
+    found = con.execute("select lineage from runs where run_id = ?", [run_id]).fetchall()
+    current = json.loads(found[0][0]) if found and found[0][0] else {}
+    current.update(lineage)
+    con.execute("update runs set lineage = ? where run_id = ?", [json.dumps(current), run_id])
+
+
+def list_artifacts(con: duckdb.DuckDBPyConnection, ident: str) -> list[dict[str, Any]]:
+    run_id = resolve_run_id(con, ident)
+    return rows(con, "select path, size, sha256, created_at from artifacts where run_id = ? order by path", [run_id])
+
+
+def find_artifact(con: duckdb.DuckDBPyConnection, ident: str, path: str) -> dict[str, Any]:
+    """An artifact of a run by its logged path, or by a unique ending of it (``model.pt``)."""
+    run_id = resolve_run_id(con, ident)
+    found = rows(con, "select run_id, path, size, sha256 from artifacts where run_id = ? and path = ?", [run_id, path])
+    if not found:
+        tail = "/" + path.lstrip("/")
+        found = rows(con, "select run_id, path, size, sha256 from artifacts where run_id = ? and ends_with(path, ?) "
+                          "order by path limit 6", [run_id, tail])
+    if not found:
+        raise NotFoundError(f"run {run_id} has no artifact {path!r}; list them with 'mlfleet runs artifacts {run_id}'")
+    if len(found) > 1:
+        names = ", ".join(r["path"] for r in found[:5])
+        raise UsageError(f"{path!r} matches several artifacts of run {run_id} ({names}); give the whole path")
+    artifact = found[0]
+    artifact["host"] = con.execute("select host from runs where run_id = ?", [run_id]).fetchall()[0][0]
+    return artifact
 
 
 def ingest_metrics(con: duckdb.DuckDBPyConnection, run_id: str, offset: int, end: int, parsed: ParsedBatch) -> bool:
@@ -261,21 +318,25 @@ def ingest_metrics(con: duckdb.DuckDBPyConnection, run_id: str, offset: int, end
             return False
         if parsed.keys:
             n = len(parsed.keys)
-            batch = {
-                "run_id": np.full(n, run_id, dtype=object),
+            if None in parsed.steps:
+                step = np.array([s if s is not None else -1 for s in parsed.steps], dtype=np.int64)
+                has_step = np.array([s is not None for s in parsed.steps], dtype=bool)
+            else:  # the usual batch: every point has a step, converted in one C call
+                step, has_step = np.array(parsed.steps, dtype=np.int64), np.ones(n, dtype=bool)
+            batch = {  # run_id is one constant (a parameter), not a column of n strings
                 "key": np.array(parsed.keys, dtype=object),
-                "step": np.array([s if s is not None else -1 for s in parsed.steps], dtype=np.int64),
-                "has_step": np.array([s is not None for s in parsed.steps], dtype=bool),
+                "step": step,
+                "has_step": has_step,
                 "value": np.array(parsed.values, dtype=np.float64),
-                "ts": np.array([t if t is not None else np.nan for t in parsed.timestamps], dtype=np.float64),
+                "ts": np.array(parsed.timestamps, dtype=np.float64),  # None becomes NaN, stored as NULL
                 "seq": np.array(parsed.seqs, dtype=np.int64),
             }
             con.register("_metrics_batch", batch)
             try:
                 con.execute("""insert into metrics (run_id, key, step, value, ts, seq)
-                               select run_id, key, case when has_step then step end, value,
+                               select ?, key, case when has_step then step end, value,
                                       case when isnan(ts) then null else to_timestamp(ts) end, seq
-                               from _metrics_batch""")
+                               from _metrics_batch""", [run_id])
             finally:
                 con.unregister("_metrics_batch")
         if parsed.params:
@@ -284,12 +345,21 @@ def ingest_metrics(con: duckdb.DuckDBPyConnection, run_id: str, offset: int, end
                    on conflict (run_id, key) do update set value = excluded.value, value_text = excluded.value_text,
                    value_num = excluded.value_num""",
                 [[run_id, k, json.dumps(v), v if isinstance(v, str) else json.dumps(v),
-                  float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None]
-                 for k, v in parsed.params.items()])
+                  _param_number(v)] for k, v in parsed.params.items()])
         if parsed.tags:
             con.executemany("""insert into tags (run_id, key, value) values (?, ?, ?)
                                on conflict (run_id, key) do update set value = excluded.value""",
                             [[run_id, k, v] for k, v in parsed.tags.items()])
+        if parsed.summaries:
+            con.executemany("""insert into metric_summaries (run_id, key, mode) values (?, ?, ?)
+                               on conflict (run_id, key) do update set mode = excluded.mode""",
+                            [[run_id, k, v] for k, v in parsed.summaries.items()])
+        if parsed.artifacts:
+            con.executemany("""insert into artifacts (run_id, path, sha256, size, created_at)
+                               values (?, ?, ?, ?, to_timestamp(coalesce(?, epoch(current_timestamp))))
+                               on conflict (run_id, path) do update set sha256 = excluded.sha256,
+                               size = excluded.size, created_at = excluded.created_at""",
+                            [[run_id, path, a["sha256"], a["size"], a["ts"]] for path, a in parsed.artifacts.items()])
         con.execute("""update ingest_offsets set byte_offset = ?, lines = lines + ?, bad_lines = bad_lines + ?
                        where run_id = ? and stream = 'metrics'""", [end, parsed.lines, parsed.bad_lines, run_id])
     return True
@@ -316,3 +386,43 @@ def prune_telemetry(con: duckdb.DuckDBPyConnection, keep_seconds: float) -> None
     with transaction(con):
         con.execute("delete from telemetry where ts < to_timestamp(?)", [cutoff])
         con.execute("delete from gpu_telemetry where ts < to_timestamp(?)", [cutoff])
+
+
+# ------------------------------------------------- job priority and retry (TUI/CLI)
+
+def set_job_priority(con: duckdb.DuckDBPyConnection, job_id: str, priority: int, actor: str) -> int:
+    """Change a job's priority; return the previous one."""
+    with transaction(con):
+        before = con.execute("select priority from jobs where job_id = ?", [job_id]).fetchall()[0][0]
+        con.execute("update jobs set priority = ? where job_id = ?", [priority, job_id])
+        audit(con, actor, "job.priority", job_id, {"from": before, "to": priority})
+    return int(before or 0)
+
+
+def _param_number(value: Any) -> float | None:
+    """The numeric copy of a param for filters; None for text, bools and integers too big for a double."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
+def retry_job(con: duckdb.DuckDBPyConnection, job_id: str, actor: str) -> dict[str, Any]:
+    """Put an ended job back in the queue for one more attempt; return what the scheduler needs."""
+    with transaction(con):
+        job = rows(con, """select job_id, state, spec, priority, attempt, max_attempts, owner, code_hash
+                           from jobs where job_id = ?""", [job_id])[0]
+        if job["state"] not in TERMINAL_STATES:
+            raise UsageError(f"job {job_id} is {job['state']}; only an ended job can be retried (cancel it first)")
+        max_attempts = max(int(job["max_attempts"] or 1), int(job["attempt"] or 0) + 1)
+        con.execute("""update jobs set state = 'pending', reason = ?, max_attempts = ?, finished_at = null,
+                       exit_code = null, host = null, gpus = null, cancel_requested_by = null
+                       where job_id = ?""",
+                    [f"retried by {actor}", max_attempts, job_id])
+        _event(con, job_id, "pending", f"retried by {actor} (was {job['state']})", None, None)
+        audit(con, actor, "job.retry", job_id, {"was": job["state"], "attempt": job["attempt"] + 1})
+    job["max_attempts"] = max_attempts
+    job["spec"] = json.loads(job["spec"]) if isinstance(job["spec"], str) else job["spec"]
+    return job
