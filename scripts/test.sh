@@ -17,5 +17,7 @@ fi
 
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "mlfleet needs Python 3.11 or newer" >&2; exit 2; }
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+# adapters: torch (CPU build, pinned), Lightning and transformers, so the adapter tests run, never skip.
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,adapters]'
+export MLFLEET_REQUIRE_ADAPTERS=1
 exec .venv/bin/python -m pytest "$@"
