@@ -72,7 +72,7 @@ def test_mlfleet_opens_the_tui_in_a_terminal_and_switches_views(home: Home) -> N
         later = term.screen()
         for screen in (first, later):
             assert "local" in screen and CPU.search(screen) and MEMORY.search(screen), screen
-        assert "up · local" in later and "1 Fleet" in later and "2 Jobs" in later, later
+        assert "up · local" in later and "Drain" in later and "Filter" in later, later
 
         term.keys("2")
         jobs = term.wait_for("the jobs view", lambda s: "JOB" in s and "STATE" in s and "stdout/stderr" in s)
@@ -80,6 +80,18 @@ def test_mlfleet_opens_the_tui_in_a_terminal_and_switches_views(home: Home) -> N
 
         term.keys("1")
         term.wait_for("the fleet view again", lambda s: CPU.search(s) is not None)
+
+        # k9s habits: ':' and a view's name, '/' to narrow, esc to clear.
+        term.keys(":")
+        term.wait_for("the command line", lambda s: "hosts" in s and "audit" in s)
+        term.keys("runs", "Enter")
+        term.wait_for("the runs view", lambda s: "RUN" in s and "Compare" in s)
+        term.keys(":", "hosts", "Enter")
+        term.wait_for("the fleet view from :hosts", lambda s: CPU.search(s) is not None)
+        term.keys("/", "zz-nothing")
+        term.wait_for("the filter to hide every host", lambda s: "no host matches the filter" in s)
+        term.keys("Escape")
+        term.wait_for("the hosts back", lambda s: CPU.search(s) is not None and "no host matches" not in s)
 
         term.keys("q")
         term.wait_for("mlfleet to exit", lambda s: "mlfleet exited" in s, timeout=10)

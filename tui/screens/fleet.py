@@ -1,21 +1,29 @@
-"""The fleet view: one live card per host, refreshed every second.
+"""The fleet view: every host in a table, and the live card of the one under the cursor.
 
-Cards are kept by host name and updated in place; a card is mounted only
-for a host seen for the first time and removed only when the controller no
-longer lists it.
+The table is keyed by host name and updated cell by cell; the card below
+shows the selected host's CPU and memory history and a row per GPU with
+its processes (an mlfleet run, or foreign) and its recent utilisation. The
+controller keeps CPU and memory history; the per-GPU history is the last
+samples this view has seen (it starts when the TUI opens).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections import deque
+from typing import Any, ClassVar
 
+from textual import on, work
 from textual.app import ComposeResult
-from textual.containers import VerticalScroll
-from textual.widgets import Footer, Header, Static
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.widgets import DataTable, Static
 
 from mlfleet.core.client import ControllerClient
 from mlfleet.tui.screens.base import PollingScreen
+from mlfleet.tui.widgets.dialogs import Confirm, Prompt
 from mlfleet.tui.widgets.host_card import HostCard
+from mlfleet.tui.widgets.host_table import HOST_COLUMNS, host_cells
+from mlfleet.tui.widgets.keyed_table import KeyedTable
 
 HISTORY_POINTS = 120  # two minutes of 1 Hz samples in each sparkline
 
@@ -24,34 +32,104 @@ class FleetScreen(PollingScreen):
     """Every host the controller manages."""
 
     TITLE = "mlfleet · fleet"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("d", "drain", "Drain/undrain"),
+    ]
 
     def __init__(self) -> None:
         super().__init__()
-        self.cards: dict[str, HostCard] = {}
+        self.hosts: dict[str, dict[str, Any]] = {}
+        self.gpu_history: dict[str, dict[int, deque[float]]] = {}
+        self._last_ts: dict[str, float] = {}
 
-    def compose(self) -> ComposeResult:
-        yield Header()
-        with VerticalScroll(id="hosts"):
+    def compose_body(self) -> ComposeResult:
+        with Vertical(id="fleet-body"):
+            yield KeyedTable(HOST_COLUMNS, id="hosts-table")
             yield Static("waiting for the controller…", id="fleet-empty")
-        yield Footer()
+            yield HostCard({"name": "", "state": "connecting"}, id="host-detail", classes="host")
+
+    @property
+    def table(self) -> KeyedTable:
+        return self.query_one("#hosts-table", KeyedTable)
+
+    @property
+    def card(self) -> HostCard:
+        return self.query_one("#host-detail", HostCard)
+
+    def focus_body(self) -> None:
+        self.table.focus()
 
     async def refresh_from(self, client: ControllerClient) -> None:
         hosts = await client.call("hosts_list", history=HISTORY_POINTS)
         await self.show_hosts(hosts)
 
     async def show_hosts(self, hosts: list[dict[str, Any]]) -> None:
-        """Bring the cards in line with ``hosts`` (the ``hosts_list`` answer)."""
-        names = [h["name"] for h in hosts]
+        """Bring the table and the card in line with ``hosts`` (the ``hosts_list`` answer)."""
+        self.hosts = {h["name"]: h for h in hosts}
         for host in hosts:
-            card = self.cards.get(host["name"])
-            if card is None:
-                card = self.cards[host["name"]] = HostCard(host, classes="host")
-                await self.query_one("#hosts", VerticalScroll).mount(card)
-            else:
-                card.host = host
-        for name in [n for n in self.cards if n not in names]:
-            await self.cards.pop(name).remove()
+            self._remember_gpus(host)
+        self.show_rows()
+        down = [h["name"] for h in hosts if h.get("state") == "unreachable"]
+        self.show_view_problem(f"{len(down)} host{'s' if len(down) != 1 else ''} unreachable: "
+                               f"{', '.join(down[:5])}{' …' if len(down) > 5 else ''}" if down else "")
+
+    def show_rows(self) -> None:
+        needle = self.filter_text.lower()
+        rows = []
+        for name, host in self.hosts.items():
+            cells = host_cells(host)
+            if not needle or needle in " ".join(str(c) for c in cells).lower():
+                rows.append((name, cells))
+        self.table.show(rows)
         empty = self.query_one("#fleet-empty", Static)
-        empty.display = not self.cards
-        if not self.cards:
-            empty.update("the controller manages no hosts")
+        empty.display = not rows
+        empty.update("no host matches the filter" if self.hosts else "the controller manages no hosts")
+        self._show_card()
+
+    def filter_changed(self) -> None:
+        self.show_rows()
+
+    def _remember_gpus(self, host: dict[str, Any]) -> None:
+        telemetry = host.get("telemetry") or {}
+        ts = telemetry.get("ts")
+        if ts is None or self._last_ts.get(host["name"]) == ts:
+            return  # the same sample as last tick: nothing new for the history
+        self._last_ts[host["name"]] = ts
+        series = self.gpu_history.setdefault(host["name"], {})
+        for gpu in telemetry.get("gpus") or []:
+            if gpu.get("utilization") is not None:
+                series.setdefault(gpu["index"], deque(maxlen=HISTORY_POINTS)).append(gpu["utilization"])
+
+    def _show_card(self) -> None:
+        name = self.table.current_key
+        card = self.card
+        card.display = name is not None
+        if name is None or name not in self.hosts:
+            return
+        host = dict(self.hosts[name])
+        host["gpu_history"] = {i: list(d) for i, d in self.gpu_history.get(name, {}).items()}
+        card.host = host
+
+    @on(DataTable.RowHighlighted, "#hosts-table")
+    def _follow_row(self, event: DataTable.RowHighlighted) -> None:
+        self._show_card()
+
+    @work(exclusive=True, group="action")
+    async def action_drain(self) -> None:
+        """Drain the selected host (no new placements; runs in flight go on), or undrain a drained one."""
+        name = self.table.current_key
+        if name is None:
+            return
+        if self.hosts.get(name, {}).get("drained"):
+            if await self.app.push_screen_wait(Confirm(f"Undrain {name}? New jobs may be placed on it again.",
+                                                       yes="Undrain")):
+                if await self.call("hosts_drain", name=name, drain=False) is not None:
+                    self.notify(f"{name} is open for new jobs again")
+        else:
+            reason = await self.app.push_screen_wait(
+                Prompt(f"Drain {name}: no new jobs go there, running ones go on. Why?", placeholder="reason"))
+            if reason is not None:
+                answer = await self.call("hosts_drain", name=name, reason=reason, drain=True)
+                if answer is not None:
+                    self.notify(f"{name} drained ({answer['running']} run(s) still going)")
+        self.wake()

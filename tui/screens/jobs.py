@@ -1,46 +1,100 @@
 """The jobs view: the queue and history as a table, and the log of the selected job.
 
 Each second the table is brought in line with ``jobs_list`` and the log pane
-fetches only the bytes the selected job wrote since the last tick.
+fetches only the bytes the selected job wrote since the last tick. Every
+action asks the controller (``job_cancel``, ``job_retry``,
+``job_set_priority``, ``submit``) in a worker; the ones that stop or restart
+work ask for confirmation first.
 """
 
 from __future__ import annotations
 
-from textual import on
+from pathlib import Path
+from typing import Any, ClassVar
+
+from rich.table import Table
+from rich.text import Text
+from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Vertical
-from textual.widgets import DataTable, Footer, Header
+from textual.widgets import DataTable
 
 from mlfleet.core.client import ControllerClient
+from mlfleet.core.config import load_job_spec
+from mlfleet.core.errors import MlfleetError
+from mlfleet.core.models import TERMINAL_STATES, to_plain
+from mlfleet.core.render import when
 from mlfleet.tui.screens.base import PollingScreen
+from mlfleet.tui.widgets.dialogs import Confirm, Prompt, SpecPicker, TextPanel
 from mlfleet.tui.widgets.job_log import JobLog
-from mlfleet.tui.widgets.job_table import JobTable
+from mlfleet.tui.widgets.job_table import JobTable, latest_metric
 
 JOBS_LIMIT = 200
 CATCH_UP_CHUNKS = 8  # at 256 KiB a chunk, a long log catches up in a few ticks without starving the table
+METRICS_EVERY = 5  # ticks between two looks at the running jobs' latest metrics
 
 
 class JobsScreen(PollingScreen):
     """Jobs, newest at the bottom, and the output of the one under the cursor."""
 
     TITLE = "mlfleet · jobs"
-    BINDINGS = [Binding("e", "toggle_stream", "stdout/stderr")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "details", "Details/why", show=False),
+        Binding("l", "toggle_log", "Log"),
+        Binding("e", "toggle_stream", "stdout/stderr"),
+        Binding("n", "submit", "Submit"),
+        Binding("ctrl+d", "cancel_job", "Cancel"),
+        Binding("r", "retry_job", "Retry"),
+        Binding("p", "priority", "Priority"),
+    ]
 
-    def compose(self) -> ComposeResult:
-        yield Header()
+    def __init__(self, spec_root: Path | None = None) -> None:
+        super().__init__()
+        self.jobs: list[dict[str, Any]] = []
+        self.metrics: dict[str, str] = {}
+        self.spec_root = spec_root or Path.cwd()
+        self._ticks = 0
+
+    def compose_body(self) -> ComposeResult:
         with Vertical(id="jobs-body"):
             yield JobTable(id="jobs-table")
             yield JobLog(id="job-log")
-        yield Footer()
+
+    @property
+    def table(self) -> JobTable:
+        return self.query_one(JobTable)
+
+    def focus_body(self) -> None:
+        self.table.focus()
 
     async def refresh_from(self, client: ControllerClient) -> None:
         jobs = await client.call("jobs_list", limit=JOBS_LIMIT)
-        self.query_one(JobTable).show_jobs(jobs)
+        running = [j for j in jobs if j.get("state") == "running" and j.get("run_id")]
+        if running and self._ticks % METRICS_EVERY == 0:
+            await self._fetch_metrics(client, len(running))
+        self._ticks += 1
+        self.show_jobs(jobs)
         await self._tail(client)
+
+    async def _fetch_metrics(self, client: ControllerClient, running: int) -> None:
+        try:
+            runs = await client.call("runs_list", limit=max(50, running * 2))
+        except MlfleetError:
+            return  # a controller without tracking: the column stays empty
+        self.metrics = {r["run_id"]: latest_metric(r) for r in runs if r.get("metrics")}
+
+    def show_jobs(self, jobs: list[dict[str, Any]]) -> None:
+        self.jobs = jobs
+        self.table.show_jobs(jobs, self.metrics, self.filter_text.lower())
+
+    def filter_changed(self) -> None:
+        self.show_jobs(self.jobs)
 
     async def _tail(self, client: ControllerClient) -> None:
         log = self.query_one(JobLog)
+        if not log.display:
+            return
         for _ in range(CATCH_UP_CHUNKS):
             request = log.next_request()
             if request is None:
@@ -50,11 +104,22 @@ class JobsScreen(PollingScreen):
                 return
 
     @on(DataTable.RowHighlighted, "#jobs-table")
-    @on(DataTable.RowSelected, "#jobs-table")
-    def _follow_row(self, event: DataTable.RowHighlighted | DataTable.RowSelected) -> None:
+    def _follow_row(self, event: DataTable.RowHighlighted) -> None:
         if event.row_key.value is not None and self.query_one(JobLog).follow(event.row_key.value):
             self.wake()
 
+    @on(DataTable.RowSelected, "#jobs-table")
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        self.action_details()
+
+    def _job(self) -> dict[str, Any] | None:
+        key = self.table.current_key
+        if key is None:
+            self.notify("no job selected")
+            return None
+        return next((j for j in self.jobs if j["job_id"] == key), {"job_id": key, "state": "?"})
+
+    # ---------------------------------------------------------- actions
     def action_toggle_stream(self) -> None:
         """Switch the log pane between the job's stdout and stderr."""
         log = self.query_one(JobLog)
@@ -63,3 +128,120 @@ class JobsScreen(PollingScreen):
             return
         log.follow(log.job_id, log.other_stream())
         self.wake()
+
+    def action_toggle_log(self) -> None:
+        """Show the log pane of the selected job and put the focus in it (again: back to the table)."""
+        log = self.query_one(JobLog)
+        if log.has_focus:
+            self.table.focus()
+            return
+        log.display = True
+        key = self.table.current_key
+        if key is not None:
+            log.follow(key)
+        log.focus()
+        self.wake()
+
+    @work(exclusive=True, group="action")
+    async def action_details(self) -> None:
+        """The job in full: why it is pending (per host), its events and runs."""
+        job = self._job()
+        if job is None:
+            return
+        detail = await self.call("job_show", job=job["job_id"])
+        if detail is not None:
+            await self.app.push_screen_wait(TextPanel(f"job {detail['job_id']} · {detail.get('name')}",
+                                                      job_detail(detail)))
+
+    @work(exclusive=True, group="action")
+    async def action_cancel_job(self) -> None:
+        job = self._job()
+        if job is None:
+            return
+        if job.get("state") in TERMINAL_STATES:
+            self.notify(f"job {job['job_id']} already {job['state']}")
+            return
+        what = "stop it (SIGTERM, then SIGKILL)" if job.get("state") in ("running", "dispatched") else "drop it from the queue"
+        if await self.app.push_screen_wait(Confirm(f"Cancel job {job['job_id']} ({job.get('name')})? This will {what}.",
+                                                   yes="Cancel job")):
+            answer = await self.call("job_cancel", job=job["job_id"])
+            if answer is not None:
+                self.notify(answer["message"])
+                self.wake()
+
+    @work(exclusive=True, group="action")
+    async def action_retry_job(self) -> None:
+        job = self._job()
+        if job is None:
+            return
+        if job.get("state") not in TERMINAL_STATES:
+            self.notify(f"job {job['job_id']} is {job.get('state')}: only an ended job can be retried")
+            return
+        if await self.app.push_screen_wait(Confirm(f"Retry job {job['job_id']} ({job.get('name')}, "
+                                                   f"{job.get('state')})? It goes back in the queue.", yes="Retry")):
+            answer = await self.call("job_retry", job=job["job_id"])
+            if answer is not None:
+                self.notify(answer["message"])
+                self.wake()
+
+    @work(exclusive=True, group="action")
+    async def action_priority(self) -> None:
+        job = self._job()
+        if job is None:
+            return
+        value = await self.app.push_screen_wait(
+            Prompt(f"Priority of job {job['job_id']} (higher is placed first)", str(job.get("priority") or 0)))
+        if not value:
+            return
+        try:
+            priority = int(value)
+        except ValueError:
+            self.notify(f"{value!r} is not a whole number", severity="error")
+            return
+        answer = await self.call("job_set_priority", job=job["job_id"], priority=priority)
+        if answer is not None:
+            self.notify(answer["message"])
+            self.wake()
+
+    @work(exclusive=True, group="action")
+    async def action_submit(self) -> None:
+        """Pick a job spec file, validate it here (file:line errors), then queue it."""
+        path = await self.app.push_screen_wait(SpecPicker(self.spec_root))
+        if path is None:
+            return
+        try:
+            spec = load_job_spec(path)
+        except MlfleetError as exc:
+            self.notify(str(exc), title="bad job spec", severity="error", timeout=15)
+            return
+        answer = await self.call("submit", spec=to_plain(spec), spec_path=str(Path(path).absolute()))
+        if answer is not None:
+            self.notify(f"job {answer['job_id']} ({answer['name']}) queued")
+            self.wake()
+
+
+def job_detail(job: dict[str, Any]) -> Table:
+    """``job_show`` as a page: state, why pending per host, events and runs."""
+    page = Table.grid(padding=(0, 1))
+    page.add_column(style="bold", no_wrap=True)
+    page.add_column()
+    page.add_row("state", f"{job['state']}" + (f" ({job['reason']})" if job.get("reason") else ""))
+    page.add_row("project", f"{job.get('project')} · owner {job.get('owner')} · priority {job.get('priority', 0)}")
+    page.add_row("attempt", f"{job.get('attempt')} of {job.get('max_attempts')} · host {job.get('host') or '-'} · "
+                            f"GPUs {job.get('gpus') or '-'}")
+    if job.get("state") == "pending":
+        why = job.get("why_pending") or []
+        text = Text()
+        for r in why:
+            text.append(f"{r['host']}", style="bold").append(f" [{r.get('check', '')}] {r['message']}\n")
+        page.add_row("why pending", text if why else "the scheduler has not looked at it yet")
+    events = Text()
+    for e in job.get("events") or []:
+        events.append(f"{when(e['ts'])}  {e['state']:<10} {e.get('reason') or ''}\n")
+    page.add_row("events", events)
+    runs = Text()
+    for r in job.get("runs") or []:
+        runs.append(f"{r['run_id']}  {r['state']:<10} host {r['host']}  exit "
+                    f"{'-' if r.get('exit_code') is None else r['exit_code']}\n")
+    page.add_row("runs", runs or "-")
+    return page

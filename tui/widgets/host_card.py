@@ -1,5 +1,7 @@
 """One host's live panel: state, CPU and memory with their history, and its GPUs.
 
+The fleet view shows one card, for the host under the table's cursor.
+
 The card is fed the plain dict that ``hosts_list`` returns for one host and
 keeps it in a reactive; the watcher updates the few child widgets in place,
 so a tick that changes one number redraws one line, not the screen.
@@ -9,13 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.table import Table
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.widgets import Label, Sparkline, Static
 
 from mlfleet.core.units import format_size
+from mlfleet.tui.widgets.host_table import spark
 
 HOST_STATES = ("up", "unreachable", "connecting")
 
@@ -28,6 +31,7 @@ class HostCard(Vertical):
     def __init__(self, host: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._first = host
+        self._gpu_lines = -1
 
     def compose(self) -> ComposeResult:
         yield Static(classes="host-message")
@@ -54,21 +58,30 @@ class HostCard(Vertical):
         message.update(host.get("message") or "")
         message.display = bool(host.get("message"))
 
+        # The value lines are one row each, and the GPU block changes height only with the GPU
+        # count: only then is a layout pass (of the whole screen) needed, not on every update.
         telemetry = host.get("telemetry")
         history = host.get("history") or {}
-        self.query_one("#cpu-value", Static).update(cpu_text(telemetry))
-        self.query_one("#memory-value", Static).update(memory_text(telemetry))
+        self.query_one("#cpu-value", Static).update(cpu_text(telemetry), layout=False)
+        self.query_one("#memory-value", Static).update(memory_text(telemetry), layout=False)
         for key, selector in (("cpu_percent", "#cpu-history"), ("memory_percent", "#memory-history")):
             sparkline = self.query_one(selector, Sparkline)
             sparkline.data = list(history.get(key) or [])
             sparkline.display = bool(sparkline.data)  # no flat line pretending to be history
-        self.query_one("#gpus", Static).update(gpu_view(telemetry))
+        gpus = gpu_view(telemetry, host.get("gpu_history") or {})
+        lines = len(gpus.plain.splitlines()) if isinstance(gpus, Text) else 1
+        self.query_one("#gpus", Static).update(gpus, layout=lines != self._gpu_lines)
+        self._gpu_lines = lines
 
 
 def _subtitle(host: dict[str, Any]) -> str:
     parts = [host.get("state", "connecting"), host.get("kind") or "?"]
     if host.get("simulated"):
         parts.append("SIMULATED GPUs")
+    if host.get("labels"):
+        parts.append(",".join(f"{k}={v}" for k, v in sorted(host["labels"].items())))
+    if host.get("drained"):
+        parts.append(f"DRAINED {host['drained']}")
     if host.get("agent_version"):
         parts.append(f"agent {host['agent_version']}")
     running = host.get("running_jobs") or 0
@@ -93,8 +106,17 @@ def memory_text(telemetry: dict[str, Any] | None) -> str:
     return f"{format_size(used)} / {format_size(total)} ({share:.0f} %)"
 
 
-def gpu_view(telemetry: dict[str, Any] | None) -> str | Table:
-    """A row per GPU, or one sentence that says why there is none."""
+GPU_HEADER = ("GPU", "NAME", "UTIL", "MEMORY", "TEMP", "POWER", "PROCESSES", "UTIL HISTORY")
+NAME_WIDTH = 24
+PROCESSES_WIDTH = 40
+
+
+def gpu_view(telemetry: dict[str, Any] | None, history: dict[int, list[float]] | None = None) -> str | Text:
+    """A row per GPU with its recent utilisation, or one sentence that says why there is none.
+
+    Plain fixed-width text rather than a Rich table: the card is redrawn on every cursor move,
+    and a table of eight rows costs far more to lay out than eight formatted lines.
+    """
     if not telemetry:
         return "GPU  unknown until the first sample"
     state = telemetry.get("gpu_state")
@@ -105,16 +127,39 @@ def gpu_view(telemetry: dict[str, Any] | None) -> str | Table:
     gpus = telemetry.get("gpus") or []
     if not gpus:
         return "GPU  none found"
-    table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0), header_style="bold")
-    for title in ("GPU", "NAME", "UTIL", "MEMORY", "TEMP", "POWER", "PROCS"):
-        table.add_column(title, no_wrap=True, justify="left" if title in ("GPU", "NAME") else "right")
+    history = history or {}
+    rows = [GPU_HEADER]
     for gpu in gpus:
-        table.add_row(str(gpu["index"]), gpu.get("name") or "n/a", _num(gpu.get("utilization"), "%"),
-                      f"{format_size(gpu.get('memory_used'))} / {format_size(gpu.get('memory_total'))}",
-                      _num(gpu.get("temperature"), "°C"),
-                      f"{_num(gpu.get('power_draw'), '')} / {_num(gpu.get('power_limit'), 'W')}",
-                      str(len(gpu.get("processes") or [])))
-    return table
+        rows.append((str(gpu["index"]), _clip(gpu.get("name") or "n/a", NAME_WIDTH), _num(gpu.get("utilization"), "%"),
+                     f"{format_size(gpu.get('memory_used'))} / {format_size(gpu.get('memory_total'))}",
+                     _num(gpu.get("temperature"), "°C"),
+                     f"{_num(gpu.get('power_draw'), '')} / {_num(gpu.get('power_limit'), 'W')}",
+                     _clip(processes_text(gpu.get("processes") or []), PROCESSES_WIDTH),
+                     spark(history.get(gpu["index"]) or [], 24)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(GPU_HEADER))]
+    left = {0, 1, 6, 7}
+    text = Text()
+    for n, row in enumerate(rows):
+        cells = [c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        text.append("  ".join(cells).rstrip() + ("\n" if n < len(rows) - 1 else ""), style="bold" if n == 0 else "")
+    return text
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def processes_text(processes: list[dict[str, Any]]) -> str:
+    """``run j1-1 (4 GiB), foreign 1234 python`` : whose processes hold the GPU."""
+    if not processes:
+        return "-"
+    parts = []
+    for proc in processes[:3]:
+        owner = f"run {proc['run_id']}" if proc.get("run_id") else f"foreign {proc.get('pid')} {proc.get('name') or ''}".rstrip()
+        parts.append(f"{owner} ({format_size(proc.get('used_memory'))})" if proc.get("used_memory") else owner)
+    if len(processes) > 3:
+        parts.append(f"+{len(processes) - 3}")
+    return ", ".join(parts)
 
 
 def _num(value: float | None, unit: str) -> str:

@@ -1,4 +1,4 @@
-"""The jobs table: one row per job, keyed by job id, updated cell by cell.
+"""The jobs table: one row per job, keyed by job id, updated cell by cell (see KeyedTable).
 
 The table is never cleared: each refresh compares the new cells of a job
 with the ones on screen and updates only those that changed, so the cursor
@@ -9,19 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from textual.widgets import DataTable
-
 from mlfleet.core.render import elapsed, when
+from mlfleet.tui.widgets.keyed_table import KeyedTable
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("job_id", "JOB"), ("name", "NAME"), ("project", "PROJECT"), ("owner", "OWNER"), ("state", "STATE"),
     ("host", "HOST"), ("gpus", "GPUS"), ("attempt", "TRY"), ("submitted", "SUBMITTED"),
-    ("runtime", "RUNTIME"), ("exit", "EXIT"), ("reason", "REASON"),
+    ("runtime", "RUNTIME"), ("exit", "EXIT"), ("priority", "PRIO"), ("metric", "LATEST METRIC"),
+    ("reason", "REASON"),
 )
 REASON_WIDTH = 60
 
 
-def job_cells(job: dict[str, Any]) -> tuple[str, ...]:
+def job_cells(job: dict[str, Any], metric: str = "") -> tuple[str, ...]:
     """The text of each column for one ``jobs_list`` entry."""
     gpus = job.get("gpus")
     if isinstance(gpus, list):
@@ -37,36 +37,35 @@ def job_cells(job: dict[str, Any]) -> tuple[str, ...]:
         job.get("state") or "-", job.get("host") or "-", gpus_text,
         f"{job.get('attempt') or 0}/{job.get('max_attempts') or 1}", when(job.get("submitted_at")),
         elapsed(job.get("started_at"), job.get("finished_at")), "-" if exit_code is None else str(exit_code),
-        reason or "-",
+        str(job.get("priority") or 0), metric or "-", reason or "-",
     )
 
 
-class JobTable(DataTable[str]):
+def latest_metric(run: dict[str, Any]) -> str:
+    """``loss 0.412 @1200``: the metric the run logged last (by step), from a ``runs_list`` entry."""
+    metrics = run.get("metrics") or {}
+    if not metrics:
+        return ""
+    key, summary = max(metrics.items(), key=lambda kv: (kv[1].get("last_step") or 0, kv[0]))
+    value = summary.get("last")
+    text = f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+    return f"{key} {text} @{summary.get('last_step', '?')}"
+
+
+class JobTable(KeyedTable):
     """``jobs_list`` as a table, oldest job first so new rows never move the cursor."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
-        self.shown: dict[str, tuple[str, ...]] = {}
+        super().__init__(COLUMNS, **kwargs)
 
-    def on_mount(self) -> None:
-        for key, label in COLUMNS:
-            self.add_column(label, key=key)
-
-    def show_jobs(self, jobs: list[dict[str, Any]]) -> None:
+    def show_jobs(self, jobs: list[dict[str, Any]], metrics: dict[str, str] | None = None,
+                  needle: str = "") -> None:
         """Bring the table in line with ``jobs`` (newest first, as the controller sends them)."""
-        seen: set[str] = set()
+        metrics = metrics or {}
+        rows = []
         for job in reversed(jobs):
-            job_id = job["job_id"]
-            seen.add(job_id)
-            cells = job_cells(job)
-            before = self.shown.get(job_id)
-            if before is None:
-                self.add_row(*cells, key=job_id)
-            else:
-                for (column, _label), new, old in zip(COLUMNS, cells, before):
-                    if new != old:
-                        self.update_cell(job_id, column, new, update_width=True)
-            self.shown[job_id] = cells
-        for gone in [j for j in self.shown if j not in seen]:
-            self.remove_row(gone)
-            del self.shown[gone]
+            cells = job_cells(job, metrics.get(job.get("run_id") or "", ""))
+            if needle and needle not in " ".join(cells).lower():
+                continue
+            rows.append((job["job_id"], cells))
+        self.show(rows)

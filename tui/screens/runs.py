@@ -1,0 +1,160 @@
+"""The runs view: tracked runs with their params, tags and summary metrics.
+
+``/`` takes the CLI's filter language (``runs list --where``), sent to the
+controller as typed when the user presses enter; a filter the controller
+refuses is said in the filter bar, not raised. ``space`` marks runs, ``c``
+compares the marked ones (two or more) on a screen of their own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from rich.table import Table
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.widgets import DataTable, Static
+
+from mlfleet.core.client import ControllerClient
+from mlfleet.core.errors import EXIT_USAGE, MlfleetError, RemoteError, UsageError
+from mlfleet.core.render import when
+from mlfleet.tui.screens.base import PollingScreen
+from mlfleet.tui.screens.compare import CompareScreen, lineage_rows
+from mlfleet.tui.widgets.dialogs import TextPanel
+from mlfleet.tui.widgets.keyed_table import KeyedTable
+from mlfleet.tui.widgets.run_table import BASE_COLUMNS, run_cells, run_columns
+
+RUNS_LIMIT = 200
+
+
+class RunsScreen(PollingScreen):
+    """Every tracked run, newest first."""
+
+    TITLE = "mlfleet · runs"
+    POLL_S = 2.0
+    LIVE_FILTER = False
+    FILTER_HINT = "filter (the CLI's --where): e.g. state = 'succeeded' and metrics.loss < 0.5; enter applies, esc clears"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("space", "toggle_mark", "Mark"),
+        Binding("c", "compare", "Compare"),
+        Binding("x", "clear_marks", "Unmark all", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs: list[dict[str, Any]] = []
+        self.marked: list[str] = []  # in the order the user marked them
+
+    def compose_body(self) -> ComposeResult:
+        yield KeyedTable(BASE_COLUMNS, id="runs-table")
+        yield Static("", id="runs-status")
+
+    @property
+    def table(self) -> KeyedTable:
+        return self.query_one("#runs-table", KeyedTable)
+
+    def focus_body(self) -> None:
+        self.table.focus()
+
+    async def refresh_from(self, client: ControllerClient) -> None:
+        where = self.filter_text or None
+        try:
+            runs = await client.call("runs_list", where=where, limit=RUNS_LIMIT)
+        except (UsageError, RemoteError) as exc:
+            if where and client.connected and _is_usage(exc):
+                self.show_filter_error(str(exc))
+                return
+            raise
+        if where:
+            self.clear_filter_error()
+        self.show_runs(runs)
+
+    def show_runs(self, runs: list[dict[str, Any]]) -> None:
+        self.runs = runs
+        columns = run_columns(runs)
+        self.table.set_columns(columns)
+        marked = set(self.marked)
+        self.table.show([(r["run_id"], run_cells(r, columns, r["run_id"] in marked)) for r in runs])
+        self._status()
+
+    def _status(self) -> None:
+        text = f"{len(self.runs)} runs"
+        if self.filter_text:
+            text += f" matching {self.filter_text}"
+        if self.marked:
+            text += f" · marked {len(self.marked)}: {', '.join(self.marked)} (c compares, x unmarks)"
+        else:
+            text += " · space marks runs, c compares them"
+        self.query_one("#runs-status", Static).update(text)
+
+    def action_toggle_mark(self) -> None:
+        key = self.table.current_key
+        if key is None:
+            return
+        if key in self.marked:
+            self.marked.remove(key)
+        else:
+            self.marked.append(key)
+        self.show_runs(self.runs)
+        if self.table.cursor_row < self.table.row_count - 1:
+            self.table.action_cursor_down()
+
+    def action_clear_marks(self) -> None:
+        self.marked.clear()
+        self.show_runs(self.runs)
+
+    def action_compare(self) -> None:
+        runs = list(self.marked)
+        if len(runs) < 2:
+            key = self.table.current_key
+            if key is not None and key not in runs:
+                runs.append(key)
+        if len(runs) < 2:
+            self.notify("mark two or more runs with space, then press c")
+            return
+        if self.client is None:
+            self.notify("not connected to the controller yet", severity="warning")
+            return
+        screen = CompareScreen(runs)
+        screen.use_client(self.client)
+        self.app.push_screen(screen)
+
+    @on(DataTable.RowSelected, "#runs-table")
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        if event.row_key.value is not None:
+            self.show_run(event.row_key.value)
+
+    @work(exclusive=True, group="action")
+    async def show_run(self, run_id: str) -> None:
+        run = await self.call("run_show", run=run_id)
+        if run is not None:
+            await self.app.push_screen_wait(TextPanel(f"run {run['run_id']} · {run.get('name')}", run_detail(run)))
+
+
+def _is_usage(exc: MlfleetError) -> bool:
+    """The user's filter was refused (a usage error, exit code 2, whatever its class), not the link."""
+    return isinstance(exc, UsageError) or getattr(exc, "exit_code", None) == EXIT_USAGE \
+        or getattr(exc, "kind", "") in ("UsageError", "FilterError", "ProtocolError")
+
+
+def run_detail(run: dict[str, Any]) -> Table:
+    """``run_show`` as a page: what ran where, params, tags, metrics and lineage."""
+    page = Table.grid(padding=(0, 1))
+    page.add_column(style="bold", no_wrap=True)
+    page.add_column()
+    page.add_row("state", f"{run.get('state')} · exit {run.get('exit_code', '-')} · job {run.get('job_id')}")
+    page.add_row("where", f"{run.get('host') or '-'} · GPUs {run.get('gpus') or '-'}")
+    page.add_row("when", f"{when(run.get('started_at'))} → {when(run.get('finished_at'))}")
+    for title, mapping in (("params", run.get("params")), ("tags", run.get("tags"))):
+        page.add_row(title, "\n".join(f"{k} = {v}" for k, v in sorted((mapping or {}).items())) or "-")
+    metrics = run.get("metrics") or {}
+    if isinstance(metrics, dict):
+        lines = [f"{k}: last {s.get('last')} min {s.get('min')} max {s.get('max')} ({s.get('points')} points)"
+                 for k, s in sorted(metrics.items())]
+    else:
+        lines = [str(m.get("key", m)) if isinstance(m, dict) else str(m) for m in metrics]
+    page.add_row("metrics", "\n".join(lines) or "-")
+    for key, value in lineage_rows(run.get("lineage") or {}):
+        page.add_row(key, value)
+    return page
