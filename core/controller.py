@@ -265,10 +265,14 @@ class Controller:
                 raise
             except Exception:  # one bad tick must not stop the controller
                 log.exception("controller tick failed")
-            await asyncio.sleep(max(0.05, self.tick_interval - (time.monotonic() - started)))
+            # A host with metric lines still waiting gets the next tick at once (after scheduling ran),
+            # so ingestion keeps pace with a fast-logging job rather than with the tick.
+            backlog = any(link.metrics_backlog for link in self.links.values())
+            await asyncio.sleep(0 if backlog else max(0.05, self.tick_interval - (time.monotonic() - started)))
 
     async def _sync_host(self, link: HostLink) -> None:
         assert self.store is not None
+        link.metrics_backlog = False  # set again below only by a poll that left lines waiting
         up = await link.ensure_connected()
         if link.state == "up":
             link.down_since = None
@@ -323,6 +327,7 @@ class Controller:
                     except Exception:  # one run's trouble never stops the others
                         log.exception("run %s on %s could not be absorbed", run_id, link.name)
                     more = more or (bool((item.get("metrics") or {}).get("more")) and run.offset > offset_before)
+            link.metrics_backlog = more
             if not more or time.monotonic() > drain_until:
                 break
 

@@ -35,6 +35,7 @@ class HostLink:
         self.state = "connecting"
         self.recorded_state = ""  # the state last written to the hosts table
         self.fresh_connection = False
+        self.metrics_backlog = False  # the last poll left metric lines waiting: the next tick comes at once
         self.down_since: float | None = None  # wall time the host stopped answering
         self.message = ""
         self.info: dict[str, Any] = {}
