@@ -312,12 +312,12 @@ async def test_the_tui_reconnects_when_the_controller_goes_away(home: Home) -> N
         async with await connect(home) as client:
             await client.call("shutdown", stop_local_agent=False)
         await until(pilot, lambda: app.client is not None and app.client is not first,
-                    "a new connection to a restarted controller", 30)
+                    "a new connection to a restarted controller", 60)
         seen = screen.hosts["local"]["telemetry"]["ts"]
         await until(pilot, lambda: (screen.hosts["local"].get("telemetry") or {}).get("ts", 0) > seen,
-                    "fresh telemetry after the restart", 15)
+                    "fresh telemetry after the restart", 30)
         banner = screen.query_one("#banner")
-        await until(pilot, lambda: not banner.display, "the banner to go once all is well again", 15)
+        await until(pilot, lambda: not banner.display, "the banner to go once all is well again", 30)
 
 
 class LogApp(App[None]):

@@ -189,6 +189,7 @@ class DriftReportScreen(Screen[None]):
         plt.title(f"{column}: reference vs current (share of rows)")
         widget.refresh()
         stats = entry.get("stats") or {}
-        lines = [" · ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())]
+        lines = [" · ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()
+                           if v is not None)]  # a statistic this column's kind does not have is left out
         lines += [f"• {n}" for n in entry.get("notes") or []]
         notes.update("\n".join(x for x in lines if x))
