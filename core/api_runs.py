@@ -13,7 +13,6 @@ from typing import Any
 
 from mlfleet.core.errors import UsageError
 from mlfleet.core.protocol import Peer
-from mlfleet.core.runfilter import parse_filter, parse_sort
 from mlfleet.core.store import run_queries
 from mlfleet.core.store.records import audit
 
@@ -24,8 +23,6 @@ class RunsApi:
     async def rpc_runs_list(self, peer: Peer, where: str | None = None, sort: str | None = None,
                             limit: int = 200) -> list[dict[str, Any]]:
         """Runs that pass ``where``, in ``sort`` order (newest first by default), with params, tags, metrics."""
-        parse_filter(where or "")  # fail here, before the store's thread, with the sentence
-        parse_sort(sort)
         return await self.store.read(run_queries.list_runs, where, sort, limit)
 
     async def rpc_runs_compare(self, peer: Peer, runs: list[str], metrics: list[str] | None = None,
@@ -37,8 +34,6 @@ class RunsApi:
                               sort: str | None = None, points: bool = False,
                               metrics: list[str] | None = None) -> dict[str, Any]:
         """Write runs (one row each) or their metric points to ``output`` (an absolute path) with COPY."""
-        parse_filter(where or "")
-        parse_sort(sort)
         if not Path(output).is_absolute():
             raise UsageError(f"the output path must be absolute, got {output!r}")
         result = await self.store.read(run_queries.export_runs, output, format, where, sort, points, metrics)

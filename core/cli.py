@@ -128,28 +128,19 @@ async def cmd_jobs_why(client: ControllerClient, args: argparse.Namespace) -> in
 
 async def cmd_jobs_cancel(client: ControllerClient, args: argparse.Namespace) -> int:
     answer = await client.call("job_cancel", job=args.id)
-    if args.json:
-        _print_json(answer)
-    else:
-        print(answer["message"])
+    _say(args, answer, answer["message"])
     return EXIT_OK
 
 
 async def cmd_jobs_priority(client: ControllerClient, args: argparse.Namespace) -> int:
     answer = await client.call("job_set_priority", job=args.id, priority=args.priority)
-    if args.json:
-        _print_json(answer)
-    else:
-        print(answer["message"])
+    _say(args, answer, answer["message"])
     return EXIT_OK
 
 
 async def cmd_jobs_retry(client: ControllerClient, args: argparse.Namespace) -> int:
     answer = await client.call("job_retry", job=args.id)
-    if args.json:
-        _print_json(answer)
-    else:
-        print(answer["message"])
+    _say(args, answer, answer["message"])
     return EXIT_OK
 
 
@@ -331,10 +322,6 @@ def _run_field(run: dict[str, Any], field: Any) -> Any:
 _SPARKS = "▁▂▃▄▅▆▇█"
 
 
-def _number(value: Any) -> str:
-    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 def _sparkline(values: list[Any], width: int = 24) -> str:
     """A small text curve of a run's bucket values (gaps as spaces)."""
     if not values:
@@ -365,7 +352,7 @@ async def cmd_runs_compare(client: ControllerClient, args: argparse.Namespace) -
                 rows.append([run_id, names[run_id], "-", "-", "-", "-", "(not logged)"])
                 continue
             last = next((v for v in reversed(curve["last"]) if v is not None), None)
-            rows.append([run_id, names[run_id], f"{best['mode']} {_number(best['value'])}",
+            rows.append([run_id, names[run_id], f"{best['mode']} {render.number(best['value'])}",
                          best["step"], last, curve["points"], _sparkline(curve["last"])])
         print(render.table(["run", "name", "best", "at step", "last", "points", "curve (last per bucket)"], rows))
         print()

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from mlfleet.core import render
 from mlfleet.core.errors import EXIT_DRIFT, EXIT_OK, UsageError
 
 
@@ -82,17 +83,7 @@ async def _trigger(client: Any, args: argparse.Namespace, report_id: str) -> dic
     return {"job_id": answer["job_id"], "spec_path": spec_path}
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def _print_report(report: dict[str, Any]) -> None:
-    from mlfleet.core import render
-
     verdict = "DRIFT" if report["drifted"] else "no drift"
     print(f"{report['report_id']}: {verdict}: {report['drifted_columns']} of {report['compared_columns']} compared "
           f"column(s) drifted (share {report['drift_share']:.2f}, threshold {report['drift_share_threshold']:g})")
@@ -103,8 +94,8 @@ def _print_report(report: dict[str, Any]) -> None:
         s = c["stats"]
         nulls = "-" if s.get("null_rate_ref") is None else f"{s['null_rate_ref']:.1%}>{s['null_rate_cur']:.1%}"
         flag = {True: "DRIFT", False: "ok", None: "n/a"}[c["drifted"]]
-        rows.append([c["column"], c["kind"] or "-", c["test"], _fmt(c["statistic"]), _fmt(c["threshold"]), flag,
-                     nulls, "; ".join(c["notes"])])
+        rows.append([c["column"], c["kind"] or "-", c["test"], render.number(c["statistic"]),
+                     render.number(c["threshold"]), flag, nulls, "; ".join(c["notes"])])
     print(render.table(["column", "kind", "test", "statistic", "threshold", "drift", "nulls", "notes"], rows))
     for note in report.get("notes") or []:
         print(f"note: {note}")
@@ -147,7 +138,6 @@ async def _profile(client: Any, args: argparse.Namespace) -> int:
 
 
 async def cmd_list(client: Any, args: argparse.Namespace) -> int:
-    from mlfleet.core import render
     from mlfleet.core.cli import _print_json
 
     reports = await client.call("drift_list", limit=args.limit, run=args.run)
@@ -185,7 +175,6 @@ async def cmd_export(client: Any, args: argparse.Namespace) -> int:
 
 
 async def cmd_profiles(client: Any, args: argparse.Namespace) -> int:
-    from mlfleet.core import render
     from mlfleet.core.cli import _print_json
 
     profiles = await client.call("drift_profiles")

@@ -21,11 +21,18 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _cell(value: Any) -> str:
+def number(value: Any) -> str:
+    """A value in a table cell: ``-`` for none, 4 significant digits for a float, else as it is."""
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
+    return str(value)
+
+
+def _cell(value: Any) -> str:
+    if value is None or isinstance(value, float):
+        return number(value)
     if isinstance(value, (list, dict)):
         return json.dumps(value) if value else "-"
     text = str(value)

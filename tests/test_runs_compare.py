@@ -157,10 +157,6 @@ def test_only_the_metrics_asked_for_and_runs_missing_one(store: Store) -> None:
 @pytest.mark.parametrize("big", list(PATHS.values()), ids=list(PATHS))
 def test_a_declared_summary_mode_wins_over_the_name(store: Store, big: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(run_queries, "_BIG_SERIES", big)
-    has_table = store.con.execute("select count(*) from information_schema.tables "
-                                  "where table_name = 'metric_summaries'").fetchall()[0][0]
-    if not has_table:
-        pytest.skip("this store has no metric_summaries table (migration 0005)")
     steps = np.arange(10, dtype=np.int64)
     values = np.array([5, 3, 9, 1, 4, 8, 2, 7, 6, 0.5])
     add_run(store.con, "jd-1", {}, {"loss": (steps, values, steps), "score": (steps, values, steps)})

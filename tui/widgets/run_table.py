@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.text import Text
 
-from mlfleet.core.render import elapsed, when
+from mlfleet.core.render import elapsed, number, when
 
 BASE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("mark", " "), ("run_id", "RUN"), ("name", "NAME"), ("project", "PROJECT"), ("state", "STATE"),
@@ -32,14 +32,6 @@ def run_columns(runs: list[dict[str, Any]]) -> tuple[tuple[str, str], ...]:
             + (("tags", "TAGS"),))
 
 
-def _value(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def run_cells(run: dict[str, Any], columns: tuple[tuple[str, str], ...], selected: bool) -> tuple[str | Text, ...]:
     base = {
         "mark": Text("●", style="bold magenta") if selected else " ",
@@ -52,10 +44,10 @@ def run_cells(run: dict[str, Any], columns: tuple[tuple[str, str], ...], selecte
     cells: list[str | Text] = []
     for key, _label in columns:
         if key.startswith("param:"):
-            cells.append(_value((run.get("params") or {}).get(key[6:])))
+            cells.append(number((run.get("params") or {}).get(key[6:])))
         elif key.startswith("metric:"):
             summary = (run.get("metrics") or {}).get(key[7:])
-            cells.append(_value(summary.get("last")) if summary else "-")
+            cells.append(number(summary.get("last")) if summary else "-")
         else:
             cells.append(base[key])
     return tuple(cells)
