@@ -249,7 +249,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             mark = f"k{n}x"
             started = time.perf_counter()
             tmux("send-keys", "-t", f"{SESSION}:floor", "-l", mark)
-            tmux.wait_for(lambda s, m=mark: m in s, timeout=10, target=f"{SESSION}:floor")
+            tmux.wait_for(lambda s, m=mark: m in s.replace("\n", ""), timeout=10, target=f"{SESSION}:floor")  # the marks wrap
             floor.append(time.perf_counter() - started)
             time.sleep(0.25)
     finally:

@@ -18,7 +18,7 @@ import asyncio
 from pathlib import Path
 from typing import ClassVar, Iterable
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.reactive import reactive
@@ -28,6 +28,7 @@ from textual.widgets import Input
 from mlfleet.core.client import ControllerClient, connect
 from mlfleet.core.errors import MlfleetError
 from mlfleet.core.paths import Home
+from mlfleet.tui.collector import IdleCollector
 from mlfleet.tui.screens.audit import AuditScreen
 from mlfleet.tui.screens.base import PollingScreen
 from mlfleet.tui.screens.drift import DriftScreen
@@ -67,15 +68,23 @@ class FleetApp(App[int]):
     problem: reactive[str] = reactive("", init=False)
     """Why the controller cannot be reached right now, in one sentence ("" when connected)."""
 
-    def __init__(self, home: Home, spec_root: Path | None = None) -> None:
+    def __init__(self, home: Home, spec_root: Path | None = None, collector: IdleCollector | None = None) -> None:
         super().__init__()
         self.home = home
         self.spec_root = spec_root or Path.cwd()
         self.client: ControllerClient | None = None
+        self.collector = collector
 
     def on_mount(self) -> None:
         self.sub_title = "connecting to the controller…"
         self._connect()
+        if self.collector is not None:
+            self.set_interval(2.0, self.collector.collect_if_due)
+
+    async def on_event(self, event: events.Event) -> None:
+        if self.collector is not None and isinstance(event, (events.Key, events.MouseEvent)):
+            self.collector.saw_input()
+        await super().on_event(event)
 
     async def on_unmount(self) -> None:
         if self.client is not None:
@@ -204,6 +213,8 @@ class FleetApp(App[int]):
 
 def run_app(home: Home) -> int:
     """Run the TUI until the user quits; the controller keeps running afterwards."""
-    app = FleetApp(home)
+    collector = IdleCollector()
+    collector.take_over()
+    app = FleetApp(home, collector=collector)
     app.run()
     return app.return_code or 0

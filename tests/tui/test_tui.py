@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from textual.app import App
-from textual.widgets import DirectoryTree, Input, Sparkline
+from textual.widgets import DirectoryTree, Input
 
 from mlfleet.core.client import connect
 from mlfleet.core.config import load_job_spec
@@ -31,7 +31,7 @@ from mlfleet.tui.screens.runs import RunsScreen
 from mlfleet.tui.widgets.dialogs import Confirm, Prompt, SpecPicker, TextPanel
 from mlfleet.tui.widgets.job_log import JobLog, LogRequest
 from mlfleet.tui.widgets.job_table import JobTable
-from mlfleet.tui.widgets.keyed_table import KeyedTable
+from mlfleet.tui.widgets.spark import SparkLine
 from tui_fleet import home, text_of, until  # noqa: F401  (home is a fixture)
 
 SIZE = (160, 45)
@@ -69,7 +69,7 @@ async def test_the_fleet_view_shows_the_local_host_live(home: Home) -> None:
         # A couple of seconds later the card shows newer samples, and the sparklines have grown.
         first_sample = card.host["telemetry"]["ts"]
         await until(pilot, lambda: card.host["telemetry"]["ts"] > first_sample, "a newer telemetry sample", 10)
-        await until(pilot, lambda: len(card.query_one("#cpu-history", Sparkline).data or []) >= 2,
+        await until(pilot, lambda: len(card.query_one("#cpu-history", SparkLine).values) >= 2,
                     "two points of CPU history", 10)
         assert "up" in str(card.border_subtitle)
 
@@ -341,30 +341,3 @@ async def test_the_log_pane_starts_over_when_a_retry_begins_a_new_run() -> None:
         log.absorb(LogRequest("j2", "stdout", 0), {"run_id": "j2-1", "end": 3, "data": "ok\n", "eof": True,
                                                   "state": "succeeded"})
         assert log.finished and log.next_request() is None
-
-
-class TableApp(App[None]):
-    def compose(self) -> Any:
-        yield KeyedTable((("name", "NAME"), ("util", "UTIL")))
-
-
-async def test_a_keyed_table_applies_only_the_difference_and_sorts_numbers_as_numbers() -> None:
-    async with TableApp().run_test() as pilot:
-        table = pilot.app.query_one(KeyedTable)
-        table.show([("a", ("a", "9 %")), ("b", ("b", "12 %")), ("c", ("[red]c", "-"))])
-        await pilot.pause()
-        table.focus()
-        table.select_key("b")
-        updates: list[tuple[str, str]] = []
-        original = table.update_cell
-        table.update_cell = lambda row, column, value, **kw: (updates.append((row, column)),  # type: ignore[method-assign]
-                                                              original(row, column, value, **kw))
-        table.show([("a", ("a", "9 %")), ("b", ("b", "13 %"))])  # one cell changed, c went away
-        assert updates == [("b", "util")] and list(table.shown) == ["a", "b"]
-        assert table.current_key == "b"  # the cursor stays on its row
-        table.show([("a", ("a", "9 %")), ("b", ("b", "13 %")), ("c", ("[red]c", "-"))])
-        table.sort_by_column("util")
-        await pilot.pause()
-        assert [str(table.get_row_at(i)[0]) for i in range(3)] == ["a", "b", "[red]c"]  # 9 < 13, "-" last, no markup
-        await pilot.press("S")  # the same column, reversed
-        assert [str(table.get_row_at(i)[0]) for i in range(3)] == ["[red]c", "b", "a"]

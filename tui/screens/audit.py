@@ -14,6 +14,7 @@ from mlfleet.core.errors import MlfleetError
 from mlfleet.core.render import when
 from mlfleet.tui.screens.base import PollingScreen
 from mlfleet.tui.widgets.keyed_table import KeyedTable
+from mlfleet.tui.widgets.text import set_text
 
 AUDIT_COLUMNS = (("ts", "WHEN"), ("actor", "ACTOR"), ("action", "ACTION"), ("target", "TARGET"), ("detail", "DETAIL"))
 DETAIL_WIDTH = 80
@@ -76,9 +77,9 @@ class AuditScreen(PollingScreen):
             if not client.connected:
                 raise
             reason = "this controller cannot verify it yet" if "unknown method" in str(exc) else str(exc)
-            self.query_one("#audit-chain", Static).update(chain_text(None, reason))
+            set_text(self.query_one("#audit-chain", Static), chain_text(None, reason))
             return
-        self.query_one("#audit-chain", Static).update(chain_text(answer))
+        set_text(self.query_one("#audit-chain", Static), chain_text(answer))
 
     def show_events(self, events: list[dict[str, Any]]) -> None:
         self.events = events

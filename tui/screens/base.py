@@ -28,6 +28,7 @@ from textual.widgets import Footer, Header, Input, Static
 
 from mlfleet.core.client import ControllerClient
 from mlfleet.core.errors import MlfleetError
+from mlfleet.tui.widgets.text import set_text
 
 
 COMMAND_WORDS = ["hosts", "fleet", "jobs", "runs", "drift", "audit", "help", "quit"]
@@ -100,7 +101,7 @@ class PollingScreen(Screen[None]):
             return
         banner = self.query_one("#banner", Static)
         text = " · ".join(p for p in (self.app_problem, self.view_problem) if p)
-        banner.update(text)
+        set_text(banner, text)
         banner.display = bool(text)
 
     # ----------------------------------------------------- command line

@@ -15,7 +15,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import Footer, Header, Static
 from textual_plotext import PlotextPlot
 
 from mlfleet.core.client import ControllerClient
@@ -108,10 +108,10 @@ class DriftScreen(PollingScreen):
     def filter_changed(self) -> None:
         self.show_reports(self.reports)
 
-    @on(DataTable.RowSelected, "#drift-table")
-    def _open(self, event: DataTable.RowSelected) -> None:
-        if event.row_key.value is not None:
-            screen = DriftReportScreen(event.row_key.value)
+    @on(KeyedTable.RowSelected, "#drift-table")
+    def _open(self, event: KeyedTable.RowSelected) -> None:
+        if event.key is not None:
+            screen = DriftReportScreen(event.key)
             screen.client = self.client
             self.app.push_screen(screen)
 
@@ -163,9 +163,9 @@ class DriftReportScreen(Screen[None]):
         table.focus()
         self._histogram(table.current_key)
 
-    @on(DataTable.RowHighlighted, "#drift-columns")
-    def _follow(self, event: DataTable.RowHighlighted) -> None:
-        self._histogram(event.row_key.value)
+    @on(KeyedTable.RowHighlighted, "#drift-columns")
+    def _follow(self, event: KeyedTable.RowHighlighted) -> None:
+        self._histogram(event.key)
 
     def _histogram(self, column: str | None) -> None:
         widget = self.query_one(PlotextPlot)

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, ClassVar
 
-from textual import on, work
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 from mlfleet.core.client import ControllerClient
 from mlfleet.tui.screens.base import PollingScreen
@@ -24,6 +24,7 @@ from mlfleet.tui.widgets.dialogs import Confirm, Prompt
 from mlfleet.tui.widgets.host_card import HostCard
 from mlfleet.tui.widgets.host_table import HOST_COLUMNS, host_cells
 from mlfleet.tui.widgets.keyed_table import KeyedTable
+from mlfleet.tui.widgets.text import set_text
 
 HISTORY_POINTS = 120  # two minutes of 1 Hz samples in each sparkline
 
@@ -83,7 +84,7 @@ class FleetScreen(PollingScreen):
         self.table.show(rows)
         empty = self.query_one("#fleet-empty", Static)
         empty.display = not rows
-        empty.update("no host matches the filter" if self.hosts else "the controller manages no hosts")
+        set_text(empty, "no host matches the filter" if self.hosts else "the controller manages no hosts")
         self._show_card()
 
     def filter_changed(self) -> None:
@@ -110,9 +111,10 @@ class FleetScreen(PollingScreen):
         host["gpu_history"] = {i: list(d) for i, d in self.gpu_history.get(name, {}).items()}
         card.host = host
 
-    @on(DataTable.RowHighlighted, "#hosts-table")
-    def _follow_row(self, event: DataTable.RowHighlighted) -> None:
-        self._show_card()
+    def on_mount(self) -> None:
+        # The card follows the cursor in the frame that moves it (a watcher runs at once; a
+        # RowHighlighted message would be handled after that frame and cost the next one).
+        self.watch(self.table, "highlighted", self._show_card, init=False)
 
     @work(exclusive=True, group="action")
     async def action_drain(self) -> None:

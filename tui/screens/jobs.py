@@ -18,7 +18,6 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
-from textual.widgets import DataTable
 
 from mlfleet.core.client import ControllerClient
 from mlfleet.core.config import load_job_spec
@@ -103,13 +102,13 @@ class JobsScreen(PollingScreen):
             if not log.absorb(request, chunk):
                 return
 
-    @on(DataTable.RowHighlighted, "#jobs-table")
-    def _follow_row(self, event: DataTable.RowHighlighted) -> None:
-        if event.row_key.value is not None and self.query_one(JobLog).follow(event.row_key.value):
+    @on(JobTable.RowHighlighted, "#jobs-table")
+    def _follow_row(self, event: JobTable.RowHighlighted) -> None:
+        if event.key is not None and self.query_one(JobLog).follow(event.key):
             self.wake()
 
-    @on(DataTable.RowSelected, "#jobs-table")
-    def _selected(self, event: DataTable.RowSelected) -> None:
+    @on(JobTable.RowSelected, "#jobs-table")
+    def _selected(self, event: JobTable.RowSelected) -> None:
         self.action_details()
 
     def _job(self) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ from rich.table import Table
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 from mlfleet.core.client import ControllerClient
 from mlfleet.core.errors import EXIT_USAGE, MlfleetError, RemoteError, UsageError
@@ -24,6 +24,7 @@ from mlfleet.tui.screens.compare import CompareScreen, lineage_rows
 from mlfleet.tui.widgets.dialogs import TextPanel
 from mlfleet.tui.widgets.keyed_table import KeyedTable
 from mlfleet.tui.widgets.run_table import BASE_COLUMNS, run_cells, run_columns
+from mlfleet.tui.widgets.text import set_text
 
 RUNS_LIMIT = 200
 
@@ -86,7 +87,7 @@ class RunsScreen(PollingScreen):
             text += f" · marked {len(self.marked)}: {', '.join(self.marked)} (c compares, x unmarks)"
         else:
             text += " · space marks runs, c compares them"
-        self.query_one("#runs-status", Static).update(text)
+        set_text(self.query_one("#runs-status", Static), text)
 
     def action_toggle_mark(self) -> None:
         key = self.table.current_key
@@ -120,10 +121,10 @@ class RunsScreen(PollingScreen):
         screen.use_client(self.client)
         self.app.push_screen(screen)
 
-    @on(DataTable.RowSelected, "#runs-table")
-    def _selected(self, event: DataTable.RowSelected) -> None:
-        if event.row_key.value is not None:
-            self.show_run(event.row_key.value)
+    @on(KeyedTable.RowSelected, "#runs-table")
+    def _selected(self, event: KeyedTable.RowSelected) -> None:
+        if event.key is not None:
+            self.show_run(event.key)
 
     @work(exclusive=True, group="action")
     async def show_run(self, run_id: str) -> None:

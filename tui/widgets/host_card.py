@@ -15,10 +15,11 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
-from textual.widgets import Label, Sparkline, Static
+from textual.widgets import Label, Static
 
 from mlfleet.core.units import format_size
-from mlfleet.tui.widgets.host_table import spark
+from mlfleet.tui.widgets.spark import SparkLine, spark
+from mlfleet.tui.widgets.text import set_text
 
 HOST_STATES = ("up", "unreachable", "connecting")
 
@@ -38,11 +39,11 @@ class HostCard(Vertical):
         with Horizontal(classes="metric"):
             yield Label("CPU", classes="metric-name")
             yield Static(id="cpu-value", classes="metric-value")
-            yield Sparkline([], id="cpu-history", classes="metric-history")
+            yield SparkLine(id="cpu-history", classes="metric-history")
         with Horizontal(classes="metric"):
             yield Label("MEM", classes="metric-name")
             yield Static(id="memory-value", classes="metric-value")
-            yield Sparkline([], id="memory-history", classes="metric-history")
+            yield SparkLine(id="memory-history", classes="metric-history")
         yield Static(id="gpus")
 
     def on_mount(self) -> None:
@@ -55,7 +56,7 @@ class HostCard(Vertical):
         self.border_title = host.get("name", "?")
         self.border_subtitle = _subtitle(host)
         message = self.query_one(".host-message", Static)
-        message.update(host.get("message") or "")
+        set_text(message, host.get("message") or "")
         message.display = bool(host.get("message"))
 
         # The value lines are one row each, and the GPU block changes height only with the GPU
@@ -65,9 +66,9 @@ class HostCard(Vertical):
         self.query_one("#cpu-value", Static).update(cpu_text(telemetry), layout=False)
         self.query_one("#memory-value", Static).update(memory_text(telemetry), layout=False)
         for key, selector in (("cpu_percent", "#cpu-history"), ("memory_percent", "#memory-history")):
-            sparkline = self.query_one(selector, Sparkline)
-            sparkline.data = list(history.get(key) or [])
-            sparkline.display = bool(sparkline.data)  # no flat line pretending to be history
+            sparkline = self.query_one(selector, SparkLine)
+            sparkline.values = tuple(history.get(key) or ())
+            sparkline.display = bool(sparkline.values)  # no flat line pretending to be history
         gpus = gpu_view(telemetry, host.get("gpu_history") or {})
         lines = len(gpus.plain.splitlines()) if isinstance(gpus, Text) else 1
         self.query_one("#gpus", Static).update(gpus, layout=lines != self._gpu_lines)

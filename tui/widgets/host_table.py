@@ -73,15 +73,3 @@ def _seen(last_seen: float | None) -> str:
     if time.time() - last_seen < FRESH_S:
         return "live"
     return time.strftime("%m-%d %H:%M:%S", time.localtime(last_seen))
-
-
-BARS = "▁▂▃▄▅▆▇█"
-
-
-def spark(values: list[float], width: int = 30, top: float = 100.0) -> str:
-    """The last ``width`` values as a one-line bar chart (0..top)."""
-    out = []
-    for v in values[-width:]:
-        share = 0.0 if top <= 0 else max(0.0, min(1.0, v / top))
-        out.append(BARS[min(len(BARS) - 1, int(share * len(BARS)))])
-    return "".join(out)

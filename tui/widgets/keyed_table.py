@@ -1,11 +1,19 @@
-"""A DataTable keyed by an id that is brought in line with new data cell by cell.
+"""The table of every TUI view: rows keyed by an id, brought in line with new data row by row.
 
-Every table of the TUI is one of these. :meth:`KeyedTable.show` takes the
-rows the screen wants on view (already filtered), adds the new ones, updates
-only the cells whose text changed and removes the rows that went away. It
-never clears, so the cursor, the scroll position and the selection stay where
-the user left them; a tick that changes one number updates one cell (the
-table then repaints the rows on view, not the rows off screen).
+:meth:`KeyedTable.show` takes the rows the screen wants on view (already
+filtered), adds the new ones, updates the cells whose text changed and
+removes the rows that went away. It never clears, so the cursor (which
+follows its row's key, not its position), the scroll position and the
+selection stay where the user left them.
+
+Why not Textual's DataTable: every ``update_cell`` there bumps one counter
+that all of its render caches are keyed by, so a 1 Hz refresh that changes a
+number per host makes the next frame lay out every visible cell again
+through Rich (about 0.3 ms a cell, ~200 ms for 50 rows × 13 columns on a
+small machine), and a key press that lands after the refresh waits for it.
+This table draws through Textual's line API instead and caches one finished
+line per row: a changed cell redraws its own row only, a cursor move redraws
+the two rows it leaves and enters, and scrolling reuses every cached line.
 """
 
 from __future__ import annotations
@@ -13,17 +21,25 @@ from __future__ import annotations
 from typing import Any, ClassVar, Iterable, Sequence
 
 from rich.cells import cell_len
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
+from textual import events
 from textual.binding import Binding, BindingType
-from textual.widgets import DataTable
-from textual.widgets.data_table import ColumnKey
+from textual.geometry import Region, Size
+from textual.message import Message
+from textual.reactive import var
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
 
 Cells = Sequence[str | Text]
+PADDING = 1  # blank cells each side of a column's text
+SORT_MARKS = {False: " ▲", True: " ▼"}
 
 
 def _text(cell: str | Text) -> Text:
-    """Cells go in as Text: a str would be read as markup (a job named ``[red]x`` is just that name)."""
-    return cell if isinstance(cell, Text) else Text(cell, no_wrap=True, overflow="ellipsis")
+    """Cells are shown as Text: a str would be read as markup (a job named ``[red]x`` is just that name)."""
+    return cell if isinstance(cell, Text) else Text(cell, no_wrap=True, overflow="ellipsis", end="")
 
 
 def _width(cell: str | Text) -> int:
@@ -42,86 +58,263 @@ def _sort_key(value: Any) -> tuple[int, float, str]:
         return (1, 0.0, text.lower())
 
 
-class KeyedTable(DataTable[str | Text]):
-    """Rows keyed by id; ``show(rows)`` applies the difference; ``s`` sorts by the column under the cursor."""
+class KeyedTable(ScrollView, can_focus=True):
+    """Rows keyed by id; ``show(rows)`` applies the difference; ``s`` sorts by the next column."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("j", "cursor_down", "Down", show=False),
-        Binding("k", "cursor_up", "Up", show=False),
-        Binding("g", "scroll_top", "Top", show=False),
-        Binding("G", "scroll_bottom", "Bottom", show=False),
+        Binding("down,j", "cursor_down", "Down", show=False),
+        Binding("up,k", "cursor_up", "Up", show=False),
+        Binding("pagedown", "page_down", "Page down", show=False),
+        Binding("pageup", "page_up", "Page up", show=False),
+        Binding("home,g", "scroll_top", "Top", show=False),
+        Binding("end,G", "scroll_bottom", "Bottom", show=False),
+        Binding("right", "scroll_right", "Right", show=False),
+        Binding("left", "scroll_left", "Left", show=False),
+        Binding("enter", "select_cursor", "Select", show=False),
         Binding("s", "sort_next", "Sort"),
         Binding("S", "sort_reverse", "Reverse", show=False),
     ]
 
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "keyed-table--header", "keyed-table--even-row", "keyed-table--cursor",
+    }
+
+    DEFAULT_CSS = """
+    KeyedTable {
+        background: $surface;
+        color: $foreground;
+        height: auto;
+        max-height: 100%;
+        &:focus {
+            background-tint: $foreground 5%;
+            & > .keyed-table--cursor {
+                background: $block-cursor-background;
+                color: $block-cursor-foreground;
+                text-style: $block-cursor-text-style;
+            }
+            & > .keyed-table--header {
+                background-tint: $foreground 5%;
+            }
+        }
+        &:dark > .keyed-table--even-row {
+            background: $surface-darken-1 40%;
+        }
+        & > .keyed-table--header {
+            text-style: bold;
+            background: $panel;
+            color: $foreground;
+        }
+        &:ansi > .keyed-table--header {
+            background: ansi_bright_blue;
+            color: ansi_default;
+        }
+        & > .keyed-table--even-row {
+            background: $surface-lighten-1 50%;
+        }
+        & > .keyed-table--cursor {
+            background: $block-cursor-blurred-background;
+            color: $block-cursor-blurred-foreground;
+            text-style: $block-cursor-blurred-text-style;
+        }
+    }
+    """
+
+    highlighted: var[str | None] = var(None, init=False)
+    """The key of the row under the cursor. A view that must follow the cursor in the same frame
+    (the fleet's host card) watches this: a watcher runs at once, while RowHighlighted is a
+    message handled after the frame that moved the cursor has been drawn, one frame later."""
+
+    class RowHighlighted(Message):
+        """The cursor is on another row (``key`` is None when the table became empty)."""
+
+        def __init__(self, table: KeyedTable, key: str | None, cursor_row: int) -> None:
+            super().__init__()
+            self.table, self.key, self.cursor_row = table, key, cursor_row
+
+        @property
+        def control(self) -> KeyedTable:
+            return self.table
+
+    class RowSelected(Message):
+        """Enter (or a click on the row under the cursor) chose the row ``key``."""
+
+        def __init__(self, table: KeyedTable, key: str, cursor_row: int) -> None:
+            super().__init__()
+            self.table, self.key, self.cursor_row = table, key, cursor_row
+
+        @property
+        def control(self) -> KeyedTable:
+            return self.table
+
     def __init__(self, columns: Iterable[tuple[str, str]], **kwargs: Any) -> None:
-        kwargs.setdefault("cursor_type", "row")
-        kwargs.setdefault("zebra_stripes", True)
         super().__init__(**kwargs)
-        self.columns_spec = tuple(columns)
-        self.shown: dict[str, tuple[Any, ...]] = {}
+        self.columns_spec: tuple[tuple[str, str], ...] = tuple(columns)
+        self.shown: dict[str, tuple[Any, ...]] = {}  # key -> the cells as the screen gave them
         self.sort_by: str | None = None
         self.sort_reverse = False
-        self._restore: str | None = None
+        self._cells: dict[str, list[Text]] = {}
+        self._order: list[str] = []
+        self._index: dict[str, int] = {}
+        self._widths: list[int] = []
+        self._cursor = 0
+        self._highlighted: str | None = None
+        self._lines: dict[str, tuple[tuple[int, int, bool], Strip]] = {}  # key -> (stamp, finished line)
+        self._header: tuple[tuple[Any, ...], Strip] | None = None
+        self._look = 0  # bumped when the widths, the theme or the focus change: every cached line is stale
+        self._measure_columns()
 
-    def on_mount(self) -> None:
-        for key, label in self.columns_spec:
-            self.add_column(label, key=key)
-
+    # ----------------------------------------------------------------- data in
     def set_columns(self, columns: Iterable[tuple[str, str]]) -> bool:
         """Change the columns (rare: a new metric appears); the rows are rebuilt once, not per tick."""
         columns = tuple(columns)
         if columns == self.columns_spec:
             return False
-        keep = self.current_key
-        self.clear(columns=True)
-        self.shown.clear()
         self.columns_spec = columns
-        for key, label in columns:
-            self.add_column(label, key=key)
-        self._restore = keep
+        self.shown.clear()
+        self._cells.clear()
+        if self.sort_by not in {k for k, _ in columns}:
+            self.sort_by = None
+        self._measure_columns()
         return True
 
     def show(self, rows: Iterable[tuple[str, Cells]]) -> None:
         """Bring the table in line with ``rows`` (key, cells), in the order they should appear."""
-        seen: set[str] = set()
-        added = resort = False
+        order: list[str] = []
+        view = self._view()
         for key, cells in rows:
             cells = tuple(cells)
-            seen.add(key)
+            order.append(key)
             before = self.shown.get(key)
             if before is None:
-                self.add_row(*(_text(c) for c in cells), key=key)
-                added = True
+                self._cells[key] = [_text(c) for c in cells]
+                self._grow(self._cells[key])
             elif before != cells:
-                for (column, _label), new, old in zip(self.columns_spec, cells, before):
+                for position, (new, old) in enumerate(zip(cells, before)):
                     if new != old:
-                        resort = resort or column == self.sort_by
-                        # Re-measuring a column walks every row: do it only when this cell needs more room.
-                        wider = _width(new) > self.columns[ColumnKey(column)].content_width
-                        self.update_cell(key, column, _text(new), update_width=wider)
+                        self._set_cell(key, position, new, view)
             self.shown[key] = cells
-        for gone in [k for k in self.shown if k not in seen]:
-            self.remove_row(gone)
-            del self.shown[gone]
-        if (added or resort) and self.sort_by is not None:
-            self._apply_sort()  # a new row, or a value in the sorted column moved
+        wanted = set(order)
+        gone = [k for k in self.shown if k not in wanted]
+        for key in gone:
+            del self.shown[key], self._cells[key]
+            self._lines.pop(key, None)
+        if gone:
+            self._measure_columns()  # a removed row may have been the widest of its column
+        self._set_order(order)
 
-        keep, self._restore = self._restore, None
-        if keep is not None and keep in self.shown:
-            self.select_key(keep)
+    def update_cell(self, key: str, column: str, value: str | Text) -> None:
+        """Set one cell; only that cell of the screen is drawn again."""
+        position = [name for name, _label in self.columns_spec].index(column)
+        row = list(self.shown[key])
+        row[position] = value
+        self.shown[key] = tuple(row)
+        self._set_cell(key, position, value, self._view())
+
+    def _set_cell(self, key: str, position: int, value: str | Text, view: tuple[int, int, int, int]) -> None:
+        text = _text(value)
+        self._cells[key][position] = text
+        self._lines.pop(key, None)
+        if text.cell_len > self._widths[position]:
+            self._widths[position] = text.cell_len
+            self._restyle()
+            return
+        index = self._index.get(key)
+        scroll_x, scroll_y, width, height = view
+        y = -1 if index is None else index - scroll_y + 1
+        if 1 <= y < height:
+            # Only this cell's columns of the line: the terminal is sent the cell, not the row
+            # (a 1 Hz refresh of 100 hosts writes a fraction of the screen, and tmux or ssh has less to chew).
+            left = sum(self._widths[:position]) + 2 * PADDING * position - scroll_x
+            cell = Region(left, y, self._widths[position] + 2 * PADDING, 1).intersection(Region(0, y, width, 1))
+            if cell:
+                self.refresh(cell)
+
+    def _view(self) -> tuple[int, int, int, int]:
+        """Scroll offset and the size of the area rows are drawn in (asked once per refresh, not per cell)."""
+        scroll_x, scroll_y = self.scroll_offset
+        region = self.scrollable_content_region
+        return scroll_x, scroll_y, region.width, region.height
+
+    # ----------------------------------------------------------------- what is where
+    @property
+    def row_count(self) -> int:
+        return len(self._order)
+
+    @property
+    def cursor_row(self) -> int:
+        return self._cursor
 
     @property
     def current_key(self) -> str | None:
         """The id of the row under the cursor, or None for an empty table."""
-        if not self.row_count:
-            return None
-        return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
+        return self._order[self._cursor] if self._order else None
+
+    def get_row_index(self, key: str) -> int:
+        return self._index[key]
+
+    def get_row(self, key: str) -> list[Text]:
+        """The cells of row ``key`` as shown (Text, never markup)."""
+        return list(self._cells[key])
+
+    def get_row_at(self, index: int) -> list[Text]:
+        return self.get_row(self._order[index])
+
+    # ----------------------------------------------------------------- cursor
+    def move_cursor(self, *, row: int) -> None:
+        """Put the cursor on row number ``row`` (clamped) and scroll it into view."""
+        row = max(0, min(row, len(self._order) - 1))
+        if row != self._cursor:
+            old, self._cursor = self._cursor, row
+            self._refresh_row(old)
+            self._refresh_row(row)
+        self._scroll_to_cursor()
+        self._announce()
 
     def select_key(self, key: str) -> None:
         """Move the cursor onto the row ``key``."""
-        self.move_cursor(row=self.get_row_index(key))
+        self.move_cursor(row=self._index[key])
 
+    def action_cursor_down(self) -> None:
+        self.move_cursor(row=self._cursor + 1)
+
+    def action_cursor_up(self) -> None:
+        self.move_cursor(row=self._cursor - 1)
+
+    def action_page_down(self) -> None:
+        self.move_cursor(row=self._cursor + max(1, self._rows_on_view() - 1))
+
+    def action_page_up(self) -> None:
+        self.move_cursor(row=self._cursor - max(1, self._rows_on_view() - 1))
+
+    def action_scroll_top(self) -> None:
+        self.move_cursor(row=0)
+
+    def action_scroll_bottom(self) -> None:
+        self.move_cursor(row=len(self._order) - 1)
+
+    def action_select_cursor(self) -> None:
+        if self._order:
+            self.post_message(self.RowSelected(self, self._order[self._cursor], self._cursor))
+
+    def _announce(self) -> None:
+        """Tell the screen when the row under the cursor is another one (by key, not position)."""
+        key = self.current_key
+        if key != self._highlighted:
+            self._highlighted = key
+            self.highlighted = key
+            self.post_message(self.RowHighlighted(self, key, self._cursor))
+
+    def _rows_on_view(self) -> int:
+        return max(1, self.scrollable_content_region.height - 1)  # less the header line
+
+    def _scroll_to_cursor(self) -> None:
+        top, visible = self.scroll_offset.y, self._rows_on_view()
+        if self._cursor < top:
+            self.scroll_to(y=self._cursor, animate=False, immediate=True)
+        elif self._cursor >= top + visible:
+            self.scroll_to(y=self._cursor - visible + 1, animate=False, immediate=True)
+
+    # ----------------------------------------------------------------- sorting
     def action_sort_next(self) -> None:
         """Sort by the next column (a click on a header sorts by that one)."""
         keys = [k for k, _ in self.columns_spec]
@@ -135,15 +328,149 @@ class KeyedTable(DataTable[str | Text]):
         if reverse is None:
             reverse = (column == self.sort_by) and not self.sort_reverse
         self.sort_by, self.sort_reverse = column, reverse
-        self._apply_sort()
+        self._header = None
+        self._set_order(list(self._order))
+        self.refresh()
 
-    def _apply_sort(self) -> None:
-        if self.sort_by is not None and self.row_count:
-            keep = self.current_key
-            self.sort(self.sort_by, key=_sort_key, reverse=self.sort_reverse)
-            if keep is not None:
-                self.select_key(keep)
+    def _set_order(self, order: list[str]) -> None:
+        """Put the rows in ``order`` (sorted if a sort column is set); the cursor keeps its row."""
+        if self.sort_by is not None:
+            position = [k for k, _ in self.columns_spec].index(self.sort_by)
+            order.sort(key=lambda k: _sort_key(self._cells[k][position]), reverse=self.sort_reverse)
+        keep = self._highlighted
+        if order != self._order:
+            self._order = order
+            self._index = {k: i for i, k in enumerate(order)}
+            self.virtual_size = Size(sum(self._widths) + 2 * PADDING * len(self._widths), len(order) + 1)
+            if keep in self._index:
+                self._cursor = self._index[keep]
+            self._cursor = max(0, min(self._cursor, len(order) - 1))
+            self.refresh()
+            self._scroll_to_cursor()
+        self._announce()
 
-    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
-        event.stop()
-        self.sort_by_column(str(event.column_key.value))
+    # ----------------------------------------------------------------- mouse
+    def on_click(self, event: events.Click) -> None:
+        offset = event.get_content_offset(self)
+        if offset is None:
+            return
+        x, y = offset.x + self.scroll_offset.x, offset.y
+        if y == 0:
+            edge = 0
+            for (column, _label), width in zip(self.columns_spec, self._widths):
+                edge += width + 2 * PADDING
+                if x < edge:
+                    self.sort_by_column(column)
+                    break
+            return
+        row = self.scroll_offset.y + y - 1
+        if row < len(self._order):
+            if row == self._cursor:
+                self.action_select_cursor()
+            else:
+                self.move_cursor(row=row)
+
+    # ----------------------------------------------------------------- drawing
+    def render_line(self, y: int) -> Strip:
+        scroll_x, scroll_y = self.scroll_offset
+        width = self.scrollable_content_region.width
+        if y == 0:
+            line = self._header_line()
+        else:
+            index = scroll_y + y - 1
+            if index >= len(self._order):
+                return Strip.blank(width, self.rich_style)
+            line = self._row_line(index)
+        return line.crop_extend(scroll_x, scroll_x + width, self.rich_style)
+
+    def _row_line(self, index: int) -> Strip:
+        key = self._order[index]
+        stamp = (self._look, index % 2, index == self._cursor)
+        cached = self._lines.get(key)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        base = self.rich_style
+        if index % 2 == 0:
+            base += self.get_component_rich_style("keyed-table--even-row")
+        # The cursor's look differs with focus; the stylesheet picks it (``:focus`` in DEFAULT_CSS).
+        cursor = self.get_component_rich_style("keyed-table--cursor") if index == self._cursor else None
+        line = self._line(self._cells[key], base, cursor)
+        self._lines[key] = (stamp, line)
+        return line
+
+    def _header_line(self) -> Strip:
+        stamp = (self._look, self.sort_by, self.sort_reverse)
+        if self._header is not None and self._header[0] == stamp:
+            return self._header[1]
+        labels = [Text(label + (SORT_MARKS[self.sort_reverse] if key == self.sort_by else ""), end="")
+                  for key, label in self.columns_spec]
+        line = self._line(labels, self.rich_style + self.get_component_rich_style("keyed-table--header"), None)
+        self._header = (stamp, line)
+        return line
+
+    def _line(self, cells: list[Text], base: Style, over: Style | None) -> Strip:
+        """One finished line: every cell cut or padded to its column, the row's style under the cells' own."""
+        console = self.app.console
+        pad = " " * PADDING
+        segments: list[Segment] = []
+        for cell, width in zip(cells, self._widths):
+            segments.append(Segment(pad))
+            if not cell.spans and not cell.style and cell.cell_len <= width:
+                segments.append(Segment(cell.plain + " " * (width - cell.cell_len)))
+            else:
+                fitted = cell.copy()
+                fitted.truncate(width, overflow="ellipsis", pad=True)
+                # Text.render leaves the Text's own style (a state's colour) to its caller.
+                own = console.get_style(fitted.style, default="") if fitted.style else None
+                segments.extend(Segment.apply_style(fitted.render(console), own))
+            segments.append(Segment(pad))
+        total = sum(self._widths) + 2 * PADDING * len(self._widths)
+        return Strip(Segment.apply_style(segments, base, over), total)
+
+    def _measure_columns(self) -> None:
+        """Every column as wide as its widest cell or its label (plus room for the sort mark)."""
+        widths = [cell_len(label) + 2 for _key, label in self.columns_spec]
+        for cells in self._cells.values():
+            for i, cell in enumerate(cells[:len(widths)]):
+                widths[i] = max(widths[i], cell.cell_len)
+        if widths != self._widths:
+            self._widths = widths
+            self._restyle()
+
+    def _grow(self, cells: list[Text]) -> None:
+        for i, cell in enumerate(cells[:len(self._widths)]):
+            if cell.cell_len > self._widths[i]:
+                self._widths[i] = cell.cell_len
+                self._restyle()
+
+    def _restyle(self) -> None:
+        """Every cached line is stale (widths, theme or focus changed): draw them again on the next frame."""
+        self._look += 1
+        self._header = None
+        self._lines.clear()
+        if self.is_mounted:
+            self.virtual_size = Size(sum(self._widths) + 2 * PADDING * len(self._widths), len(self._order) + 1)
+            self.refresh()
+
+    def _refresh_row(self, index: int) -> None:
+        """Ask for the screen line of row ``index`` to be drawn again, if it is on view."""
+        _scroll_x, scroll_y, width, height = self._view()
+        y = index - scroll_y + 1
+        if 1 <= y < height:
+            self.refresh(Region(0, y, width, 1))
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._restyle()
+
+    def on_mount(self) -> None:
+        self.virtual_size = Size(sum(self._widths) + 2 * PADDING * len(self._widths), len(self._order) + 1)
+
+    def on_focus(self) -> None:
+        self._restyle()
+
+    def on_blur(self) -> None:
+        self._restyle()
+
+    def on_resize(self) -> None:
+        self._scroll_to_cursor()
