@@ -99,3 +99,50 @@ def test_mlfleet_opens_the_tui_in_a_terminal_and_switches_views(home: Home) -> N
         assert "Traceback" not in term.screen()
     finally:
         subprocess.run([tmux, "-S", str(term.socket), "kill-server"], capture_output=True, timeout=10)
+
+
+def hues(screen_with_escapes: str) -> set[str]:
+    """Every colour on screen that is not a grey (``capture-pane -e`` output: 256-colour, RGB or basic SGR)."""
+    found = set()
+    for params in re.findall(r"\x1b\[([\d;]*)m", screen_with_escapes):
+        codes = [int(c) if c else 0 for c in params.split(";")]
+        i = 0
+        while i < len(codes):
+            code = codes[i]
+            if code in (38, 48) and i + 2 < len(codes) and codes[i + 1] == 5:
+                n = codes[i + 2]
+                if 16 <= n <= 231:
+                    n -= 16
+                    grey = n // 36 == (n // 6) % 6 == n % 6
+                else:
+                    grey = n >= 232 or n in (0, 7, 8, 15)
+                if not grey:
+                    found.add(f"{code};5;{codes[i + 2]}")
+                i += 3
+            elif code in (38, 48) and i + 4 < len(codes) and codes[i + 1] == 2:
+                r, g, b = codes[i + 2:i + 5]
+                if max(r, g, b) - min(r, g, b) > 8:
+                    found.add(f"{code};2;{r};{g};{b}")
+                i += 5
+            else:
+                if 31 <= code <= 36 or 41 <= code <= 46 or 91 <= code <= 96 or 101 <= code <= 106:
+                    found.add(str(code))
+                i += 1
+    return found
+
+
+def test_no_color_in_the_environment_means_no_colour_on_screen(home: Home) -> None:
+    tmux = shutil.which("tmux")
+    if tmux is None:
+        pytest.fail("tmux is not installed; run the tests with the README's command (scripts/test.sh).")
+    term = Terminal(tmux, home.data_dir / "tmux.sock")
+    command = f"NO_COLOR=1 MLFLEET_HOME={shlex.quote(str(home.data_dir))} {shlex.quote(sys.executable)} -m mlfleet"
+    term.run("new-session", "-d", "-s", SESSION, "-x", "160", "-y", "45", command)
+    try:
+        term.wait_for("the local host", lambda s: "local" in s and CPU.search(s))
+        coloured = term.run("capture-pane", "-p", "-e", "-t", SESSION)
+        assert "\x1b[" in coloured  # styles (bold, reverse, greys) are still there ...
+        assert hues(coloured) == set(), hues(coloured)  # ... but no hue anywhere
+        term.keys("q")
+    finally:
+        subprocess.run([tmux, "-S", str(term.socket), "kill-server"], capture_output=True, timeout=10)

@@ -189,9 +189,7 @@ class KeyedTable(ScrollView, can_focus=True):
                 self._cells[key] = [_text(c) for c in cells]
                 self._grow(self._cells[key])
             elif before != cells:
-                for position, (new, old) in enumerate(zip(cells, before)):
-                    if new != old:
-                        self._set_cell(key, position, new, view)
+                self._set_cells(key, [(p, new) for p, (new, old) in enumerate(zip(cells, before)) if new != old], view)
             self.shown[key] = cells
         wanted = set(order)
         gone = [k for k in self.shown if k not in wanted]
@@ -203,31 +201,40 @@ class KeyedTable(ScrollView, can_focus=True):
         self._set_order(order)
 
     def update_cell(self, key: str, column: str, value: str | Text) -> None:
-        """Set one cell; only that cell of the screen is drawn again."""
+        """Set one cell; only that part of the screen is drawn again."""
         position = [name for name, _label in self.columns_spec].index(column)
         row = list(self.shown[key])
         row[position] = value
         self.shown[key] = tuple(row)
-        self._set_cell(key, position, value, self._view())
+        self._set_cells(key, [(position, value)], self._view())
 
-    def _set_cell(self, key: str, position: int, value: str | Text, view: tuple[int, int, int, int]) -> None:
-        text = _text(value)
-        self._cells[key][position] = text
+    def _set_cells(self, key: str, changes: list[tuple[int, str | Text]], view: tuple[int, int, int, int]) -> None:
+        """Set cells of one row and ask for the stretch of its line from the first to the last of them.
+
+        One stretch per row, not one per cell: Textual writes a line's update from the start of the
+        widget to the end of each stretch, so two stretches on a line would send its start twice.
+        """
+        cells = self._cells[key]
         self._lines.pop(key, None)
-        if text.cell_len > self._widths[position]:
-            self._widths[position] = text.cell_len
+        wider = False
+        for position, value in changes:
+            text = cells[position] = _text(value)
+            if text.cell_len > self._widths[position]:
+                self._widths[position] = text.cell_len
+                wider = True
+        if wider:
             self._restyle()
             return
         index = self._index.get(key)
         scroll_x, scroll_y, width, height = view
         y = -1 if index is None else index - scroll_y + 1
         if 1 <= y < height:
-            # Only this cell's columns of the line: the terminal is sent the cell, not the row
-            # (a 1 Hz refresh of 100 hosts writes a fraction of the screen, and tmux or ssh has less to chew).
-            left = sum(self._widths[:position]) + 2 * PADDING * position - scroll_x
-            cell = Region(left, y, self._widths[position] + 2 * PADDING, 1).intersection(Region(0, y, width, 1))
-            if cell:
-                self.refresh(cell)
+            first, last = min(p for p, _ in changes), max(p for p, _ in changes)
+            left = sum(self._widths[:first]) + 2 * PADDING * first - scroll_x
+            right = sum(self._widths[:last + 1]) + 2 * PADDING * (last + 1) - scroll_x
+            stretch = Region(left, y, right - left, 1).intersection(Region(0, y, width, 1))
+            if stretch:
+                self.refresh(stretch)
 
     def _view(self) -> tuple[int, int, int, int]:
         """Scroll offset and the size of the area rows are drawn in (asked once per refresh, not per cell)."""
@@ -425,7 +432,8 @@ class KeyedTable(ScrollView, can_focus=True):
                 segments.extend(Segment.apply_style(fitted.render(console), own))
             segments.append(Segment(pad))
         total = sum(self._widths) + 2 * PADDING * len(self._widths)
-        return Strip(Segment.apply_style(segments, base, over), total)
+        # One segment per run of equal style: the terminal is sent one colour change per run, not per cell.
+        return Strip(Segment.simplify(Segment.apply_style(segments, base, over)), total)
 
     def _measure_columns(self) -> None:
         """Every column as wide as its widest cell or its label (plus room for the sort mark)."""
