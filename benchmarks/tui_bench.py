@@ -1,6 +1,6 @@
 """The TUI under a big fleet: CPU of the TUI process and key-press latency.
 
-    .venv/bin/python benchmarks/tui_bench.py [--hosts 100] [--gpus 8] [--seconds 60] [--presses 40]
+    .venv/bin/python benchmarks/tui_bench.py [--hosts 100] [--gpus 8] [--seconds 60] [--presses 100]
 
 The controller cannot present 100 hosts on one workstation without 100
 agents, so this benchmark starts a stand-in controller (``serve``, in a
@@ -299,7 +299,7 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=60.0, help="CPU measurement window")
     parser.add_argument("--warmup", type=float, default=5.0)
-    parser.add_argument("--presses", type=int, default=40)
+    parser.add_argument("--presses", type=int, default=100)
     args = parser.parse_args()
     if args.what == "serve":
         asyncio.run(serve(args.home, args.hosts, args.gpus))
