@@ -153,3 +153,26 @@ async def test_columns_fit_their_widest_cell_and_text_is_never_markup() -> None:
         table.show([("x", ("[red]x", "1 %", "up"))])  # the widest row went away: the column narrows
         await pilot.pause()
         assert screen_text(table)[0].index("UTIL") < header_before.index("UTIL")
+
+
+async def test_control_characters_in_a_cell_never_reach_the_terminal() -> None:
+    async with TableApp().run_test(size=(80, 12)) as pilot:
+        table = pilot.app.query_one(KeyedTable)
+        table.show([("j1", ("line one\nline two", "1 %", Text("up\x1b[2J", style="green")))])
+        await pilot.pause()
+        line = table.render_line(1)
+        assert all(ord(c) >= 32 for segment in line for c in segment.text)
+        assert screen_text(table)[1].split()[:4] == ["line", "one", "line", "two"]
+
+
+async def test_new_columns_rebuild_the_rows_and_keep_the_cursor_on_its_row() -> None:
+    async with TableApp().run_test(size=(80, 12)) as pilot:
+        table = pilot.app.query_one(KeyedTable)
+        table.show(hosts(3))
+        table.select_key("h02")
+        await pilot.pause()
+        assert table.set_columns((("name", "HOST"), ("loss", "LOSS")))
+        table.show([(key, (key, f"0.{i}")) for i, (key, _cells) in enumerate(hosts(3))])
+        await pilot.pause()
+        assert screen_text(table)[0].split() == ["HOST", "LOSS"]
+        assert screen_text(table)[3].split() == ["h02", "0.2"] and table.current_key == "h02"

@@ -37,9 +37,18 @@ PADDING = 1  # blank cells each side of a column's text
 SORT_MARKS = {False: " ▲", True: " ▼"}
 
 
+# Control characters would reach the terminal as they are: a newline breaks the line, an escape
+# sequence in a job's name or reason would restyle (or rewrite) the screen. They are shown as spaces.
+CONTROLS = {c: " " for c in [*range(32), 127]}
+
+
 def _text(cell: str | Text) -> Text:
     """Cells are shown as Text: a str would be read as markup (a job named ``[red]x`` is just that name)."""
-    return cell if isinstance(cell, Text) else Text(cell, no_wrap=True, overflow="ellipsis", end="")
+    if isinstance(cell, Text):
+        plain = cell.plain
+        clean = plain.translate(CONTROLS)
+        return cell if clean == plain else Text(clean, style=cell.style, no_wrap=True, end="")
+    return Text(cell.translate(CONTROLS), no_wrap=True, overflow="ellipsis", end="")
 
 
 def _width(cell: str | Text) -> int:
@@ -172,8 +181,10 @@ class KeyedTable(ScrollView, can_focus=True):
         self.columns_spec = columns
         self.shown.clear()
         self._cells.clear()
+        self._order, self._index = [], {}  # the next show() brings the rows back; the cursor keeps its key
         if self.sort_by not in {k for k, _ in columns}:
             self.sort_by = None
+        self._widths = []
         self._measure_columns()
         return True
 
