@@ -1,15 +1,4 @@
-"""The run filter language of ``runs list --where`` and ``--sort`` (docs/runs.md).
-
-``params.lr > 0.01 and (metrics.val_loss.min < 0.3 or tags.model = 'resnet')``
-
-A hand-written tokenizer and recursive-descent parser turn the text into a
-small tree (:class:`Compare`, :class:`And`, :class:`Or`, :class:`Not`);
-:mod:`mlfleet.core.store.run_queries` compiles that tree into SQL. Nothing
-the user typed is ever pasted into SQL: keys and values become bound
-parameters, and column names, operators and summaries come from the fixed
-tables below. A filter that does not parse fails with one sentence that
-names the column where it went wrong.
-"""
+"""Text to tree: a hand-written tokenizer and a recursive-descent parser, one sentence per mistake."""
 
 from __future__ import annotations
 
@@ -17,102 +6,14 @@ import datetime as dt
 import math
 import re
 from dataclasses import dataclass
-from typing import Union
 
-from mlfleet.core.errors import UsageError
+from mlfleet.core.runfilter.tree import (MAX_DEPTH, MAX_FIELDS, MAX_LENGTH, METRIC_SUMMARIES, RUN_COLUMNS, And,
+                                         Compare, Field, FilterError, Node, Not, Or, SortKey, Value, name_char, name_start)
 
-MAX_LENGTH = 10_000  # characters of filter text
-MAX_DEPTH = 64  # nested parentheses and nots
-MAX_FIELDS = 32  # distinct params/tags/metrics a filter (and sort) may name
-
-# Run columns a filter may name, by kind: text, number or time.
-RUN_COLUMNS: dict[str, str] = {
-    "run_id": "text", "job_id": "text", "name": "text", "project": "text", "owner": "text", "host": "text",
-    "state": "text", "end_reason": "text", "code_hash": "text",
-    "attempt": "number", "exit_code": "number", "signal": "number",
-    "created_at": "time", "started_at": "time", "finished_at": "time",
-}
-# What a metric is summed up by: all over the run's points, NaN points left out
-# (count counts every point; last is the last point by line, NaN as missing).
-METRIC_SUMMARIES = ("min", "max", "last", "mean", "count")
-COMPARISONS = ("=", "!=", "<", "<=", ">", ">=")
 _SOURCES = {"params": "params", "param": "params", "tags": "tags", "tag": "tags",
             "metrics": "metrics", "metric": "metrics"}
 _KEYWORDS = {"and", "or", "not", "in", "like", "ilike", "is", "null", "true", "false"}
 
-Value = Union[str, float, bool]
-
-
-class FilterError(UsageError):
-    """A filter or sort that does not parse; ``column`` is 1-based."""
-
-    def __init__(self, label: str, problem: str, column: int) -> None:
-        self.label = label
-        self.problem = problem
-        self.column = column
-        super().__init__(f"{label}: {problem} at column {column}")
-
-
-@dataclass(frozen=True)
-class Field:
-    """What a comparison looks at: a run column, a param, a tag or a metric summary."""
-
-    source: str  # run | params | tags | metrics
-    key: str  # the column name, or the param/tag/metric key as logged
-    summary: str | None = None  # metrics only: one of METRIC_SUMMARIES
-
-    @property
-    def kind(self) -> str:
-        """text, number, time or param (a param compares as a number or as text, by the value)."""
-        if self.source == "run":
-            return RUN_COLUMNS[self.key]
-        return {"params": "param", "tags": "text", "metrics": "number"}[self.source]
-
-    def __str__(self) -> str:
-        if self.source == "run":
-            return self.key
-        text = f"{self.source}.{_show_key(self.key)}"
-        return f"{text}.{self.summary}" if self.summary else text
-
-
-@dataclass(frozen=True)
-class Compare:
-    """``field op value``; op is one of COMPARISONS, or in, like, ilike, is null.
-
-    For ``in`` the value is a tuple of values; for ``is null`` it is None.
-    Times are compared as Unix seconds (a float).
-    """
-
-    field: Field
-    op: str
-    value: Value | tuple[Value, ...] | None
-
-
-@dataclass(frozen=True)
-class And:
-    items: tuple["Node", ...]
-
-
-@dataclass(frozen=True)
-class Or:
-    items: tuple["Node", ...]
-
-
-@dataclass(frozen=True)
-class Not:
-    item: "Node"
-
-
-Node = Union[Compare, And, Or, Not]
-
-
-@dataclass(frozen=True)
-class SortKey:
-    field: Field
-    descending: bool = False
-
-
-# ------------------------------------------------------------- tokenizer
 
 @dataclass(frozen=True)
 class _Token:
@@ -126,12 +27,6 @@ _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _OPS = ("<=", ">=", "!=", "<>", "==", "=", "<", ">")
 
 
-def _name_start(ch: str) -> bool:
-    return ch == "_" or ch.isalpha()
-
-
-def _name_char(ch: str) -> bool:
-    return ch in "_-/" or ch.isalnum()
 
 
 def _tokens(text: str, label: str) -> list[_Token]:
@@ -163,16 +58,16 @@ def _tokens(text: str, label: str) -> list[_Token]:
         if match and (ch.isdigit() or ch == "." or (ch in "+-" and match.end() > i + 1)):
             out.append(_Token("number", match.group(), col, match.group()))
             i = match.end()
-            if i < n and _name_char(text[i]) and text[i] != "-":
+            if i < n and name_char(text[i]) and text[i] != "-":
                 raise FilterError(label, f"unexpected {text[i]!r} after the number {match.group()}", i + 1)
             continue
         if ch == "-":
             out.append(_Token("-", "-", col, "-"))
             i += 1
             continue
-        if _name_start(ch):
+        if name_start(ch):
             end = i + 1
-            while end < n and _name_char(text[end]):
+            while end < n and name_char(text[end]):
                 end += 1
             out.append(_Token("name", text[i:end], col, text[i:end]))
             i = end
@@ -418,16 +313,9 @@ class _Parser:
                             "use a date after 1970", tok) from None
 
 
-def _show_key(key: str) -> str:
-    return key if key and all(_name_char(c) or c == "." for c in key) and _name_start(key[0]) else \
-        '"' + key.replace('"', '""') + '"'
-
-
 def _show_parts(parts: list[_Token]) -> str:
     return ".".join(t.raw for t in parts)
 
-
-# ------------------------------------------------------------ public API
 
 def parse_filter(text: str, label: str = "--where") -> Node | None:
     """The filter's tree, or None for an empty filter; raises FilterError."""
@@ -465,25 +353,3 @@ def parse_sort(text: str | None, label: str = "--sort") -> list[SortKey]:
         if parser.tok.kind != "end":
             raise parser.fail(f"expected ',' or the end after the sort field {field}, found {parser._found()}")
         return keys
-
-
-def fields_of(node: Node | None) -> list[Field]:
-    """Every field a filter names, in order, each once."""
-    seen: dict[Field, None] = {}
-
-    def walk(n: Node) -> None:
-        if isinstance(n, Compare):
-            seen.setdefault(n.field)
-        elif isinstance(n, Not):
-            walk(n.item)
-        else:
-            for item in n.items:
-                walk(item)
-
-    if node is not None:
-        walk(node)
-    return list(seen)
-
-
-__all__ = ["FilterError", "Field", "Compare", "And", "Or", "Not", "Node", "SortKey", "parse_filter", "parse_sort",
-           "fields_of", "RUN_COLUMNS", "METRIC_SUMMARIES"]
