@@ -6,7 +6,7 @@
 Builds a real store file (``Store``, so the schema is the shipped one) in a
 temporary folder, fills ``metrics`` the way the ingest path does (columns
 handed to DuckDB as numpy arrays, one ``INSERT ... SELECT`` per batch),
-checkpoints it, then times ``run_queries.compare_runs`` (the whole call: run
+checkpoints it, then times ``run_compare.compare_runs`` (the whole call: run
 ids, one query for every curve, best values, params) and prints the minimum
 and median of ``--repeat`` calls. Prints a Markdown table for BENCHMARKS.md.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlfleet.core.store import run_queries
+from mlfleet.core.store import run_compare
 from mlfleet.core.store.db import Store
 
 BATCH = 100_000  # points per insert, like a large ingest chunk
@@ -66,7 +66,7 @@ def timed(con, ids: list[str], metrics: list[str] | None, buckets: int, repeat: 
     curves = 0
     for _ in range(repeat):
         started = time.perf_counter()
-        out = run_queries.compare_runs(con, ids, metrics, buckets)
+        out = run_compare.compare_runs(con, ids, metrics, buckets)
         times.append((time.perf_counter() - started) * 1000)
         curves = sum(len(m["curves"]) for m in out["metrics"].values())
     return min(times), statistics.median(times), curves

@@ -13,7 +13,7 @@ from typing import Any
 
 from mlfleet.core.errors import UsageError
 from mlfleet.core.protocol import Peer
-from mlfleet.core.store import run_queries
+from mlfleet.core.store import run_compare, run_export, run_queries
 from mlfleet.core.store.records import audit
 
 
@@ -28,7 +28,7 @@ class RunsApi:
     async def rpc_runs_compare(self, peer: Peer, runs: list[str], metrics: list[str] | None = None,
                                points: int = 500) -> dict[str, Any]:
         """Downsampled curves (min, max, last per bucket), best values and param differences of a few runs."""
-        return await self.store.read(run_queries.compare_runs, runs, metrics, points)
+        return await self.store.read(run_compare.compare_runs, runs, metrics, points)
 
     async def rpc_runs_export(self, peer: Peer, output: str, format: str = "parquet", where: str | None = None,
                               sort: str | None = None, points: bool = False,
@@ -36,7 +36,7 @@ class RunsApi:
         """Write runs (one row each) or their metric points to ``output`` (an absolute path) with COPY."""
         if not Path(output).is_absolute():
             raise UsageError(f"the output path must be absolute, got {output!r}")
-        result = await self.store.read(run_queries.export_runs, output, format, where, sort, points, metrics)
+        result = await self.store.read(run_export.export_runs, output, format, where, sort, points, metrics)
         await self.store.run(audit, peer.info["actor"], "runs.export", result["output"],
                              {"format": format, "where": where, "rows": result["rows"], "kind": result["kind"]})
         return result

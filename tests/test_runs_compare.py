@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from mlfleet.core.errors import NotFoundError, UsageError
-from mlfleet.core.store import run_queries
+from mlfleet.core.store import run_compare, run_export
 from mlfleet.core.store.db import Store
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
@@ -114,13 +114,13 @@ PATHS = {"a branch per series": 0, "one grouped join": 10**9, "mixed": 1000}
 @pytest.mark.parametrize("points", [1, 7, 500, 20_000])
 def test_curves_and_best_values_equal_numpy(store: Store, points: int, big: int,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(run_queries, "_BIG_SERIES", big)
+    monkeypatch.setattr(run_compare, "_BIG_SERIES", big)
     data = make_series(np.random.default_rng(3))
     params = {"ja-1": {"lr": 0.1, "model": "resnet", "seed": 1}, "jb-1": {"lr": 0.01, "model": "resnet"},
               "jc-1": {"lr": 0.1, "model": "resnet", "layers": [1, 2]}}
     for i, (run_id, series) in enumerate(data.items()):
         add_run(store.con, run_id, params[run_id], series, minutes=i)
-    result = run_queries.compare_runs(store.con, ["ja", "jb-1", "jc"], None, points)
+    result = run_compare.compare_runs(store.con, ["ja", "jb-1", "jc"], None, points)
 
     assert [r["run_id"] for r in result["runs"]] == ["ja-1", "jb-1", "jc-1"]
     assert result["runs"][0]["gpus"] == [0, 1] and result["runs"][0]["name"] == "name-ja-1"
@@ -147,7 +147,7 @@ def test_only_the_metrics_asked_for_and_runs_missing_one(store: Store) -> None:
     data = make_series(np.random.default_rng(4))
     for run_id, series in data.items():
         add_run(store.con, run_id, {}, series)
-    result = run_queries.compare_runs(store.con, ["ja-1", "jc-1"], ["val_acc", "nothing"], 50)
+    result = run_compare.compare_runs(store.con, ["ja-1", "jc-1"], ["val_acc", "nothing"], 50)
     assert list(result["metrics"]) == ["val_acc", "nothing"]
     assert list(result["metrics"]["val_acc"]["curves"]) == ["ja-1"]  # jc-1 never logged it
     assert result["metrics"]["nothing"] == {"curves": {}, "best": {}}
@@ -156,13 +156,13 @@ def test_only_the_metrics_asked_for_and_runs_missing_one(store: Store) -> None:
 
 @pytest.mark.parametrize("big", list(PATHS.values()), ids=list(PATHS))
 def test_a_declared_summary_mode_wins_over_the_name(store: Store, big: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(run_queries, "_BIG_SERIES", big)
+    monkeypatch.setattr(run_compare, "_BIG_SERIES", big)
     steps = np.arange(10, dtype=np.int64)
     values = np.array([5, 3, 9, 1, 4, 8, 2, 7, 6, 0.5])
     add_run(store.con, "jd-1", {}, {"loss": (steps, values, steps), "score": (steps, values, steps)})
     store.con.execute("insert into metric_summaries (run_id, key, mode) values ('jd-1', 'loss', 'max'), "
                       "('jd-1', 'score', 'last')")
-    result = run_queries.compare_runs(store.con, ["jd-1"])
+    result = run_compare.compare_runs(store.con, ["jd-1"])
     best = {k: m["best"]["jd-1"] for k, m in result["metrics"].items()}
     assert best == {"loss": {"value": 9.0, "step": 2, "mode": "max"},
                     "score": {"value": 0.5, "step": 9, "mode": "last"}}
@@ -172,14 +172,14 @@ def test_bad_compare_requests_are_one_sentence(store: Store) -> None:
     add_run(store.con, "je-1", {}, {})
     add_run(store.con, "je-2", {}, {})
     with pytest.raises(NotFoundError, match="no run 'nope'"):
-        run_queries.compare_runs(store.con, ["nope"])
+        run_compare.compare_runs(store.con, ["nope"])
     with pytest.raises(UsageError, match="ambiguous"):
-        run_queries.compare_runs(store.con, ["je"])
+        run_compare.compare_runs(store.con, ["je"])
     with pytest.raises(UsageError, match="points must be between 1 and 100000"):
-        run_queries.compare_runs(store.con, ["je-1"], None, 0)
+        run_compare.compare_runs(store.con, ["je-1"], None, 0)
     with pytest.raises(UsageError, match="at least one run"):
-        run_queries.compare_runs(store.con, [])
-    assert run_queries.compare_runs(store.con, ["je-1", "je-1"])["runs"][0]["run_id"] == "je-1"
+        run_compare.compare_runs(store.con, [])
+    assert run_compare.compare_runs(store.con, ["je-1", "je-1"])["runs"][0]["run_id"] == "je-1"
 
 
 # ------------------------------------------------------------------ export
@@ -193,7 +193,7 @@ def test_export_writes_runs_wide_and_points_long(store: Store, tmp_path: Path) -
     store.con.execute("insert into tags values ('ja-1', 'team', 'vision')")
 
     out = tmp_path / "runs.parquet"
-    answer = run_queries.export_runs(store.con, str(out), "parquet", "params.lr is not null", "params.lr")
+    answer = run_export.export_runs(store.con, str(out), "parquet", "params.lr is not null", "params.lr")
     assert answer == {"output": str(out), "format": "parquet", "rows": 2, "runs": 2, "kind": "runs"}
     con = duckdb.connect()
     table = con.execute("select * from read_parquet(?)", [str(out)])
@@ -207,12 +207,12 @@ def test_export_writes_runs_wide_and_points_long(store: Store, tmp_path: Path) -
     assert not any(n.startswith("params.LR") or n.startswith("params.flag") for n in names)  # jc-1 not selected
 
     every = tmp_path / "every.csv"
-    run_queries.export_runs(store.con, str(every), "csv")
+    run_export.export_runs(store.con, str(every), "csv")
     header = every.read_text().splitlines()[0].split(",")
     assert "params.LR" in header and "params.lr (2)" in header  # DuckDB names ignore case: the second gets a suffix
 
     points = tmp_path / "points.csv"
-    answer = run_queries.export_runs(store.con, str(points), "csv", "run_id = 'jb-1'", points=True,
+    answer = run_export.export_runs(store.con, str(points), "csv", "run_id = 'jb-1'", points=True,
                                      metrics=["val_acc"])
     assert answer["rows"] == data["jb-1"]["val_acc"][1].size and answer["kind"] == "points"
     back = con.execute("select run_id, key, step, value, seq from read_csv(?) order by seq", [str(points)]).fetchall()
@@ -223,11 +223,11 @@ def test_export_writes_runs_wide_and_points_long(store: Store, tmp_path: Path) -
 def test_export_refuses_bad_targets_and_leaves_no_half_file(store: Store, tmp_path: Path) -> None:
     add_run(store.con, "jf-1", {}, {})
     with pytest.raises(UsageError, match="must be absolute"):
-        run_queries.export_runs(store.con, "relative.csv", "csv")
+        run_export.export_runs(store.con, "relative.csv", "csv")
     with pytest.raises(UsageError, match="is not a folder"):
-        run_queries.export_runs(store.con, str(tmp_path / "missing" / "x.csv"), "csv")
+        run_export.export_runs(store.con, str(tmp_path / "missing" / "x.csv"), "csv")
     with pytest.raises(UsageError, match="unknown export format 'xlsx'"):
-        run_queries.export_runs(store.con, str(tmp_path / "x.xlsx"), "xlsx")
+        run_export.export_runs(store.con, str(tmp_path / "x.xlsx"), "xlsx")
     with pytest.raises(UsageError, match="--where: "):
-        run_queries.export_runs(store.con, str(tmp_path / "x.csv"), "csv", "params.lr >")
+        run_export.export_runs(store.con, str(tmp_path / "x.csv"), "csv", "params.lr >")
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith((".", "x."))]

@@ -1,0 +1,212 @@
+"""Runs side by side: their curves cut into buckets in SQL, best values, param diff (docs/runs.md)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from mlfleet.core.errors import UsageError
+
+from .db import jsonable
+from .records import resolve_run_id
+from .run_queries import NAN, finite, marks, texts, union
+
+# A metric whose key matches this is better when lower (unless the run declared a mode).
+LOWER_IS_BETTER = r"loss|err|mse|mae|perplexity"
+MAX_POINTS = 100_000
+MAX_COMPARE_RUNS = 100
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(con.execute("select count(*) from information_schema.tables where table_name = ?",
+                            [name]).fetchall()[0][0])
+
+
+def _series(con: duckdb.DuckDBPyConnection, ids: list[str], keys: list[str]) -> list[dict[str, Any]]:
+    """Each (run, key) with its bounds: one grouped scan per run, all in one statement.
+
+    Restricting each branch to one run keeps the grouping on ``key`` alone,
+    and lets DuckDB's zone maps skip the row groups of other runs.
+    """
+    bounds = "count(step) = count(*) as by_step, min(step), max(step), min(seq), max(seq), count(*) as n"
+    parts, params = [], []
+    per_series = bool(keys) and len(ids) * len(keys) <= _MAX_BRANCHES_SERIES
+    key_filter = f" and key in ({marks(keys)})" if keys else ""
+    for i, run_id in enumerate(ids):
+        if per_series:  # one ungrouped scan per series: no hashing at all
+            parts += [f"select {i} as r, ? as key, {bounds} from metrics where run_id = ? and key = ?" for _ in keys]
+            for key in keys:
+                params += [key, run_id, key]
+        else:
+            parts.append(f"select {i} as r, key, {bounds} from metrics where run_id = ?{key_filter} group by key")
+            params += [run_id] + keys
+    out = []
+    sql = f"select * from ({union(parts)}) where n > 0 order by r, key"
+    for r, key, by_step, s0, s1, q0, q1, n in con.execute(sql, params).fetchall():
+        x0, x1 = (s0, s1) if by_step else (q0, q1)
+        out.append({"run_id": ids[r], "key": key, "axis": "step" if by_step else "seq", "x0": x0,
+                    "span": float(x1 - x0) + 1.0, "points": n})
+    return out
+
+
+def _modes(con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[tuple[str, str], str]:
+    """Modes the runs declared (``metric_summaries``, where this store has it)."""
+    if not _has_table(con, "metric_summaries"):
+        return {}
+    return {(r, k): m for r, k, m in con.execute(
+        f"select run_id, key, mode from metric_summaries where run_id in ({marks(ids)})", ids).fetchall()
+        if m in ("min", "max", "last")}
+
+
+def default_mode(key: str) -> str:
+    """min for loss- and error-like keys, else max."""
+    return "min" if re.search(LOWER_IS_BETTER, key.lower()) else "max"
+
+
+# A big series gets a UNION ALL branch of its own (grouping on the bucket number
+# alone, zone maps skipping other runs); the small ones (a run logging a hundred
+# per-layer metrics) share one grouped join over a registered table of their
+# bounds, since planning thousands of branches costs more than scanning them.
+_BIG_SERIES = 50_000  # points
+_MAX_BRANCHES_SERIES = 64
+_GROUPED_POINTS = f"""(select run_id, key, step, seq, nullif(value, {NAN}) as v from metrics
+    where run_id in (select run_id from _cmp_series)) m
+    join _cmp_series s on s.run_id = m.run_id and s.key = m.key,
+    lateral (select case when s.by_step then m.step else m.seq end as x)"""
+
+
+def _split(series: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
+    """Indexes of the series that get a branch each, and of those that share the grouped join."""
+    big = [j for j, s in enumerate(series) if s["points"] >= _BIG_SERIES][:_MAX_BRANCHES_SERIES]
+    chosen = set(big)
+    return big, [j for j in range(len(series)) if j not in chosen]
+
+
+def _grouped(con: duckdb.DuckDBPyConnection, series: list[dict[str, Any]], which: list[int], sql: str,
+             params: list[Any]) -> list[tuple]:
+    if not which:
+        return []
+    picked = [series[j] for j in which]
+    best = [s.get("best") for s in picked]
+    con.register("_cmp_series", {
+        "s": np.array(which, dtype=np.int64), "run_id": texts([s["run_id"] for s in picked]),
+        "key": texts([s["key"] for s in picked]), "by_step": np.array([s["axis"] == "step" for s in picked]),
+        "x0": np.array([s["x0"] for s in picked], dtype=np.int64),
+        "span": np.array([s["span"] for s in picked], dtype=np.float64),
+        "best": np.ma.masked_array([b if b is not None else 0.0 for b in best], mask=[b is None for b in best],
+                                   dtype=np.float64)})
+    try:
+        return con.execute(sql, params).fetchall()
+    finally:
+        con.unregister("_cmp_series")
+
+
+def _buckets(con: duckdb.DuckDBPyConnection, series: list[dict[str, Any]], points: int) -> list[tuple]:
+    """min, max, last (by line) and largest step of each bucket of every series, ordered by series and bucket.
+
+    bucket = floor((x - x0) * points / span), span = x1 - x0 + 1, in float64.
+    """
+    big, small = _split(series)
+    rows = _grouped(con, series, small, f"""
+        select s.s, least(floor(((x - s.x0)::double * ?) / s.span), ?)::bigint as b, min(v), max(v),
+               arg_max_null(v, seq), max(x)
+        from {_GROUPED_POINTS} group by s.s, b""", [float(points), points - 1])
+    parts, params = [], []
+    for j in big:
+        s = series[j]
+        x = "step" if s["axis"] == "step" else "seq"  # a fixed column name, chosen above
+        parts.append(f"select {j} as s, least(floor(((x - ?)::double * ?) / ?), ?)::bigint as b, min(v), max(v), "
+                     f"arg_max_null(v, seq), max(x) from (select {x} as x, seq, nullif(value, {NAN}) as v "
+                     "from metrics where run_id = ? and key = ?) group by b")
+        params += [s["x0"], float(points), s["span"], points - 1, s["run_id"], s["key"]]
+    if parts:
+        rows += con.execute(union(parts), params).fetchall()
+    return sorted(rows, key=lambda r: (r[0], r[1]))
+
+
+def _best_steps(con: duckdb.DuckDBPyConnection, series: list[dict[str, Any]]) -> list[tuple]:
+    """Where each series reached its best: the first step with the best value, or its last point."""
+    big, small = _split(series)
+    rows = _grouped(con, series, small, f"""
+        select s.s, arg_max_null(v, seq), arg_max(x, seq), any_value(s.best), min(x) filter (where v = s.best)
+        from {_GROUPED_POINTS} group by s.s""", [])
+    out = [(j, last, last_x) if series[j]["mode"] == "last" else (j, best, best_x)
+           for j, last, last_x, best, best_x in rows if series[j]["mode"] == "last" or best is not None]
+    parts, params = [], []
+    for j in big:
+        s = series[j]
+        x = "step" if s["axis"] == "step" else "seq"
+        if s["mode"] == "last":
+            parts.append(f"select {j} as s, arg_max_null(nullif(value, {NAN}), seq) as v, arg_max({x}, seq) as x "
+                         "from metrics where run_id = ? and key = ?")
+            params += [s["run_id"], s["key"]]
+        elif s["best"] is not None:
+            parts.append(f"select {j} as s, ? as v, min({x}) as x from metrics where run_id = ? and key = ? "
+                         "and value = ?")
+            params += [s["best"], s["run_id"], s["key"], s["best"]]
+    if parts:
+        out += con.execute(union(parts), params).fetchall()
+    return out
+
+
+def compare_runs(con: duckdb.DuckDBPyConnection, runs: list[str], metrics: list[str] | None = None,
+                 points: int = 500) -> dict[str, Any]:
+    """Curves of each metric per run (``points`` buckets: min, max and last of each), best values, params."""
+    if not runs:
+        raise UsageError("give at least one run to compare")
+    if len(runs) > MAX_COMPARE_RUNS:
+        raise UsageError(f"compare at most {MAX_COMPARE_RUNS} runs at once, got {len(runs)}")
+    if isinstance(points, bool) or not isinstance(points, int) or not 1 <= points <= MAX_POINTS:
+        raise UsageError(f"points must be between 1 and {MAX_POINTS}, got {points!r}")
+    ids = list(dict.fromkeys(resolve_run_id(con, r) for r in runs))
+    keys = list(dict.fromkeys(metrics or []))
+    info = {r[0]: dict(zip(("run_id", "name", "host", "gpus", "state", "started_at", "finished_at"),
+                           map(jsonable, r)))
+            for r in con.execute(f"select run_id, name, host, gpus, state, started_at, finished_at from runs "
+                                 f"where run_id in ({marks(ids)})", ids).fetchall()}
+    series = _series(con, ids, keys)
+    declared = _modes(con, ids)
+    out_metrics: dict[str, Any] = {k: {"curves": {}, "best": {}} for k in keys}
+    for s in series:
+        s["mode"] = declared.get((s["run_id"], s["key"])) or default_mode(s["key"])
+        s["curve"] = {"step": [], "min": [], "max": [], "last": [], "axis": s["axis"], "points": s["points"]}
+        out_metrics.setdefault(s["key"], {"curves": {}, "best": {}})["curves"][s["run_id"]] = s["curve"]
+    for j, _bucket, lo, hi, last, x_max in _buckets(con, series, points):
+        curve = series[j]["curve"]
+        curve["step"].append(x_max)
+        curve["min"].append(lo)
+        curve["max"].append(hi)
+        curve["last"].append(last)
+    for s in series:
+        values = [v for v in s["curve"]["min" if s["mode"] == "min" else "max"] if v is not None]
+        s["best"] = (min(values) if s["mode"] == "min" else max(values)) if values else None
+        s["reached"] = (None, None)
+    for j, value, x in _best_steps(con, series):
+        series[j]["reached"] = (value, x)
+    for s in series:
+        value, step = s["reached"]
+        out_metrics[s["key"]]["best"][s["run_id"]] = {"value": finite(value), "step": step, "mode": s["mode"]}
+        curve = s["curve"]
+        for name in ("min", "max", "last"):
+            curve[name] = [finite(v) for v in curve[name]]
+    return {"runs": [info[i] for i in ids], "points": points, "metrics": out_metrics, "params": _param_diff(con, ids)}
+
+
+def _param_diff(con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, Any]:
+    values: dict[str, dict[str, Any]] = {}
+    for run_id, key, value in con.execute(f"select run_id, key, value from params where run_id in ({marks(ids)}) "
+                                          "order by key", ids).fetchall():
+        values.setdefault(key, {})[run_id] = json.loads(value) if value is not None else None
+    differ: dict[str, dict[str, Any]] = {}
+    same: dict[str, Any] = {}
+    for key, per_run in values.items():
+        texts = {json.dumps(per_run[i], sort_keys=True) if i in per_run else None for i in ids}
+        if len(texts) == 1 and None not in texts:
+            same[key] = per_run[ids[0]]
+        else:
+            differ[key] = {i: per_run.get(i) for i in ids}
+    return {"differ": differ, "same": same}

@@ -1,0 +1,122 @@
+"""Runs out to a file: one row per run, or their metric points, as Parquet or CSV (docs/runs.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from mlfleet.core.errors import UsageError
+
+from .run_queries import LIST_COLUMNS, SUMMARY_SQL, marks, select_run_ids, texts
+
+EXPORT_FORMATS = {"parquet": "(format parquet)", "csv": "(format csv, header true)"}
+
+
+def export_runs(con: duckdb.DuckDBPyConnection, output: str, fmt: str = "parquet", where: str | None = None,
+                sort: str | None = None, points: bool = False, metrics: list[str] | None = None) -> dict[str, Any]:
+    """Write the runs that pass the filter (one row each) or, with ``points``, their metric points (long).
+
+    The file appears whole or not at all: DuckDB's COPY writes a temporary
+    file next to ``output``, which is then renamed over it.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise UsageError(f"unknown export format {fmt!r}; use {' or '.join(EXPORT_FORMATS)}")
+    target = Path(output)
+    if not target.is_absolute():
+        raise UsageError(f"the output path must be absolute, got {output!r}")
+    if not target.parent.is_dir():
+        raise UsageError(f"{target.parent} is not a folder; create it first")
+    if target.is_dir():
+        raise UsageError(f"{target} is a folder; give a file name")
+    ids = select_run_ids(con, where, sort, limit=10_000_000)
+    order = np.arange(len(ids), dtype=np.int64)
+    con.register("_export_ids", {"run_id": texts(ids), "_order": order})
+    tmp = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        if points:
+            keys = list(dict.fromkeys(metrics or []))
+            key_filter = f"and m.key in ({marks(keys)})" if keys else ""
+            query = ("select m.run_id, m.key, m.step, m.value, m.ts, m.seq from metrics m "
+                     f"join _export_ids i on i.run_id = m.run_id where true {key_filter} "
+                     "order by i._order, m.key, m.seq")
+            params = keys
+        else:
+            con.register("_export_extra", _wide_columns(con, ids))
+            query = (f"select {', '.join('r.' + c for c in LIST_COLUMNS)}, x.* exclude (run_id, _order) "
+                     "from runs r join _export_extra x on x.run_id = r.run_id order by x._order")
+            params = []
+        try:
+            count = con.execute(f"copy ({query}) to ? {EXPORT_FORMATS[fmt]}", params + [str(tmp)]).fetchall()[0][0]
+        except duckdb.Error as exc:
+            raise UsageError(f"cannot write {target}: {str(exc).strip().splitlines()[0]}") from None
+        os.replace(tmp, target)
+    finally:
+        for name in ("_export_ids", "_export_extra"):
+            try:
+                con.unregister(name)
+            except duckdb.Error:
+                pass
+        tmp.unlink(missing_ok=True)
+    return {"output": str(target), "format": fmt, "rows": count, "runs": len(ids),
+            "kind": "points" if points else "runs"}
+
+
+def _wide_columns(con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, np.ndarray]:
+    """``params.K``, ``tags.K`` and ``metrics.K.min|max|last|last_step|points`` columns, one row per run.
+
+    Column names come from the data and reach DuckDB as the names of a
+    registered table's columns, never as SQL text.
+    """
+    index = {run_id: i for i, run_id in enumerate(ids)}
+    n = len(ids)
+    cols: dict[str, list[Any]] = {}
+
+    def put(name: str, run_id: str, value: Any) -> None:
+        cols.setdefault(name, [None] * n)[index[run_id]] = value
+
+    if ids:  # _export_ids is registered by export_runs
+        for run_id, key, value, text in con.execute(
+                "select p.run_id, p.key, p.value, p.value_text from params p join _export_ids s on s.run_id = p.run_id "
+                "order by p.key").fetchall():
+            put(f"params.{key}", run_id, (json.loads(value) if value is not None else None, text))
+        for run_id, key, value in con.execute("select t.run_id, t.key, t.value from tags t "
+                                              "join _export_ids s on s.run_id = t.run_id order by t.key").fetchall():
+            put(f"tags.{key}", run_id, value)
+        for run_id, key, lo, hi, last, last_step, count in con.execute(
+                f"""select m.run_id, m.key, {SUMMARY_SQL['min']}, {SUMMARY_SQL['max']}, {SUMMARY_SQL['last']},
+                           arg_max_null(step, seq), count(*)
+                    from metrics m join _export_ids s on s.run_id = m.run_id
+                    group by m.run_id, m.key order by m.key""").fetchall():
+            for part, value in (("min", lo), ("max", hi), ("last", last), ("last_step", last_step),
+                                ("points", count)):
+                put(f"metrics.{key}.{part}", run_id, value)
+    out: dict[str, np.ndarray] = {"run_id": texts(ids), "_order": np.arange(n, dtype=np.int64)}
+    seen = {"run_id", "_order"} | set(LIST_COLUMNS)
+    for name, values in cols.items():
+        if name.startswith("params."):
+            logged = [v[0] for v in values if v is not None]
+            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in logged)
+            values = [None if v is None else (float(v[0]) if numeric else v[1]) for v in values]
+        unique, i = name, 2
+        while unique.lower() in seen:  # DuckDB column names ignore case
+            unique, i = f"{name} ({i})", i + 1
+        seen.add(unique.lower())
+        out[unique] = _column(values)
+    return out
+
+
+def _column(values: list[Any]) -> np.ndarray:
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        if all(isinstance(v, int) for v in present):
+            return np.ma.masked_array([v if v is not None else 0 for v in values], mask=[v is None for v in values],
+                                      dtype=np.int64)
+        return np.ma.masked_array([v if v is not None else 0.0 for v in values], mask=[v is None for v in values],
+                                  dtype=np.float64)
+    return np.array([None if v is None else str(v) for v in values], dtype=object)
