@@ -138,13 +138,15 @@ class Controller:
         self._inventory_digest = file_digest(self.home.hosts_file)
         self.store = Store(self.home.db_path)
         await self._load_state()
+        # The start and any config change are on record before the socket opens: a client that
+        # started this controller (``audit list`` on a stopped installation) must find them.
+        await self.store.run(records.audit, _os_user(), "controller.start", None, {"pid": os.getpid()})
+        await self._audit_config_change()
         api = ControllerApi(self)
         self._server = await api.listen(self.home.controller_socket)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        await self.store.run(records.audit, _os_user(), "controller.start", None, {"pid": os.getpid()})
-        await self._audit_config_change()
         log.info("controller serving on %s", self.home.controller_socket)
         if ready is not None:
             ready.set()
