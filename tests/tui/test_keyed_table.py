@@ -12,6 +12,7 @@ from rich.style import Style
 from rich.text import Text
 from textual.app import App
 from textual.strip import Strip
+from textual.widgets import Input
 
 from mlfleet.tui.widgets.keyed_table import KeyedTable
 
@@ -176,3 +177,23 @@ async def test_new_columns_rebuild_the_rows_and_keep_the_cursor_on_its_row() -> 
         await pilot.pause()
         assert screen_text(table)[0].split() == ["HOST", "LOSS"]
         assert screen_text(table)[3].split() == ["h02", "0.2"] and table.current_key == "h02"
+
+
+async def test_the_cursor_row_looks_different_when_the_table_has_the_focus() -> None:
+    class WithField(TableApp):
+        def compose(self) -> Any:
+            yield from super().compose()
+            yield Input()
+
+    async with WithField().run_test(size=(60, 12)) as pilot:
+        table = pilot.app.query_one(KeyedTable)
+        table.show(hosts(3))
+        pilot.app.query_one(Input).focus()
+        await pilot.pause()
+        blurred = [segment.style for segment in table.render_line(1)]
+        table.focus()
+        await pilot.pause()
+        assert [segment.style for segment in table.render_line(1)] != blurred
+        pilot.app.query_one(Input).focus()
+        await pilot.pause()
+        assert [segment.style for segment in table.render_line(1)] == blurred

@@ -27,7 +27,8 @@ HOST_STATES = ("up", "unreachable", "connecting")
 class HostCard(Vertical):
     """Everything the fleet view shows about one host."""
 
-    host: reactive[dict[str, Any]] = reactive(dict, init=False)
+    # No repaint of the whole card per update: the watcher updates the children (and the border) that changed.
+    host: reactive[dict[str, Any]] = reactive(dict, init=False, repaint=False)
 
     def __init__(self, host: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -53,8 +54,12 @@ class HostCard(Vertical):
         state = host.get("state", "connecting")
         for known in HOST_STATES:
             self.set_class(state == known, f"-{known}")
-        self.border_title = host.get("name", "?")
-        self.border_subtitle = _subtitle(host)
+        # Setting a border label redraws the whole card: only when its words change.
+        title, subtitle = host.get("name", "?"), _subtitle(host)
+        if self.border_title != title:
+            self.border_title = title
+        if self.border_subtitle != subtitle:
+            self.border_subtitle = subtitle
         message = self.query_one(".host-message", Static)
         set_text(message, host.get("message") or "")
         message.display = bool(host.get("message"))

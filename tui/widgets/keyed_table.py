@@ -166,7 +166,6 @@ class KeyedTable(ScrollView, can_focus=True):
         self._index: dict[str, int] = {}
         self._widths: list[int] = []
         self._cursor = 0
-        self._highlighted: str | None = None
         self._lines: dict[str, tuple[tuple[int, int, bool], Strip]] = {}  # key -> (stamp, finished line)
         self._header: tuple[tuple[Any, ...], Strip] | None = None
         self._look = 0  # bumped when the widths, the theme or the focus change: every cached line is stale
@@ -192,16 +191,20 @@ class KeyedTable(ScrollView, can_focus=True):
         """Bring the table in line with ``rows`` (key, cells), in the order they should appear."""
         order: list[str] = []
         view = self._view()
+        wider = False
         for key, cells in rows:
             cells = tuple(cells)
             order.append(key)
             before = self.shown.get(key)
             if before is None:
                 self._cells[key] = [_text(c) for c in cells]
-                self._grow(self._cells[key])
+                wider = self._grow(self._cells[key]) or wider
             elif before != cells:
-                self._set_cells(key, [(p, new) for p, (new, old) in enumerate(zip(cells, before)) if new != old], view)
+                changes = [(p, new) for p, (new, old) in enumerate(zip(cells, before)) if new != old]
+                wider = self._set_cells(key, changes, view) or wider
             self.shown[key] = cells
+        if wider:
+            self._restyle()  # once, however many cells needed more room
         wanted = set(order)
         gone = [k for k in self.shown if k not in wanted]
         for key in gone:
@@ -211,19 +214,12 @@ class KeyedTable(ScrollView, can_focus=True):
             self._measure_columns()  # a removed row may have been the widest of its column
         self._set_order(order)
 
-    def update_cell(self, key: str, column: str, value: str | Text) -> None:
-        """Set one cell; only that part of the screen is drawn again."""
-        position = [name for name, _label in self.columns_spec].index(column)
-        row = list(self.shown[key])
-        row[position] = value
-        self.shown[key] = tuple(row)
-        self._set_cells(key, [(position, value)], self._view())
-
-    def _set_cells(self, key: str, changes: list[tuple[int, str | Text]], view: tuple[int, int, int, int]) -> None:
+    def _set_cells(self, key: str, changes: list[tuple[int, str | Text]], view: tuple[int, int, int, int]) -> bool:
         """Set cells of one row and ask for the stretch of its line from the first to the last of them.
 
         One stretch per row, not one per cell: Textual writes a line's update from the start of the
         widget to the end of each stretch, so two stretches on a line would send its start twice.
+        True when a column had to widen: then every line is drawn again (the caller restyles).
         """
         cells = self._cells[key]
         self._lines.pop(key, None)
@@ -234,8 +230,7 @@ class KeyedTable(ScrollView, can_focus=True):
                 self._widths[position] = text.cell_len
                 wider = True
         if wider:
-            self._restyle()
-            return
+            return True
         index = self._index.get(key)
         scroll_x, scroll_y, width, height = view
         y = -1 if index is None else index - scroll_y + 1
@@ -246,6 +241,7 @@ class KeyedTable(ScrollView, can_focus=True):
             stretch = Region(left, y, right - left, 1).intersection(Region(0, y, width, 1))
             if stretch:
                 self.refresh(stretch)
+        return False
 
     def _view(self) -> tuple[int, int, int, int]:
         """Scroll offset and the size of the area rows are drawn in (asked once per refresh, not per cell)."""
@@ -317,8 +313,7 @@ class KeyedTable(ScrollView, can_focus=True):
     def _announce(self) -> None:
         """Tell the screen when the row under the cursor is another one (by key, not position)."""
         key = self.current_key
-        if key != self._highlighted:
-            self._highlighted = key
+        if key != self.highlighted:
             self.highlighted = key
             self.post_message(self.RowHighlighted(self, key, self._cursor))
 
@@ -355,11 +350,11 @@ class KeyedTable(ScrollView, can_focus=True):
         if self.sort_by is not None:
             position = [k for k, _ in self.columns_spec].index(self.sort_by)
             order.sort(key=lambda k: _sort_key(self._cells[k][position]), reverse=self.sort_reverse)
-        keep = self._highlighted
+        keep = self.highlighted
         if order != self._order:
             self._order = order
             self._index = {k: i for i, k in enumerate(order)}
-            self.virtual_size = Size(sum(self._widths) + 2 * PADDING * len(self._widths), len(order) + 1)
+            self._fit_virtual_size()
             if keep in self._index:
                 self._cursor = self._index[keep]
             self._cursor = max(0, min(self._cursor, len(order) - 1))
@@ -442,7 +437,7 @@ class KeyedTable(ScrollView, can_focus=True):
                 own = console.get_style(fitted.style, default="") if fitted.style else None
                 segments.extend(Segment.apply_style(fitted.render(console), own))
             segments.append(Segment(pad))
-        total = sum(self._widths) + 2 * PADDING * len(self._widths)
+        total = self._line_width()
         # One segment per run of equal style: the terminal is sent one colour change per run, not per cell.
         return Strip(Segment.simplify(Segment.apply_style(segments, base, over)), total)
 
@@ -456,11 +451,14 @@ class KeyedTable(ScrollView, can_focus=True):
             self._widths = widths
             self._restyle()
 
-    def _grow(self, cells: list[Text]) -> None:
+    def _grow(self, cells: list[Text]) -> bool:
+        """Widen the columns this new row needs more room in; True if any (the caller restyles)."""
+        wider = False
         for i, cell in enumerate(cells[:len(self._widths)]):
             if cell.cell_len > self._widths[i]:
                 self._widths[i] = cell.cell_len
-                self._restyle()
+                wider = True
+        return wider
 
     def _restyle(self) -> None:
         """Every cached line is stale (widths, theme or focus changed): draw them again on the next frame."""
@@ -468,7 +466,7 @@ class KeyedTable(ScrollView, can_focus=True):
         self._header = None
         self._lines.clear()
         if self.is_mounted:
-            self.virtual_size = Size(sum(self._widths) + 2 * PADDING * len(self._widths), len(self._order) + 1)
+            self._fit_virtual_size()
             self.refresh()
 
     def _refresh_row(self, index: int) -> None:
@@ -483,13 +481,14 @@ class KeyedTable(ScrollView, can_focus=True):
         self._restyle()
 
     def on_mount(self) -> None:
-        self.virtual_size = Size(sum(self._widths) + 2 * PADDING * len(self._widths), len(self._order) + 1)
+        self._fit_virtual_size()
 
-    def on_focus(self) -> None:
-        self._restyle()
+    def _fit_virtual_size(self) -> None:
+        """What the scrollbars measure: every column, and the rows under the header line."""
+        self.virtual_size = Size(self._line_width(), len(self._order) + 1)
 
-    def on_blur(self) -> None:
-        self._restyle()
+    def _line_width(self) -> int:
+        return sum(self._widths) + 2 * PADDING * len(self._widths)
 
     def on_resize(self) -> None:
         self._scroll_to_cursor()
