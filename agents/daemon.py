@@ -26,6 +26,7 @@ import msgspec
 from mlfleet import __version__
 from mlfleet.core.errors import NotFoundError, UnavailableError, UsageError
 from mlfleet.core.models import HostSample, LaunchRequest
+from mlfleet.core.listener import UnixListener
 from mlfleet.core.protocol import MAX_FRAME, PROTOCOL_VERSION, Peer, method_dispatcher
 
 from .supervisor import Supervisor
@@ -71,22 +72,22 @@ class AgentDaemon:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
 
-    async def serve(self) -> None:
-        """Run until SIGTERM/SIGINT, a shutdown request, or idle exit."""
+    async def serve(self, max_connections: int = 64) -> None:
+        """Run until SIGTERM/SIGINT, a shutdown request, or idle exit.
+
+        At most ``max_connections`` are held (the controller needs one, a probe
+        another): a flood of idle connections is evicted or told "busy", never
+        let to use up the agent's descriptors.
+        """
         self._take_lock()
         if self.gpu_source is None:
             self.gpu_source = NvmlGpuSource()
         sampler = HostSampler(self.state_dir, self.gpu_source)
         self.samples.append(sampler.sample())
         self.socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
-        old_umask = os.umask(0o177)  # the socket is born 0600: no window where others may connect
-        try:
-            server = await asyncio.start_unix_server(self._on_connect, path=str(self.socket_path), limit=MAX_FRAME)
-        finally:
-            os.umask(old_umask)
-        os.chmod(self.socket_path, 0o600)
+        self._listener = UnixListener(self.socket_path, self._on_connect, name=f"the agent of {self.host_name}",
+                                      max_connections=max_connections, setting="agent serve --max-connections")
+        server = await self._listener.start()  # born 0600: no window where others may connect
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -124,7 +125,15 @@ class AgentDaemon:
                     self._stop.set()
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = Peer(reader, writer, method_dispatcher(self), name="controller")
+        dispatch = method_dispatcher(self)
+
+        async def handle(peer: Peer, method: str, params: dict[str, Any]) -> Any:
+            answer = await dispatch(peer, method, params)
+            if method == "hello":  # a real peer, not an idle socket: never evicted for a newcomer
+                self._listener.greeted(writer)
+            return answer
+
+        peer = Peer(reader, writer, handle, name="controller")
         self.peers.add(peer)
         self._last_contact = time.time()
         peer.start()

@@ -31,7 +31,8 @@ from mlfleet.core.models import TERMINAL_STATES, JobSpec, spec_dec_hook, to_plai
 from mlfleet.core.lineage import git_lineage
 from mlfleet.core.snapshot import snapshot
 from mlfleet.core.transport.ssh import SshAgentTransport
-from mlfleet.core.protocol import MAX_FRAME, PROTOCOL_VERSION, Peer, method_dispatcher
+from mlfleet.core.listener import UnixListener
+from mlfleet.core.protocol import PROTOCOL_VERSION, Peer, method_dispatcher
 from mlfleet.core.store import records
 from mlfleet.core.store.db import read_only_query
 
@@ -62,22 +63,19 @@ class ControllerApi(DriftApi, RunsApi):
     def __init__(self, controller: "Controller") -> None:
         self.c = controller
         self.peers: set[Peer] = set()
+        self.listener: UnixListener | None = None
 
     @property
     def store(self):  # noqa: ANN201 - the controller's Store
         assert self.c.store is not None
         return self.c.store
 
-    async def listen(self, path: Path) -> asyncio.AbstractServer:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        old = os.umask(0o177)
-        try:
-            server = await asyncio.start_unix_server(self._on_connect, path=str(path), limit=MAX_FRAME)
-        finally:
-            os.umask(old)
-        os.chmod(path, 0o600)
-        return server
+    async def listen(self, path: Path) -> UnixListener:
+        """Serve clients on ``path`` (0600), at most ``controller.max_connections`` at a time."""
+        self.listener = UnixListener(path, self._on_connect, name="the controller",
+                                     max_connections=self.c.settings.controller.max_connections,
+                                     setting="controller.max_connections in config.yaml")
+        return await self.listener.start()
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = Peer(reader, writer, method_dispatcher(self), name="client")
@@ -95,6 +93,8 @@ class ControllerApi(DriftApi, RunsApi):
 
     # ------------------------------------------------------------ basics
     async def rpc_hello(self, peer: Peer, protocol: int, role: str = "") -> dict[str, Any]:
+        if self.listener is not None:
+            self.listener.greeted(peer.writer)  # a client, not an idle socket: never evicted for a newcomer
         return {"protocol": PROTOCOL_VERSION, "role": "controller", "version": __version__}
 
     async def rpc_status(self, peer: Peer) -> dict[str, Any]:
@@ -103,6 +103,9 @@ class ControllerApi(DriftApi, RunsApi):
             "db": str(self.c.home.db_path), "socket": str(self.c.home.controller_socket),
             "hosts": {name: link.state for name, link in self.c.links.items()},
             "pending": len(self.c.pending), "active": len(self.c.active), "schema_version": self.store.version,
+            **(self.listener.facts() if self.listener is not None else {}),
+            "log": str(self.c.home.log_dir / "controller.log"), "log_max_size": int(self.c.settings.controller.log_max_size),
+            "log_backups": self.c.settings.controller.log_backups,
         }
 
     async def rpc_shutdown(self, peer: Peer, stop_local_agent: bool = True) -> dict[str, Any]:

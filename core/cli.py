@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from mlfleet import __version__
-from mlfleet.core import cli_drift, render
+from mlfleet.core import cli_drift, logfile, render
 from mlfleet.core.client import ControllerClient, connect, try_connect
 from mlfleet.core.config import load_job_spec
 from mlfleet.core.errors import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, MlfleetError, UnavailableError, UsageError
@@ -528,9 +527,10 @@ def cmd_controller(args: argparse.Namespace) -> int:
 def _controller_foreground(home: Home) -> int:
     from mlfleet.core.controller import Controller
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings(home.config_file)
+        logfile.install(home.log_dir / "controller.log", int(settings.controller.log_max_size),
+                        settings.controller.log_backups)
         asyncio.run(Controller(home, settings).run())
     except MlfleetError as exc:
         print(f"mlfleet: {exc}", file=sys.stderr, flush=True)
@@ -548,7 +548,10 @@ async def _controller_action(home: Home, args: argparse.Namespace) -> int:
             status = await client.call("status")
         status["running"] = True
         _say(args, status, f"controller {status['pid']} running (mlfleet {status['version']}); db {status['db']}; "
-                           f"{status['pending']} pending, {status['active']} active; hosts {status['hosts']}")
+                           f"{status['pending']} pending, {status['active']} active; hosts {status['hosts']}; "
+                           f"{status['connections']} of {status['max_connections']} connections; "
+                           f"log {status['log']} (rotated at {render.format_size(status['log_max_size'])}, "
+                           f"{status['log_backups']} kept)")
         return EXIT_OK
     if args.action == "start":
         if client is not None:
@@ -605,7 +608,10 @@ def _say(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
 def cmd_agent_serve(args: argparse.Namespace) -> int:
     from mlfleet.agents.daemon import AgentDaemon
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_file = Path(args.log_file).expanduser().absolute() if args.log_file else None
+    if log_file is not None:
+        logfile.take_over(log_file)
+    logfile.install(log_file, args.log_max_size, args.log_backups)
     state_dir = Path(args.state_dir).expanduser().absolute()
     socket_path = Path(args.socket).expanduser().absolute() if args.socket else state_dir / "agent.sock"
     gpus = None
@@ -615,7 +621,7 @@ def cmd_agent_serve(args: argparse.Namespace) -> int:
         gpus = SimulatedGpuSource(Path(args.simulate_gpus).expanduser().absolute())
     daemon = AgentDaemon(state_dir, socket_path, host_name=args.name, sample_interval=args.sample_interval,
                          idle_exit=args.idle_exit, gpu_source=gpus)
-    asyncio.run(daemon.serve())
+    asyncio.run(daemon.serve(max_connections=args.max_connections))
     return EXIT_OK
 
 
@@ -659,6 +665,21 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
     return value
+
+
+def _bounded(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high``, or one sentence saying so."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {value}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -778,6 +799,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
     p.add_argument("--sample-interval", type=float, default=1.0, help="seconds between telemetry samples")
     p.add_argument("--simulate-gpus", metavar="FILE", help="simulated GPUs described in FILE (re-read each sample)")
+    p.add_argument("--max-connections", type=_bounded(4, 65536), default=64,
+                   help="connections held at once; a newcomer over it is told the agent is busy (default 64)")
+    p.add_argument("--log-file", help="write the log (and stdout/stderr) to FILE, rotated by size")
+    p.add_argument("--log-max-size", type=_bounded(64 * 1024, 1024**4), default=logfile.DEFAULT_MAX_SIZE,
+                   metavar="BYTES", help=f"rotate the log file at this size (default {logfile.DEFAULT_MAX_SIZE})")
+    p.add_argument("--log-backups", type=_bounded(0, 100), default=logfile.DEFAULT_BACKUPS,
+                   help=f"rotated log files kept (default {logfile.DEFAULT_BACKUPS})")
     p = add(agent, "install-service", cmd_agent_install_service, "write a systemd user unit for the agent")
     p.add_argument("--state-dir", default="~/.mlfleet/agent")
     p.add_argument("--name")

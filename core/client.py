@@ -8,18 +8,23 @@ of their own and never open the DuckDB file.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import subprocess
 import sys
+import time
 from typing import Any
 
-from mlfleet.core.errors import UnavailableError
+import psutil
+
+from mlfleet.core.errors import MlfleetError, UnavailableError
 from mlfleet.core.paths import Home
 from mlfleet.core.inventory import load_inventory
 from mlfleet.core.settings import load_settings
 from mlfleet.core.protocol import Peer, open_unix_peer
 
 START_TIMEOUT_S = 30.0
+BUSY_RETRY_S = 3.0  # how long a running controller that drops our connection is retried before "busy"
 
 
 class ControllerClient:
@@ -49,24 +54,38 @@ class ControllerClient:
 
 async def try_connect(home: Home) -> ControllerClient | None:
     """A client for a running controller, or None when none answers."""
+    client = await _attempt(home)
+    return client if isinstance(client, ControllerClient) else None
+
+
+async def _attempt(home: Home) -> ControllerClient | str:
+    """A client, or how the attempt failed: "no socket" (nothing listens) or "dropped" (taken, then let go)."""
     try:
         peer = await open_unix_peer(str(home.controller_socket), "controller")
     except UnavailableError:
-        return None
+        return "no socket"
     try:
         await peer.hello("client")
     except UnavailableError:
         await peer.close()
-        return None
+        return "dropped"
     return ControllerClient(peer, home)
 
 
 async def connect(home: Home | None = None, autostart: bool = True) -> ControllerClient:
-    """Connect to the controller of ``home``, starting it if needed."""
+    """Connect to the controller of ``home``, starting it if needed.
+
+    A controller that runs but does not take us (at its connection limit,
+    out of descriptors, stuck, or still starting) is waited for a little and
+    then reported as such: never "could not start", never a second one.
+    """
     home = home or Home.from_env()
     client = await try_connect(home)
     if client is not None:
         return client
+    pid = controller_pid(home)
+    if pid is not None:
+        return await _wait_for_running(home, pid)
     if not autostart:
         raise UnavailableError(f"no controller is running for {home.data_dir}; start one with 'mlfleet controller start'")
     load_settings(home.config_file)  # a mistake there is the user's to fix: say it here, with its line
@@ -84,9 +103,68 @@ async def connect(home: Home | None = None, autostart: bool = True) -> Controlle
             client = await try_connect(home)
             if client is not None:
                 return client
+            pid = controller_pid(home)
+            if pid is not None:
+                return await _wait_for_running(home, pid)
             raise UnavailableError(f"the controller could not start: {_last_log_line(home)}")
     raise UnavailableError(f"the controller did not answer within {START_TIMEOUT_S:.0f} s; "
                            f"see {home.log_dir / 'controller.log'}")
+
+
+def controller_pid(home: Home) -> int | None:
+    """The pid of the controller that holds ``home``'s lock, or None when none runs.
+
+    The pid in the lock file may be stale (a killed controller, a reused
+    pid): only a lock that is really held counts.
+    """
+    try:
+        pid = int(home.controller_lock.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    if pid <= 0 or not psutil.pid_exists(pid):
+        return None
+    try:
+        fd = os.open(home.controller_lock, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return pid
+    finally:
+        os.close(fd)  # also releases the lock if we got it: nobody held it
+    return None
+
+
+async def _wait_for_running(home: Home, pid: int) -> ControllerClient:
+    """Retry a controller that runs but did not take our connection; then say why, in one sentence."""
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.Error:
+        started = 0.0
+    # One that started moments ago may not listen yet: wait for it as for a start. One that takes our
+    # connection and drops it is busy: retry a little, as its clients come and go.
+    starting_until = started + START_TIMEOUT_S
+    busy_until: float | None = None
+    delay = 0.05
+    while time.time() < (busy_until if busy_until is not None else max(starting_until, time.time() + BUSY_RETRY_S)):
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
+        client = await _attempt(home)
+        if isinstance(client, ControllerClient):
+            return client
+        if client == "dropped" and busy_until is None:
+            busy_until = time.time() + BUSY_RETRY_S
+        if not psutil.pid_exists(pid):
+            raise UnavailableError(f"the controller (pid {pid}) stopped while this command waited for it; "
+                                   "run the command again")
+    try:
+        cap = f"its limit of {load_settings(home.config_file).controller.max_connections} connections"
+    except MlfleetError:
+        cap = "its connection limit"
+    raise UnavailableError(f"the controller (pid {pid}) for {home.data_dir} is running but not taking connections: "
+                           f"it is busy ({cap}, controller.max_connections in {home.config_file}) or stuck; "
+                           f"try again in a moment, and if this goes on see {home.log_dir / 'controller.log'}")
 
 
 def start_controller_process(home: Home) -> subprocess.Popen[bytes]:

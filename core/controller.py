@@ -91,7 +91,9 @@ class Controller:
         self.links: dict[str, HostLink] = {
             "local": HostLink(LocalAgentTransport(home, "local",
                                                   sample_interval=float(self.settings.telemetry.sample_interval),
-                                                  simulate_gpus=self.settings.local.simulate_gpus),
+                                                  simulate_gpus=self.settings.local.simulate_gpus,
+                                                  log_max_size=int(self.settings.controller.log_max_size),
+                                                  log_backups=self.settings.controller.log_backups),
                               labels={"provider": "local", **self.settings.local.labels}),
         }
         self.inventory: dict[str, HostConfig] = {}

@@ -3,6 +3,9 @@
 ```yaml
 controller:
   tick: 0.5s            # how often hosts are polled and the queue scheduled
+  max_connections: 256  # clients held at once; over it a newcomer is told the controller is busy
+  log_max_size: 10MiB   # logs/controller.log and logs/agent-local.log rotate at this size
+  log_backups: 3        # rotated files kept (controller.log.1 ...); 0: the log is emptied instead
 telemetry:
   sample_interval: 1s   # agent sampling period (the local agent)
   window: 10s           # one averaged row per host per window in DuckDB
@@ -40,6 +43,11 @@ from .yamlsource import read_yaml
 
 class ControllerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tick: Seconds = Seconds(0.5)
+    # Clients held at once on the socket (TUIs, CLI calls, scripts); over it a newcomer is told "busy".
+    max_connections: Annotated[int, Meta(ge=4, le=65536)] = 256
+    # logs/controller.log and logs/agent-local.log: rotated at this size, this many old files kept.
+    log_max_size: ByteSize = ByteSize(10 * 1024**2)
+    log_backups: Annotated[int, Meta(ge=0, le=100)] = 3
 
 
 class TelemetrySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -96,6 +104,9 @@ def load_settings(path: Path) -> Settings:
         if not low <= value <= high:
             raise SpecError(located.path, located.line_of(parts), ".".join(parts),
                             f"{value:g} s is out of range", f"use between {low:g} s and {high:g} s")
+    if not 64 * 1024 <= settings.controller.log_max_size <= 1024**4:
+        raise SpecError(located.path, located.line_of(("controller", "log_max_size")), "controller.log_max_size",
+                        f"{int(settings.controller.log_max_size)} bytes is out of range", "use between 64KiB and 1TiB")
     return settings
 
 

@@ -27,8 +27,10 @@ class LocalAgentTransport:
     address = None
 
     def __init__(self, home: Home, host: str = "local", sample_interval: float = 1.0,
-                 simulate_gpus: str | None = None) -> None:
+                 simulate_gpus: str | None = None, log_max_size: int = 10 * 1024**2, log_backups: int = 3) -> None:
         self.simulate_gpus = simulate_gpus
+        self.log_max_size = log_max_size
+        self.log_backups = log_backups
         self.home = home
         self.host = host
         self.socket_path: Path = home.local_agent_socket
@@ -66,12 +68,15 @@ class LocalAgentTransport:
 
     def _spawn(self) -> None:
         self.home.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.home.log_dir / "agent-local.log", "ab")
+        log_path = self.home.log_dir / "agent-local.log"
+        log = open(log_path, "ab")  # also as stdout/stderr: a crash before logging is set up lands there too
         self._child = subprocess.Popen(
             [sys.executable, "-m", "mlfleet", "agent", "serve",
              "--state-dir", str(self.state_dir), "--socket", str(self.socket_path),
              "--name", self.host, "--idle-exit", str(IDLE_EXIT_S),
              "--sample-interval", str(self.sample_interval),
+             "--log-file", str(log_path), "--log-max-size", str(self.log_max_size),
+             "--log-backups", str(self.log_backups),
              *(["--simulate-gpus", self.simulate_gpus] if self.simulate_gpus else [])],
             start_new_session=True, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
             env={**os.environ},
