@@ -16,18 +16,22 @@ import socket
 import struct
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+import typing
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
+from msgspec import Meta
 
 from mlfleet import __version__
 from mlfleet.core import hostkeys
 from mlfleet.core.api_drift import DriftApi
 from mlfleet.core.api_runs import RunsApi
+from mlfleet.core.bounds import (ChunkSize, History, Ident, ListLimit, Offset, QueryRows, WaitSeconds,
+                                 usage_dispatcher)
 from mlfleet.core.config import validate_job_spec
 from mlfleet.core.errors import MlfleetError, NotFoundError, UnavailableError, UsageError
 from mlfleet.core.inventory import LOCAL_HOST, HostConfig, add_host, load_inventory, remove_host
-from mlfleet.core.models import TERMINAL_STATES, JobSpec, spec_dec_hook, to_plain
+from mlfleet.core.models import TERMINAL_STATES, JobSpec, JobState, spec_dec_hook, to_plain
 from mlfleet.core.lineage import git_lineage
 from mlfleet.core.snapshot import snapshot
 from mlfleet.core.transport.ssh import SshAgentTransport
@@ -64,6 +68,7 @@ class ControllerApi(DriftApi, RunsApi):
         self.c = controller
         self.peers: set[Peer] = set()
         self.listener: UnixListener | None = None
+        self.handler = usage_dispatcher(self, method_dispatcher(self))  # a bad parameter: exit 2, one sentence
 
     @property
     def store(self):  # noqa: ANN201 - the controller's Store
@@ -78,7 +83,7 @@ class ControllerApi(DriftApi, RunsApi):
         return await self.listener.start()
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = Peer(reader, writer, method_dispatcher(self), name="client")
+        peer = Peer(reader, writer, self.handler, name="client")
         peer.info["actor"] = _peer_user(writer)
         self.peers.add(peer)
         peer.start()
@@ -165,7 +170,11 @@ class ControllerApi(DriftApi, RunsApi):
             if not found and job_id not in self.c.pending:
                 return job_id
 
-    async def rpc_jobs_list(self, peer: Peer, limit: int = 200, states: list[str] | None = None) -> list[dict[str, Any]]:
+    async def rpc_jobs_list(self, peer: Peer, limit: ListLimit = 200,
+                            states: list[str] | None = None) -> list[dict[str, Any]]:
+        unknown = sorted(set(states or ()) - set(typing.get_args(JobState)))
+        if unknown:
+            raise UsageError(f"unknown job state {unknown[0]!r}; use one of {', '.join(typing.get_args(JobState))}")
         jobs = await self.store.read(records.list_jobs, limit, states)
         for job in jobs:
             if job["state"] == "pending" and job["job_id"] in self.c.pending:
@@ -180,13 +189,13 @@ class ControllerApi(DriftApi, RunsApi):
 
         return Decision(waiting={job_id: reasons}).short_reason(job_id)
 
-    async def rpc_job_show(self, peer: Peer, job: str) -> dict[str, Any]:
+    async def rpc_job_show(self, peer: Peer, job: Ident) -> dict[str, Any]:
         detail = await self.store.read(records.get_job, job)
         reasons = self.c.waiting_reasons.get(detail["job_id"], []) if detail["state"] == "pending" else []
         detail["why_pending"] = [{"host": r.host, "check": r.check, "message": r.message} for r in reasons]
         return detail
 
-    async def rpc_job_wait(self, peer: Peer, job: str, timeout: float = 30.0) -> dict[str, Any]:
+    async def rpc_job_wait(self, peer: Peer, job: Ident, timeout: WaitSeconds = 30.0) -> dict[str, Any]:
         """Return when the job has ended, or after ``timeout`` seconds with its current state."""
         job_id = (await self.store.read(records.job_run, job))["job_id"]
         deadline = time.monotonic() + max(0.0, min(timeout, 300.0))
@@ -199,7 +208,7 @@ class ControllerApi(DriftApi, RunsApi):
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.c.job_changed.wait(), min(left, 1.0))
 
-    async def rpc_job_cancel(self, peer: Peer, job: str) -> dict[str, Any]:
+    async def rpc_job_cancel(self, peer: Peer, job: Ident) -> dict[str, Any]:
         actor = peer.info["actor"]
         current = await self.store.read(records.job_run, job)
         job_id, state = current["job_id"], current["state"]
@@ -223,7 +232,7 @@ class ControllerApi(DriftApi, RunsApi):
         return {"job_id": job_id, "state": state, "changed": True,
                 "message": f"job {job_id} is being stopped (SIGTERM, then SIGKILL after the grace period)"}
 
-    async def rpc_job_set_priority(self, peer: Peer, job: str, priority: int) -> dict[str, Any]:
+    async def rpc_job_set_priority(self, peer: Peer, job: Ident, priority: int) -> dict[str, Any]:
         """Change a job's priority (higher is placed first); a queued job is re-ranked at once."""
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise UsageError(f"priority must be a whole number, not {priority!r}")
@@ -238,7 +247,7 @@ class ControllerApi(DriftApi, RunsApi):
         return {"job_id": job_id, "priority": priority, "previous": before, "changed": before != priority,
                 "message": f"job {job_id} priority {before} -> {priority}"}
 
-    async def rpc_job_retry(self, peer: Peer, job: str) -> dict[str, Any]:
+    async def rpc_job_retry(self, peer: Peer, job: Ident) -> dict[str, Any]:
         """Queue an ended job (failed, cancelled, lost, or even succeeded) for one more attempt."""
         current = await self.store.read(records.job_run, job)
         job_id, state = current["job_id"], current["state"]
@@ -255,8 +264,8 @@ class ControllerApi(DriftApi, RunsApi):
         return {"job_id": job_id, "state": "pending", "previous": state, "attempt": row["attempt"] + 1,
                 "message": f"job {job_id} queued again (attempt {row['attempt'] + 1})"}
 
-    async def rpc_job_logs(self, peer: Peer, job: str, stream: str = "stdout", offset: int = 0,
-                           max_bytes: int = 256 * 1024, run: str | None = None) -> dict[str, Any]:
+    async def rpc_job_logs(self, peer: Peer, job: Ident, stream: str = "stdout", offset: Offset = 0,
+                           max_bytes: ChunkSize = 256 * 1024, run: Ident | None = None) -> dict[str, Any]:
         if stream not in ("stdout", "stderr"):
             raise UsageError(f"unknown log stream {stream!r}; use stdout or stderr")
         current = await self.store.read(records.job_run, job)
@@ -278,7 +287,7 @@ class ControllerApi(DriftApi, RunsApi):
         return chunk
 
     # ------------------------------------------------------------- hosts
-    async def rpc_hosts_list(self, peer: Peer, history: int = 0) -> list[dict[str, Any]]:
+    async def rpc_hosts_list(self, peer: Peer, history: History = 0) -> list[dict[str, Any]]:
         out = []
         for link in self.c.links.values():
             item = link.summary()
@@ -300,7 +309,7 @@ class ControllerApi(DriftApi, RunsApi):
         await self._apply_hosts_file(peer, "host.add", config.name, msgspec.to_builtins(config))
         return {"name": config.name, "added": True, "known_hosts": str(self.c.home.known_hosts_file)}
 
-    async def rpc_hosts_remove(self, peer: Peer, name: str) -> dict[str, Any]:
+    async def rpc_hosts_remove(self, peer: Peer, name: Ident) -> dict[str, Any]:
         busy = self.c.active_on(name)
         if busy:
             raise UsageError(f"host {name} has {len(busy)} run(s) in flight ({', '.join(busy[:3])}); "
@@ -315,7 +324,8 @@ class ControllerApi(DriftApi, RunsApi):
         self.c.note_inventory_written()
         await self.store.run(records.audit, peer.info["actor"], action, target, detail)
 
-    async def rpc_hosts_drain(self, peer: Peer, name: str, reason: str = "", drain: bool = True) -> dict[str, Any]:
+    async def rpc_hosts_drain(self, peer: Peer, name: Ident, reason: Annotated[str, Meta(max_length=500)] = "",
+                              drain: bool = True) -> dict[str, Any]:
         """No new placements on the host (runs in flight go on); ``drain=False`` undoes it."""
         if name not in self.c.links:
             raise NotFoundError(f"no host {name!r}; list them with 'mlfleet hosts list'")
@@ -336,7 +346,7 @@ class ControllerApi(DriftApi, RunsApi):
             raise NotFoundError(f"no host {name!r}; list them with 'mlfleet hosts list'")
         return host
 
-    async def rpc_host_key(self, peer: Peer, name: str) -> dict[str, Any]:
+    async def rpc_host_key(self, peer: Peer, name: Ident) -> dict[str, Any]:
         """The key the host presents now, and what we have recorded for it."""
         host = self._ssh_host(name)
         presented = await hostkeys.fetch_host_key(host.address, host.port)
@@ -344,7 +354,7 @@ class ControllerApi(DriftApi, RunsApi):
         return {"name": name, "address": host.address, "port": host.port, "fingerprint": presented.fingerprint,
                 "key_type": presented.line.split()[0], "known": known, "trusted": presented.fingerprint in known}
 
-    async def rpc_host_trust(self, peer: Peer, name: str, fingerprint: str) -> dict[str, Any]:
+    async def rpc_host_trust(self, peer: Peer, name: Ident, fingerprint: Ident) -> dict[str, Any]:
         """Record the host's key, but only if it is still the one the user was shown."""
         host = self._ssh_host(name)
         presented = await hostkeys.fetch_host_key(host.address, host.port)
@@ -360,8 +370,8 @@ class ControllerApi(DriftApi, RunsApi):
             link.retry_now()
         return {"name": name, "fingerprint": fingerprint, "replaced": previous}
 
-    async def rpc_hosts_bootstrap(self, peer: Peer, name: str, prefix: str = ".mlfleet",
-                                  python: str = "python3") -> dict[str, Any]:
+    async def rpc_hosts_bootstrap(self, peer: Peer, name: Ident, prefix: Ident = ".mlfleet",
+                                  python: Ident = "python3") -> dict[str, Any]:
         """Install the agent on the node, then point the host's agent_command at it."""
         from mlfleet.core.bootstrap import bootstrap
 
@@ -375,7 +385,7 @@ class ControllerApi(DriftApi, RunsApi):
         await self._apply_hosts_file(peer, "host.bootstrap", name, result)
         return {"name": name, **result}
 
-    async def rpc_hosts_check(self, peer: Peer, name: str) -> dict[str, Any]:
+    async def rpc_hosts_check(self, peer: Peer, name: Ident) -> dict[str, Any]:
         """Connect afresh, say hello, read the agent's facts; report each step."""
         link = self.c.links.get(name)
         if link is None:
@@ -398,14 +408,14 @@ class ControllerApi(DriftApi, RunsApi):
                 "simulated_gpus": bool(info.get("simulated_gpus")), "info": info, "state": link.state}
 
     # -------------------------------------------------------------- runs
-    async def rpc_run_show(self, peer: Peer, run: str) -> dict[str, Any]:
+    async def rpc_run_show(self, peer: Peer, run: Ident) -> dict[str, Any]:
         return await self.store.read(records.get_run, run)
 
-    async def rpc_run_artifacts(self, peer: Peer, run: str) -> list[dict[str, Any]]:
+    async def rpc_run_artifacts(self, peer: Peer, run: Ident) -> list[dict[str, Any]]:
         return await self.store.read(records.list_artifacts, run)
 
-    async def rpc_run_artifact_read(self, peer: Peer, run: str, path: str, offset: int = 0,
-                                    max_bytes: int = 1024 * 1024) -> dict[str, Any]:
+    async def rpc_run_artifact_read(self, peer: Peer, run: Ident, path: Annotated[str, Meta(min_length=1)],
+                                    offset: Offset = 0, max_bytes: ChunkSize = 1024 * 1024) -> dict[str, Any]:
         """A chunk of a run's artifact, read on its node by the agent (base64 ``data``; ``sha256`` as logged)."""
         artifact = await self.store.read(records.find_artifact, run, path)
         link = self.c.links.get(artifact["host"])
@@ -419,11 +429,11 @@ class ControllerApi(DriftApi, RunsApi):
         return chunk
 
     # ---------------------------------------------------------- db, audit
-    async def rpc_db_query(self, peer: Peer, sql: str, limit: int = 10_000) -> dict[str, Any]:
+    async def rpc_db_query(self, peer: Peer, sql: str, limit: QueryRows = 10_000) -> dict[str, Any]:
         if not isinstance(sql, str) or not sql.strip():
             raise UsageError("give a SQL query, e.g. mlfleet db query \"select count(*) from metrics\"")
         return await self.store.read(read_only_query, sql, limit)
 
-    async def rpc_audit_list(self, peer: Peer, limit: int = 200, action: str | None = None) -> list[dict[str, Any]]:
+    async def rpc_audit_list(self, peer: Peer, limit: ListLimit = 200, action: str | None = None) -> list[dict[str, Any]]:
         return await self.store.read(records.list_audit, limit, action)
 

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from mlfleet.core.bounds import Ident, ListLimit
 from mlfleet.core.errors import UsageError
 from mlfleet.core.protocol import Peer
 from mlfleet.core.store import drift_records, records
@@ -34,16 +35,16 @@ class DriftApi:
                              deployment or None)
         return {"report_id": report_id, "run_id": run_id, "deployment": deployment or None}
 
-    async def rpc_drift_trigger(self, peer: Peer, report: str, job_id: str, spec_path: str) -> dict[str, Any]:
+    async def rpc_drift_trigger(self, peer: Peer, report: Ident, job_id: Ident, spec_path: str) -> dict[str, Any]:
         """Record that a retraining job was submitted because of this report (audited)."""
         report_id = await self.store.read(drift_records.resolve_report_id, report)
         await self.store.run(drift_records.record_trigger, report_id, job_id, spec_path, peer.info["actor"])
         return {"report_id": report_id, "job_id": job_id}
 
-    async def rpc_drift_list(self, peer: Peer, limit: int = 200, run: str | None = None) -> list[dict[str, Any]]:
+    async def rpc_drift_list(self, peer: Peer, limit: ListLimit = 200, run: str | None = None) -> list[dict[str, Any]]:
         return await self.store.read(drift_records.list_reports, limit, run)
 
-    async def rpc_drift_show(self, peer: Peer, report: str) -> dict[str, Any]:
+    async def rpc_drift_show(self, peer: Peer, report: Ident) -> dict[str, Any]:
         return await self.store.read(drift_records.get_report, report)
 
     # ----------------------------------------------------------- profiles
@@ -75,7 +76,7 @@ class DriftApi:
             shutil.rmtree(replaced, ignore_errors=True)
         return {"profile_id": profile_id, "name": profile["name"], "replaced": bool(replaced)}
 
-    async def rpc_drift_get_profile(self, peer: Peer, name: str) -> dict[str, Any]:
+    async def rpc_drift_get_profile(self, peer: Peer, name: Ident) -> dict[str, Any]:
         return await self.store.read(drift_records.get_profile, name)
 
     async def rpc_drift_profiles(self, peer: Peer) -> list[dict[str, Any]]:

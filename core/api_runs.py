@@ -9,8 +9,11 @@ names the column.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from msgspec import Meta
+
+from mlfleet.core.bounds import ListLimit, Points, RunIds
 from mlfleet.core.errors import UsageError
 from mlfleet.core.protocol import Peer
 from mlfleet.core.store import run_compare, run_export, run_queries
@@ -21,16 +24,17 @@ class RunsApi:
     """``rpc_runs_*`` methods; ``self.store`` and ``self.c`` come from ControllerApi."""
 
     async def rpc_runs_list(self, peer: Peer, where: str | None = None, sort: str | None = None,
-                            limit: int = 200) -> list[dict[str, Any]]:
+                            limit: ListLimit = 200) -> list[dict[str, Any]]:
         """Runs that pass ``where``, in ``sort`` order (newest first by default), with params, tags, metrics."""
         return await self.store.read(run_queries.list_runs, where, sort, limit)
 
-    async def rpc_runs_compare(self, peer: Peer, runs: list[str], metrics: list[str] | None = None,
-                               points: int = 500) -> dict[str, Any]:
+    async def rpc_runs_compare(self, peer: Peer, runs: RunIds, metrics: list[str] | None = None,
+                               points: Points = 500) -> dict[str, Any]:
         """Downsampled curves (min, max, last per bucket), best values and param differences of a few runs."""
         return await self.store.read(run_compare.compare_runs, runs, metrics, points)
 
-    async def rpc_runs_export(self, peer: Peer, output: str, format: str = "parquet", where: str | None = None,
+    async def rpc_runs_export(self, peer: Peer, output: Annotated[str, Meta(min_length=1)],
+                              format: Literal["parquet", "csv"] = "parquet", where: str | None = None,
                               sort: str | None = None, points: bool = False,
                               metrics: list[str] | None = None) -> dict[str, Any]:
         """Write runs (one row each) or their metric points to ``output`` (an absolute path) with COPY."""

@@ -13,15 +13,16 @@ import asyncio
 import json
 import os
 import sys
+import typing
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from mlfleet import __version__
-from mlfleet.core import cli_drift, logfile, render
+from mlfleet.core import bounds, cli_drift, logfile, render
 from mlfleet.core.client import ControllerClient, connect, try_connect
 from mlfleet.core.config import load_job_spec
 from mlfleet.core.errors import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, MlfleetError, UnavailableError, UsageError
-from mlfleet.core.models import TERMINAL_STATES, to_plain
+from mlfleet.core.models import TERMINAL_STATES, JobState, to_plain
 from mlfleet.core.paths import Home
 from mlfleet.core.settings import load_settings
 
@@ -658,13 +659,8 @@ def cmd_tui(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------- parser
 
 def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
+    """A list's --limit: 1 to what one answer may carry (the controller checks the same bound)."""
+    return _bounded(1, bounds.MAX_LIST)(text)
 
 
 def _bounded(low: int, high: int) -> Callable[[str], int]:
@@ -675,8 +671,10 @@ def _bounded(low: int, high: int) -> Callable[[str], int]:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {value}")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {low} or more, got {value}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be {high} or less, got {value}")
         return value
 
     return parse
@@ -704,7 +702,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs = sub.add_parser("jobs", help="list, inspect, follow and cancel jobs").add_subparsers(dest="action", metavar="ACTION", required=True)
     p = add(jobs, "list", _client_command(cmd_jobs_list), "list jobs, newest first")
-    p.add_argument("--state", action="append", help="only jobs in this state (repeatable)")
+    p.add_argument("--state", action="append", choices=typing.get_args(JobState), metavar="STATE",
+                   help=f"only jobs in this state (repeatable): {', '.join(typing.get_args(JobState))}")
     p.add_argument("--limit", type=_positive, default=200)
     for name, fn, text in (("show", cmd_jobs_show, "show a job, its events and runs"),
                            ("why", cmd_jobs_why, "say why a job is pending, per host"),
@@ -714,7 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
         "id", help="job id (a unique prefix is enough)")
     p = add(jobs, "priority", _client_command(cmd_jobs_priority), "change a job's priority (higher runs first)")
     p.add_argument("id", help="job id (a unique prefix is enough)")
-    p.add_argument("priority", type=int, help="the new priority, e.g. 10")
+    p.add_argument("priority", type=_bounded(-1000, 1000), help="the new priority, -1000 to 1000, e.g. 10")
     p = add(jobs, "logs", _client_command(cmd_jobs_logs), "print a job's output", json_flag=False)
     p.add_argument("id", help="job id (a unique prefix is enough)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
@@ -725,7 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(hosts, "add", cmd_hosts_add, "add an SSH host to hosts.yaml")
     p.add_argument("name")
     p.add_argument("--address", required=True, help="host name or IP address")
-    p.add_argument("--port", type=int, default=22)
+    p.add_argument("--port", type=_bounded(1, 65535), default=22)
     p.add_argument("--user")
     p.add_argument("--identity", help="private key file")
     p.add_argument("--label", action="append", metavar="KEY=VALUE", help="e.g. region=eu-west (repeatable)")
@@ -762,7 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
             "compare runs: best values, downsampled curves, params that differ")
     p.add_argument("ids", nargs="+", metavar="ID", help="run ids (a unique prefix is enough)")
     p.add_argument("--metric", action="append", help="only this metric (repeatable; default: all)")
-    p.add_argument("--points", type=_positive, default=500, help="buckets per curve (default 500)")
+    p.add_argument("--points", type=_bounded(1, bounds.MAX_POINTS), default=500, help="buckets per curve (default 500)")
     p = add(runs, "export", _client_command(cmd_runs_export), "write runs or their metric points to Parquet or CSV")
     p.add_argument("--output", "-o", required=True, help="the file to write (replaced whole)")
     p.add_argument("--format", choices=["parquet", "csv"], default="parquet")
@@ -781,7 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="the DuckDB file").add_subparsers(dest="action", metavar="ACTION", required=True)
     p = add(db, "query", _client_command(cmd_db_query), "run a read-only SQL query through the controller")
     p.add_argument("sql")
-    p.add_argument("--limit", type=_positive, default=10_000)
+    p.add_argument("--limit", type=_bounded(1, bounds.MAX_QUERY_ROWS), default=10_000)
 
     audit = sub.add_parser("audit", help="the audit trail").add_subparsers(dest="action", metavar="ACTION", required=True)
     p = add(audit, "list", _client_command(cmd_audit_list), "list audit events, newest first")

@@ -58,14 +58,14 @@ async def try_connect(home: Home) -> ControllerClient | None:
     return client if isinstance(client, ControllerClient) else None
 
 
-async def _attempt(home: Home) -> ControllerClient | str:
+async def _attempt(home: Home, hello_timeout: float = 10.0) -> ControllerClient | str:
     """A client, or how the attempt failed: "no socket" (nothing listens) or "dropped" (taken, then let go)."""
     try:
         peer = await open_unix_peer(str(home.controller_socket), "controller")
     except UnavailableError:
         return "no socket"
     try:
-        await peer.hello("client")
+        await peer.hello("client", timeout=hello_timeout)
     except UnavailableError:
         await peer.close()
         return "dropped"
@@ -80,12 +80,12 @@ async def connect(home: Home | None = None, autostart: bool = True) -> Controlle
     then reported as such: never "could not start", never a second one.
     """
     home = home or Home.from_env()
-    client = await try_connect(home)
-    if client is not None:
+    client = await _attempt(home)
+    if isinstance(client, ControllerClient):
         return client
     pid = controller_pid(home)
     if pid is not None:
-        return await _wait_for_running(home, pid)
+        return await _wait_for_running(home, pid, dropped=client == "dropped")
     if not autostart:
         raise UnavailableError(f"no controller is running for {home.data_dir}; start one with 'mlfleet controller start'")
     load_settings(home.config_file)  # a mistake there is the user's to fix: say it here, with its line
@@ -136,7 +136,7 @@ def controller_pid(home: Home) -> int | None:
     return None
 
 
-async def _wait_for_running(home: Home, pid: int) -> ControllerClient:
+async def _wait_for_running(home: Home, pid: int, dropped: bool = False) -> ControllerClient:
     """Retry a controller that runs but did not take our connection; then say why, in one sentence."""
     try:
         started = psutil.Process(pid).create_time()
@@ -145,12 +145,13 @@ async def _wait_for_running(home: Home, pid: int) -> ControllerClient:
     # One that started moments ago may not listen yet: wait for it as for a start. One that takes our
     # connection and drops it is busy: retry a little, as its clients come and go.
     starting_until = started + START_TIMEOUT_S
-    busy_until: float | None = None
+    busy_until: float | None = time.time() + BUSY_RETRY_S if dropped else None
     delay = 0.05
     while time.time() < (busy_until if busy_until is not None else max(starting_until, time.time() + BUSY_RETRY_S)):
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.5)
-        client = await _attempt(home)
+        left = busy_until - time.time() if busy_until is not None else 10.0
+        client = await _attempt(home, hello_timeout=max(0.5, left))
         if isinstance(client, ControllerClient):
             return client
         if client == "dropped" and busy_until is None:
@@ -159,12 +160,13 @@ async def _wait_for_running(home: Home, pid: int) -> ControllerClient:
             raise UnavailableError(f"the controller (pid {pid}) stopped while this command waited for it; "
                                    "run the command again")
     try:
-        cap = f"its limit of {load_settings(home.config_file).controller.max_connections} connections"
+        cap = f"at its limit of {load_settings(home.config_file).controller.max_connections} connections"
     except MlfleetError:
-        cap = "its connection limit"
-    raise UnavailableError(f"the controller (pid {pid}) for {home.data_dir} is running but not taking connections: "
-                           f"it is busy ({cap}, controller.max_connections in {home.config_file}) or stuck; "
-                           f"try again in a moment, and if this goes on see {home.log_dir / 'controller.log'}")
+        cap = "at its connection limit"
+    raise UnavailableError(f"the controller (pid {pid}) for {home.data_dir} is running but too busy to take this "
+                           f"connection ({cap}, controller.max_connections in {home.config_file}; out of file "
+                           f"descriptors; or stuck): try again in a moment, and if this goes on see "
+                           f"{home.log_dir / 'controller.log'}")
 
 
 def start_controller_process(home: Home) -> subprocess.Popen[bytes]:

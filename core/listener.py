@@ -168,10 +168,17 @@ class UnixListener:
                 else:
                     log.error("%s: accept failed: %s", self.name, exc)
                 return
+            if self._starved:
+                self._starved = False
+                log.warning("%s: file descriptors are free again; accepting connections", self.name)
             self._admit(sock)
 
     def _admit(self, sock: socket.socket) -> None:
         if len(self._open) >= self.max_connections and not self._evict_one():
+            if self._full_since_refused is None:
+                self._full_since_refused = self.refused
+                log.warning("%s: %d connections held; refusing new ones until some close", self.name,
+                            len(self._open))
             self._refuse(sock, f"{self.name} is busy: it holds its limit of {self.max_connections} connections"
                                f"{f' ({self.setting})' if self.setting else ''}; try again in a moment")
             return
@@ -196,9 +203,6 @@ class UnixListener:
 
     def _refuse(self, sock: socket.socket, message: str) -> None:
         self.refused += 1
-        if self._full_since_refused is None:
-            self._full_since_refused = self.refused - 1
-            log.warning("%s: %d connections held; refusing new ones until some close", self.name, len(self._open))
         frame = encode(Frame(error={"kind": "UnavailableError", "message": message, "exit_code": 5}))
         try:
             sock.setblocking(False)
@@ -244,9 +248,6 @@ class UnixListener:
         if self._reserve is None:
             with contextlib.suppress(OSError):
                 self._reserve = os.open(os.devnull, os.O_RDONLY)
-        if self._reserve is not None and self._starved:
-            self._starved = False
-            log.warning("%s: file descriptors are free again; accepting connections", self.name)
         assert self._loop is not None
         self._loop.add_reader(self._sock.fileno(), self._accept_ready)
         self._accept_ready()

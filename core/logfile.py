@@ -10,7 +10,7 @@ a fresh file is ``dup2``-ed onto fds 1 and 2, so every writer follows. With
 
 A daemon in trouble tends to say the same thing thousands of times a second
 (an accept loop out of descriptors, a host that keeps failing): a message
-(same logger, level, text template and exception type) passes ``burst`` times
+(same logger, level, text and exception type) passes ``burst`` times
 per ``window`` seconds; the next one after the window says how many were
 held back. Nothing here is global state beyond the logging tree it is handed.
 """
@@ -43,9 +43,11 @@ class RepeatFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else None
-        first = record.args[0] if isinstance(record.args, tuple) and record.args else None
-        subject = first[:100] if isinstance(first, str) else None  # e.g. the host: one failing host hides no other
-        kind = (record.name, record.levelno, str(record.msg)[:200], subject, exc)
+        try:
+            text = record.getMessage()[:300]
+        except Exception:  # a record whose arguments do not fit its text: let logging itself say so
+            return True
+        kind = (record.name, record.levelno, text, exc)  # identical messages only: distinct ones all pass
         now = time.monotonic()
         with self._lock:
             state = self._seen.get(kind)

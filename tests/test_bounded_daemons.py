@@ -1,0 +1,458 @@
+"""Hostile clients cannot take the controller or an agent down, fill their descriptors or their logs.
+
+The attacks are raw Unix-socket clients (idle floods, slowloris, bursts,
+frames nested 100k deep, frames too big, parameters out of range); the
+users are the real CLI. While an attack holds, the users' commands answer
+(or, past the connection cap, say in one sentence that the controller is
+busy); afterwards everything carries on. The controller runs with the
+common open-file limit of 1024, as on the tester's machine.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import select
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psutil
+import pytest
+
+from conftest import REPO, Fleet
+from mlfleet.core.protocol import MAX_FRAME, PROTOCOL_VERSION, Frame, encode
+
+CAP = 256  # the default controller.max_connections
+FDS_BASELINE = 120  # what an idle controller holds besides its clients (DuckDB, the agent link, pipes), with room
+
+
+# ---------------------------------------------------------------- raw frames
+def frame(**fields: Any) -> bytes:
+    return encode(Frame(**fields))
+
+
+HELLO = frame(id=1, method="hello", params={"protocol": PROTOCOL_VERSION, "role": "client"})
+
+
+def read_frames(sock: socket.socket, timeout: float = 5.0, until_id: int | None = None) -> tuple[list[dict], bool]:
+    """Frames read until ``until_id`` is answered, EOF or ``timeout``; and whether the peer closed."""
+    sock.settimeout(timeout)
+    buf, frames = b"", []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(1 << 20)
+        except socket.timeout:
+            break
+        except (ConnectionResetError, BrokenPipeError):
+            return frames, True
+        if not chunk:
+            return frames, True
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            frames.append(msgspec.json.decode(line))
+        if until_id is not None and any(f.get("id") == until_id for f in frames):
+            break
+    return frames, False
+
+
+def call(sock: socket.socket, request_id: int, method: str, **params: Any) -> dict:
+    sock.sendall(frame(id=request_id, method=method, params=params))
+    frames, _ = read_frames(sock, 10, until_id=request_id)
+    return next(f for f in frames if f.get("id") == request_id)
+
+
+def greeted_client(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(path))
+    sock.sendall(HELLO)
+    frames, _ = read_frames(sock, 10, until_id=1)
+    assert frames and frames[-1]["result"]["role"] == "controller", frames
+    return sock
+
+
+def idle_clients(path: Path, count: int) -> list[socket.socket]:
+    """``count`` connections that never send a byte (blocking connects: queued, not refused)."""
+    socks = []
+    for _ in range(count):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(path))
+        socks.append(sock)
+    return socks
+
+
+def closed_by_peer(socks: list[socket.socket], wait: float = 0.5) -> int:
+    """How many of ``socks`` the other side has closed (EOF or reset), draining what they were sent."""
+    closed = 0
+    for sock in socks:
+        ready, _, _ = select.select([sock], [], [], wait if closed == 0 else 0)
+        if not ready:
+            continue
+        try:
+            while chunk := sock.recv(65536, socket.MSG_DONTWAIT):
+                pass
+            closed += 1
+        except BlockingIOError:
+            pass
+        except OSError:
+            closed += 1
+    return closed
+
+
+def close_all(socks: list[socket.socket]) -> None:
+    for sock in socks:
+        sock.close()
+
+
+# ---------------------------------------------------------- the installation
+def start_controller(fleet: Fleet, config: str = "", nofile: int = 1024) -> int:
+    """Start the controller under an open-file limit of ``nofile`` (soft and hard); its pid."""
+    if config:
+        (fleet.root / "config.yaml").write_text(config)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    started = subprocess.run([sys.executable, "-m", "mlfleet", "controller", "start"], env=fleet.env, cwd=REPO,
+                             capture_output=True, text=True, timeout=90, preexec_fn=limit)
+    assert started.returncode == 0, started.stderr
+    pid = fleet.controller_pid
+    assert pid is not None
+    return pid
+
+
+def log_size(fleet: Fleet, name: str = "controller.log") -> int:
+    return sum(p.stat().st_size for p in fleet.home.log_dir.glob(name + "*"))
+
+
+def one_sentence(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("mlfleet: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def submit_true(fleet: Fleet) -> str:
+    spec = fleet.write_spec("quick", "name: quick\ncommand: [\"true\"]\n")
+    done = fleet.cli("submit", str(spec), "--wait", "--json")
+    assert done.code == 0, done.err
+    return done.json()["job_id"]
+
+
+# ------------------------------------------------------------------ floods
+def test_an_idle_flood_of_1000_connections_never_locks_users_out_nor_fills_descriptors(fleet: Fleet) -> None:
+    pid = start_controller(fleet)
+    sock = fleet.home.controller_socket
+    flood = idle_clients(sock, 1000)
+    try:
+        controller = psutil.Process(pid)
+        assert controller.num_fds() < CAP + FDS_BASELINE
+        listed = fleet.cli("jobs", "list", "--json")
+        assert listed.code == 0 and listed.json() == [], listed.err
+        submit_true(fleet)
+        assert controller.num_fds() < CAP + FDS_BASELINE
+        # The controller let go of what it could not hold: the flood's connections beyond the cap are closed.
+        assert closed_by_peer(flood) >= 1000 - CAP
+    finally:
+        close_all(flood)
+    status = fleet.wait_for(lambda: (s := fleet.cli_json("controller", "status"))["connections"] <= 2 and s,
+                            timeout=10, what="the flood's connections to be let go")
+    assert status["max_connections"] == CAP
+    assert log_size(fleet) < 16 * 1024
+    assert "Traceback" not in (fleet.home.log_dir / "controller.log").read_text()
+
+
+def test_clients_that_said_hello_fill_the_cap_and_the_cli_says_busy_in_one_sentence(fleet: Fleet) -> None:
+    start_controller(fleet, "controller:\n  max_connections: 16\n")
+    sock = fleet.home.controller_socket
+    held = [greeted_client(sock) for _ in range(16)]
+    try:
+        busy = fleet.cli("jobs", "list")
+        assert busy.code == 5
+        sentence = one_sentence(busy.err)
+        assert "busy" in sentence and "16 connections" in sentence and "controller.max_connections" in sentence
+        assert "another controller" not in sentence
+        # A raw newcomer is told so in one error frame, and closed.
+        newcomer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        newcomer.connect(str(sock))
+        frames, closed = read_frames(newcomer, 5)
+        assert closed and len(frames) == 1 and "busy" in frames[0]["error"]["message"]
+        newcomer.close()
+        # Those held are not hurt: they still get answers.
+        assert call(held[0], 2, "jobs_list")["result"] == []
+    finally:
+        close_all(held)
+    assert fleet.cli("jobs", "list").code == 0
+    assert "of 16 connections" in fleet.cli("controller", "status").out
+    assert fleet.cli("controller", "start").out.startswith("controller already running")
+
+
+def test_a_burst_of_500_concurrent_connects_is_served_not_reset(fleet: Fleet) -> None:
+    start_controller(fleet, "controller:\n  max_connections: 1024\n", nofile=4096)
+    path = str(fleet.home.controller_socket)
+    socks, refused = [], 0
+    for _ in range(500):  # all at once: the controller gets no chance to accept in between
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(path)
+        except OSError:
+            refused += 1
+        socks.append(sock)
+    try:
+        assert refused == 0
+        for sock in socks:
+            sock.setblocking(True)
+            sock.sendall(HELLO)
+        answered = 0
+        for sock in socks:
+            frames, _ = read_frames(sock, 10, until_id=1)
+            answered += any(f.get("id") == 1 and "result" in f for f in frames)
+        assert answered == 500
+    finally:
+        close_all(socks)
+    assert fleet.cli("jobs", "list").code == 0
+
+
+def test_a_cap_above_the_open_file_limit_is_lowered_and_said_once(fleet: Fleet) -> None:
+    pid = start_controller(fleet, "controller:\n  max_connections: 2000\n", nofile=1024)
+    status = fleet.cli_json("controller", "status")
+    assert status["max_connections"] < 1024 - 256
+    log = (fleet.home.log_dir / "controller.log").read_text()
+    assert log.count("the open-file limit allows") == 1 and "2000 asked" in log
+    flood = idle_clients(fleet.home.controller_socket, 1100)
+    try:
+        assert psutil.Process(pid).num_fds() < 1024 - 64
+        assert fleet.cli("jobs", "list").code == 0
+    finally:
+        close_all(flood)
+
+
+def test_out_of_descriptors_the_cli_says_busy_and_the_log_stays_small(fleet: Fleet) -> None:
+    pid = start_controller(fleet)
+    controller = psutil.Process(pid)
+    in_use = controller.num_fds()
+    controller.rlimit(psutil.RLIMIT_NOFILE, (in_use + 1, 1024))  # other work has used up the descriptors
+    flood: list[socket.socket] = []
+    try:
+        flood = idle_clients(fleet.home.controller_socket, 300)
+        time.sleep(2)
+        busy = fleet.cli("jobs", "list")
+        assert busy.code == 5
+        sentence = one_sentence(busy.err)
+        assert "busy" in sentence and "another controller" not in sentence
+        controller.rlimit(psutil.RLIMIT_NOFILE, (1024, 1024))
+        fleet.wait_for(lambda: fleet.cli("jobs", "list").code == 0, timeout=10, what="the controller to answer again")
+        assert closed_by_peer(flood) >= 300 - CAP  # the backlog is worked off: refused or evicted, none forgotten
+    finally:
+        close_all(flood)
+        controller.rlimit(psutil.RLIMIT_NOFILE, (1024, 1024))
+    log = (fleet.home.log_dir / "controller.log").read_text()
+    assert log_size(fleet) < 32 * 1024, log[-3000:]
+    assert log.count("out of file descriptors") == 1 and "descriptors are free again" in log
+
+
+def test_an_idle_flood_on_the_local_agent_does_not_cut_the_controller_off(fleet: Fleet) -> None:
+    start_controller(fleet)
+    fleet.wait_for(lambda: fleet.agent_pid, what="the local agent")
+    agent = psutil.Process(fleet.agent_pid)
+    flood = idle_clients(fleet.home.local_agent_socket, 500)
+    try:
+        assert agent.num_fds() < 64 + FDS_BASELINE
+        submit_true(fleet)
+        hosts = fleet.cli_json("hosts", "list")
+        assert hosts[0]["state"] == "up"
+    finally:
+        close_all(flood)
+    assert log_size(fleet, "agent-local.log") < 16 * 1024
+
+
+# --------------------------------------------------------------- slowloris
+SLOWLORIS_WAIT_S = 60  # the protocol closes a connection whose frame is not finished within its deadline
+
+
+def test_slowloris_clients_are_closed_while_users_carry_on(fleet: Fleet) -> None:
+    pid = start_controller(fleet)
+    path = fleet.home.controller_socket
+    partial = idle_clients(path, 300)
+    for sock in partial:
+        sock.sendall(HELLO[: len(HELLO) // 2])  # half a hello, then nothing
+    after_hello = [greeted_client(path) for _ in range(100)]
+    for sock in after_hello:
+        sock.sendall(frame(id=2, method="jobs_list", params={})[:5])  # half a request after a good hello
+    tricklers = idle_clients(path, 20)
+    try:
+        controller = psutil.Process(pid)
+        deadline = time.monotonic() + SLOWLORIS_WAIT_S
+        sent = 0
+        while time.monotonic() < deadline:
+            for sock in tricklers:  # one byte a second, never a whole frame
+                try:
+                    sock.send(HELLO[sent % (len(HELLO) - 1): sent % (len(HELLO) - 1) + 1])
+                except OSError:
+                    pass
+            sent += 1
+            if sent % 10 == 1:
+                assert fleet.cli("jobs", "list").code == 0
+                assert controller.num_fds() < CAP + FDS_BASELINE
+            if closed_by_peer(after_hello, 0) == len(after_hello) and closed_by_peer(tricklers, 0) == len(tricklers):
+                break
+            time.sleep(1)
+        assert closed_by_peer(after_hello) == len(after_hello)
+        assert closed_by_peer(tricklers) == len(tricklers)
+        assert closed_by_peer(partial) == len(partial)
+        submit_true(fleet)
+    finally:
+        close_all(partial + after_hello + tricklers)
+    assert log_size(fleet) < 16 * 1024
+
+
+# ---------------------------------------------------------- hostile frames
+def test_deep_nesting_and_oversized_frames_get_an_error_and_the_connection_carries_on(fleet: Fleet) -> None:
+    start_controller(fleet)
+    sock = greeted_client(fleet.home.controller_socket)
+    try:
+        deep = b'{"id": 2, "method": "jobs_list", "params": {"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}\n"
+        sock.sendall(deep)
+        frames, closed = read_frames(sock, 10)
+        assert not closed and frames and "error" in frames[0]
+        big = b'{"id": 3, "method": "jobs_list", "params": {"x": "' + b"a" * (MAX_FRAME + 10) + b'"}}\n'
+        sock.sendall(big)
+        frames, closed = read_frames(sock, 10)
+        assert not closed and frames and "error" in frames[0]
+        assert call(sock, 4, "jobs_list")["result"] == []
+    finally:
+        sock.close()
+    assert fleet.cli("jobs", "list").code == 0
+
+
+# ------------------------------------------------------- bad parameters
+BAD_CALLS = [
+    ("jobs_list", {"limit": -5}, "limit must be a whole number >= 1, got -5"),
+    ("jobs_list", {"limit": 0}, "limit must be a whole number >= 1"),
+    ("jobs_list", {"limit": 10**12}, "limit must be a whole number <= 10000"),
+    ("jobs_list", {"limit": "10"}, "limit must be a whole number, got '10'"),
+    ("jobs_list", {"limit": True}, "limit must be a whole number, got True"),
+    ("jobs_list", {"states": ["bogus"]}, "unknown job state 'bogus'"),
+    ("jobs_list", {"bogus": 1}, "jobs_list has no parameter 'bogus'"),
+    ("audit_list", {"limit": -1}, "limit must be a whole number >= 1"),
+    ("audit_list", {"limit": 10**9}, "limit must be a whole number <= 10000"),
+    ("drift_list", {"limit": -1}, "limit must be a whole number >= 1"),
+    ("runs_list", {"limit": 0}, "limit must be a whole number >= 1"),
+    ("db_query", {"sql": "select 1", "limit": -1}, "limit must be a whole number >= 1"),
+    ("db_query", {"sql": "select 1", "limit": 10**9}, "limit must be a whole number <= 100000"),
+    ("job_logs", {"job": "j1", "offset": -1}, "offset must be a whole number >= 0, got -1"),
+    ("job_logs", {"job": "j1", "max_bytes": 0}, "max_bytes must be a whole number >= 1"),
+    ("job_logs", {"job": "j1", "max_bytes": 1 << 40}, "max_bytes must be a whole number <= 4194304"),
+    ("run_artifact_read", {"run": "r", "path": "p", "offset": -1}, "offset must be a whole number >= 0"),
+    ("run_artifact_read", {"run": "r", "path": ""}, "path must be a text of length >= 1"),
+    ("job_show", {"job": ""}, "job must be a text of length >= 1, got ''"),
+    ("job_show", {"job": "j" * 10_000}, "job must be a text of length <= 256"),
+    ("job_show", {}, "job_show needs the parameter 'job'"),
+    ("job_cancel", {"job": 5}, "job must be a text, got 5"),
+    ("run_show", {"run": ""}, "run must be a text of length >= 1"),
+    ("drift_show", {"report": ""}, "report must be a text of length >= 1"),
+    ("hosts_remove", {"name": ""}, "name must be a text of length >= 1"),
+    ("hosts_list", {"history": -1}, "history must be a whole number >= 0"),
+    ("hosts_list", {"history": 10**9}, "history must be a whole number <= 3600"),
+    ("job_wait", {"job": "j1", "timeout": -1}, "timeout must be a number >= 0.0"),
+    ("job_wait", {"job": "j1", "timeout": 1e308}, "timeout must be a number <= 300.0"),
+    ("job_wait", {"job": "j1", "timeout": "soon"}, "timeout must be a number, got 'soon'"),
+    ("runs_compare", {"runs": []}, "runs must be a list of length >= 1"),
+    ("runs_compare", {"runs": ["r"] * 101}, "runs must be a list of length <= 100"),
+    ("runs_compare", {"runs": ["r"], "points": 0}, "points must be a whole number >= 1"),
+    ("runs_export", {"output": "/tmp/x", "format": "xls"}, "format is not one of the values it takes"),
+    ("hosts_drain", {"name": "local", "reason": "x" * 1000}, "reason must be a text of length <= 500"),
+    ("hosts_bootstrap", {"name": "n", "prefix": ""}, "prefix must be a text of length >= 1"),
+]
+
+
+def test_bad_rpc_parameters_are_usage_errors_in_one_sentence(fleet: Fleet) -> None:
+    start_controller(fleet)
+    sock = greeted_client(fleet.home.controller_socket)
+    try:
+        for n, (method, params, words) in enumerate(BAD_CALLS, start=10):
+            answer = call(sock, n, method, **params)
+            error = answer.get("error") or {}
+            assert error.get("kind") == "UsageError" and error.get("exit_code") == 2, (method, params, answer)
+            assert words in error["message"] and "\n" not in error["message"], (method, error["message"])
+        assert call(sock, 99, "jobs_list", limit=1)["result"] == []  # the connection carries on
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["jobs", "list", "--limit", "-5"], "--limit: must be 1 or more, got -5"),
+    (["jobs", "list", "--limit", "99999999999"], "--limit: must be 10000 or less"),
+    (["jobs", "list", "--state", "bogus"], "--state: invalid choice: 'bogus'"),
+    (["runs", "list", "--limit", "0"], "--limit: must be 1 or more"),
+    (["audit", "list", "--limit", "1e3"], "--limit: expected a whole number, got '1e3'"),
+    (["db", "query", "select 1", "--limit", "100000000"], "--limit: must be 100000 or less"),
+    (["runs", "compare", "r1", "--points", "0"], "--points: must be 1 or more"),
+    (["jobs", "priority", "j1", "5000"], "must be 1000 or less, got 5000"),
+    (["hosts", "add", "n1", "--address", "10.0.0.1", "--port", "0"], "--port: must be 1 or more"),
+    (["drift", "list", "--limit", "-1"], "--limit: must be 1 or more"),
+])
+def test_bad_flags_are_usage_errors_before_any_controller_starts(fleet: Fleet, argv: list[str], words: str) -> None:
+    result = fleet.cli(*argv)
+    assert result.code == 2 and words in result.err and "Traceback" not in result.err, result.err
+    assert fleet.controller_pid is None
+
+
+def test_controller_status_shows_the_connection_cap_and_the_log_cap(fleet: Fleet) -> None:
+    start_controller(fleet, "controller:\n  max_connections: 64\n  log_max_size: 1MiB\n  log_backups: 2\n")
+    status = fleet.cli("controller", "status")
+    assert status.code == 0
+    assert "of 64 connections" in status.out and "rotated at 1.0 MiB, 2 kept" in status.out
+    assert str(fleet.home.log_dir / "controller.log") in status.out
+    agent_cmd = " ".join(psutil.Process(fleet.wait_for(lambda: fleet.agent_pid, what="the agent")).cmdline())
+    assert f"--log-max-size {1024**2}" in agent_cmd and "--log-backups 2" in agent_cmd
+
+
+@pytest.mark.parametrize("config, words", [
+    ("controller:\n  max_connections: 0\n", "controller.max_connections"),
+    ("controller:\n  log_max_size: 1KiB\n", "controller.log_max_size: 1024 bytes is out of range"),
+    ("controller:\n  log_backups: -1\n", "controller.log_backups"),
+])
+def test_bad_bounds_in_config_are_refused_with_their_line(fleet: Fleet, config: str, words: str) -> None:
+    (fleet.root / "config.yaml").write_text(config)
+    result = fleet.cli("jobs", "list")
+    assert result.code == 2 and words in one_sentence(result.err) and ":2:" in result.err
+
+
+# ------------------------------------------------------------------- logs
+LOG_WRITER = """
+import logging, os, sys
+from pathlib import Path
+from mlfleet.core import logfile
+path = Path(sys.argv[1])
+logfile.install(path, 64 * 1024, 2)
+log = logging.getLogger("flood")
+for i in range(100_000):
+    log.error("accept failed: out of descriptors")          # the same message, a flood
+for i in range(3000):
+    log.info("run %d finished with %s", i, "x" * 40)       # distinct messages, 3000 x ~100 bytes
+print("printed after rotation", flush=True)
+os.write(2, b"raw stderr after rotation\\n")
+"""
+
+
+def test_a_daemon_log_is_rotated_at_its_cap_and_a_repeated_error_is_logged_a_few_times(fleet: Fleet) -> None:
+    path = fleet.root / "logs" / "daemon.log"
+    path.parent.mkdir()
+    with open(path, "ab") as out:
+        subprocess.run([sys.executable, "-c", LOG_WRITER, str(path)], stdout=out, stderr=out, check=True,
+                       timeout=120, env=fleet.env)
+    files = sorted(p.name for p in path.parent.iterdir())
+    assert files == ["daemon.log", "daemon.log.1", "daemon.log.2"]
+    assert all(p.stat().st_size <= 64 * 1024 + 512 for p in path.parent.iterdir())
+    everything = "".join(p.read_text() for p in path.parent.iterdir())
+    assert everything.count("accept failed") <= 6
+    current = path.read_text()
+    assert "run 2999 finished" in current and "printed after rotation" in current
+    assert "raw stderr after rotation" in current
