@@ -35,7 +35,7 @@ from typing import Any, Awaitable, Callable
 
 import msgspec
 
-from .errors import MlfleetError, ProtocolError, RemoteError, UnavailableError
+from .errors import MlfleetError, NoAnswerError, ProtocolError, RemoteError, UnavailableError
 
 PROTOCOL_VERSION = 2
 MAX_FRAME = 16 * 1024 * 1024
@@ -216,7 +216,7 @@ class Peer:
             await self.writer.drain()
             return await asyncio.wait_for(fut, request_timeout)
         except asyncio.TimeoutError:
-            raise UnavailableError(f"{self.name}: no answer to {method} within {request_timeout:.0f} s") from None
+            raise NoAnswerError(f"{self.name}: no answer to {method} within {request_timeout:.0f} s") from None
         except (ConnectionError, RuntimeError, BrokenPipeError) as exc:
             self._shutdown(f"connection lost ({exc})")
             raise UnavailableError(f"{self.name}: connection lost ({exc})") from None

@@ -3,6 +3,7 @@
 ```yaml
 controller:
   tick: 0.5s            # how often hosts are polled and the queue scheduled
+  answer_timeout: 15s   # a host's poll unanswered this long: the link is torn down and reconnected
 telemetry:
   sample_interval: 1s   # agent sampling period (the local agent)
   window: 10s           # one averaged row per host per window in DuckDB
@@ -40,6 +41,7 @@ from .yamlsource import read_yaml
 
 class ControllerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tick: Seconds = Seconds(0.5)
+    answer_timeout: Seconds = Seconds(15.0)  # a poll unanswered this long tears the link down (it reconnects)
 
 
 class TelemetrySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -87,6 +89,7 @@ def load_settings(path: Path) -> Settings:
             ("scheduler",): SchedulerSettings, ("local",): LocalHostSettings}) from None
     for parts, value, low, high in (
         (("controller", "tick"), settings.controller.tick, 0.05, 60),
+        (("controller", "answer_timeout"), settings.controller.answer_timeout, 1, 600),
         (("telemetry", "sample_interval"), settings.telemetry.sample_interval, 0.1, 60),
         (("telemetry", "window"), settings.telemetry.window, 1, 3600),
         (("telemetry", "retention"), settings.telemetry.retention, 3600, 3650 * 86400),
