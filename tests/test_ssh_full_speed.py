@@ -19,6 +19,7 @@ from pathlib import Path
 
 import duckdb
 import psutil
+import pytest
 
 from conftest import Fleet, SshFleet
 
@@ -72,34 +73,39 @@ def assert_every_point_once(fleet: Fleet, state_dir: Path, run_id: str) -> None:
     assert offset == [(stream.stat().st_size, len(lines), 0, True)]
 
 
-def test_a_full_speed_writer_over_ssh_survives_link_agent_and_controller_kills(ssh_fleet: SshFleet) -> None:
+@pytest.mark.parametrize("where", ["ssh", "local"])
+def test_a_full_speed_writer_survives_link_agent_and_controller_kills(ssh_fleet: SshFleet, where: str) -> None:
     fleet = ssh_fleet.fleet
     fleet.home.config_file.write_text("controller: {answer_timeout: 5s}\n")
-    ssh_fleet.add("node-a")
-    ssh_fleet.wait_up("node-a")
-    job_id, starts = submit_writer(fleet, "node-a")
+    if where == "ssh":
+        ssh_fleet.add("node-a")
+        ssh_fleet.wait_up("node-a")
+    host = "node-a" if where == "ssh" else "local"
+    state = ssh_fleet.state_dir("node-a") if where == "ssh" else fleet.home.local_agent_dir
+    job_id, starts = submit_writer(fleet, host)
     run_id = fleet.wait_state(job_id, {"running", "succeeded"})["run_id"]
 
-    seed = random.randrange(1 << 30)
+    seed = int(os.environ.get("MLFLEET_FAULT_SEED") or random.randrange(1 << 30))
     rng = random.Random(seed)
-    faults = ["link", "agent", "controller", "link", "agent", "controller"]
+    faults = ["link", "agent", "controller"] * 2 if where == "ssh" else ["agent", "controller"] * 3
     rng.shuffle(faults)
     for fault in faults:
         time.sleep(rng.uniform(0.2, 1.5))
         if fault == "link":
             ssh_fleet.servers["node-a"].drop_connections()
-        elif fault == "agent" and (pid := ssh_fleet.agent_pid("node-a")):
+        elif fault == "agent" and (pid := fleet.pid_in(state / "agent.lock")):
             os.kill(pid, signal.SIGKILL)
         elif fault == "controller" and (pid := fleet.controller_pid):
             os.kill(pid, signal.SIGKILL)
             fleet.wait_for(lambda: fleet.controller_pid is None, what="the controller to die")
             fleet.cli("jobs", "list", check=True)  # a client starts it again
+    print(f"fault trial on {where}: seed {seed}, faults {faults}")
 
     final = fleet.wait_state(job_id, {"succeeded", "failed"}, timeout=240)
     assert final["state"] == "succeeded" and len(final["runs"]) == 1, f"seed {seed}: {final}"
     assert starts.read_text().split() == [run_id], f"seed {seed}: the job started more than once"
     fleet.cli("controller", "stop", check=True)
-    assert_every_point_once(fleet, ssh_fleet.state_dir("node-a"), run_id)
+    assert_every_point_once(fleet, state, run_id)
 
 
 def test_a_link_that_stalls_without_closing_is_torn_down_and_reconnected(ssh_fleet: SshFleet) -> None:
