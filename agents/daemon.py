@@ -26,7 +26,7 @@ import msgspec
 from mlfleet import __version__
 from mlfleet.core.errors import NotFoundError, UnavailableError, UsageError
 from mlfleet.core.models import HostSample, LaunchRequest
-from mlfleet.core.listener import UnixListener
+from mlfleet.core.listener import HELLO_DEADLINE_S, UnixListener
 from mlfleet.core.protocol import MAX_FRAME, PROTOCOL_VERSION, Peer, method_dispatcher
 
 from .supervisor import Supervisor
@@ -133,7 +133,7 @@ class AgentDaemon:
                 self._listener.greeted(writer)
             return answer
 
-        peer = Peer(reader, writer, handle, name="controller")
+        peer = Peer(reader, writer, handle, name="controller", hello_deadline=HELLO_DEADLINE_S)
         self.peers.add(peer)
         self._last_contact = time.time()
         peer.start()

@@ -1,11 +1,14 @@
 """Metric ingestion end to end: a job's track.log -> agent -> controller -> DuckDB, beside MLflow.
 
-    .venv/bin/python benchmarks/ingest_bench.py [--steps 200000] [--width 10]
-        [--repeat 3] [--mlflow-python /tmp/mlflowvenv/bin/python] [--mlflow-steps N] [--mlflow-uri URI]
+    .venv/bin/python benchmarks/ingest_bench.py [--steps 200000] [--width 10] [--repeat 3]
+        [--hosts local,ssh] [--mlflow-python /tmp/mlflowvenv/bin/python] [--mlflow-steps N] [--mlflow-uri URI]
 
 mlfleet: an isolated installation (its own MLFLEET_HOME in /tmp, a real
 controller and local agent started by the CLI) runs one job that logs
-``steps`` x ``width`` points with ``track.log``. The clock starts when the
+``steps`` x ``width`` points with ``track.log``, on ``local`` (the agent's
+socket) and on an SSH host (a real OpenSSH sshd on loopback, the agent
+reached through an SSH channel exactly as a remote GPU box is), one after
+the other in each repeat. The clock starts when the
 job's script starts and stops when the last point is committed in DuckDB
 (polled with ``select count(*)`` through the controller every 0.2 s), so
 the rate includes writing the file, the agent's reads, the polls, parsing
@@ -132,15 +135,39 @@ class Installation:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def run_mlfleet(steps: int, width: int) -> dict[str, Any]:
+def add_ssh_host(fleet: Installation) -> Any:
+    """A loopback sshd as host ``bench`` (the test suite's SshServer), trusted and up."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from sshd import SshServer, keygen
+
+    key = keygen(fleet.root / "user_key")
+    server = SshServer(fleet.root / "sshd", key).start()
+    fleet.cli("hosts", "add", "bench", "--address", "127.0.0.1", "--port", str(server.port), "--user", server.user,
+              "--identity", str(key), "--agent-command", f"{sys.executable} -m mlfleet",
+              "--state-dir", str(fleet.root / "state-bench"))
+    fleet.cli("hosts", "trust", "bench", "--yes")
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        hosts = json.loads(fleet.cli("hosts", "list", "--json"))
+        if any(h["name"] == "bench" and h["state"] == "up" and h["telemetry"] for h in hosts):
+            return server
+        time.sleep(0.3)
+    raise SystemExit("the SSH host did not come up within 60 s")
+
+
+def run_mlfleet(steps: int, width: int, host: str) -> dict[str, Any]:
     fleet = Installation()
+    server = None
     try:
         specs = fleet.root / "specs"
         specs.mkdir()
         (specs / "emit.py").write_text(EMIT)
         spec = specs / "emit.yaml"
-        spec.write_text(f"name: ingest-bench\ncommand: [python, emit.py, '{steps}', '{width}']\n")
+        pin = "constraints: {hosts: [bench]}\n" if host == "ssh" else ""
+        spec.write_text(f"name: ingest-bench\ncommand: [python, emit.py, '{steps}', '{width}']\n{pin}")
         fleet.cli("controller", "start")
+        if host == "ssh":
+            server = add_ssh_host(fleet)
         job_id = fleet.cli("submit", str(spec)).strip()
         run_id = f"{job_id}-1"
         expected = steps * width
@@ -165,6 +192,8 @@ def run_mlfleet(steps: int, width: int) -> dict[str, Any]:
                 "behind_s": committed_at - logged, "bytes": size}
     finally:
         fleet.close()
+        if server is not None:
+            server.stop()
 
 
 def run_mlflow(python: str, steps: int, width: int, uri: str) -> dict[str, Any]:
@@ -185,6 +214,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200_000)
     parser.add_argument("--width", type=int, default=10, help="metrics per step")
     parser.add_argument("--repeat", type=int, default=3, help="mlfleet runs (each in a fresh installation)")
+    parser.add_argument("--hosts", default="local,ssh", help="where the job runs, in each repeat: local, ssh or both")
     parser.add_argument("--mlflow-python", help="an interpreter with mlflow installed (skipped without one)")
     parser.add_argument("--mlflow-steps", type=int, help="steps MLflow logs, when it should log a fraction "
                                                           "(default: as many as mlfleet)")
@@ -196,14 +226,16 @@ def main() -> None:
     print()
     print("| system | points | seconds | points/s | notes |")
     print("|---|---|---|---|---|")
-    rates = []
+    rates: dict[str, list[float]] = {}
+    where = {"local": "local agent socket", "ssh": "agent over SSH to loopback sshd"}
     for i in range(args.repeat):
-        ours = run_mlfleet(args.steps, args.width)
-        rates.append(ours["points"] / ours["seconds"])
-        print(f"| mlfleet, run {i + 1} (track.log -> agent -> controller -> DuckDB) | {ours['points']:,} | "
-              f"{ours['seconds']:.1f} | {rates[-1]:,.0f} | the job logged for {ours['logging_s']:.1f} s; the last "
-              f"point was committed {ours['behind_s']:.1f} s after; {ours['bytes'] / 1e6:.0f} MB of lines |",
-              flush=True)
+        for host in args.hosts.split(","):
+            ours = run_mlfleet(args.steps, args.width, host)
+            rates.setdefault(host, []).append(ours["points"] / ours["seconds"])
+            print(f"| mlfleet on {host}, run {i + 1} (track.log -> {where[host]} -> controller -> DuckDB) | {ours['points']:,} | "
+                  f"{ours['seconds']:.1f} | {rates[host][-1]:,.0f} | the job logged for {ours['logging_s']:.1f} s; the last "
+                  f"point was committed {ours['behind_s']:.1f} s after; {ours['bytes'] / 1e6:.0f} MB of lines |",
+                  flush=True)
     if args.mlflow_python:
         theirs = run_mlflow(args.mlflow_python, args.mlflow_steps or args.steps, args.width, args.mlflow_uri)
         their_rate = theirs["points"] / theirs["seconds"]
@@ -213,9 +245,11 @@ def main() -> None:
         print(f"| MLflow {theirs['version']} log_batch x 1000 ({theirs['uri']}) | {theirs['points']:,} | "
               f"{theirs['seconds']:.1f} | {their_rate:,.0f} | store and run set up in {theirs['setup_s']:.1f} s "
               f"(not counted){scaled} |")
-        if rates:
-            print()
-            print(f"mlfleet (median of {len(rates)}) / MLflow: {statistics.median(rates) / their_rate:,.1f}x")
+        for host, host_rates in rates.items():
+            print(f"\nmlfleet on {host} (median of {len(host_rates)}) / MLflow: "
+                  f"{statistics.median(host_rates) / their_rate:,.1f}x")
+    if "local" in rates and "ssh" in rates:
+        print(f"\nSSH / local (medians): {statistics.median(rates['ssh']) / statistics.median(rates['local']):.2f}")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 

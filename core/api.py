@@ -35,7 +35,7 @@ from mlfleet.core.models import TERMINAL_STATES, JobSpec, JobState, spec_dec_hoo
 from mlfleet.core.lineage import git_lineage
 from mlfleet.core.snapshot import snapshot
 from mlfleet.core.transport.ssh import SshAgentTransport
-from mlfleet.core.listener import UnixListener
+from mlfleet.core.listener import HELLO_DEADLINE_S, UnixListener
 from mlfleet.core.protocol import PROTOCOL_VERSION, Peer, method_dispatcher
 from mlfleet.core.store import records
 from mlfleet.core.store.db import read_only_query
@@ -83,7 +83,7 @@ class ControllerApi(DriftApi, RunsApi):
         return await self.listener.start()
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = Peer(reader, writer, self.handler, name="client")
+        peer = Peer(reader, writer, self.handler, name="client", hello_deadline=HELLO_DEADLINE_S)
         peer.info["actor"] = _peer_user(writer)
         self.peers.add(peer)
         peer.start()

@@ -64,12 +64,38 @@ async def _attempt(home: Home, hello_timeout: float = 10.0) -> ControllerClient 
         peer = await open_unix_peer(str(home.controller_socket), "controller")
     except UnavailableError:
         return "no socket"
+    _quiet_lost_connections(asyncio.get_running_loop())
     try:
         await peer.hello("client", timeout=hello_timeout)
     except UnavailableError:
         await peer.close()
         return "dropped"
     return ControllerClient(peer, home)
+
+
+def _quiet_lost_connections(loop: asyncio.AbstractEventLoop) -> None:
+    """Keep asyncio's "Future exception was never retrieved" about a lost connection off the user's terminal.
+
+    Peer.request leaves its answer future failed but never awaited when the
+    write fails (a controller over its cap closes the connection at once),
+    and asyncio prints that, traceback-like, when the future is collected.
+    Any other report goes to the loop's handler as before.
+    TODO(protocol): drop this once Peer.request retrieves that future itself.
+    """
+    previous = loop.get_exception_handler()
+    if getattr(previous, "quiets_lost_connections", False):
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), UnavailableError) and "never retrieved" in context.get("message", ""):
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    handler.quiets_lost_connections = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handler)
 
 
 async def connect(home: Home | None = None, autostart: bool = True) -> ControllerClient:

@@ -28,12 +28,13 @@ from typing import Any
 import msgspec
 
 from mlfleet.core import scheduler
-from mlfleet.core.errors import MlfleetError, UnavailableError, UsageError
+from mlfleet.core.errors import MlfleetError, RemoteError, UnavailableError, UsageError
 from mlfleet.core.hostlink import HostLink
 from mlfleet.core.ingest import parse_lines
 from mlfleet.core.lineage import gpu_usage
 from mlfleet.core.models import JobSpec, LaunchRequest, RunStatus, StreamChunk, spec_from_plain
 from mlfleet.core.paths import Home
+from mlfleet.core.protocol import Peer
 from mlfleet.core.settings import Settings, file_digest
 from mlfleet.core.store import records
 from mlfleet.core.store.db import Store
@@ -43,7 +44,6 @@ from mlfleet.core.transport.ssh import SshAgentTransport
 
 log = logging.getLogger(__name__)
 
-SLOW_LINK_S = 10.0  # a poll unanswered this long marks the host unreachable (and kills nothing)
 
 
 @dataclass
@@ -87,6 +87,7 @@ class Controller:
         self.home = home
         self.settings = settings or Settings()
         self.tick_interval = float(self.settings.controller.tick)
+        self.answer_timeout = float(self.settings.controller.answer_timeout)  # unanswered: the link is torn down
         self.store: Store | None = None
         self.links: dict[str, HostLink] = {
             "local": HostLink(LocalAgentTransport(home, "local",
@@ -94,7 +95,7 @@ class Controller:
                                                   simulate_gpus=self.settings.local.simulate_gpus,
                                                   log_max_size=int(self.settings.controller.log_max_size),
                                                   log_backups=self.settings.controller.log_backups),
-                              labels={"provider": "local", **self.settings.local.labels}),
+                              labels={"provider": "local", **self.settings.local.labels}, on_connect=self._fence),
         }
         self.inventory: dict[str, HostConfig] = {}
         self.drained: dict[str, str] = {}  # host -> why (who and reason)
@@ -185,7 +186,8 @@ class Controller:
                 del self.inventory[name]
         for name, host in wanted.items():
             if name not in self.links:
-                self.links[name] = HostLink(SshAgentTransport(host, self.home.known_hosts_file), labels=dict(host.labels))
+                self.links[name] = HostLink(SshAgentTransport(host, self.home.known_hosts_file),
+                                            labels=dict(host.labels), on_connect=self._fence)
                 self.inventory[name] = host
 
     def active_on(self, host: str) -> list[str]:
@@ -278,10 +280,8 @@ class Controller:
         assert self.store is not None
         link.metrics_backlog = False  # set again below only by a poll that left lines waiting
         up = await link.ensure_connected()
-        if link.state == "up":
-            link.down_since = None
-        elif link.down_since is None:
-            link.down_since = time.time()
+        if link.state != "up" and link.down_since is None:
+            link.down_since = time.time()  # reset only by an answered poll: a link that connects and stalls is down
         if not up or link.state != "up":
             await self._give_up_on_lost_runs(link)
         if link.state != link.recorded_state:  # write host rows on changes only, not every tick
@@ -291,9 +291,6 @@ class Controller:
             link.recorded_state = link.state
         if not up:
             return
-        if link.fresh_connection:
-            link.fresh_connection = False
-            await self._stop_strays(link)
         runs = [r for r in self.active.values() if r.host == link.name]
         for run in runs:
             if run.job_id in self.cancels and not run.cancel_requested_by:
@@ -312,14 +309,17 @@ class Controller:
             asked = {r.run_id: r.offset for r in runs
                      if (r.launched or r.cancel_requested_by) and r.run_id in self.active}
             try:
-                answer = await link.request("poll", request_timeout=SLOW_LINK_S, telemetry_since=link.telemetry_seq,
+                answer = await link.request("poll", request_timeout=self.answer_timeout,
+                                            telemetry_since=link.telemetry_seq,
                                             metrics=asked)
             except MlfleetError as exc:
-                # Slow is shown like lost, but the connection and the runs are left alone.
+                # Unanswered: HostLink.request has torn the link down (it reconnects next tick). Answered
+                # with an error: shown like lost, but the connection and the runs are left alone.
                 log.warning("poll of %s failed: %s", link.name, exc)
                 link.mark_slow(str(exc))
                 return
             link.mark_answering()
+            link.down_since = None
             link.absorb_telemetry(answer.get("telemetry", []), answer.get("agent_started_at", 0.0))
             more = False
             for run_id, item in answer.get("runs", {}).items():
@@ -345,15 +345,13 @@ class Controller:
             await self._finish(run, RunStatus(run_id=run.run_id, state="exited", reason="lost",
                                               message=f"{link.name} was unreachable for {limit:.0f} s"))
 
-    async def _stop_strays(self, link: HostLink) -> None:
-        """On (re)connect: a run still going on the node that the controller has closed (given up on it as
-        lost, or cancelled it while the host was away) is stopped, so a job never runs twice."""
+    async def _fence(self, link: HostLink, peer: Peer) -> None:
+        """On every new connection, before anything else uses it: a run still going on the node that the
+        controller has closed (given up on it as lost, or cancelled it while the host was away) is
+        stopped, so a job never runs twice past the partition. A fence that cannot be completed fails
+        the connection (it is tried again), so nothing is launched on a node that was not fenced."""
         assert self.store is not None
-        try:
-            statuses = await link.request("status")
-        except MlfleetError as exc:
-            log.warning("could not list the runs of %s: %s", link.name, exc)
-            return
+        statuses = await peer.request("status", request_timeout=self.answer_timeout)
         going = [s["run_id"] for s in statuses if s.get("state") in ("starting", "running")
                  and s["run_id"] not in self.active]
         if not going:
@@ -363,8 +361,10 @@ class Controller:
                                                      "and state not in ('dispatched', 'running')", going)
         for row in closed:
             log.warning("stopping stray run %s on %s (it is %s here)", row["run_id"], link.name, row["state"])
-            with contextlib.suppress(MlfleetError):
-                await link.request("cancel", run_id=row["run_id"])
+            try:
+                await peer.request("cancel", run_id=row["run_id"], request_timeout=self.answer_timeout)
+            except RemoteError as exc:  # it ended on its own meanwhile: nothing left to stop
+                log.info("stray run %s on %s: %s", row["run_id"], link.name, exc)
             await self.store.run(records.audit, "controller", "run.stop-stray", row["run_id"],
                                  {"host": link.name, "state": row["state"]})
 

@@ -58,6 +58,14 @@ class UnavailableError(MlfleetError):
     exit_code = EXIT_UNAVAILABLE
 
 
+class NoAnswerError(UnavailableError):
+    """A request went out on a live connection and no answer came back within its time.
+
+    Frames are never lost on a working stream, so the link under it is not
+    to be trusted any more: its owner tears it down and connects again.
+    """
+
+
 class HostUnreachableError(UnavailableError):
     """A host's agent cannot be reached right now (the host is marked ``unreachable``)."""
 

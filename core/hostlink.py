@@ -3,6 +3,12 @@
 A link reconnects with backoff and jitter; while it cannot reach the agent
 the host is ``unreachable``, but nothing is killed or forgotten: runs keep
 going on the node and are picked up again when the link comes back.
+
+A link that stops answering without closing (a stalled SSH channel, a
+frozen bridge process on the node) is torn down at the first request that
+goes unanswered past its deadline, and connected again: it is never waited
+on forever. Every new connection first runs ``on_connect`` (the controller
+stops there the runs it has given up on) before anything else may use it.
 """
 
 from __future__ import annotations
@@ -12,11 +18,11 @@ import logging
 import random
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import msgspec
 
-from mlfleet.core.errors import HostUnreachableError, MlfleetError
+from mlfleet.core.errors import HostUnreachableError, MlfleetError, NoAnswerError
 from mlfleet.core.models import HostSample
 from mlfleet.core.protocol import Peer
 from mlfleet.core.transport.base import AgentTransport
@@ -26,17 +32,21 @@ log = logging.getLogger(__name__)
 HISTORY = 300  # samples kept in memory for the clients' sparklines (5 min at 1 Hz)
 
 
+OnConnect = Callable[["HostLink", Peer], Awaitable[None]]
+
+
 class HostLink:
-    def __init__(self, transport: AgentTransport, labels: dict[str, str] | None = None) -> None:
+    def __init__(self, transport: AgentTransport, labels: dict[str, str] | None = None,
+                 on_connect: OnConnect | None = None) -> None:
         self.transport = transport
+        self.on_connect = on_connect
         self.name = transport.host
         self.labels = labels or {}
         self.peer: Peer | None = None
         self.state = "connecting"
         self.recorded_state = ""  # the state last written to the hosts table
-        self.fresh_connection = False
         self.metrics_backlog = False  # the last poll left metric lines waiting: the next tick comes at once
-        self.down_since: float | None = None  # wall time the host stopped answering
+        self.down_since: float | None = None  # wall time the host stopped answering (reset by an answered poll)
         self.message = ""
         self.info: dict[str, Any] = {}
         self.history: deque[HostSample] = deque(maxlen=HISTORY)
@@ -68,6 +78,8 @@ class HostLink:
         try:
             peer = await self.transport.connect()
             info = await peer.request("info", request_timeout=10)
+            if self.on_connect is not None:
+                await self.on_connect(self, peer)  # before the link is published: nothing else runs first
         except Exception as exc:  # any failure to connect is "unreachable, with why", never a crash
             if peer is not None:
                 await peer.close()
@@ -78,7 +90,6 @@ class HostLink:
             return False
         self.peer, self.info = peer, info
         self.state, self.message = "up", ""
-        self.fresh_connection = True  # the controller reconciles the node's runs once per connection
         self._backoff = 0.5
         log.info("connected to agent on %s", self.name)
         return True
@@ -96,6 +107,13 @@ class HostLink:
         self._backoff = 0.5
         self._next_try = 0.0
 
+    def tear_down(self, why: str) -> None:
+        """Break a connection that stopped answering; the next tick connects again."""
+        if self.peer is not None:
+            log.warning("tearing down the link to %s: %s", self.name, why)
+            self.peer.abort(why)
+        self._lost(why)
+
     def _lost(self, why: str) -> None:
         self.peer = None
         self.state, self.message = "unreachable", why
@@ -104,10 +122,15 @@ class HostLink:
     async def request(self, method: str, request_timeout: float = 30.0, **params: Any) -> Any:
         if not self.up or self.peer is None:
             raise HostUnreachableError(self.name, self.message)
+        peer = self.peer
         try:
-            return await self.peer.request(method, request_timeout=request_timeout, **params)
+            return await peer.request(method, request_timeout=request_timeout, **params)
+        except NoAnswerError as exc:
+            if self.peer is peer:
+                self.tear_down(str(exc))
+            raise
         except MlfleetError as exc:
-            if self.peer is not None and self.peer.closed:
+            if self.peer is peer and peer.closed:
                 self._lost(str(exc))
             raise
 

@@ -19,6 +19,9 @@ per failure (a 100-fold storm per second: 200 MB of log in 40 s). Here:
   is freed to accept and refuse the waiting clients one by one, so they
   hear "busy" at once instead of timing out in the backlog;
 - the backlog is 1024 (asyncio's default of 100 resets a burst);
+- servers give their peers ``HELLO_DEADLINE_S`` to send a whole hello, so an
+  idle or half-sent connection holds its place 10 s at most (and a begun
+  frame after that must be whole within the protocol's frame deadline);
 - refusals, evictions and descriptor trouble are logged when the state
   changes (full / accepting again, with counts), never once per client.
 """
@@ -36,11 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from mlfleet.core.protocol import MAX_FRAME, Frame, encode
+from mlfleet.core.protocol import Frame, encode
 
 log = logging.getLogger(__name__)
 
 BACKLOG = 1024
+HELLO_DEADLINE_S = 10.0  # a new connection must have sent its hello whole by then (Peer's hello_deadline)
 FD_HEADROOM = 512  # descriptors kept for the daemon's own work (DuckDB, SSH links, job logs, threads)
 MIN_CONNECTIONS = 4
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -74,7 +78,7 @@ class UnixListener:
     """Serve ``on_connect(reader, writer)`` on a 0600 Unix socket, holding at most ``max_connections``."""
 
     def __init__(self, path: Path, on_connect: OnConnect, *, max_connections: int, name: str,
-                 setting: str = "", backlog: int = BACKLOG, limit: int = MAX_FRAME) -> None:
+                 setting: str = "", backlog: int = BACKLOG, limit: int = 64 * 1024) -> None:
         self.path = path
         self.on_connect = on_connect
         self.name = name
@@ -192,12 +196,13 @@ class UnixListener:
 
     def _evict_one(self) -> bool:
         """Drop the oldest connection that has not said hello, to make room; False if every one has."""
-        victim = next((c for c in self._open if not c.greeted and c.writer is not None), None)
+        victim = next((c for c in self._open if not c.greeted), None)
         if victim is None:
             return False
         self._forget(victim)
-        assert victim.writer is not None
-        victim.writer.transport.abort()  # its descriptor is closed in this loop iteration
+        if victim.writer is not None:
+            victim.writer.transport.abort()  # its descriptor is closed in this loop iteration
+        # else its transport is still being made: _serve sees it gone and closes it
         self.evicted += 1
         return True
 
@@ -255,6 +260,9 @@ class UnixListener:
     # -------------------------------------------------------------- serving
     async def _serve(self, conn: _Connection) -> None:
         assert self._loop is not None
+        if conn not in self._open:  # evicted before it was served
+            conn.sock.close()
+            return
         try:
             reader = asyncio.StreamReader(limit=self.limit)
             protocol = asyncio.StreamReaderProtocol(reader)

@@ -1,14 +1,24 @@
-"""The versioned line protocol spoken between clients, controller and agents.
+"""The versioned frame protocol spoken between clients, controller and agents.
 
-One JSON object per line (msgspec-encoded), over any byte stream: a Unix
-socket, or an SSH channel to one. A request is ``{"id", "method",
-"params"}``; its answer is ``{"id", "result"}`` or ``{"id", "error"}``. The
-first request on every connection is ``hello``, which carries the protocol
-version; a peer of another version is refused with a clear sentence.
+Every message is one **frame**: a 4-byte big-endian length, then that many
+bytes of msgpack (msgspec). The same bytes travel over a Unix socket and over
+an SSH channel to one. A request is ``{"id", "method", "params"}``; its
+answer is ``{"id", "result"}`` or ``{"id", "error"}``. The first request on
+every connection is ``hello``, which carries the protocol version; a peer of
+another version is refused with a clear sentence. ``docs/protocol.md`` is the
+written contract.
 
-Frames are bounded (``MAX_FRAME``). A line that is too long or not a
-request gets an error answer and the connection carries on: a bad frame
-never takes a daemon down.
+Why length-prefixed binary rather than JSON lines: a frame is read whole
+(``readexactly``) or not at all, whatever the transport buffers. asyncssh's
+``readline()`` hands back a partial line once its buffer reaches the channel
+window, and a reader that takes a fragment for a frame loses the answer and
+stalls the link for good. Metric chunks (text) also travel unescaped.
+
+Frames are bounded (``MAX_FRAME``): a longer frame, or one that stops
+arriving part way (``frame_deadline``), breaks the connection, which the
+owner re-establishes; a frame that arrives whole but is not a request (bad
+msgpack, nesting too deep, wrong shape) gets an error answer and the
+connection carries on. A bad frame never takes a daemon down.
 """
 
 from __future__ import annotations
@@ -18,21 +28,23 @@ import contextlib
 import inspect
 import itertools
 import logging
+import struct
 import traceback
 import typing
 from typing import Any, Awaitable, Callable
 
 import msgspec
 
-from .errors import MlfleetError, ProtocolError, RemoteError, UnavailableError
+from .errors import MlfleetError, NoAnswerError, ProtocolError, RemoteError, UnavailableError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_FRAME = 16 * 1024 * 1024
+FRAME_DEADLINE_S = 60.0  # a frame that has begun must be whole within this, or the link is broken
 
 log = logging.getLogger(__name__)
 
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder()
+_HEADER = struct.Struct(">I")
+_encoder = msgspec.msgpack.Encoder()
 
 
 class Frame(msgspec.Struct, omit_defaults=True):
@@ -43,11 +55,66 @@ class Frame(msgspec.Struct, omit_defaults=True):
     error: dict[str, Any] | None = None
 
 
-_frame_decoder = msgspec.json.Decoder(Frame)
+_frame_decoder = msgspec.msgpack.Decoder(Frame)
 
 
-def encode(obj: Any) -> bytes:
-    return _encoder.encode(obj) + b"\n"
+class FrameTooLarge(ProtocolError):
+    """An encoded frame over ``MAX_FRAME``: it is never sent (the other side would break the link)."""
+
+
+def encode(obj: Any, max_frame: int = MAX_FRAME) -> bytes:
+    """One frame: the length header and the msgpack body, in one buffer (written with one ``write``)."""
+    buf = bytearray(_HEADER.size)
+    try:
+        _encoder.encode_into(obj, buf, _HEADER.size)
+    except (TypeError, OverflowError, ValueError) as exc:
+        raise ProtocolError(f"cannot encode a frame: {exc}") from None
+    size = len(buf) - _HEADER.size
+    if size > max_frame:
+        raise FrameTooLarge(f"a frame of {size:,} bytes is over the {max_frame:,}-byte limit")
+    _HEADER.pack_into(buf, 0, size)
+    return bytes(buf)
+
+
+def decode(payload: bytes) -> Frame:
+    """The frame in ``payload`` (the bytes after the header); raises ProtocolError for anything else."""
+    try:
+        return _frame_decoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProtocolError(f"malformed frame: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("malformed frame: nested too deeply") from None
+
+
+class BrokenFrame(Exception):
+    """The byte stream can no longer be trusted to be at a frame boundary: the connection must close."""
+
+
+async def read_frame(reader: Any, max_frame: int = MAX_FRAME,
+                     deadline: float | None = FRAME_DEADLINE_S) -> bytes | None:
+    """The next frame's body, whole; None at a clean end of stream (between frames).
+
+    Waiting for a frame to *begin* has no limit (an idle connection is fine);
+    once its first byte is here, the rest must arrive within ``deadline``
+    seconds. ``reader`` is an asyncio StreamReader or an asyncssh SSHReader.
+    """
+    try:
+        first = await reader.readexactly(1)
+    except asyncio.IncompleteReadError:
+        return None
+    try:
+        async with asyncio.timeout(deadline):
+            head = first + await reader.readexactly(_HEADER.size - 1)
+            (size,) = _HEADER.unpack(head)
+            if size > max_frame:
+                hint = (" (the peer speaks the line protocol of an older mlfleet; install the same version on "
+                        "both sides)" if first == b"{" else "")
+                raise BrokenFrame(f"a frame of {size:,} bytes is over the {max_frame:,}-byte limit{hint}")
+            return await reader.readexactly(size)
+    except asyncio.IncompleteReadError as exc:
+        raise BrokenFrame(f"the connection ended part way through a frame ({len(exc.partial)} bytes)") from None
+    except TimeoutError:
+        raise BrokenFrame(f"a frame did not arrive whole within {deadline:.0f} s") from None
 
 
 Handler = Callable[["Peer", str, dict[str, Any]], Awaitable[Any]]
@@ -57,15 +124,21 @@ class Peer:
     """One end of a protocol connection: it sends requests and answers the other side's.
 
     ``handler(peer, method, params)`` answers incoming requests; a peer
-    without a handler only makes requests.
+    without a handler only makes requests. ``hello_deadline`` (for servers)
+    is how long a new connection may take to send its first frame whole.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 handler: Handler | None = None, name: str = "peer") -> None:
+    def __init__(self, reader: Any, writer: Any, handler: Handler | None = None, name: str = "peer", *,
+                 max_frame: int = MAX_FRAME, frame_deadline: float | None = FRAME_DEADLINE_S,
+                 hello_deadline: float | None = None) -> None:
         self.reader = reader
         self.writer = writer
         self.handler = handler
         self.name = name
+        self.max_frame = max_frame
+        self.frame_deadline = frame_deadline
+        self.hello_deadline = hello_deadline
+        self.close_reason = ""
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -91,19 +164,28 @@ class Peer:
     def closed(self) -> bool:
         return self._closed.is_set()
 
-    async def close(self) -> None:
+    async def close(self, reason: str = "connection closed") -> None:
         if self._reader_task and self._reader_task is not asyncio.current_task():
             self._reader_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader_task
-        self._shutdown("connection closed")
+        self._shutdown(reason)
         with contextlib.suppress(Exception):
             self.writer.close()
             await asyncio.wait_for(self.writer.wait_closed(), 2)
 
+    def abort(self, reason: str) -> None:
+        """Break the connection now, without waiting (a stalled link is torn down, not waited on)."""
+        self._shutdown(reason)
+        with contextlib.suppress(Exception):
+            self.writer.close()
+        if self._reader_task and self._reader_task is not asyncio.current_task():
+            self._reader_task.cancel()
+
     def _shutdown(self, reason: str) -> None:
         if self._closed.is_set():
             return
+        self.close_reason = reason
         self._closed.set()
         for fut in self._pending.values():
             if not fut.done():
@@ -124,18 +206,19 @@ class Peer:
         ``request_timeout`` is ours; every other keyword is a parameter of the method.
         """
         if self.closed:
-            raise UnavailableError(f"{self.name}: connection is closed")
+            raise UnavailableError(f"{self.name}: connection is closed ({self.close_reason})")
         request_id = next(self._ids)
+        frame = encode(Frame(id=request_id, method=method, params=params), self.max_frame)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = fut
         try:
-            self._write(Frame(id=request_id, method=method, params=params))
+            self._send(frame)
             await self.writer.drain()
             return await asyncio.wait_for(fut, request_timeout)
         except asyncio.TimeoutError:
-            raise UnavailableError(f"{self.name}: no answer to {method} within {request_timeout:.0f} s") from None
-        except (ConnectionError, RuntimeError) as exc:
-            self._shutdown(str(exc))
+            raise NoAnswerError(f"{self.name}: no answer to {method} within {request_timeout:.0f} s") from None
+        except (ConnectionError, RuntimeError, BrokenPipeError) as exc:
+            self._shutdown(f"connection lost ({exc})")
             raise UnavailableError(f"{self.name}: connection lost ({exc})") from None
         finally:
             self._pending.pop(request_id, None)
@@ -149,30 +232,34 @@ class Peer:
         self.info = info
         return info
 
-    def _write(self, frame: Frame) -> None:
+    def _send(self, frame: bytes) -> None:
         if self.writer.is_closing():
             raise ConnectionError("connection is closing")
-        self.writer.write(encode(frame))
+        self.writer.write(frame)
 
     # ------------------------------------------------------------ receiving
     async def _read_loop(self) -> None:
         reason = "connection closed by the other side"
+        first = True
         try:
             while True:
                 try:
-                    line = await self.reader.readline()
-                except ValueError:
-                    # Longer than MAX_FRAME: asyncio dropped it; say so and carry on.
-                    await self._reply_error(None, ProtocolError(f"frame longer than {MAX_FRAME} bytes was dropped"))
-                    continue
-                if not line:
+                    async with asyncio.timeout(self.hello_deadline if first else None):
+                        payload = await read_frame(self.reader, self.max_frame, self.frame_deadline)
+                except TimeoutError:
+                    reason = f"no frame within {self.hello_deadline:.0f} s of connecting"
                     break
-                if not line.strip():
-                    continue
+                except BrokenFrame as exc:
+                    reason = str(exc)
+                    await self._reply_error(None, ProtocolError(f"{exc}; closing the connection"))
+                    break
+                if payload is None:
+                    break
+                first = False
                 try:
-                    frame = _frame_decoder.decode(line)
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    await self._reply_error(None, ProtocolError(f"malformed frame: {exc}"))
+                    frame = decode(payload)
+                except ProtocolError as exc:
+                    await self._reply_error(None, exc)
                     continue
                 if frame.method is not None:
                     self._spawn(self._answer(frame))
@@ -183,13 +270,18 @@ class Peer:
                             fut.set_exception(_remote_error(frame.error))
                         else:
                             fut.set_result(frame.result)
-        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+        except (ConnectionError, OSError) as exc:
             reason = f"connection lost ({exc})"
         except asyncio.CancelledError:
             reason = "connection closed"
             raise
+        except Exception as exc:  # whatever the transport raises, the link is broken, not the daemon
+            reason = f"connection lost ({type(exc).__name__}: {exc})"
         finally:
             self._shutdown(reason)
+            if reason.startswith(("a frame", "the connection ended", "no frame")):
+                with contextlib.suppress(Exception):
+                    self.writer.close()
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -209,6 +301,7 @@ class Peer:
             return
         try:
             result = await self.handler(self, frame.method or "", frame.params or {})
+            answer = encode(Frame(id=frame.id, result=result), self.max_frame)
         except MlfleetError as exc:
             await self._reply_error(frame.id, exc)
             return
@@ -219,9 +312,9 @@ class Peer:
             await self._reply_error(frame.id, exc)
             return
         try:
-            self._write(Frame(id=frame.id, result=result))
+            self._send(answer)
             await self.writer.drain()
-        except (ConnectionError, RuntimeError):
+        except (ConnectionError, RuntimeError, OSError):
             self._shutdown("connection lost while answering")
 
     async def _reply_error(self, request_id: int | None, exc: BaseException) -> None:
@@ -230,20 +323,20 @@ class Peer:
                      "message": str(exc), "exit_code": exc.exit_code}
         else:
             error = {"kind": "InternalError", "message": f"internal error: {type(exc).__name__}: {exc}", "exit_code": 1}
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            self._write(Frame(id=request_id, error=error))
+        with contextlib.suppress(ConnectionError, RuntimeError, OSError, ProtocolError):
+            self._send(encode(Frame(id=request_id, error=error), self.max_frame))
             await self.writer.drain()
 
 
 def _remote_error(error: dict[str, Any]) -> RemoteError:
     return RemoteError(str(error.get("kind", "Error")), str(error.get("message", "unknown error")),
-                       int(error.get("exit_code", 1)))
+                       int(error.get("exit_code", 1)) if isinstance(error.get("exit_code", 1), int) else 1)
 
 
 async def open_unix_peer(path: str, name: str, handler: Handler | None = None) -> Peer:
     """Connect to a Unix socket and start reading; raises UnavailableError if nothing listens."""
     try:
-        reader, writer = await asyncio.open_unix_connection(path, limit=MAX_FRAME)
+        reader, writer = await asyncio.open_unix_connection(path)
     except OSError as exc:  # missing, refused, no permission, path too long: all mean "not reachable"
         raise UnavailableError(f"{name} is not listening on {path} ({exc.strerror or exc})") from None
     peer = Peer(reader, writer, handler, name)

@@ -3,6 +3,7 @@
 ```yaml
 controller:
   tick: 0.5s            # how often hosts are polled and the queue scheduled
+  answer_timeout: 15s   # a host's poll unanswered this long: the link is torn down and reconnected
   max_connections: 256  # clients held at once; over it a newcomer is told the controller is busy
   log_max_size: 10MiB   # logs/controller.log and logs/agent-local.log rotate at this size
   log_backups: 3        # rotated files kept (controller.log.1 ...); 0: the log is emptied instead
@@ -43,6 +44,7 @@ from .yamlsource import read_yaml
 
 class ControllerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tick: Seconds = Seconds(0.5)
+    answer_timeout: Seconds = Seconds(15.0)  # a poll unanswered this long tears the link down (it reconnects)
     # Clients held at once on the socket (TUIs, CLI calls, scripts); over it a newcomer is told "busy".
     max_connections: Annotated[int, Meta(ge=4, le=65536)] = 256
     # logs/controller.log and logs/agent-local.log: rotated at this size, this many old files kept.
@@ -95,6 +97,7 @@ def load_settings(path: Path) -> Settings:
             ("scheduler",): SchedulerSettings, ("local",): LocalHostSettings}) from None
     for parts, value, low, high in (
         (("controller", "tick"), settings.controller.tick, 0.05, 60),
+        (("controller", "answer_timeout"), settings.controller.answer_timeout, 1, 600),
         (("telemetry", "sample_interval"), settings.telemetry.sample_interval, 0.1, 60),
         (("telemetry", "window"), settings.telemetry.window, 1, 3600),
         (("telemetry", "retention"), settings.telemetry.retention, 3600, 3650 * 86400),

@@ -4,36 +4,45 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from conftest import Fleet
 from mlfleet.core.errors import RemoteError
-from mlfleet.core.protocol import MAX_FRAME, PROTOCOL_VERSION, open_unix_peer
+from mlfleet.core.protocol import MAX_FRAME, PROTOCOL_VERSION, Peer, encode, open_unix_peer, read_frame
+
+def _raw(payload: bytes) -> bytes:
+    """A frame around any bytes: the length header, then the payload as is."""
+    return struct.pack(">I", len(payload)) + payload
+
 
 FUZZ = [
-    b"\n",
-    b"not json\n",
-    b"{\n",
-    b"[]\n",
-    b"42\n",
-    b'"text"\n',
-    b"null\n",
-    b'{"id": "x", "method": 5}\n',
-    b'{"id": 1, "method": "launch", "params": {"request": {"run_id": "../etc"}}}\n',
-    b'{"id": 2, "method": "read", "params": {"run_id": "../../x", "stream": "metrics"}}\n',
-    b'{"id": 3, "method": "read", "params": {"run_id": "nope", "stream": "passwd"}}\n',
-    b'{"id": 4, "method": "no_such_method", "params": {}}\n',
-    b'{"id": 5, "method": "status", "params": {"bogus": 1}}\n',
-    b'{"id": 6, "method": "__init__", "params": {}}\n',
-    b'{"id": 7, "method": "hello", "params": {"protocol": 999}}\n',
-    b"\xff\xfe\x00garbage\n",
-    b'{"id": 8, "method": "poll", "params": {"metrics": "not a mapping"}}\n',
-    b'{"id": 9, "method": "telemetry", "params": {"since": "yesterday"}}\n',
-    b'{"id": 10, "method": "cancel", "params": {}}\n',
+    _raw(b""),
+    _raw(b"not msgpack at all"),
+    _raw(b"\xc1"),  # a byte msgpack never uses
+    _raw(msgspec.msgpack.encode([])),
+    _raw(msgspec.msgpack.encode(42)),
+    _raw(msgspec.msgpack.encode("text")),
+    _raw(msgspec.msgpack.encode(None)),
+    _raw(b"\x83\xa2id\x0c\xa6method\xa6status\xa6params\x81\xa1a" + b"\x91" * 100_000 + b"\xc0"),  # 100k deep
+    _raw(msgspec.msgpack.encode({"id": 0, "params": {1: 2}, "method": "status"})),
+    encode({"id": "x", "method": 5}),
+    encode({"id": 1, "method": "launch", "params": {"request": {"run_id": "../etc"}}}),
+    encode({"id": 2, "method": "read", "params": {"run_id": "../../x", "stream": "metrics"}}),
+    encode({"id": 3, "method": "read", "params": {"run_id": "nope", "stream": "passwd"}}),
+    encode({"id": 4, "method": "no_such_method", "params": {}}),
+    encode({"id": 5, "method": "status", "params": {"bogus": 1}}),
+    encode({"id": 6, "method": "__init__", "params": {}}),
+    encode({"id": 7, "method": "hello", "params": {"protocol": 999}}),
+    _raw(b"\xff\xfe\x00garbage"),
+    encode({"id": 8, "method": "poll", "params": {"metrics": "not a mapping"}}),
+    encode({"id": 9, "method": "telemetry", "params": {"since": "yesterday"}}),
+    encode({"id": 10, "method": "cancel", "params": {}}),
 ]
 
 
@@ -50,30 +59,34 @@ def agent(fleet: Fleet):
     proc.wait(10)
 
 
-async def _raw_exchange(sock: Path, payload: bytes) -> list[dict]:
-    reader, writer = await asyncio.open_unix_connection(str(sock), limit=MAX_FRAME * 2)
+async def _raw_exchange(sock: Path, payload: bytes, wait: float = 2.0) -> tuple[list[dict], bool]:
+    """Send raw bytes; collect the answers; say whether the agent closed the connection."""
+    reader, writer = await asyncio.open_unix_connection(str(sock))
     writer.write(payload)
     await writer.drain()
-    answers = []
+    answers, closed = [], False
     try:
         while True:
-            line = await asyncio.wait_for(reader.readline(), 2.0)
-            if not line:
+            body = await asyncio.wait_for(read_frame(reader), wait)
+            if body is None:
+                closed = True
                 break
-            answers.append(json.loads(line))
+            answers.append(msgspec.msgpack.decode(body))
     except asyncio.TimeoutError:
         pass
     writer.close()
-    return answers
+    return answers, closed
 
 
 async def test_malformed_frames_get_error_answers_and_the_agent_stays_up(agent) -> None:
     proc, sock = agent
-    answers = await _raw_exchange(sock, b"".join(FUZZ))
-    # Every non-blank frame is answered, each with an error.
-    assert len(answers) == len(FUZZ) - 1
-    assert all("error" in a for a in answers)
+    answers, closed = await _raw_exchange(sock, b"".join(FUZZ))
+    # Every frame is answered, each with an error, and the connection carries on.
+    assert not closed
+    assert len(answers) == len(FUZZ)
+    assert all("error" in a for a in answers), [a for a in answers if "error" not in a]
     messages = " ".join(a["error"]["message"] for a in answers)
+    assert "nested too deeply" in messages
     assert "unknown method 'no_such_method'" in messages
     assert "invalid run id" in messages
     assert "speaks protocol 999" in messages
@@ -87,14 +100,84 @@ async def test_malformed_frames_get_error_answers_and_the_agent_stays_up(agent) 
     assert proc.poll() is None
 
 
-async def test_an_oversized_frame_is_dropped_and_the_connection_goes_on(agent) -> None:
+async def test_an_oversized_frame_breaks_only_its_own_connection(agent) -> None:
     proc, sock = agent
-    big = b'{"id": 1, "method": "status", "params": {"x": "' + b"a" * (MAX_FRAME + 10) + b'"}}\n'
-    ok = b'{"id": 2, "method": "hello", "params": {"protocol": %d}}\n' % PROTOCOL_VERSION
-    answers = await _raw_exchange(sock, big + ok)
-    assert any("longer than" in (a.get("error") or {}).get("message", "") for a in answers)
-    assert any(a.get("id") == 2 and a.get("result", {}).get("role") == "agent" for a in answers)
+    header = struct.pack(">I", MAX_FRAME + 10)
+    answers, closed = await _raw_exchange(sock, header + b"a" * 1000)
+    assert closed and any("over the" in (a.get("error") or {}).get("message", "") for a in answers)
+    peer = await open_unix_peer(str(sock), "agent")
+    assert (await peer.hello("test"))["role"] == "agent"
+    await peer.close()
     assert proc.poll() is None
+
+
+async def test_an_old_line_protocol_peer_is_told_to_upgrade(agent) -> None:
+    proc, sock = agent
+    answers, closed = await _raw_exchange(sock, b'{"id": 1, "method": "hello", "params": {"protocol": 1}}\n')
+    assert closed and "older mlfleet" in answers[0]["error"]["message"]
+
+
+async def test_a_frame_that_stops_part_way_is_cut_off_at_its_deadline(fleet: Fleet, tmp_path: Path) -> None:
+    """A peer that begins a frame and then stalls (a slowloris, or a stuck link) does not hold a reader."""
+    server_side: list[Peer] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = Peer(reader, writer, None, "test", frame_deadline=0.5, hello_deadline=5)
+        server_side.append(peer)
+        peer.start()
+        await peer.wait_closed()
+
+    path = str(tmp_path / "s.sock")
+    server = await asyncio.start_unix_server(on_connect, path=path)
+    reader, writer = await asyncio.open_unix_connection(path)
+    frame = encode({"id": 1, "method": "x", "params": {}})
+    writer.write(frame[:3])  # the header, not even whole
+    await writer.drain()
+    await asyncio.sleep(1.2)
+    assert server_side and server_side[0].closed and "did not arrive whole" in server_side[0].close_reason
+    assert b"closing the connection" in await asyncio.wait_for(reader.read(), 2)  # told why, then closed
+    writer.close()
+
+    # And a connection that never sends its first frame is closed at the hello deadline.
+    async def on_quiet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = Peer(reader, writer, None, "test", hello_deadline=0.5)
+        server_side.append(peer)
+        peer.start()
+        await peer.wait_closed()
+
+    quiet_path = str(tmp_path / "q.sock")
+    quiet = await asyncio.start_unix_server(on_quiet, path=quiet_path)
+    _r, quiet_writer = await asyncio.open_unix_connection(quiet_path)
+    await asyncio.sleep(1.0)
+    assert server_side[-1].closed and "of connecting" in server_side[-1].close_reason
+    quiet_writer.close()
+    server.close()
+    quiet.close()
+
+
+async def test_frames_far_larger_than_any_buffer_arrive_whole(tmp_path: Path) -> None:
+    """A 15 MiB answer (over a reader whose buffer limit is 64 KiB) is one frame, not fragments;
+    an answer over the frame limit is refused with an error answer, and the link survives it."""
+    big = "x" * (15 * 1024 * 1024)
+
+    async def handler(peer: Peer, method: str, params: dict) -> str:
+        return big if method == "big" else "z" * (MAX_FRAME + 1)
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = Peer(reader, writer, handler, "server")
+        peer.start()
+        await peer.wait_closed()
+
+    path = str(tmp_path / "big.sock")
+    server = await asyncio.start_unix_server(on_connect, path=path)
+    peer = await open_unix_peer(path, "client")
+    for _ in range(3):
+        assert await peer.request("big") == big
+    with pytest.raises(RemoteError, match="over the 16,777,216-byte limit"):
+        await peer.request("too_big")
+    assert await peer.request("big") == big
+    await peer.close()
+    server.close()
 
 
 async def test_a_second_agent_on_the_same_state_dir_is_refused(agent, fleet: Fleet) -> None:
