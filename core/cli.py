@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable
 
 from mlfleet import __version__
 from mlfleet.core import bounds, cli_drift, logfile, render
-from mlfleet.core.client import ControllerClient, connect, try_connect
+from mlfleet.core.client import ControllerClient, connect, controller_pid, try_connect
 from mlfleet.core.config import load_job_spec
 from mlfleet.core.errors import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, MlfleetError, UnavailableError, UsageError
 from mlfleet.core.models import TERMINAL_STATES, JobState, to_plain
@@ -541,6 +541,8 @@ def _controller_foreground(home: Home) -> int:
 
 async def _controller_action(home: Home, args: argparse.Namespace) -> int:
     client = await try_connect(home)
+    if client is None and controller_pid(home) is not None:
+        client = await connect(home, autostart=False)  # one that is busy or starting: waited for, or said why
     if args.action == "status":
         if client is None:
             _say(args, {"running": False}, f"no controller is running for {home.data_dir}")

@@ -111,7 +111,10 @@ async def connect(home: Home | None = None, autostart: bool = True) -> Controlle
         return client
     pid = controller_pid(home)
     if pid is not None:
-        return await _wait_for_running(home, pid, dropped=client == "dropped")
+        running = await _wait_for_running(home, pid, dropped=client == "dropped")
+        if running is not None:
+            return running
+        # it stopped while we waited: start a fresh one, as if none had run
     if not autostart:
         raise UnavailableError(f"no controller is running for {home.data_dir}; start one with 'mlfleet controller start'")
     load_settings(home.config_file)  # a mistake there is the user's to fix: say it here, with its line
@@ -130,8 +133,9 @@ async def connect(home: Home | None = None, autostart: bool = True) -> Controlle
             if client is not None:
                 return client
             pid = controller_pid(home)
-            if pid is not None:
-                return await _wait_for_running(home, pid)
+            running = await _wait_for_running(home, pid) if pid is not None else None
+            if running is not None:
+                return running
             raise UnavailableError(f"the controller could not start: {_last_log_line(home)}")
     raise UnavailableError(f"the controller did not answer within {START_TIMEOUT_S:.0f} s; "
                            f"see {home.log_dir / 'controller.log'}")
@@ -147,7 +151,7 @@ def controller_pid(home: Home) -> int | None:
         pid = int(home.controller_lock.read_text().strip() or 0)
     except (OSError, ValueError):
         return None
-    if pid <= 0 or not psutil.pid_exists(pid):
+    if pid <= 0 or not _alive(pid):
         return None
     try:
         fd = os.open(home.controller_lock, os.O_RDWR)
@@ -162,8 +166,11 @@ def controller_pid(home: Home) -> int | None:
     return None
 
 
-async def _wait_for_running(home: Home, pid: int, dropped: bool = False) -> ControllerClient:
-    """Retry a controller that runs but did not take our connection; then say why, in one sentence."""
+async def _wait_for_running(home: Home, pid: int, dropped: bool = False) -> ControllerClient | None:
+    """Retry a controller that runs but did not take our connection; then say why, in one sentence.
+
+    None when it stopped meanwhile (a ``controller stop`` under way): the caller may start a fresh one.
+    """
     try:
         started = psutil.Process(pid).create_time()
     except psutil.Error:
@@ -182,9 +189,8 @@ async def _wait_for_running(home: Home, pid: int, dropped: bool = False) -> Cont
             return client
         if client == "dropped" and busy_until is None:
             busy_until = time.time() + BUSY_RETRY_S
-        if not psutil.pid_exists(pid):
-            raise UnavailableError(f"the controller (pid {pid}) stopped while this command waited for it; "
-                                   "run the command again")
+        if not _alive(pid):
+            return None
     try:
         cap = f"at its limit of {load_settings(home.config_file).controller.max_connections} connections"
     except MlfleetError:
@@ -193,6 +199,13 @@ async def _wait_for_running(home: Home, pid: int, dropped: bool = False) -> Cont
                            f"connection ({cap}, controller.max_connections in {home.config_file}; out of file "
                            f"descriptors; or stuck): try again in a moment, and if this goes on see "
                            f"{home.log_dir / 'controller.log'}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def start_controller_process(home: Home) -> subprocess.Popen[bytes]:

@@ -179,6 +179,8 @@ def test_clients_that_said_hello_fill_the_cap_and_the_cli_says_busy_in_one_sente
         sentence = one_sentence(busy.err)
         assert "busy" in sentence and "16 connections" in sentence and "controller.max_connections" in sentence
         assert "another controller" not in sentence
+        status = fleet.cli("controller", "status")
+        assert status.code == 5 and "busy" in one_sentence(status.err)
         # A raw newcomer is told so in one error frame, and closed.
         newcomer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         newcomer.connect(str(sock))
