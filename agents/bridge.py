@@ -29,7 +29,7 @@ def ensure_agent(state_dir: Path, socket_path: Path, name: str | None, simulate_
         return
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     argv = [sys.executable, "-m", "mlfleet", "agent", "serve", "--state-dir", str(state_dir),
-            "--socket", str(socket_path)]
+            "--socket", str(socket_path), "--log-file", str(state_dir / "agent.log")]  # rotated by size
     if name:
         argv += ["--name", name]
     if simulate_gpus:
