@@ -20,6 +20,7 @@ import psutil
 from mlfleet.core.errors import MlfleetError, UnavailableError
 from mlfleet.core.paths import Home
 from mlfleet.core.inventory import load_inventory
+from mlfleet.core.logfile import open_log
 from mlfleet.core.settings import load_settings
 from mlfleet.core.protocol import Peer, open_unix_peer
 
@@ -211,7 +212,7 @@ def _alive(pid: int) -> bool:
 def start_controller_process(home: Home) -> subprocess.Popen[bytes]:
     """Start ``mlfleet controller run`` detached from this terminal, logging to the home's log dir."""
     home.ensure()
-    log = open(home.log_dir / "controller.log", "ab")
+    log = open_log(home.log_dir / "controller.log")  # rotated by the controller (controller.log_max_size)
     try:
         return subprocess.Popen(
             [sys.executable, "-m", "mlfleet", "controller", "run"],
@@ -219,7 +220,7 @@ def start_controller_process(home: Home) -> subprocess.Popen[bytes]:
             env={**os.environ, **home.to_env()},
         )
     finally:
-        log.close()
+        os.close(log)
 
 
 def _last_log_line(home: Home) -> str:

@@ -75,23 +75,36 @@ class RotatingStderr(logging.StreamHandler):  # type: ignore[type-arg]
         self.path = path
         self.max_size = max_size
         self.backups = backups
+        self.owned = path is not None and _is_stderr(path)  # a terminal or someone else's file is left alone
 
     def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.follow()
+        except OSError:  # a full disk or a removed folder must not stop the daemon logging to what it has
+            pass
         self.stream = sys.stderr
         super().emit(record)
         try:
             self.rotate_if_needed()
-        except OSError:  # a full disk or a removed folder must not stop the daemon logging to what it has
+        except OSError:
             pass
 
+    def follow(self) -> bool:
+        """Reopen the log when someone removed or renamed it (logrotate): fd 2 would grow unseen, unbounded."""
+        if self.path is None or not self.owned or _is_stderr(self.path):
+            return False
+        _point_stdio_at(self.path)
+        return True
+
     def rotate_if_needed(self) -> bool:
-        if self.path is None or not _is_stderr(self.path):
+        """Rotate when the log is over its size."""
+        if self.path is None or not self.owned or not _is_stderr(self.path):
             return False
         if os.fstat(2).st_size <= self.max_size:
             return False
-        sys.stdout.flush()
-        sys.stderr.flush()
         if self.backups == 0:
+            sys.stdout.flush()
+            sys.stderr.flush()
             os.ftruncate(2, 0)  # opened with O_APPEND: writing goes on at the new end
             return True
         for i in range(self.backups - 1, 0, -1):
@@ -99,13 +112,25 @@ class RotatingStderr(logging.StreamHandler):  # type: ignore[type-arg]
             if older.exists():
                 os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
         os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-        finally:
-            os.close(fd)
+        _point_stdio_at(self.path)
         return True
+
+
+def _point_stdio_at(path: Path) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)
+
+
+def open_log(path: Path) -> int:
+    """A daemon's log file for appending (0600), to hand to a child as its stdout and stderr."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
 
 def _is_stderr(path: Path) -> bool:
@@ -119,16 +144,8 @@ def _is_stderr(path: Path) -> bool:
 def take_over(path: Path) -> None:
     """Point stdout and stderr at ``path`` (appending), so that everything the process writes is bounded."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if _is_stderr(path):
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-    finally:
-        os.close(fd)
+    if not _is_stderr(path):
+        _point_stdio_at(path)
 
 
 def install(path: Path | None, max_size: int = DEFAULT_MAX_SIZE, backups: int = DEFAULT_BACKUPS,

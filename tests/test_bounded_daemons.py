@@ -473,6 +473,8 @@ for i in range(3000):
     log.info("run %d finished with %s", i, "x" * 40)       # distinct messages, 3000 x ~100 bytes
 print("printed after rotation", flush=True)
 os.write(2, b"raw stderr after rotation\\n")
+os.replace(path, str(path) + ".moved")                      # logrotate (or a user) moves the file away
+log.warning("still logging after the file was moved")
 """
 
 
@@ -483,10 +485,12 @@ def test_a_daemon_log_is_rotated_at_its_cap_and_a_repeated_error_is_logged_a_few
         subprocess.run([sys.executable, "-c", LOG_WRITER, str(path)], stdout=out, stderr=out, check=True,
                        timeout=120, env=fleet.env)
     files = sorted(p.name for p in path.parent.iterdir())
-    assert files == ["daemon.log", "daemon.log.1", "daemon.log.2"]
+    assert files == ["daemon.log", "daemon.log.1", "daemon.log.2", "daemon.log.moved"]  # no .3: two kept
     assert all(p.stat().st_size <= 64 * 1024 + 512 for p in path.parent.iterdir())
     everything = "".join(p.read_text() for p in path.parent.iterdir())
     assert everything.count("accept failed") <= 6
-    current = path.read_text()
-    assert "run 2999 finished" in current and "printed after rotation" in current
-    assert "raw stderr after rotation" in current
+    before_move = path.with_name("daemon.log.moved").read_text()
+    assert "run 2999 finished" in before_move and "printed after rotation" in before_move
+    assert "raw stderr after rotation" in before_move
+    assert path.read_text().endswith("still logging after the file was moved\n")
+    assert oct(path.stat().st_mode & 0o777) == "0o600"

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from mlfleet.core.errors import UnavailableError
+from mlfleet.core.logfile import open_log
 from mlfleet.core.paths import Home
 from mlfleet.core.protocol import Peer, open_unix_peer
 
@@ -69,16 +70,18 @@ class LocalAgentTransport:
     def _spawn(self) -> None:
         self.home.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.home.log_dir / "agent-local.log"
-        log = open(log_path, "ab")  # also as stdout/stderr: a crash before logging is set up lands there too
-        self._child = subprocess.Popen(
-            [sys.executable, "-m", "mlfleet", "agent", "serve",
-             "--state-dir", str(self.state_dir), "--socket", str(self.socket_path),
-             "--name", self.host, "--idle-exit", str(IDLE_EXIT_S),
-             "--sample-interval", str(self.sample_interval),
-             "--log-file", str(log_path), "--log-max-size", str(self.log_max_size),
-             "--log-backups", str(self.log_backups),
-             *(["--simulate-gpus", self.simulate_gpus] if self.simulate_gpus else [])],
-            start_new_session=True, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
-            env={**os.environ},
-        )
-        log.close()
+        log = open_log(log_path)  # also as stdout/stderr: a crash before logging is set up lands there too
+        try:
+            self._child = subprocess.Popen(
+                [sys.executable, "-m", "mlfleet", "agent", "serve",
+                 "--state-dir", str(self.state_dir), "--socket", str(self.socket_path),
+                 "--name", self.host, "--idle-exit", str(IDLE_EXIT_S),
+                 "--sample-interval", str(self.sample_interval),
+                 "--log-file", str(log_path), "--log-max-size", str(self.log_max_size),
+                 "--log-backups", str(self.log_backups),
+                 *(["--simulate-gpus", self.simulate_gpus] if self.simulate_gpus else [])],
+                start_new_session=True, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
+                env={**os.environ},
+            )
+        finally:
+            os.close(log)
