@@ -15,8 +15,8 @@ import secrets
 import socket
 import struct
 import time
-from pathlib import Path
 import typing
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec

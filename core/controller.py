@@ -31,6 +31,7 @@ from mlfleet.core import scheduler
 from mlfleet.core.errors import MlfleetError, RemoteError, UnavailableError, UsageError
 from mlfleet.core.hostlink import HostLink
 from mlfleet.core.ingest import parse_lines
+from mlfleet.core.listener import UnixListener
 from mlfleet.core.lineage import gpu_usage
 from mlfleet.core.models import JobSpec, LaunchRequest, RunStatus, StreamChunk, spec_from_plain
 from mlfleet.core.paths import Home
@@ -117,7 +118,7 @@ class Controller:
         self.started_at = time.time()
         self._stop = asyncio.Event()
         self._lock_fd: int | None = None
-        self._server: asyncio.AbstractServer | None = None
+        self._server: UnixListener | None = None
 
     # ------------------------------------------------------------ lifecycle
     def _take_lock(self) -> None:

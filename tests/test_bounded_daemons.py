@@ -10,7 +10,6 @@ common open-file limit of 1024, as on the tester's machine.
 
 from __future__ import annotations
 
-import os
 import resource
 import select
 import socket
@@ -97,7 +96,7 @@ def closed_by_peer(socks: list[socket.socket], wait: float = 0.5) -> int:
         if not ready:
             continue
         try:
-            while chunk := sock.recv(65536, socket.MSG_DONTWAIT):
+            while sock.recv(65536, socket.MSG_DONTWAIT):
                 pass
             closed += 1
         except BlockingIOError:
@@ -283,6 +282,7 @@ SLOWLORIS_WAIT_S = FRAME_DEADLINE_S + 30  # a begun frame must be whole within t
 def test_slowloris_clients_are_closed_while_users_carry_on(fleet: Fleet) -> None:
     pid = start_controller(fleet)
     path = fleet.home.controller_socket
+    began = time.monotonic()
     partial = idle_clients(path, 300)
     for sock in partial:
         sock.sendall(HELLO[: len(HELLO) // 2])  # half a hello, then nothing
@@ -293,7 +293,7 @@ def test_slowloris_clients_are_closed_while_users_carry_on(fleet: Fleet) -> None
     try:
         controller = psutil.Process(pid)
         deadline = time.monotonic() + SLOWLORIS_WAIT_S
-        sent = 0
+        sent, pre_hello_gone = 0, None
         while time.monotonic() < deadline:
             for sock in tricklers:  # one byte a second, never a whole frame
                 try:
@@ -306,12 +306,16 @@ def test_slowloris_clients_are_closed_while_users_carry_on(fleet: Fleet) -> None
                 assert controller.num_fds() < CAP + FDS_BASELINE
             if sent == 3:
                 submit_true(fleet)
+            if pre_hello_gone is None and closed_by_peer(partial + tricklers, 0) == len(partial) + len(tricklers):
+                pre_hello_gone = time.monotonic() - began
             if closed_by_peer(after_hello, 0) == len(after_hello) and closed_by_peer(tricklers, 0) == len(tricklers):
                 break
             time.sleep(1)
         assert closed_by_peer(after_hello) == len(after_hello)
         assert closed_by_peer(tricklers) == len(tricklers)
         assert closed_by_peer(partial) == len(partial)
+        # No hello within its deadline: gone after ~10 s; a frame begun after hello: after the frame deadline.
+        assert pre_hello_gone is not None and pre_hello_gone < HELLO_DEADLINE_S + 15
         submit_true(fleet)
     finally:
         close_all(partial + after_hello + tricklers)
@@ -449,9 +453,10 @@ def test_controller_status_shows_the_connection_cap_and_the_log_cap(fleet: Fleet
 
 
 @pytest.mark.parametrize("config, words", [
-    ("controller:\n  max_connections: 0\n", "controller.max_connections"),
-    ("controller:\n  log_max_size: 1KiB\n", "controller.log_max_size: 1024 bytes is out of range"),
-    ("controller:\n  log_backups: -1\n", "controller.log_backups"),
+    ("controller:\n  max_connections: 0\n", "controller.max_connections: must be an integer >= 4"),
+    ("controller:\n  max_connections: 100000\n", "controller.max_connections: must be an integer <= 65536"),
+    ("controller:\n  log_max_size: 1KiB\n", "controller.log_max_size: 1024 bytes is out of range; use between 64KiB"),
+    ("controller:\n  log_backups: -1\n", "controller.log_backups: must be an integer >= 0"),
 ])
 def test_bad_bounds_in_config_are_refused_with_their_line(fleet: Fleet, config: str, words: str) -> None:
     (fleet.root / "config.yaml").write_text(config)
