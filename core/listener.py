@@ -58,6 +58,7 @@ class _Connection:
     sock: socket.socket
     writer: asyncio.StreamWriter | None = None
     greeted: bool = False
+    setting_up: bool = False  # its transport is being made: neither a bare socket nor a served one
 
 
 def fd_budget(wanted: int) -> int:
@@ -196,13 +197,14 @@ class UnixListener:
 
     def _evict_one(self) -> bool:
         """Drop the oldest connection that has not said hello, to make room; False if every one has."""
-        victim = next((c for c in self._open if not c.greeted), None)
+        victim = next((c for c in self._open if not c.greeted and not c.setting_up), None)
         if victim is None:
             return False
         self._forget(victim)
         if victim.writer is not None:
             victim.writer.transport.abort()  # its descriptor is closed in this loop iteration
-        # else its transport is still being made: _serve sees it gone and closes it
+        else:
+            victim.sock.close()  # accepted but not served yet: closed now (a burst must not pile them up)
         self.evicted += 1
         return True
 
@@ -260,9 +262,9 @@ class UnixListener:
     # -------------------------------------------------------------- serving
     async def _serve(self, conn: _Connection) -> None:
         assert self._loop is not None
-        if conn not in self._open:  # evicted before it was served
-            conn.sock.close()
+        if conn not in self._open:  # evicted before it was served (its socket is closed)
             return
+        conn.setting_up = True
         try:
             reader = asyncio.StreamReader(limit=self.limit)
             protocol = asyncio.StreamReaderProtocol(reader)
@@ -276,6 +278,7 @@ class UnixListener:
             transport.abort()
             return
         conn.writer = writer
+        conn.setting_up = False
         self._by_writer[writer] = conn
         try:
             await self.on_connect(reader, writer)
