@@ -265,7 +265,7 @@ def test_out_of_descriptors_the_cli_says_busy_and_the_log_stays_small(fleet: Fle
 
 def test_an_idle_flood_on_the_local_agent_does_not_cut_the_controller_off(fleet: Fleet) -> None:
     start_controller(fleet)
-    fleet.wait_for(lambda: fleet.agent_pid, what="the local agent")
+    fleet.wait_for(lambda: fleet.cli_json("hosts", "list")[0]["state"] == "up", what="the local agent to be up")
     agent = psutil.Process(fleet.agent_pid)
     flood = idle_clients(fleet.home.local_agent_socket, 500)
     try:
