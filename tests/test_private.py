@@ -14,19 +14,16 @@ import json
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from conftest import REPO, Fleet, SshFleet
-from mlfleet.core.paths import Home
+from conftest import REPO, CliResult, Fleet, SshFleet
 
 OTHER = "mlfleet-other"
 
@@ -271,9 +268,7 @@ class NamespacedFleet(Fleet):
         super().__init__(root)
         self.fake_tmp = fake_tmp
 
-    def cli(self, *args: str, timeout: float = 90, check: bool = False):  # noqa: ANN201 - a CliResult
-        from conftest import CliResult
-
+    def cli(self, *args: str, timeout: float = 90, check: bool = False) -> CliResult:
         argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount --bind "$0" /tmp && exec "$@"',
                 str(self.fake_tmp), sys.executable, "-m", "mlfleet", *args]
         proc = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
