@@ -4,7 +4,9 @@
 uploads; :meth:`CodeCache.unpack` checks the archive's sha256 against its
 name, extracts it to a temporary folder and renames that to
 ``STATE_DIR/code/<sha256>/``, so a half-unpacked tree is never used. A
-snapshot already present is never uploaded again.
+snapshot already present is never uploaded again. Unpacked files keep only
+their owner's bits (0600, 0700 for executables): tar would otherwise
+restore the archive's 0644 inside the agent's private state dir.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class CodeCache:
                 for member in tar.getmembers():
                     if not member.isfile() or member.name.startswith("/") or ".." in Path(member.name).parts:
                         raise UsageError(f"snapshot {sha256[:12]} holds an unsafe entry {member.name!r}")
+                    member.mode = (member.mode & 0o700) | 0o600  # the owner's bits only (x kept): code is private
                 tar.extractall(scratch, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(scratch)
             os.replace(scratch, target)
         except FileExistsError:

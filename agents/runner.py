@@ -69,6 +69,7 @@ class _Runner:
                 stderr=stderr,
                 process_group=0,
                 close_fds=True,
+                umask=_job_umask(self.launch.get("env") or {}),
             )
         except (OSError, KeyError, ValueError) as exc:
             message = f"could not start {self.launch.get('argv', ['?'])[0]!r}: {getattr(exc, 'strerror', None) or exc}"
@@ -138,6 +139,19 @@ class _Runner:
             "exit_code": exit_code, "signal": sig, "reason": reason, "message": message, "finished_at": time.time(),
         })
         return 0
+
+
+def _job_umask(env: dict[str, str]) -> int:
+    """The user's umask for the job: the agent runs under 077 (its run folders are private), the job's own files are not.
+
+    ``MLFLEET_USER_UMASK`` is recorded by the first mlfleet process of the
+    chain (core/private.py); without it the job keeps this runner's umask (-1).
+    """
+    try:
+        value = int(env.get("MLFLEET_USER_UMASK", ""), 8)
+    except ValueError:
+        return -1
+    return value if 0 <= value <= 0o777 else -1
 
 
 def _create_time(pid: int) -> float | None:

@@ -24,6 +24,7 @@ from mlfleet.core.config import load_job_spec
 from mlfleet.core.errors import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, MlfleetError, UnavailableError, UsageError
 from mlfleet.core.models import TERMINAL_STATES, to_plain
 from mlfleet.core.paths import Home
+from mlfleet.core.private import private_agent_state, private_dir, trusted_socket, use_private_umask, user_umask
 from mlfleet.core.settings import load_settings
 
 
@@ -370,7 +371,7 @@ async def cmd_runs_compare(client: ControllerClient, args: argparse.Namespace) -
 async def cmd_runs_export(client: ControllerClient, args: argparse.Namespace) -> int:
     answer = await client.call("runs_export", output=str(Path(args.output).expanduser().absolute()),
                                format=args.format, where=args.where, sort=args.sort, points=args.metrics,
-                               metrics=args.metric or None, request_timeout=None)
+                               metrics=args.metric or None, mode=0o666 & ~user_umask(), request_timeout=None)
     what = "metric points" if answer["kind"] == "points" else "runs"
     _say(args, answer, f"wrote {answer['rows']} {what} of {answer['runs']} run(s) to {answer['output']}")
     return EXIT_OK
@@ -528,6 +529,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
 def _controller_foreground(home: Home) -> int:
     from mlfleet.core.controller import Controller
 
+    use_private_umask()  # first: the DuckDB file, its WAL, snapshots and logs are born 0600
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings(home.config_file)
@@ -605,9 +607,11 @@ def _say(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
 def cmd_agent_serve(args: argparse.Namespace) -> int:
     from mlfleet.agents.daemon import AgentDaemon
 
+    use_private_umask()  # first: run folders, logs and metric files are born 0600 (jobs get the user's umask back)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state_dir = Path(args.state_dir).expanduser().absolute()
     socket_path = Path(args.socket).expanduser().absolute() if args.socket else state_dir / "agent.sock"
+    private_agent_state(state_dir, socket_path)
     gpus = None
     if args.simulate_gpus:
         from mlfleet.agents.simulated import SimulatedGpuSource
@@ -622,8 +626,11 @@ def cmd_agent_serve(args: argparse.Namespace) -> int:
 def cmd_agent_connect(args: argparse.Namespace) -> int:
     from mlfleet.agents.bridge import bridge, ensure_agent
 
+    use_private_umask()
     state_dir = Path(args.state_dir).expanduser().absolute()
     socket_path = state_dir / "agent.sock"
+    private_dir(state_dir)
+    trusted_socket(socket_path)  # a socket that is not ours is refused before anything is sent to it
     ensure_agent(state_dir, socket_path, args.name, args.simulate_gpus)
     return bridge(socket_path)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from mlfleet.core.errors import UnavailableError
 from mlfleet.core.paths import Home
+from mlfleet.core.private import open_private
 from mlfleet.core.inventory import load_inventory
 from mlfleet.core.settings import load_settings
 from mlfleet.core.protocol import Peer, open_unix_peer
@@ -49,6 +50,8 @@ class ControllerClient:
 
 async def try_connect(home: Home) -> ControllerClient | None:
     """A client for a running controller, or None when none answers."""
+    if not home.trusted_socket(home.controller_socket):  # one another user could have planted is refused
+        return None
     try:
         peer = await open_unix_peer(str(home.controller_socket), "controller")
     except UnavailableError:
@@ -92,7 +95,7 @@ async def connect(home: Home | None = None, autostart: bool = True) -> Controlle
 def start_controller_process(home: Home) -> subprocess.Popen[bytes]:
     """Start ``mlfleet controller run`` detached from this terminal, logging to the home's log dir."""
     home.ensure()
-    log = open(home.log_dir / "controller.log", "ab")
+    log = os.fdopen(open_private(home.log_dir / "controller.log"), "ab")
     try:
         return subprocess.Popen(
             [sys.executable, "-m", "mlfleet", "controller", "run"],

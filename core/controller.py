@@ -135,6 +135,10 @@ class Controller:
         from mlfleet.core.api import ControllerApi
 
         self._take_lock()
+        foreign = await asyncio.to_thread(self.home.tighten)  # an installation made before files were private
+        if foreign:
+            log.warning("%d file(s) in %s belong to root and were left as they are: %s", len(foreign),
+                        self.home.data_dir, ", ".join(map(str, foreign[:5])))
         self.apply_inventory(load_inventory(self.home.hosts_file))
         self._inventory_digest = file_digest(self.home.hosts_file)
         self.store = Store(self.home.db_path)

@@ -74,6 +74,15 @@ class HostUnreachableError(UnavailableError):
         super().__init__(f"host {host} is unreachable{': ' + why if why else ''}")
 
 
+class UnsafePathError(UnavailableError):
+    """A folder, file or socket mlfleet would use belongs to someone else, or someone else could swap it."""
+
+    def __init__(self, path: str, problem: str, hint: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path} {problem}: {hint}")
+
+
 class StoreVersionError(MlfleetError):
     """The DuckDB file was written by a newer mlfleet than this one."""
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError
+from .private import private_dir
 
 MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024
 _ALWAYS_SKIPPED = {".git", "__pycache__", ".venv", ".mypy_cache", ".pytest_cache"}
@@ -55,11 +56,12 @@ def snapshot(workdir: Path, cache_dir: Path) -> Snapshot:
                     tar.addfile(info, fh)
     data = buffer.getvalue()
     digest = hashlib.sha256(data).hexdigest()
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(cache_dir)
     target = cache_dir / f"{digest}.tar.gz"
     if not target.exists():
         tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(data)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "wb") as fh:
+            fh.write(data)  # 0600 whatever the umask: the snapshot is the user's code
         os.replace(tmp, target)
     return Snapshot(digest, target, len(files), total)
 

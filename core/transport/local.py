@@ -14,8 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mlfleet.core.errors import UnavailableError
+from mlfleet.core.errors import UnavailableError, UnsafePathError
 from mlfleet.core.paths import Home
+from mlfleet.core.private import open_private, private_dir
 from mlfleet.core.protocol import Peer, open_unix_peer
 
 _START_TIMEOUT_S = 20.0
@@ -41,6 +42,8 @@ class LocalAgentTransport:
             self._child = None  # reaped: an agent we started has exited
         try:
             return await self._hello()
+        except UnsafePathError:
+            raise
         except UnavailableError:
             pass
         self._spawn()
@@ -50,12 +53,16 @@ class LocalAgentTransport:
             await asyncio.sleep(0.1)
             try:
                 return await self._hello()
+            except UnsafePathError:
+                raise
             except UnavailableError as exc:
                 last = exc
         raise UnavailableError(f"the local agent did not start within {_START_TIMEOUT_S:.0f} s ({last}); "
                                f"see {self.home.log_dir / 'agent-local.log'}")
 
     async def _hello(self) -> Peer:
+        if not self.home.trusted_socket(self.socket_path):  # never send a launch (and its env) to a planted socket
+            raise UnavailableError(f"no agent listens on {self.socket_path}")
         peer = await open_unix_peer(str(self.socket_path), f"agent {self.host}")
         try:
             await peer.hello("controller")
@@ -65,8 +72,8 @@ class LocalAgentTransport:
         return peer
 
     def _spawn(self) -> None:
-        self.home.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.home.log_dir / "agent-local.log", "ab")
+        private_dir(self.home.log_dir)
+        log = os.fdopen(open_private(self.home.log_dir / "agent-local.log"), "ab")
         self._child = subprocess.Popen(
             [sys.executable, "-m", "mlfleet", "agent", "serve",
              "--state-dir", str(self.state_dir), "--socket", str(self.socket_path),
