@@ -14,7 +14,10 @@ from __future__ import annotations
 import ctypes
 import os
 import select
+import signal
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -63,3 +66,24 @@ class CommitWatch:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def kill_at_commit(db_path: Path, pid: int, timeout: float = 30.0) -> "subprocess.Popen[str]":
+    """A watcher process that SIGKILLs ``pid`` at the next commit to ``db_path`` (exit 0), or exits 1 after ``timeout``.
+
+    A process of its own, for a test whose client runs in the test's own event
+    loop (the TUI): a thread there would wait for the GIL while the answer,
+    already on its way, is read.
+    """
+    proc = subprocess.Popen([sys.executable, __file__, str(db_path), str(pid), str(timeout)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "watching\n"
+    return proc
+
+
+if __name__ == "__main__":
+    with CommitWatch(Path(sys.argv[1])) as _watch:
+        print("watching", flush=True)
+        if not _watch.wait(float(sys.argv[3])):
+            sys.exit(1)
+        os.kill(int(sys.argv[2]), signal.SIGKILL)

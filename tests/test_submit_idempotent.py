@@ -69,6 +69,23 @@ def _job_id_or_may_exist(result: CliResult, key: str) -> dict[str, Any] | None:
     return None
 
 
+# What a submit may print on stderr besides its one sentence: the notice that it asks again. And, for
+# now, asyncio's note about a request future that Peer.request left unretrieved when a write to a dying
+# controller failed (core/protocol.py, being rewritten): counted and reported, not a user's sentence.
+_NOTICE = re.compile(r"mlfleet: lost the controller during the submit \(.*\); asking again with the same key "
+                     r"for up to \d+ s")
+_ASYNCIO_NOTE = ("Future exception was never retrieved", "future: <Future finished exception=UnavailableError(")
+
+
+def _stray_lines(err: str) -> tuple[list[str], int]:
+    """Lines that are neither the notice nor a final sentence (``mlfleet: ...``), and how many asyncio notes."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    notes = [line for line in lines if line.startswith(_ASYNCIO_NOTE)]
+    stray = [line for line in lines if line not in notes and not _NOTICE.fullmatch(line)
+             and not (line.startswith("mlfleet: ") and line is lines[-1])]
+    return stray, len(notes) // 2
+
+
 def _kill(pid: int | None) -> bool:
     if pid is None:
         return False
@@ -146,6 +163,7 @@ def test_sigkill_of_the_controller_at_random_moments_of_submits_never_makes_a_jo
     trials: list[dict[str, Any]] = []
     kills = 0
     codes: collections.Counter[str] = collections.Counter()
+    asyncio_notes: list[int] = []
 
     def trial(how: str) -> dict[str, Any]:
         nonlocal kills
@@ -168,6 +186,9 @@ def test_sigkill_of_the_controller_at_random_moments_of_submits_never_makes_a_jo
         first = _finish(proc)
         codes[f"first {first.code}"] += 1
         answer = _job_id_or_may_exist(first, key)
+        stray, notes = _stray_lines(first.err)
+        assert not stray, first.err
+        asyncio_notes.append(notes)
         # The user (or CI) runs the same command again: always safe, always the same job.
         again = fleet.cli("submit", str(spec), "--key", key, "--json")
         codes[f"again {again.code}"] += 1
@@ -205,7 +226,8 @@ def test_sigkill_of_the_controller_at_random_moments_of_submits_never_makes_a_jo
     kinds = collections.Counter(t["how"] for t in trials)
     print(f"\nidempotent submit: {len(trials)} trials ({dict(kinds)}), {kills} SIGKILLs, "
           f"{sum(t['lost'] for t in trials)} commands lost the controller, {window} killed after the commit and "
-          f"before the answer, {len(duplicated)} jobs duplicated, {len(twice)} run twice; exit codes {dict(codes)}")
+          f"before the answer, {len(duplicated)} jobs duplicated, {len(twice)} run twice; exit codes {dict(codes)}; "
+          f"{sum(asyncio_notes)} asyncio 'Future exception was never retrieved' notes on stderr")
 
     assert not duplicated and set(names) == expected, (duplicated, sorted(set(names) ^ expected))
     assert sorted(k for k, _ in by_key) == sorted([t["key"] for t in trials] + ["cal-0", "cal-1"])
