@@ -129,7 +129,7 @@ class ControllerApi(DriftApi, RunsApi):
             check_submit_key(key)
             earlier = await self.store.read(submit_keys.find, actor, key)
             if earlier is not None:  # a retry: the job is there, whatever the fleet looks like now
-                return submit_keys.same_job(earlier, job_spec.content_hash())
+                return submit_keys.same_job(earlier, job_spec.content_hash(), to_plain(job_spec))
         from mlfleet.core.controller import queued_job
         from mlfleet.core.scheduler import never_fits
 
@@ -150,7 +150,7 @@ class ControllerApi(DriftApi, RunsApi):
         earlier = await asyncio.shield(self._record_job(job_id, job_spec, snap.sha256, spec_path, actor, submitted,
                                                         git, key, answer))
         if earlier is not None:  # another attempt with this key was recorded while this one snapshotted
-            return submit_keys.same_job(earlier, job_spec.content_hash())
+            return submit_keys.same_job(earlier, job_spec.content_hash(), to_plain(job_spec))
         await self.c.notify_jobs()
         return {**answer, "existing": False}
 

@@ -267,7 +267,7 @@ def test_a_submit_that_cannot_reach_the_controller_again_says_the_job_may_exist_
             assert sentence.startswith(f"mlfleet: the controller was lost while submitting {moment}{attempt} ")
             # Follow the sentence, word for word: the commands it names tell the truth, and the second is safe.
             found = fleet.cli_json(*shlex.split(re.search(r"check with '([^']+)'", sentence).group(1))[1:])
-            command = shlex.split(re.search(r"or run '([^']+)' again, which is safe$", sentence).group(1))
+            command = shlex.split(re.search(r"or run '(.+)' again, which is safe$", sentence).group(1))
             assert command[:2] == ["mlfleet", "submit"] and command[-3:] == ["--key", key, "--json"]
             again = fleet.cli(*command[1:])
             assert again.code == 0, again.err
@@ -304,7 +304,7 @@ def test_a_ci_script_that_retries_a_whole_command_with_its_key_gets_the_same_job
     refused = fleet.cli("submit", str(edited), "--key", "ci-4711-nightly")
     assert refused.code == 2 and refused.out == ""
     assert refused.err == (f"mlfleet: submit key 'ci-4711-nightly' was already used for job {job_id} with a "
-                           "different spec; submit this spec with a new key (or without --key)\n")
+                           "different spec (priority differs); submit this spec with a new key (or without --key)\n")
     assert fleet.cli("submit", str(edited), "--key", "ci-4712-nightly").code == 0
 
     # Keys a shell or argparse would mangle, or that no one could type again, are refused before anything starts.
@@ -339,3 +339,22 @@ def test_many_attempts_of_one_submit_at_once_make_one_job(fleet: Fleet) -> None:
     assert sum(not a["existing"] for a in answers) == 1  # one attempt made it; the others got it back
     assert fleet.cli_json("db", "query", "select count(*) from jobs")["rows"] == [[1]]
     assert len(fleet.cli_json("audit", "list", "--action", "job.submit")) == 1
+
+
+def test_a_submit_killed_itself_and_run_again_with_its_key_makes_one_job(fleet: Fleet) -> None:
+    """CI's step timeout kills the command mid-submit and the step is retried: the controller finishes its half."""
+    rng = random.Random(int.from_bytes(os.urandom(4), "big"))
+    for i in range(6):
+        key, spec = f"step-{i}", _spec(fleet, f"step{i}")
+        pid = _settle(fleet)
+        proc = _start_submit(fleet, spec, key)
+        _wait_for_a_client(pid)
+        time.sleep(rng.uniform(0, 0.03))
+        proc.kill()
+        proc.wait()
+        again = fleet.cli("submit", str(spec), "--key", key, "--json")
+        assert _job_id_or_may_exist(again, key) is not None, again.err
+        assert [j["job_id"] for j in fleet.cli_json("jobs", "list", "--key", key)] == [again.json()["job_id"]]
+    _settle(fleet)
+    assert fleet.cli_json("db", "query", "select count(*), count(distinct name) from jobs")["rows"] == [[6, 6]]
+    assert sorted((fleet.root / "starts.log").read_text().split()) == [f"step{i}" for i in range(6)]

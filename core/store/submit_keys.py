@@ -30,16 +30,21 @@ class EarlierSubmit:
     spec_hash: str
     answer: dict[str, Any]
     state: str | None  # the job's state now
+    spec: dict[str, Any] | None  # the job's spec, to say what differs when another spec comes with the key
 
 
 def find(con: duckdb.DuckDBPyConnection, owner: str, key: str) -> EarlierSubmit | None:
-    found = con.execute("""select k.job_id, k.spec_hash, k.answer, j.state from submit_keys k
+    found = con.execute("""select k.job_id, k.spec_hash, k.answer, j.state, j.spec from submit_keys k
                            left join jobs j on j.job_id = k.job_id where k.owner = ? and k.key = ?""",
                         [owner, key]).fetchall()
     if not found:
         return None
-    job_id, spec_hash, answer, state = found[0]
-    return EarlierSubmit(key, job_id, spec_hash, json.loads(answer) if isinstance(answer, str) else answer, state)
+    job_id, spec_hash, answer, state, spec = found[0]
+    return EarlierSubmit(key, job_id, spec_hash, _json(answer), state, _json(spec) if spec is not None else None)
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def record(con: duckdb.DuckDBPyConnection, job: dict[str, Any], actor: str, key: str,
@@ -60,15 +65,19 @@ def record(con: duckdb.DuckDBPyConnection, job: dict[str, Any], actor: str, key:
     return None
 
 
-def same_job(earlier: EarlierSubmit, spec_hash: str) -> dict[str, Any]:
+def same_job(earlier: EarlierSubmit, spec_hash: str, spec: dict[str, Any]) -> dict[str, Any]:
     """The answer to a retry: the first answer again, marked ``existing``, with the job's state now.
 
     The same key with another spec is a mistake (a script that reuses a fixed
-    key for a changed spec): refused rather than answered with the old job.
+    key for a changed spec): refused rather than answered with the old job,
+    naming the fields that differ.
     """
     if earlier.spec_hash != spec_hash:
+        before, spec = earlier.spec or {}, json.loads(json.dumps(spec))  # both as the file holds them
+        fields = sorted(k for k in set(before) | set(spec) if before.get(k) != spec.get(k))
+        differ = f" ({', '.join(fields[:6])} {'differs' if len(fields) == 1 else 'differ'})" if fields else ""
         raise UsageError(f"submit key {earlier.key!r} was already used for job {earlier.job_id} with a different "
-                         "spec; submit this spec with a new key (or without --key)")
+                         f"spec{differ}; submit this spec with a new key (or without --key)")
     return {**earlier.answer, "state": earlier.state or earlier.answer.get("state"), "existing": True}
 
 
