@@ -13,19 +13,21 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from mlfleet import __version__
 from mlfleet.core import cli_drift, render
-from mlfleet.core.client import ControllerClient, connect, try_connect
+from mlfleet.core.client import ControllerClient, connect, submit_with_retry, try_connect
 from mlfleet.core.config import load_job_spec
 from mlfleet.core.errors import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, MlfleetError, UnavailableError, UsageError
 from mlfleet.core.models import TERMINAL_STATES, to_plain
 from mlfleet.core.paths import Home
 from mlfleet.core.private import private_agent_state, private_dir, trusted_socket, use_private_umask, user_umask
 from mlfleet.core.settings import load_settings
+from mlfleet.core.submit_key import check_submit_key, new_submit_key
 
 
 def _print_json(data: Any) -> None:
@@ -48,16 +50,48 @@ def _client_command(fn: Callable[[ControllerClient, argparse.Namespace], Awaitab
 # ------------------------------------------------------------------ jobs
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    """Validate the spec here, before any controller is started for it."""
+    """Validate the spec and the key here, before any controller is started for them."""
     args.spec = load_job_spec(args.file)
-    return _client_command(_submit)(args)
+    args.key = check_submit_key(args.key) if args.key is not None else new_submit_key()  # one per command
+    home = Home.from_env()
+    args.retry_for = float(load_settings(home.config_file).client.submit_retry)
+    return asyncio.run(_submit(home, args))
 
 
-async def _submit(client: ControllerClient, args: argparse.Namespace) -> int:
-    spec = args.spec
-    answer = await client.call("submit", spec=to_plain(spec), spec_path=str(Path(args.file).absolute()),
-                               queue_anyway=args.queue_anyway)
+def _resubmit_command(args: argparse.Namespace) -> str:
+    """This command again, with its key: what to run when its outcome is unknown."""
+    flags = [flag for flag, given in (("--queue-anyway", args.queue_anyway), ("--wait", args.wait),
+                                      ("--json", args.json)) if given]
+    return " ".join(["mlfleet", "submit", shlex.quote(args.file), "--key", args.key, *flags])
+
+
+async def _submit(home: Home, args: argparse.Namespace) -> int:
+    first = await connect(home)  # nothing is sent before this: if it fails, no job exists and its sentence says why
+    args.lost = False
+
+    def asking_again(why: str) -> None:
+        args.lost = True
+        print(f"mlfleet: lost the controller during the submit ({why}); asking again with the same key for up to "
+              f"{args.retry_for:.0f} s", file=sys.stderr)
+
+    try:
+        answer, client = await submit_with_retry(
+            first, {"spec": to_plain(args.spec), "spec_path": str(Path(args.file).absolute()),
+                    "queue_anyway": args.queue_anyway, "key": args.key},
+            retry_for=args.retry_for, resubmit=_resubmit_command(args), on_retry=asking_again)
+        try:
+            return await _submitted(client, args, answer)
+        finally:
+            if client is not first:
+                await client.close()
+    finally:
+        await first.close()
+
+
+async def _submitted(client: ControllerClient, args: argparse.Namespace, answer: dict[str, Any]) -> int:
     job_id = answer["job_id"]
+    if answer.get("existing") and not args.lost and not args.json:  # the user ran a submit again, with its key
+        print(f"mlfleet: key {args.key} was already submitted as job {job_id}; nothing new was queued", file=sys.stderr)
     if not args.wait:
         if args.json:
             _print_json(answer)
@@ -80,9 +114,12 @@ async def _submit(client: ControllerClient, args: argparse.Namespace) -> int:
 
 
 async def cmd_jobs_list(client: ControllerClient, args: argparse.Namespace) -> int:
-    jobs = await client.call("jobs_list", limit=args.limit, states=args.state or None)
+    jobs = await client.call("jobs_list", limit=args.limit, states=args.state or None, key=args.key)
     if args.json:
         _print_json(jobs)
+        return EXIT_OK
+    if args.key is not None and not jobs:
+        print(f"no job of yours was submitted with key {args.key}")
         return EXIT_OK
     print(render.table(
         ["id", "name", "project", "state", "host", "elapsed", "submitted", "reason"],
@@ -687,11 +724,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait for the job; exit 0 only if it succeeded")
     p.add_argument("--queue-anyway", action="store_true",
                    help="queue a job that no current host could ever run (a host that can is coming)")
+    p.add_argument("--key", help="idempotency key: the same key again gives the same job back, never a second one "
+                   "(default: a random key per command; give one in CI scripts that retry a whole command)")
 
     jobs = sub.add_parser("jobs", help="list, inspect, follow and cancel jobs").add_subparsers(dest="action", metavar="ACTION", required=True)
     p = add(jobs, "list", _client_command(cmd_jobs_list), "list jobs, newest first")
     p.add_argument("--state", action="append", help="only jobs in this state (repeatable)")
     p.add_argument("--limit", type=_positive, default=200)
+    p.add_argument("--key", help="only the job submitted with this key (mlfleet submit --key)")
     for name, fn, text in (("show", cmd_jobs_show, "show a job, its events and runs"),
                            ("why", cmd_jobs_why, "say why a job is pending, per host"),
                            ("cancel", cmd_jobs_cancel, "cancel a queued or running job")):

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Awaitable, Callable
 
-from mlfleet.core.errors import UnavailableError
+from mlfleet.core.errors import MlfleetError, RemoteError, SubmitUncertainError, UnavailableError
 from mlfleet.core.paths import Home
 from mlfleet.core.private import open_private
 from mlfleet.core.inventory import load_inventory
@@ -21,6 +22,8 @@ from mlfleet.core.settings import load_settings
 from mlfleet.core.protocol import Peer, open_unix_peer
 
 START_TIMEOUT_S = 30.0
+START_RETRIES = 3  # a controller killed by a signal while it started is started again, this many times
+SUBMIT_TIMEOUT_S = 60.0  # the first attempt: the controller snapshots the workdir before it answers
 
 
 class ControllerClient:
@@ -75,6 +78,7 @@ async def connect(home: Home | None = None, autostart: bool = True) -> Controlle
     load_settings(home.config_file)  # a mistake there is the user's to fix: say it here, with its line
     load_inventory(home.hosts_file)
     process = start_controller_process(home)
+    restarts = 0
     loop = asyncio.get_running_loop()
     deadline = loop.time() + START_TIMEOUT_S
     while loop.time() < deadline:
@@ -87,9 +91,64 @@ async def connect(home: Home | None = None, autostart: bool = True) -> Controlle
             client = await try_connect(home)
             if client is not None:
                 return client
-            raise UnavailableError(f"the controller could not start: {_last_log_line(home)}")
+            if process.returncode < 0 and restarts < START_RETRIES:
+                # Killed by a signal as it started (the OOM killer, an admin): not a failure of its own.
+                restarts += 1
+                process = start_controller_process(home)
+                continue
+            raise UnavailableError(f"the controller could not start: {_start_failure(home, process.returncode)}")
     raise UnavailableError(f"the controller did not answer within {START_TIMEOUT_S:.0f} s; "
                            f"see {home.log_dir / 'controller.log'}")
+
+
+async def submit_with_retry(first: ControllerClient, params: dict[str, Any], *, retry_for: float, resubmit: str,
+                            reopen: Callable[[], Awaitable[ControllerClient]] | None = None,
+                            on_retry: Callable[[str], None] | None = None) -> tuple[dict[str, Any], ControllerClient]:
+    """Submit, and when the connection is lost or the answer does not come, ask again with the same key.
+
+    Why: the controller may have recorded the job and died before its answer
+    left; the key in ``params`` makes asking again safe (the same job comes
+    back, nothing new is queued). ``reopen`` (default: :func:`connect`, which
+    starts the controller again if needed) gives a new connection for each
+    retry. Asking stops ``retry_for`` seconds after the first loss: then the
+    outcome is unknown, and :class:`SubmitUncertainError` says how to find out
+    (``resubmit`` is the command to run again). An answer, even a refusal, is
+    never retried. Returns the answer and the client that gave it: ``first``,
+    or a new connection the caller closes.
+    """
+    reopen = reopen or (lambda: connect(first.home))
+    loop = asyncio.get_running_loop()
+    client: ControllerClient | None = first
+    deadline: float | None = None
+    why, pause = "", 0.1
+    while True:
+        if client is not None:
+            timeout = SUBMIT_TIMEOUT_S if deadline is None else max(5.0, deadline - loop.time())
+            try:
+                return await client.call("submit", request_timeout=timeout, **params), client
+            except RemoteError:
+                if client is not first:
+                    await client.close()
+                raise
+            except UnavailableError as exc:
+                why = str(exc)
+                if client is not first:
+                    await client.close()
+                client = None
+        if deadline is None:
+            deadline = loop.time() + retry_for
+            if on_retry is not None:
+                on_retry(why)
+        if loop.time() >= deadline:
+            raise SubmitUncertainError(params["spec"].get("name", "the job"), params["key"], resubmit, retry_for, why)
+        await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
+        pause = min(pause * 2, 1.0)
+        try:
+            client = await asyncio.wait_for(reopen(), max(0.1, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            why = "it did not start again in time"
+        except MlfleetError as exc:  # not started, not answering, a config mistake: the job may still exist
+            why = str(exc)
 
 
 def start_controller_process(home: Home) -> subprocess.Popen[bytes]:
@@ -104,6 +163,16 @@ def start_controller_process(home: Home) -> subprocess.Popen[bytes]:
         )
     finally:
         log.close()
+
+
+def _start_failure(home: Home, returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"it was killed by {name} {START_RETRIES + 1} times as it started; see {home.log_dir / 'controller.log'}"
+    return _last_log_line(home)
 
 
 def _last_log_line(home: Home) -> str:

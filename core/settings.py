@@ -19,6 +19,8 @@ scheduler:              # see docs/scheduler.md
 local:
   labels: {}
   simulate_gpus: null   # a file of simulated GPUs for the embedded host (demos, tests)
+client:
+  submit_retry: 60s     # a submit that lost the controller asks again (same key) this long
 ```
 
 Mistakes are SpecErrors with file:line:field, like job specs.
@@ -65,11 +67,18 @@ class LocalHostSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     simulate_gpus: str | None = None  # demos and tests: the embedded host with simulated GPUs
 
 
+class ClientSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # How long `mlfleet submit` (and the TUI's) keeps asking again, with the same key, after the
+    # controller was lost mid-submit, before it says the job may exist (exit 5).
+    submit_retry: Seconds = Seconds(60.0)
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     controller: ControllerSettings = msgspec.field(default_factory=ControllerSettings)
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
     scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
     local: LocalHostSettings = msgspec.field(default_factory=LocalHostSettings)
+    client: ClientSettings = msgspec.field(default_factory=ClientSettings)
 
 
 def load_settings(path: Path) -> Settings:
@@ -86,7 +95,8 @@ def load_settings(path: Path) -> Settings:
     except msgspec.ValidationError as exc:
         raise spec_error_from_validation(str(exc), located.data, located, {
             (): Settings, ("controller",): ControllerSettings, ("telemetry",): TelemetrySettings,
-            ("scheduler",): SchedulerSettings, ("local",): LocalHostSettings}) from None
+            ("scheduler",): SchedulerSettings, ("local",): LocalHostSettings,
+            ("client",): ClientSettings}) from None
     for parts, value, low, high in (
         (("controller", "tick"), settings.controller.tick, 0.05, 60),
         (("controller", "answer_timeout"), settings.controller.answer_timeout, 1, 600),
@@ -95,6 +105,7 @@ def load_settings(path: Path) -> Settings:
         (("telemetry", "retention"), settings.telemetry.retention, 3600, 3650 * 86400),
         (("scheduler", "utilization_window"), settings.scheduler.utilization_window, 0.5, 3600),
         (("scheduler", "lost_after"), settings.scheduler.lost_after, 1, 7 * 86400),
+        (("client", "submit_retry"), settings.client.submit_retry, 1, 3600),
     ):
         if not low <= value <= high:
             raise SpecError(located.path, located.line_of(parts), ".".join(parts),
