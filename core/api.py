@@ -141,7 +141,7 @@ class ControllerApi(DriftApi, RunsApi):
         await asyncio.shield(self._record_job(job_id, job_spec, snap.sha256, spec_path, actor, submitted, git))
         await self.c.notify_jobs()
         return {"job_id": job_id, "state": "pending", "name": job_spec.name, "project": job_spec.project,
-                "code_hash": snap.sha256, "code_files": snap.files, "lineage": git}
+                "code_hash": snap.sha256, "code_files": snap.files, "code_skipped": snap.skipped, "lineage": git}
 
     async def _record_job(self, job_id: str, job_spec: JobSpec, code_hash: str, spec_path: str | None, actor: str,
                           submitted: float, lineage: dict[str, Any]) -> None:

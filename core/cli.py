@@ -57,6 +57,8 @@ async def _submit(client: ControllerClient, args: argparse.Namespace) -> int:
     answer = await client.call("submit", spec=to_plain(spec), spec_path=str(Path(args.file).absolute()),
                                queue_anyway=args.queue_anyway)
     job_id = answer["job_id"]
+    for sentence in answer.get("code_skipped") or []:  # symlinks that would reach outside the workdir
+        print(f"mlfleet: warning: {sentence}", file=sys.stderr)
     if not args.wait:
         if args.json:
             _print_json(answer)
