@@ -22,9 +22,10 @@ import msgspec
 import psutil
 
 from mlfleet.core.errors import NotFoundError, UsageError
-from mlfleet.core.models import LaunchRequest, RunStatus, StreamChunk
+from mlfleet.core.models import MAX_METRIC_LINE, LaunchRequest, RunStatus, StreamChunk
 
 from .codecache import CodeCache
+from .metriclines import Scans, read_lines
 from .rundir import STREAMS, RunDir, read_json, start_ticks, write_json_atomic
 
 # A runner that has not written runner.json this long after launch never started.
@@ -98,8 +99,11 @@ def _signal_group(pgid: int, sig: int) -> None:
 class Supervisor:
     """The runs of one agent state dir."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, max_metric_line: int = MAX_METRIC_LINE) -> None:
         self.code = CodeCache(state_dir)
+        self.max_metric_line = max_metric_line
+        self._long_lines: Scans = {}  # run -> how far the end of its current long metric line was looked for
+        self._artifact_scans: Scans = {}  # the same, for the artifact scan
         self.runs_dir = state_dir / "runs"
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self._children: dict[str, subprocess.Popen[bytes]] = {}
@@ -216,6 +220,11 @@ class Supervisor:
         exited = self.status(run_id).state == "exited"  # read before the file, so eof is never early
         path = run.stream_path(stream)
         max_bytes = max(1, min(int(max_bytes), MAX_READ))
+        if stream == "metrics":
+            lines = read_lines(path, offset, max_bytes, exited, self._long_lines, run_id, self.max_metric_line)
+            return StreamChunk(run_id=run_id, stream=stream, offset=offset, end=lines.end,
+                               data=lines.data.decode("utf-8", errors="replace"), eof=exited and lines.end >= lines.size,
+                               more=lines.end > offset and lines.end < lines.size, long_lines=lines.long_lines)
         try:
             with open(path, "rb") as fh:
                 fh.seek(offset)
@@ -224,13 +233,7 @@ class Supervisor:
         except FileNotFoundError:
             data, size = b"", 0
         at_end = offset + len(data) >= size
-        if stream == "metrics":
-            cut = data.rfind(b"\n") + 1
-            if not (exited and at_end) and not (cut == 0 and len(data) == max_bytes):
-                # A partial last line waits for its newline; a line longer than a whole read
-                # is passed on as it is (it will count as a bad line) so the stream never stalls.
-                data = data[:cut]
-        elif not (exited and at_end):
+        if not (exited and at_end):
             data = data[: _complete_utf8(data)]  # a character split by the chunk edge comes whole next time
         end = offset + len(data)
         return StreamChunk(run_id=run_id, stream=stream, offset=offset, end=end,
@@ -261,25 +264,24 @@ class Supervisor:
                 "data": base64.b64encode(data).decode("ascii"), "eof": offset + len(data) >= st.st_size}
 
     def _logged_artifacts(self, run_id: str) -> dict[str, int]:
-        """Paths the run's metric stream names as artifacts; scanned incrementally, kept in memory."""
+        """Paths the run's metric stream names as artifacts; scanned incrementally, kept in memory.
+
+        The stream is cut into lines exactly as ingestion cuts it (a line over
+        the limit is no line at all), so a path inside an overlong line can
+        never become an artifact here that the run's record does not have.
+        """
         run = self._existing(run_id)
+        exited = self.status(run_id).state == "exited"
         scanned, known = self._artifacts.get(run_id, (0, {}))
-        try:
-            with open(run.stream_path("metrics"), "rb") as fh:
-                fh.seek(scanned)
-                while data := fh.read(MAX_READ * 4):  # in slices: a metric stream may be gigabytes
-                    cut = data.rfind(b"\n") + 1
-                    if cut == 0 and len(data) == MAX_READ * 4:
-                        cut = len(data)  # one line longer than a slice is not an artifact line
-                    for line in data[:cut].split(b"\n"):
-                        if b'"artifact"' in line:
-                            _note_artifact(known, line)
-                    scanned += cut
-                    fh.seek(scanned)
-                    if cut == 0:
-                        break
-        except FileNotFoundError:
-            pass
+        path = run.stream_path("metrics")
+        while True:  # in slices: a metric stream may be gigabytes
+            lines = read_lines(path, scanned, MAX_READ * 4, exited, self._artifact_scans, run_id, self.max_metric_line)
+            if lines.end == scanned:
+                break
+            for line in lines.data.split(b"\n"):
+                if b'"artifact"' in line:
+                    _note_artifact(known, line)
+            scanned = lines.end
         self._artifacts[run_id] = (scanned, known)
         return known
 

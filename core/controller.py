@@ -438,7 +438,7 @@ class Controller:
         if chunk_raw is not None:
             chunk = msgspec.convert(chunk_raw, StreamChunk)
             if chunk.end > chunk.offset:
-                parsed = await asyncio.to_thread(parse_lines, chunk.data, run.lines)
+                parsed = await asyncio.to_thread(parse_lines, chunk.data, run.lines, chunk.long_lines)
                 taken = await self.store.run(records.ingest_metrics, run.run_id, chunk.offset, chunk.end, parsed)
                 if taken:
                     run.offset, run.lines = chunk.end, run.lines + parsed.lines

@@ -234,6 +234,11 @@ class RunStatus(msgspec.Struct, kw_only=True):
     message: str = ""
 
 
+# A metric line longer than this is one bad line, never sent (agents/metriclines.py): it keeps any one
+# line's share of a poll answer bounded, however the line is escaped.
+MAX_METRIC_LINE = 1024**2
+
+
 class StreamChunk(msgspec.Struct, kw_only=True):
     """Bytes of a run's file from ``offset`` to ``end`` (whole lines only for metrics)."""
 
@@ -244,6 +249,9 @@ class StreamChunk(msgspec.Struct, kw_only=True):
     data: str  # UTF-8 text; undecodable bytes are replaced, offsets stay byte offsets
     eof: bool = False  # the run has exited and nothing more will come
     more: bool = False  # the file holds more than this chunk already: ask again now, not next tick
+    # metrics: lines at the start of the chunk longer than MAX_METRIC_LINE, left out of ``data``; each is one
+    # line (and one bad line) of the stream, so line numbers stay exact
+    long_lines: int = 0
 
 
 # ---------------------------------------------------------------- lineage
