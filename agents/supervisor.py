@@ -22,9 +22,10 @@ import msgspec
 import psutil
 
 from mlfleet.core.errors import NotFoundError, UsageError
-from mlfleet.core.models import MAX_METRIC_LINE, LaunchRequest, RunStatus, StreamChunk
+from mlfleet.core.models import DEFAULT_LOG_MAX_SIZE, MAX_METRIC_LINE, LaunchRequest, RunStatus, StreamChunk
 
 from .codecache import CodeCache
+from .logcap import read_log
 from .metriclines import Scans, read_lines
 from .rundir import STREAMS, RunDir, read_json, start_ticks, write_json_atomic
 
@@ -225,20 +226,15 @@ class Supervisor:
             return StreamChunk(run_id=run_id, stream=stream, offset=offset, end=lines.end,
                                data=lines.data.decode("utf-8", errors="replace"), eof=exited and lines.end >= lines.size,
                                more=lines.end > offset and lines.end < lines.size, long_lines=lines.long_lines)
-        try:
-            with open(path, "rb") as fh:
-                fh.seek(offset)
-                data = fh.read(max_bytes)
-                size = os.fstat(fh.fileno()).st_size
-        except FileNotFoundError:
-            data, size = b"", 0
-        at_end = offset + len(data) >= size
-        if not (exited and at_end):
+        got = read_log(run, stream, path, offset, max_bytes)  # offsets count every byte written, kept or not
+        data, size = got.data, got.size
+        if not (exited and got.start + len(data) >= size):
             data = data[: _complete_utf8(data)]  # a character split by the chunk edge comes whole next time
-        end = offset + len(data)
-        return StreamChunk(run_id=run_id, stream=stream, offset=offset, end=end,
+        end = got.start + len(data)
+        return StreamChunk(run_id=run_id, stream=stream, offset=got.start, end=end,
                            data=data.decode("utf-8", errors="replace"), eof=exited and end >= size,
-                           more=len(data) > 0 and end < size)
+                           more=len(data) > 0 and end < size, dropped=got.dropped,
+                           max_size=int((run.launch or {}).get("log_max_size") or DEFAULT_LOG_MAX_SIZE))
 
     def lineage(self, run_id: str) -> dict | None:
         """What the runner recorded before the job started (lineage.json), or None while it is not written yet."""

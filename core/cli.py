@@ -155,8 +155,12 @@ async def cmd_jobs_logs(client: ControllerClient, args: argparse.Namespace) -> i
         chunk = await client.call("job_logs", job=args.id, stream=stream, offset=offset)
         if chunk.get("run_id") != run_id:  # a retry started a new run: its log starts at 0
             if run_id is not None and offset:
+                offset = 0
                 chunk = await client.call("job_logs", job=args.id, stream=stream, offset=0)
             run_id = chunk.get("run_id")
+        if chunk.get("dropped"):  # the log was cut (logs.max_size): say how much, where it was
+            print(render.dropped_notice(chunk["dropped"], chunk.get("max_size", 0), earlier=offset == 0),
+                  file=sys.stderr, flush=True)
         if chunk["data"]:
             out.write(chunk["data"])
             out.flush()

@@ -380,7 +380,8 @@ class Controller:
         request = LaunchRequest(
             run_id=run.run_id, job_id=run.job_id, argv=run.spec.argv, workdir=run.spec.workdir,
             env=run.spec.env_strings(), gpu_indices=run.gpus, code_hash=shipped,
-            timeout=float(run.spec.timeout) if run.spec.timeout else None, inputs=list(run.spec.inputs))
+            timeout=float(run.spec.timeout) if run.spec.timeout else None, inputs=list(run.spec.inputs),
+            log_max_size=int(self.settings.logs.max_size))
         try:
             if shipped:
                 await self._ship(link, shipped)

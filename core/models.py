@@ -198,6 +198,9 @@ TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled",
 ACTIVE_STATES: frozenset[str] = frozenset({"dispatched", "running"})
 
 
+DEFAULT_LOG_MAX_SIZE = 100 * 1024**2  # logs.max_size when nothing says otherwise
+
+
 class LaunchRequest(msgspec.Struct, kw_only=True):
     """What the controller asks an agent to run: one attempt of one job.
 
@@ -215,6 +218,7 @@ class LaunchRequest(msgspec.Struct, kw_only=True):
     timeout: float | None = None
     kill_grace: float = 10.0
     inputs: list[str] = msgspec.field(default_factory=list)  # hashed by the runner before the job starts
+    log_max_size: int = DEFAULT_LOG_MAX_SIZE  # bytes kept of stdout and of stderr each (settings logs.max_size)
 
 
 ProcessState = Literal["starting", "running", "exited"]
@@ -252,6 +256,9 @@ class StreamChunk(msgspec.Struct, kw_only=True):
     # metrics: lines at the start of the chunk longer than MAX_METRIC_LINE, left out of ``data``; each is one
     # line (and one bad line) of the stream, so line numbers stay exact
     long_lines: int = 0
+    # stdout/stderr: bytes between the offset asked for and ``offset`` that are no longer kept (logs.max_size)
+    dropped: int = 0
+    max_size: int = 0  # stdout/stderr: the bytes kept of the stream on the node (0: not known)
 
 
 # ---------------------------------------------------------------- lineage

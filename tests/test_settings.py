@@ -21,6 +21,14 @@ def test_an_out_of_range_setting_names_the_range(fleet: Fleet) -> None:
     assert ":2: telemetry.window: 7200 s is out of range; use between 1 s and 3600 s" in result.err
 
 
+def test_a_log_cap_too_small_to_keep_a_line_is_refused_with_its_line(fleet: Fleet) -> None:
+    fleet.home.config_file.write_text("controller:\n  tick: 0.5s\nlogs:\n  max_size: 4KiB\n")
+    result = fleet.cli("jobs", "list")
+    assert result.code == 2
+    assert result.err.strip() == (f"mlfleet: {fleet.home.config_file}:4: logs.max_size: 4096 bytes is out of range; "
+                                  "use between 1MiB and 1TiB")
+
+
 def test_a_changed_settings_file_is_audited_with_its_owner(fleet: Fleet) -> None:
     fleet.home.config_file.write_text("controller:\n  tick: 0.2s\n")
     fleet.cli("controller", "start", check=True)
