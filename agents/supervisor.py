@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import stat
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ import psutil
 from mlfleet.core.errors import NotFoundError, UsageError
 from mlfleet.core.models import DEFAULT_LOG_MAX_SIZE, MAX_METRIC_LINE, LaunchRequest, RunStatus, StreamChunk
 
+from .artifacts import ROOTS_ENV, allowed_roots, open_artifact, run_roots
 from .codecache import CodeCache
 from .logcap import read_log
 from .metriclines import Scans, read_lines
@@ -64,6 +64,7 @@ def job_environment(request: LaunchRequest, run: RunDir) -> dict[str, str]:
     env["MLFLEET_RUN_ID"] = request.run_id
     env["MLFLEET_JOB_ID"] = request.job_id
     env["MLFLEET_METRICS_FILE"] = str(run.stream_path("metrics"))
+    env[ROOTS_ENV] = os.pathsep.join(allowed_roots(run.root, request.workdir, request.artifact_roots))
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # so indices mean what NVML (and nvidia-smi) call them
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in request.gpu_indices)
     env["PYTHONUNBUFFERED"] = env.get("PYTHONUNBUFFERED", "1")
@@ -241,19 +242,15 @@ class Supervisor:
         return read_json(self._existing(run_id).file("lineage.json"))
 
     def read_artifact(self, run_id: str, path: str, offset: int, max_bytes: int = MAX_READ) -> dict:
-        """Bytes of a file the run logged as an artifact (and only such a file), base64 in ``data``."""
+        """Bytes of a file the run logged as an artifact (and only such a file, in a folder it may share:
+        agents/artifacts.py), base64 in ``data``."""
         if offset < 0:
             raise UsageError("offset cannot be negative")
         if path not in self._logged_artifacts(run_id):
             raise NotFoundError(f"run {run_id} logged no artifact {path!r} on this host")
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as exc:
-            raise NotFoundError(f"artifact {path} of run {run_id} cannot be read here: {exc.strerror}") from None
+        fd = open_artifact(path, run_roots(self._existing(run_id)), run_id)  # checked again at each read
         with os.fdopen(fd, "rb") as fh:
             st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise NotFoundError(f"artifact {path} of run {run_id} is no longer a regular file")
             fh.seek(offset)
             data = fh.read(max(1, min(int(max_bytes), MAX_READ)))
         return {"run_id": run_id, "path": path, "offset": offset, "end": offset + len(data), "size": st.st_size,

@@ -11,6 +11,7 @@ hosts:
     agent_command: mlfleet              # how to run mlfleet on the node
     state_dir: ~/.mlfleet/agent         # the agent's journal on the node
     simulate_gpus: /etc/mlfleet/gpus.yaml   # optional: simulated GPUs (demos, tests)
+    artifact_roots: [/data/models]      # optional: folders whose files runs may share as artifacts
 ```
 
 Edits made by ``mlfleet hosts add|remove`` keep the rest of the file as the
@@ -35,6 +36,7 @@ from .models import Name, spec_dec_hook
 from .yamlsource import read_yaml
 
 LOCAL_HOST = "local"
+AbsolutePath = Annotated[str, Meta(pattern=r"^/", max_length=4096)]
 
 
 class HostConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
@@ -49,6 +51,8 @@ class HostConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
     agent_command: Annotated[str, Meta(min_length=1)] = "mlfleet"
     state_dir: Annotated[str, Meta(min_length=1)] = ".mlfleet/agent"
     simulate_gpus: str | None = None
+    # Folders on the node, beyond each run's folder and workdir, whose files runs may share as artifacts.
+    artifact_roots: list[AbsolutePath] = msgspec.field(default_factory=list)
 
     @property
     def identity_path(self) -> Path | None:

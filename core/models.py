@@ -219,6 +219,9 @@ class LaunchRequest(msgspec.Struct, kw_only=True):
     kill_grace: float = 10.0
     inputs: list[str] = msgspec.field(default_factory=list)  # hashed by the runner before the job starts
     log_max_size: int = DEFAULT_LOG_MAX_SIZE  # bytes kept of stdout and of stderr each (settings logs.max_size)
+    # Folders beyond the run's folder and workdir whose files the agent may serve as artifacts (the host's
+    # artifact_roots; agents/artifacts.py)
+    artifact_roots: list[str] = msgspec.field(default_factory=list)
 
 
 ProcessState = Literal["starting", "running", "exited"]

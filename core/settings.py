@@ -18,6 +18,7 @@ scheduler:              # see docs/scheduler.md
 local:
   labels: {}
   simulate_gpus: null   # a file of simulated GPUs for the embedded host (demos, tests)
+  artifact_roots: []    # folders beyond a run's folder and workdir whose files may be served as artifacts
 logs:
   max_size: 100MiB      # of each run's stdout and of its stderr, on the node; the newest output is kept
 ```
@@ -36,6 +37,7 @@ from msgspec import Meta
 
 from .config import spec_error_from_validation
 from .errors import SpecError
+from .inventory import AbsolutePath
 from .models import DEFAULT_LOG_MAX_SIZE, ByteSize, Seconds, spec_dec_hook
 from .yamlsource import read_yaml
 
@@ -67,6 +69,7 @@ class LogSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class LocalHostSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     simulate_gpus: str | None = None  # demos and tests: the embedded host with simulated GPUs
+    artifact_roots: list[AbsolutePath] = msgspec.field(default_factory=list)  # as in hosts.yaml, for this host
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
