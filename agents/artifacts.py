@@ -40,7 +40,13 @@ def allowed_roots(run_root: Path, workdir: str | None, extra: list[str]) -> list
     return roots
 
 
+# The agent's own records in a run's folder: never artifacts (launch.json holds the job's environment).
+_RECORDS = {"launch.json", "runner.json", "started.json", "exit.json", "lineage.json", "cancel.json", "logs.json",
+            "logs.lock", "runner.log"}
+
+
 def run_roots(run: RunDir) -> list[str]:
+    """The run's folder first, then its workdir and the host's extra folders (from its launch request)."""
     launch = run.launch or {}
     extra = launch.get("artifact_roots") or []
     return allowed_roots(run.root, launch.get("workdir"), [str(p) for p in extra if isinstance(p, str)])
@@ -56,7 +62,10 @@ def _inside(resolved: str, roots: list[str]) -> tuple[str, str] | None:
 
 
 def open_artifact(path: str, roots: list[str], run_id: str) -> int:
-    """A read-only descriptor of the regular file ``path``, or one sentence saying why it is refused."""
+    """A read-only descriptor of the regular file ``path``, or one sentence saying why it is refused.
+
+    ``roots[0]`` is the run's own folder, whose agent records are never served.
+    """
     if not os.path.isabs(path) or "\0" in path:
         raise UsageError(f"artifact {path!r} of run {run_id} is not an absolute path")
     place = _inside(os.path.realpath(path), roots)
@@ -68,6 +77,8 @@ def open_artifact(path: str, roots: list[str], run_id: str) -> int:
                          "(hosts.yaml; local.artifact_roots in config.yaml)")
     root, rel = place
     parts = [p for p in rel.split("/") if p]
+    if root == roots[0] and len(parts) == 1 and (parts[0] in _RECORDS or parts[0].startswith(".")):
+        raise UsageError(f"artifact {path} of run {run_id} is the agent's own record of the run, not an artifact")
     fds: list[int] = []
     try:
         fds.append(os.open(root, _DIR_FLAGS))

@@ -225,8 +225,9 @@ class Supervisor:
         if stream == "metrics":
             lines = read_lines(path, offset, max_bytes, exited, self._long_lines, run_id, self.max_metric_line)
             return StreamChunk(run_id=run_id, stream=stream, offset=offset, end=lines.end,
-                               data=lines.data.decode("utf-8", errors="replace"), eof=exited and lines.end >= lines.size,
-                               more=lines.end > offset and lines.end < lines.size, long_lines=lines.long_lines)
+                               data=lines.data.decode("utf-8", errors="replace"),
+                               eof=exited and lines.end >= lines.size, more=lines.end > offset and lines.end < lines.size,
+                               long_lines=lines.long_lines)
         got = read_log(run, stream, path, offset, max_bytes)  # offsets count every byte written, kept or not
         data, size = got.data, got.size
         if not (exited and got.start + len(data) >= size):

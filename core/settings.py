@@ -37,7 +37,7 @@ from msgspec import Meta
 
 from .config import spec_error_from_validation
 from .errors import SpecError
-from .inventory import AbsolutePath
+from .inventory import AbsolutePath, check_absolute_paths
 from .models import DEFAULT_LOG_MAX_SIZE, ByteSize, Seconds, spec_dec_hook
 from .yamlsource import read_yaml
 
@@ -106,6 +106,7 @@ def load_settings(path: Path) -> Settings:
         if not low <= value <= high:
             raise SpecError(located.path, located.line_of(parts), ".".join(parts),
                             f"{value:g} s is out of range", f"use between {low:g} s and {high:g} s")
+    check_absolute_paths(located, ("local", "artifact_roots"), "local.artifact_roots", settings.local.artifact_roots)
     size = settings.logs.max_size
     if not 1024**2 <= size <= 1024**4:
         raise SpecError(located.path, located.line_of(("logs", "max_size")), "logs.max_size",

@@ -115,7 +115,8 @@ def test_a_short_unfinished_line_waits_and_then_counts_once(tmp_path: Path) -> N
 @given(kinds=st.lists(st.sampled_from(["good", "good", "good", "limit", "long", "huge", "blank"]), min_size=1,
                       max_size=30),
        seed=st.integers(0, 2**32))
-def test_a_growing_stream_read_at_random_moments_numbers_every_line_exactly(tmp_path_factory, kinds, seed) -> None:  # noqa: ANN001
+def test_a_growing_stream_read_at_random_moments_numbers_every_line_exactly(tmp_path_factory, kinds: list[str],  # noqa: ANN001
+                                                                            seed: int) -> None:
     # The writer appends in random pieces (cutting lines, long ones too, anywhere); the reader asks with
     # random sizes between the pieces; at the end the writer is gone and the reader drains the rest.
     rng = random.Random(seed)

@@ -231,8 +231,9 @@ track.log_artifact("out/ok.bin")
 track.flush()
 # What a hand-written line may claim: the agent refuses these when asked for them.
 with open(os.devnull if sys.argv[2:] == ["polite"] else os.environ["MLFLEET_METRICS_FILE"], "a") as f:
+    run_folder = os.path.dirname(os.environ["MLFLEET_METRICS_FILE"])
     for path in ["/etc/shadow", cwd + "/shadow-link", cwd + "/out/escape.txt", cwd + "/pipe", cwd + "/folder",
-                 cwd + "/../outside.txt", os.path.join(allowed, "model.bin")]:
+                 cwd + "/../outside.txt", os.path.join(allowed, "model.bin"), run_folder + "/launch.json"]:
         f.write(json.dumps({"artifact": {"path": path, "size": 1, "sha256": "0" * 64}}) + chr(10))
 """
 
@@ -274,6 +275,7 @@ def test_an_artifact_outside_the_runs_folders_is_refused_at_log_time_and_at_read
     refused(f"{workdir}/pipe", "is a FIFO, not a regular file")
     refused(f"{workdir}/folder", "is a folder, not a regular file")
     refused(str(allowed / "model.bin"), outside)  # not allowed on this host (yet)
+    refused(str(fleet.home.local_agent_dir / "runs" / run_id / "launch.json"), "is the agent's own record of the run")
 
     ok = fleet.cli_json("runs", "artifact", "get", run_id, "ok.bin", "-o", str(fleet.root / "ok.bin"))
     assert ok["verified"] is True and (fleet.root / "ok.bin").read_bytes() == b"fine"
