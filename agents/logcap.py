@@ -14,9 +14,10 @@ system offers:
 ``punch``     ``fallocate(FALLOC_FL_PUNCH_HOLE)`` (tmpfs, btrfs, ZFS,
               NFS 4.2): the oldest blocks are freed; the file keeps its
               length (``ls`` shows it, ``du`` does not count it).
-``truncate``  the last resort: the file is emptied. A few bytes the job
-              writes in the instant between the size check and the cut may
-              be lost with the rest.
+``truncate``  the last resort: the file is emptied (once the job has
+              ended, its newest part is kept). A few bytes the job writes
+              in the instant between the size check and the cut may be lost
+              with the rest, and less than the limit may remain.
 
 Readers keep using one offset space, the bytes the job has written since
 it started: ``logs.json`` records per stream where the file's first byte

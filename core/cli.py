@@ -151,6 +151,7 @@ async def cmd_jobs_logs(client: ControllerClient, args: argparse.Namespace) -> i
     stream = "stderr" if args.stderr else "stdout"
     offset, run_id = 0, None
     out = sys.stdout
+    at_line_start = True
     while True:
         chunk = await client.call("job_logs", job=args.id, stream=stream, offset=offset)
         if chunk.get("run_id") != run_id:  # a retry started a new run: its log starts at 0
@@ -159,11 +160,14 @@ async def cmd_jobs_logs(client: ControllerClient, args: argparse.Namespace) -> i
                 chunk = await client.call("job_logs", job=args.id, stream=stream, offset=0)
             run_id = chunk.get("run_id")
         if chunk.get("dropped"):  # the log was cut (logs.max_size): say how much, where it was
+            if not at_line_start:
+                out.write("\n")  # the rest of that line was dropped: what follows starts a line of its own
             print(render.dropped_notice(chunk["dropped"], chunk.get("max_size", 0), earlier=offset == 0),
                   file=sys.stderr, flush=True)
         if chunk["data"]:
             out.write(chunk["data"])
             out.flush()
+            at_line_start = chunk["data"].endswith("\n")
         offset = chunk["end"]
         if chunk["end"] > chunk["offset"]:
             continue  # more may be waiting right away

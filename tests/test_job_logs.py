@@ -18,7 +18,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, Fleet
+from mlfleet.agents.logcap import LogKeeper, read_log
+from mlfleet.agents.rundir import RunDir
 from mlfleet.core.units import format_size
 
 WIDTH = 100  # every line is this long, so a line's number says where it sits in the stream
@@ -107,3 +111,53 @@ def test_logs_follow_keeps_following_across_the_cuts(fleet: Fleet) -> None:
     notices = [re.sub(r"^\[mlfleet: (.*?) of (earlier )?output dropped.*", r"\1", line)
                for line in follower.stderr.splitlines()]
     assert notices == [format_size(gap) for gap in gaps]
+
+
+@pytest.mark.parametrize("where,methods", [("/tmp", ("collapse", "punch", "truncate")),
+                                           ("/dev/shm", ("collapse", "punch", "truncate")),
+                                           ("/tmp", ("truncate",))], ids=["ext4", "tmpfs", "truncate-only"])
+def test_a_reader_that_falls_behind_sees_every_gap_announced_and_nothing_shifted(where: str, methods: tuple) -> None:
+    # The runner's keeper and the agent's reader, with a real writer process at full speed and a reader that
+    # reads 4 KiB at a time: it falls behind again and again. Whatever it gets must be the job's bytes at the
+    # offsets it was told, and each jump must be announced with its size.
+    root = Path(tempfile.mkdtemp(prefix="mlf", dir=where))
+    run = RunDir(root)
+    out = open(root / "stdout.log", "ab", buffering=0)
+    err = open(root / "stderr.log", "ab", buffering=0)
+    keeper = LogKeeper(run, {"stdout": out.fileno(), "stderr": err.fileno()}, CAP, methods)
+    keeper.start()
+    lines = 600_000
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(lines), "1000", "0"], stdout=out, stderr=err)
+    try:
+        exact = methods != ("truncate",)  # collapse and punch lose nothing they were not told to drop
+        offset, pending, at, seen, gaps = 0, b"", 0, [], 0  # ``at``: where ``pending`` begins in the stream
+        while True:
+            got = read_log(run, "stdout", root / "stdout.log", offset, 4096)
+            assert got.start >= offset and got.dropped == got.start - offset
+            if got.dropped:
+                gaps += 1
+                pending, at = b"", got.start  # the rest of the line being read is gone
+            buffer = pending + got.data
+            for piece in buffer.split(b"\n")[:-1]:
+                assert len(piece) == WIDTH - 1, piece[:20]  # a whole line of the job's, never two halves
+                if exact:
+                    assert int(piece[:12]) * WIDTH == at  # and it is at the offset it was written at
+                seen.append(int(piece[:12]))
+                at += WIDTH
+            pending = buffer[buffer.rfind(b"\n") + 1:]
+            offset = got.start + len(got.data)
+            if writer.poll() is not None and offset >= got.size:
+                break
+        assert writer.returncode == 0
+        assert all(b > a for a, b in zip(seen, seen[1:]))
+        assert gaps >= 1
+        if exact:  # (emptying the file may take the last lines with it: the last resort keeps less)
+            assert seen[-1] == lines - 1 and offset == lines * WIDTH
+        assert read_log(run, "stdout", root / "stdout.log", 0, CAP).size == offset
+    finally:
+        writer.kill()
+        writer.wait()
+        keeper.stop()
+        out.close()
+        err.close()
+        shutil.rmtree(root, ignore_errors=True)
