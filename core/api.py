@@ -145,7 +145,8 @@ class ControllerApi(DriftApi, RunsApi):
         snap, git = await asyncio.gather(asyncio.to_thread(snapshot, workdir, self.c.home.code_cache_dir),
                                          asyncio.to_thread(git_lineage, workdir))
         answer = {"job_id": job_id, "state": "pending", "name": job_spec.name, "project": job_spec.project,
-                  "code_hash": snap.sha256, "code_files": snap.files, "lineage": git, "key": key}
+                  "code_hash": snap.sha256, "code_files": snap.files, "code_skipped": snap.skipped, "lineage": git,
+                  "key": key}
         # Shielded: a client that hangs up mid-submit must not leave a job in the file but not in the queue.
         earlier = await asyncio.shield(self._record_job(job_id, job_spec, snap.sha256, spec_path, actor, submitted,
                                                         git, key, answer))

@@ -90,6 +90,8 @@ async def _submit(home: Home, args: argparse.Namespace) -> int:
 
 async def _submitted(client: ControllerClient, args: argparse.Namespace, answer: dict[str, Any]) -> int:
     job_id = answer["job_id"]
+    for sentence in answer.get("code_skipped") or []:  # symlinks that would reach outside the workdir
+        print(f"mlfleet: warning: {sentence}", file=sys.stderr)
     if answer.get("existing") and not args.lost and not args.json:  # the user ran a submit again, with its key
         print(f"mlfleet: key {args.key} was already submitted as job {job_id}; nothing new was queued", file=sys.stderr)
     if not args.wait:
@@ -187,15 +189,23 @@ async def cmd_jobs_logs(client: ControllerClient, args: argparse.Namespace) -> i
     stream = "stderr" if args.stderr else "stdout"
     offset, run_id = 0, None
     out = sys.stdout
+    at_line_start = True
     while True:
         chunk = await client.call("job_logs", job=args.id, stream=stream, offset=offset)
         if chunk.get("run_id") != run_id:  # a retry started a new run: its log starts at 0
             if run_id is not None and offset:
+                offset = 0
                 chunk = await client.call("job_logs", job=args.id, stream=stream, offset=0)
             run_id = chunk.get("run_id")
+        if chunk.get("dropped"):  # the log was cut (logs.max_size): say how much, where it was
+            if not at_line_start:
+                out.write("\n")  # the rest of that line was dropped: what follows starts a line of its own
+            print(render.dropped_notice(chunk["dropped"], chunk.get("max_size", 0), earlier=offset == 0),
+                  file=sys.stderr, flush=True)
         if chunk["data"]:
             out.write(chunk["data"])
             out.flush()
+            at_line_start = chunk["data"].endswith("\n")
         offset = chunk["end"]
         if chunk["end"] > chunk["offset"]:
             continue  # more may be waiting right away

@@ -384,7 +384,8 @@ class Controller:
         request = LaunchRequest(
             run_id=run.run_id, job_id=run.job_id, argv=run.spec.argv, workdir=run.spec.workdir,
             env=run.spec.env_strings(), gpu_indices=run.gpus, code_hash=shipped,
-            timeout=float(run.spec.timeout) if run.spec.timeout else None, inputs=list(run.spec.inputs))
+            timeout=float(run.spec.timeout) if run.spec.timeout else None, inputs=list(run.spec.inputs),
+            log_max_size=int(self.settings.logs.max_size), artifact_roots=self._artifact_roots(link.name))
         try:
             if shipped:
                 await self._ship(link, shipped)
@@ -395,6 +396,11 @@ class Controller:
             log.warning("launch of %s on %s failed: %s (will retry)", run.run_id, link.name, exc)
             return
         run.launched = True
+
+    def _artifact_roots(self, host: str) -> list[str]:
+        """Folders beyond a run's own whose files its agent may serve (hosts.yaml, or config.yaml's local:)."""
+        config = self.inventory.get(host)
+        return list(config.artifact_roots if config is not None else self.settings.local.artifact_roots)
 
     async def _ship(self, link: HostLink, sha256: str) -> None:
         """Upload a snapshot once per host and content; launches that need it at the same time share one upload."""
@@ -442,7 +448,7 @@ class Controller:
         if chunk_raw is not None:
             chunk = msgspec.convert(chunk_raw, StreamChunk)
             if chunk.end > chunk.offset:
-                parsed = await asyncio.to_thread(parse_lines, chunk.data, run.lines)
+                parsed = await asyncio.to_thread(parse_lines, chunk.data, run.lines, chunk.long_lines)
                 taken = await self.store.run(records.ingest_metrics, run.run_id, chunk.offset, chunk.end, parsed)
                 if taken:
                     run.offset, run.lines = chunk.end, run.lines + parsed.lines

@@ -19,8 +19,11 @@ scheduler:              # see docs/scheduler.md
 local:
   labels: {}
   simulate_gpus: null   # a file of simulated GPUs for the embedded host (demos, tests)
+  artifact_roots: []    # folders beyond a run's folder and workdir whose files may be served as artifacts
 client:
   submit_retry: 60s     # a submit that lost the controller asks again (same key) this long
+logs:
+  max_size: 100MiB      # of each run's stdout and of its stderr, on the node; the newest output is kept
 ```
 
 Mistakes are SpecErrors with file:line:field, like job specs.
@@ -37,7 +40,8 @@ from msgspec import Meta
 
 from .config import spec_error_from_validation
 from .errors import SpecError
-from .models import ByteSize, Seconds, spec_dec_hook
+from .inventory import AbsolutePath, check_absolute_paths
+from .models import DEFAULT_LOG_MAX_SIZE, ByteSize, Seconds, spec_dec_hook
 from .yamlsource import read_yaml
 
 
@@ -62,9 +66,14 @@ class SchedulerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     lost_after: Seconds = Seconds(600.0)  # a host unreachable this long: its runs are lost and retried
 
 
+class LogSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    max_size: ByteSize = ByteSize(DEFAULT_LOG_MAX_SIZE)  # per stream (stdout, stderr) of each run; newest kept
+
+
 class LocalHostSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     simulate_gpus: str | None = None  # demos and tests: the embedded host with simulated GPUs
+    artifact_roots: list[AbsolutePath] = msgspec.field(default_factory=list)  # as in hosts.yaml, for this host
 
 
 class ClientSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -79,6 +88,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
     local: LocalHostSettings = msgspec.field(default_factory=LocalHostSettings)
     client: ClientSettings = msgspec.field(default_factory=ClientSettings)
+    logs: LogSettings = msgspec.field(default_factory=LogSettings)
 
 
 def load_settings(path: Path) -> Settings:
@@ -96,7 +106,7 @@ def load_settings(path: Path) -> Settings:
         raise spec_error_from_validation(str(exc), located.data, located, {
             (): Settings, ("controller",): ControllerSettings, ("telemetry",): TelemetrySettings,
             ("scheduler",): SchedulerSettings, ("local",): LocalHostSettings,
-            ("client",): ClientSettings}) from None
+            ("client",): ClientSettings, ("logs",): LogSettings}) from None
     for parts, value, low, high in (
         (("controller", "tick"), settings.controller.tick, 0.05, 60),
         (("controller", "answer_timeout"), settings.controller.answer_timeout, 1, 600),
@@ -110,6 +120,11 @@ def load_settings(path: Path) -> Settings:
         if not low <= value <= high:
             raise SpecError(located.path, located.line_of(parts), ".".join(parts),
                             f"{value:g} s is out of range", f"use between {low:g} s and {high:g} s")
+    check_absolute_paths(located, ("local", "artifact_roots"), "local.artifact_roots", settings.local.artifact_roots)
+    size = settings.logs.max_size
+    if not 1024**2 <= size <= 1024**4:
+        raise SpecError(located.path, located.line_of(("logs", "max_size")), "logs.max_size",
+                        f"{size} bytes is out of range", "use between 1MiB and 1TiB")
     return settings
 
 
