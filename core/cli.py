@@ -496,7 +496,11 @@ async def cmd_runs_artifact_get(client: ControllerClient, args: argparse.Namespa
 
 
 async def cmd_db_query(client: ControllerClient, args: argparse.Namespace) -> int:
-    result = await client.call("db_query", sql=args.sql, limit=args.limit, request_timeout=None)
+    try:
+        result = await client.call("db_query", sql=args.sql, limit=args.limit, request_timeout=None)
+    except asyncio.CancelledError:  # Ctrl-C: closing the connection makes the controller interrupt the query
+        print("mlfleet: query cancelled; the controller stops it as this connection closes", file=sys.stderr)
+        raise
     if args.json:
         _print_json(result)
         return EXIT_OK

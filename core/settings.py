@@ -18,6 +18,10 @@ scheduler:              # see docs/scheduler.md
 local:
   labels: {}
   simulate_gpus: null   # a file of simulated GPUs for the embedded host (demos, tests)
+query:                  # mlfleet db query (docs/store.md)
+  time_limit: 30s       # a query still running after this is interrupted
+  workers: 2            # queries at once; more wait for a slot (within their time limit)
+  allow_file_reads: false  # true: read_csv, read_parquet, 'file.csv'... read files as the controller's user
 ```
 
 Mistakes are SpecErrors with file:line:field, like job specs.
@@ -63,11 +67,18 @@ class LocalHostSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     simulate_gpus: str | None = None  # demos and tests: the embedded host with simulated GPUs
 
 
+class QuerySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    time_limit: Seconds = Seconds(30.0)  # enforced on the controller: the statement is interrupted
+    workers: Annotated[int, Meta(ge=1, le=16)] = 2  # users' queries get their own, never the controller's readers
+    allow_file_reads: bool = False  # files are read as the controller's OS user: a team controller reads for all
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     controller: ControllerSettings = msgspec.field(default_factory=ControllerSettings)
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
     scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
     local: LocalHostSettings = msgspec.field(default_factory=LocalHostSettings)
+    query: QuerySettings = msgspec.field(default_factory=QuerySettings)
 
 
 def load_settings(path: Path) -> Settings:
@@ -84,7 +95,7 @@ def load_settings(path: Path) -> Settings:
     except msgspec.ValidationError as exc:
         raise spec_error_from_validation(str(exc), located.data, located, {
             (): Settings, ("controller",): ControllerSettings, ("telemetry",): TelemetrySettings,
-            ("scheduler",): SchedulerSettings, ("local",): LocalHostSettings}) from None
+            ("scheduler",): SchedulerSettings, ("local",): LocalHostSettings, ("query",): QuerySettings}) from None
     for parts, value, low, high in (
         (("controller", "tick"), settings.controller.tick, 0.05, 60),
         (("telemetry", "sample_interval"), settings.telemetry.sample_interval, 0.1, 60),
@@ -92,6 +103,7 @@ def load_settings(path: Path) -> Settings:
         (("telemetry", "retention"), settings.telemetry.retention, 3600, 3650 * 86400),
         (("scheduler", "utilization_window"), settings.scheduler.utilization_window, 0.5, 3600),
         (("scheduler", "lost_after"), settings.scheduler.lost_after, 1, 7 * 86400),
+        (("query", "time_limit"), settings.query.time_limit, 0.1, 86400),
     ):
         if not low <= value <= high:
             raise SpecError(located.path, located.line_of(parts), ".".join(parts),
