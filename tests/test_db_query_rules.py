@@ -16,12 +16,13 @@ import time
 from pathlib import Path
 
 import duckdb
+import msgspec
 import pytest
 
 from db_query_corpus import EVERYDAY, RUNAWAY, hostile
 from mlfleet.core.errors import UnavailableError
 from mlfleet.core.store import records
-from mlfleet.core.store.db import Store, read_only_query
+from mlfleet.core.store.db import MAX_RESULT_BYTES, Store, read_only_query
 from mlfleet.core.store.query_pool import QueryStoppedError, StatementStopped, Stoppable
 from mlfleet.core.store.user_query import (FILE_TABLE_FUNCTIONS, SAFE_TABLE_FUNCTIONS, Catalog, QueryRefused, Walk,
                                            check_query)
@@ -110,6 +111,22 @@ def test_with_file_reads_allowed_a_file_is_read_and_still_nothing_is_written(sto
     with pytest.raises(Exception, match="httpfs"):
         _run(store, "select * from 'https://example.com/x.csv'", True)
     assert sorted(p.name for p in attack.iterdir()) == ["data.csv"]
+
+
+def test_sql_nested_deeper_than_the_checker_can_walk_is_refused_not_crashed(store: Store) -> None:
+    with pytest.raises(QueryRefused, match="nested this deeply"):
+        _run(store, "select " + " + ".join(["1"] * 900))
+    assert _run(store, "select " + " + ".join(["1"] * 200))["rows"] == [[200]]
+
+
+def test_a_huge_result_is_cut_to_what_one_answer_can_carry(store: Store) -> None:
+    cursor = store.con.cursor()
+    try:
+        result = read_only_query(cursor, "select repeat('x', 1000) as filler from range(100000)", 10**9)
+    finally:
+        cursor.close()
+    assert result["truncated"] and 1000 < len(result["rows"]) < 100_000
+    assert len(msgspec.json.encode(result)) <= MAX_RESULT_BYTES + 2048
 
 
 def test_a_node_kind_the_checker_does_not_know_is_refused(store: Store) -> None:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 import duckdb
+import msgspec
 
 from mlfleet.core.errors import MlfleetError, StoreVersionError, UnavailableError, UsageError
 
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 OPEN_CONFIG = {"autoload_known_extensions": False, "autoinstall_known_extensions": False,
                "allow_community_extensions": False, "python_enable_replacements": False}
 CLOSE_TIMEOUT_S = 10.0
+# A db query answer is one protocol frame (16 MiB at most): rows past this size are left out, never built
+# up in the controller's memory (``select * from range(1e9)`` with a huge --limit would otherwise be one).
+MAX_RESULT_BYTES = 8 * 1024 * 1024
 
 
 class Store:
@@ -82,6 +86,7 @@ class Store:
         self._reads: dict[Future[Any], Stoppable] = {}
         self._stopping: set[asyncio.Task[None]] = set()
         self.queries = QueryPool(self.con, query_workers)
+        self.catalog = Catalog.of(self.con)  # what db query may name; relations are re-read per query
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn(self.con, ...)`` on the writer thread."""
@@ -123,7 +128,8 @@ class Store:
 
     async def query(self, sql: str, limit: int, *, time_limit: float, allow_file_reads: bool = False) -> dict[str, Any]:
         """A user's read-only SQL (``db query``), checked, in its own pool, stopped at ``time_limit``."""
-        return await self.queries.run(read_only_query, sql, limit, allow_file_reads, time_limit=time_limit)
+        return await self.queries.run(read_only_query, sql, limit, allow_file_reads, self.catalog,
+                                      time_limit=time_limit)
 
     def close(self) -> None:
         """Stop users' queries and the reads still running (interrupted, not waited out), then checkpoint."""
@@ -157,18 +163,27 @@ def now() -> float:
 
 
 def read_only_query(con: duckdb.DuckDBPyConnection, sql: str, limit: int = 10_000,
-                    allow_file_reads: bool = False) -> dict[str, Any]:
+                    allow_file_reads: bool = False, catalog: Catalog | None = None) -> dict[str, Any]:
     """Run user SQL that may only read (user_query.py says what that means), in a transaction rolled back after.
 
     ``con`` should be a cursor of its own, closed afterwards (``Store.query``
     does so). An interrupt is let through as itself, for the pool to name why.
     """
-    check_query(con, sql, Catalog.of(con), allow_file_reads)
+    check_query(con, sql, Catalog.of(con, catalog), allow_file_reads)
+    rows: list[list[Any]] = []
+    size, truncated = 0, False
     con.execute("begin transaction")
     try:
         rel = con.execute(sql)
         columns = [d[0] for d in rel.description or []]
-        rows = rel.fetchmany(limit + 1)
+        while not truncated and (chunk := rel.fetchmany(1000)):
+            for raw in chunk:
+                row = list(map(jsonable, raw))
+                size += len(msgspec.json.encode(row)) + 1
+                if len(rows) == limit or size > MAX_RESULT_BYTES:
+                    truncated = True
+                    break
+                rows.append(row)
     except duckdb.InterruptException:
         raise
     except duckdb.Error as exc:
@@ -176,8 +191,7 @@ def read_only_query(con: duckdb.DuckDBPyConnection, sql: str, limit: int = 10_00
     finally:
         with contextlib.suppress(duckdb.Error):
             con.execute("rollback")
-    truncated = len(rows) > limit
-    return {"columns": columns, "rows": [list(map(jsonable, r)) for r in rows[:limit]], "truncated": truncated}
+    return {"columns": columns, "rows": rows, "truncated": truncated}
 
 
 def jsonable(value: Any) -> Any:

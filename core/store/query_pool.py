@@ -76,9 +76,18 @@ class Stoppable:
                 self._cursor.interrupt()
 
 
-async def stop_until_done(stoppable: Stoppable, done: Callable[[], bool], reason: str) -> None:
-    """Interrupt until the worker says it is done (an interrupt before a statement starts is forgotten)."""
+async def stop_until_done(stoppable: Stoppable, done: Callable[[], bool], reason: str,
+                          give_up_s: float = 600.0) -> None:
+    """Interrupt until the worker says it is done (an interrupt before a statement starts is forgotten).
+
+    A statement blocked in the operating system (a FIFO) never notices; after
+    ``give_up_s`` this stops trying and says so, rather than spin for ever.
+    """
+    deadline = time.monotonic() + give_up_s
     while not done():
+        if time.monotonic() > deadline:
+            log.warning("a statement did not stop within %.0f s of being interrupted (%s)", give_up_s, reason)
+            return
         stoppable.stop(reason)
         await asyncio.sleep(_INTERVAL_S)
 
@@ -125,6 +134,7 @@ class QueryPool:
     @property
     def running(self) -> int:
         """Queries waiting for a slot or running, including stopped ones whose statement has not yet ended."""
+        self._queries -= {q for q in self._queries if q.answered and q.done()}
         return len(self._queries)
 
     async def run(self, fn: Callable[..., T], *args: Any, time_limit: float) -> T:

@@ -88,12 +88,16 @@ class Catalog:
     settings: frozenset[str]
 
     @classmethod
-    def of(cls, con: duckdb.DuckDBPyConnection) -> "Catalog":
+    def of(cls, con: duckdb.DuckDBPyConnection, known: "Catalog | None" = None) -> "Catalog":
+        """Read from ``con``; functions and settings may come from ``known`` (they cannot change while the
+        store is open: no extension loads, the configuration is locked; reading them costs ~15 ms)."""
         store = con.execute("select current_database()").fetchone()[0]
         rows = con.execute("""select database_name, schema_name, table_name from duckdb_tables()
                               union all select database_name, schema_name, view_name from duckdb_views()""").fetchall()
         relations = frozenset((fold(c), fold(s), fold(n)) for c, s, n in rows
                               if fold(c) in (fold(store), "system") and fold(n) not in _HIDDEN_VIEWS)
+        if known is not None:
+            return cls(fold(store), relations, known.functions, known.effectful, known.settings)
         rows = con.execute("""select distinct function_name, has_side_effects from duckdb_functions()
                               where function_type in ('scalar', 'aggregate', 'window', 'macro')""").fetchall()
         functions = frozenset(fold(n) for n, effects in rows if not effects or fold(n) in _HARMLESS_VOLATILE) - _NEVER
@@ -124,17 +128,23 @@ def check_query(con: duckdb.DuckDBPyConnection, sql: str, catalog: Catalog, allo
     kind = statement_kind(statements[0])
     if kind == "EXPLAIN":
         sql = explained_statement(sql)
-        inner = con.extract_statements(sql)
+        try:
+            inner = con.extract_statements(sql)
+        except duckdb.Error as exc:
+            raise QueryRefused(f"db query cannot find the statement this EXPLAIN explains: {first_line(exc)}") from None
         kind = statement_kind(inner[0]) if len(inner) == 1 else "multi-statement"
         if kind != "SELECT":
             raise QueryRefused(f"db query refused EXPLAIN of this {kind} statement: {_ONLY}")
     elif kind != "SELECT":
         raise QueryRefused(f"db query refused this {kind} statement: {_ONLY}")
-    tree = json.loads(con.execute("select json_serialize_sql(?)", [sql]).fetchone()[0])
-    if tree.get("error"):
-        raise QueryRefused(f"db query cannot check this statement ({tree.get('error_message', 'no parse tree')}); "
-                           "write it as a plain SELECT")
-    Walk(catalog, allow_file_reads).visit(tree["statements"], frozenset())
+    try:
+        tree = json.loads(con.execute("select json_serialize_sql(?)", [sql]).fetchone()[0])
+        if tree.get("error"):
+            raise QueryRefused(f"db query cannot check this statement ({tree.get('error_message', 'no parse tree')}); "
+                               "write it as a plain SELECT")
+        Walk(catalog, allow_file_reads).visit(tree["statements"], frozenset())
+    except RecursionError:  # DuckDB parses 1000 levels; Python's stack holds fewer of the tree's
+        raise QueryRefused("db query cannot check SQL nested this deeply; split the expression or the subqueries") from None
 
 
 def statement_kind(statement: Any) -> str:
