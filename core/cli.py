@@ -506,7 +506,8 @@ async def cmd_db_query(client: ControllerClient, args: argparse.Namespace) -> in
         return EXIT_OK
     print(render.table(result["columns"], result["rows"]))
     if result["truncated"]:
-        print(f"(first {len(result['rows'])} rows only; use --limit, or page with LIMIT and OFFSET)", file=sys.stderr)
+        print(f"(first {len(result['rows'])} rows only; use --limit, or page with LIMIT and OFFSET)",
+              file=sys.stderr)
     return EXIT_OK
 
 

@@ -193,6 +193,9 @@ def test_users_queries_wait_for_a_free_worker_and_a_stopped_one_frees_it(tmp_pat
         second = asyncio.create_task(store.query("select 42", 10, time_limit=600))
         await asyncio.sleep(0.3)
         waited = "waiting" if not second.done() else "ran"
+        busy = r"waited past query.time_limit \(0.2 s\) for a free query worker \(1 of 1 busy\)"
+        with pytest.raises(QueryStoppedError, match=busy):
+            await store.query("select 1", 10, time_limit=0.2)
         first.cancel()
         answer = await asyncio.wait_for(second, 60)
         with pytest.raises(QueryStoppedError, match=r"query.time_limit \(0.5 s\)"):

@@ -147,11 +147,17 @@ class QueryPool:
                 self._free.put_nowait(slot)
         query = _Query(asyncio.current_task())
         self._queries.add(query)
+        slot = None
         try:
             async with asyncio.timeout(time_limit):
                 slot = await self._free.get()
                 return await self._on_thread(query, slot, fn, args)
         except TimeoutError:
+            if slot is None:
+                busy = len(self._slots)
+                raise QueryStoppedError(f"the query waited past query.time_limit ({time_limit:g} s) for a free "
+                                        f"query worker ({busy} of {busy} busy); try again later or raise "
+                                        "query.workers in config.yaml") from None
             raise QueryStoppedError(f"the query ran past query.time_limit ({time_limit:g} s) and was stopped; "
                                     "narrow it (WHERE, LIMIT) or raise query.time_limit in config.yaml") from None
         finally:

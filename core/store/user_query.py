@@ -144,7 +144,8 @@ def check_query(con: duckdb.DuckDBPyConnection, sql: str, catalog: Catalog, allo
                                "write it as a plain SELECT")
         Walk(catalog, allow_file_reads).visit(tree["statements"], frozenset())
     except RecursionError:  # DuckDB parses 1000 levels; Python's stack holds fewer of the tree's
-        raise QueryRefused("db query cannot check SQL nested this deeply; split the expression or the subqueries") from None
+        raise QueryRefused("db query cannot check SQL nested this deeply; "
+                           "split the expression or the subqueries") from None
 
 
 def statement_kind(statement: Any) -> str:
@@ -264,7 +265,7 @@ class Walk:
                            "('select table_name from duckdb_tables()' lists them)")
 
     def known(self, catalog: str, schema: str, name: str) -> bool:
-        """Whether DuckDB would find ``catalog.schema.name`` in the store or the system catalog (no replacement scan)."""
+        """Whether DuckDB finds ``catalog.schema.name`` in the store or the system catalog (no replacement scan)."""
         places = (self.catalog.store, "system")
         if catalog:
             return catalog in places and (catalog, schema or "main", name) in self.catalog.relations
@@ -283,7 +284,8 @@ class Walk:
             return
         if show_type in ("DESCRIBE", "SUMMARY") and not name:
             return
-        raise QueryRefused(f"db query refused SHOW {name or show_type}: it is not a table, view or setting of the store")
+        raise QueryRefused(f"db query refused SHOW {name or show_type}: "
+                           "it is not a table, view or setting of the store")
 
 
 def option_name(arg: dict[str, Any]) -> str:
