@@ -11,9 +11,11 @@ stop``; two of them never hold up ``jobs list``.
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -144,6 +146,22 @@ def test_a_query_whose_client_dies_is_stopped_on_the_controller(fleet: Fleet, ho
         assert "query cancelled" in _one_sentence(err)
     # With ten minutes left on its clock, only the interrupt explains the statement ending.
     fleet.wait_for(lambda: _running_queries(fleet) == 0, timeout=30, what="the controller to stop the query")
+    assert fleet.cli_json("db", "query", "select 42")["rows"] == [[42]]
+
+
+def test_clients_killed_at_random_moments_leave_no_query_behind(fleet: Fleet) -> None:
+    fleet.home.config_file.write_text("query:\n  time_limit: 10m\n")
+    fleet.cli("controller", "start", check=True)
+    rng = random.Random(7)
+    procs = []
+    for _ in range(6):
+        proc = _query_process(fleet, RUNAWAY)
+        time.sleep(rng.uniform(0, 1.5))  # before it connects, while it asks, while the query runs
+        proc.send_signal(rng.choice([signal.SIGINT, signal.SIGKILL]))
+        procs.append(proc)
+    for proc in procs:
+        proc.communicate(timeout=30)
+    fleet.wait_for(lambda: _running_queries(fleet) == 0, timeout=30, what="every query to be stopped")
     assert fleet.cli_json("db", "query", "select 42")["rows"] == [[42]]
 
 

@@ -119,6 +119,12 @@ def test_sql_nested_deeper_than_the_checker_can_walk_is_refused_not_crashed(stor
     assert _run(store, "select " + " + ".join(["1"] * 200))["rows"] == [[200]]
 
 
+def test_sql_too_long_to_check_cheaply_is_refused(store: Store) -> None:
+    with pytest.raises(QueryRefused, match="256 KiB at most"):
+        _run(store, "select " + ",".join(["1"] * 140_000))
+    assert len(_run(store, "select " + ",".join(["1"] * 1000))["columns"]) == 1000
+
+
 def test_a_huge_result_is_cut_to_what_one_answer_can_carry(store: Store) -> None:
     cursor = store.con.cursor()
     try:
@@ -208,6 +214,24 @@ def test_users_queries_wait_for_a_free_worker_and_a_stopped_one_frees_it(tmp_pat
     started = time.monotonic()
     store.close()
     assert store.queries.running == 0, time.monotonic() - started
+
+
+def test_a_crowd_of_runaway_queries_all_end_at_the_time_limit(tmp_path: Path) -> None:
+    store = Store(tmp_path / "mlfleet.duckdb", query_workers=2)
+
+    async def story() -> tuple[list[str], int, dict]:
+        outcomes = await asyncio.gather(*(store.query(RUNAWAY, 10, time_limit=1.0) for _ in range(6)),
+                                        return_exceptions=True)
+        while store.queries.running:  # the interrupted statements finish ending
+            await asyncio.sleep(0.05)
+        after = await store.query("select 42", 10, time_limit=5)
+        return [str(o).split(" (")[0] for o in outcomes], store.queries.running, after
+
+    outcomes, running, after = asyncio.run(story())
+    assert sorted(outcomes) == ["the query ran past query.time_limit"] * 2 + \
+        ["the query waited past query.time_limit"] * 4
+    assert running == 0 and after["rows"] == [[42]]
+    store.close()
 
 
 def test_a_closing_store_stops_a_running_query_and_refuses_new_ones(tmp_path: Path) -> None:

@@ -69,6 +69,8 @@ _QUERY_NODES = frozenset({"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NO
 _EXPRESSIONS = frozenset({"BETWEEN", "CASE", "CAST", "COLLATE", "COLUMN_REF", "COMPARISON", "CONJUNCTION",
                           "CONSTANT", "FUNCTION", "LAMBDA", "LAMBDA_REF", "OPERATOR", "PARAMETER",
                           "POSITIONAL_REFERENCE", "STAR", "SUBQUERY", "WINDOW", "TYPE"})
+# The parse tree is ~70 times the SQL's size: this keeps it to tens of MB in the controller.
+MAX_SQL_BYTES = 256 * 1024
 _ONLY = "db query runs one SELECT (or EXPLAIN of one) and changes nothing"
 _FILES_OFF = "reading files through db query is off (query.allow_file_reads in config.yaml)"
 
@@ -116,6 +118,9 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 
 def check_query(con: duckdb.DuckDBPyConnection, sql: str, catalog: Catalog, allow_file_reads: bool = False) -> None:
     """Raise QueryRefused unless ``sql`` is one statement that only reads what ``catalog`` lists."""
+    if len(sql.encode(errors="replace")) > MAX_SQL_BYTES:
+        raise QueryRefused(f"db query refused {len(sql.encode(errors='replace')):,} bytes of SQL: it takes "
+                           f"{MAX_SQL_BYTES // 1024} KiB at most; load large inputs as files or tables instead")
     bad = next((ch for ch in sql if ord(ch) < 32 and ch not in "\t\n\r"), None)
     if bad is not None:  # a NUL could end the text early for one reader of it and not for another
         raise QueryRefused(f"db query refused the SQL: it holds the control character U+{ord(bad):04X}; remove it")
