@@ -41,6 +41,7 @@ EVERYDAY = [
     "explain select count(*) from metrics",
     "explain analyze select count(*) from metrics",
     "/* a comment first */ EXPLAIN (FORMAT JSON) select 1",
+    "explain /* between */ analyze -- and after\n select 1",
     "select 1;",
 ]
 
@@ -193,6 +194,7 @@ def hostile(attack: Path) -> list[tuple[str, str]]:
         ("select * from other.main.jobs", "other.main.jobs"),
         # unicode and control-character tricks
         ("select 1\u0000; drop table jobs", "U+0000"),
+        ("select '\ud800'", "lone surrogate"),
         ("select 1 \u0008", "U+0008"),
         ('select * from "jobs\u200b"', "jobs\\u200b"),  # shown escaped: the user sees the hidden character
         ('select * from "\u212aeys.csv"', "\u212aeys.csv"),

@@ -121,6 +121,10 @@ def check_query(con: duckdb.DuckDBPyConnection, sql: str, catalog: Catalog, allo
     if len(sql.encode(errors="replace")) > MAX_SQL_BYTES:
         raise QueryRefused(f"db query refused {len(sql.encode(errors='replace')):,} bytes of SQL: it takes "
                            f"{MAX_SQL_BYTES // 1024} KiB at most; load large inputs as files or tables instead")
+    try:
+        sql.encode()
+    except UnicodeEncodeError:
+        raise QueryRefused("db query refused the SQL: it is not valid Unicode text (a lone surrogate)") from None
     bad = next((ch for ch in sql if ord(ch) < 32 and ch not in "\t\n\r"), None)
     if bad is not None:  # a NUL could end the text early for one reader of it and not for another
         raise QueryRefused(f"db query refused the SQL: it holds the control character U+{ord(bad):04X}; remove it")
@@ -163,10 +167,12 @@ def statement_kind(statement: Any) -> str:
 
 def explained_statement(sql: str) -> str:
     """The statement after ``EXPLAIN [ANALYZE | (options)]``, found with DuckDB's tokenizer (comments, case, spaces)."""
-    raw = sql.encode()
-    tokens = [(offset, kind.name) for offset, kind in duckdb.tokenize(sql) if kind.name != "comment"]
-    ends = [offset for offset, _ in tokens[1:]] + [len(raw)]
-    texts = [raw[offset:end].decode(errors="replace").strip() for (offset, _), end in zip(tokens, ends)]
+    raw = sql.encode()  # the tokenizer's offsets count bytes
+    every = duckdb.tokenize(sql)
+    ends = [offset for offset, _ in every[1:]] + [len(raw)]
+    tokens = [(offset, raw[offset:end].decode(errors="replace").strip())
+              for (offset, kind), end in zip(every, ends) if kind.name != "comment"]
+    texts = [text for _, text in tokens]
     if not texts or texts[0].upper() != "EXPLAIN":
         raise QueryRefused("db query cannot find the statement this EXPLAIN explains; write EXPLAIN SELECT ...")
     i = 1
