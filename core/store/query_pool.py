@@ -140,7 +140,8 @@ class QueryPool:
     async def run(self, fn: Callable[..., T], *args: Any, time_limit: float) -> T:
         """``fn(cursor, *args)`` on a fresh cursor; interrupted at ``time_limit`` or when the caller is cancelled."""
         if self._closing:
-            raise UnavailableError(f"the controller is stopping ({self._closing}); try again when it is back")
+            raise UnavailableError(f"db query takes no new queries now ({self._closing}); "
+                                   "try again when the controller is back")
         if self._free is None:
             self._free = asyncio.Queue()
             for slot in self._slots:
