@@ -34,7 +34,6 @@ from mlfleet.core.submit_key import check_submit_key
 from mlfleet.core.transport.ssh import SshAgentTransport
 from mlfleet.core.protocol import MAX_FRAME, PROTOCOL_VERSION, Peer, method_dispatcher
 from mlfleet.core.store import records, submit_keys
-from mlfleet.core.store.db import read_only_query
 
 if TYPE_CHECKING:
     from mlfleet.core.controller import Controller
@@ -104,6 +103,7 @@ class ControllerApi(DriftApi, RunsApi):
             "db": str(self.c.home.db_path), "socket": str(self.c.home.controller_socket),
             "hosts": {name: link.state for name, link in self.c.links.items()},
             "pending": len(self.c.pending), "active": len(self.c.active), "schema_version": self.store.version,
+            "db_queries": self.store.queries.running,
         }
 
     async def rpc_shutdown(self, peer: Peer, stop_local_agent: bool = True) -> dict[str, Any]:
@@ -443,9 +443,14 @@ class ControllerApi(DriftApi, RunsApi):
 
     # ---------------------------------------------------------- db, audit
     async def rpc_db_query(self, peer: Peer, sql: str, limit: int = 10_000) -> dict[str, Any]:
+        """One read-only statement (core/store/user_query.py has the rules); interrupted if this client goes away."""
         if not isinstance(sql, str) or not sql.strip():
             raise UsageError("give a SQL query, e.g. mlfleet db query \"select count(*) from metrics\"")
-        return await self.store.read(read_only_query, sql, limit)
+        if limit < 1:
+            raise UsageError(f"--limit must be at least 1, got {limit}")
+        settings = self.c.settings.query
+        return await self.store.query(sql, limit, time_limit=float(settings.time_limit),
+                                      allow_file_reads=settings.allow_file_reads)
 
     async def rpc_audit_list(self, peer: Peer, limit: int = 200, action: str | None = None) -> list[dict[str, Any]]:
         return await self.store.read(records.list_audit, limit, action)

@@ -544,13 +544,23 @@ async def cmd_runs_artifact_get(client: ControllerClient, args: argparse.Namespa
 
 
 async def cmd_db_query(client: ControllerClient, args: argparse.Namespace) -> int:
-    result = await client.call("db_query", sql=args.sql, limit=args.limit, request_timeout=None)
+    try:
+        args.sql.encode()
+    except UnicodeEncodeError as exc:  # argv bytes that are not UTF-8 arrive as surrogates
+        raise UsageError(f"the SQL is not UTF-8 text (a stray byte at character {exc.start + 1}); "
+                         "check the terminal's or the script's encoding") from None
+    try:
+        result = await client.call("db_query", sql=args.sql, limit=args.limit, request_timeout=None)
+    except asyncio.CancelledError:  # Ctrl-C: closing the connection makes the controller interrupt the query
+        print("mlfleet: query cancelled; the controller stops it as this connection closes", file=sys.stderr)
+        raise
     if args.json:
         _print_json(result)
         return EXIT_OK
     print(render.table(result["columns"], result["rows"]))
     if result["truncated"]:
-        print(f"(first {args.limit} rows; use --limit or LIMIT for more)", file=sys.stderr)
+        print(f"(first {len(result['rows'])} rows only; use --limit, or page with LIMIT and OFFSET)",
+              file=sys.stderr)
     return EXIT_OK
 
 

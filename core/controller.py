@@ -141,7 +141,7 @@ class Controller:
                         self.home.data_dir, ", ".join(map(str, foreign[:5])))
         self.apply_inventory(load_inventory(self.home.hosts_file))
         self._inventory_digest = file_digest(self.home.hosts_file)
-        self.store = Store(self.home.db_path)
+        self.store = Store(self.home.db_path, query_workers=self.settings.query.workers)
         await self._load_state()
         # The start and any config change are on record before the socket opens: a client that
         # started this controller (``audit list`` on a stopped installation) must find them.
@@ -160,6 +160,8 @@ class Controller:
             await self._stop.wait()
         finally:
             self._server.close()
+            # Users' queries are interrupted and answer their clients before the connections close.
+            await self.store.queries.stop_all("the controller is stopping")
             for task in tasks:
                 task.cancel()
             for task in tasks:

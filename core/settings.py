@@ -24,6 +24,10 @@ client:
   submit_retry: 60s     # a submit that lost the controller asks again (same key) this long
 logs:
   max_size: 100MiB      # of each run's stdout and of its stderr, on the node; the newest output is kept
+query:                  # mlfleet db query (docs/store.md)
+  time_limit: 30s       # a query still running after this is interrupted
+  workers: 2            # queries at once; more wait for a slot (within their time limit)
+  allow_file_reads: false  # true: read_csv, read_parquet, 'file.csv'... read files as the controller's user
 ```
 
 Mistakes are SpecErrors with file:line:field, like job specs.
@@ -82,6 +86,12 @@ class ClientSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     submit_retry: Seconds = Seconds(60.0)
 
 
+class QuerySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    time_limit: Seconds = Seconds(30.0)  # enforced on the controller: the statement is interrupted
+    workers: Annotated[int, Meta(ge=1, le=16)] = 2  # users' queries get their own, never the controller's readers
+    allow_file_reads: bool = False  # files are read as the controller's OS user: a team controller reads for all
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     controller: ControllerSettings = msgspec.field(default_factory=ControllerSettings)
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
@@ -89,6 +99,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     local: LocalHostSettings = msgspec.field(default_factory=LocalHostSettings)
     client: ClientSettings = msgspec.field(default_factory=ClientSettings)
     logs: LogSettings = msgspec.field(default_factory=LogSettings)
+    query: QuerySettings = msgspec.field(default_factory=QuerySettings)
 
 
 def load_settings(path: Path) -> Settings:
@@ -106,7 +117,7 @@ def load_settings(path: Path) -> Settings:
         raise spec_error_from_validation(str(exc), located.data, located, {
             (): Settings, ("controller",): ControllerSettings, ("telemetry",): TelemetrySettings,
             ("scheduler",): SchedulerSettings, ("local",): LocalHostSettings,
-            ("client",): ClientSettings, ("logs",): LogSettings}) from None
+            ("client",): ClientSettings, ("logs",): LogSettings, ("query",): QuerySettings}) from None
     for parts, value, low, high in (
         (("controller", "tick"), settings.controller.tick, 0.05, 60),
         (("controller", "answer_timeout"), settings.controller.answer_timeout, 1, 600),
@@ -116,6 +127,7 @@ def load_settings(path: Path) -> Settings:
         (("scheduler", "utilization_window"), settings.scheduler.utilization_window, 0.5, 3600),
         (("scheduler", "lost_after"), settings.scheduler.lost_after, 1, 7 * 86400),
         (("client", "submit_retry"), settings.client.submit_retry, 1, 3600),
+        (("query", "time_limit"), settings.query.time_limit, 0.1, 86400),
     ):
         if not low <= value <= high:
             raise SpecError(located.path, located.line_of(parts), ".".join(parts),
