@@ -22,7 +22,8 @@ from mlfleet import __version__
 from mlfleet.core import cli_drift, render
 from mlfleet.core.client import ControllerClient, connect, submit_with_retry, try_connect
 from mlfleet.core.config import load_job_spec
-from mlfleet.core.errors import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, MlfleetError, UnavailableError, UsageError
+from mlfleet.core.errors import (EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, MlfleetError, UnavailableError,
+                                 UsageError)
 from mlfleet.core.models import TERMINAL_STATES, to_plain
 from mlfleet.core.paths import Home
 from mlfleet.core.private import private_agent_state, private_dir, trusted_socket, use_private_umask, user_umask
@@ -545,11 +546,6 @@ async def cmd_runs_artifact_get(client: ControllerClient, args: argparse.Namespa
 
 async def cmd_db_query(client: ControllerClient, args: argparse.Namespace) -> int:
     try:
-        args.sql.encode()
-    except UnicodeEncodeError as exc:  # argv bytes that are not UTF-8 arrive as surrogates
-        raise UsageError(f"the SQL is not UTF-8 text (a stray byte at character {exc.start + 1}); "
-                         "check the terminal's or the script's encoding") from None
-    try:
         result = await client.call("db_query", sql=args.sql, limit=args.limit, request_timeout=None)
     except asyncio.CancelledError:  # Ctrl-C: closing the connection makes the controller interrupt the query
         print("mlfleet: query cancelled; the controller stops it as this connection closes", file=sys.stderr)
@@ -863,6 +859,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    for position, arg in enumerate(sys.argv[1:] if argv is None else argv, 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 reach us as surrogates and cannot travel
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            print(f"mlfleet: argument {position} ({shown!r}) is not UTF-8 text; check the terminal's or the script's encoding",
+                  file=sys.stderr)
+            return EXIT_USAGE
     args = parser.parse_args(argv)
     if getattr(args, "command", None) is None:
         args.func = cmd_tui

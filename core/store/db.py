@@ -195,9 +195,11 @@ def read_only_query(con: duckdb.DuckDBPyConnection, sql: str, limit: int = 10_00
 
 
 def jsonable(value: Any) -> Any:
-    """A DuckDB value as something JSON can carry (times as ISO text)."""
-    if value is None or isinstance(value, (bool, int, str)):
+    """A DuckDB value as something the wire and JSON can carry (times as ISO text, HUGEINTs beyond 64 bits as text)."""
+    if value is None or isinstance(value, (bool, str)):
         return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
     if isinstance(value, float):
         return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
     if isinstance(value, (list, tuple)):
