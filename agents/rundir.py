@@ -8,6 +8,8 @@ Layout of ``STATE_DIR/runs/RUN_ID/``::
     exit.json     exit code, signal and reason, once it ended
     lineage.json  inputs' sha256, Python and packages hash, taken before the job starts
     stdout.log, stderr.log, metrics.jsonl
+    logs.json     where each log file sits in its stream once its oldest part was cut (agents/logcap.py)
+    logs.lock     held while a log file is cut, and by readers while they read one
 
 Every JSON file is written to a temporary name and renamed, so a crash
 leaves either the old file or the new one, never half of one. The folder's

@@ -11,6 +11,8 @@ agent is down is still known when it comes back.
 Before the job starts the runner hashes the spec's ``inputs:``; while it
 runs, it looks up the job's Python and packages; both go to
 ``lineage.json``, written before ``exit.json`` (see agents/lineage.py).
+The job's stdout and stderr are kept under ``log_max_size`` each by a
+thread of the runner (see agents/logcap.py).
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ import psutil
 import msgspec
 
 from mlfleet.agents.lineage import hash_launch_inputs, node_lineage
+from mlfleet.agents.logcap import LogKeeper
 from mlfleet.agents.rundir import RunDir, start_ticks, write_json_atomic
+from mlfleet.core.models import DEFAULT_LOG_MAX_SIZE
 
 _POLL_S = 0.1
 
@@ -42,6 +46,7 @@ class _Runner:
         self.launch = run.launch or {}
         self.cancel_requested = False
         self.lineage: threading.Thread | None = None
+        self.logs: LogKeeper | None = None
 
     def on_sigterm(self, signum: int, frame: object) -> None:
         self.cancel_requested = True
@@ -56,6 +61,11 @@ class _Runner:
         except OSError as exc:
             return self._finish(None, reason="failed-to-start", message=f"cannot open log files: {exc}")
         self.run.stream_path("metrics").touch()
+        try:
+            self.logs = LogKeeper(self.run, {"stdout": stdout.fileno(), "stderr": stderr.fileno()},
+                                  int(self.launch.get("log_max_size") or DEFAULT_LOG_MAX_SIZE))
+        except (OSError, TypeError, ValueError) as exc:  # the cap must never stop a job from running
+            logging.getLogger(__name__).warning("logs will not be kept under their limit: %s", exc)
         inputs, hashed = self._hash_inputs()  # before the job starts: the inputs as the job found them
         if self.cancel_requested:  # cancelled while a large input was being hashed: never start it
             return self._finish(None, reason="cancelled", message="cancelled before it started")
@@ -69,11 +79,14 @@ class _Runner:
                 stderr=stderr,
                 process_group=0,
                 close_fds=True,
+                umask=_job_umask(self.launch.get("env") or {}),
             )
         except (OSError, KeyError, ValueError) as exc:
             message = f"could not start {self.launch.get('argv', ['?'])[0]!r}: {getattr(exc, 'strerror', None) or exc}"
             stderr.write(f"mlfleet: {message}\n".encode())
             return self._finish(None, reason="failed-to-start", message=message)
+        if self.logs is not None:
+            self.logs.start()
         # The job's Python and packages are looked up while it runs (it may take a second).
         self.lineage = threading.Thread(target=self._record_lineage, args=(inputs, hashed), daemon=True)
         self.lineage.start()
@@ -127,6 +140,8 @@ class _Runner:
             logging.getLogger(__name__).warning("recording lineage failed: %s", exc)
 
     def _finish(self, code: int | None, reason: str, message: str) -> int:
+        if self.logs is not None:  # a last cut: a finished run's logs are within the limit
+            self.logs.stop()
         if self.lineage is not None:  # lineage.json comes before exit.json, so an exited run has it
             self.lineage.join(timeout=120)
         exit_code, sig = (None, None)
@@ -138,6 +153,19 @@ class _Runner:
             "exit_code": exit_code, "signal": sig, "reason": reason, "message": message, "finished_at": time.time(),
         })
         return 0
+
+
+def _job_umask(env: dict[str, str]) -> int:
+    """The user's umask for the job: the agent runs under 077 (its run folders are private), the job's own files are not.
+
+    ``MLFLEET_USER_UMASK`` is recorded by the first mlfleet process of the
+    chain (core/private.py); without it the job keeps this runner's umask (-1).
+    """
+    try:
+        value = int(env.get("MLFLEET_USER_UMASK", ""), 8)
+    except ValueError:
+        return -1
+    return value if 0 <= value <= 0o777 else -1
 
 
 def _create_time(pid: int) -> float | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import stat
 import subprocess
 import sys
 import threading
@@ -22,9 +21,12 @@ import msgspec
 import psutil
 
 from mlfleet.core.errors import NotFoundError, UsageError
-from mlfleet.core.models import LaunchRequest, RunStatus, StreamChunk
+from mlfleet.core.models import DEFAULT_LOG_MAX_SIZE, MAX_METRIC_LINE, LaunchRequest, RunStatus, StreamChunk
 
+from .artifacts import ROOTS_ENV, allowed_roots, open_artifact, run_roots
 from .codecache import CodeCache
+from .logcap import read_log
+from .metriclines import Scans, read_lines
 from .rundir import STREAMS, RunDir, read_json, start_ticks, write_json_atomic
 
 # A runner that has not written runner.json this long after launch never started.
@@ -62,6 +64,7 @@ def job_environment(request: LaunchRequest, run: RunDir) -> dict[str, str]:
     env["MLFLEET_RUN_ID"] = request.run_id
     env["MLFLEET_JOB_ID"] = request.job_id
     env["MLFLEET_METRICS_FILE"] = str(run.stream_path("metrics"))
+    env[ROOTS_ENV] = os.pathsep.join(allowed_roots(run.root, request.workdir, request.artifact_roots))
     env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # so indices mean what NVML (and nvidia-smi) call them
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in request.gpu_indices)
     env["PYTHONUNBUFFERED"] = env.get("PYTHONUNBUFFERED", "1")
@@ -98,8 +101,11 @@ def _signal_group(pgid: int, sig: int) -> None:
 class Supervisor:
     """The runs of one agent state dir."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, max_metric_line: int = MAX_METRIC_LINE) -> None:
         self.code = CodeCache(state_dir)
+        self.max_metric_line = max_metric_line
+        self._long_lines: Scans = {}  # run -> how far the end of its current long metric line was looked for
+        self._artifact_scans: Scans = {}  # the same, for the artifact scan
         self.runs_dir = state_dir / "runs"
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self._children: dict[str, subprocess.Popen[bytes]] = {}
@@ -216,70 +222,60 @@ class Supervisor:
         exited = self.status(run_id).state == "exited"  # read before the file, so eof is never early
         path = run.stream_path(stream)
         max_bytes = max(1, min(int(max_bytes), MAX_READ))
-        try:
-            with open(path, "rb") as fh:
-                fh.seek(offset)
-                data = fh.read(max_bytes)
-                size = os.fstat(fh.fileno()).st_size
-        except FileNotFoundError:
-            data, size = b"", 0
-        at_end = offset + len(data) >= size
         if stream == "metrics":
-            cut = data.rfind(b"\n") + 1
-            if not (exited and at_end) and not (cut == 0 and len(data) == max_bytes):
-                # A partial last line waits for its newline; a line longer than a whole read
-                # is passed on as it is (it will count as a bad line) so the stream never stalls.
-                data = data[:cut]
-        elif not (exited and at_end):
+            lines = read_lines(path, offset, max_bytes, exited, self._long_lines, run_id, self.max_metric_line)
+            return StreamChunk(run_id=run_id, stream=stream, offset=offset, end=lines.end,
+                               data=lines.data.decode("utf-8", errors="replace"),
+                               eof=exited and lines.end >= lines.size, more=lines.end > offset and lines.end < lines.size,
+                               long_lines=lines.long_lines)
+        got = read_log(run, stream, path, offset, max_bytes)  # offsets count every byte written, kept or not
+        data, size = got.data, got.size
+        if not (exited and got.start + len(data) >= size):
             data = data[: _complete_utf8(data)]  # a character split by the chunk edge comes whole next time
-        end = offset + len(data)
-        return StreamChunk(run_id=run_id, stream=stream, offset=offset, end=end,
+        end = got.start + len(data)
+        return StreamChunk(run_id=run_id, stream=stream, offset=got.start, end=end,
                            data=data.decode("utf-8", errors="replace"), eof=exited and end >= size,
-                           more=len(data) > 0 and end < size)
+                           more=len(data) > 0 and end < size, dropped=got.dropped,
+                           max_size=int((run.launch or {}).get("log_max_size") or DEFAULT_LOG_MAX_SIZE))
 
     def lineage(self, run_id: str) -> dict | None:
         """What the runner recorded before the job started (lineage.json), or None while it is not written yet."""
         return read_json(self._existing(run_id).file("lineage.json"))
 
     def read_artifact(self, run_id: str, path: str, offset: int, max_bytes: int = MAX_READ) -> dict:
-        """Bytes of a file the run logged as an artifact (and only such a file), base64 in ``data``."""
+        """Bytes of a file the run logged as an artifact (and only such a file, in a folder it may share:
+        agents/artifacts.py), base64 in ``data``."""
         if offset < 0:
             raise UsageError("offset cannot be negative")
         if path not in self._logged_artifacts(run_id):
             raise NotFoundError(f"run {run_id} logged no artifact {path!r} on this host")
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as exc:
-            raise NotFoundError(f"artifact {path} of run {run_id} cannot be read here: {exc.strerror}") from None
+        fd = open_artifact(path, run_roots(self._existing(run_id)), run_id)  # checked again at each read
         with os.fdopen(fd, "rb") as fh:
             st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise NotFoundError(f"artifact {path} of run {run_id} is no longer a regular file")
             fh.seek(offset)
             data = fh.read(max(1, min(int(max_bytes), MAX_READ)))
         return {"run_id": run_id, "path": path, "offset": offset, "end": offset + len(data), "size": st.st_size,
                 "data": base64.b64encode(data).decode("ascii"), "eof": offset + len(data) >= st.st_size}
 
     def _logged_artifacts(self, run_id: str) -> dict[str, int]:
-        """Paths the run's metric stream names as artifacts; scanned incrementally, kept in memory."""
+        """Paths the run's metric stream names as artifacts; scanned incrementally, kept in memory.
+
+        The stream is cut into lines exactly as ingestion cuts it (a line over
+        the limit is no line at all), so a path inside an overlong line can
+        never become an artifact here that the run's record does not have.
+        """
         run = self._existing(run_id)
+        exited = self.status(run_id).state == "exited"
         scanned, known = self._artifacts.get(run_id, (0, {}))
-        try:
-            with open(run.stream_path("metrics"), "rb") as fh:
-                fh.seek(scanned)
-                while data := fh.read(MAX_READ * 4):  # in slices: a metric stream may be gigabytes
-                    cut = data.rfind(b"\n") + 1
-                    if cut == 0 and len(data) == MAX_READ * 4:
-                        cut = len(data)  # one line longer than a slice is not an artifact line
-                    for line in data[:cut].split(b"\n"):
-                        if b'"artifact"' in line:
-                            _note_artifact(known, line)
-                    scanned += cut
-                    fh.seek(scanned)
-                    if cut == 0:
-                        break
-        except FileNotFoundError:
-            pass
+        path = run.stream_path("metrics")
+        while True:  # in slices: a metric stream may be gigabytes
+            lines = read_lines(path, scanned, MAX_READ * 4, exited, self._artifact_scans, run_id, self.max_metric_line)
+            if lines.end == scanned:
+                break
+            for line in lines.data.split(b"\n"):
+                if b'"artifact"' in line:
+                    _note_artifact(known, line)
+            scanned = lines.end
         self._artifacts[run_id] = (scanned, known)
         return known
 

@@ -17,11 +17,12 @@ import hashlib
 import json
 import math
 import os
+import stat
 import threading
 import time
 from typing import Any, Mapping
 
-__all__ = ["log", "log_params", "set_tags", "summary", "log_artifact", "flush", "run_id"]
+__all__ = ["log", "log_params", "set_tags", "summary", "log_artifact", "ArtifactRefused", "flush", "run_id"]
 
 _FLUSH_EVERY_S = 1.0
 _FLUSH_EVERY_LINES = 10_000
@@ -161,38 +162,76 @@ def summary(key: str, mode: str = "min") -> None:
     _get().write({"ts": time.time(), "summary": {str(key): mode}})
 
 
+class ArtifactRefused(ValueError):
+    """A path that is not a regular file in a folder this run may share (the agent would not serve it)."""
+
+
+def _artifact_roots(writer: _Writer) -> list[str]:
+    """Where this run's artifacts may be: the agent says (MLFLEET_ARTIFACT_ROOTS), else its folder and cwd."""
+    listed = os.environ.get("MLFLEET_ARTIFACT_ROOTS")
+    folders = listed.split(os.pathsep) if listed else [os.path.dirname(writer.path or ""), os.getcwd()]
+    return [os.path.realpath(f) for f in folders if f and os.path.isabs(f)]
+
+
+def _check_inside(real: str, shown: str, roots: list[str]) -> None:
+    if not any(real == root or real.startswith(root.rstrip("/") + "/") for root in roots):
+        shown = shown if real == shown else f"{shown} ({real})"
+        raise ArtifactRefused(f"artifact {shown} is outside the run's folder and its workdir "
+                              f"({', '.join(roots)}), so the agent would not serve it; write it there, or ask for "
+                              "its folder in the host's artifact_roots")
+
+
 def log_artifact(path: str | os.PathLike[str]) -> list[str]:
     """Record a file (or every file under a folder) that the run produced; return the paths recorded.
 
     The file stays where it is, on the node; its size and sha256 are taken
     here, now, so that ``mlfleet runs artifact get`` can prove that what it
     fetches later is what the run wrote. Log an artifact once it is complete.
-    Outside mlfleet nothing is hashed or written.
+    It must be a regular file inside the run's workdir or folder (or a folder
+    the host allows: ``artifact_roots``), after following symlinks; anything
+    else raises :class:`ArtifactRefused`. Symlinks found under a logged
+    folder are skipped. Outside mlfleet nothing is hashed or written.
     """
     writer = _get()
     if not writer.path:
         return []
-    root = os.path.realpath(os.fspath(path))
+    shown = os.fspath(path)
+    root = os.path.realpath(shown)
+    _check_inside(root, shown, _artifact_roots(writer))
     if os.path.isdir(root):
         files = sorted(os.path.join(folder, name) for folder, _, names in os.walk(root) for name in names)
     elif os.path.isfile(root):
         files = [root]
+    elif os.path.lexists(root):
+        raise ArtifactRefused(f"artifact {shown} is not a regular file or a folder")
     else:
-        raise FileNotFoundError(f"no file or folder {os.fspath(path)!r} to log as an artifact")
+        raise FileNotFoundError(f"no file or folder {shown!r} to log as an artifact")
     recorded = []
     for name in files:
-        if os.path.islink(name) or not os.path.isfile(name):
+        measured = _sha256(name)
+        if measured is None:  # a symlink, FIFO or device: never an artifact
+            if name == root:
+                raise ArtifactRefused(f"artifact {shown} is not a regular file")
             continue
-        digest, size = _sha256(name)
+        digest, size = measured
         writer.write({"ts": time.time(), "artifact": {"path": name, "size": size, "sha256": digest}})
         recorded.append(name)
     return recorded
 
 
-def _sha256(path: str) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
+def _sha256(path: str) -> tuple[str, int] | None:
+    """sha256 and size of a regular file, or None for anything else (opened without following a symlink,
+    and without blocking on a FIFO)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        os.set_blocking(fd, True)
+        h = hashlib.sha256()
+        size = 0
         while chunk := fh.read(1 << 20):
             h.update(chunk)
             size += len(chunk)

@@ -34,11 +34,11 @@ from mlfleet.core.inventory import LOCAL_HOST, HostConfig, add_host, load_invent
 from mlfleet.core.models import TERMINAL_STATES, JobSpec, JobState, spec_dec_hook, to_plain
 from mlfleet.core.lineage import git_lineage
 from mlfleet.core.snapshot import snapshot
+from mlfleet.core.submit_key import check_submit_key
 from mlfleet.core.transport.ssh import SshAgentTransport
 from mlfleet.core.listener import HELLO_DEADLINE_S, UnixListener
 from mlfleet.core.protocol import PROTOCOL_VERSION, Peer, method_dispatcher
-from mlfleet.core.store import records
-from mlfleet.core.store.db import read_only_query
+from mlfleet.core.store import records, submit_keys
 
 if TYPE_CHECKING:
     from mlfleet.core.controller import Controller
@@ -108,6 +108,7 @@ class ControllerApi(DriftApi, RunsApi):
             "db": str(self.c.home.db_path), "socket": str(self.c.home.controller_socket),
             "hosts": {name: link.state for name, link in self.c.links.items()},
             "pending": len(self.c.pending), "active": len(self.c.active), "schema_version": self.store.version,
+            "db_queries": self.store.queries.running,
             **(self.listener.facts() if self.listener is not None else {}),
             "log": str(self.c.home.log_dir / "controller.log"), "log_max_size": int(self.c.settings.controller.log_max_size),
             "log_backups": self.c.settings.controller.log_backups,
@@ -126,10 +127,17 @@ class ControllerApi(DriftApi, RunsApi):
 
     # -------------------------------------------------------------- jobs
     async def rpc_submit(self, peer: Peer, spec: dict[str, Any], spec_path: str | None = None,
-                         queue_anyway: bool = False) -> dict[str, Any]:
+                         queue_anyway: bool = False, key: str | None = None) -> dict[str, Any]:
+        """Queue a job. With ``key`` (the client's idempotency key) a retry gets the same job back."""
         job_spec = validate_job_spec(spec)
         if not Path(job_spec.workdir).is_absolute():
             raise UsageError("workdir must be an absolute path when submitting through the API")
+        actor = peer.info["actor"]
+        if key is not None:
+            check_submit_key(key)
+            earlier = await self.store.read(submit_keys.find, actor, key)
+            if earlier is not None:  # a retry: the job is there, whatever the fleet looks like now
+                return submit_keys.same_job(earlier, job_spec.content_hash(), to_plain(job_spec))
         from mlfleet.core.controller import queued_job
         from mlfleet.core.scheduler import never_fits
 
@@ -141,27 +149,39 @@ class ControllerApi(DriftApi, RunsApi):
                              "constraints, or add a host that has them and submit with --queue-anyway")
         job_id = await self._new_job_id()
         submitted = time.time()
-        actor = peer.info["actor"]
         workdir = Path(job_spec.workdir)
         snap, git = await asyncio.gather(asyncio.to_thread(snapshot, workdir, self.c.home.code_cache_dir),
                                          asyncio.to_thread(git_lineage, workdir))
+        answer = {"job_id": job_id, "state": "pending", "name": job_spec.name, "project": job_spec.project,
+                  "code_hash": snap.sha256, "code_files": snap.files, "code_skipped": snap.skipped, "lineage": git,
+                  "key": key}
         # Shielded: a client that hangs up mid-submit must not leave a job in the file but not in the queue.
-        await asyncio.shield(self._record_job(job_id, job_spec, snap.sha256, spec_path, actor, submitted, git))
+        earlier = await asyncio.shield(self._record_job(job_id, job_spec, snap.sha256, spec_path, actor, submitted,
+                                                        git, key, answer))
+        if earlier is not None:  # another attempt with this key was recorded while this one snapshotted
+            return submit_keys.same_job(earlier, job_spec.content_hash(), to_plain(job_spec))
         await self.c.notify_jobs()
-        return {"job_id": job_id, "state": "pending", "name": job_spec.name, "project": job_spec.project,
-                "code_hash": snap.sha256, "code_files": snap.files, "lineage": git}
+        return {**answer, "existing": False}
 
     async def _record_job(self, job_id: str, job_spec: JobSpec, code_hash: str, spec_path: str | None, actor: str,
-                          submitted: float, lineage: dict[str, Any]) -> None:
+                          submitted: float, lineage: dict[str, Any], key: str | None = None,
+                          answer: dict[str, Any] | None = None) -> submit_keys.EarlierSubmit | None:
+        """The job, its lineage, event, audit and key in one transaction, then in the queue."""
         from mlfleet.core.controller import PendingJob
 
-        await self.store.run(records.insert_job, {"code_hash": code_hash,
+        job = {"code_hash": code_hash, "lineage": lineage,  # lineage before the job can be dispatched
             "job_id": job_id, "name": job_spec.name, "project": job_spec.project, "owner": actor,
             "spec": to_plain(job_spec), "spec_hash": job_spec.content_hash(), "spec_path": spec_path,
-            "priority": job_spec.priority, "max_attempts": job_spec.retries + 1, "submitted_at": submitted}, actor)
-        await self.store.run(records.set_job_lineage, job_id, lineage)  # before the job can be dispatched
+            "priority": job_spec.priority, "max_attempts": job_spec.retries + 1, "submitted_at": submitted}
+        if key is None:
+            await self.store.run(records.insert_job, job, actor)
+        else:
+            earlier = await self.store.run(submit_keys.record, job, actor, key, answer or {"job_id": job_id})
+            if earlier is not None:
+                return earlier
         self.c.pending[job_id] = PendingJob(job_id, job_spec, job_spec.priority, submitted, 0, job_spec.retries + 1, actor,
                                             code_hash=code_hash)
+        return None
 
     async def _new_job_id(self) -> str:
         while True:
@@ -170,12 +190,16 @@ class ControllerApi(DriftApi, RunsApi):
             if not found and job_id not in self.c.pending:
                 return job_id
 
-    async def rpc_jobs_list(self, peer: Peer, limit: ListLimit = 200,
-                            states: list[str] | None = None) -> list[dict[str, Any]]:
+    async def rpc_jobs_list(self, peer: Peer, limit: ListLimit = 200, states: list[str] | None = None,
+                            key: str | None = None) -> list[dict[str, Any]]:
         unknown = sorted(set(states or ()) - set(typing.get_args(JobState)))
         if unknown:
             raise UsageError(f"unknown job state {unknown[0]!r}; use one of {', '.join(typing.get_args(JobState))}")
-        jobs = await self.store.read(records.list_jobs, limit, states)
+        if key is not None:  # the caller's job submitted with this key: does a submit that lost its answer exist?
+            jobs = [j for j in await self.store.read(submit_keys.jobs_with_key, peer.info["actor"], key)
+                    if not states or j["state"] in states]
+        else:
+            jobs = await self.store.read(records.list_jobs, limit, states)
         for job in jobs:
             if job["state"] == "pending" and job["job_id"] in self.c.pending:
                 job["reason"] = self._short_reason(job["job_id"]) or job["reason"]
@@ -193,6 +217,7 @@ class ControllerApi(DriftApi, RunsApi):
         detail = await self.store.read(records.get_job, job)
         reasons = self.c.waiting_reasons.get(detail["job_id"], []) if detail["state"] == "pending" else []
         detail["why_pending"] = [{"host": r.host, "check": r.check, "message": r.message} for r in reasons]
+        detail["key"] = await self.store.read(submit_keys.key_of, detail["job_id"])
         return detail
 
     async def rpc_job_wait(self, peer: Peer, job: Ident, timeout: WaitSeconds = 30.0) -> dict[str, Any]:
@@ -430,9 +455,14 @@ class ControllerApi(DriftApi, RunsApi):
 
     # ---------------------------------------------------------- db, audit
     async def rpc_db_query(self, peer: Peer, sql: str, limit: QueryRows = 10_000) -> dict[str, Any]:
+        """One read-only statement (core/store/user_query.py has the rules); interrupted if this client goes away."""
         if not isinstance(sql, str) or not sql.strip():
             raise UsageError("give a SQL query, e.g. mlfleet db query \"select count(*) from metrics\"")
-        return await self.store.read(read_only_query, sql, limit)
+        if limit < 1:
+            raise UsageError(f"--limit must be at least 1, got {limit}")
+        settings = self.c.settings.query
+        return await self.store.query(sql, limit, time_limit=float(settings.time_limit),
+                                      allow_file_reads=settings.allow_file_reads)
 
     async def rpc_audit_list(self, peer: Peer, limit: ListLimit = 200, action: str | None = None) -> list[dict[str, Any]]:
         return await self.store.read(records.list_audit, limit, action)

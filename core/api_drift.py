@@ -15,6 +15,7 @@ from typing import Any
 
 from mlfleet.core.bounds import Ident, ListLimit
 from mlfleet.core.errors import UsageError
+from mlfleet.core.private import private_dir
 from mlfleet.core.protocol import Peer
 from mlfleet.core.store import drift_records, records
 
@@ -55,7 +56,8 @@ class DriftApi:
         """A fresh folder under the data dir for a new profile's value files (the client writes them)."""
         profile_id = await self._new_drift_id("drift_profiles", "profile_id", "p")
         folder = self.drift_profiles_dir() / profile_id
-        folder.mkdir(parents=True, exist_ok=False, mode=0o700)
+        private_dir(self.drift_profiles_dir())
+        folder.mkdir(exist_ok=False, mode=0o700)
         return {"profile_id": profile_id, "values_dir": str(folder)}
 
     async def rpc_drift_save_profile(self, peer: Peer, profile_id: str, profile: dict[str, Any],

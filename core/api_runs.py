@@ -15,6 +15,7 @@ from msgspec import Meta
 
 from mlfleet.core.bounds import ListLimit, Points, RunIds
 from mlfleet.core.errors import UsageError
+from mlfleet.core.private import user_umask
 from mlfleet.core.protocol import Peer
 from mlfleet.core.store import run_compare, run_export, run_queries
 from mlfleet.core.store.records import audit
@@ -36,11 +37,18 @@ class RunsApi:
     async def rpc_runs_export(self, peer: Peer, output: Annotated[str, Meta(min_length=1)],
                               format: Literal["parquet", "csv"] = "parquet", where: str | None = None,
                               sort: str | None = None, points: bool = False,
-                              metrics: list[str] | None = None) -> dict[str, Any]:
-        """Write runs (one row each) or their metric points to ``output`` (an absolute path) with COPY."""
+                              metrics: list[str] | None = None, mode: int | None = None) -> dict[str, Any]:
+        """Write runs (one row each) or their metric points to ``output`` (an absolute path) with COPY.
+
+        ``mode``: the file's permissions, from the client's umask: the file is the
+        user's, not the controller's, so it does not get the controller's 0600.
+        """
         if not Path(output).is_absolute():
             raise UsageError(f"the output path must be absolute, got {output!r}")
-        result = await self.store.read(run_export.export_runs, output, format, where, sort, points, metrics)
+        if mode is None:
+            mode = 0o666 & ~user_umask()
+        result = await self.store.read(run_export.export_runs, output, format, where, sort, points, metrics,
+                                       mode & 0o777)
         await self.store.run(audit, peer.info["actor"], "runs.export", result["output"],
                              {"format": format, "where": where, "rows": result["rows"], "kind": result["kind"]})
         return result

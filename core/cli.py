@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import sys
 import typing
 from pathlib import Path
@@ -19,12 +20,15 @@ from typing import Any, Awaitable, Callable
 
 from mlfleet import __version__
 from mlfleet.core import bounds, cli_drift, logfile, render
-from mlfleet.core.client import ControllerClient, connect, controller_pid, try_connect
+from mlfleet.core.client import ControllerClient, connect, controller_pid, submit_with_retry, try_connect
 from mlfleet.core.config import load_job_spec
-from mlfleet.core.errors import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, MlfleetError, UnavailableError, UsageError
+from mlfleet.core.errors import (EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, MlfleetError, UnavailableError,
+                                 UsageError)
 from mlfleet.core.models import TERMINAL_STATES, JobState, to_plain
 from mlfleet.core.paths import Home
+from mlfleet.core.private import private_agent_state, private_dir, trusted_socket, use_private_umask, user_umask
 from mlfleet.core.settings import load_settings
+from mlfleet.core.submit_key import check_submit_key, new_submit_key
 
 
 def _print_json(data: Any) -> None:
@@ -47,16 +51,50 @@ def _client_command(fn: Callable[[ControllerClient, argparse.Namespace], Awaitab
 # ------------------------------------------------------------------ jobs
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    """Validate the spec here, before any controller is started for it."""
+    """Validate the spec and the key here, before any controller is started for them."""
     args.spec = load_job_spec(args.file)
-    return _client_command(_submit)(args)
+    args.key = check_submit_key(args.key) if args.key is not None else new_submit_key()  # one per command
+    home = Home.from_env()
+    args.retry_for = float(load_settings(home.config_file).client.submit_retry)
+    return asyncio.run(_submit(home, args))
 
 
-async def _submit(client: ControllerClient, args: argparse.Namespace) -> int:
-    spec = args.spec
-    answer = await client.call("submit", spec=to_plain(spec), spec_path=str(Path(args.file).absolute()),
-                               queue_anyway=args.queue_anyway)
+def _resubmit_command(args: argparse.Namespace) -> str:
+    """This command again, with its key: what to run when its outcome is unknown."""
+    flags = [flag for flag, given in (("--queue-anyway", args.queue_anyway), ("--wait", args.wait),
+                                      ("--json", args.json)) if given]
+    return " ".join(["mlfleet", "submit", shlex.quote(args.file), "--key", args.key, *flags])
+
+
+async def _submit(home: Home, args: argparse.Namespace) -> int:
+    first = await connect(home)  # nothing is sent before this: if it fails, no job exists and its sentence says why
+    args.lost = False
+
+    def asking_again(why: str) -> None:
+        args.lost = True
+        print(f"mlfleet: lost the controller during the submit ({why}); asking again with the same key for up to "
+              f"{args.retry_for:.0f} s", file=sys.stderr)
+
+    try:
+        answer, client = await submit_with_retry(
+            first, {"spec": to_plain(args.spec), "spec_path": str(Path(args.file).absolute()),
+                    "queue_anyway": args.queue_anyway, "key": args.key},
+            retry_for=args.retry_for, resubmit=_resubmit_command(args), on_retry=asking_again)
+        try:
+            return await _submitted(client, args, answer)
+        finally:
+            if client is not first:
+                await client.close()
+    finally:
+        await first.close()
+
+
+async def _submitted(client: ControllerClient, args: argparse.Namespace, answer: dict[str, Any]) -> int:
     job_id = answer["job_id"]
+    for sentence in answer.get("code_skipped") or []:  # symlinks that would reach outside the workdir
+        print(f"mlfleet: warning: {sentence}", file=sys.stderr)
+    if answer.get("existing") and not args.lost and not args.json:  # the user ran a submit again, with its key
+        print(f"mlfleet: key {args.key} was already submitted as job {job_id}; nothing new was queued", file=sys.stderr)
     if not args.wait:
         if args.json:
             _print_json(answer)
@@ -79,9 +117,12 @@ async def _submit(client: ControllerClient, args: argparse.Namespace) -> int:
 
 
 async def cmd_jobs_list(client: ControllerClient, args: argparse.Namespace) -> int:
-    jobs = await client.call("jobs_list", limit=args.limit, states=args.state or None)
+    jobs = await client.call("jobs_list", limit=args.limit, states=args.state or None, key=args.key)
     if args.json:
         _print_json(jobs)
+        return EXIT_OK
+    if args.key is not None and not jobs:
+        print(f"no job of yours was submitted with key {args.key}")
         return EXIT_OK
     print(render.table(
         ["id", "name", "project", "state", "host", "elapsed", "submitted", "reason"],
@@ -149,15 +190,23 @@ async def cmd_jobs_logs(client: ControllerClient, args: argparse.Namespace) -> i
     stream = "stderr" if args.stderr else "stdout"
     offset, run_id = 0, None
     out = sys.stdout
+    at_line_start = True
     while True:
         chunk = await client.call("job_logs", job=args.id, stream=stream, offset=offset)
         if chunk.get("run_id") != run_id:  # a retry started a new run: its log starts at 0
             if run_id is not None and offset:
+                offset = 0
                 chunk = await client.call("job_logs", job=args.id, stream=stream, offset=0)
             run_id = chunk.get("run_id")
+        if chunk.get("dropped"):  # the log was cut (logs.max_size): say how much, where it was
+            if not at_line_start:
+                out.write("\n")  # the rest of that line was dropped: what follows starts a line of its own
+            print(render.dropped_notice(chunk["dropped"], chunk.get("max_size", 0), earlier=offset == 0),
+                  file=sys.stderr, flush=True)
         if chunk["data"]:
             out.write(chunk["data"])
             out.flush()
+            at_line_start = chunk["data"].endswith("\n")
         offset = chunk["end"]
         if chunk["end"] > chunk["offset"]:
             continue  # more may be waiting right away
@@ -370,7 +419,7 @@ async def cmd_runs_compare(client: ControllerClient, args: argparse.Namespace) -
 async def cmd_runs_export(client: ControllerClient, args: argparse.Namespace) -> int:
     answer = await client.call("runs_export", output=str(Path(args.output).expanduser().absolute()),
                                format=args.format, where=args.where, sort=args.sort, points=args.metrics,
-                               metrics=args.metric or None, request_timeout=None)
+                               metrics=args.metric or None, mode=0o666 & ~user_umask(), request_timeout=None)
     what = "metric points" if answer["kind"] == "points" else "runs"
     _say(args, answer, f"wrote {answer['rows']} {what} of {answer['runs']} run(s) to {answer['output']}")
     return EXIT_OK
@@ -496,13 +545,18 @@ async def cmd_runs_artifact_get(client: ControllerClient, args: argparse.Namespa
 
 
 async def cmd_db_query(client: ControllerClient, args: argparse.Namespace) -> int:
-    result = await client.call("db_query", sql=args.sql, limit=args.limit, request_timeout=None)
+    try:
+        result = await client.call("db_query", sql=args.sql, limit=args.limit, request_timeout=None)
+    except asyncio.CancelledError:  # Ctrl-C: closing the connection makes the controller interrupt the query
+        print("mlfleet: query cancelled; the controller stops it as this connection closes", file=sys.stderr)
+        raise
     if args.json:
         _print_json(result)
         return EXIT_OK
     print(render.table(result["columns"], result["rows"]))
     if result["truncated"]:
-        print(f"(first {args.limit} rows; use --limit or LIMIT for more)", file=sys.stderr)
+        print(f"(first {len(result['rows'])} rows only; use --limit, or page with LIMIT and OFFSET)",
+              file=sys.stderr)
     return EXIT_OK
 
 
@@ -528,6 +582,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
 def _controller_foreground(home: Home) -> int:
     from mlfleet.core.controller import Controller
 
+    use_private_umask()  # first: the DuckDB file, its WAL, snapshots and logs are born 0600
     try:
         settings = load_settings(home.config_file)
         logfile.install(home.log_dir / "controller.log", int(settings.controller.log_max_size),
@@ -611,12 +666,14 @@ def _say(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
 def cmd_agent_serve(args: argparse.Namespace) -> int:
     from mlfleet.agents.daemon import AgentDaemon
 
+    use_private_umask()  # first: run folders, logs and metric files are born 0600 (jobs get the user's umask back)
     log_file = Path(args.log_file).expanduser().absolute() if args.log_file else None
     if log_file is not None:
         logfile.take_over(log_file)
     logfile.install(log_file, args.log_max_size, args.log_backups)
     state_dir = Path(args.state_dir).expanduser().absolute()
     socket_path = Path(args.socket).expanduser().absolute() if args.socket else state_dir / "agent.sock"
+    private_agent_state(state_dir, socket_path)
     gpus = None
     if args.simulate_gpus:
         from mlfleet.agents.simulated import SimulatedGpuSource
@@ -631,8 +688,11 @@ def cmd_agent_serve(args: argparse.Namespace) -> int:
 def cmd_agent_connect(args: argparse.Namespace) -> int:
     from mlfleet.agents.bridge import bridge, ensure_agent
 
+    use_private_umask()
     state_dir = Path(args.state_dir).expanduser().absolute()
     socket_path = state_dir / "agent.sock"
+    private_dir(state_dir)
+    trusted_socket(socket_path)  # a socket that is not ours is refused before anything is sent to it
     ensure_agent(state_dir, socket_path, args.name, args.simulate_gpus)
     return bridge(socket_path)
 
@@ -701,12 +761,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait for the job; exit 0 only if it succeeded")
     p.add_argument("--queue-anyway", action="store_true",
                    help="queue a job that no current host could ever run (a host that can is coming)")
+    p.add_argument("--key", help="idempotency key: the same key again gives the same job back, never a second one "
+                   "(default: a random key per command; give one in CI scripts that retry a whole command)")
 
     jobs = sub.add_parser("jobs", help="list, inspect, follow and cancel jobs").add_subparsers(dest="action", metavar="ACTION", required=True)
     p = add(jobs, "list", _client_command(cmd_jobs_list), "list jobs, newest first")
     p.add_argument("--state", action="append", choices=typing.get_args(JobState), metavar="STATE",
                    help=f"only jobs in this state (repeatable): {', '.join(typing.get_args(JobState))}")
     p.add_argument("--limit", type=_positive, default=200)
+    p.add_argument("--key", help="only the job submitted with this key (mlfleet submit --key)")
     for name, fn, text in (("show", cmd_jobs_show, "show a job, its events and runs"),
                            ("why", cmd_jobs_why, "say why a job is pending, per host"),
                            ("cancel", cmd_jobs_cancel, "cancel a queued or running job")):
@@ -825,6 +888,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    for position, arg in enumerate(sys.argv[1:] if argv is None else argv, 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 reach us as surrogates and cannot travel
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            print(f"mlfleet: argument {position} ({shown!r}) is not UTF-8 text; check the terminal's or the script's encoding",
+                  file=sys.stderr)
+            return EXIT_USAGE
     args = parser.parse_args(argv)
     if getattr(args, "command", None) is None:
         args.func = cmd_tui

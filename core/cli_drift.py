@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from mlfleet.core import render
 from mlfleet.core.errors import EXIT_DRIFT, EXIT_OK, UsageError
+from mlfleet.core.private import tighten_tree
 
 
 def _columns(text: str | None) -> list[str] | None:
@@ -125,6 +126,7 @@ async def _profile(client: Any, args: argparse.Namespace) -> int:
     try:
         profile = await asyncio.to_thread(build_profile, args.config_obj, args.source, folder, args.name,
                                           args.columns_list)
+        tighten_tree(folder)  # written here with the user's umask, into the controller's private folder
         saved = await client.call("drift_save_profile", profile_id=where["profile_id"], profile=profile,
                                   replace=args.replace)
     except BaseException:

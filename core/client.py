@@ -10,22 +10,25 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import psutil
 
-from mlfleet.core.errors import MlfleetError, UnavailableError
+from mlfleet.core.errors import MlfleetError, RemoteError, SubmitUncertainError, UnavailableError
 from mlfleet.core.paths import Home
+from mlfleet.core.private import open_private
 from mlfleet.core.inventory import load_inventory
-from mlfleet.core.logfile import open_log
 from mlfleet.core.settings import load_settings
 from mlfleet.core.protocol import Peer, open_unix_peer
 
 START_TIMEOUT_S = 30.0
 BUSY_RETRY_S = 3.0  # how long a running controller that drops our connection is retried before "busy"
+START_RETRIES = 3  # a controller killed by a signal while it started is started again, this many times
+SUBMIT_TIMEOUT_S = 60.0  # the first attempt: the controller snapshots the workdir before it answers
 
 
 class ControllerClient:
@@ -61,42 +64,18 @@ async def try_connect(home: Home) -> ControllerClient | None:
 
 async def _attempt(home: Home, hello_timeout: float = 10.0) -> ControllerClient | str:
     """A client, or how the attempt failed: "no socket" (nothing listens) or "dropped" (taken, then let go)."""
+    if not home.trusted_socket(home.controller_socket):  # one another user could have planted is refused
+        return "no socket"
     try:
         peer = await open_unix_peer(str(home.controller_socket), "controller")
     except UnavailableError:
         return "no socket"
-    _quiet_lost_connections(asyncio.get_running_loop())
     try:
         await peer.hello("client", timeout=hello_timeout)
     except UnavailableError:
         await peer.close()
         return "dropped"
     return ControllerClient(peer, home)
-
-
-def _quiet_lost_connections(loop: asyncio.AbstractEventLoop) -> None:
-    """Keep asyncio's "Future exception was never retrieved" about a lost connection off the user's terminal.
-
-    Peer.request leaves its answer future failed but never awaited when the
-    write fails (a controller over its cap closes the connection at once),
-    and asyncio prints that, traceback-like, when the future is collected.
-    Any other report goes to the loop's handler as before.
-    TODO(protocol): drop this once Peer.request retrieves that future itself.
-    """
-    previous = loop.get_exception_handler()
-    if getattr(previous, "quiets_lost_connections", False):
-        return
-
-    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        if isinstance(context.get("exception"), UnavailableError) and "never retrieved" in context.get("message", ""):
-            return
-        if previous is not None:
-            previous(loop, context)
-        else:
-            loop.default_exception_handler(context)
-
-    handler.quiets_lost_connections = True  # type: ignore[attr-defined]
-    loop.set_exception_handler(handler)
 
 
 async def connect(home: Home | None = None, autostart: bool = True) -> ControllerClient:
@@ -121,6 +100,7 @@ async def connect(home: Home | None = None, autostart: bool = True) -> Controlle
     load_settings(home.config_file)  # a mistake there is the user's to fix: say it here, with its line
     load_inventory(home.hosts_file)
     process = start_controller_process(home)
+    restarts = 0
     loop = asyncio.get_running_loop()
     deadline = loop.time() + START_TIMEOUT_S
     while loop.time() < deadline:
@@ -133,11 +113,16 @@ async def connect(home: Home | None = None, autostart: bool = True) -> Controlle
             client = await try_connect(home)
             if client is not None:
                 return client
-            pid = controller_pid(home)
+            if process.returncode < 0 and restarts < START_RETRIES:
+                # Killed by a signal as it started (the OOM killer, an admin): not a failure of its own.
+                restarts += 1
+                process = start_controller_process(home)
+                continue
+            pid = controller_pid(home)  # another controller won the race to start: wait for it
             running = await _wait_for_running(home, pid) if pid is not None else None
             if running is not None:
                 return running
-            raise UnavailableError(f"the controller could not start: {_last_log_line(home)}")
+            raise UnavailableError(f"the controller could not start: {_start_failure(home, process.returncode)}")
     raise UnavailableError(f"the controller did not answer within {START_TIMEOUT_S:.0f} s; "
                            f"see {home.log_dir / 'controller.log'}")
 
@@ -209,10 +194,60 @@ def _alive(pid: int) -> bool:
         return False
 
 
+async def submit_with_retry(first: ControllerClient, params: dict[str, Any], *, retry_for: float, resubmit: str,
+                            reopen: Callable[[], Awaitable[ControllerClient]] | None = None,
+                            on_retry: Callable[[str], None] | None = None) -> tuple[dict[str, Any], ControllerClient]:
+    """Submit, and when the connection is lost or the answer does not come, ask again with the same key.
+
+    Why: the controller may have recorded the job and died before its answer
+    left; the key in ``params`` makes asking again safe (the same job comes
+    back, nothing new is queued). ``reopen`` (default: :func:`connect`, which
+    starts the controller again if needed) gives a new connection for each
+    retry. Asking stops ``retry_for`` seconds after the first loss: then the
+    outcome is unknown, and :class:`SubmitUncertainError` says how to find out
+    (``resubmit`` is the command to run again). An answer, even a refusal, is
+    never retried. Returns the answer and the client that gave it: ``first``,
+    or a new connection the caller closes.
+    """
+    reopen = reopen or (lambda: connect(first.home))
+    loop = asyncio.get_running_loop()
+    client: ControllerClient | None = first
+    deadline: float | None = None
+    why, pause = "", 0.1
+    while True:
+        if client is not None:
+            timeout = SUBMIT_TIMEOUT_S if deadline is None else max(5.0, deadline - loop.time())
+            try:
+                return await client.call("submit", request_timeout=timeout, **params), client
+            except RemoteError:
+                if client is not first:
+                    await client.close()
+                raise
+            except UnavailableError as exc:
+                why = str(exc)
+                if client is not first:
+                    await client.close()
+                client = None
+        if deadline is None:
+            deadline = loop.time() + retry_for
+            if on_retry is not None:
+                on_retry(why)
+        if loop.time() >= deadline:
+            raise SubmitUncertainError(params["spec"].get("name", "the job"), params["key"], resubmit, retry_for, why)
+        await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
+        pause = min(pause * 2, 1.0)
+        try:
+            client = await asyncio.wait_for(reopen(), max(0.1, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            why = "it did not start again in time"
+        except MlfleetError as exc:  # not started, not answering, a config mistake: the job may still exist
+            why = str(exc)
+
+
 def start_controller_process(home: Home) -> subprocess.Popen[bytes]:
     """Start ``mlfleet controller run`` detached from this terminal, logging to the home's log dir."""
     home.ensure()
-    log = open_log(home.log_dir / "controller.log")  # rotated by the controller (controller.log_max_size)
+    log = open_private(home.log_dir / "controller.log")  # rotated by the controller (controller.log_max_size)
     try:
         return subprocess.Popen(
             [sys.executable, "-m", "mlfleet", "controller", "run"],
@@ -221,6 +256,16 @@ def start_controller_process(home: Home) -> subprocess.Popen[bytes]:
         )
     finally:
         os.close(log)
+
+
+def _start_failure(home: Home, returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"it was killed by {name} {START_RETRIES + 1} times as it started; see {home.log_dir / 'controller.log'}"
+    return _last_log_line(home)
 
 
 def _last_log_line(home: Home) -> str:

@@ -138,9 +138,13 @@ class Controller:
         from mlfleet.core.api import ControllerApi
 
         self._take_lock()
+        foreign = await asyncio.to_thread(self.home.tighten)  # an installation made before files were private
+        if foreign:
+            log.warning("%d file(s) in %s belong to root and were left as they are: %s", len(foreign),
+                        self.home.data_dir, ", ".join(map(str, foreign[:5])))
         self.apply_inventory(load_inventory(self.home.hosts_file))
         self._inventory_digest = file_digest(self.home.hosts_file)
-        self.store = Store(self.home.db_path)
+        self.store = Store(self.home.db_path, query_workers=self.settings.query.workers)
         await self._load_state()
         # The start and any config change are on record before the socket opens: a client that
         # started this controller (``audit list`` on a stopped installation) must find them.
@@ -159,6 +163,8 @@ class Controller:
             await self._stop.wait()
         finally:
             self._server.close()
+            # Users' queries are interrupted and answer their clients before the connections close.
+            await self.store.queries.stop_all("the controller is stopping")
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -383,7 +389,8 @@ class Controller:
         request = LaunchRequest(
             run_id=run.run_id, job_id=run.job_id, argv=run.spec.argv, workdir=run.spec.workdir,
             env=run.spec.env_strings(), gpu_indices=run.gpus, code_hash=shipped,
-            timeout=float(run.spec.timeout) if run.spec.timeout else None, inputs=list(run.spec.inputs))
+            timeout=float(run.spec.timeout) if run.spec.timeout else None, inputs=list(run.spec.inputs),
+            log_max_size=int(self.settings.logs.max_size), artifact_roots=self._artifact_roots(link.name))
         try:
             if shipped:
                 await self._ship(link, shipped)
@@ -394,6 +401,11 @@ class Controller:
             log.warning("launch of %s on %s failed: %s (will retry)", run.run_id, link.name, exc)
             return
         run.launched = True
+
+    def _artifact_roots(self, host: str) -> list[str]:
+        """Folders beyond a run's own whose files its agent may serve (hosts.yaml, or config.yaml's local:)."""
+        config = self.inventory.get(host)
+        return list(config.artifact_roots if config is not None else self.settings.local.artifact_roots)
 
     async def _ship(self, link: HostLink, sha256: str) -> None:
         """Upload a snapshot once per host and content; launches that need it at the same time share one upload."""
@@ -441,7 +453,7 @@ class Controller:
         if chunk_raw is not None:
             chunk = msgspec.convert(chunk_raw, StreamChunk)
             if chunk.end > chunk.offset:
-                parsed = await asyncio.to_thread(parse_lines, chunk.data, run.lines)
+                parsed = await asyncio.to_thread(parse_lines, chunk.data, run.lines, chunk.long_lines)
                 taken = await self.store.run(records.ingest_metrics, run.run_id, chunk.offset, chunk.end, parsed)
                 if taken:
                     run.offset, run.lines = chunk.end, run.lines + parsed.lines

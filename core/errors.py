@@ -74,6 +74,32 @@ class HostUnreachableError(UnavailableError):
         super().__init__(f"host {host} is unreachable{': ' + why if why else ''}")
 
 
+class UnsafePathError(UnavailableError):
+    """A folder, file or socket mlfleet would use belongs to someone else, or someone else could swap it."""
+
+    def __init__(self, path: str, problem: str, hint: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path} {problem}: {hint}")
+
+
+class SubmitUncertainError(UnavailableError):
+    """A submit may have reached the controller, but no answer came back while the client kept asking.
+
+    The job may or may not exist; the key finds out, and submitting again with
+    the same key is safe (it gives the job back if there is one).
+    """
+
+    def __init__(self, name: str, key: str, resubmit: str, waited: float, why: str) -> None:
+        self.name = name
+        self.key = key
+        self.resubmit = resubmit
+        self.why = why
+        super().__init__(f"the controller was lost while submitting {name} and did not answer again within "
+                         f"{waited:.0f} s ({why.rstrip('.')}); the job may exist: check with "
+                         f"'mlfleet jobs list --key {key}', or run '{resubmit}' again, which is safe")
+
+
 class StoreVersionError(MlfleetError):
     """The DuckDB file was written by a newer mlfleet than this one."""
 

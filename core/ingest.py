@@ -11,7 +11,9 @@ One JSON object per line; any program in any language may write them::
 ``ts`` (Unix seconds) and ``step`` are optional. Metric values are numbers;
 ``"nan"``, ``"inf"`` and ``"-inf"`` (or the bare NaN/Infinity tokens that
 Python's json writes) are kept as such. A line that is not one of these is
-counted as bad and skipped; the lines around it still count.
+counted as bad and skipped; the lines around it still count. A line longer
+than ``MAX_METRIC_LINE`` (1 MiB) never reaches the parser: the agent sends
+only its place (``long_lines``) and it counts as one bad line.
 
 Speed: a chunk is first decoded in one call into typed records
 (msgspec ``decode_lines``), which is several times faster than a Python
@@ -29,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+
+from .models import MAX_METRIC_LINE
 
 _decoder = msgspec.json.Decoder()
 _MAX_TS = 253402300800.0  # year 10000: anything larger is not Unix seconds (nanoseconds, say)
@@ -94,12 +98,26 @@ def _split(text: str) -> list[str]:
     return lines
 
 
-def parse_lines(text: str, first_seq: int) -> ParsedBatch:
-    """Parse whole lines; ``first_seq`` is the stream line number of the first one."""
+def parse_lines(text: str, first_seq: int, long_lines: int = 0) -> ParsedBatch:
+    """Parse whole lines; ``first_seq`` is the stream line number of the first one.
+
+    ``long_lines`` lines longer than the limit came before ``text`` without
+    their bytes (StreamChunk.long_lines): each is one line and one bad line,
+    so the line numbers of the lines after them stay exact.
+    """
     if not text:
-        return ParsedBatch()
-    fast = _parse_typed(text, first_seq)
-    return fast if fast is not None else _parse_each(text, first_seq)
+        batch = ParsedBatch()
+    else:
+        fast = _parse_typed(text, first_seq + long_lines)
+        batch = fast if fast is not None else _parse_each(text, first_seq + long_lines)
+    if long_lines:
+        batch.lines += long_lines
+        batch.bad_lines += long_lines
+        batch.first_error = (f"line {first_seq + 1}: longer than {MAX_METRIC_LINE // 1024**2} MiB; skipped"
+                             if long_lines == 1 else
+                             f"lines {first_seq + 1}-{first_seq + long_lines}: longer than "
+                             f"{MAX_METRIC_LINE // 1024**2} MiB; skipped")
+    return batch
 
 
 def _parse_typed(text: str, first_seq: int) -> ParsedBatch | None:

@@ -11,6 +11,7 @@ hosts:
     agent_command: mlfleet              # how to run mlfleet on the node
     state_dir: ~/.mlfleet/agent         # the agent's journal on the node
     simulate_gpus: /etc/mlfleet/gpus.yaml   # optional: simulated GPUs (demos, tests)
+    artifact_roots: [/data/models]      # optional: folders whose files runs may share as artifacts
 ```
 
 Edits made by ``mlfleet hosts add|remove`` keep the rest of the file as the
@@ -32,9 +33,10 @@ from msgspec import Meta
 from .config import spec_error_from_validation
 from .errors import SpecError, UsageError
 from .models import Name, spec_dec_hook
-from .yamlsource import read_yaml
+from .yamlsource import Located, read_yaml
 
 LOCAL_HOST = "local"
+AbsolutePath = Annotated[str, Meta(min_length=1, max_length=4096)]  # checked by check_absolute_paths
 
 
 class HostConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
@@ -49,6 +51,8 @@ class HostConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
     agent_command: Annotated[str, Meta(min_length=1)] = "mlfleet"
     state_dir: Annotated[str, Meta(min_length=1)] = ".mlfleet/agent"
     simulate_gpus: str | None = None
+    # Folders on the node, beyond each run's folder and workdir, whose files runs may share as artifacts.
+    artifact_roots: list[AbsolutePath] = msgspec.field(default_factory=list)
 
     @property
     def identity_path(self) -> Path | None:
@@ -82,6 +86,7 @@ def load_inventory(path: Path) -> list[HostConfig]:
                                          {(): Inventory, ("hosts", "*"): HostConfig}) from None
     seen: dict[str, int] = {}
     for i, host in enumerate(inventory.hosts):
+        check_absolute_paths(located, ("hosts", i, "artifact_roots"), f"hosts[{i}].artifact_roots", host.artifact_roots)
         line = located.line_of(("hosts", i, "name"))
         if host.name == LOCAL_HOST:
             raise SpecError(located.path, line, f"hosts[{i}].name", f"'{LOCAL_HOST}' is the embedded host",
@@ -91,6 +96,15 @@ def load_inventory(path: Path) -> list[HostConfig]:
                             f"host {host.name!r} appears twice (first on line {seen[host.name]})", "keep one")
         seen[host.name] = line or 0
     return inventory.hosts
+
+
+def check_absolute_paths(located: Located, parts: tuple, field: str, paths: list[str]) -> None:
+    """Folders on a node must be written in full: a relative one would depend on the agent's cwd."""
+    for j, folder in enumerate(paths):
+        if not folder.startswith("/"):
+            raise SpecError(located.path, located.line_of((*parts, j)), f"{field}[{j}]",
+                            f"{folder!r} is not an absolute path", "write the folder's full path on the node, "
+                            "e.g. /data/models")
 
 
 def add_host(path: Path, host: HostConfig) -> None:

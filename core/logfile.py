@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mlfleet.core.private import open_private, private_dir
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DEFAULT_MAX_SIZE = 10 * 1024**2
 DEFAULT_BACKUPS = 3
@@ -80,13 +82,13 @@ class RotatingStderr(logging.StreamHandler):  # type: ignore[type-arg]
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.follow()
-        except OSError:  # a full disk or a removed folder must not stop the daemon logging to what it has
+        except Exception:  # a full disk, a removed folder, a planted file: go on logging to what we have
             pass
         self.stream = sys.stderr
         super().emit(record)
         try:
             self.rotate_if_needed()
-        except OSError:
+        except Exception:
             pass
 
     def follow(self) -> bool:
@@ -119,18 +121,12 @@ class RotatingStderr(logging.StreamHandler):  # type: ignore[type-arg]
 def _point_stdio_at(path: Path) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = open_private(path)  # 0600, appending; a file planted by another user is refused
     try:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
     finally:
         os.close(fd)
-
-
-def open_log(path: Path) -> int:
-    """A daemon's log file for appending (0600), to hand to a child as its stdout and stderr."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
 
 def _is_stderr(path: Path) -> bool:
@@ -143,7 +139,7 @@ def _is_stderr(path: Path) -> bool:
 
 def take_over(path: Path) -> None:
     """Point stdout and stderr at ``path`` (appending), so that everything the process writes is bounded."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(path.parent)
     if not _is_stderr(path):
         _point_stdio_at(path)
 

@@ -198,6 +198,9 @@ TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled",
 ACTIVE_STATES: frozenset[str] = frozenset({"dispatched", "running"})
 
 
+DEFAULT_LOG_MAX_SIZE = 100 * 1024**2  # logs.max_size when nothing says otherwise
+
+
 class LaunchRequest(msgspec.Struct, kw_only=True):
     """What the controller asks an agent to run: one attempt of one job.
 
@@ -215,6 +218,10 @@ class LaunchRequest(msgspec.Struct, kw_only=True):
     timeout: float | None = None
     kill_grace: float = 10.0
     inputs: list[str] = msgspec.field(default_factory=list)  # hashed by the runner before the job starts
+    log_max_size: int = DEFAULT_LOG_MAX_SIZE  # bytes kept of stdout and of stderr each (settings logs.max_size)
+    # Folders beyond the run's folder and workdir whose files the agent may serve as artifacts (the host's
+    # artifact_roots; agents/artifacts.py)
+    artifact_roots: list[str] = msgspec.field(default_factory=list)
 
 
 ProcessState = Literal["starting", "running", "exited"]
@@ -234,6 +241,11 @@ class RunStatus(msgspec.Struct, kw_only=True):
     message: str = ""
 
 
+# A metric line longer than this is one bad line, never sent (agents/metriclines.py): it keeps any one
+# line's share of a poll answer bounded, however the line is escaped.
+MAX_METRIC_LINE = 1024**2
+
+
 class StreamChunk(msgspec.Struct, kw_only=True):
     """Bytes of a run's file from ``offset`` to ``end`` (whole lines only for metrics)."""
 
@@ -244,6 +256,12 @@ class StreamChunk(msgspec.Struct, kw_only=True):
     data: str  # UTF-8 text; undecodable bytes are replaced, offsets stay byte offsets
     eof: bool = False  # the run has exited and nothing more will come
     more: bool = False  # the file holds more than this chunk already: ask again now, not next tick
+    # metrics: lines at the start of the chunk longer than MAX_METRIC_LINE, left out of ``data``; each is one
+    # line (and one bad line) of the stream, so line numbers stay exact
+    long_lines: int = 0
+    # stdout/stderr: bytes between the offset asked for and ``offset`` that are no longer kept (logs.max_size)
+    dropped: int = 0
+    max_size: int = 0  # stdout/stderr: the bytes kept of the stream on the node (0: not known)
 
 
 # ---------------------------------------------------------------- lineage

@@ -4,6 +4,9 @@
 embedded agent's state) under one folder, so that tests and users can
 isolate a whole installation. Without it we follow XDG: config in
 ``$XDG_CONFIG_HOME/mlfleet``, data in ``$XDG_DATA_HOME/mlfleet``.
+
+Every folder here is 0700 and every file 0600 (core/private.py): made so,
+tightened when found looser, refused when another user owns it.
 """
 
 from __future__ import annotations
@@ -13,8 +16,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlfleet.core.private import OWN_FOLDER_HINT, private_dir, tighten_tree, trusted_socket
+
 # sun_path is 108 bytes on Linux; keep room for the NUL and be safe on macOS (104).
 _MAX_SOCKET_PATH = 100
+_FALLBACK_HINT = ("remove it if it is not yours (another user may have planted it to catch mlfleet's requests), "
+                  "or set MLFLEET_HOME to a shorter path so the sockets live under it")
 
 
 @dataclass(frozen=True)
@@ -73,12 +80,23 @@ class Home:
 
     @property
     def run_dir(self) -> Path:
-        """Folder for sockets and lock files; short enough for AF_UNIX paths."""
-        wanted = self.data_dir / "run"
-        if len(str(wanted / "controller.sock")) <= _MAX_SOCKET_PATH:
-            return wanted
-        digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:12]
-        return Path("/tmp") / f"mlfleet-{os.getuid()}" / digest
+        """Folder for sockets and lock files; short enough for AF_UNIX paths (no I/O: see ensure_run_dir)."""
+        root = self.socket_fallback_root
+        if root is None:
+            return self.data_dir / "run"
+        return root / hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:12]
+
+    @property
+    def socket_fallback_root(self) -> Path | None:
+        """``/tmp/mlfleet-UID`` when the data dir is too long for socket paths, else None.
+
+        Everyone may create entries in /tmp, so each part of this path is
+        checked for owner and mode before it is used (ensure_run_dir,
+        trusted_socket).
+        """
+        if len(str(self.data_dir / "run" / "controller.sock")) <= _MAX_SOCKET_PATH:
+            return None
+        return Path("/tmp") / f"mlfleet-{os.getuid()}"
 
     @property
     def controller_socket(self) -> Path:
@@ -93,7 +111,28 @@ class Home:
         return self.run_dir / "agent-local.sock"
 
     def ensure(self) -> None:
-        """Create the folders with private permissions."""
-        for folder in (self.config_dir, self.data_dir, self.log_dir, self.run_dir, self.local_agent_dir):
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.run_dir, 0o700)
+        """Create or reuse the folders, 0700; refuse one that another user owns or could swap."""
+        for folder in (self.config_dir, self.data_dir, self.log_dir, self.local_agent_dir):
+            private_dir(folder)
+        self.ensure_run_dir()
+
+    def ensure_run_dir(self) -> Path:
+        """The run dir, made or checked component by component (the /tmp fallback: real folders of ours only)."""
+        root = self.socket_fallback_root
+        if root is None:
+            return private_dir(self.run_dir)
+        private_dir(root, strict=True, hint=_FALLBACK_HINT)
+        return private_dir(self.run_dir, strict=True, hint=_FALLBACK_HINT)
+
+    def trusted_socket(self, path: Path) -> bool:
+        """Whether a socket of this home may be talked to (False: none yet); one we cannot trust is refused."""
+        root = self.socket_fallback_root
+        strict = () if root is None else (root, self.run_dir)
+        return trusted_socket(path, strict=strict, hint=_FALLBACK_HINT if root else OWN_FOLDER_HINT)
+
+    def tighten(self) -> list[Path]:
+        """Take group/other bits off every file and folder of ours in this home; return root's entries left alone."""
+        foreign = []
+        for folder in dict.fromkeys((self.config_dir, self.data_dir)):
+            foreign += tighten_tree(folder, skip=(self.local_agent_dir,))
+        return foreign

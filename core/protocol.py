@@ -222,6 +222,8 @@ class Peer:
             raise UnavailableError(f"{self.name}: connection lost ({exc})") from None
         finally:
             self._pending.pop(request_id, None)
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # retrieved: an error set by _shutdown that we raised our own way
 
     async def hello(self, role: str, timeout: float = 10.0) -> dict[str, Any]:
         """Open the conversation: both sides must speak PROTOCOL_VERSION."""

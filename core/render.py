@@ -66,3 +66,11 @@ def percent(value: float | None) -> str:
 
 
 __all__ = ["table", "when", "elapsed", "percent", "format_size", "format_duration"]
+
+
+def dropped_notice(dropped: int, max_size: int, earlier: bool) -> str:
+    """The line shown where a job's log output was cut (logs.max_size; agents/logcap.py)."""
+    limit = f"; logs.max_size is {format_size(max_size).replace('.0 ', ' ')}" if max_size else ""
+    if earlier:
+        return f"[mlfleet: {format_size(dropped)} of earlier output dropped{limit}]"
+    return f"[mlfleet: {format_size(dropped)} of output dropped here, cut before it was read{limit}]"

@@ -22,6 +22,15 @@ scheduler:              # see docs/scheduler.md
 local:
   labels: {}
   simulate_gpus: null   # a file of simulated GPUs for the embedded host (demos, tests)
+  artifact_roots: []    # folders beyond a run's folder and workdir whose files may be served as artifacts
+client:
+  submit_retry: 60s     # a submit that lost the controller asks again (same key) this long
+logs:
+  max_size: 100MiB      # of each run's stdout and of its stderr, on the node; the newest output is kept
+query:                  # mlfleet db query (docs/store.md)
+  time_limit: 30s       # a query still running after this is interrupted
+  workers: 2            # queries at once; more wait for a slot (within their time limit)
+  allow_file_reads: false  # true: read_csv, read_parquet, 'file.csv'... read files as the controller's user
 ```
 
 Mistakes are SpecErrors with file:line:field, like job specs.
@@ -38,7 +47,8 @@ from msgspec import Meta
 
 from .config import spec_error_from_validation
 from .errors import SpecError
-from .models import ByteSize, Seconds, spec_dec_hook
+from .inventory import AbsolutePath, check_absolute_paths
+from .models import DEFAULT_LOG_MAX_SIZE, ByteSize, Seconds, spec_dec_hook
 from .yamlsource import read_yaml
 
 
@@ -68,9 +78,26 @@ class SchedulerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     lost_after: Seconds = Seconds(600.0)  # a host unreachable this long: its runs are lost and retried
 
 
+class LogSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    max_size: ByteSize = ByteSize(DEFAULT_LOG_MAX_SIZE)  # per stream (stdout, stderr) of each run; newest kept
+
+
 class LocalHostSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     simulate_gpus: str | None = None  # demos and tests: the embedded host with simulated GPUs
+    artifact_roots: list[AbsolutePath] = msgspec.field(default_factory=list)  # as in hosts.yaml, for this host
+
+
+class ClientSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # How long `mlfleet submit` (and the TUI's) keeps asking again, with the same key, after the
+    # controller was lost mid-submit, before it says the job may exist (exit 5).
+    submit_retry: Seconds = Seconds(60.0)
+
+
+class QuerySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    time_limit: Seconds = Seconds(30.0)  # enforced on the controller: the statement is interrupted
+    workers: Annotated[int, Meta(ge=1, le=16)] = 2  # users' queries get their own, never the controller's readers
+    allow_file_reads: bool = False  # files are read as the controller's OS user: a team controller reads for all
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -78,6 +105,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
     scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
     local: LocalHostSettings = msgspec.field(default_factory=LocalHostSettings)
+    client: ClientSettings = msgspec.field(default_factory=ClientSettings)
+    logs: LogSettings = msgspec.field(default_factory=LogSettings)
+    query: QuerySettings = msgspec.field(default_factory=QuerySettings)
 
 
 def load_settings(path: Path) -> Settings:
@@ -94,7 +124,8 @@ def load_settings(path: Path) -> Settings:
     except msgspec.ValidationError as exc:
         raise spec_error_from_validation(str(exc), located.data, located, {
             (): Settings, ("controller",): ControllerSettings, ("telemetry",): TelemetrySettings,
-            ("scheduler",): SchedulerSettings, ("local",): LocalHostSettings}) from None
+            ("scheduler",): SchedulerSettings, ("local",): LocalHostSettings,
+            ("client",): ClientSettings, ("logs",): LogSettings, ("query",): QuerySettings}) from None
     for parts, value, low, high in (
         (("controller", "tick"), settings.controller.tick, 0.05, 60),
         (("controller", "answer_timeout"), settings.controller.answer_timeout, 1, 600),
@@ -103,6 +134,8 @@ def load_settings(path: Path) -> Settings:
         (("telemetry", "retention"), settings.telemetry.retention, 3600, 3650 * 86400),
         (("scheduler", "utilization_window"), settings.scheduler.utilization_window, 0.5, 3600),
         (("scheduler", "lost_after"), settings.scheduler.lost_after, 1, 7 * 86400),
+        (("client", "submit_retry"), settings.client.submit_retry, 1, 3600),
+        (("query", "time_limit"), settings.query.time_limit, 0.1, 86400),
     ):
         if not low <= value <= high:
             raise SpecError(located.path, located.line_of(parts), ".".join(parts),
@@ -110,6 +143,11 @@ def load_settings(path: Path) -> Settings:
     if not 64 * 1024 <= settings.controller.log_max_size <= 1024**4:
         raise SpecError(located.path, located.line_of(("controller", "log_max_size")), "controller.log_max_size",
                         f"{int(settings.controller.log_max_size)} bytes is out of range", "use between 64KiB and 1TiB")
+    check_absolute_paths(located, ("local", "artifact_roots"), "local.artifact_roots", settings.local.artifact_roots)
+    size = settings.logs.max_size
+    if not 1024**2 <= size <= 1024**4:
+        raise SpecError(located.path, located.line_of(("logs", "max_size")), "logs.max_size",
+                        f"{size} bytes is out of range", "use between 1MiB and 1TiB")
     return settings
 
 

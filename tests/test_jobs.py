@@ -174,9 +174,57 @@ def test_bad_metric_lines_never_stall_a_run_or_the_fleet(fleet: Fleet) -> None:
     assert done.code == 0, done.out + done.err
     run = fleet.cli_json("runs", "show", done.json()["run_id"])
     assert [(m["key"], m["points"], m["last"]) for m in run["metrics"]] == [("loss", 1, 0.5)]
-    assert run["ingest"][0]["bad_lines"] >= 2 and run["ingest"][0]["complete"] is True
+    assert run["ingest"][0]["bad_lines"] == 2 and run["ingest"][0]["complete"] is True
     follow = fleet.write_spec("after", "name: after\ncommand: [true]\n")
     assert fleet.cli("submit", str(follow), "--wait").code == 0
+
+
+LONG_LINES_JOB = """\
+import json, os
+f = open(os.environ['MLFLEET_METRICS_FILE'], 'a')
+def line(text):
+    f.write(text)
+    f.flush()
+n = 0
+def good():
+    global n
+    line(json.dumps({'step': n, 'metrics': {'loss': n / 1000}}) + chr(10))
+    n += 1
+def long(end=chr(10)):
+    global n
+    # 5 MiB, valid JSON, naming an artifact: it must count as one bad line, never as several, never as an artifact
+    line(json.dumps({'artifact': {'path': '/etc/shadow', 'size': 1, 'sha256': '0' * 64}, 'pad': 'x' * (5 << 20)}) + end)
+    n += 1
+for _ in range(40_000):  # about 1.7 MiB: the first long line straddles the first 2 MiB read
+    good()
+long()
+good(); good()
+long(); long()
+for _ in range(1000):
+    good()
+long(end='')  # the last line never gets its newline: it is one line when the job ends
+"""
+
+
+def test_metric_lines_over_the_limit_count_once_and_keep_every_line_number(fleet: Fleet) -> None:
+    (fleet.root / "specs").mkdir(exist_ok=True)
+    (fleet.root / "specs" / "long.py").write_text(LONG_LINES_JOB)
+    spec = fleet.write_spec("long-lines", "name: long-lines\ncommand: [python, long.py]\n")
+    done = fleet.cli("submit", str(spec), "--wait", "--json", timeout=180)
+    assert done.code == 0, done.out + done.err
+    run_id = done.json()["run_id"]
+    run = fleet.cli_json("runs", "show", run_id)
+    ingest = run["ingest"][0]
+    assert ingest["complete"] is True
+    assert ingest["bad_lines"] == 4
+    assert ingest["lines"] == 40_000 + 1 + 2 + 2 + 1000 + 1
+    stream = fleet.home.local_agent_dir / "runs" / run_id / "metrics.jsonl"
+    assert ingest["byte_offset"] == stream.stat().st_size
+    # Each point's seq is its line number in the stream (the job logs it as its step).
+    rows = fleet.cli_json("db", "query", "select count(*), count(*) filter (where seq = step) from metrics "
+                                         f"where run_id = '{run_id}'")["rows"]
+    assert rows == [[40_000 + 2 + 1000, 40_000 + 2 + 1000]]
+    assert run["artifacts"] == []
 
 
 def test_a_negative_limit_is_a_usage_error(fleet: Fleet) -> None:

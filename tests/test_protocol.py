@@ -212,3 +212,14 @@ async def test_a_launch_is_idempotent_by_run_id(agent, fleet: Fleet) -> None:
         await peer.request("cancel", run_id="r2")
     assert started["pid"] > 0
     await peer.close()
+
+
+def test_a_command_line_argument_that_is_not_utf8_is_one_sentence(fleet: Fleet) -> None:
+    for args in (("jobs", "show", "\udcff"), ("db", "query", "select '\udcfe'"), ("runs", "list", "--where", "x\udcff")):
+        result = fleet.cli(*args)
+        assert result.code == 2 and "is not UTF-8 text" in result.err and "Traceback" not in result.err, result
+
+
+def test_an_answer_with_a_huge_integer_arrives_as_text(fleet: Fleet) -> None:
+    answer = fleet.cli_json("db", "query", "select 170141183460469231731687303715884105727::hugeint as h, 7 as small")
+    assert answer["rows"] == [["170141183460469231731687303715884105727", 7]]

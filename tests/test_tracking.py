@@ -183,8 +183,10 @@ def test_a_run_on_a_gpu_reports_gpu_hours_and_its_utilisation(fleet: Fleet) -> N
 def test_an_artifact_on_an_ssh_host_comes_back_through_its_agent(ssh_fleet) -> None:  # noqa: ANN001 - SshFleet
     fleet = ssh_fleet.fleet
     ssh_fleet.add("node-a")
+    out_dir = fleet.root / "node-a-out"  # outside the run's folder and workdir: the host's config allows it
+    with fleet.home.hosts_file.open("a") as fh:
+        fh.write(f"    artifact_roots: [{out_dir}]\n")
     ssh_fleet.wait_up("node-a")
-    out_dir = fleet.root / "node-a-out"
     data = fleet.root / "node-a-data.bin"
     data.write_bytes(os.urandom(100_000))
     (fleet.root / "specs").mkdir(exist_ok=True)
@@ -203,3 +205,89 @@ def test_an_artifact_on_an_ssh_host_comes_back_through_its_agent(ssh_fleet) -> N
     got = fleet.cli_json("runs", "artifact", "get", run["run_id"], "weights.bin", "-o", str(target))
     assert got["host"] == "node-a" and got["size"] == 2_500_000 and got["verified"] is True
     assert target.read_bytes() == (out_dir / "weights.bin").read_bytes()
+
+
+HOSTILE_ARTIFACTS_JOB = """\
+import json, os, sys
+from mlfleet import track
+allowed = sys.argv[1]
+cwd = os.getcwd()
+os.makedirs("out", exist_ok=True)
+open("out/ok.bin", "wb").write(b"fine")
+for make, where in ((lambda p: os.symlink("/etc/shadow", p), "shadow-link"),
+                    (lambda p: os.symlink("../../outside.txt", p), "out/escape.txt"), (os.mkfifo, "pipe")):
+    if not os.path.lexists(where):
+        make(where)
+os.makedirs("folder/sub", exist_ok=True)
+open(os.path.join(allowed, "model.bin"), "wb").write(b"a model kept with the others")
+for name in ["/etc/shadow", "shadow-link", "out/escape.txt", "pipe", "../outside.txt", "out/../../outside.txt",
+             os.path.join(allowed, "model.bin")]:
+    try:
+        track.log_artifact(name)
+        print("logged", name)
+    except track.ArtifactRefused as exc:
+        print("refused", name, "|", exc)
+track.log_artifact("out/ok.bin")
+track.flush()
+# What a hand-written line may claim: the agent refuses these when asked for them.
+with open(os.devnull if sys.argv[2:] == ["polite"] else os.environ["MLFLEET_METRICS_FILE"], "a") as f:
+    run_folder = os.path.dirname(os.environ["MLFLEET_METRICS_FILE"])
+    for path in ["/etc/shadow", cwd + "/shadow-link", cwd + "/out/escape.txt", cwd + "/pipe", cwd + "/folder",
+                 cwd + "/../outside.txt", os.path.join(allowed, "model.bin"), run_folder + "/launch.json"]:
+        f.write(json.dumps({"artifact": {"path": path, "size": 1, "sha256": "0" * 64}}) + chr(10))
+"""
+
+
+def test_an_artifact_outside_the_runs_folders_is_refused_at_log_time_and_at_read_time(fleet: Fleet) -> None:
+    allowed = fleet.root / "models"
+    allowed.mkdir()
+    (fleet.root / "outside.txt").write_text("not for sharing\n")
+    (fleet.root / "specs").mkdir(exist_ok=True)
+    (fleet.root / "specs" / "job.py").write_text(HOSTILE_ARTIFACTS_JOB)
+    spec = fleet.write_spec("hostile", f"name: hostile\ncommand: [python, job.py, '{allowed}']\n")
+    done = fleet.cli("submit", str(spec), "--wait", "--json", timeout=120)
+    assert done.code == 0, fleet.cli("jobs", "logs", done.json()["job_id"], "--stderr").out
+    run_id, job_id = done.json()["run_id"], done.json()["job_id"]
+
+    said = {}
+    for line in fleet.cli("jobs", "logs", job_id).out.splitlines():
+        verdict, rest = line.split(" ", 1)
+        said[rest.split(" | ")[0]] = (verdict, rest.split(" | ")[1] if " | " in rest else "")
+    assert {name: verdict for name, (verdict, _) in said.items()} == {
+        "/etc/shadow": "refused", "shadow-link": "refused", "out/escape.txt": "refused", "pipe": "refused",
+        "../outside.txt": "refused", "out/../../outside.txt": "refused", str(allowed / "model.bin"): "refused"}
+    assert "is outside the run's folder and its workdir" in said["/etc/shadow"][1]
+    assert "is not a regular file" in said["pipe"][1]
+
+    def refused(path: str, why: str) -> None:
+        target = fleet.root / "fetched"
+        got = fleet.cli("runs", "artifact", "get", run_id, path, "-o", str(target))
+        assert got.code == 2, (path, got.out, got.err)
+        assert why in got.err and got.err.strip().count("\n") == 0 and "Traceback" not in got.err, got.err
+        assert not target.exists() and not list(fleet.root.glob(".fetched.*"))
+
+    workdir = os.path.realpath(fleet.root / "specs")
+    outside = "is outside the run's folder and its workdir on its node, so it is not served"
+    refused("/etc/shadow", outside)
+    refused(f"{workdir}/shadow-link", outside)
+    refused(f"{workdir}/out/escape.txt", outside)
+    refused(f"{workdir}/../outside.txt", outside)
+    refused(f"{workdir}/pipe", "is a FIFO, not a regular file")
+    refused(f"{workdir}/folder", "is a folder, not a regular file")
+    refused(str(allowed / "model.bin"), outside)  # not allowed on this host (yet)
+    refused(str(fleet.home.local_agent_dir / "runs" / run_id / "launch.json"), "is the agent's own record of the run")
+
+    ok = fleet.cli_json("runs", "artifact", "get", run_id, "ok.bin", "-o", str(fleet.root / "ok.bin"))
+    assert ok["verified"] is True and (fleet.root / "ok.bin").read_bytes() == b"fine"
+
+    # Once the host allows its model folder, a new run may log a file there, and it is served.
+    fleet.cli("controller", "stop", check=True)
+    fleet.home.config_file.write_text(f"local:\n  artifact_roots: [{allowed}]\n")
+    polite = fleet.write_spec("polite", f"name: polite\ncommand: [python, job.py, '{allowed}', polite]\n")
+    again = fleet.cli("submit", str(polite), "--wait", "--json", timeout=120)
+    assert again.code == 0, again.out + again.err
+    logs = fleet.cli("jobs", "logs", again.json()["job_id"]).out
+    assert f"logged {allowed / 'model.bin'}" in logs and "logged /etc/shadow" not in logs
+    got = fleet.cli_json("runs", "artifact", "get", again.json()["run_id"], str(allowed / "model.bin"),
+                         "-o", str(fleet.root / "model.bin"))
+    assert got["verified"] is True and (fleet.root / "model.bin").read_bytes() == b"a model kept with the others"

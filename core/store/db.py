@@ -2,8 +2,26 @@
 
 All calls are synchronous and are meant to run on the store's own thread
 (see ``Store.run``): DuckDB work never blocks the controller's event loop,
-and writes are serialised by that one thread. Read-only user SQL runs on a
-second connection so a slow query never delays ingestion.
+and writes are serialised by that one thread. Internal reads run on two
+reader threads; users' SQL (``db query``) runs in a pool of its own
+(query_pool.py), checked first by user_query.py, so a slow query never
+delays ingestion or ``jobs list``.
+
+How the database is opened, and why (docs/store.md, "db query"):
+
+- extensions are never autoloaded or autoinstalled, nor community ones
+  allowed: what mlfleet needs (parquet, json, icu) is built in, and a query
+  naming ``sqlite_scan`` must not fetch code from the network;
+- Python replacement scans are off: a table name must never reach a Python
+  variable of the controller; mlfleet registers its own frames by name;
+- the configuration is locked once migrations are done: no statement, from a
+  user or a bug, can change ``memory_limit``, ``threads`` or any other
+  setting for the life of the process (``SET search_path``, which DuckDB's
+  lock does not cover, is session-local and users get a fresh cursor each);
+- external access stays on: ``runs export`` writes Parquet/CSV with COPY to a
+  path of the user's choosing, which ``enable_external_access=false`` (a
+  global setting) would refuse. Files stay out of users' SQL because the
+  parse tree is checked before anything is bound, not by this switch.
 """
 
 from __future__ import annotations
@@ -11,32 +29,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import queue
-import re
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 import duckdb
+import msgspec
 
 from mlfleet.core.errors import MlfleetError, StoreVersionError, UnavailableError, UsageError
 
 from . import schema
+from .query_pool import QueryPool, Stoppable, stop_until_done, wait_stopping
+from .user_query import Catalog, check_query, first_line
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
-_READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
+OPEN_CONFIG = {"autoload_known_extensions": False, "autoinstall_known_extensions": False,
+               "allow_community_extensions": False, "python_enable_replacements": False}
+CLOSE_TIMEOUT_S = 10.0
+# A db query answer is one protocol frame (16 MiB at most): rows past this size are left out, never built
+# up in the controller's memory (``select * from range(1e9)`` with a huge --limit would otherwise be one).
+MAX_RESULT_BYTES = 8 * 1024 * 1024
 
 
 class Store:
     """The controller's handle on the DuckDB file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, query_workers: int = 2) -> None:
         self.path = path
         self.label = str(path)
         try:
-            self.con = duckdb.connect(str(path))
+            self.con = duckdb.connect(str(path), config=dict(OPEN_CONFIG))
         except duckdb.IOException as exc:
             text = str(exc)
             if "lock" in text.lower():
@@ -49,12 +76,17 @@ class Store:
         except StoreVersionError:
             self.con.close()
             raise
+        self.con.execute("set lock_configuration = true")
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
         self._reader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-reader")
         # Cursors are made here, on one thread; each reader call borrows one.
         self._cursors: queue.Queue[duckdb.DuckDBPyConnection] = queue.Queue()
         for _ in range(2):
             self._cursors.put(self.con.cursor())
+        self._reads: dict[Future[Any], Stoppable] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
+        self.queries = QueryPool(self.con, query_workers)
+        self.catalog = Catalog.of(self.con)  # what db query may name; relations are re-read per query
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn(self.con, ...)`` on the writer thread."""
@@ -62,19 +94,49 @@ class Store:
         return await loop.run_in_executor(self._writer, functools.partial(fn, self.con, *args, **kwargs))
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(cursor, ...)`` on a reader thread with its own cursor."""
+        """Run ``fn(cursor, ...)`` on a reader thread with its own cursor.
+
+        When the awaiting coroutine is cancelled (its client went away: the
+        protocol cancels a closed connection's handlers), the statement
+        running on that cursor is interrupted, so nobody's abandoned read
+        keeps a reader busy.
+        """
+        stoppable = Stoppable()
 
         def call() -> T:
             cursor = self._cursors.get()
             try:
-                return fn(cursor, *args, **kwargs)
+                stoppable.attach(cursor)
+                try:
+                    return fn(cursor, *args, **kwargs)
+                finally:
+                    stoppable.detach()
             finally:
                 self._cursors.put(cursor)
 
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._reader, call)
+        future = self._reader.submit(call)
+        self._reads[future] = stoppable
+        future.add_done_callback(lambda f: self._reads.pop(f, None))
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if not future.cancel():
+                task = asyncio.get_running_loop().create_task(stop_until_done(stoppable, future.done, "cancelled"))
+                self._stopping.add(task)
+                task.add_done_callback(self._stopping.discard)
+            raise
+
+    async def query(self, sql: str, limit: int, *, time_limit: float, allow_file_reads: bool = False) -> dict[str, Any]:
+        """A user's read-only SQL (``db query``), checked, in its own pool, stopped at ``time_limit``."""
+        return await self.queries.run(read_only_query, sql, limit, allow_file_reads, self.catalog,
+                                      time_limit=time_limit)
 
     def close(self) -> None:
+        """Stop users' queries and the reads still running (interrupted, not waited out), then checkpoint."""
+        self.queries.close(CLOSE_TIMEOUT_S)
+        reads = list(self._reads.items())
+        if not wait_stopping([(s, f.done) for f, s in reads], "the store is closing", CLOSE_TIMEOUT_S):
+            log.warning("reads on %s did not stop within %.0f s; waiting for them", self.label, CLOSE_TIMEOUT_S)
         self._writer.shutdown(wait=True)
         self._reader.shutdown(wait=True)
         while not self._cursors.empty():
@@ -100,41 +162,44 @@ def now() -> float:
     return time.time()
 
 
-def read_only_query(con: duckdb.DuckDBPyConnection, sql: str, limit: int = 10_000) -> dict[str, Any]:
-    """Run user SQL that may only read: one SELECT (or EXPLAIN), rolled back whatever it does."""
-    try:
-        statements = con.extract_statements(sql)
-    except duckdb.Error as exc:
-        raise UsageError(f"SQL does not parse: {_first_line(exc)}") from None
-    if len(statements) != 1:
-        raise UsageError(f"give exactly one SQL statement, got {len(statements)}")
-    kind = statements[0].type.name
-    if kind not in _READ_ONLY_STATEMENTS:
-        raise UsageError(f"db query is read-only: a {kind} statement is not allowed; use SELECT")
-    if kind == "EXPLAIN" and re.match(r"\s*explain\s+analy[sz]e\b", sql, re.IGNORECASE):
-        raise UsageError("db query is read-only: EXPLAIN ANALYZE runs its statement; use EXPLAIN alone")
+def read_only_query(con: duckdb.DuckDBPyConnection, sql: str, limit: int = 10_000,
+                    allow_file_reads: bool = False, catalog: Catalog | None = None) -> dict[str, Any]:
+    """Run user SQL that may only read (user_query.py says what that means), in a transaction rolled back after.
+
+    ``con`` should be a cursor of its own, closed afterwards (``Store.query``
+    does so). An interrupt is let through as itself, for the pool to name why.
+    """
+    check_query(con, sql, Catalog.of(con, catalog), allow_file_reads)
+    rows: list[list[Any]] = []
+    size, truncated = 0, False
     con.execute("begin transaction")
     try:
         rel = con.execute(sql)
         columns = [d[0] for d in rel.description or []]
-        rows = rel.fetchmany(limit + 1)
+        while not truncated and (chunk := rel.fetchmany(1000)):
+            for raw in chunk:
+                row = list(map(jsonable, raw))
+                size += len(msgspec.json.encode(row)) + 1
+                if len(rows) == limit or size > MAX_RESULT_BYTES:
+                    truncated = True
+                    break
+                rows.append(row)
+    except duckdb.InterruptException:
+        raise
     except duckdb.Error as exc:
-        raise UsageError(f"query failed: {_first_line(exc)}") from None
+        raise UsageError(f"query failed: {first_line(exc)}") from None
     finally:
         with contextlib.suppress(duckdb.Error):
             con.execute("rollback")
-    truncated = len(rows) > limit
-    return {"columns": columns, "rows": [list(map(jsonable, r)) for r in rows[:limit]], "truncated": truncated}
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return {"columns": columns, "rows": rows, "truncated": truncated}
 
 
 def jsonable(value: Any) -> Any:
-    """A DuckDB value as something JSON can carry (times as ISO text)."""
-    if value is None or isinstance(value, (bool, int, str)):
+    """A DuckDB value as something the wire and JSON can carry (times as ISO text, HUGEINTs beyond 64 bits as text)."""
+    if value is None or isinstance(value, (bool, str)):
         return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
     if isinstance(value, float):
         return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
     if isinstance(value, (list, tuple)):

@@ -72,16 +72,25 @@ def set_host_state(con: duckdb.DuckDBPyConnection, name: str, state: str) -> Non
 
 def insert_job(con: duckdb.DuckDBPyConnection, job: dict[str, Any], actor: str) -> None:
     with transaction(con):
-        con.execute(
-            """insert into jobs (job_id, name, project, owner, spec, spec_hash, spec_path, priority, state, reason,
-                                 attempt, max_attempts, submitted_at, code_hash)
-               values (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, 0, ?, to_timestamp(?), ?)""",
-            [job["job_id"], job["name"], job["project"], job["owner"], json.dumps(job["spec"]), job["spec_hash"],
-             job.get("spec_path"), job["priority"], job.get("reason", "waiting for the scheduler"),
-             job["max_attempts"], job["submitted_at"], job.get("code_hash")])
-        _event(con, job["job_id"], "pending", "submitted", None, None)
-        audit(con, actor, "job.submit", job["job_id"], {"name": job["name"], "project": job["project"],
-                                                        "spec_hash": job["spec_hash"], "spec_path": job.get("spec_path")})
+        insert_job_rows(con, job, actor)
+
+
+def insert_job_rows(con: duckdb.DuckDBPyConnection, job: dict[str, Any], actor: str) -> None:
+    """The job, its first event and its one ``job.submit`` audit, inside the caller's transaction."""
+    con.execute(
+        """insert into jobs (job_id, name, project, owner, spec, spec_hash, spec_path, priority, state, reason,
+                             attempt, max_attempts, submitted_at, code_hash, lineage)
+           values (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, 0, ?, to_timestamp(?), ?, ?)""",
+        [job["job_id"], job["name"], job["project"], job["owner"], json.dumps(job["spec"]), job["spec_hash"],
+         job.get("spec_path"), job["priority"], job.get("reason", "waiting for the scheduler"),
+         job["max_attempts"], job["submitted_at"], job.get("code_hash"),
+         json.dumps(job["lineage"]) if job.get("lineage") is not None else None])
+    _event(con, job["job_id"], "pending", "submitted", None, None)
+    detail = {"name": job["name"], "project": job["project"], "spec_hash": job["spec_hash"],
+              "spec_path": job.get("spec_path")}
+    if job.get("key") is not None:
+        detail["key"] = job["key"]
+    audit(con, actor, "job.submit", job["job_id"], detail)
 
 
 def _event(con: duckdb.DuckDBPyConnection, job_id: str, state: str, reason: str | None,
@@ -263,11 +272,6 @@ def get_run(con: duckdb.DuckDBPyConnection, ident: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------- lineage, artifacts
-
-def set_job_lineage(con: duckdb.DuckDBPyConnection, job_id: str, lineage: dict[str, Any]) -> None:
-    """What is known at submit (git); each run of the job starts from it."""
-    con.execute("update jobs set lineage = ? where job_id = ?", [json.dumps(lineage), job_id])
-
 
 def merge_run_lineage(con: duckdb.DuckDBPyConnection, run_id: str, lineage: dict[str, Any]) -> None:
     with transaction(con):

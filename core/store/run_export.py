@@ -19,7 +19,8 @@ EXPORT_FORMATS = {"parquet": "(format parquet)", "csv": "(format csv, header tru
 
 
 def export_runs(con: duckdb.DuckDBPyConnection, output: str, fmt: str = "parquet", where: str | None = None,
-                sort: str | None = None, points: bool = False, metrics: list[str] | None = None) -> dict[str, Any]:
+                sort: str | None = None, points: bool = False, metrics: list[str] | None = None,
+                mode: int | None = None) -> dict[str, Any]:
     """Write the runs that pass the filter (one row each) or, with ``points``, their metric points (long).
 
     The file appears whole or not at all: DuckDB's COPY writes a temporary
@@ -55,6 +56,8 @@ def export_runs(con: duckdb.DuckDBPyConnection, output: str, fmt: str = "parquet
             count = con.execute(f"copy ({query}) to ? {EXPORT_FORMATS[fmt]}", params + [str(tmp)]).fetchall()[0][0]
         except duckdb.Error as exc:
             raise UsageError(f"cannot write {target}: {str(exc).strip().splitlines()[0]}") from None
+        if mode is not None:  # written 0600 (the controller's umask): the user's file gets the user's mode
+            os.chmod(tmp, mode)
         os.replace(tmp, target)
     finally:
         for name in ("_export_ids", "_export_extra"):

@@ -14,9 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mlfleet.core.errors import UnavailableError
-from mlfleet.core.logfile import open_log
+from mlfleet.core.errors import UnavailableError, UnsafePathError
 from mlfleet.core.paths import Home
+from mlfleet.core.private import open_private, private_dir
 from mlfleet.core.protocol import Peer, open_unix_peer
 
 _START_TIMEOUT_S = 20.0
@@ -44,6 +44,8 @@ class LocalAgentTransport:
             self._child = None  # reaped: an agent we started has exited
         try:
             return await self._hello()
+        except UnsafePathError:
+            raise
         except UnavailableError:
             pass
         self._spawn()
@@ -53,12 +55,16 @@ class LocalAgentTransport:
             await asyncio.sleep(0.1)
             try:
                 return await self._hello()
+            except UnsafePathError:
+                raise
             except UnavailableError as exc:
                 last = exc
         raise UnavailableError(f"the local agent did not start within {_START_TIMEOUT_S:.0f} s ({last}); "
                                f"see {self.home.log_dir / 'agent-local.log'}")
 
     async def _hello(self) -> Peer:
+        if not self.home.trusted_socket(self.socket_path):  # never send a launch (and its env) to a planted socket
+            raise UnavailableError(f"no agent listens on {self.socket_path}")
         peer = await open_unix_peer(str(self.socket_path), f"agent {self.host}")
         try:
             await peer.hello("controller")
@@ -68,9 +74,9 @@ class LocalAgentTransport:
         return peer
 
     def _spawn(self) -> None:
-        self.home.log_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.home.log_dir)
         log_path = self.home.log_dir / "agent-local.log"
-        log = open_log(log_path)  # also as stdout/stderr: a crash before logging is set up lands there too
+        log = open_private(log_path)  # also as stdout/stderr: a crash before logging is set up lands there too
         try:
             self._child = subprocess.Popen(
                 [sys.executable, "-m", "mlfleet", "agent", "serve",

@@ -341,3 +341,14 @@ async def test_the_log_pane_starts_over_when_a_retry_begins_a_new_run() -> None:
         log.absorb(LogRequest("j2", "stdout", 0), {"run_id": "j2-1", "end": 3, "data": "ok\n", "eof": True,
                                                   "state": "succeeded"})
         assert log.finished and log.next_request() is None
+
+
+async def test_the_log_pane_says_where_the_node_dropped_output() -> None:
+    async with LogApp().run_test() as pilot:
+        log = pilot.app.query_one(JobLog)
+        log.follow("j1")
+        log.absorb(LogRequest("j1", "stdout", 0), {"run_id": "j1-1", "offset": 2 * 1024**3, "end": 2 * 1024**3 + 4,
+                                                  "data": "new\n", "dropped": 2 * 1024**3, "max_size": 100 * 1024**2,
+                                                  "eof": False, "state": "running"})
+        assert list(log.lines[:2]) == ["[mlfleet: 2.0 GiB of earlier output dropped; logs.max_size is 100 MiB]", "new"]
+        assert log.position == 2 * 1024**3 + 4

@@ -3,12 +3,13 @@
 Each second the table is brought in line with ``jobs_list`` and the log pane
 fetches only the bytes the selected job wrote since the last tick. Every
 action asks the controller (``job_cancel``, ``job_retry``,
-``job_set_priority``, ``submit``) in a worker; the ones that stop or restart
-work ask for confirmation first.
+``job_set_priority``, ``submit`` with a key of its own) in a worker; the
+ones that stop or restart work ask for confirmation first.
 """
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,11 +20,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 
-from mlfleet.core.client import ControllerClient
+from mlfleet.core.client import ControllerClient, submit_with_retry
 from mlfleet.core.config import load_job_spec
 from mlfleet.core.errors import MlfleetError
 from mlfleet.core.models import TERMINAL_STATES, to_plain
 from mlfleet.core.render import when
+from mlfleet.core.settings import ClientSettings, load_settings
+from mlfleet.core.submit_key import new_submit_key
 from mlfleet.tui.screens.base import PollingScreen
 from mlfleet.tui.widgets.dialogs import Confirm, Prompt, SpecPicker, TextPanel
 from mlfleet.tui.widgets.job_log import JobLog
@@ -202,9 +205,16 @@ class JobsScreen(PollingScreen):
             self.notify(answer["message"])
             self.wake()
 
-    @work(exclusive=True, group="action")
+    @work(group="submit")
     async def action_submit(self) -> None:
-        """Pick a job spec file, validate it here (file:line errors), then queue it."""
+        """Pick a job spec file, validate it here (file:line errors), then queue it.
+
+        One key per submit, as ``mlfleet submit`` makes one per command: when
+        the controller is lost mid-submit, the same request goes again with the
+        same key, so a job recorded just before the loss comes back rather than
+        being queued twice. Its own worker group: another action never cancels
+        a submit that is asking again.
+        """
         path = await self.app.push_screen_wait(SpecPicker(self.spec_root))
         if path is None:
             return
@@ -213,10 +223,32 @@ class JobsScreen(PollingScreen):
         except MlfleetError as exc:
             self.notify(str(exc), title="bad job spec", severity="error", timeout=15)
             return
-        answer = await self.call("submit", spec=to_plain(spec), spec_path=str(Path(path).absolute()))
-        if answer is not None:
-            self.notify(f"job {answer['job_id']} ({answer['name']}) queued")
-            self.wake()
+        client = self.client
+        if client is None:
+            self.notify("not connected to the controller yet; nothing was submitted", severity="warning")
+            return
+        key, spec_path = new_submit_key(), str(Path(path).absolute())
+        try:
+            retry_for = float(load_settings(client.home.config_file).client.submit_retry)
+        except MlfleetError:
+            retry_for = float(ClientSettings().submit_retry)
+        try:
+            answer, used = await submit_with_retry(
+                client, {"spec": to_plain(spec), "spec_path": spec_path, "key": key}, retry_for=retry_for,
+                resubmit=f"mlfleet submit {shlex.quote(spec_path)} --key {key}",
+                on_retry=lambda why: self.notify(f"lost the controller ({why}); submitting again with the same key",
+                                                 title="submit", severity="warning"))
+        except MlfleetError as exc:
+            self.notify(str(exc), title="submit", severity="error", timeout=30)
+            return
+        finally:
+            if not client.connected and client is self.client:
+                self.use_client(None)
+                self.post_message(self.ControllerLost(client, "the controller was lost during a submit"))
+        if used is not client:
+            await used.close()
+        self.notify(f"job {answer['job_id']} ({answer['name']}) queued")
+        self.wake()
 
 
 def job_detail(job: dict[str, Any]) -> Table:

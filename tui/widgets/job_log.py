@@ -4,6 +4,8 @@ The widget keeps where it is in the stream (the byte offset and the run it
 belongs to), so each refresh asks the controller only for the bytes after
 it and appends them. A retry starts a new run whose log begins at zero: the
 widget notices the new run id and starts that run's log from the top.
+Where the node dropped output to keep the log under ``logs.max_size``, a
+notice line says how much.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, NamedTuple
 from textual.widgets import Log
 
 from mlfleet.core.models import TERMINAL_STATES
+from mlfleet.core.render import dropped_notice
 
 STREAMS = ("stdout", "stderr")
 
@@ -73,6 +76,9 @@ class JobLog(Log):
                 self.write_line(f"──── {run_id} ────")
                 return True
             self.run_id = run_id
+        if chunk.get("dropped"):  # the node cut this log (logs.max_size): say so where the gap is
+            notice = dropped_notice(int(chunk["dropped"]), int(chunk.get("max_size") or 0), earlier=request.offset == 0)
+            self.write(("\n" if self.lines and self.lines[-1] else "") + notice + "\n")  # on a line of its own
         data = chunk.get("data") or ""
         if data:
             self.write(data)

@@ -1,0 +1,230 @@
+"""Code shipping stays inside the workdir, and a node unpacks nothing that reaches outside its folder.
+
+The controller packs the workdir at submit (it may run as another user than
+the submitter, so a followed symlink would ship whatever it can read); the
+agent unpacks what arrives as if it were hostile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from conftest import Fleet
+from mlfleet.core.errors import MlfleetError
+from mlfleet.core.protocol import PROTOCOL_VERSION, Peer
+
+SECRET = "outside-secret-do-not-ship"
+
+
+def _outside(fleet: Fleet) -> Path:
+    """A folder and a file beside the workdir, that no snapshot may contain."""
+    outside = fleet.root / "outside"
+    (outside / "folder").mkdir(parents=True)
+    (outside / "folder" / "keys.txt").write_text(SECRET)
+    (outside / "secret.txt").write_text(SECRET)
+    return outside
+
+
+def _project(fleet: Fleet, outside: Path, git: bool) -> Path:
+    project = fleet.root / ("git-project" if git else "plain-project")
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "model.py").write_text("WEIGHTS = 3\n")
+    (project / "train.py").write_text("print('train')\n")
+    (project / "tracked").mkdir()
+    (project / "tracked" / "keys.txt").write_text("a tracked file, soon replaced by a symlinked folder\n")
+    if git:
+        subprocess.run(["git", "init", "-q", str(project)], check=True)
+        subprocess.run(["git", "-C", str(project), "add", "-A"], check=True)
+        # The folder git tracks is now a symlink to a folder outside: git still lists tracked/keys.txt.
+        shutil.rmtree(project / "tracked")
+        (project / "tracked").symlink_to(outside / "folder")
+        subprocess.run(["git", "-C", str(project), "add", "-A"], check=True)  # and the symlinks, tracked too
+    else:
+        shutil.rmtree(project / "tracked")
+        (project / "tracked").symlink_to(outside / "folder")
+    (project / "ext-dir").symlink_to(outside / "folder")  # a symlinked folder outside
+    (project / "secret.txt").symlink_to(outside / "secret.txt")  # a symlinked file outside
+    (project / "abs-secret").symlink_to(outside / "folder" / "keys.txt")
+    (project / "lib").symlink_to("src")  # inside: kept as a symlink
+    (project / "src" / "same.py").symlink_to(project / "train.py")  # inside, but written absolute
+    (project / "job.yaml").write_text("name: shipped\ncommand: [python, train.py]\n")
+    if git:
+        subprocess.run(["git", "-C", str(project), "add", "-A"], check=True)
+    return project
+
+
+@pytest.mark.parametrize("git", [True, False], ids=["git", "plain"])
+def test_a_snapshot_ships_nothing_from_outside_the_workdir(fleet: Fleet, git: bool) -> None:
+    outside = _outside(fleet)
+    project = _project(fleet, outside, git)
+    submitted = fleet.cli("submit", str(project / "job.yaml"), "--json")
+    assert submitted.code == 0, submitted.err
+    answer = submitted.json()
+
+    archive = fleet.home.code_cache_dir / f"{answer['code_hash']}.tar.gz"
+    with tarfile.open(archive) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        contents = b"".join(tar.extractfile(m).read() for m in members.values() if m.isfile())
+    assert SECRET.encode() not in contents
+    assert sorted(members) == ["job.yaml", "lib", "src/model.py", "src/same.py", "train.py"]
+    assert members["lib"].issym() and members["lib"].linkname == "src"
+    assert members["src/same.py"].issym() and members["src/same.py"].linkname == "../train.py"
+    assert answer["code_files"] == 3
+
+    # Each symlink left out is named once, on stderr, as a warning: the job was still submitted.
+    warnings = [line for line in submitted.err.splitlines() if line.startswith("mlfleet: warning: ")]
+    assert len(warnings) == 4, submitted.err
+    for name in ("ext-dir", "secret.txt", "abs-secret", "tracked"):
+        assert any(f" {name} -> " in w and "points outside the workdir; left out" in w for w in warnings), name
+    assert "Traceback" not in submitted.err
+
+
+def test_a_folder_swapped_for_a_symlink_is_never_read_through(fleet: Fleet) -> None:
+    # Only git's index still names the file: the folder it was in is now a symlink that git ignores.
+    outside = _outside(fleet)
+    project = fleet.root / "swapped"
+    (project / "conf").mkdir(parents=True)
+    (project / "conf" / "keys.txt").write_text("old\n")
+    (project / "run.py").write_text("print(1)\n")
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    subprocess.run(["git", "-C", str(project), "add", "-A"], check=True)
+    shutil.rmtree(project / "conf")
+    (project / "conf").symlink_to(outside / "folder")
+    (project / ".gitignore").write_text("conf\n")
+    (project / "job.yaml").write_text("name: swapped\ncommand: [python, run.py]\n")
+    submitted = fleet.cli("submit", str(project / "job.yaml"), "--json")
+    assert submitted.code == 0, submitted.err
+    with tarfile.open(fleet.home.code_cache_dir / f"{submitted.json()['code_hash']}.tar.gz") as tar:
+        assert sorted(tar.getnames()) == [".gitignore", "job.yaml", "run.py"]
+    assert "mlfleet: warning: conf is a symlinked folder; nothing under it was shipped" in submitted.err
+
+
+def test_a_shipped_workdir_keeps_its_inside_symlinks_on_the_node(ssh_fleet) -> None:  # noqa: ANN001 - SshFleet
+    fleet = ssh_fleet.fleet
+    ssh_fleet.add("node-a")
+    ssh_fleet.wait_up("node-a")
+    outside = _outside(fleet)
+    project = _project(fleet, outside, git=True)
+    (project / "train.py").write_text(
+        "import os\nfrom lib import model\nprint('weights', model.WEIGHTS)\n"
+        "print('links', sorted(n for n in os.listdir('.') if os.path.islink(n)))\n"
+        "print('same', os.path.realpath('src/same.py') == os.path.realpath('train.py'))\n")
+    (project / "job.yaml").write_text("name: shipped\ncommand: [python, train.py]\nconstraints: {hosts: [node-a]}\n")
+    job_id = fleet.cli("submit", str(project / "job.yaml"), check=True).out.strip()
+    assert fleet.wait_state(job_id, {"succeeded", "failed"})["state"] == "succeeded"
+    out = fleet.cli("jobs", "logs", job_id).out
+    assert out.splitlines() == ["weights 3", "links ['lib']", "same True"]
+    code = ssh_fleet.state_dir("node-a") / "code"
+    assert not any(SECRET.encode() in p.read_bytes() for p in code.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+# ------------------------------------------------------------- hostile archives on the node
+
+def _tar(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for info, body in members:
+            if body is not None:
+                info.size = len(body)
+            tar.addfile(info, io.BytesIO(body) if body is not None else None)
+    return buffer.getvalue()
+
+
+def _file(name: str, body: bytes = b"pwned\n") -> tuple[tarfile.TarInfo, bytes]:
+    return tarfile.TarInfo(name), body
+
+
+def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info, None
+
+
+def _special(name: str, kind: bytes) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    return info, None
+
+
+def _unpack_on_agent(fleet: Fleet, data: bytes) -> tuple[str, dict | MlfleetError]:
+    """Upload ``data`` as the controller would (to the incoming path the agent names) and ask it to unpack."""
+    sha = hashlib.sha256(data).hexdigest()
+
+    async def go() -> dict | MlfleetError:
+        reader, writer = await asyncio.open_unix_connection(str(fleet.home.local_agent_socket))
+        peer = Peer(reader, writer, name="agent")
+        peer.start()
+        try:
+            await peer.request("hello", protocol=PROTOCOL_VERSION, role="controller")
+            status = await peer.request("code_status", sha256=sha)
+            Path(status["incoming"]).write_bytes(data)
+            try:
+                return await peer.request("code_unpack", sha256=sha)
+            except MlfleetError as exc:
+                return exc
+        finally:
+            await peer.close()
+
+    return sha, asyncio.run(go())
+
+
+HOSTILE = {
+    "dot-dot": ([_file("ok.py", b"x"), _file("../escaped.txt")], "climbs out with '..'"),
+    "absolute": ([_file("{victim}/absolute.txt")], "absolute name"),
+    "symlink-out-then-write": ([_link("out", "{victim}"), _file("out/through.txt")], "leads outside it"),
+    "relative-symlink-out-then-write": ([_link("up", "../../../.."), _file("up/through.txt")], "leads outside it"),
+    "symlink-chain": ([_link("here", "."), _link("up", "here/.."), _file("up/through.txt")], "over another entry"),
+    "symlink-chain-alone": ([_link("here", "."), _link("up", "here/..")], "leads outside it"),
+    "file-then-symlink": ([_file("a/b.txt"), _link("a", "c")], "over another entry"),
+    "file-then-symlink-out": ([_file("a/b.txt"), _link("a", "{victim}")], "leads outside it"),
+    "hardlink-outside": ([_link("passwd", "/etc/passwd", tarfile.LNKTYPE)], "hard link"),
+    "hardlink-inside": ([_file("a.txt"), _link("b.txt", "a.txt", tarfile.LNKTYPE)], "hard link"),
+    "fifo": ([_special("pipe", tarfile.FIFOTYPE)], "neither a file, a folder nor a symlink"),
+    "device": ([_special("null", tarfile.CHRTYPE)], "neither a file, a folder nor a symlink"),
+    "twice": ([_file("a.txt", b"1"), _file("a.txt", b"2")], "twice"),
+}
+
+
+def test_a_hostile_archive_is_refused_and_writes_nothing_outside(fleet: Fleet) -> None:
+    fleet.cli("controller", "start", check=True)
+    fleet.wait_for(lambda: fleet.home.local_agent_socket.exists(), what="the local agent")
+    code = fleet.home.local_agent_dir / "code"
+    planted = {"escaped.txt", "through.txt", "absolute.txt", "passwd", "pipe", "null"}
+    for case, (entries, expected) in HOSTILE.items():
+        victim = fleet.root / f"victim-{case}"
+        victim.mkdir()
+        members = []
+        for info, body in entries:
+            info.name = info.name.replace("{victim}", str(victim))
+            info.linkname = info.linkname.replace("{victim}", str(victim))
+            members.append((info, body))
+        sha, answer = _unpack_on_agent(fleet, _tar(*members))
+
+        assert isinstance(answer, MlfleetError), (case, answer)
+        message = str(answer)
+        assert expected in message and message.count("\n") == 0 and "Traceback" not in message, (case, message)
+        assert message.startswith(f"snapshot {sha[:12]} ") and message.endswith("; it was not unpacked"), message
+        assert not (code / sha).exists() and not list(code.glob(".unpack-*")), case
+        assert not (code / ".incoming" / f"{sha}.tar.gz").exists(), case
+        assert list(victim.iterdir()) == [], case
+        assert [p for p in fleet.root.rglob("*") if p.name in planted] == [], case
+        assert [p for p in fleet.root.parent.iterdir() if p.name in planted] == [], case
+
+
+def test_a_well_formed_archive_with_inside_symlinks_unpacks(fleet: Fleet) -> None:
+    fleet.cli("controller", "start", check=True)
+    fleet.wait_for(lambda: fleet.home.local_agent_socket.exists(), what="the local agent")
+    sha, answer = _unpack_on_agent(fleet, _tar(_file("src/model.py", b"W = 1\n"), _link("lib", "src"),
+                                               _link("src/again.py", "../src/model.py"), _link("self", ".")))
+    assert not isinstance(answer, MlfleetError), answer
+    tree = Path(answer["path"])
+    assert (tree / "lib" / "model.py").read_bytes() == b"W = 1\n"
+    assert (tree / "src" / "again.py").read_bytes() == b"W = 1\n"
