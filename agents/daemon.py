@@ -27,7 +27,8 @@ from mlfleet import __version__
 from mlfleet.core.errors import NotFoundError, UnavailableError, UsageError
 from mlfleet.core.models import HostSample, LaunchRequest
 from mlfleet.core.listener import HELLO_DEADLINE_S, UnixListener
-from mlfleet.core.protocol import MAX_FRAME, PROTOCOL_VERSION, Peer, method_dispatcher
+from mlfleet.core.protocol import (MAX_FRAME, PROTOCOL_VERSION, SERVER_FRAME_DEADLINE_S, SERVER_MAX_REQUEST, Peer,
+                                   method_dispatcher)
 
 from .supervisor import Supervisor
 from .telemetry import GpuSource, HostSampler, NvmlGpuSource
@@ -133,7 +134,8 @@ class AgentDaemon:
                 self._listener.greeted(writer)
             return answer
 
-        peer = Peer(reader, writer, handle, name="controller", hello_deadline=HELLO_DEADLINE_S)
+        peer = Peer(reader, writer, handle, name="controller", hello_deadline=HELLO_DEADLINE_S,
+                    max_incoming=SERVER_MAX_REQUEST, frame_deadline=SERVER_FRAME_DEADLINE_S)
         self.peers.add(peer)
         self._last_contact = time.time()
         peer.start()

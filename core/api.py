@@ -37,7 +37,8 @@ from mlfleet.core.snapshot import snapshot
 from mlfleet.core.submit_key import check_submit_key
 from mlfleet.core.transport.ssh import SshAgentTransport
 from mlfleet.core.listener import HELLO_DEADLINE_S, UnixListener
-from mlfleet.core.protocol import PROTOCOL_VERSION, Peer, method_dispatcher
+from mlfleet.core.protocol import (PROTOCOL_VERSION, SERVER_FRAME_DEADLINE_S, SERVER_MAX_REQUEST, Peer,
+                                   method_dispatcher)
 from mlfleet.core.store import records, submit_keys
 
 if TYPE_CHECKING:
@@ -83,7 +84,8 @@ class ControllerApi(DriftApi, RunsApi):
         return await self.listener.start()
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = Peer(reader, writer, self.handler, name="client", hello_deadline=HELLO_DEADLINE_S)
+        peer = Peer(reader, writer, self.handler, name="client", hello_deadline=HELLO_DEADLINE_S,
+                    max_incoming=SERVER_MAX_REQUEST, frame_deadline=SERVER_FRAME_DEADLINE_S)
         peer.info["actor"] = _peer_user(writer)
         self.peers.add(peer)
         peer.start()

@@ -40,6 +40,12 @@ from .errors import MlfleetError, NoAnswerError, ProtocolError, RemoteError, Una
 PROTOCOL_VERSION = 2
 MAX_FRAME = 16 * 1024 * 1024
 FRAME_DEADLINE_S = 60.0  # a frame that has begun must be whole within this, or the link is broken
+# What a server takes from the peers that connect to it: requests are small (a spec, a query, a launch),
+# so a server reads at most this much per frame, a begun frame must be whole sooner, and one connection
+# has at most this many requests in flight (it is read no further until one is answered: backpressure).
+SERVER_MAX_REQUEST = 4 * 1024 * 1024
+SERVER_FRAME_DEADLINE_S = 15.0
+MAX_IN_FLIGHT = 64
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +136,15 @@ class Peer:
 
     def __init__(self, reader: Any, writer: Any, handler: Handler | None = None, name: str = "peer", *,
                  max_frame: int = MAX_FRAME, frame_deadline: float | None = FRAME_DEADLINE_S,
-                 hello_deadline: float | None = None) -> None:
+                 hello_deadline: float | None = None, max_incoming: int | None = None,
+                 max_in_flight: int = MAX_IN_FLIGHT) -> None:
         self.reader = reader
         self.writer = writer
         self.handler = handler
         self.name = name
-        self.max_frame = max_frame
+        self.max_frame = max_frame  # the largest frame we send
+        self.max_incoming = max_incoming or max_frame  # the largest frame we read
+        self._in_flight = asyncio.Semaphore(max_in_flight)  # requests of the other side being answered
         self.frame_deadline = frame_deadline
         self.hello_deadline = hello_deadline
         self.close_reason = ""
@@ -247,7 +256,7 @@ class Peer:
             while True:
                 try:
                     async with asyncio.timeout(self.hello_deadline if first else None):
-                        payload = await read_frame(self.reader, self.max_frame, self.frame_deadline)
+                        payload = await read_frame(self.reader, self.max_incoming, self.frame_deadline)
                 except TimeoutError:
                     reason = f"no frame within {self.hello_deadline:.0f} s of connecting"
                     break
@@ -264,7 +273,8 @@ class Peer:
                     await self._reply_error(None, exc)
                     continue
                 if frame.method is not None:
-                    self._spawn(self._answer(frame))
+                    await self._in_flight.acquire()  # a peer that pipelines without reading waits here
+                    self._spawn(self._answer(frame)).add_done_callback(lambda _: self._in_flight.release())
                 elif frame.id is not None and frame.id in self._pending:
                     fut = self._pending[frame.id]
                     if not fut.done():
@@ -285,10 +295,11 @@ class Peer:
                 with contextlib.suppress(Exception):
                     self.writer.close()
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _answer(self, frame: Frame) -> None:
         if frame.method == "hello":

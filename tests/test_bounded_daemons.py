@@ -24,7 +24,7 @@ import pytest
 
 from conftest import REPO, Fleet
 from mlfleet.core.listener import HELLO_DEADLINE_S
-from mlfleet.core.protocol import FRAME_DEADLINE_S, MAX_FRAME, PROTOCOL_VERSION, Frame, encode
+from mlfleet.core.protocol import MAX_FRAME, PROTOCOL_VERSION, SERVER_FRAME_DEADLINE_S, Frame, encode
 
 CAP = 256  # the default controller.max_connections
 FDS_BASELINE = 120  # what an idle controller holds besides its clients (DuckDB, the agent link, pipes), with room
@@ -279,7 +279,7 @@ def test_an_idle_flood_on_the_local_agent_does_not_cut_the_controller_off(fleet:
 
 
 # --------------------------------------------------------------- slowloris
-SLOWLORIS_WAIT_S = FRAME_DEADLINE_S + 30  # a begun frame must be whole within the deadline, or the link closes
+SLOWLORIS_WAIT_S = SERVER_FRAME_DEADLINE_S + 30  # a begun frame must be whole within the deadline, or the link closes
 
 
 def test_slowloris_clients_are_closed_while_users_carry_on(fleet: Fleet) -> None:

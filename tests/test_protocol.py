@@ -7,6 +7,7 @@ import json
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import msgspec
@@ -14,7 +15,7 @@ import pytest
 
 from conftest import Fleet
 from mlfleet.core.errors import RemoteError
-from mlfleet.core.protocol import MAX_FRAME, PROTOCOL_VERSION, Peer, encode, open_unix_peer, read_frame
+from mlfleet.core.protocol import MAX_FRAME, MAX_IN_FLIGHT, PROTOCOL_VERSION, Peer, encode, open_unix_peer, read_frame
 
 def _raw(payload: bytes) -> bytes:
     """A frame around any bytes: the length header, then the payload as is."""
@@ -223,3 +224,68 @@ def test_a_command_line_argument_that_is_not_utf8_is_one_sentence(fleet: Fleet) 
 def test_an_answer_with_a_huge_integer_arrives_as_text(fleet: Fleet) -> None:
     answer = fleet.cli_json("db", "query", "select 170141183460469231731687303715884105727::hugeint as h, 7 as small")
     assert answer["rows"] == [["170141183460469231731687303715884105727", 7]]
+
+
+async def test_a_peer_that_pipelines_without_reading_is_held_to_its_requests_in_flight(tmp_path: Path) -> None:
+    """20,000 requests written at once, no answer read: the server answers at most MAX_IN_FLIGHT at a time,
+    reads no further meanwhile (backpressure), and every request is answered once the client reads."""
+    running, most = 0, 0
+    release = asyncio.Event()
+
+    async def handler(peer: Peer, method: str, params: dict) -> int:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await release.wait()
+        running -= 1
+        return params["n"]
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = Peer(reader, writer, handler, "server")
+        peer.start()
+        await peer.wait_closed()
+
+    path = str(tmp_path / "pipe.sock")
+    server = await asyncio.start_unix_server(on_connect, path=path)
+    reader, writer = await asyncio.open_unix_connection(path)
+    total = 20_000
+    writer.write(b"".join(encode({"id": n, "method": "echo", "params": {"n": n}}) for n in range(1, total + 1)))
+    await asyncio.sleep(1.0)
+    assert most == MAX_IN_FLIGHT
+    release.set()
+    answers = set()
+    while len(answers) < total:
+        body = await asyncio.wait_for(read_frame(reader), 30)
+        answers.add(msgspec.msgpack.decode(body)["result"])
+    assert answers == set(range(1, total + 1)) and most == MAX_IN_FLIGHT
+    writer.close()
+    server.close()
+
+
+def test_a_pipelining_client_cannot_grow_the_controller_or_starve_others(fleet: Fleet) -> None:
+    import socket
+
+    import psutil
+
+    fleet.cli("controller", "start", check=True)
+    controller = psutil.Process(fleet.controller_pid)
+    before = controller.memory_info().rss
+    flood = socket.socket(socket.AF_UNIX)
+    flood.connect(str(fleet.home.controller_socket))
+    flood.setblocking(False)
+    hello = encode({"id": 1, "method": "hello", "params": {"protocol": PROTOCOL_VERSION, "role": "client"}})
+    burst = hello + b"".join(encode({"id": n, "method": "jobs_list", "params": {}}) for n in range(2, 200_002))
+    sent = 0
+    deadline = time.monotonic() + 20
+    while sent < len(burst) and time.monotonic() < deadline:  # as much as the controller will take
+        try:
+            sent += flood.send(burst[sent:sent + (1 << 20)])
+        except BlockingIOError:
+            time.sleep(0.05)
+    try:
+        assert sent < len(burst)  # it stopped reading: the rest waits in the socket, not in its memory
+        assert fleet.cli("jobs", "list").code == 0
+        assert controller.memory_info().rss - before < 200 * 1024 * 1024
+    finally:
+        flood.close()
+    assert fleet.cli("jobs", "list").code == 0
