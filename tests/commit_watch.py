@@ -36,7 +36,7 @@ class CommitWatch:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
         if self._libc.inotify_add_watch(self.fd, str(db_path.parent).encode(), _IN_MODIFY | _IN_CREATE) < 0:
             raise OSError(ctypes.get_errno(), f"cannot watch {db_path.parent}")
-        self.name = (db_path.name + ".wal").encode()
+        self.name: bytes | None = (db_path.name + ".wal").encode()
 
     def wait(self, timeout: float) -> bool:
         """True at the first write to the WAL, False after ``timeout`` seconds without one."""
@@ -54,12 +54,20 @@ class CommitWatch:
                 _wd, _mask, _cookie, length = _EVENT.unpack_from(data, at)
                 name = data[at + _EVENT.size:at + _EVENT.size + length].rstrip(b"\0")
                 at += _EVENT.size + length
-                if name == self.name:
+                if self.name is None or name == self.name:
                     return True
         return False
 
     def close(self) -> None:
         os.close(self.fd)
+
+    @classmethod
+    def any_file_in(cls, folder: Path) -> "CommitWatch":
+        """Wakes on the first file made or written in ``folder`` (e.g. the code cache: a submit was received)."""
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        watch = cls(folder / "_")
+        watch.name = None
+        return watch
 
     def __enter__(self) -> "CommitWatch":
         return self

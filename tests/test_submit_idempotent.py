@@ -243,17 +243,17 @@ def test_sigkill_of_the_controller_at_random_moments_of_submits_never_makes_a_jo
 def test_a_submit_that_cannot_reach_the_controller_again_says_the_job_may_exist_and_how_to_check(fleet: Fleet) -> None:
     (fleet.root / "config.yaml").write_text("client:\n  submit_retry: 2s\n")
     seen = []
-    # Killed at its commit, the job is there; killed as it takes the command's connection, it is not.
-    for moment, recorded in (("commit", True), ("accepted", False)):
+    # Killed at its commit, the job is there; killed as it snapshots the workdir (the submit was received,
+    # nothing is recorded yet), it is not.
+    for moment, recorded in (("commit", True), ("snapshot", False)):
         for attempt in range(10):
             key, spec = f"{moment}-{attempt}", _spec(fleet, f"{moment}{attempt}")
             pid = _settle(fleet)
-            with CommitWatch(fleet.home.db_path) as watch:
+            watched = (CommitWatch(fleet.home.db_path) if moment == "commit"
+                       else CommitWatch.any_file_in(fleet.home.code_cache_dir))
+            with watched as watch:
                 proc = _start_submit(fleet, spec, key)
-                if moment == "commit":
-                    assert watch.wait(30)
-                else:
-                    _wait_for_a_client(pid)
+                assert watch.wait(30)
                 _kill(pid)
             with _no_controller_can_start(fleet):
                 result = _finish(proc)
@@ -276,7 +276,7 @@ def test_a_submit_that_cannot_reach_the_controller_again_says_the_job_may_exist_
             if bool(found) is recorded:
                 seen.append(moment)
                 break
-    assert seen == ["commit", "accepted"], f"only {seen} met in 10 attempts each"
+    assert seen == ["commit", "snapshot"], f"only {seen} met in 10 attempts each"
 
 
 def test_a_ci_script_that_retries_a_whole_command_with_its_key_gets_the_same_job(fleet: Fleet) -> None:
