@@ -395,8 +395,8 @@ class ControllerApi(DriftApi, RunsApi):
                 "simulated_gpus": bool(info.get("simulated_gpus")), "info": info, "state": link.state}
 
     # -------------------------------------------------------------- runs
-    async def rpc_run_show(self, peer: Peer, run: str) -> dict[str, Any]:
-        return await self.store.read(records.get_run, run)
+    async def rpc_run_show(self, peer: Peer, run: str, keys: str | None = None, max_keys: int = 100) -> dict[str, Any]:
+        return await self.store.read(records.get_run, run, keys, max_keys)
 
     async def rpc_run_artifacts(self, peer: Peer, run: str) -> list[dict[str, Any]]:
         return await self.store.read(records.list_artifacts, run)

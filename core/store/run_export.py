@@ -13,7 +13,7 @@ import numpy as np
 
 from mlfleet.core.errors import UsageError
 
-from .run_queries import LIST_COLUMNS, SUMMARY_SQL, marks, select_run_ids, texts
+from .run_queries import LIST_COLUMNS, NAN, marks, select_run_ids, texts
 
 EXPORT_FORMATS = {"parquet": "(format parquet)", "csv": "(format csv, header true)"}
 
@@ -89,10 +89,8 @@ def _wide_columns(con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, n
                                               "join _export_ids s on s.run_id = t.run_id order by t.key").fetchall():
             put(f"tags.{key}", run_id, value)
         for run_id, key, lo, hi, last, last_step, count in con.execute(
-                f"""select m.run_id, m.key, {SUMMARY_SQL['min']}, {SUMMARY_SQL['max']}, {SUMMARY_SQL['last']},
-                           arg_max_null(step, seq), count(*)
-                    from metrics m join _export_ids s on s.run_id = m.run_id
-                    group by m.run_id, m.key order by m.key""").fetchall():
+                f"""select m.run_id, m.key, m.min_value, m.max_value, nullif(m.last_value, {NAN}), m.last_step, m.points
+                    from metric_keys m join _export_ids s on s.run_id = m.run_id order by m.key""").fetchall():
             for part, value in (("min", lo), ("max", hi), ("last", last), ("last_step", last_step),
                                 ("points", count)):
                 put(f"metrics.{key}.{part}", run_id, value)
