@@ -1,11 +1,13 @@
 """Metric ingestion end to end: a job's track.log -> agent -> controller -> DuckDB, beside MLflow.
 
-    .venv/bin/python benchmarks/ingest_bench.py [--steps 200000] [--width 10]
+    .venv/bin/python benchmarks/ingest_bench.py [--steps 200000] [--width 10] [--distinct]
         [--repeat 3] [--mlflow-python /tmp/mlflowvenv/bin/python] [--mlflow-steps N] [--mlflow-uri URI]
 
 mlfleet: an isolated installation (its own MLFLEET_HOME in /tmp, a real
 controller and local agent started by the CLI) runs one job that logs
-``steps`` x ``width`` points with ``track.log``. The clock starts when the
+``steps`` x ``width`` points with ``track.log`` (``width`` keys logged at
+every step, or with ``--distinct`` a new key for every point: a run with
+``steps`` x ``width`` keys). The clock starts when the
 job's script starts and stops when the last point is committed in DuckDB
 (polled with ``select count(*)`` through the controller every 0.2 s), so
 the rate includes writing the file, the agent's reads, the polls, parsing
@@ -44,12 +46,14 @@ import psutil
 EMIT = textwrap.dedent("""\
     import sys, time
     from mlfleet import track
-    steps, width = int(sys.argv[1]), int(sys.argv[2])
+    steps, width, distinct = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "distinct"
     names = ["loss", "accuracy", "lr", "grad_norm", "val_loss", "val_accuracy", "throughput",
              "gpu_mem", "tokens", "perplexity"][:width] + [f"extra_{i}" for i in range(max(0, width - 10))]
     print(f"start={time.time():.6f}", flush=True)
     for step in range(steps):
         base = 1.0 / (step + 1)
+        if distinct:  # every point a key of its own: steps x width keys in the run
+            names = [f"s{step}/k{i}" for i in range(width)]
         track.log({name: base * (i + 1) for i, name in enumerate(names)}, step=step)
     track.flush()
     print(f"logged={time.time():.6f}", flush=True)
@@ -132,14 +136,15 @@ class Installation:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def run_mlfleet(steps: int, width: int) -> dict[str, Any]:
+def run_mlfleet(steps: int, width: int, distinct: bool = False) -> dict[str, Any]:
     fleet = Installation()
     try:
         specs = fleet.root / "specs"
         specs.mkdir()
         (specs / "emit.py").write_text(EMIT)
         spec = specs / "emit.yaml"
-        spec.write_text(f"name: ingest-bench\ncommand: [python, emit.py, '{steps}', '{width}']\n")
+        mode = "distinct" if distinct else "same"
+        spec.write_text(f"name: ingest-bench\ncommand: [python, emit.py, '{steps}', '{width}', {mode}]\n")
         fleet.cli("controller", "start")
         job_id = fleet.cli("submit", str(spec)).strip()
         run_id = f"{job_id}-1"
@@ -184,6 +189,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=200_000)
     parser.add_argument("--width", type=int, default=10, help="metrics per step")
+    parser.add_argument("--distinct", action="store_true",
+                        help="every point a metric key of its own (steps x width keys: the many-keys case)")
     parser.add_argument("--repeat", type=int, default=3, help="mlfleet runs (each in a fresh installation)")
     parser.add_argument("--mlflow-python", help="an interpreter with mlflow installed (skipped without one)")
     parser.add_argument("--mlflow-steps", type=int, help="steps MLflow logs, when it should log a fraction "
@@ -198,7 +205,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     rates = []
     for i in range(args.repeat):
-        ours = run_mlfleet(args.steps, args.width)
+        ours = run_mlfleet(args.steps, args.width, args.distinct)
         rates.append(ours["points"] / ours["seconds"])
         print(f"| mlfleet, run {i + 1} (track.log -> agent -> controller -> DuckDB) | {ours['points']:,} | "
               f"{ours['seconds']:.1f} | {rates[-1]:,.0f} | the job logged for {ours['logging_s']:.1f} s; the last "

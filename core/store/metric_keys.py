@@ -76,7 +76,7 @@ def summary_sql(alias: str, summary: str) -> str:
 
 
 # What a listed or shown key carries, in this order.
-ROW_SQL = (f"key, points, min_value, max_value, value_sum / nullif(value_count, 0), last_value, last_step")
+ROW_SQL = "key, points, min_value, max_value, value_sum / nullif(value_count, 0), last_value, last_step"
 ROW_NAMES = ("key", "points", "min", "max", "mean", "last", "last_step")
 
 
@@ -118,15 +118,13 @@ def page(con: duckdb.DuckDBPyConnection, run_id: str, pattern: str | None = None
     cond, params = _where(check_pattern(pattern), after)
     rows = con.execute(f"select {ROW_SQL} from metric_keys where run_id = ?{cond} order by key limit ?",
                        [run_id, *params, limit]).fetchall()
-    last = rows[-1][0] if rows else after
+    last = rows[-1][0] if rows else after  # None only when no key matches at all
     cond_all, params_all = _where(pattern, None)
     total, matching, later = con.execute(
         f"""select count(*), count(*) filter (where true{cond_all}),
                    count(*) filter (where true{cond_all} and key > ?)
             from metric_keys where run_id = ?""",
         [*params_all, *params_all, last if last is not None else "", run_id]).fetchall()[0]
-    if last is None:  # nothing shown and no cursor: every matching key is left out, none "after"
-        later = matching
     return {"metrics": [dict(zip(ROW_NAMES, r)) for r in rows], "total": int(total), "matching": int(matching),
             "left_out": int(later), "next": last if later else None, "pattern": pattern}
 
@@ -137,7 +135,7 @@ def declared(con: duckdb.DuckDBPyConnection, run_id: str, shown: list[str], limi
     Bounded like the keys: a run that declared a mode for every one of a
     million keys gets the modes of the keys on view, not all of them.
     """
-    value = ("case s.mode when 'min' then k.min_value when 'max' then k.max_value else k.last_value end")
+    value = "case s.mode when 'min' then k.min_value when 'max' then k.max_value else k.last_value end"
     found = con.execute(
         f"""select s.key, s.mode, {value} from metric_summaries s
                 left join metric_keys k on k.run_id = s.run_id and k.key = s.key

@@ -155,6 +155,9 @@ def run_detail(run: dict[str, Any]) -> Table:
                  for k, s in sorted(metrics.items())]
     else:
         lines = [str(m.get("key", m)) if isinstance(m, dict) else str(m) for m in metrics]
+    left_out = int((run.get("metric_keys") or {}).get("left_out") or 0)
+    if left_out:
+        lines.append(f"… and {left_out:,} more (mlfleet runs show {run.get('run_id')} --keys PATTERN or --all-keys)")
     page.add_row("metrics", "\n".join(lines) or "-")
     for key, value in lineage_rows(run.get("lineage") or {}):
         page.add_row(key, value)
