@@ -762,7 +762,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--where", help=where_help)
     p.add_argument("--sort", help=sort_help)
     p.add_argument("--metrics", action="store_true", help="write the metric points (a long table), not one row per run")
-    p.add_argument("--metric", action="append", help="with --metrics: only this metric (repeatable)")
+    p.add_argument("--metric", action="append",
+                   help="only this metric (repeatable): its columns in a row per run, or with --metrics its points")
     p = add(runs, "show", _client_command(cmd_runs_show), "show a run's params, tags and metrics")
     p.add_argument("id")
     p.add_argument("--keys", metavar="PATTERN", help=keys_help)

@@ -38,7 +38,7 @@ import pytest
 from conftest import Fleet
 from mlfleet.core.errors import UsageError
 from mlfleet.core.ingest import parse_lines
-from mlfleet.core.store import records, run_compare
+from mlfleet.core.store import records, run_compare, run_queries
 from mlfleet.core.store.db import Store
 
 BLOCKS, WIDTH = 1000, 1000  # lines x keys per line: 1,000,000 distinct keys
@@ -173,6 +173,19 @@ def test_a_run_with_a_million_keys_is_listed_shown_and_compared_in_bounded_answe
         assert loss["metric_keys"]["left_out"] == 0
         by_glob = json_of(fleet, "runs", "compare", wide, small, "--keys", "z_*")
         assert list(by_glob["metrics"]) == ["z_last"] and by_glob["metric_keys"]["left_out"] == 0
+
+        # A row per run cannot hold five million columns: say so, and export the metrics named.
+        refused = fleet.cli("runs", "export", "--output", str(fleet.root / "all.csv"), "--format", "csv")
+        assert refused.code == 2 and refused.err.strip() == (
+            f"mlfleet: the 2 runs have {KEYS + 1:,} metric keys, 5 columns each, and a row per run holds at most "
+            "2,000 keys; name them with --metric K, or write the points with --metrics")
+        assert not (fleet.root / "all.csv").exists()
+        out = fleet.root / "two.csv"
+        fleet.cli("runs", "export", "--output", str(out), "--format", "csv", "--metric", CHOSEN, "--metric", "loss",
+                  check=True)
+    header = out.read_text().split("\n")[0].split(",")
+    assert [h for h in header if h.startswith("metrics.")] == [
+        f"metrics.{k}.{p}" for k in (CHOSEN, "loss") for p in ("min", "max", "last", "last_step", "points")]
     assert rss.peak < RSS_BOUND, f"controller RSS reached {rss.peak / 2**20:.0f} MiB"
 
 
@@ -261,3 +274,24 @@ def test_a_comparison_too_big_for_one_answer_is_refused_in_one_sentence(tmp_path
     finally:
         store.close()
 
+
+
+def test_a_long_list_carries_fewer_keys_per_run_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run_queries, "LIST_ENTRIES", 100)  # as 2,500 runs would with the real budget of 50,000
+    store = Store(tmp_path / "mlfleet.duckdb")
+    try:
+        for r in range(40):
+            store.con.execute("insert into runs (run_id, job_id, attempt, project, name, owner, host, state, "
+                              "created_at) values (?, ?, 1, 'p', 'n', 'me', 'local', 'succeeded', now())",
+                              [f"j{r:02d}-1", f"j{r:02d}"])
+            store.con.execute("insert into ingest_offsets (run_id, stream, byte_offset, lines) values (?, 'metrics', "
+                              "0, 0)", [f"j{r:02d}-1"])
+            text = json.dumps({"step": 1, "metrics": {f"k{i:02d}": i for i in range(30)}}) + "\n"
+            assert records.ingest_metrics(store.con, f"j{r:02d}-1", 0, len(text), parse_lines(text, 0))
+        runs = run_queries.list_runs(store.con, "metrics.k29.max = 29", None, 1000, None, 20)
+        assert len(runs) == 40
+        for run in runs:
+            assert list(run["metrics"]) == ["k00", "k01", "k29"]  # 100 // 40 = 2 each, and the key the filter names
+            assert run["metric_keys"] == {"total": 30, "matching": 30, "shown": 3, "left_out": 27}
+    finally:
+        store.close()

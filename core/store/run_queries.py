@@ -28,6 +28,7 @@ _MAX_BRANCHES = 256  # runs per UNION ALL statement; longer lists take several s
 
 NAN = metric_keys.NAN
 LIST_KEYS = 20  # metric keys per listed run unless asked (a run may have a million)
+LIST_ENTRIES = 50_000  # metric keys in one list answer, all runs together (~150 bytes each; a frame is 16 MB)
 LIST_COLUMNS = ("run_id", "job_id", "attempt", "name", "project", "owner", "host", "gpus", "state", "created_at",
                  "started_at", "finished_at", "exit_code")
 
@@ -155,7 +156,8 @@ def list_runs(con: duckdb.DuckDBPyConnection, where: str | None = None, sort: st
     """Runs that pass the filter, with their params, tags and the summaries of some of their metric keys.
 
     Each run carries its first ``max_keys`` keys in key order (those matching
-    the glob ``keys``), and always the keys the filter and sort name;
+    the glob ``keys``; fewer when that many runs would pass LIST_ENTRIES
+    keys in all), and always the keys the filter and sort name;
     ``metric_keys`` counts what was left out, ``points`` is over all keys.
     """
     check_limit(limit)
@@ -177,7 +179,8 @@ def list_runs(con: duckdb.DuckDBPyConnection, where: str | None = None, sort: st
                                           "order by key", ids).fetchall():
         by_id[run_id]["tags"][key] = value
     shown_matching = [0] * len(ids)
-    for i, matches, key, points, lo, hi, mean, last, last_step in _listed_keys(con, ids, pattern, max_keys, named):
+    per_run = max(1, min(max_keys, LIST_ENTRIES // len(ids)))
+    for i, matches, key, points, lo, hi, mean, last, last_step in _listed_keys(con, ids, pattern, per_run, named):
         metrics = by_id[ids[i]]["metrics"]
         if key not in metrics:
             metrics[key] = {"min": finite(lo), "max": finite(hi), "mean": finite(mean), "last": finite(last),
