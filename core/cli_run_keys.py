@@ -27,7 +27,8 @@ def left_out_note(counts: dict[str, Any], what: str, how: str) -> str | None:
     pattern = counts.get("pattern")
     matching = f" matching {pattern!r}" if pattern else ""
     total = counts.get("matching") if pattern else counts.get("total", counts.get("matching"))
-    return f"... and {left:,} more {what}{matching} ({total:,} in all); {how}"
+    about = "about " if counts.get("estimated") else ""
+    return f"... and {about}{left:,} more {what}{matching} ({about}{total:,} in all); {how}"
 
 
 def show_rows(metrics: list[dict[str, Any]], summary: dict[str, Any]) -> list[list[Any]]:

@@ -36,6 +36,7 @@ import psutil
 import pytest
 
 from conftest import Fleet
+from mlfleet.core import cli_run_keys
 from mlfleet.core.errors import UsageError
 from mlfleet.core.ingest import parse_lines
 from mlfleet.core.store import records, run_compare, run_queries
@@ -161,7 +162,7 @@ def test_a_run_with_a_million_keys_is_listed_shown_and_compared_in_bounded_answe
 
         compared = json_of(fleet, "runs", "compare", wide, small)
         assert compared["metric_keys"] == {"compared": 20, "matching": KEYS + 1, "left_out": KEYS + 1 - 20,
-                                           "pattern": None}  # z_last is the small run's own
+                                           "estimated": False, "pattern": None}  # z_last is the small run's own
         assert list(compared["metrics"]) == [f"layer0000/w{i:04d}" for i in range(20)]
         text = text_of(fleet, "runs", "compare", wide, small)
         assert f"... and {KEYS + 1 - 20:,} more metrics not compared ({KEYS + 1:,} in all)" in text
@@ -295,3 +296,28 @@ def test_a_long_list_carries_fewer_keys_per_run_and_says_so(tmp_path: Path, monk
             assert run["metric_keys"] == {"total": 30, "matching": 30, "shown": 3, "left_out": 27}
     finally:
         store.close()
+
+
+def test_how_many_keys_two_huge_runs_share_is_an_estimate_and_says_so(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run_compare, "EXACT_DISTINCT", 1000)  # as two runs of a few million keys each would
+    store = Store(tmp_path / "mlfleet.duckdb")
+    try:
+        for r, first in (("ja-1", 0), ("jb-1", 1500)):  # keys 0..2999 and 1500..4499: 4,500 in all
+            store.con.execute("insert into runs (run_id, job_id, attempt, project, name, owner, host, state, "
+                              "created_at) values (?, ?, 1, 'p', 'n', 'me', 'local', 'succeeded', now())",
+                              [r, r[:2]])
+            store.con.execute("insert into ingest_offsets (run_id, stream, byte_offset, lines) values (?, 'metrics', "
+                              "0, 0)", [r])
+            text = json.dumps({"step": 1, "metrics": {f"k{i:05d}": i for i in range(first, first + 3000)}}) + "\n"
+            assert records.ingest_metrics(store.con, r, 0, len(text), parse_lines(text, 0))
+        counts = run_compare.compare_runs(store.con, ["ja-1", "jb-1"])["metric_keys"]
+        assert counts["estimated"] and counts["compared"] == 20 and abs(counts["matching"] - 4500) < 450
+        assert counts["left_out"] == counts["matching"] - 20
+        monkeypatch.setattr(run_compare, "EXACT_DISTINCT", 6000)
+        exact = run_compare.compare_runs(store.con, ["ja-1", "jb-1"])["metric_keys"]
+        assert exact == {"compared": 20, "matching": 4500, "left_out": 4480, "estimated": False, "pattern": None}
+    finally:
+        store.close()
+    assert cli_run_keys.left_out_note(counts, "metrics not compared", "use --keys").startswith(
+        f"... and about {counts['left_out']:,} more metrics not compared (about {counts['matching']:,} in all)")

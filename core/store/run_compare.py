@@ -22,6 +22,7 @@ MAX_POINTS = 100_000
 MAX_COMPARE_RUNS = 100
 COMPARE_KEYS = 20  # metrics compared when none are named: a run may have a million
 MAX_COMPARE_KEYS = 1_000
+EXACT_DISTINCT = 2_000_000  # summary rows over the compared runs up to which "how many keys" is counted exactly
 MAX_BUCKETS = 100_000  # buckets in one answer, all curves: each is a step and 3 values, <100 bytes; a frame is 16 MB
 
 
@@ -39,11 +40,15 @@ def _series(con: duckdb.DuckDBPyConnection, ids: list[str], keys: list[str]) -> 
     return out
 
 
-def _keys(con: duckdb.DuckDBPyConnection, ids: list[str], pattern: str | None, limit: int) -> tuple[list[str], int]:
-    """The first ``limit`` keys (in key order) that any of the runs logged, matching ``pattern``, and how many match.
+def _keys(con: duckdb.DuckDBPyConnection, ids: list[str], pattern: str | None,
+          limit: int) -> tuple[list[str], int, bool]:
+    """The first ``limit`` keys (in key order) that any of the runs logged, matching ``pattern``; how many match.
 
     The first N distinct keys of the union are among the first N of some run,
-    so each run gives a top-N of its own (memory bounded by N).
+    so each run gives a top-N of its own (memory bounded by N). The count is
+    exact up to EXACT_DISTINCT rows over the runs, else DuckDB's HyperLogLog
+    estimate (a hash set of tens of millions of keys would not be bounded);
+    the third value says which.
     """
     cond = " and key glob ?" if pattern is not None else ""
     glob = [pattern] if pattern is not None else []
@@ -51,10 +56,14 @@ def _keys(con: duckdb.DuckDBPyConnection, ids: list[str], pattern: str | None, l
     params = [p for run_id in ids for p in [run_id, *glob, limit]]
     keys = [r[0] for r in con.execute(f"select distinct key from ({union(parts)}) order by key limit ?",
                                       params + [limit]).fetchall()]
-    counted = "count(*)" if len(ids) == 1 else "count(distinct key)"
-    matching = con.execute(f"select {counted} from metric_keys where run_id in ({marks(ids)}){cond}",
-                           [*ids, *glob]).fetchall()[0][0]
-    return keys, int(matching)
+    where = f"from metric_keys where run_id in ({marks(ids)}){cond}"
+    rows = con.execute(f"select count(*) {where}", [*ids, *glob]).fetchall()[0][0]
+    if len(ids) == 1:
+        return keys, int(rows), False
+    if rows <= EXACT_DISTINCT:
+        return keys, int(con.execute(f"select count(distinct key) {where}", [*ids, *glob]).fetchall()[0][0]), False
+    estimate = con.execute(f"select approx_count_distinct(key) {where}", [*ids, *glob]).fetchall()[0][0]
+    return keys, max(int(estimate), len(keys)), True
 
 
 def _modes(con: duckdb.DuckDBPyConnection, ids: list[str], keys: list[str]) -> dict[tuple[str, str], str]:
@@ -179,9 +188,9 @@ def compare_runs(con: duckdb.DuckDBPyConnection, runs: list[str], metrics: list[
         names = list(dict.fromkeys(metrics))
         if len(names) > MAX_COMPARE_KEYS:
             raise UsageError(f"compare at most {MAX_COMPARE_KEYS:,} metrics at once, got {len(names):,}")
-        matching = len(names)
+        matching, estimated = len(names), False
     else:
-        names, matching = _keys(con, ids, pattern, max_keys)
+        names, matching, estimated = _keys(con, ids, pattern, max_keys)
     info = {r[0]: dict(zip(("run_id", "name", "host", "gpus", "state", "started_at", "finished_at"),
                            map(jsonable, r)))
             for r in con.execute(f"select run_id, name, host, gpus, state, started_at, finished_at from runs "
@@ -217,7 +226,7 @@ def compare_runs(con: duckdb.DuckDBPyConnection, runs: list[str], metrics: list[
             curve[name] = [finite(v) for v in curve[name]]
     return {"runs": [info[i] for i in ids], "points": points, "metrics": out_metrics, "params": _param_diff(con, ids),
             "metric_keys": {"compared": len(names), "matching": matching, "left_out": max(0, matching - len(names)),
-                            "pattern": pattern}}
+                            "estimated": estimated, "pattern": pattern}}
 
 
 def _param_diff(con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, Any]:
