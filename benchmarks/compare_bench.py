@@ -4,8 +4,8 @@
                                                  [--repeat 7] [--keep DIR]
 
 Builds a real store file (``Store``, so the schema is the shipped one) in a
-temporary folder, fills ``metrics`` the way the ingest path does (columns
-handed to DuckDB as numpy arrays, one ``INSERT ... SELECT`` per batch),
+temporary folder, fills ``metrics`` and ``metric_keys`` through the ingest
+path (``records.ingest_metrics``, one chunk of 100,000 points per key),
 checkpoints it, then times ``run_compare.compare_runs`` (the whole call: run
 ids, one query for every curve, best values, params) and prints the minimum
 and median of ``--repeat`` calls. Prints a Markdown table for BENCHMARKS.md.
@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mlfleet.core.store import run_compare
+from mlfleet.core.ingest import ParsedBatch
+from mlfleet.core.store import records, run_compare
 from mlfleet.core.store.db import Store
 
 BATCH = 100_000  # points per insert, like a large ingest chunk
@@ -45,18 +46,19 @@ def build(path: Path, runs: int, per_run: int, extra_key: bool, seed: int = 7) -
         con.execute("insert into params (run_id, key, value, value_text, value_num) values (?, 'lr', ?, ?, ?)",
                     [run_id, json.dumps(10 ** -(r % 4 + 1)), json.dumps(10 ** -(r % 4 + 1)), 10 ** -(r % 4 + 1)])
         keys = ["loss", "acc"] if extra_key else ["loss"]
+        con.execute("insert into ingest_offsets (run_id, stream, byte_offset, lines) values (?, 'metrics', 0, 0)",
+                    [run_id])
+        chunk = 0
         for start in range(0, per_run, BATCH):
             n = min(BATCH, per_run - start)
             steps = np.arange(start, start + n, dtype=np.int64)
             for k, key in enumerate(keys):
                 base = np.exp(-steps / per_run * 3) if key == "loss" else 1 - np.exp(-steps / per_run * 3)
-                batch = {"run_id": np.full(n, run_id, dtype=object), "key": np.full(n, key, dtype=object),
-                         "step": steps, "value": base + rng.normal(0, 0.02, n),
-                         "seq": steps * len(keys) + k}
-                con.register("_bench_batch", batch)
-                con.execute("""insert into metrics (run_id, key, step, value, ts, seq)
-                               select run_id, key, step, value, null, seq from _bench_batch""")
-                con.unregister("_bench_batch")
+                batch = ParsedBatch(keys=[key] * n, steps=steps.tolist(),
+                                    values=(base + rng.normal(0, 0.02, n)).tolist(), timestamps=[None] * n,
+                                    seqs=(steps * len(keys) + k).tolist())
+                assert records.ingest_metrics(con, run_id, chunk, chunk + 1, batch)  # points and metric_keys
+                chunk += 1
     store.close()
     return ids
 

@@ -1,14 +1,16 @@
 """Metric ingestion end to end: a job's track.log -> agent -> controller -> DuckDB, beside MLflow.
 
-    .venv/bin/python benchmarks/ingest_bench.py [--steps 200000] [--width 10] [--repeat 3]
+    .venv/bin/python benchmarks/ingest_bench.py [--steps 200000] [--width 10] [--distinct] [--repeat 3]
         [--hosts local,ssh] [--mlflow-python /tmp/mlflowvenv/bin/python] [--mlflow-steps N] [--mlflow-uri URI]
 
 mlfleet: an isolated installation (its own MLFLEET_HOME in /tmp, a real
 controller and local agent started by the CLI) runs one job that logs
-``steps`` x ``width`` points with ``track.log``, on ``local`` (the agent's
-socket) and on an SSH host (a real OpenSSH sshd on loopback, the agent
-reached through an SSH channel exactly as a remote GPU box is), one after
-the other in each repeat. The clock starts when the
+``steps`` x ``width`` points with ``track.log`` (``width`` keys logged at
+every step, or with ``--distinct`` a new key for every point: a run with
+``steps`` x ``width`` keys), on ``local`` (the agent's socket) and on an SSH
+host (a real OpenSSH sshd on loopback, the agent reached through an SSH
+channel exactly as a remote GPU box is), one after the other in each
+repeat. The clock starts when the
 job's script starts and stops when the last point is committed in DuckDB
 (polled with ``select count(*)`` through the controller every 0.2 s), so
 the rate includes writing the file, the agent's reads, the polls, parsing
@@ -47,12 +49,14 @@ import psutil
 EMIT = textwrap.dedent("""\
     import sys, time
     from mlfleet import track
-    steps, width = int(sys.argv[1]), int(sys.argv[2])
+    steps, width, distinct = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "distinct"
     names = ["loss", "accuracy", "lr", "grad_norm", "val_loss", "val_accuracy", "throughput",
              "gpu_mem", "tokens", "perplexity"][:width] + [f"extra_{i}" for i in range(max(0, width - 10))]
     print(f"start={time.time():.6f}", flush=True)
     for step in range(steps):
         base = 1.0 / (step + 1)
+        if distinct:  # every point a key of its own: steps x width keys in the run
+            names = [f"s{step}/k{i}" for i in range(width)]
         track.log({name: base * (i + 1) for i, name in enumerate(names)}, step=step)
     track.flush()
     print(f"logged={time.time():.6f}", flush=True)
@@ -155,7 +159,7 @@ def add_ssh_host(fleet: Installation) -> Any:
     raise SystemExit("the SSH host did not come up within 60 s")
 
 
-def run_mlfleet(steps: int, width: int, host: str) -> dict[str, Any]:
+def run_mlfleet(steps: int, width: int, host: str, distinct: bool = False) -> dict[str, Any]:
     fleet = Installation()
     server = None
     try:
@@ -164,7 +168,8 @@ def run_mlfleet(steps: int, width: int, host: str) -> dict[str, Any]:
         (specs / "emit.py").write_text(EMIT)
         spec = specs / "emit.yaml"
         pin = "constraints: {hosts: [bench]}\n" if host == "ssh" else ""
-        spec.write_text(f"name: ingest-bench\ncommand: [python, emit.py, '{steps}', '{width}']\n{pin}")
+        mode = "distinct" if distinct else "same"
+        spec.write_text(f"name: ingest-bench\ncommand: [python, emit.py, '{steps}', '{width}', {mode}]\n{pin}")
         fleet.cli("controller", "start")
         if host == "ssh":
             server = add_ssh_host(fleet)
@@ -213,6 +218,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=200_000)
     parser.add_argument("--width", type=int, default=10, help="metrics per step")
+    parser.add_argument("--distinct", action="store_true",
+                        help="every point a metric key of its own (steps x width keys: the many-keys case)")
     parser.add_argument("--repeat", type=int, default=3, help="mlfleet runs (each in a fresh installation)")
     parser.add_argument("--hosts", default="local,ssh", help="where the job runs, in each repeat: local, ssh or both")
     parser.add_argument("--mlflow-python", help="an interpreter with mlflow installed (skipped without one)")
@@ -230,7 +237,7 @@ def main() -> None:
     where = {"local": "local agent socket", "ssh": "agent over SSH to loopback sshd"}
     for i in range(args.repeat):
         for host in args.hosts.split(","):
-            ours = run_mlfleet(args.steps, args.width, host)
+            ours = run_mlfleet(args.steps, args.width, host, args.distinct)
             rates.setdefault(host, []).append(ours["points"] / ours["seconds"])
             print(f"| mlfleet on {host}, run {i + 1} (track.log -> {where[host]} -> controller -> DuckDB) | {ours['points']:,} | "
                   f"{ours['seconds']:.1f} | {rates[host][-1]:,.0f} | the job logged for {ours['logging_s']:.1f} s; the last "

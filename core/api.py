@@ -26,7 +26,7 @@ from mlfleet import __version__
 from mlfleet.core import hostkeys
 from mlfleet.core.api_drift import DriftApi
 from mlfleet.core.api_runs import RunsApi
-from mlfleet.core.bounds import (ChunkSize, History, Ident, ListLimit, Offset, QueryRows, WaitSeconds,
+from mlfleet.core.bounds import (ChunkSize, History, Ident, KeyCount, ListLimit, Offset, QueryRows, WaitSeconds,
                                  usage_dispatcher)
 from mlfleet.core.config import validate_job_spec
 from mlfleet.core.errors import MlfleetError, NotFoundError, UnavailableError, UsageError
@@ -435,8 +435,9 @@ class ControllerApi(DriftApi, RunsApi):
                 "simulated_gpus": bool(info.get("simulated_gpus")), "info": info, "state": link.state}
 
     # -------------------------------------------------------------- runs
-    async def rpc_run_show(self, peer: Peer, run: Ident) -> dict[str, Any]:
-        return await self.store.read(records.get_run, run)
+    async def rpc_run_show(self, peer: Peer, run: Ident, keys: str | None = None,
+                           max_keys: KeyCount = 100) -> dict[str, Any]:
+        return await self.store.read(records.get_run, run, keys, max_keys)
 
     async def rpc_run_artifacts(self, peer: Peer, run: Ident) -> list[dict[str, Any]]:
         return await self.store.read(records.list_artifacts, run)

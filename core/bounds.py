@@ -39,6 +39,7 @@ Offset = Annotated[int, Meta(ge=0, le=MAX_OFFSET)]
 History = Annotated[int, Meta(ge=0, le=MAX_HISTORY)]
 WaitSeconds = Annotated[float, Meta(ge=0, le=MAX_WAIT_S)]
 Points = Annotated[int, Meta(ge=1, le=MAX_POINTS)]
+KeyCount = Annotated[int, Meta(ge=1, le=1_000_000)]  # metric keys asked for (each query caps it further)
 Ident = Annotated[str, Meta(min_length=1, max_length=MAX_NAME)]
 RunIds = Annotated[list[Ident], Meta(min_length=1, max_length=MAX_COMPARE_RUNS)]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from mlfleet import __version__
-from mlfleet.core import bounds, cli_drift, logfile, render
+from mlfleet.core import bounds, cli_drift, cli_run_keys, logfile, render
 from mlfleet.core.client import ControllerClient, connect, controller_pid, submit_with_retry, try_connect
 from mlfleet.core.config import load_job_spec
 from mlfleet.core.errors import (EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, MlfleetError, UnavailableError,
@@ -345,7 +345,8 @@ async def _import_hosts(client: ControllerClient, args: argparse.Namespace) -> i
 
 
 async def cmd_runs_list(client: ControllerClient, args: argparse.Namespace) -> int:
-    runs = await client.call("runs_list", where=args.where, sort=args.sort, limit=args.limit)
+    runs = await client.call("runs_list", where=args.where, sort=args.sort, limit=args.limit, keys=args.keys,
+                             max_keys=args.max_keys)
     if args.json:
         _print_json(runs)
         return EXIT_OK
@@ -354,9 +355,10 @@ async def cmd_runs_list(client: ControllerClient, args: argparse.Namespace) -> i
     named = [f for f in fields_of(parse_filter(args.where or "")) + [k.field for k in parse_sort(args.sort)]
              if f.source != "run"]
     extra = list(dict.fromkeys(named))[:4]  # the params, tags and metrics the filter and sort name
-    print(render.table(["run", "name", "project", "host", "state", "points", "started", "elapsed"]
+    print(render.table(["run", "name", "project", "host", "state", "keys", "points", "started", "elapsed"]
                        + [str(f) for f in extra],
-                       [[r["run_id"], r["name"], r["project"], r["host"], r["state"], r["points"],
+                       [[r["run_id"], r["name"], r["project"], r["host"], r["state"],
+                         (r.get("metric_keys") or {}).get("total"), r["points"],
                          render.when(r["started_at"]), render.elapsed(r["started_at"], r["finished_at"])]
                         + [_run_field(r, f) for f in extra] for r in runs]))
     return EXIT_OK
@@ -365,7 +367,7 @@ async def cmd_runs_list(client: ControllerClient, args: argparse.Namespace) -> i
 def _run_field(run: dict[str, Any], field: Any) -> Any:
     if field.source == "metrics":
         summary = run["metrics"].get(field.key) or {}
-        return summary.get({"count": "points"}.get(field.summary, field.summary)) if field.summary != "mean" else "-"
+        return summary.get({"count": "points"}.get(field.summary, field.summary))
     return run[field.source].get(field.key)
 
 
@@ -387,7 +389,7 @@ def _sparkline(values: list[Any], width: int = 24) -> str:
 
 async def cmd_runs_compare(client: ControllerClient, args: argparse.Namespace) -> int:
     result = await client.call("runs_compare", runs=args.ids, metrics=args.metric or None, points=args.points,
-                               request_timeout=300)
+                               keys=args.keys, max_keys=args.max_keys, request_timeout=300)
     if args.json:
         _print_json(result)
         return EXIT_OK
@@ -413,6 +415,10 @@ async def cmd_runs_compare(client: ControllerClient, args: argparse.Namespace) -
                                                     for i in ids] for k, v in params["differ"].items()]))
     if params["same"]:
         print("same in all: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in params["same"].items()))
+    note = cli_run_keys.left_out_note(result.get("metric_keys") or {}, "metrics not compared",
+                                      "name them with --metric K, or --keys PATTERN, --max-keys N")
+    if note:
+        print(note)
     return EXIT_OK
 
 
@@ -426,9 +432,13 @@ async def cmd_runs_export(client: ControllerClient, args: argparse.Namespace) ->
 
 
 async def cmd_runs_show(client: ControllerClient, args: argparse.Namespace) -> int:
-    run = await client.call("run_show", run=args.id)
+    first = cli_run_keys.PAGE if args.all_keys else args.max_keys
+    run = await client.call("run_show", run=args.id, keys=args.keys, max_keys=first)
     if args.json:
-        _print_json(run)
+        if args.all_keys:
+            await cli_run_keys.print_all_keys_json(client, run, args.keys)
+        else:
+            _print_json(run)
         return EXIT_OK
     print(f"run {run['run_id']}  {run['name']}  (job {run['job_id']}, attempt {run['attempt']}, host {run['host']})")
     print(f"state: {run['state']}; exit {run['exit_code'] if run['exit_code'] is not None else '-'}; "
@@ -441,21 +451,18 @@ async def cmd_runs_show(client: ControllerClient, args: argparse.Namespace) -> i
         print("tags:")
         for k, v in run["tags"].items():
             print(f"  {k} = {v}")
-    if run["metrics"]:
-        summary = run.get("summary") or {}
-        print(render.table(["metric", "points", "min", "max", "last", "last step", "summary"],
-                           [[m["key"], m["points"], m["min"], m["max"], m["last"], m["last_step"],
-                             _summary_cell(summary[m["key"]])
-                             if m["key"] in summary else None] for m in run["metrics"]]))
+    if args.all_keys:
+        await cli_run_keys.print_all_keys_text(client, run, args.keys)
+    elif run["metrics"]:
+        print(render.table(cli_run_keys.SHOW_HEADERS, cli_run_keys.show_rows(run["metrics"], run.get("summary") or {})))
+    note = None if args.all_keys else cli_run_keys.left_out_note(
+        run["metric_keys"], "metric keys", "see them with --keys PATTERN, --max-keys N or --all-keys")
+    if note:
+        print(note)
     if run.get("artifacts"):
         print(f"artifacts: {len(run['artifacts'])} (mlfleet runs artifacts {run['run_id']})")
     _print_lineage(run.get("lineage") or {})
     return EXIT_OK
-
-
-def _summary_cell(summary: dict[str, Any]) -> str:
-    value = summary["value"]
-    return f"{summary['mode']} = {value:.4g}" if isinstance(value, float) else f"{summary['mode']} = {value}"
 
 
 def _print_lineage(lineage: dict[str, Any]) -> None:
@@ -822,10 +829,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--where", help=where_help)
     p.add_argument("--sort", help=sort_help)
     p.add_argument("--limit", type=_positive, default=200)
+    keys_help = "only metric keys matching this glob, e.g. 'val_*' (* any characters, ? one, [abc] one of)"
+    p.add_argument("--keys", metavar="PATTERN", help=keys_help)
+    p.add_argument("--max-keys", type=_positive, default=20, metavar="N",
+                   help="metric keys per run in --json, besides those --where and --sort name (default 20)")
     p = add(runs, "compare", _client_command(cmd_runs_compare),
             "compare runs: best values, downsampled curves, params that differ")
     p.add_argument("ids", nargs="+", metavar="ID", help="run ids (a unique prefix is enough)")
-    p.add_argument("--metric", action="append", help="only this metric (repeatable; default: all)")
+    p.add_argument("--metric", action="append", help="only this metric (repeatable; default: the first --max-keys)")
+    p.add_argument("--keys", metavar="PATTERN", help=keys_help)
+    p.add_argument("--max-keys", type=_positive, default=20, metavar="N",
+                   help="without --metric, compare the first N metrics in key order (default 20, at most 1000)")
     p.add_argument("--points", type=_bounded(1, bounds.MAX_POINTS), default=500, help="buckets per curve (default 500)")
     p = add(runs, "export", _client_command(cmd_runs_export), "write runs or their metric points to Parquet or CSV")
     p.add_argument("--output", "-o", required=True, help="the file to write (replaced whole)")
@@ -833,8 +847,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--where", help=where_help)
     p.add_argument("--sort", help=sort_help)
     p.add_argument("--metrics", action="store_true", help="write the metric points (a long table), not one row per run")
-    p.add_argument("--metric", action="append", help="with --metrics: only this metric (repeatable)")
-    add(runs, "show", _client_command(cmd_runs_show), "show a run's params, tags and metrics").add_argument("id")
+    p.add_argument("--metric", action="append",
+                   help="only this metric (repeatable): its columns in a row per run, or with --metrics its points")
+    p = add(runs, "show", _client_command(cmd_runs_show), "show a run's params, tags and metrics")
+    p.add_argument("id")
+    p.add_argument("--keys", metavar="PATTERN", help=keys_help)
+    how_many = p.add_mutually_exclusive_group()
+    how_many.add_argument("--max-keys", type=_positive, default=100, metavar="N",
+                          help="show the first N metric keys in key order (default 100, at most 10000)")
+    how_many.add_argument("--all-keys", action="store_true", help="show every metric key, fetched 10,000 at a time")
     add(runs, "artifacts", _client_command(cmd_runs_artifacts), "list the files a run logged as artifacts").add_argument("id")
     artifact = runs.add_parser("artifact", help="fetch a run's artifact").add_subparsers(dest="artifact_action", metavar="ACTION", required=True)
     p = add(artifact, "get", _client_command(cmd_runs_artifact_get), "copy an artifact from its node here (sha256 verified)")

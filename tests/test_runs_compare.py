@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from mlfleet.core.errors import NotFoundError, UsageError
-from mlfleet.core.store import run_compare, run_export
+from mlfleet.core.ingest import ParsedBatch
+from mlfleet.core.store import records, run_compare, run_export
 from mlfleet.core.store.db import Store
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
@@ -34,13 +35,13 @@ def add_run(con: duckdb.DuckDBPyConnection, run_id: str, params: dict[str, Any],
         con.execute("insert into params (run_id, key, value, value_text, value_num) values (?, ?, ?, ?, ?)",
                     [run_id, k, json.dumps(v), v if isinstance(v, str) else json.dumps(v),
                      float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None])
-    for key, (steps, values, seqs) in series.items():
+    con.execute("insert into ingest_offsets (run_id, stream, byte_offset, lines) values (?, 'metrics', 0, 0)",
+                [run_id])
+    for chunk, (key, (steps, values, seqs)) in enumerate(series.items()):  # one ingest chunk per series
         n = len(values)
-        con.register("_pts", {"step": steps if steps is not None else np.zeros(n, dtype=np.int64),
-                              "has_step": np.full(n, steps is not None), "value": values, "seq": seqs})
-        con.execute("""insert into metrics (run_id, key, step, value, seq)
-                       select ?, ?, case when has_step then step end, value, seq from _pts""", [run_id, key])
-        con.unregister("_pts")
+        batch = ParsedBatch(keys=[key] * n, steps=steps.tolist() if steps is not None else [None] * n,
+                            values=values.tolist(), timestamps=[None] * n, seqs=seqs.tolist())
+        assert records.ingest_metrics(con, run_id, chunk, chunk + 1, batch)
 
 
 def expected_curve(steps: np.ndarray | None, values: np.ndarray, seqs: np.ndarray, n: int) -> dict[str, Any]:

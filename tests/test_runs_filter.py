@@ -21,7 +21,8 @@ import pytest
 
 from mlfleet.core.errors import UsageError
 from mlfleet.core.runfilter import (And, Compare, FilterError, Field, Not, Or, SortKey, parse_filter, parse_sort)
-from mlfleet.core.store import run_queries
+from mlfleet.core.ingest import ParsedBatch
+from mlfleet.core.store import records, run_queries
 from mlfleet.core.store.db import Store
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
@@ -85,13 +86,17 @@ def write_runs(path: Path, runs: list[dict[str, Any]]) -> Store:
                          float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None])
         for k, v in r["tags"].items():
             con.execute("insert into tags (run_id, key, value) values (?, ?, ?)", [r["run_id"], k, v])
+        batch = ParsedBatch()  # the points go in the way ingest writes them, with their per-key summary
         for key, points in r["metrics"].items():
-            con.register("_pts", {"step": np.array([p[0] for p in points], dtype=np.int64),
-                                  "value": np.array([p[1] for p in points], dtype=np.float64),
-                                  "seq": np.array([p[2] for p in points], dtype=np.int64)})
-            con.execute("insert into metrics (run_id, key, step, value, seq) select ?, ?, step, value, seq from _pts",
-                        [r["run_id"], key])
-            con.unregister("_pts")
+            for step, value, seq in points:
+                batch.keys.append(key)
+                batch.steps.append(step)
+                batch.values.append(value)
+                batch.timestamps.append(None)
+                batch.seqs.append(seq)
+        con.execute("insert into ingest_offsets (run_id, stream, byte_offset, lines) values (?, 'metrics', 0, 0)",
+                    [r["run_id"]])
+        assert records.ingest_metrics(con, r["run_id"], 0, 1, batch)
     return store
 
 

@@ -17,6 +17,7 @@ from mlfleet.core.errors import NotFoundError, UsageError
 from mlfleet.core.ingest import ParsedBatch
 from mlfleet.core.models import TERMINAL_STATES
 
+from . import metric_keys
 from .db import jsonable, now, transaction
 
 
@@ -242,8 +243,15 @@ def job_run(con: duckdb.DuckDBPyConnection, ident: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------- runs
 
-def get_run(con: duckdb.DuckDBPyConnection, ident: str) -> dict[str, Any]:
+def get_run(con: duckdb.DuckDBPyConnection, ident: str, keys: str | None = None,
+            max_keys: int = 100) -> dict[str, Any]:
+    """A run with its params, tags, and the first ``max_keys`` of its metric keys (matching the glob ``keys``).
+
+    ``metric_keys`` says how many keys the run has and how many were left
+    out; the rest come page by page from :func:`metric_keys.page`.
+    """
     run_id = resolve_run_id(con, ident)
+    shown = metric_keys.page(con, run_id, keys, None, max_keys)
     run = rows(con, "select * from runs where run_id = ?", [run_id])[0]
     run["command"] = json.loads(run["command"]) if isinstance(run.get("command"), str) else run.get("command")
     run["params"] = {r["key"]: json.loads(r["value"]) for r in
@@ -251,18 +259,12 @@ def get_run(con: duckdb.DuckDBPyConnection, ident: str) -> dict[str, Any]:
     run["tags"] = {r["key"]: r["value"] for r in rows(con, "select key, value from tags where run_id = ? order by key",
                                                       [run_id])}
     # NaN is left out of min and max (DuckDB orders NaN above every number), as runs list and compare do.
-    run["metrics"] = rows(con, """select key, count(*) as points, min(nullif(value, 'nan'::double)) as min,
-                                  max(nullif(value, 'nan'::double)) as max,
-                                  arg_max(value, seq) as last, arg_max(step, seq) as last_step
-                                  from metrics where run_id = ? group by key order by key""", [run_id])
+    run["metrics"] = [{n: jsonable(v) for n, v in m.items()} for m in shown.pop("metrics")]
+    run["metric_keys"] = {"shown": len(run["metrics"]), **shown}
     run["ingest"] = rows(con, "select stream, byte_offset, lines, bad_lines, complete from ingest_offsets "
                               "where run_id = ?", [run_id])
-    run["summary"] = {r["key"]: {"mode": r["mode"], "value": r["value"]} for r in rows(con, """
-        select s.key, s.mode, case s.mode when 'min' then min(nullif(m.value, 'nan'::double))
-                                          when 'max' then max(nullif(m.value, 'nan'::double))
-                                  else arg_max(m.value, m.seq) end as value
-        from metric_summaries s left join metrics m on m.run_id = s.run_id and m.key = s.key
-        where s.run_id = ? group by s.key, s.mode order by s.key""", [run_id])}
+    run["summary"] = {k: {n: jsonable(v) for n, v in s.items()} for k, s in
+                      metric_keys.declared(con, run_id, [m["key"] for m in run["metrics"]], max_keys).items()}
     run["artifacts"] = list_artifacts(con, run_id)
     lineage = run.get("lineage")
     lineage = json.loads(lineage) if isinstance(lineage, str) else (lineage or {})
@@ -312,7 +314,8 @@ def ingest_metrics(con: duckdb.DuckDBPyConnection, run_id: str, offset: int, end
     """Write one chunk of a run's metrics stream exactly once.
 
     The chunk is taken only if it starts at the offset already committed;
-    points, params, tags and the new offset commit together, so a replay
+    points, their per-key summary (``metric_keys``), params, tags and the
+    new offset commit together, so a replay
     after any crash is refused by key, not by luck. Returns whether it was taken.
     """
     with transaction(con):
@@ -341,6 +344,7 @@ def ingest_metrics(con: duckdb.DuckDBPyConnection, run_id: str, offset: int, end
                                select ?, key, case when has_step then step end, value,
                                       case when isnan(ts) then null else to_timestamp(ts) end, seq
                                from _metrics_batch""", [run_id])
+                metric_keys.merge_batch(con, run_id, "_metrics_batch")  # same transaction: counted once
             finally:
                 con.unregister("_metrics_batch")
         if parsed.params:

@@ -12,6 +12,7 @@ import numpy as np
 from mlfleet.core.errors import UsageError
 
 from .db import jsonable
+from .metric_keys import check_count, check_pattern
 from .records import resolve_run_id
 from .run_queries import NAN, finite, marks, texts, union
 
@@ -19,46 +20,57 @@ from .run_queries import NAN, finite, marks, texts, union
 LOWER_IS_BETTER = r"loss|err|mse|mae|perplexity"
 MAX_POINTS = 100_000
 MAX_COMPARE_RUNS = 100
-
-
-def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    return bool(con.execute("select count(*) from information_schema.tables where table_name = ?",
-                            [name]).fetchall()[0][0])
+COMPARE_KEYS = 20  # metrics compared when none are named: a run may have a million
+MAX_COMPARE_KEYS = 1_000
+EXACT_DISTINCT = 2_000_000  # summary rows over the compared runs up to which "how many keys" is counted exactly
+MAX_BUCKETS = 100_000  # buckets in one answer, all curves: each is a step and 3 values, <100 bytes; a frame is 16 MB
 
 
 def _series(con: duckdb.DuckDBPyConnection, ids: list[str], keys: list[str]) -> list[dict[str, Any]]:
-    """Each (run, key) with its bounds: one grouped scan per run, all in one statement.
-
-    Restricting each branch to one run keeps the grouping on ``key`` alone,
-    and lets DuckDB's zone maps skip the row groups of other runs.
-    """
-    bounds = "count(step) = count(*) as by_step, min(step), max(step), min(seq), max(seq), count(*) as n"
-    parts, params = [], []
-    per_series = bool(keys) and len(ids) * len(keys) <= _MAX_BRANCHES_SERIES
-    key_filter = f" and key in ({marks(keys)})" if keys else ""
-    for i, run_id in enumerate(ids):
-        if per_series:  # one ungrouped scan per series: no hashing at all
-            parts += [f"select {i} as r, ? as key, {bounds} from metrics where run_id = ? and key = ?" for _ in keys]
-            for key in keys:
-                params += [key, run_id, key]
-        else:
-            parts.append(f"select {i} as r, key, {bounds} from metrics where run_id = ?{key_filter} group by key")
-            params += [run_id] + keys
+    """Each (run, key) with its bounds, from the runs' ``metric_keys`` rows (no point is read)."""
     out = []
-    sql = f"select * from ({union(parts)}) where n > 0 order by r, key"
-    for r, key, by_step, s0, s1, q0, q1, n in con.execute(sql, params).fetchall():
+    rows = con.execute(f"""select run_id, key, step_count = points, min_step, max_step, first_seq, last_seq, points
+                           from metric_keys where run_id in ({marks(ids)}) and list_contains(?::varchar[], key)""",
+                       [*ids, keys]).fetchall()
+    order = {run_id: i for i, run_id in enumerate(ids)}
+    for run_id, key, by_step, s0, s1, q0, q1, n in sorted(rows, key=lambda r: (order[r[0]], r[1])):
         x0, x1 = (s0, s1) if by_step else (q0, q1)
-        out.append({"run_id": ids[r], "key": key, "axis": "step" if by_step else "seq", "x0": x0,
+        out.append({"run_id": run_id, "key": key, "axis": "step" if by_step else "seq", "x0": x0,
                     "span": float(x1 - x0) + 1.0, "points": n})
     return out
 
 
-def _modes(con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[tuple[str, str], str]:
-    """Modes the runs declared (``metric_summaries``, where this store has it)."""
-    if not _has_table(con, "metric_summaries"):
-        return {}
+def _keys(con: duckdb.DuckDBPyConnection, ids: list[str], pattern: str | None,
+          limit: int) -> tuple[list[str], int, bool]:
+    """The first ``limit`` keys (in key order) that any of the runs logged, matching ``pattern``; how many match.
+
+    The first N distinct keys of the union are among the first N of some run,
+    so each run gives a top-N of its own (memory bounded by N). The count is
+    exact up to EXACT_DISTINCT rows over the runs, else DuckDB's HyperLogLog
+    estimate (a hash set of tens of millions of keys would not be bounded);
+    the third value says which.
+    """
+    cond = " and key glob ?" if pattern is not None else ""
+    glob = [pattern] if pattern is not None else []
+    parts = [f"select key from metric_keys where run_id = ?{cond} order by key limit ?" for _ in ids]
+    params = [p for run_id in ids for p in [run_id, *glob, limit]]
+    keys = [r[0] for r in con.execute(f"select distinct key from ({union(parts)}) order by key limit ?",
+                                      params + [limit]).fetchall()]
+    where = f"from metric_keys where run_id in ({marks(ids)}){cond}"
+    rows = con.execute(f"select count(*) {where}", [*ids, *glob]).fetchall()[0][0]
+    if len(ids) == 1:
+        return keys, int(rows), False
+    if rows <= EXACT_DISTINCT:
+        return keys, int(con.execute(f"select count(distinct key) {where}", [*ids, *glob]).fetchall()[0][0]), False
+    estimate = con.execute(f"select approx_count_distinct(key) {where}", [*ids, *glob]).fetchall()[0][0]
+    return keys, max(int(estimate), len(keys)), True
+
+
+def _modes(con: duckdb.DuckDBPyConnection, ids: list[str], keys: list[str]) -> dict[tuple[str, str], str]:
+    """Modes the runs declared (``metric_summaries``) for the keys compared."""
     return {(r, k): m for r, k, m in con.execute(
-        f"select run_id, key, mode from metric_summaries where run_id in ({marks(ids)})", ids).fetchall()
+        f"""select run_id, key, mode from metric_summaries where run_id in ({marks(ids)})
+            and list_contains(?::varchar[], key)""", [*ids, keys]).fetchall()
         if m in ("min", "max", "last")}
 
 
@@ -154,23 +166,42 @@ def _best_steps(con: duckdb.DuckDBPyConnection, series: list[dict[str, Any]]) ->
 
 
 def compare_runs(con: duckdb.DuckDBPyConnection, runs: list[str], metrics: list[str] | None = None,
-                 points: int = 500) -> dict[str, Any]:
-    """Curves of each metric per run (``points`` buckets: min, max and last of each), best values, params."""
+                 points: int = 500, keys: str | None = None, max_keys: int = COMPARE_KEYS) -> dict[str, Any]:
+    """Curves of each metric per run (``points`` buckets: min, max and last of each), best values, params.
+
+    The metrics are those named in ``metrics``, else the first ``max_keys``
+    (in key order) that the runs logged and the glob ``keys`` matches;
+    ``metric_keys`` says how many more there were.
+    """
     if not runs:
         raise UsageError("give at least one run to compare")
     if len(runs) > MAX_COMPARE_RUNS:
         raise UsageError(f"compare at most {MAX_COMPARE_RUNS} runs at once, got {len(runs)}")
     if isinstance(points, bool) or not isinstance(points, int) or not 1 <= points <= MAX_POINTS:
         raise UsageError(f"points must be between 1 and {MAX_POINTS}, got {points!r}")
+    check_count("--max-keys", max_keys, MAX_COMPARE_KEYS)
+    pattern = check_pattern(keys)
+    if metrics and pattern is not None:
+        raise UsageError("give the metrics by name (--metric) or by pattern (--keys), not both")
     ids = list(dict.fromkeys(resolve_run_id(con, r) for r in runs))
-    keys = list(dict.fromkeys(metrics or []))
+    if metrics:
+        names = list(dict.fromkeys(metrics))
+        if len(names) > MAX_COMPARE_KEYS:
+            raise UsageError(f"compare at most {MAX_COMPARE_KEYS:,} metrics at once, got {len(names):,}")
+        matching, estimated = len(names), False
+    else:
+        names, matching, estimated = _keys(con, ids, pattern, max_keys)
     info = {r[0]: dict(zip(("run_id", "name", "host", "gpus", "state", "started_at", "finished_at"),
                            map(jsonable, r)))
             for r in con.execute(f"select run_id, name, host, gpus, state, started_at, finished_at from runs "
                                  f"where run_id in ({marks(ids)})", ids).fetchall()}
-    series = _series(con, ids, keys)
-    declared = _modes(con, ids)
-    out_metrics: dict[str, Any] = {k: {"curves": {}, "best": {}} for k in keys}
+    series = _series(con, ids, names)
+    buckets = sum(min(points, s["points"]) for s in series)
+    if buckets > MAX_BUCKETS:
+        raise UsageError(f"{len(series):,} curves of up to {points:,} buckets are {buckets:,} buckets; the most is "
+                         f"{MAX_BUCKETS:,}: ask for fewer --points, runs or metrics")
+    declared = _modes(con, ids, names)
+    out_metrics: dict[str, Any] = {k: {"curves": {}, "best": {}} for k in names}
     for s in series:
         s["mode"] = declared.get((s["run_id"], s["key"])) or default_mode(s["key"])
         s["curve"] = {"step": [], "min": [], "max": [], "last": [], "axis": s["axis"], "points": s["points"]}
@@ -193,7 +224,9 @@ def compare_runs(con: duckdb.DuckDBPyConnection, runs: list[str], metrics: list[
         curve = s["curve"]
         for name in ("min", "max", "last"):
             curve[name] = [finite(v) for v in curve[name]]
-    return {"runs": [info[i] for i in ids], "points": points, "metrics": out_metrics, "params": _param_diff(con, ids)}
+    return {"runs": [info[i] for i in ids], "points": points, "metrics": out_metrics, "params": _param_diff(con, ids),
+            "metric_keys": {"compared": len(names), "matching": matching, "left_out": max(0, matching - len(names)),
+                            "estimated": estimated, "pattern": pattern}}
 
 
 def _param_diff(con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, Any]:

@@ -13,8 +13,9 @@ import numpy as np
 
 from mlfleet.core.errors import UsageError
 
-from .run_queries import LIST_COLUMNS, SUMMARY_SQL, marks, select_run_ids, texts
+from .run_queries import LIST_COLUMNS, NAN, marks, select_run_ids, texts
 
+MAX_WIDE_KEYS = 2_000  # metric keys in a row per run (10,000 columns) unless they are named
 EXPORT_FORMATS = {"parquet": "(format parquet)", "csv": "(format csv, header true)"}
 
 
@@ -48,7 +49,7 @@ def export_runs(con: duckdb.DuckDBPyConnection, output: str, fmt: str = "parquet
                      "order by i._order, m.key, m.seq")
             params = keys
         else:
-            con.register("_export_extra", _wide_columns(con, ids))
+            con.register("_export_extra", _wide_columns(con, ids, list(dict.fromkeys(metrics or []))))
             query = (f"select {', '.join('r.' + c for c in LIST_COLUMNS)}, x.* exclude (run_id, _order) "
                      "from runs r join _export_extra x on x.run_id = r.run_id order by x._order")
             params = []
@@ -70,11 +71,14 @@ def export_runs(con: duckdb.DuckDBPyConnection, output: str, fmt: str = "parquet
             "kind": "points" if points else "runs"}
 
 
-def _wide_columns(con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, np.ndarray]:
+def _wide_columns(con: duckdb.DuckDBPyConnection, ids: list[str], keys: list[str]) -> dict[str, np.ndarray]:
     """``params.K``, ``tags.K`` and ``metrics.K.min|max|last|last_step|points`` columns, one row per run.
 
     Column names come from the data and reach DuckDB as the names of a
-    registered table's columns, never as SQL text.
+    registered table's columns, never as SQL text. The metrics are ``keys``,
+    or every key of the runs when there are at most MAX_WIDE_KEYS of them: a
+    run with a million keys would make five million columns (built here, in
+    the controller's memory), so that is refused in one sentence instead.
     """
     index = {run_id: i for i, run_id in enumerate(ids)}
     n = len(ids)
@@ -91,11 +95,20 @@ def _wide_columns(con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, n
         for run_id, key, value in con.execute("select t.run_id, t.key, t.value from tags t "
                                               "join _export_ids s on s.run_id = t.run_id order by t.key").fetchall():
             put(f"tags.{key}", run_id, value)
+        if len(keys) > MAX_WIDE_KEYS:
+            raise UsageError(f"a row per run holds at most {MAX_WIDE_KEYS:,} metric keys, got {len(keys):,} --metric")
+        chosen = "where list_contains(?::varchar[], m.key)" if keys else ""
+        if not keys:
+            found = con.execute("select count(distinct m.key) from metric_keys m "
+                                "join _export_ids s on s.run_id = m.run_id").fetchall()[0][0]
+            if found > MAX_WIDE_KEYS:
+                raise UsageError(f"the {n:,} runs have {found:,} metric keys, 5 columns each, and a row per run holds "
+                                 f"at most {MAX_WIDE_KEYS:,} keys; name them with --metric K, or write the points "
+                                 "with --metrics")
         for run_id, key, lo, hi, last, last_step, count in con.execute(
-                f"""select m.run_id, m.key, {SUMMARY_SQL['min']}, {SUMMARY_SQL['max']}, {SUMMARY_SQL['last']},
-                           arg_max_null(step, seq), count(*)
-                    from metrics m join _export_ids s on s.run_id = m.run_id
-                    group by m.run_id, m.key order by m.key""").fetchall():
+                f"""select m.run_id, m.key, m.min_value, m.max_value, nullif(m.last_value, {NAN}), m.last_step, m.points
+                    from metric_keys m join _export_ids s on s.run_id = m.run_id {chosen} order by m.key""",
+                [keys] if keys else []).fetchall():
             for part, value in (("min", lo), ("max", hi), ("last", last), ("last_step", last_step),
                                 ("points", count)):
                 put(f"metrics.{key}.{part}", run_id, value)

@@ -21,18 +21,14 @@ from mlfleet.core.errors import UsageError
 from mlfleet.core.runfilter import (COMPARISONS, RUN_COLUMNS, And, Compare, Field, Node, Not, Or, SortKey, fields_of,
                                     parse_filter, parse_sort)
 
+from . import metric_keys
 from .db import jsonable
 
-_MAX_BRANCHES = 256  # runs per UNION ALL statement; longer lists take a grouped join
+_MAX_BRANCHES = 256  # runs per UNION ALL statement; longer lists take several statements
 
-NAN = "'nan'::double"
-SUMMARY_SQL = {  # metric summary -> aggregate over one key's points (NaN left out but for count)
-    "min": f"min(nullif(value, {NAN}))",
-    "max": f"max(nullif(value, {NAN}))",
-    "mean": f"avg(nullif(value, {NAN}))",
-    "last": f"arg_max_null(nullif(value, {NAN}), seq)",
-    "count": "count(*)",
-}
+NAN = metric_keys.NAN
+LIST_KEYS = 20  # metric keys per listed run unless asked (a run may have a million)
+LIST_ENTRIES = 50_000  # metric keys in one list answer, all runs together (~150 bytes each; a frame is 16 MB)
 LIST_COLUMNS = ("run_id", "job_id", "attempt", "name", "project", "owner", "host", "gpus", "state", "created_at",
                  "started_at", "finished_at", "exit_code")
 
@@ -48,21 +44,13 @@ class _Query:
         self.where_params: list[Any] = []
         self.alias: dict[tuple[str, str], str] = {}
         fields = fields_of(node) + [k.field for k in sort]
-        summaries: dict[str, set[str]] = {}
-        for f in fields:
-            if f.source == "metrics":
-                summaries.setdefault(f.key, set()).add(f.summary or "last")
         for f in fields:
             if f.source == "run" or (f.source, f.key) in self.alias:
                 continue
             alias = f"{f.source[0]}{len(self.alias)}"
             self.alias[(f.source, f.key)] = alias
-            if f.source == "metrics":
-                cols = ", ".join(f"{SUMMARY_SQL[s]} as s_{s}" for s in sorted(summaries[f.key]))
-                self.joins.append(f"left join (select run_id, {cols} from metrics where key = ? group by run_id) "
-                                  f"{alias} on {alias}.run_id = r.run_id")
-            else:
-                self.joins.append(f"left join {f.source} {alias} on {alias}.run_id = r.run_id and {alias}.key = ?")
+            table = "metric_keys" if f.source == "metrics" else f.source  # one summary row per run and key
+            self.joins.append(f"left join {table} {alias} on {alias}.run_id = r.run_id and {alias}.key = ?")
             self.join_params.append(f.key)
         self.where = self._node(node) if node is not None else "true"
         self.order = ", ".join(self._order(k) for k in sort)
@@ -85,8 +73,8 @@ class _Query:
             return f"{alias}.value_text" if as_text else f"{alias}.value_num"
         if field.source == "tags":
             return f"{alias}.value"
-        assert field.summary in SUMMARY_SQL
-        return f"coalesce({alias}.s_count, 0)" if field.summary == "count" else f"{alias}.s_{field.summary}"
+        assert field.summary is not None
+        return metric_keys.summary_sql(alias, field.summary)
 
     def _bind(self, value: Any) -> str:
         self.where_params.append(("true" if value else "false") if isinstance(value, bool) else value)
@@ -152,18 +140,32 @@ def check_limit(limit: int, most: int = 100_000) -> None:
 def select_run_ids(con: duckdb.DuckDBPyConnection, where: str | None = None, sort: str | None = None,
                    limit: int = 200) -> list[str]:
     """The ids of the runs that pass the filter, in the sort's order (newest first by default)."""
+    return _select(con, parse_filter(where or ""), parse_sort(sort), limit)
+
+
+def _select(con: duckdb.DuckDBPyConnection, node: Node | None, sort: list[SortKey], limit: int) -> list[str]:
     check_limit(limit, 10_000_000)
-    query = _Query(parse_filter(where or ""), parse_sort(sort))
+    query = _Query(node, sort)
     order = f"{query.order}, " if query.order else ""
     sql = f"select r.run_id {query.from_sql()} order by {order}r.created_at desc, r.run_id limit ?"
     return [r[0] for r in con.execute(sql, query.params + [limit]).fetchall()]
 
 
 def list_runs(con: duckdb.DuckDBPyConnection, where: str | None = None, sort: str | None = None,
-              limit: int = 200) -> list[dict[str, Any]]:
-    """Runs that pass the filter, with their params, tags and metric summaries."""
+              limit: int = 200, keys: str | None = None, max_keys: int = LIST_KEYS) -> list[dict[str, Any]]:
+    """Runs that pass the filter, with their params, tags and the summaries of some of their metric keys.
+
+    Each run carries its first ``max_keys`` keys in key order (those matching
+    the glob ``keys``; fewer when that many runs would pass LIST_ENTRIES
+    keys in all), and always the keys the filter and sort name;
+    ``metric_keys`` counts what was left out, ``points`` is over all keys.
+    """
     check_limit(limit)
-    ids = select_run_ids(con, where, sort, limit)
+    metric_keys.check_count("--max-keys", max_keys, metric_keys.MAX_PAGE)
+    pattern = metric_keys.check_pattern(keys)
+    node, order = parse_filter(where or ""), parse_sort(sort)
+    named = list(dict.fromkeys(f.key for f in fields_of(node) + [k.field for k in order] if f.source == "metrics"))
+    ids = _select(con, node, order, limit)
     if not ids:
         return []
     rel = con.execute(f"select {', '.join(LIST_COLUMNS)} from runs where run_id in ({marks(ids)})", ids)
@@ -176,31 +178,65 @@ def list_runs(con: duckdb.DuckDBPyConnection, where: str | None = None, sort: st
     for run_id, key, value in con.execute(f"select run_id, key, value from tags where run_id in ({marks(ids)}) "
                                           "order by key", ids).fetchall():
         by_id[run_id]["tags"][key] = value
-    for i, key, lo, hi, last, last_step, points in _summaries(con, ids):
+    shown_matching = [0] * len(ids)
+    per_run = max(1, min(max_keys, LIST_ENTRIES // len(ids)))
+    for i, matches, key, points, lo, hi, mean, last, last_step in _listed_keys(con, ids, pattern, per_run, named):
+        metrics = by_id[ids[i]]["metrics"]
+        if key not in metrics:
+            metrics[key] = {"min": finite(lo), "max": finite(hi), "mean": finite(mean), "last": finite(last),
+                            "last_step": last_step, "points": points}
+            shown_matching[i] += bool(matches)
+    for i, total, matching, points in _key_counts(con, ids, pattern):
         run = by_id[ids[i]]
-        run["metrics"][key] = {"min": finite(lo), "max": finite(hi), "last": finite(last), "last_step": last_step,
-                               "points": points}
-        run["points"] += points
+        run["points"] = int(points or 0)
+        run["metrics"] = dict(sorted(run["metrics"].items()))
+        run["metric_keys"] = {"total": int(total), "matching": int(matching), "shown": len(run["metrics"]),
+                              "left_out": int(matching) - shown_matching[i]}
     return [by_id[i] for i in ids]
 
 
-def _summaries(con: duckdb.DuckDBPyConnection, ids: list[str]) -> list[tuple]:
-    """(run index, key, min, max, last, last step, points) of every metric of the runs.
+def _batches(ids: list[str]) -> list[range]:
+    """Index ranges of at most _MAX_BRANCHES runs: one statement each, one ``UNION ALL`` branch per run."""
+    return [range(a, min(len(ids), a + _MAX_BRANCHES)) for a in range(0, len(ids), _MAX_BRANCHES)]
 
-    One branch per run, so each groups on ``key`` alone and DuckDB's zone maps
-    skip the row groups of other runs (see docs/runs.md, "How it stays fast").
+
+def _listed_keys(con: duckdb.DuckDBPyConnection, ids: list[str], pattern: str | None, max_keys: int,
+                 named: list[str]) -> list[tuple]:
+    """(run index, matches the pattern, key, points, min, max, mean, last, last step) of the keys a list shows.
+
+    Per run a top-N in key order (memory bounded by N however many keys the
+    run has; zone maps on ``run_id`` skip other runs' rows), plus the keys
+    the filter names.
     """
-    aggregates = (f"{SUMMARY_SQL['min']}, {SUMMARY_SQL['max']}, {SUMMARY_SQL['last']}, "
-                  "arg_max_null(step, seq), count(*)")
-    if len(ids) > _MAX_BRANCHES:  # a long list: one grouped join instead of a huge statement
-        con.register("_summary_ids", {"run_id": texts(ids), "r": np.arange(len(ids), dtype=np.int64)})
-        try:
-            return con.execute(f"select i.r, m.key, {aggregates} from metrics m join _summary_ids i "
-                               "on i.run_id = m.run_id group by i.r, m.key order by i.r, m.key").fetchall()
-        finally:
-            con.unregister("_summary_ids")
-    parts = [f"select {i} as r, key, {aggregates} from metrics where run_id = ? group by key" for i in range(len(ids))]
-    return con.execute(union(parts) + " order by r, key", ids).fetchall() if ids else []
+    matches = "key glob ?" if pattern is not None else "true"
+    cond = " and key glob ?" if pattern is not None else ""
+    glob = [pattern] if pattern is not None else []
+    row = metric_keys.ROW_SQL.replace("last_value", f"nullif(last_value, {NAN})")
+    out: list[tuple] = []
+    for batch in _batches(ids):
+        parts, params = [], []
+        for i in batch:
+            parts.append(f"select {i} as r, {matches}, {row} from metric_keys where run_id = ?{cond} "
+                         "order by key limit ?")
+            params += glob + [ids[i]] + glob + [max_keys]
+            if named:
+                parts.append(f"select {i} as r, {matches}, {row} from metric_keys where run_id = ? "
+                             "and list_contains(?::varchar[], key)")
+                params += glob + [ids[i], named]
+        out += con.execute(union(parts), params).fetchall()
+    return out
+
+
+def _key_counts(con: duckdb.DuckDBPyConnection, ids: list[str], pattern: str | None) -> list[tuple]:
+    """(run index, keys, keys matching the pattern, points over all keys) of each run."""
+    matching = "count(*) filter (where key glob ?)" if pattern is not None else "count(*)"
+    glob = [pattern] if pattern is not None else []
+    out: list[tuple] = []
+    for batch in _batches(ids):
+        parts = [f"select {i} as r, count(*), {matching}, sum(points) from metric_keys where run_id = ?"
+                 for i in batch]
+        out += con.execute(union(parts), [p for i in batch for p in glob + [ids[i]]]).fetchall()
+    return out
 
 
 # ------------------------------------------------------------- shared pieces

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from textual.app import App
 from textual.widgets import DirectoryTree, Input
 
@@ -264,6 +265,43 @@ async def test_two_runs_are_compared(home: Home) -> None:
         assert set(compare.comparison["params"]["differ"]) == {"lr"}
         await pilot.press("escape")
         assert isinstance(app.screen, RunsScreen)
+
+
+WIDE = ("from mlfleet import track; "
+        "[track.log({f'layer{i:03d}': s * i for i in range(150)}, step=s) for s in range(3)]; track.flush()")
+
+
+async def test_a_run_with_many_keys_is_shown_and_compared_in_part_and_says_so(home: Home) -> None:
+    app = FleetApp(home)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.client is not None, "the connection to the controller", 30)
+        jobs = [await _submit(home, "wide", WIDE), await _submit(home, "wide2", WIDE)]
+        async with await connect(home) as client:
+            for job_id in jobs:
+                assert (await client.call("job_wait", job=job_id, timeout=60))["state"] == "succeeded"
+
+        await pilot.press("3")
+        runs = app.screen
+        await until(pilot, lambda: len(runs.table.shown) >= 2, "two runs in the table", 20)
+        assert all(len(r["metrics"]) == 20 and r["metric_keys"]["left_out"] == 130 for r in runs.runs)
+        assert len([c for c, _ in runs.table.columns_spec if c.startswith("metric:")]) <= 5
+        runs.table.focus()
+        runs.table.move_cursor(row=0)
+        await pilot.press("enter")
+        panel = await until(pilot, lambda: isinstance(app.screen, TextPanel) and app.screen, "the run's page")
+        console = Console(width=200, record=True)
+        console.print(panel.body)
+        page = console.export_text()
+        assert "layer099: last 198.0" in page and "layer100" not in page
+        assert "… and 50 more (mlfleet runs show" in page
+        await pilot.press("escape")
+
+        await pilot.press("space", "space", "c")
+        compare = await until(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen, "the compare screen")
+        title = compare.query_one("#compare-title")
+        await until(pilot, lambda: compare.comparison or "cannot compare" in text_of(title), "the comparison", 20)
+        assert compare.metric_keys == [f"layer{i:03d}" for i in range(20)]
+        assert "130 more not compared" in text_of(title)
 
 
 async def test_a_bad_runs_filter_is_said_in_the_filter_bar(home: Home) -> None:

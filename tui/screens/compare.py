@@ -144,7 +144,9 @@ class CompareScreen(Screen[None]):
         best = entry.get("best") or {}
         summary = " · ".join(f"{run}: best {b.get('value'):.4g} @{b.get('step')} ({b.get('mode')})"
                              for run, b in best.items() if isinstance(b.get("value"), (int, float)))
-        title.update(f"metric {self.metric_index + 1}/{len(self.metric_keys)} [b]{key}[/b]  ([ ] other metrics)"
+        left_out = int((self.comparison.get("metric_keys") or {}).get("left_out") or 0)
+        more = f" · {left_out:,} more not compared (mlfleet runs compare --keys PATTERN)" if left_out else ""
+        title.update(f"metric {self.metric_index + 1}/{len(self.metric_keys)} [b]{key}[/b]  ([ ] other metrics){more}"
                      + (f"\n{summary}" if summary else ""))
         widget.refresh()
 

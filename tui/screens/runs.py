@@ -150,11 +150,13 @@ def run_detail(run: dict[str, Any]) -> Table:
     for title, mapping in (("params", run.get("params")), ("tags", run.get("tags"))):
         page.add_row(title, "\n".join(f"{k} = {v}" for k, v in sorted((mapping or {}).items())) or "-")
     metrics = run.get("metrics") or {}
-    if isinstance(metrics, dict):
-        lines = [f"{k}: last {s.get('last')} min {s.get('min')} max {s.get('max')} ({s.get('points')} points)"
-                 for k, s in sorted(metrics.items())]
-    else:
-        lines = [str(m.get("key", m)) if isinstance(m, dict) else str(m) for m in metrics]
+    if not isinstance(metrics, dict):  # run_show's list, in key order
+        metrics = {str(m.get("key")): m for m in metrics if isinstance(m, dict)}
+    lines = [f"{k}: last {s.get('last')} min {s.get('min')} max {s.get('max')} ({s.get('points')} points)"
+             for k, s in sorted(metrics.items())]
+    left_out = int((run.get("metric_keys") or {}).get("left_out") or 0)
+    if left_out:
+        lines.append(f"… and {left_out:,} more (mlfleet runs show {run.get('run_id')} --keys PATTERN or --all-keys)")
     page.add_row("metrics", "\n".join(lines) or "-")
     for key, value in lineage_rows(run.get("lineage") or {}):
         page.add_row(key, value)
