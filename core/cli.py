@@ -831,14 +831,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive, default=200)
     keys_help = "only metric keys matching this glob, e.g. 'val_*' (* any characters, ? one, [abc] one of)"
     p.add_argument("--keys", metavar="PATTERN", help=keys_help)
-    p.add_argument("--max-keys", type=_positive, default=20, metavar="N",
+    p.add_argument("--max-keys", type=_bounded(1, 1_000_000), default=20, metavar="N",
                    help="metric keys per run in --json, besides those --where and --sort name (default 20)")
     p = add(runs, "compare", _client_command(cmd_runs_compare),
             "compare runs: best values, downsampled curves, params that differ")
     p.add_argument("ids", nargs="+", metavar="ID", help="run ids (a unique prefix is enough)")
     p.add_argument("--metric", action="append", help="only this metric (repeatable; default: the first --max-keys)")
     p.add_argument("--keys", metavar="PATTERN", help=keys_help)
-    p.add_argument("--max-keys", type=_positive, default=20, metavar="N",
+    p.add_argument("--max-keys", type=_bounded(1, 1_000_000), default=20, metavar="N",
                    help="without --metric, compare the first N metrics in key order (default 20, at most 1000)")
     p.add_argument("--points", type=_bounded(1, bounds.MAX_POINTS), default=500, help="buckets per curve (default 500)")
     p = add(runs, "export", _client_command(cmd_runs_export), "write runs or their metric points to Parquet or CSV")
@@ -853,7 +853,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("--keys", metavar="PATTERN", help=keys_help)
     how_many = p.add_mutually_exclusive_group()
-    how_many.add_argument("--max-keys", type=_positive, default=100, metavar="N",
+    how_many.add_argument("--max-keys", type=_bounded(1, 1_000_000), default=100, metavar="N",
                           help="show the first N metric keys in key order (default 100, at most 10000)")
     how_many.add_argument("--all-keys", action="store_true", help="show every metric key, fetched 10,000 at a time")
     add(runs, "artifacts", _client_command(cmd_runs_artifacts), "list the files a run logged as artifacts").add_argument("id")
