@@ -54,15 +54,23 @@ def read_yaml(path: str | Path, allow_empty: bool = False) -> Located:
         raise SpecError(display, None, None, "file not found", "check the path")
     if p.is_dir():
         raise SpecError(display, None, None, "is a folder, not a YAML file", "pass the .yaml file itself")
-    if p.stat().st_size > _MAX_YAML_BYTES:
-        raise SpecError(display, None, None, "file is larger than 4 MiB, which is not a job spec", "check the path")
+    if not p.is_file():  # /dev/zero, a FIFO: no end, or no size to check
+        raise SpecError(display, None, None, "is not a regular file", "pass the .yaml file itself")
     try:
-        text = p.read_text(encoding="utf-8")
+        with open(p, "rb") as fh:
+            raw = fh.read(_MAX_YAML_BYTES + 1)  # bounded whatever the file claims its size is
+        if len(raw) > _MAX_YAML_BYTES:
+            raise SpecError(display, None, None, "file is larger than 4 MiB, which is not a job spec", "check the path")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(display, None, None, f"is not UTF-8 text (byte {exc.start})", "save it as UTF-8") from None
     except OSError as exc:
         raise SpecError(display, None, None, f"cannot be read: {exc.strerror}") from None
-    return parse_yaml(text, display, allow_empty)
+    try:
+        return parse_yaml(text, display, allow_empty)
+    except RecursionError:  # a self-referencing alias (a: &a [*a]) or thousands of nested brackets
+        raise SpecError(display, None, None, "nests too deeply (or an alias refers to itself)",
+                        "flatten the YAML") from None
 
 
 def parse_yaml(text: str, display: str, allow_empty: bool = False) -> Located:

@@ -167,3 +167,20 @@ def test_submit_of_a_missing_file_prints_one_line_and_exits_2(fleet: Fleet) -> N
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"mlfleet: {path}: ") and "not found" in lines[0]
     _assert_no_controller_was_bothered(fleet)
+
+
+def test_endless_or_self_referencing_spec_files_are_one_sentence(tmp_path) -> None:
+    from mlfleet.core.errors import SpecError
+    from mlfleet.core.yamlsource import read_yaml
+
+    alias = tmp_path / "alias.yaml"
+    alias.write_text("a: &a [*a]\n")
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    for path, words in ((alias, "nests too deeply"), (deep, "nests too deeply"), ("/dev/zero", "not a regular file")):
+        try:
+            read_yaml(path)
+        except SpecError as exc:
+            assert words in str(exc)
+        else:
+            raise AssertionError(f"{path} was accepted")
