@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable
 
 from mlfleet import __version__
 from mlfleet.core import bounds, cli_drift, cli_run_keys, logfile, render
-from mlfleet.core.client import ControllerClient, connect, controller_pid, submit_with_retry, try_connect
+from mlfleet.core.client import ControllerClient, connect, controller_pid, lock_held, submit_with_retry, try_connect
 from mlfleet.core.config import load_job_spec
 from mlfleet.core.errors import (EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, MlfleetError, UnavailableError,
                                  UsageError)
@@ -636,7 +636,7 @@ async def _controller_action(home: Home, args: argparse.Namespace) -> int:
         answer = await client.call("shutdown")
     for _ in range(300):  # stopped means its lock is free: the file is closed and checkpointed
         await asyncio.sleep(0.1)
-        if not _lock_held(home.controller_lock):
+        if not lock_held(home.controller_lock):
             break
     else:
         raise UnavailableError("the controller did not stop within 30 s")
@@ -644,14 +644,6 @@ async def _controller_action(home: Home, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _lock_held(path: Path) -> bool:
-    import fcntl
-    import os
-
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+from pathlib import Path
 import os
 import signal
 import subprocess
@@ -139,17 +140,22 @@ def controller_pid(home: Home) -> int | None:
         return None
     if pid <= 0 or not _alive(pid):
         return None
+    return pid if lock_held(home.controller_lock) else None
+
+
+def lock_held(path: Path) -> bool:
+    """Whether a live process holds the flock on ``path`` (a controller's or agent's lock file)."""
     try:
-        fd = os.open(home.controller_lock, os.O_RDWR)
+        fd = os.open(path, os.O_RDWR)
     except OSError:
-        return None
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        return pid
+        return True
     finally:
         os.close(fd)  # also releases the lock if we got it: nobody held it
-    return None
+    return False
 
 
 async def _wait_for_running(home: Home, pid: int, dropped: bool = False) -> ControllerClient | None:
