@@ -36,7 +36,7 @@ from mlfleet.core.lineage import gpu_usage
 from mlfleet.core.models import JobSpec, LaunchRequest, RunStatus, StreamChunk, spec_from_plain
 from mlfleet.core.paths import Home
 from mlfleet.core.protocol import Peer
-from mlfleet.core.settings import Settings, file_digest
+from mlfleet.core.settings import Settings, file_digest, store_memory_limit
 from mlfleet.core.store import records
 from mlfleet.core.store.db import Store
 from mlfleet.core.inventory import HostConfig, load_inventory
@@ -144,7 +144,9 @@ class Controller:
                         self.home.data_dir, ", ".join(map(str, foreign[:5])))
         self.apply_inventory(load_inventory(self.home.hosts_file))
         self._inventory_digest = file_digest(self.home.hosts_file)
-        self.store = Store(self.home.db_path, query_workers=self.settings.query.workers)
+        self.store = Store(self.home.db_path, query_workers=self.settings.query.workers,
+                           memory_limit=store_memory_limit(self.settings),
+                           spill_limit=int(self.settings.store.spill_limit))
         await self._load_state()
         # The start and any config change are on record before the socket opens: a client that
         # started this controller (``audit list`` on a stopped installation) must find them.

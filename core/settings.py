@@ -39,12 +39,14 @@ Mistakes are SpecErrors with file:line:field, like job specs.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Annotated
 
 import msgspec
 from msgspec import Meta
 
+from . import units
 from .config import spec_error_from_validation
 from .errors import SpecError
 from .inventory import AbsolutePath, check_absolute_paths
@@ -100,6 +102,14 @@ class QuerySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     allow_file_reads: bool = False  # files are read as the controller's OS user: a team controller reads for all
 
 
+class StoreSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # DuckDB's memory bound for the whole controller (ingest, reads, users' queries); None: automatic,
+    # a quarter of this machine's memory within 1..8 GiB. A query needing more spills or fails; a
+    # huge aggregate in `db query` fails at once with a sentence instead of growing the controller.
+    memory_limit: ByteSize | None = None
+    spill_limit: ByteSize = ByteSize(8 * 1024**3)  # disk (next to the store) for what does not fit in memory
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     controller: ControllerSettings = msgspec.field(default_factory=ControllerSettings)
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
@@ -108,6 +118,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     client: ClientSettings = msgspec.field(default_factory=ClientSettings)
     logs: LogSettings = msgspec.field(default_factory=LogSettings)
     query: QuerySettings = msgspec.field(default_factory=QuerySettings)
+    store: StoreSettings = msgspec.field(default_factory=StoreSettings)
 
 
 def load_settings(path: Path) -> Settings:
@@ -125,7 +136,8 @@ def load_settings(path: Path) -> Settings:
         raise spec_error_from_validation(str(exc), located.data, located, {
             (): Settings, ("controller",): ControllerSettings, ("telemetry",): TelemetrySettings,
             ("scheduler",): SchedulerSettings, ("local",): LocalHostSettings,
-            ("client",): ClientSettings, ("logs",): LogSettings, ("query",): QuerySettings}) from None
+            ("client",): ClientSettings, ("logs",): LogSettings, ("query",): QuerySettings,
+            ("store",): StoreSettings}) from None
     for parts, value, low, high in (
         (("controller", "tick"), settings.controller.tick, 0.05, 60),
         (("controller", "answer_timeout"), settings.controller.answer_timeout, 1, 600),
@@ -144,11 +156,30 @@ def load_settings(path: Path) -> Settings:
         raise SpecError(located.path, located.line_of(("controller", "log_max_size")), "controller.log_max_size",
                         f"{int(settings.controller.log_max_size)} bytes is out of range", "use between 64KiB and 1TiB")
     check_absolute_paths(located, ("local", "artifact_roots"), "local.artifact_roots", settings.local.artifact_roots)
-    size = settings.logs.max_size
-    if not 1024**2 <= size <= 1024**4:
-        raise SpecError(located.path, located.line_of(("logs", "max_size")), "logs.max_size",
-                        f"{size} bytes is out of range", "use between 1MiB and 1TiB")
+    for parts, size, low, high in (
+        (("logs", "max_size"), settings.logs.max_size, "1MiB", "1TiB"),
+        (("store", "memory_limit"), settings.store.memory_limit, "128MiB", "64TiB"),
+        (("store", "spill_limit"), settings.store.spill_limit, "0B", "64TiB"),
+    ):
+        if size is not None and not units.parse_size(low) <= size <= units.parse_size(high):
+            raise SpecError(located.path, located.line_of(parts), ".".join(parts),
+                            f"{size} bytes is out of range", f"use between {low} and {high}")
     return settings
+
+
+def store_memory_limit(settings: Settings) -> int:
+    """``store.memory_limit``, or when unset a quarter of this machine's memory, kept within 1..8 GiB.
+
+    DuckDB's own default (80 % of memory) suits a database server, not a
+    controller sharing a workstation with the training jobs it launches.
+    """
+    if settings.store.memory_limit is not None:
+        return int(settings.store.memory_limit)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        total = 4 * 1024**3
+    return max(1024**3, min(8 * 1024**3, total // 4))
 
 
 def file_digest(path: Path) -> str | None:

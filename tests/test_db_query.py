@@ -208,3 +208,47 @@ def test_what_a_stopped_controller_leaves_is_a_clean_file(fleet: Fleet) -> None:
     with duckdb.connect(str(fleet.home.db_path), read_only=True) as con:
         actions = [a for (a,) in con.execute("select action from audit order by id").fetchall()]
     assert actions[-1] == "controller.stop" and Path(fleet.home.db_path).stat().st_size > 0
+
+
+HUNGRY = [
+    "select list(range) from range(150000000)",  # ~15 GB in the controller, and deaf to interrupts, unbounded
+    "select string_agg(repeat('x', 1000), ',') from range(3000000)",
+    "select array_agg(repeat('y', 100)) from range(30000000)",
+]
+FAST_LOGGER = """name: fast-logger
+command: [python, -c, "from mlfleet import track\\nfor s in range(60000):\\n    track.log({'loss': 1.0 / (s + 1)}, step=s)"]
+"""
+
+
+def _peak_rss(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
+
+
+def test_a_query_hungry_for_memory_fails_fast_within_the_store_bound_and_loses_no_points(fleet: Fleet) -> None:
+    """Aggregates that would grow the controller to gigabytes fail at the bound, while a fast job's points all land."""
+    fleet.home.config_file.write_text("query:\n  time_limit: 10m\nstore:\n  memory_limit: 1GiB\n")
+    job_id = fleet.cli_json("submit", str(fleet.write_spec("fast.yaml", FAST_LOGGER)))["job_id"]
+    for sql in HUNGRY:
+        started = time.monotonic()
+        result = fleet.cli("db", "query", sql, timeout=120)
+        # Ten minutes on the clock: only the memory bound explains an answer this soon.
+        assert time.monotonic() - started < 60
+        assert result.code == 2, result.err
+        sentence = _one_sentence(result.err)
+        assert "needed more memory than the store may use (1.0 GiB)" in sentence, sentence
+        assert "store.memory_limit in config.yaml" in sentence
+    assert _peak_rss(fleet.controller_pid) < 2 * 1024**3
+    assert fleet.cli("jobs", "list", timeout=30).code == 0
+
+    fleet.wait_state(job_id, {"succeeded"}, timeout=180)
+    run_id = fleet.job(job_id)["run_id"]
+    counts = fleet.cli_json("db", "query", f"select count(*), count(distinct step) from metrics where run_id = '{run_id}'")
+    assert counts["rows"] == [[60000, 60000]]
+
+
+def test_store_bounds_are_checked_with_their_line(fleet: Fleet) -> None:
+    fleet.home.config_file.write_text("store:\n  memory_limit: 1MiB\n")
+    result = fleet.cli("jobs", "list")
+    assert result.code == 2
+    assert ":2: store.memory_limit: 1048576 bytes is out of range; use between 128MiB and 64TiB" in _one_sentence(result.err)

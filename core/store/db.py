@@ -40,6 +40,7 @@ import duckdb
 import msgspec
 
 from mlfleet.core.errors import MlfleetError, StoreVersionError, UnavailableError, UsageError
+from mlfleet.core.units import format_size
 
 from . import schema
 from .query_pool import QueryPool, Stoppable, stop_until_done, wait_stopping
@@ -59,7 +60,8 @@ MAX_RESULT_BYTES = 8 * 1024 * 1024
 class Store:
     """The controller's handle on the DuckDB file."""
 
-    def __init__(self, path: Path, query_workers: int = 2) -> None:
+    def __init__(self, path: Path, query_workers: int = 2, memory_limit: int | None = None,
+                 spill_limit: int | None = None) -> None:
         self.path = path
         self.label = str(path)
         try:
@@ -76,6 +78,11 @@ class Store:
         except StoreVersionError:
             self.con.close()
             raise
+        self.memory_limit = memory_limit
+        if memory_limit is not None:  # before the lock: nothing may raise it afterwards
+            self.con.execute(f"set memory_limit = '{int(memory_limit)}B'")
+        if spill_limit is not None:
+            self.con.execute(f"set max_temp_directory_size = '{int(spill_limit)}B'")
         self.con.execute("set lock_configuration = true")
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
         self._reader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store-reader")
@@ -128,8 +135,14 @@ class Store:
 
     async def query(self, sql: str, limit: int, *, time_limit: float, allow_file_reads: bool = False) -> dict[str, Any]:
         """A user's read-only SQL (``db query``), checked, in its own pool, stopped at ``time_limit``."""
-        return await self.queries.run(read_only_query, sql, limit, allow_file_reads, self.catalog,
-                                      time_limit=time_limit)
+        try:
+            return await self.queries.run(read_only_query, sql, limit, allow_file_reads, self.catalog,
+                                          time_limit=time_limit)
+        except QueryOutOfMemory as exc:
+            bound = f" ({format_size(self.memory_limit)})" if self.memory_limit else ""
+            raise UsageError(f"the query needed more memory than the store may use{bound} and was stopped: "
+                             f"{exc}; narrow it (WHERE, LIMIT, smaller list() or string_agg()) "
+                             "or raise store.memory_limit in config.yaml") from None
 
     def close(self) -> None:
         """Stop users' queries and the reads still running (interrupted, not waited out), then checkpoint."""
@@ -186,12 +199,24 @@ def read_only_query(con: duckdb.DuckDBPyConnection, sql: str, limit: int = 10_00
                 rows.append(row)
     except duckdb.InterruptException:
         raise
+    except duckdb.OutOfMemoryException as exc:
+        raise QueryOutOfMemory(oom_detail(exc)) from None
     except duckdb.Error as exc:
         raise UsageError(f"query failed: {first_line(exc)}") from None
     finally:
         with contextlib.suppress(duckdb.Error):
             con.execute("rollback")
     return {"columns": columns, "rows": rows, "truncated": truncated}
+
+
+class QueryOutOfMemory(Exception):
+    """A user's query ran into the store's memory bound; Store.query names the bound and what to do."""
+
+
+def oom_detail(exc: duckdb.Error) -> str:
+    """'failed to allocate data of size 2.0 GiB (1.2 GiB/1.8 GiB used)' out of DuckDB's message."""
+    line = first_line(exc)
+    return line.split(":", 1)[1].strip() if ":" in line else line
 
 
 def jsonable(value: Any) -> Any:
