@@ -131,11 +131,11 @@ class AgentDaemon:
         async def handle(peer: Peer, method: str, params: dict[str, Any]) -> Any:
             answer = await dispatch(peer, method, params)
             if method == "hello":  # a real peer, not an idle socket: never evicted for a newcomer
-                self._listener.greeted(writer)
+                self._listener.greeted(peer)
             return answer
 
         peer = Peer(reader, writer, handle, name="controller", hello_deadline=HELLO_DEADLINE_S,
-                    max_incoming=SERVER_MAX_REQUEST, frame_deadline=SERVER_FRAME_DEADLINE_S)
+                    max_incoming=SERVER_MAX_REQUEST, frame_deadline=SERVER_FRAME_DEADLINE_S, require_hello=True)
         self.peers.add(peer)
         self._last_contact = time.time()
         peer.start()

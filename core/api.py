@@ -85,7 +85,7 @@ class ControllerApi(DriftApi, RunsApi):
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = Peer(reader, writer, self.handler, name="client", hello_deadline=HELLO_DEADLINE_S,
-                    max_incoming=SERVER_MAX_REQUEST, frame_deadline=SERVER_FRAME_DEADLINE_S)
+                    max_incoming=SERVER_MAX_REQUEST, frame_deadline=SERVER_FRAME_DEADLINE_S, require_hello=True)
         peer.info["actor"] = _peer_user(writer)
         self.peers.add(peer)
         peer.start()
@@ -101,7 +101,7 @@ class ControllerApi(DriftApi, RunsApi):
     # ------------------------------------------------------------ basics
     async def rpc_hello(self, peer: Peer, protocol: int, role: str = "") -> dict[str, Any]:
         if self.listener is not None:
-            self.listener.greeted(peer.writer)  # a client, not an idle socket: never evicted for a newcomer
+            self.listener.greeted(peer)  # a client, not a bare socket: evicted for a newcomer only when idle
         return {"protocol": PROTOCOL_VERSION, "role": "controller", "version": __version__}
 
     async def rpc_status(self, peer: Peer) -> dict[str, Any]:

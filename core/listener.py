@@ -7,11 +7,13 @@ accept loop logs a traceback per failed ``accept()`` and schedules a retry
 per failure (a 100-fold storm per second: 200 MB of log in 40 s). Here:
 
 - at most ``max_connections`` are held. A newcomer over the cap first
-  evicts the oldest connection that has not said ``hello`` (an idle or
-  slowloris client, never a working one); when every held connection has
-  greeted, the newcomer gets one error frame (a non-blocking send: never
-  waited for) and is closed at once, so its descriptor is released in the
-  same loop iteration;
+  evicts the oldest connection that has not said ``hello`` (a slowloris
+  client, never a working one), else the greeted connection idle longest
+  with nothing asked or answered in flight (a TUI reconnects; a client
+  holding hundreds of idle connections cannot lock everyone out); only
+  when every held connection is busy does the newcomer get one error frame
+  (a non-blocking send: never waited for) and is closed at once, so its
+  descriptor is released in the same loop iteration;
 - the soft RLIMIT_NOFILE is raised (up to the hard limit) to leave room for
   the cap plus the daemon's own files; where it cannot be, the cap shrinks
   and that is said once in the log;
@@ -37,7 +39,7 @@ import resource
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 from mlfleet.core.protocol import Frame, encode
 
@@ -53,12 +55,26 @@ _RETRY_ACCEPT_S = 0.5
 OnConnect = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
+class GreetedPeer(Protocol):
+    """What the listener reads of a protocol Peer to choose whom to evict."""
+
+    writer: Any
+    last_active: float
+
+    @property
+    def idle(self) -> bool: ...
+
+
 @dataclass(eq=False)
 class _Connection:
     sock: socket.socket
     writer: asyncio.StreamWriter | None = None
-    greeted: bool = False
+    peer: GreetedPeer | None = None  # set once it said hello
     setting_up: bool = False  # its transport is being made: neither a bare socket nor a served one
+
+    @property
+    def greeted(self) -> bool:
+        return self.peer is not None
 
 
 def fd_budget(wanted: int) -> int:
@@ -146,11 +162,11 @@ class UnixListener:
     def open_count(self) -> int:
         return len(self._open)
 
-    def greeted(self, writer: asyncio.StreamWriter) -> None:
-        """The connection of ``writer`` said hello: a newcomer never evicts it."""
-        conn = self._by_writer.get(writer)
+    def greeted(self, peer: GreetedPeer) -> None:
+        """``peer`` said hello: a newcomer evicts it only when it is idle, and the idlest first."""
+        conn = self._by_writer.get(peer.writer)
         if conn is not None:
-            conn.greeted = True
+            conn.peer = peer
 
     def facts(self) -> dict[str, Any]:
         return {"connections": self.open_count, "max_connections": self.max_connections,
@@ -196,10 +212,16 @@ class UnixListener:
         task.add_done_callback(self._tasks.discard)
 
     def _evict_one(self) -> bool:
-        """Drop the oldest connection that has not said hello, to make room; False if every one has."""
+        """Make room: the oldest connection that has not said hello, else the idlest greeted one; False if none."""
         victim = next((c for c in self._open if not c.greeted and not c.setting_up), None)
         if victim is None:
-            return False
+            idle = [c for c in self._open if c.peer is not None and c.peer.idle]
+            victim = min(idle, key=lambda c: c.peer.last_active, default=None)  # type: ignore[union-attr]
+            if victim is None:
+                return False
+            self._tell(victim.sock, f"{self.name} closed this idle connection to make room for a new one "
+                                    f"(it holds {self.max_connections}"
+                                    f"{f', {self.setting}' if self.setting else ''}); connect again")
         self._forget(victim)
         if victim.writer is not None:
             victim.writer.transport.abort()  # its descriptor is closed in this loop iteration
@@ -208,14 +230,18 @@ class UnixListener:
         self.evicted += 1
         return True
 
+    @staticmethod
+    def _tell(sock: socket.socket, message: str) -> None:
+        """One error frame, one non-blocking try: the peer learns why, and nothing here waits for it."""
+        frame = encode(Frame(error={"kind": "UnavailableError", "message": message, "exit_code": 5}))
+        with contextlib.suppress(OSError):
+            sock.send(frame)
+
     def _refuse(self, sock: socket.socket, message: str) -> None:
         self.refused += 1
-        frame = encode(Frame(error={"kind": "UnavailableError", "message": message, "exit_code": 5}))
         try:
             sock.setblocking(False)
-            sock.send(frame)  # one try, never waited for: the frame fits an empty socket buffer
-        except OSError:
-            pass
+            self._tell(sock, message)  # the frame fits an empty socket buffer
         finally:
             sock.close()
 

@@ -29,6 +29,7 @@ import inspect
 import itertools
 import logging
 import struct
+import time
 import traceback
 import typing
 from typing import Any, Awaitable, Callable
@@ -137,7 +138,7 @@ class Peer:
     def __init__(self, reader: Any, writer: Any, handler: Handler | None = None, name: str = "peer", *,
                  max_frame: int = MAX_FRAME, frame_deadline: float | None = FRAME_DEADLINE_S,
                  hello_deadline: float | None = None, max_incoming: int | None = None,
-                 max_in_flight: int = MAX_IN_FLIGHT) -> None:
+                 max_in_flight: int = MAX_IN_FLIGHT, require_hello: bool = False) -> None:
         self.reader = reader
         self.writer = writer
         self.handler = handler
@@ -147,6 +148,11 @@ class Peer:
         self._in_flight = asyncio.Semaphore(max_in_flight)  # requests of the other side being answered
         self.frame_deadline = frame_deadline
         self.hello_deadline = hello_deadline
+        # Servers: nothing is answered before a hello was; a connection that asks anything else first is closed.
+        self.require_hello = require_hello
+        self.greeted = False  # the other side's hello was answered
+        self.last_active = time.monotonic()  # a frame read or an answer sent (the listener evicts the idlest)
+        self._answering = 0
         self.close_reason = ""
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
@@ -172,6 +178,11 @@ class Peer:
     @property
     def closed(self) -> bool:
         return self._closed.is_set()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing asked of us unanswered and nothing we asked unanswered: closing it loses no request."""
+        return self._answering == 0 and not self._pending
 
     async def close(self, reason: str = "connection closed") -> None:
         if self._reader_task and self._reader_task is not asyncio.current_task():
@@ -267,10 +278,20 @@ class Peer:
                 if payload is None:
                     break
                 first = False
+                self.last_active = time.monotonic()
                 try:
                     frame = decode(payload)
                 except ProtocolError as exc:
                     await self._reply_error(None, exc)
+                    continue
+                if frame.method is not None and self.require_hello and not self.greeted:
+                    if frame.method != "hello":
+                        reason = f"{frame.method!r} asked before hello"
+                        await self._reply_error(frame.id, ProtocolError(
+                            f"the first request on a connection must be hello (protocol {PROTOCOL_VERSION}), "
+                            f"not {frame.method!r}; closing the connection"))
+                        break
+                    await self._answer(frame)  # whole before anything else is read: it decides the rest
                     continue
                 if frame.method is not None:
                     await self._in_flight.acquire()  # a peer that pipelines without reading waits here
@@ -302,12 +323,18 @@ class Peer:
         return task
 
     async def _answer(self, frame: Frame) -> None:
+        self._answering += 1
+        try:
+            await self._answer_one(frame)
+        finally:
+            self._answering -= 1
+            self.last_active = time.monotonic()
+
+    async def _answer_one(self, frame: Frame) -> None:
         if frame.method == "hello":
-            params = frame.params or {}
-            if params.get("protocol") != PROTOCOL_VERSION:
-                await self._reply_error(frame.id, ProtocolError(
-                    f"peer speaks protocol {params.get('protocol')!r}, this side speaks {PROTOCOL_VERSION}; "
-                    "install the same mlfleet version on both sides"))
+            problem = hello_problem(frame.params or {})
+            if problem:
+                await self._reply_error(frame.id, ProtocolError(problem))
                 return
         if self.handler is None:
             await self._reply_error(frame.id, ProtocolError(f"{self.name} does not take requests"))
@@ -329,6 +356,9 @@ class Peer:
             await self.writer.drain()
         except (ConnectionError, RuntimeError, OSError):
             self._shutdown("connection lost while answering")
+            return
+        if frame.method == "hello":
+            self.greeted = True
 
     async def _reply_error(self, request_id: int | None, exc: BaseException) -> None:
         if isinstance(exc, MlfleetError):
@@ -339,6 +369,20 @@ class Peer:
         with contextlib.suppress(ConnectionError, RuntimeError, OSError, ProtocolError):
             self._send(encode(Frame(id=request_id, error=error), self.max_frame))
             await self.writer.drain()
+
+
+def hello_problem(params: dict[str, Any]) -> str:
+    """Why a hello cannot open the conversation ('' when it can): the protocol must be exactly ours."""
+    protocol = params.get("protocol")
+    if protocol == PROTOCOL_VERSION and type(protocol) is int:
+        return ""
+    if "protocol" not in params:
+        return f"hello must carry protocol: {PROTOCOL_VERSION} (the number this side speaks)"
+    if type(protocol) is not int:
+        return (f"hello's protocol must be the number {PROTOCOL_VERSION}, not {type(protocol).__name__} "
+                f"{protocol!r}")
+    return (f"the other side speaks protocol {protocol}, this side speaks {PROTOCOL_VERSION}; "
+            "install the same mlfleet version on both sides")
 
 
 def _remote_error(error: dict[str, Any]) -> RemoteError:

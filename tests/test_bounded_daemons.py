@@ -171,11 +171,35 @@ def test_an_idle_flood_past_the_open_file_limit_never_locks_users_out_nor_fills_
     assert log.count("mlfleet.core.listener") <= 2  # "full" and "taking connections again", if at all
 
 
-def test_clients_that_said_hello_fill_the_cap_and_the_cli_says_busy_in_one_sentence(fleet: Fleet) -> None:
+def test_idle_clients_that_said_hello_make_room_for_a_newcomer_idlest_first(fleet: Fleet) -> None:
+    """256 idle greeted clients (or 16 here) must not lock users out: the idlest is closed, and told why."""
     start_controller(fleet, "controller:\n  max_connections: 16\n")
     sock = fleet.home.controller_socket
     held = [greeted_client(sock) for _ in range(16)]
     try:
+        time.sleep(0.05)
+        for i, client in enumerate(held[1:], start=2):  # all but the first were active since
+            assert "result" in call(client, i, "status")
+        assert fleet.cli("jobs", "list").code == 0
+        frames, closed = read_frames(held[0], 5)
+        assert closed and "closed this idle connection to make room" in frames[-1]["error"]["message"]
+        assert closed_by_peer(held[2:], wait=0) == 0  # only one made room, and it was the idlest
+        assert call(held[5], 99, "jobs_list")["result"] == []
+        assert fleet.cli_json("controller", "status")["evicted"] >= 1
+    finally:
+        close_all(held)
+
+
+def test_when_every_held_connection_is_busy_the_cli_says_busy_in_one_sentence(fleet: Fleet) -> None:
+    start_controller(fleet, "controller:\n  max_connections: 16\n")
+    spec = fleet.write_spec("sleeper", "name: sleeper\ncommand: [sleep, '300']\n")
+    job_id = fleet.cli_json("submit", str(spec))["job_id"]
+    sock = fleet.home.controller_socket
+    held = [greeted_client(sock) for _ in range(16)]
+    try:
+        for client in held:  # each waits on the job: a request in flight, so none is idle
+            client.sendall(frame(id=7, method="job_wait", params={"job": job_id, "timeout": 300}))
+        time.sleep(0.5)
         busy = fleet.cli("jobs", "list")
         assert busy.code == 5
         sentence = one_sentence(busy.err)
@@ -189,13 +213,25 @@ def test_clients_that_said_hello_fill_the_cap_and_the_cli_says_busy_in_one_sente
         frames, closed = read_frames(newcomer, 5)
         assert closed and len(frames) == 1 and "busy" in frames[0]["error"]["message"]
         newcomer.close()
-        # Those held are not hurt: they still get answers.
-        assert call(held[0], 2, "jobs_list")["result"] == []
+        assert closed_by_peer(held, wait=0) == 0  # those held are not hurt
     finally:
         close_all(held)
     assert fleet.cli("jobs", "list").code == 0
     assert "of 16 connections" in fleet.cli("controller", "status").out
     assert fleet.cli("controller", "start").out.startswith("controller already running")
+    fleet.cli("jobs", "cancel", job_id, check=True)
+
+
+def test_a_connection_that_asks_before_hello_is_refused_and_closed(fleet: Fleet) -> None:
+    start_controller(fleet)
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    raw.connect(str(fleet.home.controller_socket))
+    raw.sendall(frame(id=1, method="jobs_list", params={}) + frame(id=2, method="shutdown", params={}))
+    frames, closed = read_frames(raw, 5)
+    raw.close()
+    assert closed and len(frames) == 1
+    assert "the first request on a connection must be hello" in frames[0]["error"]["message"]
+    assert fleet.controller_pid is not None and fleet.cli("jobs", "list").code == 0
 
 
 def test_a_burst_of_500_concurrent_connects_is_served_not_reset(fleet: Fleet) -> None:

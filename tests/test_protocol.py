@@ -23,6 +23,7 @@ def _raw(payload: bytes) -> bytes:
 
 
 FUZZ = [
+    encode({"id": 100, "method": "hello", "params": {"protocol": PROTOCOL_VERSION, "role": "fuzz"}}),
     _raw(b""),
     _raw(b"not msgpack at all"),
     _raw(b"\xc1"),  # a byte msgpack never uses
@@ -85,8 +86,9 @@ async def test_malformed_frames_get_error_answers_and_the_agent_stays_up(agent) 
     # Every frame is answered, each with an error, and the connection carries on.
     assert not closed
     assert len(answers) == len(FUZZ)
-    assert all("error" in a for a in answers), [a for a in answers if "error" not in a]
-    messages = " ".join(a["error"]["message"] for a in answers)
+    assert answers[0]["result"]["role"] == "agent"
+    assert all("error" in a for a in answers[1:]), [a for a in answers[1:] if "error" not in a]
+    messages = " ".join(a["error"]["message"] for a in answers[1:])
     assert "nested too deeply" in messages
     assert "unknown method 'no_such_method'" in messages
     assert "invalid run id" in messages
@@ -98,6 +100,32 @@ async def test_malformed_frames_get_error_answers_and_the_agent_stays_up(agent) 
     info = await peer.hello("test")
     assert info["protocol"] == PROTOCOL_VERSION and info["host"] == "fuzzed"
     await peer.close()
+    assert proc.poll() is None
+
+
+@pytest.mark.parametrize("first", [
+    {"id": 1, "method": "status", "params": {}},
+    {"id": 1, "method": "launch", "params": {"request": {"run_id": "r1"}}},
+    {"id": 1, "method": "hello", "params": {"protocol": 999}},
+    {"id": 1, "method": "hello", "params": {"protocol": str(PROTOCOL_VERSION)}},
+    {"id": 1, "method": "hello", "params": {"protocol": True}},
+    {"id": 1, "method": "hello", "params": {}},
+], ids=["status", "launch", "wrong-version", "version-as-text", "version-as-bool", "no-version"])
+async def test_nothing_is_answered_before_a_hello_and_a_bad_hello_says_why(agent, first: dict) -> None:
+    proc, sock = agent
+    after = encode({"id": 2, "method": "status", "params": {}})
+    answers, closed = await _raw_exchange(sock, encode(first) + after)
+    assert answers and "error" in answers[0]
+    assert not any("result" in a for a in answers), answers  # status was never served
+    message = answers[0]["error"]["message"]
+    if first["method"] != "hello":
+        assert closed and f"the first request on a connection must be hello (protocol {PROTOCOL_VERSION})" in message
+    elif first["params"].get("protocol") == 999:
+        assert message.startswith("the other side speaks protocol 999, this side speaks")
+    elif first["params"]:
+        assert f"hello's protocol must be the number {PROTOCOL_VERSION}, not" in message
+    else:
+        assert f"hello must carry protocol: {PROTOCOL_VERSION}" in message
     assert proc.poll() is None
 
 
