@@ -21,13 +21,15 @@ WASSERSTEIN_MEANING = ("wasserstein is the Wasserstein-1 distance divided by the
 
 
 def counts(report: Mapping[str, Any]) -> str:
-    """``drifted/compared``, and how many columns were not compared when there are any: '6/7 (+1 not compared)'."""
+    """``drifted/compared (share)``, and how many columns were not compared when there are any:
+    '6/7 (86%), 1 not compared'. The share is ``drift_share``, the number the verdict holds to its threshold."""
     drifted = int(report.get("drifted_columns") or 0)
     total = int(report.get("column_count", report.get("columns")) or 0)
     compared = int(report.get("compared_columns", total) or 0)
-    text = f"{drifted}/{compared}"
+    share = report.get("drift_share")
+    text = f"{drifted}/{compared}" + (f" ({share:.0%})" if isinstance(share, (int, float)) and compared else "")
     if total > compared:
-        text += f" (+{total - compared} not compared)"
+        text += f", {total - compared} not compared"
     return text
 
 

@@ -39,11 +39,10 @@ BAR_WIDTH = 20
 def report_cells(r: dict[str, Any]) -> tuple[str | Text, ...]:
     """One report row; the counts are the CLI's (drifted of compared, summary.counts)."""
     drifted = bool(r.get("drifted"))
-    share = r.get("drift_share")
     return (
         r["report_id"], when(r.get("created_at")), str(r.get("reference") or "-"), str(r.get("current") or "-"),
         Text("DRIFT", style="bold red") if drifted else Text("ok", style="green"),
-        summary.counts(r) + (f" ({share:.0%})" if isinstance(share, (int, float)) else ""),
+        summary.counts(r),
         r.get("run_id") or "-", r.get("deployment") or "-",
     )
 
