@@ -143,8 +143,6 @@ def test_drift_submits_the_retraining_job_and_audits_it(fleet: Fleet) -> None:
 def test_the_text_report_says_the_rule_and_its_counts_agree_everywhere(fleet: Fleet) -> None:
     """A new user's report: 8 columns, one only in the current data, 2 of the 7 compared drift (no drift)."""
     from drift_data import write_sql
-    from mlfleet.core.drift.summary import counts
-    from mlfleet.tui.screens.drift import report_cells
 
     cols = ", ".join(f"random() as c{i}" for i in range(4))
     ref = write_sql(fleet.root / "ref.parquet", f"select {cols}, date '2024-01-01' + cast(floor(random() * 365) "
@@ -164,6 +162,9 @@ def test_the_text_report_says_the_rule_and_its_counts_agree_everywhere(fleet: Fl
                              "when 50% of them or more drift (drift_share); 1 column not compared"), headline
 
     # One definition of the counts: check, show, list, the TUI's list and its report screen.
+    from mlfleet.core.drift.summary import counts
+    from mlfleet.tui.screens.drift import report_cells
+
     listed = fleet.cli_json("drift", "list")[0]
     assert counts(listed) == counts(report) == "3/8 (38%), 1 not compared"
     assert "3/8 (38%), 1 not compared" in fleet.cli("drift", "list").out
