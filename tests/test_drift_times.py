@@ -183,3 +183,27 @@ def test_a_profile_keeps_times_as_seconds_and_checks_like_the_files(tmp_path: Pa
     old["columns"][0].update(numeric=False, values_file="old-day.parquet")
     from_old = col(run_check(DriftConfig(), old, resolve_files(str(cur), "current")), "day")
     assert from_old["stats"]["ks_d"] == col(direct, "day")["stats"]["ks_d"] and from_old["kind"] == "numeric"
+
+
+def test_pandas_nanosecond_timestamps_against_their_csv(tmp_path: Path) -> None:
+    """pandas writes datetime64[ns] (TIMESTAMP_NS in Parquet); TIMESTAMPTZ_NS was unknown and has no isinf
+    in DuckDB (found by attack)."""
+    from drift_data import rng, write
+
+    g = rng(31)
+    stamps = (np.datetime64("2023-01-01") + g.integers(0, 365 * 86400, 3000).astype("timedelta64[s]"))
+    parquet = write(tmp_path / "ref.parquet", {"at": stamps.astype("datetime64[ns]")})
+    csv = write(tmp_path / "cur.csv", {"at": stamps.astype("datetime64[ns]")})
+    at = col(check(parquet, csv), "at")
+    assert (at["ref_type"], at["cur_type"], at["statistic"], at["drifted"]) == ("TIMESTAMP_NS", "TIMESTAMP", 0.0, False)
+    zoned = write_sql(tmp_path / "zoned.parquet", "select cast(timestamptz '2023-01-01' + to_minutes(cast(random() * "
+                                                  "1e5 as bigint)) as timestamptz_ns) as at from range(3000)")
+    assert "a time without a time zone taken as UTC" in col(check(parquet, zoned), "at")["notes"][0]
+
+
+def test_text_with_no_values_says_nothing_about_reading_them(tmp_path: Path) -> None:
+    dates = write_sql(tmp_path / "dates.parquet", f"select {DAYS_2023} as day from range(300)")
+    empty = write_sql(tmp_path / "nulls.parquet", "select cast(null as varchar) as day from range(100)")
+    day = col(check(dates, empty), "day")
+    assert (day["test"], day["statistic"], day["drifted"]) == ("null_rate", 1.0, True)
+    assert not any("every value reads" in n for n in day["notes"]), day["notes"]

@@ -106,10 +106,12 @@ def _type_changed(column: str, ref_type: str, cur_type: str, sentence: str) -> C
     return result
 
 
-def _values(engine: Engine, side: SideData, column: str, measure: str, parse: bool) -> tuple[str, int, str | None]:
-    """A side's values as numbers on the measure's scale; text (or a profile that kept text) is parsed."""
+def _values(engine: Engine, side: SideData, column: str, measure: str,
+            parse: bool) -> tuple[str, int, str | None, int]:
+    """A side's values as numbers on the measure's scale, with how many did not parse, one of them and how many
+    did; text (or a profile that kept text) is parsed."""
     if not parse and not side.stored_as_text(column):
-        return side.numeric_vc(column, measure), 0, None
+        return side.numeric_vc(column, measure), 0, None, 0
     labels = side.text_vc(column)
     try:
         return engine.parse_labels(labels, measure)
@@ -124,12 +126,12 @@ def _measured(engine: Engine, config: DriftConfig, column: str, ref: SideData, c
     measure = how.measure
     assert measure is not None
     ref_type, cur_type = ref.types[column], cur.types[column]
-    ref_vc, bad_ref, odd_ref = _values(engine, ref, column, measure, how.parse_ref)
-    cur_vc, bad_cur, odd_cur = None, 0, None
+    ref_vc, bad_ref, odd_ref, good_ref = _values(engine, ref, column, measure, how.parse_ref)
+    cur_vc, bad_cur, odd_cur, good_cur = None, 0, None, 0
     try:
-        cur_vc, bad_cur, odd_cur = _values(engine, cur, column, measure, how.parse_cur)
-        for side, parsed, bad, odd in (("reference", how.parse_ref, bad_ref, odd_ref),
-                                       ("current data", how.parse_cur, bad_cur, odd_cur)):
+        cur_vc, bad_cur, odd_cur, good_cur = _values(engine, cur, column, measure, how.parse_cur)
+        for side, parsed, bad, odd, good in (("reference", how.parse_ref, bad_ref, odd_ref, good_ref),
+                                             ("current data", how.parse_cur, bad_cur, odd_cur, good_cur)):
             if not parsed:
                 continue
             text_type, other = (ref_type, f"the current data's {cur_type}") if side == "reference" else \
@@ -139,8 +141,9 @@ def _measured(engine: Engine, config: DriftConfig, column: str, ref: SideData, c
                 return _type_changed(column, ref_type, cur_type,
                                      f"the {side} holds {text_type} and {bad} of its values (such as {odd!r}) are "
                                      f"not {what} like {other}: they cannot be compared (counted as drifted)")
-            notes.append(f"the {side} holds {text_type}, and every value reads as one of the {what} of {other}: "
-                         f"compared as {what}")
+            if good:  # all null: nothing was read, and the null rate decides
+                notes.append(f"the {side} holds {text_type}, and every value reads as one of the {what} of {other}: "
+                             f"compared as {what}")
         rs = engine.numeric_summary(ref_vc)
         ref_vc = engine.compact(ref_vc, rs.rows, rs.distinct)
         kind = rule.kind

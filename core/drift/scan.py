@@ -174,18 +174,20 @@ class Engine:
                      f"{types.label_sql('v', measure)} end as label, sum(n)::bigint as n from {numeric_vc} group by 1")
         return name
 
-    def parse_labels(self, text_vc: str, measure: str) -> tuple[str, int, str | None]:
+    def parse_labels(self, text_vc: str, measure: str) -> tuple[str, int, str | None, int]:
         """Text value counts parsed as ``measure``: (the numeric relation, how many non-null values do not
-        parse, one of them). Used where one side holds the text of what the other side holds as a type."""
+        parse, one of them, how many do). Used where one side holds as text what the other holds as a type."""
         target = types.PARSE_AS[measure]
-        bad, example = self.execute(
-            f"select coalesce(sum(n), 0), min(label) from {text_vc} "
-            f"where label is not null and try_cast(label as {target}) is null").fetchone()
+        bad, example, good = self.execute(
+            f"select coalesce(sum(n) filter (where try_cast(label as {target}) is null), 0), "
+            f"min(label) filter (where try_cast(label as {target}) is null), "
+            f"coalesce(sum(n) filter (where try_cast(label as {target}) is not null), 0) "
+            f"from {text_vc} where label is not null").fetchone()
         name = self._name("vc")
         self.execute(f"create temp table {name} as select "
                      f"{types.to_double_sql(f'try_cast(label as {target})', measure)} as v, sum(n)::bigint as n "
                      f"from {text_vc} group by 1")
-        return name, int(bad), None if example is None else str(example)
+        return name, int(bad), None if example is None else str(example), int(good)
 
     def drop(self, *relations: str | None) -> None:
         """Free value-count tables (views over saved files cost nothing to keep)."""

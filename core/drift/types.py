@@ -22,8 +22,8 @@ MEASURES = (NUMBER, TIME, TIME_OF_DAY, DURATION)
 
 _CLASSES = (
     (NUMBER, re.compile(r"^(TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT|UTINYINT|USMALLINT|UINTEGER|UBIGINT|UHUGEINT|"
-                        r"FLOAT|DOUBLE|REAL|DECIMAL.*|NUMERIC.*|INT[1248]?|FLOAT[48])$")),
-    (TIME, re.compile(r"^(DATE|TIMESTAMP(_S|_MS|_NS|_US)?|TIMESTAMP(\(\d\))? WITH TIME ZONE|TIMESTAMPTZ|DATETIME)$")),
+                        r"FLOAT|DOUBLE|REAL|DECIMAL.*|NUMERIC.*|INT[1248]?|FLOAT[48]|BIGNUM|VARINT)$")),
+    (TIME, re.compile(r"^(DATE|TIMESTAMP(_S|_MS|_NS|_US)?|TIMESTAMP(\(\d\))? WITH TIME ZONE|TIMESTAMPTZ(_NS)?|DATETIME)$")),
     (TIME_OF_DAY, re.compile(r"^(TIME(_NS)?|TIME(\(\d\))? WITH TIME ZONE|TIMETZ)$")),
     (DURATION, re.compile(r"^INTERVAL$")),
     (TEXT, re.compile(r"^(VARCHAR|TEXT|STRING|CHAR|BPCHAR)(\(\d+\))?$")),
@@ -68,9 +68,10 @@ def to_double_sql(expr: str, measure: str) -> str:
     """SQL for the value of ``expr`` (of this measure) on its scale as a DOUBLE; an infinite date is ±inf."""
     if measure == NUMBER:
         return f"cast({expr} as double)"
-    if measure == TIME:
-        return (f"case when isinf({expr}) then (case when {expr} > 'epoch' then 'inf'::double else '-inf'::double end) "
-                f"else epoch({expr}) end")
+    if measure == TIME:  # isinf has no TIMESTAMPTZ_NS overload: ask it of the TIMESTAMPTZ
+        zoned = f"cast({expr} as timestamptz)"
+        return (f"case when isinf({zoned}) then (case when {zoned} > 'epoch' then 'inf'::double else '-inf'::double "
+                f"end) else epoch({expr}) end")
     return f"epoch({expr})"
 
 
@@ -139,4 +140,4 @@ def compare(ref_type: str, cur_type: str) -> Comparison:
 
 def _has_zone(duck_type: str) -> bool:
     name = duck_type.upper()
-    return "TIME ZONE" in name or name.endswith("TZ")
+    return "TIME ZONE" in name or "TZ" in name  # TIMESTAMPTZ, TIMESTAMPTZ_NS, TIMETZ
