@@ -85,21 +85,26 @@ async def _trigger(client: Any, args: argparse.Namespace, report_id: str) -> dic
 
 
 def _print_report(report: dict[str, Any]) -> None:
-    verdict = "DRIFT" if report["drifted"] else "no drift"
-    print(f"{report['report_id']}: {verdict}: {report['drifted_columns']} of {report['compared_columns']} compared "
-          f"column(s) drifted (share {report['drift_share']:.2f}, threshold {report['drift_share_threshold']:g})")
+    """The report as text: the verdict with its rule, a table, then every note in full (a table cell would cut it)."""
+    from mlfleet.core.drift import summary
+
+    print(f"{report['report_id']}: {summary.headline(report)}")
     print(f"reference {report['reference']} ({report['rows_reference']} rows); "
           f"current {report['current']} ({report['rows_current']} rows)")
     rows = []
     for c in report["columns"]:
-        s = c["stats"]
-        nulls = "-" if s.get("null_rate_ref") is None else f"{s['null_rate_ref']:.1%}>{s['null_rate_cur']:.1%}"
         flag = {True: "DRIFT", False: "ok", None: "n/a"}[c["drifted"]]
         rows.append([c["column"], c["kind"] or "-", c["test"], render.number(c["statistic"]),
-                     render.number(c["threshold"]), flag, nulls, "; ".join(c["notes"])])
-    print(render.table(["column", "kind", "test", "statistic", "threshold", "drift", "nulls", "notes"], rows))
-    for note in report.get("notes") or []:
-        print(f"note: {note}")
+                     render.number(c["threshold"]), flag, summary.shift(c, "mean"), summary.shift(c, "median"),
+                     summary.shift(c, "nulls")])
+    print(render.table(["column", "kind", "test", "statistic", "threshold", "drift", "mean ref -> cur",
+                        "median ref -> cur", "nulls ref -> cur"], rows))
+    notes = [(c["column"], n) for c in report["columns"] for n in c["notes"]]
+    if any(c["test"] == "wasserstein" for c in report["columns"]):
+        notes.append(("", summary.WASSERSTEIN_MEANING))
+    notes += [("", n) for n in report.get("notes") or []]
+    for column, note in notes:
+        print(f"note: {column + ': ' if column else ''}{note}")
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -146,9 +151,11 @@ async def cmd_list(client: Any, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(reports)
         return EXIT_OK
-    print(render.table(["report", "when", "drift", "drifted", "reference", "current", "run", "deployment"],
+    from mlfleet.core.drift import summary
+
+    print(render.table(["report", "when", "drift", "drifted/compared", "reference", "current", "run", "deployment"],
                        [[r["report_id"], render.when(r["created_at"]), "DRIFT" if r["drifted"] else "no",
-                         f"{r['drifted_columns']}/{r['columns']}", r["reference"], r["current"], r["run_id"] or "-",
+                         summary.counts(r), r["reference"], r["current"], r["run_id"] or "-",
                          r["deployment"] or "-"] for r in reports]))
     return EXIT_OK
 
@@ -160,7 +167,6 @@ async def cmd_show(client: Any, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report)
     else:
-        report["compared_columns"] = report.get("compared_columns", report["column_count"])
         _print_report(report)
     return EXIT_OK
 

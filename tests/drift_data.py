@@ -35,3 +35,22 @@ def write(path: Path, columns: dict[str, np.ndarray | list], nan_is_null: bool =
 
 def rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
+
+
+def write_sql(path: Path, select: str, seed: float = 0.5) -> Path:
+    """Write the rows of a DuckDB ``select`` (after ``setseed(seed)``, so random() repeats) to ``path``.
+
+    For types numpy cannot hold as such (DATE, TIME, TIMESTAMPTZ, INTERVAL): the file is what DuckDB,
+    and so a user's pipeline, would write. The format follows the extension.
+    """
+    con = duckdb.connect()
+    try:
+        con.execute("set TimeZone = 'UTC'")
+        con.execute("set threads = 1")  # so that setseed makes random() repeat
+        con.execute(f"select setseed({seed})")
+        con.execute(f"create table data as {select}")  # random() evaluated once, in one thread's order
+        fmt = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}[path.suffix]
+        con.execute(f"copy data to '{path}' (format {fmt})")
+    finally:
+        con.close()
+    return path

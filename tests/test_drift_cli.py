@@ -138,3 +138,48 @@ def test_drift_submits_the_retraining_job_and_audits_it(fleet: Fleet) -> None:
     by_run = fleet.cli_json("drift", "list", "--run", run_id)
     assert [r["report_id"] for r in by_run] == [linked["report_id"]]
     assert np.isclose(by_run[0]["drift_share"], 0.0)
+
+
+def test_the_text_report_says_the_rule_and_its_counts_agree_everywhere(fleet: Fleet) -> None:
+    """A new user's report: 8 columns, one only in the current data, 2 of the 7 compared drift (no drift)."""
+    from drift_data import write_sql
+
+    cols = ", ".join(f"random() as c{i}" for i in range(4))
+    ref = write_sql(fleet.root / "ref.parquet", f"select {cols}, date '2024-01-01' + cast(floor(random() * 365) "
+                                                "as integer) as day, 'text' as gone, random() as shifted, "
+                                                "random() as holes from range(3000)", seed=0.1)
+    cur = write_sql(fleet.root / "cur.csv", f"select {cols}, date '2024-01-01' + cast(floor(random() * 365) "
+                                            "as integer) as day, random() + 3 as shifted, case when random() < 0.2 "
+                                            "then null else random() end as holes, 1 as extra from range(2000)",
+                    seed=0.2)
+    text = fleet.cli("drift", "check", "--reference", str(ref), "--current", str(cur))
+    assert text.code == 0, text.err
+    report = fleet.cli_json("drift", "show", text.out.split(":")[0])
+    assert (report["drifted"], report["drifted_columns"], report["compared_columns"], report["column_count"]) == \
+        (False, 3, 8, 9)
+    headline = text.out.splitlines()[0]
+    assert headline.endswith(": no drift: 3 of 8 compared columns drifted (38%); the dataset counts as drifted "
+                             "when 50% of them or more drift (drift_share); 1 column not compared"), headline
+
+    # One definition of the counts: check, show, list, the TUI's list and its report screen.
+    from mlfleet.core.drift.summary import counts
+    from mlfleet.tui.screens.drift import report_cells
+
+    listed = fleet.cli_json("drift", "list")[0]
+    assert counts(listed) == counts(report) == "3/8 (38%), 1 not compared"
+    assert "3/8 (38%), 1 not compared" in fleet.cli("drift", "list").out
+    assert str(report_cells(listed)[5]) == "3/8 (38%), 1 not compared"
+    assert headline.split(": ", 1)[1] in fleet.cli("drift", "show", report["report_id"]).out.splitlines()[0]
+
+    # Rows: reference -> current mean, median and null rate, on the column's own scale.
+    lines = {line.split()[0]: line for line in text.out.splitlines()[3:] if line and not line.startswith("note:")}
+    assert "0.0% -> 20." in lines["holes"] and "%>" not in text.out
+    assert " -> 3." in lines["shifted"] and "DRIFT" in lines["shifted"]
+    assert "2024-0" in lines["day"] and " -> 2024-0" in lines["day"]  # dates as dates, not seconds since 1970
+    # Every note in full, after the table; what Wasserstein is scaled by.
+    notes = [line for line in text.out.splitlines() if line.startswith("note: ")]
+    assert "note: gone: missing from the current data (counted as drifted)" in notes
+    assert "note: extra: only in the current data: nothing to compare it with (not counted in the verdict)" in notes
+    assert "note: wasserstein is the Wasserstein-1 distance divided by the reference's standard deviation " \
+           "(0.1: the current values moved a tenth of a standard deviation)" in notes
+    assert "..." not in text.out and "…" not in text.out

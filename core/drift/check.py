@@ -15,10 +15,10 @@ from typing import Any
 
 from mlfleet.core.errors import UsageError
 
-from . import stats
+from . import stats, types
 from .columns import ColumnResult, analyse
 from .config import DriftConfig
-from .scan import Engine, Side, is_numeric_type
+from .scan import Engine, Side
 from .sources import FileSource
 from .verdict import decide
 
@@ -32,11 +32,14 @@ class FileSide:
         self.engine, self.side = engine, side
         self.label, self.rows, self.types = side.label, side.rows, side.types
 
-    def numeric_vc(self, column: str) -> str:
-        return self.engine.numeric_counts(self.side, column, grouped=False)
+    def numeric_vc(self, column: str, measure: str) -> str:
+        return self.engine.numeric_counts(self.side, column, grouped=False, measure=measure)
 
     def text_vc(self, column: str) -> str:
         return self.engine.text_counts(self.side, column)
+
+    def stored_as_text(self, column: str) -> bool:
+        return False
 
 
 class ProfileSide:
@@ -47,16 +50,21 @@ class ProfileSide:
         self.label = f"profile {profile['name']}"
         self.rows = int(profile["rows"])
         self.types = {c["column"]: c["type"] for c in profile["columns"]}
+        self._text = {c["column"] for c in profile["columns"] if not c.get("numeric")}
         self._files = {c["column"]: os.path.join(profile["values_dir"], c["values_file"]) for c in profile["columns"]}
         missing = [f for f in self._files.values() if not os.path.isfile(f)]
         if missing:
             raise UsageError(f"profile {profile['name']}: its value file {missing[0]} is gone; "
                              f"make it again with 'mlfleet drift profile REF --name {profile['name']} --replace'")
 
-    def numeric_vc(self, column: str) -> str:
+    def numeric_vc(self, column: str, measure: str) -> str:
         return self.engine.parquet_relation(self._files[column])
 
-    text_vc = numeric_vc
+    def text_vc(self, column: str) -> str:
+        return self.engine.parquet_relation(self._files[column])
+
+    def stored_as_text(self, column: str) -> bool:
+        return column in self._text
 
 
 def _selected(columns: list[str] | None, ref_types: dict[str, str], cur_types: dict[str, str],
@@ -108,8 +116,9 @@ def build_profile(config: DriftConfig, source: FileSource, values_dir: Path, nam
         side = engine.open_side(source)
         for position, column in enumerate(_selected(columns, side.types, {}, config)):
             duck_type = side.types[column]
-            numeric = is_numeric_type(duck_type)
-            vc = engine.numeric_counts(side, column) if numeric else engine.text_counts(side, column)
+            measure = types.value_class(duck_type)
+            numeric = measure in types.MEASURES  # times, times of day and durations are kept as seconds
+            vc = engine.numeric_counts(side, column, measure=measure) if numeric else engine.text_counts(side, column)
             try:
                 filename = f"{position:04d}.parquet"
                 engine.copy_to_parquet(vc, str(values_dir / filename))

@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import stats
+from . import stats, types
 from .config import DriftConfig
-from .scan import CategorySummary, Engine, NumericSummary, is_numeric_type
+from .scan import CategorySummary, Engine, NumericSummary
 
 STAT_KEYS = ("psi", "ks_d", "ks_p", "ks_method", "wasserstein", "wasserstein_raw", "js", "chi2", "chi2_p", "chi2_dof",
              "null_rate_ref", "null_rate_cur", "unseen_share", "out_of_range_share", "inf_ref", "inf_cur",
-             "n_ref", "n_cur")
+             "n_ref", "n_cur", "mean_ref", "mean_cur", "median_ref", "median_cur")
 HISTOGRAM_CATEGORIES = 20
 UNSEEN = "(unseen)"
 
@@ -27,9 +27,13 @@ class SideData(Protocol):
     rows: int
     types: dict[str, str]
 
-    def numeric_vc(self, column: str) -> str: ...
+    def numeric_vc(self, column: str, measure: str) -> str: ...
 
     def text_vc(self, column: str) -> str: ...
+
+    def stored_as_text(self, column: str) -> bool:
+        """True when this side only has the column's values as text (a profile made before times were numbers)."""
+        ...
 
 
 @dataclass
@@ -67,51 +71,21 @@ def analyse(engine: Engine, config: DriftConfig, column: str, ref: SideData, cur
     rule = config.rule(column)
     ref_type, cur_type = ref.types.get(column), cur.types.get(column)
     if ref_type is None:
-        result = ColumnResult(column, "numeric" if is_numeric_type(cur_type or "") else "categorical", "presence",
+        result = ColumnResult(column, "numeric" if types.is_measure(cur_type) else "categorical", "presence",
                               None, cur_type)
         result.notes.append("only in the current data: nothing to compare it with (not counted in the verdict)")
         return result
     if cur_type is None:
-        result = ColumnResult(column, "numeric" if is_numeric_type(ref_type) else "categorical", "presence",
+        result = ColumnResult(column, "numeric" if types.is_measure(ref_type) else "categorical", "presence",
                               ref_type, None, schema_drift=True)
         result.notes.append("missing from the current data (counted as drifted)")
         return result
-    ref_num, cur_num = is_numeric_type(ref_type), is_numeric_type(cur_type)
-    if ref_num != cur_num:
-        result = ColumnResult(column, None, "type", ref_type, cur_type, schema_drift=True)
-        result.notes.append(f"type changed from {ref_type} to {cur_type}: distributions not compared "
-                            "(counted as drifted)")
-        return result
-    if ref_type != cur_type:
-        note = f"types differ ({ref_type} in the reference, {cur_type} in the current data); compared as " \
-               + ("numbers" if ref_num else "text")
-    else:
-        note = None
-    if ref_num:
-        ref_vc, cur_vc = ref.numeric_vc(column), cur.numeric_vc(column)
-        try:
-            rs = engine.numeric_summary(ref_vc)
-            ref_vc = engine.compact(ref_vc, rs.rows, rs.distinct)
-            kind = rule.kind
-            if kind is None and rule.test == "chi2":
-                kind = "categorical"
-            elif kind is None and rule.test in ("ks", "wasserstein"):
-                kind = "numeric"
-            elif kind is None:
-                kind = "numeric" if rs.distinct > config.low_cardinality else "categorical"
-            if kind == "numeric":
-                result = _numeric(engine, config, column, ref_vc, cur_vc, rs)
-            else:
-                ref_lab, cur_lab = engine.labels_from_numbers(ref_vc), engine.labels_from_numbers(cur_vc)
-                try:
-                    result = _categorical(engine, config, column, ref_lab, cur_lab)
-                finally:
-                    engine.drop(ref_lab, cur_lab)
-                if rule.kind is None and rule.test is None:
-                    result.notes.insert(0, f"numbers with {rs.distinct} distinct reference values "
-                                           f"(<= low_cardinality {config.low_cardinality}): compared as categories")
-        finally:
-            engine.drop(ref_vc, cur_vc)
+    how = types.compare(ref_type, cur_type)
+    if how.refusal:
+        return _type_changed(column, ref_type, cur_type, how.refusal)
+    notes = [how.note] if how.note else []
+    if how.measure:
+        result = _measured(engine, config, column, ref, cur, how, notes)
     else:
         ref_lab, cur_lab = ref.text_vc(column), cur.text_vc(column)
         try:
@@ -119,11 +93,79 @@ def analyse(engine: Engine, config: DriftConfig, column: str, ref: SideData, cur
         finally:
             engine.drop(ref_lab, cur_lab)
         if rule.kind == "numeric":
-            result.notes.insert(0, "kind numeric was asked for, but the column holds text: compared as categories")
+            result.notes.insert(0, f"kind numeric was asked for, but {ref_type} holds neither numbers nor times: "
+                                   "compared as categories")
     result.ref_type, result.cur_type = ref_type, cur_type
-    if note:
-        result.notes.insert(0, note)
+    result.notes[:0] = notes
     return result
+
+
+def _type_changed(column: str, ref_type: str, cur_type: str, sentence: str) -> ColumnResult:
+    result = ColumnResult(column, None, "type", ref_type, cur_type, schema_drift=True)
+    result.notes.append(sentence)
+    return result
+
+
+def _values(engine: Engine, side: SideData, column: str, measure: str,
+            parse: bool) -> tuple[str, int, str | None, int]:
+    """A side's values as numbers on the measure's scale, with how many did not parse, one of them and how many
+    did; text (or a profile that kept text) is parsed."""
+    if not parse and not side.stored_as_text(column):
+        return side.numeric_vc(column, measure), 0, None, 0
+    labels = side.text_vc(column)
+    try:
+        return engine.parse_labels(labels, measure)
+    finally:
+        engine.drop(labels)
+
+
+def _measured(engine: Engine, config: DriftConfig, column: str, ref: SideData, cur: SideData,
+              how: types.Comparison, notes: list[str]) -> ColumnResult:
+    """Numbers, times, times of day or durations: compared as numbers (or, when few, as categories)."""
+    rule = config.rule(column)
+    measure = how.measure
+    assert measure is not None
+    ref_type, cur_type = ref.types[column], cur.types[column]
+    ref_vc, bad_ref, odd_ref, good_ref = _values(engine, ref, column, measure, how.parse_ref)
+    cur_vc, bad_cur, odd_cur, good_cur = None, 0, None, 0
+    try:
+        cur_vc, bad_cur, odd_cur, good_cur = _values(engine, cur, column, measure, how.parse_cur)
+        for side, parsed, bad, odd, good in (("reference", how.parse_ref, bad_ref, odd_ref, good_ref),
+                                             ("current data", how.parse_cur, bad_cur, odd_cur, good_cur)):
+            if not parsed:
+                continue
+            text_type, other = (ref_type, f"the current data's {cur_type}") if side == "reference" else \
+                (cur_type, f"the reference's {ref_type}")
+            what = types.plural(measure)
+            if bad:
+                return _type_changed(column, ref_type, cur_type,
+                                     f"the {side} holds {text_type} and {bad} of its values (such as {odd!r}) are "
+                                     f"not {what} like {other}: they cannot be compared (counted as drifted)")
+            if good:  # all null: nothing was read, and the null rate decides
+                notes.append(f"the {side} holds {text_type}, and every value reads as one of the {what} of {other}: "
+                             f"compared as {what}")
+        rs = engine.numeric_summary(ref_vc)
+        ref_vc = engine.compact(ref_vc, rs.rows, rs.distinct)
+        kind = rule.kind
+        if kind is None and rule.test == "chi2":
+            kind = "categorical"
+        elif kind is None and rule.test in ("ks", "wasserstein"):
+            kind = "numeric"
+        elif kind is None:
+            kind = "numeric" if rs.distinct > config.low_cardinality else "categorical"
+        if kind == "numeric":
+            return _numeric(engine, config, column, ref_vc, cur_vc, rs)
+        ref_lab, cur_lab = engine.labels_from_numbers(ref_vc, measure), engine.labels_from_numbers(cur_vc, measure)
+        try:
+            result = _categorical(engine, config, column, ref_lab, cur_lab)
+        finally:
+            engine.drop(ref_lab, cur_lab)
+        if rule.kind is None and rule.test is None:
+            result.notes.insert(0, f"{types.plural(measure)} with {rs.distinct} distinct reference values "
+                                   f"(<= low_cardinality {config.low_cardinality}): compared as categories")
+        return result
+    finally:
+        engine.drop(ref_vc, cur_vc)
 
 
 def _null_rates(result: ColumnResult, ref_rows: int, ref_nulls: int, cur_rows: int, cur_nulls: int) -> bool:
@@ -157,7 +199,9 @@ def _numeric(engine: Engine, config: DriftConfig, column: str, ref_vc: str, cur_
         result.notes.append(f"the {side} has no finite values: PSI, KS, Wasserstein and JS not computed")
         return result
     bins = rule.bins or config.bins
-    max_gap, w_raw, quantiles = engine.ks_wasserstein(ref_vc, cur_vc, rs.finite, cs.finite, bins)
+    max_gap, w_raw, quantiles, medians = engine.ks_wasserstein(ref_vc, cur_vc, rs.finite, cs.finite, bins)
+    s["mean_ref"], s["mean_cur"] = rs.mean, cs.mean
+    s["median_ref"], s["median_cur"] = medians
     edges = stats.quantile_edges(quantiles)
     ref_bins, cur_bins = engine.bin_counts(ref_vc, edges), engine.bin_counts(cur_vc, edges)
     if len(edges) + 1 < bins:

@@ -10,7 +10,6 @@ per column, whatever the size of the data.
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -20,14 +19,8 @@ import duckdb
 
 from mlfleet.core.errors import UsageError
 
+from . import types
 from .sources import FileSource, sql_name, sql_string
-
-_NUMERIC = re.compile(r"^(TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT|UTINYINT|USMALLINT|UINTEGER|UBIGINT|UHUGEINT|"
-                      r"FLOAT|DOUBLE|REAL|DECIMAL.*)$", re.IGNORECASE)
-
-
-def is_numeric_type(duck_type: str) -> bool:
-    return bool(_NUMERIC.match(duck_type.strip()))
 
 
 @dataclass
@@ -71,6 +64,7 @@ class Engine:
         self.con.execute(f"set temp_directory = {sql_string(self._tmp)}")
         self.con.execute("set preserve_insertion_order = false")
         self.con.execute("set enable_progress_bar = false")  # it would write into --json output
+        self.con.execute("set TimeZone = 'UTC'")  # text and naive timestamps read the same on every machine
         if memory_limit:
             try:
                 self.con.execute(f"set memory_limit = {sql_string(memory_limit)}")
@@ -132,8 +126,11 @@ class Engine:
                              "check that the files are well-formed") from None
         return Side(source.label, name, {str(r[0]): str(r[1]) for r in described}, rows)
 
-    def numeric_counts(self, side: Side, column: str, grouped: bool = True) -> str:
+    def numeric_counts(self, side: Side, column: str, grouped: bool = True, measure: str = types.NUMBER) -> str:
         """A relation (v DOUBLE, n BIGINT) over the column's values, NULL and NaN included.
+
+        measure: what the values are (types.MEASURES); times, times of day and durations become
+        seconds on that measure's scale (types.SCALES), so they are compared as numbers.
 
         grouped: a temp table of each distinct value with its count (what a profile saves).
         Otherwise a view of the raw values with n = 1: every aggregate below is a sum of n, so
@@ -142,12 +139,12 @@ class Engine:
         """
         if not grouped:
             name = self._name("raw")
-            self.execute(f"create temp view {name} as select cast({sql_name(column)} as double) as v, "
+            self.execute(f"create temp view {name} as select {types.to_double_sql(sql_name(column), measure)} as v, "
                          f"1::bigint as n from {side.relation}")
             self._raw.add(name)
             return name
         name = self._name("vc")
-        self.execute(f"create temp table {name} as select cast({sql_name(column)} as double) as v, "
+        self.execute(f"create temp table {name} as select {types.to_double_sql(sql_name(column), measure)} as v, "
                      f"count(*)::bigint as n from {side.relation} group by 1")
         return name
 
@@ -168,13 +165,29 @@ class Engine:
                      f"count(*)::bigint as n from {side.relation} group by 1")
         return name
 
-    def labels_from_numbers(self, numeric_vc: str) -> str:
+    def labels_from_numbers(self, numeric_vc: str, measure: str = types.NUMBER) -> str:
         """Categories from a numeric value-count relation; values are written as doubles on both sides
-        so that an integer column and a float column agree (1 and 1.0 are both '1.0'); NaN is null."""
+        so that an integer column and a float column agree (1 and 1.0 are both '1.0'); NaN is null.
+        A time, time of day or duration is written as one (a date category reads as a date)."""
         name = self._name("vc")
-        self.execute(f"create temp table {name} as select case when isnan(v) then null else cast(v as varchar) end "
-                     f"as label, sum(n)::bigint as n from {numeric_vc} group by 1")
+        self.execute(f"create temp table {name} as select case when isnan(v) then null else "
+                     f"{types.label_sql('v', measure)} end as label, sum(n)::bigint as n from {numeric_vc} group by 1")
         return name
+
+    def parse_labels(self, text_vc: str, measure: str) -> tuple[str, int, str | None, int]:
+        """Text value counts parsed as ``measure``: (the numeric relation, how many non-null values do not
+        parse, one of them, how many do). Used where one side holds as text what the other holds as a type."""
+        target = types.PARSE_AS[measure]
+        bad, example, good = self.execute(
+            f"select coalesce(sum(n) filter (where try_cast(label as {target}) is null), 0), "
+            f"min(label) filter (where try_cast(label as {target}) is null), "
+            f"coalesce(sum(n) filter (where try_cast(label as {target}) is not null), 0) "
+            f"from {text_vc} where label is not null").fetchone()
+        name = self._name("vc")
+        self.execute(f"create temp table {name} as select "
+                     f"{types.to_double_sql(f'try_cast(label as {target})', measure)} as v, sum(n)::bigint as n "
+                     f"from {text_vc} group by 1")
+        return name, int(bad), None if example is None else str(example), int(good)
 
     def drop(self, *relations: str | None) -> None:
         """Free value-count tables (views over saved files cost nothing to keep)."""
@@ -247,13 +260,14 @@ class Engine:
         return int(value)
 
     def ks_wasserstein(self, ref_vc: str, cur_vc: str, n_ref: int, n_cur: int,
-                       bins: int) -> tuple[int, float, list[float | None]]:
+                       bins: int) -> tuple[int, float, list[float | None], tuple[float, float]]:
         """One ordered walk over the finite values of both sides together, inside DuckDB.
 
         With C_ref, C_cur the cumulative counts at each value (a RANGE frame, so tied values,
         within and across sides, all see the count after the tie), returns the exact integer
         max |C_ref(x) n_cur - C_cur(x) n_ref| (KS D times n_ref n_cur), the integral of
-        |F_ref - F_cur| (Wasserstein-1), and the reference's quantiles as :meth:`quantiles`.
+        |F_ref - F_cur| (Wasserstein-1), the reference's quantiles as :meth:`quantiles`, and the
+        (lower) medians of the reference and the current values, from the same walk.
         """
         picks = ", ".join(f"min(v) filter (where r > 0 and cr * {int(bins)} >= {k} * {int(n_ref)})"
                           for k in range(1, bins))
@@ -263,13 +277,16 @@ class Engine:
                 union all
                 select v, 0::bigint, n from {cur_vc} where isfinite(v)),
             walked as (
-                select v, r, sum(r) over w as cr, sum(c) over w as cc, lead(v) over w as next_v
+                select v, r, c, sum(r) over w as cr, sum(c) over w as cc, lead(v) over w as next_v
                 from both_sides window w as (order by v range between unbounded preceding and current row))
             select max(abs(cr * {int(n_cur)} - cc * {int(n_ref)})),
                    sum(abs(cr / {int(n_ref)} - cc / {int(n_cur)}) * (next_v - v)) filter (where next_v is not null),
+                   min(v) filter (where r > 0 and cr * 2 >= {int(n_ref)}),
+                   min(v) filter (where c > 0 and cc * 2 >= {int(n_cur)}),
                    {picks}
             from walked""").fetchone()
-        return int(row[0] or 0), float(row[1] or 0.0), [None if x is None else float(x) for x in row[2:]]
+        return (int(row[0] or 0), float(row[1] or 0.0), [None if x is None else float(x) for x in row[4:]],
+                (float(row[2]), float(row[3])))
 
     def category_summary(self, vc: str, max_categories: int) -> CategorySummary:
         rows, nulls, distinct = self.execute(

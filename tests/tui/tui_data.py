@@ -118,17 +118,21 @@ FIXED_LINEAGE: dict[str, dict[str, Any]] = {
 
 FIXED_DRIFT_LIST: list[dict[str, Any]] = [
     {"report_id": "d0002", "created_at": "2024-05-02T08:00:00+00:00", "reference": "train.parquet",
-     "current": "serving-0502.parquet", "drifted": True, "drifted_columns": 2, "columns": 4, "drift_share": 0.5,
+     "current": "serving-0502.parquet", "drifted": True, "drifted_columns": 2, "columns": 5, "column_count": 5,
+     "compared_columns": 4, "drift_share": 0.5, "drift_share_threshold": 0.5,
      "run_id": "ja1-1", "deployment": "resnet-prod"},
     {"report_id": "d0001", "created_at": "2024-05-01T08:00:00+00:00", "reference": "train.parquet",
-     "current": "serving-0501.parquet", "drifted": False, "drifted_columns": 0, "columns": 4, "drift_share": 0.0,
+     "current": "serving-0501.parquet", "drifted": False, "drifted_columns": 0, "columns": 4, "column_count": 4,
+     "compared_columns": 4, "drift_share": 0.0, "drift_share_threshold": 0.5,
      "run_id": "ja1-1", "deployment": "resnet-prod"},
 ]
 
 FIXED_DRIFT_REPORT: dict[str, Any] = {
     **FIXED_DRIFT_LIST[0], "columns": [
         {"column": "age", "kind": "numeric", "test": "ks", "statistic": 0.31, "threshold": 0.1, "drifted": True,
-         "stats": {"ref_mean": 41.2, "cur_mean": 48.9}, "notes": ["the mean moved up by 7.7"],
+         "ref_type": "DOUBLE", "cur_type": "DOUBLE",
+         "stats": {"mean_ref": 41.2, "mean_cur": 48.9, "median_ref": 40.0, "median_cur": 49.5, "null_rate_ref": 0.0,
+                   "null_rate_cur": 0.2, "ks_d": 0.31}, "notes": ["the mean moved up by 7.7"],
          "histogram": {"edges": [0, 20, 40, 60, 80, 100], "reference": [0.1, 0.35, 0.35, 0.15, 0.05],
                        "current": [0.05, 0.2, 0.35, 0.3, 0.1]}},
         {"column": "income", "kind": "numeric", "test": "wasserstein", "statistic": 0.04, "threshold": 0.1,
@@ -141,6 +145,9 @@ FIXED_DRIFT_REPORT: dict[str, Any] = {
         {"column": "clicks", "kind": "numeric", "test": "psi", "statistic": 0.02, "threshold": 0.2,
          "drifted": False, "stats": {}, "notes": [],
          "histogram": {"edges": [0, 5, 10], "reference": [0.7, 0.3], "current": [0.69, 0.31]}},
+        {"column": "session", "kind": "numeric", "test": "presence", "statistic": None, "threshold": None,
+         "drifted": None, "stats": {}, "notes": ["only in the current data: nothing to compare it with"],
+         "histogram": {}},
     ],
 }
 

@@ -19,6 +19,7 @@ from textual.widgets import Footer, Header, Static
 from textual_plotext import PlotextPlot
 
 from mlfleet.core.client import ControllerClient
+from mlfleet.core.drift import summary
 from mlfleet.core.errors import MlfleetError
 from mlfleet.core.render import when
 from mlfleet.tui.screens.base import PollingScreen
@@ -26,7 +27,7 @@ from mlfleet.tui.widgets.keyed_table import KeyedTable
 
 REPORT_COLUMNS = (
     ("report_id", "REPORT"), ("created", "CREATED"), ("reference", "REFERENCE"), ("current", "CURRENT"),
-    ("verdict", "VERDICT"), ("share", "DRIFTED"), ("run", "RUN"), ("deployment", "DEPLOYMENT"),
+    ("verdict", "VERDICT"), ("share", "DRIFTED/COMPARED"), ("run", "RUN"), ("deployment", "DEPLOYMENT"),
 )
 COLUMN_COLUMNS = (
     ("column", "COLUMN"), ("kind", "KIND"), ("test", "TEST"), ("statistic", "STATISTIC"),
@@ -36,12 +37,12 @@ BAR_WIDTH = 20
 
 
 def report_cells(r: dict[str, Any]) -> tuple[str | Text, ...]:
+    """One report row; the counts are the CLI's (drifted of compared, summary.counts)."""
     drifted = bool(r.get("drifted"))
-    share = r.get("drift_share")
     return (
         r["report_id"], when(r.get("created_at")), str(r.get("reference") or "-"), str(r.get("current") or "-"),
         Text("DRIFT", style="bold red") if drifted else Text("ok", style="green"),
-        f"{r.get('drifted_columns', 0)}/{r.get('columns', 0)}" + (f" ({share:.0%})" if isinstance(share, (int, float)) else ""),
+        summary.counts(r),
         r.get("run_id") or "-", r.get("deployment") or "-",
     )
 
@@ -153,11 +154,10 @@ class DriftReportScreen(Screen[None]):
     def show_report(self, report: dict[str, Any]) -> None:
         columns = report.get("columns") or []
         self.columns = {c["column"]: c for c in columns}
-        drifted = sum(1 for c in columns if c.get("drifted"))
         self.query_one("#drift-title", Static).update(
             f"report {report.get('report_id', self.report_id)} · {when(report.get('created_at'))} · "
-            f"reference {report.get('reference') or '-'} vs current {report.get('current') or '-'} · "
-            f"{drifted}/{len(columns)} columns drifted")
+            f"reference {report.get('reference') or '-'} vs current {report.get('current') or '-'}\n"
+            f"{summary.headline(report)}")
         table = self.query_one("#drift-columns", KeyedTable)
         table.show([(c["column"], column_cells(c)) for c in columns])
         table.focus()
@@ -181,15 +181,24 @@ class DriftReportScreen(Screen[None]):
         hist = entry.get("histogram") or {}
         labels = [str(c) for c in hist.get("categories") or []]
         if not labels and hist.get("edges"):
-            edges = hist["edges"]
-            labels = [f"{edges[i]:.3g}" for i in range(len(edges) - 1)]
+            edges, what = hist["edges"], summary.measure(entry)
+            labels = [summary.value(edges[i], what) if what and what != "number" else f"{edges[i]:.3g}"
+                      for i in range(len(edges) - 1)]
         reference, current = hist.get("reference") or [], hist.get("current") or []
         if labels and reference and current:
             plt.multiple_bar(labels, [reference, current], labels=["reference", "current"])
         plt.title(f"{column}: reference vs current (share of rows)")
         widget.refresh()
         stats = entry.get("stats") or {}
-        lines = [" · ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()
-                           if v is not None)]  # a statistic this column's kind does not have is left out
+        shown = {f"{k}_{side}" for k in ("mean", "median", "null_rate") for side in ("ref", "cur")}
+        lines = [" · ".join(f"{label} {summary.shift(entry, key, '→')}" for label, key in
+                            (("mean", "mean"), ("median", "median"), ("nulls", "nulls"))
+                            if summary.shift(entry, key) != "-")]
+        if lines[0]:
+            lines[0] = "reference → current: " + lines[0]
+        lines.append(" · ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()
+                                if v is not None and k not in shown))  # one this column's kind lacks is left out
+        if entry.get("test") == "wasserstein":
+            lines.append(summary.WASSERSTEIN_MEANING)
         lines += [f"• {n}" for n in entry.get("notes") or []]
         notes.update("\n".join(x for x in lines if x))
