@@ -24,7 +24,7 @@ from mlfleet.core.client import ControllerClient, submit_with_retry
 from mlfleet.core.config import load_job_spec
 from mlfleet.core.errors import MlfleetError
 from mlfleet.core.models import TERMINAL_STATES, to_plain
-from mlfleet.core.render import when
+from mlfleet.core.render import value, when
 from mlfleet.core.settings import ClientSettings, load_settings
 from mlfleet.core.submit_key import new_submit_key
 from mlfleet.tui.screens.base import PollingScreen
@@ -257,22 +257,23 @@ def job_detail(job: dict[str, Any]) -> Table:
     page.add_column(style="bold", no_wrap=True)
     page.add_column()
     page.add_row("state", f"{job['state']}" + (f" ({job['reason']})" if job.get("reason") else ""))
-    page.add_row("project", f"{job.get('project')} · owner {job.get('owner')} · priority {job.get('priority', 0)}")
-    page.add_row("attempt", f"{job.get('attempt')} of {job.get('max_attempts')} · host {job.get('host') or '-'} · "
-                            f"GPUs {job.get('gpus') or '-'}")
+    page.add_row("project", f"{value(job.get('project'))} · owner {value(job.get('owner'))} · "
+                            f"priority {job.get('priority') or 0}")
+    page.add_row("attempt", f"{value(job.get('attempt'))} of {value(job.get('max_attempts'))} · "
+                            f"host {value(job.get('host'))} · GPUs {value(job.get('gpus'))}")
     if job.get("state") == "pending":
         why = job.get("why_pending") or []
         text = Text()
         for r in why:
-            text.append(f"{r['host']}", style="bold").append(f" [{r.get('check', '')}] {r['message']}\n")
+            text.append(value(r.get("host")), style="bold").append(f" [{value(r.get('check'))}] {value(r.get('message'))}\n")
         page.add_row("why pending", text if why else "the scheduler has not looked at it yet")
     events = Text()
     for e in job.get("events") or []:
-        events.append(f"{when(e['ts'])}  {e['state']:<10} {e.get('reason') or ''}\n")
+        events.append(f"{when(e.get('ts'))}  {value(e.get('state')):<10} {e.get('reason') or ''}\n")
     page.add_row("events", events)
     runs = Text()
     for r in job.get("runs") or []:
-        runs.append(f"{r['run_id']}  {r['state']:<10} host {r['host']}  exit "
-                    f"{'-' if r.get('exit_code') is None else r['exit_code']}\n")
+        runs.append(f"{r['run_id']}  {value(r.get('state')):<10} host {value(r.get('host'))}  "
+                    f"exit {value(r.get('exit_code'))}\n")
     page.add_row("runs", runs or "-")
     return page
