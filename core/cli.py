@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from mlfleet import __version__
-from mlfleet.core import bounds, cli_drift, cli_run_keys, logfile, render
+from mlfleet.core import bounds, cli_drift, cli_run_keys, hostseen, logfile, render
 from mlfleet.core.client import ControllerClient, connect, controller_pid, lock_held, submit_with_retry, try_connect
 from mlfleet.core.config import load_job_spec
 from mlfleet.core.errors import (EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, MlfleetError, UnavailableError,
@@ -233,8 +233,8 @@ async def cmd_hosts_list(client: ControllerClient, args: argparse.Namespace) -> 
             gpus += " (simulated)"
         state = f"{h['state']}, drained" if h.get("drained") else h["state"]
         rows.append([h["name"], h["kind"], state, render.percent(t.get("cpu_percent")) if t else "-", mem, gpus,
-                     h["running_jobs"], h["agent_version"], h["message"] or ""])
-    print(render.table(["host", "kind", "state", "cpu", "memory", "gpus", "jobs", "agent", "problem"], rows))
+                     h["running_jobs"], h["agent_version"], hostseen.seen_text(h), h["message"] or ""])
+    print(render.table(["host", "kind", "state", "cpu", "memory", "gpus", "jobs", "agent", "seen", "problem"], rows))
     return EXIT_OK
 
 
