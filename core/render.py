@@ -143,14 +143,19 @@ def lineage_rows(lineage: dict[str, Any]) -> list[tuple[str, str]]:
     if lineage.get("packages") is not None or lineage.get("packages_hash"):
         rows.append(("packages", f"{value(lineage.get('packages'))}, sha256 {_short(lineage.get('packages_hash'))}"))
     for item in lineage.get("inputs") or []:
-        detail = item.get("error") or f"sha256 {_short(item.get('sha256'))}, {_size(item.get('size'))}" + (
-            f", {item['files']} files" if item.get("files") is not None else "")
+        if not isinstance(item, dict):
+            rows.append(("input", value(item)))
+            continue
+        detail = value(item.get("error")) if item.get("error") else (
+            f"sha256 {_short(item.get('sha256'))}, {_size(item.get('size'))}"
+            + (f", {value(item['files'])} files" if item.get("files") is not None else ""))
         rows.append(("input", f"{value(item.get('path'))}: {detail}"))
     if "host" in lineage or "gpus" in lineage:
         gpus = ",".join(map(str, lineage.get("gpus") or [])) or "none"
         rows.append(("host", f"{value(lineage.get('host'))}, GPUs {gpus}"))
-    if lineage.get("gpu_hours") is not None:
-        rows.append(("GPU hours", f"{lineage['gpu_hours']:.4f}"))
+    hours = lineage.get("gpu_hours")
+    if hours is not None:
+        rows.append(("GPU hours", f"{hours:.4f}" if isinstance(hours, (int, float)) else value(hours)))
     if lineage.get("gpu_util_mean") is not None or lineage.get("gpu_util_peak") is not None:
         rows.append(("GPU util", f"mean {_pct(lineage.get('gpu_util_mean'))} peak {_pct(lineage.get('gpu_util_peak'))}"))
     if lineage.get("gpu_mem_mean") is not None or lineage.get("gpu_mem_peak") is not None:

@@ -137,6 +137,12 @@ async def test_the_spec_picker_goes_up_a_folder_and_takes_a_typed_path(home: Hom
         problem = picker.query_one("#spec-problem")
         await until(pilot, lambda: problem.display and "no file or folder" in text_of(problem), "the typo said")
         assert isinstance(app.screen, SpecPicker)
+        for hostile in ("bad\x00name.yaml", "~no-such-user-xyz/job.yaml", "x" * 5000):  # pasted, not typed
+            line.value = hostile
+            await pilot.press("enter")
+            await until(pilot, lambda: problem.display and text_of(problem).startswith("cannot use"),
+                        f"{hostile[:20]!r} said, not a crash")
+            assert isinstance(app.screen, SpecPicker)
         line.value = ""
         await pilot.press(*"../../elsewhere/job.yml.txt", "enter")  # from notebooks/, where the tree opens
         await until(pilot, lambda: any(j["name"] == "typed" for j in jobs.jobs), "the typed spec queued")

@@ -96,14 +96,14 @@ class JobsScreen(PollingScreen):
         due = bool(final) or bool(live - self._metrics_live) or (live and self._ticks % METRICS_EVERY == 0)
         if not due:
             return
-        wanted = sorted(final | live)
-        where = "run_id in ({})".format(", ".join("'" + r.replace("'", "''") + "'" for r in wanted))
-        try:
-            runs = await client.call("runs_list", where=where, limit=len(wanted))
-        except MlfleetError:
-            if not client.connected:
-                raise
-            runs = []  # a controller without tracking: the column stays "-" (and is not asked again for these)
+        runs: list[dict[str, Any]] = []
+        for where, count in _run_id_filters(sorted(final | live)):
+            try:
+                runs += await client.call("runs_list", where=where, limit=count)
+            except MlfleetError:
+                if not client.connected:
+                    raise
+                break  # a controller without tracking: the column stays "-" (and is not asked again for these)
         for run in runs:
             if run.get("metrics"):
                 self.metrics[run["run_id"]] = latest_metric(run)
@@ -276,6 +276,24 @@ class JobsScreen(PollingScreen):
             await used.close()
         self.notify(f"job {answer['job_id']} ({answer['name']}) queued")
         self.wake()
+
+
+WHERE_BUDGET = 8000  # characters of one runs filter; the controller refuses one over 10,000
+
+
+def _run_id_filters(run_ids: list[str]) -> list[tuple[str, int]]:
+    """``run_id in (...)`` filters over ``run_ids`` (quotes doubled), each under the filter's length limit."""
+    out, group, size = [], [], 0
+    for run_id in run_ids:
+        literal = "'" + run_id.replace("'", "''") + "'"
+        if group and size + len(literal) + 2 > WHERE_BUDGET:
+            out.append((f"run_id in ({', '.join(group)})", len(group)))
+            group, size = [], 0
+        group.append(literal)
+        size += len(literal) + 2
+    if group:
+        out.append((f"run_id in ({', '.join(group)})", len(group)))
+    return out
 
 
 def job_detail(job: dict[str, Any]) -> Table:

@@ -150,13 +150,13 @@ class SpecPicker(ModalScreen[Path | None]):
         typed = event.value.strip()
         if not typed:
             return
-        path = Path(typed).expanduser()
-        if not path.is_absolute():
-            path = self.folder / path
         try:
+            path = Path(typed).expanduser()  # ~nobody/…: RuntimeError
+            if not path.is_absolute():
+                path = self.folder / path
             is_dir, is_file = path.is_dir(), path.is_file()
-        except OSError as exc:  # a path too long, a folder we may not read
-            self._problem(f"cannot read {path}: {exc.strerror or exc}")
+        except (OSError, ValueError, RuntimeError) as exc:  # too long, a NUL byte, no such user, no permission
+            self._problem(f"cannot use {typed!r}: {getattr(exc, 'strerror', None) or exc}")
             return
         if is_dir:
             self.open_folder(path.resolve())
