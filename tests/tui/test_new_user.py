@@ -140,8 +140,8 @@ async def test_the_spec_picker_goes_up_a_folder_and_takes_a_typed_path(home: Hom
         for hostile in ("bad\x00name.yaml", "~no-such-user-xyz/job.yaml", "x" * 5000):  # pasted, not typed
             line.value = hostile
             await pilot.press("enter")
-            await until(pilot, lambda: problem.display and text_of(problem).startswith("cannot use"),
-                        f"{hostile[:20]!r} said, not a crash")
+            await until(pilot, lambda: problem.display and hostile.lstrip("~")[:6] in text_of(problem),
+                        f"{hostile[:20]!r} said in the picker, not a crash")
             assert isinstance(app.screen, SpecPicker)
         line.value = ""
         await pilot.press(*"../../elsewhere/job.yml.txt", "enter")  # from notebooks/, where the tree opens
