@@ -23,7 +23,7 @@ import msgspec
 from msgspec import Meta
 
 from mlfleet import __version__
-from mlfleet.core import hostkeys
+from mlfleet.core import hostkeys, hostseen
 from mlfleet.core.api_drift import DriftApi
 from mlfleet.core.api_runs import RunsApi
 from mlfleet.core.bounds import (ChunkSize, History, Ident, KeyCount, ListLimit, Offset, QueryRows, WaitSeconds,
@@ -318,6 +318,7 @@ class ControllerApi(DriftApi, RunsApi):
         out = []
         for link in self.c.links.values():
             item = link.summary()
+            item.update(hostseen.freshness(link.state, link.last_seen, self.c.tick_interval))
             item["running_jobs"] = sum(1 for r in self.c.active.values() if r.host == link.name)
             item["drained"] = self.c.drained.get(link.name)
             if history:

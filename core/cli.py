@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from mlfleet import __version__
-from mlfleet.core import bounds, cli_drift, cli_run_keys, logfile, render
+from mlfleet.core import bounds, cli_drift, cli_run_keys, hostseen, logfile, render
 from mlfleet.core.client import ControllerClient, connect, controller_pid, lock_held, submit_with_retry, try_connect
 from mlfleet.core.config import load_job_spec
 from mlfleet.core.errors import (EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, MlfleetError, UnavailableError,
@@ -233,8 +233,8 @@ async def cmd_hosts_list(client: ControllerClient, args: argparse.Namespace) -> 
             gpus += " (simulated)"
         state = f"{h['state']}, drained" if h.get("drained") else h["state"]
         rows.append([h["name"], h["kind"], state, render.percent(t.get("cpu_percent")) if t else "-", mem, gpus,
-                     h["running_jobs"], h["agent_version"], h["message"] or ""])
-    print(render.table(["host", "kind", "state", "cpu", "memory", "gpus", "jobs", "agent", "problem"], rows))
+                     h["running_jobs"], h["agent_version"], hostseen.seen_text(h), h["message"] or ""])
+    print(render.table(["host", "kind", "state", "cpu", "memory", "gpus", "jobs", "agent", "seen", "problem"], rows))
     return EXIT_OK
 
 
@@ -411,10 +411,10 @@ async def cmd_runs_compare(client: ControllerClient, args: argparse.Namespace) -
     params = result["params"]
     if params["differ"]:
         ids = list(names)
-        print(render.table(["param"] + ids, [[k] + [json.dumps(v.get(i)) if i in v and v.get(i) is not None else "-"
+        print(render.table(["param"] + ids, [[k] + [render.value(v.get(i))
                                                     for i in ids] for k, v in params["differ"].items()]))
     if params["same"]:
-        print("same in all: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in params["same"].items()))
+        print("same in all: " + ", ".join(f"{k}={render.value(v)}" for k, v in params["same"].items()))
     note = cli_run_keys.left_out_note(result.get("metric_keys") or {}, "metrics not compared",
                                       "name them with --metric K, or --keys PATTERN, --max-keys N")
     if note:
@@ -440,17 +440,18 @@ async def cmd_runs_show(client: ControllerClient, args: argparse.Namespace) -> i
         else:
             _print_json(run)
         return EXIT_OK
-    print(f"run {run['run_id']}  {run['name']}  (job {run['job_id']}, attempt {run['attempt']}, host {run['host']})")
+    print(f"run {run['run_id']}  {render.value(run['name'])}  (job {run['job_id']}, attempt {run['attempt']}, "
+          f"host {render.value(run['host'])})")
     print(f"state: {run['state']}; exit {run['exit_code'] if run['exit_code'] is not None else '-'}; "
           f"{render.when(run['started_at'])} for {render.elapsed(run['started_at'], run['finished_at'])}")
     if run["params"]:
         print("params:")
         for k, v in run["params"].items():
-            print(f"  {k} = {json.dumps(v)}")
+            print(f"  {k} = {render.value(v)}")
     if run["tags"]:
         print("tags:")
         for k, v in run["tags"].items():
-            print(f"  {k} = {v}")
+            print(f"  {k} = {render.value(v)}")
     if args.all_keys:
         await cli_run_keys.print_all_keys_text(client, run, args.keys)
     elif run["metrics"]:
@@ -467,30 +468,8 @@ async def cmd_runs_show(client: ControllerClient, args: argparse.Namespace) -> i
 
 def _print_lineage(lineage: dict[str, Any]) -> None:
     print("lineage:")
-    if lineage.get("git_repo"):
-        state = f"dirty, diff {str(lineage.get('diff_hash'))[:12]}" if lineage.get("git_dirty") else "clean"
-        commit = str(lineage.get("git_commit") or "no commit")[:12]
-        print(f"  git      {commit} on {lineage.get('git_branch') or '-'} ({state})  {lineage['git_repo']}")
-    else:
-        print("  git      - (the workdir is not in a git repository)")
-    print(f"  spec     {str(lineage.get('spec_hash') or '-')[:12]}   code {str(lineage.get('code_hash') or '-')[:12]}")
-    if lineage.get("python"):
-        print(f"  python   {lineage['python']} ({lineage.get('python_executable')}); "
-              f"{lineage.get('packages')} packages, sha256 {str(lineage.get('packages_hash'))[:12]}")
-    for item in lineage.get("inputs") or []:
-        detail = item.get("error") or f"sha256 {item['sha256'][:12]}, {render.format_size(item.get('size') or 0)}" + (
-            f", {item['files']} files" if item.get("files") is not None else "")
-        print(f"  input    {item['path']}: {detail}")
-    gpus = lineage.get("gpus") or []
-    line = f"  host     {lineage.get('host')}, GPUs {','.join(map(str, gpus)) or 'none'}"
-    if lineage.get("gpu_hours") is not None:
-        line += f"; {lineage['gpu_hours']:.4f} GPU-hours"
-    if lineage.get("gpu_util_mean") is not None:
-        line += f"; utilisation mean {lineage['gpu_util_mean']:.0f}% peak {lineage['gpu_util_peak']:.0f}%"
-    if lineage.get("gpu_mem_mean") is not None:
-        mean, peak = render.format_size(int(lineage["gpu_mem_mean"])), render.format_size(int(lineage["gpu_mem_peak"]))
-        line += f"; memory mean {mean} peak {peak}"
-    print(line)
+    for label, text in render.lineage_rows(lineage):  # one definition with the TUI's run page and compare
+        print(f"  {label:<10} {text}")
 
 
 async def cmd_runs_artifacts(client: ControllerClient, args: argparse.Namespace) -> int:

@@ -99,6 +99,7 @@ class HostLink:
             self.state, self.message = "unreachable", f"not answering: {why}"
 
     def mark_answering(self) -> None:
+        self.last_seen = time.time()  # an answered poll: what "last seen" means (hostseen.py)
         if self.state != "up":
             self.state, self.message = "up", ""
 

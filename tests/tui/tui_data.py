@@ -28,15 +28,18 @@ def _history(n: int, base: float, swing: float, step: int = 7) -> list[float]:
 
 FIXED_HOSTS: list[dict[str, Any]] = [
     {"name": "gpu-box-1", "kind": "ssh", "state": "up", "message": "", "agent_version": "0.1.0",
-     "last_seen": 1_700_000_000.0, "labels": {"region": "eu-west", "rack": "a3"}, "running_jobs": 2, "info": {},
+     "last_seen": 1_700_000_000.0, "seen_ago": 0.3, "stale": False, "labels": {"region": "eu-west", "rack": "a3"},
+     "running_jobs": 2, "info": {},
      "simulated": True, "drained": None,
      "telemetry": _telemetry(63.4, 201.5, "ok", [_gpu(0, 97, 71.2, 2, "jc0ffee02-2"), _gpu(1, 12, 3.5, 0)]),
      "history": {"cpu_percent": _history(60, 40, 30), "memory_percent": _history(60, 35, 5, step=3)}},
     {"name": "local", "kind": "local", "state": "up", "message": "", "agent_version": "0.1.0",
-     "last_seen": 1_700_000_000.0, "labels": {}, "running_jobs": 0, "info": {}, "simulated": False,
+     "last_seen": 1_700_000_000.0, "seen_ago": 6.4, "stale": True,  # up, but it missed its last polls
+     "labels": {}, "running_jobs": 0, "info": {}, "simulated": False,
      "drained": "by ana: disk swap", "telemetry": _telemetry(3.2, 4.25, "no_driver", []),
      "history": {"cpu_percent": _history(60, 2, 5), "memory_percent": _history(60, 1, 1, step=1)}},
     {"name": "cloud-a100", "kind": "ssh", "state": "unreachable", "agent_version": None, "last_seen": None,
+     "seen_ago": None, "stale": True,
      "message": "ssh: connection refused (cloud-a100:22); is the VM running?", "labels": {"region": "us-east"},
      "running_jobs": 0, "info": {}, "simulated": False, "drained": None, "telemetry": None,
      "history": {"cpu_percent": [], "memory_percent": []}},

@@ -1,4 +1,10 @@
-"""The audit view: every action, newest first, with a filter, and the chain's verification status."""
+"""The audit view: every action, newest first (as ``mlfleet audit list``), with a filter, and the chain's status.
+
+The trail is plain rows of the ``audit`` table today: no hash links them,
+so there is nothing to verify yet. The status line says that in words and
+what a user can do meanwhile, rather than "not verified" with no why. A
+controller that answers ``audit_verify`` gets its answer shown instead.
+"""
 
 from __future__ import annotations
 
@@ -37,10 +43,15 @@ def audit_cells(event: dict[str, Any]) -> tuple[str, ...]:
             event.get("target") or "-", detail)
 
 
+NO_CHAIN = ("audit trail: plain rows in the DuckDB file, not a hash chain yet, so nothing here can prove it unedited. "
+            "The file is private to its owner (0600); to keep a copy that cannot change, "
+            "save 'mlfleet audit list --json --limit 10000' elsewhere.")
+
+
 def chain_text(answer: dict[str, Any] | None, problem: str = "") -> Text:
-    """The chain's verification status in one line."""
+    """The chain's verification status in one line; ``problem`` is why there is no answer ("" = no chain kept)."""
     if answer is None:
-        return Text(f"chain: not verified ({problem or 'this controller cannot verify it yet'})", style="dim")
+        return Text(f"chain: not verified: {problem}" if problem else NO_CHAIN, style="dim")
     if answer.get("ok") or answer.get("verified"):
         return Text(f"chain: verified ({answer.get('events', answer.get('checked', '?'))} events)", style="green")
     return Text(f"chain: BROKEN {answer.get('message') or answer.get('problem') or ''}".rstrip(), style="bold red")
@@ -58,7 +69,7 @@ class AuditScreen(PollingScreen):
         self._ticks = 0
 
     def compose_body(self) -> ComposeResult:
-        yield Static(chain_text(None, "checking…"), id="audit-chain")
+        yield Static(Text("audit trail: asking the controller about its chain…", style="dim"), id="audit-chain")
         yield KeyedTable(AUDIT_COLUMNS, id="audit-table")
 
     def focus_body(self) -> None:
@@ -76,7 +87,7 @@ class AuditScreen(PollingScreen):
         except MlfleetError as exc:
             if not client.connected:
                 raise
-            reason = "this controller cannot verify it yet" if "unknown method" in str(exc) else str(exc)
+            reason = "" if "unknown method" in str(exc) else str(exc)
             set_text(self.query_one("#audit-chain", Static), chain_text(None, reason))
             return
         set_text(self.query_one("#audit-chain", Static), chain_text(answer))
@@ -85,7 +96,7 @@ class AuditScreen(PollingScreen):
         self.events = events
         needle = self.filter_text.lower()
         rows = []
-        for event in reversed(events):  # oldest first: a new event never moves the cursor
+        for event in events:  # newest first, as audit_list sends them (the cursor follows its row's key)
             cells = audit_cells(event)
             if needle and needle not in " ".join(cells).lower():
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from rich.table import Table
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -20,34 +21,11 @@ from textual_plotext import PlotextPlot
 
 from mlfleet.core.client import ControllerClient
 from mlfleet.core.errors import MlfleetError
-from mlfleet.core.units import format_size
+from mlfleet.core.render import lineage_rows, value
 
-LINEAGE_KEYS = (
-    ("git_commit", "commit"), ("git_dirty", "dirty"), ("diff_hash", "diff"), ("spec_hash", "spec"),
-    ("python", "python"), ("packages_hash", "packages"), ("gpu_hours", "GPU hours"),
-    ("gpu_util_mean", "GPU util mean"), ("gpu_util_peak", "GPU util peak"), ("gpu_mem_peak", "GPU mem peak"),
-)
-
-
-def lineage_rows(lineage: dict[str, Any]) -> list[tuple[str, str]]:
-    """Every lineage key that is present, in a stable order; unknown keys after the known ones."""
-    rows = []
-    for key, label in LINEAGE_KEYS:
-        if lineage.get(key) is not None:
-            value = lineage[key]
-            if key == "gpu_mem_peak" and isinstance(value, (int, float)):
-                value = format_size(value)
-            elif key in ("git_commit", "diff_hash", "spec_hash", "packages_hash") and isinstance(value, str):
-                value = value[:12]
-            elif isinstance(value, float):
-                value = f"{value:.3g}"
-            rows.append((label, str(value)))
-    for item in lineage.get("inputs") or []:
-        rows.append(("input", f"{item.get('path')} sha256 {str(item.get('sha256') or '?')[:12]} "
-                              f"({format_size(item.get('size'))})"))
-    known = {k for k, _ in LINEAGE_KEYS} | {"inputs"}
-    rows += [(k, str(v)) for k, v in sorted(lineage.items()) if k not in known and v is not None]
-    return rows
+def run_lineage(run: dict[str, Any], lineage: dict[str, Any]) -> dict[str, Any]:
+    """A run's lineage with where it ran filled in from the run itself when the node did not say."""
+    return {**lineage, "host": lineage.get("host") or run.get("host"), "gpus": lineage.get("gpus") or run.get("gpus")}
 
 
 class CompareScreen(Screen[None]):
@@ -162,9 +140,9 @@ def params_table(comparison: dict[str, Any]) -> Table | str:
     for run in runs:
         table.add_column(run, overflow="fold")
     for key in sorted(differ):
-        table.add_row(f"[bold yellow]{key}[/]", *(str(differ[key].get(run, "-")) for run in runs))
+        table.add_row(Text(key, style="bold yellow"), *(Text(value(differ[key].get(run))) for run in runs))
     for key in sorted(same):
-        table.add_row(f"[dim]{key}[/]", *([f"[dim]{same[key]}[/]"] * len(runs)))
+        table.add_row(Text(key, style="dim"), *([Text(value(same[key]), style="dim")] * len(runs)))
     return table
 
 
@@ -174,14 +152,13 @@ def lineage_table(comparison: dict[str, Any], lineage: dict[str, dict[str, Any]]
     table.add_column("", no_wrap=True, min_width=13, style="bold")
     for run in runs:
         table.add_column(run["run_id"], overflow="fold")
-    table.add_row("where", *(f"{r.get('host') or '-'} GPUs {r.get('gpus') or '-'}" for r in runs))
     rows: dict[str, dict[str, str]] = {}
     for run in runs:
-        for label, value in lineage_rows(lineage.get(run["run_id"]) or {}):
+        for label, text in lineage_rows(run_lineage(run, lineage.get(run["run_id"]) or {})):
             cell = rows.setdefault(label, {})
-            cell[run["run_id"]] = (cell[run["run_id"]] + "\n" + value) if run["run_id"] in cell else value
+            cell[run["run_id"]] = (cell[run["run_id"]] + "\n" + text) if run["run_id"] in cell else text
     for label, by_run in rows.items():
         values = [by_run.get(r["run_id"], "-") for r in runs]
         style = "bold yellow" if len(set(values)) > 1 else ""
-        table.add_row(f"[{style}]{label}[/]" if style else label, *values)
+        table.add_row(Text(label, style=style), *(Text(v) for v in values))
     return table

@@ -19,6 +19,7 @@ from textual.containers import Vertical
 from textual.widgets import Static
 
 from mlfleet.core.client import ControllerClient
+from mlfleet.core.hostseen import is_stale, seen_text
 from mlfleet.tui.screens.base import PollingScreen
 from mlfleet.tui.widgets.dialogs import Confirm, Prompt
 from mlfleet.tui.widgets.host_card import HostCard
@@ -71,8 +72,15 @@ class FleetScreen(PollingScreen):
             self._remember_gpus(host)
         self.show_rows()
         down = [h["name"] for h in hosts if h.get("state") == "unreachable"]
-        self.show_view_problem(f"{len(down)} host{'s' if len(down) != 1 else ''} unreachable: "
-                               f"{', '.join(down[:5])}{' …' if len(down) > 5 else ''}" if down else "")
+        # Up but silent: a link that stalls stays up until answer_timeout tears it down; say so now.
+        silent = [f"{h['name']} ({seen_text(h)})" for h in hosts if h.get("state") == "up" and is_stale(h)]
+        problems = []
+        if down:
+            problems.append(f"{len(down)} host{'s' if len(down) != 1 else ''} unreachable: "
+                            f"{', '.join(down[:5])}{' …' if len(down) > 5 else ''}")
+        if silent:
+            problems.append(f"not answering: {', '.join(silent[:5])}{' …' if len(silent) > 5 else ''}")
+        self.show_view_problem(" · ".join(problems))
 
     def show_rows(self) -> None:
         needle = self.filter_text.lower()

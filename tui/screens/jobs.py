@@ -19,26 +19,30 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
+from textual.widgets import Static
 
 from mlfleet.core.client import ControllerClient, submit_with_retry
 from mlfleet.core.config import load_job_spec
 from mlfleet.core.errors import MlfleetError
 from mlfleet.core.models import TERMINAL_STATES, to_plain
-from mlfleet.core.render import when
+from mlfleet.core.render import value, when
 from mlfleet.core.settings import ClientSettings, load_settings
 from mlfleet.core.submit_key import new_submit_key
 from mlfleet.tui.screens.base import PollingScreen
 from mlfleet.tui.widgets.dialogs import Confirm, Prompt, SpecPicker, TextPanel
 from mlfleet.tui.widgets.job_log import JobLog
 from mlfleet.tui.widgets.job_table import JobTable, latest_metric
+from mlfleet.tui.widgets.text import set_text
 
 JOBS_LIMIT = 200
 CATCH_UP_CHUNKS = 8  # at 256 KiB a chunk, a long log catches up in a few ticks without starving the table
 METRICS_EVERY = 5  # ticks between two looks at the running jobs' latest metrics
+EMPTY_HINT = ("no jobs yet: press n to pick a job spec (a YAML file with name: and command:) and queue it, "
+              "or run 'mlfleet submit FILE' (configs/demo-train.yaml in the repository is one)")
 
 
 class JobsScreen(PollingScreen):
-    """Jobs, newest at the bottom, and the output of the one under the cursor."""
+    """Jobs, newest first (as ``mlfleet jobs list``), and the output of the one under the cursor."""
 
     TITLE = "mlfleet · jobs"
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -57,9 +61,12 @@ class JobsScreen(PollingScreen):
         self.metrics: dict[str, str] = {}
         self.spec_root = spec_root or Path.cwd()
         self._ticks = 0
+        self._metrics_live: set[str] = set()  # runs asked about while their job was going
+        self._metrics_final: set[str] = set()  # runs asked about once their job had ended: never again
 
     def compose_body(self) -> ComposeResult:
         with Vertical(id="jobs-body"):
+            yield Static("waiting for the controller…", id="jobs-empty")
             yield JobTable(id="jobs-table")
             yield JobLog(id="job-log")
 
@@ -72,23 +79,43 @@ class JobsScreen(PollingScreen):
 
     async def refresh_from(self, client: ControllerClient) -> None:
         jobs = await client.call("jobs_list", limit=JOBS_LIMIT)
-        running = [j for j in jobs if j.get("state") == "running" and j.get("run_id")]
-        if running and self._ticks % METRICS_EVERY == 0:
-            await self._fetch_metrics(client, len(running))
+        await self._fetch_metrics(client, jobs)
         self._ticks += 1
         self.show_jobs(jobs)
         await self._tail(client)
 
-    async def _fetch_metrics(self, client: ControllerClient, running: int) -> None:
-        try:
-            runs = await client.call("runs_list", limit=max(50, running * 2))
-        except MlfleetError:
-            return  # a controller without tracking: the column stays empty
-        self.metrics = {r["run_id"]: latest_metric(r) for r in runs if r.get("metrics")}
+    async def _fetch_metrics(self, client: ControllerClient, jobs: list[dict[str, Any]]) -> None:
+        """The latest metric of the runs on view: a going run every few ticks, an ended one once more, then never.
+
+        Asked by run id, so a job that finished before the TUI opened (or
+        behind a hundred newer runs) has its value as much as a running one.
+        """
+        live = {j["run_id"] for j in jobs if j.get("run_id") and j.get("state") not in TERMINAL_STATES}
+        ended = {j["run_id"] for j in jobs if j.get("run_id") and j.get("state") in TERMINAL_STATES}
+        final = ended - self._metrics_final
+        due = bool(final) or bool(live - self._metrics_live) or (live and self._ticks % METRICS_EVERY == 0)
+        if not due:
+            return
+        runs: list[dict[str, Any]] = []
+        for where, count in _run_id_filters(sorted(final | live)):
+            try:
+                runs += await client.call("runs_list", where=where, limit=count)
+            except MlfleetError:
+                if not client.connected:
+                    raise
+                break  # a controller without tracking: the column stays "-" (and is not asked again for these)
+        for run in runs:
+            if run.get("metrics"):
+                self.metrics[run["run_id"]] = latest_metric(run)
+        self._metrics_final |= final
+        self._metrics_live |= live
 
     def show_jobs(self, jobs: list[dict[str, Any]]) -> None:
         self.jobs = jobs
         self.table.show_jobs(jobs, self.metrics, self.filter_text.lower())
+        empty = self.query_one("#jobs-empty", Static)
+        empty.display = not self.table.shown
+        set_text(empty, EMPTY_HINT if not jobs else "no job matches the filter (esc clears it)")
 
     def filter_changed(self) -> None:
         self.show_jobs(self.jobs)
@@ -251,28 +278,47 @@ class JobsScreen(PollingScreen):
         self.wake()
 
 
+WHERE_BUDGET = 8000  # characters of one runs filter; the controller refuses one over 10,000
+
+
+def _run_id_filters(run_ids: list[str]) -> list[tuple[str, int]]:
+    """``run_id in (...)`` filters over ``run_ids`` (quotes doubled), each under the filter's length limit."""
+    out, group, size = [], [], 0
+    for run_id in run_ids:
+        literal = "'" + run_id.replace("'", "''") + "'"
+        if group and size + len(literal) + 2 > WHERE_BUDGET:
+            out.append((f"run_id in ({', '.join(group)})", len(group)))
+            group, size = [], 0
+        group.append(literal)
+        size += len(literal) + 2
+    if group:
+        out.append((f"run_id in ({', '.join(group)})", len(group)))
+    return out
+
+
 def job_detail(job: dict[str, Any]) -> Table:
     """``job_show`` as a page: state, why pending per host, events and runs."""
     page = Table.grid(padding=(0, 1))
     page.add_column(style="bold", no_wrap=True)
     page.add_column()
     page.add_row("state", f"{job['state']}" + (f" ({job['reason']})" if job.get("reason") else ""))
-    page.add_row("project", f"{job.get('project')} · owner {job.get('owner')} · priority {job.get('priority', 0)}")
-    page.add_row("attempt", f"{job.get('attempt')} of {job.get('max_attempts')} · host {job.get('host') or '-'} · "
-                            f"GPUs {job.get('gpus') or '-'}")
+    page.add_row("project", f"{value(job.get('project'))} · owner {value(job.get('owner'))} · "
+                            f"priority {job.get('priority') or 0}")
+    page.add_row("attempt", f"{value(job.get('attempt'))} of {value(job.get('max_attempts'))} · "
+                            f"host {value(job.get('host'))} · GPUs {value(job.get('gpus'))}")
     if job.get("state") == "pending":
         why = job.get("why_pending") or []
         text = Text()
         for r in why:
-            text.append(f"{r['host']}", style="bold").append(f" [{r.get('check', '')}] {r['message']}\n")
+            text.append(value(r.get("host")), style="bold").append(f" [{value(r.get('check'))}] {value(r.get('message'))}\n")
         page.add_row("why pending", text if why else "the scheduler has not looked at it yet")
     events = Text()
     for e in job.get("events") or []:
-        events.append(f"{when(e['ts'])}  {e['state']:<10} {e.get('reason') or ''}\n")
+        events.append(f"{when(e.get('ts'))}  {value(e.get('state')):<10} {e.get('reason') or ''}\n")
     page.add_row("events", events)
     runs = Text()
     for r in job.get("runs") or []:
-        runs.append(f"{r['run_id']}  {r['state']:<10} host {r['host']}  exit "
-                    f"{'-' if r.get('exit_code') is None else r['exit_code']}\n")
+        runs.append(f"{r['run_id']}  {value(r.get('state')):<10} host {value(r.get('host'))}  "
+                    f"exit {value(r.get('exit_code'))}\n")
     page.add_row("runs", runs or "-")
     return page

@@ -18,9 +18,10 @@ from textual.widgets import Static
 
 from mlfleet.core.client import ControllerClient
 from mlfleet.core.errors import EXIT_USAGE, MlfleetError, RemoteError, UsageError
-from mlfleet.core.render import when
+from mlfleet.core.cli_run_keys import SHOW_HEADERS, show_rows
+from mlfleet.core.render import cell, elapsed, lineage_rows, value, when
 from mlfleet.tui.screens.base import PollingScreen
-from mlfleet.tui.screens.compare import CompareScreen, lineage_rows
+from mlfleet.tui.screens.compare import CompareScreen, run_lineage
 from mlfleet.tui.widgets.dialogs import TextPanel
 from mlfleet.tui.widgets.keyed_table import KeyedTable
 from mlfleet.tui.widgets.run_table import BASE_COLUMNS, run_cells, run_columns
@@ -140,24 +141,37 @@ def _is_usage(exc: MlfleetError) -> bool:
 
 
 def run_detail(run: dict[str, Any]) -> Table:
-    """``run_show`` as a page: what ran where, params, tags, metrics and lineage."""
+    """``run_show`` as a page: what ran where, params, tags, metrics and lineage, in the words of ``runs show``."""
     page = Table.grid(padding=(0, 1))
     page.add_column(style="bold", no_wrap=True)
     page.add_column()
-    page.add_row("state", f"{run.get('state')} · exit {run.get('exit_code', '-')} · job {run.get('job_id')}")
-    page.add_row("where", f"{run.get('host') or '-'} · GPUs {run.get('gpus') or '-'}")
-    page.add_row("when", f"{when(run.get('started_at'))} → {when(run.get('finished_at'))}")
+    page.add_row("state", f"{value(run.get('state'))} · exit {value(run.get('exit_code'))} · job {value(run.get('job_id'))}"
+                          + (f", attempt {run['attempt']}" if run.get("attempt") else ""))
+    page.add_row("when", f"{when(run.get('started_at'))} → {when(run.get('finished_at'))}"
+                         f" ({elapsed(run.get('started_at'), run.get('finished_at'))})")
     for title, mapping in (("params", run.get("params")), ("tags", run.get("tags"))):
-        page.add_row(title, "\n".join(f"{k} = {v}" for k, v in sorted((mapping or {}).items())) or "-")
-    metrics = run.get("metrics") or {}
-    if not isinstance(metrics, dict):  # run_show's list, in key order
-        metrics = {str(m.get("key")): m for m in metrics if isinstance(m, dict)}
-    lines = [f"{k}: last {s.get('last')} min {s.get('min')} max {s.get('max')} ({s.get('points')} points)"
-             for k, s in sorted(metrics.items())]
-    left_out = int((run.get("metric_keys") or {}).get("left_out") or 0)
-    if left_out:
-        lines.append(f"… and {left_out:,} more (mlfleet runs show {run.get('run_id')} --keys PATTERN or --all-keys)")
-    page.add_row("metrics", "\n".join(lines) or "-")
-    for key, value in lineage_rows(run.get("lineage") or {}):
-        page.add_row(key, value)
+        page.add_row(title, "\n".join(f"{k} = {value(v)}" for k, v in sorted((mapping or {}).items())) or "-")
+    page.add_row("metrics", metrics_table(run))
+    for label, text in lineage_rows(run_lineage(run, run.get("lineage") or {})):
+        page.add_row(label, text)
     return page
+
+
+def metrics_table(run: dict[str, Any]) -> Table | str:
+    """The run's metric keys with their values, the same columns as ``runs show`` (``-`` where a value is missing)."""
+    metrics = run.get("metrics") or []
+    if isinstance(metrics, dict):  # a runs_list entry: key -> summary
+        metrics = [{"key": k, **s} for k, s in sorted(metrics.items())]
+    metrics = [m for m in metrics if isinstance(m, dict)]
+    left_out = int((run.get("metric_keys") or {}).get("left_out") or 0)
+    if not metrics:
+        return "-"
+    table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False)
+    for header in SHOW_HEADERS:
+        table.add_column(header.upper(), no_wrap=True)
+    for row in show_rows([{"points": None, "min": None, "max": None, "last": None, "last_step": None, **m}
+                          for m in metrics], run.get("summary") or {}):
+        table.add_row(*(cell(v) for v in row))
+    if left_out:
+        table.add_row(f"… and {left_out:,} more (mlfleet runs show {run.get('run_id')} --keys PATTERN or --all-keys)")
+    return table

@@ -92,19 +92,80 @@ class SpecTree(DirectoryTree):
 
 
 class SpecPicker(ModalScreen[Path | None]):
-    """Choose a job spec file: a tree of folders and YAML files; enter on a file picks it."""
+    """Choose a job spec file: a tree of folders and YAML files, and a line to type a path into.
 
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss(None)", "Back")]
+    Enter on a file picks it; backspace in the tree goes up a folder (the
+    tree starts where ``mlfleet`` was run, and a spec is often beside it,
+    not below it); a typed path, absolute, ``~/...`` or relative to the
+    folder shown, picks that file or opens that folder. Any file may be
+    typed, YAML or not: ``load_job_spec`` says what is wrong with it.
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "dismiss(None)", "Back"),
+        Binding("backspace", "up", "Up a folder"),  # the path line keeps its own backspace
+    ]
 
     def __init__(self, root: Path) -> None:
         super().__init__(classes="dialog")
-        self.root = root
+        self.root = root.absolute()
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog-box picker") as box:
             box.border_title = f"submit a job spec from {self.root}"
-            box.border_subtitle = "enter picks a file · esc back"
+            box.border_subtitle = "enter picks · backspace up a folder · tab to type a path · esc back"
+            yield Input(placeholder="or type a path: a spec file, or a folder to open (enter)", id="spec-path")
+            yield Static("", id="spec-problem")
             yield SpecTree(self.root, id="spec-tree")
+
+    def on_mount(self) -> None:
+        self.query_one("#spec-problem", Static).display = False
+        self.query_one(SpecTree).focus()
+
+    @property
+    def folder(self) -> Path:
+        """The folder the tree shows."""
+        return Path(self.query_one(SpecTree).path)
+
+    def open_folder(self, folder: Path) -> None:
+        self.query_one(SpecTree).path = folder
+        self.query_one(".picker", Vertical).border_title = f"submit a job spec from {folder}"
+        self._problem("")
+
+    def action_up(self) -> None:
+        folder = self.folder
+        if folder.parent == folder:
+            self._problem(f"{folder} has no folder above it")
+            return
+        self.open_folder(folder.parent)
+
+    def _problem(self, text: str) -> None:
+        line = self.query_one("#spec-problem", Static)
+        line.update(text)
+        line.display = bool(text)
+
+    @on(Input.Submitted, "#spec-path")
+    def _typed(self, event: Input.Submitted) -> None:
+        event.stop()
+        typed = event.value.strip()
+        if not typed:
+            return
+        try:
+            path = Path(typed).expanduser()  # ~nobody/…: RuntimeError
+            if not path.is_absolute():
+                path = self.folder / path
+            is_dir, is_file = path.is_dir(), path.is_file()
+        except (OSError, ValueError, RuntimeError) as exc:  # too long, a NUL byte, no such user, no permission
+            self._problem(f"cannot use {typed!r}: {getattr(exc, 'strerror', None) or exc}")
+            return
+        if is_dir:
+            self.open_folder(path.resolve())
+            event.input.value = ""
+            self.query_one(SpecTree).focus()
+        elif is_file:
+            self.dismiss(path)
+        else:
+            self._problem(f"no file or folder {path}; type another path, or pick one below")
 
     @on(DirectoryTree.FileSelected)
     def _picked(self, event: DirectoryTree.FileSelected) -> None:

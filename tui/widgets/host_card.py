@@ -17,6 +17,7 @@ from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.widgets import Label, Static
 
+from mlfleet.core.hostseen import is_stale, seen_text
 from mlfleet.core.units import format_size
 from mlfleet.tui.widgets.spark import SparkLine, spark
 from mlfleet.tui.widgets.text import set_text
@@ -54,6 +55,7 @@ class HostCard(Vertical):
         state = host.get("state", "connecting")
         for known in HOST_STATES:
             self.set_class(state == known, f"-{known}")
+        self.set_class(bool(host.get("name")) and is_stale(host), "-stale")  # its numbers are its last answer
         # Setting a border label redraws the whole card: only when its words change.
         title, subtitle = host.get("name", "?"), _subtitle(host)
         if self.border_title != title:
@@ -82,6 +84,9 @@ class HostCard(Vertical):
 
 def _subtitle(host: dict[str, Any]) -> str:
     parts = [host.get("state", "connecting"), host.get("kind") or "?"]
+    seen = seen_text(host)
+    if seen != "live":
+        parts.insert(1, f"last seen: {seen}")
     if host.get("simulated"):
         parts.append("SIMULATED GPUs")
     if host.get("labels"):

@@ -6,11 +6,11 @@ compare them with what is on screen and update only the cells that changed.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from rich.text import Text
 
+from mlfleet.core.hostseen import is_stale, seen_text
 from mlfleet.core.units import format_size
 
 HOST_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -19,6 +19,7 @@ HOST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("agent", "AGENT"), ("seen", "LAST SEEN"), ("badges", "NOTES"),
 )
 STATE_STYLES = {"up": "green", "unreachable": "bold red", "connecting": "yellow"}
+STALE_STYLE = "dim"  # the last answer of a host that stopped answering, not its state now
 LABELS_WIDTH = 28
 
 
@@ -43,12 +44,17 @@ def host_cells(host: dict[str, Any]) -> tuple[str | Text, ...]:
         badges.append("SIMULATED")
     if host.get("drained"):
         badges.append("DRAINED")
+    stale = is_stale(host)
+    live = (f"{t['cpu_percent']:.0f} % of {t['cpu_count']}" if t else "-",
+            f"{format_size(t['memory_used'])} / {format_size(t['memory_total'])}" if t else "-",
+            _gpu_count(t), gpu_util, gpu_mem)
+    seen = seen_text(host)
     return (
         host["name"], Text(state, style=STATE_STYLES.get(state, "")), host.get("kind") or "-", labels,
-        f"{t['cpu_percent']:.0f} % of {t['cpu_count']}" if t else "-",
-        f"{format_size(t['memory_used'])} / {format_size(t['memory_total'])}" if t else "-",
-        _gpu_count(t), gpu_util, gpu_mem, str(host.get("running_jobs") or 0),
-        host.get("agent_version") or "-", _seen(host.get("last_seen")),
+        # A host that stopped answering keeps its last numbers: greyed, so they do not read as now.
+        *((Text(v, style=STALE_STYLE) for v in live) if stale and t else live),
+        str(host.get("running_jobs") or 0), host.get("agent_version") or "-",
+        Text(seen, style="bold yellow") if seen.startswith("stale") else seen,
         " ".join(badges) or "-",
     )
 
@@ -61,15 +67,3 @@ def _gpu_count(t: dict[str, Any]) -> str:
     if t.get("gpu_state") == "error":
         return "error"
     return str(len(t.get("gpus") or []))
-
-
-FRESH_S = 10.0
-
-
-def _seen(last_seen: float | None) -> str:
-    """``live`` while the host answers (a clock that ticks every second is noise), else when it was last seen."""
-    if not last_seen:
-        return "never"
-    if time.time() - last_seen < FRESH_S:
-        return "live"
-    return time.strftime("%m-%d %H:%M:%S", time.localtime(last_seen))

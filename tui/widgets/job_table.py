@@ -53,7 +53,8 @@ def latest_metric(run: dict[str, Any]) -> str:
 
 
 class JobTable(KeyedTable):
-    """``jobs_list`` as a table, oldest job first so new rows never move the cursor."""
+    """``jobs_list`` as a table, newest job first as ``jobs list`` prints it (the cursor follows its row's key,
+    so a new job landing on top never moves it off the job the user is on)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(COLUMNS, **kwargs)
@@ -63,7 +64,7 @@ class JobTable(KeyedTable):
         """Bring the table in line with ``jobs`` (newest first, as the controller sends them)."""
         metrics = metrics or {}
         rows = []
-        for job in reversed(jobs):
+        for job in jobs:
             cells = job_cells(job, metrics.get(job.get("run_id") or "", ""))
             if needle and needle not in " ".join(cells).lower():
                 continue
