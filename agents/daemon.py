@@ -28,7 +28,7 @@ from mlfleet.core.errors import NotFoundError, UnavailableError, UsageError
 from mlfleet.core.models import HostSample, LaunchRequest
 from mlfleet.core.listener import HELLO_DEADLINE_S, UnixListener
 from mlfleet.core.protocol import (MAX_FRAME, PROTOCOL_VERSION, SERVER_FRAME_DEADLINE_S, SERVER_MAX_REQUEST, Peer,
-                                   method_dispatcher)
+                                   SendBudget, method_dispatcher)
 
 from .supervisor import Supervisor
 from .telemetry import GpuSource, HostSampler, NvmlGpuSource
@@ -48,6 +48,7 @@ class AgentDaemon:
                  gpu_source: GpuSource | None = None) -> None:
         self.state_dir = state_dir
         self.socket_path = socket_path
+        self._send_budget = SendBudget()  # answers made and not read, all connections together
         self.host_name = host_name or socket.gethostname()
         self.sample_interval = sample_interval
         self.idle_exit = idle_exit
@@ -135,7 +136,8 @@ class AgentDaemon:
             return answer
 
         peer = Peer(reader, writer, handle, name="controller", hello_deadline=HELLO_DEADLINE_S,
-                    max_incoming=SERVER_MAX_REQUEST, frame_deadline=SERVER_FRAME_DEADLINE_S, require_hello=True)
+                    max_incoming=SERVER_MAX_REQUEST, frame_deadline=SERVER_FRAME_DEADLINE_S, require_hello=True,
+                    send_budget=self._send_budget)
         self.peers.add(peer)
         self._last_contact = time.time()
         peer.start()

@@ -37,7 +37,7 @@ from mlfleet.core.snapshot import snapshot
 from mlfleet.core.submit_key import check_submit_key
 from mlfleet.core.transport.ssh import SshAgentTransport
 from mlfleet.core.listener import HELLO_DEADLINE_S, UnixListener
-from mlfleet.core.protocol import (PROTOCOL_VERSION, SERVER_FRAME_DEADLINE_S, SERVER_MAX_REQUEST, Peer,
+from mlfleet.core.protocol import (PROTOCOL_VERSION, SERVER_FRAME_DEADLINE_S, SERVER_MAX_REQUEST, Peer, SendBudget,
                                    method_dispatcher)
 from mlfleet.core.store import records, submit_keys
 
@@ -69,6 +69,7 @@ class ControllerApi(DriftApi, RunsApi):
         self.c = controller
         self.peers: set[Peer] = set()
         self.listener: UnixListener | None = None
+        self._send_budget = SendBudget()  # answers made and not read, all clients together
         self.handler = usage_dispatcher(self, method_dispatcher(self))  # a bad parameter: exit 2, one sentence
 
     @property
@@ -85,7 +86,8 @@ class ControllerApi(DriftApi, RunsApi):
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = Peer(reader, writer, self.handler, name="client", hello_deadline=HELLO_DEADLINE_S,
-                    max_incoming=SERVER_MAX_REQUEST, frame_deadline=SERVER_FRAME_DEADLINE_S, require_hello=True)
+                    max_incoming=SERVER_MAX_REQUEST, frame_deadline=SERVER_FRAME_DEADLINE_S, require_hello=True,
+                    send_budget=self._send_budget)
         peer.info["actor"] = _peer_user(writer)
         self.peers.add(peer)
         peer.start()

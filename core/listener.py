@@ -10,8 +10,10 @@ per failure (a 100-fold storm per second: 200 MB of log in 40 s). Here:
   evicts the oldest connection that has not said ``hello`` (a slowloris
   client, never a working one), else the greeted connection idle longest
   with nothing asked or answered in flight (a TUI reconnects; a client
-  holding hundreds of idle connections cannot lock everyone out); only
-  when every held connection is busy does the newcomer get one error frame
+  holding hundreds of idle connections cannot lock everyone out); a
+  connection that has left an answer unread for a second goes first of
+  all (asking and never reading locked everyone out too); only when every
+  held connection is busy does the newcomer get one error frame
   (a non-blocking send: never waited for) and is closed at once, so its
   descriptor is released in the same loop iteration;
 - the soft RLIMIT_NOFILE is raised (up to the hard limit) to leave room for
@@ -41,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
-from mlfleet.core.protocol import Frame, encode
+from mlfleet.core.protocol import STALLED_AFTER_S, Frame, encode
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,9 @@ class GreetedPeer(Protocol):
 
     @property
     def idle(self) -> bool: ...
+
+    @property
+    def stalled_for(self) -> float: ...
 
 
 @dataclass(eq=False)
@@ -215,8 +220,12 @@ class UnixListener:
         """Make room: the oldest connection that has not said hello, else the idlest greeted one; False if none."""
         victim = next((c for c in self._open if not c.greeted and not c.setting_up), None)
         if victim is None:
-            idle = [c for c in self._open if c.peer is not None and c.peer.idle]
-            victim = min(idle, key=lambda c: c.peer.last_active, default=None)  # type: ignore[union-attr]
+            peers = [c for c in self._open if c.peer is not None]
+            # A peer that leaves its answers unread (a stalled or hostile reader) goes before an idle one.
+            stalled = [c for c in peers if c.peer.stalled_for >= STALLED_AFTER_S]  # type: ignore[union-attr]
+            idle = [c for c in peers if c.peer.idle]  # type: ignore[union-attr]
+            victim = (max(stalled, key=lambda c: c.peer.stalled_for) if stalled  # type: ignore[union-attr]
+                      else min(idle, key=lambda c: c.peer.last_active, default=None))  # type: ignore[union-attr]
             if victim is None:
                 return False
             self._tell(victim.sock, f"{self.name} closed this idle connection to make room for a new one "

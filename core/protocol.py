@@ -47,6 +47,10 @@ FRAME_DEADLINE_S = 60.0  # a frame that has begun must be whole within this, or 
 SERVER_MAX_REQUEST = 4 * 1024 * 1024
 SERVER_FRAME_DEADLINE_S = 15.0
 MAX_IN_FLIGHT = 64
+# Answers a server has made and its peers have not read yet, for all of its connections together: past
+# this the connection holding the most is closed, so peers that ask and never read cannot grow the server.
+SERVER_UNSENT_LIMIT = 128 * 1024 * 1024
+STALLED_AFTER_S = 1.0  # an answer the other side has not taken for this long: a reader that stalled
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +131,31 @@ async def read_frame(reader: Any, max_frame: int = MAX_FRAME,
 Handler = Callable[["Peer", str, dict[str, Any]], Awaitable[Any]]
 
 
+class SendBudget:
+    """The unsent answers of a server's connections, bounded together (``SERVER_UNSENT_LIMIT``).
+
+    Why one budget per server and not per connection: a per-connection bound
+    times the connection cap is still gigabytes, and a client that asks and
+    never reads is a bug or an attack, never a user to wait for.
+    """
+
+    def __init__(self, limit: int = SERVER_UNSENT_LIMIT) -> None:
+        self.limit = limit
+        self.peers: set["Peer"] = set()
+        self.closed = 0  # connections closed for it, since start
+
+    def enforce(self) -> None:
+        total = sum(p.unsent for p in self.peers)
+        while total > self.limit and self.peers:
+            worst = max(self.peers, key=lambda p: p.unsent)
+            held = worst.unsent
+            self.peers.discard(worst)
+            self.closed += 1
+            log.warning("%s: closing a connection holding %d bytes of answers it has not read", worst.name, held)
+            worst.abort(f"the other side read none of {held} bytes of answers; closed to keep the server's memory")
+            total -= held
+
+
 class Peer:
     """One end of a protocol connection: it sends requests and answers the other side's.
 
@@ -138,7 +167,8 @@ class Peer:
     def __init__(self, reader: Any, writer: Any, handler: Handler | None = None, name: str = "peer", *,
                  max_frame: int = MAX_FRAME, frame_deadline: float | None = FRAME_DEADLINE_S,
                  hello_deadline: float | None = None, max_incoming: int | None = None,
-                 max_in_flight: int = MAX_IN_FLIGHT, require_hello: bool = False) -> None:
+                 max_in_flight: int = MAX_IN_FLIGHT, require_hello: bool = False,
+                 send_budget: SendBudget | None = None) -> None:
         self.reader = reader
         self.writer = writer
         self.handler = handler
@@ -153,6 +183,13 @@ class Peer:
         self.greeted = False  # the other side's hello was answered
         self.last_active = time.monotonic()  # a frame read or an answer sent (the listener evicts the idlest)
         self._answering = 0
+        self._send_lock = asyncio.Lock()  # answers go out one at a time, each taken before the next is written
+        self._queued = 0  # bytes of answers made and waiting for the send lock
+        self._stalled_since: float | None = None  # when the answer being drained was written
+        self.send_budget = send_budget
+        if send_budget is not None:
+            send_budget.peers.add(self)
+        self._hello_by = (time.monotonic() + hello_deadline) if hello_deadline is not None else None
         self.close_reason = ""
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
@@ -184,6 +221,20 @@ class Peer:
         """Nothing asked of us unanswered and nothing we asked unanswered: closing it loses no request."""
         return self._answering == 0 and not self._pending
 
+    @property
+    def unsent(self) -> int:
+        """Bytes of answers made for the other side and not yet taken by it (queued or in the transport)."""
+        try:
+            buffered = self.writer.transport.get_write_buffer_size()
+        except (AttributeError, RuntimeError):
+            buffered = 0
+        return self._queued + buffered
+
+    @property
+    def stalled_for(self) -> float:
+        """How long the other side has left an answer untaken (0: it reads); the listener evicts such peers."""
+        return 0.0 if self._stalled_since is None else time.monotonic() - self._stalled_since
+
     async def close(self, reason: str = "connection closed") -> None:
         if self._reader_task and self._reader_task is not asyncio.current_task():
             self._reader_task.cancel()
@@ -207,6 +258,8 @@ class Peer:
             return
         self.close_reason = reason
         self._closed.set()
+        if self.send_budget is not None:
+            self.send_budget.peers.discard(self)
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(UnavailableError(f"{self.name}: {reason}"))
@@ -265,11 +318,15 @@ class Peer:
         first = True
         try:
             while True:
+                # Until a hello was answered, the connection's own deadline runs (servers): frames that are
+                # not a hello, garbage included, never buy a connection more time.
+                waiting_hello = self._hello_by is not None and (first or (self.require_hello and not self.greeted))
                 try:
-                    async with asyncio.timeout(self.hello_deadline if first else None):
+                    async with asyncio.timeout_at(self._loop_deadline() if waiting_hello else None):
                         payload = await read_frame(self.reader, self.max_incoming, self.frame_deadline)
                 except TimeoutError:
-                    reason = f"no frame within {self.hello_deadline:.0f} s of connecting"
+                    reason = (f"no frame within {self.hello_deadline:.0f} s of connecting" if first else
+                              f"no hello within {self.hello_deadline:.0f} s of connecting")
                     break
                 except BrokenFrame as exc:
                     reason = str(exc)
@@ -316,6 +373,12 @@ class Peer:
                 with contextlib.suppress(Exception):
                     self.writer.close()
 
+    def _loop_deadline(self) -> float:
+        """``_hello_by`` (time.monotonic) on the event loop's clock, for asyncio.timeout_at."""
+        assert self._hello_by is not None
+        loop = asyncio.get_running_loop()
+        return loop.time() + (self._hello_by - time.monotonic())
+
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -351,14 +414,38 @@ class Peer:
             log.error("request %s failed:\n%s", frame.method, traceback.format_exc())
             await self._reply_error(frame.id, exc)
             return
+        if await self._send_answer(answer) and frame.method == "hello":
+            self.greeted = True
+
+    async def _send_answer(self, answer: bytes) -> bool:
+        """Write one answer once the previous one was taken; close a peer that takes none within the deadline."""
+        self._queued += len(answer)
+        queued = True
         try:
-            self._send(answer)
-            await self.writer.drain()
+            if self.send_budget is not None:
+                self.send_budget.enforce()  # may close this very connection (the one holding the most)
+            async with self._send_lock:
+                self._queued -= len(answer)
+                queued = False
+                if self.closed:
+                    return False
+                self._send(answer)
+                self._stalled_since = time.monotonic()
+                try:
+                    async with asyncio.timeout(self.frame_deadline):
+                        await self.writer.drain()
+                except TimeoutError:
+                    self.abort(f"the other side took no answer for {self.frame_deadline:.0f} s")
+                    return False
+                finally:
+                    self._stalled_since = None
+            return True
         except (ConnectionError, RuntimeError, OSError):
             self._shutdown("connection lost while answering")
-            return
-        if frame.method == "hello":
-            self.greeted = True
+            return False
+        finally:
+            if queued:
+                self._queued -= len(answer)
 
     async def _reply_error(self, request_id: int | None, exc: BaseException) -> None:
         if isinstance(exc, MlfleetError):
