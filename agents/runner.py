@@ -126,8 +126,15 @@ class _Runner:
     def _hash_inputs(self) -> tuple[list, int]:
         if not self.launch.get("inputs"):
             return [], 0
+        state_dir = self.run.root.parent.parent
+        launch = self.launch
+        shared = state_dir / "code" / str(launch.get("code_hash") or "")
+        if launch.get("code_hash") and shared.is_dir():
+            # The run's copy was just made from this snapshot, so the digests are the same; hashing the
+            # shared tree lets the hash cache (keyed by real path) serve every run of the same code.
+            launch = {**launch, "workdir": str(shared)}
         try:
-            return hash_launch_inputs(self.launch, self.run.root.parent.parent)
+            return hash_launch_inputs(launch, state_dir)
         except Exception as exc:  # lineage must never stop a job from running
             logging.getLogger(__name__).warning("hashing inputs failed: %s", exc)
             return [], 0

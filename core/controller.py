@@ -384,8 +384,8 @@ class Controller:
         task.add_done_callback(lambda _: self._launching.discard(run.run_id))
 
     async def _launch(self, link: HostLink, run: ActiveRun) -> None:
-        # The local host runs in the user's workdir; a remote host runs the snapshot taken at submit.
-        shipped = run.code_hash if link.transport.kind == "ssh" else None
+        # Every host, local included, runs the snapshot taken at submit (in a copy of its own per run).
+        shipped = run.code_hash
         request = LaunchRequest(
             run_id=run.run_id, job_id=run.job_id, argv=run.spec.argv, workdir=run.spec.workdir,
             env=run.spec.env_strings(), gpu_indices=run.gpus, code_hash=shipped,
@@ -603,7 +603,7 @@ class Controller:
             "run_id": run_id, "attempt": attempt, "project": job.spec.project, "name": job.spec.name,
             "owner": job.owner, "host": placement.host, "gpus": list(placement.gpu_indices),
             "spec_hash": job.spec.content_hash(), "workdir": job.spec.workdir, "command": job.spec.argv,
-            "code_hash": job.code_hash})
+            "code_hash": job.code_hash, "params": job.spec.params, "tags": job.spec.tags})
         run = ActiveRun(job_id=job.job_id, run_id=run_id, host=placement.host, state="dispatched", offset=0, lines=0,
                         attempt=attempt, max_attempts=job.max_attempts, spec=job.spec,
                         gpus=list(placement.gpu_indices), owner=job.owner, code_hash=job.code_hash,

@@ -119,6 +119,10 @@ def dispatch(con: duckdb.DuckDBPyConnection, job_id: str, run: dict[str, Any]) -
              run["gpus"], run["spec_hash"], run["workdir"], json.dumps(run["command"]), now(), run.get("code_hash")])
         con.execute("""insert into ingest_offsets (run_id, stream, byte_offset, lines) values (?, 'metrics', 0, 0)
                        on conflict do nothing""", [run["run_id"]])
+        # What the spec declares is part of the run from its first moment; a value the job logs
+        # for the same key later (track.log_params) replaces it: the job knows what it really used.
+        _upsert_params(con, run["run_id"], run.get("params") or {})
+        _upsert_tags(con, run["run_id"], {str(k): str(v) for k, v in (run.get("tags") or {}).items()})
         # The run starts with the job's submit-time lineage (git); the agent and the end add the rest.
         con.execute("update runs set lineage = (select lineage from jobs where job_id = ?) where run_id = ?",
                     [job_id, run["run_id"]])
@@ -347,17 +351,8 @@ def ingest_metrics(con: duckdb.DuckDBPyConnection, run_id: str, offset: int, end
                 metric_keys.merge_batch(con, run_id, "_metrics_batch")  # same transaction: counted once
             finally:
                 con.unregister("_metrics_batch")
-        if parsed.params:
-            con.executemany(
-                """insert into params (run_id, key, value, value_text, value_num) values (?, ?, ?, ?, ?)
-                   on conflict (run_id, key) do update set value = excluded.value, value_text = excluded.value_text,
-                   value_num = excluded.value_num""",
-                [[run_id, k, json.dumps(v), v if isinstance(v, str) else json.dumps(v),
-                  _param_number(v)] for k, v in parsed.params.items()])
-        if parsed.tags:
-            con.executemany("""insert into tags (run_id, key, value) values (?, ?, ?)
-                               on conflict (run_id, key) do update set value = excluded.value""",
-                            [[run_id, k, v] for k, v in parsed.tags.items()])
+        _upsert_params(con, run_id, parsed.params)
+        _upsert_tags(con, run_id, parsed.tags)
         if parsed.summaries:
             con.executemany("""insert into metric_summaries (run_id, key, mode) values (?, ?, ?)
                                on conflict (run_id, key) do update set mode = excluded.mode""",
@@ -371,6 +366,24 @@ def ingest_metrics(con: duckdb.DuckDBPyConnection, run_id: str, offset: int, end
         con.execute("""update ingest_offsets set byte_offset = ?, lines = lines + ?, bad_lines = bad_lines + ?
                        where run_id = ? and stream = 'metrics'""", [end, parsed.lines, parsed.bad_lines, run_id])
     return True
+
+
+def _upsert_params(con: duckdb.DuckDBPyConnection, run_id: str, params: dict[str, Any]) -> None:
+    """A run's params, last value wins (the spec's at dispatch, then what the job logs)."""
+    if params:
+        con.executemany(
+            """insert into params (run_id, key, value, value_text, value_num) values (?, ?, ?, ?, ?)
+               on conflict (run_id, key) do update set value = excluded.value, value_text = excluded.value_text,
+               value_num = excluded.value_num""",
+            [[run_id, k, json.dumps(v, default=str), v if isinstance(v, str) else json.dumps(v, default=str),
+              _param_number(v)] for k, v in params.items()])
+
+
+def _upsert_tags(con: duckdb.DuckDBPyConnection, run_id: str, tags: dict[str, str]) -> None:
+    if tags:
+        con.executemany("""insert into tags (run_id, key, value) values (?, ?, ?)
+                           on conflict (run_id, key) do update set value = excluded.value""",
+                        [[run_id, k, v] for k, v in tags.items()])
 
 
 # -------------------------------------------------------------- telemetry
