@@ -252,13 +252,15 @@ class Controller:
             elif row["state"] == "pending":
                 self.pending[row["job_id"]] = PendingJob(row["job_id"], spec, row["priority"], row["submitted_epoch"],
                                                          row["attempt"], row["max_attempts"], row["owner"],
-                                                         code_hash=row["code_hash"])
+                                                         code_hash=row["code_hash"],
+                                                         failed_hosts=tuple(row.get("failed_hosts") or ()))
             else:
                 self.active[row["run_id"]] = ActiveRun(
                     job_id=row["job_id"], run_id=row["run_id"], host=row["host"], state=row["state"],
                     offset=row["byte_offset"] or 0, lines=row["lines"] or 0, attempt=row["attempt"],
                     max_attempts=row["max_attempts"], spec=spec, gpus=list(row["gpus"] or []), owner=row["owner"],
                     cancel_requested_by=row.get("cancel_requested_by"), code_hash=row["code_hash"],
+                    failed_hosts=tuple(row.get("failed_hosts") or ()),
                     # a dispatched run may never have reached its agent: launch again (idempotent)
                     launched=row["state"] == "running")
 
@@ -715,8 +717,8 @@ def _failure_words(status: RunStatus) -> str:
             name = signal.Signals(status.signal).name
         except ValueError:
             name = f"signal {status.signal}"
-        return f"was killed by {name}"
-    return f"exited {status.exit_code}"
+        return f"was killed by {name}" + (f": {status.message}" if status.message else "")
+    return f"exited {status.exit_code}" + (f": {status.message}" if status.message else "")  # the agent's why
 
 
 def _file_owner(path: Path) -> str:

@@ -86,3 +86,80 @@ def test_a_spec_param_is_in_the_run_before_the_job_logs_anything(fleet: Fleet) -
     job = fleet.wait_state(job_id, {"running"})
     assert fleet.cli_json("runs", "show", job["run_id"])["params"] == {"purpose": "quickstart"}
     fleet.cli("jobs", "cancel", job_id, check=True)
+
+
+FAILS_FIRST = ("import os\n"
+               "if os.environ['MLFLEET_RUN_ID'].endswith('-1'):\n"
+               "    import numpy_that_this_host_lacks\n"
+               "print('ran on attempt', os.environ['MLFLEET_RUN_ID'])\n")
+
+
+def _two_host_job(ssh_fleet, name: str, retries: int):  # noqa: ANN001, ANN202 - SshFleet
+    fleet = ssh_fleet.fleet
+    ssh_fleet.add("node-a")
+    ssh_fleet.wait_up("node-a")
+    fleet.wait_for(lambda: all(h["state"] == "up" for h in fleet.cli_json("hosts", "list")), what="both hosts up")
+    project = fleet.root / name
+    project.mkdir()
+    (project / "train.py").write_text(FAILS_FIRST)
+    (project / "job.yaml").write_text(f"name: {name}\nretries: {retries}\ncommand: [python, train.py]\n")
+    return fleet, project / "job.yaml"
+
+
+def test_an_automatic_retry_goes_to_another_host_and_the_reason_names_the_missing_module(ssh_fleet) -> None:  # noqa: ANN001
+    fleet, spec = _two_host_job(ssh_fleet, "auto", retries=1)
+    done = fleet.cli("submit", str(spec), "--wait", "--json", timeout=120)
+    assert done.code == 0, done.out + done.err
+    job = fleet.job(done.json()["job_id"])
+    first, second = job["runs"]
+    assert first["state"] == "failed" and second["state"] == "succeeded"
+    assert first["host"] != second["host"]
+    said = next(e["reason"] for e in job["events"] if "retrying" in (e["reason"] or ""))
+    assert "ModuleNotFoundError" in said and "no module 'numpy_that_this_host_lacks'" in said, said
+
+
+def test_jobs_retry_after_a_failure_prefers_another_host_even_after_a_controller_restart(ssh_fleet) -> None:  # noqa: ANN001
+    fleet, spec = _two_host_job(ssh_fleet, "manual", retries=0)
+    failed = fleet.cli("submit", str(spec), "--wait", "--json", timeout=120)
+    assert failed.code == 1
+    job_id, first_host = failed.json()["job_id"], failed.json()["host"]
+    reason = fleet.job(job_id)["reason"]
+    assert reason.startswith("exited 1: ModuleNotFoundError: ") and "'numpy_that_this_host_lacks'" in reason, reason
+    fleet.cli("controller", "stop", check=True)  # what the scheduler prefers is kept in the file, not in memory
+    fleet.cli("jobs", "retry", job_id, check=True)
+    job = fleet.wait_state(job_id, {"succeeded", "failed"})
+    assert job["state"] == "succeeded"
+    assert job["runs"][-1]["host"] != first_host
+
+
+def test_retrying_a_succeeded_job_is_refused_unless_forced_and_its_time_is_the_new_attempts(fleet: Fleet) -> None:
+    spec = fleet.write_spec("fine", "name: fine\ncommand: [sleep, '1']\n")
+    done = fleet.cli("submit", str(spec), "--wait", "--json", check=True).json()
+    refused = fleet.cli("jobs", "retry", done["job_id"])
+    assert refused.code == 2 and "Traceback" not in refused.err
+    assert refused.err.strip().count("\n") == 0 and "already succeeded" in refused.err and "--force" in refused.err
+    assert fleet.job(done["job_id"])["state"] == "succeeded" and len(fleet.job(done["job_id"])["runs"]) == 1
+    time.sleep(2)  # a gap between the attempts, that the job's elapsed time must not include
+    fleet.cli("jobs", "retry", done["job_id"], "--force", check=True)
+    job = fleet.wait_state(done["job_id"], {"succeeded", "failed"})
+    assert job["state"] == "succeeded" and [r["attempt"] for r in job["runs"]] == [1, 2]
+    assert job["started_at"] == job["runs"][1]["started_at"]  # not the first attempt's start
+    listed = next(j for j in fleet.cli_json("jobs", "list") if j["job_id"] == done["job_id"])
+    assert listed["started_at"] == job["runs"][1]["started_at"]
+
+
+def test_a_job_in_its_cancel_grace_period_shows_cancelling(fleet: Fleet) -> None:
+    spec = fleet.write_spec("stubborn", "name: stubborn\ncommand: \"trap 'echo ignoring TERM' TERM; "
+                                        "echo up; while true; do sleep 0.2; done\"\n")
+    job_id = fleet.cli("submit", str(spec), check=True).out.strip()
+    fleet.wait_state(job_id, {"running"})
+    fleet.wait_for(lambda: "up" in fleet.cli("jobs", "logs", job_id).out, what="the job to start its loop")
+    answer = fleet.cli_json("jobs", "cancel", job_id)
+    assert answer["state"] == "cancelling"
+    fleet.wait_for(lambda: "ignoring TERM" in fleet.cli("jobs", "logs", job_id).out, what="the SIGTERM to arrive")
+    assert fleet.job(job_id)["state"] == "cancelling"  # it still runs: SIGKILL comes after the grace period
+    assert [j["job_id"] for j in fleet.cli_json("jobs", "list", "--state", "cancelling")] == [job_id]
+    assert fleet.cli_json("jobs", "list", "--state", "running") == []
+    table = fleet.cli("jobs", "list", check=True).out
+    assert "cancelling" in table.splitlines()[1]
+    assert fleet.wait_state(job_id, {"cancelled", "failed", "succeeded"}, timeout=40)["state"] == "cancelled"

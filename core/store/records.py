@@ -186,9 +186,14 @@ def jobs_in_states(con: duckdb.DuckDBPyConnection, states: tuple[str, ...]) -> l
     return rows(con, f"""select j.job_id, j.name, j.project, j.owner, j.spec, j.priority, j.state, j.attempt,
                          j.max_attempts, j.host, j.gpus, j.run_id, j.cancel_requested_by, j.code_hash,
                          epoch(j.submitted_at) as submitted_epoch,
-                         o.byte_offset, o.lines
+                         o.byte_offset, o.lines, ({_FAILED_HOSTS}) as failed_hosts
                   from jobs j left join ingest_offsets o on o.run_id = j.run_id and o.stream = 'metrics'
                   where j.state in ({marks}) order by j.submitted_at""", list(states))
+
+
+# The hosts where a job's attempts failed, oldest first: a retry prefers another host (core/scheduler.py).
+_FAILED_HOSTS = """select coalesce(list(h.host order by h.attempt), []) from (select host, min(attempt) as attempt
+                   from runs where job_id = j.job_id and state = 'failed' group by host) h"""
 
 
 def resolve_job_id(con: duckdb.DuckDBPyConnection, ident: str) -> str:
@@ -216,14 +221,18 @@ def _resolve(con: duckdb.DuckDBPyConnection, table: str, column: str, ident: str
     return found[0]
 
 
-_JOB_COLUMNS = """job_id, name, project, owner, state, reason, priority, attempt, max_attempts, host, gpus, run_id,
-                  submitted_at, started_at, finished_at, exit_code, code_hash"""
+# A started job whose cancel is asked for shows as ``cancelling`` until its process is gone (the grace
+# period): the stored state stays ``running``/``dispatched``, which is what the controller acts on.
+SHOWN_STATE = """case when cancel_requested_by is not null and state in ('dispatched', 'running') then 'cancelling'
+                 else state end"""
+_JOB_COLUMNS = f"""job_id, name, project, owner, {SHOWN_STATE} as state, reason, priority, attempt, max_attempts, host,
+                  gpus, run_id, submitted_at, started_at, finished_at, exit_code, code_hash"""
 
 
 def list_jobs(con: duckdb.DuckDBPyConnection, limit: int = 200, states: list[str] | None = None) -> list[dict[str, Any]]:
     where, params = "", []
     if states:
-        where = f"where state in ({','.join('?' for _ in states)})"
+        where = f"where ({SHOWN_STATE}) in ({','.join('?' for _ in states)})"
         params = list(states)
     return rows(con, f"select {_JOB_COLUMNS} from jobs {where} order by submitted_at desc limit ?", params + [limit])
 
@@ -430,16 +439,23 @@ def _param_number(value: Any) -> float | None:
         return None
 
 
-def retry_job(con: duckdb.DuckDBPyConnection, job_id: str, actor: str) -> dict[str, Any]:
-    """Put an ended job back in the queue for one more attempt; return what the scheduler needs."""
+def retry_job(con: duckdb.DuckDBPyConnection, job_id: str, actor: str, force: bool = False) -> dict[str, Any]:
+    """Put an ended job back in the queue for one more attempt; return what the scheduler needs.
+
+    A succeeded job is refused unless ``force``: running a finished result again by mistake costs GPU
+    hours. The job's times restart with the new attempt (each run keeps its own).
+    """
     with transaction(con):
-        job = rows(con, """select job_id, state, spec, priority, attempt, max_attempts, owner, code_hash
-                           from jobs where job_id = ?""", [job_id])[0]
+        job = rows(con, f"""select job_id, state, spec, priority, attempt, max_attempts, owner, code_hash,
+                            ({_FAILED_HOSTS}) as failed_hosts from jobs j where job_id = ?""", [job_id])[0]
         if job["state"] not in TERMINAL_STATES:
             raise UsageError(f"job {job_id} is {job['state']}; only an ended job can be retried (cancel it first)")
+        if job["state"] == "succeeded" and not force:
+            raise UsageError(f"job {job_id} already succeeded; retrying would run it again: "
+                             "use 'mlfleet jobs retry --force' if that is what you want")
         max_attempts = max(int(job["max_attempts"] or 1), int(job["attempt"] or 0) + 1)
-        con.execute("""update jobs set state = 'pending', reason = ?, max_attempts = ?, finished_at = null,
-                       exit_code = null, host = null, gpus = null, cancel_requested_by = null
+        con.execute("""update jobs set state = 'pending', reason = ?, max_attempts = ?, started_at = null,
+                       finished_at = null, exit_code = null, host = null, gpus = null, cancel_requested_by = null
                        where job_id = ?""",
                     [f"retried by {actor}", max_attempts, job_id])
         _event(con, job_id, "pending", f"retried by {actor} (was {job['state']})", None, None)

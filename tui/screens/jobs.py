@@ -72,7 +72,7 @@ class JobsScreen(PollingScreen):
 
     async def refresh_from(self, client: ControllerClient) -> None:
         jobs = await client.call("jobs_list", limit=JOBS_LIMIT)
-        running = [j for j in jobs if j.get("state") == "running" and j.get("run_id")]
+        running = [j for j in jobs if j.get("state") in ("running", "cancelling") and j.get("run_id")]
         if running and self._ticks % METRICS_EVERY == 0:
             await self._fetch_metrics(client, len(running))
         self._ticks += 1
@@ -163,7 +163,7 @@ class JobsScreen(PollingScreen):
         if job.get("state") in TERMINAL_STATES:
             self.notify(f"job {job['job_id']} already {job['state']}")
             return
-        what = "stop it (SIGTERM, then SIGKILL)" if job.get("state") in ("running", "dispatched") else "drop it from the queue"
+        what = "stop it (SIGTERM, then SIGKILL)" if job.get("state") in ("running", "dispatched", "cancelling") else "drop it from the queue"
         if await self.app.push_screen_wait(Confirm(f"Cancel job {job['job_id']} ({job.get('name')})? This will {what}.",
                                                    yes="Cancel job")):
             answer = await self.call("job_cancel", job=job["job_id"])
