@@ -918,7 +918,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "json", False):
             _print_json({"error": {"kind": getattr(exc, "kind", type(exc).__name__), "message": str(exc),
                                    "exit_code": exc.exit_code}})
-        print(f"mlfleet: {exc}", file=sys.stderr)
+        for sentence in str(exc).splitlines() or [""]:  # several spec mistakes: one sentence a line
+            print(f"mlfleet: {sentence}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

@@ -163,3 +163,49 @@ def test_a_job_in_its_cancel_grace_period_shows_cancelling(fleet: Fleet) -> None
     table = fleet.cli("jobs", "list", check=True).out
     assert "cancelling" in table.splitlines()[1]
     assert fleet.wait_state(job_id, {"cancelled", "failed", "succeeded"}, timeout=40)["state"] == "cancelled"
+
+
+def test_every_mistake_in_a_spec_is_reported_at_once_each_one_sentence_at_its_line(fleet: Fleet) -> None:
+    spec = fleet.write_spec("many", "name: train\n"
+                                    "command: [python, train.py]\n"
+                                    "resourcs: {gpus: 1}\n"
+                                    "priority: high\n"
+                                    "retries: -1\n"
+                                    "env: {'A=B': 1}\n"
+                                    "resources: {gpu_type: H100}\n")
+    refused = fleet.cli("submit", str(spec))
+    assert refused.code == 2 and refused.out == "" and "Traceback" not in refused.err
+    lines = refused.err.splitlines()
+    assert [line.split(": ")[1:3] for line in lines] == [
+        [f"{spec}:3", "resourcs"], [f"{spec}:4", "priority"], [f"{spec}:5", "retries"], [f"{spec}:6", "env.A=B"],
+        [f"{spec}:7", "resources.gpu_type"]], refused.err
+    assert all(line.startswith("mlfleet: ") and line.count("mlfleet") == 1 for line in lines)
+    assert "did you mean 'resources'?" in lines[0] and "would have no effect" in lines[4]
+    assert fleet.controller_pid is None  # refused before anything was submitted
+
+
+def test_a_spec_with_a_flood_of_mistakes_reports_a_few_not_all(fleet: Fleet) -> None:
+    body = "name: train\ncommand: [python, train.py]\n" + "".join(f"typo{i}: 1\n" for i in range(40))
+    refused = fleet.cli("submit", str(fleet.write_spec("flood", body)))
+    assert refused.code == 2 and len(refused.err.splitlines()) == 5, refused.err
+
+
+def test_a_mistake_in_a_field_others_depend_on_is_not_reported_twice(fleet: Fleet) -> None:
+    # gpus is wrong; gpu_memory's "set but gpus is 0" would be about the default, not what was written.
+    spec = fleet.write_spec("dep", "name: train\ncommand: [true]\nresources: {gpus: lots, gpu_memory: 20GiB}\n")
+    refused = fleet.cli("submit", str(spec))
+    assert refused.code == 2 and len(refused.err.splitlines()) == 1 and "resources.gpus" in refused.err, refused.err
+
+
+def test_the_readmes_example_spec_loads_as_written(tmp_path) -> None:  # noqa: ANN001
+    from conftest import REPO
+    from mlfleet.core.config import load_job_spec
+
+    readme = (REPO / "README.md").read_text()
+    example = readme.split("A job spec is YAML", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "job.yaml").write_text(example)
+    spec = load_job_spec(tmp_path / "job.yaml")
+    assert spec.params == {"purpose": "quickstart"}
+    if spec.resources.gpu_types or spec.resources.gpu_memory:
+        assert spec.resources.gpus > 0
