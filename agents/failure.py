@@ -40,7 +40,7 @@ def failure_words(stderr_path: Path, python: str) -> str:
     lines = _EXCEPTION_LINE.findall(last)
     if not lines:
         return ""
-    line = " ".join(lines[-1].split())
+    line = "".join(ch for ch in " ".join(lines[-1].split()) if ch.isprintable())  # no escapes into a terminal
     return line if len(line) <= MAX_WORDS else line[: MAX_WORDS - 3] + "..."
 
 
