@@ -175,7 +175,8 @@ class AgentDaemon:
             launch = msgspec.convert(request, LaunchRequest)
         except msgspec.ValidationError as exc:
             raise UsageError(f"bad launch request: {exc}") from None
-        return msgspec.to_builtins(self.supervisor.launch(launch))
+        # In a thread: the run's copy of its snapshot may take a moment, and telemetry must not wait for it.
+        return msgspec.to_builtins(await asyncio.to_thread(self.supervisor.launch, launch))
 
     async def rpc_status(self, peer: Peer, run_ids: list[str] | None = None) -> list[dict[str, Any]]:
         ids = self.supervisor.run_ids() if run_ids is None else run_ids

@@ -10,6 +10,7 @@ Layout of ``STATE_DIR/runs/RUN_ID/``::
     stdout.log, stderr.log, metrics.jsonl
     logs.json     where each log file sits in its stream once its oldest part was cut (agents/logcap.py)
     logs.lock     held while a log file is cut, and by readers while they read one
+    work/         the run's own copy of its code snapshot, where the job starts (its files are the run's)
 
 Every JSON file is written to a temporary name and renamed, so a crash
 leaves either the old file or the new one, never half of one. The folder's
@@ -23,6 +24,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+WORK_DIR = "work"
 STREAMS = {"stdout": "stdout.log", "stderr": "stderr.log", "metrics": "metrics.jsonl"}
 
 

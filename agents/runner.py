@@ -32,7 +32,8 @@ import psutil
 
 import msgspec
 
-from mlfleet.agents.lineage import hash_launch_inputs, node_lineage
+from mlfleet.agents.failure import failure_words
+from mlfleet.agents.lineage import hash_launch_inputs, job_interpreter, node_lineage
 from mlfleet.agents.logcap import LogKeeper
 from mlfleet.agents.rundir import RunDir, start_ticks, write_json_atomic
 from mlfleet.core.models import DEFAULT_LOG_MAX_SIZE
@@ -126,8 +127,15 @@ class _Runner:
     def _hash_inputs(self) -> tuple[list, int]:
         if not self.launch.get("inputs"):
             return [], 0
+        state_dir = self.run.root.parent.parent
+        launch = self.launch
+        shared = state_dir / "code" / str(launch.get("code_hash") or "")
+        if launch.get("code_hash") and shared.is_dir():
+            # The run's copy was just made from this snapshot, so the digests are the same; hashing the
+            # shared tree lets the hash cache (keyed by real path) serve every run of the same code.
+            launch = {**launch, "workdir": str(shared)}
         try:
-            return hash_launch_inputs(self.launch, self.run.root.parent.parent)
+            return hash_launch_inputs(launch, state_dir)
         except Exception as exc:  # lineage must never stop a job from running
             logging.getLogger(__name__).warning("hashing inputs failed: %s", exc)
             return [], 0
@@ -147,12 +155,23 @@ class _Runner:
         exit_code, sig = (None, None)
         if code is not None:
             exit_code, sig = (code, None) if code >= 0 else (None, -code)
+        if code and reason == "exited" and not message:  # why, when its stderr says (agents/failure.py)
+            message = self._failure_words()
         elif reason == "failed-to-start":
             exit_code = 127
         write_json_atomic(self.run.file("exit.json"), {
             "exit_code": exit_code, "signal": sig, "reason": reason, "message": message, "finished_at": time.time(),
         })
         return 0
+
+
+    def _failure_words(self) -> str:
+        try:
+            python = job_interpreter(list(self.launch.get("argv") or []), dict(self.launch.get("env") or {}))
+            return failure_words(self.run.stream_path("stderr"), python)
+        except Exception as exc:  # a reason is a courtesy: it must never keep exit.json from being written
+            logging.getLogger(__name__).warning("reading why the job failed: %s", exc)
+            return ""
 
 
 def _job_umask(env: dict[str, str]) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from .artifacts import ROOTS_ENV, allowed_roots, open_artifact, run_roots
 from .codecache import CodeCache
 from .logcap import read_log
 from .metriclines import Scans, read_lines
-from .rundir import STREAMS, RunDir, read_json, start_ticks, write_json_atomic
+from .rundir import STREAMS, WORK_DIR, RunDir, read_json, start_ticks, write_json_atomic
 
 # A runner that has not written runner.json this long after launch never started.
 _START_GRACE_S = 30.0
@@ -91,6 +92,21 @@ def _note_artifact(known: dict[str, int], line: bytes) -> None:
         pass
 
 
+def run_workdir(code_dir: Path, run: RunDir) -> Path:
+    """The run's own copy of its snapshot (``RUN/work``), where the job starts.
+
+    WHY a copy per run: the unpacked snapshot is shared by every run of the
+    same code, so a job that writes ``out/model.pkl`` next to its code would
+    overwrite another run's artifact, and edit the code the next run starts
+    from. A copy (not hard links: a job opening a file for writing would
+    change the shared one) keeps each run's files its own, and what ran is
+    exactly the snapshot whose hash the run records.
+    """
+    work = run.file(WORK_DIR)
+    shutil.copytree(code_dir, work, symlinks=True)  # the snapshot's inside symlinks stay symlinks
+    return work
+
+
 def _signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -126,15 +142,23 @@ class Supervisor:
     def launch(self, request: LaunchRequest) -> RunStatus:
         """Start a run once; asking again for the same run_id returns its status."""
         run = self._dir(request.run_id)
+        code_dir = None
         if request.code_hash:
             code_dir = self.code.path(request.code_hash)
             if not code_dir.is_dir():
                 raise NotFoundError(f"snapshot {request.code_hash[:12]} is not on this host; ship it first")
-            request = msgspec.structs.replace(request, workdir=str(code_dir))
         try:
             run.root.mkdir()
         except FileExistsError:
             return self.status(request.run_id)
+        if code_dir is not None:
+            try:
+                request = msgspec.structs.replace(request, workdir=str(run_workdir(code_dir, run)))
+            except OSError as exc:  # a full disk, say: the run ends here, with why
+                write_json_atomic(run.file("exit.json"), {
+                    "exit_code": 127, "signal": None, "reason": "failed-to-start", "finished_at": time.time(),
+                    "message": f"could not copy snapshot {request.code_hash[:12]} for the run: {exc.strerror or exc}"})
+                return self.status(request.run_id)
         env = job_environment(request, run)
         write_json_atomic(run.file("launch.json"), msgspec.to_builtins(msgspec.structs.replace(request, env=env)))
         child = subprocess.Popen(

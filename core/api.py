@@ -15,7 +15,6 @@ import secrets
 import socket
 import struct
 import time
-import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -31,7 +30,7 @@ from mlfleet.core.bounds import (ChunkSize, History, Ident, KeyCount, ListLimit,
 from mlfleet.core.config import validate_job_spec
 from mlfleet.core.errors import MlfleetError, NotFoundError, UnavailableError, UsageError
 from mlfleet.core.inventory import LOCAL_HOST, HostConfig, add_host, load_inventory, remove_host
-from mlfleet.core.models import TERMINAL_STATES, JobSpec, JobState, spec_dec_hook, to_plain
+from mlfleet.core.models import SHOWN_JOB_STATES, TERMINAL_STATES, JobSpec, spec_dec_hook, to_plain
 from mlfleet.core.lineage import git_lineage
 from mlfleet.core.snapshot import snapshot
 from mlfleet.core.submit_key import check_submit_key
@@ -196,9 +195,9 @@ class ControllerApi(DriftApi, RunsApi):
 
     async def rpc_jobs_list(self, peer: Peer, limit: ListLimit = 200, states: list[str] | None = None,
                             key: str | None = None) -> list[dict[str, Any]]:
-        unknown = sorted(set(states or ()) - set(typing.get_args(JobState)))
+        unknown = sorted(set(states or ()) - set(SHOWN_JOB_STATES))
         if unknown:
-            raise UsageError(f"unknown job state {unknown[0]!r}; use one of {', '.join(typing.get_args(JobState))}")
+            raise UsageError(f"unknown job state {unknown[0]!r}; use one of {', '.join(SHOWN_JOB_STATES)}")
         if key is not None:  # the caller's job submitted with this key: does a submit that lost its answer exist?
             jobs = [j for j in await self.store.read(submit_keys.jobs_with_key, peer.info["actor"], key)
                     if not states or j["state"] in states]
@@ -258,7 +257,7 @@ class ControllerApi(DriftApi, RunsApi):
             if link is not None and link.up and run.launched:
                 with contextlib.suppress(Exception):
                     await link.request("cancel", run_id=run.run_id)
-        return {"job_id": job_id, "state": state, "changed": True,
+        return {"job_id": job_id, "state": "cancelling", "changed": True,
                 "message": f"job {job_id} is being stopped (SIGTERM, then SIGKILL after the grace period)"}
 
     async def rpc_job_set_priority(self, peer: Peer, job: Ident, priority: int) -> dict[str, Any]:
@@ -276,8 +275,8 @@ class ControllerApi(DriftApi, RunsApi):
         return {"job_id": job_id, "priority": priority, "previous": before, "changed": before != priority,
                 "message": f"job {job_id} priority {before} -> {priority}"}
 
-    async def rpc_job_retry(self, peer: Peer, job: Ident) -> dict[str, Any]:
-        """Queue an ended job (failed, cancelled, lost, or even succeeded) for one more attempt."""
+    async def rpc_job_retry(self, peer: Peer, job: Ident, force: bool = False) -> dict[str, Any]:
+        """Queue an ended job (failed, cancelled, lost; succeeded only with ``force``) for one more attempt."""
         current = await self.store.read(records.job_run, job)
         job_id, state = current["job_id"], current["state"]
         if state not in TERMINAL_STATES:
@@ -285,10 +284,10 @@ class ControllerApi(DriftApi, RunsApi):
         from mlfleet.core.controller import PendingJob
         from mlfleet.core.models import spec_from_plain
 
-        row = await self.store.run(records.retry_job, job_id, peer.info["actor"])
+        row = await self.store.run(records.retry_job, job_id, peer.info["actor"], force)
         self.c.pending[job_id] = PendingJob(job_id, spec_from_plain(row["spec"]), row["priority"], time.time(),
                                             row["attempt"], row["max_attempts"], row["owner"],
-                                            code_hash=row["code_hash"])
+                                            code_hash=row["code_hash"], failed_hosts=tuple(row["failed_hosts"] or ()))
         await self.c.notify_jobs()
         return {"job_id": job_id, "state": "pending", "previous": state, "attempt": row["attempt"] + 1,
                 "message": f"job {job_id} queued again (attempt {row['attempt'] + 1})"}

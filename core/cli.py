@@ -14,7 +14,6 @@ import json
 import os
 import shlex
 import sys
-import typing
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -24,7 +23,7 @@ from mlfleet.core.client import ControllerClient, connect, controller_pid, lock_
 from mlfleet.core.config import load_job_spec
 from mlfleet.core.errors import (EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, MlfleetError, UnavailableError,
                                  UsageError)
-from mlfleet.core.models import TERMINAL_STATES, JobState, to_plain
+from mlfleet.core.models import SHOWN_JOB_STATES, TERMINAL_STATES, to_plain
 from mlfleet.core.paths import Home
 from mlfleet.core.private import private_agent_state, private_dir, trusted_socket, use_private_umask, user_umask
 from mlfleet.core.settings import load_settings
@@ -181,7 +180,7 @@ async def cmd_jobs_priority(client: ControllerClient, args: argparse.Namespace) 
 
 
 async def cmd_jobs_retry(client: ControllerClient, args: argparse.Namespace) -> int:
-    answer = await client.call("job_retry", job=args.id)
+    answer = await client.call("job_retry", job=args.id, **({"force": True} if args.force else {}))
     _say(args, answer, answer["message"])
     return EXIT_OK
 
@@ -744,16 +743,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs = sub.add_parser("jobs", help="list, inspect, follow and cancel jobs").add_subparsers(dest="action", metavar="ACTION", required=True)
     p = add(jobs, "list", _client_command(cmd_jobs_list), "list jobs, newest first")
-    p.add_argument("--state", action="append", choices=typing.get_args(JobState), metavar="STATE",
-                   help=f"only jobs in this state (repeatable): {', '.join(typing.get_args(JobState))}")
+    p.add_argument("--state", action="append", choices=SHOWN_JOB_STATES, metavar="STATE",
+                   help=f"only jobs in this state (repeatable): {', '.join(SHOWN_JOB_STATES)}")
     p.add_argument("--limit", type=_positive, default=200)
     p.add_argument("--key", help="only the job submitted with this key (mlfleet submit --key)")
     for name, fn, text in (("show", cmd_jobs_show, "show a job, its events and runs"),
                            ("why", cmd_jobs_why, "say why a job is pending, per host"),
                            ("cancel", cmd_jobs_cancel, "cancel a queued or running job")):
         add(jobs, name, _client_command(fn), text).add_argument("id", help="job id (a unique prefix is enough)")
-    add(jobs, "retry", _client_command(cmd_jobs_retry), "queue an ended job for one more attempt").add_argument(
-        "id", help="job id (a unique prefix is enough)")
+    p = add(jobs, "retry", _client_command(cmd_jobs_retry), "queue an ended job for one more attempt")
+    p.add_argument("id", help="job id (a unique prefix is enough)")
+    p.add_argument("--force", action="store_true", help="retry a job that already succeeded")
     p = add(jobs, "priority", _client_command(cmd_jobs_priority), "change a job's priority (higher runs first)")
     p.add_argument("id", help="job id (a unique prefix is enough)")
     p.add_argument("priority", type=_bounded(-1000, 1000), help="the new priority, -1000 to 1000, e.g. 10")
@@ -897,7 +897,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "json", False):
             _print_json({"error": {"kind": getattr(exc, "kind", type(exc).__name__), "message": str(exc),
                                    "exit_code": exc.exit_code}})
-        print(f"mlfleet: {exc}", file=sys.stderr)
+        for sentence in str(exc).splitlines() or [""]:  # several spec mistakes: one sentence a line
+            print(f"mlfleet: {sentence}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

@@ -254,13 +254,15 @@ class Controller:
             elif row["state"] == "pending":
                 self.pending[row["job_id"]] = PendingJob(row["job_id"], spec, row["priority"], row["submitted_epoch"],
                                                          row["attempt"], row["max_attempts"], row["owner"],
-                                                         code_hash=row["code_hash"])
+                                                         code_hash=row["code_hash"],
+                                                         failed_hosts=tuple(row.get("failed_hosts") or ()))
             else:
                 self.active[row["run_id"]] = ActiveRun(
                     job_id=row["job_id"], run_id=row["run_id"], host=row["host"], state=row["state"],
                     offset=row["byte_offset"] or 0, lines=row["lines"] or 0, attempt=row["attempt"],
                     max_attempts=row["max_attempts"], spec=spec, gpus=list(row["gpus"] or []), owner=row["owner"],
                     cancel_requested_by=row.get("cancel_requested_by"), code_hash=row["code_hash"],
+                    failed_hosts=tuple(row.get("failed_hosts") or ()),
                     # a dispatched run may never have reached its agent: launch again (idempotent)
                     launched=row["state"] == "running")
 
@@ -386,8 +388,8 @@ class Controller:
         task.add_done_callback(lambda _: self._launching.discard(run.run_id))
 
     async def _launch(self, link: HostLink, run: ActiveRun) -> None:
-        # The local host runs in the user's workdir; a remote host runs the snapshot taken at submit.
-        shipped = run.code_hash if link.transport.kind == "ssh" else None
+        # Every host, local included, runs the snapshot taken at submit (in a copy of its own per run).
+        shipped = run.code_hash
         request = LaunchRequest(
             run_id=run.run_id, job_id=run.job_id, argv=run.spec.argv, workdir=run.spec.workdir,
             env=run.spec.env_strings(), gpu_indices=run.gpus, code_hash=shipped,
@@ -605,7 +607,7 @@ class Controller:
             "run_id": run_id, "attempt": attempt, "project": job.spec.project, "name": job.spec.name,
             "owner": job.owner, "host": placement.host, "gpus": list(placement.gpu_indices),
             "spec_hash": job.spec.content_hash(), "workdir": job.spec.workdir, "command": job.spec.argv,
-            "code_hash": job.code_hash})
+            "code_hash": job.code_hash, "params": job.spec.params, "tags": job.spec.tags})
         run = ActiveRun(job_id=job.job_id, run_id=run_id, host=placement.host, state="dispatched", offset=0, lines=0,
                         attempt=attempt, max_attempts=job.max_attempts, spec=job.spec,
                         gpus=list(placement.gpu_indices), owner=job.owner, code_hash=job.code_hash,
@@ -717,8 +719,8 @@ def _failure_words(status: RunStatus) -> str:
             name = signal.Signals(status.signal).name
         except ValueError:
             name = f"signal {status.signal}"
-        return f"was killed by {name}"
-    return f"exited {status.exit_code}"
+        return f"was killed by {name}" + (f": {status.message}" if status.message else "")
+    return f"exited {status.exit_code}" + (f": {status.message}" if status.message else "")  # the agent's why
 
 
 def _file_owner(path: Path) -> str:

@@ -40,6 +40,22 @@ class SpecError(MlfleetError):
         super().__init__(text)
 
 
+class SpecErrors(SpecError):
+    """Several mistakes in one file: each its own sentence at its line, one per line of the message.
+
+    It is the first one (path, line, field) for code that looks at only one.
+    """
+
+    def __init__(self, errors: list[SpecError]) -> None:
+        first = errors[0]
+        super().__init__(first.path, first.line, first.field, first.problem, first.hint)
+        self.errors = list(errors)
+        self.args = ("\n".join(str(e) for e in errors),)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class UsageError(MlfleetError):
     """A command-line argument or request parameter is wrong."""
 

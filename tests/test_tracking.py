@@ -84,10 +84,12 @@ def test_inputs_are_hashed_at_start_and_a_big_file_is_read_once(fleet: Fleet) ->
     assert inputs["missing.csv"]["error"] == "no such file or folder"
     assert first["hashed_bytes"] == 3 * 1024 * 1024 + 4
 
-    # The cache holds the digest by (path, size, mtime_ns, inode). Plant a different digest there:
-    # if the second run reports it, the file was not read again.
+    # The cache holds the digest by (path, size, mtime_ns, inode); a relative input is hashed in the
+    # snapshot the run was copied from. Plant a different digest there: if the second run reports it,
+    # the file was not read again.
+    shipped = fleet.home.local_agent_dir / "code" / first["code_hash"] / "data" / "train.bin"
     entry = fleet.home.local_agent_dir / "hash-cache" / \
-        f"{hashlib.sha256(os.path.realpath(big).encode()).hexdigest()}.json"
+        f"{hashlib.sha256(os.path.realpath(shipped).encode()).hexdigest()}.json"
     cached = json.loads(entry.read_text())
     assert cached["sha256"] == inputs["data/train.bin"]["sha256"] and cached["size"] == big.stat().st_size
     entry.write_text(json.dumps({**cached, "sha256": "0" * 64}))
@@ -99,7 +101,7 @@ def test_inputs_are_hashed_at_start_and_a_big_file_is_read_once(fleet: Fleet) ->
     third = _submit(fleet, spec)["lineage"]
     assert {i["path"]: i for i in third["inputs"]}["data/train.bin"]["sha256"] == \
         hashlib.sha256(big.read_bytes()).hexdigest()
-    assert third["hashed_bytes"] == 3 * 1024 * 1024
+    assert third["hashed_bytes"] == 3 * 1024 * 1024 + 4  # a new snapshot is a new tree: its small files too
 
 
 ARTIFACT_JOB = """\
@@ -120,7 +122,7 @@ def test_an_artifact_is_logged_listed_and_fetched_with_its_sha256_checked(fleet:
     (fleet.root / "specs").mkdir(exist_ok=True)
     (fleet.root / "specs" / "job.py").write_text(ARTIFACT_JOB)
     run = _submit(fleet, fleet.write_spec("artifact", "name: artifact\ncommand: [python, job.py]\n"))
-    model = fleet.root / "specs" / "out" / "model.bin"
+    model = fleet.home.local_agent_dir / "runs" / run["run_id"] / "work" / "out" / "model.bin"  # its own copy
     expected = hashlib.sha256(model.read_bytes()).hexdigest()
     assert run["summary"] == {"acc": {"mode": "max", "value": 0.7}, "loss": {"mode": "min", "value": 0.4}}
 
@@ -210,30 +212,32 @@ def test_an_artifact_on_an_ssh_host_comes_back_through_its_agent(ssh_fleet) -> N
 HOSTILE_ARTIFACTS_JOB = """\
 import json, os, sys
 from mlfleet import track
-allowed = sys.argv[1]
+allowed, outside = sys.argv[1], sys.argv[2]
 cwd = os.getcwd()
+up = os.path.relpath(outside)  # ../../../outside.txt from the run's own copy of the workdir
 os.makedirs("out", exist_ok=True)
 open("out/ok.bin", "wb").write(b"fine")
 for make, where in ((lambda p: os.symlink("/etc/shadow", p), "shadow-link"),
-                    (lambda p: os.symlink("../../outside.txt", p), "out/escape.txt"), (os.mkfifo, "pipe")):
+                    (lambda p: os.symlink(os.path.relpath(outside, "out"), p), "out/escape.txt"), (os.mkfifo, "pipe")):
     if not os.path.lexists(where):
         make(where)
 os.makedirs("folder/sub", exist_ok=True)
 open(os.path.join(allowed, "model.bin"), "wb").write(b"a model kept with the others")
-for name in ["/etc/shadow", "shadow-link", "out/escape.txt", "pipe", "../outside.txt", "out/../../outside.txt",
-             os.path.join(allowed, "model.bin")]:
+for label, name in [("/etc/shadow", "/etc/shadow"), ("shadow-link", "shadow-link"), ("out/escape.txt", "out/escape.txt"),
+                    ("pipe", "pipe"), ("../outside.txt", up), ("out/../../outside.txt", "out/../" + up),
+                    (os.path.join(allowed, "model.bin"), os.path.join(allowed, "model.bin"))]:
     try:
         track.log_artifact(name)
-        print("logged", name)
+        print("logged", label)
     except track.ArtifactRefused as exc:
-        print("refused", name, "|", exc)
+        print("refused", label, "|", exc)
 track.log_artifact("out/ok.bin")
 track.flush()
 # What a hand-written line may claim: the agent refuses these when asked for them.
-with open(os.devnull if sys.argv[2:] == ["polite"] else os.environ["MLFLEET_METRICS_FILE"], "a") as f:
+with open(os.devnull if sys.argv[3:] == ["polite"] else os.environ["MLFLEET_METRICS_FILE"], "a") as f:
     run_folder = os.path.dirname(os.environ["MLFLEET_METRICS_FILE"])
     for path in ["/etc/shadow", cwd + "/shadow-link", cwd + "/out/escape.txt", cwd + "/pipe", cwd + "/folder",
-                 cwd + "/../outside.txt", os.path.join(allowed, "model.bin"), run_folder + "/launch.json"]:
+                 outside, os.path.join(allowed, "model.bin"), run_folder + "/launch.json", cwd + "/../launch.json"]:
         f.write(json.dumps({"artifact": {"path": path, "size": 1, "sha256": "0" * 64}}) + chr(10))
 """
 
@@ -244,7 +248,8 @@ def test_an_artifact_outside_the_runs_folders_is_refused_at_log_time_and_at_read
     (fleet.root / "outside.txt").write_text("not for sharing\n")
     (fleet.root / "specs").mkdir(exist_ok=True)
     (fleet.root / "specs" / "job.py").write_text(HOSTILE_ARTIFACTS_JOB)
-    spec = fleet.write_spec("hostile", f"name: hostile\ncommand: [python, job.py, '{allowed}']\n")
+    spec = fleet.write_spec("hostile", f"name: hostile\ncommand: [python, job.py, '{allowed}', "
+                                       f"'{fleet.root / 'outside.txt'}']\n")
     done = fleet.cli("submit", str(spec), "--wait", "--json", timeout=120)
     assert done.code == 0, fleet.cli("jobs", "logs", done.json()["job_id"], "--stderr").out
     run_id, job_id = done.json()["run_id"], done.json()["job_id"]
@@ -266,12 +271,13 @@ def test_an_artifact_outside_the_runs_folders_is_refused_at_log_time_and_at_read
         assert why in got.err and got.err.strip().count("\n") == 0 and "Traceback" not in got.err, got.err
         assert not target.exists() and not list(fleet.root.glob(".fetched.*"))
 
-    workdir = os.path.realpath(fleet.root / "specs")
+    workdir = os.path.realpath(fleet.home.local_agent_dir / "runs" / run_id / "work")  # the run's own copy
     outside = "is outside the run's folder and its workdir on its node, so it is not served"
     refused("/etc/shadow", outside)
     refused(f"{workdir}/shadow-link", outside)
     refused(f"{workdir}/out/escape.txt", outside)
-    refused(f"{workdir}/../outside.txt", outside)
+    refused(str(fleet.root / "outside.txt"), outside)
+    refused(f"{workdir}/../launch.json", "is the agent's own record of the run")  # the copy sits in the run's folder
     refused(f"{workdir}/pipe", "is a FIFO, not a regular file")
     refused(f"{workdir}/folder", "is a folder, not a regular file")
     refused(str(allowed / "model.bin"), outside)  # not allowed on this host (yet)
@@ -283,7 +289,8 @@ def test_an_artifact_outside_the_runs_folders_is_refused_at_log_time_and_at_read
     # Once the host allows its model folder, a new run may log a file there, and it is served.
     fleet.cli("controller", "stop", check=True)
     fleet.home.config_file.write_text(f"local:\n  artifact_roots: [{allowed}]\n")
-    polite = fleet.write_spec("polite", f"name: polite\ncommand: [python, job.py, '{allowed}', polite]\n")
+    polite = fleet.write_spec("polite", f"name: polite\ncommand: [python, job.py, '{allowed}', "
+                                        f"'{fleet.root / 'outside.txt'}', polite]\n")
     again = fleet.cli("submit", str(polite), "--wait", "--json", timeout=120)
     assert again.code == 0, again.out + again.err
     logs = fleet.cli("jobs", "logs", again.json()["job_id"]).out

@@ -119,6 +119,10 @@ def dispatch(con: duckdb.DuckDBPyConnection, job_id: str, run: dict[str, Any]) -
              run["gpus"], run["spec_hash"], run["workdir"], json.dumps(run["command"]), now(), run.get("code_hash")])
         con.execute("""insert into ingest_offsets (run_id, stream, byte_offset, lines) values (?, 'metrics', 0, 0)
                        on conflict do nothing""", [run["run_id"]])
+        # What the spec declares is part of the run from its first moment; a value the job logs
+        # for the same key later (track.log_params) replaces it: the job knows what it really used.
+        _upsert_params(con, run["run_id"], run.get("params") or {})
+        _upsert_tags(con, run["run_id"], {str(k): str(v) for k, v in (run.get("tags") or {}).items()})
         # The run starts with the job's submit-time lineage (git); the agent and the end add the rest.
         con.execute("update runs set lineage = (select lineage from jobs where job_id = ?) where run_id = ?",
                     [job_id, run["run_id"]])
@@ -182,9 +186,14 @@ def jobs_in_states(con: duckdb.DuckDBPyConnection, states: tuple[str, ...]) -> l
     return rows(con, f"""select j.job_id, j.name, j.project, j.owner, j.spec, j.priority, j.state, j.attempt,
                          j.max_attempts, j.host, j.gpus, j.run_id, j.cancel_requested_by, j.code_hash,
                          epoch(j.submitted_at) as submitted_epoch,
-                         o.byte_offset, o.lines
+                         o.byte_offset, o.lines, ({_FAILED_HOSTS}) as failed_hosts
                   from jobs j left join ingest_offsets o on o.run_id = j.run_id and o.stream = 'metrics'
                   where j.state in ({marks}) order by j.submitted_at""", list(states))
+
+
+# The hosts where a job's attempts failed, oldest first: a retry prefers another host (core/scheduler.py).
+_FAILED_HOSTS = """select coalesce(list(h.host order by h.attempt), []) from (select host, min(attempt) as attempt
+                   from runs where job_id = j.job_id and state = 'failed' group by host) h"""
 
 
 def resolve_job_id(con: duckdb.DuckDBPyConnection, ident: str) -> str:
@@ -212,14 +221,18 @@ def _resolve(con: duckdb.DuckDBPyConnection, table: str, column: str, ident: str
     return found[0]
 
 
-_JOB_COLUMNS = """job_id, name, project, owner, state, reason, priority, attempt, max_attempts, host, gpus, run_id,
-                  submitted_at, started_at, finished_at, exit_code, code_hash"""
+# A started job whose cancel is asked for shows as ``cancelling`` until its process is gone (the grace
+# period): the stored state stays ``running``/``dispatched``, which is what the controller acts on.
+SHOWN_STATE = """case when cancel_requested_by is not null and state in ('dispatched', 'running') then 'cancelling'
+                 else state end"""
+_JOB_COLUMNS = f"""job_id, name, project, owner, {SHOWN_STATE} as state, reason, priority, attempt, max_attempts, host,
+                  gpus, run_id, submitted_at, started_at, finished_at, exit_code, code_hash"""
 
 
 def list_jobs(con: duckdb.DuckDBPyConnection, limit: int = 200, states: list[str] | None = None) -> list[dict[str, Any]]:
     where, params = "", []
     if states:
-        where = f"where state in ({','.join('?' for _ in states)})"
+        where = f"where ({SHOWN_STATE}) in ({','.join('?' for _ in states)})"
         params = list(states)
     return rows(con, f"select {_JOB_COLUMNS} from jobs {where} order by submitted_at desc limit ?", params + [limit])
 
@@ -347,17 +360,8 @@ def ingest_metrics(con: duckdb.DuckDBPyConnection, run_id: str, offset: int, end
                 metric_keys.merge_batch(con, run_id, "_metrics_batch")  # same transaction: counted once
             finally:
                 con.unregister("_metrics_batch")
-        if parsed.params:
-            con.executemany(
-                """insert into params (run_id, key, value, value_text, value_num) values (?, ?, ?, ?, ?)
-                   on conflict (run_id, key) do update set value = excluded.value, value_text = excluded.value_text,
-                   value_num = excluded.value_num""",
-                [[run_id, k, json.dumps(v), v if isinstance(v, str) else json.dumps(v),
-                  _param_number(v)] for k, v in parsed.params.items()])
-        if parsed.tags:
-            con.executemany("""insert into tags (run_id, key, value) values (?, ?, ?)
-                               on conflict (run_id, key) do update set value = excluded.value""",
-                            [[run_id, k, v] for k, v in parsed.tags.items()])
+        _upsert_params(con, run_id, parsed.params)
+        _upsert_tags(con, run_id, parsed.tags)
         if parsed.summaries:
             con.executemany("""insert into metric_summaries (run_id, key, mode) values (?, ?, ?)
                                on conflict (run_id, key) do update set mode = excluded.mode""",
@@ -371,6 +375,24 @@ def ingest_metrics(con: duckdb.DuckDBPyConnection, run_id: str, offset: int, end
         con.execute("""update ingest_offsets set byte_offset = ?, lines = lines + ?, bad_lines = bad_lines + ?
                        where run_id = ? and stream = 'metrics'""", [end, parsed.lines, parsed.bad_lines, run_id])
     return True
+
+
+def _upsert_params(con: duckdb.DuckDBPyConnection, run_id: str, params: dict[str, Any]) -> None:
+    """A run's params, last value wins (the spec's at dispatch, then what the job logs)."""
+    if params:
+        con.executemany(
+            """insert into params (run_id, key, value, value_text, value_num) values (?, ?, ?, ?, ?)
+               on conflict (run_id, key) do update set value = excluded.value, value_text = excluded.value_text,
+               value_num = excluded.value_num""",
+            [[run_id, k, json.dumps(v, default=str), v if isinstance(v, str) else json.dumps(v, default=str),
+              _param_number(v)] for k, v in params.items()])
+
+
+def _upsert_tags(con: duckdb.DuckDBPyConnection, run_id: str, tags: dict[str, str]) -> None:
+    if tags:
+        con.executemany("""insert into tags (run_id, key, value) values (?, ?, ?)
+                           on conflict (run_id, key) do update set value = excluded.value""",
+                        [[run_id, k, v] for k, v in tags.items()])
 
 
 # -------------------------------------------------------------- telemetry
@@ -417,16 +439,23 @@ def _param_number(value: Any) -> float | None:
         return None
 
 
-def retry_job(con: duckdb.DuckDBPyConnection, job_id: str, actor: str) -> dict[str, Any]:
-    """Put an ended job back in the queue for one more attempt; return what the scheduler needs."""
+def retry_job(con: duckdb.DuckDBPyConnection, job_id: str, actor: str, force: bool = False) -> dict[str, Any]:
+    """Put an ended job back in the queue for one more attempt; return what the scheduler needs.
+
+    A succeeded job is refused unless ``force``: running a finished result again by mistake costs GPU
+    hours. The job's times restart with the new attempt (each run keeps its own).
+    """
     with transaction(con):
-        job = rows(con, """select job_id, state, spec, priority, attempt, max_attempts, owner, code_hash
-                           from jobs where job_id = ?""", [job_id])[0]
+        job = rows(con, f"""select job_id, state, spec, priority, attempt, max_attempts, owner, code_hash,
+                            ({_FAILED_HOSTS}) as failed_hosts from jobs j where job_id = ?""", [job_id])[0]
         if job["state"] not in TERMINAL_STATES:
             raise UsageError(f"job {job_id} is {job['state']}; only an ended job can be retried (cancel it first)")
+        if job["state"] == "succeeded" and not force:
+            raise UsageError(f"job {job_id} already succeeded; retrying would run it again: "
+                             "use 'mlfleet jobs retry --force' if that is what you want")
         max_attempts = max(int(job["max_attempts"] or 1), int(job["attempt"] or 0) + 1)
-        con.execute("""update jobs set state = 'pending', reason = ?, max_attempts = ?, finished_at = null,
-                       exit_code = null, host = null, gpus = null, cancel_requested_by = null
+        con.execute("""update jobs set state = 'pending', reason = ?, max_attempts = ?, started_at = null,
+                       finished_at = null, exit_code = null, host = null, gpus = null, cancel_requested_by = null
                        where job_id = ?""",
                     [f"retried by {actor}", max_attempts, job_id])
         _event(con, job_id, "pending", f"retried by {actor} (was {job['state']})", None, None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,10 @@ class LocalAgentTransport:
             raise
         return peer
 
+    async def upload(self, local: Path, remote: str) -> None:
+        """Hand a snapshot to the local agent: the same path as SFTP to a node, a temporary name then a rename."""
+        await asyncio.to_thread(_copy_private, local, Path(remote))
+
     def _spawn(self) -> None:
         private_dir(self.home.log_dir)
         log_path = self.home.log_dir / "agent-local.log"
@@ -91,3 +96,15 @@ class LocalAgentTransport:
             )
         finally:
             os.close(log)
+
+
+def _copy_private(source: Path, target: Path) -> None:
+    partial = target.with_name(f"{target.name}.part")
+    try:
+        with open(source, "rb") as src, os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                                                          0o600), "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        os.replace(partial, target)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise UnavailableError(f"handing snapshot {source.name} to the local agent failed: {exc}") from None
