@@ -29,6 +29,7 @@ from mlfleet.core.paths import Home
 from mlfleet.core.private import private_agent_state, private_dir, trusted_socket, use_private_umask, user_umask
 from mlfleet.core.settings import load_settings
 from mlfleet.core.submit_key import check_submit_key, new_submit_key
+from mlfleet.core.words import plural
 
 
 def _print_json(data: Any) -> None:
@@ -138,7 +139,8 @@ async def cmd_jobs_show(client: ControllerClient, args: argparse.Namespace) -> i
         return EXIT_OK
     print(f"job {job['job_id']}  {job['name']}  (project {job['project']}, owner {job['owner']})")
     print(f"state: {job['state']}" + (f"  ({job['reason']})" if job["reason"] else ""))
-    print(f"attempt {job['attempt']} of {job['max_attempts']}; host {job['host'] or '-'}; GPUs {job['gpus'] or '-'}")
+    gpus = ",".join(map(str, job["gpus"] or [])) or "-"
+    print(f"attempt {job['attempt']} of {job['max_attempts']}; host {job['host'] or '-'}; GPUs {gpus}")
     if job["why_pending"]:
         print("why pending:")
         for r in job["why_pending"]:
@@ -290,7 +292,7 @@ async def cmd_hosts_bootstrap(client: ControllerClient, args: argparse.Namespace
 async def cmd_hosts_drain(client: ControllerClient, args: argparse.Namespace) -> int:
     drain = args.action == "drain"
     answer = await client.call("hosts_drain", name=args.name, reason=getattr(args, "reason", "") or "", drain=drain)
-    text = (f"{args.name} drained: no new jobs; {answer['running']} run(s) in flight go on" if drain
+    text = (f"{args.name} drained: no new jobs; {plural(answer['running'], 'run')} in flight go on" if drain
             else f"{args.name} takes jobs again")
     _say(args, answer, text)
     return EXIT_OK
@@ -357,7 +359,7 @@ async def cmd_runs_list(client: ControllerClient, args: argparse.Namespace) -> i
              if f.source != "run"]
     extra = list(dict.fromkeys(named))[:4]  # the params, tags and metrics the filter and sort name
     print(render.table(["run", "name", "project", "host", "state", "keys", "points", "started", "elapsed"]
-                       + [str(f) for f in extra],
+                       + render.names(str(f) for f in extra),
                        [[r["run_id"], r["name"], r["project"], r["host"], r["state"],
                          (r.get("metric_keys") or {}).get("total"), r["points"],
                          render.when(r["started_at"]), render.elapsed(r["started_at"], r["finished_at"])]
@@ -368,7 +370,11 @@ async def cmd_runs_list(client: ControllerClient, args: argparse.Namespace) -> i
 def _run_field(run: dict[str, Any], field: Any) -> Any:
     if field.source == "metrics":
         summary = run["metrics"].get(field.key) or {}
+        if field.summary == "summary":
+            return (summary.get("summary") or {}).get("value")
         return summary.get({"count": "points"}.get(field.summary, field.summary))
+    if field.source == "params":
+        return cli_run_keys.param_at(run["params"], field.key)
     return run[field.source].get(field.key)
 
 
@@ -412,7 +418,7 @@ async def cmd_runs_compare(client: ControllerClient, args: argparse.Namespace) -
     params = result["params"]
     if params["differ"]:
         ids = list(names)
-        print(render.table(["param"] + ids, [[k] + [json.dumps(v.get(i)) if i in v and v.get(i) is not None else "-"
+        print(render.table(["param", *render.names(ids)], [[k] + [json.dumps(v.get(i)) if i in v and v.get(i) is not None else "-"
                                                     for i in ids] for k, v in params["differ"].items()]))
     if params["same"]:
         print("same in all: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in params["same"].items()))
@@ -434,8 +440,11 @@ async def _runs_export(client: ControllerClient, args: argparse.Namespace) -> in
     answer = await client.call("runs_export", output=str(Path(args.output).expanduser().absolute()),
                                format=args.format, where=args.where, sort=args.sort, points=args.metrics,
                                metrics=args.metric or None, mode=0o666 & ~user_umask(), request_timeout=None)
-    what = "metric points" if answer["kind"] == "points" else "runs"
-    _say(args, answer, f"wrote {answer['rows']} {what} of {answer['runs']} run(s) to {answer['output']}")
+    if answer["kind"] == "points":
+        what = f"{plural(answer['rows'], 'metric point')} of {plural(answer['runs'], 'run')}"
+    else:
+        what = plural(answer["rows"], "run")
+    _say(args, answer, f"wrote {what} to {answer['output']} as {answer['format']}")
     return EXIT_OK
 
 
@@ -568,7 +577,7 @@ async def cmd_db_query(client: ControllerClient, args: argparse.Namespace) -> in
     if args.json:
         _print_json(result)
         return EXIT_OK
-    print(render.table(result["columns"], result["rows"]))
+    print(render.table(render.names(result["columns"]), result["rows"]))  # SQL names keep their case
     if result["truncated"]:
         print(f"(first {len(result['rows'])} rows only; use --limit, or page with LIMIT and OFFSET)",
               file=sys.stderr)
@@ -621,7 +630,7 @@ async def _controller_action(home: Home, args: argparse.Namespace) -> int:
             status = await client.call("status")
         status["running"] = True
         _say(args, status, f"controller {status['pid']} running (mlfleet {status['version']}); db {status['db']}; "
-                           f"{status['pending']} pending, {status['active']} active; hosts {status['hosts']}; "
+                           f"{status['pending']} pending, {status['active']} active; {_hosts_states(status['hosts'])}; "
                            f"{status['connections']} of {status['max_connections']} connections; "
                            f"log {status['log']} (rotated at {render.format_size(status['log_max_size'])}, "
                            f"{status['log_backups']} kept)")
@@ -659,6 +668,11 @@ async def _controller_action(home: Home, args: argparse.Namespace) -> int:
     finally:
         os.close(fd)
     return False
+
+
+def _hosts_states(hosts: dict[str, str]) -> str:
+    """``2 hosts (local up, gpu1 unreachable)``: the status's {name: state}, in words."""
+    return plural(len(hosts), "host") + (f" ({', '.join(f'{n} {s}' for n, s in hosts.items())})" if hosts else "")
 
 
 def _say(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from mlfleet.core import render
 from mlfleet.core.errors import EXIT_DRIFT, EXIT_OK, UsageError
 from mlfleet.core.private import tighten_tree
+from mlfleet.core.words import plural
 
 
 def _columns(text: str | None) -> list[str] | None:
@@ -86,8 +87,8 @@ async def _trigger(client: Any, args: argparse.Namespace, report_id: str) -> dic
 
 def _print_report(report: dict[str, Any]) -> None:
     verdict = "DRIFT" if report["drifted"] else "no drift"
-    print(f"{report['report_id']}: {verdict}: {report['drifted_columns']} of {report['compared_columns']} compared "
-          f"column(s) drifted (share {report['drift_share']:.2f}, threshold {report['drift_share_threshold']:g})")
+    print(f"{report['report_id']}: {verdict}: {report['drifted_columns']} of "
+          f"{plural(report['compared_columns'], 'compared column')} drifted (share {report['drift_share']:.2f}, threshold {report['drift_share_threshold']:g})")
     print(f"reference {report['reference']} ({report['rows_reference']} rows); "
           f"current {report['current']} ({report['rows_current']} rows)")
     rows = []

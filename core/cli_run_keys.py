@@ -31,6 +31,25 @@ def left_out_note(counts: dict[str, Any], what: str, how: str) -> str | None:
     return f"... and {about}{left:,} more {what}{matching} ({about}{total:,} in all); {how}"
 
 
+def param_at(params: dict[str, Any], key: str) -> Any:
+    """``params.optimizer.lr`` in a listed run, as the filter reads it: the longest key logged, then into its value."""
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        head = ".".join(parts[:n])
+        if head not in params:
+            continue
+        value = params[head]
+        for part in parts[n:]:
+            if isinstance(value, dict) and part in value:
+                value = value[part]
+            elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+                value = value[int(part)]
+            else:
+                return None
+        return value
+    return None
+
+
 def show_rows(metrics: list[dict[str, Any]], summary: dict[str, Any]) -> list[list[Any]]:
     return [[m["key"], m["points"], m["min"], m["max"], m.get("mean"), m["last"], m["last_step"],
              _summary_cell(summary[m["key"]]) if m["key"] in summary else None] for m in metrics]

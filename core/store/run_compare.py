@@ -9,7 +9,8 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from mlfleet.core.errors import UsageError
+from mlfleet.core.errors import NotFoundError, UsageError
+from mlfleet.core.words import plural
 
 from .db import jsonable
 from .metric_keys import check_count, check_pattern
@@ -196,6 +197,8 @@ def compare_runs(con: duckdb.DuckDBPyConnection, runs: list[str], metrics: list[
             for r in con.execute(f"select run_id, name, host, gpus, state, started_at, finished_at from runs "
                                  f"where run_id in ({marks(ids)})", ids).fetchall()}
     series = _series(con, ids, names)
+    if metrics:
+        _check_logged(con, ids, names, {s["key"] for s in series})
     buckets = sum(min(points, s["points"]) for s in series)
     if buckets > MAX_BUCKETS:
         raise UsageError(f"{len(series):,} curves of up to {points:,} buckets are {buckets:,} buckets; the most is "
@@ -227,6 +230,36 @@ def compare_runs(con: duckdb.DuckDBPyConnection, runs: list[str], metrics: list[
     return {"runs": [info[i] for i in ids], "points": points, "metrics": out_metrics, "params": _param_diff(con, ids),
             "metric_keys": {"compared": len(names), "matching": matching, "left_out": max(0, matching - len(names)),
                             "estimated": estimated, "pattern": pattern}}
+
+
+def _check_logged(con: duckdb.DuckDBPyConnection, ids: list[str], names: list[str], found: set[str]) -> None:
+    """Refuse metrics that none of the runs logged, naming the closest keys they did log (NotFoundError, exit 4).
+
+    A misspelt --metric used to come back as an empty comparison with exit 0,
+    which a script cannot tell from runs that logged nothing yet.
+    """
+    missing = [k for k in names if k not in found]
+    if not missing:
+        return
+    shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+    whose = f"run {shown}" if len(ids) == 1 else f"runs {shown}"
+    what = f"metric {missing[0]!r}" if len(missing) == 1 else "metrics " + ", ".join(map(repr, missing[:5])) + (
+        f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    # Over the runs' distinct keys (one summary row each, no point read): a million keys take well under a second.
+    close = [r[0] for r in con.execute(
+        f"""select key from (select key, jaro_winkler_similarity(lower(key), lower(?)) as score
+                             from (select distinct key from metric_keys where run_id in ({marks(ids)})))
+            where score >= 0.8 order by score desc, key limit 3""", [missing[0], *ids]).fetchall()]
+    if close:
+        hint = "close matches: " + ", ".join(close)
+    else:
+        count = con.execute(f"select count(distinct key) from metric_keys where run_id in ({marks(ids)})",
+                            ids).fetchall()[0][0]
+        they = "it" if len(ids) == 1 else "they"
+        hint = (f"{they} logged {plural(int(count), 'metric key')}; see them with 'mlfleet runs show {ids[0]}'"
+                if count else f"{they} logged no metrics")
+    raise NotFoundError(f"{whose} logged no {what}; {hint}" if len(ids) == 1 else
+                        f"none of {whose} logged {what}; {hint}")
 
 
 def _param_diff(con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, Any]:
