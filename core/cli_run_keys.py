@@ -32,21 +32,21 @@ def left_out_note(counts: dict[str, Any], what: str, how: str) -> str | None:
 
 
 def param_at(params: dict[str, Any], key: str) -> Any:
-    """``params.optimizer.lr`` in a listed run, as the filter reads it: the longest key logged, then into its value."""
+    """``params.optimizer.lr`` in a listed run, as the filter reads it: the longest key logged whose value has the
+    rest of the path (core/store/run_queries.py, ``_nested_param``)."""
     parts = key.split(".")
+    missing = object()
     for n in range(len(parts), 0, -1):
-        head = ".".join(parts[:n])
-        if head not in params:
-            continue
-        value = params[head]
+        value = params.get(".".join(parts[:n]), missing)
         for part in parts[n:]:
-            if isinstance(value, dict) and part in value:
-                value = value[part]
+            if isinstance(value, dict):
+                value = value.get(part, missing)
             elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
                 value = value[int(part)]
             else:
-                return None
-        return value
+                value = missing
+        if value is not missing:
+            return value
     return None
 
 

@@ -36,3 +36,10 @@ def export_format(output: str, fmt: str | None) -> str:
         raise UsageError(f"{Path(output).name} ends in {ending} but --format is {fmt}: the file would not be what "
                          f"its name says; leave out --format, or name the file for {fmt}")
     return ENDINGS[ending]
+
+
+def compression(output: str) -> str | None:
+    """gzip or zstd for a CSV named .csv.gz or .csv.zst; said to COPY outright, since COPY writes a temporary name
+    first and would go by that name's ending (none) instead."""
+    name = Path(output).name.lower()
+    return "gzip" if name.endswith(".csv.gz") else "zstd" if name.endswith(".csv.zst") else None

@@ -12,7 +12,7 @@ import duckdb
 import numpy as np
 
 from mlfleet.core.errors import UsageError
-from mlfleet.core.export_format import FORMATS, export_format
+from mlfleet.core.export_format import FORMATS, compression, export_format
 
 from .run_queries import LIST_COLUMNS, NAN, marks, select_run_ids, texts
 
@@ -56,7 +56,9 @@ def export_runs(con: duckdb.DuckDBPyConnection, output: str, fmt: str | None = N
                      "from runs r join _export_extra x on x.run_id = r.run_id order by x._order")
             params = []
         try:
-            count = con.execute(f"copy ({query}) to ? {EXPORT_FORMATS[fmt]}", params + [str(tmp)]).fetchall()[0][0]
+            packed = compression(output) if fmt == "csv" else None  # a fixed word, chosen by the name's ending
+            options = EXPORT_FORMATS[fmt][:-1] + (f", compression {packed})" if packed else ")")
+            count = con.execute(f"copy ({query}) to ? {options}", params + [str(tmp)]).fetchall()[0][0]
         except duckdb.Error as exc:
             raise UsageError(f"cannot write {target}: {str(exc).strip().splitlines()[0]}") from None
         if mode is not None:  # written 0600 (the controller's umask): the user's file gets the user's mode
