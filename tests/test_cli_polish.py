@@ -126,15 +126,24 @@ def test_jobs_logs_json_is_one_object_per_line_of_output(fleet: Fleet) -> None:
 
 # ------------------------------------------------------------ runs, the story
 
-def test_a_new_user_filters_sorts_compares_and_exports_runs(fleet: Fleet) -> None:
-    adam = train(fleet, "adam", "0.5", "adam")
-    sgd = train(fleet, "sgd", "0.001", "sgd")
+def two_runs(fleet: Fleet) -> tuple[str, str]:
+    return train(fleet, "adam", "0.5", "adam"), train(fleet, "sgd", "0.001", "sgd")
 
-    # --sort -x works as written, no '=' needed; the largest value first
+
+def test_sort_takes_a_leading_minus_as_written(fleet: Fleet) -> None:
+    adam, sgd = two_runs(fleet)
     assert [r["run_id"] for r in fleet.cli_json("runs", "list", "--sort", "-metrics.loss.min")] == [sgd, adam]
     assert [r["run_id"] for r in fleet.cli_json("runs", "list", "--sort", "-params.optimizer.lr")] == [adam, sgd]
+    out = fleet.root / "sorted.csv"
+    fleet.cli("runs", "export", "-o", str(out), "--sort", "-name", check=True)
+    assert [line.split(",")[0] for line in out.read_text().splitlines()[1:]] == [sgd, adam]
+    limit = fleet.cli("runs", "list", "--limit", "-5")  # a negative number is still a value, and out of range
+    assert limit.code == 2 and "--limit: must be 1 or more, got -5" in one_line(limit.err)
 
-    # nested params: params.optimizer.lr is lr inside {"optimizer": {...}}; a list item by its index
+
+def test_nested_params_and_the_declared_summary_can_be_filtered(fleet: Fleet) -> None:
+    adam, sgd = two_runs(fleet)
+    # params.optimizer.lr is lr inside {"optimizer": {...}}; a list item by its index
     assert [r["run_id"] for r in fleet.cli_json("runs", "list", "--where", "params.optimizer.lr > 0.01")] == [adam]
     assert [r["run_id"] for r in fleet.cli_json("runs", "list", "--where", "params.optimizer.name = 'sgd'")] == [sgd]
     assert [r["run_id"] for r in fleet.cli_json("runs", "list", "--where", 'params.optimizer.betas."1" < 0.01')] \
@@ -142,26 +151,33 @@ def test_a_new_user_filters_sorts_compares_and_exports_runs(fleet: Fleet) -> Non
     assert fleet.cli_json("runs", "list", "--where", "params.optimizer.nosuch is not null") == []
     assert [r["run_id"] for r in fleet.cli_json("runs", "list", "--where", "params.Batch.Size = 32",
                                                 "--sort", "name")] == [adam, sgd]  # a dotted key as logged
-
     # metrics.K.summary: the value of the mode track.summary declared (val_loss: min), not the last one
     best = fleet.cli_json("runs", "list", "--where", "metrics.val_loss.summary < 0.25")
     assert [r["run_id"] for r in best] == [adam]
     assert best[0]["metrics"]["val_loss"]["summary"] == {"mode": "min", "value": best[0]["metrics"]["val_loss"]["min"]}
     assert fleet.cli_json("runs", "list", "--where", "metrics.loss.summary is not null") == []  # never declared
+    text = fleet.cli("runs", "list", "--where", "params.optimizer.lr > 0", "--sort", "metrics.val_loss.summary",
+                     check=True).out
+    row = next(line for line in text.splitlines() if line.startswith(adam))
+    assert row.split()[-2:] == ["0.5", "0.2"], text  # the nested value and the summary, as extra columns
 
-    # headers that are data keep their case; fixed ones stand out
+
+def test_headers_that_are_data_keep_their_case_and_status_speaks_words(fleet: Fleet) -> None:
+    adam, sgd = two_runs(fleet)
     text = fleet.cli("runs", "list", "--where", "params.optimizer.lr > 0", "--sort", "metrics.val_loss.summary",
                      check=True).out
     header = text.splitlines()[0]
     assert header.startswith("RUN ") and "params.optimizer.lr" in header and "metrics.val_loss.summary" in header
-    row = next(line for line in text.splitlines() if line.startswith(adam))
-    assert " 0.5 " in row + " "
     human = fleet.cli("runs", "compare", adam, sgd, "--metric", "loss", check=True).out
     assert re.search(rf"^PARAM\s+{adam}\s+{sgd}$", human, re.M), human
     counted = fleet.cli("db", "query", 'select count(*), 1 as "MiXed", 2 as "two\nlines" from runs', check=True)
     assert counted.out.splitlines()[0].split() == ["count_star()", "MiXed", "two\\nlines"]
+    status = fleet.cli("controller", "status", check=True).out
+    assert "1 host (local up)" in status and "{" not in status
 
-    # a metric no run logged is not found, with the close ones
+
+def test_comparing_a_metric_no_run_logged_is_not_found(fleet: Fleet) -> None:
+    adam, sgd = two_runs(fleet)
     nosuch = fleet.cli("runs", "compare", adam, sgd, "--metric", "val_los")
     assert nosuch.code == 4, nosuch.out + nosuch.err
     assert one_line(nosuch.err) == f"mlfleet: none of runs {adam}, {sgd} logged metric 'val_los'; close matches: " \
@@ -169,8 +185,12 @@ def test_a_new_user_filters_sorts_compares_and_exports_runs(fleet: Fleet) -> Non
     far = fleet.cli("runs", "compare", adam, "--metric", "loss", "--metric", "zzzz", "--json")
     assert far.code == 4 and json.loads(far.out)["error"]["kind"] == "NotFoundError"
     assert f"run {adam} logged no metric 'zzzz'; it logged 2 metric keys" in far.err
+    assert fleet.cli_json("runs", "compare", adam, sgd, "--metric", "loss")["metrics"]["loss"]["best"][adam]
 
-    # export: the format is the one the name ends in, or a mismatch is refused before anything starts
+
+def test_export_writes_the_format_its_name_says_or_refuses(fleet: Fleet) -> None:
+    two_runs(fleet)
+    # the format is the one the name ends in, or a mismatch is refused before anything starts
     csv = fleet.root / "r.csv"
     wrote = fleet.cli("runs", "export", "--output", str(csv), check=True).out
     assert one_line(wrote) == f"wrote 2 runs to {csv} as csv"
@@ -189,9 +209,6 @@ def test_a_new_user_filters_sorts_compares_and_exports_runs(fleet: Fleet) -> Non
         refused = fleet.cli("runs", "export", *argv)
         assert refused.code == 2 and words in one_line(refused.err), refused.err
     assert not (fleet.root / "r.dat").exists() and not (fleet.root / "x.csv").exists()
-
-    status = fleet.cli("controller", "status", check=True).out
-    assert "1 host (local up)" in status and "{" not in status
 
     fleet.cli("controller", "stop", check=True)
     con = duckdb.connect()
