@@ -9,7 +9,8 @@ complete (``jq -c``, ``for line in f: json.loads(line)``)::
 
 The text is the line without its newline; a last line the job left
 unfinished comes when the command ends (or when a cut or a new run
-interrupts it) with ``"partial": true``. Output that ``logs.max_size``
+interrupts it) with ``"partial": true``, and so does each MAX_LINE piece of a longer line
+(a job that never writes a newline). Output that ``logs.max_size``
 dropped is an object of its own, where it happened:
 ``{"job_id", "run_id", "stream", "dropped": BYTES, "max_size": BYTES, "earlier": bool}``.
 """
@@ -21,6 +22,9 @@ import sys
 from typing import Any, TextIO
 
 from mlfleet.core import render
+
+
+MAX_LINE = 1024**2  # characters of one line held back for its newline; a longer one comes in partial pieces
 
 
 class TextLog:
@@ -61,6 +65,9 @@ class JsonLog:
         self.pending = lines.pop()
         for line in lines:
             self._put({"text": line})
+        while len(self.pending) > MAX_LINE:  # a job that never writes a newline must not fill this process
+            self._put({"text": self.pending[:MAX_LINE], "partial": True})
+            self.pending = self.pending[MAX_LINE:]
         self.out.flush()
 
     def dropped(self, job_id: str, run_id: str | None, dropped: int, max_size: int, earlier: bool) -> None:

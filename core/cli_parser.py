@@ -80,15 +80,24 @@ class CommandParser(argparse.ArgumentParser):
             if word == "--":
                 out += args[i:]
                 break
-            action = self._option_string_actions.get(word)
+            action = self._option_string_actions.get(word) or self._abbreviated(word)
             if (action is None or action.nargs is not None or not action.option_strings
                     or i >= len(args) or not _single_dash(args[i])):
                 continue
-            known = self._parse_optional(args[i])
-            if isinstance(known, tuple) and known[0] is None:  # -x: argparse would call it an unknown flag
+            known = self._parse_optional(args[i])  # 3.11: a tuple; 3.12 and later: a list of them
+            first = known[0] if isinstance(known, list) and len(known) == 1 else known
+            if isinstance(first, tuple) and first[0] is None:  # -x: argparse would call it an unknown flag
                 out[-1] = f"{word}={args[i]}"
                 i += 1
         return out
+
+
+    def _abbreviated(self, word: str) -> argparse.Action | None:
+        """The flag ``word`` abbreviates (``--so`` for ``--sort``), as argparse reads it; None unless just one."""
+        if not word.startswith("--") or "=" in word:
+            return None
+        found = {a for name, a in self._option_string_actions.items() if name.startswith(word)}
+        return found.pop() if len(found) == 1 else None
 
 
 def _single_dash(word: str) -> bool:

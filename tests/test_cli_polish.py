@@ -215,3 +215,15 @@ def test_export_writes_the_format_its_name_says_or_refuses(fleet: Fleet) -> None
     assert con.execute("select count(*) from read_csv(?)", [str(csv)]).fetchall() == [(2,)]
     assert con.execute("select count(*) from read_csv(?)", [str(gz)]).fetchall() == [(2,)]
     assert con.execute("select count(*), min(key) from read_parquet(?)", [str(parquet)]).fetchall() == [(40, "loss")]
+
+
+def test_jobs_logs_json_cuts_a_line_that_never_ends_into_bounded_pieces(fleet: Fleet) -> None:
+    """A job that writes 3 MiB and no newline: --json holds back at most 1 MiB of it, and loses nothing."""
+    spec = fleet.write_spec("endless", "name: endless\ncommand: [python, -c, \"import sys; "
+                                       "sys.stdout.write('x' * (3 * 1024**2 + 5))\"]\n")
+    job = fleet.cli("submit", str(spec), "--wait", "--json", timeout=120).json()
+    assert job["state"] == "succeeded", job
+    out = fleet.cli("jobs", "logs", job["job_id"], "--json", check=True)
+    records = [json.loads(line) for line in out.out.splitlines()]
+    assert all(r["partial"] for r in records) and max(len(r["text"]) for r in records) == 1024**2
+    assert "".join(r["text"] for r in records) == "x" * (3 * 1024**2 + 5)

@@ -24,6 +24,7 @@ MAX_COMPARE_RUNS = 100
 COMPARE_KEYS = 20  # metrics compared when none are named: a run may have a million
 MAX_COMPARE_KEYS = 1_000
 EXACT_DISTINCT = 2_000_000  # summary rows over the compared runs up to which "how many keys" is counted exactly
+CLOSE_SCAN = 2_000_000  # summary rows searched for keys close to a --metric that no run logged
 MAX_BUCKETS = 100_000  # buckets in one answer, all curves: each is a step and 3 values, <100 bytes; a frame is 16 MB
 
 
@@ -245,19 +246,20 @@ def _check_logged(con: duckdb.DuckDBPyConnection, ids: list[str], names: list[st
     whose = f"run {shown}" if len(ids) == 1 else f"runs {shown}"
     what = f"metric {missing[0]!r}" if len(missing) == 1 else "metrics " + ", ".join(map(repr, missing[:5])) + (
         f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-    # Over the runs' distinct keys (one summary row each, no point read): a million keys take well under a second.
+    # Over the runs' summary rows (no point is read), the first CLOSE_SCAN of them: a hundred runs of a
+    # million keys each would otherwise make this error path the slowest call there is.
     close = [r[0] for r in con.execute(
         f"""select key from (select key, jaro_winkler_similarity(lower(key), lower(?)) as score
-                             from (select distinct key from metric_keys where run_id in ({marks(ids)})))
-            where score >= 0.8 order by score desc, key limit 3""", [missing[0], *ids]).fetchall()]
+                             from (select distinct key from (select key from metric_keys
+                                                             where run_id in ({marks(ids)}) limit ?)))
+            where score >= 0.8 order by score desc, key limit 3""", [missing[0], *ids, CLOSE_SCAN]).fetchall()]
     if close:
         hint = "close matches: " + ", ".join(close)
     else:
-        count = con.execute(f"select count(distinct key) from metric_keys where run_id in ({marks(ids)})",
-                            ids).fetchall()[0][0]
+        _, count, estimated = _keys(con, ids, None, 1)
         they = "it" if len(ids) == 1 else "they"
-        hint = (f"{they} logged {plural(int(count), 'metric key')}; see them with 'mlfleet runs show {ids[0]}'"
-                if count else f"{they} logged no metrics")
+        hint = (f"{they} logged {'about ' if estimated else ''}{plural(count, 'metric key')}; see them with "
+                f"'mlfleet runs show {ids[0]}'" if count else f"{they} logged no metrics")
     raise NotFoundError(f"{whose} logged no {what}; {hint}" if len(ids) == 1 else
                         f"none of {whose} logged {what}; {hint}")
 

@@ -24,6 +24,7 @@ from mlfleet.core.runfilter import (COMPARISONS, RUN_COLUMNS, And, Compare, Fiel
 from . import metric_keys
 from .db import jsonable
 
+_MAX_NESTING = 32  # levels a params.A.B... filter looks into a nested param; a deeper key is only the key as logged
 _MAX_BRANCHES = 256  # runs per UNION ALL statement; longer lists take several statements
 
 NAN = metric_keys.NAN
@@ -70,11 +71,13 @@ class _Query:
         (``{"optimizer": {"lr": 0.1}}``, a list index too: ``params.layers.0``);
         the longest key a run logged wins, and a path its value lacks is
         missing (``is null``), as a param never logged is. The keys and paths
-        are bound parameters, like every key a filter names.
+        are bound parameters, like every key a filter names. A key of more
+        than _MAX_NESTING dots is only the key as logged (a filter of 10,000
+        characters could otherwise ask for 5,000 lookups per field).
         """
         parts = key.split(".")
         candidates = [(".".join(parts[:n]), "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts[n:]))
-                      for n in range(len(parts), 0, -1)]
+                      for n in range(len(parts), 0, -1) if len(parts) <= _MAX_NESTING + 1 or n == len(parts)]
         rows = ", ".join("(?, ?, ?)" for _ in candidates)
         value = "json_valid(p.value) and json_exists(p.value, c.path)"
         self.joins.append(
