@@ -292,7 +292,9 @@ async def cmd_hosts_bootstrap(client: ControllerClient, args: argparse.Namespace
 async def cmd_hosts_drain(client: ControllerClient, args: argparse.Namespace) -> int:
     drain = args.action == "drain"
     answer = await client.call("hosts_drain", name=args.name, reason=getattr(args, "reason", "") or "", drain=drain)
-    text = (f"{args.name} drained: no new jobs; {plural(answer['running'], 'run')} in flight go on" if drain
+    running = answer.get("running", 0)
+    text = (f"{args.name} drained: no new jobs; {plural(running, 'run')} in flight {'goes' if running == 1 else 'go'} on"
+            if drain
             else f"{args.name} takes jobs again")
     _say(args, answer, text)
     return EXIT_OK
