@@ -39,6 +39,7 @@ from mlfleet.core.listener import HELLO_DEADLINE_S, UnixListener
 from mlfleet.core.protocol import (PROTOCOL_VERSION, SERVER_FRAME_DEADLINE_S, SERVER_MAX_REQUEST, Peer, SendBudget,
                                    method_dispatcher)
 from mlfleet.core.store import records, submit_keys
+from mlfleet.core.words import plural
 
 if TYPE_CHECKING:
     from mlfleet.core.controller import Controller
@@ -341,7 +342,7 @@ class ControllerApi(DriftApi, RunsApi):
     async def rpc_hosts_remove(self, peer: Peer, name: Ident) -> dict[str, Any]:
         busy = self.c.active_on(name)
         if busy:
-            raise UsageError(f"host {name} has {len(busy)} run(s) in flight ({', '.join(busy[:3])}); "
+            raise UsageError(f"host {name} has {plural(len(busy), 'run')} in flight ({', '.join(busy[:3])}); "
                              "cancel them or wait for them to end")
         remove_host(self.c.home.hosts_file, name)
         await self._apply_hosts_file(peer, "host.remove", name, {})

@@ -47,11 +47,12 @@ class RunsApi:
         return await self.store.read(_metric_page, run, keys, after, limit)
 
     async def rpc_runs_export(self, peer: Peer, output: Annotated[str, Meta(min_length=1)],
-                              format: Literal["parquet", "csv"] = "parquet", where: str | None = None,
+                              format: Literal["parquet", "csv"] | None = None, where: str | None = None,
                               sort: str | None = None, points: bool = False,
                               metrics: list[str] | None = None, mode: int | None = None) -> dict[str, Any]:
         """Write runs (one row each) or their metric points to ``output`` (an absolute path) with COPY.
 
+        ``format``: parquet or csv; when left out, the one ``output``'s name ends in (.parquet, .csv).
         ``mode``: the file's permissions, from the client's umask: the file is the
         user's, not the controller's, so it does not get the controller's 0600.
         """
@@ -62,7 +63,7 @@ class RunsApi:
         result = await self.store.read(run_export.export_runs, output, format, where, sort, points, metrics,
                                        mode & 0o777)
         await self.store.run(audit, peer.info["actor"], "runs.export", result["output"],
-                             {"format": format, "where": where, "rows": result["rows"], "kind": result["kind"]})
+                             {"format": result["format"], "where": where, "rows": result["rows"], "kind": result["kind"]})
         return result
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from mlfleet import __version__
-from mlfleet.core import bounds, cli_drift, cli_run_keys, hostseen, logfile, render
+from mlfleet.core import bounds, cli_drift, cli_logs, cli_parser, cli_run_keys, hostseen, logfile, render
 from mlfleet.core.client import ControllerClient, connect, controller_pid, lock_held, submit_with_retry, try_connect
 from mlfleet.core.config import load_job_spec
 from mlfleet.core.errors import (EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, MlfleetError, UnavailableError,
@@ -28,6 +28,7 @@ from mlfleet.core.paths import Home
 from mlfleet.core.private import private_agent_state, private_dir, trusted_socket, use_private_umask, user_umask
 from mlfleet.core.settings import load_settings
 from mlfleet.core.submit_key import check_submit_key, new_submit_key
+from mlfleet.core.words import plural
 
 
 def _print_json(data: Any) -> None:
@@ -137,7 +138,8 @@ async def cmd_jobs_show(client: ControllerClient, args: argparse.Namespace) -> i
         return EXIT_OK
     print(f"job {job['job_id']}  {job['name']}  (project {job['project']}, owner {job['owner']})")
     print(f"state: {job['state']}" + (f"  ({job['reason']})" if job["reason"] else ""))
-    print(f"attempt {job['attempt']} of {job['max_attempts']}; host {job['host'] or '-'}; GPUs {job['gpus'] or '-'}")
+    gpus = ",".join(map(str, job["gpus"] or [])) or "-"
+    print(f"attempt {job['attempt']} of {job['max_attempts']}; host {job['host'] or '-'}; GPUs {gpus}")
     if job["why_pending"]:
         print("why pending:")
         for r in job["why_pending"]:
@@ -187,9 +189,15 @@ async def cmd_jobs_retry(client: ControllerClient, args: argparse.Namespace) -> 
 
 async def cmd_jobs_logs(client: ControllerClient, args: argparse.Namespace) -> int:
     stream = "stderr" if args.stderr else "stdout"
+    out = cli_logs.JsonLog(stream) if args.json else cli_logs.TextLog()  # --json: JSON lines
+    try:
+        return await _follow_logs(client, args, stream, out)
+    finally:
+        out.close()
+
+
+async def _follow_logs(client: ControllerClient, args: argparse.Namespace, stream: str, out: Any) -> int:
     offset, run_id = 0, None
-    out = sys.stdout
-    at_line_start = True
     while True:
         chunk = await client.call("job_logs", job=args.id, stream=stream, offset=offset)
         if chunk.get("run_id") != run_id:  # a retry started a new run: its log starts at 0
@@ -198,14 +206,9 @@ async def cmd_jobs_logs(client: ControllerClient, args: argparse.Namespace) -> i
                 chunk = await client.call("job_logs", job=args.id, stream=stream, offset=0)
             run_id = chunk.get("run_id")
         if chunk.get("dropped"):  # the log was cut (logs.max_size): say how much, where it was
-            if not at_line_start:
-                out.write("\n")  # the rest of that line was dropped: what follows starts a line of its own
-            print(render.dropped_notice(chunk["dropped"], chunk.get("max_size", 0), earlier=offset == 0),
-                  file=sys.stderr, flush=True)
+            out.dropped(chunk["job_id"], run_id, chunk["dropped"], chunk.get("max_size", 0), earlier=offset == 0)
         if chunk["data"]:
-            out.write(chunk["data"])
-            out.flush()
-            at_line_start = chunk["data"].endswith("\n")
+            out.data(chunk["job_id"], run_id, chunk["data"])
         offset = chunk["end"]
         if chunk["end"] > chunk["offset"]:
             continue  # more may be waiting right away
@@ -288,7 +291,9 @@ async def cmd_hosts_bootstrap(client: ControllerClient, args: argparse.Namespace
 async def cmd_hosts_drain(client: ControllerClient, args: argparse.Namespace) -> int:
     drain = args.action == "drain"
     answer = await client.call("hosts_drain", name=args.name, reason=getattr(args, "reason", "") or "", drain=drain)
-    text = (f"{args.name} drained: no new jobs; {answer['running']} run(s) in flight go on" if drain
+    running = answer.get("running", 0)
+    text = (f"{args.name} drained: no new jobs; {plural(running, 'run')} in flight {'goes' if running == 1 else 'go'} on"
+            if drain
             else f"{args.name} takes jobs again")
     _say(args, answer, text)
     return EXIT_OK
@@ -355,7 +360,7 @@ async def cmd_runs_list(client: ControllerClient, args: argparse.Namespace) -> i
              if f.source != "run"]
     extra = list(dict.fromkeys(named))[:4]  # the params, tags and metrics the filter and sort name
     print(render.table(["run", "name", "project", "host", "state", "keys", "points", "started", "elapsed"]
-                       + [str(f) for f in extra],
+                       + render.names(str(f) for f in extra),
                        [[r["run_id"], r["name"], r["project"], r["host"], r["state"],
                          (r.get("metric_keys") or {}).get("total"), r["points"],
                          render.when(r["started_at"]), render.elapsed(r["started_at"], r["finished_at"])]
@@ -366,7 +371,11 @@ async def cmd_runs_list(client: ControllerClient, args: argparse.Namespace) -> i
 def _run_field(run: dict[str, Any], field: Any) -> Any:
     if field.source == "metrics":
         summary = run["metrics"].get(field.key) or {}
+        if field.summary == "summary":
+            return (summary.get("summary") or {}).get("value")
         return summary.get({"count": "points"}.get(field.summary, field.summary))
+    if field.source == "params":
+        return cli_run_keys.param_at(run["params"], field.key)
     return run[field.source].get(field.key)
 
 
@@ -410,7 +419,7 @@ async def cmd_runs_compare(client: ControllerClient, args: argparse.Namespace) -
     params = result["params"]
     if params["differ"]:
         ids = list(names)
-        print(render.table(["param"] + ids, [[k] + [render.value(v.get(i))
+        print(render.table(["param", *render.names(ids)], [[k] + [render.value(v.get(i))
                                                     for i in ids] for k, v in params["differ"].items()]))
     if params["same"]:
         print("same in all: " + ", ".join(f"{k}={render.value(v)}" for k, v in params["same"].items()))
@@ -421,12 +430,22 @@ async def cmd_runs_compare(client: ControllerClient, args: argparse.Namespace) -
     return EXIT_OK
 
 
-async def cmd_runs_export(client: ControllerClient, args: argparse.Namespace) -> int:
+def cmd_runs_export(args: argparse.Namespace) -> int:
+    from mlfleet.core.export_format import export_format
+
+    args.format = export_format(args.output, args.format)  # before any controller is started for it
+    return _client_command(_runs_export)(args)
+
+
+async def _runs_export(client: ControllerClient, args: argparse.Namespace) -> int:
     answer = await client.call("runs_export", output=str(Path(args.output).expanduser().absolute()),
                                format=args.format, where=args.where, sort=args.sort, points=args.metrics,
                                metrics=args.metric or None, mode=0o666 & ~user_umask(), request_timeout=None)
-    what = "metric points" if answer["kind"] == "points" else "runs"
-    _say(args, answer, f"wrote {answer['rows']} {what} of {answer['runs']} run(s) to {answer['output']}")
+    if answer["kind"] == "points":
+        what = f"{plural(answer['rows'], 'metric point')} of {plural(answer['runs'], 'run')}"
+    else:
+        what = plural(answer["rows"], "run")
+    _say(args, answer, f"wrote {what} to {answer['output']} as {answer['format']}")
     return EXIT_OK
 
 
@@ -538,7 +557,7 @@ async def cmd_db_query(client: ControllerClient, args: argparse.Namespace) -> in
     if args.json:
         _print_json(result)
         return EXIT_OK
-    print(render.table(result["columns"], result["rows"]))
+    print(render.table(render.names(result["columns"]), result["rows"]))  # SQL names keep their case
     if result["truncated"]:
         print(f"(first {len(result['rows'])} rows only; use --limit, or page with LIMIT and OFFSET)",
               file=sys.stderr)
@@ -591,7 +610,7 @@ async def _controller_action(home: Home, args: argparse.Namespace) -> int:
             status = await client.call("status")
         status["running"] = True
         _say(args, status, f"controller {status['pid']} running (mlfleet {status['version']}); db {status['db']}; "
-                           f"{status['pending']} pending, {status['active']} active; hosts {status['hosts']}; "
+                           f"{status['pending']} pending, {status['active']} active; {_hosts_states(status['hosts'])}; "
                            f"{status['connections']} of {status['max_connections']} connections; "
                            f"log {status['log']} (rotated at {render.format_size(status['log_max_size'])}, "
                            f"{status['log_backups']} kept)")
@@ -629,6 +648,11 @@ async def _controller_action(home: Home, args: argparse.Namespace) -> int:
     finally:
         os.close(fd)
     return False
+
+
+def _hosts_states(hosts: dict[str, str]) -> str:
+    """``2 hosts (local up, gpu1 unreachable)``: the status's {name: state}, in words."""
+    return plural(len(hosts), "host") + (f" ({', '.join(f'{n} {s}' for n, s in hosts.items())})" if hosts else "")
 
 
 def _say(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
@@ -685,6 +709,9 @@ def cmd_agent_install_service(args: argparse.Namespace) -> int:
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
+    if getattr(args, "json", False):
+        raise UsageError("the TUI draws on the terminal and has no JSON output; its batch twins take --json "
+                         "(mlfleet --help lists them)")
     # Textual draws at most TEXTUAL_FPS frames a second, and after a frame that ran long (the 1 Hz
     # refresh of a big fleet) it waits one to two frame periods before it draws again: at 60 that
     # is up to 33 ms a key press can sit idle. 120 halves it; frames are drawn only when something
@@ -720,7 +747,7 @@ def _bounded(low: int, high: int) -> Callable[[str], int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mlfleet", description="A terminal control center for GPU fleets. "
+    parser = cli_parser.CommandParser(prog="mlfleet", description="A terminal control center for GPU fleets. "
                                      "With no command, opens the TUI.")
     parser.add_argument("--version", action="version", version=f"mlfleet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -729,8 +756,8 @@ def build_parser() -> argparse.ArgumentParser:
             json_flag: bool = True) -> argparse.ArgumentParser:
         p = parent.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=fn)
-        if json_flag:
-            p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument("--json", action="store_true",  # every command takes it (tests/test_cli_every_command.py)
+                       help="print JSON" if json_flag else "print an error as JSON on stdout (there is no data)")
         return p
 
     p = add(sub, "submit", cmd_submit, "submit a job spec (YAML)")
@@ -757,7 +784,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(jobs, "priority", _client_command(cmd_jobs_priority), "change a job's priority (higher runs first)")
     p.add_argument("id", help="job id (a unique prefix is enough)")
     p.add_argument("priority", type=_bounded(-1000, 1000), help="the new priority, -1000 to 1000, e.g. 10")
-    p = add(jobs, "logs", _client_command(cmd_jobs_logs), "print a job's output", json_flag=False)
+    p = add(jobs, "logs", _client_command(cmd_jobs_logs), "print a job's output (--json: one JSON object per line)")
     p.add_argument("id", help="job id (a unique prefix is enough)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     p.add_argument("--stderr", action="store_true", help="print stderr instead of stdout")
@@ -812,9 +839,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-keys", type=_bounded(1, 1_000_000), default=20, metavar="N",
                    help="without --metric, compare the first N metrics in key order (default 20, at most 1000)")
     p.add_argument("--points", type=_bounded(1, bounds.MAX_POINTS), default=500, help="buckets per curve (default 500)")
-    p = add(runs, "export", _client_command(cmd_runs_export), "write runs or their metric points to Parquet or CSV")
+    p = add(runs, "export", cmd_runs_export, "write runs or their metric points to Parquet or CSV")
     p.add_argument("--output", "-o", required=True, help="the file to write (replaced whole)")
-    p.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    p.add_argument("--format", choices=["parquet", "csv"],
+                   help="default: the one the --output name ends in (.parquet, .pq, .csv, .csv.gz)")
     p.add_argument("--where", help=where_help)
     p.add_argument("--sort", help=sort_help)
     p.add_argument("--metrics", action="store_true", help="write the metric points (a long table), not one row per run")
@@ -888,10 +916,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mlfleet: argument {position} ({shown!r}) is not UTF-8 text; check the terminal's or the script's encoding",
                   file=sys.stderr)
             return EXIT_USAGE
-    args = parser.parse_args(argv)
-    if getattr(args, "command", None) is None:
-        args.func = cmd_tui
+    args = argparse.Namespace(json=cli_parser.asked_for_json(argv))  # for a mistake found while parsing
     try:
+        args = parser.parse_args(argv)
+        if getattr(args, "command", None) is None:
+            args.func = cmd_tui
         return args.func(args)
     except MlfleetError as exc:
         if getattr(args, "json", False):

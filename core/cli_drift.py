@@ -178,7 +178,10 @@ async def cmd_export(client: Any, args: argparse.Namespace) -> int:
         sys.stdout.write(text)
     else:
         Path(args.output).write_text(text)
-        print(f"wrote {args.output}", file=sys.stderr)
+        if args.json:  # the report is in the file: stdout says where, as JSON
+            sys.stdout.write(json.dumps({"report_id": report["report_id"], "output": args.output}) + "\n")
+        else:
+            print(f"wrote {args.output}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -235,7 +238,7 @@ def register(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--run", help="only reports linked to this run (id prefix)")
     add(drift, "show", _client(cmd_show), "show a report and its columns").add_argument(
         "id", help="report id (a unique prefix is enough)")
-    p = add(drift, "export", _client(cmd_export), "write a report as JSON", json_flag=False)
+    p = add(drift, "export", _client(cmd_export), "write a report as JSON (to stdout, or -o FILE)")
     p.add_argument("id", help="report id (a unique prefix is enough)")
     p.add_argument("-o", "--output", help="file to write (default: stdout)")
     add(drift, "profiles", _client(cmd_profiles), "list saved reference profiles")

@@ -31,6 +31,25 @@ def left_out_note(counts: dict[str, Any], what: str, how: str) -> str | None:
     return f"... and {about}{left:,} more {what}{matching} ({about}{total:,} in all); {how}"
 
 
+def param_at(params: dict[str, Any], key: str) -> Any:
+    """``params.optimizer.lr`` in a listed run, as the filter reads it: the longest key logged whose value has the
+    rest of the path (core/store/run_queries.py, ``_nested_param``)."""
+    parts = key.split(".")
+    missing = object()
+    for n in range(len(parts), 0, -1):
+        value = params.get(".".join(parts[:n]), missing)
+        for part in parts[n:]:
+            if isinstance(value, dict):
+                value = value.get(part, missing)
+            elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+                value = value[int(part)]
+            else:
+                value = missing
+        if value is not missing:
+            return value
+    return None
+
+
 def show_rows(metrics: list[dict[str, Any]], summary: dict[str, Any]) -> list[list[Any]]:
     return [[m["key"], m["points"], m["min"], m["max"], m.get("mean"), m["last"], m["last_step"],
              _summary_cell(summary[m["key"]]) if m["key"] in summary else None] for m in metrics]

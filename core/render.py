@@ -9,13 +9,33 @@ from typing import Any, Iterable, Sequence
 from .units import format_duration, format_size
 
 
+class Name(str):
+    """A table header that is data: a SQL column, a run id, a param key. Shown as it is, never upper-cased.
+
+    The fixed headers of a table (RUN, STATE) are upper-cased to stand out
+    from the rows; a name from the data keeps its case, since the case is
+    part of the name: ``count_star()`` is what DuckDB calls the column, and
+    a run id upper-cased is no longer an id that can be pasted back.
+    """
+
+
+def names(values: Iterable[Any]) -> list[Name]:
+    return [Name(v) for v in values]
+
+
+def header(text: str) -> str:
+    """A header as printed: a fixed one upper-cased, a :class:`Name` as it is (made printable, cut at 60)."""
+    return _cell(str(text)) if isinstance(text, Name) else text.upper()
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     body = [[_cell(v) for v in row] for row in rows]
-    widths = [len(h) for h in headers]
+    shown = [header(h) for h in headers]
+    widths = [len(h) for h in shown]
     for row in body:
         for i, cell in enumerate(row):
             widths[i] = max(widths[i], len(cell))
-    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(shown, widths)).rstrip()]
     for row in body:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
     return "\n".join(lines)
@@ -57,8 +77,16 @@ def _cell(value: Any) -> str:
         return number(value)
     if isinstance(value, (list, dict)):
         return json.dumps(value) if value else "-"
-    text = str(value)
+    text = printable(str(value))
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters written as escapes: a newline or an ESC from the data (a run name, a
+    column of a CSV file) would otherwise break the table's rows or drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def when(value: Any) -> str:
@@ -87,7 +115,8 @@ def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0f}%"
 
 
-__all__ = ["table", "value", "number", "when", "elapsed", "percent", "format_size", "format_duration"]
+__all__ = ["table", "Name", "names", "header", "printable", "value", "number", "when", "elapsed", "percent",
+           "format_size", "format_duration"]
 
 
 def dropped_notice(dropped: int, max_size: int, earlier: bool) -> str:

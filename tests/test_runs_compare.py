@@ -148,11 +148,12 @@ def test_only_the_metrics_asked_for_and_runs_missing_one(store: Store) -> None:
     data = make_series(np.random.default_rng(4))
     for run_id, series in data.items():
         add_run(store.con, run_id, {}, series)
-    result = run_compare.compare_runs(store.con, ["ja-1", "jc-1"], ["val_acc", "nothing"], 50)
-    assert list(result["metrics"]) == ["val_acc", "nothing"]
-    assert list(result["metrics"]["val_acc"]["curves"]) == ["ja-1"]  # jc-1 never logged it
-    assert result["metrics"]["nothing"] == {"curves": {}, "best": {}}
+    result = run_compare.compare_runs(store.con, ["ja-1", "jc-1"], ["val_acc"], 50)
+    assert list(result["metrics"]) == ["val_acc"]
+    assert list(result["metrics"]["val_acc"]["curves"]) == ["ja-1"]  # jc-1 never logged it: still compared
     assert result["params"] == {"differ": {}, "same": {}}
+    with pytest.raises(NotFoundError, match="^none of runs ja-1, jc-1 logged metric 'nothing'; "):
+        run_compare.compare_runs(store.con, ["ja-1", "jc-1"], ["val_acc", "nothing"], 50)  # no run did: a typo
 
 
 @pytest.mark.parametrize("big", list(PATHS.values()), ids=list(PATHS))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mlfleet.core.words import plural
+
 from . import stats
 from .columns import ColumnResult
 from .config import PVALUE_TESTS, DriftConfig
@@ -59,7 +61,7 @@ def decide(results: list[ColumnResult], config: DriftConfig) -> dict[str, Any]:
     if not decided:
         notes.append("no column could be compared: the verdict is 'no drift' by default, check the column notes")
     if pvalues and config.multiple_testing != "none":
-        notes.append(f"{len(pvalues)} column(s) decided by a p-value test, corrected with {config.multiple_testing}")
+        notes.append(f"{plural(len(pvalues), 'column')} decided by a p-value test, corrected with {config.multiple_testing}")
     return {"drifted": bool(decided) and share >= config.drift_share, "drifted_columns": len(drifted),
             "column_count": len(results), "compared_columns": len(decided), "drift_share": share,
             "drift_share_threshold": config.drift_share, "multiple_testing": config.multiple_testing,

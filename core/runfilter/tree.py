@@ -19,8 +19,9 @@ RUN_COLUMNS: dict[str, str] = {
     "created_at": "time", "started_at": "time", "finished_at": "time",
 }
 # What a metric is summed up by: all over the run's points, NaN points left out
-# (count counts every point; last is the last point by line, NaN as missing).
-METRIC_SUMMARIES = ("min", "max", "last", "mean", "count")
+# (count counts every point; last is the last point by line, NaN as missing;
+# summary is the min, max or last the run declared with track.summary, else missing).
+METRIC_SUMMARIES = ("min", "max", "last", "mean", "count", "summary")
 COMPARISONS = ("=", "!=", "<", "<=", ">", ">=")
 
 Value = Union[str, float, bool]

@@ -9,7 +9,8 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from mlfleet.core.errors import UsageError
+from mlfleet.core.errors import NotFoundError, UsageError
+from mlfleet.core.words import plural
 
 from .db import jsonable
 from .metric_keys import check_count, check_pattern
@@ -23,6 +24,7 @@ MAX_COMPARE_RUNS = 100
 COMPARE_KEYS = 20  # metrics compared when none are named: a run may have a million
 MAX_COMPARE_KEYS = 1_000
 EXACT_DISTINCT = 2_000_000  # summary rows over the compared runs up to which "how many keys" is counted exactly
+CLOSE_SCAN = 2_000_000  # summary rows searched for keys close to a --metric that no run logged
 MAX_BUCKETS = 100_000  # buckets in one answer, all curves: each is a step and 3 values, <100 bytes; a frame is 16 MB
 
 
@@ -196,6 +198,8 @@ def compare_runs(con: duckdb.DuckDBPyConnection, runs: list[str], metrics: list[
             for r in con.execute(f"select run_id, name, host, gpus, state, started_at, finished_at from runs "
                                  f"where run_id in ({marks(ids)})", ids).fetchall()}
     series = _series(con, ids, names)
+    if metrics:
+        _check_logged(con, ids, names, {s["key"] for s in series})
     buckets = sum(min(points, s["points"]) for s in series)
     if buckets > MAX_BUCKETS:
         raise UsageError(f"{len(series):,} curves of up to {points:,} buckets are {buckets:,} buckets; the most is "
@@ -227,6 +231,37 @@ def compare_runs(con: duckdb.DuckDBPyConnection, runs: list[str], metrics: list[
     return {"runs": [info[i] for i in ids], "points": points, "metrics": out_metrics, "params": _param_diff(con, ids),
             "metric_keys": {"compared": len(names), "matching": matching, "left_out": max(0, matching - len(names)),
                             "estimated": estimated, "pattern": pattern}}
+
+
+def _check_logged(con: duckdb.DuckDBPyConnection, ids: list[str], names: list[str], found: set[str]) -> None:
+    """Refuse metrics that none of the runs logged, naming the closest keys they did log (NotFoundError, exit 4).
+
+    A misspelt --metric used to come back as an empty comparison with exit 0,
+    which a script cannot tell from runs that logged nothing yet.
+    """
+    missing = [k for k in names if k not in found]
+    if not missing:
+        return
+    shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+    whose = f"run {shown}" if len(ids) == 1 else f"runs {shown}"
+    what = f"metric {missing[0]!r}" if len(missing) == 1 else "metrics " + ", ".join(map(repr, missing[:5])) + (
+        f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    # Over the runs' summary rows (no point is read), the first CLOSE_SCAN of them: a hundred runs of a
+    # million keys each would otherwise make this error path the slowest call there is.
+    close = [r[0] for r in con.execute(
+        f"""select key from (select key, jaro_winkler_similarity(lower(key), lower(?)) as score
+                             from (select distinct key from (select key from metric_keys
+                                                             where run_id in ({marks(ids)}) limit ?)))
+            where score >= 0.8 order by score desc, key limit 3""", [missing[0], *ids, CLOSE_SCAN]).fetchall()]
+    if close:
+        hint = "close matches: " + ", ".join(close)
+    else:
+        _, count, estimated = _keys(con, ids, None, 1)
+        they = "it" if len(ids) == 1 else "they"
+        hint = (f"{they} logged {'about ' if estimated else ''}{plural(count, 'metric key')}; see them with "
+                f"'mlfleet runs show {ids[0]}'" if count else f"{they} logged no metrics")
+    raise NotFoundError(f"{whose} logged no {what}; {hint}" if len(ids) == 1 else
+                        f"none of {whose} logged {what}; {hint}")
 
 
 def _param_diff(con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, Any]:

@@ -12,23 +12,25 @@ import duckdb
 import numpy as np
 
 from mlfleet.core.errors import UsageError
+from mlfleet.core.export_format import FORMATS, compression, export_format
 
 from .run_queries import LIST_COLUMNS, NAN, marks, select_run_ids, texts
 
 MAX_WIDE_KEYS = 2_000  # metric keys in a row per run (10,000 columns) unless they are named
 EXPORT_FORMATS = {"parquet": "(format parquet)", "csv": "(format csv, header true)"}
+assert set(EXPORT_FORMATS) == set(FORMATS)
 
 
-def export_runs(con: duckdb.DuckDBPyConnection, output: str, fmt: str = "parquet", where: str | None = None,
+def export_runs(con: duckdb.DuckDBPyConnection, output: str, fmt: str | None = None, where: str | None = None,
                 sort: str | None = None, points: bool = False, metrics: list[str] | None = None,
                 mode: int | None = None) -> dict[str, Any]:
     """Write the runs that pass the filter (one row each) or, with ``points``, their metric points (long).
 
+    The format is ``fmt``, or the one ``output``'s name ends in (:func:`export_format`).
     The file appears whole or not at all: DuckDB's COPY writes a temporary
     file next to ``output``, which is then renamed over it.
     """
-    if fmt not in EXPORT_FORMATS:
-        raise UsageError(f"unknown export format {fmt!r}; use {' or '.join(EXPORT_FORMATS)}")
+    fmt = export_format(output, fmt)
     target = Path(output)
     if not target.is_absolute():
         raise UsageError(f"the output path must be absolute, got {output!r}")
@@ -54,7 +56,9 @@ def export_runs(con: duckdb.DuckDBPyConnection, output: str, fmt: str = "parquet
                      "from runs r join _export_extra x on x.run_id = r.run_id order by x._order")
             params = []
         try:
-            count = con.execute(f"copy ({query}) to ? {EXPORT_FORMATS[fmt]}", params + [str(tmp)]).fetchall()[0][0]
+            packed = compression(output) if fmt == "csv" else None  # a fixed word, chosen by the name's ending
+            options = EXPORT_FORMATS[fmt][:-1] + (f", compression {packed})" if packed else ")")
+            count = con.execute(f"copy ({query}) to ? {options}", params + [str(tmp)]).fetchall()[0][0]
         except duckdb.Error as exc:
             raise UsageError(f"cannot write {target}: {str(exc).strip().splitlines()[0]}") from None
         if mode is not None:  # written 0600 (the controller's umask): the user's file gets the user's mode

@@ -24,6 +24,7 @@ from mlfleet.core.runfilter import (COMPARISONS, RUN_COLUMNS, And, Compare, Fiel
 from . import metric_keys
 from .db import jsonable
 
+_MAX_NESTING = 32  # levels a params.A.B... filter looks into a nested param; a deeper key is only the key as logged
 _MAX_BRANCHES = 256  # runs per UNION ALL statement; longer lists take several statements
 
 NAN = metric_keys.NAN
@@ -43,17 +44,55 @@ class _Query:
         self.join_params: list[Any] = []
         self.where_params: list[Any] = []
         self.alias: dict[tuple[str, str], str] = {}
+        self.declared: dict[str, str] = {}  # metric key -> alias of its metric_summaries row (metrics.K.summary)
         fields = fields_of(node) + [k.field for k in sort]
         for f in fields:
+            if f.source == "metrics" and f.summary == "summary" and f.key not in self.declared:
+                alias = self.declared[f.key] = f"s{len(self.declared)}"
+                self.joins.append(f"left join metric_summaries {alias} on {alias}.run_id = r.run_id and {alias}.key = ?")
+                self.join_params.append(f.key)
             if f.source == "run" or (f.source, f.key) in self.alias:
                 continue
             alias = f"{f.source[0]}{len(self.alias)}"
             self.alias[(f.source, f.key)] = alias
+            if f.source == "params" and "." in f.key:
+                self._nested_param(alias, f.key)
+                continue
             table = "metric_keys" if f.source == "metrics" else f.source  # one summary row per run and key
             self.joins.append(f"left join {table} {alias} on {alias}.run_id = r.run_id and {alias}.key = ?")
             self.join_params.append(f.key)
         self.where = self._node(node) if node is not None else "true"
         self.order = ", ".join(self._order(k) for k in sort)
+
+    def _nested_param(self, alias: str, key: str) -> None:
+        """``params.optimizer.lr``: the param ``optimizer.lr`` as logged, else ``lr`` inside the param ``optimizer``.
+
+        Each dot may split the param's key from a path into its JSON value
+        (``{"optimizer": {"lr": 0.1}}``, a list index too: ``params.layers.0``);
+        the longest key a run logged wins, and a path its value lacks is
+        missing (``is null``), as a param never logged is. The keys and paths
+        are bound parameters, like every key a filter names. A key of more
+        than _MAX_NESTING dots is only the key as logged (a filter of 10,000
+        characters could otherwise ask for 5,000 lookups per field).
+        """
+        parts = key.split(".")
+        candidates = [(".".join(parts[:n]), "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts[n:]))
+                      for n in range(len(parts), 0, -1) if len(parts) <= _MAX_NESTING + 1 or n == len(parts)]
+        rows = ", ".join("(?, ?, ?)" for _ in candidates)
+        value = "json_valid(p.value) and json_exists(p.value, c.path)"
+        self.joins.append(
+            f"""left join (select p.run_id,
+                    case when c.path = '' then p.value_num
+                         when json_type(p.value, c.path) in ('BIGINT', 'UBIGINT', 'DOUBLE')
+                         then try_cast(json_extract_string(p.value, c.path) as double) end as value_num,
+                    case when c.path = '' then p.value_text
+                         when json_type(p.value, c.path) = 'VARCHAR' then json_extract_string(p.value, c.path)
+                         else json_extract(p.value, c.path)::varchar end as value_text
+                from params p join (values {rows}) c(key, path, rank) on p.key = c.key
+                where c.path = '' or (case when {value} then true else false end)
+                qualify row_number() over (partition by p.run_id order by c.rank) = 1) {alias}
+             on {alias}.run_id = r.run_id""")
+        self.join_params += [v for rank, (k, path) in enumerate(candidates) for v in (k, path, rank)]
 
     @property
     def params(self) -> list[Any]:
@@ -74,6 +113,10 @@ class _Query:
         if field.source == "tags":
             return f"{alias}.value"
         assert field.summary is not None
+        if field.summary == "summary":  # the value of the mode the run declared (track.summary), else missing
+            s = self.declared[field.key]
+            return (f"(case {s}.mode when 'min' then {alias}.min_value when 'max' then {alias}.max_value "
+                    f"when 'last' then nullif({alias}.last_value, {NAN}) end)")
         return metric_keys.summary_sql(alias, field.summary)
 
     def _bind(self, value: Any) -> str:
@@ -186,6 +229,13 @@ def list_runs(con: duckdb.DuckDBPyConnection, where: str | None = None, sort: st
             metrics[key] = {"min": finite(lo), "max": finite(hi), "mean": finite(mean), "last": finite(last),
                             "last_step": last_step, "points": points}
             shown_matching[i] += bool(matches)
+    if named:  # the mode each run declared for the keys the filter names: metrics.K.summary, shown as it compared
+        for run_id, key, mode in con.execute(f"""select run_id, key, mode from metric_summaries
+                                                 where run_id in ({marks(ids)}) and list_contains(?::varchar[], key)""",
+                                             [*ids, named]).fetchall():
+            metric = by_id[run_id]["metrics"].get(key)
+            if metric is not None and mode in ("min", "max", "last"):
+                metric["summary"] = {"mode": mode, "value": metric[mode]}
     for i, total, matching, points in _key_counts(con, ids, pattern):
         run = by_id[ids[i]]
         run["points"] = int(points or 0)

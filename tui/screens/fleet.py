@@ -20,6 +20,7 @@ from textual.widgets import Static
 
 from mlfleet.core.client import ControllerClient
 from mlfleet.core.hostseen import is_stale, seen_text
+from mlfleet.core.words import plural
 from mlfleet.tui.screens.base import PollingScreen
 from mlfleet.tui.widgets.dialogs import Confirm, Prompt
 from mlfleet.tui.widgets.host_card import HostCard
@@ -141,5 +142,5 @@ class FleetScreen(PollingScreen):
             if reason is not None:
                 answer = await self.call("hosts_drain", name=name, reason=reason, drain=True)
                 if answer is not None:
-                    self.notify(f"{name} drained ({answer['running']} run(s) still going)")
+                    self.notify(f"{name} drained ({plural(answer['running'], 'run')} still going)")
         self.wake()
