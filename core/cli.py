@@ -641,15 +641,6 @@ async def _controller_action(home: Home, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def _hosts_states(hosts: dict[str, str]) -> str:
     """``2 hosts (local up, gpu1 unreachable)``: the status's {name: state}, in words."""
     return plural(len(hosts), "host") + (f" ({', '.join(f'{n} {s}' for n, s in hosts.items())})" if hosts else "")
