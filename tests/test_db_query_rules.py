@@ -252,3 +252,17 @@ def test_a_closing_store_stops_a_running_query_and_refuses_new_ones(tmp_path: Pa
 
     assert str(asyncio.run(story())) == "the query was stopped: the controller is stopping"
     store.close()
+
+
+@pytest.mark.parametrize("sql, words", [
+    ("install httpfs", "refused this INSTALL statement"),
+    ("checkpoint", "refused this CHECKPOINT statement"),
+    ("use memory", "refused this USE statement"),
+    ("/* a comment */ attach 'x.db' as x", "refused this ATTACH statement"),
+    ("with t as (select 1) insert into runs select * from t", "refused this INSERT statement"),
+    ("explain install httpfs", "refused EXPLAIN of this INSTALL statement"),
+])
+def test_a_refused_statement_is_named_by_what_the_user_typed(store: Store, sql: str, words: str) -> None:
+    """DuckDB calls INSTALL a LOAD and USE a SET; the sentence names what was written, with the right article."""
+    with pytest.raises(QueryRefused, match=words):
+        check_query(store.con, sql, store.catalog)

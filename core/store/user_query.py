@@ -32,6 +32,7 @@ from typing import Any
 import duckdb
 
 from mlfleet.core.errors import UsageError
+from mlfleet.core.words import with_article
 
 SAFE_TABLE_FUNCTIONS = frozenset({
     "range", "generate_series", "unnest", "repeat", "json_each", "json_tree",
@@ -135,6 +136,7 @@ def check_query(con: duckdb.DuckDBPyConnection, sql: str, catalog: Catalog, allo
     if len(statements) != 1:
         raise QueryRefused(f"db query refused {len(statements)} statements: give exactly one ({_ONLY})")
     kind = statement_kind(statements[0])
+    shown = first_keyword(sql, kind)
     if kind == "EXPLAIN":
         sql = explained_statement(sql)
         try:
@@ -143,9 +145,9 @@ def check_query(con: duckdb.DuckDBPyConnection, sql: str, catalog: Catalog, allo
             raise QueryRefused(f"db query cannot find the statement this EXPLAIN explains: {first_line(exc)}") from None
         kind = statement_kind(inner[0]) if len(inner) == 1 else "multi-statement"
         if kind != "SELECT":
-            raise QueryRefused(f"db query refused EXPLAIN of this {kind} statement: {_ONLY}")
+            raise QueryRefused(f"db query refused EXPLAIN of this {first_keyword(sql, kind)} statement: {_ONLY}")
     elif kind != "SELECT":
-        raise QueryRefused(f"db query refused this {kind} statement: {_ONLY}")
+        raise QueryRefused(f"db query refused this {shown} statement: {_ONLY}")
     try:
         tree = json.loads(con.execute("select json_serialize_sql(?)", [sql]).fetchone()[0])
         if tree.get("error"):
@@ -155,6 +157,26 @@ def check_query(con: duckdb.DuckDBPyConnection, sql: str, catalog: Catalog, allo
     except RecursionError:  # DuckDB parses 1000 levels; Python's stack holds fewer of the tree's
         raise QueryRefused("db query cannot check SQL nested this deeply; "
                            "split the expression or the subqueries") from None
+
+
+def first_keyword(sql: str, kind: str) -> str:
+    """The statement's first keyword as the user wrote it (INSTALL, CHECKPOINT, USE), for messages only.
+
+    DuckDB's statement type names the machinery (INSTALL is a LOAD, USE a
+    SET, CHECKPOINT a CALL); the user should read back what they typed.
+    ``kind`` stands in where the first word says little (WITH, a parenthesis).
+    """
+    raw = sql.encode()
+    every = duckdb.tokenize(sql)
+    ends = [offset for offset, _ in every[1:]] + [len(raw)]
+    for (offset, token), end in zip(every, ends):
+        if token.name == "comment":
+            continue
+        word = raw[offset:end].decode(errors="replace").strip().upper()
+        if token.name == "keyword" and word.isalpha() and word != "WITH":
+            return word
+        return kind
+    return kind
 
 
 def statement_kind(statement: Any) -> str:
@@ -212,7 +234,8 @@ class Walk:
                 self.function(node)
         elif kind is not None and kind.endswith("_NODE"):
             if kind not in _QUERY_NODES:
-                raise QueryRefused(f"db query does not check a {kind.lower()} yet; write the query without it")
+                raise QueryRefused(f"db query does not check {with_article(kind.lower().replace('_', ' '))} yet; "
+                                   "write the query without it")
             scope = self.ctes(node, scope)
             if kind == "RECURSIVE_CTE_NODE":  # only the recursive part sees the CTE itself
                 self.visit(node.get("left"), scope)
@@ -221,7 +244,8 @@ class Walk:
             node = {k: v for k, v in node.items() if k != "cte_map"}
         elif kind is not None and "sample" in node:
             if kind not in _TABLE_REFS:
-                raise QueryRefused(f"db query does not check a {kind.lower()} in FROM yet; write the query without it")
+                raise QueryRefused(f"db query does not check {with_article(kind.lower().replace('_', ' '))} in FROM "
+                                   "yet; write the query without it")
             if kind == "BASE_TABLE":
                 self.relation(node, scope)
             elif kind == "SHOW_REF":
