@@ -169,14 +169,17 @@ def first_keyword(sql: str, kind: str) -> str:
     raw = sql.encode()
     every = duckdb.tokenize(sql)
     ends = [offset for offset, _ in every[1:]] + [len(raw)]
+    words = []
     for (offset, token), end in zip(every, ends):
         if token.name == "comment":
             continue
         word = raw[offset:end].decode(errors="replace").strip().upper()
-        if token.name == "keyword" and word.isalpha() and word != "WITH":
-            return word
-        return kind
-    return kind
+        if token.name != "keyword" or not word.isalpha() or word == "WITH":
+            break
+        words.append(word)
+        if word != "FORCE":  # FORCE CHECKPOINT, FORCE INSTALL: the verb is the second word
+            break
+    return " ".join(words) if words and words[-1] != "FORCE" else kind
 
 
 def statement_kind(statement: Any) -> str:
