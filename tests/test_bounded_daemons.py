@@ -538,3 +538,45 @@ def test_a_daemon_log_is_rotated_at_its_cap_and_a_repeated_error_is_logged_a_few
     assert "raw stderr after rotation" in before_move
     assert path.read_text().endswith("still logging after the file was moved\n")
     assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+BIG_ANSWER = "select repeat('x', 60000) as s from range(120)"  # ~7 MB of rows: one answer near the 8 MiB cap
+
+
+def test_a_client_that_asks_and_never_reads_cannot_grow_the_controller(fleet: Fleet) -> None:
+    """64 big answers asked for on one connection and never read: memory stays bounded, the connection is closed."""
+    pid = start_controller(fleet, "query:\n  time_limit: 5m\n")
+    before = psutil.Process(pid).memory_info().rss
+    hog = greeted_client(fleet.home.controller_socket)
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        hog.sendall(b"".join(frame(id=10 + i, method="db_query", params={"sql": BIG_ANSWER, "limit": 1000})
+                             for i in range(64)))
+        peak = before
+        deadline = time.monotonic() + SERVER_FRAME_DEADLINE_S + 20
+        while time.monotonic() < deadline and closed_by_peer([hog], wait=0.5) == 0:
+            peak = max(peak, psutil.Process(pid).memory_info().rss)
+        assert closed_by_peer([hog], wait=0) == 1  # it took no answer within the frame deadline
+        peak = max(peak, psutil.Process(pid).memory_info().rss)
+    finally:
+        hog.close()
+    # Without the one-answer-at-a-time rule the 64 answers (~450 MB) were all held for ever.
+    assert peak - before < 160 * 1024**2, f"the controller grew by {(peak - before) // 2**20} MiB"
+    assert fleet.cli("jobs", "list").code == 0
+
+
+def test_clients_that_never_read_their_answers_cannot_lock_users_out(fleet: Fleet) -> None:
+    start_controller(fleet, "controller:\n  max_connections: 16\n")
+    sock = fleet.home.controller_socket
+    held = [greeted_client(sock) for _ in range(16)]
+    try:
+        for client in held:  # one big answer each, never read: stalled readers, not working clients
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.sendall(frame(id=5, method="db_query", params={"sql": BIG_ANSWER, "limit": 1000}))
+        time.sleep(3)
+        for _ in range(3):
+            result = fleet.cli("jobs", "list")
+            assert result.code == 0, result.err
+        assert fleet.cli_json("controller", "status")["evicted"] >= 1
+    finally:
+        close_all(held)
