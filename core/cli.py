@@ -351,6 +351,8 @@ def cmd_hosts_import_ssh_config(args: argparse.Namespace) -> int:
 
     plan = plan_import(Path(args.file).expanduser(), args.host or None)
     if not plan.hosts and not plan.refused:
+        for line in plan.warnings:
+            print(f"mlfleet: warning: {line}", file=sys.stderr)
         raise UsageError(f"no concrete Host entries to import in {args.file}"
                          + (f" matching {', '.join(args.host)}" if args.host else ""))
     args = argparse.Namespace(**vars(args), plan=plan)
@@ -388,7 +390,8 @@ def _import_report(args: argparse.Namespace, added: list[str], skipped: list[str
             print(f"mlfleet: {door} is the jump host of {', '.join(users)}, not a fleet host: not imported "
                   f"(add --host {door} to import it too)", file=sys.stderr)
         for name, why in plan.refused.items():
-            print(f"mlfleet: {name} not imported: {why}", file=sys.stderr)
+            shown = name if len(name) <= 40 else f"{name[:30]}... ({len(name)} characters)"
+            print(f"mlfleet: {shown} not imported: {why}", file=sys.stderr)
         print(f"added {', '.join(added) or 'nothing'}" + (f"; already there: {', '.join(skipped)}" if skipped else ""))
     return EXIT_USAGE if plan.refused else EXIT_OK
 

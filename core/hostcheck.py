@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import asyncssh
 import msgspec
@@ -68,7 +68,8 @@ def field_problem(message: str, data: Any) -> tuple[str, str, str] | None:
     return dotted, f"{shown} {rule[0]}", rule[1]
 
 
-def host_from_request(data: dict[str, Any]) -> HostConfig:
+def host_from_request(data: dict[str, Any],
+                      check_identity: Callable[[Path], str | None] | None = None) -> HostConfig:
     """A HostConfig from a client's mapping, or one sentence naming the host, the field and what to do."""
     label = data.get("name") if isinstance(data, dict) else None
     subject = f"host {label}" if isinstance(label, str) and re.fullmatch(NAME_PATTERN, label) else "the new host"
@@ -89,7 +90,7 @@ def host_from_request(data: dict[str, Any]) -> HostConfig:
         raise UsageError(f"host {config.name}: proxy_command uses {', '.join('%' + t for t in unknown)}, which mlfleet "
                          "does not expand; use %h (address), %p (port), %r (user), %n (name) or %% (a %)")
     for where, path in identities(config):
-        problem = identity_problem(path)
+        problem = (check_identity or identity_problem)(path)
         if problem:
             raise UsageError(f"host {config.name}: the {where} {path} {problem}")
     return config

@@ -22,6 +22,7 @@ Every mistake in the file is a :class:`SpecError` with its file and line.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import glob
 import os
@@ -53,6 +54,26 @@ class Line:
 
 
 @dataclass
+class Block:
+    """A Host or Match line and the lines under it (the lines before a file's first one have no header)."""
+
+    header: Line | None
+    body: list[Line] = field(default_factory=list)
+
+
+@dataclass
+class Blocks:
+    """A file's blocks, indexed so that resolving one alias visits only the blocks that can apply to it.
+
+    Without the index every alias walks every line: a 5,000-host config took minutes.
+    """
+
+    blocks: list[Block]
+    by_name: dict[str, list[int]]  # lower-case literal Host name -> blocks naming it
+    general: list[int]  # blocks without a header, Match blocks, Hosts with wildcards or negations
+
+
+@dataclass
 class Resolved:
     """One alias's options after the whole file was read, as ssh would use them."""
 
@@ -78,6 +99,10 @@ class SshConfig:
         self.local_user = _local_user()
         self.warnings: dict[str, str] = {}  # file:line -> sentence (once per line, not once per host)
         self._files: dict[str, list[Line]] = {}
+        self._blocks: dict[str, Blocks] = {}
+        self._globbed: dict[str, list[str]] = {}
+        self.checked_keys: dict[Path, str | None] = {}  # identity file -> why it cannot be used (the import's memo)
+        self._resolved: dict[tuple[str, str | None, str | None], Resolved] = {}
         self._lines(str(path), None)  # a missing or broken top file is an error at once
 
     # ------------------------------------------------------------- reading
@@ -87,7 +112,33 @@ class SshConfig:
             self._files[path] = _read(path, included_at)
         return self._files[path]
 
+    def _indexed(self, path: str) -> Blocks:
+        if path not in self._blocks:
+            blocks = [Block(None)]
+            for line in self._lines(path, None):
+                if line.keyword in ("host", "match"):
+                    blocks.append(Block(line))
+                else:
+                    blocks[-1].body.append(line)
+            by_name: dict[str, list[int]] = {}
+            general = []
+            for i, block in enumerate(blocks):
+                header = block.header
+                if header is not None and header.keyword == "host" and not any(is_pattern(a) for a in header.args):
+                    for name in dict.fromkeys(a.lower() for a in header.args):
+                        by_name.setdefault(name, []).append(i)
+                else:
+                    general.append(i)
+            self._blocks[path] = Blocks(blocks, by_name, general)
+        return self._blocks[path]
+
     def _include_paths(self, line: Line) -> list[str]:
+        """The files an Include names (globbed once per line, not once per host)."""
+        if line.where not in self._globbed:
+            self._globbed[line.where] = self._glob(line)
+        return self._globbed[line.where]
+
+    def _glob(self, line: Line) -> list[str]:
         out: list[str] = []
         for pattern in line.args:
             expanded = os.path.expanduser(pattern)
@@ -121,25 +172,36 @@ class SshConfig:
     # ----------------------------------------------------------- resolving
 
     def resolve(self, alias: str, user: str | None = None, port: str | None = None) -> Resolved:
-        """The options ssh would use for ``ssh [-l user] [-p port] alias``."""
-        resolved = Resolved(alias)
-        if user:
-            resolved.options["user"] = Line("user", [user], user, "<command line>", 0)
-        if port:
-            resolved.options["port"] = Line("port", [port], port, "<command line>", 0)
-        self._apply(str(self.path), resolved, 0)
-        return resolved
+        """The options ssh would use for ``ssh [-l user] [-p port] alias`` (read once per question)."""
+        key = (alias, user, port)
+        if key not in self._resolved:
+            resolved = Resolved(alias)
+            if user:
+                resolved.options["user"] = Line("user", [user], user, "<command line>", 0)
+            if port:
+                resolved.options["port"] = Line("port", [port], port, "<command line>", 0)
+            self._apply(str(self.path), resolved, 0)
+            self._resolved[key] = resolved
+        return self._resolved[key]
 
     def _apply(self, path: str, resolved: Resolved, depth: int) -> None:
-        active = True  # lines before the first Host/Match of a file apply (an Include is only read when active)
-        for line in self._lines(path, None):
-            if line.keyword == "host":
-                active = host_matches(line.args, resolved.alias)
-            elif line.keyword == "match":
-                active = self._match(line, resolved)
-            elif not active:
-                continue
-            elif line.keyword == "include":
+        """Each block that can apply, in file order; one whose header does not match is skipped whole."""
+        indexed = self._indexed(path)
+        for i in sorted({*indexed.general, *indexed.by_name.get(resolved.alias.lower(), ())}):
+            block = indexed.blocks[i]
+            header = block.header
+            if header is None:
+                active = True  # lines before a file's first Host/Match (an Include is only read when active)
+            elif header.keyword == "host":
+                active = host_matches(header.args, resolved.alias)
+            else:
+                active = self._match(header, resolved)
+            if active:
+                self._apply_lines(block.body, resolved, depth)
+
+    def _apply_lines(self, lines: list[Line], resolved: Resolved, depth: int) -> None:
+        for line in lines:
+            if line.keyword == "include":
                 self._check_depth(line, depth)
                 for included in self._include_paths(line):
                     self._lines(included, line)
@@ -227,8 +289,14 @@ def is_pattern(name: str) -> bool:
 
 
 def _wildcard(pattern: str, name: str) -> bool:
-    regex = "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern.lower())
-    return re.fullmatch(regex, name.lower(), re.DOTALL) is not None
+    if "*" not in pattern and "?" not in pattern:
+        return pattern.lower() == name.lower()
+    return _compiled(pattern.lower()).fullmatch(name.lower()) is not None
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile("".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern), re.DOTALL)
 
 
 def _read(path: str, included_at: Line | None) -> list[Line]:

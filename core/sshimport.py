@@ -79,6 +79,7 @@ def parse_jump(spec: str) -> tuple[str | None, str, int | None]:
 def plan_import(path: Path, only: list[str] | None = None) -> ImportPlan:
     """What importing ``path`` would add, refuse and leave out (reads files, connects nowhere)."""
     config = SshConfig(path)
+    config.checked_keys = {}  # a key shared by thousands of hosts is read once
     concrete = [a for a in config.aliases() if not is_pattern(a)]
     plan = ImportPlan()
     selected = [a for a in concrete if not only or any(fnmatch.fnmatchcase(a, p) for p in only)]
@@ -87,22 +88,17 @@ def plan_import(path: Path, only: list[str] | None = None) -> ImportPlan:
             plan.refused[pattern] = f"no Host entry in {path} matches {pattern!r}"
     notes: dict[str, tuple[str, list[str]]] = {}
     for alias in selected:
+        jumps: list[str] = []  # filled as the route is read, so a host refused half-way still names its bastion
         try:
-            host, jumps = _host(config, alias, concrete, notes)
-        except Refused as exc:
+            plan.hosts.append(_host(config, alias, concrete, notes, jumps))
+        except (Refused, UsageError) as exc:
             plan.refused[alias] = str(exc)
-            continue
-        except UsageError as exc:
-            plan.refused[alias] = str(exc)
-            continue
-        plan.hosts.append(host)
-        for jump in jumps:
+        for jump in dict.fromkeys(jumps):
             plan.jump_hosts.setdefault(jump, []).append(alias)
     named = set(only or [])
     doors = {j for j in plan.jump_hosts if j not in named}  # a bastion is a fleet host only when asked by name
     plan.hosts = [h for h in plan.hosts if h["name"] not in doors]
-    plan.refused = {a: why for a, why in plan.refused.items() if a not in doors}
-    plan.jump_hosts = {j: users for j, users in plan.jump_hosts.items() if j in doors}
+    plan.jump_hosts = {j: users for j, users in plan.jump_hosts.items() if j in doors and j not in plan.refused}
     imported = {h["name"] for h in plan.hosts}
     plan.warnings = [*config.warnings.values(),
                      *(f"{where}: {text} ({', '.join(h for h in hosts if h in imported)})"
@@ -110,13 +106,13 @@ def plan_import(path: Path, only: list[str] | None = None) -> ImportPlan:
     return plan
 
 
-def _host(config: SshConfig, alias: str, concrete: list[str],
-          notes: dict[str, tuple[str, list[str]]]) -> tuple[dict[str, Any], list[str]]:
+def _host(config: SshConfig, alias: str, concrete: list[str], notes: dict[str, tuple[str, list[str]]],
+          jumps: list[str]) -> dict[str, Any]:
     if alias == LOCAL_HOST:
         raise Refused(f"'{LOCAL_HOST}' is mlfleet's embedded host; give the entry another Host name to import it")
     if not re.match(NAME_PATTERN, alias) or len(alias) > 128:
-        raise Refused(f"{alias!r} is not a valid mlfleet host name (letters, digits, '.', '_' and '-', starting "
-                      "with a letter or digit); add a Host alias that is")
+        raise Refused("not a valid mlfleet host name (letters, digits, '.', '_' and '-', starting with a letter or "
+                      "digit, 128 characters at most); add a Host alias that is")
     resolved = config.resolve(alias)
     for keyword, (shown, why) in NOT_CARRIED.items():
         line = resolved.options.get(keyword)
@@ -125,7 +121,6 @@ def _host(config: SshConfig, alias: str, concrete: list[str],
                 .append(alias)
     host: dict[str, Any] = {"name": alias, **_endpoint(config, resolved, f"host {alias}"),
                             "labels": {"imported-from": "ssh-config"}}
-    jumps: list[str] = []
     route = _route(resolved)
     if route is not None and route.keyword == "proxyjump":
         host["proxy_jump"] = _hops(config, route, alias, [alias], concrete, jumps)
@@ -133,8 +128,14 @@ def _host(config: SshConfig, alias: str, concrete: list[str],
         _check_proxy_command(route, alias)
         host["proxy_command"] = route.raw
         jumps += [a for a in concrete if a != alias and a in _words(route.raw)]
-    host_from_request(host)  # the same checks as 'hosts add', in the same words
-    return host, jumps
+    host_from_request(host, lambda path: _key_problem(config, path))  # the same checks as 'hosts add', same words
+    return host
+
+
+def _key_problem(config: SshConfig, path: Path) -> str | None:
+    if path not in config.checked_keys:
+        config.checked_keys[path] = identity_problem(path)
+    return config.checked_keys[path]
 
 
 def _route(resolved: Resolved) -> Line | None:
@@ -147,6 +148,10 @@ def _route(resolved: Resolved) -> Line | None:
 
 def _endpoint(config: SshConfig, resolved: Resolved, who: str) -> dict[str, Any]:
     """address, port, user and identity of one SSH server as the config describes it."""
+    written = resolved.options.get("hostname")
+    if written is not None and (bad := re.findall(r"%([^h%]|$)", written.raw)):
+        raise Refused(f"{who}: HostName {written.raw} ({written.where}) uses %{bad[0]}, which ssh does not expand "
+                      "there (only %h and %%)")
     out: dict[str, Any] = {"address": config.hostname(resolved)}
     port = resolved.options.get("port")
     if port is not None:
@@ -172,7 +177,7 @@ def _identity(config: SshConfig, resolved: Resolved, who: str) -> str | None:
         except TokenError as exc:
             problems.append(f"IdentityFile {line.raw} ({line.where}): {exc}")
             continue
-        problem = identity_problem(path)
+        problem = _key_problem(config, path)
         if problem is None:
             return str(path.absolute())
         problems.append(f"IdentityFile {path} ({line.where}) {problem}")
