@@ -308,10 +308,14 @@ def _read(path: str, included_at: Line | None) -> list[Line]:
         if included_at is None and exc.errno == 2:
             raise SpecError(path, None, None, "file not found", "pass --file with your ssh config") from None
         raise SpecError(*where, None, f"cannot read {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder, a device, a FIFO: before any read
             raise SpecError(*where, None, f"{path} is not a regular file", "name an ssh config file")
-        data = fh.read(MAX_FILE_BYTES + 1)
+        data = os.read(fd, MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise SpecError(*where, None, f"cannot read {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
     if len(data) > MAX_FILE_BYTES:
         raise SpecError(*where, None, f"{path} is larger than {MAX_FILE_BYTES // 2**20} MiB; it is not an ssh config")
     if b"\0" in data:

@@ -174,3 +174,49 @@ def test_host_fields_are_explained_in_the_users_words_wherever_they_come_from(fl
     assert hop_port.endswith("hosts[0].proxy_jump[0].port: 0 is not a TCP port; use a number from 1 to 65535 (SSH's is 22)")
     for result in (bad_name, port, empty, token, hop, listed):
         assert "Expected" not in result.err and "Traceback" not in result.err and "$." not in result.err
+
+
+HOSTILE = {  # file in tests/ssh_configs/hostile -> what the user must read (stderr), exit 2 each
+    "include_loop": ["include_loop:2: Include: nests deeper than 16 files (does a file include itself?)"],
+    "include_device": ["include_device:3: /dev/zero is not a regular file"],
+    "unbalanced_quote": ["unbalanced_quote:2: IdentityFile: cannot be read: No closing quotation"],
+    "match_without_criteria": ["match_without_criteria:1: Match: has no value"],
+    "jump_loop": ["gpu-a not imported: host gpu-a: ProxyJump loops (gpu-a -> gpu-b -> gpu-a",
+                  "gpu-b not imported: host gpu-b: ProxyJump loops (gpu-b -> gpu-a -> gpu-b"],
+    "bad_ports": ["big-port not imported: host big-port: Port 99999 (", "word-port not imported: host word-port: Port ssh (",
+                  "hop-port not imported: host hop-port: ProxyJump (", "'notaport' is not a TCP port"],
+    "bad_names": ["local not imported: 'local' is mlfleet's embedded host",
+                  "two words not imported: not a valid mlfleet host name",
+                  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa... (182 characters) not imported"],
+    "tokens": ["home-token not imported: host home-token: ProxyCommand (", "uses %d, which mlfleet does not expand",
+               "unset-variable not imported:", "${MLFLEET_TEST_SURELY_UNSET} is not set in this environment",
+               "bad-hostname-token not imported:", "uses %z, which ssh does not expand there"],
+    "deep_jumps": ["far not imported: host far: 9 jump hosts ("],
+    "jump_via_command": ["door is the jump host of inner, not a fleet host: not imported",
+                         "inner not imported: host inner: its jump host door is reached through a ProxyCommand ("],
+    "match_unsupported": ["match_unsupported:2: 'Match localnetwork' is not evaluated by the import",
+                          "gpu-x not imported: host gpu-x: Port 0 ("],
+    "not_utf8": ["not imported: not a valid mlfleet host name"],
+}
+
+
+def test_a_hostile_ssh_config_is_one_sentence_per_problem_and_never_a_traceback_or_a_hang(fleet: Fleet) -> None:
+    folder = fleet.root / "hostile"
+    folder.mkdir()
+    for source in (CORPUS / "hostile").iterdir():
+        (folder / source.name).write_bytes(source.read_bytes().replace(b"{ROOT}", str(fleet.root).encode()))
+    assert sorted(HOSTILE) == sorted(p.name for p in folder.iterdir())  # every file in the corpus is checked
+    for name, expected in HOSTILE.items():
+        result = fleet.cli("hosts", "import-ssh-config", "--file", str(folder / name), timeout=30)
+        assert result.code == 2, (name, result)
+        assert "Traceback" not in result.err and "Error:" not in result.err, (name, result.err)
+        for text in expected:
+            assert text in result.err, (name, text, result.err)
+    assert not fleet.home.hosts_file.exists()  # nothing was importable: nothing written, no controller started
+    assert fleet.controller_pid is None
+    for special in ("/dev/zero", str(fleet.root), "/nonexistent/ssh_config"):
+        result = fleet.cli("hosts", "import-ssh-config", "--file", special, timeout=30)
+        assert result.code == 2 and result.err.count("\n") == 1 and "Traceback" not in result.err, (special, result)
+    named = fleet.cli("hosts", "import-ssh-config", "--file", str(folder / "jump_loop"), "--host", "gpu-typo")
+    assert named.code == 2 and f"gpu-typo not imported: no Host entry in {folder / 'jump_loop'} matches 'gpu-typo'" \
+        in named.err
