@@ -220,3 +220,33 @@ def test_a_hostile_ssh_config_is_one_sentence_per_problem_and_never_a_traceback_
     named = fleet.cli("hosts", "import-ssh-config", "--file", str(folder / "jump_loop"), "--host", "gpu-typo")
     assert named.code == 2 and f"gpu-typo not imported: no Host entry in {folder / 'jump_loop'} matches 'gpu-typo'" \
         in named.err
+
+
+def test_a_jump_hosts_key_is_checked_as_strictly_as_the_hosts_own(fleet: Fleet) -> None:
+    lab = Lab(fleet)
+    try:
+        imported = fleet.cli_json("hosts", "import-ssh-config", "--file", str(lab.config), "--host", "gpu-jump")
+        assert imported["added"] == ["gpu-jump"] and imported["refused"] == {}
+        lab.run_agents_from_this_checkout()
+        unknown = fleet.wait_for(lambda: "does not know" in (h := lab.host("gpu-jump"))["message"] and h, 30,
+                                 what="gpu-jump to refuse the unknown bastion key")
+        assert unknown["message"].startswith(f"the jump host 127.0.0.1:{lab.bastion.port} of gpu-jump presented a "
+                                             "host key mlfleet does not know (SHA256:")
+        assert unknown["message"].endswith("run 'mlfleet hosts trust gpu-jump' to record it")
+        recorded = fleet.cli_json("hosts", "trust", "gpu-jump", "--yes")
+        assert recorded["recorded"] and [h["port"] for h in recorded["jump_hosts"]] == [lab.bastion.port]
+        lab.wait_state("gpu-jump", "up")
+
+        lab.bastion.stop()
+        lab.bastion.new_host_key()  # the bastion reinstalled, or someone in its place
+        lab.bastion.start()
+        changed = fleet.wait_for(lambda: "CHANGED" in (h := lab.host("gpu-jump"))["message"] and h, 60,
+                                 what="gpu-jump to refuse the bastion's changed key")
+        assert changed["state"] == "unreachable"
+        assert changed["message"].startswith(f"the host key of the jump host 127.0.0.1:{lab.bastion.port} of gpu-jump "
+                                             "has CHANGED")
+        shown = fleet.cli("hosts", "trust", "gpu-jump")  # no terminal, no --yes: shown, nothing recorded
+        assert shown.code == 2 and "the key has CHANGED" in shown.out
+        assert lab.host("gpu-jump")["state"] == "unreachable"
+    finally:
+        lab.stop()
