@@ -30,11 +30,13 @@ from mlfleet.core.bounds import (ChunkSize, History, Ident, KeyCount, ListLimit,
 from mlfleet.core.config import validate_job_spec
 from mlfleet.core.errors import MlfleetError, NotFoundError, UnavailableError, UsageError
 from mlfleet.core.inventory import LOCAL_HOST, HostConfig, add_host, load_inventory, remove_host
-from mlfleet.core.models import SHOWN_JOB_STATES, TERMINAL_STATES, JobSpec, spec_dec_hook, to_plain
+from mlfleet.core.models import SHOWN_JOB_STATES, TERMINAL_STATES, JobSpec, JobState, spec_dec_hook, to_plain
 from mlfleet.core.lineage import git_lineage
 from mlfleet.core.snapshot import snapshot
 from mlfleet.core.submit_key import check_submit_key
 from mlfleet.core.transport.ssh import SshAgentTransport
+from mlfleet.core.transport import route
+from mlfleet.core.hostcheck import host_from_request
 from mlfleet.core.listener import HELLO_DEADLINE_S, UnixListener
 from mlfleet.core.protocol import (PROTOCOL_VERSION, SERVER_FRAME_DEADLINE_S, SERVER_MAX_REQUEST, Peer, SendBudget,
                                    method_dispatcher)
@@ -329,12 +331,7 @@ class ControllerApi(DriftApi, RunsApi):
         return out
 
     async def rpc_hosts_add(self, peer: Peer, host: dict[str, Any]) -> dict[str, Any]:
-        try:
-            config = msgspec.convert(host, HostConfig, dec_hook=spec_dec_hook)
-        except msgspec.ValidationError as exc:
-            raise UsageError(f"bad host: {exc}") from None
-        if config.name == LOCAL_HOST:
-            raise UsageError(f"'{LOCAL_HOST}' is the embedded host; choose another name")
+        config = host_from_request(host)  # every field and key file checked now, in the user's words
         add_host(self.c.home.hosts_file, config)
         await self._apply_hosts_file(peer, "host.add", config.name, msgspec.to_builtins(config))
         return {"name": config.name, "added": True, "known_hosts": str(self.c.home.known_hosts_file)}
@@ -378,27 +375,26 @@ class ControllerApi(DriftApi, RunsApi):
 
     async def rpc_host_key(self, peer: Peer, name: Ident) -> dict[str, Any]:
         """The key the host presents now, and what we have recorded for it."""
-        host = self._ssh_host(name)
-        presented = await hostkeys.fetch_host_key(host.address, host.port)
-        known = hostkeys.recorded_fingerprints(self.c.home.known_hosts_file, host.address, host.port)
-        return {"name": name, "address": host.address, "port": host.port, "fingerprint": presented.fingerprint,
-                "key_type": presented.line.split()[0], "known": known, "trusted": presented.fingerprint in known}
+        hop, presented, known = await route.first_untrusted(self._ssh_host(name), self.c.home.known_hosts_file)
+        return {"name": name, "address": hop.address, "port": hop.port, "fingerprint": presented.fingerprint,
+                "key_type": presented.line.split()[0], "known": known, "trusted": presented.fingerprint in known,
+                "jump_host": hop.jump}
 
     async def rpc_host_trust(self, peer: Peer, name: Ident, fingerprint: Ident) -> dict[str, Any]:
         """Record the host's key, but only if it is still the one the user was shown."""
-        host = self._ssh_host(name)
-        presented = await hostkeys.fetch_host_key(host.address, host.port)
+        # the key asked about is the first on the route not yet recorded: a jump host's, then the host's own
+        host, presented, previous = await route.first_untrusted(self._ssh_host(name), self.c.home.known_hosts_file)
         if presented.fingerprint != fingerprint:
             raise UsageError(f"{name} now presents {presented.fingerprint}, not the {fingerprint} you confirmed; "
                              "nothing was recorded: run 'mlfleet hosts trust' again and check the key")
-        previous = hostkeys.recorded_fingerprints(self.c.home.known_hosts_file, host.address, host.port)
         hostkeys.trust(self.c.home.known_hosts_file, host.address, host.port, presented)
         await self.store.run(records.audit, peer.info["actor"], "host.trust", name,
-                             {"fingerprint": fingerprint, "previous": previous})
+                             {"fingerprint": fingerprint, "previous": previous,
+                              **({"jump_host": f"{host.address}:{host.port}"} if host.jump else {})})
         link = self.c.links.get(name)
         if link is not None:
             link.retry_now()
-        return {"name": name, "fingerprint": fingerprint, "replaced": previous}
+        return {"name": name, "fingerprint": fingerprint, "replaced": previous, "jump_host": host.jump}
 
     async def rpc_hosts_bootstrap(self, peer: Peer, name: Ident, prefix: Ident = ".mlfleet",
                                   python: Ident = "python3") -> dict[str, Any]:

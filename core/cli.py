@@ -247,12 +247,28 @@ def cmd_hosts_add(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise UsageError(f"--label {item!r}: write it as KEY=VALUE, e.g. --label region=eu-west")
         labels[key] = value
-    host = {"name": args.name, "address": args.address, "port": args.port, "user": args.user,
-            "identity": str(Path(args.identity).expanduser().absolute()) if args.identity else None,
+    identity = str(Path(args.identity).expanduser().absolute()) if args.identity else None
+    host = {"name": args.name, "address": args.address, "port": args.port, "user": args.user, "identity": identity,
             "labels": labels, "agent_command": args.agent_command, "state_dir": args.state_dir,
-            "simulate_gpus": args.simulate_gpus}
+            "simulate_gpus": args.simulate_gpus, "proxy_command": args.proxy_command,
+            "proxy_jump": _jump_hops(args.proxy_jump, identity) if args.proxy_jump else None}
     host = {k: v for k, v in host.items() if v is not None}
     return _client_command(_hosts_add)(argparse.Namespace(**vars(args), host=host))
+
+
+def _jump_hops(text: str, identity: str | None) -> list[dict[str, Any]]:
+    """``--proxy-jump [user@]host[:port],...`` as hosts.yaml's proxy_jump (each hop with the host's --identity)."""
+    from mlfleet.core.sshimport import parse_jump
+
+    hops = []
+    for spec in text.split(","):
+        try:
+            user, address, port = parse_jump(spec)
+        except ValueError as exc:
+            raise UsageError(f"--proxy-jump {exc}; write it as [user@]host[:port], several separated by commas") from None
+        hops.append({k: v for k, v in {"address": address, "port": port, "user": user, "identity": identity}.items()
+                     if v is not None})
+    return hops
 
 
 async def _hosts_add(client: ControllerClient, args: argparse.Namespace) -> int:
@@ -300,52 +316,88 @@ async def cmd_hosts_drain(client: ControllerClient, args: argparse.Namespace) ->
 
 
 async def cmd_hosts_trust(client: ControllerClient, args: argparse.Namespace) -> int:
-    key = await client.call("host_key", name=args.name)
-    where = f"{args.name} ({key['address']}:{key['port']})"
-    if key["trusted"]:
-        _say(args, {**key, "recorded": False}, f"{where} is already trusted: {key['key_type']} {key['fingerprint']}")
+    hops: list[dict[str, Any]] = []  # jump hosts recorded on the way: their keys are confirmed first, one by one
+    while True:
+        key = await client.call("host_key", name=args.name)
+        where = (f"the jump host {key['address']}:{key['port']} of {args.name}" if key.get("jump_host")
+                 else f"{args.name} ({key['address']}:{key['port']})")
+        extra = {"jump_hosts": hops} if hops else {}
+        if key["trusted"]:
+            _say(args, {**key, "recorded": False, **extra},
+                 f"{where} is already trusted: {key['key_type']} {key['fingerprint']}")
+            return EXIT_OK
+        if not args.json:
+            print(f"{where} presents {key['key_type']} key {key['fingerprint']}")
+            if key["known"]:
+                print(f"mlfleet had recorded {', '.join(key['known'])} for it: the key has CHANGED")
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise UsageError(f"confirm the key of {where} with --yes when there is no terminal to ask")
+            try:
+                answer = input("Trust this key? [y/N] ").strip().lower()
+            except EOFError:
+                answer = ""
+            if answer not in ("y", "yes"):
+                print("nothing recorded")
+                return EXIT_FAILED
+        result = await client.call("host_trust", name=args.name, fingerprint=key["fingerprint"])
+        if result.get("jump_host"):
+            hops.append({**result, "address": key["address"], "port": key["port"]})
+            if not args.json:
+                print(f"recorded {key['fingerprint']} for {where}")
+            continue
+        _say(args, {**result, "recorded": True, **extra}, f"recorded {key['fingerprint']} for {args.name}")
         return EXIT_OK
-    if not args.json:
-        print(f"{where} presents {key['key_type']} key {key['fingerprint']}")
-        if key["known"]:
-            print(f"mlfleet had recorded {', '.join(key['known'])} for it: the key has CHANGED")
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise UsageError(f"confirm the key of {args.name} with --yes when there is no terminal to ask")
-        try:
-            answer = input("Trust this key? [y/N] ").strip().lower()
-        except EOFError:
-            answer = ""
-        if answer not in ("y", "yes"):
-            print("nothing recorded")
-            return EXIT_FAILED
-    result = await client.call("host_trust", name=args.name, fingerprint=key["fingerprint"])
-    _say(args, {**result, "recorded": True}, f"recorded {key['fingerprint']} for {args.name}")
-    return EXIT_OK
 
 
 def cmd_hosts_import_ssh_config(args: argparse.Namespace) -> int:
-    from mlfleet.core.sshconfig import hosts_from_ssh_config
+    from mlfleet.core.sshimport import plan_import
 
-    found = hosts_from_ssh_config(Path(args.file).expanduser(), args.host or None)
-    if not found:
+    plan = plan_import(Path(args.file).expanduser(), args.host or None)
+    if not plan.hosts and not plan.refused:
+        for line in plan.warnings:
+            print(f"mlfleet: warning: {line}", file=sys.stderr)
         raise UsageError(f"no concrete Host entries to import in {args.file}"
                          + (f" matching {', '.join(args.host)}" if args.host else ""))
-    return _client_command(_import_hosts)(argparse.Namespace(**vars(args), found=found))
+    args = argparse.Namespace(**vars(args), plan=plan)
+    return _client_command(_import_hosts)(args) if plan.hosts else _import_report(args, [], [])
 
 
 async def _import_hosts(client: ControllerClient, args: argparse.Namespace) -> int:
     existing = {h["name"] for h in await client.call("hosts_list")}
     added, skipped = [], []
-    for host in args.found:
+    for host in args.plan.hosts:
         if host["name"] in existing:
             skipped.append(host["name"])
             continue
-        await client.call("hosts_add", host=host)
+        try:
+            await client.call("hosts_add", host=host)
+        except MlfleetError as exc:  # the controller's own check (e.g. a key it cannot read): this host only
+            if exc.exit_code != EXIT_USAGE:
+                raise
+            args.plan.refused[host["name"]] = str(exc)
+            continue
         added.append(host["name"])
-    _say(args, {"added": added, "skipped": skipped},
-         f"added {', '.join(added) or 'nothing'}" + (f"; already there: {', '.join(skipped)}" if skipped else ""))
-    return EXIT_OK
+    return _import_report(args, added, skipped)
+
+
+def _import_report(args: argparse.Namespace, added: list[str], skipped: list[str]) -> int:
+    """Added and already there on stdout; each host not imported, by name and why, on stderr (exit 2)."""
+    plan = args.plan
+    if args.json:
+        _print_json({"added": added, "skipped": skipped, "refused": plan.refused, "jump_hosts": plan.jump_hosts,
+                     "warnings": plan.warnings})
+    else:
+        for line in plan.warnings:
+            print(f"mlfleet: warning: {line}", file=sys.stderr)
+        for door, users in plan.jump_hosts.items():
+            print(f"mlfleet: {door} is the jump host of {', '.join(users)}, not a fleet host: not imported "
+                  f"(add --host {door} to import it too)", file=sys.stderr)
+        for name, why in plan.refused.items():
+            shown = name if len(name) <= 40 else f"{name[:30]}... ({len(name)} characters)"
+            print(f"mlfleet: {shown} not imported: {why}", file=sys.stderr)
+        print(f"added {', '.join(added) or 'nothing'}" + (f"; already there: {', '.join(skipped)}" if skipped else ""))
+    return EXIT_USAGE if plan.refused else EXIT_OK
 
 
 async def cmd_runs_list(client: ControllerClient, args: argparse.Namespace) -> int:
@@ -792,6 +844,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent-command", help="how to run mlfleet on the node (default: mlfleet)")
     p.add_argument("--state-dir", help="the agent's folder on the node (default: ~/.mlfleet/agent)")
     p.add_argument("--simulate-gpus", metavar="FILE", help="simulated GPUs described in FILE on the node")
+    route = p.add_mutually_exclusive_group()
+    route.add_argument("--proxy-jump", metavar="[USER@]HOST[:PORT],...",
+                       help="reach the host through these SSH jump hosts, like ssh -J (they use --identity too)")
+    route.add_argument("--proxy-command", metavar="COMMAND",
+                       help="reach the host through this command's input and output, e.g. 'ssh -W %%h:%%p bastion'")
     add(hosts, "remove", _client_command(cmd_hosts_remove), "remove a host from hosts.yaml").add_argument("name")
     add(hosts, "check", _client_command(cmd_hosts_check), "connect to a host now and report").add_argument("name")
     p = add(hosts, "trust", _client_command(cmd_hosts_trust), "show a host's key and record it once you confirm")

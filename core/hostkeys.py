@@ -12,6 +12,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
@@ -21,9 +22,10 @@ from .errors import UnavailableError
 class HostKeyError(UnavailableError):
     """The host's key is unknown, or not the one recorded: we refuse to talk to it."""
 
-    def __init__(self, host: str, address: str, port: int, fingerprint: str | None, known: list[str]) -> None:
+    def __init__(self, host: str, address: str, port: int, fingerprint: str | None, known: list[str],
+                 jump: bool = False) -> None:
         self.host, self.fingerprint, self.known = host, fingerprint, known
-        where = f"{host} ({address}:{port})"
+        where = f"the jump host {address}:{port} of {host}" if jump else f"{host} ({address}:{port})"
         shown = fingerprint or "unknown (the host did not show one)"
         if known:
             message = (f"the host key of {where} has CHANGED: it is now {shown}, but mlfleet knows "
@@ -67,13 +69,19 @@ def recorded_fingerprints(path: Path, address: str, port: int) -> list[str]:
     return found
 
 
-async def fetch_host_key(address: str, port: int, timeout: float = 10.0) -> PresentedKey:
-    """Ask the server for its host key (no authentication happens)."""
+async def fetch_host_key(address: str, port: int, timeout: float = 10.0, **route: Any) -> PresentedKey:
+    """Ask the server for its host key (no authentication happens).
+
+    ``route`` is asyncssh's ``tunnel`` (an SSH connection to a trusted jump
+    host) or ``proxy_command`` (an argv), for hosts not reached directly.
+    """
     try:
         key = await asyncssh.get_server_host_key(address, port, config=[], options=asyncssh.SSHClientConnectionOptions(
-            connect_timeout=timeout))
-    except (OSError, asyncssh.Error) as exc:
-        raise UnavailableError(f"cannot reach {address}:{port} to read its host key: {exc}") from None
+            connect_timeout=timeout), **route)
+    except (OSError, asyncssh.Error, TimeoutError) as exc:
+        how = " through its jump host" if route.get("tunnel") else " through its proxy command" if route else ""
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        raise UnavailableError(f"cannot reach {address}:{port}{how} to read its host key: {reason}") from None
     if key is None:
         raise UnavailableError(f"{address}:{port} did not present a host key")
     line = key.export_public_key("openssh").decode().split()

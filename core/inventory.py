@@ -12,6 +12,9 @@ hosts:
     state_dir: ~/.mlfleet/agent         # the agent's journal on the node
     simulate_gpus: /etc/mlfleet/gpus.yaml   # optional: simulated GPUs (demos, tests)
     artifact_roots: [/data/models]      # optional: folders whose files runs may share as artifacts
+    proxy_jump:                         # optional: reached through these SSH hops, in order (ssh -J)
+      - {address: bastion.example.com, port: 22, user: ops, identity: ~/.ssh/id_bastion}
+    # proxy_command: ssh -W %h:%p bastion   # or: the output of this command is the connection (not both)
 ```
 
 Edits made by ``mlfleet hosts add|remove`` keep the rest of the file as the
@@ -39,12 +42,29 @@ LOCAL_HOST = "local"
 AbsolutePath = Annotated[str, Meta(min_length=1, max_length=4096)]  # checked by check_absolute_paths
 
 
+Port = Annotated[int, Meta(ge=1, le=65535)]
+Address = Annotated[str, Meta(min_length=1, max_length=255)]
+
+
+class JumpHost(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """One SSH hop on the way to a host (OpenSSH's ProxyJump); its key is checked like any host's."""
+
+    address: Address
+    port: Port = 22
+    user: str | None = None
+    identity: str | None = None
+
+    @property
+    def identity_path(self) -> Path | None:
+        return Path(self.identity).expanduser() if self.identity else None
+
+
 class HostConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
     """One SSH-managed host."""
 
     name: Name
-    address: Annotated[str, Meta(min_length=1, max_length=255)]
-    port: Annotated[int, Meta(ge=1, le=65535)] = 22
+    address: Address
+    port: Port = 22
     user: str | None = None
     identity: str | None = None
     labels: dict[str, str] = msgspec.field(default_factory=dict)
@@ -53,6 +73,13 @@ class HostConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
     simulate_gpus: str | None = None
     # Folders on the node, beyond each run's folder and workdir, whose files runs may share as artifacts.
     artifact_roots: list[AbsolutePath] = msgspec.field(default_factory=list)
+    # How the connection is made when the host is not reached directly (docs/fleet.md, "Jump hosts").
+    proxy_jump: Annotated[list[JumpHost], Meta(max_length=8)] = msgspec.field(default_factory=list)
+    proxy_command: Annotated[str, Meta(min_length=1, max_length=4096)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.proxy_jump and self.proxy_command:
+            raise ValueError("give proxy_jump or proxy_command, not both (ssh uses only the first one written)")
 
     @property
     def identity_path(self) -> Path | None:
@@ -82,8 +109,10 @@ def load_inventory(path: Path) -> list[HostConfig]:
     try:
         inventory = msgspec.convert(data, Inventory, dec_hook=spec_dec_hook, str_keys=True)
     except msgspec.ValidationError as exc:
-        raise spec_error_from_validation(str(exc), data, located,
-                                         {(): Inventory, ("hosts", "*"): HostConfig}) from None
+        from .hostcheck import reword_inventory_error  # (hostcheck imports this module)
+
+        error = spec_error_from_validation(str(exc), data, located, {(): Inventory, ("hosts", "*"): HostConfig})
+        raise reword_inventory_error(error, str(exc), data) from None
     seen: dict[str, int] = {}
     for i, host in enumerate(inventory.hosts):
         check_absolute_paths(located, ("hosts", i, "artifact_roots"), f"hosts[{i}].artifact_roots", host.artifact_roots)

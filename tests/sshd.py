@@ -32,13 +32,14 @@ def keygen(path: Path) -> Path:
 
 
 class SshServer:
-    def __init__(self, root: Path, user_key: Path) -> None:
+    def __init__(self, root: Path, user_key: Path, log_level: str = "ERROR") -> None:
         assert os.path.exists(SSHD), ("sshd is not installed: run the tests with 'bash scripts/test.sh', "
                                       "which installs openssh-server")
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.user = getpass.getuser()
         self.user_key = user_key
+        self.log_level = log_level  # DEBUG1 shows each forward it makes (a jump host's proof of the route)
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.new_host_key()
@@ -67,7 +68,7 @@ class SshServer:
             "PermitRootLogin prohibit-password",
             "AllowStreamLocalForwarding yes",
             "Subsystem sftp internal-sftp",
-            "LogLevel ERROR",
+            f"LogLevel {self.log_level}",
             "",
         ]))
         log = open(self.root / "sshd.log", "ab")

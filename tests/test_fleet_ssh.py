@@ -117,9 +117,12 @@ def test_sigkill_of_the_controller_mid_remote_job_reconciles(ssh_fleet: SshFleet
 
 
 def test_hosts_import_from_ssh_config_and_remove(fleet: Fleet) -> None:
+    from sshd import keygen
+
+    key = keygen(fleet.root / "id_gpu")  # an import refuses a host whose key file does not exist
     config = fleet.root / "ssh_config"
     config.write_text("Host *\n  User deploy\n\nHost gpu-a gpu-b\n  HostName 127.0.0.1\n  Port 2299\n"
-                      "  IdentityFile ~/.ssh/id_gpu\n\nHost bastion-*\n  ProxyJump none\n")
+                      f"  IdentityFile {key}\n\nHost bastion-*\n  ProxyJump none\n")
     imported = fleet.cli_json("hosts", "import-ssh-config", "--file", str(config))
     assert imported["added"] == ["gpu-a", "gpu-b"]
     listed = {h["name"]: h for h in fleet.cli_json("hosts", "list")}
@@ -128,7 +131,7 @@ def test_hosts_import_from_ssh_config_and_remove(fleet: Fleet) -> None:
     assert "user: deploy" in text and "id_gpu" in text
 
     again = fleet.cli_json("hosts", "import-ssh-config", "--file", str(config))
-    assert again == {"added": [], "skipped": ["gpu-a", "gpu-b"]}
+    assert again == {"added": [], "skipped": ["gpu-a", "gpu-b"], "refused": {}, "jump_hosts": {}, "warnings": []}
     fleet.home.hosts_file.write_text("# keep this comment\n" + fleet.home.hosts_file.read_text())
     assert fleet.cli("hosts", "remove", "gpu-a").code == 0
     assert "# keep this comment" in fleet.home.hosts_file.read_text()

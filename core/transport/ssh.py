@@ -1,6 +1,7 @@
 """Reaching a remote agent over SSH (asyncssh), with strict host keys.
 
-One SSH connection per host, with keepalives. On it we run
+One SSH connection per host, with keepalives (directly, or through jump
+hosts or a proxy command: see route.py). On it we run
 ``<agent_command> agent connect --state-dir DIR`` on the node: that command
 starts the agent daemon (detached, so it outlives the SSH session) when it
 is not running, then joins the channel's stdin/stdout to the agent's 0600
@@ -14,14 +15,10 @@ from pathlib import Path
 
 import asyncssh
 
-from mlfleet.core import hostkeys
 from mlfleet.core.errors import UnavailableError
 from mlfleet.core.inventory import HostConfig
 from mlfleet.core.protocol import Peer
-
-CONNECT_TIMEOUT_S = 10.0
-KEEPALIVE_INTERVAL_S = 5.0
-KEEPALIVE_COUNT_MAX = 3
+from mlfleet.core.transport import route
 
 
 class SshAgentTransport:
@@ -31,7 +28,7 @@ class SshAgentTransport:
         self._conn: asyncssh.SSHClientConnection | None = None
         self.config = config
         self.host = config.name
-        self.address = f"{config.address}:{config.port}"
+        self.address = route.describe(config)
         self.known_hosts = known_hosts
 
     def agent_command(self) -> str:
@@ -42,42 +39,8 @@ class SshAgentTransport:
         return " ".join(shlex.quote(a) for a in argv)
 
     async def open_connection(self) -> asyncssh.SSHClientConnection:
-        c = self.config
-        options = {
-            "port": c.port,
-            "known_hosts": hostkeys.load_known_hosts(self.known_hosts),
-            "config": [],  # the inventory is the configuration; ~/.ssh/config is imported explicitly
-            "connect_timeout": CONNECT_TIMEOUT_S,
-            "keepalive_interval": KEEPALIVE_INTERVAL_S,
-            "keepalive_count_max": KEEPALIVE_COUNT_MAX,
-        }
-        if c.user:
-            options["username"] = c.user
-        if c.identity_path:
-            options["client_keys"] = [str(c.identity_path)]
-        try:
-            return await asyncssh.connect(c.address, **options)
-        except asyncssh.HostKeyNotVerifiable:
-            raise await self._host_key_error() from None
-        except asyncssh.PermissionDenied:
-            raise UnavailableError(f"{self.host} ({self.address}) refused our key for user "
-                                   f"{c.user or 'the current user'}; check 'identity' in hosts.yaml and the "
-                                   "node's authorized_keys") from None
-        except (asyncssh.KeyImportError, ValueError) as exc:
-            raise UnavailableError(f"cannot use the identity {c.identity} for {self.host}: {exc} "
-                                   "(a passphrase-protected key needs an ssh-agent; leave 'identity' out to use it)") from None
-        except (OSError, asyncssh.Error, TimeoutError) as exc:
-            raise UnavailableError(f"cannot connect to {self.host} ({self.address}): "
-                                   f"{getattr(exc, 'strerror', None) or exc or type(exc).__name__}") from None
-
-    async def _host_key_error(self) -> hostkeys.HostKeyError:
-        c = self.config
-        try:
-            presented: str | None = (await hostkeys.fetch_host_key(c.address, c.port)).fingerprint
-        except UnavailableError:
-            presented = None
-        return hostkeys.HostKeyError(c.name, c.address, c.port, presented,
-                                     hostkeys.recorded_fingerprints(self.known_hosts, c.address, c.port))
+        """An authenticated connection, directly or through the host's jump hosts or proxy command."""
+        return await route.connect(self.config, self.known_hosts)
 
     async def connect(self) -> Peer:
         conn = await self.open_connection()
