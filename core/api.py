@@ -30,7 +30,7 @@ from mlfleet.core.bounds import (ChunkSize, History, Ident, KeyCount, ListLimit,
 from mlfleet.core.config import validate_job_spec
 from mlfleet.core.errors import MlfleetError, NotFoundError, UnavailableError, UsageError
 from mlfleet.core.inventory import LOCAL_HOST, HostConfig, add_host, load_inventory, remove_host
-from mlfleet.core.models import SHOWN_JOB_STATES, TERMINAL_STATES, JobSpec, JobState, spec_dec_hook, to_plain
+from mlfleet.core.models import SHOWN_JOB_STATES, TERMINAL_STATES, JobSpec, to_plain
 from mlfleet.core.lineage import git_lineage
 from mlfleet.core.snapshot import snapshot
 from mlfleet.core.submit_key import check_submit_key
