@@ -268,24 +268,44 @@ class Controller:
 
     # ------------------------------------------------------------ the loop
     async def _tick_loop(self) -> None:
-        while True:
-            started = time.monotonic()
-            try:
-                await self._watch_inventory()
-                links = list(self.links.values())
-                results = await asyncio.gather(*(self._sync_host(link) for link in links), return_exceptions=True)
-                for link, result in zip(links, results):  # one host's trouble never stops the others
-                    if isinstance(result, Exception):
-                        log.error("sync of %s failed: %r", link.name, result, exc_info=result)
-                await self._schedule()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # one bad tick must not stop the controller
-                log.exception("controller tick failed")
-            # A host with metric lines still waiting gets the next tick at once (after scheduling ran),
-            # so ingestion keeps pace with a fast-logging job rather than with the tick.
-            backlog = any(link.metrics_backlog for link in self.links.values())
-            await asyncio.sleep(0 if backlog else max(0.05, self.tick_interval - (time.monotonic() - started)))
+        syncing: dict[str, asyncio.Task[None]] = {}  # a host's sync goes on across ticks while it is slow
+        try:
+            while True:
+                started = time.monotonic()
+                try:
+                    await self._watch_inventory()
+                    await self._sync_hosts(syncing)
+                    await self._schedule()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # one bad tick must not stop the controller
+                    log.exception("controller tick failed")
+                # A host with metric lines still waiting gets the next tick at once (after scheduling ran),
+                # so ingestion keeps pace with a fast-logging job rather than with the tick.
+                backlog = any(link.metrics_backlog for link in self.links.values())
+                await asyncio.sleep(0 if backlog else max(0.05, self.tick_interval - (time.monotonic() - started)))
+        finally:
+            for task in syncing.values():
+                task.cancel()
+
+    async def _sync_hosts(self, syncing: dict[str, asyncio.Task[None]]) -> None:
+        """Sync every host, waiting a tick at most: one frozen host never holds up the others or the scheduler.
+
+        A host whose sync is still under way (a poll waiting out
+        ``controller.answer_timeout``, a connect to a dead address) keeps it
+        running in the background and gets no second one; the rest are
+        polled, and the queue scheduled, every tick as if it were not there.
+        """
+        for name, link in self.links.items():
+            if name not in syncing:
+                syncing[name] = asyncio.get_running_loop().create_task(self._sync_host(link), name=f"sync {name}")
+        await asyncio.wait(list(syncing.values()), timeout=max(self.tick_interval, 0.5))
+        for name, task in list(syncing.items()):
+            if not task.done():
+                continue
+            del syncing[name]
+            if not task.cancelled() and task.exception() is not None:  # one host's trouble never stops the others
+                log.error("sync of %s failed: %r", name, task.exception(), exc_info=task.exception())
 
     async def _sync_host(self, link: HostLink) -> None:
         assert self.store is not None

@@ -170,3 +170,27 @@ def test_a_lost_run_is_stopped_as_soon_as_its_stalled_node_answers_again(ssh_fle
     assert stopped["reason"] == "cancelled"
     assert any(e["action"] == "run.stop-stray" and e["target"] == first["run_id"]
                for e in fleet.cli_json("audit", "list"))
+
+
+def test_one_frozen_host_never_holds_up_the_rest_of_the_fleet(ssh_fleet: SshFleet) -> None:
+    """node-a's link hangs (its poll waits out a 60 s answer_timeout); node-b is polled and runs jobs meanwhile."""
+    fleet = ssh_fleet.fleet
+    fleet.home.config_file.write_text("controller: {answer_timeout: 60s}\n")
+    for name in ("node-a", "node-b"):
+        ssh_fleet.add(name)
+        ssh_fleet.wait_up(name)
+    (frozen,) = bridges(ssh_fleet.state_dir("node-a"))
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        fleet.wait_for(lambda: ssh_fleet.host("node-a").get("stale"), timeout=30, what="node-a to go stale")
+        frozen_at = time.monotonic()
+        spec = fleet.write_spec("on-b", "name: on-b\ncommand: [python, -c, 'print(42)']\n"
+                                        "constraints: {hosts: [node-b]}\n")
+        done = fleet.cli("submit", str(spec), "--wait", "--json", timeout=120)
+        # Well inside node-a's 60 s: a tick that waited for every host would not have placed it yet.
+        assert done.code == 0 and done.json()["state"] == "succeeded", done.err
+        assert time.monotonic() - frozen_at < 45
+        b = ssh_fleet.host("node-b")
+        assert b["state"] == "up" and not b.get("stale") and b["seen_ago"] < 5, b
+    finally:
+        frozen.send_signal(signal.SIGCONT)
