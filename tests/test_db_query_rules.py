@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -266,3 +267,33 @@ def test_a_refused_statement_is_named_by_what_the_user_typed(store: Store, sql: 
     """DuckDB calls INSTALL a LOAD and USE a SET; the sentence names what was written, with the right article."""
     with pytest.raises(QueryRefused, match=words):
         check_query(store.con, sql, store.catalog)
+
+
+@pytest.mark.parametrize("sql, words", [
+    ("select len(range(100000000))", "range(): it builds about 781,250 KiB per row, over 128 KiB"),
+    ("select length(repeat('x', 1000000000))", "repeat(): it builds about"),
+    ("select list_sort(range(40000000))[1]", "range(): it builds about"),
+    ("select list_resize([1], 100000000)", "list_resize(): it builds about"),
+    ("select lpad('x', 1000000, 'y')", "lpad(): it builds about"),
+    ("select range(16000), range(2000)", "with the query's other range(), repeat(), lpad()... calls"),
+    ("select range(10 * 1000)", "range() as a value takes constant bounds only"),
+    ("select repeat('#', (random() * 20)::int)", "for a bar chart use bar(x, min, max, width)"),
+    ("select repeat([1, 2], 1000000)", "takes at most 16 copies"),
+    ("select list_transform([1, 2], x -> range(x))", "inside a lambda"),
+    ("select printf('%0100000000d', 1)", "pads to at most 10,000 characters"),
+    ("select format('{:>100000000}', 'x')", "pads to at most 10,000 characters"),
+    ("select printf(f, 1) from (select '%d' as f)", "takes a constant format string"),
+])
+def test_values_duckdb_does_not_count_against_the_memory_limit_are_bounded(store: Store, sql: str, words: str) -> None:
+    """A scalar call building gigabytes in one row (2.8 GB past a 512 MiB limit) is refused before it runs."""
+    with pytest.raises(QueryRefused, match=re.escape(words)):
+        check_query(store.con, sql, store.catalog)
+
+
+@pytest.mark.parametrize("sql", [
+    "select range(10)", "select generate_series(1, 100, 2)", "select range(16000)", "select list(range) from range(5)",
+    "select count(*) from range(100000000)", "select repeat('ab', 3)", "select repeat(s, 3) from (select 'x' s)",
+    "select printf('%d items, %5.2f', 3, 1.5)", "select bar(5, 0, 10, 20)", "select lpad('7', 3, '0')",
+])
+def test_everyday_uses_of_the_same_functions_still_run(store: Store, sql: str) -> None:
+    assert "rows" in _run(store, sql)

@@ -34,6 +34,8 @@ import duckdb
 from mlfleet.core.errors import UsageError
 from mlfleet.core.words import with_article
 
+from . import value_sizes
+
 SAFE_TABLE_FUNCTIONS = frozenset({
     "range", "generate_series", "unnest", "repeat", "json_each", "json_tree",
     "duckdb_columns", "duckdb_constraints", "duckdb_databases", "duckdb_dependencies", "duckdb_extensions",
@@ -220,6 +222,8 @@ class Walk:
     def __init__(self, catalog: Catalog, allow_file_reads: bool) -> None:
         self.catalog = catalog
         self.files = allow_file_reads
+        self.lambdas = 0  # how deep in lambda bodies the walk is
+        self.built = 0  # bytes per row the query's sized calls build together (value_sizes.py)
 
     def visit(self, node: Any, scope: frozenset[str]) -> None:
         if isinstance(node, list):
@@ -235,6 +239,14 @@ class Walk:
                                    "write the query without it")
             if node["class"] in ("FUNCTION", "WINDOW"):
                 self.function(node)
+            if node["class"] == "LAMBDA":
+                self.lambdas += 1
+                try:
+                    for value in node.values():
+                        self.visit(value, scope)
+                finally:
+                    self.lambdas -= 1
+                return
         elif kind is not None and kind.endswith("_NODE"):
             if kind not in _QUERY_NODES:
                 raise QueryRefused(f"db query does not check {with_article(kind.lower().replace('_', ' '))} yet; "
@@ -268,6 +280,8 @@ class Walk:
 
     def function(self, node: dict[str, Any]) -> None:
         name = fold(node.get("function_name", ""))
+        if name in value_sizes.SIZED and (node.get("schema") or "") in ("", "main", "pg_catalog"):
+            self.sized(name, node)
         if name in self.catalog.functions or name in _BINDER_FUNCTIONS:
             return
         if name in self.catalog.effectful:
@@ -275,6 +289,22 @@ class Walk:
                                "the log, other SQL); db query only reads")
         raise QueryRefused(f"db query refused {name}(): it is not a function this DuckDB has loaded "
                            "(db query never loads or installs extensions)")
+
+    def sized(self, name: str, node: dict[str, Any]) -> None:
+        """A function whose value grows with an argument: bounded, or refused (value_sizes.py says why)."""
+        if self.lambdas:
+            raise QueryRefused(f"db query refused {name}() inside a lambda (x -> ...): it would build its value "
+                               "once per element, beyond what store.memory_limit counts")
+        try:
+            alone = value_sizes.bytes_built(name, node)
+        except value_sizes.TooLarge as exc:
+            raise QueryRefused(f"db query refused {name}(): {exc}") from None
+        self.built += alone
+        if self.built > value_sizes.ROW_BUDGET:
+            together = "" if alone == self.built else " with the query's other range(), repeat(), lpad()... calls"
+            raise QueryRefused(f"db query refused {name}(): it builds about {self.built // 1024:,} KiB per row"
+                               f"{together}, over {value_sizes.ROW_BUDGET // 1024} KiB (DuckDB does not count such "
+                               "values against store.memory_limit); use smaller sizes, or the table function in FROM")
 
     def table_function(self, node: dict[str, Any], scope: frozenset[str]) -> None:
         name = fold(node.get("function_name", ""))
