@@ -21,6 +21,7 @@ import msgspec
 import psutil
 
 from mlfleet.core.errors import NotFoundError, UsageError
+from mlfleet.core.spawn import own_python
 from mlfleet.core.models import DEFAULT_LOG_MAX_SIZE, MAX_METRIC_LINE, LaunchRequest, RunStatus, StreamChunk
 
 from .artifacts import ROOTS_ENV, allowed_roots, open_artifact, run_roots
@@ -138,8 +139,8 @@ class Supervisor:
         env = job_environment(request, run)
         write_json_atomic(run.file("launch.json"), msgspec.to_builtins(msgspec.structs.replace(request, env=env)))
         child = subprocess.Popen(
-            [sys.executable, "-m", "mlfleet.agents.runner", str(run.root)],
-            start_new_session=True,
+            own_python(str(run.root), module="mlfleet.agents.runner"),
+            cwd=run.root, start_new_session=True,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=open(run.file("runner.log"), "ab"),
