@@ -41,6 +41,7 @@ class SshServer:
         self.user_key = user_key
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.extra_config: list[str] = []  # more sshd_config lines (e.g. SetEnv), read at the next start
         self.new_host_key()
 
     def new_host_key(self) -> None:
@@ -68,6 +69,7 @@ class SshServer:
             "AllowStreamLocalForwarding yes",
             "Subsystem sftp internal-sftp",
             "LogLevel ERROR",
+            *self.extra_config,
             "",
         ]))
         log = open(self.root / "sshd.log", "ab")

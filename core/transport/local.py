@@ -73,6 +73,11 @@ class LocalAgentTransport:
             raise
         return peer
 
+    async def stop_agent(self) -> dict:
+        from mlfleet.core.agentstop import stop_agent
+
+        return await asyncio.to_thread(stop_agent, self.state_dir)
+
     def _spawn(self) -> None:
         private_dir(self.home.log_dir)
         log_path = self.home.log_dir / "agent-local.log"
