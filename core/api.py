@@ -117,14 +117,13 @@ class ControllerApi(DriftApi, RunsApi):
         }
 
     async def rpc_shutdown(self, peer: Peer, stop_local_agent: bool = True) -> dict[str, Any]:
-        await self.store.run(records.audit, peer.info["actor"], "controller.stop", None, {})
         agent_stopping = False
         local = self.c.links.get("local")
         if stop_local_agent and local is not None and local.up:
             with contextlib.suppress(Exception):
                 answer = await local.request("shutdown", only_if_idle=True, request_timeout=5)
                 agent_stopping = bool(answer.get("stopping"))
-        asyncio.get_running_loop().call_later(0.05, self.c.stop)
+        asyncio.get_running_loop().call_later(0.05, self.c.stop, peer.info["actor"])
         return {"stopping": True, "local_agent_stopping": agent_stopping}
 
     # -------------------------------------------------------------- jobs
