@@ -55,11 +55,15 @@ def _alive(record: dict | None) -> bool:
 def job_environment(request: LaunchRequest, run: RunDir) -> dict[str, str]:
     """The agent's environment, then the spec's, then what mlfleet promises every job.
 
+    The agent's environment is a login's: the node's SSH session for a
+    remote agent, :func:`mlfleet.core.spawn.local_agent_environment` for the
+    local one; no ``MLFLEET_*`` variable but the ones set here.
+
     The agent's interpreter comes first on PATH so that ``python`` in a job
     is one where ``from mlfleet import track`` works; a spec that sets PATH
     itself keeps its own.
     """
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLEET_")}  # only what is set below
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", os.defpath)])
     env.update(request.env)
     env["MLFLEET_RUN_ID"] = request.run_id

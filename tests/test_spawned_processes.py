@@ -70,3 +70,21 @@ def test_an_agent_started_over_ssh_on_a_node_whose_home_holds_a_clone_comes_up(s
     assert up["agent_version"]
     pid = ssh_fleet.agent_pid("node-a")
     assert pid is not None and psutil.Process(pid).cwd() == "/"
+
+
+def test_a_local_job_gets_a_login_environment_not_the_shell_that_started_the_controller(fleet: Fleet) -> None:
+    """The first command a user ran (from an activated env, with a token exported) must not shape every job."""
+    odd = fleet.root / "odd-bin"
+    odd.mkdir()
+    fleet.env.update(PATH=f"{odd}:{fleet.env['PATH']}", EXPORTED_BY_HAND="secret-token", LC_ALL="C.UTF-8")
+    spec = fleet.write_spec("env", "name: env\nenv: {FROM_SPEC: yes-it-is}\n"
+                                   "command: [python, -c, \"import json, os; print(json.dumps(dict(os.environ)))\"]\n")
+    done = fleet.cli("submit", str(spec), "--wait", "--json", timeout=120)
+    assert done.code == 0, done.err
+    import json
+
+    env = json.loads(fleet.cli("jobs", "logs", done.json()["job_id"]).out)
+    assert "EXPORTED_BY_HAND" not in env and "MLFLEET_HOME" not in env
+    assert env["PATH"] == f"{Path(sys.executable).parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert env["FROM_SPEC"] == "yes-it-is" and env["LC_ALL"] == "C.UTF-8" and env["HOME"]
+    assert env["MLFLEET_RUN_ID"] == fleet.job(done.json()["job_id"])["run_id"]

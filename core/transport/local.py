@@ -17,7 +17,7 @@ from mlfleet.core.errors import UnavailableError, UnsafePathError
 from mlfleet.core.paths import Home
 from mlfleet.core.private import open_private, private_dir
 from mlfleet.core.protocol import Peer, open_unix_peer
-from mlfleet.core.spawn import own_python
+from mlfleet.core.spawn import local_agent_environment, own_python
 
 _START_TIMEOUT_S = 20.0
 IDLE_EXIT_S = 300
@@ -92,7 +92,7 @@ class LocalAgentTransport:
                  "--log-backups", str(self.log_backups),
                  *(["--simulate-gpus", self.simulate_gpus] if self.simulate_gpus else [])),
                 cwd="/", start_new_session=True, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
-                env={**os.environ},
+                env=local_agent_environment(os.environ),
             )
         finally:
             os.close(log)
