@@ -281,6 +281,8 @@ class ControllerStart:
         """The lines this start wrote (the last ``limit`` bytes of them)."""
         end = os.fstat(self.log_fd).st_size
         begin = max(self.offset, end - limit)
+        if end <= begin:  # nothing written (or the file was cut shorter meanwhile)
+            return []
         return os.pread(self.log_fd, end - begin, begin).decode(errors="replace").strip().splitlines()
 
     def close(self) -> None:

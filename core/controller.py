@@ -176,8 +176,11 @@ class Controller:
             for link in self.links.values():
                 await link.close()
             # On the chain only once it really stopped serving (not when asked: a stop may yet fail).
-            await self.store.run(records.audit, self._stopped_by or _os_user(), "controller.stop", None,
-                                 {"pid": os.getpid(), "how": "request" if self._stopped_by else "signal"})
+            try:
+                await self.store.run(records.audit, self._stopped_by or _os_user(), "controller.stop", None,
+                                     {"pid": os.getpid(), "how": "request" if self._stopped_by else "signal"})
+            except Exception:  # a full disk must not keep the controller from stopping; the log says it
+                log.exception("could not record controller.stop on the audit chain")
             self.store.close()
             with contextlib.suppress(FileNotFoundError):
                 self.home.controller_socket.unlink()

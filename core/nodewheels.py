@@ -21,6 +21,7 @@ import base64
 import hashlib
 import importlib.metadata
 import json
+import secrets
 import shutil
 import subprocess
 import sys
@@ -67,7 +68,8 @@ class NodeTarget:
 def node_target(probe_output: str, host: str) -> NodeTarget:
     """The target from :data:`PROBE`'s output on ``host``."""
     try:
-        facts = json.loads(probe_output)
+        # The last line: a node's shell start-up files may print a banner before it.
+        facts = json.loads((probe_output.strip().splitlines() or [""])[-1])
         major, minor = (int(x) for x in facts["version"])
         name = str(facts["implementation"])
         machine = str(facts["machine"])
@@ -77,7 +79,10 @@ def node_target(probe_output: str, host: str) -> NodeTarget:
     implementation = {"cpython": "cp", "pypy": "pp"}.get(name, name[:2])
     abi = f"cp{major}{minor}{facts.get('abiflags') or ''}" if implementation == "cp" else "none"
     if platform_name.startswith("linux") and facts.get("libc") == "glibc":
-        glibc_major, glibc_minor = (int(x) for x in str(facts["libc_version"]).split(".")[:2])
+        try:
+            glibc_major, glibc_minor = (int(x) for x in str(facts["libc_version"]).split(".")[:2])
+        except ValueError:
+            raise UnavailableError(f"{host}: could not read its glibc version ({facts['libc_version']!r})") from None
         if glibc_major != 2:
             raise UnavailableError(f"{host}: glibc {facts['libc_version']} is not one pip knows wheels for")
         platforms: list[str] = []
@@ -108,9 +113,10 @@ def dependency_wheels(cache_root: Path, target: NodeTarget, out_dir: Path, host:
                 f"controller's machine needs a package index for this once, or the wheels in {cache}")
     wheels = sorted(out_dir.glob("*.whl"))
     for wheel in wheels:
-        if not (cache / wheel.name).exists():
-            shutil.copy2(wheel, cache / f".{wheel.name}.part")
-            (cache / f".{wheel.name}.part").rename(cache / wheel.name)
+        if not (cache / wheel.name).exists():  # by a name of its own: two bootstraps may fill the cache at once
+            partial = cache / f".{wheel.name}.{secrets.token_hex(6)}.part"
+            shutil.copy2(wheel, partial)
+            partial.rename(cache / wheel.name)
     return wheels
 
 
@@ -129,9 +135,21 @@ def mlfleet_wheel(out_dir: Path) -> Path:
         raise UsageError("this mlfleet is not an installed distribution (no mlfleet in pip's list); install it "
                          "with pip (pip install mlfleet, or pip install -e . in a clone) to bootstrap nodes") from None
     source = _editable_source(dist)
+    _check_running(dist, source)
     if source is not None:
         return _build_from_source(source, out_dir)
     return _pack_installed(dist, out_dir)
+
+
+def _check_running(dist: importlib.metadata.Distribution, source: Path | None) -> None:
+    """The distribution pip lists must be the mlfleet this process imported, or a node gets another one."""
+    import mlfleet
+
+    running = Path(mlfleet.__file__).resolve()
+    listed = (source / "package" / "__init__.py") if source is not None else Path(str(dist.locate_file("mlfleet/__init__.py")))
+    if listed.resolve() != running:
+        raise UsageError(f"this process runs the mlfleet in {running.parent}, but the installed distribution pip "
+                         f"lists is {listed.parent}; bootstrap from one installation (uninstall the other)")
 
 
 def _editable_source(dist: importlib.metadata.Distribution) -> Path | None:
