@@ -107,9 +107,9 @@ def dependency_wheels(cache_root: Path, target: NodeTarget, out_dir: Path, host:
     if offline.returncode != 0:
         online = _pip(argv + requirements)
         if online.returncode != 0:
-            tail = " ".join((online.stderr or online.stdout).split())[-300:]
             raise UnavailableError(
-                f"could not get the agent's dependency wheels for {host} ({target.describe()}): {tail}; the "
+                f"could not get the agent's dependency wheels for {host} ({target.describe()}): "
+                f"{_pip_says(online)}; the "
                 f"controller's machine needs a package index for this once, or the wheels in {cache}")
     wheels = sorted(out_dir.glob("*.whl"))
     for wheel in wheels:
@@ -125,6 +125,15 @@ def _pip(argv: list[str]) -> subprocess.CompletedProcess[str]:
         return subprocess.run(argv, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL, cwd="/")
     except subprocess.TimeoutExpired:
         raise UnavailableError("pip did not finish fetching the agent's dependency wheels within 900 s") from None
+
+
+def _pip_says(result: subprocess.CompletedProcess[str]) -> str:
+    """pip's own one-line reason (its first ERROR line), not the pages around it."""
+    text = (result.stderr or "") + "\n" + (result.stdout or "")
+    generic = ("subprocess-exited-with-error", "metadata-generation-failed")
+    errors = [line.strip()[6:].strip() for line in text.splitlines()
+              if line.strip()[:6].lower() == "error:" and not any(g in line for g in generic)]
+    return (errors[0][:300] if errors else " ".join(text.split())[-300:] or f"exit {result.returncode}").rstrip(".")
 
 
 def mlfleet_wheel(out_dir: Path) -> Path:
@@ -167,16 +176,21 @@ def _build_from_source(root: Path, out_dir: Path) -> Path:
     if not (root / "pyproject.toml").exists():
         raise UsageError(f"mlfleet was installed from the checkout {root}, which is no longer there; "
                          "install it again (pip install -e . in a clone, or pip install mlfleet)")
-    try:
-        result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out_dir),
-                                 str(root)], capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise UnavailableError("building the mlfleet wheel did not finish within 600 s") from None
-    wheels = sorted(out_dir.glob("mlfleet-*.whl"))
-    if result.returncode != 0 or not wheels:
-        tail = " ".join((result.stderr or result.stdout).split())[-300:]
-        raise UnavailableError(f"building the mlfleet wheel from {root} failed: {tail}")
-    return wheels[-1]
+    argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(out_dir), str(root)]
+    # With the setuptools already here first: no index needed (a controller offline, a laptop on a plane);
+    # in an isolated build environment (setuptools fetched from the index) when that fails.
+    for extra in (["--no-build-isolation"], []):
+        try:
+            result = subprocess.run([*argv, *extra], capture_output=True, text=True, timeout=600,
+                                    stdin=subprocess.DEVNULL, cwd="/")
+        except subprocess.TimeoutExpired:
+            raise UnavailableError("building the mlfleet wheel did not finish within 600 s") from None
+        wheels = sorted(out_dir.glob("mlfleet-*.whl"))
+        if result.returncode == 0 and wheels:
+            return wheels[-1]
+    raise UnavailableError(f"building the mlfleet wheel from {root} failed: {_pip_says(result)}; without a "
+                           "package index pip needs setuptools>=68 and wheel installed beside mlfleet "
+                           "(pip install 'setuptools>=68' wheel), or install mlfleet from a wheel")
 
 
 def _pack_installed(dist: importlib.metadata.Distribution, out_dir: Path) -> Path:

@@ -102,3 +102,28 @@ def test_a_wheel_install_bootstraps_a_node_without_an_index_and_an_upgrade_resta
     assert f"done in {first}/venv" in fleet.cli("jobs", "logs", job_id).out  # it ran on, in the venv it began in
     actions = [e["action"] for e in fleet.cli_json("audit", "list")]
     assert actions.count("host.bootstrap") == 2
+
+
+def test_a_first_bootstrap_with_no_index_anywhere_says_where_the_wheels_go(ssh_fleet: SshFleet) -> None:
+    fleet = ssh_fleet.fleet
+    venv = _wheel_install(fleet.root)
+    fleet.env.update(PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL="http://127.0.0.1:9/simple", PIP_FIND_LINKS=" ",
+                     PIP_RETRIES="0", PIP_TIMEOUT="2")
+    server = ssh_fleet.servers["node-a"]
+    assert _cli(fleet, venv, "hosts", "add", "node-a", "--address", "127.0.0.1", "--port", str(server.port),
+                "--user", server.user, "--identity", str(ssh_fleet.user_key), "--agent-command", f"{sys.executable} -m mlfleet",
+                "--state-dir", str(ssh_fleet.state_dir("node-a"))).code == 0
+    assert _cli(fleet, venv, "hosts", "trust", "node-a", "--yes").code == 0
+    ssh_fleet.wait_up("node-a")
+    agent = ssh_fleet.agent_pid("node-a")
+    before = fleet.home.hosts_file.read_text()
+    prefix = fleet.root / "node-home" / ".mlfleet"
+    failed = _cli(fleet, venv, "hosts", "bootstrap", "node-a", "--prefix", str(prefix), "--python", "/usr/bin/python3",
+                  timeout=300)
+    assert failed.code == 5, failed.err
+    line = failed.err.strip().splitlines()[-1]
+    assert "Traceback" not in failed.err and line.startswith("mlfleet: could not get the agent's dependency wheels")
+    assert str(fleet.root / "wheelhouse" / "cp311-cp311-manylinux_2_") in line and "package index" in line
+    assert "msgspec" in line and len(line) < 600
+    assert ssh_fleet.host("node-a")["state"] == "up" and ssh_fleet.agent_pid("node-a") == agent  # nothing changed
+    assert fleet.home.hosts_file.read_text() == before
