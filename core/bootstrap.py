@@ -52,10 +52,11 @@ async def bootstrap(transport: SshAgentTransport, wheel_cache: Path, prefix: str
                f"--find-links {shlex.quote(wheels_dir)}")
         await _run(conn, host, f"mkdir -p {q_prefix} && {shlex.quote(python)} -m venv {shlex.quote(venv)}", timeout=300)
         await _run(conn, host, f"{pip} {' '.join(shlex.quote(r) for r in AGENT_REQUIREMENTS)}", timeout=900)
-        await _run(conn, host, f"{pip} --no-deps --force-reinstall {shlex.quote(f'{wheels_dir}/{wheel.name}')}",
-                   timeout=300)
-        command = f"{venv}/bin/mlfleet"
-        version = (await _run(conn, host, f"{shlex.quote(command)} --version")).strip()
+        # By name and version from the folder, never by path: pip reads '; ' in a path as a marker.
+        exact = f"mlfleet=={wheel.name.split('-')[1]}"
+        await _run(conn, host, f"{pip} --no-deps --force-reinstall {shlex.quote(exact)}", timeout=300)
+        command = shlex.quote(f"{venv}/bin/mlfleet")  # agent_command is split like a shell line: a prefix may hold spaces
+        version = (await _run(conn, host, f"{command} --version")).strip()
     finally:
         conn.close()
     return {"agent_command": command, "version": version, "wheel": wheel.name, "node": target.describe(),

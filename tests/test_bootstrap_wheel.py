@@ -8,6 +8,7 @@ job started before it goes on to the end.
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import sysconfig
@@ -88,10 +89,11 @@ def test_a_wheel_install_bootstraps_a_node_without_an_index_and_an_upgrade_resta
     assert _cli(fleet, venv, "controller", "stop").code == 0
     offline = {**fleet.env, "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_EXTRA_INDEX_URL": "",
                "PIP_FIND_LINKS": ""}
-    second = fleet.root / "node-home" / "v2"
+    second = fleet.root / "node home; 'v2'"  # a folder name a shell would split or run
     again = _cli(fleet, venv, "hosts", "bootstrap", "node-a", "--prefix", str(second), "--python", "/usr/bin/python3",
                  "--json", env=offline)
     assert again.code == 0, again.err
+    assert again.json()["agent_command"] == shlex.quote(f"{second}/venv/bin/mlfleet")
     assert again.json()["restarted"] is True and again.json()["previous_agent_pid"] == old_agent
     assert not psutil.pid_exists(old_agent) or psutil.Process(old_agent).status() == psutil.STATUS_ZOMBIE
     fleet.wait_for(lambda: (pid := ssh_fleet.agent_pid("node-a")) and pid != old_agent
