@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from mlfleet.core.errors import UnavailableError
+from mlfleet.core.spawn import own_python
 
 _START_TIMEOUT_S = 20.0
 _CHUNK = 1 << 16
@@ -28,14 +29,14 @@ def ensure_agent(state_dir: Path, socket_path: Path, name: str | None, simulate_
     if _answers(socket_path):
         return
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    argv = [sys.executable, "-m", "mlfleet", "agent", "serve", "--state-dir", str(state_dir),
-            "--socket", str(socket_path), "--log-file", str(state_dir / "agent.log")]  # rotated by size
+    argv = own_python("agent", "serve", "--state-dir", str(state_dir),
+                      "--socket", str(socket_path), "--log-file", str(state_dir / "agent.log"))  # rotated by size
     if name:
         argv += ["--name", name]
     if simulate_gpus:
         argv += ["--simulate-gpus", simulate_gpus]
     with open(state_dir / "agent.log", "ab") as log:
-        subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        subprocess.Popen(argv, cwd="/", start_new_session=True, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                          close_fds=True)
     deadline = time.monotonic() + _START_TIMEOUT_S
     while time.monotonic() < deadline:

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import os
 import shlex
-import sys
 from pathlib import Path
+
+from mlfleet.core.spawn import own_python
 
 UNIT_NAME = "mlfleet-agent.service"
 
 
 def unit_text(state_dir: Path, name: str | None, simulate_gpus: str | None) -> str:
-    argv = [sys.executable, "-m", "mlfleet", "agent", "serve", "--state-dir", str(state_dir),
-            "--socket", str(state_dir / "agent.sock")]
+    argv = own_python("agent", "serve", "--state-dir", str(state_dir), "--socket", str(state_dir / "agent.sock"))
     if name:
         argv += ["--name", name]
     if simulate_gpus:

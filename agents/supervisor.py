@@ -22,6 +22,7 @@ import msgspec
 import psutil
 
 from mlfleet.core.errors import NotFoundError, UsageError
+from mlfleet.core.spawn import own_python
 from mlfleet.core.models import DEFAULT_LOG_MAX_SIZE, MAX_METRIC_LINE, LaunchRequest, RunStatus, StreamChunk
 
 from .artifacts import ROOTS_ENV, allowed_roots, open_artifact, run_roots
@@ -55,11 +56,15 @@ def _alive(record: dict | None) -> bool:
 def job_environment(request: LaunchRequest, run: RunDir) -> dict[str, str]:
     """The agent's environment, then the spec's, then what mlfleet promises every job.
 
+    The agent's environment is a login's: the node's SSH session for a
+    remote agent, :func:`mlfleet.core.spawn.local_agent_environment` for the
+    local one; no ``MLFLEET_*`` variable but the ones set here.
+
     The agent's interpreter comes first on PATH so that ``python`` in a job
     is one where ``from mlfleet import track`` works; a spec that sets PATH
     itself keeps its own.
     """
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLEET_")}  # only what is set below
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", os.defpath)])
     env.update(request.env)
     env["MLFLEET_RUN_ID"] = request.run_id
@@ -162,8 +167,8 @@ class Supervisor:
         env = job_environment(request, run)
         write_json_atomic(run.file("launch.json"), msgspec.to_builtins(msgspec.structs.replace(request, env=env)))
         child = subprocess.Popen(
-            [sys.executable, "-m", "mlfleet.agents.runner", str(run.root)],
-            start_new_session=True,
+            own_python(str(run.root), module="mlfleet.agents.runner"),
+            cwd=run.root, start_new_session=True,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=open(run.file("runner.log"), "ab"),

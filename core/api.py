@@ -22,7 +22,7 @@ import msgspec
 from msgspec import Meta
 
 from mlfleet import __version__
-from mlfleet.core import hostkeys, hostseen
+from mlfleet.core import hostkeys, hostseen, node_restart
 from mlfleet.core.api_drift import DriftApi
 from mlfleet.core.api_runs import RunsApi
 from mlfleet.core.bounds import (ChunkSize, History, Ident, KeyCount, ListLimit, Offset, QueryRows, WaitSeconds,
@@ -121,14 +121,13 @@ class ControllerApi(DriftApi, RunsApi):
         }
 
     async def rpc_shutdown(self, peer: Peer, stop_local_agent: bool = True) -> dict[str, Any]:
-        await self.store.run(records.audit, peer.info["actor"], "controller.stop", None, {})
         agent_stopping = False
         local = self.c.links.get("local")
         if stop_local_agent and local is not None and local.up:
             with contextlib.suppress(Exception):
                 answer = await local.request("shutdown", only_if_idle=True, request_timeout=5)
                 agent_stopping = bool(answer.get("stopping"))
-        asyncio.get_running_loop().call_later(0.05, self.c.stop)
+        asyncio.get_running_loop().call_later(0.05, self.c.stop, peer.info["actor"])
         return {"stopping": True, "local_agent_stopping": agent_stopping}
 
     # -------------------------------------------------------------- jobs
@@ -402,14 +401,17 @@ class ControllerApi(DriftApi, RunsApi):
         from mlfleet.core.bootstrap import bootstrap
 
         host = self._ssh_host(name)
-        result = await bootstrap(SshAgentTransport(host, self.c.home.known_hosts_file), prefix, python)
-        if self.c.active_on(name):
-            raise UsageError(f"installed on {name}, but runs are in flight there; agent_command was not changed")
-        updated = msgspec.structs.replace(host, agent_command=result["agent_command"])
-        remove_host(self.c.home.hosts_file, name)
-        add_host(self.c.home.hosts_file, updated)
-        await self._apply_hosts_file(peer, "host.bootstrap", name, result)
-        return {"name": name, **result}
+        result = await bootstrap(SshAgentTransport(host, self.c.home.known_hosts_file), self.c.home.wheel_cache_dir,
+                                 prefix, python)
+        return {"name": name, **result, **await node_restart.restart_from(self, peer, host, result)}
+
+    async def rpc_hosts_stop_agent(self, peer: Peer, name: Ident) -> dict[str, Any]:
+        """Stop the host's agent and keep its link down until ``hosts start-agent`` (runs must have ended)."""
+        return await node_restart.stop(self, peer, name)
+
+    async def rpc_hosts_start_agent(self, peer: Peer, name: Ident) -> dict[str, Any]:
+        """Let go of a link held by ``hosts stop-agent``: the next connect starts the agent."""
+        return await node_restart.start(self, peer, name)
 
     async def rpc_hosts_check(self, peer: Peer, name: Ident) -> dict[str, Any]:
         """Connect afresh, say hello, read the agent's facts; report each step."""

@@ -1,74 +1,66 @@
 """``mlfleet hosts bootstrap NAME``: install mlfleet's agent on a host that only has Python.
 
-A wheel is built here from the source checkout, uploaded by SFTP, and
-installed into a venv on the node (``PREFIX/venv``, PREFIX relative to the
-remote home unless absolute) with only the agent's own dependencies; the
-host's ``agent_command`` then points at it. Nothing is installed system-wide.
+The node's Python is asked what it is (version, ABI, platform); a wheel of
+this mlfleet and the agent's dependency wheels for that Python and platform
+are made here (core/nodewheels.py), uploaded by SFTP and installed with
+``--no-index`` into a venv on the node (``PREFIX/venv``, PREFIX relative to
+the remote home unless absolute): the node never needs a package index.
+Nothing is installed system-wide. The host's ``agent_command`` then points
+at the venv, and the agent that ran before is restarted from it (see
+``rpc_hosts_bootstrap``): running it again is how a node is upgraded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import shlex
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import asyncssh
 
-from mlfleet.core.errors import UnavailableError, UsageError
+from mlfleet.core.errors import UnavailableError
+from mlfleet.core.nodewheels import AGENT_REQUIREMENTS, PROBE, dependency_wheels, mlfleet_wheel, node_target
 from mlfleet.core.transport.ssh import SshAgentTransport
 
-# What ``mlfleet agent serve|connect`` imports: the node needs nothing else.
-AGENT_REQUIREMENTS = ["msgspec>=0.18", "psutil>=5.9", "nvidia-ml-py>=12.535", "pyyaml>=6.0"]
 MIN_PYTHON = (3, 11)
 
 
-def source_root() -> Path:
-    """The checkout mlfleet runs from (an editable install), where a wheel can be built."""
-    import mlfleet.core
-
-    root = Path(mlfleet.core.__file__).resolve().parent.parent
-    if not (root / "pyproject.toml").exists():
-        raise UsageError("bootstrap builds a wheel from the mlfleet source checkout, and this mlfleet was not "
-                         "installed from one; run it from a clone (pip install -e .)")
-    return root
-
-
-def build_wheel(out_dir: Path) -> Path:
-    root = source_root()
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-                             "-w", str(out_dir), str(root)], capture_output=True, text=True, timeout=600)
-    wheels = sorted(out_dir.glob("mlfleet-*.whl"))
-    if result.returncode != 0 or not wheels:
-        tail = " ".join((result.stderr or result.stdout).split())[-300:]
-        raise UnavailableError(f"building the mlfleet wheel failed: {tail}")
-    return wheels[-1]
-
-
-async def bootstrap(transport: SshAgentTransport, prefix: str = ".mlfleet", python: str = "python3") -> dict[str, str]:
-    """Install the agent on the node; return the new agent command."""
+async def bootstrap(transport: SshAgentTransport, wheel_cache: Path, prefix: str = ".mlfleet",
+                    python: str = "python3") -> dict[str, str]:
+    """Install the agent on the node; return the new agent command (the running agent is not touched)."""
+    host = transport.host
     conn = await transport.open_connection()
     try:
-        await _check_python(conn, transport.host, python)
-        with tempfile.TemporaryDirectory(prefix="mlfleet-wheel-") as tmp:
-            wheel = await asyncio.to_thread(build_wheel, Path(tmp))
-            q_prefix = shlex.quote(prefix)
-            await _run(conn, transport.host, f"mkdir -p {q_prefix}/wheels")
-            remote_wheel = f"{prefix}/wheels/{wheel.name}"
+        await _check_python(conn, host, python)
+        target = node_target(await _run(conn, host, f"{shlex.quote(python)} -c {shlex.quote(PROBE)}"), host)
+        q_prefix, wheels_dir = shlex.quote(prefix), f"{prefix}/wheels"
+        with tempfile.TemporaryDirectory(prefix="mlfleet-wheels-") as tmp:
+            own = Path(tmp) / "mlfleet"
+            deps = Path(tmp) / "deps"
+            own.mkdir()
+            deps.mkdir()
+            wheel = await asyncio.to_thread(mlfleet_wheel, own)
+            dependencies = await asyncio.to_thread(dependency_wheels, wheel_cache, target, deps, host)
+            # A clean folder each time: what pip finds there is exactly what was resolved for this node.
+            await _run(conn, host, f"rm -rf {shlex.quote(wheels_dir)} && mkdir -p {shlex.quote(wheels_dir)}")
             async with conn.start_sftp_client() as sftp:
-                await sftp.put(str(wheel), remote_wheel)
+                for local in (wheel, *dependencies):
+                    await sftp.put(str(local), f"{wheels_dir}/{local.name}")
         venv = f"{prefix}/venv"
-        pip = f"{shlex.quote(venv)}/bin/python -m pip install -q --disable-pip-version-check"
-        await _run(conn, transport.host, f"{shlex.quote(python)} -m venv {shlex.quote(venv)}", timeout=300)
-        await _run(conn, transport.host, f"{pip} {' '.join(shlex.quote(r) for r in AGENT_REQUIREMENTS)}", timeout=900)
-        await _run(conn, transport.host, f"{pip} --no-deps --force-reinstall {shlex.quote(remote_wheel)}", timeout=300)
-        command = f"{venv}/bin/mlfleet"
-        version = (await _run(conn, transport.host, f"{shlex.quote(command)} --version")).strip()
+        pip = (f"{shlex.quote(venv)}/bin/python -m pip install -q --disable-pip-version-check --no-index "
+               f"--find-links {shlex.quote(wheels_dir)}")
+        await _run(conn, host, f"mkdir -p {q_prefix} && {shlex.quote(python)} -m venv {shlex.quote(venv)}", timeout=300)
+        await _run(conn, host, f"{pip} {' '.join(shlex.quote(r) for r in AGENT_REQUIREMENTS)}", timeout=900)
+        # By name and version from the folder, never by path: pip reads '; ' in a path as a marker.
+        exact = f"mlfleet=={wheel.name.split('-')[1]}"
+        await _run(conn, host, f"{pip} --no-deps --force-reinstall {shlex.quote(exact)}", timeout=300)
+        command = shlex.quote(f"{venv}/bin/mlfleet")  # agent_command is split like a shell line: a prefix may hold spaces
+        version = (await _run(conn, host, f"{command} --version")).strip()
     finally:
         conn.close()
-    return {"agent_command": command, "version": version, "wheel": wheel.name}
+    return {"agent_command": command, "version": version, "wheel": wheel.name, "node": target.describe(),
+            "dependencies": ", ".join(sorted(p.name for p in dependencies))}
 
 
 async def _check_python(conn: asyncssh.SSHClientConnection, host: str, python: str) -> None:

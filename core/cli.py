@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from mlfleet import __version__
-from mlfleet.core import bounds, cli_drift, cli_logs, cli_parser, cli_run_keys, hostseen, logfile, render
+from mlfleet.core import bounds, cli_agents, cli_drift, cli_logs, cli_parser, cli_run_keys, hostseen, logfile, render
 from mlfleet.core.client import ControllerClient, connect, controller_pid, lock_held, submit_with_retry, try_connect
 from mlfleet.core.config import load_job_spec
 from mlfleet.core.errors import (EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, MlfleetError, UnavailableError,
@@ -863,6 +863,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--prefix", default=".mlfleet", help="folder on the node, relative to its home (default .mlfleet)")
     p.add_argument("--python", default="python3", help="the node's Python 3.11+ (default python3)")
+    cli_agents.register_hosts(hosts, add, _client_command)
     p = add(hosts, "import-ssh-config", cmd_hosts_import_ssh_config, "add the hosts of an OpenSSH config file")
     p.add_argument("--file", default="~/.ssh/config")
     p.add_argument("--host", action="append", help="only these Host aliases (repeatable)")
@@ -948,6 +949,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name")
     p.add_argument("--simulate-gpus", metavar="FILE")
 
+    cli_agents.register_agent(agent, add)
     cli_drift.register(sub, add)
 
     add(sub, "tui", cmd_tui, "open the TUI (the default with no command)", json_flag=False)

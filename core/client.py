@@ -13,7 +13,6 @@ from pathlib import Path
 import os
 import signal
 import subprocess
-import sys
 import time
 from typing import Any, Awaitable, Callable
 
@@ -25,6 +24,7 @@ from mlfleet.core.private import open_private
 from mlfleet.core.inventory import load_inventory
 from mlfleet.core.settings import load_settings
 from mlfleet.core.protocol import Peer, open_unix_peer
+from mlfleet.core.spawn import own_python
 
 START_TIMEOUT_S = 30.0
 BUSY_RETRY_S = 3.0  # how long a running controller that drops our connection is retried before "busy"
@@ -100,7 +100,15 @@ async def connect(home: Home | None = None, autostart: bool = True) -> Controlle
         raise UnavailableError(f"no controller is running for {home.data_dir}; start one with 'mlfleet controller start'")
     load_settings(home.config_file)  # a mistake there is the user's to fix: say it here, with its line
     load_inventory(home.hosts_file)
-    process = start_controller_process(home)
+    start = ControllerStart(home)
+    try:
+        return await _wait_for_start(home, start)
+    finally:
+        start.close()
+
+
+async def _wait_for_start(home: Home, start: "ControllerStart") -> ControllerClient:
+    """Wait for the controller ``start`` began to answer; when it failed, say why from its own output."""
     restarts = 0
     loop = asyncio.get_running_loop()
     deadline = loop.time() + START_TIMEOUT_S
@@ -109,21 +117,21 @@ async def connect(home: Home | None = None, autostart: bool = True) -> Controlle
         client = await try_connect(home)
         if client is not None:
             return client
-        if process.poll() is not None:
+        if start.process.poll() is not None:
             # It exited: maybe another controller won the race, maybe it failed. Ask once more.
             client = await try_connect(home)
             if client is not None:
                 return client
-            if process.returncode < 0 and restarts < START_RETRIES:
+            if start.process.returncode < 0 and restarts < START_RETRIES:
                 # Killed by a signal as it started (the OOM killer, an admin): not a failure of its own.
                 restarts += 1
-                process = start_controller_process(home)
+                start.again()
                 continue
             pid = controller_pid(home)  # another controller won the race to start: wait for it
             running = await _wait_for_running(home, pid) if pid is not None else None
             if running is not None:
                 return running
-            raise UnavailableError(f"the controller could not start: {_start_failure(home, process.returncode)}")
+            raise UnavailableError(f"the controller could not start: {_start_failure(home, start)}")
     raise UnavailableError(f"the controller did not answer within {START_TIMEOUT_S:.0f} s; "
                            f"see {home.log_dir / 'controller.log'}")
 
@@ -250,36 +258,79 @@ async def submit_with_retry(first: ControllerClient, params: dict[str, Any], *, 
             why = str(exc)
 
 
-def start_controller_process(home: Home) -> subprocess.Popen[bytes]:
-    """Start ``mlfleet controller run`` detached from this terminal, logging to the home's log dir."""
+class ControllerStart:
+    """One start of the controller, and what that start (only it) wrote to the log.
+
+    Why only it: the log keeps the lines of earlier starts, and a failure
+    told from the log's last ``mlfleet:`` line reported an old one (a
+    stale "another controller is already running") for a start that failed
+    in another way. The descriptor is the file this start writes to, even if
+    the controller rotates ``controller.log`` meanwhile.
+    """
+
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        self.log_fd = -1
+        self.again()
+
+    def again(self) -> None:
+        self.close()
+        self.process, self.log_fd, self.offset = start_controller_process(self.home)
+
+    def output(self, limit: int = 64 * 1024) -> list[str]:
+        """The lines this start wrote (the last ``limit`` bytes of them)."""
+        end = os.fstat(self.log_fd).st_size
+        begin = max(self.offset, end - limit)
+        if end <= begin:  # nothing written (or the file was cut shorter meanwhile)
+            return []
+        return os.pread(self.log_fd, end - begin, begin).decode(errors="replace").strip().splitlines()
+
+    def close(self) -> None:
+        if self.log_fd >= 0:
+            os.close(self.log_fd)
+            self.log_fd = -1
+
+
+def start_controller_process(home: Home) -> tuple[subprocess.Popen[bytes], int, int]:
+    """Start ``mlfleet controller run`` detached from this terminal, logging to the home's log dir.
+
+    Returns the process, a read-only descriptor of the log file it writes to and that file's size before it started.
+    """
     home.ensure()
-    log = open_private(home.log_dir / "controller.log")  # rotated by the controller (controller.log_max_size)
+    path = home.log_dir / "controller.log"
+    log = open_private(path)  # rotated by the controller (controller.log_max_size)
     try:
-        return subprocess.Popen(
-            [sys.executable, "-m", "mlfleet", "controller", "run"],
-            start_new_session=True, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
-            env={**os.environ, **home.to_env()},
-        )
+        reader = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # its own offset; the same file even once rotated
+        size = os.fstat(log).st_size
+        try:
+            process = subprocess.Popen(
+                own_python("controller", "run"), cwd="/",
+                start_new_session=True, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
+                env={**os.environ, **home.to_env()},
+            )
+        except BaseException:
+            os.close(reader)
+            raise
+        return process, reader, size
     finally:
         os.close(log)
 
 
-def _start_failure(home: Home, returncode: int) -> str:
+def _start_failure(home: Home, start: ControllerStart) -> str:
+    returncode = start.process.returncode
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name
         except ValueError:
             name = f"signal {-returncode}"
         return f"it was killed by {name} {START_RETRIES + 1} times as it started; see {home.log_dir / 'controller.log'}"
-    return _last_log_line(home)
-
-
-def _last_log_line(home: Home) -> str:
     try:
-        lines = (home.log_dir / "controller.log").read_text(errors="replace").strip().splitlines()
+        lines = start.output()
     except OSError:
         return "no log was written"
     for line in reversed(lines):
         if line.startswith("mlfleet: "):
             return line.removeprefix("mlfleet: ")
-    return lines[-1] if lines else "no log was written"
+    if lines:
+        return f"{lines[-1].strip()} (see {home.log_dir / 'controller.log'})"
+    return f"it exited ({returncode}) without a word; see {home.log_dir / 'controller.log'}"

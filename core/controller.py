@@ -117,6 +117,7 @@ class Controller:
         self.job_changed = asyncio.Condition()
         self.started_at = time.time()
         self._stop = asyncio.Event()
+        self._stopped_by: str | None = None  # who asked (controller stop); None: a signal
         self._lock_fd: int | None = None
         self._server: UnixListener | None = None
 
@@ -176,6 +177,12 @@ class Controller:
             await self._flush_telemetry()
             for link in self.links.values():
                 await link.close()
+            # On the chain only once it really stopped serving (not when asked: a stop may yet fail).
+            try:
+                await self.store.run(records.audit, self._stopped_by or _os_user(), "controller.stop", None,
+                                     {"pid": os.getpid(), "how": "request" if self._stopped_by else "signal"})
+            except Exception:  # a full disk must not keep the controller from stopping; the log says it
+                log.exception("could not record controller.stop on the audit chain")
             self.store.close()
             with contextlib.suppress(FileNotFoundError):
                 self.home.controller_socket.unlink()
@@ -235,7 +242,9 @@ class Controller:
                 await self.store.run(records.audit, owner, "config.change", str(path),
                                      {"sha256": digest, "previous": last})
 
-    def stop(self) -> None:
+    def stop(self, by: str | None = None) -> None:
+        """Stop serving; ``by`` is the user who asked (audited as the controller stops)."""
+        self._stopped_by = self._stopped_by or by
         self._stop.set()
 
     async def _load_state(self) -> None:

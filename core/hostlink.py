@@ -56,6 +56,7 @@ class HostLink:
         self._backoff = 0.5
         self._next_try = 0.0
         self._connecting: asyncio.Task[None] | None = None
+        self.held: str | None = None  # why the link stays down on purpose (its agent was stopped), or None
 
     @property
     def up(self) -> bool:
@@ -67,6 +68,9 @@ class HostLink:
 
     async def ensure_connected(self) -> bool:
         """Connect if it is time to try; return whether the link is up."""
+        if self.held is not None:
+            self.state, self.message = "stopped", self.held
+            return False
         if self.up:
             return True
         if self.peer is not None:
@@ -88,6 +92,9 @@ class HostLink:
             self.state = "unreachable"
             self.message = str(exc) if isinstance(exc, MlfleetError) else f"{type(exc).__name__}: {exc}"
             return False
+        if self.held is not None:  # held while this connection was being made: it is not used
+            await peer.close()
+            return False
         self.peer, self.info = peer, info
         self.state, self.message = "up", ""
         self._backoff = 0.5
@@ -107,6 +114,18 @@ class HostLink:
         """Forget the backoff (after the user fixed something, like trusting a host key)."""
         self._backoff = 0.5
         self._next_try = 0.0
+
+    async def hold(self, why: str) -> None:
+        """Close the link and keep it closed (no reconnect starts the agent again) until :meth:`release`."""
+        self.held = why
+        await self.close()
+        self.state, self.message = "stopped", why
+
+    def release(self) -> None:
+        """Connect again at the next tick (which starts the agent when none runs)."""
+        self.held = None
+        self.state, self.message = "connecting", ""
+        self.retry_now()
 
     def tear_down(self, why: str) -> None:
         """Break a connection that stopped answering; the next tick connects again."""

@@ -71,6 +71,11 @@ class Home:
         return self.data_dir / "code"
 
     @property
+    def wheel_cache_dir(self) -> Path:
+        """The agent's dependency wheels for nodes, one folder per (Python, platform) (``hosts bootstrap``)."""
+        return self.data_dir / "wheelhouse"
+
+    @property
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
 

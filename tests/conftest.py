@@ -46,9 +46,10 @@ class Fleet:
         self.home = Home(config_dir=root, data_dir=root)
         self.env = {**os.environ, "MLFLEET_HOME": str(root)}
 
-    def cli(self, *args: str, timeout: float = 90, check: bool = False) -> CliResult:
-        proc = subprocess.run([sys.executable, "-m", "mlfleet", *args], env=self.env, capture_output=True,
-                              text=True, timeout=timeout, cwd=REPO)
+    def cli(self, *args: str, timeout: float = 90, check: bool = False, cwd: Path | None = None) -> CliResult:
+        """``mlfleet ARGS`` as the installed command (its console script), run in ``cwd`` (default: the checkout)."""
+        proc = subprocess.run([str(Path(sys.executable).with_name("mlfleet")), *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO)
         result = CliResult(proc.returncode, proc.stdout, proc.stderr)
         if check and proc.returncode != 0:
             raise AssertionError(f"mlfleet {' '.join(args)} exited {proc.returncode}: {proc.stderr or proc.stdout}")

@@ -42,6 +42,7 @@ class SshServer:
         self.log_level = log_level  # DEBUG1 shows each forward it makes (a jump host's proof of the route)
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.extra_config: list[str] = []  # more sshd_config lines (e.g. SetEnv), read at the next start
         self.new_host_key()
 
     def new_host_key(self) -> None:
@@ -69,6 +70,7 @@ class SshServer:
             "AllowStreamLocalForwarding yes",
             "Subsystem sftp internal-sftp",
             f"LogLevel {self.log_level}",
+            *self.extra_config,
             "",
         ]))
         log = open(self.root / "sshd.log", "ab")

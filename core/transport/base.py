@@ -20,3 +20,7 @@ class AgentTransport(Protocol):
     async def connect(self) -> Peer:
         """A Peer that has said hello; raises UnavailableError when the agent cannot be reached."""
         ...
+
+    async def stop_agent(self) -> dict:
+        """Stop the agent (its runs go on); ``was_running`` and ``pid`` say what there was to stop."""
+        ...

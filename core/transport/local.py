@@ -12,13 +12,13 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from mlfleet.core.errors import UnavailableError, UnsafePathError
 from mlfleet.core.paths import Home
 from mlfleet.core.private import open_private, private_dir
 from mlfleet.core.protocol import Peer, open_unix_peer
+from mlfleet.core.spawn import local_agent_environment, own_python
 
 _START_TIMEOUT_S = 20.0
 IDLE_EXIT_S = 300
@@ -78,21 +78,26 @@ class LocalAgentTransport:
         """Hand a snapshot to the local agent: the same path as SFTP to a node, a temporary name then a rename."""
         await asyncio.to_thread(_copy_private, local, Path(remote))
 
+    async def stop_agent(self) -> dict:
+        from mlfleet.core.agentstop import stop_agent
+
+        return await asyncio.to_thread(stop_agent, self.state_dir)
+
     def _spawn(self) -> None:
         private_dir(self.home.log_dir)
         log_path = self.home.log_dir / "agent-local.log"
         log = open_private(log_path)  # also as stdout/stderr: a crash before logging is set up lands there too
         try:
             self._child = subprocess.Popen(
-                [sys.executable, "-m", "mlfleet", "agent", "serve",
+                own_python("agent", "serve",
                  "--state-dir", str(self.state_dir), "--socket", str(self.socket_path),
                  "--name", self.host, "--idle-exit", str(IDLE_EXIT_S),
                  "--sample-interval", str(self.sample_interval),
                  "--log-file", str(log_path), "--log-max-size", str(self.log_max_size),
                  "--log-backups", str(self.log_backups),
-                 *(["--simulate-gpus", self.simulate_gpus] if self.simulate_gpus else [])],
-                start_new_session=True, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
-                env={**os.environ},
+                 *(["--simulate-gpus", self.simulate_gpus] if self.simulate_gpus else [])),
+                cwd="/", start_new_session=True, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
+                env=local_agent_environment(os.environ),
             )
         finally:
             os.close(log)

@@ -65,6 +65,30 @@ class SshAgentTransport:
         return peer
 
 
+    async def stop_agent(self, agent_command: str | None = None) -> dict:
+        """Run ``agent stop`` on the node (with ``agent_command``, default the host's) and read its answer."""
+        import asyncio
+        import json
+
+        c = self.config
+        argv = [*shlex.split(agent_command or c.agent_command), "agent", "stop", "--state-dir", c.state_dir, "--json"]
+        conn = await self.open_connection()
+        try:
+            result = await asyncio.wait_for(conn.run(" ".join(shlex.quote(a) for a in argv), check=False), 60)
+        except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+            raise UnavailableError(f"could not stop the agent on {self.host}: {exc or type(exc).__name__}") from None
+        finally:
+            conn.close()
+        said = " ".join(str(result.stderr or "").split())[-300:]
+        if result.exit_status != 0:
+            raise UnavailableError(f"could not stop the agent on {self.host} (exit {result.exit_status}): "
+                                   f"{said or 'no word'}; an mlfleet older than 'agent stop' needs "
+                                   f"'mlfleet hosts bootstrap {self.host}' first")
+        try:
+            return dict(json.loads(str(result.stdout)))
+        except ValueError:
+            raise UnavailableError(f"{self.host} answered 'agent stop' with {str(result.stdout)[:100]!r}") from None
+
     async def upload(self, local: Path, remote: str) -> None:
         """Copy a file to the node over SFTP on the agent's connection (to a temporary name, then renamed)."""
         if self._conn is None:

@@ -22,7 +22,7 @@ from mlfleet.core.units import format_size
 from mlfleet.tui.widgets.spark import SparkLine, spark
 from mlfleet.tui.widgets.text import set_text
 
-HOST_STATES = ("up", "unreachable", "connecting")
+HOST_STATES = ("up", "unreachable", "connecting", "stopped")  # stopped: 'hosts stop-agent'; kept down
 
 
 class HostCard(Vertical):

@@ -18,7 +18,7 @@ HOST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("ram", "RAM"), ("gpus", "GPUS"), ("gpu_util", "GPU UTIL"), ("gpu_mem", "GPU MEM"), ("jobs", "JOBS"),
     ("agent", "AGENT"), ("seen", "LAST SEEN"), ("badges", "NOTES"),
 )
-STATE_STYLES = {"up": "green", "unreachable": "bold red", "connecting": "yellow"}
+STATE_STYLES = {"up": "green", "unreachable": "bold red", "connecting": "yellow", "stopped": "dim"}
 STALE_STYLE = "dim"  # the last answer of a host that stopped answering, not its state now
 LABELS_WIDTH = 28
 
