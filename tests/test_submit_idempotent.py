@@ -146,6 +146,31 @@ def _second_kill(fleet: Fleet, first: int, proc: subprocess.Popen[str], rng: ran
     return False
 
 
+def _story(fleet: Fleet, trials: list[dict[str, Any]], names: set[str],
+           commands: tuple[CliResult, ...] = ()) -> str:
+    """What the file and the controller's log say about the jobs ``names``: the message of a failed check.
+
+    Why: this check fails rarely (a race under SIGKILL), and a bare "two job ids" cannot be told apart
+    afterwards: which trial, which attempt answered, what each command said, what the file holds.
+    """
+    def query(sql: str) -> Any:
+        result = fleet.cli("db", "query", sql, "--json")
+        return result.json()["rows"] if result.code == 0 else result.err.strip()
+
+    quoted = ", ".join(f"'{n}'" for n in sorted(names)) or "''"
+    jobs = f"select job_id from jobs where name in ({quoted})"
+    lines = [f"trials: {[t for t in trials if t['name'] in names]}"]
+    lines += [f"command exit {c.code}, out {c.out.strip()!r}, err {c.err.strip()!r}" for c in commands]
+    lines += [f"jobs: {query(f'select job_id, name, owner, state, submitted_at from jobs where name in ({quoted})')}",
+              f"submit_keys: {query(f'select owner, key, job_id, created_at from submit_keys where job_id in ({jobs})')}",
+              f"audit: {query(f'select ts, action, target, detail from audit where target in ({jobs}) order by id')}"]
+    try:
+        log = (fleet.home.log_dir / "controller.log").read_text(errors="replace").splitlines()
+    except OSError:
+        log = []
+    return "\n".join(lines + ["controller.log (last 40 lines):"] + log[-40:])
+
+
 @pytest.mark.timeout(900)  # some 30 trials, each a submit, a controller restart and the command again
 def test_sigkill_of_the_controller_at_random_moments_of_submits_never_makes_a_job_twice(fleet: Fleet) -> None:
     (fleet.root / "config.yaml").write_text("client:\n  submit_retry: 60s\n")
@@ -195,7 +220,8 @@ def test_sigkill_of_the_controller_at_random_moments_of_submits_never_makes_a_jo
         repeat = _job_id_or_may_exist(again, key)
         assert repeat is not None, again.err
         if answer is not None:
-            assert repeat["job_id"] == answer["job_id"] and repeat["existing"], (answer, repeat)
+            assert repeat["job_id"] == answer["job_id"] and repeat["existing"], \
+                (answer, repeat, _story(fleet, [{"name": name, "key": key, "how": how}], {name}, (first, again)))
         lost = "lost the controller" in first.err
         return {"name": name, "key": key, "how": how, "job_id": repeat["job_id"], "lost": lost,
                 # the job was written by an attempt whose answer never arrived: the window
@@ -229,10 +255,16 @@ def test_sigkill_of_the_controller_at_random_moments_of_submits_never_makes_a_jo
           f"before the answer, {len(duplicated)} jobs duplicated, {len(twice)} run twice; exit codes {dict(codes)}; "
           f"{sum(asyncio_notes)} asyncio 'Future exception was never retrieved' notes on stderr")
 
-    assert not duplicated and set(names) == expected, (duplicated, sorted(set(names) ^ expected))
-    assert sorted(k for k, _ in by_key) == sorted([t["key"] for t in trials] + ["cal-0", "cal-1"])
-    assert {job for _, job in by_key} == {job for _, job in jobs}  # every key names exactly one job, and back
-    assert {t["key"]: t["job_id"] for t in trials}.items() <= dict(by_key).items()
+    assert not duplicated and set(names) == expected, \
+        (duplicated, sorted(set(names) ^ expected), _story(fleet, trials, set(duplicated) | (set(names) ^ expected)))
+    key_counts = collections.Counter(k for k, _ in by_key)
+    assert sorted(key_counts.elements()) == sorted([t["key"] for t in trials] + ["cal-0", "cal-1"]), \
+        _story(fleet, trials, {t["name"] for t in trials if key_counts[t["key"]] != 1})
+    assert {job for _, job in by_key} == {job for _, job in jobs}, \
+        _story(fleet, trials, {n for n, j in jobs if j not in {job for _, job in by_key}})  # every key names one job, and back
+    answered = {t["key"]: t["job_id"] for t in trials}
+    assert answered.items() <= dict(by_key).items(), \
+        _story(fleet, trials, {t["name"] for t in trials if dict(by_key).get(t["key"]) != t["job_id"]})
     assert not twice and set(starts) == expected, (twice, sorted(set(starts) ^ expected))
     assert all(count == 1 for _, count in runs) and len(runs) == len(expected), runs
     assert all(count == 1 for _, count in submits) and len(submits) == len(expected), submits  # audited once
