@@ -278,12 +278,17 @@ class Controller:
     # ------------------------------------------------------------ the loop
     async def _tick_loop(self) -> None:
         syncing: dict[str, asyncio.Task[None]] = {}  # a host's sync goes on across ticks while it is slow
+        first = True
         try:
             while True:
                 started = time.monotonic()
                 try:
                     await self._watch_inventory()
-                    await self._sync_hosts(syncing)
+                    # The first placement after a start waits for every host's first connection (up to
+                    # answer_timeout): a retry that prefers another host must not go back to the failed
+                    # one only because the other was still connecting.
+                    await self._sync_hosts(syncing, self.answer_timeout if first else self.tick_interval)
+                    first = False
                     await self._schedule()
                 except asyncio.CancelledError:
                     raise
@@ -297,7 +302,7 @@ class Controller:
             for task in syncing.values():
                 task.cancel()
 
-    async def _sync_hosts(self, syncing: dict[str, asyncio.Task[None]]) -> None:
+    async def _sync_hosts(self, syncing: dict[str, asyncio.Task[None]], wait: float) -> None:
         """Sync every host, waiting a tick at most: one frozen host never holds up the others or the scheduler.
 
         A host whose sync is still under way (a poll waiting out
@@ -308,7 +313,7 @@ class Controller:
         for name, link in self.links.items():
             if name not in syncing:
                 syncing[name] = asyncio.get_running_loop().create_task(self._sync_host(link), name=f"sync {name}")
-        await asyncio.wait(list(syncing.values()), timeout=max(self.tick_interval, 0.5))
+        await asyncio.wait(list(syncing.values()), timeout=max(wait, 0.5))
         for name, task in list(syncing.items()):
             if not task.done():
                 continue

@@ -49,7 +49,7 @@ SERVER_FRAME_DEADLINE_S = 15.0
 MAX_IN_FLIGHT = 64
 # Answers a server has made and its peers have not read yet, for all of its connections together: past
 # this the connection holding the most is closed, so peers that ask and never read cannot grow the server.
-SERVER_UNSENT_LIMIT = 128 * 1024 * 1024
+SERVER_UNSENT_LIMIT = 64 * 1024 * 1024
 STALLED_AFTER_S = 1.0  # an answer the other side has not taken for this long: a reader that stalled
 
 log = logging.getLogger(__name__)

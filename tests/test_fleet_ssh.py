@@ -171,8 +171,8 @@ def test_the_workdir_is_shipped_once_per_content_and_respects_gitignore(ssh_flee
         assert fleet.wait_state(job_id, {"succeeded", "failed"})["state"] == "succeeded"
     out = fleet.cli("jobs", "logs", first["job_id"]).out
     assert "shipped code says hi" in out and "data present: False" in out
-    code_dir = ssh_fleet.state_dir("node-a") / "code" / first["code_hash"]
-    assert f"cwd {code_dir}" in out
+    run_id = fleet.job(first["job_id"])["run_id"]
+    assert f"cwd {ssh_fleet.state_dir('node-a') / 'runs' / run_id / 'work'}" in out  # a copy of its own
     snapshots = [p.name for p in (ssh_fleet.state_dir("node-a") / "code").iterdir() if not p.name.startswith(".")]
     assert snapshots == [first["code_hash"]]
     run = fleet.cli_json("runs", "show", fleet.job(first["job_id"])["run_id"])

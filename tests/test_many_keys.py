@@ -138,7 +138,8 @@ def test_a_run_with_a_million_keys_is_listed_shown_and_compared_in_bounded_answe
         assert [r["run_id"] for r in picked] == [wide]
         chosen = picked[0]["metrics"][CHOSEN]
         assert chosen == {"min": -299.0, "max": CHOSEN_VALUES[0], "mean": sum(CHOSEN_VALUES) / 301,
-                          "last": -299.0, "last_step": 1299, "points": 301}
+                          "last": -299.0, "last_step": 1299, "points": 301,
+                          "summary": {"mode": "max", "value": CHOSEN_VALUES[0]}}  # track.summary declared max
         assert list(picked[0]["metrics"]) == ["layer0000/w0000", CHOSEN]
         assert [r["run_id"] for r in json_of(fleet, "runs", "list", "--where",
                                              'metrics."layer0999/w0999".count = 1')] == [wide]

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def test_lineage_has_the_commit_and_says_when_the_tree_was_dirty(fleet: Fleet) -
     assert untracked["git_dirty"] is True and untracked["diff_hash"] != dirty["diff_hash"]
 
     shown = fleet.cli("runs", "show", clean["run_id"])
-    assert f"git      {lineage['git_commit'][:12]} on main (clean)" in shown.out
+    assert re.search(rf"\bgit +{lineage['git_commit'][:12]} on main \(clean\)", shown.out), shown.out
 
 
 def test_a_workdir_outside_git_has_no_git_lineage(fleet: Fleet) -> None:
