@@ -13,6 +13,7 @@ import io
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,32 @@ def test_a_well_formed_archive_with_inside_symlinks_unpacks(fleet: Fleet) -> Non
     tree = Path(answer["path"])
     assert (tree / "lib" / "model.py").read_bytes() == b"W = 1\n"
     assert (tree / "src" / "again.py").read_bytes() == b"W = 1\n"
+
+
+def test_a_workdir_holding_the_mlfleet_home_never_ships_it_and_the_store_stays_locked(tmp_path: Path) -> None:
+    """MLFLEET_HOME kept inside the project: the store, keys and logs stay home, and DuckDB keeps its file lock.
+
+    Reading the live mlfleet.duckdb into a snapshot closed a descriptor of it in
+    the controller, which dropped DuckDB's lock: any other process could then
+    open the store for writing beside the controller.
+    """
+    import duckdb
+
+    project = Path(tempfile.mkdtemp(prefix="mlp", dir="/tmp"))
+    fleet = Fleet(project / "h")
+    fleet.root.mkdir()
+    try:
+        (project / "train.py").write_text("import os\nprint(sorted(os.listdir('.')))\n")
+        (project / "job.yaml").write_text("name: homebound\ncommand: [python, train.py]\n")
+        fleet.cli("controller", "start", check=True)
+        answer = fleet.cli_json("submit", str(project / "job.yaml"))
+        assert "h is mlfleet's own folder (its store, keys and logs); never shipped" in answer["code_skipped"]
+        assert fleet.wait_state(answer["job_id"], {"succeeded", "failed"})["state"] == "succeeded"
+        assert fleet.cli("jobs", "logs", answer["job_id"]).out.strip() == "['job.yaml', 'train.py']"
+        with pytest.raises(duckdb.IOException, match="lock"):
+            duckdb.connect(str(fleet.home.db_path)).close()
+        refused = fleet.cli("submit", str(fleet.write_spec("in-home", "name: in-home\ncommand: [true]\nworkdir: ..\n")))
+        assert refused.code == 2 and "is mlfleet's own folder" in refused.err, refused.err
+    finally:
+        fleet.kill_everything()
+        shutil.rmtree(project, ignore_errors=True)
