@@ -582,3 +582,23 @@ def test_clients_that_never_read_their_answers_cannot_lock_users_out(fleet: Flee
         assert fleet.cli_json("controller", "status")["evicted"] >= 1
     finally:
         close_all(held)
+
+
+def test_frames_that_are_not_a_hello_buy_a_connection_no_time(fleet: Fleet) -> None:
+    """Garbage every few seconds used to keep a connection that never said hello for good."""
+    start_controller(fleet)
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    raw.connect(str(fleet.home.controller_socket))
+    started = time.monotonic()
+    closed = False
+    try:
+        while time.monotonic() - started < HELLO_DEADLINE_S + 10 and not closed:
+            try:
+                raw.sendall(len(b"junk").to_bytes(4, "big") + b"junk")  # a whole frame, not msgpack
+            except OSError:
+                closed = True
+                break
+            closed = closed_by_peer([raw], wait=2) == 1
+    finally:
+        raw.close()
+    assert closed and time.monotonic() - started < HELLO_DEADLINE_S + 5
