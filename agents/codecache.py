@@ -7,6 +7,14 @@ name, extracts it to a temporary folder and renames that to
 snapshot already present is never uploaded again. Unpacked files keep only
 their owner's bits (0600, 0700 for executables): the agent's state dir is private.
 
+The verified archive is kept beside the tree (``code/<sha256>.tar.gz``,
+0400), and every run starts in a fresh extraction of it, checked against
+its sha256 first (:meth:`CodeCache.verified_archive`). Why not a copy of the
+unpacked tree: a job runs as the agent's user and can find and edit that
+shared tree (an attacker appended to ``train.py``, and the next run of the
+"same" code ran the edit). A changed archive is found by its hash: the
+snapshot is dropped and the controller ships it again.
+
 An archive is treated as hostile: it may hold only regular files, folders
 and symlinks, under relative names without ``..``. Extraction never follows
 a symlink: every folder is entered with ``O_NOFOLLOW`` relative to its
@@ -20,6 +28,7 @@ else refuses the whole snapshot; nothing is ever written outside it.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -53,15 +62,24 @@ class CodeCache:
     def path(self, sha256: str) -> Path:
         return self.root / self._check(sha256)
 
+    def archive(self, sha256: str) -> Path:
+        return self.root / f"{self._check(sha256)}.tar.gz"
+
+    def present(self, sha256: str) -> bool:
+        """Both the tree and its verified archive (a cache from before archives were kept is shipped again)."""
+        return self.path(sha256).is_dir() and self.archive(sha256).is_file()
+
     def status(self, sha256: str) -> dict[str, object]:
-        present = self.path(sha256).is_dir()
+        present = self.present(sha256)
         return {"present": present, "path": str(self.path(sha256)),
                 "incoming": str(self.incoming / f"{sha256}.tar.gz")}
 
     def unpack(self, sha256: str) -> dict[str, object]:
         target = self.path(sha256)
-        if target.is_dir():
+        if self.present(sha256):
             return {"present": True, "path": str(target)}
+        if target.is_dir():  # unpacked before archives were kept: unpacked again from the upload
+            shutil.rmtree(target, ignore_errors=True)
         archive = self.incoming / f"{sha256}.tar.gz"
         if not archive.exists():
             raise NotFoundError(f"snapshot {sha256[:12]} was not uploaded")
@@ -85,11 +103,40 @@ class CodeCache:
             shutil.rmtree(scratch, ignore_errors=True)  # unpacked meanwhile by another request
         except (OSError, tarfile.TarError, EOFError) as exc:
             shutil.rmtree(scratch, ignore_errors=True)
-            if target.is_dir():
+            if self.present(sha256):
                 return {"present": True, "path": str(target)}
             raise UsageError(f"cannot unpack snapshot {sha256[:12]}: {exc}") from None
-        archive.unlink(missing_ok=True)
+        if archive.exists():
+            os.chmod(archive, 0o400)
+            os.replace(archive, self.archive(sha256))  # kept, verified: each run starts from it
         return {"present": True, "path": str(target)}
+
+    def verified_archive(self, sha256: str) -> bytes:
+        """The snapshot's archive, checked against its sha256; a run's copy is extracted from these bytes.
+
+        An archive that no longer matches its name (a job wrote into the
+        cache) is dropped with its tree and reported as not here, so the
+        controller ships it again and launches the run from the fresh one.
+        """
+        archive = self.archive(sha256)
+        try:
+            data = archive.read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(f"snapshot {sha256[:12]} is not on this host; ship it first") from None
+        if hashlib.sha256(data).hexdigest() != sha256:
+            shutil.rmtree(self.path(sha256), ignore_errors=True)
+            archive.unlink(missing_ok=True)
+            raise NotFoundError(f"snapshot {sha256[:12]} on this host changed after it arrived (something wrote into "
+                                "the agent's code cache); it was dropped: ship it again")
+        return data
+
+    @staticmethod
+    def extract_copy(data: bytes, dest: Path) -> Path:
+        """A run's own copy: ``data`` (from verified_archive) extracted into the new folder ``dest``."""
+        dest.mkdir(mode=0o700)
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            extract(tar, dest)
+        return dest
 
 
 def extract(tar: tarfile.TarFile, dest: Path) -> None:

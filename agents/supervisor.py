@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -21,7 +21,7 @@ from pathlib import Path
 import msgspec
 import psutil
 
-from mlfleet.core.errors import NotFoundError, UsageError
+from mlfleet.core.errors import MlfleetError, NotFoundError, UsageError
 from mlfleet.core.spawn import own_python
 from mlfleet.core.models import DEFAULT_LOG_MAX_SIZE, MAX_METRIC_LINE, LaunchRequest, RunStatus, StreamChunk
 
@@ -97,21 +97,6 @@ def _note_artifact(known: dict[str, int], line: bytes) -> None:
         pass
 
 
-def run_workdir(code_dir: Path, run: RunDir) -> Path:
-    """The run's own copy of its snapshot (``RUN/work``), where the job starts.
-
-    WHY a copy per run: the unpacked snapshot is shared by every run of the
-    same code, so a job that writes ``out/model.pkl`` next to its code would
-    overwrite another run's artifact, and edit the code the next run starts
-    from. A copy (not hard links: a job opening a file for writing would
-    change the shared one) keeps each run's files its own, and what ran is
-    exactly the snapshot whose hash the run records.
-    """
-    work = run.file(WORK_DIR)
-    shutil.copytree(code_dir, work, symlinks=True)  # the snapshot's inside symlinks stay symlinks
-    return work
-
-
 def _signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -147,22 +132,26 @@ class Supervisor:
     def launch(self, request: LaunchRequest) -> RunStatus:
         """Start a run once; asking again for the same run_id returns its status."""
         run = self._dir(request.run_id)
-        code_dir = None
-        if request.code_hash:
-            code_dir = self.code.path(request.code_hash)
-            if not code_dir.is_dir():
+        if run.root.is_dir():
+            return self.status(request.run_id)
+        archive = None
+        if request.code_hash:  # checked before the run exists: a dropped snapshot is shipped again, then launched
+            if not self.code.present(request.code_hash):
                 raise NotFoundError(f"snapshot {request.code_hash[:12]} is not on this host; ship it first")
+            archive = self.code.verified_archive(request.code_hash)
         try:
             run.root.mkdir()
         except FileExistsError:
             return self.status(request.run_id)
-        if code_dir is not None:
+        if archive is not None:
             try:
-                request = msgspec.structs.replace(request, workdir=str(run_workdir(code_dir, run)))
-            except OSError as exc:  # a full disk, say: the run ends here, with why
+                work = self.code.extract_copy(archive, run.file(WORK_DIR))
+                request = msgspec.structs.replace(request, workdir=str(work))
+            except (OSError, MlfleetError, tarfile.TarError) as exc:  # a full disk, a tampered cache: ends here, with why
+                why = exc.strerror or exc if isinstance(exc, OSError) else exc
                 write_json_atomic(run.file("exit.json"), {
                     "exit_code": 127, "signal": None, "reason": "failed-to-start", "finished_at": time.time(),
-                    "message": f"could not copy snapshot {request.code_hash[:12]} for the run: {exc.strerror or exc}"})
+                    "message": f"could not make the run's copy of snapshot {request.code_hash[:12]}: {why}"})
                 return self.status(request.run_id)
         env = job_environment(request, run)
         write_json_atomic(run.file("launch.json"), msgspec.to_builtins(msgspec.structs.replace(request, env=env)))

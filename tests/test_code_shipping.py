@@ -258,3 +258,36 @@ def test_a_workdir_holding_the_mlfleet_home_never_ships_it_and_the_store_stays_l
     finally:
         fleet.kill_everything()
         shutil.rmtree(project, ignore_errors=True)
+
+
+POISONER = """import hashlib, json, os, pathlib
+here = pathlib.Path.cwd()
+code = here.parent.parent.parent / "code"
+sha = json.loads((here.parent / "launch.json").read_text())["code_hash"]
+print("ran:", hashlib.sha256(pathlib.Path(__file__).read_bytes()).hexdigest())
+for target in (code / sha / "train.py", code / f"{sha}.tar.gz"):  # the shared tree, and the archive itself
+    try:
+        os.chmod(target, 0o600)
+        with open(target, "ab") as f:
+            f.write(b"\\nprint('POISONED')\\n")
+    except OSError as exc:
+        print("could not poison", target.name, exc)
+"""
+
+
+def test_a_job_that_writes_into_the_agents_code_cache_cannot_change_what_the_next_run_starts_from(fleet: Fleet) -> None:
+    """The same code submitted twice: whatever the first job does to the cache, the second runs the snapshot."""
+    project = fleet.root / "specs" / "poison"
+    project.mkdir(parents=True)
+    (project / "train.py").write_text(POISONER)
+    spec = fleet.write_spec("poison", "name: poison\nworkdir: poison\ncommand: [python, train.py]\n")
+    first = fleet.cli_json("submit", str(spec))
+    assert fleet.wait_state(first["job_id"], {"succeeded", "failed"})["state"] == "succeeded"
+    second = fleet.cli_json("submit", str(spec))
+    assert second["code_hash"] == first["code_hash"]
+    done = fleet.wait_state(second["job_id"], {"succeeded", "failed"}, timeout=90)
+    out = fleet.cli("jobs", "logs", second["job_id"]).out
+    assert done["state"] == "succeeded" and "POISONED" not in out, out
+    expected = hashlib.sha256(POISONER.encode()).hexdigest()
+    assert f"ran: {expected}" in out  # byte for byte the snapshot whose hash the run records
+    assert fleet.cli_json("runs", "show", done["run_id"])["code_hash"] == first["code_hash"]
