@@ -7,8 +7,8 @@ name, extracts it to a temporary folder and renames that to
 snapshot already present is never uploaded again. Unpacked files keep only
 their owner's bits (0600, 0700 for executables): the agent's state dir is private.
 
-The verified archive is kept beside the tree (``code/<sha256>.tar.gz``,
-0400), and every run starts in a fresh extraction of it, checked against
+The verified archive is kept beside the tree (``code/<sha256>.tar.gz``),
+and every run starts in a fresh extraction of it, checked against
 its sha256 first (:meth:`CodeCache.verified_archive`). Why not a copy of the
 unpacked tree: a job runs as the agent's user and can find and edit that
 shared tree (an attacker appended to ``train.py``, and the next run of the
@@ -107,7 +107,7 @@ class CodeCache:
                 return {"present": True, "path": str(target)}
             raise UsageError(f"cannot unpack snapshot {sha256[:12]}: {exc}") from None
         if archive.exists():
-            os.chmod(archive, 0o400)
+            os.chmod(archive, 0o600)  # as SFTP left it (0644 with the node's umask): the user's code is private
             os.replace(archive, self.archive(sha256))  # kept, verified: each run starts from it
         return {"present": True, "path": str(target)}
 

@@ -22,6 +22,7 @@ import msgspec
 import psutil
 
 from mlfleet.core.errors import MlfleetError, NotFoundError, UsageError
+from mlfleet.core.private import USER_UMASK_ENV
 from mlfleet.core.spawn import own_python
 from mlfleet.core.models import DEFAULT_LOG_MAX_SIZE, MAX_METRIC_LINE, LaunchRequest, RunStatus, StreamChunk
 
@@ -65,6 +66,8 @@ def job_environment(request: LaunchRequest, run: RunDir) -> dict[str, str]:
     itself keeps its own.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLEET_")}  # only what is set below
+    if USER_UMASK_ENV in os.environ:  # read by the runner to give the job the user's umask (core/private.py)
+        env[USER_UMASK_ENV] = os.environ[USER_UMASK_ENV]
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", os.defpath)])
     env.update(request.env)
     env["MLFLEET_RUN_ID"] = request.run_id

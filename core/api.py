@@ -156,7 +156,7 @@ class ControllerApi(DriftApi, RunsApi):
         submitted = time.time()
         workdir = Path(job_spec.workdir)
         snap, git = await asyncio.gather(asyncio.to_thread(snapshot, workdir, self.c.home.code_cache_dir,
-                                                                   (self.c.home.config_dir, self.c.home.data_dir)),
+                                                                   self.c.home.own_paths()),
                                          asyncio.to_thread(git_lineage, workdir))
         answer = {"job_id": job_id, "state": "pending", "name": job_spec.name, "project": job_spec.project,
                   "code_hash": snap.sha256, "code_files": snap.files, "code_skipped": snap.skipped, "lineage": git,

@@ -115,6 +115,14 @@ class Home:
     def local_agent_socket(self) -> Path:
         return self.run_dir / "agent-local.sock"
 
+    def own_paths(self) -> tuple[Path, ...]:
+        """Every file and folder mlfleet keeps in its folders: never packed into a job's snapshot."""
+        db = self.db_path
+        return (self.config_file, self.hosts_file, self.known_hosts_file, db, db.with_name(db.name + ".wal"),
+                db.with_name(db.name + ".tmp"), self.code_cache_dir, self.wheel_cache_dir, self.log_dir,
+                self.data_dir / "agents", self.run_dir, self.controller_socket, self.controller_lock,
+                self.local_agent_socket)
+
     def ensure(self) -> None:
         """Create or reuse the folders, 0700; refuse one that another user owns or could swap."""
         for folder in (self.config_dir, self.data_dir, self.log_dir, self.local_agent_dir):

@@ -60,21 +60,19 @@ class _Entry:
 def snapshot(workdir: Path, cache_dir: Path, private: tuple[Path, ...] = ()) -> Snapshot:
     """Pack ``workdir`` into ``cache_dir/<sha256>.tar.gz`` (kept once per content).
 
-    ``private`` are mlfleet's own folders (config, data): never packed. Why:
-    they hold the store, keys and every user's logs, which must not travel
-    to a node; and reading the live DuckDB file from the controller process
-    would drop its lock on the file (closing any descriptor of a file
-    releases a process's POSIX locks on it).
+    ``private`` are mlfleet's own files and folders (``Home.own_paths``):
+    never packed. Why: they hold the store, keys and every user's logs,
+    which must not travel to a node; and reading the live DuckDB file from
+    the controller process would drop its lock on the file (closing any
+    descriptor of a file releases a process's POSIX locks on it).
     """
     root = Path(os.path.realpath(workdir))
     inside = _private_inside(root, private)
-    if "" in inside:
-        raise UsageError(f"workdir {workdir} is mlfleet's own folder (its store, keys and logs); "
-                         "give the job a workdir of its own")
     entries, skipped = _list_entries(root)
     kept = [e for e in entries if not any(e.rel == d or e.rel.startswith(d + "/") for d in inside)]
     if len(kept) != len(entries):
-        skipped += [f"{d} is mlfleet's own folder (its store, keys and logs); never shipped" for d in sorted(inside)]
+        left = sorted({d for e in entries if e not in kept for d in inside if e.rel == d or e.rel.startswith(d + "/")})
+        skipped.append(f"{', '.join(left)}: mlfleet's own (its store, keys and logs); never shipped")
     entries = kept
     total = sum(e.size for e in entries)
     if total > MAX_SNAPSHOT_BYTES:
@@ -115,18 +113,11 @@ def snapshot(workdir: Path, cache_dir: Path, private: tuple[Path, ...] = ()) -> 
 
 
 def _private_inside(root: Path, private: tuple[Path, ...]) -> set[str]:
-    """Where under ``root`` the private folders are, as relative paths ('' when root is one of them).
-
-    A workdir *inside* one (a folder of specs kept in MLFLEET_HOME) is fine:
-    mlfleet's own files sit at the top of its folders, never below a subfolder
-    a user made.
-    """
+    """Where under ``root`` the private paths are, as relative paths."""
     found: set[str] = set()
-    for folder in private:
-        real = os.path.realpath(folder)
-        if str(root) == real:
-            found.add("")
-        elif real.startswith(str(root) + os.sep):
+    for path in private:
+        real = os.path.realpath(path)
+        if real.startswith(str(root) + os.sep):
             found.add(os.path.relpath(real, root))
     return found
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 
+from mlfleet.core.private import USER_UMASK_ENV
+
 # A fresh login's PATH (Debian's login.defs, systemd's default): where a local job finds tools, after
 # mlfleet's interpreter (agents/supervisor.py puts that first).
 LOGIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -44,4 +46,6 @@ def local_agent_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """
     env = {k: v for k, v in environ.items() if k in LOGIN_VARIABLES or k.startswith("LC_")}
     env["PATH"] = LOGIN_PATH
+    if USER_UMASK_ENV in environ:  # the user's umask, for the files a job makes (core/private.py)
+        env[USER_UMASK_ENV] = environ[USER_UMASK_ENV]
     return env
