@@ -49,19 +49,21 @@ class RunsApi:
     async def rpc_runs_export(self, peer: Peer, output: Annotated[str, Meta(min_length=1)],
                               format: Literal["parquet", "csv"] | None = None, where: str | None = None,
                               sort: str | None = None, points: bool = False,
-                              metrics: list[str] | None = None, mode: int | None = None) -> dict[str, Any]:
+                              metrics: list[str] | None = None, mode: int | None = None,
+                              force: bool = False) -> dict[str, Any]:
         """Write runs (one row each) or their metric points to ``output`` (an absolute path) with COPY.
 
         ``format``: parquet or csv; when left out, the one ``output``'s name ends in (.parquet, .csv).
         ``mode``: the file's permissions, from the client's umask: the file is the
         user's, not the controller's, so it does not get the controller's 0600.
+        ``force``: replace an existing regular file (never a link); never a path in mlfleet's folders.
         """
         if not Path(output).is_absolute():
             raise UsageError(f"the output path must be absolute, got {output!r}")
         if mode is None:
             mode = 0o666 & ~user_umask()
         result = await self.store.read(run_export.export_runs, output, format, where, sort, points, metrics,
-                                       mode & 0o777)
+                                       mode & 0o777, self.c.home.own_folders(), force)
         await self.store.run(audit, peer.info["actor"], "runs.export", result["output"],
                              {"format": result["format"], "where": where, "rows": result["rows"], "kind": result["kind"]})
         return result

@@ -24,6 +24,7 @@ from mlfleet.core.config import load_job_spec
 from mlfleet.core.errors import (EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, MlfleetError, UnavailableError,
                                  UsageError)
 from mlfleet.core.models import SHOWN_JOB_STATES, TERMINAL_STATES, to_plain
+from mlfleet.core.output_path import check_output, open_temp, os_failure, place
 from mlfleet.core.paths import Home
 from mlfleet.core.private import private_agent_state, private_dir, trusted_socket, use_private_umask, user_umask
 from mlfleet.core.settings import load_settings
@@ -44,6 +45,17 @@ def _client_command(fn: Callable[[ControllerClient, argparse.Namespace], Awaitab
                 return await fn(client, args)
 
         return asyncio.run(go())
+
+    return run
+
+
+def _checked_output(fn: Callable[[ControllerClient, argparse.Namespace], Awaitable[int]]) -> Callable[[argparse.Namespace], int]:
+    """Like _client_command, but refuse ``--output`` (core/output_path.py) before any controller is started."""
+
+    def run(args: argparse.Namespace) -> int:
+        if args.output not in (None, "-"):
+            check_output(Path(args.output).expanduser().absolute(), Home.from_env().own_folders(), args.force)
+        return _client_command(fn)(args)
 
     return run
 
@@ -486,13 +498,15 @@ def cmd_runs_export(args: argparse.Namespace) -> int:
     from mlfleet.core.export_format import export_format
 
     args.format = export_format(args.output, args.format)  # before any controller is started for it
+    args.output = str(check_output(Path(args.output).expanduser().absolute(), Home.from_env().own_folders(),
+                                   args.force))  # the controller checks again: the TUI and scripts skip this
     return _client_command(_runs_export)(args)
 
 
 async def _runs_export(client: ControllerClient, args: argparse.Namespace) -> int:
-    answer = await client.call("runs_export", output=str(Path(args.output).expanduser().absolute()),
-                               format=args.format, where=args.where, sort=args.sort, points=args.metrics,
-                               metrics=args.metric or None, mode=0o666 & ~user_umask(), request_timeout=None)
+    answer = await client.call("runs_export", output=args.output, format=args.format, where=args.where,
+                               sort=args.sort, points=args.metrics, metrics=args.metric or None,
+                               mode=0o666 & ~user_umask(), force=args.force, request_timeout=None)
     if answer["kind"] == "points":
         what = f"{plural(answer['rows'], 'metric point')} of {plural(answer['runs'], 'run')}"
     else:
@@ -561,15 +575,21 @@ async def cmd_runs_artifact_get(client: ControllerClient, args: argparse.Namespa
 
     first = await client.call("run_artifact_read", run=args.id, path=args.path, offset=0, request_timeout=120)
     to_stdout = args.output == "-"
-    target = None if to_stdout else Path(args.output or os.path.basename(first["path"]))
-    partial = None if target is None else target.with_name(f".{target.name}.{os.getpid()}.part")
-    out = sys.stdout.buffer if to_stdout else open(partial, "wb")  # type: ignore[arg-type]
+    target, partial = None, None
+    if not to_stdout:  # checked again: the default name is the artifact's, known only now
+        target = check_output(Path(args.output or os.path.basename(first["path"])).absolute(),
+                              Home.from_env().own_folders(), args.force)
+        partial, fd = open_temp(target)
+    out = sys.stdout.buffer if to_stdout else os.fdopen(fd, "wb")
     digest, size, chunk = hashlib.sha256(), 0, first
     try:
         while True:
             data = base64.b64decode(chunk["data"])
             digest.update(data)
-            out.write(data)
+            try:
+                out.write(data)
+            except OSError as exc:
+                raise os_failure(exc, "write", target or "stdout") from None
             size += len(data)
             if chunk["eof"] or not data:
                 break
@@ -590,7 +610,7 @@ async def cmd_runs_artifact_get(client: ControllerClient, args: argparse.Namespa
                            f"{digest.hexdigest()[:12]}, {size} bytes; logged {first['sha256'][:12]}, "
                            f"{first['logged_size']} bytes): it changed since; nothing was kept")
     if partial is not None and target is not None:
-        os.replace(partial, target)
+        place(partial, target, args.force)
     result = {"run_id": first["run_id"], "path": first["path"], "host": first["host"], "size": size,
               "sha256": first["sha256"], "verified": True, "output": "-" if target is None else str(target)}
     if args.json:
@@ -889,7 +909,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="without --metric, compare the first N metrics in key order (default 20, at most 1000)")
     p.add_argument("--points", type=_bounded(1, bounds.MAX_POINTS), default=500, help="buckets per curve (default 500)")
     p = add(runs, "export", cmd_runs_export, "write runs or their metric points to Parquet or CSV")
-    p.add_argument("--output", "-o", required=True, help="the file to write (replaced whole)")
+    p.add_argument("--output", "-o", required=True, help="the file to write (a new one unless --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing regular file (never a link)")
     p.add_argument("--format", choices=["parquet", "csv"],
                    help="default: the one the --output name ends in (.parquet, .pq, .csv, .csv.gz)")
     p.add_argument("--where", help=where_help)
@@ -906,10 +927,11 @@ def build_parser() -> argparse.ArgumentParser:
     how_many.add_argument("--all-keys", action="store_true", help="show every metric key, fetched 10,000 at a time")
     add(runs, "artifacts", _client_command(cmd_runs_artifacts), "list the files a run logged as artifacts").add_argument("id")
     artifact = runs.add_parser("artifact", help="fetch a run's artifact").add_subparsers(dest="artifact_action", metavar="ACTION", required=True)
-    p = add(artifact, "get", _client_command(cmd_runs_artifact_get), "copy an artifact from its node here (sha256 verified)")
+    p = add(artifact, "get", _checked_output(cmd_runs_artifact_get), "copy an artifact from its node here (sha256 verified)")
     p.add_argument("id", help="run id (a unique prefix is enough)")
     p.add_argument("path", help="the artifact's path as listed, or a unique ending of it (model.pt)")
     p.add_argument("-o", "--output", help="where to write it (default: its file name, here; '-' for stdout)")
+    p.add_argument("--force", action="store_true", help="replace an existing regular file (never a link)")
 
     db = sub.add_parser("db", help="the DuckDB file").add_subparsers(dest="action", metavar="ACTION", required=True)
     p = add(db, "query", _client_command(cmd_db_query), "run a read-only SQL query through the controller")

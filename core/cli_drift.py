@@ -177,7 +177,12 @@ async def cmd_export(client: Any, args: argparse.Namespace) -> int:
     if args.output in (None, "-"):
         sys.stdout.write(text)
     else:
-        Path(args.output).write_text(text)
+        from mlfleet.core.output_path import check_output, write_bytes
+        from mlfleet.core.paths import Home
+
+        # checked before the controller was started too (_client); again here, the moment before writing
+        target = check_output(Path(args.output).expanduser().absolute(), Home.from_env().own_folders(), args.force)
+        write_bytes(target, text.encode(), args.force)
         if args.json:  # the report is in the file: stdout says where, as JSON
             sys.stdout.write(json.dumps({"report_id": report["report_id"], "output": args.output}) + "\n")
         else:
@@ -198,11 +203,11 @@ async def cmd_profiles(client: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _client(fn: Callable[..., Any]) -> Callable[[argparse.Namespace], int]:
+def _client(fn: Callable[..., Any], checks_output: bool = False) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from mlfleet.core.cli import _client_command
+        from mlfleet.core.cli import _checked_output, _client_command
 
-        return _client_command(fn)(args)
+        return (_checked_output if checks_output else _client_command)(fn)(args)
 
     return run
 
@@ -238,7 +243,8 @@ def register(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--run", help="only reports linked to this run (id prefix)")
     add(drift, "show", _client(cmd_show), "show a report and its columns").add_argument(
         "id", help="report id (a unique prefix is enough)")
-    p = add(drift, "export", _client(cmd_export), "write a report as JSON (to stdout, or -o FILE)")
+    p = add(drift, "export", _client(cmd_export, checks_output=True), "write a report as JSON (to stdout, or -o FILE)")
     p.add_argument("id", help="report id (a unique prefix is enough)")
-    p.add_argument("-o", "--output", help="file to write (default: stdout)")
+    p.add_argument("-o", "--output", help="file to write (default: stdout; a new one unless --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing regular file (never a link)")
     add(drift, "profiles", _client(cmd_profiles), "list saved reference profiles")

@@ -111,6 +111,10 @@ class Home:
     def controller_lock(self) -> Path:
         return self.run_dir / "controller.lock"
 
+    def own_folders(self) -> tuple[Path, ...]:
+        """The folders no command may write a user's file into (core/output_path.py): store, config, sockets."""
+        return (self.config_dir, self.data_dir, self.run_dir)
+
     @property
     def local_agent_socket(self) -> Path:
         return self.run_dir / "agent-local.sock"

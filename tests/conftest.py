@@ -46,6 +46,13 @@ class Fleet:
         self.home = Home(config_dir=root, data_dir=root)
         self.env = {**os.environ, "MLFLEET_HOME": str(root)}
 
+    @property
+    def files(self) -> Path:
+        """A folder of the user's own beside the installation: mlfleet refuses to write outputs into its home."""
+        folder = self.root.with_name(self.root.name + "-files")
+        folder.mkdir(exist_ok=True)
+        return folder
+
     def cli(self, *args: str, timeout: float = 90, check: bool = False, cwd: Path | None = None) -> CliResult:
         """``mlfleet ARGS`` as the installed command (its console script), run in ``cwd`` (default: the checkout)."""
         proc = subprocess.run([str(Path(sys.executable).with_name("mlfleet")), *args], env=self.env,

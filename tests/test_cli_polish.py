@@ -134,7 +134,7 @@ def test_sort_takes_a_leading_minus_as_written(fleet: Fleet) -> None:
     adam, sgd = two_runs(fleet)
     assert [r["run_id"] for r in fleet.cli_json("runs", "list", "--sort", "-metrics.loss.min")] == [sgd, adam]
     assert [r["run_id"] for r in fleet.cli_json("runs", "list", "--sort", "-params.optimizer.lr")] == [adam, sgd]
-    out = fleet.root / "sorted.csv"
+    out = fleet.files / "sorted.csv"
     fleet.cli("runs", "export", "-o", str(out), "--sort", "-name", check=True)
     assert [line.split(",")[0] for line in out.read_text().splitlines()[1:]] == [sgd, adam]
     limit = fleet.cli("runs", "list", "--limit", "-5")  # a negative number is still a value, and out of range
@@ -191,24 +191,24 @@ def test_comparing_a_metric_no_run_logged_is_not_found(fleet: Fleet) -> None:
 def test_export_writes_the_format_its_name_says_or_refuses(fleet: Fleet) -> None:
     two_runs(fleet)
     # the format is the one the name ends in, or a mismatch is refused before anything starts
-    csv = fleet.root / "r.csv"
+    csv = fleet.files / "r.csv"
     wrote = fleet.cli("runs", "export", "--output", str(csv), check=True).out
     assert one_line(wrote) == f"wrote 2 runs to {csv} as csv"
     assert not csv.read_bytes().startswith(b"PAR1") and csv.read_text().startswith("run_id,")
-    parquet = fleet.root / "points.parquet"
+    parquet = fleet.files / "points.parquet"
     wrote = fleet.cli("runs", "export", "--metrics", "--metric", "loss", "-o", str(parquet), check=True).out
     assert one_line(wrote) == f"wrote 40 metric points of 2 runs to {parquet} as parquet"
     assert parquet.read_bytes()[:4] == b"PAR1"
-    gz = fleet.root / "r.csv.gz"
+    gz = fleet.files / "r.csv.gz"
     assert fleet.cli_json("runs", "export", "-o", str(gz))["format"] == "csv"
-    plain = fleet.root / "runs.out"
+    plain = fleet.files / "runs.out"
     assert fleet.cli_json("runs", "export", "--format", "csv", "-o", str(plain))["format"] == "csv"
-    for argv, words in ((["-o", str(fleet.root / "r.dat")], "cannot tell the format of r.dat from its name"),
-                        (["--format", "parquet", "-o", str(fleet.root / "x.csv")],
+    for argv, words in ((["-o", str(fleet.files / "r.dat")], "cannot tell the format of r.dat from its name"),
+                        (["--format", "parquet", "-o", str(fleet.files / "x.csv")],
                          "x.csv ends in .csv but --format is parquet")):
         refused = fleet.cli("runs", "export", *argv)
         assert refused.code == 2 and words in one_line(refused.err), refused.err
-    assert not (fleet.root / "r.dat").exists() and not (fleet.root / "x.csv").exists()
+    assert not (fleet.files / "r.dat").exists() and not (fleet.files / "x.csv").exists()
 
     fleet.cli("controller", "stop", check=True)
     con = duckdb.connect()

@@ -73,7 +73,7 @@ def test_check_profile_list_show_and_ci_gate(fleet: Fleet) -> None:
     human = fleet.cli("drift", "show", report["report_id"])
     assert human.code == 0 and "country" in human.out and "DRIFT" in human.out
 
-    exported = fleet.root / "report.json"
+    exported = fleet.files / "report.json"
     assert fleet.cli("drift", "export", report["report_id"], "-o", str(exported)).code == 0
     assert json.loads(exported.read_text())["columns"][1]["column"] == "income"
 

@@ -177,12 +177,12 @@ def test_a_run_with_a_million_keys_is_listed_shown_and_compared_in_bounded_answe
         assert list(by_glob["metrics"]) == ["z_last"] and by_glob["metric_keys"]["left_out"] == 0
 
         # A row per run cannot hold five million columns: say so, and export the metrics named.
-        refused = fleet.cli("runs", "export", "--output", str(fleet.root / "all.csv"), "--format", "csv")
+        refused = fleet.cli("runs", "export", "--output", str(fleet.files / "all.csv"), "--format", "csv")
         assert refused.code == 2 and refused.err.strip() == (
             f"mlfleet: the 2 runs have {KEYS + 1:,} metric keys, 5 columns each, and a row per run holds at most "
             "2,000 keys; name them with --metric K, or write the points with --metrics")
-        assert not (fleet.root / "all.csv").exists()
-        out = fleet.root / "two.csv"
+        assert not (fleet.files / "all.csv").exists()
+        out = fleet.files / "two.csv"
         fleet.cli("runs", "export", "--output", str(out), "--format", "csv", "--metric", CHOSEN, "--metric", "loss",
                   check=True)
     header = out.read_text().split("\n")[0].split(",")

@@ -65,10 +65,10 @@ def test_filter_compare_and_export_two_tracked_runs(fleet: Fleet) -> None:
     human = fleet.cli("runs", "compare", fast, slow, "--metric", "loss", check=True).out
     assert "loss" in human and "min 0.03279" in human and "lr" in human and "same in all: epochs=3" in human
 
-    out = fleet.root / "runs.csv"
+    out = fleet.files / "runs.csv"
     answer = fleet.cli_json("runs", "export", "--format", "csv", "--where", "tags.team = 'vision'", "--output", str(out))
     assert answer["rows"] == 2 and answer["output"] == str(out)
-    points = fleet.root / "points.parquet"
+    points = fleet.files / "points.parquet"
     fleet.cli("runs", "export", "--metrics", "--metric", "loss", "--output", str(points), check=True)
     fleet.cli("controller", "stop", check=True)  # the store is the controller's while it runs; files are ours
     con = duckdb.connect()

@@ -130,17 +130,17 @@ def test_an_artifact_is_logged_listed_and_fetched_with_its_sha256_checked(fleet:
     listed = fleet.cli_json("runs", "artifacts", run["run_id"])
     assert [(a["path"], a["size"], a["sha256"]) for a in listed] == [(os.path.realpath(model), 256 * 12289, expected)]
 
-    out = fleet.root / "fetched.bin"
+    out = fleet.files / "fetched.bin"
     got = fleet.cli_json("runs", "artifact", "get", run["run_id"], "model.bin", "-o", str(out))
     assert got["verified"] is True and got["sha256"] == expected
     assert out.read_bytes() == model.read_bytes()
 
     # The file changed on the node after it was logged: nothing is kept, and the user is told why.
     model.write_bytes(b"not the model")
-    changed = fleet.cli("runs", "artifact", "get", run["run_id"], "model.bin", "-o", str(fleet.root / "again.bin"))
+    changed = fleet.cli("runs", "artifact", "get", run["run_id"], "model.bin", "-o", str(fleet.files / "again.bin"))
     assert changed.code == 1 and "is not what the run logged" in changed.err and "Traceback" not in changed.err
-    assert not (fleet.root / "again.bin").exists()
-    assert not list(fleet.root.glob(".again.bin.*"))
+    assert not (fleet.files / "again.bin").exists()
+    assert not list(fleet.files.glob(".again.bin.*"))
 
     missing = fleet.cli("runs", "artifact", "get", run["run_id"], "/etc/passwd")
     assert missing.code == 4 and "has no artifact" in missing.err
@@ -204,7 +204,7 @@ def test_an_artifact_on_an_ssh_host_comes_back_through_its_agent(ssh_fleet) -> N
     assert run["host"] == "node-a"
     assert run["lineage"]["inputs"] == [{"path": str(data), "sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
                                          "size": 100_000}]
-    target = fleet.root / "weights.bin"
+    target = fleet.files / "weights.bin"
     got = fleet.cli_json("runs", "artifact", "get", run["run_id"], "weights.bin", "-o", str(target))
     assert got["host"] == "node-a" and got["size"] == 2_500_000 and got["verified"] is True
     assert target.read_bytes() == (out_dir / "weights.bin").read_bytes()
@@ -266,11 +266,11 @@ def test_an_artifact_outside_the_runs_folders_is_refused_at_log_time_and_at_read
     assert "is not a regular file" in said["pipe"][1]
 
     def refused(path: str, why: str) -> None:
-        target = fleet.root / "fetched"
+        target = fleet.files / "fetched"
         got = fleet.cli("runs", "artifact", "get", run_id, path, "-o", str(target))
         assert got.code == 2, (path, got.out, got.err)
         assert why in got.err and got.err.strip().count("\n") == 0 and "Traceback" not in got.err, got.err
-        assert not target.exists() and not list(fleet.root.glob(".fetched.*"))
+        assert not target.exists() and not list(fleet.files.glob(".fetched.*"))
 
     workdir = os.path.realpath(fleet.home.local_agent_dir / "runs" / run_id / "work")  # the run's own copy
     outside = "is outside the run's folder and its workdir on its node, so it is not served"
@@ -284,8 +284,8 @@ def test_an_artifact_outside_the_runs_folders_is_refused_at_log_time_and_at_read
     refused(str(allowed / "model.bin"), outside)  # not allowed on this host (yet)
     refused(str(fleet.home.local_agent_dir / "runs" / run_id / "launch.json"), "is the agent's own record of the run")
 
-    ok = fleet.cli_json("runs", "artifact", "get", run_id, "ok.bin", "-o", str(fleet.root / "ok.bin"))
-    assert ok["verified"] is True and (fleet.root / "ok.bin").read_bytes() == b"fine"
+    ok = fleet.cli_json("runs", "artifact", "get", run_id, "ok.bin", "-o", str(fleet.files / "ok.bin"))
+    assert ok["verified"] is True and (fleet.files / "ok.bin").read_bytes() == b"fine"
 
     # Once the host allows its model folder, a new run may log a file there, and it is served.
     fleet.cli("controller", "stop", check=True)
@@ -297,5 +297,5 @@ def test_an_artifact_outside_the_runs_folders_is_refused_at_log_time_and_at_read
     logs = fleet.cli("jobs", "logs", again.json()["job_id"]).out
     assert f"logged {allowed / 'model.bin'}" in logs and "logged /etc/shadow" not in logs
     got = fleet.cli_json("runs", "artifact", "get", again.json()["run_id"], str(allowed / "model.bin"),
-                         "-o", str(fleet.root / "model.bin"))
-    assert got["verified"] is True and (fleet.root / "model.bin").read_bytes() == b"a model kept with the others"
+                         "-o", str(fleet.files / "model.bin"))
+    assert got["verified"] is True and (fleet.files / "model.bin").read_bytes() == b"a model kept with the others"

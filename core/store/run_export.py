@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import duckdb
 import numpy as np
 
 from mlfleet.core.errors import UsageError
 from mlfleet.core.export_format import FORMATS, compression, export_format
+from mlfleet.core.output_path import check_output, os_failure, place, temp_beside
 
 from .run_queries import LIST_COLUMNS, NAN, marks, select_run_ids, texts
 
@@ -23,25 +23,22 @@ assert set(EXPORT_FORMATS) == set(FORMATS)
 
 def export_runs(con: duckdb.DuckDBPyConnection, output: str, fmt: str | None = None, where: str | None = None,
                 sort: str | None = None, points: bool = False, metrics: list[str] | None = None,
-                mode: int | None = None) -> dict[str, Any]:
+                mode: int | None = None, own_folders: Iterable[Path] = (), force: bool = False) -> dict[str, Any]:
     """Write the runs that pass the filter (one row each) or, with ``points``, their metric points (long).
 
     The format is ``fmt``, or the one ``output``'s name ends in (:func:`export_format`).
     The file appears whole or not at all: DuckDB's COPY writes a temporary
-    file next to ``output``, which is then renamed over it.
+    file next to ``output``, which is then put in its place. Where it may go
+    (never into ``own_folders``, over an existing file only with ``force``)
+    is core/output_path.py's to say, here on the controller, because the TUI
+    and scripts call the RPC without the CLI's check.
     """
     fmt = export_format(output, fmt)
-    target = Path(output)
-    if not target.is_absolute():
-        raise UsageError(f"the output path must be absolute, got {output!r}")
-    if not target.parent.is_dir():
-        raise UsageError(f"{target.parent} is not a folder; create it first")
-    if target.is_dir():
-        raise UsageError(f"{target} is a folder; give a file name")
+    target = check_output(output, own_folders, force)
     ids = select_run_ids(con, where, sort, limit=10_000_000)
     order = np.arange(len(ids), dtype=np.int64)
     con.register("_export_ids", {"run_id": texts(ids), "_order": order})
-    tmp = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    tmp = temp_beside(target)
     try:
         if points:
             keys = list(dict.fromkeys(metrics or []))
@@ -62,8 +59,11 @@ def export_runs(con: duckdb.DuckDBPyConnection, output: str, fmt: str | None = N
         except duckdb.Error as exc:
             raise UsageError(f"cannot write {target}: {str(exc).strip().splitlines()[0]}") from None
         if mode is not None:  # written 0600 (the controller's umask): the user's file gets the user's mode
-            os.chmod(tmp, mode)
-        os.replace(tmp, target)
+            try:
+                os.chmod(tmp, mode)
+            except OSError as exc:
+                raise os_failure(exc, "write", target) from None
+        place(tmp, target, force)
     finally:
         for name in ("_export_ids", "_export_extra"):
             try:
