@@ -52,8 +52,11 @@ def _running_queries(fleet: Fleet) -> int:
 
 
 def _query_process(fleet: Fleet, sql: str) -> subprocess.Popen[str]:
+    # SIGINT back to its default, as in a terminal: a suite started in the background (`cmd &` in a
+    # script) ignores it, Python then never installs its Ctrl-C handler, and the CLI would not hear it.
     return subprocess.Popen([sys.executable, "-m", "mlfleet", "db", "query", sql], env=fleet.env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _sendable(sql: str) -> bool:
