@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import SpecError
+from .sshkeywords import OPENSSH_KEYWORDS, suggestion
 
 MAX_INCLUDE_DEPTH = 16  # OpenSSH's READCONF_MAX_DEPTH
 MAX_FILE_BYTES = 4 * 1024 * 1024
@@ -320,15 +321,27 @@ def _read(path: str, included_at: Line | None) -> list[Line]:
         raise SpecError(*where, None, f"{path} is larger than {MAX_FILE_BYTES // 2**20} MiB; it is not an ssh config")
     if b"\0" in data:
         raise SpecError(*where, None, f"{path} holds binary data; it is not an ssh config")
+    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark (Windows editors) is not part of the first keyword
+        data = data[3:]
     lines = []
-    for number, text in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
-        text = text.strip()
+    ignore_unknown: list[str] = []  # IgnoreUnknown patterns seen so far in this file
+    for number, encoded in enumerate(data.splitlines(), 1):
+        try:
+            text = encoded.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:  # never guess: a replaced byte in a HostName is a wrong address
+            raise SpecError(path, number, None, f"is not UTF-8 text (byte {exc.start + 1} of the line)",
+                            "save the file as UTF-8") from None
         if not text or text.startswith("#"):
             continue
         m = re.match(r"([^\s=]+)\s*(?:=\s*)?(.*)$", text)
         if m is None:
             raise SpecError(path, number, None, "is not 'Keyword value'", "see ssh_config(5)")
         keyword, raw = m.group(1).lower(), m.group(2).strip()
+        if keyword not in OPENSSH_KEYWORDS:
+            if host_matches(ignore_unknown, keyword):
+                continue
+            raise SpecError(path, number, m.group(1), "is not an ssh_config keyword, so ssh itself refuses this "
+                            "file", suggestion(m.group(1)))
         if keyword == "proxycommand":
             args = [raw] if raw else []
         else:
@@ -339,6 +352,8 @@ def _read(path: str, included_at: Line | None) -> list[Line]:
             raw = " ".join(args)
         if not args:
             raise SpecError(path, number, m.group(1), "has no value", "see ssh_config(5)")
+        if keyword == "ignoreunknown":
+            ignore_unknown.extend(p for a in args for p in a.split(","))
         lines.append(Line(keyword, args, raw, path, number))
     return lines
 

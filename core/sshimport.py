@@ -55,20 +55,25 @@ class ImportPlan:
     warnings: list[str] = field(default_factory=list)
 
 
+def is_port(text: str) -> bool:
+    """ASCII digits 1 to 65535: ``str.isdigit`` and ``int`` also accept '٣٣' (Arabic-Indic 33) and '²'."""
+    return re.fullmatch(r"[0-9]{1,5}", text) is not None and 1 <= int(text) <= 65535
+
+
 def parse_jump(spec: str) -> tuple[str | None, str, int | None]:
     """``[user@]host[:port]`` or ``ssh://[user@]host[:port]`` (``[::1]:22`` for IPv6) -> (user, host, port)."""
     text = spec.strip()
     text = text[len("ssh://"):] if text.startswith("ssh://") else text
     user, _, rest = text.rpartition("@")
     port: int | None = None
-    if m := re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", rest):
+    if m := re.fullmatch(r"\[([^\]]+)\](?::([^:]+))?", rest):
         host, port_text = m.group(1), m.group(2)
     elif rest.count(":") == 1:
         host, port_text = rest.split(":")
     else:
         host, port_text = rest, None
     if port_text is not None:
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        if not is_port(port_text):
             raise ValueError(f"{spec!r}: {port_text!r} is not a TCP port (1 to 65535)")
         port = int(port_text)
     if not host or "/" in host or " " in host:
@@ -155,7 +160,7 @@ def _endpoint(config: SshConfig, resolved: Resolved, who: str) -> dict[str, Any]
     out: dict[str, Any] = {"address": config.hostname(resolved)}
     port = resolved.options.get("port")
     if port is not None:
-        if not port.raw.isdigit() or not 1 <= int(port.raw) <= 65535:
+        if not is_port(port.raw):
             raise Refused(f"{who}: Port {port.raw} ({port.where}) is not a TCP port; use 1 to 65535")
         out["port"] = int(port.raw)
     if resolved.value("user"):

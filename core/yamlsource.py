@@ -17,6 +17,10 @@ import yaml
 from .errors import SpecError
 
 _MAX_YAML_BYTES = 4 * 1024 * 1024
+# Aliases may repeat what is written, but not multiply it: nine levels of nine aliases ("billion
+# laughs") is a few hundred bytes that would build 387 million values and never finish. A file may
+# hold this many values beyond the ones written in it; real specs and inventories use a handful.
+MAX_ALIAS_EXPANSION = 100_000
 
 
 @dataclass
@@ -73,9 +77,40 @@ def read_yaml(path: str | Path, allow_empty: bool = False) -> Located:
                         "flatten the YAML") from None
 
 
+class _AliasRecordingLoader(yaml.SafeLoader):
+    """SafeLoader that remembers where each alias (``*name``) is used, so a refusal can name its line.
+
+    PyYAML's composer hands back the anchored node itself for an alias, losing the alias's own mark.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.alias_uses: dict[int, tuple[str, int]] = {}  # id(anchored node) -> (name, line of first use)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            node = super().compose_node(parent, index)
+            self.alias_uses.setdefault(id(node), (event.anchor, event.start_mark.line + 1))
+            return node
+        return super().compose_node(parent, index)
+
+
+def _compose_all(text: str) -> tuple[list[yaml.Node], dict[int, tuple[str, int]]]:
+    loader = _AliasRecordingLoader(text)
+    try:
+        nodes = []
+        while loader.check_node():
+            nodes.append(loader.get_node())
+        return nodes, loader.alias_uses
+    finally:
+        loader.dispose()
+
+
 def parse_yaml(text: str, display: str, allow_empty: bool = False) -> Located:
     try:
-        nodes = [n for n in yaml.compose_all(text, Loader=yaml.SafeLoader) if not _is_empty(n)]
+        composed, alias_uses = _compose_all(text)
+        nodes = [n for n in composed if not _is_empty(n)]
     except yaml.MarkedYAMLError as exc:
         line, problem, hint = _explain_syntax_error(exc)
         raise SpecError(display, line, None, problem, hint) from None
@@ -92,9 +127,50 @@ def parse_yaml(text: str, display: str, allow_empty: bool = False) -> Located:
     if len(nodes) > 1:
         raise SpecError(display, _second_document_line(text), None, "holds more than one YAML document",
                         "keep one job per file")
+    if alias_uses:
+        _check_alias_expansion(nodes[0], alias_uses, display)
     located = Located(display, None)
     located.data = _build(nodes[0], (), located)
     return located
+
+
+def _check_alias_expansion(root: yaml.Node, alias_uses: dict[int, tuple[str, int]], display: str) -> None:
+    """Refuse a document whose aliases would build far more values than it spells out, before building any.
+
+    Sizes are counted once per distinct node (memoised), so this costs what the text costs, not what the
+    expansion would; an alias inside the value it names (``a: &a [*a]``) is refused here too.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            name, line = alias_uses.get(key, ("?", node.start_mark.line + 1))
+            raise SpecError(display, line, None, f"the alias *{name} refers to the value it is inside",
+                            "an alias can only repeat a value defined before and outside it")
+        open_nodes.add(key)
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    expanded = size(root)
+    written = len(sizes)
+    if expanded - written <= MAX_ALIAS_EXPANSION:
+        return
+    biggest = max((k for k in alias_uses if k in sizes), key=lambda k: sizes[k])
+    name, line = alias_uses[biggest]
+    raise SpecError(display, line, None,
+                    f"aliases expand this file to {expanded:,} values (the alias *{name} here alone is "
+                    f"{sizes[biggest]:,}), more than {MAX_ALIAS_EXPANSION:,} beyond what is written",
+                    "write the values out, or repeat fewer of them")
 
 
 def _is_empty(node: yaml.Node | None) -> bool:
@@ -162,7 +238,34 @@ def _build(node: yaml.Node, parts: tuple[Any, ...], located: Located) -> Any:
         return [_build(child, parts + (i,), located) for i, child in enumerate(node.value)]
     if isinstance(node, yaml.ScalarNode) and node.style is None:
         located.raw[parts] = node.value
+    if node.tag == _INT_TAG:
+        return _build_int(node, parts, located)
     return yaml.SafeLoader(" ").construct_object(node, deep=True)
+
+
+_INT_TAG = "tag:yaml.org,2002:int"
+# Every value mlfleet reads from YAML travels in a msgpack frame or a DuckDB BIGINT: 64 bits, signed.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+
+
+def _build_int(node: yaml.ScalarNode, parts: tuple[Any, ...], located: Located) -> Any:
+    """An integer the wire and the store can carry, refused at its line otherwise.
+
+    Caught here, while the line is known, rather than as "cannot encode a frame" after the job is
+    half-submitted; a key stays its text (keys are names), so only values are refused.
+    """
+    is_key = bool(parts) and parts[-1] == "<key>"
+    try:
+        value = yaml.SafeLoader(" ").construct_object(node, deep=True)
+    except ValueError:  # more digits than Python converts (4300): far past 64 bits anyway
+        value = None
+    if isinstance(value, int) and INT_MIN <= value <= INT_MAX:
+        return value
+    if is_key:
+        return node.value
+    raise SpecError(located.path, node.start_mark.line + 1, _dotted(parts) or None,
+                    "is an integer too large to carry (integers must be between -2**63 and 2**63-1)",
+                    "quote it to keep it as text")
 
 
 def _dotted(parts: tuple[Any, ...]) -> str:

@@ -127,7 +127,8 @@ def test_a_spec_loads_the_same_from_a_relative_path(monkeypatch: pytest.MonkeyPa
 
 # ------------------------------------------------------------- the CLI
 
-CLI_CASES = ["gpus-word", "unknown-top-level-field-typo", "duplicate-key", "workdir-missing", "timeout-soon"]
+CLI_CASES = ["gpus-word", "unknown-top-level-field-typo", "duplicate-key", "workdir-missing", "timeout-soon",
+             "yaml-alias-bomb", "tag-int-too-large"]
 
 
 def _submit(fleet: Fleet, path: Path) -> subprocess.CompletedProcess[str]:
@@ -177,10 +178,46 @@ def test_endless_or_self_referencing_spec_files_are_one_sentence(tmp_path) -> No
     alias.write_text("a: &a [*a]\n")
     deep = tmp_path / "deep.yaml"
     deep.write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
-    for path, words in ((alias, "nests too deeply"), (deep, "nests too deeply"), ("/dev/zero", "not a regular file")):
+    for path, words in ((alias, "the alias *a refers to the value it is inside"), (deep, "nests too deeply"), ("/dev/zero", "not a regular file")):
         try:
             read_yaml(path)
         except SpecError as exc:
             assert words in str(exc)
         else:
             raise AssertionError(f"{path} was accepted")
+
+
+def _laughs(levels: int, fan: int) -> str:
+    """Each level an anchored list of ``fan`` aliases to the level before: fan**levels values from a few lines."""
+    text = "a0: &a0 [x]\n"
+    for n in range(1, levels + 1):
+        text += f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * fan)}]\n"
+    return text
+
+
+def test_aliases_that_repeat_a_value_load_and_aliases_that_multiply_it_are_refused_at_their_line(tmp_path: Path) -> None:
+    from mlfleet.core.yamlsource import MAX_ALIAS_EXPANSION, read_yaml
+
+    modest = tmp_path / "modest.yaml"
+    modest.write_text("defaults: &d {lr: 0.1, seeds: [1, 2, 3]}\nrun1: *d\nrun2: {cfg: *d}\n" + _laughs(4, 9))
+    data = read_yaml(modest).data
+    assert data["run2"] == {"cfg": {"lr": 0.1, "seeds": [1, 2, 3]}} and len(data["a4"]) == 9
+    # The largest expansion allowed and one more than that: 2 levels of fan-out f add f*f + f values.
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_laughs(6, 7))  # 7**6 = 117,649 leaves alone
+    with pytest.raises(SpecError) as caught:
+        read_yaml(bomb)
+    assert caught.value.line == 7 and "the alias *a5" in str(caught.value)
+    assert f"more than {MAX_ALIAS_EXPANSION:,} beyond what is written" in str(caught.value)
+
+
+def test_an_alias_bomb_in_hosts_yaml_or_config_yaml_is_one_sentence_and_exit_2(fleet: Fleet) -> None:
+    bomb = _laughs(9, 9)
+    for target, command in ((fleet.home.hosts_file, ("hosts", "list")), (fleet.home.config_file, ("jobs", "list"))):
+        target.write_text(bomb)
+        result = fleet.cli(*command, timeout=60)
+        assert result.code == EXIT_USAGE, result.err
+        lines = result.err.splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.err, result.err
+        assert lines[0].startswith(f"mlfleet: {target}:") and "aliases expand this file to" in lines[0], lines[0]
+        target.unlink()

@@ -196,7 +196,7 @@ HOSTILE = {  # file in tests/ssh_configs/hostile -> what the user must read (std
                          "inner not imported: host inner: its jump host door is reached through a ProxyCommand ("],
     "match_unsupported": ["match_unsupported:2: 'Match localnetwork' is not evaluated by the import",
                           "gpu-x not imported: host gpu-x: Port 0 ("],
-    "not_utf8": ["not imported: not a valid mlfleet host name"],
+    "not_utf8": ["not_utf8:1: is not UTF-8 text"],  # refused, not decoded into U+FFFD
 }
 
 
@@ -250,3 +250,32 @@ def test_a_jump_hosts_key_is_checked_as_strictly_as_the_hosts_own(fleet: Fleet) 
         assert lab.host("gpu-jump")["state"] == "unreachable"
     finally:
         lab.stop()
+
+
+def test_an_ssh_config_is_read_as_strictly_as_ssh_reads_it(fleet: Fleet) -> None:
+    """A BOM, a typo'd keyword, a byte that is not UTF-8 and a Port in other digits never import a wrong host."""
+    files = {"bom": b"\xef\xbb\xbfHost gpu1\n  HostName 10.9.9.9\nHost gpu2\n",
+             "typo": b"Host gpu3\n  HostNmae 10.1.1.1\n  Prot 2200\n",
+             "badutf": b"Host q2\n  HostName \xff\xfe\n",
+             "aport": "Host p3\n  HostName 127.0.0.1\n  Port \u0663\u0663\n".encode(),
+             "ignored": b"IgnoreUnknown UseKeychain,Frob*\nHost ok\n  HostName 127.0.0.2\n  FrobNicate yes\n"}
+    for name, data in files.items():
+        (fleet.root / name).write_bytes(data)
+    bom = fleet.cli("hosts", "import-ssh-config", "--file", str(fleet.root / "bom"))
+    assert bom.code == 0, bom
+    hosts = {h["name"]: h for h in yaml.safe_load(fleet.home.hosts_file.read_text())["hosts"]}
+    assert hosts["gpu1"]["address"] == "10.9.9.9" and hosts["gpu2"]["address"] == "gpu2"
+    fleet.home.hosts_file.unlink()
+    expected = {"typo": f"{fleet.root / 'typo'}:2: HostNmae: is not an ssh_config keyword, so ssh itself refuses "
+                        "this file; did you mean HostName?",
+                "badutf": f"{fleet.root / 'badutf'}:2: is not UTF-8 text",
+                "aport": "Port \u0663\u0663"}
+    for name, words in expected.items():
+        result = fleet.cli("hosts", "import-ssh-config", "--file", str(fleet.root / name))
+        assert result.code == 2 and words in result.err and "Traceback" not in result.err, (name, result)
+        assert not fleet.home.hosts_file.exists(), name
+    ignored = fleet.cli("hosts", "import-ssh-config", "--file", str(fleet.root / "ignored"))
+    assert ignored.code == 0, ignored
+    assert "127.0.0.2" in fleet.home.hosts_file.read_text()
+    port = fleet.cli("hosts", "add", "p4", "--address", "127.0.0.1", "--port", "\u0663\u0663")
+    assert port.code == 2 and "expected a whole number" in port.err, port
