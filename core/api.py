@@ -399,8 +399,10 @@ class ControllerApi(DriftApi, RunsApi):
     async def rpc_hosts_bootstrap(self, peer: Peer, name: Ident, prefix: Ident = ".mlfleet",
                                   python: Ident = "python3") -> dict[str, Any]:
         """Install the agent on the node, then point the host's agent_command at it."""
-        from mlfleet.core.bootstrap import bootstrap
+        from mlfleet.core.bootstrap import bootstrap, check_node_path
 
+        check_node_path("--prefix", prefix, ".mlfleet or /opt/mlfleet")
+        check_node_path("--python", python, "python3 or /usr/bin/python3.11")
         host = self._ssh_host(name)
         result = await bootstrap(SshAgentTransport(host, self.c.home.known_hosts_file), self.c.home.wheel_cache_dir,
                                  prefix, python)

@@ -13,17 +13,30 @@ at the venv, and the agent that ran before is restarted from it (see
 from __future__ import annotations
 
 import asyncio
+import re
 import shlex
 import tempfile
 from pathlib import Path
 
 import asyncssh
 
-from mlfleet.core.errors import UnavailableError
+from mlfleet.core.errors import UnavailableError, UsageError
 from mlfleet.core.nodewheels import AGENT_REQUIREMENTS, PROBE, dependency_wheels, mlfleet_wheel, node_target
 from mlfleet.core.transport.ssh import SshAgentTransport
 
 MIN_PYTHON = (3, 11)
+# What a node path or interpreter may be made of. Why no spaces or shell characters: pip writes a /bin/sh
+# launcher for a venv whose path holds a space, double-quoting the path, so `$(...)` in a prefix ran on
+# the node; a leading '-' reads as an option to mkdir or python.
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9._~+/-]+$")
+
+
+def check_node_path(what: str, value: str, example: str) -> None:
+    """Refuse a --prefix or --python that is not a plain path, in one sentence, before anything connects."""
+    if not _SAFE_PATH.match(value) or value.startswith("-"):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        raise UsageError(f"{what} {shown!r} is not a plain path: use letters, digits and . _ ~ + - / only, "
+                         f"not starting with '-' (no spaces or shell characters), e.g. {example}")
 
 
 async def bootstrap(transport: SshAgentTransport, wheel_cache: Path, prefix: str = ".mlfleet",

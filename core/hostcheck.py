@@ -27,7 +27,8 @@ from .models import NAME_PATTERN
 RULES: dict[str, tuple[str, str]] = {
     "name": ("is not a valid host name", "use letters, digits, '.', '_' and '-', starting with a letter or digit "
              "(128 characters at most)"),
-    "address": ("is not a host name or IP address", "write e.g. 10.0.0.12 or gpu-a.example.com (255 characters at most)"),
+    "address": ("is not a host name or IP address", "write e.g. 10.0.0.12, gpu-a.example.com or fd00::12, without "
+                "a scheme, brackets or a port (give the port with --port; 255 characters at most)"),
     "port": ("is not a TCP port", "use a number from 1 to 65535 (SSH's is 22)"),
     "user": ("is not a user name", "write the login name on the node, e.g. ml"),
     "identity": ("is not a file name", "name the private key file, e.g. ~/.ssh/id_ed25519"),

@@ -43,7 +43,15 @@ AbsolutePath = Annotated[str, Meta(min_length=1, max_length=4096)]  # checked by
 
 
 Port = Annotated[int, Meta(ge=1, le=65535)]
-Address = Annotated[str, Meta(min_length=1, max_length=255)]
+# A DNS name (ASCII labels; one that is all digits and dots must be an IPv4 address), an IPv4 address, or an
+# IPv6 address without brackets. Why so strict: "127.0.0.1:22", "http://gpu", "a b" or a U+FFFD from a bad
+# decode were accepted and could only fail later, at connect time, in asyncssh's words.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+ADDRESS_PATTERN = (rf"^(?:(?:{_OCTET}\.){{3}}{_OCTET}"
+                   rf"|(?=[^:]*[A-Za-z_-])(?:{_LABEL}\.)*{_LABEL}\.?"
+                   r"|[0-9A-Fa-f]*:[0-9A-Fa-f]*:[0-9A-Fa-f:.]*(?:%[A-Za-z0-9_.-]+)?)$")
+Address = Annotated[str, Meta(min_length=1, max_length=255, pattern=ADDRESS_PATTERN)]
 
 
 class JumpHost(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):

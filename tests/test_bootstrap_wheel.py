@@ -89,7 +89,11 @@ def test_a_wheel_install_bootstraps_a_node_without_an_index_and_an_upgrade_resta
     assert _cli(fleet, venv, "controller", "stop").code == 0
     offline = {**fleet.env, "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_EXTRA_INDEX_URL": "",
                "PIP_FIND_LINKS": ""}
-    second = fleet.root / "node home; 'v2'"  # a folder name a shell would split or run
+    for hostile in (f"{fleet.root}/sp ace/$(touch {fleet.root}/PWNED)", "-x", f"{fleet.root}/a\nb", "`id`"):
+        refused = _cli(fleet, venv, "hosts", "bootstrap", "node-a", "--prefix", hostile, env=offline)
+        assert refused.code == 2 and "is not a plain path" in refused.err, refused.err  # before connecting
+    assert not (fleet.root / "PWNED").exists()
+    second = fleet.root / "node-home" / "v2+upgrade"
     again = _cli(fleet, venv, "hosts", "bootstrap", "node-a", "--prefix", str(second), "--python", "/usr/bin/python3",
                  "--json", env=offline)
     assert again.code == 0, again.err

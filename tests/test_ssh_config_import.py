@@ -12,6 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import REPO, Fleet
@@ -154,8 +155,9 @@ def test_host_fields_are_explained_in_the_users_words_wherever_they_come_from(fl
     port = fleet.cli("hosts", "add", "gpu-a", "--address", "10.0.0.1", "--port", "99999")
     assert port.code == 2 and "--port: must be 65535 or less, got 99999" in port.err
     empty = fleet.cli("hosts", "add", "gpu-a", "--address", "")
-    assert empty.err.strip() == ("mlfleet: host gpu-a: address is empty; write e.g. 10.0.0.12 or gpu-a.example.com "
-                                 "(255 characters at most)")
+    assert empty.err.strip() == ("mlfleet: host gpu-a: address is empty; write e.g. 10.0.0.12, gpu-a.example.com "
+                                 "or fd00::12, without a scheme, brackets or a port (give the port with --port; "
+                                 "255 characters at most)")
     token = fleet.cli("hosts", "add", "gpu-a", "--address", "10.0.0.1", "--proxy-command", "nc %d %p")
     assert token.code == 2 and "proxy_command uses %d, which mlfleet does not expand" in token.err
     hop = fleet.cli("hosts", "add", "gpu-a", "--address", "10.0.0.1", "--proxy-jump", "bastion:70000")
@@ -279,3 +281,11 @@ def test_an_ssh_config_is_read_as_strictly_as_ssh_reads_it(fleet: Fleet) -> None
     assert "127.0.0.2" in fleet.home.hosts_file.read_text()
     port = fleet.cli("hosts", "add", "p4", "--address", "127.0.0.1", "--port", "\u0663\u0663")
     assert port.code == 2 and "expected a whole number" in port.err, port
+
+
+@pytest.mark.parametrize("address", ["a b", "http://gpu-a", "127.0.0.1:22", "[::1]", "300.1.1.1", "gpu-\ufffd", "-gpu"])
+def test_an_address_that_is_no_host_name_or_ip_is_refused_in_the_users_words(fleet: Fleet, address: str) -> None:
+    result = fleet.cli("hosts", "add", "gpu-a", "--address", address)
+    assert result.code == 2 and "Traceback" not in result.err
+    assert "is not a host name or IP address" in result.err and "--port" in result.err, result.err
+    assert fleet.cli("hosts", "add", "gpu-b", "--address", "fd00::12", "--port", "2222").code == 0
