@@ -128,9 +128,13 @@ class _Runner:
         if not self.launch.get("inputs"):
             return [], 0
         state_dir = self.run.root.parent.parent
-        # Hashed in the run's own copy (a fresh extraction of the verified archive), never the shared
-        # unpacked tree: a job of an earlier run may have written into that one.
         launch = self.launch
+        shared = state_dir / "code" / str(launch.get("code_hash") or "")
+        if launch.get("code_hash") and shared.is_dir():
+            # The run's copy was just extracted from this snapshot's verified archive; hashing the shared
+            # tree lets the hash cache (keyed by real path) serve every run of the same code. A job could
+            # edit that tree; what ran is still the archive's (code_hash covers files inside the snapshot).
+            launch = {**launch, "workdir": str(shared)}
         try:
             return hash_launch_inputs(launch, state_dir)
         except Exception as exc:  # lineage must never stop a job from running

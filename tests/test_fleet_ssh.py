@@ -174,7 +174,7 @@ def test_the_workdir_is_shipped_once_per_content_and_respects_gitignore(ssh_flee
     run_id = fleet.job(first["job_id"])["run_id"]
     assert f"cwd {ssh_fleet.state_dir('node-a') / 'runs' / run_id / 'work'}" in out  # a copy of its own
     snapshots = [p.name for p in (ssh_fleet.state_dir("node-a") / "code").iterdir() if not p.name.startswith(".")]
-    assert snapshots == [first["code_hash"]]
+    assert sorted(snapshots) == [first["code_hash"], f"{first['code_hash']}.tar.gz"]  # the tree and its archive
     run = fleet.cli_json("runs", "show", fleet.job(first["job_id"])["run_id"])
     assert run["code_hash"] == first["code_hash"]
     shipped = (fleet.home.log_dir / "controller.log").read_text().count(f"shipped snapshot {first['code_hash'][:12]}")
