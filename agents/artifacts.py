@@ -19,9 +19,9 @@ import os
 import stat
 from pathlib import Path
 
-from mlfleet.core.errors import NotFoundError, UsageError
+from mlfleet.core.base.errors import NotFoundError, UsageError
 
-from .rundir import RunDir
+from mlfleet.agents.rundir import RunDir
 
 ROOTS_ENV = "MLFLEET_ARTIFACT_ROOTS"  # os.pathsep-separated, for track.log_artifact in the job
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

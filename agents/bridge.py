@@ -17,8 +17,8 @@ import threading
 import time
 from pathlib import Path
 
-from mlfleet.core.errors import UnavailableError
-from mlfleet.core.spawn import own_python
+from mlfleet.core.base.errors import UnavailableError
+from mlfleet.core.base.spawn import own_python
 
 _START_TIMEOUT_S = 20.0
 _CHUNK = 1 << 16

@@ -36,7 +36,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from mlfleet.core.errors import NotFoundError, UsageError
+from mlfleet.core.base.errors import NotFoundError, UsageError
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 MAX_UNPACKED_BYTES = 1024**3  # the controller ships at most 256 MiB: anything far larger is not a snapshot

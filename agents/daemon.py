@@ -24,14 +24,14 @@ from typing import Any
 import msgspec
 
 from mlfleet import __version__
-from mlfleet.core.errors import NotFoundError, UnavailableError, UsageError
-from mlfleet.core.models import HostSample, LaunchRequest
-from mlfleet.core.listener import HELLO_DEADLINE_S, UnixListener
-from mlfleet.core.protocol import (MAX_FRAME, PROTOCOL_VERSION, SERVER_FRAME_DEADLINE_S, SERVER_MAX_REQUEST, Peer,
+from mlfleet.core.base.errors import NotFoundError, UnavailableError, UsageError
+from mlfleet.core.base.models import HostSample, LaunchRequest
+from mlfleet.core.base.listener import HELLO_DEADLINE_S, UnixListener
+from mlfleet.core.base.protocol import (MAX_FRAME, PROTOCOL_VERSION, SERVER_FRAME_DEADLINE_S, SERVER_MAX_REQUEST, Peer,
                                    SendBudget, method_dispatcher)
 
-from .supervisor import Supervisor
-from .telemetry import GpuSource, HostSampler, NvmlGpuSource
+from mlfleet.agents.supervisor import Supervisor
+from mlfleet.agents.telemetry import GpuSource, HostSampler, NvmlGpuSource
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import msgspec
 
-from mlfleet.core.models import InputDigest, NodeLineage
+from mlfleet.core.base.models import InputDigest, NodeLineage
 
-from .rundir import write_json_atomic
+from mlfleet.agents.rundir import write_json_atomic
 
 _PYTHON = re.compile(r"^python(\d+(\.\d+)?)?$")
 _GLOB = re.compile(r"[*?[]")

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
-from .rundir import RunDir, read_json, write_json_atomic
+from mlfleet.agents.rundir import RunDir, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-from mlfleet.core.models import MAX_METRIC_LINE
+from mlfleet.core.base.models import MAX_METRIC_LINE
 
 SCAN_SLICE = 1 << 20  # bytes read at a time while looking for the end of a long line
 SCAN_BUDGET = 64 << 20  # bytes one read may scan before it answers "not yet"

@@ -36,7 +36,7 @@ from mlfleet.agents.failure import failure_words
 from mlfleet.agents.lineage import hash_launch_inputs, job_interpreter, node_lineage
 from mlfleet.agents.logcap import LogKeeper
 from mlfleet.agents.rundir import RunDir, start_ticks, write_json_atomic
-from mlfleet.core.models import DEFAULT_LOG_MAX_SIZE
+from mlfleet.core.base.models import DEFAULT_LOG_MAX_SIZE
 
 _POLL_S = 0.1
 

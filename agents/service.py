@@ -11,7 +11,7 @@ import os
 import shlex
 from pathlib import Path
 
-from mlfleet.core.spawn import own_python
+from mlfleet.core.base.spawn import own_python
 
 UNIT_NAME = "mlfleet-agent.service"
 

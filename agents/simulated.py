@@ -28,7 +28,7 @@ import msgspec
 import yaml
 from msgspec import Meta
 
-from mlfleet.core.models import ByteSize, GpuProcess, GpuSample, GpuState, spec_dec_hook
+from mlfleet.core.base.models import ByteSize, GpuProcess, GpuSample, GpuState, spec_dec_hook
 
 
 class _Process(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

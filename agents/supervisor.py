@@ -21,16 +21,16 @@ from pathlib import Path
 import msgspec
 import psutil
 
-from mlfleet.core.errors import MlfleetError, NotFoundError, UsageError
-from mlfleet.core.private import USER_UMASK_ENV
-from mlfleet.core.spawn import own_python
-from mlfleet.core.models import DEFAULT_LOG_MAX_SIZE, MAX_METRIC_LINE, LaunchRequest, RunStatus, StreamChunk
+from mlfleet.core.base.errors import MlfleetError, NotFoundError, UsageError
+from mlfleet.core.base.private import USER_UMASK_ENV
+from mlfleet.core.base.spawn import own_python
+from mlfleet.core.base.models import DEFAULT_LOG_MAX_SIZE, MAX_METRIC_LINE, LaunchRequest, RunStatus, StreamChunk
 
-from .artifacts import ROOTS_ENV, allowed_roots, open_artifact, run_roots
-from .codecache import CodeCache
-from .logcap import read_log
-from .metriclines import Scans, read_lines
-from .rundir import STREAMS, WORK_DIR, RunDir, read_json, start_ticks, write_json_atomic
+from mlfleet.agents.artifacts import ROOTS_ENV, allowed_roots, open_artifact, run_roots
+from mlfleet.agents.codecache import CodeCache
+from mlfleet.agents.logcap import read_log
+from mlfleet.agents.metriclines import Scans, read_lines
+from mlfleet.agents.rundir import STREAMS, WORK_DIR, RunDir, read_json, start_ticks, write_json_atomic
 
 # A runner that has not written runner.json this long after launch never started.
 _START_GRACE_S = 30.0
@@ -58,7 +58,7 @@ def job_environment(request: LaunchRequest, run: RunDir) -> dict[str, str]:
     """The agent's environment, then the spec's, then what mlfleet promises every job.
 
     The agent's environment is a login's: the node's SSH session for a
-    remote agent, :func:`mlfleet.core.spawn.local_agent_environment` for the
+    remote agent, :func:`mlfleet.core.base.spawn.local_agent_environment` for the
     local one; no ``MLFLEET_*`` variable but the ones set here.
 
     The agent's interpreter comes first on PATH so that ``python`` in a job

@@ -14,7 +14,7 @@ from typing import Any, Callable, Protocol
 
 import psutil
 
-from mlfleet.core.models import GpuProcess, GpuSample, GpuState, HostSample
+from mlfleet.core.base.models import GpuProcess, GpuSample, GpuState, HostSample
 
 
 class GpuSource(Protocol):

@@ -1,7 +1,7 @@
 """``from mlfleet import track``: log metrics and params from inside a job.
 
 It writes JSON lines to the file named by ``MLFLEET_METRICS_FILE`` (the
-agent sets it; the format is documented in mlfleet.core.ingest and
+agent sets it; the format is documented in mlfleet.core.tracking.ingest and
 docs/metrics.md). Lines are
 buffered and flushed every second and at exit, so calling ``log`` in a tight
 training loop costs microseconds and no network. Outside mlfleet (no

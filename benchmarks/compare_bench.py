@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mlfleet.core.ingest import ParsedBatch
-from mlfleet.core.store import records, run_compare
+from mlfleet.core.tracking.ingest import ParsedBatch
+from mlfleet.core.store import records
+from mlfleet.core.tracking import run_compare
 from mlfleet.core.store.db import Store
 
 BATCH = 100_000  # points per insert, like a large ingest chunk

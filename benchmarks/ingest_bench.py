@@ -111,8 +111,8 @@ class Installation:
         return proc.stdout
 
     async def count(self, run_id: str) -> int:
-        from mlfleet.core.client import connect
-        from mlfleet.core.paths import Home
+        from mlfleet.core.controller.client import connect
+        from mlfleet.core.base.paths import Home
 
         async with await connect(Home.from_env(self.env), autostart=False) as client:
             answer = await client.call("db_query", sql=f"select count(*) from metrics where run_id = '{run_id}'")

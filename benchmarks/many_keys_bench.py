@@ -25,7 +25,7 @@ import time
 import psutil
 
 from ingest_bench import Installation  # benchmarks/ is on sys.path when this file is run
-from mlfleet.core.paths import Home
+from mlfleet.core.base.paths import Home
 
 WIDE = """\
 import json, os, sys

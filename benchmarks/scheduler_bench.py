@@ -21,7 +21,7 @@ import platform
 import random
 import time
 
-from mlfleet.core.scheduler import GiB, GpuProcessView, GpuView, HostView, Policy, QueuedJob, schedule
+from mlfleet.core.jobs.scheduler import GiB, GpuProcessView, GpuView, HostView, Policy, QueuedJob, schedule
 
 
 def fleet(hosts: int, rng: random.Random) -> list[HostView]:

@@ -63,7 +63,7 @@ class FakeFleet:
 
     async def rpc_hello(self, peer: Any, protocol: int, role: str = "") -> dict[str, Any]:
         from mlfleet import __version__
-        from mlfleet.core.protocol import PROTOCOL_VERSION
+        from mlfleet.core.base.protocol import PROTOCOL_VERSION
 
         return {"protocol": PROTOCOL_VERSION, "role": "controller", "version": __version__}
 
@@ -131,8 +131,8 @@ class FakeFleet:
 
 
 async def serve(home_dir: str, hosts: int, gpus: int) -> None:
-    from mlfleet.core.paths import Home
-    from mlfleet.core.protocol import MAX_FRAME, Peer, method_dispatcher
+    from mlfleet.core.base.paths import Home
+    from mlfleet.core.base.protocol import MAX_FRAME, Peer, method_dispatcher
 
     home = Home(config_dir=Path(home_dir), data_dir=Path(home_dir))
     home.ensure()

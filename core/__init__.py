@@ -1,0 +1,1 @@
+"""mlfleet's controller side, one folder per capability (docs/architecture.md)."""

@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 import pytest
 
-from mlfleet.core.paths import Home
+from mlfleet.core.base.paths import Home
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"

@@ -23,8 +23,8 @@ import psutil
 import pytest
 
 from conftest import REPO, Fleet
-from mlfleet.core.listener import HELLO_DEADLINE_S
-from mlfleet.core.protocol import MAX_FRAME, PROTOCOL_VERSION, SERVER_FRAME_DEADLINE_S, Frame, encode
+from mlfleet.core.base.listener import HELLO_DEADLINE_S
+from mlfleet.core.base.protocol import MAX_FRAME, PROTOCOL_VERSION, SERVER_FRAME_DEADLINE_S, Frame, encode
 
 CAP = 256  # the default controller.max_connections
 FDS_BASELINE = 120  # what an idle controller holds besides its clients (DuckDB, the agent link, pipes), with room
@@ -168,7 +168,7 @@ def test_an_idle_flood_past_the_open_file_limit_never_locks_users_out_nor_fills_
     assert log_size(fleet) < 16 * 1024
     log = (fleet.home.log_dir / "controller.log").read_text()
     assert "Traceback" not in log and "out of file descriptors" not in log  # the cap kept descriptors free
-    assert log.count("mlfleet.core.listener") <= 2  # "full" and "taking connections again", if at all
+    assert log.count("mlfleet.core.base.listener") <= 2  # "full" and "taking connections again", if at all
 
 
 def test_idle_clients_that_said_hello_make_room_for_a_newcomer_idlest_first(fleet: Fleet) -> None:
@@ -507,7 +507,7 @@ def test_bad_bounds_in_config_are_refused_with_their_line(fleet: Fleet, config: 
 LOG_WRITER = """
 import logging, os, sys
 from pathlib import Path
-from mlfleet.core import logfile
+from mlfleet.core.base import logfile
 path = Path(sys.argv[1])
 logfile.install(path, 64 * 1024, 2)
 log = logging.getLogger("flood")

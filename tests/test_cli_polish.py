@@ -12,8 +12,8 @@ import re
 import duckdb
 
 from conftest import Fleet
-from mlfleet.core.cli import build_parser
-from mlfleet.core.cli_parser import commands
+from mlfleet.core.cli.main import build_parser
+from mlfleet.core.cli.parser import commands
 
 TRAIN = """\
 import sys

@@ -22,8 +22,8 @@ import pytest
 
 from conftest import Fleet
 from db_query_corpus import RUNAWAY, hostile
-from mlfleet.core.client import connect
-from mlfleet.core.errors import RemoteError
+from mlfleet.core.controller.client import connect
+from mlfleet.core.base.errors import RemoteError
 
 STATE = {
     "settings": "select name, value from duckdb_settings() order by name",

@@ -21,7 +21,7 @@ import msgspec
 import pytest
 
 from db_query_corpus import EVERYDAY, RUNAWAY, hostile
-from mlfleet.core.errors import UnavailableError
+from mlfleet.core.base.errors import UnavailableError
 from mlfleet.core.store import records
 from mlfleet.core.store.db import MAX_RESULT_BYTES, Store, read_only_query
 from mlfleet.core.store.query_pool import QueryStoppedError, StatementStopped, Stoppable

@@ -14,7 +14,7 @@ from drift_data import rng, write
 from mlfleet.core.drift.check import build_profile, run_check
 from mlfleet.core.drift.config import DriftConfig, load_drift_config
 from mlfleet.core.drift.sources import resolve_files
-from mlfleet.core.errors import SpecError, UsageError
+from mlfleet.core.base.errors import SpecError, UsageError
 
 
 def check(tmp_path: Path, ref: dict[str, Any], cur: dict[str, Any], config: DriftConfig | None = None,

@@ -14,7 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from mlfleet.core.ingest import parse_lines
+from mlfleet.core.tracking.ingest import parse_lines
 
 
 def test_metric_lines_become_points_with_step_time_and_line_number() -> None:

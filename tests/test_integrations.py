@@ -25,7 +25,7 @@ import pytest
 
 from conftest import Fleet
 from mlfleet.agents.integrations.values import flatten_params, numeric_metrics
-from mlfleet.core.ingest import ParsedBatch, parse_lines
+from mlfleet.core.tracking.ingest import ParsedBatch, parse_lines
 
 JOBS = Path(__file__).resolve().parent / "adapter_jobs"
 # scripts/test.sh installs the adapters extra and sets MLFLEET_REQUIRE_ADAPTERS, so these never skip there;

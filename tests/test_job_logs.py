@@ -23,7 +23,7 @@ import pytest
 from conftest import REPO, Fleet
 from mlfleet.agents.logcap import LogKeeper, read_log
 from mlfleet.agents.rundir import RunDir
-from mlfleet.core.units import format_size
+from mlfleet.core.base.units import format_size
 
 WIDTH = 100  # every line is this long, so a line's number says where it sits in the stream
 WRITER = f"""\

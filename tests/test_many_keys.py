@@ -36,10 +36,12 @@ import psutil
 import pytest
 
 from conftest import Fleet
-from mlfleet.core import cli_run_keys
-from mlfleet.core.errors import UsageError
-from mlfleet.core.ingest import parse_lines
-from mlfleet.core.store import records, run_compare, run_queries
+from mlfleet.core.tracking import run_keys as cli_run_keys
+from mlfleet.core.base.errors import UsageError
+from mlfleet.core.tracking.ingest import parse_lines
+from mlfleet.core.store import records
+from mlfleet.core.tracking import run_compare
+from mlfleet.core.tracking import run_queries
 from mlfleet.core.store.db import Store
 
 BLOCKS, WIDTH = 1000, 1000  # lines x keys per line: 1,000,000 distinct keys

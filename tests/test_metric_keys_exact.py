@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Fleet
-from mlfleet.core.ingest import parse_lines
+from mlfleet.core.tracking.ingest import parse_lines
 from mlfleet.core.store import records, schema
 from mlfleet.core.store.db import Store
 COLUMNS = ("points", "value_count", "value_sum", "min_value", "max_value", "last_value", "last_step", "first_seq",
@@ -219,7 +219,7 @@ def test_sigkills_of_the_controller_mid_stream_leave_the_summary_equal_to_the_po
 INGEST = """\
 import sys
 from pathlib import Path
-from mlfleet.core.ingest import parse_lines
+from mlfleet.core.tracking.ingest import parse_lines
 from mlfleet.core.store import records
 from mlfleet.core.store.db import Store
 store = Store(Path(sys.argv[1]))

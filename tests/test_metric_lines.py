@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlfleet.agents.metriclines import read_lines
-from mlfleet.core.ingest import parse_lines
+from mlfleet.core.tracking.ingest import parse_lines
 
 LIMIT = 64  # bytes: a small line limit, so that long lines are cheap to make
 

@@ -199,7 +199,7 @@ def test_a_mistake_in_a_field_others_depend_on_is_not_reported_twice(fleet: Flee
 
 def test_the_readmes_example_spec_loads_as_written(tmp_path) -> None:  # noqa: ANN001
     from conftest import REPO
-    from mlfleet.core.config import load_job_spec
+    from mlfleet.core.jobs.spec import load_job_spec
 
     readme = (REPO / "README.md").read_text()
     example = readme.split("A job spec is YAML", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 from conftest import Fleet
-from mlfleet.core.client import RemoteError, connect
+from mlfleet.core.controller.client import RemoteError, connect
 
 OWN = "is inside mlfleet's own folder"
 

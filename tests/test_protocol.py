@@ -14,8 +14,8 @@ import msgspec
 import pytest
 
 from conftest import Fleet
-from mlfleet.core.errors import RemoteError
-from mlfleet.core.protocol import MAX_FRAME, MAX_IN_FLIGHT, PROTOCOL_VERSION, Peer, encode, open_unix_peer, read_frame
+from mlfleet.core.base.errors import RemoteError
+from mlfleet.core.base.protocol import MAX_FRAME, MAX_IN_FLIGHT, PROTOCOL_VERSION, Peer, encode, open_unix_peer, read_frame
 
 def _raw(payload: bytes) -> bytes:
     """A frame around any bytes: the length header, then the payload as is."""

@@ -18,9 +18,11 @@ import duckdb
 import numpy as np
 import pytest
 
-from mlfleet.core.errors import NotFoundError, UsageError
-from mlfleet.core.ingest import ParsedBatch
-from mlfleet.core.store import records, run_compare, run_export
+from mlfleet.core.base.errors import NotFoundError, UsageError
+from mlfleet.core.tracking.ingest import ParsedBatch
+from mlfleet.core.store import records
+from mlfleet.core.tracking import run_compare
+from mlfleet.core.tracking import run_export
 from mlfleet.core.store.db import Store
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)

@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mlfleet.core.errors import UsageError
-from mlfleet.core.runfilter import (And, Compare, FilterError, Field, Not, Or, SortKey, parse_filter, parse_sort)
-from mlfleet.core.ingest import ParsedBatch
-from mlfleet.core.store import records, run_queries
+from mlfleet.core.base.errors import UsageError
+from mlfleet.core.tracking.runfilter import And, Compare, FilterError, Field, Not, Or, SortKey, parse_filter, parse_sort
+from mlfleet.core.tracking.ingest import ParsedBatch
+from mlfleet.core.store import records
+from mlfleet.core.tracking import run_queries
 from mlfleet.core.store.db import Store
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)

@@ -6,7 +6,7 @@ story here is one snapshot and one answer.
 
 from __future__ import annotations
 
-from mlfleet.core.scheduler import GpuView, HostView, Placement, QueuedJob, Release, schedule
+from mlfleet.core.jobs.scheduler import GpuView, HostView, Placement, QueuedJob, Release, schedule
 
 GiB = 1024**3
 A100 = "NVIDIA A100-SXM4-80GB"

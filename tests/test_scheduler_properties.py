@@ -12,7 +12,7 @@ import fnmatch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlfleet.core.scheduler import GiB, GpuProcessView, GpuView, HostView, Policy, QueuedJob, schedule, type_matches
+from mlfleet.core.jobs.scheduler import GiB, GpuProcessView, GpuView, HostView, Policy, QueuedJob, schedule, type_matches
 
 NAMES = ["NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB", "NVIDIA L4", None]
 POLICY = Policy()

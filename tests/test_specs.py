@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, Fleet
-from mlfleet.core.config import load_job_spec
-from mlfleet.core.errors import EXIT_USAGE, SpecError
+from mlfleet.core.jobs.spec import load_job_spec
+from mlfleet.core.base.errors import EXIT_USAGE, SpecError
 
 SPECS = Path(__file__).resolve().parent / "specs"
 BAD = sorted((SPECS / "bad").glob("*.yaml"))
@@ -171,8 +171,8 @@ def test_submit_of_a_missing_file_prints_one_line_and_exits_2(fleet: Fleet) -> N
 
 
 def test_endless_or_self_referencing_spec_files_are_one_sentence(tmp_path) -> None:
-    from mlfleet.core.errors import SpecError
-    from mlfleet.core.yamlsource import read_yaml
+    from mlfleet.core.base.errors import SpecError
+    from mlfleet.core.base.yamlsource import read_yaml
 
     alias = tmp_path / "alias.yaml"
     alias.write_text("a: &a [*a]\n")
@@ -196,7 +196,7 @@ def _laughs(levels: int, fan: int) -> str:
 
 
 def test_aliases_that_repeat_a_value_load_and_aliases_that_multiply_it_are_refused_at_their_line(tmp_path: Path) -> None:
-    from mlfleet.core.yamlsource import MAX_ALIAS_EXPANSION, read_yaml
+    from mlfleet.core.base.yamlsource import MAX_ALIAS_EXPANSION, read_yaml
 
     modest = tmp_path / "modest.yaml"
     modest.write_text("defaults: &d {lr: 0.1, seeds: [1, 2, 3]}\nrun1: *d\nrun2: {cfg: *d}\n" + _laughs(4, 9))

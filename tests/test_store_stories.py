@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mlfleet.core.errors import UsageError
-from mlfleet.core.ingest import parse_lines
+from mlfleet.core.base.errors import UsageError
+from mlfleet.core.tracking.ingest import parse_lines
 from mlfleet.core.store import records
 from mlfleet.core.store.db import Store
 

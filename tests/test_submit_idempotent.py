@@ -30,7 +30,7 @@ import pytest
 
 from commit_watch import CommitWatch
 from conftest import REPO, CliResult, Fleet
-from mlfleet.core.client import connect
+from mlfleet.core.controller.client import connect
 
 MAY_EXIST = "the job may exist"
 RANDOM_TRIALS = 20  # kills at a random delay over the whole command, a third of them killed twice

@@ -26,8 +26,8 @@ import pytest
 
 from mlfleet.agents.simulated import SimulatedGpuSource
 from mlfleet.agents.telemetry import HostSampler, NvmlGpuSource
-from mlfleet.core.models import GpuProcess, GpuSample
-from mlfleet.core.protocol import Peer, open_unix_peer
+from mlfleet.core.base.models import GpuProcess, GpuSample
+from mlfleet.core.base.protocol import Peer, open_unix_peer
 
 GiB = 1024**3
 H100 = "NVIDIA H100 80GB HBM3"

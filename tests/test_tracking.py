@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Fleet
-from mlfleet.core.errors import MlfleetError
-from mlfleet.core.protocol import PROTOCOL_VERSION, Peer
+from mlfleet.core.base.errors import MlfleetError
+from mlfleet.core.base.protocol import PROTOCOL_VERSION, Peer
 
 
 def _git(repo: Path, *args: str) -> str:

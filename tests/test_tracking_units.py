@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from mlfleet.core import ingest
-from mlfleet.core.ingest import parse_lines
-from mlfleet.core.lineage import git_lineage, gpu_usage
-from mlfleet.core.models import GpuProcess, GpuSample, HostSample
+from mlfleet.core.tracking import ingest
+from mlfleet.core.tracking.ingest import parse_lines
+from mlfleet.core.tracking.lineage import git_lineage, gpu_usage
+from mlfleet.core.base.models import GpuProcess, GpuSample, HostSample
 
 SHA = "ab" * 32
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from mlfleet.core.units import format_duration, format_size, parse_duration, parse_size
+from mlfleet.core.base.units import format_duration, format_size, parse_duration, parse_size
 
 KiB, MiB, GiB, TiB = 1024, 1024**2, 1024**3, 1024**4
 

@@ -1,7 +1,7 @@
 """The TUI: a small Textual app with five views, Fleet, Jobs, Runs, Drift and Audit.
 
 The app holds the one connection to the controller (started on demand by
-:func:`mlfleet.core.client.connect`) and hands it to the view on screen;
+:func:`mlfleet.core.controller.client.connect`) and hands it to the view on screen;
 the views poll it. When the controller cannot be reached every view shows a
 banner that says so, a notification gives the reason in one sentence, and
 the app keeps trying every few seconds: a user never sees a traceback for it.
@@ -25,9 +25,9 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Input
 
-from mlfleet.core.client import ControllerClient, connect
-from mlfleet.core.errors import MlfleetError
-from mlfleet.core.paths import Home
+from mlfleet.core.controller.client import ControllerClient, connect
+from mlfleet.core.base.errors import MlfleetError
+from mlfleet.core.base.paths import Home
 from mlfleet.tui.collector import IdleCollector
 from mlfleet.tui.screens.audit import AuditScreen
 from mlfleet.tui.screens.base import PollingScreen

@@ -13,14 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlfleet.core.errors import UsageError
+from mlfleet.core.base.errors import UsageError
 
-from . import stats, types
-from .columns import ColumnResult, analyse
-from .config import DriftConfig
-from .scan import Engine, Side
-from .sources import FileSource
-from .verdict import decide
+from mlfleet.core.drift import stats, types
+from mlfleet.core.drift.columns import ColumnResult, analyse
+from mlfleet.core.drift.config import DriftConfig
+from mlfleet.core.drift.scan import Engine, Side
+from mlfleet.core.drift.sources import FileSource
+from mlfleet.core.drift.verdict import decide
 
 PROFILE_CATEGORIES = 50
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import stats, types
-from .config import DriftConfig
-from .scan import CategorySummary, Engine, NumericSummary
+from mlfleet.core.drift import stats, types
+from mlfleet.core.drift.config import DriftConfig
+from mlfleet.core.drift.scan import CategorySummary, Engine, NumericSummary
 
 STAT_KEYS = ("psi", "ks_d", "ks_p", "ks_method", "wasserstein", "wasserstein_raw", "js", "chi2", "chi2_p", "chi2_dof",
              "null_rate_ref", "null_rate_cur", "unseen_share", "out_of_range_share", "inf_ref", "inf_cur",

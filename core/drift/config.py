@@ -11,8 +11,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mlfleet.core.errors import SpecError
-from mlfleet.core.yamlsource import Located, read_yaml
+from mlfleet.core.base.errors import SpecError
+from mlfleet.core.base.yamlsource import Located, read_yaml
 
 NUMERIC_TESTS = ("ks", "wasserstein", "psi", "js")
 CATEGORICAL_TESTS = ("chi2", "js", "psi")

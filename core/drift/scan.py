@@ -17,10 +17,10 @@ from typing import Any
 
 import duckdb
 
-from mlfleet.core.errors import UsageError
+from mlfleet.core.base.errors import UsageError
 
-from . import types
-from .sources import FileSource, sql_name, sql_string
+from mlfleet.core.drift import types
+from mlfleet.core.drift.sources import FileSource, sql_name, sql_string
 
 
 @dataclass

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlfleet.core.errors import UsageError
+from mlfleet.core.base.errors import UsageError
 
 _FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "csv", ".json": "json",
             ".jsonl": "json", ".ndjson": "json"}

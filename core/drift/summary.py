@@ -14,7 +14,7 @@ import datetime as dt
 import math
 from typing import Any, Mapping
 
-from . import types
+from mlfleet.core.drift import types
 
 WASSERSTEIN_MEANING = ("wasserstein is the Wasserstein-1 distance divided by the reference's standard deviation "
                        "(0.1: the current values moved a tenth of a standard deviation)")

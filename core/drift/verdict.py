@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlfleet.core.words import plural
+from mlfleet.core.base.words import plural
 
-from . import stats
-from .columns import ColumnResult
-from .config import PVALUE_TESTS, DriftConfig
+from mlfleet.core.drift import stats
+from mlfleet.core.drift.columns import ColumnResult
+from mlfleet.core.drift.config import PVALUE_TESTS, DriftConfig
 
 
 def decide(results: list[ColumnResult], config: DriftConfig) -> dict[str, Any]:

@@ -39,12 +39,12 @@ from typing import Any, Callable, Iterator, TypeVar
 import duckdb
 import msgspec
 
-from mlfleet.core.errors import MlfleetError, StoreVersionError, UnavailableError, UsageError
-from mlfleet.core.units import format_size
+from mlfleet.core.base.errors import MlfleetError, StoreVersionError, UnavailableError, UsageError
+from mlfleet.core.base.units import format_size
 
-from . import schema
-from .query_pool import QueryPool, Stoppable, stop_until_done, wait_stopping
-from .user_query import Catalog, check_query, first_line
+from mlfleet.core.store import schema
+from mlfleet.core.store.query_pool import QueryPool, Stoppable, stop_until_done, wait_stopping
+from mlfleet.core.store.user_query import Catalog, check_query, first_line
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

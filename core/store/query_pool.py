@@ -32,7 +32,7 @@ from typing import Any, Callable, TypeVar
 
 import duckdb
 
-from mlfleet.core.errors import MlfleetError, UnavailableError
+from mlfleet.core.base.errors import MlfleetError, UnavailableError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -13,12 +13,12 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from mlfleet.core.errors import NotFoundError, UsageError
-from mlfleet.core.ingest import ParsedBatch
-from mlfleet.core.models import TERMINAL_STATES
+from mlfleet.core.base.errors import NotFoundError, UsageError
+from mlfleet.core.tracking.ingest import ParsedBatch
+from mlfleet.core.base.models import TERMINAL_STATES
 
-from . import metric_keys
-from .db import jsonable, now, transaction
+from mlfleet.core.tracking import metric_keys
+from mlfleet.core.store.db import jsonable, now, transaction
 
 
 def rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:

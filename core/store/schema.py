@@ -11,7 +11,7 @@ from importlib import resources
 
 import duckdb
 
-from mlfleet.core.errors import StoreVersionError
+from mlfleet.core.base.errors import StoreVersionError
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 

@@ -31,10 +31,10 @@ from typing import Any
 
 import duckdb
 
-from mlfleet.core.errors import UsageError
-from mlfleet.core.words import with_article
+from mlfleet.core.base.errors import UsageError
+from mlfleet.core.base.words import with_article
 
-from . import value_sizes
+from mlfleet.core.store import value_sizes
 
 SAFE_TABLE_FUNCTIONS = frozenset({
     "range", "generate_series", "unnest", "repeat", "json_each", "json_tree",

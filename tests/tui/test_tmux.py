@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mlfleet.core.paths import Home
+from mlfleet.core.base.paths import Home
 from tui_fleet import home  # noqa: F401  (a fixture)
 
 SESSION = "mlfleet"

@@ -18,10 +18,10 @@ from rich.console import Console
 from textual.app import App
 from textual.widgets import DirectoryTree, Input
 
-from mlfleet.core.client import connect
-from mlfleet.core.config import load_job_spec
-from mlfleet.core.models import to_plain
-from mlfleet.core.paths import Home
+from mlfleet.core.controller.client import connect
+from mlfleet.core.jobs.spec import load_job_spec
+from mlfleet.core.base.models import to_plain
+from mlfleet.core.base.paths import Home
 from mlfleet.tui.app import FleetApp
 from mlfleet.tui.screens.audit import AuditScreen
 from mlfleet.tui.screens.compare import CompareScreen

@@ -17,8 +17,8 @@ from textual.widgets import DirectoryTree
 
 from commit_watch import kill_at_commit
 from conftest import Fleet
-from mlfleet.core.client import connect
-from mlfleet.core.paths import Home
+from mlfleet.core.controller.client import connect
+from mlfleet.core.base.paths import Home
 from mlfleet.tui.app import FleetApp
 from mlfleet.tui.widgets.dialogs import SpecPicker
 from tui_fleet import home, until  # noqa: F401  (home is a fixture)

@@ -22,9 +22,9 @@ import pytest
 from textual.pilot import Pilot
 
 from conftest import Fleet
-from mlfleet.core.client import try_connect
-from mlfleet.core.errors import MlfleetError
-from mlfleet.core.paths import Home
+from mlfleet.core.controller.client import try_connect
+from mlfleet.core.base.errors import MlfleetError
+from mlfleet.core.base.paths import Home
 
 
 @pytest.fixture

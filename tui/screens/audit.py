@@ -15,9 +15,9 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import Static
 
-from mlfleet.core.client import ControllerClient
-from mlfleet.core.errors import MlfleetError
-from mlfleet.core.render import when
+from mlfleet.core.controller.client import ControllerClient
+from mlfleet.core.base.errors import MlfleetError
+from mlfleet.core.cli.render import when
 from mlfleet.tui.screens.base import PollingScreen
 from mlfleet.tui.widgets.keyed_table import KeyedTable
 from mlfleet.tui.widgets.text import set_text

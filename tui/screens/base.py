@@ -26,8 +26,8 @@ from textual.screen import Screen
 from textual.suggester import SuggestFromList
 from textual.widgets import Footer, Header, Input, Static
 
-from mlfleet.core.client import ControllerClient
-from mlfleet.core.errors import MlfleetError
+from mlfleet.core.controller.client import ControllerClient
+from mlfleet.core.base.errors import MlfleetError
 from mlfleet.tui.widgets.text import set_text
 
 

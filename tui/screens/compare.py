@@ -19,9 +19,9 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 from textual_plotext import PlotextPlot
 
-from mlfleet.core.client import ControllerClient
-from mlfleet.core.errors import MlfleetError
-from mlfleet.core.render import lineage_rows, value
+from mlfleet.core.controller.client import ControllerClient
+from mlfleet.core.base.errors import MlfleetError
+from mlfleet.core.cli.render import lineage_rows, value
 
 def run_lineage(run: dict[str, Any], lineage: dict[str, Any]) -> dict[str, Any]:
     """A run's lineage with where it ran filled in from the run itself when the node did not say."""

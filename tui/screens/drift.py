@@ -18,10 +18,10 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 from textual_plotext import PlotextPlot
 
-from mlfleet.core.client import ControllerClient
+from mlfleet.core.controller.client import ControllerClient
 from mlfleet.core.drift import summary
-from mlfleet.core.errors import MlfleetError
-from mlfleet.core.render import when
+from mlfleet.core.base.errors import MlfleetError
+from mlfleet.core.cli.render import when
 from mlfleet.tui.screens.base import PollingScreen
 from mlfleet.tui.widgets.keyed_table import KeyedTable
 

@@ -18,9 +18,9 @@ from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.widgets import Static
 
-from mlfleet.core.client import ControllerClient
-from mlfleet.core.hostseen import is_stale, seen_text
-from mlfleet.core.words import plural
+from mlfleet.core.controller.client import ControllerClient
+from mlfleet.core.fleet.hostseen import is_stale, seen_text
+from mlfleet.core.base.words import plural
 from mlfleet.tui.screens.base import PollingScreen
 from mlfleet.tui.widgets.dialogs import Confirm, Prompt
 from mlfleet.tui.widgets.host_card import HostCard

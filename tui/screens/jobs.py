@@ -21,13 +21,13 @@ from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.widgets import Static
 
-from mlfleet.core.client import ControllerClient, submit_with_retry
-from mlfleet.core.config import load_job_spec
-from mlfleet.core.errors import MlfleetError
-from mlfleet.core.models import TERMINAL_STATES, to_plain
-from mlfleet.core.render import value, when
-from mlfleet.core.settings import ClientSettings, load_settings
-from mlfleet.core.submit_key import new_submit_key
+from mlfleet.core.controller.client import ControllerClient, submit_with_retry
+from mlfleet.core.jobs.spec import load_job_spec
+from mlfleet.core.base.errors import MlfleetError
+from mlfleet.core.base.models import TERMINAL_STATES, to_plain
+from mlfleet.core.cli.render import value, when
+from mlfleet.core.base.settings import ClientSettings, load_settings
+from mlfleet.core.jobs.submit_key import new_submit_key
 from mlfleet.tui.screens.base import PollingScreen
 from mlfleet.tui.widgets.dialogs import Confirm, Prompt, SpecPicker, TextPanel
 from mlfleet.tui.widgets.job_log import JobLog

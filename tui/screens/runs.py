@@ -16,10 +16,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import Static
 
-from mlfleet.core.client import ControllerClient
-from mlfleet.core.errors import EXIT_USAGE, MlfleetError, RemoteError, UsageError
-from mlfleet.core.cli_run_keys import SHOW_HEADERS, show_rows
-from mlfleet.core.render import cell, elapsed, lineage_rows, value, when
+from mlfleet.core.controller.client import ControllerClient
+from mlfleet.core.base.errors import EXIT_USAGE, MlfleetError, RemoteError, UsageError
+from mlfleet.core.tracking.run_keys import SHOW_HEADERS, show_rows
+from mlfleet.core.cli.render import cell, elapsed, lineage_rows, value, when
 from mlfleet.tui.screens.base import PollingScreen
 from mlfleet.tui.screens.compare import CompareScreen, run_lineage
 from mlfleet.tui.widgets.dialogs import TextPanel

@@ -17,8 +17,8 @@ from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.widgets import Label, Static
 
-from mlfleet.core.hostseen import is_stale, seen_text
-from mlfleet.core.units import format_size
+from mlfleet.core.fleet.hostseen import is_stale, seen_text
+from mlfleet.core.base.units import format_size
 from mlfleet.tui.widgets.spark import SparkLine, spark
 from mlfleet.tui.widgets.text import set_text
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from rich.text import Text
 
-from mlfleet.core.hostseen import is_stale, seen_text
-from mlfleet.core.units import format_size
+from mlfleet.core.fleet.hostseen import is_stale, seen_text
+from mlfleet.core.base.units import format_size
 
 HOST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("name", "HOST"), ("state", "STATE"), ("kind", "PROVIDER"), ("labels", "LABELS"), ("cpu", "CPU"),

@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 
 from textual.widgets import Log
 
-from mlfleet.core.models import TERMINAL_STATES
-from mlfleet.core.render import dropped_notice
+from mlfleet.core.base.models import TERMINAL_STATES
+from mlfleet.core.cli.render import dropped_notice
 
 STREAMS = ("stdout", "stderr")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlfleet.core.render import elapsed, when
+from mlfleet.core.cli.render import elapsed, when
 from mlfleet.tui.widgets.keyed_table import KeyedTable
 
 COLUMNS: tuple[tuple[str, str], ...] = (

@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.text import Text
 
-from mlfleet.core.render import elapsed, number, when
+from mlfleet.core.cli.render import elapsed, number, when
 
 BASE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("mark", " "), ("run_id", "RUN"), ("name", "NAME"), ("project", "PROJECT"), ("state", "STATE"),

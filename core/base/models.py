@@ -1,0 +1,290 @@
+"""Plain data shared by the controller, the agents and the clients.
+
+These are msgspec Structs: cheap to build, typed, and encoded to the wire
+protocol without hand-written (de)serialisers. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from mlfleet.core.base import units
+
+# ----------------------------------------------------------------- job specs
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+Name = Annotated[str, Meta(min_length=1, max_length=128, pattern=NAME_PATTERN)]
+
+MAX_GPUS_PER_JOB = 64
+MAX_GPU_MEMORY = 1024**4  # 1 TiB: no single GPU comes close
+MAX_HOST_MEMORY = 64 * 1024**4
+MAX_TIMEOUT_S = 366 * 86400
+
+
+class ByteSize(int):
+    """A size in bytes, written in specs as ``20GiB`` (decoded by config.spec_dec_hook)."""
+
+
+class Seconds(float):
+    """A duration in seconds, written in specs as ``2h30m`` (decoded by config.spec_dec_hook)."""
+
+
+class Resources(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What a job needs from one host."""
+
+    gpus: Annotated[int, Meta(ge=0, le=MAX_GPUS_PER_JOB)] = 0
+    gpu_memory: ByteSize | None = None  # per GPU
+    gpu_type: list[str] | str = msgspec.field(default_factory=list)
+    cpus: Annotated[float, Meta(ge=0, le=1024)] = 0
+    memory: ByteSize | None = None
+
+    @property
+    def gpu_types(self) -> list[str]:
+        return [self.gpu_type] if isinstance(self.gpu_type, str) else list(self.gpu_type)
+
+
+class Constraints(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Hard placement rules: a job never runs where they do not hold."""
+
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    hosts: list[str] = msgspec.field(default_factory=list)
+
+
+EnvValue = str | int | float | bool
+
+
+class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A job as the user wrote it (after validation; workdir made absolute)."""
+
+    name: Name
+    command: list[str] | str
+    project: Name = "default"
+    workdir: str = "."
+    env: dict[str, EnvValue] = msgspec.field(default_factory=dict)
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+    tags: dict[str, str] = msgspec.field(default_factory=dict)
+    resources: Resources = msgspec.field(default_factory=Resources)
+    constraints: Constraints = msgspec.field(default_factory=Constraints)
+    priority: Annotated[int, Meta(ge=-1000, le=1000)] = 0
+    retries: Annotated[int, Meta(ge=0, le=100)] = 0
+    timeout: Seconds | None = None
+    # Files, folders or globs the job reads (relative to workdir, as on the node): the agent
+    # records the sha256 of each at run start (lineage; docs/tracking.md).
+    inputs: Annotated[list[Annotated[str, Meta(min_length=1, max_length=4096)]], Meta(max_length=1000)] = \
+        msgspec.field(default_factory=list)
+
+    @property
+    def argv(self) -> list[str]:
+        """The command as an argv list; a string runs through ``/bin/sh -c``."""
+        if isinstance(self.command, str):
+            return ["/bin/sh", "-c", self.command]
+        return list(self.command)
+
+    def env_strings(self) -> dict[str, str]:
+        def text(v: EnvValue) -> str:
+            if isinstance(v, bool):
+                return "1" if v else "0"
+            return str(v)
+
+        return {k: text(v) for k, v in self.env.items()}
+
+    def content_hash(self) -> str:
+        """sha256 of the canonical JSON of the spec: the run's ``spec_hash`` lineage field."""
+        return hashlib.sha256(msgspec.json.encode(to_plain(self), order="sorted")).hexdigest()
+
+
+def spec_dec_hook(kind: type, value: Any) -> Any:
+    """Decode the unit-bearing types of a job spec (sizes and durations)."""
+    if kind is ByteSize:
+        size = units.parse_size(_scalar(value, "a size like 20GiB"))
+        if size > MAX_HOST_MEMORY:
+            raise ValueError(f"{value!r} is larger than any machine ({units.format_size(MAX_HOST_MEMORY)} at most)")
+        return ByteSize(size)
+    if kind is Seconds:
+        seconds = units.parse_duration(_scalar(value, "a duration like 2h or 30m"))
+        if seconds <= 0:
+            raise ValueError("must be longer than zero")
+        if seconds > MAX_TIMEOUT_S:
+            raise ValueError(f"{value!r} is longer than a year")
+        return Seconds(seconds)
+    raise NotImplementedError(kind)
+
+
+def _scalar(value: Any, wanted: str) -> int | float | str:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected {wanted}, got {type(value).__name__}")
+    return value
+
+
+def _spec_enc_hook(obj: Any) -> Any:
+    if isinstance(obj, ByteSize):
+        return int(obj)
+    if isinstance(obj, Seconds):
+        return float(obj)
+    raise NotImplementedError(type(obj))
+
+
+def to_plain(obj: Any) -> Any:
+    """Any model as JSON-ready builtins (sizes as bytes, durations as seconds)."""
+    return msgspec.to_builtins(obj, enc_hook=_spec_enc_hook)
+
+
+def spec_from_plain(data: Any) -> "JobSpec":
+    """A JobSpec back from builtins (the DuckDB copy, a request)."""
+    return msgspec.convert(data, JobSpec, dec_hook=spec_dec_hook, str_keys=True)
+
+
+# ------------------------------------------------------------- telemetry
+
+class GpuProcess(msgspec.Struct, kw_only=True):
+    pid: int
+    used_memory: int | None = None
+    name: str | None = None
+    run_id: str | None = None  # the mlfleet run it belongs to (from its environment); None: foreign
+
+
+class GpuSample(msgspec.Struct, kw_only=True):
+    """One GPU at one instant; every field may be None ("n/a") on its own."""
+
+    index: int
+    uuid: str | None = None
+    name: str | None = None
+    utilization: float | None = None  # percent
+    memory_total: int | None = None
+    memory_used: int | None = None
+    memory_free: int | None = None
+    temperature: float | None = None  # Celsius
+    power_draw: float | None = None  # watts
+    power_limit: float | None = None  # watts
+    ecc_errors: int | None = None  # uncorrected, since the driver loaded
+    throttle_reasons: list[str] = msgspec.field(default_factory=list)  # e.g. hw_thermal, sw_power_cap
+    processes: list[GpuProcess] = msgspec.field(default_factory=list)
+
+
+GpuState = Literal["ok", "no_driver", "error"]
+
+
+class HostSample(msgspec.Struct, kw_only=True):
+    """One telemetry sample of a host, numbered by the agent (``seq``)."""
+
+    seq: int
+    ts: float
+    cpu_percent: float
+    cpu_count: int
+    load1: float
+    memory_total: int
+    memory_used: int
+    swap_used: int
+    disk_total: int
+    disk_used: int
+    net_rx_bps: float
+    net_tx_bps: float
+    gpu_state: GpuState = "no_driver"
+    gpu_message: str = ""
+    gpus: list[GpuSample] = msgspec.field(default_factory=list)
+    # How closely each pair of GPUs is linked (0 NVLink, then NVML's topology levels: 10 same board,
+    # 20 PCIe switches, 30 host bridge, 40 NUMA node, 50 across sockets); None when unknown.
+    gpu_links: list[list[int]] | None = None
+
+
+# ------------------------------------------------------- job execution
+
+JobState = Literal["pending", "dispatched", "running", "succeeded", "failed", "cancelled", "lost"]
+TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "lost"})
+# What clients see: a started job being stopped shows as "cancelling" (core/store/records.py SHOWN_STATE).
+SHOWN_JOB_STATES: tuple[str, ...] = ("pending", "dispatched", "running", "cancelling", "succeeded", "failed",
+                                     "cancelled", "lost")
+ACTIVE_STATES: frozenset[str] = frozenset({"dispatched", "running"})
+
+
+DEFAULT_LOG_MAX_SIZE = 100 * 1024**2  # logs.max_size when nothing says otherwise
+
+
+class LaunchRequest(msgspec.Struct, kw_only=True):
+    """What the controller asks an agent to run: one attempt of one job.
+
+    ``run_id`` is the idempotency key: an agent that already knows it never
+    starts a second process for it.
+    """
+
+    run_id: str
+    job_id: str
+    argv: list[str]
+    workdir: str
+    env: dict[str, str]
+    gpu_indices: list[int] = msgspec.field(default_factory=list)
+    code_hash: str | None = None  # run in this shipped snapshot instead of ``workdir``
+    timeout: float | None = None
+    kill_grace: float = 10.0
+    inputs: list[str] = msgspec.field(default_factory=list)  # hashed by the runner before the job starts
+    log_max_size: int = DEFAULT_LOG_MAX_SIZE  # bytes kept of stdout and of stderr each (settings logs.max_size)
+    # Folders beyond the run's folder and workdir whose files the agent may serve as artifacts (the host's
+    # artifact_roots; agents/artifacts.py)
+    artifact_roots: list[str] = msgspec.field(default_factory=list)
+
+
+ProcessState = Literal["starting", "running", "exited"]
+
+
+class RunStatus(msgspec.Struct, kw_only=True):
+    """An agent's view of one run's process."""
+
+    run_id: str
+    state: ProcessState
+    pid: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str = ""  # exited | cancelled | timeout | failed-to-start | lost
+    message: str = ""
+
+
+# A metric line longer than this is one bad line, never sent (agents/metriclines.py): it keeps any one
+# line's share of a poll answer bounded, however the line is escaped.
+MAX_METRIC_LINE = 1024**2
+
+
+class StreamChunk(msgspec.Struct, kw_only=True):
+    """Bytes of a run's file from ``offset`` to ``end`` (whole lines only for metrics)."""
+
+    run_id: str
+    stream: str  # metrics | stdout | stderr
+    offset: int
+    end: int
+    data: str  # UTF-8 text; undecodable bytes are replaced, offsets stay byte offsets
+    eof: bool = False  # the run has exited and nothing more will come
+    more: bool = False  # the file holds more than this chunk already: ask again now, not next tick
+    # metrics: lines at the start of the chunk longer than MAX_METRIC_LINE, left out of ``data``; each is one
+    # line (and one bad line) of the stream, so line numbers stay exact
+    long_lines: int = 0
+    # stdout/stderr: bytes between the offset asked for and ``offset`` that are no longer kept (logs.max_size)
+    dropped: int = 0
+    max_size: int = 0  # stdout/stderr: the bytes kept of the stream on the node (0: not known)
+
+
+# ---------------------------------------------------------------- lineage
+
+class InputDigest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One entry of a job's ``inputs:`` as the agent found it at run start."""
+
+    path: str  # as written in the spec (a glob gives one entry per match)
+    sha256: str | None = None  # a folder: sha256 over its files' relative paths and digests
+    size: int | None = None  # bytes (a folder: all its files)
+    files: int | None = None  # a folder: how many files
+    error: str | None = None  # e.g. "no such file or folder"
+
+
+class NodeLineage(msgspec.Struct, kw_only=True):
+    """What the agent records about a run's environment before the job starts."""
+
+    inputs: list[InputDigest] = msgspec.field(default_factory=list)
+    python: str | None = None  # version of the interpreter that runs the job
+    python_executable: str | None = None
+    packages_hash: str | None = None  # sha256 of sorted "name==version" lines
+    packages: int | None = None  # how many distributions
+    hashed_bytes: int = 0  # input bytes read this time (0: all from the cache)

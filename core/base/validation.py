@@ -1,0 +1,156 @@
+"""msgspec's validation messages turned into our sentence at the YAML line, for every file mlfleet reads.
+
+Job specs, hosts.yaml, config.yaml and drift configs are all validated by
+msgspec; its message names a path like ``$.resources.gpus``. This module maps
+that path back to the line the user has to fix and says the problem in plain
+words (the known fields when one is unknown).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from mlfleet.core.base.errors import SpecError
+from mlfleet.core.base.models import Constraints, JobSpec, Resources, spec_dec_hook
+from mlfleet.core.base.yamlsource import Located, dotted
+
+AbsolutePath = Annotated[str, Meta(min_length=1, max_length=4096)]  # checked by check_absolute_paths
+
+_PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_TOKEN_RE = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+|\.\.\.)\]")
+_TYPE_WORDS = {
+    "int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+    "array": "a list", "object": "a mapping", "null": "nothing (null)",
+}
+
+
+def spec_error_from_validation(message: str, data: Any, located: Located | None,
+                               structs: dict[tuple[Any, ...], type[msgspec.Struct]] | None = None) -> SpecError:
+    """Turn msgspec's message into our sentence, pointing at the YAML line.
+
+    ``structs`` maps a field path to the Struct found there, to suggest the
+    known fields when one is unknown (job specs by default).
+    """
+    return validation_error(message, data, located, structs)[1]
+
+
+def validation_error(message: str, data: Any, located: Located | None,
+                      structs: dict[tuple[Any, ...], type[msgspec.Struct]] | None = None) -> tuple[tuple[Any, ...], SpecError]:
+    """The field path msgspec's message points at, and our sentence for it."""
+    display = located.path if located else "job spec"
+    match = _PATH_RE.search(message)
+    parts: tuple[Any, ...] = ()
+    if match:
+        parts = _parse_path(match.group("path"), data, structs)
+        message = message[: match.start()]
+    problem, hint = message, ""
+    if m := re.match(r"Object contains unknown field `(.+)`", message):
+        key = m.group(1)
+        parts = parts + (key,)
+        known = _known_fields(parts[:-1], structs)
+        close = difflib.get_close_matches(key, known, n=1)
+        problem = "unknown field"
+        hint = f"did you mean {close[0]!r}?" if close else (f"known fields are {', '.join(known)}" if known else "")
+    elif m := re.match(r"Object missing required field `(.+)`", message):
+        parts = parts + (m.group(1),)
+        problem = "is required but missing"
+        hint = "add it (see configs/ for examples)"
+    elif m := re.match(r"Expected `([^`]+)`, got `([^`]+)`", message):
+        got = _TYPE_WORDS.get(m.group(2), m.group(2))
+        value = _value_at(data, parts)
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool) and len(str(value)) <= 40:
+            got = repr(value)
+        problem = f"expected {_words(m.group(1))}, got {got}"
+    elif m := re.match(r"Expected `([^`]+)` (.+)$", message):
+        problem = f"must be {_words(m.group(1))} {m.group(2)}"
+        if "matching regex" in message and parts and parts[-1] in ("name", "project"):
+            problem = "must start with a letter or digit and hold only letters, digits, '.', '_' and '-'"
+        elif m2 := re.match(r"of length <= (\d+)", m.group(2)):
+            problem = f"is too long: {m2.group(1)} characters at most"
+        elif m2 := re.match(r"of length >= (\d+)", m.group(2)):
+            problem = "is empty" if m2.group(1) == "1" else f"is too short: {m2.group(1)} characters at least"
+    line = located.line_of(parts) if located else None
+    return parts, SpecError(display, line, dotted(parts) or None, problem, hint)
+
+
+def _value_at(data: Any, parts: tuple[Any, ...]) -> Any:
+    for part in parts:
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        else:
+            return None
+    return data
+
+
+def _words(type_text: str) -> str:
+    alternatives = [t.strip() for t in type_text.split("|")]
+    if {"str", "int", "float"} <= set(alternatives):
+        return "a plain value (text or a number)"
+    return " or ".join(_TYPE_WORDS.get(t, t) for t in alternatives)
+
+
+def _parse_path(text: str, data: Any, structs: dict[tuple[Any, ...], type[msgspec.Struct]] | None) -> tuple[Any, ...]:
+    """``.resources.gpu_type[0]`` -> ("resources", "gpu_type", 0); ``[...]`` finds the bad key."""
+    parts: list[Any] = []
+    node = data
+    for name, index in _TOKEN_RE.findall(text):
+        if name:
+            parts.append(name)
+            node = node.get(name) if isinstance(node, dict) else None
+        elif index == "...":
+            key = _first_bad_key(data, tuple(parts), node, structs)
+            if key is None:
+                break
+            parts.append(key)
+            node = node.get(key) if isinstance(node, dict) else None
+        else:
+            parts.append(int(index))
+            node = node[int(index)] if isinstance(node, list) and int(index) < len(node) else None
+    return tuple(parts)
+
+
+def _first_bad_key(data: Any, parts: tuple[Any, ...], node: Any,
+                   structs: dict[tuple[Any, ...], type[msgspec.Struct]] | None) -> Any:
+    """msgspec says only "a value in this mapping"; find which, by validating each entry alone."""
+    if not isinstance(node, dict):
+        return None
+    root = (structs or {}).get((), JobSpec)
+    for key, value in node.items():
+        trial = _replace_at(data, parts, {key: value})
+        try:
+            msgspec.convert(trial, root, dec_hook=spec_dec_hook, str_keys=True)
+        except msgspec.ValidationError as exc:
+            if "[...]" in str(exc):
+                return key
+    return next(iter(node), None)
+
+
+def _replace_at(data: Any, parts: tuple[Any, ...], value: Any) -> Any:
+    if not parts:
+        return value
+    copy = dict(data) if isinstance(data, dict) else data
+    if isinstance(copy, dict):
+        copy[parts[0]] = _replace_at(copy.get(parts[0]), parts[1:], value)
+    return copy
+
+
+def _known_fields(parts: tuple[Any, ...], structs: dict[tuple[Any, ...], type[msgspec.Struct]] | None) -> list[str]:
+    table = structs or {(): JobSpec, ("resources",): Resources, ("constraints",): Constraints}
+    struct = table.get(tuple("*" if isinstance(p, int) else p for p in parts))  # "*": any list item
+    return list(struct.__struct_fields__) if struct else []
+
+
+def check_absolute_paths(located: Located, parts: tuple, field: str, paths: list[str]) -> None:
+    """Folders on a node must be written in full: a relative one would depend on the agent's cwd."""
+    for j, folder in enumerate(paths):
+        if not folder.startswith("/"):
+            raise SpecError(located.path, located.line_of((*parts, j)), f"{field}[{j}]",
+                            f"{folder!r} is not an absolute path", "write the folder's full path on the node, "
+                            "e.g. /data/models")

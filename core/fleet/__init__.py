@@ -1,0 +1,1 @@
+"""The fleet: the hosts, their keys and routes, bootstrapping agents onto them, and the links to them (docs/fleet.md)."""

@@ -1,0 +1,196 @@
+"""The fleet inventory: ``hosts.yaml`` in the config dir.
+
+```yaml
+hosts:
+  - name: gpu-a
+    address: 10.0.0.12
+    port: 22
+    user: ml
+    identity: ~/.ssh/id_ed25519
+    labels: {region: eu-west, provider: baremetal}
+    agent_command: mlfleet              # how to run mlfleet on the node
+    state_dir: ~/.mlfleet/agent         # the agent's journal on the node
+    simulate_gpus: /etc/mlfleet/gpus.yaml   # optional: simulated GPUs (demos, tests)
+    artifact_roots: [/data/models]      # optional: folders whose files runs may share as artifacts
+    proxy_jump:                         # optional: reached through these SSH hops, in order (ssh -J)
+      - {address: bastion.example.com, port: 22, user: ops, identity: ~/.ssh/id_bastion}
+    # proxy_command: ssh -W %h:%p bastion   # or: the output of this command is the connection (not both)
+```
+
+Edits made by ``mlfleet hosts add|remove`` keep the rest of the file as the
+user wrote it (comments included): an added host is appended as text, a
+removed one has exactly its own lines taken out.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+import yaml
+from msgspec import Meta
+
+from mlfleet.core.base.validation import AbsolutePath, check_absolute_paths, spec_error_from_validation
+from mlfleet.core.base.errors import SpecError, UsageError
+from mlfleet.core.base.models import Name, spec_dec_hook
+from mlfleet.core.base.yamlsource import read_yaml
+
+LOCAL_HOST = "local"
+
+
+Port = Annotated[int, Meta(ge=1, le=65535)]
+# A DNS name (ASCII labels; one that is all digits and dots must be an IPv4 address), an IPv4 address, or an
+# IPv6 address without brackets. Why so strict: "127.0.0.1:22", "http://gpu", "a b" or a U+FFFD from a bad
+# decode were accepted and could only fail later, at connect time, in asyncssh's words.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+ADDRESS_PATTERN = (rf"^(?:(?:{_OCTET}\.){{3}}{_OCTET}"
+                   rf"|(?=[^:]*[A-Za-z_-])(?:{_LABEL}\.)*{_LABEL}\.?"
+                   r"|[0-9A-Fa-f]*:[0-9A-Fa-f]*:[0-9A-Fa-f:.]*(?:%[A-Za-z0-9_.-]+)?)$")
+Address = Annotated[str, Meta(min_length=1, max_length=255, pattern=ADDRESS_PATTERN)]
+
+
+class JumpHost(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """One SSH hop on the way to a host (OpenSSH's ProxyJump); its key is checked like any host's."""
+
+    address: Address
+    port: Port = 22
+    user: str | None = None
+    identity: str | None = None
+
+    @property
+    def identity_path(self) -> Path | None:
+        return Path(self.identity).expanduser() if self.identity else None
+
+
+class HostConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """One SSH-managed host."""
+
+    name: Name
+    address: Address
+    port: Port = 22
+    user: str | None = None
+    identity: str | None = None
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    agent_command: Annotated[str, Meta(min_length=1)] = "mlfleet"
+    state_dir: Annotated[str, Meta(min_length=1)] = ".mlfleet/agent"
+    simulate_gpus: str | None = None
+    # Folders on the node, beyond each run's folder and workdir, whose files runs may share as artifacts.
+    artifact_roots: list[AbsolutePath] = msgspec.field(default_factory=list)
+    # How the connection is made when the host is not reached directly (docs/fleet.md, "Jump hosts").
+    proxy_jump: Annotated[list[JumpHost], Meta(max_length=8)] = msgspec.field(default_factory=list)
+    proxy_command: Annotated[str, Meta(min_length=1, max_length=4096)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.proxy_jump and self.proxy_command:
+            raise ValueError("give proxy_jump or proxy_command, not both (ssh uses only the first one written)")
+
+    @property
+    def identity_path(self) -> Path | None:
+        return Path(self.identity).expanduser() if self.identity else None
+
+
+class Inventory(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    hosts: list[HostConfig] = msgspec.field(default_factory=list)
+
+
+def load_inventory(path: Path) -> list[HostConfig]:
+    """The hosts in ``path`` (none when it does not exist); mistakes are SpecErrors with their line."""
+    if not path.exists():
+        return []
+    located = read_yaml(path, allow_empty=True)
+    data = located.data
+    if data is None or data == {}:
+        return []
+    if not isinstance(data, dict):
+        raise SpecError(located.path, located.line_of(()), None, "must be a mapping with a 'hosts:' list",
+                        "see docs/fleet.md")
+    hosts = data.get("hosts")
+    if isinstance(hosts, list):
+        for i, host in enumerate(hosts):
+            if isinstance(host, dict) and isinstance(host.get("labels"), dict):
+                host["labels"] = {k: located.as_typed(("hosts", i, "labels", k), v) for k, v in host["labels"].items()}
+    try:
+        inventory = msgspec.convert(data, Inventory, dec_hook=spec_dec_hook, str_keys=True)
+    except msgspec.ValidationError as exc:
+        from mlfleet.core.fleet.hostcheck import reword_inventory_error  # (hostcheck imports this module)
+
+        error = spec_error_from_validation(str(exc), data, located, {(): Inventory, ("hosts", "*"): HostConfig})
+        raise reword_inventory_error(error, str(exc), data) from None
+    seen: dict[str, int] = {}
+    for i, host in enumerate(inventory.hosts):
+        check_absolute_paths(located, ("hosts", i, "artifact_roots"), f"hosts[{i}].artifact_roots", host.artifact_roots)
+        line = located.line_of(("hosts", i, "name"))
+        if host.name == LOCAL_HOST:
+            raise SpecError(located.path, line, f"hosts[{i}].name", f"'{LOCAL_HOST}' is the embedded host",
+                            "choose another name")
+        if host.name in seen:
+            raise SpecError(located.path, line, f"hosts[{i}].name",
+                            f"host {host.name!r} appears twice (first on line {seen[host.name]})", "keep one")
+        seen[host.name] = line or 0
+    return inventory.hosts
+
+
+def add_host(path: Path, host: HostConfig) -> None:
+    """Append one host to the file as text, keeping everything else as it is."""
+    existing = load_inventory(path)
+    if host.name == LOCAL_HOST or any(h.name == host.name for h in existing):
+        raise UsageError(f"a host named {host.name!r} already exists; remove it first or choose another name")
+    entry = yaml.safe_dump([msgspec.to_builtins(host)], sort_keys=False, default_flow_style=False)
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if not existing:  # "hosts: []" (left by removing the last host) becomes a block list again
+        text = "".join("hosts:\n" if line.strip() == "hosts: []" else line for line in text.splitlines(keepends=True))
+    if not existing and "hosts:" not in text:
+        text = (text.rstrip("\n") + "\n" if text.strip() else "") + "hosts:\n"
+    elif not text.endswith("\n"):
+        text += "\n"
+    indented = "".join(f"  {line}\n" for line in entry.splitlines())
+    _write_atomic(path, text + indented)
+    load_inventory(path)  # what we wrote must read back
+
+
+def remove_host(path: Path, name: str) -> HostConfig:
+    """Take out exactly the lines of one host's entry (a flow-style list is rewritten whole)."""
+    hosts = load_inventory(path)
+    index = next((i for i, h in enumerate(hosts) if h.name == name), None)
+    if index is None:
+        raise UsageError(f"no host named {name!r} in {path}")
+    located = read_yaml(path)
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    starts = [located.lines[("hosts", i)] - 1 for i in range(len(hosts))]
+    if len(set(starts)) != len(starts) or not lines[starts[index]].lstrip().startswith("-"):
+        remaining = [msgspec.to_builtins(h) for h in hosts if h.name != name]
+        _write_atomic(path, yaml.safe_dump({"hosts": remaining}, sort_keys=False))
+        return hosts[index]
+    start = starts[index]
+    end = starts[index + 1] if index + 1 < len(hosts) else _end_of_item(lines, start)
+    kept = lines[:start] + lines[end:]
+    if len(hosts) == 1:
+        kept = [("hosts: []\n" if line.rstrip() == "hosts:" else line) for line in kept]
+    _write_atomic(path, "".join(kept))
+    load_inventory(path)  # what we wrote must read back
+    return hosts[index]
+
+
+def _end_of_item(lines: list[str], start: int) -> int:
+    """The line after the last list item starting at ``start`` (its "- " sets the indent)."""
+    dash = len(lines[start]) - len(lines[start].lstrip())
+    i = start + 1
+    while i < len(lines):
+        text = lines[i].strip()
+        indent = len(lines[i]) - len(lines[i].lstrip())
+        if text and not text.startswith("#") and (indent < dash or (indent == dash and not text.startswith("-"))):
+            break
+        i += 1
+    return i
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)

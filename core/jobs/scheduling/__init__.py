@@ -1,0 +1,1 @@
+"""The scheduler's parts; :mod:`mlfleet.core.jobs.scheduler` is the entry point and says how they fit."""

@@ -1,0 +1,214 @@
+"""Code shipping, controller side: a job's workdir as a content-addressed archive.
+
+At submit, the workdir is packed (respecting .gitignore: the files git would
+track, untracked ones included, or every file outside a git repo) into a
+deterministic tar.gz (sorted names, zero times and owners, gzip without a
+timestamp). The archive's sha256 is the snapshot's identity, so the same
+code is uploaded to a host once, the node can verify what it received with
+nothing but hashlib, and the run records exactly which code it ran.
+
+A snapshot holds only what lies inside the workdir. The controller may run
+as another user than the one who submits (a team controller), so following
+a symlink would let a submitter ship any file the controller can read. No
+symlink is ever followed: a symlink that resolves inside the workdir is kept
+as a symlink (its target rewritten relative, so it means the same on the
+node), one that resolves outside is left out and named in ``skipped``, and a
+path under a symlinked folder is never read through it. Files are opened
+component by component with ``O_NOFOLLOW``, so a folder swapped for a
+symlink between listing and packing cannot redirect a read either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import os
+import stat
+import subprocess
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from mlfleet.core.base.errors import UsageError
+from mlfleet.core.base.private import private_dir
+
+MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024
+_ALWAYS_SKIPPED = {".git", "__pycache__", ".venv", ".mypy_cache", ".pytest_cache"}
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # NONBLOCK: a FIFO never hangs the open
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    sha256: str
+    path: Path  # the archive in the controller's cache
+    files: int
+    size: int  # bytes of file content
+    skipped: list[str] = field(default_factory=list)  # what was left out and why, one sentence each
+
+
+@dataclass(frozen=True)
+class _Entry:
+    rel: str
+    size: int = 0
+    link: str | None = None  # a symlink's target, relative to its folder
+
+
+def snapshot(workdir: Path, cache_dir: Path, private: tuple[Path, ...] = ()) -> Snapshot:
+    """Pack ``workdir`` into ``cache_dir/<sha256>.tar.gz`` (kept once per content).
+
+    ``private`` are mlfleet's own files and folders (``Home.own_paths``):
+    never packed. Why: they hold the store, keys and every user's logs,
+    which must not travel to a node; and reading the live DuckDB file from
+    the controller process would drop its lock on the file (closing any
+    descriptor of a file releases a process's POSIX locks on it).
+    """
+    root = Path(os.path.realpath(workdir))
+    inside = _private_inside(root, private)
+    entries, skipped = _list_entries(root)
+    kept = [e for e in entries if not any(e.rel == d or e.rel.startswith(d + "/") for d in inside)]
+    if len(kept) != len(entries):
+        left = sorted({d for e in entries if e not in kept for d in inside if e.rel == d or e.rel.startswith(d + "/")})
+        skipped.append(f"{', '.join(left)}: mlfleet's own (its store, keys and logs); never shipped")
+    entries = kept
+    total = sum(e.size for e in entries)
+    if total > MAX_SNAPSHOT_BYTES:
+        raise UsageError(f"workdir {workdir} holds {total / 1024**2:.0f} MiB of files; mlfleet ships code, not data "
+                         f"({MAX_SNAPSHOT_BYTES // 1024**2} MiB at most): add data folders to .gitignore")
+    buffer = io.BytesIO()
+    files = 0
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, compresslevel=6) as gz:
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for entry in entries:
+                info = tarfile.TarInfo(entry.rel)
+                info.mtime = 0
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                if entry.link is not None:
+                    info.type, info.linkname, info.mode = tarfile.SYMTYPE, entry.link, 0o777
+                    tar.addfile(info)
+                    continue
+                with _open_inside(root, entry.rel) as fh:
+                    if fh is None:  # gone or replaced by something else since it was listed
+                        skipped.append(f"{entry.rel} changed while it was packed; left out")
+                        continue
+                    st = os.fstat(fh.fileno())
+                    info.size = st.st_size
+                    info.mode = 0o755 if st.st_mode & 0o111 else 0o644
+                    tar.addfile(info, fh)
+                    files += 1
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    private_dir(cache_dir)
+    target = cache_dir / f"{digest}.tar.gz"
+    if not target.exists():
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "wb") as fh:
+            fh.write(data)  # 0600 whatever the umask: the snapshot is the user's code
+        os.replace(tmp, target)
+    return Snapshot(digest, target, files, total, skipped)
+
+
+def _private_inside(root: Path, private: tuple[Path, ...]) -> set[str]:
+    """Where under ``root`` the private paths are, as relative paths."""
+    found: set[str] = set()
+    for path in private:
+        real = os.path.realpath(path)
+        if real.startswith(str(root) + os.sep):
+            found.add(os.path.relpath(real, root))
+    return found
+
+
+@contextlib.contextmanager
+def _open_inside(root: Path, rel: str) -> Iterator[io.BufferedReader | None]:
+    """``root/rel`` opened for reading without following any symlink on the way; None if it is not a regular file."""
+    parts = rel.split("/")
+    fds: list[int] = []
+    try:
+        fds.append(os.open(root, _DIR_FLAGS))
+        for part in parts[:-1]:
+            fds.append(os.open(part, _DIR_FLAGS, dir_fd=fds[-1]))
+        fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=fds[-1])
+    except OSError:  # ELOOP / ENOTDIR: a symlink where a folder or the file was; ENOENT: deleted
+        for d in fds:
+            os.close(d)
+        yield None
+        return
+    for d in fds:
+        os.close(d)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        yield None
+        return
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, "rb") as fh:
+        yield fh
+
+
+def _list_entries(root: Path) -> tuple[list[_Entry], list[str]]:
+    """What to ship, sorted, and a sentence for each symlink left out."""
+    names = _git_files(root)
+    if names is None:
+        names = []
+        for folder, dirs, filenames in os.walk(root):  # never descends into a symlinked folder
+            dirs[:] = sorted(d for d in dirs if d not in _ALWAYS_SKIPPED)
+            for name in filenames + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+                names.append(os.path.relpath(os.path.join(folder, name), root))
+    out: list[_Entry] = []
+    skipped: list[str] = []
+    linked_folders: dict[str, bool] = {}  # folder -> is a symlink (lstat once per folder)
+    warned: set[str] = set()
+    listed = set(names)
+    for rel in sorted(listed):
+        parts = Path(rel).parts
+        if not parts or any(part in _ALWAYS_SKIPPED or part == ".." for part in parts):
+            continue
+        through = _symlinked_parent(root, parts, linked_folders)
+        if through is not None:  # e.g. a tracked file under a folder since replaced by a symlink
+            if through not in listed and through not in warned:
+                warned.add(through)
+                skipped.append(f"{through} is a symlinked folder; nothing under it was shipped")
+            continue
+        full = root / rel
+        try:
+            st = full.lstat()
+        except FileNotFoundError:  # deleted but still in git's index
+            continue
+        if stat.S_ISREG(st.st_mode):
+            out.append(_Entry(rel, st.st_size))
+        elif stat.S_ISLNK(st.st_mode):
+            target = os.path.realpath(full)
+            if target == str(root) or target.startswith(str(root) + os.sep):
+                out.append(_Entry(rel, link=os.path.relpath(target, os.path.realpath(full.parent))))
+            else:
+                skipped.append(f"{rel} -> {os.readlink(full)} points outside the workdir; left out")
+    return out, skipped
+
+
+def _symlinked_parent(root: Path, parts: tuple[str, ...], seen: dict[str, bool]) -> str | None:
+    """The first folder on the way to ``parts`` that is a symlink, or None."""
+    for depth in range(1, len(parts)):
+        folder = "/".join(parts[:depth])
+        if folder not in seen:
+            try:
+                seen[folder] = stat.S_ISLNK((root / folder).lstat().st_mode)
+            except OSError:
+                seen[folder] = False
+        if seen[folder]:
+            return folder
+    return None
+
+
+def _git_files(workdir: Path) -> list[str] | None:
+    """Files git would ship (tracked + untracked, minus ignored), or None outside a repo."""
+    try:
+        result = subprocess.run(["git", "-C", str(workdir), "ls-files", "-z", "--cached", "--others",
+                                 "--exclude-standard"], capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if result.returncode != 0:
+        return None
+    return [name for name in result.stdout.decode("utf-8", "surrogateescape").split("\0") if name]

@@ -1,0 +1,204 @@
+"""Job specs from YAML into validated models, with errors at file:line:field.
+
+Validation is msgspec's (types, ranges, unknown fields); this module turns
+its error paths back into the YAML line the user has to fix, and adds the
+checks that need the file system (``workdir`` must exist).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from mlfleet.core.base import units
+from mlfleet.core.base.errors import SpecError, SpecErrors
+from mlfleet.core.base.models import MAX_GPU_MEMORY, JobSpec, spec_dec_hook
+from mlfleet.core.base.validation import validation_error
+from mlfleet.core.base.yamlsource import Located, dotted, read_yaml
+
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def load_job_spec(path: str | Path) -> JobSpec:
+    """Read, validate and resolve a job spec file (workdir made absolute).
+
+    Every mistake found is reported, up to :data:`MAX_SPEC_ERRORS`, each one
+    sentence at its line (a :class:`SpecErrors` when there are several), so a
+    user fixes a spec in one pass rather than one error per submit.
+    """
+    located = read_yaml(path)
+    if not isinstance(located.data, dict):
+        raise SpecError(located.path, located.line_of(()), None, f"a job spec must be a YAML mapping, got {_describe(located.data)}",
+                        "start with 'name:' and 'command:' (see configs/)")
+    data = dict(located.data)
+    # argv items and environment values are text: keep what was typed, not YAML's reading
+    # of it (0.10 -> 0.1, 010 -> 8, yes -> True).
+    if isinstance(data.get("command"), list):
+        data["command"] = [located.as_typed(("command", i), v) for i, v in enumerate(data["command"])]
+    for parts in (("env",), ("tags",), ("constraints", "labels")):
+        mapping = _get(data, parts)
+        if isinstance(mapping, dict):
+            _put(data, parts, {k: located.as_typed(parts + (k,), v) for k, v in mapping.items()})
+    spec, errors, removed = _validate(data, located)
+    if spec is not None and len(errors) < MAX_SPEC_ERRORS and not _touches(("workdir",), removed):
+        try:
+            spec = _resolve(spec, Path(path), located)
+        except SpecError as exc:
+            errors.append(exc)
+    _raise_if_any(errors)
+    assert spec is not None  # no errors: it converted
+    return spec
+
+
+def _get(data: Any, parts: tuple[str, ...]) -> Any:
+    for part in parts:
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def _put(data: dict[str, Any], parts: tuple[str, ...], value: Any) -> None:
+    for part in parts[:-1]:
+        data[part] = dict(data[part])
+        data = data[part]
+    data[parts[-1]] = value
+
+
+MAX_SPEC_ERRORS = 5  # "a few": more than this is one problem repeated, and the first ones say so
+# Stand-ins for a required field found wrong, so that validation can go on to the rest of the spec.
+_STAND_INS: dict[tuple[Any, ...], Any] = {("name",): "x", ("command",): ["x"]}
+
+
+def validate_job_spec(data: dict[str, Any], located: Located | None = None) -> JobSpec:
+    """msgspec validation plus the checks types cannot express; every mistake found, up to a few."""
+    spec, errors, _ = _validate(data, located)
+    _raise_if_any(errors)
+    assert spec is not None
+    return spec
+
+
+def _raise_if_any(errors: list[SpecError]) -> None:
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        ordered = sorted(errors[:MAX_SPEC_ERRORS], key=lambda e: (e.line is None, e.line or 0))
+        raise SpecErrors(ordered)
+
+
+def _validate(data: dict[str, Any], located: Located | None) -> tuple[JobSpec | None, list[SpecError], set[tuple]]:
+    """Convert, and on each error set the wrong value aside and convert again, so later errors are found too.
+
+    Returns the spec (with defaults where values were set aside; None when
+    that was not possible), the errors, and the paths set aside (checks that
+    involve them are skipped: their value is not the user's).
+    """
+    display = located.path if located else "job spec"
+    errors: list[SpecError] = []
+    removed: set[tuple[Any, ...]] = set()
+    while True:
+        try:
+            spec = msgspec.convert(data, JobSpec, dec_hook=spec_dec_hook, str_keys=True)
+            break
+        except msgspec.ValidationError as exc:
+            parts, error = validation_error(str(exc), data, located)
+            errors.append(error)
+            while parts and isinstance(parts[-1], int):  # a list item: set the whole list aside (indices stay true)
+                parts = parts[:-1]
+            missing = error.problem == "is required but missing"
+            if len(errors) >= MAX_SPEC_ERRORS or not parts or parts in removed or (missing and parts not in _STAND_INS):
+                return None, errors, removed
+            removed.add(parts)
+            data = _set_aside(data, parts, _STAND_INS.get(parts) if missing or parts in _STAND_INS else _ABSENT)
+    errors.extend(_semantic_errors(spec, located, display, removed))
+    return spec, errors, removed
+
+
+_ABSENT = object()
+
+
+def _set_aside(data: Any, parts: tuple[Any, ...], value: Any) -> Any:
+    """A copy of ``data`` with the value at ``parts`` dropped (``_ABSENT``) or replaced."""
+    copy = dict(data)
+    if len(parts) == 1:
+        if value is _ABSENT:
+            copy.pop(parts[0], None)
+        else:
+            copy[parts[0]] = value
+        return copy
+    inner = copy.get(parts[0])
+    if isinstance(inner, dict):
+        copy[parts[0]] = _set_aside(inner, parts[1:], value)
+    else:
+        copy.pop(parts[0], None)
+    return copy
+
+
+def _touches(parts: tuple[Any, ...], removed: set[tuple[Any, ...]]) -> bool:
+    return any(parts[:len(r)] == r or r[:len(parts)] == parts for r in removed)
+
+
+def _semantic_errors(spec: JobSpec, located: Located | None, display: str,
+                     removed: set[tuple[Any, ...]]) -> list[SpecError]:
+    """The checks types cannot express, each found error one SpecError (none whose fields were set aside)."""
+    errors: list[SpecError] = []
+
+    def fail(parts: tuple[Any, ...], problem: str, hint: str = "", also: tuple[tuple[Any, ...], ...] = ()) -> None:
+        if any(_touches(p, removed) for p in (parts, *also)):
+            return
+        line = located.line_of(parts) if located else None
+        errors.append(SpecError(display, line, dotted(parts), problem, hint))
+
+    if isinstance(spec.command, str) and not spec.command.strip():
+        fail(("command",), "is empty", "give the program to run, e.g. [python, train.py]")
+    if isinstance(spec.command, list):
+        if not spec.command:
+            fail(("command",), "is an empty list", "give the program to run, e.g. [python, train.py]")
+        elif not spec.command[0].strip():
+            fail(("command", 0), "the program name is empty")
+    gpus = (("resources", "gpus"),)
+    if spec.resources.gpu_memory is not None:
+        if spec.resources.gpu_memory > MAX_GPU_MEMORY:
+            fail(("resources", "gpu_memory"), f"{units.format_size(spec.resources.gpu_memory)} per GPU is more than any GPU has",
+                 "gpu_memory is per GPU; 1 TiB at most")
+        elif spec.resources.gpus == 0:
+            fail(("resources", "gpu_memory"), "is set but resources.gpus is 0", "ask for gpus: 1 or more, or drop gpu_memory",
+                 also=gpus)
+    for i, name in enumerate(spec.resources.gpu_types):
+        if not name.strip():
+            where = ("resources", "gpu_type") if isinstance(spec.resources.gpu_type, str) else ("resources", "gpu_type", i)
+            fail(where, "is empty", "name a GPU model like H100, or drop gpu_type")
+            break
+    else:
+        if spec.resources.gpu_types and spec.resources.gpus == 0:  # it would be ignored: a job without GPUs
+            fail(("resources", "gpu_type"), "is set but resources.gpus is 0, so it would have no effect",
+                 "ask for gpus: 1 or more, or drop gpu_type", also=gpus)
+    for key in spec.env:
+        if not key or "=" in key or "\0" in key:
+            fail(("env", key), "is not a valid environment variable name")
+    if spec.tags and any(not k for k in spec.tags):
+        fail(("tags",), "has an empty key")
+    for i, path in enumerate(spec.inputs):
+        if not path.strip() or "\0" in path:
+            fail(("inputs", i), "is not a path", "give a file, folder or glob, relative to workdir (data/train.csv)")
+    return errors
+
+
+def _resolve(spec: JobSpec, path: Path, located: Located) -> JobSpec:
+    workdir = Path(spec.workdir).expanduser()
+    if not workdir.is_absolute():
+        workdir = (path.parent / workdir).resolve()
+    if not workdir.is_dir():
+        line = located.line_of(("workdir",))
+        problem = f"folder {str(workdir)!r} does not exist"
+        raise SpecError(located.path, line, "workdir", problem, "a relative workdir is taken from the spec file's folder")
+    return msgspec.structs.replace(spec, workdir=str(workdir))
+
+

@@ -1,1 +1,0 @@
-"""The scheduler's parts; :mod:`mlfleet.core.scheduler` is the entry point and says how they fit."""

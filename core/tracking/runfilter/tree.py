@@ -1,0 +1,127 @@
+"""The filter language's tree: what a filter can name, and the nodes the parser builds from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from mlfleet.core.base.errors import UsageError
+
+MAX_LENGTH = 10_000  # characters of filter text
+MAX_DEPTH = 64  # nested parentheses and nots
+MAX_FIELDS = 32  # distinct params/tags/metrics a filter (and sort) may name
+
+# Run columns a filter may name, by kind: text, number or time.
+RUN_COLUMNS: dict[str, str] = {
+    "run_id": "text", "job_id": "text", "name": "text", "project": "text", "owner": "text", "host": "text",
+    "state": "text", "end_reason": "text", "code_hash": "text",
+    "attempt": "number", "exit_code": "number", "signal": "number",
+    "created_at": "time", "started_at": "time", "finished_at": "time",
+}
+# What a metric is summed up by: all over the run's points, NaN points left out
+# (count counts every point; last is the last point by line, NaN as missing;
+# summary is the min, max or last the run declared with track.summary, else missing).
+METRIC_SUMMARIES = ("min", "max", "last", "mean", "count", "summary")
+COMPARISONS = ("=", "!=", "<", "<=", ">", ">=")
+
+Value = Union[str, float, bool]
+
+
+class FilterError(UsageError):
+    """A filter or sort that does not parse; ``column`` is 1-based."""
+
+    def __init__(self, label: str, problem: str, column: int) -> None:
+        self.label = label
+        self.problem = problem
+        self.column = column
+        super().__init__(f"{label}: {problem} at column {column}")
+
+
+@dataclass(frozen=True)
+class Field:
+    """What a comparison looks at: a run column, a param, a tag or a metric summary."""
+
+    source: str  # run | params | tags | metrics
+    key: str  # the column name, or the param/tag/metric key as logged
+    summary: str | None = None  # metrics only: one of METRIC_SUMMARIES
+
+    @property
+    def kind(self) -> str:
+        """text, number, time or param (a param compares as a number or as text, by the value)."""
+        if self.source == "run":
+            return RUN_COLUMNS[self.key]
+        return {"params": "param", "tags": "text", "metrics": "number"}[self.source]
+
+    def __str__(self) -> str:
+        if self.source == "run":
+            return self.key
+        text = f"{self.source}.{show_key(self.key)}"
+        return f"{text}.{self.summary}" if self.summary else text
+
+
+@dataclass(frozen=True)
+class Compare:
+    """``field op value``; op is one of COMPARISONS, or in, like, ilike, is null.
+
+    For ``in`` the value is a tuple of values; for ``is null`` it is None.
+    Times are compared as Unix seconds (a float).
+    """
+
+    field: Field
+    op: str
+    value: Value | tuple[Value, ...] | None
+
+
+@dataclass(frozen=True)
+class And:
+    items: tuple["Node", ...]
+
+
+@dataclass(frozen=True)
+class Or:
+    items: tuple["Node", ...]
+
+
+@dataclass(frozen=True)
+class Not:
+    item: "Node"
+
+
+Node = Union[Compare, And, Or, Not]
+
+
+@dataclass(frozen=True)
+class SortKey:
+    field: Field
+    descending: bool = False
+
+
+def name_start(ch: str) -> bool:
+    return ch == "_" or ch.isalpha()
+
+
+def name_char(ch: str) -> bool:
+    return ch in "_-/" or ch.isalnum()
+
+
+def show_key(key: str) -> str:
+    return key if key and all(name_char(c) or c == "." for c in key) and name_start(key[0]) else \
+        '"' + key.replace('"', '""') + '"'
+
+
+def fields_of(node: Node | None) -> list[Field]:
+    """Every field a filter names, in order, each once."""
+    seen: dict[Field, None] = {}
+
+    def walk(n: Node) -> None:
+        if isinstance(n, Compare):
+            seen.setdefault(n.field)
+        elif isinstance(n, Not):
+            walk(n.item)
+        else:
+            for item in n.items:
+                walk(item)
+
+    if node is not None:
+        walk(node)
+    return list(seen)
