@@ -1,5 +1,5 @@
 """``python -m mlfleet`` is the same as the ``mlfleet`` command."""
 
-from mlfleet.core.cli.main import main
+from mlfleet.main import main
 
 raise SystemExit(main())

@@ -12,7 +12,7 @@ import re
 import duckdb
 
 from conftest import Fleet
-from mlfleet.core.cli.main import build_parser
+from mlfleet.main import build_parser
 from mlfleet.core.cli.parser import commands
 
 TRAIN = """\

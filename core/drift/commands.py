@@ -12,9 +12,10 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mlfleet.core.cli import render
+from mlfleet.core.cli.output import Add, checked_output, client_command, positive, print_json, say
 from mlfleet.core.base.errors import EXIT_DRIFT, EXIT_OK, UsageError
 from mlfleet.core.base.private import tighten_tree
 
@@ -29,7 +30,6 @@ def _columns(text: str | None) -> list[str] | None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from mlfleet.core.cli.main import _client_command
     from mlfleet.core.drift.check import check_columns, run_check
     from mlfleet.core.drift.config import load_drift_config
     from mlfleet.core.drift.sources import looks_like_profile_name, resolve_files
@@ -47,13 +47,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     args.report = None
     if args.reference_source is not None:  # files on both sides: compute first, then start/ask the controller
         args.report = run_check(args.config_obj, args.reference_source, args.current_source, args.columns_list)
-    return _client_command(_check)(args)
+    return client_command(_check)(args)
 
 
 async def _check(client: Any, args: argparse.Namespace) -> int:
     import asyncio
 
-    from mlfleet.core.cli.main import _print_json
     from mlfleet.core.drift.check import run_check
 
     report = args.report
@@ -66,7 +65,7 @@ async def _check(client: Any, args: argparse.Namespace) -> int:
     if report["drifted"] and args.config_obj.on_drift_submit:
         report["trigger"] = await _trigger(client, args, report["report_id"])
     if args.json:
-        _print_json(report)
+        print_json(report)
     else:
         _print_report(report)
     return EXIT_DRIFT if report["drifted"] and args.fail_on_drift else EXIT_OK
@@ -108,7 +107,6 @@ def _print_report(report: dict[str, Any]) -> None:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from mlfleet.core.cli.main import _client_command
     from mlfleet.core.drift.config import load_drift_config
     from mlfleet.core.drift.sources import resolve_files
 
@@ -117,13 +115,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
     args.config_obj = load_drift_config(args.config)
     args.columns_list = _columns(args.columns)
     args.source = resolve_files(args.reference, "reference")
-    return _client_command(_profile)(args)
+    return client_command(_profile)(args)
 
 
 async def _profile(client: Any, args: argparse.Namespace) -> int:
     import asyncio
 
-    from mlfleet.core.cli.main import _say
     from mlfleet.core.drift.check import build_profile
 
     where = await client.call("drift_profile_dir")
@@ -139,17 +136,16 @@ async def _profile(client: Any, args: argparse.Namespace) -> int:
         raise
     result = {**saved, "rows": profile["rows"], "columns": [c["column"] for c in profile["columns"]],
               "values_dir": profile["values_dir"], "elapsed_s": profile["elapsed_s"]}
-    _say(args, result, f"profile {args.name} saved ({profile['rows']} rows, {len(profile['columns'])} columns); "
-                       f"check against it with 'mlfleet drift check --reference {args.name} --current CUR'")
+    say(args, result, f"profile {args.name} saved ({profile['rows']} rows, {len(profile['columns'])} columns); "
+                      f"check against it with 'mlfleet drift check --reference {args.name} --current CUR'")
     return EXIT_OK
 
 
 async def cmd_list(client: Any, args: argparse.Namespace) -> int:
-    from mlfleet.core.cli.main import _print_json
 
     reports = await client.call("drift_list", limit=args.limit, run=args.run)
     if args.json:
-        _print_json(reports)
+        print_json(reports)
         return EXIT_OK
     from mlfleet.core.drift import summary
 
@@ -161,11 +157,10 @@ async def cmd_list(client: Any, args: argparse.Namespace) -> int:
 
 
 async def cmd_show(client: Any, args: argparse.Namespace) -> int:
-    from mlfleet.core.cli.main import _print_json
 
     report = await client.call("drift_show", report=args.id)
     if args.json:
-        _print_json(report)
+        print_json(report)
     else:
         _print_report(report)
     return EXIT_OK
@@ -180,7 +175,7 @@ async def cmd_export(client: Any, args: argparse.Namespace) -> int:
         from mlfleet.core.base.output_path import check_output, write_bytes
         from mlfleet.core.base.paths import Home
 
-        # checked before the controller was started too (_client); again here, the moment before writing
+        # checked before the controller was started too (checked_output); again here, the moment before writing
         target = check_output(Path(args.output).expanduser().absolute(), Home.from_env().own_folders(), args.force)
         write_bytes(target, text.encode(), args.force)
         if args.json:  # the report is in the file: stdout says where, as JSON
@@ -191,11 +186,10 @@ async def cmd_export(client: Any, args: argparse.Namespace) -> int:
 
 
 async def cmd_profiles(client: Any, args: argparse.Namespace) -> int:
-    from mlfleet.core.cli.main import _print_json
 
     profiles = await client.call("drift_profiles")
     if args.json:
-        _print_json(profiles)
+        print_json(profiles)
         return EXIT_OK
     print(render.table(["name", "id", "when", "rows", "columns", "source"],
                        [[p["name"], p["profile_id"], render.when(p["created_at"]), p["rows"], p["columns"],
@@ -203,22 +197,7 @@ async def cmd_profiles(client: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _client(fn: Callable[..., Any], checks_output: bool = False) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        from mlfleet.core.cli.main import _checked_output, _client_command
-
-        return (_checked_output if checks_output else _client_command)(fn)(args)
-
-    return run
-
-
-def _positive(text: str) -> int:
-    from mlfleet.core.cli.main import _positive as positive
-
-    return positive(text)
-
-
-def register(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
+def register(sub: Any, add: Add) -> None:
     """Add the ``drift`` command group to the top-level subparsers."""
     drift = sub.add_parser("drift", help="data drift: checks, reference profiles, stored reports").add_subparsers(
         dest="action", metavar="ACTION", required=True)
@@ -238,13 +217,13 @@ def register(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--columns", help="only these columns, separated by commas")
     p.add_argument("--config", help="drift.yaml (bins, ignored columns)")
     p.add_argument("--replace", action="store_true", help="replace a profile of the same name")
-    p = add(drift, "list", _client(cmd_list), "list drift reports, newest first")
-    p.add_argument("--limit", type=_positive, default=200)
+    p = add(drift, "list", client_command(cmd_list), "list drift reports, newest first")
+    p.add_argument("--limit", type=positive, default=200)
     p.add_argument("--run", help="only reports linked to this run (id prefix)")
-    add(drift, "show", _client(cmd_show), "show a report and its columns").add_argument(
+    add(drift, "show", client_command(cmd_show), "show a report and its columns").add_argument(
         "id", help="report id (a unique prefix is enough)")
-    p = add(drift, "export", _client(cmd_export, checks_output=True), "write a report as JSON (to stdout, or -o FILE)")
+    p = add(drift, "export", checked_output(cmd_export), "write a report as JSON (to stdout, or -o FILE)")
     p.add_argument("id", help="report id (a unique prefix is enough)")
     p.add_argument("-o", "--output", help="file to write (default: stdout; a new one unless --force)")
     p.add_argument("--force", action="store_true", help="replace an existing regular file (never a link)")
-    add(drift, "profiles", _client(cmd_profiles), "list saved reference profiles")
+    add(drift, "profiles", client_command(cmd_profiles), "list saved reference profiles")
