@@ -1,7 +1,7 @@
 """The batch CLI: the parser assembled from each capability's commands, then one sentence per error.
 
 Each capability folder has a ``commands.py`` (``agent_commands.py`` too, in
-core/fleet) whose ``register(sub, add)`` adds its commands to the
+core/fleet; the node's own ``agent`` commands are in this folder) whose ``register(sub, add)`` adds its commands to the
 top-level subparsers, with the CLI toolkit of this folder: output.py,
 render.py, parser.py. This module only assembles them, runs the command
 chosen and turns an error into one sentence on stderr and an exit code.
@@ -30,7 +30,7 @@ from mlfleet.core.cli import parser as cli_parser
 from mlfleet.core.cli.output import Command, print_json
 from mlfleet.core.controller import commands as controller_commands
 from mlfleet.core.drift import commands as drift_commands
-from mlfleet.core.fleet import agent_commands
+from mlfleet.core.cli import agent_commands
 from mlfleet.core.fleet import commands as fleet_commands
 from mlfleet.core.jobs import commands as jobs_commands
 from mlfleet.core.store import commands as store_commands

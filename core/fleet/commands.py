@@ -5,8 +5,7 @@ jump hosts, the OpenSSH config: core/fleet/sshimport.py) and refuse it in
 one sentence before any controller is started; the controller checks the
 host again when it writes hosts.yaml. ``hosts trust`` shows each key,
 the jump hosts' first, and records it only once the user confirms.
-``hosts stop-agent`` and ``start-agent`` are in agent_commands.py, with
-the rest of an agent's life.
+``hosts stop-agent`` and ``start-agent`` are in agent_commands.py.
 """
 
 from __future__ import annotations
