@@ -40,9 +40,15 @@ from mlfleet.core.fleet.transport.ssh import SshAgentTransport
 from mlfleet.core.fleet.transport import route
 from mlfleet.core.fleet.hostcheck import host_from_request
 from mlfleet.core.base.listener import HELLO_DEADLINE_S, UnixListener
-from mlfleet.core.base.protocol import (PROTOCOL_VERSION, SERVER_FRAME_DEADLINE_S, SERVER_MAX_REQUEST, Peer, SendBudget,
-                                   method_dispatcher)
-from mlfleet.core.store import records
+from mlfleet.core.base.hello import PROTOCOL_VERSION
+from mlfleet.core.base.protocol import SERVER_FRAME_DEADLINE_S, SERVER_MAX_REQUEST, Peer
+from mlfleet.core.base.rpc import method_dispatcher
+from mlfleet.core.base.send_budget import SendBudget
+from mlfleet.core.audit import records as audit_records
+from mlfleet.core.fleet import records as fleet_records
+from mlfleet.core.jobs import records as job_records
+from mlfleet.core.tracking import records as run_records
+from mlfleet.core.store import rows as store_rows
 from mlfleet.core.jobs import submit_store as submit_keys
 from mlfleet.core.base.words import plural
 
@@ -183,7 +189,7 @@ class ControllerApi(DriftApi, RunsApi):
             "spec": to_plain(job_spec), "spec_hash": job_spec.content_hash(), "spec_path": spec_path,
             "priority": job_spec.priority, "max_attempts": job_spec.retries + 1, "submitted_at": submitted}
         if key is None:
-            await self.store.run(records.insert_job, job, actor)
+            await self.store.run(job_records.insert_job, job, actor)
         else:
             earlier = await self.store.run(submit_keys.record, job, actor, key, answer or {"job_id": job_id})
             if earlier is not None:
@@ -195,7 +201,7 @@ class ControllerApi(DriftApi, RunsApi):
     async def _new_job_id(self) -> str:
         while True:
             job_id = "j" + secrets.token_hex(4)
-            found = await self.store.read(records.rows, "select 1 from jobs where job_id = ?", [job_id])
+            found = await self.store.read(store_rows.rows, "select 1 from jobs where job_id = ?", [job_id])
             if not found and job_id not in self.c.pending:
                 return job_id
 
@@ -208,7 +214,7 @@ class ControllerApi(DriftApi, RunsApi):
             jobs = [j for j in await self.store.read(submit_keys.jobs_with_key, peer.info["actor"], key)
                     if not states or j["state"] in states]
         else:
-            jobs = await self.store.read(records.list_jobs, limit, states)
+            jobs = await self.store.read(job_records.list_jobs, limit, states)
         for job in jobs:
             if job["state"] == "pending" and job["job_id"] in self.c.pending:
                 job["reason"] = self._short_reason(job["job_id"]) or job["reason"]
@@ -223,7 +229,7 @@ class ControllerApi(DriftApi, RunsApi):
         return Decision(waiting={job_id: reasons}).short_reason(job_id)
 
     async def rpc_job_show(self, peer: Peer, job: Ident) -> dict[str, Any]:
-        detail = await self.store.read(records.get_job, job)
+        detail = await self.store.read(job_records.get_job, job)
         reasons = self.c.waiting_reasons.get(detail["job_id"], []) if detail["state"] == "pending" else []
         detail["why_pending"] = [{"host": r.host, "check": r.check, "message": r.message} for r in reasons]
         detail["key"] = await self.store.read(submit_keys.key_of, detail["job_id"])
@@ -231,29 +237,29 @@ class ControllerApi(DriftApi, RunsApi):
 
     async def rpc_job_wait(self, peer: Peer, job: Ident, timeout: WaitSeconds = 30.0) -> dict[str, Any]:
         """Return when the job has ended, or after ``timeout`` seconds with its current state."""
-        job_id = (await self.store.read(records.job_run, job))["job_id"]
+        job_id = (await self.store.read(job_records.job_run, job))["job_id"]
         deadline = time.monotonic() + max(0.0, min(timeout, 300.0))
         while True:
-            current = await self.store.read(records.job_run, job_id)
+            current = await self.store.read(job_records.job_run, job_id)
             left = deadline - time.monotonic()
             if current["state"] in TERMINAL_STATES or left <= 0:
-                return await self.store.read(records.get_job, job_id)
+                return await self.store.read(job_records.get_job, job_id)
             async with self.c.job_changed:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.c.job_changed.wait(), min(left, 1.0))
 
     async def rpc_job_cancel(self, peer: Peer, job: Ident) -> dict[str, Any]:
         actor = peer.info["actor"]
-        current = await self.store.read(records.job_run, job)
+        current = await self.store.read(job_records.job_run, job)
         job_id, state = current["job_id"], current["state"]
         if state in TERMINAL_STATES:
             return {"job_id": job_id, "state": state, "changed": False, "message": f"job {job_id} already {state}"}
         pending = self.c.pending.pop(job_id, None)
         if pending is not None:
-            await self.store.run(records.cancel_pending, job_id, actor)
+            await self.store.run(job_records.cancel_pending, job_id, actor)
             await self.c.notify_jobs()
             return {"job_id": job_id, "state": "cancelled", "changed": True, "message": f"job {job_id} cancelled"}
-        await self.store.run(records.request_cancel, job_id, actor)
+        await self.store.run(job_records.request_cancel, job_id, actor)
         run = self.c.active.get(current["run_id"]) if current["run_id"] else None
         if run is None or run.job_id != job_id or current["state"] == "pending":
             self.c.cancels[job_id] = actor  # between states (being dispatched or re-queued): applied there
@@ -272,8 +278,8 @@ class ControllerApi(DriftApi, RunsApi):
             raise UsageError(f"priority must be a whole number, not {priority!r}")
         if not -1000 <= priority <= 1000:
             raise UsageError(f"priority {priority} is out of range; use a number from -1000 to 1000, as in job specs")
-        job_id = (await self.store.read(records.job_run, job))["job_id"]
-        before = await self.store.run(records.set_job_priority, job_id, priority, peer.info["actor"])
+        job_id = (await self.store.read(job_records.job_run, job))["job_id"]
+        before = await self.store.run(job_records.set_job_priority, job_id, priority, peer.info["actor"])
         pending = self.c.pending.get(job_id)
         if pending is not None:
             pending.priority = priority
@@ -283,14 +289,14 @@ class ControllerApi(DriftApi, RunsApi):
 
     async def rpc_job_retry(self, peer: Peer, job: Ident, force: bool = False) -> dict[str, Any]:
         """Queue an ended job (failed, cancelled, lost; succeeded only with ``force``) for one more attempt."""
-        current = await self.store.read(records.job_run, job)
+        current = await self.store.read(job_records.job_run, job)
         job_id, state = current["job_id"], current["state"]
         if state not in TERMINAL_STATES:
             raise UsageError(f"job {job_id} is {state}; only an ended job can be retried (cancel it first)")
         from mlfleet.core.controller.loop import PendingJob
         from mlfleet.core.base.models import spec_from_plain
 
-        row = await self.store.run(records.retry_job, job_id, peer.info["actor"], force)
+        row = await self.store.run(job_records.retry_job, job_id, peer.info["actor"], force)
         self.c.pending[job_id] = PendingJob(job_id, spec_from_plain(row["spec"]), row["priority"], time.time(),
                                             row["attempt"], row["max_attempts"], row["owner"],
                                             code_hash=row["code_hash"], failed_hosts=tuple(row["failed_hosts"] or ()))
@@ -302,14 +308,14 @@ class ControllerApi(DriftApi, RunsApi):
                            max_bytes: ChunkSize = 256 * 1024, run: Ident | None = None) -> dict[str, Any]:
         if stream not in ("stdout", "stderr"):
             raise UsageError(f"unknown log stream {stream!r}; use stdout or stderr")
-        current = await self.store.read(records.job_run, job)
+        current = await self.store.read(job_records.job_run, job)
         run_id = run or current["run_id"]
         if run_id is None:
             return {"job_id": current["job_id"], "run_id": None, "state": current["state"], "offset": offset,
                     "end": offset, "data": "", "eof": current["state"] in TERMINAL_STATES}
         host = current["host"]
         if run is not None or host is None:
-            rows = await self.store.read(records.rows, "select host from runs where run_id = ?", [run_id])
+            rows = await self.store.read(store_rows.rows, "select host from runs where run_id = ?", [run_id])
             if not rows:
                 raise NotFoundError(f"no run {run_id!r}")
             host = rows[0]["host"]
@@ -346,13 +352,13 @@ class ControllerApi(DriftApi, RunsApi):
                              "cancel them or wait for them to end")
         remove_host(self.c.home.hosts_file, name)
         await self._apply_hosts_file(peer, "host.remove", name, {})
-        await self.store.run(records.set_host_state, name, "removed")
+        await self.store.run(fleet_records.set_host_state, name, "removed")
         return {"name": name, "removed": True}
 
     async def _apply_hosts_file(self, peer: Peer, action: str, target: str, detail: dict[str, Any]) -> None:
         self.c.apply_inventory(load_inventory(self.c.home.hosts_file))
         self.c.note_inventory_written()
-        await self.store.run(records.audit, peer.info["actor"], action, target, detail)
+        await self.store.run(audit_records.audit, peer.info["actor"], action, target, detail)
 
     async def rpc_hosts_drain(self, peer: Peer, name: Ident, reason: Annotated[str, Meta(max_length=500)] = "",
                               drain: bool = True) -> dict[str, Any]:
@@ -364,8 +370,8 @@ class ControllerApi(DriftApi, RunsApi):
             self.c.drained[name] = f"by {actor}: {reason or 'no reason given'}"
         else:
             self.c.drained.pop(name, None)
-        await self.store.run(records.set_drain, name, actor if drain else None, reason if drain else None)
-        await self.store.run(records.audit, actor, "host.drain" if drain else "host.undrain", name, {"reason": reason})
+        await self.store.run(fleet_records.set_drain, name, actor if drain else None, reason if drain else None)
+        await self.store.run(audit_records.audit, actor, "host.drain" if drain else "host.undrain", name, {"reason": reason})
         return {"name": name, "drained": drain, "running": len(self.c.active_on(name))}
 
     def _ssh_host(self, name: str) -> HostConfig:
@@ -391,7 +397,7 @@ class ControllerApi(DriftApi, RunsApi):
             raise UsageError(f"{name} now presents {presented.fingerprint}, not the {fingerprint} you confirmed; "
                              "nothing was recorded: run 'mlfleet hosts trust' again and check the key")
         hostkeys.trust(self.c.home.known_hosts_file, host.address, host.port, presented)
-        await self.store.run(records.audit, peer.info["actor"], "host.trust", name,
+        await self.store.run(audit_records.audit, peer.info["actor"], "host.trust", name,
                              {"fingerprint": fingerprint, "previous": previous,
                               **({"jump_host": f"{host.address}:{host.port}"} if host.jump else {})})
         link = self.c.links.get(name)
@@ -444,15 +450,15 @@ class ControllerApi(DriftApi, RunsApi):
     # -------------------------------------------------------------- runs
     async def rpc_run_show(self, peer: Peer, run: Ident, keys: str | None = None,
                            max_keys: KeyCount = 100) -> dict[str, Any]:
-        return await self.store.read(records.get_run, run, keys, max_keys)
+        return await self.store.read(run_records.get_run, run, keys, max_keys)
 
     async def rpc_run_artifacts(self, peer: Peer, run: Ident) -> list[dict[str, Any]]:
-        return await self.store.read(records.list_artifacts, run)
+        return await self.store.read(run_records.list_artifacts, run)
 
     async def rpc_run_artifact_read(self, peer: Peer, run: Ident, path: Annotated[str, Meta(min_length=1)],
                                     offset: Offset = 0, max_bytes: ChunkSize = 1024 * 1024) -> dict[str, Any]:
         """A chunk of a run's artifact, read on its node by the agent (base64 ``data``; ``sha256`` as logged)."""
-        artifact = await self.store.read(records.find_artifact, run, path)
+        artifact = await self.store.read(run_records.find_artifact, run, path)
         link = self.c.links.get(artifact["host"])
         if link is None:
             raise NotFoundError(f"host {artifact['host']} of run {artifact['run_id']} is no longer configured")
@@ -475,5 +481,5 @@ class ControllerApi(DriftApi, RunsApi):
                                       allow_file_reads=settings.allow_file_reads)
 
     async def rpc_audit_list(self, peer: Peer, limit: ListLimit = 200, action: str | None = None) -> list[dict[str, Any]]:
-        return await self.store.read(records.list_audit, limit, action)
+        return await self.store.read(audit_records.list_audit, limit, action)
 

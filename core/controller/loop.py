@@ -37,7 +37,11 @@ from mlfleet.core.base.models import JobSpec, LaunchRequest, RunStatus, StreamCh
 from mlfleet.core.base.paths import Home
 from mlfleet.core.base.protocol import Peer
 from mlfleet.core.base.settings import Settings, file_digest, store_memory_limit
-from mlfleet.core.store import records
+from mlfleet.core.audit import records as audit_records
+from mlfleet.core.fleet import records as fleet_records
+from mlfleet.core.jobs import records as job_records
+from mlfleet.core.tracking import records as run_records
+from mlfleet.core.store import rows as store_rows
 from mlfleet.core.store.db import Store
 from mlfleet.core.fleet.inventory import HostConfig, load_inventory
 from mlfleet.core.fleet.transport.local import LocalAgentTransport
@@ -151,7 +155,7 @@ class Controller:
         await self._load_state()
         # The start and any config change are on record before the socket opens: a client that
         # started this controller (``audit list`` on a stopped installation) must find them.
-        await self.store.run(records.audit, _os_user(), "controller.start", None, {"pid": os.getpid()})
+        await self.store.run(audit_records.audit, _os_user(), "controller.start", None, {"pid": os.getpid()})
         await self._audit_config_change()
         api = ControllerApi(self)
         self._server = await api.listen(self.home.controller_socket)
@@ -179,7 +183,7 @@ class Controller:
                 await link.close()
             # On the chain only once it really stopped serving (not when asked: a stop may yet fail).
             try:
-                await self.store.run(records.audit, self._stopped_by or _os_user(), "controller.stop", None,
+                await self.store.run(audit_records.audit, self._stopped_by or _os_user(), "controller.stop", None,
                                      {"pid": os.getpid(), "how": "request" if self._stopped_by else "signal"})
             except Exception:  # a full disk must not keep the controller from stopping; the log says it
                 log.exception("could not record controller.stop on the audit chain")
@@ -233,13 +237,13 @@ class Controller:
         assert self.store is not None
         for path in (self.home.config_file, self.home.hosts_file):
             digest = file_digest(path)
-            rows = await self.store.read(records.rows, """select detail->>'sha256' as sha256 from audit
+            rows = await self.store.read(store_rows.rows, """select detail->>'sha256' as sha256 from audit
                                           where action = 'config.change' and target = ? order by id desc limit 1""",
                                          [str(path)])
             last = rows[0]["sha256"] if rows else None
             if digest != last and (digest is not None or last is not None):
                 owner = _file_owner(path) if digest else _os_user()
-                await self.store.run(records.audit, owner, "config.change", str(path),
+                await self.store.run(audit_records.audit, owner, "config.change", str(path),
                                      {"sha256": digest, "previous": last})
 
     def stop(self, by: str | None = None) -> None:
@@ -251,15 +255,15 @@ class Controller:
         """Rebuild the in-memory queue and active runs from the file (after a crash too)."""
         assert self.store is not None
         for name, link in self.links.items():
-            await self.store.run(records.upsert_host, name, link.transport.kind, link.transport.address,
+            await self.store.run(fleet_records.upsert_host, name, link.transport.kind, link.transport.address,
                                  link.labels, "connecting")
-        for row in await self.store.read(records.rows, "select name, drained_by, drain_reason from hosts "
+        for row in await self.store.read(store_rows.rows, "select name, drained_by, drain_reason from hosts "
                                                        "where drained_by is not null"):
             self.drained[row["name"]] = f"by {row['drained_by']}: {row['drain_reason'] or 'no reason given'}"
-        for row in await self.store.run(records.jobs_in_states, ("pending", "dispatched", "running")):
+        for row in await self.store.run(job_records.jobs_in_states, ("pending", "dispatched", "running")):
             spec = spec_from_plain(json.loads(row["spec"]) if isinstance(row["spec"], str) else row["spec"])
             if row["state"] == "pending" and row.get("cancel_requested_by"):
-                await self.store.run(records.cancel_pending, row["job_id"], row["cancel_requested_by"])
+                await self.store.run(job_records.cancel_pending, row["job_id"], row["cancel_requested_by"])
             elif row["state"] == "pending":
                 self.pending[row["job_id"]] = PendingJob(row["job_id"], spec, row["priority"], row["submitted_epoch"],
                                                          row["attempt"], row["max_attempts"], row["owner"],
@@ -330,7 +334,7 @@ class Controller:
         if not up or link.state != "up":
             await self._give_up_on_lost_runs(link)
         if link.state != link.recorded_state:  # write host rows on changes only, not every tick
-            await self.store.run(records.upsert_host, link.name, link.transport.kind, link.transport.address,
+            await self.store.run(fleet_records.upsert_host, link.name, link.transport.kind, link.transport.address,
                                  link.labels, link.state, link.info.get("version") if up else None,
                                  link.info if up else None, up)
             link.recorded_state = link.state
@@ -402,7 +406,7 @@ class Controller:
         if not going:
             return
         marks = ",".join("?" for _ in going)
-        closed = await self.store.read(records.rows, f"select run_id, state from runs where run_id in ({marks}) "
+        closed = await self.store.read(store_rows.rows, f"select run_id, state from runs where run_id in ({marks}) "
                                                      "and state not in ('dispatched', 'running')", going)
         for row in closed:
             log.warning("stopping stray run %s on %s (it is %s here)", row["run_id"], link.name, row["state"])
@@ -410,7 +414,7 @@ class Controller:
                 await peer.request("cancel", run_id=row["run_id"], request_timeout=self.answer_timeout)
             except RemoteError as exc:  # it ended on its own meanwhile: nothing left to stop
                 log.info("stray run %s on %s: %s", row["run_id"], link.name, exc)
-            await self.store.run(records.audit, "controller", "run.stop-stray", row["run_id"],
+            await self.store.run(audit_records.audit, "controller", "run.stop-stray", row["run_id"],
                                  {"host": link.name, "state": row["state"]})
 
     def launch_soon(self, link: HostLink, run: ActiveRun) -> None:
@@ -492,7 +496,7 @@ class Controller:
             chunk = msgspec.convert(chunk_raw, StreamChunk)
             if chunk.end > chunk.offset:
                 parsed = await asyncio.to_thread(parse_lines, chunk.data, run.lines, chunk.long_lines)
-                taken = await self.store.run(records.ingest_metrics, run.run_id, chunk.offset, chunk.end, parsed)
+                taken = await self.store.run(run_records.ingest_metrics, run.run_id, chunk.offset, chunk.end, parsed)
                 if taken:
                     run.offset, run.lines = chunk.end, run.lines + parsed.lines
                 else:
@@ -501,7 +505,7 @@ class Controller:
         if status.started_at:
             run.started_at = status.started_at
         if run.state == "dispatched" and status.state in ("running", "exited") and status.started_at:
-            await self.store.run(records.mark_running, run.job_id, run.run_id, status.started_at)
+            await self.store.run(job_records.mark_running, run.job_id, run.run_id, status.started_at)
             run.state = "running"
         if not run.node_lineage and status.state in ("running", "exited") and status.started_at:
             await self._fetch_node_lineage(link, run, force=status.state == "exited")
@@ -521,7 +525,7 @@ class Controller:
             run.node_lineage = force
             return
         if found:
-            await self.store.run(records.merge_run_lineage, run.run_id, found)
+            await self.store.run(run_records.merge_run_lineage, run.run_id, found)
             run.node_lineage = True
         elif force:
             run.node_lineage = True  # exited without one (it never started): do not ask forever
@@ -535,7 +539,7 @@ class Controller:
         rows: list[dict[str, Any]] = []
         if run.gpus:
             marks = ",".join("?" for _ in run.gpus)
-            rows = await self.store.read(records.rows, f"""select epoch(ts) as ts, window_s, gpu_index, utilization,
+            rows = await self.store.read(store_rows.rows, f"""select epoch(ts) as ts, window_s, gpu_index, utilization,
                                          memory_used from gpu_telemetry where host = ? and gpu_index in ({marks})
                                          and ts between to_timestamp(?) and to_timestamp(?)""",
                                          [run.host, *run.gpus, started, finished + 3600])
@@ -546,7 +550,7 @@ class Controller:
 
     async def _reload_offset(self, run: ActiveRun) -> None:
         assert self.store is not None
-        rows = await self.store.read(records.rows, "select byte_offset, lines from ingest_offsets where run_id = ?",
+        rows = await self.store.read(store_rows.rows, "select byte_offset, lines from ingest_offsets where run_id = ?",
                                      [run.run_id])
         if rows:
             run.offset, run.lines = rows[0]["byte_offset"], rows[0]["lines"]
@@ -572,14 +576,14 @@ class Controller:
         except Exception:  # lineage must never keep a run from closing
             log.exception("GPU use of %s could not be computed", run.run_id)
             usage = {}
-        await self.store.run(records.finish_run, run.job_id, run.run_id, run_state, job_state, reason,
+        await self.store.run(job_records.finish_run, run.job_id, run.run_id, run_state, job_state, reason,
                              status.exit_code, status.signal, status.finished_at, status.reason, lineage=usage)
         del self.active[run.run_id]
         if job_state == "pending" and run.job_id in self.cancels:  # cancelled while it was being re-queued
-            await self.store.run(records.cancel_pending, run.job_id, self.cancels.pop(run.job_id))
+            await self.store.run(job_records.cancel_pending, run.job_id, self.cancels.pop(run.job_id))
         elif job_state == "pending":
             # The job's priority as it stands now: `jobs priority` may have changed it since submit.
-            priority = (await self.store.read(records.rows, "select priority from jobs where job_id = ?",
+            priority = (await self.store.read(store_rows.rows, "select priority from jobs where job_id = ?",
                                               [run.job_id]))[0]["priority"]
             self.pending[run.job_id] = PendingJob(run.job_id, run.spec, priority, time.time(), run.attempt,
                                                   run.max_attempts, run.owner, code_hash=run.code_hash,
@@ -602,7 +606,7 @@ class Controller:
         # Pure and CPU-bound: off the event loop, so a big queue never stalls polling or clients.
         decision = await asyncio.to_thread(scheduler.schedule, views, queue, self.policy, time.time(), usage)
         self.waiting_reasons = decision.waiting
-        await self.store.run(records.set_pending_reason,
+        await self.store.run(job_records.set_pending_reason,
                              {job_id: decision.short_reason(job_id) for job_id in decision.waiting})
         await self._audit_refusals(decision)
         for placement in decision.placements:
@@ -631,13 +635,13 @@ class Controller:
                 events.append((job_id, {"hosts": sorted(new)[:100], "count": len(new),
                                         "reasons": sorted(set(new.values()))[:10]}))
         for job_id, detail in events:
-            await self.store.run(records.audit, "scheduler", "scheduler.refuse", job_id, detail)
+            await self.store.run(audit_records.audit, "scheduler", "scheduler.refuse", job_id, detail)
 
     async def _dispatch(self, job: PendingJob, placement: scheduler.Placement) -> None:
         assert self.store is not None
         attempt = job.attempt + 1
         run_id = f"{job.job_id}-{attempt}"
-        await self.store.run(records.dispatch, job.job_id, {
+        await self.store.run(job_records.dispatch, job.job_id, {
             "run_id": run_id, "attempt": attempt, "project": job.spec.project, "name": job.spec.name,
             "owner": job.owner, "host": placement.host, "gpus": list(placement.gpu_indices),
             "spec_hash": job.spec.content_hash(), "workdir": job.spec.workdir, "command": job.spec.argv,
@@ -693,7 +697,7 @@ class Controller:
                 await self._flush_telemetry()
                 if time.time() - last_prune > 3600:
                     assert self.store is not None
-                    await self.store.run(records.prune_telemetry, float(self.settings.telemetry.retention))
+                    await self.store.run(fleet_records.prune_telemetry, float(self.settings.telemetry.retention))
                     last_prune = time.time()
             except asyncio.CancelledError:
                 raise
@@ -723,7 +727,7 @@ class Controller:
                                  mean(utils) if utils else None, gpu.memory_used, gpu.memory_total, gpu.temperature,
                                  gpu.power_draw, len(gpu.processes)])
         if host_rows or gpu_rows:
-            await self.store.run(records.write_telemetry, host_rows, gpu_rows)
+            await self.store.run(fleet_records.write_telemetry, host_rows, gpu_rows)
 
 
 def _queued(job: PendingJob) -> scheduler.QueuedJob:

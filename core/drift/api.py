@@ -17,7 +17,8 @@ from mlfleet.core.base.bounds import Ident, ListLimit
 from mlfleet.core.base.errors import UsageError
 from mlfleet.core.base.private import private_dir
 from mlfleet.core.base.protocol import Peer
-from mlfleet.core.store import records
+from mlfleet.core.tracking import records as run_records
+from mlfleet.core.store import rows as store_rows
 from mlfleet.core.drift import records as drift_records
 
 
@@ -31,7 +32,7 @@ class DriftApi:
                     "drift_share", "drift_share_threshold", "multiple_testing", "columns"):
             if key not in report:
                 raise UsageError(f"a drift report needs {key!r}")
-        run_id = await self.store.read(records.resolve_run_id, run) if run else None
+        run_id = await self.store.read(run_records.resolve_run_id, run) if run else None
         report_id = await self._new_drift_id("drift_reports", "report_id", "d")
         await self.store.run(drift_records.save_report, report_id, report, peer.info["actor"], run_id,
                              deployment or None)
@@ -88,6 +89,6 @@ class DriftApi:
     async def _new_drift_id(self, table: str, column: str, prefix: str) -> str:
         while True:
             ident = prefix + secrets.token_hex(4)
-            found = await self.store.read(records.rows, f"select 1 from {table} where {column} = ?", [ident])
+            found = await self.store.read(store_rows.rows, f"select 1 from {table} where {column} = ?", [ident])
             if not found:
                 return ident

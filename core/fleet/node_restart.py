@@ -20,7 +20,7 @@ import msgspec
 
 from mlfleet.core.base.errors import MlfleetError, NotFoundError, UnavailableError, UsageError
 from mlfleet.core.fleet.inventory import HostConfig, add_host, remove_host
-from mlfleet.core.store import records
+from mlfleet.core.audit import records as audit_records
 from mlfleet.core.fleet.transport.ssh import SshAgentTransport
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ async def stop(api: "ControllerApi", peer: "Peer", name: str) -> dict[str, Any]:
         if held_before is None:
             link.release()
         raise
-    await api.store.run(records.audit, actor, "host.stop_agent", name, {"pid": stopped.get("pid")})
+    await api.store.run(audit_records.audit, actor, "host.stop_agent", name, {"pid": stopped.get("pid")})
     return {"name": name, **stopped}
 
 
@@ -84,7 +84,7 @@ async def start(api: "ControllerApi", peer: "Peer", name: str) -> dict[str, Any]
     was_held = link.held is not None
     link.release()
     if was_held:
-        await api.store.run(records.audit, peer.info["actor"], "host.start_agent", name, {})
+        await api.store.run(audit_records.audit, peer.info["actor"], "host.start_agent", name, {})
     deadline = time.monotonic() + START_WAIT_S
     while time.monotonic() < deadline and link.state != "up" and not (link.state == "unreachable" and link.message):
         await asyncio.sleep(0.1)

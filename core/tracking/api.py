@@ -22,7 +22,8 @@ from mlfleet.core.tracking import run_compare
 from mlfleet.core.tracking import run_export
 from mlfleet.core.tracking import run_queries
 from mlfleet.core.store.db import jsonable
-from mlfleet.core.store.records import audit, resolve_run_id
+from mlfleet.core.audit.records import audit
+from mlfleet.core.tracking.records import resolve_run_id
 
 
 class RunsApi:
