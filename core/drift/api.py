@@ -1,4 +1,4 @@
-"""Client RPCs for data drift reports and reference profiles (mixed into ControllerApi).
+"""Client RPCs for data drift reports and reference profiles.
 
 Drift is computed in the client, where the data lies (its own in-memory
 DuckDB over the user's files); the controller stores the finished report or
@@ -11,7 +11,7 @@ import re
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlfleet.core.base.bounds import Ident, ListLimit
 from mlfleet.core.base.errors import UsageError
@@ -21,9 +21,19 @@ from mlfleet.core.tracking import records as run_records
 from mlfleet.core.store import rows as store_rows
 from mlfleet.core.drift import records as drift_records
 
+if TYPE_CHECKING:
+    from mlfleet.core.controller.service import ControllerContext
+
 
 class DriftApi:
-    """``rpc_drift_*`` methods; ``self.store`` and ``self.c`` come from ControllerApi."""
+    """``rpc_drift_*``: reports and profiles, stored and audited by the controller."""
+
+    def __init__(self, ctx: "ControllerContext") -> None:
+        self.c = ctx
+
+    @property
+    def store(self):  # noqa: ANN201 - the controller's Store
+        return self.c.store
 
     async def rpc_drift_save_report(self, peer: Peer, report: dict[str, Any], run: str | None = None,
                                     deployment: str | None = None) -> dict[str, Any]:

@@ -1,1 +1,1 @@
-"""The fleet: the hosts, their keys and routes, bootstrapping agents onto them, and the links to them (docs/fleet.md)."""
+"""The fleet: the hosts, their keys and routes, bootstrapping agents onto them, and the links and syncs to them (docs/fleet.md)."""

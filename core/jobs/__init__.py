@@ -1,1 +1,1 @@
-"""Jobs: specs, code snapshots, idempotent submits and the scheduler that places them (docs/scheduler.md)."""
+"""Jobs: specs, code snapshots, idempotent submits, the scheduler, and the controller's queue and dispatch (docs/scheduler.md)."""
