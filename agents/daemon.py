@@ -27,8 +27,11 @@ from mlfleet import __version__
 from mlfleet.core.base.errors import NotFoundError, UnavailableError, UsageError
 from mlfleet.core.base.models import HostSample, LaunchRequest
 from mlfleet.core.base.listener import HELLO_DEADLINE_S, UnixListener
-from mlfleet.core.base.protocol import (MAX_FRAME, PROTOCOL_VERSION, SERVER_FRAME_DEADLINE_S, SERVER_MAX_REQUEST, Peer,
-                                   SendBudget, method_dispatcher)
+from mlfleet.core.base.frames import MAX_FRAME
+from mlfleet.core.base.hello import PROTOCOL_VERSION
+from mlfleet.core.base.protocol import SERVER_FRAME_DEADLINE_S, SERVER_MAX_REQUEST, Peer
+from mlfleet.core.base.rpc import method_dispatcher
+from mlfleet.core.base.send_budget import SendBudget
 
 from mlfleet.agents.supervisor import Supervisor
 from mlfleet.agents.telemetry import GpuSource, HostSampler, NvmlGpuSource

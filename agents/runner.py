@@ -179,7 +179,7 @@ def _job_umask(env: dict[str, str]) -> int:
     """The user's umask for the job: the agent runs under 077 (its run folders are private), the job's own files are not.
 
     ``MLFLEET_USER_UMASK`` is recorded by the first mlfleet process of the
-    chain (core/private.py); without it the job keeps this runner's umask (-1).
+    chain (core/base/private.py); without it the job keeps this runner's umask (-1).
     """
     try:
         value = int(env.get("MLFLEET_USER_UMASK", ""), 8)

@@ -66,7 +66,7 @@ def job_environment(request: LaunchRequest, run: RunDir) -> dict[str, str]:
     itself keeps its own.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLEET_")}  # only what is set below
-    if USER_UMASK_ENV in os.environ:  # read by the runner to give the job the user's umask (core/private.py)
+    if USER_UMASK_ENV in os.environ:  # read by the runner to give the job the user's umask (core/base/private.py)
         env[USER_UMASK_ENV] = os.environ[USER_UMASK_ENV]
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", os.defpath)])
     env.update(request.env)

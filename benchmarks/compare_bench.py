@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mlfleet.core.tracking.ingest import ParsedBatch
-from mlfleet.core.store import records
+from mlfleet.core.tracking import records
 from mlfleet.core.tracking import run_compare
 from mlfleet.core.store.db import Store
 

@@ -63,7 +63,7 @@ class FakeFleet:
 
     async def rpc_hello(self, peer: Any, protocol: int, role: str = "") -> dict[str, Any]:
         from mlfleet import __version__
-        from mlfleet.core.base.protocol import PROTOCOL_VERSION
+        from mlfleet.core.base.hello import PROTOCOL_VERSION
 
         return {"protocol": PROTOCOL_VERSION, "role": "controller", "version": __version__}
 
@@ -132,7 +132,9 @@ class FakeFleet:
 
 async def serve(home_dir: str, hosts: int, gpus: int) -> None:
     from mlfleet.core.base.paths import Home
-    from mlfleet.core.base.protocol import MAX_FRAME, Peer, method_dispatcher
+    from mlfleet.core.base.frames import MAX_FRAME
+    from mlfleet.core.base.protocol import Peer
+    from mlfleet.core.base.rpc import method_dispatcher
 
     home = Home(config_dir=Path(home_dir), data_dir=Path(home_dir))
     home.ensure()

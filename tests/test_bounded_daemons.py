@@ -24,7 +24,9 @@ import pytest
 
 from conftest import REPO, Fleet
 from mlfleet.core.base.listener import HELLO_DEADLINE_S
-from mlfleet.core.base.protocol import MAX_FRAME, PROTOCOL_VERSION, SERVER_FRAME_DEADLINE_S, Frame, encode
+from mlfleet.core.base.frames import MAX_FRAME, Frame, encode
+from mlfleet.core.base.hello import PROTOCOL_VERSION
+from mlfleet.core.base.protocol import SERVER_FRAME_DEADLINE_S
 
 CAP = 256  # the default controller.max_connections
 FDS_BASELINE = 120  # what an idle controller holds besides its clients (DuckDB, the agent link, pipes), with room

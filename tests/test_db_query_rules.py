@@ -22,7 +22,7 @@ import pytest
 
 from db_query_corpus import EVERYDAY, RUNAWAY, hostile
 from mlfleet.core.base.errors import UnavailableError
-from mlfleet.core.store import records
+from mlfleet.core.store.rows import rows
 from mlfleet.core.store.db import MAX_RESULT_BYTES, Store, read_only_query
 from mlfleet.core.store.query_pool import QueryStoppedError, StatementStopped, Stoppable
 from mlfleet.core.store.user_query import (FILE_TABLE_FUNCTIONS, SAFE_TABLE_FUNCTIONS, Catalog, QueryRefused, Walk,
@@ -185,7 +185,7 @@ def test_a_cancelled_read_frees_its_reader(store: Store) -> None:
             await asyncio.sleep(0.05)
         for task in runaway_reads:
             task.cancel()
-        return await asyncio.wait_for(store.read(records.rows, "select 42 as answer"), 60)
+        return await asyncio.wait_for(store.read(rows, "select 42 as answer"), 60)
 
     assert asyncio.run(story()) == [{"answer": 42}]
 
@@ -207,7 +207,7 @@ def test_users_queries_wait_for_a_free_worker_and_a_stopped_one_frees_it(tmp_pat
         answer = await asyncio.wait_for(second, 60)
         with pytest.raises(QueryStoppedError, match=r"query.time_limit \(0.5 s\)"):
             await store.query(RUNAWAY, 10, time_limit=0.5)
-        internal = await store.read(records.rows, "select count(*) as n from jobs")
+        internal = await store.read(rows, "select count(*) as n from jobs")
         return waited, answer, internal[0]
 
     waited, answer, internal = asyncio.run(story())

@@ -26,38 +26,25 @@ NOT_CAPABILITIES = {"base", "store", "controller", "cli"}  # every other folder 
 CLI_MAIN = f"{CLI}.main"
 CLI_TOOLKIT = {f"{CLI}.output", f"{CLI}.render", f"{CLI}.parser"}  # what a capability's commands print and parse with
 CONTROLLER_CLIENT = f"{CONTROLLER}.client"  # how a capability's commands reach the controller
+# What a capability may take from the controller: the client its commands call it with, and the
+# Service interface (with its context) that it implements so the loop can run it without knowing it.
+CONTROLLER_FACES = {CONTROLLER_CLIENT, f"{CONTROLLER}.service"}
 ENTRY = "mlfleet.main"  # picks TUI or CLI: above both, imported by nothing in core/
 
 # What the agents may take from core: a node runs only mlfleet.agents plus these, so each one is a
 # cost on every node and a reason the agent could break when core changes.
 AGENT_CORE = {
-    f"{BASE}.protocol": "the wire protocol: frames, Peer, the method dispatcher the agent serves with",
+    f"{BASE}.protocol": "the wire protocol: Peer, the method dispatcher the agent serves with",
+    f"{BASE}.frames": "the wire protocol: how a frame is encoded, read and bounded",
+    f"{BASE}.hello": "the wire protocol: its version and the check of a peer's hello",
+    f"{BASE}.rpc": "the wire protocol: which handler answers a method name",
+    f"{BASE}.send_budget": "the wire protocol: the bound on answers a server holds unsent",
     f"{BASE}.models": "the plain records that cross the wire: samples, launch requests, lineage, byte sizes",
     f"{BASE}.errors": "the typed errors a reply carries back to the controller",
     f"{BASE}.listener": "the 0600 Unix socket listener the agent accepts the controller on",
     f"{BASE}.private": "USER_UMASK_ENV: the environment variable that gives a job the user's umask",
     f"{BASE}.spawn": "own_python: the interpreter the agent and its jobs are started with",
 }
-
-# Wrong arrows in today's tree that the other helpers of issue #14 are removing (core/cli/main.py split
-# into a toolkit and per-capability commands, core/controller + core/store/records.py split into each
-# capability's records/api/service, package/main.py as the entry point). The lead empties this set after
-# merging their work; test_known_until_split_is_not_stale fails for each entry that no longer occurs.
-KNOWN_UNTIL_SPLIT: set[tuple[str, str]] = {
-    # store/records.py holds the tracking queries: they move to core/tracking/records.py.
-    (f"{STORE}.records", f"{CORE}.tracking.ingest"),
-    (f"{STORE}.records", f"{CORE}.tracking.metric_keys"),
-    # Capability commands borrow helpers from cli/main.py (_say, _print_json, _client_command, ...):
-    # they move to the CLI toolkit (core/cli/output.py).
-    (f"{CORE}.drift.commands", CLI_MAIN),
-    (f"{CORE}.fleet.agent_commands", CLI_MAIN),
-    # node_restart types its argument as the ControllerApi (TYPE_CHECKING only); the Service
-    # protocol (core/controller/service.py) gives capabilities an interface to name instead.
-    (f"{CORE}.fleet.node_restart", f"{CONTROLLER}.api"),
-    # `mlfleet` with no arguments starts the TUI from cli/main.py: mlfleet.main takes that over.
-    (CLI_MAIN, "mlfleet.tui.app"),
-}
-
 
 @dataclass(frozen=True)
 class Module:
@@ -178,7 +165,11 @@ def why_wrong(src: str, dst: str, public: dict[str, set[str]]) -> str | None:
     if within(src, BASE):
         return None if within(dst, BASE) else "core/base imports nothing of mlfleet outside core/base"
     if within(src, STORE):
-        return None if within(dst, BASE) or within(dst, STORE) else "core/store imports only core/base and core/store"
+        # The store's own face (db query's RPC and command) uses the CLI toolkit and the controller's
+        # interfaces like a capability does, but the store never imports a capability.
+        allowed = within(dst, BASE) or within(dst, STORE) or dst in CLI_TOOLKIT or dst in CONTROLLER_FACES
+        return None if allowed else ("core/store imports only core/base, core/store, the CLI toolkit and the "
+                                     "controller's client and service interface")
     if within(src, CONTROLLER):
         if within(dst, CLI_MAIN):
             return "core/controller does not import core/cli's main (the CLI is a client of the controller)"
@@ -188,7 +179,7 @@ def why_wrong(src: str, dst: str, public: dict[str, set[str]]) -> str | None:
         return None if within(dst, CORE) or within(dst, "mlfleet.agents") else "core/cli imports only core/ and agents/"
     cap = capability_of(src, public)
     if cap is not None:
-        if within(dst, cap) or within(dst, BASE) or within(dst, STORE) or dst in CLI_TOOLKIT or dst == CONTROLLER_CLIENT:
+        if within(dst, cap) or within(dst, BASE) or within(dst, STORE) or dst in CLI_TOOLKIT or dst in CONTROLLER_FACES:
             return None
         other = capability_of(dst, public)
         if other is not None:
@@ -198,7 +189,8 @@ def why_wrong(src: str, dst: str, public: dict[str, set[str]]) -> str | None:
             return (f"{dst} is internal to {other}: a capability imports another only through its PUBLIC "
                     f"modules ({faces}); list it in {other}'s __init__ PUBLIC if it is meant as that face")
         if within(dst, CONTROLLER):
-            return f"a capability reaches the controller only through {CONTROLLER_CLIENT}"
+            return (f"a capability reaches the controller only through {CONTROLLER_CLIENT} and the Service "
+                    f"interface ({CONTROLLER}.service)")
         if within(dst, CLI):
             return "a capability uses only the CLI toolkit (core.cli.output, core.cli.render, core.cli.parser)"
         return "a capability imports core/base, core/store, its own modules and other capabilities' PUBLIC modules"
@@ -241,15 +233,8 @@ def _listing(wrong: list[tuple[Arrow, str]]) -> str:
 
 def test_every_import_arrow_points_the_allowed_way() -> None:
     modules = source_modules()
-    wrong = [(a, why) for a, why in wrong_arrows(modules) if (a.src, a.dst) not in KNOWN_UNTIL_SPLIT]
+    wrong = [(a, why) for a, why in wrong_arrows(modules)]
     assert not wrong, f"{len(wrong)} import(s) break the rules of direction (docs/architecture.md):\n{_listing(wrong)}"
-
-
-def test_known_until_split_is_not_stale() -> None:
-    still = {(a.src, a.dst) for a, _ in wrong_arrows(source_modules())}
-    gone = sorted(KNOWN_UNTIL_SPLIT - still)
-    assert not gone, "these KNOWN_UNTIL_SPLIT arrows are gone or allowed now; delete them from the set:\n" + "\n".join(
-        f"  {src} -> {dst}" for src, dst in gone)
 
 
 def test_each_capability_declares_its_public_modules() -> None:

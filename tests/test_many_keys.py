@@ -39,7 +39,8 @@ from conftest import Fleet
 from mlfleet.core.tracking import run_keys as cli_run_keys
 from mlfleet.core.base.errors import UsageError
 from mlfleet.core.tracking.ingest import parse_lines
-from mlfleet.core.store import records
+from mlfleet.core.jobs import records as job_records
+from mlfleet.core.tracking import records as run_records
 from mlfleet.core.tracking import run_compare
 from mlfleet.core.tracking import run_queries
 from mlfleet.core.store.db import Store
@@ -261,15 +262,15 @@ def test_hostile_keys_are_plain_text_to_patterns_and_mistakes_are_one_sentence(f
 def test_a_comparison_too_big_for_one_answer_is_refused_in_one_sentence(tmp_path: Path) -> None:
     store = Store(tmp_path / "mlfleet.duckdb")
     try:
-        records.insert_job(store.con, {"job_id": "j1", "name": "long", "project": "p", "owner": "me",
+        job_records.insert_job(store.con, {"job_id": "j1", "name": "long", "project": "p", "owner": "me",
                                        "spec": {"name": "long"}, "spec_hash": "h", "priority": 0, "max_attempts": 1,
                                        "submitted_at": 0.0}, "me")
-        records.dispatch(store.con, "j1", {"run_id": "j1-1", "attempt": 1, "project": "p", "name": "long",
+        job_records.dispatch(store.con, "j1", {"run_id": "j1-1", "attempt": 1, "project": "p", "name": "long",
                                            "owner": "me", "host": "local", "gpus": [], "spec_hash": "h",
                                            "workdir": "/tmp", "command": ["true"]})
         text = "".join(json.dumps({"step": i, "metrics": {"loss": 1 / (i + 1), "acc": i}}) + "\n"
                        for i in range(60_000))
-        assert records.ingest_metrics(store.con, "j1-1", 0, len(text), parse_lines(text, 0))
+        assert run_records.ingest_metrics(store.con, "j1-1", 0, len(text), parse_lines(text, 0))
         with pytest.raises(UsageError, match="^2 curves of up to 100,000 buckets are 120,000 buckets; the most is "
                                              "100,000: ask for fewer --points, runs or metrics$"):
             run_compare.compare_runs(store.con, ["j1-1"], None, 100_000)
@@ -291,7 +292,7 @@ def test_a_long_list_carries_fewer_keys_per_run_and_says_so(tmp_path: Path, monk
             store.con.execute("insert into ingest_offsets (run_id, stream, byte_offset, lines) values (?, 'metrics', "
                               "0, 0)", [f"j{r:02d}-1"])
             text = json.dumps({"step": 1, "metrics": {f"k{i:02d}": i for i in range(30)}}) + "\n"
-            assert records.ingest_metrics(store.con, f"j{r:02d}-1", 0, len(text), parse_lines(text, 0))
+            assert run_records.ingest_metrics(store.con, f"j{r:02d}-1", 0, len(text), parse_lines(text, 0))
         runs = run_queries.list_runs(store.con, "metrics.k29.max = 29", None, 1000, None, 20)
         assert len(runs) == 40
         for run in runs:
@@ -313,7 +314,7 @@ def test_how_many_keys_two_huge_runs_share_is_an_estimate_and_says_so(tmp_path: 
             store.con.execute("insert into ingest_offsets (run_id, stream, byte_offset, lines) values (?, 'metrics', "
                               "0, 0)", [r])
             text = json.dumps({"step": 1, "metrics": {f"k{i:05d}": i for i in range(first, first + 3000)}}) + "\n"
-            assert records.ingest_metrics(store.con, r, 0, len(text), parse_lines(text, 0))
+            assert run_records.ingest_metrics(store.con, r, 0, len(text), parse_lines(text, 0))
         counts = run_compare.compare_runs(store.con, ["ja-1", "jb-1"])["metric_keys"]
         assert counts["estimated"] and counts["compared"] == 20 and abs(counts["matching"] - 4500) < 450
         assert counts["left_out"] == counts["matching"] - 20

@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 
 from conftest import Fleet
 from mlfleet.core.tracking.ingest import parse_lines
-from mlfleet.core.store import records, schema
+from mlfleet.core.store import schema
+from mlfleet.core.tracking import records
 from mlfleet.core.store.db import Store
 COLUMNS = ("points", "value_count", "value_sum", "min_value", "max_value", "last_value", "last_step", "first_seq",
            "last_seq", "step_count", "min_step", "max_step")
@@ -220,7 +221,7 @@ INGEST = """\
 import sys
 from pathlib import Path
 from mlfleet.core.tracking.ingest import parse_lines
-from mlfleet.core.store import records
+from mlfleet.core.tracking import records
 from mlfleet.core.store.db import Store
 store = Store(Path(sys.argv[1]))
 data = Path(sys.argv[2]).read_bytes()

@@ -15,7 +15,9 @@ import pytest
 
 from conftest import Fleet
 from mlfleet.core.base.errors import RemoteError
-from mlfleet.core.base.protocol import MAX_FRAME, MAX_IN_FLIGHT, PROTOCOL_VERSION, Peer, encode, open_unix_peer, read_frame
+from mlfleet.core.base.frames import MAX_FRAME, encode, read_frame
+from mlfleet.core.base.hello import PROTOCOL_VERSION
+from mlfleet.core.base.protocol import MAX_IN_FLIGHT, Peer, open_unix_peer
 
 def _raw(payload: bytes) -> bytes:
     """A frame around any bytes: the length header, then the payload as is."""

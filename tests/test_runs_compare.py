@@ -20,7 +20,7 @@ import pytest
 
 from mlfleet.core.base.errors import NotFoundError, UsageError
 from mlfleet.core.tracking.ingest import ParsedBatch
-from mlfleet.core.store import records
+from mlfleet.core.tracking import records
 from mlfleet.core.tracking import run_compare
 from mlfleet.core.tracking import run_export
 from mlfleet.core.store.db import Store

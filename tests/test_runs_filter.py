@@ -22,7 +22,7 @@ import pytest
 from mlfleet.core.base.errors import UsageError
 from mlfleet.core.tracking.runfilter import And, Compare, FilterError, Field, Not, Or, SortKey, parse_filter, parse_sort
 from mlfleet.core.tracking.ingest import ParsedBatch
-from mlfleet.core.store import records
+from mlfleet.core.tracking import records
 from mlfleet.core.tracking import run_queries
 from mlfleet.core.store.db import Store
 

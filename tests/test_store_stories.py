@@ -9,7 +9,9 @@ import pytest
 
 from mlfleet.core.base.errors import UsageError
 from mlfleet.core.tracking.ingest import parse_lines
-from mlfleet.core.store import records
+from mlfleet.core.jobs import records as job_records
+from mlfleet.core.store.rows import rows
+from mlfleet.core.tracking import records as run_records
 from mlfleet.core.store.db import Store
 
 
@@ -21,9 +23,9 @@ def store(tmp_path: Path):
 
 
 def a_job_with_a_run(con, job_id: str = "j1", run_id: str = "j1-1") -> None:
-    records.insert_job(con, {"job_id": job_id, "name": "train", "project": "p", "owner": "me", "spec": {"name": "train"},
+    job_records.insert_job(con, {"job_id": job_id, "name": "train", "project": "p", "owner": "me", "spec": {"name": "train"},
                              "spec_hash": "h", "priority": 0, "max_attempts": 1, "submitted_at": time.time()}, "me")
-    records.dispatch(con, job_id, {"run_id": run_id, "attempt": 1, "project": "p", "name": "train", "owner": "me",
+    job_records.dispatch(con, job_id, {"run_id": run_id, "attempt": 1, "project": "p", "name": "train", "owner": "me",
                                    "host": "local", "gpus": [], "spec_hash": "h", "workdir": "/tmp",
                                    "command": ["true"]})
 
@@ -36,21 +38,21 @@ def test_a_huge_integer_is_a_bad_line_and_the_stream_moves_on(store: Store) -> N
     parsed = parse_lines(text, 0)
     assert parsed.bad_lines == 1 and "loss" in parsed.first_error
 
-    assert records.ingest_metrics(store.con, "j1-1", 0, len(text.encode()), parsed)
+    assert run_records.ingest_metrics(store.con, "j1-1", 0, len(text.encode()), parsed)
 
-    run = records.get_run(store.con, "j1-1")
+    run = run_records.get_run(store.con, "j1-1")
     assert {m["key"]: m["points"] for m in run["metrics"]} == {"acc": 1, "loss": 1}
     assert run["params"]["lr"] == 0.1 and run["params"]["seed"] == int("1" + "0" * 400)
-    assert records.rows(store.con, "select value_num from params where key = 'seed'")[0]["value_num"] is None
+    assert rows(store.con, "select value_num from params where key = 'seed'")[0]["value_num"] is None
 
 
 def test_nan_points_are_left_out_of_min_and_max_in_run_show(store: Store) -> None:
     a_job_with_a_run(store.con)
     text = ('{"step": 1, "metrics": {"acc": 0.5}}\n{"step": 2, "metrics": {"acc": "nan"}}\n'
             '{"summary": {"acc": "max"}}\n')
-    assert records.ingest_metrics(store.con, "j1-1", 0, len(text.encode()), parse_lines(text, 0))
+    assert run_records.ingest_metrics(store.con, "j1-1", 0, len(text.encode()), parse_lines(text, 0))
 
-    run = records.get_run(store.con, "j1-1")
+    run = run_records.get_run(store.con, "j1-1")
     acc = next(m for m in run["metrics"] if m["key"] == "acc")
     assert (acc["min"], acc["max"], acc["points"]) == (0.5, 0.5, 2)
     assert run["summary"]["acc"] == {"mode": "max", "value": 0.5}
@@ -59,5 +61,5 @@ def test_nan_points_are_left_out_of_min_and_max_in_run_show(store: Store) -> Non
 def test_a_job_that_is_running_again_cannot_be_retried(store: Store) -> None:
     a_job_with_a_run(store.con)
     with pytest.raises(UsageError, match="only an ended job can be retried"):
-        records.retry_job(store.con, "j1", "me")
-    assert records.rows(store.con, "select state from jobs where job_id = 'j1'")[0]["state"] == "dispatched"
+        job_records.retry_job(store.con, "j1", "me")
+    assert rows(store.con, "select state from jobs where job_id = 'j1'")[0]["state"] == "dispatched"

@@ -14,7 +14,8 @@ import pytest
 
 from conftest import Fleet
 from mlfleet.core.base.errors import MlfleetError
-from mlfleet.core.base.protocol import PROTOCOL_VERSION, Peer
+from mlfleet.core.base.hello import PROTOCOL_VERSION
+from mlfleet.core.base.protocol import Peer
 
 
 def _git(repo: Path, *args: str) -> str:

@@ -21,6 +21,7 @@ from msgspec import Meta
 
 from mlfleet.core.base.errors import UsageError
 from mlfleet.core.base.protocol import Handler, Peer
+from mlfleet.core.base.rpc import find_handler
 
 MAX_LIST = 10_000  # rows in one list answer (jobs, audit, drift reports, runs): far below a frame's size
 MAX_QUERY_ROWS = 100_000  # rows of one db query answer
@@ -47,12 +48,12 @@ _AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 
 
 def usage_dispatcher(obj: Any, dispatch: Handler, prefix: str = "rpc_") -> Handler:
-    """``dispatch`` (a method_dispatcher over ``obj``), with each request's parameters checked first."""
+    """``dispatch`` (a method_dispatcher over ``obj``, an object or a table), with each request's parameters checked first."""
     checkers: dict[str, type[msgspec.Struct] | None] = {}
 
     def checker(method: str) -> type[msgspec.Struct] | None:
         if method not in checkers:
-            fn = getattr(obj, prefix + method, None) if method.isidentifier() else None
+            fn = find_handler(obj, method, prefix)
             checkers[method] = None if fn is None else _params_struct(method, fn)
         return checkers[method]
 

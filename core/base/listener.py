@@ -43,7 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
-from mlfleet.core.base.protocol import STALLED_AFTER_S, Frame, encode
+from mlfleet.core.base.frames import Frame, encode
+from mlfleet.core.base.protocol import STALLED_AFTER_S
 
 log = logging.getLogger(__name__)
 

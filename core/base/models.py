@@ -195,7 +195,7 @@ class HostSample(msgspec.Struct, kw_only=True):
 
 JobState = Literal["pending", "dispatched", "running", "succeeded", "failed", "cancelled", "lost"]
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "lost"})
-# What clients see: a started job being stopped shows as "cancelling" (core/store/records.py SHOWN_STATE).
+# What clients see: a started job being stopped shows as "cancelling" (core/jobs/records.py SHOWN_STATE).
 SHOWN_JOB_STATES: tuple[str, ...] = ("pending", "dispatched", "running", "cancelling", "succeeded", "failed",
                                      "cancelled", "lost")
 ACTIVE_STATES: frozenset[str] = frozenset({"dispatched", "running"})

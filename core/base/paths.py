@@ -5,7 +5,7 @@ embedded agent's state) under one folder, so that tests and users can
 isolate a whole installation. Without it we follow XDG: config in
 ``$XDG_CONFIG_HOME/mlfleet``, data in ``$XDG_DATA_HOME/mlfleet``.
 
-Every folder here is 0700 and every file 0600 (core/private.py): made so,
+Every folder here is 0700 and every file 0600 (core/base/private.py): made so,
 tightened when found looser, refused when another user owns it.
 """
 
@@ -112,7 +112,7 @@ class Home:
         return self.run_dir / "controller.lock"
 
     def own_folders(self) -> tuple[Path, ...]:
-        """The folders no command may write a user's file into (core/output_path.py): store, config, sockets."""
+        """The folders no command may write a user's file into (core/base/output_path.py): store, config, sockets."""
         return (self.config_dir, self.data_dir, self.run_dir)
 
     @property

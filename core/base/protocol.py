@@ -25,135 +25,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import itertools
 import logging
-import struct
 import time
 import traceback
-import typing
-from typing import Any, Awaitable, Callable
-
-import msgspec
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from mlfleet.core.base.errors import MlfleetError, NoAnswerError, ProtocolError, RemoteError, UnavailableError
+from mlfleet.core.base.frames import FRAME_DEADLINE_S, MAX_FRAME, BrokenFrame, Frame, decode, encode, read_frame
+from mlfleet.core.base.hello import PROTOCOL_VERSION, hello_problem
 
-PROTOCOL_VERSION = 2
-MAX_FRAME = 16 * 1024 * 1024
-FRAME_DEADLINE_S = 60.0  # a frame that has begun must be whole within this, or the link is broken
+if TYPE_CHECKING:
+    from mlfleet.core.base.send_budget import SendBudget
+
 # What a server takes from the peers that connect to it: requests are small (a spec, a query, a launch),
 # so a server reads at most this much per frame, a begun frame must be whole sooner, and one connection
 # has at most this many requests in flight (it is read no further until one is answered: backpressure).
 SERVER_MAX_REQUEST = 4 * 1024 * 1024
 SERVER_FRAME_DEADLINE_S = 15.0
 MAX_IN_FLIGHT = 64
-# Answers a server has made and its peers have not read yet, for all of its connections together: past
-# this the connection holding the most is closed, so peers that ask and never read cannot grow the server.
-SERVER_UNSENT_LIMIT = 64 * 1024 * 1024
 STALLED_AFTER_S = 1.0  # an answer the other side has not taken for this long: a reader that stalled
 
 log = logging.getLogger(__name__)
 
-_HEADER = struct.Struct(">I")
-_encoder = msgspec.msgpack.Encoder()
-
-
-class Frame(msgspec.Struct, omit_defaults=True):
-    id: int | None = None
-    method: str | None = None
-    params: dict[str, Any] | None = None
-    result: Any = None
-    error: dict[str, Any] | None = None
-
-
-_frame_decoder = msgspec.msgpack.Decoder(Frame)
-
-
-class FrameTooLarge(ProtocolError):
-    """An encoded frame over ``MAX_FRAME``: it is never sent (the other side would break the link)."""
-
-
-def encode(obj: Any, max_frame: int = MAX_FRAME) -> bytes:
-    """One frame: the length header and the msgpack body, in one buffer (written with one ``write``)."""
-    buf = bytearray(_HEADER.size)
-    try:
-        _encoder.encode_into(obj, buf, _HEADER.size)
-    except (TypeError, OverflowError, ValueError) as exc:
-        raise ProtocolError(f"cannot encode a frame: {exc}") from None
-    size = len(buf) - _HEADER.size
-    if size > max_frame:
-        raise FrameTooLarge(f"a frame of {size:,} bytes is over the {max_frame:,}-byte limit")
-    _HEADER.pack_into(buf, 0, size)
-    return bytes(buf)
-
-
-def decode(payload: bytes) -> Frame:
-    """The frame in ``payload`` (the bytes after the header); raises ProtocolError for anything else."""
-    try:
-        return _frame_decoder.decode(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ProtocolError(f"malformed frame: {exc}") from None
-    except RecursionError:
-        raise ProtocolError("malformed frame: nested too deeply") from None
-
-
-class BrokenFrame(Exception):
-    """The byte stream can no longer be trusted to be at a frame boundary: the connection must close."""
-
-
-async def read_frame(reader: Any, max_frame: int = MAX_FRAME,
-                     deadline: float | None = FRAME_DEADLINE_S) -> bytes | None:
-    """The next frame's body, whole; None at a clean end of stream (between frames).
-
-    Waiting for a frame to *begin* has no limit (an idle connection is fine);
-    once its first byte is here, the rest must arrive within ``deadline``
-    seconds. ``reader`` is an asyncio StreamReader or an asyncssh SSHReader.
-    """
-    try:
-        first = await reader.readexactly(1)
-    except asyncio.IncompleteReadError:
-        return None
-    try:
-        async with asyncio.timeout(deadline):
-            head = first + await reader.readexactly(_HEADER.size - 1)
-            (size,) = _HEADER.unpack(head)
-            if size > max_frame:
-                hint = (" (the peer speaks the line protocol of an older mlfleet; install the same version on "
-                        "both sides)" if first == b"{" else "")
-                raise BrokenFrame(f"a frame of {size:,} bytes is over the {max_frame:,}-byte limit{hint}")
-            return await reader.readexactly(size)
-    except asyncio.IncompleteReadError as exc:
-        raise BrokenFrame(f"the connection ended part way through a frame ({len(exc.partial)} bytes)") from None
-    except TimeoutError:
-        raise BrokenFrame(f"a frame did not arrive whole within {deadline:.0f} s") from None
-
 
 Handler = Callable[["Peer", str, dict[str, Any]], Awaitable[Any]]
-
-
-class SendBudget:
-    """The unsent answers of a server's connections, bounded together (``SERVER_UNSENT_LIMIT``).
-
-    Why one budget per server and not per connection: a per-connection bound
-    times the connection cap is still gigabytes, and a client that asks and
-    never reads is a bug or an attack, never a user to wait for.
-    """
-
-    def __init__(self, limit: int = SERVER_UNSENT_LIMIT) -> None:
-        self.limit = limit
-        self.peers: set["Peer"] = set()
-        self.closed = 0  # connections closed for it, since start
-
-    def enforce(self) -> None:
-        total = sum(p.unsent for p in self.peers)
-        while total > self.limit and self.peers:
-            worst = max(self.peers, key=lambda p: p.unsent)
-            held = worst.unsent
-            self.peers.discard(worst)
-            self.closed += 1
-            log.warning("%s: closing a connection holding %d bytes of answers it has not read", worst.name, held)
-            worst.abort(f"the other side read none of {held} bytes of answers; closed to keep the server's memory")
-            total -= held
 
 
 class Peer:
@@ -458,20 +354,6 @@ class Peer:
             await self.writer.drain()
 
 
-def hello_problem(params: dict[str, Any]) -> str:
-    """Why a hello cannot open the conversation ('' when it can): the protocol must be exactly ours."""
-    protocol = params.get("protocol")
-    if protocol == PROTOCOL_VERSION and type(protocol) is int:
-        return ""
-    if "protocol" not in params:
-        return f"hello must carry protocol: {PROTOCOL_VERSION} (the number this side speaks)"
-    if type(protocol) is not int:
-        return (f"hello's protocol must be the number {PROTOCOL_VERSION}, not {type(protocol).__name__} "
-                f"{protocol!r}")
-    return (f"the other side speaks protocol {protocol}, this side speaks {PROTOCOL_VERSION}; "
-            "install the same mlfleet version on both sides")
-
-
 def _remote_error(error: dict[str, Any]) -> RemoteError:
     return RemoteError(str(error.get("kind", "Error")), str(error.get("message", "unknown error")),
                        int(error.get("exit_code", 1)) if isinstance(error.get("exit_code", 1), int) else 1)
@@ -486,35 +368,3 @@ async def open_unix_peer(path: str, name: str, handler: Handler | None = None) -
     peer = Peer(reader, writer, handler, name)
     peer.start()
     return peer
-
-
-def method_dispatcher(obj: Any, prefix: str = "rpc_") -> Handler:
-    """A Handler that calls ``obj.rpc_<method>(peer, **params)``.
-
-    Parameters are checked against the method's type hints first (a msgspec
-    struct built once per method), so a peer that sends the wrong shape gets
-    "bad parameters" instead of reaching our code with it.
-    """
-    param_types: dict[str, type[msgspec.Struct]] = {}
-
-    def params_type(method: str, fn: Callable[..., Any]) -> type[msgspec.Struct]:
-        if method not in param_types:
-            hints = typing.get_type_hints(fn)
-            fields: list[Any] = []
-            for name, p in list(inspect.signature(fn).parameters.items())[1:]:  # skip the peer
-                kind = hints.get(name, Any)
-                fields.append((name, kind) if p.default is inspect.Parameter.empty else (name, kind, p.default))
-            param_types[method] = msgspec.defstruct(f"{method}_params", fields, forbid_unknown_fields=True)
-        return param_types[method]
-
-    async def handle(peer: Peer, method: str, params: dict[str, Any]) -> Any:
-        fn = getattr(obj, prefix + method, None) if method.isidentifier() else None
-        if fn is None:
-            raise ProtocolError(f"unknown method {method!r}")
-        try:
-            checked = msgspec.convert(params, params_type(method, fn))
-        except msgspec.ValidationError as exc:
-            raise ProtocolError(f"bad parameters for {method}: {exc}") from None
-        return await fn(peer, **{f: getattr(checked, f) for f in checked.__struct_fields__})
-
-    return handle

@@ -46,6 +46,6 @@ def local_agent_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """
     env = {k: v for k, v in environ.items() if k in LOGIN_VARIABLES or k.startswith("LC_")}
     env["PATH"] = LOGIN_PATH
-    if USER_UMASK_ENV in environ:  # the user's umask, for the files a job makes (core/private.py)
+    if USER_UMASK_ENV in environ:  # the user's umask, for the files a job makes (core/base/private.py)
         env[USER_UMASK_ENV] = environ[USER_UMASK_ENV]
     return env

@@ -1,1 +1,1 @@
-"""The controller: the loop (tick, store writer, host links), the RPC server and the client that reaches it (docs/protocol.md)."""
+"""The controller: the loop (tick, store writer, host links), the services capabilities plug in, the RPC server and the client (docs/architecture.md)."""

@@ -1,4 +1,4 @@
-"""Client RPCs for data drift reports and reference profiles (mixed into ControllerApi).
+"""Client RPCs for data drift reports and reference profiles.
 
 Drift is computed in the client, where the data lies (its own in-memory
 DuckDB over the user's files); the controller stores the finished report or
@@ -11,18 +11,29 @@ import re
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlfleet.core.base.bounds import Ident, ListLimit
 from mlfleet.core.base.errors import UsageError
 from mlfleet.core.base.private import private_dir
 from mlfleet.core.base.protocol import Peer
-from mlfleet.core.store import records
+from mlfleet.core.tracking import records as run_records
+from mlfleet.core.store import rows as store_rows
 from mlfleet.core.drift import records as drift_records
+
+if TYPE_CHECKING:
+    from mlfleet.core.controller.service import ControllerContext
 
 
 class DriftApi:
-    """``rpc_drift_*`` methods; ``self.store`` and ``self.c`` come from ControllerApi."""
+    """``rpc_drift_*``: reports and profiles, stored and audited by the controller."""
+
+    def __init__(self, ctx: "ControllerContext") -> None:
+        self.c = ctx
+
+    @property
+    def store(self):  # noqa: ANN201 - the controller's Store
+        return self.c.store
 
     async def rpc_drift_save_report(self, peer: Peer, report: dict[str, Any], run: str | None = None,
                                     deployment: str | None = None) -> dict[str, Any]:
@@ -31,7 +42,7 @@ class DriftApi:
                     "drift_share", "drift_share_threshold", "multiple_testing", "columns"):
             if key not in report:
                 raise UsageError(f"a drift report needs {key!r}")
-        run_id = await self.store.read(records.resolve_run_id, run) if run else None
+        run_id = await self.store.read(run_records.resolve_run_id, run) if run else None
         report_id = await self._new_drift_id("drift_reports", "report_id", "d")
         await self.store.run(drift_records.save_report, report_id, report, peer.info["actor"], run_id,
                              deployment or None)
@@ -88,6 +99,6 @@ class DriftApi:
     async def _new_drift_id(self, table: str, column: str, prefix: str) -> str:
         while True:
             ident = prefix + secrets.token_hex(4)
-            found = await self.store.read(records.rows, f"select 1 from {table} where {column} = ?", [ident])
+            found = await self.store.read(store_rows.rows, f"select 1 from {table} where {column} = ?", [ident])
             if not found:
                 return ident

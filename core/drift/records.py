@@ -14,7 +14,8 @@ import duckdb
 from mlfleet.core.base.errors import NotFoundError, UsageError
 
 from mlfleet.core.store.db import now, transaction
-from mlfleet.core.store.records import _resolve, audit, rows
+from mlfleet.core.audit.records import audit
+from mlfleet.core.store.rows import resolve, rows
 
 REPORT_FIELDS = """report_id, created_at, reference, current, profile, rows_reference, rows_current, drifted,
                    drifted_columns, column_count, compared_columns, drift_share, drift_share_threshold,
@@ -118,7 +119,7 @@ def list_reports(con: duckdb.DuckDBPyConnection, limit: int = 200, run: str | No
 
 
 def resolve_report_id(con: duckdb.DuckDBPyConnection, ident: str) -> str:
-    return _resolve(con, "drift_reports", "report_id", ident, "drift report")
+    return resolve(con, "drift_reports", "report_id", ident, "drift report")
 
 
 def get_report(con: duckdb.DuckDBPyConnection, ident: str) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 The node's Python is asked what it is (version, ABI, platform); a wheel of
 this mlfleet and the agent's dependency wheels for that Python and platform
-are made here (core/nodewheels.py), uploaded by SFTP and installed with
+are made here (core/fleet/nodewheels.py), uploaded by SFTP and installed with
 ``--no-index`` into a venv on the node (``PREFIX/venv``, PREFIX relative to
 the remote home unless absolute): the node never needs a package index.
 Nothing is installed system-wide. The host's ``agent_command`` then points

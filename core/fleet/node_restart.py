@@ -20,17 +20,17 @@ import msgspec
 
 from mlfleet.core.base.errors import MlfleetError, NotFoundError, UnavailableError, UsageError
 from mlfleet.core.fleet.inventory import HostConfig, add_host, remove_host
-from mlfleet.core.store import records
+from mlfleet.core.audit import records as audit_records
 from mlfleet.core.fleet.transport.ssh import SshAgentTransport
 
 if TYPE_CHECKING:
-    from mlfleet.core.controller.api import ControllerApi
+    from mlfleet.core.fleet.api import FleetApi
     from mlfleet.core.base.protocol import Peer
 
 START_WAIT_S = 20.0
 
 
-async def restart_from(api: "ControllerApi", peer: "Peer", host: HostConfig, installed: dict[str, str]) -> dict[str, Any]:
+async def restart_from(api: "FleetApi", peer: "Peer", host: HostConfig, installed: dict[str, str]) -> dict[str, Any]:
     """Point the host at the newly installed agent command and restart its agent from there."""
     c = api.c
     updated = msgspec.structs.replace(host, agent_command=installed["agent_command"])
@@ -58,7 +58,7 @@ async def restart_from(api: "ControllerApi", peer: "Peer", host: HostConfig, ins
     return {"restarted": bool(stopped.get("was_running")), "previous_agent_pid": stopped.get("pid")}
 
 
-async def stop(api: "ControllerApi", peer: "Peer", name: str) -> dict[str, Any]:
+async def stop(api: "FleetApi", peer: "Peer", name: str) -> dict[str, Any]:
     """Stop the host's agent and hold its link (the agent is not started again) until :func:`start`."""
     link = _link(api, name)
     busy = api.c.active_on(name)
@@ -74,24 +74,24 @@ async def stop(api: "ControllerApi", peer: "Peer", name: str) -> dict[str, Any]:
         if held_before is None:
             link.release()
         raise
-    await api.store.run(records.audit, actor, "host.stop_agent", name, {"pid": stopped.get("pid")})
+    await api.store.run(audit_records.audit, actor, "host.stop_agent", name, {"pid": stopped.get("pid")})
     return {"name": name, **stopped}
 
 
-async def start(api: "ControllerApi", peer: "Peer", name: str) -> dict[str, Any]:
+async def start(api: "FleetApi", peer: "Peer", name: str) -> dict[str, Any]:
     """Let go of a held link and wait a little for the agent to answer."""
     link = _link(api, name)
     was_held = link.held is not None
     link.release()
     if was_held:
-        await api.store.run(records.audit, peer.info["actor"], "host.start_agent", name, {})
+        await api.store.run(audit_records.audit, peer.info["actor"], "host.start_agent", name, {})
     deadline = time.monotonic() + START_WAIT_S
     while time.monotonic() < deadline and link.state != "up" and not (link.state == "unreachable" and link.message):
         await asyncio.sleep(0.1)
     return {"name": name, "state": link.state, "message": link.message, "was_stopped": was_held}
 
 
-def _link(api: "ControllerApi", name: str) -> Any:
+def _link(api: "FleetApi", name: str) -> Any:
     link = api.c.links.get(name)
     if link is None:
         raise NotFoundError(f"no host {name!r}; list them with 'mlfleet hosts list'")

@@ -1,4 +1,4 @@
-"""Jobs: specs, code snapshots, idempotent submits and the scheduler that places them (docs/scheduler.md).
+"""Jobs: specs, code snapshots, idempotent submits, the scheduler, and the controller's queue and dispatch (docs/scheduler.md).
 
 ``PUBLIC`` names the modules other capabilities and the TUI may import; the
 rest is this capability's own (tests/test_import_directions.py keeps that).

@@ -18,7 +18,8 @@ import duckdb
 from mlfleet.core.base.errors import UsageError
 
 from mlfleet.core.store.db import now, transaction
-from mlfleet.core.store.records import _JOB_COLUMNS, insert_job_rows, rows
+from mlfleet.core.jobs.records import _JOB_COLUMNS, insert_job_rows
+from mlfleet.core.store.rows import rows
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Client RPCs for tracked runs: filtering, comparison, export (mixed into ControllerApi).
+"""Client RPCs for tracked runs: show, artifacts, filtering, comparison, export.
 
 Filters and sorts arrive as the text the user typed (``--where``, the TUI's
 filter box) and are parsed here, in the controller, by
@@ -9,12 +9,12 @@ names the column.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from msgspec import Meta
 
-from mlfleet.core.base.bounds import KeyCount, ListLimit, Points, RunIds
-from mlfleet.core.base.errors import UsageError
+from mlfleet.core.base.bounds import ChunkSize, Ident, KeyCount, ListLimit, Offset, Points, RunIds
+from mlfleet.core.base.errors import NotFoundError, UnavailableError, UsageError
 from mlfleet.core.base.private import user_umask
 from mlfleet.core.base.protocol import Peer
 from mlfleet.core.tracking import metric_keys
@@ -22,11 +22,44 @@ from mlfleet.core.tracking import run_compare
 from mlfleet.core.tracking import run_export
 from mlfleet.core.tracking import run_queries
 from mlfleet.core.store.db import jsonable
-from mlfleet.core.store.records import audit, resolve_run_id
+from mlfleet.core.audit.records import audit
+from mlfleet.core.tracking import records
+from mlfleet.core.tracking.records import resolve_run_id
+
+if TYPE_CHECKING:
+    from mlfleet.core.controller.service import ControllerContext
 
 
 class RunsApi:
-    """``rpc_runs_*`` methods; ``self.store`` and ``self.c`` come from ControllerApi."""
+    """``rpc_run_*`` and ``rpc_runs_*``: what the tracked runs' clients ask."""
+
+    def __init__(self, ctx: "ControllerContext") -> None:
+        self.c = ctx
+
+    @property
+    def store(self):  # noqa: ANN201 - the controller's Store
+        return self.c.store
+
+    async def rpc_run_show(self, peer: Peer, run: Ident, keys: str | None = None,
+                           max_keys: KeyCount = 100) -> dict[str, Any]:
+        return await self.store.read(records.get_run, run, keys, max_keys)
+
+    async def rpc_run_artifacts(self, peer: Peer, run: Ident) -> list[dict[str, Any]]:
+        return await self.store.read(records.list_artifacts, run)
+
+    async def rpc_run_artifact_read(self, peer: Peer, run: Ident, path: Annotated[str, Meta(min_length=1)],
+                                    offset: Offset = 0, max_bytes: ChunkSize = 1024 * 1024) -> dict[str, Any]:
+        """A chunk of a run's artifact, read on its node by the agent (base64 ``data``; ``sha256`` as logged)."""
+        artifact = await self.store.read(records.find_artifact, run, path)
+        link = self.c.links.get(artifact["host"])
+        if link is None:
+            raise NotFoundError(f"host {artifact['host']} of run {artifact['run_id']} is no longer configured")
+        if not link.up:
+            raise UnavailableError(f"host {artifact['host']} is {link.state}; its artifacts are there, try again later")
+        chunk = await link.request("artifact_read", run_id=artifact["run_id"], path=artifact["path"], offset=offset,
+                                   max_bytes=max_bytes, request_timeout=60)
+        chunk.update(sha256=artifact["sha256"], logged_size=artifact["size"], host=artifact["host"])
+        return chunk
 
     async def rpc_runs_list(self, peer: Peer, where: str | None = None, sort: str | None = None,
                             limit: ListLimit = 200, keys: str | None = None,

@@ -14,7 +14,7 @@ from mlfleet.core.base.words import plural
 
 from mlfleet.core.store.db import jsonable
 from mlfleet.core.tracking.metric_keys import check_count, check_pattern
-from mlfleet.core.store.records import resolve_run_id
+from mlfleet.core.tracking.records import resolve_run_id
 from mlfleet.core.tracking.run_queries import NAN, finite, marks, texts, union
 
 # A metric whose key matches this is better when lower (unless the run declared a mode).

@@ -30,7 +30,7 @@ def export_runs(con: duckdb.DuckDBPyConnection, output: str, fmt: str | None = N
     The file appears whole or not at all: DuckDB's COPY writes a temporary
     file next to ``output``, which is then put in its place. Where it may go
     (never into ``own_folders``, over an existing file only with ``force``)
-    is core/output_path.py's to say, here on the controller, because the TUI
+    is core/base/output_path.py's to say, here on the controller, because the TUI
     and scripts call the RPC without the CLI's check.
     """
     fmt = export_format(output, fmt)

@@ -33,7 +33,7 @@ def left_out_note(counts: dict[str, Any], what: str, how: str) -> str | None:
 
 def param_at(params: dict[str, Any], key: str) -> Any:
     """``params.optimizer.lr`` in a listed run, as the filter reads it: the longest key logged whose value has the
-    rest of the path (core/store/run_queries.py, ``_nested_param``)."""
+    rest of the path (core/tracking/run_queries.py, ``_nested_param``)."""
     parts = key.split(".")
     missing = object()
     for n in range(len(parts), 0, -1):

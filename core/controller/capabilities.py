@@ -1,0 +1,28 @@
+"""The services the controller runs, in order: a capability plugs in here, and the loop does not change.
+
+Order matters: hooks are called in this order, so the fleet starts (host
+rows, drains) before jobs are loaded, and each tick syncs the hosts before
+the queue is scheduled on what they reported.
+"""
+
+from __future__ import annotations
+
+from mlfleet.core.audit.api import AuditApi
+from mlfleet.core.controller.service import ControllerContext, RpcService, Service
+from mlfleet.core.drift.api import DriftApi
+from mlfleet.core.fleet.service import FleetService
+from mlfleet.core.jobs.service import JobsService
+from mlfleet.core.store.api import StoreApi
+from mlfleet.core.tracking.api import RunsApi
+
+
+def services(ctx: ControllerContext) -> list[Service]:
+    fleet = FleetService(ctx)
+    return [
+        fleet,  # links in step with hosts.yaml, one sync per host and tick, telemetry windows
+        JobsService(ctx, fleet),  # the queue, dispatch, launches, a host's runs in its sync
+        RpcService("runs", RunsApi(ctx)),
+        RpcService("drift", DriftApi(ctx)),
+        RpcService("audit", AuditApi(ctx)),
+        RpcService("db", StoreApi(ctx)),
+    ]

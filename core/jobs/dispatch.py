@@ -1,0 +1,126 @@
+"""Placing waiting jobs: what the scheduler sees of the fleet, its decision, and the dispatches that follow.
+
+The scheduler itself (core/jobs/scheduler.py) is pure; this part builds its
+view of every host (live telemetry plus what mlfleet has placed there),
+runs it off the event loop, records why jobs wait, audits the hosts a job's
+hard constraints kept it off, and dispatches the placements: written to
+the file first, then launched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from mlfleet.core.audit import records as audit_records
+from mlfleet.core.fleet.hostlink import HostLink
+from mlfleet.core.jobs import records, scheduler
+from mlfleet.core.jobs.runs import ActiveRun, PendingJob, queued
+
+if TYPE_CHECKING:
+    from mlfleet.core.jobs.service import JobsService
+
+
+class Dispatcher:
+    def __init__(self, jobs: "JobsService") -> None:
+        self.jobs = jobs
+        settings = jobs.ctx.settings
+        self.policy = scheduler.Policy(
+            memory_margin=int(settings.scheduler.memory_margin),
+            busy_utilization=settings.scheduler.busy_utilization,
+            aging_per_hour=settings.scheduler.aging_per_hour,
+            fair_share_weight=settings.scheduler.fair_share_weight,
+            backfill=settings.scheduler.backfill)
+        self._refusals_audited: set[tuple[str, str]] = set()
+
+    async def schedule(self) -> None:
+        if not self.jobs.pending:
+            return
+        views = self.host_views()
+        queue = [queued(job) for job in self.jobs.pending.values()]
+        usage: dict[str, int] = {}
+        for run in self.jobs.active.values():
+            usage[run.spec.project] = usage.get(run.spec.project, 0) + len(run.gpus)
+        # Pure and CPU-bound: off the event loop, so a big queue never stalls polling or clients.
+        decision = await asyncio.to_thread(scheduler.schedule, views, queue, self.policy, time.time(), usage)
+        self.jobs.waiting_reasons = decision.waiting
+        await self.jobs.ctx.store.run(records.set_pending_reason,
+                                      {job_id: decision.short_reason(job_id) for job_id in decision.waiting})
+        await self._audit_refusals(decision)
+        for placement in decision.placements:
+            job = self.jobs.pending.pop(placement.job_id, None)
+            if job is None or placement.host not in self.jobs.ctx.links:
+                continue  # cancelled, or its host removed, while the scheduler was thinking
+            await self._dispatch(job, placement)
+
+    async def _audit_refusals(self, decision: scheduler.Decision) -> None:
+        """Data residency: every host a job's hard constraints kept it off is audited, once.
+
+        One event per job and tick at most, naming the hosts newly refused
+        (a fleet of hundreds must not write hundreds of rows per job).
+        """
+        events = []
+        for job_id, reasons in decision.waiting.items():
+            new: dict[str, str] = {}
+            for reason in reasons:
+                if reason.check == "constraint":
+                    for host in reason.hosts or (reason.host,):
+                        if (job_id, host) not in self._refusals_audited:
+                            new[host] = reason.message
+            if new:
+                self._refusals_audited.update((job_id, host) for host in new)
+                events.append((job_id, {"hosts": sorted(new)[:100], "count": len(new),
+                                        "reasons": sorted(set(new.values()))[:10]}))
+        for job_id, detail in events:
+            await self.jobs.ctx.store.run(audit_records.audit, "scheduler", "scheduler.refuse", job_id, detail)
+
+    async def _dispatch(self, job: PendingJob, placement: scheduler.Placement) -> None:
+        attempt = job.attempt + 1
+        run_id = f"{job.job_id}-{attempt}"
+        await self.jobs.ctx.store.run(records.dispatch, job.job_id, {
+            "run_id": run_id, "attempt": attempt, "project": job.spec.project, "name": job.spec.name,
+            "owner": job.owner, "host": placement.host, "gpus": list(placement.gpu_indices),
+            "spec_hash": job.spec.content_hash(), "workdir": job.spec.workdir, "command": job.spec.argv,
+            "code_hash": job.code_hash, "params": job.spec.params, "tags": job.spec.tags})
+        run = ActiveRun(job_id=job.job_id, run_id=run_id, host=placement.host, state="dispatched", offset=0, lines=0,
+                        attempt=attempt, max_attempts=job.max_attempts, spec=job.spec,
+                        gpus=list(placement.gpu_indices), owner=job.owner, code_hash=job.code_hash,
+                        failed_hosts=job.failed_hosts, cancel_requested_by=self.jobs.cancels.pop(job.job_id, None))
+        self.jobs.active[run_id] = run
+        link = self.jobs.ctx.links.get(placement.host)
+        if link is not None and link.up and not run.cancel_requested_by:
+            self.jobs.launcher.launch_soon(link, run)
+        await self.jobs.notify_jobs()
+
+    def host_views(self) -> list[scheduler.HostView]:
+        return [self._host_view(link) for link in self.jobs.ctx.links.values()]
+
+    def _host_view(self, link: HostLink) -> scheduler.HostView:
+        """What the scheduler sees of a host: live telemetry plus what mlfleet has placed there."""
+        latest = link.latest
+        in_use = [r for r in self.jobs.active.values() if r.host == link.name]
+        since = time.time() - float(self.jobs.ctx.settings.scheduler.utilization_window)
+        window = [s for s in link.history if s.ts >= since] or ([latest] if latest else [])
+        gpus = []
+        for g in latest.gpus if latest else []:
+            peaks = [x.utilization for s in window for x in s.gpus if x.index == g.index and x.utilization is not None]
+            visible = {p.run_id for p in g.processes if p.run_id}
+            reserved = sum(int(r.spec.resources.gpu_memory or 0) for r in in_use
+                           if r.spec.resources.gpu_memory and g.index in r.gpus and r.run_id not in visible)
+            gpus.append(scheduler.GpuView(
+                index=g.index, name=g.name, memory_total=g.memory_total, memory_free=g.memory_free,
+                utilization=max(peaks) if peaks else None,
+                processes=tuple(scheduler.GpuProcessView(p.pid, p.used_memory, p.run_id, p.name) for p in g.processes),
+                ecc_errors=g.ecc_errors, throttle_reasons=tuple(g.throttle_reasons), reserved_memory=reserved))
+        return scheduler.HostView(
+            name=link.name, up=link.up and link.state == "up" and latest is not None, labels=link.labels,
+            cpu_count=latest.cpu_count if latest else 0, memory_total=latest.memory_total if latest else 0,
+            gpus=tuple(gpus),
+            gpus_in_use=frozenset(i for r in in_use if r.spec.resources.gpu_memory is None for i in r.gpus),
+            cpus_in_use=sum(r.spec.resources.cpus for r in in_use),
+            memory_in_use=sum(r.spec.resources.memory or 0 for r in in_use),
+            drained=self.jobs.fleet.drained.get(link.name),
+            gpu_links=tuple(tuple(row) for row in latest.gpu_links) if latest and latest.gpu_links else None,
+            releases=tuple(scheduler.Release(r.started_at + float(r.spec.timeout), tuple(r.gpus))
+                           for r in in_use if r.spec.timeout and r.started_at and r.gpus))

@@ -1,0 +1,83 @@
+"""Launching a run on its host, in the background: ship the code snapshot once per host and content, then launch.
+
+Shipping can take a while and must never hold up the tick; launching is
+idempotent by run id on the agent, so a launch that failed (or was never
+sure to have happened) is simply tried again next tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from mlfleet.core.base.errors import UsageError
+from mlfleet.core.base.models import LaunchRequest
+from mlfleet.core.fleet.hostlink import HostLink
+from mlfleet.core.jobs.runs import ActiveRun
+
+if TYPE_CHECKING:
+    from mlfleet.core.jobs.service import JobsService
+
+log = logging.getLogger(__name__)
+
+
+class Launcher:
+    def __init__(self, jobs: "JobsService") -> None:
+        self.jobs = jobs
+        self._launching: set[str] = set()
+        self._shipping: dict[tuple[str, str], asyncio.Task[None]] = {}
+
+    def launch_soon(self, link: HostLink, run: ActiveRun) -> None:
+        """Launch in the background: shipping code can take a while and must not hold up the tick."""
+        if run.run_id in self._launching:
+            return
+        self._launching.add(run.run_id)
+        task = asyncio.get_running_loop().create_task(self._launch(link, run))
+        task.add_done_callback(lambda _: self._launching.discard(run.run_id))
+
+    async def _launch(self, link: HostLink, run: ActiveRun) -> None:
+        # Every host, local included, runs the snapshot taken at submit (in a copy of its own per run).
+        shipped = run.code_hash
+        request = LaunchRequest(
+            run_id=run.run_id, job_id=run.job_id, argv=run.spec.argv, workdir=run.spec.workdir,
+            env=run.spec.env_strings(), gpu_indices=run.gpus, code_hash=shipped,
+            timeout=float(run.spec.timeout) if run.spec.timeout else None, inputs=list(run.spec.inputs),
+            log_max_size=int(self.jobs.ctx.settings.logs.max_size), artifact_roots=self._artifact_roots(link.name))
+        try:
+            if shipped:
+                await self._ship(link, shipped)
+            if run.cancel_requested_by:
+                return  # cancelled while its code was on the way: never start it
+            await link.request("launch", request=msgspec.to_builtins(request))
+        except Exception as exc:  # noqa: BLE001 - logged, retried next tick
+            log.warning("launch of %s on %s failed: %s (will retry)", run.run_id, link.name, exc)
+            return
+        run.launched = True
+
+    def _artifact_roots(self, host: str) -> list[str]:
+        """Folders beyond a run's own whose files its agent may serve (hosts.yaml, or config.yaml's local:)."""
+        config = self.jobs.fleet.inventory.get(host)
+        return list(config.artifact_roots if config is not None else self.jobs.ctx.settings.local.artifact_roots)
+
+    async def _ship(self, link: HostLink, sha256: str) -> None:
+        """Upload a snapshot once per host and content; launches that need it at the same time share one upload."""
+        key = (link.name, sha256)
+        task = self._shipping.get(key)
+        if task is None:
+            task = self._shipping[key] = asyncio.get_running_loop().create_task(self._upload(link, sha256))
+            task.add_done_callback(lambda _: self._shipping.pop(key, None))
+        await asyncio.shield(task)
+
+    async def _upload(self, link: HostLink, sha256: str) -> None:
+        status = await link.request("code_status", sha256=sha256)
+        if status["present"]:
+            return
+        archive = self.jobs.ctx.home.code_cache_dir / f"{sha256}.tar.gz"
+        if not archive.exists():
+            raise UsageError(f"snapshot {sha256[:12]} is no longer in {self.jobs.ctx.home.code_cache_dir}")
+        await link.transport.upload(archive, status["incoming"])  # type: ignore[attr-defined]
+        await link.request("code_unpack", sha256=sha256, request_timeout=300)
+        log.info("shipped snapshot %s to %s", sha256[:12], link.name)
