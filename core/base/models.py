@@ -204,6 +204,41 @@ ACTIVE_STATES: frozenset[str] = frozenset({"dispatched", "running"})
 DEFAULT_LOG_MAX_SIZE = 100 * 1024**2  # logs.max_size when nothing says otherwise
 
 
+class PinnedWheel(msgspec.Struct, frozen=True, kw_only=True):
+    """One wheel of a resolved environment: what the node installs, and how it checks it."""
+
+    name: str  # the distribution's normalised name (PEP 503)
+    version: str
+    filename: str  # the real wheel file name: installers read tags from it
+    sha256: str  # lower-case hex; also the wheel's key in the node's wheelhouse (<state>/wheelhouse/<sha256>)
+    size: int
+
+
+class EnvPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """An environment resolved on the workstation for one node's interpreter and platform (issue 15).
+
+    ``env_hash`` is its identity: sha256 over the interpreter version, the
+    platform, the pinned wheels and the setup commands. The node builds it
+    once into ``<state>/envs/<env_hash>`` from wheels already shipped to its
+    wheelhouse, never from an index.
+    """
+
+    env_hash: str
+    python: str  # the interpreter on the node to build with (a path the agent reported)
+    python_version: str  # its full version, e.g. "3.11.2"
+    platform: str  # the platform resolved for, e.g. "x86_64-manylinux_2_36"
+    wheels: list[PinnedWheel] = msgspec.field(default_factory=list)
+    setup: list[str] = msgspec.field(default_factory=list)  # shell commands run once in the new environment
+
+
+class NodePython(msgspec.Struct, frozen=True, kw_only=True):
+    """An interpreter found on a node, as its agent reports it."""
+
+    path: str
+    version: str  # full, e.g. "3.11.2"
+    implementation: str = "cpython"
+
+
 class LaunchRequest(msgspec.Struct, kw_only=True):
     """What the controller asks an agent to run: one attempt of one job.
 
@@ -225,6 +260,8 @@ class LaunchRequest(msgspec.Struct, kw_only=True):
     # Folders beyond the run's folder and workdir whose files the agent may serve as artifacts (the host's
     # artifact_roots; agents/artifacts.py)
     artifact_roots: list[str] = msgspec.field(default_factory=list)
+    # Run inside this environment, built (or reused) on the node first; None: the node user's login environment
+    environment: EnvPlan | None = None
 
 
 ProcessState = Literal["starting", "running", "exited"]
