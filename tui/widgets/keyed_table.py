@@ -18,10 +18,8 @@ the two rows it leaves and enters, and scrolling reuses every cached line.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar, Iterable
 
-from rich.cells import cell_len
-from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 from textual import events
@@ -32,40 +30,8 @@ from textual.reactive import var
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-Cells = Sequence[str | Text]
-PADDING = 1  # blank cells each side of a column's text
-SORT_MARKS = {False: " ▲", True: " ▼"}
-
-
-# Control characters would reach the terminal as they are: a newline breaks the line, an escape
-# sequence in a job's name or reason would restyle (or rewrite) the screen. They are shown as spaces.
-CONTROLS = {c: " " for c in [*range(32), 127]}
-
-
-def _text(cell: str | Text) -> Text:
-    """Cells are shown as Text: a str would be read as markup (a job named ``[red]x`` is just that name)."""
-    if isinstance(cell, Text):
-        plain = cell.plain
-        clean = plain.translate(CONTROLS)
-        return cell if clean == plain else Text(clean, style=cell.style, no_wrap=True, end="")
-    return Text(cell.translate(CONTROLS), no_wrap=True, overflow="ellipsis", end="")
-
-
-def _width(cell: str | Text) -> int:
-    return cell.cell_len if isinstance(cell, Text) else cell_len(cell)
-
-
-def _sort_key(value: Any) -> tuple[int, float, str]:
-    """Numbers sort as numbers (``12 %`` after ``9 %``), everything else as text; ``-`` last."""
-    text = str(value.plain if isinstance(value, Text) else value).strip()
-    if text in ("", "-", "n/a"):
-        return (2, 0.0, "")
-    head = text.split()[0].rstrip("%").replace(",", "")
-    try:
-        return (0, float(head), text)
-    except ValueError:
-        return (1, 0.0, text.lower())
-
+from mlfleet.tui.widgets.table_look import (PADDING, TABLE_CSS, SORT_MARKS, Cells, cell_text, column_widths, fit_line,
+                                            line_width, sort_key)
 
 class KeyedTable(ScrollView, can_focus=True):
     """Rows keyed by id; ``show(rows)`` applies the difference; ``s`` sorts by the next column."""
@@ -88,45 +54,7 @@ class KeyedTable(ScrollView, can_focus=True):
         "keyed-table--header", "keyed-table--even-row", "keyed-table--cursor",
     }
 
-    DEFAULT_CSS = """
-    KeyedTable {
-        background: $surface;
-        color: $foreground;
-        height: auto;
-        max-height: 100%;
-        &:focus {
-            background-tint: $foreground 5%;
-            & > .keyed-table--cursor {
-                background: $block-cursor-background;
-                color: $block-cursor-foreground;
-                text-style: $block-cursor-text-style;
-            }
-            & > .keyed-table--header {
-                background-tint: $foreground 5%;
-            }
-        }
-        &:dark > .keyed-table--even-row {
-            background: $surface-darken-1 40%;
-        }
-        & > .keyed-table--header {
-            text-style: bold;
-            background: $panel;
-            color: $foreground;
-        }
-        &:ansi > .keyed-table--header {
-            background: ansi_bright_blue;
-            color: ansi_default;
-        }
-        & > .keyed-table--even-row {
-            background: $surface-lighten-1 50%;
-        }
-        & > .keyed-table--cursor {
-            background: $block-cursor-blurred-background;
-            color: $block-cursor-blurred-foreground;
-            text-style: $block-cursor-blurred-text-style;
-        }
-    }
-    """
+    DEFAULT_CSS = TABLE_CSS
 
     highlighted: var[str | None] = var(None, init=False)
     """The key of the row under the cursor. A view that must follow the cursor in the same frame
@@ -197,7 +125,7 @@ class KeyedTable(ScrollView, can_focus=True):
             order.append(key)
             before = self.shown.get(key)
             if before is None:
-                self._cells[key] = [_text(c) for c in cells]
+                self._cells[key] = [cell_text(c) for c in cells]
                 wider = self._grow(self._cells[key]) or wider
             elif before != cells:
                 changes = [(p, new) for p, (new, old) in enumerate(zip(cells, before)) if new != old]
@@ -225,7 +153,7 @@ class KeyedTable(ScrollView, can_focus=True):
         self._lines.pop(key, None)
         wider = False
         for position, value in changes:
-            text = cells[position] = _text(value)
+            text = cells[position] = cell_text(value)
             if text.cell_len > self._widths[position]:
                 self._widths[position] = text.cell_len
                 wider = True
@@ -349,7 +277,7 @@ class KeyedTable(ScrollView, can_focus=True):
         """Put the rows in ``order`` (sorted if a sort column is set); the cursor keeps its row."""
         if self.sort_by is not None:
             position = [k for k, _ in self.columns_spec].index(self.sort_by)
-            order.sort(key=lambda k: _sort_key(self._cells[k][position]), reverse=self.sort_reverse)
+            order.sort(key=lambda k: sort_key(self._cells[k][position]), reverse=self.sort_reverse)
         keep = self.highlighted
         if order != self._order:
             self._order = order
@@ -422,31 +350,11 @@ class KeyedTable(ScrollView, can_focus=True):
         return line
 
     def _line(self, cells: list[Text], base: Style, over: Style | None) -> Strip:
-        """One finished line: every cell cut or padded to its column, the row's style under the cells' own."""
-        console = self.app.console
-        pad = " " * PADDING
-        segments: list[Segment] = []
-        for cell, width in zip(cells, self._widths):
-            segments.append(Segment(pad))
-            if not cell.spans and not cell.style and cell.cell_len <= width:
-                segments.append(Segment(cell.plain + " " * (width - cell.cell_len)))
-            else:
-                fitted = cell.copy()
-                fitted.truncate(width, overflow="ellipsis", pad=True)
-                # Text.render leaves the Text's own style (a state's colour) to its caller.
-                own = console.get_style(fitted.style, default="") if fitted.style else None
-                segments.extend(Segment.apply_style(fitted.render(console), own))
-            segments.append(Segment(pad))
-        total = self._line_width()
-        # One segment per run of equal style: the terminal is sent one colour change per run, not per cell.
-        return Strip(Segment.simplify(Segment.apply_style(segments, base, over)), total)
+        return fit_line(self.app.console, cells, self._widths, base, over)
 
     def _measure_columns(self) -> None:
         """Every column as wide as its widest cell or its label (plus room for the sort mark)."""
-        widths = [cell_len(label) + 2 for _key, label in self.columns_spec]
-        for cells in self._cells.values():
-            for i, cell in enumerate(cells[:len(widths)]):
-                widths[i] = max(widths[i], cell.cell_len)
+        widths = column_widths((label for _key, label in self.columns_spec), self._cells.values())
         if widths != self._widths:
             self._widths = widths
             self._restyle()
@@ -488,7 +396,7 @@ class KeyedTable(ScrollView, can_focus=True):
         self.virtual_size = Size(self._line_width(), len(self._order) + 1)
 
     def _line_width(self) -> int:
-        return sum(self._widths) + 2 * PADDING * len(self._widths)
+        return line_width(self._widths)
 
     def on_resize(self) -> None:
         self._scroll_to_cursor()
