@@ -4,7 +4,7 @@ The loop (core/controller/loop.py) owns the tick, the store writer, the host
 links, the lock and the socket, and nothing a capability does: each tick it
 calls every registered service's :meth:`Service.tick` in order, and the RPC
 server answers a client from the services' tables. The services are listed
-in core/controller/services.py, so a new capability (deployments, pipelines)
+in core/controller/capabilities.py, so a new capability (deployments, pipelines)
 plugs in by adding one there; the loop does not change.
 """
 
