@@ -220,17 +220,23 @@ def test_users_queries_wait_for_a_free_worker_and_a_stopped_one_frees_it(tmp_pat
 def test_a_crowd_of_runaway_queries_all_end_at_the_time_limit(tmp_path: Path) -> None:
     store = Store(tmp_path / "mlfleet.duckdb", query_workers=2)
 
-    async def story() -> tuple[list[str], int, dict]:
+    async def story() -> tuple[list[str], float, int, dict]:
+        started = time.monotonic()
         outcomes = await asyncio.gather(*(store.query(RUNAWAY, 10, time_limit=1.0) for _ in range(6)),
                                         return_exceptions=True)
+        ended = time.monotonic() - started
         while store.queries.running:  # the interrupted statements finish ending
             await asyncio.sleep(0.05)
         after = await store.query("select 42", 10, time_limit=5)
-        return [str(o).split(" (")[0] for o in outcomes], store.queries.running, after
+        return [str(o).split(" (")[0] for o in outcomes], ended, store.queries.running, after
 
-    outcomes, running, after = asyncio.run(story())
-    assert sorted(outcomes) == ["the query ran past query.time_limit"] * 2 + \
-        ["the query waited past query.time_limit"] * 4
+    outcomes, ended, running, after = asyncio.run(story())
+    ran, waited = "the query ran past query.time_limit", "the query waited past query.time_limit"
+    # Both workers ran one; the other four waited out the same limit. A waiter whose deadline falls as a
+    # worker frees may take it and be stopped at once: it then "ran past" too. What may not happen is the
+    # crowd ending one pair after another (3 s and more): every query ends at its own limit.
+    assert set(outcomes) <= {ran, waited} and outcomes.count(ran) >= 2, outcomes
+    assert ended < 2.8, f"the six queries took {ended:.1f} s: they ended one after another, not at their limit"
     assert running == 0 and after["rows"] == [[42]]
     store.close()
 
