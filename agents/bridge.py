@@ -59,12 +59,14 @@ def bridge(socket_path: Path) -> int:
     """Copy stdin -> socket and socket -> stdout until one side closes."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(str(socket_path))
-    stdin, stdout = sys.stdin.buffer.raw, sys.stdout.buffer.raw
+    # The descriptors themselves: with PYTHONUNBUFFERED set (a node's login profile may) sys.stdout.buffer is
+    # a bare FileIO with no .raw, and nothing here wants Python's buffering anyway.
+    stdin_fd, stdout_fd = sys.stdin.fileno(), sys.stdout.fileno()
     done = threading.Event()
 
     def upstream() -> None:
         try:
-            while chunk := os.read(stdin.fileno(), _CHUNK):
+            while chunk := os.read(stdin_fd, _CHUNK):
                 sock.sendall(chunk)
         except OSError:
             pass
@@ -76,7 +78,7 @@ def bridge(socket_path: Path) -> int:
             while chunk := sock.recv(_CHUNK):
                 view = memoryview(chunk)
                 while view:
-                    view = view[os.write(stdout.fileno(), view):]
+                    view = view[os.write(stdout_fd, view):]
         except OSError:
             pass
         finally:

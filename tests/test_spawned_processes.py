@@ -88,3 +88,34 @@ def test_a_local_job_gets_a_login_environment_not_the_shell_that_started_the_con
     assert env["PATH"] == f"{Path(sys.executable).parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     assert env["FROM_SPEC"] == "yes-it-is" and env["LC_ALL"] == "C.UTF-8" and env["HOME"]
     assert env["MLFLEET_RUN_ID"] == fleet.job(done.json()["job_id"])["run_id"]
+
+
+def test_agent_connect_bridges_frames_when_the_login_shell_makes_python_unbuffered(tmp_path: Path) -> None:
+    """A node whose profile exports PYTHONUNBUFFERED=1 (common in ML images): stdout is then a bare FileIO.
+
+    ``agent connect`` used ``sys.stdout.buffer.raw``, which a FileIO lacks: the bridge died with a traceback
+    and left the agent it had started behind. The controller must get its hello answered as on any node.
+    """
+    import os
+    import struct
+
+    from mlfleet.core.base.frames import Frame, decode, encode
+    from mlfleet.core.base.hello import PROTOCOL_VERSION
+
+    state = tmp_path / "state"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    bridge = subprocess.Popen([sys.executable, "-m", "mlfleet", "agent", "connect", "--state-dir", str(state)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        assert bridge.stdin is not None and bridge.stdout is not None
+        bridge.stdin.write(encode(Frame(id=1, method="hello", params={"protocol": PROTOCOL_VERSION})))
+        bridge.stdin.flush()
+        header = bridge.stdout.read(4)
+        assert len(header) == 4, bridge.stderr.read().decode() if bridge.poll() is not None else "no answer"
+        answer = decode(bridge.stdout.read(struct.unpack(">I", header)[0]))
+        assert answer.id == 1 and answer.error is None and answer.result["protocol"] == PROTOCOL_VERSION
+    finally:
+        bridge.kill()
+        bridge.wait(timeout=10)
+        subprocess.run([sys.executable, "-m", "mlfleet", "agent", "stop", "--state-dir", str(state)],
+                       capture_output=True, timeout=60)
