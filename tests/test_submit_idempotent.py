@@ -125,11 +125,26 @@ def _no_controller_can_start(fleet: Fleet) -> Iterator[None]:
         os.close(fd)
 
 
-def _wait_for_a_client(pid: int, timeout: float = 30) -> None:
-    """Until the quiet controller ``pid`` opens a file descriptor: the socket it accepted a client on."""
-    baseline = len(os.listdir(f"/proc/{pid}/fd"))
+def _sockets(pid: int) -> set[str]:
+    """The sockets process ``pid`` holds now (``socket:[inode]``), each connection its own."""
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:"):
+                held.add(target)
+    return held
+
+
+def _wait_for_a_client(pid: int, before: set[str], timeout: float = 30) -> None:
+    """Until the quiet controller ``pid`` holds a socket it did not hold ``before``: the client it accepted.
+
+    By identity, not by count: the connection of the client that settled the controller may still be
+    closing when the count is taken, and a new connection then only brings the count back where it was
+    (seen once under load: "no client connected" while the client was connected).
+    """
     deadline = time.monotonic() + timeout
-    while len(os.listdir(f"/proc/{pid}/fd")) <= baseline:
+    while not (_sockets(pid) - before):
         assert time.monotonic() < deadline, "no client connected"
         time.sleep(0.0005)
 
@@ -197,11 +212,12 @@ def test_sigkill_of_the_controller_at_random_moments_of_submits_never_makes_a_jo
         spec = _spec(fleet, name)
         pid = _settle(fleet, quiet=how in ("accepted", "commit"))
         with CommitWatch(fleet.home.db_path) as watch:
+            before = _sockets(pid)
             proc = _start_submit(fleet, spec, key)
             if how == "commit":
                 assert watch.wait(30), "the controller never committed"
             elif how == "accepted":
-                _wait_for_a_client(pid)
+                _wait_for_a_client(pid, before)
                 time.sleep(rng.uniform(0, 0.03))
             else:
                 time.sleep(rng.uniform(0, span))
@@ -379,8 +395,9 @@ def test_a_submit_killed_itself_and_run_again_with_its_key_makes_one_job(fleet: 
     for i in range(6):
         key, spec = f"step-{i}", _spec(fleet, f"step{i}")
         pid = _settle(fleet)
+        before = _sockets(pid)
         proc = _start_submit(fleet, spec, key)
-        _wait_for_a_client(pid)
+        _wait_for_a_client(pid, before)
         time.sleep(rng.uniform(0, 0.03))
         proc.kill()
         proc.wait()
