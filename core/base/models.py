@@ -229,12 +229,14 @@ class HostSample(msgspec.Struct, kw_only=True):
 
 # ------------------------------------------------------- job execution
 
-JobState = Literal["pending", "dispatched", "running", "succeeded", "failed", "cancelled", "lost"]
+# preparing: a job with an environment: block, between dispatched and running (resolve, ship, build on the node)
+JobState = Literal["pending", "dispatched", "preparing", "running", "succeeded", "failed", "cancelled", "lost"]
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "lost"})
 # What clients see: a started job being stopped shows as "cancelling" (core/jobs/records.py SHOWN_STATE).
-SHOWN_JOB_STATES: tuple[str, ...] = ("pending", "dispatched", "running", "cancelling", "succeeded", "failed",
+SHOWN_JOB_STATES: tuple[str, ...] = ("pending", "dispatched", "preparing", "running", "cancelling", "succeeded", "failed",
                                      "cancelled", "lost")
-ACTIVE_STATES: frozenset[str] = frozenset({"dispatched", "running"})
+ACTIVE_STATES: frozenset[str] = frozenset({"dispatched", "preparing", "running"})
+NOT_STARTED_STATES: tuple[str, ...] = ("dispatched", "preparing")  # placed, its process not started yet
 
 
 DEFAULT_LOG_MAX_SIZE = 100 * 1024**2  # logs.max_size when nothing says otherwise
