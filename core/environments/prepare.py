@@ -50,15 +50,17 @@ class NodeFacts(msgspec.Struct, frozen=True, kw_only=True):
     state_dir: str  # the agent's; wheels go to <state_dir>/wheelhouse/<sha256>
 
 
-def facts_from_info(host: str, info: dict[str, Any]) -> NodeFacts:
-    """The facts from the agent's ``info`` answer (its probe: ``pythons`` and ``python_platform``)."""
-    pythons = info.get("pythons")
-    platform = info.get("python_platform")
-    if not pythons or not platform:
-        raise ResolutionError(f"the agent on {host} does not report its Python interpreters; "
-                              f"update it with 'mlfleet hosts bootstrap {host}'")
-    return NodeFacts(host=host, pythons=msgspec.convert(pythons, list[NodePython]), platform=str(platform),
-                     state_dir=str(info["state_dir"]))
+def facts_from_probe(host: str, probe: dict[str, Any], state_dir: str) -> NodeFacts:
+    """The facts from the agent's ``env_probe`` answer (agents/envs/probe.py) and its state dir (``info``)."""
+    pythons = msgspec.convert(probe.get("interpreters") or [], list[NodePython])
+    platform = probe.get("platform")
+    if not platform:
+        raise ResolutionError(f"{host} cannot take built environments: no wheel platform is known for "
+                              f"{probe.get('machine') or 'its machine'} with glibc {probe.get('glibc') or 'unknown'}; "
+                              "run the job with environment: {inherit: true}")
+    if not pythons:
+        raise ResolutionError(f"{host} has no Python 3 interpreter the agent could find; install one there")
+    return NodeFacts(host=host, pythons=pythons, platform=str(platform), state_dir=state_dir)
 
 
 def _version_key(version: str) -> tuple[int, ...]:
@@ -129,7 +131,15 @@ class EnvironmentPreparer:
         known = self._facts.get(link.name)
         if known is not None and time.monotonic() - known[0] < FACTS_FRESH_S:
             return known[1]
-        facts = facts_from_info(link.name, await link.request("info"))
+        try:
+            probe = await link.request("env_probe", request_timeout=120.0)  # the first probe runs each interpreter
+        except RemoteError as exc:
+            if "unknown method" not in str(exc):
+                raise
+            raise ResolutionError(f"the agent on {link.name} cannot build environments; update it with "
+                                  f"'mlfleet hosts bootstrap {link.name}'") from None
+        info = await link.request("info")
+        facts = facts_from_probe(link.name, probe, str(info["state_dir"]))
         self._facts[link.name] = (time.monotonic(), facts)
         return facts
 
