@@ -317,6 +317,9 @@ class RunStatus(msgspec.Struct, kw_only=True):
     signal: int | None = None
     reason: str = ""  # exited | cancelled | timeout | failed-to-start | lost
     message: str = ""
+    # state "starting" while the run's environment (LaunchRequest.environment) is being built or waited for:
+    # when that began, by the node's clock; None otherwise. The job is "preparing" to its users then.
+    preparing_since: float | None = None
 
 
 # A metric line longer than this is one bad line, never sent (agents/metriclines.py): it keeps any one
