@@ -19,6 +19,7 @@ def offline_wheels(fleet: Fleet) -> None:
     make_wheel(folder, "tinypkg", "1.0", {"tinypkg/__init__.py": "from tinydep import X\nVALUE = 41 + X\n"},
                requires=["tinydep>=1"])
     make_wheel(folder, "tinydep", "2.0", {"tinydep/__init__.py": "X = 1\n"})
+    make_wheel(folder, "tinypkg", "0.9", {"tinypkg/__init__.py": "VALUE = 9\n"})
     (fleet.root / "config.yaml").write_text(f"environments:\n  no_index: true\n  find_links: [{folder}]\n")
 
 
@@ -57,6 +58,23 @@ def test_a_job_runs_in_its_environment_and_the_next_one_reuses_it(fleet: Fleet) 
     packages = fleet.cli_json("db", "query",
                               f"select name, version from run_packages where run_id = '{runs[0][0]}' order by name")
     assert packages["rows"] == [["tinydep", "2.0"], ["tinypkg", "1.0"]]
+
+    # An older tinypkg: runs compare names the packages that differ, --where filters on them.
+    old = fleet.write_spec("old", SPEC.format(name="old").replace("[tinypkg]", "['tinypkg==0.9']")
+                           .replace('  setup: ["sleep 2"]\n', ""))
+    third = fleet.cli("submit", str(old), "--wait", "--json")
+    assert third.code == 0, third.out + third.err
+    run_ids = [runs[0][0], third.json()["run_id"]]
+    compared = fleet.cli_json("runs", "compare", *run_ids)["packages"]
+    assert compared["differ"] == {"tinydep": {run_ids[0]: "2.0", run_ids[1]: None},
+                                  "tinypkg": {run_ids[0]: "1.0", run_ids[1]: "0.9"}}
+    assert compared["env_hash"][run_ids[0]] != compared["env_hash"][run_ids[1]]
+    shown = fleet.cli("runs", "compare", *run_ids, check=True).out
+    assert "PACKAGE" in shown and "0.9" in shown
+    old_ones = fleet.cli_json("runs", "list", "--where", "env.tinypkg = '0.9'")
+    assert [r["run_id"] for r in old_ones] == [run_ids[1]]
+    with_dep = fleet.cli_json("runs", "list", "--where", "env.TinyDep is not null")
+    assert {r["run_id"] for r in with_dep} == {runs[0][0], runs[1][0]}
 
 
 def test_a_misspelt_requirement_fails_the_job_with_one_sentence(fleet: Fleet) -> None:
