@@ -269,6 +269,14 @@ class AgentDaemon:
             raise UsageError(f"env_ready asks about {len(env_hashes)} environments; {MAX_ENV_HASHES} at most")
         return {h: is_ready(self.state_dir, h) for h in env_hashes}
 
+    async def rpc_env_wheels_missing(self, peer: Peer, sha256: list[str]) -> list[str]:
+        """Which of these wheels (by sha256) this host's wheelhouse lacks: the workstation ships only those."""
+        if len(sha256) > MAX_ENV_HASHES:
+            raise UsageError(f"env_wheels_missing asks about {len(sha256)} wheels; {MAX_ENV_HASHES} at most")
+        house = self.state_dir / "wheelhouse"
+        return [h for h in sha256 if not (len(h) == 64 and all(c in "0123456789abcdef" for c in h)
+                                          and (house / h).is_file())]
+
     async def rpc_shutdown(self, peer: Peer, only_if_idle: bool = False) -> dict[str, Any]:
         active = self.supervisor.active_count()
         if only_if_idle and active:
