@@ -33,6 +33,8 @@ from mlfleet.core.base.protocol import SERVER_FRAME_DEADLINE_S, SERVER_MAX_REQUE
 from mlfleet.core.base.rpc import method_dispatcher
 from mlfleet.core.base.send_budget import SendBudget
 
+from mlfleet.agents.envs.build import is_ready
+from mlfleet.agents.envs.probe import node_facts
 from mlfleet.agents.supervisor import Supervisor
 from mlfleet.agents.telemetry import GpuSource, HostSampler, NvmlGpuSource
 
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 TELEMETRY_HISTORY = 600  # samples kept for a controller that was away (10 min at 1 Hz)
 MAX_POLL_RUNS = 1000
+MAX_ENV_HASHES = 1000  # env_ready asks about this many at most
 POLL_BUDGET = MAX_FRAME // 8  # bytes of metric lines in one poll answer, all runs together (msgpack: unescaped)
 
 
@@ -63,6 +66,8 @@ class AgentDaemon:
         self._stop = asyncio.Event()
         self._lock_fd: int | None = None
         self._last_contact = time.time()
+        self._env_facts: dict[str, Any] | None = None  # env_probe's answer, found once (interpreters do not move often)
+        self._env_probing = asyncio.Lock()
 
     # ------------------------------------------------------------ running
     def _take_lock(self) -> None:
@@ -247,6 +252,30 @@ class AgentDaemon:
 
     async def rpc_code_unpack(self, peer: Peer, sha256: str) -> dict[str, Any]:
         return await asyncio.to_thread(self.supervisor.code.unpack, sha256)
+
+    async def rpc_env_probe(self, peer: Peer, refresh: bool = False) -> dict[str, Any]:
+        """What a job's environment can be built from here: interpreters (path, full version, implementation),
+        machine, glibc, uv's ``--python-platform`` name, and whether uv is installed (agents/envs/probe.py).
+
+        Found on the first call and kept; ``refresh`` looks again (a Python installed since)."""
+        async with self._env_probing:
+            if self._env_facts is None or refresh:
+                self._env_facts = await asyncio.to_thread(node_facts)
+            return self._env_facts
+
+    async def rpc_env_ready(self, peer: Peer, env_hashes: list[str]) -> dict[str, bool]:
+        """Which of these environments are built on this host (placement prefers warm hosts)."""
+        if len(env_hashes) > MAX_ENV_HASHES:
+            raise UsageError(f"env_ready asks about {len(env_hashes)} environments; {MAX_ENV_HASHES} at most")
+        return {h: is_ready(self.state_dir, h) for h in env_hashes}
+
+    async def rpc_env_wheels_missing(self, peer: Peer, sha256: list[str]) -> list[str]:
+        """Which of these wheels (by sha256) this host's wheelhouse lacks: the workstation ships only those."""
+        if len(sha256) > MAX_ENV_HASHES:
+            raise UsageError(f"env_wheels_missing asks about {len(sha256)} wheels; {MAX_ENV_HASHES} at most")
+        house = self.state_dir / "wheelhouse"
+        return [h for h in sha256 if not (len(h) == 64 and all(c in "0123456789abcdef" for c in h)
+                                          and (house / h).is_file())]
 
     async def rpc_shutdown(self, peer: Peer, only_if_idle: bool = False) -> dict[str, Any]:
         active = self.supervisor.active_count()

@@ -4,6 +4,7 @@ Layout of ``STATE_DIR/runs/RUN_ID/``::
 
     launch.json   what to run (LaunchRequest), written before anything starts
     runner.json   the runner's pid and process start time
+    preparing.json  when the run's environment began to be built (and ended), if it has one (agents/envs/)
     started.json  the job's pid/pgid and start time, once it started
     exit.json     exit code, signal and reason, once it ended
     lineage.json  inputs' sha256, Python and packages hash, taken before the job starts

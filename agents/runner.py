@@ -8,7 +8,9 @@ SIGKILL after the grace period) and writes ``exit.json``. Because the
 runner, not the agent, records the exit, an exit that happens while the
 agent is down is still known when it comes back.
 
-Before the job starts the runner hashes the spec's ``inputs:``; while it
+A run with an environment (``LaunchRequest.environment``) has it built or
+reused first (agents/envs/build.py), its lines in the job's stdout prefixed
+``[mlfleet env]``; the job then runs inside it. Before the job starts the runner hashes the spec's ``inputs:``; while it
 runs, it looks up the job's Python and packages; both go to
 ``lineage.json``, written before ``exit.json`` (see agents/lineage.py).
 The job's stdout and stderr are kept under ``log_max_size`` each by a
@@ -18,6 +20,7 @@ thread of the runner (see agents/logcap.py).
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import signal
@@ -32,13 +35,15 @@ import psutil
 
 import msgspec
 
+from mlfleet.agents.envs.build import EnvBuildCancelled, EnvBuildError, activated_environment, ensure_env
 from mlfleet.agents.failure import failure_words
 from mlfleet.agents.lineage import hash_launch_inputs, job_interpreter, node_lineage
 from mlfleet.agents.logcap import LogKeeper
 from mlfleet.agents.rundir import RunDir, start_ticks, write_json_atomic
-from mlfleet.core.base.models import DEFAULT_LOG_MAX_SIZE
+from mlfleet.core.base.models import DEFAULT_LOG_MAX_SIZE, EnvPlan
 
 _POLL_S = 0.1
+ENV_LOG_PREFIX = "[mlfleet env] "  # the environment build's lines in the job's stdout
 
 
 class _Runner:
@@ -67,6 +72,10 @@ class _Runner:
                                   int(self.launch.get("log_max_size") or DEFAULT_LOG_MAX_SIZE))
         except (OSError, TypeError, ValueError) as exc:  # the cap must never stop a job from running
             logging.getLogger(__name__).warning("logs will not be kept under their limit: %s", exc)
+        if self.launch.get("environment"):
+            ended = self._prepare_environment(stdout)
+            if ended is not None:
+                return ended
         inputs, hashed = self._hash_inputs()  # before the job starts: the inputs as the job found them
         if self.cancel_requested:  # cancelled while a large input was being hashed: never start it
             return self._finish(None, reason="cancelled", message="cancelled before it started")
@@ -123,6 +132,38 @@ class _Runner:
         # Leave nothing of the job behind (dataloader workers hold GPU memory).
         _signal_group(proc.pid, signal.SIGKILL)
         return self._finish(proc.wait(), reason=reason, message="")
+
+    def _prepare_environment(self, stdout: io.RawIOBase) -> int | None:
+        """Build (or reuse) the run's environment, then run the job inside it: its ``bin`` first on PATH,
+        ``VIRTUAL_ENV`` set. While this lasts the run is "starting" with ``preparing_since`` (preparing.json).
+        A return value is the runner's exit: the run ended here (a failed build, a cancel)."""
+        since = time.time()
+        try:
+            plan = msgspec.convert(self.launch["environment"], EnvPlan)
+        except (msgspec.ValidationError, TypeError) as exc:
+            return self._finish(None, reason="failed-to-start", message=f"the run's environment is not readable: {exc}")
+        write_json_atomic(self.run.file("preparing.json"), {"since": since, "env_hash": plan.env_hash})
+
+        def log(line: str) -> None:
+            stdout.write(f"{ENV_LOG_PREFIX}{line}\n".encode("utf-8", "replace"))
+
+        try:
+            root = ensure_env(self.run.root.parent.parent, plan, log, cancelled=lambda: self.cancel_requested)
+        except EnvBuildCancelled:
+            return self._finish(None, reason="cancelled", message="cancelled before it started")
+        except EnvBuildError as exc:
+            log(f"failed: {exc}")
+            return self._finish(None, reason="failed-to-start", message=f"environment {plan.env_hash[:12]}: {exc}")
+        except Exception as exc:  # a full disk, a vanished folder: still one sentence, still no ready marker
+            words = getattr(exc, "strerror", None) or exc
+            log(f"failed: {words}")
+            return self._finish(None, reason="failed-to-start",
+                                message=f"environment {plan.env_hash[:12]} could not be built: {words}")
+        finally:
+            write_json_atomic(self.run.file("preparing.json"), {"since": since, "env_hash": plan.env_hash,
+                                                                "ended_at": time.time()})
+        self.launch["env"] = activated_environment(dict(self.launch.get("env") or {}), root)
+        return None
 
     def _hash_inputs(self) -> tuple[list, int]:
         if not self.launch.get("inputs"):

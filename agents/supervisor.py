@@ -216,9 +216,12 @@ class Supervisor:
             )
         runner = run.runner
         if _alive(runner):
-            state = "running" if started else "starting"
-            return RunStatus(run_id=run_id, state=state, pid=(started or {}).get("pid"),
-                             started_at=(started or {}).get("started_at"))
+            if started:
+                return RunStatus(run_id=run_id, state="running", pid=started.get("pid"),
+                                 started_at=started.get("started_at"))
+            preparing = read_json(run.file("preparing.json")) or {}
+            since = preparing.get("since") if not preparing.get("ended_at") else None
+            return RunStatus(run_id=run_id, state="starting", preparing_since=since)
         if runner is None and time.time() - run.root.stat().st_mtime < _START_GRACE_S:
             return RunStatus(run_id=run_id, state="starting")
         # The runner is gone without writing exit.json (host reboot, OOM killer, kill -9).

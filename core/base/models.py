@@ -56,6 +56,33 @@ class Constraints(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 EnvValue = str | int | float | bool
 
+PYTHON_VERSION_PATTERN = r"^3(\.[0-9]{1,3}){0,2}$"  # a version prefix: "3", "3.11" or "3.11.2"
+Requirement = Annotated[str, Meta(min_length=1, max_length=4096)]
+
+
+class Environment(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The Python environment a job runs in (issue 15; docs/environments.md).
+
+    Resolved on the workstation for the node's interpreter and platform,
+    built once on the node per ``env_hash``. Without an ``environment:``
+    block (or with ``inherit: true``) a job runs in the node user's login
+    environment. ``requirements`` is a list of requirement strings or the
+    path of a requirements file in the workdir; ``project`` a folder in the
+    workdir with pyproject.toml and uv.lock (core/jobs/spec.py checks that
+    they do not come together).
+    """
+
+    python: Annotated[str, Meta(min_length=1, max_length=32)] | None = None  # checked against PYTHON_VERSION_PATTERN
+    requirements: Annotated[list[Requirement], Meta(max_length=1000)] | Requirement | None = None
+    project: Annotated[str, Meta(min_length=1, max_length=4096)] | None = None
+    setup: Annotated[list[Annotated[str, Meta(min_length=1, max_length=65536)]], Meta(max_length=100)] = \
+        msgspec.field(default_factory=list)
+    inherit: bool | None = None  # true: the node's login environment (what no environment: block means)
+
+    @property
+    def inherits(self) -> bool:
+        return bool(self.inherit)
+
 
 class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A job as the user wrote it (after validation; workdir made absolute)."""
@@ -76,6 +103,12 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # records the sha256 of each at run start (lineage; docs/tracking.md).
     inputs: Annotated[list[Annotated[str, Meta(min_length=1, max_length=4096)]], Meta(max_length=1000)] = \
         msgspec.field(default_factory=list)
+    environment: Environment | None = None  # None: the node user's login environment
+
+    @property
+    def builds_environment(self) -> bool:
+        """Whether the job runs in an environment mlfleet builds (not the node's own)."""
+        return self.environment is not None and not self.environment.inherits
 
     @property
     def argv(self) -> list[str]:
@@ -94,7 +127,10 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def content_hash(self) -> str:
         """sha256 of the canonical JSON of the spec: the run's ``spec_hash`` lineage field."""
-        return hashlib.sha256(msgspec.json.encode(to_plain(self), order="sorted")).hexdigest()
+        plain = to_plain(self)
+        if plain.get("environment") is None:  # a spec without one hashes as it did before the field existed
+            plain.pop("environment", None)
+        return hashlib.sha256(msgspec.json.encode(plain, order="sorted")).hexdigest()
 
 
 def spec_dec_hook(kind: type, value: Any) -> Any:
@@ -193,12 +229,14 @@ class HostSample(msgspec.Struct, kw_only=True):
 
 # ------------------------------------------------------- job execution
 
-JobState = Literal["pending", "dispatched", "running", "succeeded", "failed", "cancelled", "lost"]
+# preparing: a job with an environment: block, between dispatched and running (resolve, ship, build on the node)
+JobState = Literal["pending", "dispatched", "preparing", "running", "succeeded", "failed", "cancelled", "lost"]
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "lost"})
 # What clients see: a started job being stopped shows as "cancelling" (core/jobs/records.py SHOWN_STATE).
-SHOWN_JOB_STATES: tuple[str, ...] = ("pending", "dispatched", "running", "cancelling", "succeeded", "failed",
+SHOWN_JOB_STATES: tuple[str, ...] = ("pending", "dispatched", "preparing", "running", "cancelling", "succeeded", "failed",
                                      "cancelled", "lost")
-ACTIVE_STATES: frozenset[str] = frozenset({"dispatched", "running"})
+ACTIVE_STATES: frozenset[str] = frozenset({"dispatched", "preparing", "running"})
+NOT_STARTED_STATES: tuple[str, ...] = ("dispatched", "preparing")  # placed, its process not started yet
 
 
 DEFAULT_LOG_MAX_SIZE = 100 * 1024**2  # logs.max_size when nothing says otherwise
@@ -279,6 +317,9 @@ class RunStatus(msgspec.Struct, kw_only=True):
     signal: int | None = None
     reason: str = ""  # exited | cancelled | timeout | failed-to-start | lost
     message: str = ""
+    # state "starting" while the run's environment (LaunchRequest.environment) is being built or waited for:
+    # when that began, by the node's clock; None otherwise. The job is "preparing" to its users then.
+    preparing_since: float | None = None
 
 
 # A metric line longer than this is one bad line, never sent (agents/metriclines.py): it keeps any one

@@ -76,6 +76,16 @@ class Home:
         return self.data_dir / "wheelhouse"
 
     @property
+    def env_wheel_dir(self) -> Path:
+        """Wheels of per-job environments, by sha256 (core/environments/wheelhouse.py)."""
+        return self.data_dir / "wheelhouse" / "sha256"
+
+    @property
+    def env_cache_dir(self) -> Path:
+        """Cached resolutions and uv's own cache (core/environments/resolve.py)."""
+        return self.data_dir / "environments"
+
+    @property
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
 
@@ -123,7 +133,7 @@ class Home:
         """Every file and folder mlfleet keeps in its folders: never packed into a job's snapshot."""
         db = self.db_path
         return (self.config_file, self.hosts_file, self.known_hosts_file, db, db.with_name(db.name + ".wal"),
-                db.with_name(db.name + ".tmp"), self.code_cache_dir, self.wheel_cache_dir, self.log_dir,
+                db.with_name(db.name + ".tmp"), self.code_cache_dir, self.wheel_cache_dir, self.env_cache_dir, self.log_dir,
                 self.data_dir / "agents", self.run_dir, self.controller_socket, self.controller_lock,
                 self.local_agent_socket)
 

@@ -27,6 +27,10 @@ client:
   submit_retry: 60s     # a submit that lost the controller asks again (same key) this long
 logs:
   max_size: 100MiB      # of each run's stdout and of its stderr, on the node; the newest output is kept
+environments:           # per-job environments (docs/environments.md)
+  index_url: null       # the package index resolution uses; null: uv's default (PyPI)
+  find_links: []        # folders of wheels to use as well (full paths)
+  no_index: false       # true: only find_links, never an index (offline teams, tests)
 query:                  # mlfleet db query (docs/store.md)
   time_limit: 30s       # a query still running after this is interrupted
   workers: 2            # queries at once; more wait for a slot (within their time limit)
@@ -102,6 +106,12 @@ class QuerySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     allow_file_reads: bool = False  # files are read as the controller's OS user: a team controller reads for all
 
 
+class EnvironmentSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    index_url: Annotated[str, Meta(min_length=1, max_length=4096)] | None = None  # None: uv's default (PyPI)
+    find_links: list[AbsolutePath] = msgspec.field(default_factory=list)  # folders of wheels, on this machine
+    no_index: bool = False  # only find_links: resolution never asks an index
+
+
 class StoreSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # DuckDB's memory bound for the whole controller (ingest, reads, users' queries); None: automatic,
     # a quarter of this machine's memory within 1..8 GiB. A query needing more spills or fails; a
@@ -119,6 +129,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     logs: LogSettings = msgspec.field(default_factory=LogSettings)
     query: QuerySettings = msgspec.field(default_factory=QuerySettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
+    environments: EnvironmentSettings = msgspec.field(default_factory=EnvironmentSettings)
 
 
 def load_settings(path: Path) -> Settings:
@@ -137,7 +148,7 @@ def load_settings(path: Path) -> Settings:
             (): Settings, ("controller",): ControllerSettings, ("telemetry",): TelemetrySettings,
             ("scheduler",): SchedulerSettings, ("local",): LocalHostSettings,
             ("client",): ClientSettings, ("logs",): LogSettings, ("query",): QuerySettings,
-            ("store",): StoreSettings}) from None
+            ("store",): StoreSettings, ("environments",): EnvironmentSettings}) from None
     for parts, value, low, high in (
         (("controller", "tick"), settings.controller.tick, 0.05, 60),
         (("controller", "answer_timeout"), settings.controller.answer_timeout, 1, 600),
@@ -156,6 +167,8 @@ def load_settings(path: Path) -> Settings:
         raise SpecError(located.path, located.line_of(("controller", "log_max_size")), "controller.log_max_size",
                         f"{int(settings.controller.log_max_size)} bytes is out of range", "use between 64KiB and 1TiB")
     check_absolute_paths(located, ("local", "artifact_roots"), "local.artifact_roots", settings.local.artifact_roots)
+    check_absolute_paths(located, ("environments", "find_links"), "environments.find_links",
+                         settings.environments.find_links)
     for parts, size, low, high in (
         (("logs", "max_size"), settings.logs.max_size, "1MiB", "1TiB"),
         (("store", "memory_limit"), settings.store.memory_limit, "128MiB", "64TiB"),

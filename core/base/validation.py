@@ -16,7 +16,7 @@ import msgspec
 from msgspec import Meta
 
 from mlfleet.core.base.errors import SpecError
-from mlfleet.core.base.models import Constraints, JobSpec, Resources, spec_dec_hook
+from mlfleet.core.base.models import Constraints, Environment, JobSpec, Resources, spec_dec_hook
 from mlfleet.core.base.yamlsource import Located, dotted
 
 AbsolutePath = Annotated[str, Meta(min_length=1, max_length=4096)]  # checked by check_absolute_paths
@@ -142,7 +142,8 @@ def _replace_at(data: Any, parts: tuple[Any, ...], value: Any) -> Any:
 
 
 def _known_fields(parts: tuple[Any, ...], structs: dict[tuple[Any, ...], type[msgspec.Struct]] | None) -> list[str]:
-    table = structs or {(): JobSpec, ("resources",): Resources, ("constraints",): Constraints}
+    table = structs or {(): JobSpec, ("resources",): Resources, ("constraints",): Constraints,
+                        ("environment",): Environment}
     struct = table.get(tuple("*" if isinstance(p, int) else p for p in parts))  # "*": any list item
     return list(struct.__struct_fields__) if struct else []
 

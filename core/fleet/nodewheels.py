@@ -34,7 +34,8 @@ from mlfleet.core.base.errors import UnavailableError, UsageError
 from mlfleet.core.base.private import private_dir
 
 # What ``mlfleet agent serve|connect`` imports: the node needs nothing else.
-AGENT_REQUIREMENTS = ["msgspec>=0.18", "psutil>=5.9", "nvidia-ml-py>=12.535", "pyyaml>=6.0"]
+# uv builds jobs' environments on the node (agents/envs/).
+AGENT_REQUIREMENTS = ["msgspec>=0.18", "psutil>=5.9", "nvidia-ml-py>=12.535", "pyyaml>=6.0", "uv>=0.13"]
 
 # Run on the node with its Python: what pip needs to pick wheels for it (standard library only).
 PROBE = ("import json, platform, sys, sysconfig; lib, ver = platform.libc_ver(); "

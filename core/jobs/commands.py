@@ -104,7 +104,8 @@ async def cmd_jobs_list(client: ControllerClient, args: argparse.Namespace) -> i
         return EXIT_OK
     print(render.table(
         ["id", "name", "project", "state", "host", "elapsed", "submitted", "reason"],
-        [[j["job_id"], j["name"], j["project"], j["state"], j["host"], render.elapsed(j["started_at"], j["finished_at"]),
+        [[j["job_id"], j["name"], j["project"], j["state"], j["host"],
+          render.elapsed(j["started_at"] or j.get("preparing_since"), j["finished_at"]),
           render.when(j["submitted_at"]), j["reason"]] for j in jobs]))
     return EXIT_OK
 
@@ -115,7 +116,9 @@ async def cmd_jobs_show(client: ControllerClient, args: argparse.Namespace) -> i
         print_json(job)
         return EXIT_OK
     print(f"job {job['job_id']}  {job['name']}  (project {job['project']}, owner {job['owner']})")
-    print(f"state: {job['state']}" + (f"  ({job['reason']})" if job["reason"] else ""))
+    print(f"state: {job['state']}" + (f"  ({job['reason']})" if job["reason"] else "")
+          + (f"  for {render.elapsed(job['preparing_since'])}" if job["state"] == "preparing"
+             and job.get("preparing_since") else ""))
     gpus = ",".join(map(str, job["gpus"] or [])) or "-"
     print(f"attempt {job['attempt']} of {job['max_attempts']}; host {job['host'] or '-'}; GPUs {gpus}")
     if job["why_pending"]:

@@ -18,7 +18,7 @@ import msgspec
 
 from mlfleet.core.audit import records as audit_records
 from mlfleet.core.base.errors import MlfleetError, RemoteError
-from mlfleet.core.base.models import RunStatus, StreamChunk
+from mlfleet.core.base.models import NOT_STARTED_STATES, RunStatus, StreamChunk
 from mlfleet.core.base.protocol import Peer
 from mlfleet.core.fleet.hostlink import HostLink
 from mlfleet.core.jobs import records
@@ -56,7 +56,7 @@ class HostRuns:
         for run in runs:
             if run.job_id in self.jobs.cancels and not run.cancel_requested_by:
                 run.cancel_requested_by = self.jobs.cancels.pop(run.job_id)
-            if run.state == "dispatched" and not run.launched and not run.cancel_requested_by:
+            if run.state in NOT_STARTED_STATES and not run.launched and not run.cancel_requested_by:
                 self.jobs.launcher.launch_soon(link, run)
             if run.cancel_requested_by and run.finished_status is None:
                 with contextlib.suppress(MlfleetError):
@@ -85,7 +85,7 @@ class HostRuns:
             return
         marks = ",".join("?" for _ in going)
         closed = await self.store.read(rows, f"select run_id, state from runs where run_id in ({marks}) "
-                                             "and state not in ('dispatched', 'running')", going)
+                                             "and state not in ('dispatched', 'preparing', 'running')", going)
         for row in closed:
             log.warning("stopping stray run %s on %s (it is %s here)", row["run_id"], link.name, row["state"])
             try:
@@ -101,11 +101,11 @@ class HostRuns:
             return
         status_raw = item.get("status", {})
         if status_raw.get("state") == "unknown":
-            if run.state == "dispatched" and run.cancel_requested_by:
+            if run.state in NOT_STARTED_STATES and run.cancel_requested_by:
                 await self.finish(run, RunStatus(run_id=run.run_id, state="exited", reason="cancelled",
                                                  message="cancelled before it started"))
                 return
-            if run.state == "dispatched":
+            if run.state in NOT_STARTED_STATES:
                 # Written down but never launched there (a crash in between): launch it now.
                 run.launched = False
                 return
@@ -121,7 +121,7 @@ class HostRuns:
             drained = await take_chunk(self.store, run, msgspec.convert(chunk_raw, StreamChunk))
         if status.started_at:
             run.started_at = status.started_at
-        if run.state == "dispatched" and status.state in ("running", "exited") and status.started_at:
+        if run.state in NOT_STARTED_STATES and status.state in ("running", "exited") and status.started_at:
             await self.store.run(records.mark_running, run.job_id, run.run_id, status.started_at)
             run.state = "running"
         if not run.node_lineage and status.state in ("running", "exited") and status.started_at:

@@ -14,8 +14,11 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from mlfleet.core.base.errors import UsageError
-from mlfleet.core.base.models import LaunchRequest
+from mlfleet.core.base.models import EnvPlan, LaunchRequest, RunStatus
+from mlfleet.core.environments import records as env_records
+from mlfleet.core.environments.resolve import EnvironmentFailure
 from mlfleet.core.fleet.hostlink import HostLink
+from mlfleet.core.jobs import records
 from mlfleet.core.jobs.runs import ActiveRun
 
 if TYPE_CHECKING:
@@ -41,11 +44,22 @@ class Launcher:
     async def _launch(self, link: HostLink, run: ActiveRun) -> None:
         # Every host, local included, runs the snapshot taken at submit (in a copy of its own per run).
         shipped = run.code_hash
+        try:
+            environment = await self._environment(link, run)
+        except EnvironmentFailure as exc:  # the requirements, not the host: the job fails with the sentence
+            if run.run_id in self.jobs.active and not run.cancel_requested_by:
+                await self.jobs.host_runs.finish(run, RunStatus(run_id=run.run_id, state="exited",
+                                                                reason="failed-to-start", message=str(exc)))
+            return
+        except Exception as exc:  # noqa: BLE001 - the host or the index was not reached: retried next tick
+            log.warning("preparing the environment of %s for %s failed: %s (will retry)", run.run_id, link.name, exc)
+            return
         request = LaunchRequest(
             run_id=run.run_id, job_id=run.job_id, argv=run.spec.argv, workdir=run.spec.workdir,
             env=run.spec.env_strings(), gpu_indices=run.gpus, code_hash=shipped,
             timeout=float(run.spec.timeout) if run.spec.timeout else None, inputs=list(run.spec.inputs),
-            log_max_size=int(self.jobs.ctx.settings.logs.max_size), artifact_roots=self._artifact_roots(link.name))
+            log_max_size=int(self.jobs.ctx.settings.logs.max_size), artifact_roots=self._artifact_roots(link.name),
+            environment=environment)
         try:
             if shipped:
                 await self._ship(link, shipped)
@@ -56,6 +70,19 @@ class Launcher:
             log.warning("launch of %s on %s failed: %s (will retry)", run.run_id, link.name, exc)
             return
         run.launched = True
+
+    async def _environment(self, link: HostLink, run: ActiveRun) -> EnvPlan | None:
+        """The run's environment resolved and shipped for this host (None: the node's own); the job is preparing."""
+        if not run.spec.builds_environment or run.cancel_requested_by:
+            return None
+        assert run.spec.environment is not None
+        if run.state == "dispatched":
+            await self.jobs.ctx.store.run(records.mark_preparing, run.job_id, run.run_id, link.name)
+            run.state = "preparing"
+            await self.jobs.notify_jobs()
+        plan = await self.jobs.environments.plan(link, run.spec.environment, run.code_hash)
+        await self.jobs.ctx.store.run(env_records.record_run_environment, run.run_id, plan)
+        return plan
 
     def _artifact_roots(self, host: str) -> list[str]:
         """Folders beyond a run's own whose files its agent may serve (hosts.yaml, or config.yaml's local:)."""

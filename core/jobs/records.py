@@ -80,6 +80,17 @@ def dispatch(con: duckdb.DuckDBPyConnection, job_id: str, run: dict[str, Any]) -
         _event(con, job_id, "dispatched", f"placed on {run['host']}", run["host"], run["run_id"])
 
 
+def mark_preparing(con: duckdb.DuckDBPyConnection, job_id: str, run_id: str, host: str) -> None:
+    """A dispatched run whose environment is being prepared (resolved, shipped, built on the node)."""
+    with transaction(con):
+        con.execute("update runs set state = 'preparing' where run_id = ? and state = 'dispatched'", [run_id])
+        changed = con.execute("""update jobs set state = 'preparing', reason = ?, preparing_since = to_timestamp(?)
+                                 where job_id = ? and run_id = ? and state = 'dispatched' returning job_id""",
+                              [f"preparing its environment on {host}", now(), job_id, run_id]).fetchall()
+        if changed:
+            _event(con, job_id, "preparing", f"preparing its environment on {host}", host, run_id)
+
+
 def mark_running(con: duckdb.DuckDBPyConnection, job_id: str, run_id: str, started_at: float | None) -> None:
     with transaction(con):
         con.execute("update runs set state = 'running', started_at = to_timestamp(?) where run_id = ?",
@@ -150,11 +161,12 @@ def resolve_job_id(con: duckdb.DuckDBPyConnection, ident: str) -> str:
 
 
 # A started job whose cancel is asked for shows as ``cancelling`` until its process is gone (the grace
-# period): the stored state stays ``running``/``dispatched``, which is what the controller acts on.
-SHOWN_STATE = """case when cancel_requested_by is not null and state in ('dispatched', 'running') then 'cancelling'
+# period): the stored state stays ``running``/``preparing``/``dispatched``, which is what the controller acts on.
+SHOWN_STATE = """case when cancel_requested_by is not null and state in ('dispatched', 'preparing', 'running')
+                 then 'cancelling'
                  else state end"""
 _JOB_COLUMNS = f"""job_id, name, project, owner, {SHOWN_STATE} as state, reason, priority, attempt, max_attempts, host,
-                  gpus, run_id, submitted_at, started_at, finished_at, exit_code, code_hash"""
+                  gpus, run_id, submitted_at, started_at, finished_at, exit_code, code_hash, preparing_since"""
 
 
 def list_jobs(con: duckdb.DuckDBPyConnection, limit: int = 200, states: list[str] | None = None) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ class ActiveRun:
     job_id: str
     run_id: str
     host: str
-    state: str  # dispatched | running
+    state: str  # dispatched | preparing | running
     offset: int
     lines: int
     attempt: int

@@ -21,6 +21,7 @@ from typing import Any
 from mlfleet.core.base.models import spec_from_plain
 from mlfleet.core.base.rpc import rpc_methods
 from mlfleet.core.controller.service import BaseService, ControllerContext, Rpc
+from mlfleet.core.environments.prepare import EnvironmentPreparer
 from mlfleet.core.fleet.service import FleetService
 from mlfleet.core.jobs import records, scheduler
 from mlfleet.core.jobs.dispatch import Dispatcher
@@ -41,6 +42,7 @@ class JobsService(BaseService):
         self.waiting_reasons: dict[str, list[scheduler.Reason]] = {}
         self.job_changed = asyncio.Condition()
         self.launcher = Launcher(self)
+        self.environments = EnvironmentPreparer(ctx.home, ctx.settings)  # resolved, fetched, shipped before a launch
         self.dispatcher = Dispatcher(self)
         self.host_runs = HostRuns(self)
         fleet.take_part(self.host_runs)  # a host's runs ride its connection (fence) and its poll
@@ -48,7 +50,7 @@ class JobsService(BaseService):
     async def start(self) -> None:
         """Rebuild the in-memory queue and active runs from the file (after a crash too)."""
         store = self.ctx.store
-        for row in await store.run(records.jobs_in_states, ("pending", "dispatched", "running")):
+        for row in await store.run(records.jobs_in_states, ("pending", "dispatched", "preparing", "running")):
             spec = spec_from_plain(json.loads(row["spec"]) if isinstance(row["spec"], str) else row["spec"])
             if row["state"] == "pending" and row.get("cancel_requested_by"):
                 await store.run(records.cancel_pending, row["job_id"], row["cancel_requested_by"])

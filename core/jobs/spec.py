@@ -17,6 +17,7 @@ from mlfleet.core.base.errors import SpecError, SpecErrors
 from mlfleet.core.base.models import MAX_GPU_MEMORY, JobSpec, spec_dec_hook
 from mlfleet.core.base.validation import validation_error
 from mlfleet.core.base.yamlsource import Located, dotted, read_yaml
+from mlfleet.core.jobs.env_spec import environment_errors, typed_as_written, workdir_errors
 
 
 
@@ -48,6 +49,7 @@ def load_job_spec(path: str | Path) -> JobSpec:
         mapping = _get(data, parts)
         if isinstance(mapping, dict):
             _put(data, parts, {k: located.as_typed(parts + (k,), v) for k, v in mapping.items()})
+    typed_as_written(data, located)
     spec, errors, removed = _validate(data, located)
     if spec is not None and len(errors) < MAX_SPEC_ERRORS and not _touches(("workdir",), removed):
         try:
@@ -188,6 +190,7 @@ def _semantic_errors(spec: JobSpec, located: Located | None, display: str,
     for i, path in enumerate(spec.inputs):
         if not path.strip() or "\0" in path:
             fail(("inputs", i), "is not a path", "give a file, folder or glob, relative to workdir (data/train.csv)")
+    environment_errors(spec.environment, fail)
     return errors
 
 
@@ -199,6 +202,11 @@ def _resolve(spec: JobSpec, path: Path, located: Located) -> JobSpec:
         line = located.line_of(("workdir",))
         problem = f"folder {str(workdir)!r} does not exist"
         raise SpecError(located.path, line, "workdir", problem, "a relative workdir is taken from the spec file's folder")
+
+    def fail(parts: tuple[Any, ...], problem: str, hint: str = "") -> None:
+        raise SpecError(located.path, located.line_of(parts), dotted(parts), problem, hint)
+
+    workdir_errors(spec.environment, workdir, fail)
     return msgspec.structs.replace(spec, workdir=str(workdir))
 
 

@@ -102,6 +102,13 @@ async def cmd_runs_compare(client: ControllerClient, args: argparse.Namespace) -
                                                     for i in ids] for k, v in params["differ"].items()]))
     if params["same"]:
         print("same in all: " + ", ".join(f"{k}={render.value(v)}" for k, v in params["same"].items()))
+    packages = result.get("packages") or {}
+    if packages.get("differ"):
+        ids = list(names)
+        print(render.table(["package", *render.names(ids)], [[k] + [v.get(i) or "-" for i in ids]
+                                                             for k, v in packages["differ"].items()]))
+    if packages.get("same") and any((packages.get("env_hash") or {}).values()):
+        print(f"{packages['same']} other package{'s' if packages['same'] != 1 else ''} the same in every environment")
     note = cli_run_keys.left_out_note(result.get("metric_keys") or {}, "metrics not compared",
                                       "name them with --metric K, or --keys PATTERN, --max-keys N")
     if note:

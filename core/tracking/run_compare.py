@@ -229,6 +229,7 @@ def compare_runs(con: duckdb.DuckDBPyConnection, runs: list[str], metrics: list[
         for name in ("min", "max", "last"):
             curve[name] = [finite(v) for v in curve[name]]
     return {"runs": [info[i] for i in ids], "points": points, "metrics": out_metrics, "params": _param_diff(con, ids),
+            "packages": _package_diff(con, ids),
             "metric_keys": {"compared": len(names), "matching": matching, "left_out": max(0, matching - len(names)),
                             "estimated": estimated, "pattern": pattern}}
 
@@ -262,6 +263,21 @@ def _check_logged(con: duckdb.DuckDBPyConnection, ids: list[str], names: list[st
                 f"'mlfleet runs show {ids[0]}'" if count else f"{they} logged no metrics")
     raise NotFoundError(f"{whose} logged no {what}; {hint}" if len(ids) == 1 else
                         f"none of {whose} logged {what}; {hint}")
+
+
+def _package_diff(con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, Any]:
+    """The packages of the runs' environments that differ (a version per run, None: not there), and how many agree.
+
+    Also each run's env_hash: two runs with the same hash ran in the very same environment.
+    """
+    versions: dict[str, dict[str, str]] = {}
+    for run_id, name, version in con.execute(f"select run_id, name, version from run_packages "
+                                             f"where run_id in ({marks(ids)}) order by name", ids).fetchall():
+        versions.setdefault(name, {})[run_id] = version
+    differ = {name: {i: per_run.get(i) for i in ids} for name, per_run in versions.items()
+              if len({per_run.get(i) for i in ids}) > 1}
+    hashes = dict(con.execute(f"select run_id, env_hash from runs where run_id in ({marks(ids)})", ids).fetchall())
+    return {"differ": differ, "same": len(versions) - len(differ), "env_hash": {i: hashes.get(i) for i in ids}}
 
 
 def _param_diff(con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, Any]:

@@ -57,6 +57,10 @@ class _Query:
             if f.source == "params" and "." in f.key:
                 self._nested_param(alias, f.key)
                 continue
+            if f.source == "env":  # the version of a package in the run's environment (run_packages)
+                self.joins.append(f"left join run_packages {alias} on {alias}.run_id = r.run_id and {alias}.name = ?")
+                self.join_params.append(f.key)
+                continue
             table = "metric_keys" if f.source == "metrics" else f.source  # one summary row per run and key
             self.joins.append(f"left join {table} {alias} on {alias}.run_id = r.run_id and {alias}.key = ?")
             self.join_params.append(f.key)
@@ -111,6 +115,8 @@ class _Query:
             return f"{alias}.value_text" if as_text else f"{alias}.value_num"
         if field.source == "tags":
             return f"{alias}.value"
+        if field.source == "env":
+            return f"{alias}.version"
         assert field.summary is not None
         if field.summary == "summary":  # the value of the mode the run declared (track.summary), else missing
             s = self.declared[field.key]
@@ -134,7 +140,7 @@ class _Query:
     def _compare(self, c: Compare) -> str:
         field = c.field
         if c.op == "is null":
-            if field.source in ("params", "tags"):
+            if field.source in ("params", "tags", "env"):
                 return f"({self.alias[(field.source, field.key)]}.run_id is null)"
             return f"({self._expr(field)} is null)"
         if c.op in ("like", "ilike"):

@@ -190,7 +190,7 @@ class JobsScreen(PollingScreen):
         if job.get("state") in TERMINAL_STATES:
             self.notify(f"job {job['job_id']} already {job['state']}")
             return
-        what = "stop it (SIGTERM, then SIGKILL)" if job.get("state") in ("running", "dispatched", "cancelling") else "drop it from the queue"
+        what = "stop it (SIGTERM, then SIGKILL)" if job.get("state") in ("running", "preparing", "dispatched", "cancelling") else "drop it from the queue"
         if await self.app.push_screen_wait(Confirm(f"Cancel job {job['job_id']} ({job.get('name')})? This will {what}.",
                                                    yes="Cancel job")):
             answer = await self.call("job_cancel", job=job["job_id"])

@@ -36,7 +36,7 @@ def job_cells(job: dict[str, Any], metric: str = "") -> tuple[str, ...]:
         job["job_id"], job.get("name") or "-", job.get("project") or "-", job.get("owner") or "-",
         job.get("state") or "-", job.get("host") or "-", gpus_text,
         f"{job.get('attempt') or 0}/{job.get('max_attempts') or 1}", when(job.get("submitted_at")),
-        elapsed(job.get("started_at"), job.get("finished_at")), "-" if exit_code is None else str(exit_code),
+        elapsed(job.get("started_at") or job.get("preparing_since"), job.get("finished_at")), "-" if exit_code is None else str(exit_code),
         str(job.get("priority") or 0), metric or "-", reason or "-",
     )
 

@@ -95,6 +95,9 @@ class SshAgentTransport:
             raise UnavailableError(f"no connection to {self.host}")
         try:
             async with self._conn.start_sftp_client() as sftp:
+                parent = remote.rsplit("/", 1)[0]
+                if parent and not await sftp.isdir(parent):  # e.g. the node's wheelhouse, before its first wheel
+                    await sftp.makedirs(parent, attrs=asyncssh.SFTPAttrs(permissions=0o700), exist_ok=True)
                 partial = f"{remote}.part"
                 await sftp.put(str(local), partial)
                 await sftp.posix_rename(partial, remote)

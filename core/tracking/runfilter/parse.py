@@ -11,7 +11,8 @@ from mlfleet.core.tracking.runfilter.tree import (MAX_DEPTH, MAX_FIELDS, MAX_LEN
                                          Compare, Field, FilterError, Node, Not, Or, SortKey, Value, name_char, name_start)
 
 _SOURCES = {"params": "params", "param": "params", "tags": "tags", "tag": "tags",
-            "metrics": "metrics", "metric": "metrics"}
+            "metrics": "metrics", "metric": "metrics", "env": "env"}
+_WORD = {"params": "param", "tags": "tag", "metrics": "metric", "env": "package"}
 _KEYWORDS = {"and", "or", "not", "in", "like", "ilike", "is", "null", "true", "false"}
 
 
@@ -189,7 +190,7 @@ class _Parser:
         if source is None:
             if len(parts) == 1 and head.text.lower() in RUN_COLUMNS:
                 return Field("run", head.text.lower())
-            raise self.fail(f"unknown field {_show_parts(parts)!r}; use params.KEY, tags.KEY, "
+            raise self.fail(f"unknown field {_show_parts(parts)!r}; use params.KEY, tags.KEY, env.PACKAGE, "
                             f"metrics.KEY.{'|'.join(METRIC_SUMMARIES)} or one of {', '.join(RUN_COLUMNS)}", head)
         if source == "metrics":
             if len(rest) < 2 or rest[-1].kind != "name" or rest[-1].text.lower() not in METRIC_SUMMARIES:
@@ -201,10 +202,12 @@ class _Parser:
         else:
             summary = None
             if not rest:
-                raise self.fail(f"say which {source[:-1]}: {source}.KEY", head)
+                raise self.fail(f"say which {_WORD[source]}: {source}.{'PACKAGE' if source == 'env' else 'KEY'}", head)
         key = ".".join(t.text for t in rest)
         if not key or any(not t.text for t in rest):
-            raise self.fail(f"a {source[:-1]} key cannot be empty", head)
+            raise self.fail(f"a {_WORD[source]} key cannot be empty", head)
+        if source == "env":  # a package name as recorded: normalised (PEP 503), so env.Scikit_Learn finds it
+            key = re.sub(r"[-_.]+", "-", key).lower()
         return Field(source, key, summary)
 
     def parse_value(self, after: _Token) -> tuple[Value, _Token]:

@@ -14,7 +14,7 @@ MAX_FIELDS = 32  # distinct params/tags/metrics a filter (and sort) may name
 # Run columns a filter may name, by kind: text, number or time.
 RUN_COLUMNS: dict[str, str] = {
     "run_id": "text", "job_id": "text", "name": "text", "project": "text", "owner": "text", "host": "text",
-    "state": "text", "end_reason": "text", "code_hash": "text",
+    "state": "text", "end_reason": "text", "code_hash": "text", "env_hash": "text",
     "attempt": "number", "exit_code": "number", "signal": "number",
     "created_at": "time", "started_at": "time", "finished_at": "time",
 }
@@ -41,7 +41,7 @@ class FilterError(UsageError):
 class Field:
     """What a comparison looks at: a run column, a param, a tag or a metric summary."""
 
-    source: str  # run | params | tags | metrics
+    source: str  # run | params | tags | metrics | env (a package of the run's environment: its version)
     key: str  # the column name, or the param/tag/metric key as logged
     summary: str | None = None  # metrics only: one of METRIC_SUMMARIES
 
@@ -50,7 +50,7 @@ class Field:
         """text, number, time or param (a param compares as a number or as text, by the value)."""
         if self.source == "run":
             return RUN_COLUMNS[self.key]
-        return {"params": "param", "tags": "text", "metrics": "number"}[self.source]
+        return {"params": "param", "tags": "text", "metrics": "number", "env": "text"}[self.source]
 
     def __str__(self) -> str:
         if self.source == "run":
