@@ -115,7 +115,8 @@ async def test_a_job_with_an_environment_is_preparing_then_runs_pythons_from_it(
     lib = make_wheel(tmp_path, "greet-lib", "2.0", {"greet_lib.py": "WORD = 'hi'\n"})
     ship(state, lib)
     plan = plan_for([pinned(lib, "greet-lib", "2.0")], sys.executable, VERSION, setup=["sleep 1"])
-    argv = ["python", "-c", "import os, sys, greet_lib; print('job', sys.prefix, os.environ['VIRTUAL_ENV'], greet_lib.WORD)"]
+    argv = ["python", "-c", "import os, sys, greet_lib; from mlfleet import track; track.log({'loss': 0.5}, step=1); "
+                            "print('job', sys.prefix, os.environ['VIRTUAL_ENV'], greet_lib.WORD)"]
 
     def launch(run_id: str, environment) -> dict:
         return msgspec.to_builtins(LaunchRequest(run_id=run_id, job_id="j1", argv=argv, workdir=str(tmp_path), env={},
@@ -139,6 +140,8 @@ async def test_a_job_with_an_environment_is_preparing_then_runs_pythons_from_it(
         assert f"job {root} {root} hi" in out, out
         assert "[mlfleet env] building environment" in out and "[mlfleet env] setup 1/1: sleep 1" in out
         assert (await peer.request("env_ready", env_hashes=[plan.env_hash])) == {plan.env_hash: True}
+        metrics = await peer.request("read", run_id="env-1", stream="metrics", offset=0)
+        assert '"loss": 0.5' in metrics["data"] or '"loss":0.5' in metrics["data"], metrics  # track works inside
 
         started = time.monotonic()
         await peer.request("launch", request=launch("env-2", plan))
