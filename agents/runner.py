@@ -36,6 +36,7 @@ import psutil
 import msgspec
 
 from mlfleet.agents.envs.build import EnvBuildCancelled, EnvBuildError, activated_environment, ensure_env
+from mlfleet.agents.envs.client import refresh_client
 from mlfleet.agents.failure import failure_words
 from mlfleet.agents.lineage import hash_launch_inputs, job_interpreter, node_lineage
 from mlfleet.agents.logcap import LogKeeper
@@ -143,12 +144,13 @@ class _Runner:
         except (msgspec.ValidationError, TypeError) as exc:
             return self._finish(None, reason="failed-to-start", message=f"the run's environment is not readable: {exc}")
         write_json_atomic(self.run.file("preparing.json"), {"since": since, "env_hash": plan.env_hash})
+        state_dir = self.run.root.parent.parent
 
         def log(line: str) -> None:
             stdout.write(f"{ENV_LOG_PREFIX}{line}\n".encode("utf-8", "replace"))
 
         try:
-            root = ensure_env(self.run.root.parent.parent, plan, log, cancelled=lambda: self.cancel_requested)
+            root = ensure_env(state_dir, plan, log, cancelled=lambda: self.cancel_requested)
         except EnvBuildCancelled:
             return self._finish(None, reason="cancelled", message="cancelled before it started")
         except EnvBuildError as exc:
@@ -162,6 +164,10 @@ class _Runner:
         finally:
             write_json_atomic(self.run.file("preparing.json"), {"since": since, "env_hash": plan.env_hash,
                                                                 "ended_at": time.time()})
+        try:
+            refresh_client(state_dir)  # from mlfleet import track, inside the environment (agents/envs/client.py)
+        except OSError as exc:  # costs the job its metrics, never its run
+            log(f"mlfleet.track will not be importable in this job: {exc.strerror or exc}")
         self.launch["env"] = activated_environment(dict(self.launch.get("env") or {}), root)
         return None
 

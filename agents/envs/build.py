@@ -8,6 +8,7 @@ Layout under the agent's state dir::
     envs/<env_hash>/.mlfleet-last-used  touched at every use (for garbage collection by age)
     envs/.<env_hash>.lock        flock held while that environment is built
     envs/.building-<hash>-<pid>  a build in progress (uv), renamed to envs/<env_hash> when installed
+    envs/.client/                the agent's ``mlfleet.track``, on each environment's sys.path (client.py)
     envs/.links-<hash>-<pid>/    the build's find-links folder: symlinks named by the real wheel file
                                  names (installers read tags from names) to the wheelhouse blobs
     uv-cache/                    uv's cache, on the same filesystem as envs/ so installs hardlink
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from mlfleet.core.base.models import EnvPlan
 
+from mlfleet.agents.envs.client import link_client
 from mlfleet.agents.envs.install import (
     Cancelled, EnvBuildCancelled, EnvBuildError, Log, first_error, installer_environment, pip_commands,
     requirements_text, run_logged, uv_binary, uv_commands)
@@ -141,6 +143,7 @@ def _build(state_dir: Path, plan: EnvPlan, final: Path, uv: str | None, log: Log
             raise EnvBuildError(plan.env_hash, first_error(lines, code))
     if building != final:
         os.rename(building, final)  # fails if final exists, which the lock and the leftover sweep rule out
+    link_client(final, state_dir)  # from mlfleet import track works inside it (agents/envs/client.py)
     _run_setup(plan, final, log, cancelled)
     _write_ready(final, plan, "uv" if uv else "pip")
 
