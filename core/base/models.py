@@ -13,6 +13,7 @@ import msgspec
 from msgspec import Meta
 
 from mlfleet.core.base import units
+from mlfleet.core.base.sweep_models import SweepSpec
 
 # ----------------------------------------------------------------- job specs
 
@@ -76,6 +77,8 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # records the sha256 of each at run start (lineage; docs/tracking.md).
     inputs: Annotated[list[Annotated[str, Meta(min_length=1, max_length=4096)]], Meta(max_length=1000)] = \
         msgspec.field(default_factory=list)
+    # A grid or random search: one child job per point (docs/sweeps.md); children have none.
+    sweep: SweepSpec | None = None
 
     @property
     def argv(self) -> list[str]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from mlfleet.core.audit import records as audit_records
 from mlfleet.core.fleet.hostlink import HostLink
 from mlfleet.core.jobs import records, scheduler
+from mlfleet.core.jobs.params import render_argv
 from mlfleet.core.jobs.runs import ActiveRun, PendingJob, queued
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ class Dispatcher:
         await self.jobs.ctx.store.run(records.dispatch, job.job_id, {
             "run_id": run_id, "attempt": attempt, "project": job.spec.project, "name": job.spec.name,
             "owner": job.owner, "host": placement.host, "gpus": list(placement.gpu_indices),
-            "spec_hash": job.spec.content_hash(), "workdir": job.spec.workdir, "command": job.spec.argv,
+            "spec_hash": job.spec.content_hash(), "workdir": job.spec.workdir, "command": render_argv(job.spec),
             "code_hash": job.code_hash, "params": job.spec.params, "tags": job.spec.tags})
         run = ActiveRun(job_id=job.job_id, run_id=run_id, host=placement.host, state="dispatched", offset=0, lines=0,
                         attempt=attempt, max_attempts=job.max_attempts, spec=job.spec,

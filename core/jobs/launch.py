@@ -16,6 +16,7 @@ import msgspec
 from mlfleet.core.base.errors import UsageError
 from mlfleet.core.base.models import LaunchRequest
 from mlfleet.core.fleet.hostlink import HostLink
+from mlfleet.core.jobs.params import param_env, render_argv
 from mlfleet.core.jobs.runs import ActiveRun
 
 if TYPE_CHECKING:
@@ -42,8 +43,8 @@ class Launcher:
         # Every host, local included, runs the snapshot taken at submit (in a copy of its own per run).
         shipped = run.code_hash
         request = LaunchRequest(
-            run_id=run.run_id, job_id=run.job_id, argv=run.spec.argv, workdir=run.spec.workdir,
-            env=run.spec.env_strings(), gpu_indices=run.gpus, code_hash=shipped,
+            run_id=run.run_id, job_id=run.job_id, argv=render_argv(run.spec), workdir=run.spec.workdir,
+            env={**param_env(run.spec), **run.spec.env_strings()}, gpu_indices=run.gpus, code_hash=shipped,
             timeout=float(run.spec.timeout) if run.spec.timeout else None, inputs=list(run.spec.inputs),
             log_max_size=int(self.jobs.ctx.settings.logs.max_size), artifact_roots=self._artifact_roots(link.name))
         try:
