@@ -20,6 +20,7 @@ from mlfleet.core.base.errors import EXIT_FAILED, EXIT_OK
 from mlfleet.core.base.models import SHOWN_JOB_STATES, TERMINAL_STATES, to_plain
 from mlfleet.core.base.paths import Home
 from mlfleet.core.base.settings import load_settings
+from mlfleet.core.base.yamlsource import read_yaml
 from mlfleet.core.cli import render
 from mlfleet.core.cli.output import Add, bounded, client_command, positive, print_json, say
 from mlfleet.core.controller.client import ControllerClient, connect, submit_with_retry
@@ -27,11 +28,16 @@ from mlfleet.core.jobs import log_output as cli_logs
 from mlfleet.core.jobs.overrides import parse_overrides
 from mlfleet.core.jobs.spec import load_job_spec
 from mlfleet.core.jobs.submit_key import check_submit_key, new_submit_key
+from mlfleet.core.sweeps import commands as sweep_commands
+from mlfleet.core.sweeps.children import children as sweep_children
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     """Validate the spec and the key here, before any controller is started for them."""
     args.spec = load_job_spec(args.file, parse_overrides(args.set, args.name))
+    if args.spec.sweep is not None:  # every child checked here, each mistake at the sweep's line
+        located = read_yaml(args.file)
+        sweep_children(args.spec, args.file, located.line_of)
     args.key = check_submit_key(args.key) if args.key is not None else new_submit_key()  # one per command
     home = Home.from_env()
     args.retry_for = float(load_settings(home.config_file).client.submit_retry)
@@ -71,6 +77,8 @@ async def _submit(home: Home, args: argparse.Namespace) -> int:
 
 
 async def _submitted(client: ControllerClient, args: argparse.Namespace, answer: dict[str, Any]) -> int:
+    if "sweep_id" in answer:
+        return await sweep_commands.submitted(client, args, answer)
     job_id = answer["job_id"]
     for sentence in answer.get("code_skipped") or []:  # symlinks that would reach outside the workdir
         print(f"mlfleet: warning: {sentence}", file=sys.stderr)

@@ -39,12 +39,15 @@ class Dispatcher:
         if not self.jobs.pending:
             return
         views = self.host_views()
-        queue = [queued(job) for job in self.jobs.pending.values()]
+        held = self._held()
+        queue = [queued(job) for job in self.jobs.pending.values() if job.job_id not in held]
         usage: dict[str, int] = {}
         for run in self.jobs.active.values():
             usage[run.spec.project] = usage.get(run.spec.project, 0) + len(run.gpus)
         # Pure and CPU-bound: off the event loop, so a big queue never stalls polling or clients.
         decision = await asyncio.to_thread(scheduler.schedule, views, queue, self.policy, time.time(), usage)
+        for job_id, (where, why) in held.items():  # kept back by a limit, not by the hosts: that is the reason
+            decision.waiting[job_id] = [scheduler.Reason(where, "limit", why)]
         self.jobs.waiting_reasons = decision.waiting
         await self.jobs.ctx.store.run(records.set_pending_reason,
                                       {job_id: decision.short_reason(job_id) for job_id in decision.waiting})
@@ -54,6 +57,17 @@ class Dispatcher:
             if job is None or placement.host not in self.jobs.ctx.links:
                 continue  # cancelled, or its host removed, while the scheduler was thinking
             await self._dispatch(job, placement)
+
+    def _held(self) -> dict[str, tuple[str, str]]:
+        """Waiting jobs a hold keeps out of this cycle (a sweep at its max_parallel), with why."""
+        if not self.jobs.holds:
+            return {}
+        waiting = list(self.jobs.pending)
+        in_flight = [run.job_id for run in self.jobs.active.values()]
+        held: dict[str, tuple[str, str]] = {}
+        for hold in self.jobs.holds:
+            held.update(hold(waiting, in_flight))
+        return held
 
     async def _audit_refusals(self, decision: scheduler.Decision) -> None:
         """Data residency: every host a job's hard constraints kept it off is audited, once.
