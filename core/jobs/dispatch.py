@@ -34,6 +34,7 @@ class Dispatcher:
             fair_share_weight=settings.scheduler.fair_share_weight,
             backfill=settings.scheduler.backfill)
         self._refusals_audited: set[tuple[str, str]] = set()
+        self._stored_reasons: dict[str, str] = {}  # the short reasons last written, by waiting job
 
     async def schedule(self) -> None:
         if not self.jobs.pending:
@@ -49,8 +50,11 @@ class Dispatcher:
         for job_id, (where, why) in held.items():  # kept back by a limit, not by the hosts: that is the reason
             decision.waiting[job_id] = [scheduler.Reason(where, "limit", why)]
         self.jobs.waiting_reasons = decision.waiting
-        await self.jobs.ctx.store.run(records.set_pending_reason,
-                                      {job_id: decision.short_reason(job_id) for job_id in decision.waiting})
+        reasons = {job_id: decision.short_reason(job_id) for job_id in decision.waiting}
+        changed = {job_id: r for job_id, r in reasons.items() if self._stored_reasons.get(job_id) != r}
+        if changed:  # a big queue waiting for the same reasons costs no writes tick after tick
+            await self.jobs.ctx.store.run(records.set_pending_reason, changed)
+        self._stored_reasons = reasons
         await self._audit_refusals(decision)
         for placement in decision.placements:
             job = self.jobs.pending.pop(placement.job_id, None)

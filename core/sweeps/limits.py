@@ -39,5 +39,5 @@ def held(members: dict[str, Member], waiting: list[str], in_flight: list[str]) -
         for _, job_id in sorted(children)[free:]:
             out[job_id] = (f"sweep {sweep}", f"max_parallel {limit} reached ({running} of its children running); "
                            "waits for one to end" if running >= limit else
-                           f"max_parallel {limit}: {running} running and {free} more starting this cycle")
+                           f"max_parallel {limit}: waits behind its sweep's earlier children ({running} running)")
     return out

@@ -97,9 +97,9 @@ def _distribution_problems(where: tuple[Any, ...], dist: dict[str, Any]) -> list
     if kind != "int" and not all(math.isfinite(v) for v in (lo, hi)):
         return [Problem(at, "must be finite numbers")]
     if lo > hi:
-        return [Problem(at, f"lo {lo} is above hi {hi}", "write [lo, hi], smallest first")]
+        return [Problem(at, f"lo {lo:g} is above hi {hi:g}", "write [lo, hi], smallest first")]
     if kind == "loguniform" and lo <= 0:
-        return [Problem(at, f"lo must be above 0 for loguniform, got {lo}", "use uniform for ranges that reach 0")]
+        return [Problem(at, f"lo must be above 0 for loguniform, got {lo:g}", "use uniform for ranges that reach 0")]
     return []
 
 

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 import duckdb
+import numpy as np
 
 from mlfleet.core.audit.records import audit
 from mlfleet.core.base.errors import NotFoundError, UsageError
@@ -53,9 +54,14 @@ def insert_sweep(con: duckdb.DuckDBPyConnection, sweep: dict[str, Any], children
                 [sweep["sweep_id"], sweep["name"], sweep["project"], actor, json.dumps(sweep["spec"]), sweep["spec_hash"],
                  sweep.get("spec_path"), len(children), sweep.get("max_parallel"), sweep.get("metric"),
                  sweep.get("mode"), sweep.get("key"), json.dumps({**sweep["answer"], "jobs": job_ids}), now()])
-    con.executemany("insert into sweep_jobs (job_id, sweep_id, idx, point) values (?, ?, ?, ?)",
-                    [[job_id, sweep["sweep_id"], c["index"], json.dumps(c["point"])]
-                     for job_id, c in zip(job_ids, children)])
+    con.register("_sweep_batch", {"job_id": np.array(job_ids, dtype=object),
+                                  "idx": np.array([c["index"] for c in children], dtype=np.int64),
+                                  "point": np.array([json.dumps(c["point"]) for c in children], dtype=object)})
+    try:  # one bulk scan, not a statement per child
+        con.execute("insert into sweep_jobs (job_id, sweep_id, idx, point) select job_id, ?, idx, point from _sweep_batch",
+                    [sweep["sweep_id"]])
+    finally:
+        con.unregister("_sweep_batch")
     audit(con, actor, "sweep.submit", sweep["sweep_id"], {"name": sweep["name"], "points": len(children),
                                                           "spec_hash": sweep["spec_hash"],
                                                           "max_parallel": sweep.get("max_parallel")})
