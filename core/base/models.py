@@ -97,7 +97,10 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def content_hash(self) -> str:
         """sha256 of the canonical JSON of the spec: the run's ``spec_hash`` lineage field."""
-        return hashlib.sha256(msgspec.json.encode(to_plain(self), order="sorted")).hexdigest()
+        plain = to_plain(self)
+        if plain.get("sweep") is None:  # a spec without a sweep hashes as it did before sweeps existed
+            plain.pop("sweep", None)
+        return hashlib.sha256(msgspec.json.encode(plain, order="sorted")).hexdigest()
 
 
 def spec_dec_hook(kind: type, value: Any) -> Any:
