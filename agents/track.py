@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any, Mapping
 
-__all__ = ["log", "log_params", "set_tags", "summary", "log_artifact", "ArtifactRefused", "flush", "run_id"]
+__all__ = ["log", "log_params", "params", "set_tags", "summary", "log_artifact", "ArtifactRefused", "flush", "run_id"]
 
 _FLUSH_EVERY_S = 1.0
 _FLUSH_EVERY_LINES = 10_000
@@ -246,3 +246,16 @@ def flush() -> None:
 def run_id() -> str | None:
     """The mlfleet run this process belongs to, or None outside mlfleet."""
     return os.environ.get("MLFLEET_RUN_ID")
+
+
+def params(default: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The job's params as the spec (and ``--set``, or its sweep point) gave them; ``default`` outside mlfleet.
+
+    The controller passes them as JSON in ``MLFLEET_PARAMS`` (and one by one as
+    ``MLFLEET_PARAM_<NAME>`` for programs that are not Python); they are
+    already recorded as the run's params, so there is no need to log them again.
+    A key in ``default`` the job was not given keeps its default.
+    """
+    text = os.environ.get("MLFLEET_PARAMS")
+    given = json.loads(text) if text else {}
+    return {**dict(default or {}), **(given if isinstance(given, dict) else {})}

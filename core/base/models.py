@@ -13,6 +13,7 @@ import msgspec
 from msgspec import Meta
 
 from mlfleet.core.base import units
+from mlfleet.core.base.sweep_models import SweepSpec
 
 # ----------------------------------------------------------------- job specs
 
@@ -109,6 +110,8 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def builds_environment(self) -> bool:
         """Whether the job runs in an environment mlfleet builds (not the node's own)."""
         return self.environment is not None and not self.environment.inherits
+    # A grid or random search: one child job per point (docs/sweeps.md); children have none.
+    sweep: SweepSpec | None = None
 
     @property
     def argv(self) -> list[str]:
@@ -128,8 +131,9 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def content_hash(self) -> str:
         """sha256 of the canonical JSON of the spec: the run's ``spec_hash`` lineage field."""
         plain = to_plain(self)
-        if plain.get("environment") is None:  # a spec without one hashes as it did before the field existed
-            plain.pop("environment", None)
+        for optional in ("environment", "sweep"):  # a spec without one hashes as it did before the field existed
+            if plain.get(optional) is None:
+                plain.pop(optional, None)
         return hashlib.sha256(msgspec.json.encode(plain, order="sorted")).hexdigest()
 
 

@@ -34,10 +34,12 @@ from mlfleet.core.cli import agent_commands
 from mlfleet.core.fleet import commands as fleet_commands
 from mlfleet.core.jobs import commands as jobs_commands
 from mlfleet.core.store import commands as store_commands
+from mlfleet.core.sweeps import commands as sweeps_commands
 from mlfleet.core.tracking import commands as tracking_commands
 
 # Each capability's commands, in the order ``mlfleet --help`` lists them.
 REGISTERS = (jobs_commands.register,  # submit, jobs
+             sweeps_commands.register,  # sweeps
              fleet_commands.register,  # hosts
              tracking_commands.register,  # runs
              store_commands.register,  # db

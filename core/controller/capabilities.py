@@ -13,14 +13,17 @@ from mlfleet.core.drift.api import DriftApi
 from mlfleet.core.fleet.service import FleetService
 from mlfleet.core.jobs.service import JobsService
 from mlfleet.core.store.api import StoreApi
+from mlfleet.core.sweeps.service import SweepsService
 from mlfleet.core.tracking.api import RunsApi
 
 
 def services(ctx: ControllerContext) -> list[Service]:
     fleet = FleetService(ctx)
+    jobs = JobsService(ctx, fleet)
     return [
         fleet,  # links in step with hosts.yaml, one sync per host and tick, telemetry windows
-        JobsService(ctx, fleet),  # the queue, dispatch, launches, a host's runs in its sync
+        jobs,  # the queue, dispatch, launches, a host's runs in its sync
+        SweepsService(ctx, jobs),  # sweeps' children, and the hold that keeps each sweep's max_parallel
         RpcService("runs", RunsApi(ctx)),
         RpcService("drift", DriftApi(ctx)),
         RpcService("audit", AuditApi(ctx)),

@@ -6,4 +6,7 @@ rest is this capability's own (tests/test_import_directions.py keeps that).
 
 # spec: a job spec read from YAML (drift reads a job's inputs from it; the TUI submits one).
 # submit_key: the idempotency key every client sends with a submit.
-PUBLIC = ("spec", "submit_key")
+# overrides: --set PATH=VALUE applied to a spec's data (sweeps set each point the same way).
+# group: many jobs submitted in one transaction, held back by a limit, cancelled together (sweeps).
+# service: the jobs service, which a group's submit, holds and cancels act on.
+PUBLIC = ("spec", "submit_key", "overrides", "group", "service")

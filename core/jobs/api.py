@@ -49,6 +49,12 @@ class JobsApi:
         if not Path(job_spec.workdir).is_absolute():
             raise UsageError("workdir must be an absolute path when submitting through the API")
         actor = peer.info["actor"]
+        if job_spec.sweep is not None:  # one child job per point: the sweeps capability queues them
+            if self.c.sweep_submit is None:
+                raise UsageError("this controller does not run sweeps")
+            if key is not None:
+                check_submit_key(key)
+            return await self.c.sweep_submit(actor, job_spec, spec_path, queue_anyway, key)
         if key is not None:
             check_submit_key(key)
             earlier = await self.store.read(submit_keys.find, actor, key)
@@ -145,7 +151,10 @@ class JobsApi:
                     await asyncio.wait_for(self.c.job_changed.wait(), min(left, 1.0))
 
     async def rpc_job_cancel(self, peer: Peer, job: Ident) -> dict[str, Any]:
-        actor = peer.info["actor"]
+        return await self.cancel(job, peer.info["actor"])
+
+    async def cancel(self, job: str, actor: str) -> dict[str, Any]:
+        """Cancel a queued job, or ask a started one's agent to stop it (sweeps cancel their children so too)."""
         current = await self.store.read(records.job_run, job)
         job_id, state = current["job_id"], current["state"]
         if state in TERMINAL_STATES:

@@ -20,17 +20,24 @@ from mlfleet.core.base.errors import EXIT_FAILED, EXIT_OK
 from mlfleet.core.base.models import SHOWN_JOB_STATES, TERMINAL_STATES, to_plain
 from mlfleet.core.base.paths import Home
 from mlfleet.core.base.settings import load_settings
+from mlfleet.core.base.yamlsource import read_yaml
 from mlfleet.core.cli import render
 from mlfleet.core.cli.output import Add, bounded, client_command, positive, print_json, say
 from mlfleet.core.controller.client import ControllerClient, connect, submit_with_retry
 from mlfleet.core.jobs import log_output as cli_logs
+from mlfleet.core.jobs.overrides import parse_overrides
 from mlfleet.core.jobs.spec import load_job_spec
 from mlfleet.core.jobs.submit_key import check_submit_key, new_submit_key
+from mlfleet.core.sweeps import commands as sweep_commands
+from mlfleet.core.sweeps.children import children as sweep_children
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     """Validate the spec and the key here, before any controller is started for them."""
-    args.spec = load_job_spec(args.file)
+    args.spec = load_job_spec(args.file, parse_overrides(args.set, args.name))
+    if args.spec.sweep is not None:  # every child checked here, each mistake at the sweep's line
+        located = read_yaml(args.file)
+        sweep_children(args.spec, args.file, located.line_of)
     args.key = check_submit_key(args.key) if args.key is not None else new_submit_key()  # one per command
     home = Home.from_env()
     args.retry_for = float(load_settings(home.config_file).client.submit_retry)
@@ -41,7 +48,9 @@ def _resubmit_command(args: argparse.Namespace) -> str:
     """This command again, with its key: what to run when its outcome is unknown."""
     flags = [flag for flag, given in (("--queue-anyway", args.queue_anyway), ("--wait", args.wait),
                                       ("--json", args.json)) if given]
-    return " ".join(["mlfleet", "submit", shlex.quote(args.file), "--key", args.key, *flags])
+    sets = [f"--set {shlex.quote(text)}" for text in args.set or []]
+    named = [f"--name {shlex.quote(args.name)}"] if args.name is not None else []
+    return " ".join(["mlfleet", "submit", shlex.quote(args.file), *sets, *named, "--key", args.key, *flags])
 
 
 async def _submit(home: Home, args: argparse.Namespace) -> int:
@@ -68,6 +77,8 @@ async def _submit(home: Home, args: argparse.Namespace) -> int:
 
 
 async def _submitted(client: ControllerClient, args: argparse.Namespace, answer: dict[str, Any]) -> int:
+    if "sweep_id" in answer:
+        return await sweep_commands.submitted(client, args, answer)
     job_id = answer["job_id"]
     for sentence in answer.get("code_skipped") or []:  # symlinks that would reach outside the workdir
         print(f"mlfleet: warning: {sentence}", file=sys.stderr)
@@ -121,6 +132,9 @@ async def cmd_jobs_show(client: ControllerClient, args: argparse.Namespace) -> i
              and job.get("preparing_since") else ""))
     gpus = ",".join(map(str, job["gpus"] or [])) or "-"
     print(f"attempt {job['attempt']} of {job['max_attempts']}; host {job['host'] or '-'}; GPUs {gpus}")
+    params = (job.get("spec") or {}).get("params") or {}
+    if params:
+        print("params: " + ", ".join(f"{k}={render.value(v)}" for k, v in params.items()))
     if job["why_pending"]:
         print("why pending:")
         for r in job["why_pending"]:
@@ -209,6 +223,10 @@ def register(sub: Any, add: Add) -> None:
                    help="queue a job that no current host could ever run (a host that can is coming)")
     p.add_argument("--key", help="idempotency key: the same key again gives the same job back, never a second one "
                    "(default: a random key per command; give one in CI scripts that retry a whole command)")
+    p.add_argument("--set", action="append", metavar="PATH=VALUE",
+                   help="set a spec field before it is checked (repeatable): params.lr=0.1, resources.gpus=2, "
+                   "command[1]=eval.py; VALUE is YAML ('0.1' stays text, [a, b] is a list)")
+    p.add_argument("--name", help="the job's name (instead of the spec's name:)")
 
     jobs = sub.add_parser("jobs", help="list, inspect, follow and cancel jobs").add_subparsers(dest="action", metavar="ACTION", required=True)
     p = add(jobs, "list", client_command(cmd_jobs_list), "list jobs, newest first")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from mlfleet.core.audit import records as audit_records
 from mlfleet.core.fleet.hostlink import HostLink
 from mlfleet.core.jobs import records, scheduler
+from mlfleet.core.jobs.params import render_argv
 from mlfleet.core.jobs.runs import ActiveRun, PendingJob, queued
 
 if TYPE_CHECKING:
@@ -33,26 +34,44 @@ class Dispatcher:
             fair_share_weight=settings.scheduler.fair_share_weight,
             backfill=settings.scheduler.backfill)
         self._refusals_audited: set[tuple[str, str]] = set()
+        self._stored_reasons: dict[str, str] = {}  # the short reasons last written, by waiting job
 
     async def schedule(self) -> None:
         if not self.jobs.pending:
             return
         views = self.host_views()
-        queue = [queued(job) for job in self.jobs.pending.values()]
+        held = self._held()
+        queue = [queued(job) for job in self.jobs.pending.values() if job.job_id not in held]
         usage: dict[str, int] = {}
         for run in self.jobs.active.values():
             usage[run.spec.project] = usage.get(run.spec.project, 0) + len(run.gpus)
         # Pure and CPU-bound: off the event loop, so a big queue never stalls polling or clients.
         decision = await asyncio.to_thread(scheduler.schedule, views, queue, self.policy, time.time(), usage)
+        for job_id, (where, why) in held.items():  # kept back by a limit, not by the hosts: that is the reason
+            decision.waiting[job_id] = [scheduler.Reason(where, "limit", why)]
         self.jobs.waiting_reasons = decision.waiting
-        await self.jobs.ctx.store.run(records.set_pending_reason,
-                                      {job_id: decision.short_reason(job_id) for job_id in decision.waiting})
+        reasons = {job_id: decision.short_reason(job_id) for job_id in decision.waiting}
+        changed = {job_id: r for job_id, r in reasons.items() if self._stored_reasons.get(job_id) != r}
+        if changed:  # a big queue waiting for the same reasons costs no writes tick after tick
+            await self.jobs.ctx.store.run(records.set_pending_reason, changed)
+        self._stored_reasons = reasons
         await self._audit_refusals(decision)
         for placement in decision.placements:
             job = self.jobs.pending.pop(placement.job_id, None)
             if job is None or placement.host not in self.jobs.ctx.links:
                 continue  # cancelled, or its host removed, while the scheduler was thinking
             await self._dispatch(job, placement)
+
+    def _held(self) -> dict[str, tuple[str, str]]:
+        """Waiting jobs a hold keeps out of this cycle (a sweep at its max_parallel), with why."""
+        if not self.jobs.holds:
+            return {}
+        waiting = list(self.jobs.pending)
+        in_flight = [run.job_id for run in self.jobs.active.values()]
+        held: dict[str, tuple[str, str]] = {}
+        for hold in self.jobs.holds:
+            held.update(hold(waiting, in_flight))
+        return held
 
     async def _audit_refusals(self, decision: scheduler.Decision) -> None:
         """Data residency: every host a job's hard constraints kept it off is audited, once.
@@ -81,7 +100,7 @@ class Dispatcher:
         await self.jobs.ctx.store.run(records.dispatch, job.job_id, {
             "run_id": run_id, "attempt": attempt, "project": job.spec.project, "name": job.spec.name,
             "owner": job.owner, "host": placement.host, "gpus": list(placement.gpu_indices),
-            "spec_hash": job.spec.content_hash(), "workdir": job.spec.workdir, "command": job.spec.argv,
+            "spec_hash": job.spec.content_hash(), "workdir": job.spec.workdir, "command": render_argv(job.spec),
             "code_hash": job.code_hash, "params": job.spec.params, "tags": job.spec.tags})
         run = ActiveRun(job_id=job.job_id, run_id=run_id, host=placement.host, state="dispatched", offset=0, lines=0,
                         attempt=attempt, max_attempts=job.max_attempts, spec=job.spec,

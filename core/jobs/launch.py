@@ -19,6 +19,7 @@ from mlfleet.core.environments import records as env_records
 from mlfleet.core.environments.resolve import EnvironmentFailure
 from mlfleet.core.fleet.hostlink import HostLink
 from mlfleet.core.jobs import records
+from mlfleet.core.jobs.params import param_env, render_argv
 from mlfleet.core.jobs.runs import ActiveRun
 
 if TYPE_CHECKING:
@@ -55,8 +56,8 @@ class Launcher:
             log.warning("preparing the environment of %s for %s failed: %s (will retry)", run.run_id, link.name, exc)
             return
         request = LaunchRequest(
-            run_id=run.run_id, job_id=run.job_id, argv=run.spec.argv, workdir=run.spec.workdir,
-            env=run.spec.env_strings(), gpu_indices=run.gpus, code_hash=shipped,
+            run_id=run.run_id, job_id=run.job_id, argv=render_argv(run.spec), workdir=run.spec.workdir,
+            env={**param_env(run.spec), **run.spec.env_strings()}, gpu_indices=run.gpus, code_hash=shipped,
             timeout=float(run.spec.timeout) if run.spec.timeout else None, inputs=list(run.spec.inputs),
             log_max_size=int(self.jobs.ctx.settings.logs.max_size), artifact_roots=self._artifact_roots(link.name),
             environment=environment)

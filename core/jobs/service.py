@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from mlfleet.core.base.models import spec_from_plain
 from mlfleet.core.base.rpc import rpc_methods
@@ -40,6 +40,10 @@ class JobsService(BaseService):
         self.active: dict[str, ActiveRun] = {}  # by run id
         self.cancels: dict[str, str] = {}  # job -> who, for cancels that arrive while a job changes state
         self.waiting_reasons: dict[str, list[scheduler.Reason]] = {}
+        # Asked each tick which waiting jobs to keep back (core/jobs/group.py's Hold: a sweep's max_parallel).
+        self.holds: list[Callable[[list[str], list[str]], dict[str, tuple[str, str]]]] = []
+        # Takes a spec with a sweep: block from the submit RPC (core/sweeps/service.py sets it).
+        self.sweep_submit: Callable[..., Awaitable[dict[str, Any]]] | None = None
         self.job_changed = asyncio.Condition()
         self.launcher = Launcher(self)
         self.environments = EnvironmentPreparer(ctx.home, ctx.settings)  # resolved, fetched, shipped before a launch

@@ -18,6 +18,8 @@ from mlfleet.core.base.models import MAX_GPU_MEMORY, JobSpec, spec_dec_hook
 from mlfleet.core.base.validation import validation_error
 from mlfleet.core.base.yamlsource import Located, dotted, read_yaml
 from mlfleet.core.jobs.env_spec import environment_errors, typed_as_written, workdir_errors
+from mlfleet.core.jobs.overrides import Override, apply, blame_overrides
+from mlfleet.core.jobs.params import unknown_placeholders
 
 
 
@@ -29,12 +31,14 @@ def _describe(value: Any) -> str:
     return repr(value)
 
 
-def load_job_spec(path: str | Path) -> JobSpec:
+def load_job_spec(path: str | Path, overrides: list[Override] | None = None) -> JobSpec:
     """Read, validate and resolve a job spec file (workdir made absolute).
 
     Every mistake found is reported, up to :data:`MAX_SPEC_ERRORS`, each one
     sentence at its line (a :class:`SpecErrors` when there are several), so a
     user fixes a spec in one pass rather than one error per submit.
+    ``overrides`` (``--set``, ``--name``) are applied first; a mistake in one
+    names it instead of a line (core/jobs/overrides.py).
     """
     located = read_yaml(path)
     if not isinstance(located.data, dict):
@@ -49,14 +53,15 @@ def load_job_spec(path: str | Path) -> JobSpec:
         mapping = _get(data, parts)
         if isinstance(mapping, dict):
             _put(data, parts, {k: located.as_typed(parts + (k,), v) for k, v in mapping.items()})
-    typed_as_written(data, located)
+    typed_as_written(data, located)  # before the overrides: it reads the file's text, which an override replaced
+    data = apply(data, overrides or [])
     spec, errors, removed = _validate(data, located)
     if spec is not None and len(errors) < MAX_SPEC_ERRORS and not _touches(("workdir",), removed):
         try:
             spec = _resolve(spec, Path(path), located)
         except SpecError as exc:
             errors.append(exc)
-    _raise_if_any(errors)
+    _raise_if_any(blame_overrides(errors, overrides or []))
     assert spec is not None  # no errors: it converted
     return spec
 
@@ -76,7 +81,8 @@ def _put(data: dict[str, Any], parts: tuple[str, ...], value: Any) -> None:
 
 MAX_SPEC_ERRORS = 5  # "a few": more than this is one problem repeated, and the first ones say so
 # Stand-ins for a required field found wrong, so that validation can go on to the rest of the spec.
-_STAND_INS: dict[tuple[Any, ...], Any] = {("name",): "x", ("command",): ["x"]}
+_STAND_INS: dict[tuple[Any, ...], Any] = {("name",): "x", ("command",): ["x"], ("sweep", "random", "n"): 1,
+                                          ("sweep", "objective", "metric"): "x"}
 
 
 def validate_job_spec(data: dict[str, Any], located: Located | None = None) -> JobSpec:
@@ -187,11 +193,21 @@ def _semantic_errors(spec: JobSpec, located: Located | None, display: str,
             fail(("env", key), "is not a valid environment variable name")
     if spec.tags and any(not k for k in spec.tags):
         fail(("tags",), "has an empty key")
+    swept = {p[len("params."):] for p in _swept_paths(spec) if p.startswith("params.")}
+    for parts, key in unknown_placeholders(spec.command, spec.params, swept):
+        fail(parts, f"{{params.{key}}} names no param", "add it under params: (or to the sweep), or fix the name")
     for i, path in enumerate(spec.inputs):
         if not path.strip() or "\0" in path:
             fail(("inputs", i), "is not a path", "give a file, folder or glob, relative to workdir (data/train.csv)")
     environment_errors(spec.environment, fail)
     return errors
+
+
+def _swept_paths(spec: JobSpec) -> set[str]:
+    """The spec paths a sweep block sets, so a placeholder may name a param only the sweep gives."""
+    if spec.sweep is None:
+        return set()
+    return set(spec.sweep.grid or {}) | set(spec.sweep.random.space if spec.sweep.random else {})
 
 
 def _resolve(spec: JobSpec, path: Path, located: Located) -> JobSpec:

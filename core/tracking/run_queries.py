@@ -18,6 +18,7 @@ import duckdb
 import numpy as np
 
 from mlfleet.core.base.errors import UsageError
+from mlfleet.core.tracking.runfilter.tree import DERIVED_COLUMNS
 from mlfleet.core.tracking.runfilter import COMPARISONS, RUN_COLUMNS, And, Compare, Field, Node, Not, Or, SortKey, fields_of, parse_filter, parse_sort
 
 from mlfleet.core.tracking import metric_keys
@@ -107,7 +108,7 @@ class _Query:
     def _expr(self, field: Field, as_text: bool = False) -> str:
         """The SQL for a field's value (params: the number, or the text when ``as_text``)."""
         if field.source == "run":
-            column = f"r.{field.key}"  # field.key is one of RUN_COLUMNS (checked by the parser)
+            column = DERIVED_COLUMNS.get(field.key, f"r.{field.key}")  # field.key is one of RUN_COLUMNS (checked by the parser)
             assert field.key in RUN_COLUMNS
             return f"epoch({column})" if RUN_COLUMNS[field.key] == "time" else column
         alias = self.alias[(field.source, field.key)]

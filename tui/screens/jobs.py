@@ -22,11 +22,14 @@ from textual.containers import Vertical
 from textual.widgets import Static
 
 from mlfleet.core.controller.client import ControllerClient, submit_with_retry
+from mlfleet.core.jobs.overrides import parse_overrides
 from mlfleet.core.jobs.spec import load_job_spec
+from mlfleet.core.sweeps.children import children as sweep_children
 from mlfleet.core.base.errors import MlfleetError
 from mlfleet.core.base.models import TERMINAL_STATES, to_plain
 from mlfleet.core.cli.render import value, when
 from mlfleet.core.base.settings import ClientSettings, load_settings
+from mlfleet.core.base.yamlsource import read_yaml
 from mlfleet.core.jobs.submit_key import new_submit_key
 from mlfleet.tui.screens.base import PollingScreen
 from mlfleet.tui.widgets.dialogs import Confirm, Prompt, SpecPicker, TextPanel
@@ -242,11 +245,14 @@ class JobsScreen(PollingScreen):
         being queued twice. Its own worker group: another action never cancels
         a submit that is asking again.
         """
-        path = await self.app.push_screen_wait(SpecPicker(self.spec_root))
-        if path is None:
+        picked = await self.app.push_screen_wait(SpecPicker(self.spec_root))
+        if picked is None:
             return
+        path = picked.path
         try:
-            spec = load_job_spec(path)
+            spec = load_job_spec(path, parse_overrides(list(picked.sets), picked.name))
+            if spec.sweep is not None:  # every child checked here too, at the sweep's lines
+                sweep_children(spec, str(path), read_yaml(path).line_of)
         except MlfleetError as exc:
             self.notify(str(exc), title="bad job spec", severity="error", timeout=15)
             return
@@ -262,7 +268,9 @@ class JobsScreen(PollingScreen):
         try:
             answer, used = await submit_with_retry(
                 client, {"spec": to_plain(spec), "spec_path": spec_path, "key": key}, retry_for=retry_for,
-                resubmit=f"mlfleet submit {shlex.quote(spec_path)} --key {key}",
+                resubmit=" ".join(["mlfleet", "submit", shlex.quote(spec_path),
+                                   *(f"--set {shlex.quote(x)}" for x in picked.sets),
+                                   *([f"--name {shlex.quote(picked.name)}"] if picked.name else []), "--key", key]),
                 on_retry=lambda why: self.notify(f"lost the controller ({why}); submitting again with the same key",
                                                  title="submit", severity="warning"))
         except MlfleetError as exc:
@@ -274,7 +282,10 @@ class JobsScreen(PollingScreen):
                 self.post_message(self.ControllerLost(client, "the controller was lost during a submit"))
         if used is not client:
             await used.close()
-        self.notify(f"job {answer['job_id']} ({answer['name']}) queued")
+        if "sweep_id" in answer:
+            self.notify(f"sweep {answer['name']} queued: {answer['points']} jobs")
+        else:
+            self.notify(f"job {answer['job_id']} ({answer['name']}) queued")
         self.wake()
 
 

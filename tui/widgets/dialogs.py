@@ -7,6 +7,8 @@ Each returns its answer through ``dismiss`` (``push_screen(..., callback)`` or
 
 from __future__ import annotations
 
+import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterable
 
@@ -91,8 +93,21 @@ class SpecTree(DirectoryTree):
         return [p for p in paths if not p.name.startswith(".") and (p.is_dir() or p.suffix in (".yaml", ".yml"))]
 
 
-class SpecPicker(ModalScreen[Path | None]):
+@dataclass(frozen=True)
+class Picked:
+    """A spec file and what to change in it, as ``mlfleet submit FILE --name N --set A=B ...`` would."""
+
+    path: Path
+    name: str | None = None  # blank: the spec's own
+    sets: tuple[str, ...] = ()  # each PATH=VALUE
+
+
+class SpecPicker(ModalScreen["Picked | None"]):
     """Choose a job spec file: a tree of folders and YAML files, and a line to type a path into.
+
+    Above the tree, a name and ``--set`` overrides (``params.lr=0.1
+    resources.gpus=2``, split as a shell would) for the submit, checked by
+    the same schema as the file when the spec is loaded.
 
     Enter on a file picks it; backspace in the tree goes up a folder (the
     tree starts where ``mlfleet`` was run, and a spec is often beside it,
@@ -115,6 +130,10 @@ class SpecPicker(ModalScreen[Path | None]):
             box.border_title = f"submit a job spec from {self.root}"
             box.border_subtitle = "enter picks · backspace up a folder · tab to type a path · esc back"
             yield Input(placeholder="or type a path: a spec file, or a folder to open (enter)", id="spec-path")
+            with Horizontal(classes="picker-options"):
+                yield Input(placeholder="name (blank: the spec's)", id="spec-name", classes="picker-option")
+                yield Input(placeholder="--set PATH=VALUE ... e.g. params.lr=0.1 resources.gpus=2", id="spec-set",
+                            classes="picker-option")
             yield Static("", id="spec-problem")
             yield SpecTree(self.root, id="spec-tree")
 
@@ -163,14 +182,35 @@ class SpecPicker(ModalScreen[Path | None]):
             event.input.value = ""
             self.query_one(SpecTree).focus()
         elif is_file:
-            self.dismiss(path)
+            self._pick(path)
         else:
             self._problem(f"no file or folder {path}; type another path, or pick one below")
 
     @on(DirectoryTree.FileSelected)
     def _picked(self, event: DirectoryTree.FileSelected) -> None:
         event.stop()
-        self.dismiss(Path(event.path))
+        self._pick(Path(event.path))
+
+    @on(Input.Submitted, ".picker-option")
+    def _option_entered(self, event: Input.Submitted) -> None:
+        """Enter in the name or --set line submits the file under the tree's cursor (else goes to the tree)."""
+        event.stop()
+        node = self.query_one(SpecTree).cursor_node
+        path = Path(node.data.path) if node is not None and node.data is not None else None
+        if path is not None and path.is_file():
+            self._pick(path)
+        else:
+            self.query_one(SpecTree).focus()
+
+    def _pick(self, path: Path) -> None:
+        text = self.query_one("#spec-set", Input).value
+        try:
+            sets = tuple(shlex.split(text))
+        except ValueError as exc:  # an unclosed quote
+            self._problem(f"--set line: {exc}")
+            return
+        name = self.query_one("#spec-name", Input).value.strip() or None
+        self.dismiss(Picked(path, name, sets))
 
 
 class CommandLine(ModalScreen[str | None]):

@@ -14,9 +14,14 @@ MAX_FIELDS = 32  # distinct params/tags/metrics a filter (and sort) may name
 # Run columns a filter may name, by kind: text, number or time.
 RUN_COLUMNS: dict[str, str] = {
     "run_id": "text", "job_id": "text", "name": "text", "project": "text", "owner": "text", "host": "text",
-    "state": "text", "end_reason": "text", "code_hash": "text", "env_hash": "text",
+    "state": "text", "end_reason": "text", "code_hash": "text", "env_hash": "text", "sweep": "text",
     "attempt": "number", "exit_code": "number", "signal": "number",
     "created_at": "time", "started_at": "time", "finished_at": "time",
+}
+# Run fields that are not a column of runs: the SQL that gives each (``sweep``: the name of the sweep
+# the run's job is a child of, core/sweeps/; NULL for a job of its own).
+DERIVED_COLUMNS: dict[str, str] = {
+    "sweep": "(select s.name from sweep_jobs sj join sweeps s on s.sweep_id = sj.sweep_id where sj.job_id = r.job_id)",
 }
 # What a metric is summed up by: all over the run's points, NaN points left out
 # (count counts every point; last is the last point by line, NaN as missing;
