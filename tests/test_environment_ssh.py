@@ -1,0 +1,107 @@
+"""A job's environment on an SSH node that reaches no package index: shipped once, built once, named alike everywhere.
+
+Real parts: an sshd on loopback whose sessions point every index (uv's and
+pip's) and every proxy at a dead port, the controller resolving from a
+folder of hand-made wheels (environments.no_index), SFTP into the node's
+wheelhouse, and the node's agent building with uv offline.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from pathlib import Path
+
+import psutil
+
+from conftest import Fleet, SshFleet
+from test_environment_jobs import offline_wheels
+
+DEAD = "http://127.0.0.1:9"
+NO_NETWORK = ("SetEnv " + " ".join(f"{k}={DEAD}/simple" for k in (
+    "UV_INDEX_URL", "UV_DEFAULT_INDEX", "UV_EXTRA_INDEX_URL", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"))
+              + f" HTTP_PROXY={DEAD} HTTPS_PROXY={DEAD} ALL_PROXY={DEAD} http_proxy={DEAD} https_proxy={DEAD}")
+
+# The exact version of the test venv's interpreter: both hosts (one machine here) have it, so both pick the same one.
+SPEC = """name: {name}
+command: [python, -c, "import sys, tinypkg; print('value', tinypkg.VALUE, sys.prefix)"]
+constraints: {{hosts: [{host}]}}
+environment:
+  python: "{python}"
+  requirements: [tinypkg]
+"""
+
+
+def _spec(fleet: Fleet, name: str, host: str) -> Path:
+    return fleet.write_spec(name, SPEC.format(name=name, host=host, python=platform.python_version()))
+
+
+def _shipped(fleet: Fleet, host: str) -> list[str]:
+    """The wheels the controller uploaded to ``host``, one line each in its log (every log file, rotated too)."""
+    lines = []
+    for path in sorted(fleet.home.log_dir.glob("controller.log*")):
+        lines += re.findall(rf"shipped (\S+\.whl) to {re.escape(host)}$", path.read_text(errors="replace"), re.M)
+    return lines
+
+
+def _wheelhouse(state_dir: Path) -> dict[str, tuple[int, int]]:
+    """Each blob in the node's wheelhouse with its inode and mtime: an upload (temp name, then rename) changes both."""
+    house = state_dir / "wheelhouse"
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in house.iterdir()} if house.is_dir() else {}
+
+
+def _run(fleet: Fleet, spec: Path) -> tuple[dict, str]:
+    done = fleet.cli("submit", str(spec), "--wait", "--json", timeout=180)
+    job = done.json() if done.out.strip() else {}
+    logs = fleet.cli("jobs", "logs", job["job_id"]).out if job.get("job_id") else ""
+    assert done.code == 0, done.out + done.err + logs
+    return job, logs
+
+
+def _env_hash(fleet: Fleet, run_id: str) -> str:
+    return fleet.cli_json("db", "query", f"select env_hash from runs where run_id = '{run_id}'")["rows"][0][0]
+
+
+def test_an_offline_ssh_node_gets_the_wheels_once_builds_once_and_names_the_env_as_local_does(
+        ssh_fleet: SshFleet) -> None:
+    fleet = ssh_fleet.fleet
+    offline_wheels(fleet)
+    server = ssh_fleet.servers["node-a"]
+    server.stop()
+    server.extra_config = [NO_NETWORK]
+    server.start()
+    ssh_fleet.add("node-a")
+    ssh_fleet.wait_up("node-a", timeout=60)
+    state = ssh_fleet.state_dir("node-a")
+    agent = psutil.Process(ssh_fleet.agent_pid("node-a")).environ()
+    assert agent["UV_INDEX_URL"] == agent["PIP_INDEX_URL"] == f"{DEAD}/simple" and agent["HTTPS_PROXY"] == DEAD
+
+    first, logs = _run(fleet, _spec(fleet, "first", "node-a"))
+    assert f"value 42 {state}/envs/" in logs, logs
+    assert "[mlfleet env] building environment" in logs and "with uv" in logs
+    assert sorted(_shipped(fleet, "node-a")) == ["tinydep-2.0-py3-none-any.whl", "tinypkg-1.0-py3-none-any.whl"]
+    blobs = _wheelhouse(state)
+    assert len(blobs) == 2 and all(re.fullmatch(r"[0-9a-f]{64}", name) for name in blobs)
+    envs = sorted(p.name for p in (state / "envs").iterdir() if not p.name.startswith("."))
+    assert envs == [_env_hash(fleet, first["run_id"])]
+
+    # The same environment again: nothing crosses the link and nothing is built.
+    second, logs = _run(fleet, _spec(fleet, "second", "node-a"))
+    assert "value 42" in logs and "reusing it" in logs and "building" not in logs, logs
+    assert len(_shipped(fleet, "node-a")) == 2 and _wheelhouse(state) == blobs
+
+    # A new controller knows nothing of what it shipped before: it asks the agent, which has it all.
+    fleet.cli("controller", "stop", check=True)
+    fleet.cli("controller", "start", check=True)
+    ssh_fleet.wait_up("node-a", timeout=60)
+    third, logs = _run(fleet, _spec(fleet, "third", "node-a"))
+    assert "reusing it" in logs, logs
+    assert len(_shipped(fleet, "node-a")) == 2 and _wheelhouse(state) == blobs
+
+    # The same spec on the local host: its own build, under the same name (same interpreter, platform and wheels).
+    local, logs = _run(fleet, _spec(fleet, "here", "local"))
+    assert f"value 42 {fleet.home.local_agent_dir}/envs/" in logs and "building environment" in logs, logs
+    hashes = {_env_hash(fleet, job["run_id"]) for job in (first, second, third, local)}
+    assert len(hashes) == 1 and len(hashes.pop()) == 64
+    assert os.path.isdir(fleet.home.local_agent_dir / "envs" / _env_hash(fleet, local["run_id"]))
