@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -105,3 +106,40 @@ def test_an_offline_ssh_node_gets_the_wheels_once_builds_once_and_names_the_env_
     hashes = {_env_hash(fleet, job["run_id"]) for job in (first, second, third, local)}
     assert len(hashes) == 1 and len(hashes.pop()) == 64
     assert os.path.isdir(fleet.home.local_agent_dir / "envs" / _env_hash(fleet, local["run_id"]))
+
+
+CROWD = """name: {name}
+command: [python, -c, "import tinypkg; print('value', tinypkg.VALUE)"]
+constraints: {{hosts: [{host}]}}
+resources: {{cpus: 0}}
+environment:
+  python: "{python}"
+  requirements: [tinypkg]
+  setup: ["sleep 2"]
+"""
+
+
+def test_ten_jobs_asking_at_once_for_one_new_environment_build_it_once_per_host(ssh_fleet: SshFleet) -> None:
+    fleet = ssh_fleet.fleet
+    offline_wheels(fleet)
+    ssh_fleet.add("node-a")
+    ssh_fleet.wait_up("node-a", timeout=60)
+    hosts = ["local", "node-a"] * 5
+    specs = [fleet.write_spec(f"crowd{n}", CROWD.format(name=f"crowd{n}", host=host, python=platform.python_version()))
+             for n, host in enumerate(hosts)]
+    with ThreadPoolExecutor(len(specs)) as pool:  # all at once: the build's setup (2 s) outlasts the submits
+        jobs = list(pool.map(lambda spec: fleet.cli("submit", str(spec), "--json", check=True).json()["job_id"], specs))
+    done = [fleet.wait_state(job, {"succeeded", "failed", "cancelled"}, timeout=240) for job in jobs]
+    logs = [fleet.cli("jobs", "logs", job).out for job in jobs]
+    assert [j["state"] for j in done] == ["succeeded"] * 10, logs
+    assert all("value 42" in text for text in logs)
+    for host, state in (("local", fleet.home.local_agent_dir), ("node-a", ssh_fleet.state_dir("node-a"))):
+        mine = [text for text, h in zip(logs, hosts) if h == host]
+        builds = sum(text.count("[mlfleet env] building environment") for text in mine)
+        assert builds == 1, mine
+        assert sum("reusing it" in text for text in mine) == 4, mine
+        assert len([p for p in (state / "envs").iterdir() if not p.name.startswith(".")]) == 1
+    assert any("another run is building this environment: waiting for it" in text for text in logs), logs
+    assert sorted(_shipped(fleet, "node-a")) == ["tinydep-2.0-py3-none-any.whl", "tinypkg-1.0-py3-none-any.whl"]
+    hashes = {_env_hash(fleet, j["run_id"]) for j in done}
+    assert len(hashes) == 1, hashes
