@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
+import pytest
 
 from conftest import Fleet, SshFleet
 from test_environment_jobs import offline_wheels
@@ -143,3 +145,55 @@ def test_ten_jobs_asking_at_once_for_one_new_environment_build_it_once_per_host(
     assert sorted(_shipped(fleet, "node-a")) == ["tinydep-2.0-py3-none-any.whl", "tinypkg-1.0-py3-none-any.whl"]
     hashes = {_env_hash(fleet, j["run_id"]) for j in done}
     assert len(hashes) == 1, hashes
+
+
+NUMPY = """name: numpy
+command: [python, -c, "import numpy; print('numpy', numpy.__version__, numpy.__file__, int(numpy.arange(6).sum()))"]
+constraints: {{hosts: [node-a]}}
+environment:
+  python: "{python}"
+  requirements: ["numpy=={version}"]
+"""
+
+
+@pytest.mark.pypi
+@pytest.mark.timeout(400)
+def test_numpy_resolved_and_fetched_from_pypi_is_built_on_an_offline_node(ssh_fleet: SshFleet) -> None:
+    """The one real wheel in the suite: the workstation reaches PyPI (CI does), the node reaches nothing."""
+    import numpy
+
+    fleet = ssh_fleet.fleet
+    server = ssh_fleet.servers["node-a"]
+    server.stop()
+    server.extra_config = [NO_NETWORK]
+    server.start()
+    ssh_fleet.add("node-a")
+    ssh_fleet.wait_up("node-a", timeout=60)
+    state = ssh_fleet.state_dir("node-a")
+    job, logs = _run(fleet, fleet.write_spec("numpy", NUMPY.format(python=platform.python_version(),
+                                                                   version=numpy.__version__)))
+    assert f"numpy {numpy.__version__} {state}/envs/" in logs and logs.rstrip().endswith(" 15"), logs
+    assert "[mlfleet env] building environment" in logs and "(1 wheels," in logs
+    [shipped] = _shipped(fleet, "node-a")
+    assert shipped.startswith(f"numpy-{numpy.__version__}-cp") and "manylinux" in shipped
+    [blob] = (state / "wheelhouse").iterdir()
+    assert blob.stat().st_size > 1_000_000  # the real wheel, not a stand-in
+    packages = fleet.cli_json("db", "query", f"select name, version from run_packages where run_id = '{job['run_id']}'")
+    assert packages["rows"] == [["numpy", numpy.__version__]]
+
+
+def test_a_node_whose_wheelhouse_was_wiped_gets_the_wheels_again_from_the_same_controller(
+        ssh_fleet: SshFleet) -> None:
+    """The node is the truth for what it holds: a controller that shipped there before must not assume it still does."""
+    fleet = ssh_fleet.fleet
+    offline_wheels(fleet)
+    ssh_fleet.add("node-a")
+    ssh_fleet.wait_up("node-a", timeout=60)
+    state = ssh_fleet.state_dir("node-a")
+    _run(fleet, _spec(fleet, "first", "node-a"))
+    assert len(_shipped(fleet, "node-a")) == 2
+    for folder in ("wheelhouse", "envs"):  # cleaned by hand, or a reinstalled disk under the same name
+        shutil.rmtree(state / folder)
+    second, logs = _run(fleet, _spec(fleet, "second", "node-a"))
+    assert "value 42" in logs and "[mlfleet env] building environment" in logs, logs
+    assert len(_shipped(fleet, "node-a")) == 4 and len(_wheelhouse(state)) == 2
