@@ -124,7 +124,7 @@ class EnvironmentPreparer:
         self.code_cache_dir = home.code_cache_dir
         self._facts: dict[str, tuple[float, NodeFacts]] = {}
         self._shipping: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self._on_node: set[tuple[str, str]] = set()  # (host, sha256) known to be in that node's wheelhouse
+        self._shipped: set[tuple[str, str]] = set()  # (host, sha256) this controller uploaded, for old agents
 
     async def facts(self, link: Any) -> NodeFacts:
         """The host's interpreters and platform, from its agent (asked again after FACTS_FRESH_S)."""
@@ -164,7 +164,7 @@ class EnvironmentPreparer:
         return self.resolver.resolve(text, target)
 
     async def ship(self, link: Any, facts: NodeFacts, wheels: list[PinnedWheel]) -> None:
-        """Every wheel into the node's wheelhouse, once per host; launches at the same time share each upload."""
+        """Every wheel the node lacks into its wheelhouse; launches at the same time share each upload."""
         missing = await self._missing(link, facts, wheels)
         tasks = []
         for wheel in missing:
@@ -180,22 +180,20 @@ class EnvironmentPreparer:
         if link.transport.kind == "local":  # the local agent's wheelhouse is a folder on this machine
             folder = Path(facts.state_dir) / "wheelhouse"
             return [w for w in wheels if not (folder / w.sha256).is_file()]
-        unknown = [w for w in wheels if (link.name, w.sha256) not in self._on_node]
-        if not unknown:
-            return []
+        # WHY ask every time: the node is the truth. Its wheelhouse may have been wiped (cleaned by hand, a
+        # reinstalled disk under the same name) since this controller shipped there; one round trip is cheap.
         try:
-            absent = set(await link.request("env_wheels_missing", sha256=[w.sha256 for w in unknown]))
+            absent = set(await link.request("env_wheels_missing", sha256=[w.sha256 for w in wheels]))
         except RemoteError as exc:
             if "unknown method" not in str(exc):
                 raise
-            absent = {w.sha256 for w in unknown}  # an agent that cannot say: ship what this controller has not
-        self._on_node.update((link.name, w.sha256) for w in unknown if w.sha256 not in absent)
-        return [w for w in unknown if w.sha256 in absent]
+            return [w for w in wheels if (link.name, w.sha256) not in self._shipped]  # an agent that cannot say
+        return [w for w in wheels if w.sha256 in absent]
 
     async def _ship_one(self, link: Any, facts: NodeFacts, wheel: PinnedWheel) -> None:
         if link.transport.kind == "local":
             await asyncio.to_thread(self.wheelhouse.link_into, wheel, Path(facts.state_dir) / "wheelhouse")
         else:
             await link.transport.upload(self.wheelhouse.path(wheel.sha256), f"{facts.state_dir}/wheelhouse/{wheel.sha256}")
-        self._on_node.add((link.name, wheel.sha256))
+        self._shipped.add((link.name, wheel.sha256))
         log.info("shipped %s to %s", wheel.filename, link.name)
