@@ -70,3 +70,22 @@ def test_memory_sized_and_cpu_jobs_prefer_warm_ties_too() -> None:
                         [QueuedJob("m", gpus=1, gpu_memory=10 * GiB, warm_hosts=frozenset({"b"})),
                          QueuedJob("c", cpus=1, warm_hosts=frozenset({"b"}))])
     assert {p.job_id: p.host for p in decision.placements} == {"m": "b", "c": "b"}
+
+
+def test_the_controller_knows_a_host_is_warm_from_a_plan_and_a_build_and_forgets_a_removed_env() -> None:
+    from mlfleet.core.base.models import Environment
+    from mlfleet.core.environments.warm import REFRESH_S, WarmEnvironments, env_key
+
+    key = env_key(Environment(requirements=["numpy"]), "code-1")
+    assert key == env_key(Environment(requirements=["numpy"]), "code-2")  # a list does not depend on the code
+    assert env_key(Environment(requirements="req.txt"), "code-1") != env_key(Environment(requirements="req.txt"), "c2")
+    warm = WarmEnvironments()
+    warm.planned("a", key, "h-a")
+    warm.planned("b", key, "h-b")
+    assert warm.warm_hosts(key) == frozenset()
+    warm.built("b", "h-b")
+    assert warm.warm_hosts(key) == {"b"}
+    assert warm.to_ask("b", [key], now=100.0) == ["h-b"]
+    assert warm.to_ask("b", [key], now=100.0 + REFRESH_S / 2) == []  # at most once a minute per host
+    warm.answered("b", {"h-b": False})  # garbage-collected on the node
+    assert warm.warm_hosts(key) == frozenset()

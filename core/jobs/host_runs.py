@@ -20,6 +20,7 @@ from mlfleet.core.audit import records as audit_records
 from mlfleet.core.base.errors import MlfleetError, RemoteError
 from mlfleet.core.base.models import NOT_STARTED_STATES, RunStatus, StreamChunk
 from mlfleet.core.base.protocol import Peer
+from mlfleet.core.environments.warm import env_key
 from mlfleet.core.fleet.hostlink import HostLink
 from mlfleet.core.jobs import records
 from mlfleet.core.jobs.runs import ActiveRun, PendingJob, failure_words
@@ -61,7 +62,21 @@ class HostRuns:
             if run.cancel_requested_by and run.finished_status is None:
                 with contextlib.suppress(MlfleetError):
                     await link.request("cancel", run_id=run.run_id)
+        await self._ask_env_ready(link)
         return _RunsPoll(self, link, runs)
+
+    async def _ask_env_ready(self, link: HostLink) -> None:
+        """Which waiting jobs' environments are built here (at most once a minute; for warm-first placement)."""
+        warm = self.jobs.environments.warm
+        keys = [env_key(j.spec.environment, j.code_hash) for j in self.jobs.pending.values()
+                if j.spec.builds_environment and j.spec.environment]
+        hashes = warm.to_ask(link.name, keys, time.monotonic()) if keys else []
+        if not hashes:
+            return
+        try:
+            warm.answered(link.name, await link.request("env_ready", env_hashes=hashes))
+        except MlfleetError as exc:  # an older agent, or a slow one: placement just knows less
+            log.info("env_ready on %s: %s", link.name, exc)
 
     async def _give_up_on_lost_runs(self, link: HostLink) -> None:
         """A host gone longer than ``lost_after``: its runs count as lost and retry elsewhere (per ``retries``)."""
