@@ -34,6 +34,7 @@ from mlfleet.core.base.rpc import method_dispatcher
 from mlfleet.core.base.send_budget import SendBudget
 
 from mlfleet.agents.envs.build import is_ready
+from mlfleet.agents.envs.gc import collect_garbage
 from mlfleet.agents.envs.probe import node_facts
 from mlfleet.agents.supervisor import Supervisor
 from mlfleet.agents.telemetry import GpuSource, HostSampler, NvmlGpuSource
@@ -68,6 +69,7 @@ class AgentDaemon:
         self._last_contact = time.time()
         self._env_facts: dict[str, Any] | None = None  # env_probe's answer, found once (interpreters do not move often)
         self._env_probing = asyncio.Lock()
+        self._env_collecting = asyncio.Lock()  # one garbage collection at a time
 
     # ------------------------------------------------------------ running
     def _take_lock(self) -> None:
@@ -268,6 +270,16 @@ class AgentDaemon:
         if len(env_hashes) > MAX_ENV_HASHES:
             raise UsageError(f"env_ready asks about {len(env_hashes)} environments; {MAX_ENV_HASHES} at most")
         return {h: is_ready(self.state_dir, h) for h in env_hashes}
+
+    async def rpc_env_gc(self, peer: Peer, keep_for: float, disk_budget: int | None = None) -> dict[str, Any]:
+        """Remove environments unused for ``keep_for`` seconds, then LRU ones past ``disk_budget`` bytes
+        (never one a live run uses or one being built: agents/envs/gc.py). The controller asks at most every
+        few minutes, with its settings (environments.keep_for, environments.disk_budget)."""
+        if self._env_collecting.locked():
+            return {"removed": {}, "busy": True}
+        async with self._env_collecting:
+            return await asyncio.to_thread(collect_garbage, self.state_dir, float(keep_for),
+                                           None if disk_budget is None else int(disk_budget), time.time())
 
     async def rpc_env_wheels_missing(self, peer: Peer, sha256: list[str]) -> list[str]:
         """Which of these wheels (by sha256) this host's wheelhouse lacks: the workstation ships only those."""

@@ -31,6 +31,8 @@ environments:           # per-job environments (docs/environments.md)
   index_url: null       # the package index resolution uses; null: uv's default (PyPI)
   find_links: []        # folders of wheels to use as well (full paths)
   no_index: false       # true: only find_links, never an index (offline teams, tests)
+  keep_for: 14d         # nodes remove built environments unused this long
+  disk_budget: 50GiB    # then the least recently used ones while the rest is over this (null: no limit)
 query:                  # mlfleet db query (docs/store.md)
   time_limit: 30s       # a query still running after this is interrupted
   workers: 2            # queries at once; more wait for a slot (within their time limit)
@@ -110,6 +112,8 @@ class EnvironmentSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
     index_url: Annotated[str, Meta(min_length=1, max_length=4096)] | None = None  # None: uv's default (PyPI)
     find_links: list[AbsolutePath] = msgspec.field(default_factory=list)  # folders of wheels, on this machine
     no_index: bool = False  # only find_links: resolution never asks an index
+    keep_for: Seconds = Seconds(14 * 86400)  # a node removes an environment unused this long (agents/envs/gc.py)
+    disk_budget: ByteSize | None = ByteSize(50 * 1024**3)  # then least recently used ones past this; None: no limit
 
 
 class StoreSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -34,6 +34,7 @@ from mlfleet.core.base.paths import Home
 from mlfleet.core.base.settings import Settings
 from mlfleet.core.environments.identity import env_hash
 from mlfleet.core.environments.resolve import IndexSettings, ResolutionError, ResolvedWheel, Resolver, Target
+from mlfleet.core.environments.warm import WarmEnvironments, env_key
 from mlfleet.core.environments.wheelhouse import Wheelhouse
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ class EnvironmentPreparer:
         self._facts: dict[str, tuple[float, NodeFacts]] = {}
         self._shipping: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._shipped: set[tuple[str, str]] = set()  # (host, sha256) this controller uploaded, for old agents
+        self.warm = WarmEnvironments()  # which hosts have which environments built: placement prefers them
 
     async def facts(self, link: Any) -> NodeFacts:
         """The host's interpreters and platform, from its agent (asked again after FACTS_FRESH_S)."""
@@ -153,9 +155,11 @@ class EnvironmentPreparer:
         await asyncio.to_thread(self.wheelhouse.ensure, resolved)
         wheels = [r.wheel for r in resolved]
         await self.ship(link, facts, wheels)
-        return EnvPlan(env_hash=env_hash(python.version, facts.platform, wheels, env.setup, python.implementation),
+        plan = EnvPlan(env_hash=env_hash(python.version, facts.platform, wheels, env.setup, python.implementation),
                        python=python.path, python_version=python.version, platform=facts.platform, wheels=wheels,
                        setup=list(env.setup))
+        self.warm.planned(link.name, env_key(env, code_hash), plan.env_hash)
+        return plan
 
     def _resolve(self, env: Environment, archive: Path | None, target: Target) -> list[ResolvedWheel]:
         text, project = requirements_text(env, archive)

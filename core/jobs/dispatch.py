@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from mlfleet.core.audit import records as audit_records
+from mlfleet.core.environments.warm import env_key
 from mlfleet.core.fleet.hostlink import HostLink
 from mlfleet.core.jobs import records, scheduler
 from mlfleet.core.jobs.params import render_argv
@@ -41,7 +42,10 @@ class Dispatcher:
             return
         views = self.host_views()
         held = self._held()
-        queue = [queued(job) for job in self.jobs.pending.values() if job.job_id not in held]
+        warm = self.jobs.environments.warm
+        queue = [queued(job, warm.warm_hosts(env_key(job.spec.environment, job.code_hash))
+                        if job.spec.builds_environment and job.spec.environment else frozenset())
+                 for job in self.jobs.pending.values() if job.job_id not in held]
         usage: dict[str, int] = {}
         for run in self.jobs.active.values():
             usage[run.spec.project] = usage.get(run.spec.project, 0) + len(run.gpus)
@@ -101,7 +105,7 @@ class Dispatcher:
             "run_id": run_id, "attempt": attempt, "project": job.spec.project, "name": job.spec.name,
             "owner": job.owner, "host": placement.host, "gpus": list(placement.gpu_indices),
             "spec_hash": job.spec.content_hash(), "workdir": job.spec.workdir, "command": render_argv(job.spec),
-            "code_hash": job.code_hash, "params": job.spec.params, "tags": job.spec.tags})
+            "code_hash": job.code_hash, "params": job.spec.params, "tags": job.spec.tags, "note": placement.note})
         run = ActiveRun(job_id=job.job_id, run_id=run_id, host=placement.host, state="dispatched", offset=0, lines=0,
                         attempt=attempt, max_attempts=job.max_attempts, spec=job.spec,
                         gpus=list(placement.gpu_indices), owner=job.owner, code_hash=job.code_hash,

@@ -20,6 +20,7 @@ from mlfleet.core.audit import records as audit_records
 from mlfleet.core.base.errors import MlfleetError, RemoteError
 from mlfleet.core.base.models import NOT_STARTED_STATES, RunStatus, StreamChunk
 from mlfleet.core.base.protocol import Peer
+from mlfleet.core.environments.warm import env_key
 from mlfleet.core.fleet.hostlink import HostLink
 from mlfleet.core.jobs import records
 from mlfleet.core.jobs.runs import ActiveRun, PendingJob, failure_words
@@ -34,9 +35,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+ENV_GC_EVERY_S = 600.0  # how often a node is asked to collect its environments' garbage
+
+
 class HostRuns:
     def __init__(self, jobs: "JobsService") -> None:
         self.jobs = jobs
+        self._env_gc_at: dict[str, float] = {}  # host -> when env_gc was last asked (monotonic)
 
     @property
     def store(self):  # noqa: ANN201 - the controller's Store
@@ -61,7 +66,41 @@ class HostRuns:
             if run.cancel_requested_by and run.finished_status is None:
                 with contextlib.suppress(MlfleetError):
                     await link.request("cancel", run_id=run.run_id)
+        await self._ask_env_ready(link)
+        await self._collect_env_garbage(link)
         return _RunsPoll(self, link, runs)
+
+    async def _collect_env_garbage(self, link: HostLink) -> None:
+        """The node removes old and over-budget environments, at most every ENV_GC_EVERY_S, with our settings."""
+        now = time.monotonic()
+        if now - self._env_gc_at.get(link.name, float("-inf")) < ENV_GC_EVERY_S:
+            return
+        self._env_gc_at[link.name] = now
+        conf = self.jobs.ctx.settings.environments
+        try:
+            answer = await link.request("env_gc", keep_for=float(conf.keep_for),
+                                        disk_budget=None if conf.disk_budget is None else int(conf.disk_budget),
+                                        request_timeout=self.jobs.ctx.answer_timeout)
+        except MlfleetError as exc:  # an older agent, or a slow disk: next time
+            log.info("env_gc on %s: %s", link.name, exc)
+            return
+        removed = answer.get("removed") or {}
+        if removed:
+            log.info("%s removed %d environments: %s", link.name, len(removed), removed)
+            self.jobs.environments.warm.answered(link.name, dict.fromkeys(removed, False))
+
+    async def _ask_env_ready(self, link: HostLink) -> None:
+        """Which waiting jobs' environments are built here (at most once a minute; for warm-first placement)."""
+        warm = self.jobs.environments.warm
+        keys = [env_key(j.spec.environment, j.code_hash) for j in self.jobs.pending.values()
+                if j.spec.builds_environment and j.spec.environment]
+        hashes = warm.to_ask(link.name, keys, time.monotonic()) if keys else []
+        if not hashes:
+            return
+        try:
+            warm.answered(link.name, await link.request("env_ready", env_hashes=hashes))
+        except MlfleetError as exc:  # an older agent, or a slow one: placement just knows less
+            log.info("env_ready on %s: %s", link.name, exc)
 
     async def _give_up_on_lost_runs(self, link: HostLink) -> None:
         """A host gone longer than ``lost_after``: its runs count as lost and retry elsewhere (per ``retries``)."""

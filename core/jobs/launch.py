@@ -71,6 +71,8 @@ class Launcher:
             log.warning("launch of %s on %s failed: %s (will retry)", run.run_id, link.name, exc)
             return
         run.launched = True
+        if environment is not None:
+            self.jobs.environments.warm.built(link.name, environment.env_hash)
 
     async def _environment(self, link: HostLink, run: ActiveRun) -> EnvPlan | None:
         """The run's environment resolved and shipped for this host (None: the node's own); the job is preparing."""

@@ -76,8 +76,10 @@ def dispatch(con: duckdb.DuckDBPyConnection, job_id: str, run: dict[str, Any]) -
                     [job_id, run["run_id"]])
         con.execute("""update jobs set state = 'dispatched', reason = ?, attempt = ?, host = ?, gpus = ?, run_id = ?
                        where job_id = ?""",
-                    [f"dispatched to {run['host']}", run["attempt"], run["host"], run["gpus"], run["run_id"], job_id])
-        _event(con, job_id, "dispatched", f"placed on {run['host']}", run["host"], run["run_id"])
+                    [f"dispatched to {run['host']}" + (f": {run['note']}" if run.get("note") else ""),
+                     run["attempt"], run["host"], run["gpus"], run["run_id"], job_id])
+        why = f" ({run['note']})" if run.get("note") else ""  # more than best fit chose the host, e.g. a built env
+        _event(con, job_id, "dispatched", f"placed on {run['host']}{why}", run["host"], run["run_id"])
 
 
 def mark_preparing(con: duckdb.DuckDBPyConnection, job_id: str, run_id: str, host: str) -> None:

@@ -49,19 +49,20 @@ class ActiveRun:
     lineage_asked: float = 0.0
 
 
-def queued(job: PendingJob) -> scheduler.QueuedJob:
-    return queued_job(job.job_id, job.spec, job.submitted, job.owner, job.failed_hosts)
+def queued(job: PendingJob, warm_hosts: frozenset[str] = frozenset()) -> scheduler.QueuedJob:
+    return queued_job(job.job_id, job.spec, job.submitted, job.owner, job.failed_hosts, warm_hosts)
 
 
 def queued_job(job_id: str, spec: JobSpec, submitted: float, owner: str,
-               failed_hosts: tuple[str, ...] = ()) -> scheduler.QueuedJob:
+               failed_hosts: tuple[str, ...] = (), warm_hosts: frozenset[str] = frozenset()) -> scheduler.QueuedJob:
     r = spec.resources
     return scheduler.QueuedJob(
         job_id=job_id, priority=spec.priority, submitted=submitted, gpus=r.gpus,
         gpu_memory=int(r.gpu_memory) if r.gpu_memory is not None else None,
         gpu_types=tuple(r.gpu_types), cpus=r.cpus, memory=int(r.memory) if r.memory is not None else None,
         labels=dict(spec.constraints.labels), hosts=tuple(spec.constraints.hosts), project=spec.project,
-        owner=owner, timeout=float(spec.timeout) if spec.timeout else None, avoid_hosts=failed_hosts)
+        owner=owner, timeout=float(spec.timeout) if spec.timeout else None, avoid_hosts=failed_hosts,
+        warm_hosts=warm_hosts)
 
 
 def failure_words(status: RunStatus) -> str:

@@ -94,7 +94,8 @@ def schedule(hosts: list[HostView], queue: list[QueuedJob], policy: Policy = Pol
         index.moved(cap)
         held[job.project] = held.get(job.project, 0) + job.gpus
         penalty[job.project] = policy.fair_share_weight * held[job.project] / total_gpus
-        decision.placements.append(Placement(job.job_id, cap.view.name, tuple(sorted(chosen))))
+        note = f"environment already built on {cap.view.name}" if cap.view.name in job.warm_hosts else ""
+        decision.placements.append(Placement(job.job_id, cap.view.name, tuple(sorted(chosen)), note))
     return decision
 
 
@@ -141,13 +142,19 @@ def best_host(job: QueuedJob, index: BestFitIndex, allowed: set[str], reserved: 
 
     Returns the host and GPUs (or None), the hosts looked at in detail and
     why each of them said no. Hosts where the job failed before are kept
-    as a fallback, used only when nothing else fits.
+    as a fallback, used only when nothing else fits. Among the hosts that
+    fit exactly as tightly as the best (the same measure in the index's
+    order), one where the job's environment is built already wins: warmth
+    breaks best-fit ties and nothing more, so it never costs a big hole.
     """
     tried: set[str] = set()
     reasons: list[Reason] = []
     fallback = None
+    best: tuple[HostCapacity, list[int]] | None = None
     for cap in index.walk(job, policy):
         name = cap.view.name
+        if best is not None and index.measure(job, cap) != index.measure(job, best[0]):
+            break  # past the ties of the best fit: no warm host among them
         if name not in allowed or cannot_fit_now(job, cap, policy):
             continue
         tried.add(name)
@@ -156,9 +163,13 @@ def best_host(job: QueuedJob, index: BestFitIndex, allowed: set[str], reserved: 
             reasons.append(reason)
         elif name in job.avoid_hosts:
             fallback = fallback or (cap, chosen)
-        else:
+        elif name in job.warm_hosts:
             return (cap, chosen), tried, reasons
-    return fallback, tried, reasons
+        elif best is None:
+            if not job.warm_hosts:
+                return (cap, chosen), tried, reasons
+            best = (cap, chosen)  # look on among the hosts that fit as tightly, for one with the environment
+    return best or fallback, tried, reasons
 
 
 _NOTHING: frozenset[int] = frozenset()

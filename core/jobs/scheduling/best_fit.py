@@ -46,6 +46,12 @@ class BestFitIndex:
                                                    whole_numbers=True)
         return order.from_least(job.gpu_memory + policy.memory_margin)
 
+    def measure(self, job: QueuedJob, cap: HostCapacity) -> float:
+        """What :meth:`walk` orders ``cap`` by for ``job``: hosts that measure alike are best-fit ties."""
+        if not job.gpus:
+            return cap.cpus
+        return cap.whole_gpus if job.gpu_memory is None else cap.nth_free(job.gpus)
+
     def moved(self, cap: HostCapacity) -> None:
         """The host's capacity changed: move it in every order there is."""
         position = self.position[cap.view.name]

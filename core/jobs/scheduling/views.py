@@ -69,6 +69,7 @@ class QueuedJob:
     owner: str = ""
     timeout: float | None = None
     avoid_hosts: tuple[str, ...] = ()  # where earlier attempts failed: used only when nothing else fits
+    warm_hosts: frozenset[str] = frozenset()  # where the job's environment is built already: wins best-fit ties
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class Placement:
     job_id: str
     host: str
     gpu_indices: tuple[int, ...]
+    note: str = ""  # why this host, when more than best fit decided it ("environment already built on gpu-a")
 
 
 @dataclass(frozen=True)
