@@ -14,4 +14,5 @@ rest is this capability's own (tests/test_import_directions.py keeps that).
 # resolve: EnvironmentFailure, the one-sentence error a job fails with.
 # identity: env_hash, the environment's identity (lineage, compare).
 # records: a run's environment written to the store (jobs write it when a launch is prepared).
-PUBLIC = ("prepare", "identity", "records", "resolve")
+# warm: which hosts have a job's environment built (the dispatcher passes it to the scheduler).
+PUBLIC = ("prepare", "identity", "records", "resolve", "warm")
