@@ -259,7 +259,7 @@ def main() -> None:
           "| baseline pip / this |")
     print("|---|---|---|---|---|")
     labels = {"uv": "mlfleet ensure_env, uv, empty uv cache (cold)",
-              "uv-warm": "mlfleet ensure_env, uv, a second env of the same wheels (warm uv cache)",
+              "uv-warm": "mlfleet ensure_env, uv, a second env of the same wheels (uv cache filled by the first)",
               "pipfallback": "mlfleet ensure_env, pip fallback (no uv on the node), no bytecode",
               "pip": "baseline: python -m venv + pip install --no-index --find-links (compiles .pyc)",
               "pip-nocompile": "baseline with pip --no-compile"}
