@@ -262,3 +262,22 @@ def test_linking_into_the_local_agents_wheelhouse(tmp_path: Path, wheels: Path) 
         placed = house.link_into(w.wheel, node)
         assert placed.read_bytes() == house.path(w.wheel.sha256).read_bytes()
         assert os.path.samestat(placed.stat(), house.path(w.wheel.sha256).stat())  # a hard link, no copy
+
+
+# ------------------------------------------------------------------ the documented specs
+
+def test_the_job_specs_in_docs_environments_md_validate(tmp_path: Path) -> None:
+    """Every job spec shown in docs/environments.md loads as written, so the page cannot rot."""
+    import re
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "environments.md").read_text()
+    blocks = [b for b in re.findall(r"^```yaml\n(.*?)^```", page, re.S | re.M) if re.search(r"^command:", b, re.M)]
+    assert len(blocks) >= 2, "the page lost its job specs"
+    for number, block in enumerate(blocks):
+        path = tmp_path / f"doc{number}.yaml"
+        path.write_text(block)
+        spec = load_job_spec(path)
+        assert spec.builds_environment and spec.environment is not None
+    lightning = load_job_spec(tmp_path / f"doc{len(blocks) - 1}.yaml")
+    assert lightning.environment is not None
+    assert "torch==2.13.0+cpu" in lightning.environment.requirements and len(lightning.environment.setup) == 2
