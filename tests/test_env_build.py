@@ -208,3 +208,20 @@ def test_a_plan_cannot_name_paths_outside_the_state_dir(tmp_path: Path) -> None:
     with pytest.raises(EnvBuildError, match="not a lower-case hex digest"):
         ensure_env(tmp_path, bad, Log())
     assert not (tmp_path / "envs").exists() or not os.listdir(tmp_path / "envs")
+
+
+def test_a_second_environment_of_the_same_wheels_takes_them_from_uvs_cache(tmp_path: Path, wheels) -> None:
+    """A new setup: line makes a new environment of the same wheels: uv must not unpack them again.
+
+    uv caches a find-links wheel by its path; each build used to link the wheels from a folder of its own,
+    so every environment paid a cold install (4.9 s instead of 0.4 s for numpy + scikit-learn + pandas).
+    """
+    state = tmp_path / "state"
+    _ship_all(state, wheels)
+    first, second = Log(), Log()
+    ensure_env(state, _plan(wheels), first)
+    ensure_env(state, _plan(wheels, setup=["true"]), second)
+    prepared = [line for line in first if "Prepared" in line]
+    assert prepared, f"uv said nothing of preparing the wheels the first time: {first}"
+    assert not [line for line in second if "Prepared" in line], second  # nothing unpacked: all from the cache
+    assert any("Installed 2 packages" in line for line in second), second

@@ -9,8 +9,11 @@ Layout under the agent's state dir::
     envs/.<env_hash>.lock        flock held while that environment is built
     envs/.building-<hash>-<pid>  a build in progress (uv), renamed to envs/<env_hash> when installed
     envs/.client/                the agent's ``mlfleet.track``, on each environment's sys.path (client.py)
-    envs/.links-<hash>-<pid>/    the build's find-links folder: symlinks named by the real wheel file
-                                 names (installers read tags from names) to the wheelhouse blobs
+    wheelhouse/named/<sha256>/<file name>   a symlink to the blob under the wheel's real file name
+                                 (installers read tags from names); one folder per wheel, at the same path
+                                 for every build, because uv caches a find-links wheel by its path: a new
+                                 path per build made every environment unpack every wheel again
+    envs/.links-<hash>-<pid>/    the build's pinned requirements (name==version --hash=sha256:...)
     uv-cache/                    uv's cache, on the same filesystem as envs/ so installs hardlink
 
 WHY the marker and not the rename is the commit point: ``setup:``
@@ -23,6 +26,7 @@ on the lock, then find the marker.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -119,23 +123,38 @@ def _check_plan(plan: EnvPlan) -> None:
             raise EnvBuildError(plan.env_hash, f"the pinned wheel {wheel.filename[:120]!r} has a bad name or sha256")
 
 
+def _named(wheelhouse: Path, sha256: str, filename: str) -> Path:
+    """``wheelhouse/named/<sha256>/``: a folder holding only ``filename``, a link to the blob (made once, atomically)."""
+    folder = wheelhouse / "named" / sha256
+    link = folder / filename
+    if not link.is_symlink():
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temp = folder / f".{filename}.{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+        temp.symlink_to(Path("..") / ".." / sha256)
+        os.rename(temp, link)  # two builds making the same link both end with the same one
+    return folder
+
+
 def _build(state_dir: Path, plan: EnvPlan, final: Path, uv: str | None, log: Log, cancelled: Cancelled) -> None:
     _check_interpreter(plan)
     envs = final.parent
     links = envs / f".links-{plan.env_hash}-{os.getpid()}"
     links.mkdir(mode=0o700)
     wheelhouse = state_dir / "wheelhouse"
+    named: list[Path] = []
     for wheel in plan.wheels:
         blob = wheelhouse / wheel.sha256
         if not blob.is_file():
             raise EnvBuildError(plan.env_hash, f"the wheel {wheel.filename} ({wheel.name}=={wheel.version}) is not "
                                                f"in this host's wheelhouse; it was never shipped here")
-        (links / wheel.filename).symlink_to(blob)
-    requirements = links / "requirements.txt"  # not a wheel: find-links skips it
+        named.append(_named(wheelhouse, wheel.sha256, wheel.filename))
+    requirements = links / "requirements.txt"
     requirements.write_text(requirements_text(plan))
     building = final if uv is None else envs / f".building-{plan.env_hash}-{os.getpid()}"
-    commands = (uv_commands(uv, plan, building, links, requirements) if uv
-                else pip_commands(plan, building, links, requirements))
+    commands = (uv_commands(uv, plan, building, named, requirements) if uv
+                else pip_commands(plan, building, named, requirements))
     env = installer_environment(state_dir)
     for argv in commands:
         code, lines = run_logged(argv, env, envs, log, cancelled, plan.env_hash)

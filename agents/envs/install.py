@@ -79,16 +79,23 @@ def requirements_text(plan: EnvPlan) -> str:
     return "".join(f"{w.name}=={w.version} --hash=sha256:{w.sha256}\n" for w in plan.wheels)
 
 
-def uv_commands(uv: str, plan: EnvPlan, target: Path, links: Path, requirements: Path) -> list[list[str]]:
-    """A relocatable venv (its scripts find their interpreter wherever the folder is renamed to), then the wheels."""
+def _find_links(folders: list[Path]) -> list[str]:
+    return [arg for folder in folders for arg in ("--find-links", str(folder))]
+
+
+def uv_commands(uv: str, plan: EnvPlan, target: Path, links: list[Path], requirements: Path) -> list[list[str]]:
+    """A relocatable venv (its scripts find their interpreter wherever the folder is renamed to), then the wheels.
+
+    ``links``: one find-links folder per wheel (build.py says why).
+    """
     venv = [uv, "venv", "--quiet", "--relocatable", "--no-python-downloads", "--python", plan.python, str(target)]
     if not plan.wheels:
         return [venv]
-    return [venv, [uv, "pip", "install", "--offline", "--no-index", "--no-build", "--find-links", str(links),
+    return [venv, [uv, "pip", "install", "--offline", "--no-index", "--no-build", *_find_links(links),
                    "--require-hashes", "-r", str(requirements), "--python", str(target / "bin" / "python")]]
 
 
-def pip_commands(plan: EnvPlan, target: Path, links: Path, requirements: Path) -> list[list[str]]:
+def pip_commands(plan: EnvPlan, target: Path, links: list[Path], requirements: Path) -> list[list[str]]:
     """Without uv: a venv without pip (instant), filled by the agent's own pip (``--python`` needs pip >= 22.3).
 
     Its scripts get absolute shebangs, so this builds at the final path.
@@ -97,7 +104,7 @@ def pip_commands(plan: EnvPlan, target: Path, links: Path, requirements: Path) -
     if not plan.wheels:
         return [venv]
     return [venv, [sys.executable, "-m", "pip", "--python", str(target / "bin" / "python"), "install",
-                   "--no-index", "--find-links", str(links), "--only-binary=:all:", "--no-compile",
+                   "--no-index", *_find_links(links), "--only-binary=:all:", "--no-compile",
                    "--require-hashes", "-r", str(requirements)]]
 
 
