@@ -51,7 +51,7 @@ def sweep_cells(s: dict[str, Any]) -> tuple[str | Text, ...]:
     return (s["sweep_id"], name, s.get("project") or "-", str(s["points"]), progress_bar(p),
             str(p.get("pending", 0)), str(p.get("running", 0)), str(p.get("succeeded", 0)),
             Text(str(p.get("failed", 0)), style="red") if p.get("failed") else "0",
-            best_cell, f"{best['name']} ({best['run_id']})" if best else "-", elapsed(s.get("created_at")))
+            best_cell, best['name'] if best else "-", elapsed(s.get("created_at")))
 
 
 class SweepsScreen(PollingScreen):
