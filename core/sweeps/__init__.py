@@ -6,5 +6,6 @@ rest is this capability's own (tests/test_import_directions.py keeps that).
 
 # children: a sweep spec's child specs, each checked by the job schema (the submit command checks them before sending).
 # plan: the pure expansion of a sweep: block into points.
+# summary: the words of a sweep's progress and best run, for the CLI and the TUI's sweeps view.
 # commands: what `mlfleet submit` prints (and waits for) when the spec is a sweep.
-PUBLIC = ("children", "plan", "commands")
+PUBLIC = ("children", "plan", "commands", "summary")

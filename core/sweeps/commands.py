@@ -16,17 +16,7 @@ from mlfleet.core.base.errors import EXIT_FAILED, EXIT_OK
 from mlfleet.core.cli import render
 from mlfleet.core.cli.output import Add, client_command, positive, print_json, say
 from mlfleet.core.controller.client import ControllerClient
-
-
-def _progress(p: dict[str, int]) -> str:
-    parts = [f"{p[s]} {s}" for s in ("pending", "running", "succeeded", "failed", "cancelled", "lost") if p.get(s)]
-    return f"{p['total'] - p['pending'] - p['running']}/{p['total']} done" + (f" ({', '.join(parts)})" if parts else "")
-
-
-def _best(best: dict[str, Any] | None) -> str:
-    if not best:
-        return "-"
-    return f"{best['name']} {best['metric']}={render.number(best['value'])} ({render.value(best['point'])})"
+from mlfleet.core.sweeps.summary import best as _best, progress as _progress
 
 
 async def cmd_sweeps_list(client: ControllerClient, args: argparse.Namespace) -> int:

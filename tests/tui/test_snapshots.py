@@ -23,11 +23,13 @@ from mlfleet.tui.screens.drift import DriftReportScreen, DriftScreen
 from mlfleet.tui.screens.fleet import FleetScreen
 from mlfleet.tui.screens.jobs import JobsScreen, job_detail
 from mlfleet.tui.screens.runs import RunsScreen
+from mlfleet.tui.screens.sweep_detail import SweepScreen
+from mlfleet.tui.screens.sweeps import SweepsScreen
 from mlfleet.tui.widgets.dialogs import Confirm, TextPanel
 from mlfleet.tui.widgets.job_log import JobLog, LogRequest
 from mlfleet.tui.widgets.job_table import JobTable
 from tui_data import (FIXED_AUDIT, FIXED_COMPARISON, FIXED_DRIFT_LIST, FIXED_DRIFT_REPORT, FIXED_HOSTS, FIXED_JOBS,
-                      FIXED_LINEAGE, FIXED_RUNS, GPU_HISTORY, JOB_METRICS, WHY_PENDING)
+                      FIXED_LINEAGE, FIXED_RUNS, FIXED_SWEEP, FIXED_SWEEPS, GPU_HISTORY, JOB_METRICS, WHY_PENDING)
 
 APP_CSS = Path(__file__).resolve().parents[2] / "tui" / "app.tcss"
 
@@ -155,3 +157,23 @@ def test_the_audit_view_looks_right(snap_compare: Any) -> None:
         await pilot.pause()
 
     assert snap_compare(StillApp(AuditScreen()), terminal_size=(130, 14), run_before=feed)
+
+
+def test_the_sweeps_view_looks_right(snap_compare: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mlfleet.tui.screens.sweeps.elapsed", lambda start, end=None: "2h 5m")  # age is now-relative
+
+    async def feed(pilot: Pilot[Any]) -> None:
+        await pilot.pause()  # the view's widgets are mounted before its first answer, as in the app
+        pilot.app.screen.show_sweeps(FIXED_SWEEPS)
+        await pilot.pause()
+
+    assert snap_compare(StillApp(SweepsScreen()), terminal_size=(150, 12), run_before=feed)
+
+
+def test_a_sweep_looks_right(snap_compare: Any) -> None:
+    async def feed(pilot: Pilot[Any]) -> None:
+        await pilot.pause()  # the view's widgets are mounted before its first answer, as in the app
+        pilot.app.screen.show_sweep(FIXED_SWEEP)
+        await pilot.pause()
+
+    assert snap_compare(StillApp(SweepScreen("lr-grid")), terminal_size=(130, 40), run_before=feed)

@@ -164,3 +164,36 @@ FIXED_AUDIT: list[dict[str, Any]] = [  # newest first, as audit_list sends them
     {"id": 1, "ts": "2024-05-01T09:00:00+00:00", "actor": "bo", "action": "controller.start", "target": None,
      "detail": {}},
 ]
+
+
+def _progress(pending: int, running: int, succeeded: int, failed: int = 0, cancelled: int = 0) -> dict[str, int]:
+    counts = {"pending": pending, "running": running, "succeeded": succeeded, "failed": failed,
+              "cancelled": cancelled, "lost": 0}
+    return {**counts, "total": sum(counts.values())}
+
+
+_BEST = {"run_id": "js0000004-1", "job_id": "js0000004", "name": "lr-grid-4", "state": "succeeded", "value": 0.1834,
+         "idx": 4, "point": {"params.lr": 0.001, "params.opt": "adam"}, "metric": "val_loss", "mode": "min"}
+
+FIXED_SWEEPS: list[dict[str, Any]] = [  # newest first, as sweeps_list sends them
+    {"sweep_id": "s1a2b3c4", "name": "lr-grid", "project": "vision", "owner": "ana", "points": 6, "max_parallel": 2,
+     "objective_metric": "val_loss", "objective_mode": "min", "created_at": "2024-05-01T10:00:00+00:00",
+     "cancelled_by": None, "progress": _progress(1, 2, 2, failed=1), "best": _BEST},
+    {"sweep_id": "s9f8e7d6", "name": "dropout", "project": "nlp", "owner": "bo", "points": 4, "max_parallel": None,
+     "objective_metric": "acc", "objective_mode": "max", "created_at": "2024-04-30T09:00:00+00:00",
+     "cancelled_by": "bo", "progress": _progress(0, 0, 1, cancelled=3), "best": None},
+]
+
+_LRS, _OPTS = (0.1, 0.01, 0.001), ("adam", "sgd")
+_STATES = ("succeeded", "failed", "succeeded", "running", "succeeded", "pending")
+_LOSSES = (0.412, None, 0.297, 0.351, 0.1834, None)
+
+FIXED_SWEEP: dict[str, Any] = {  # sweep_show of lr-grid
+    **{k: v for k, v in FIXED_SWEEPS[0].items()},
+    "spec": {}, "spec_path": "/home/ana/lr-grid.yaml",
+    "children": [{"idx": i, "job_id": f"js000000{i}", "name": f"lr-grid-{i}", "state": _STATES[i],
+                  "run_id": f"js000000{i}-1" if _STATES[i] != "pending" else None,
+                  "host": "gpu-box-1" if _STATES[i] != "pending" else None, "reason": None,
+                  "point": {"params.lr": _LRS[i // 2], "params.opt": _OPTS[i % 2]}, "objective": _LOSSES[i]}
+                 for i in range(6)],
+}
