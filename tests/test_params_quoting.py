@@ -1,0 +1,43 @@
+"""A param's value never becomes shell syntax, however a string command quotes its placeholder (pure, no fleet).
+
+Found by the issue 15 adversarial pass: inside '...' shlex.quote's own quotes
+closed the user's, so ``'{params.x}'`` with x = ``$(...)`` ran the command.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import msgspec
+import pytest
+
+from mlfleet.core.base.errors import SpecError
+from mlfleet.core.base.models import JobSpec
+from mlfleet.core.jobs.params import render_argv
+from mlfleet.core.jobs.spec import load_job_spec
+
+HOSTILE = ["$(echo PWNED)", "`echo PWNED`", "a  b", "it's", 'say "hi" \\ $HOME', "a\nb", "'; echo PWNED; '", ""]
+
+
+def shell_prints(command: str, value: str) -> str:
+    spec = msgspec.convert({"name": "q", "command": command, "params": {"x": value}}, JobSpec)
+    return subprocess.run(render_argv(spec), capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+@pytest.mark.parametrize("command", ["printf '%s|' {params.x}", "printf '%s|' '{params.x}'",
+                                     "printf '%s|' \"{params.x}\"", "printf '%s|' \"pre {params.x} post\"",
+                                     "printf '%s|' 'pre {params.x} post'", "printf '%s|' \\'{params.x}"])
+def test_the_program_gets_the_value_as_one_argument_in_every_quote_context(command: str, value: str) -> None:
+    expected = {"pre": f"pre {value} post|", "\\'": f"'{value}|"}
+    want = next((v for k, v in expected.items() if k in command), f"{value}|")
+    assert shell_prints(command, value) == want
+
+
+def test_params_that_would_set_one_environment_variable_are_refused(tmp_path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("name: a\ncommand: [x]\nparams:\n  lr: 1\n  LR: 2\n")
+    with pytest.raises(SpecError) as caught:
+        load_job_spec(path)
+    assert str(caught.value).startswith(f"{path}:5: params.LR: and params.lr would both be the environment variable "
+                                        "MLFLEET_PARAM_LR")
