@@ -54,6 +54,8 @@ def environment_errors(env: Environment | None, fail: Fail) -> None:
             text = item.strip()
             if not text or text.startswith("#"):
                 fail(("environment", "requirements", i), "is empty", "write a requirement such as numpy>=2")
+            elif "\n" in text or "\r" in text:  # requirements.in is line-based: a 2nd line is an option uv obeys
+                fail(("environment", "requirements", i), "holds a line break", "give one requirement per item")
             elif text.startswith("-"):
                 fail(("environment", "requirements", i), f"{text!r} is an installer option, not a requirement",
                      "set environments.index_url or environments.find_links in config.yaml instead")

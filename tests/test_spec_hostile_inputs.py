@@ -1,7 +1,10 @@
-"""A param's value never becomes shell syntax, however a string command quotes its placeholder (pure, no fleet).
+"""Hostile or odd input in a spec or a --set is one sentence, and a param never becomes shell syntax (pure).
 
 Found by the issue 15 adversarial pass: inside '...' shlex.quote's own quotes
-closed the user's, so ``'{params.x}'`` with x = ``$(...)`` ran the command.
+closed the user's, so ``'{params.x}'`` with x = ``$(...)`` ran the command;
+a line break in a requirement smuggled an option (``--index-url``) that uv
+obeyed; ``--set environment.python=3.10`` was the float 3.1; ``--set
+params.x='&a [*a]'`` was a RecursionError traceback.
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ import subprocess
 import msgspec
 import pytest
 
-from mlfleet.core.base.errors import SpecError
+from mlfleet.core.base.errors import SpecError, UsageError
 from mlfleet.core.base.models import JobSpec
+from mlfleet.core.jobs.overrides import parse_set
 from mlfleet.core.jobs.params import render_argv
 from mlfleet.core.jobs.spec import load_job_spec
 
@@ -41,3 +45,23 @@ def test_params_that_would_set_one_environment_variable_are_refused(tmp_path) ->
         load_job_spec(path)
     assert str(caught.value).startswith(f"{path}:5: params.LR: and params.lr would both be the environment variable "
                                         "MLFLEET_PARAM_LR")
+
+
+def test_a_requirement_with_a_line_break_is_refused_at_its_line(tmp_path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text('name: a\ncommand: [x]\nenvironment:\n  requirements: ["numpy\\n--index-url http://x"]\n')
+    with pytest.raises(SpecError) as caught:
+        load_job_spec(path)
+    assert str(caught.value).startswith(f"{path}:4: environment.requirements[0]: holds a line break")
+
+
+def test_set_environment_python_is_text_as_in_a_file() -> None:
+    assert parse_set("environment.python=3.10").value == "3.10"
+    assert parse_set("environment.requirements=[numpy, 'scipy==1.10']").value == ["numpy", "scipy==1.10"]
+
+
+@pytest.mark.parametrize("text", ["params.x=&a [*a]", "params.x={k: &b [*b]}"])
+def test_a_set_value_that_holds_itself_is_one_sentence(text: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_set(text)
+    assert str(caught.value) == f"--set {text}: the value holds itself (a YAML alias inside its own anchor); write it out"
