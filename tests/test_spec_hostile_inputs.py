@@ -65,3 +65,15 @@ def test_a_set_value_that_holds_itself_is_one_sentence(text: str) -> None:
     with pytest.raises(UsageError) as caught:
         parse_set(text)
     assert str(caught.value) == f"--set {text}: the value holds itself (a YAML alias inside its own anchor); write it out"
+
+
+def test_a_requirements_file_linked_from_outside_the_workdir_is_refused_at_submit(tmp_path) -> None:
+    """It passed the check, then failed at placement: the snapshot leaves such a link out ("is it ignored?")."""
+    (tmp_path / "wd").mkdir()
+    (tmp_path / "wd" / "req.txt").symlink_to("/etc/passwd")
+    path = tmp_path / "s.yaml"
+    path.write_text("name: a\ncommand: [x]\nworkdir: wd\nenvironment:\n  requirements: req.txt\n")
+    with pytest.raises(SpecError) as caught:
+        load_job_spec(path)
+    assert str(caught.value).startswith(f"{path}:5: environment.requirements: 'req.txt' is a link to '/etc/passwd', "
+                                        "outside the workdir")

@@ -86,9 +86,22 @@ def workdir_errors(env: Environment | None, workdir: Path, fail: Fail) -> None:
     if isinstance(env.requirements, str) and not (workdir / env.requirements).is_file():
         fail(("environment", "requirements"), f"{env.requirements!r} is not a file in workdir {str(workdir)!r}",
              "give a requirements.txt relative to workdir, or a list of requirements")
+    for field in ("requirements", "project"):
+        path = getattr(env, field)
+        if isinstance(path, str) and not _stays_inside(workdir, path):  # the snapshot leaves such a link out
+            fail(("environment", field), f"{path!r} is a link to {str((workdir / path).resolve())!r}, outside the "
+                 "workdir", "copy it into the workdir: the controller reads it from the job's code snapshot")
     if env.project is not None:
         folder = workdir / env.project
         missing = [name for name in ("pyproject.toml", "uv.lock") if not (folder / name).is_file()]
         if missing:
             fail(("environment", "project"), f"{str(folder)!r} has no {' and no '.join(missing)}",
                  "run 'uv lock' in the project (project: needs pyproject.toml and uv.lock)")
+
+
+def _stays_inside(workdir: Path, path: str) -> bool:
+    try:
+        (workdir / path).resolve().relative_to(workdir.resolve())
+    except ValueError:
+        return False
+    return True
