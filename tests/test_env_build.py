@@ -191,6 +191,32 @@ def test_setup_runs_inside_the_environment_once(tmp_path: Path, wheels) -> None:
     assert counter.read_text().split() == [str(root), str(root / "bin" / "python")]
 
 
+def test_a_setup_command_that_forks_a_daemon_does_not_hold_the_build_or_outlive_it(tmp_path: Path, wheels) -> None:
+    """Found by the issue 15 attack: 'sleep 300 &' kept the build 5 s on its output and ran on, orphaned."""
+    state = tmp_path / "state"
+    _ship_all(state, wheels)
+    pid_file = tmp_path / "daemon.pid"
+    plan = _plan(wheels, setup=[f"sleep 300 & echo $! > {pid_file}", "echo after"])
+    started = time.monotonic()
+    log = Log()
+    root = ensure_env(state, plan, log, compile_after=False)
+    assert time.monotonic() - started < 4, log
+    assert is_ready(state, plan.env_hash) and root.is_dir() and "after" in log
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_an_interpreter_that_changed_version_is_one_sentence(tmp_path: Path, wheels) -> None:
     state = tmp_path / "state"
     _ship_all(state, wheels)

@@ -131,6 +131,9 @@ def run_logged(argv: list[str], env: dict[str, str], cwd: Path, log: Log, cancel
             reader.join(2)
             raise EnvBuildCancelled(env_hash, "cancelled while its environment was being built")
         time.sleep(_POLL_S)
+    # A step's background children (setup: "serve &") would outlive the build, hold its output open (the
+    # reader waited 5 s for them) and run on the node outside any job: the step's group ends with the step.
+    with_group(proc.pid, signal.SIGKILL)
     reader.join(5)
     return proc.returncode, lines
 

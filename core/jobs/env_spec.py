@@ -54,6 +54,8 @@ def environment_errors(env: Environment | None, fail: Fail) -> None:
             text = item.strip()
             if not text or text.startswith("#"):
                 fail(("environment", "requirements", i), "is empty", "write a requirement such as numpy>=2")
+            elif "\n" in text or "\r" in text:  # requirements.in is line-based: a 2nd line is an option uv obeys
+                fail(("environment", "requirements", i), "holds a line break", "give one requirement per item")
             elif text.startswith("-"):
                 fail(("environment", "requirements", i), f"{text!r} is an installer option, not a requirement",
                      "set environments.index_url or environments.find_links in config.yaml instead")
@@ -84,9 +86,22 @@ def workdir_errors(env: Environment | None, workdir: Path, fail: Fail) -> None:
     if isinstance(env.requirements, str) and not (workdir / env.requirements).is_file():
         fail(("environment", "requirements"), f"{env.requirements!r} is not a file in workdir {str(workdir)!r}",
              "give a requirements.txt relative to workdir, or a list of requirements")
+    for field in ("requirements", "project"):
+        path = getattr(env, field)
+        if isinstance(path, str) and not _stays_inside(workdir, path):  # the snapshot leaves such a link out
+            fail(("environment", field), f"{path!r} is a link to {str((workdir / path).resolve())!r}, outside the "
+                 "workdir", "copy it into the workdir: the controller reads it from the job's code snapshot")
     if env.project is not None:
         folder = workdir / env.project
         missing = [name for name in ("pyproject.toml", "uv.lock") if not (folder / name).is_file()]
         if missing:
             fail(("environment", "project"), f"{str(folder)!r} has no {' and no '.join(missing)}",
                  "run 'uv lock' in the project (project: needs pyproject.toml and uv.lock)")
+
+
+def _stays_inside(workdir: Path, path: str) -> bool:
+    try:
+        (workdir / path).resolve().relative_to(workdir.resolve())
+    except ValueError:
+        return False
+    return True

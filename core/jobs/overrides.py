@@ -23,7 +23,8 @@ Path = tuple[Any, ...]  # ("resources", "gpus"), ("command", 1)
 _TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 _WHOLE_PATH = re.compile(r"[^.\[\]]+(?:\.[^.\[\]]+|\[\d+\])*")
 # Values that are text whatever they look like (argv items, environment, tags, labels): kept as typed.
-_TEXT_AT = (("command",), ("env",), ("tags",), ("constraints", "labels"))
+_TEXT_AT = (("command",), ("env",), ("tags",), ("constraints", "labels"), ("environment", "python"),
+            ("environment", "requirements"), ("environment", "setup"))  # python=3.10 is "3.10", as in a file
 MAX_OVERRIDES = 200
 
 
@@ -56,14 +57,17 @@ def parse_value(raw: str, said: str, path_text: str = "PATH") -> Any:
     return value
 
 
-def _check_ints(value: Any, said: str) -> None:
+def _check_ints(value: Any, said: str, inside: tuple[int, ...] = ()) -> None:
     if isinstance(value, bool):
         return
     if isinstance(value, int) and not INT_MIN <= value <= INT_MAX:
         raise UsageError(f"{said}: is an integer too large to carry (integers must be between -2**63 and 2**63-1); "
                          "quote it to keep it as text")
-    for item in value.values() if isinstance(value, dict) else value if isinstance(value, list) else ():
-        _check_ints(item, said)
+    if isinstance(value, (dict, list)):
+        if id(value) in inside:  # &a [*a]: YAML allows a value that holds itself; it cannot be carried
+            raise UsageError(f"{said}: the value holds itself (a YAML alias inside its own anchor); write it out")
+        for item in value.values() if isinstance(value, dict) else value:
+            _check_ints(item, said, inside + (id(value),))
 
 
 def parse_set(text: str) -> Override:

@@ -4,7 +4,9 @@ Pure: a spec in, the argv and environment out. The controller renders the
 command at dispatch (the run records what really ran) and the launch sets
 the environment; the spec keeps the placeholders, so ``jobs show`` says
 what was written. A string command runs through ``/bin/sh -c``, so a value
-put into it is shell-quoted; an argv item gets the value's text as it is.
+put into it is shell-quoted for where it stands (outside quotes, inside
+'...' or inside "..."), so a value never becomes shell syntax however the
+command quotes the placeholder; an argv item gets the value's text as it is.
 """
 
 from __future__ import annotations
@@ -57,20 +59,75 @@ def render_argv(spec: JobSpec) -> list[str]:
     if not spec.params:
         return spec.argv
 
-    def value(m: re.Match[str], quote: bool) -> str:
+    def value(m: re.Match[str]) -> str:
         found = lookup(spec.params, m.group(1))
         if found is _MISSING:  # refused at submit; a spec from before is left as written
             return m.group(0)
-        return shlex.quote(text_of(found)) if quote else text_of(found)
+        return text_of(found)
 
     if isinstance(spec.command, str):
-        return ["/bin/sh", "-c", PLACEHOLDER.sub(lambda m: value(m, True), spec.command)]
-    return [PLACEHOLDER.sub(lambda m: value(m, False), item) for item in spec.command]
+        return ["/bin/sh", "-c", _render_shell(spec.command, spec.params)]
+    return [PLACEHOLDER.sub(value, item) for item in spec.command]
+
+
+def _render_shell(command: str, params: dict[str, Any]) -> str:
+    """``command`` with each placeholder quoted for the shell context it is in.
+
+    WHY: shlex.quote alone is right only outside quotes: inside '...' its
+    quotes close and reopen the user's, leaving ``$(...)`` in a value bare.
+    """
+    out: list[str] = []
+    done = 0
+    for m in PLACEHOLDER.finditer(command):
+        found = lookup(params, m.group(1))
+        if found is _MISSING:  # refused at submit; a spec from before is left as written
+            continue
+        text = text_of(found)
+        state = _quote_state(command, m.start())
+        if state == "'":
+            text = text.replace("'", "'\\''")
+        elif state == '"':
+            text = re.sub(r'([\\$`"])', r"\\\1", text)
+        else:
+            text = shlex.quote(text)
+        out += [command[done:m.start()], text]
+        done = m.end()
+    return "".join(out) + command[done:]
+
+
+def _quote_state(command: str, end: int) -> str:
+    """The quote open at ``end`` in POSIX sh: "'", '"' or "" (none); a backslash escapes outside '...'."""
+    state, i = "", 0
+    while i < end:
+        c = command[i]
+        if state == "'":
+            state = "" if c == "'" else state
+        elif c == "\\":
+            i += 1
+        elif state == '"':
+            state = "" if c == '"' else state
+        elif c in "'\"":
+            state = c
+        i += 1
+    return state
 
 
 def env_name(key: str) -> str:
     """``MLFLEET_PARAM_`` and the key upper-cased, every character but letters and digits as ``_``."""
     return "MLFLEET_PARAM_" + re.sub(r"[^A-Z0-9]", "_", key.upper())
+
+
+def env_collisions(params: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``(first key, second key, variable)`` for keys that would set one ``MLFLEET_PARAM_`` variable (lr, LR)."""
+    seen: dict[str, str] = {}
+    out = []
+    for key in params:
+        name = env_name(key)
+        if name in seen:
+            out.append((seen[name], key, name))
+        else:
+            seen[name] = key
+    return out
 
 
 def param_env(spec: JobSpec) -> dict[str, str]:

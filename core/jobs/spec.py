@@ -19,7 +19,7 @@ from mlfleet.core.base.validation import validation_error
 from mlfleet.core.base.yamlsource import Located, dotted, read_yaml
 from mlfleet.core.jobs.env_spec import environment_errors, typed_as_written, workdir_errors
 from mlfleet.core.jobs.overrides import Override, apply, blame_overrides
-from mlfleet.core.jobs.params import unknown_placeholders
+from mlfleet.core.jobs.params import env_collisions, unknown_placeholders
 
 
 
@@ -196,6 +196,9 @@ def _semantic_errors(spec: JobSpec, located: Located | None, display: str,
     swept = {p[len("params."):] for p in _swept_paths(spec) if p.startswith("params.")}
     for parts, key in unknown_placeholders(spec.command, spec.params, swept):
         fail(parts, f"{{params.{key}}} names no param", "add it under params: (or to the sweep), or fix the name")
+    for first, second, variable in env_collisions(spec.params)[:1]:
+        fail(("params", second), f"and params.{first} would both be the environment variable {variable}",
+             "rename one of them")
     for i, path in enumerate(spec.inputs):
         if not path.strip() or "\0" in path:
             fail(("inputs", i), "is not a path", "give a file, folder or glob, relative to workdir (data/train.csv)")
