@@ -88,3 +88,22 @@ def test_the_sweep_block_is_typed_by_the_schema() -> None:
     assert "sweep.random.n: must be an integer >= 1" in text
     assert "sweep.random.space.params.lr.unifrom: unknown field; did you mean 'uniform'?" in text
     assert "sweep.objective.metric: is required but missing" in text
+
+
+def test_bounds_written_as_yaml_reads_them_in_exponent_form_are_numbers(tmp_path) -> None:
+    """``loguniform: [1e-5, 1e-1]`` is how everyone writes a learning-rate range; YAML 1.1 reads 1e-5 as text."""
+    from mlfleet.core.base.models import to_plain
+    from mlfleet.core.jobs.spec import load_job_spec
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text("name: lr\ncommand: [python, -c, pass]\n"
+                    "sweep:\n  random:\n    n: 50\n    seed: 3\n"
+                    "    space: {params.lr: {loguniform: [1e-5, 1e-1]}, params.wd: {uniform: [0, 2E-2]}}\n")
+    job = load_job_spec(path)
+    points = plan.plan(to_plain(job)["sweep"])
+    assert len(points) == 50
+    assert all(1e-5 <= p["params.lr"] <= 1e-1 and 0 <= p["params.wd"] <= 2e-2 for p in points)
+    assert min(p["params.lr"] for p in points) < 1e-3 < max(p["params.lr"] for p in points)  # spread over decades
+    path.write_text(path.read_text().replace("1e-5", "1e-5x"))  # text that is no number stays a mistake
+    with pytest.raises(SpecError, match="loguniform"):
+        load_job_spec(path)

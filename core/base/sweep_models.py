@@ -7,6 +7,8 @@ checked by the planner, core/sweeps/plan.py, which also expands it.
 
 from __future__ import annotations
 
+import re
+
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -48,3 +50,27 @@ class SweepSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     random: RandomSearch | None = None
     max_parallel: Annotated[int, Meta(ge=1, le=MAX_SWEEP_POINTS)] | None = None
     objective: Objective | None = None
+
+
+# YAML 1.1 reads 1e-5 as text: its float needs a dot (1.0e-5). A distribution's bounds are numbers by
+# definition, so text that is a number in exponent form is read as that number there (nowhere else:
+# a param written 1e-5 stays what YAML says, as it always was).
+_EXPONENT_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def bounds_as_numbers(data: Any) -> Any:
+    """``data`` (a job spec's plain data) with ``1e-5``-style text in uniform/loguniform bounds read as floats."""
+    sweep = data.get("sweep") if isinstance(data, dict) else None
+    random = sweep.get("random") if isinstance(sweep, dict) else None
+    space = random.get("space") if isinstance(random, dict) else None
+    if not isinstance(space, dict):
+        return data
+    fixed = {}
+    for path, dist in space.items():
+        if isinstance(dist, dict):
+            dist = {kind: ([float(v) if isinstance(v, str) and _EXPONENT_NUMBER.fullmatch(v.strip()) else v
+                            for v in bounds] if kind in ("uniform", "loguniform") and isinstance(bounds, list)
+                           else bounds)
+                    for kind, bounds in dist.items()}
+        fixed[path] = dist
+    return {**data, "sweep": {**sweep, "random": {**random, "space": fixed}}}

@@ -15,6 +15,7 @@ import msgspec
 from mlfleet.core.base import units
 from mlfleet.core.base.errors import SpecError, SpecErrors
 from mlfleet.core.base.models import MAX_GPU_MEMORY, JobSpec, spec_dec_hook
+from mlfleet.core.base.sweep_models import bounds_as_numbers
 from mlfleet.core.base.validation import validation_error
 from mlfleet.core.base.yamlsource import Located, dotted, read_yaml
 from mlfleet.core.jobs.env_spec import environment_errors, typed_as_written, workdir_errors
@@ -54,7 +55,7 @@ def load_job_spec(path: str | Path, overrides: list[Override] | None = None) -> 
         if isinstance(mapping, dict):
             _put(data, parts, {k: located.as_typed(parts + (k,), v) for k, v in mapping.items()})
     typed_as_written(data, located)  # before the overrides: it reads the file's text, which an override replaced
-    data = apply(data, overrides or [])
+    data = bounds_as_numbers(apply(data, overrides or []))
     spec, errors, removed = _validate(data, located)
     if spec is not None and len(errors) < MAX_SPEC_ERRORS and not _touches(("workdir",), removed):
         try:
