@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import re
 import tarfile
 import time
 from pathlib import Path
@@ -281,3 +282,39 @@ def test_the_job_specs_in_docs_environments_md_validate(tmp_path: Path) -> None:
     lightning = load_job_spec(tmp_path / f"doc{len(blocks) - 1}.yaml")
     assert lightning.environment is not None
     assert "torch==2.13.0+cpu" in lightning.environment.requirements and len(lightning.environment.setup) == 2
+
+
+def test_a_requirements_file_includes_others_from_the_snapshot_and_nothing_else(tmp_path: Path) -> None:
+    """``-r base.txt`` is read from the job's snapshot, beside the file; options that would steer uv are refused.
+
+    Resolution runs in a scratch folder, so uv itself followed ``-r base.txt`` there ("failed to read
+    from file /tmp/mlfleet-resolve-.../base.txt"), read ``-r /etc/hostname`` on the workstation and obeyed
+    ``--index-url`` lines (found by the issue-15 attacker).
+    """
+    from mlfleet.core.base.models import Environment
+
+    files = {"req.txt": "# training\n-r base.txt\ntinypkg>=0.9  # pinned below\n",
+             "base.txt": "--requirement=sub/more.txt\nnumpy\n", "sub/more.txt": "-r ../shared.txt\n",
+             "shared.txt": "pyyaml\n", "loop.txt": "-r loop.txt\n", "escape.txt": "-r ../../etc/hostname\n",
+             "abs.txt": "-r /etc/hostname\n", "index.txt": "numpy\n--index-url http://127.0.0.1:9/simple\n",
+             "editable.txt": "-e .\n", "missing.txt": "-r nowhere.txt\n"}
+    archive = tmp_path / "code.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, text in files.items():
+            path = tmp_path / "src" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            tar.add(path, arcname=name)
+
+    def text(name: str) -> str:
+        return requirements_text(Environment(requirements=name), archive)[0]
+
+    assert text("req.txt") == "pyyaml\nnumpy\ntinypkg>=0.9\n"
+    for name, words in [("loop.txt", "loop.txt includes itself"),
+                        ("escape.txt", "is outside the job's workdir"),
+                        ("abs.txt", "is an absolute path"),
+                        ("index.txt", "index.txt:2: the option --index-url is not taken"),
+                        ("editable.txt", "editable.txt:1: the option -e is not taken"),
+                        ("missing.txt", "nowhere.txt is not in the job's code snapshot")]:
+        with pytest.raises(ResolutionError, match=re.escape(words)):
+            text(name)

@@ -34,6 +34,7 @@ from mlfleet.core.base.paths import Home
 from mlfleet.core.base.settings import Settings
 from mlfleet.core.environments.identity import env_hash
 from mlfleet.core.environments.resolve import IndexSettings, ResolutionError, ResolvedWheel, Resolver, Target
+from mlfleet.core.environments.requirement_files import expand
 from mlfleet.core.environments.warm import WarmEnvironments, env_key
 from mlfleet.core.environments.wheelhouse import Wheelhouse
 
@@ -93,7 +94,7 @@ def requirements_text(env: Environment, archive: Path | None) -> tuple[str, tupl
     if isinstance(env.requirements, list):
         return "\n".join(env.requirements) + "\n", None
     if isinstance(env.requirements, str):
-        return _member(archive, env.requirements), None
+        return expand(env.requirements, lambda name: _member(archive, name), ResolutionError), None
     if env.project is not None:
         folder = PurePosixPath(env.project)
         return "", (_member(archive, str(folder / "pyproject.toml")), _member(archive, str(folder / "uv.lock")))
