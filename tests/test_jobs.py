@@ -5,12 +5,15 @@ from __future__ import annotations
 import time
 
 import psutil
+import pytest
 
 from conftest import CONFIGS, Fleet
 
 
+@pytest.mark.pypi  # the demo brings its environment (numpy), resolved against PyPI
+@pytest.mark.timeout(300)
 def test_demo_runs_and_its_metrics_and_params_land_in_duckdb(fleet: Fleet) -> None:
-    done = fleet.cli("submit", str(CONFIGS / "demo-train.yaml"), "--wait", "--json", timeout=120)
+    done = fleet.cli("submit", str(CONFIGS / "demo-train.yaml"), "--wait", "--json", timeout=240)
     assert done.code == 0, done.err
     result = done.json()
     assert result["state"] == "succeeded" and result["exit_code"] == 0
