@@ -51,7 +51,9 @@ def _shipped(fleet: Fleet, host: str) -> list[str]:
 def _wheelhouse(state_dir: Path) -> dict[str, tuple[int, int]]:
     """Each blob in the node's wheelhouse with its inode and mtime: an upload (temp name, then rename) changes both."""
     house = state_dir / "wheelhouse"
-    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in house.iterdir()} if house.is_dir() else {}
+    # blobs only: wheelhouse/named/ holds the links builds install from (agents/envs/build.py)
+    return ({p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in house.iterdir() if p.is_file()}
+            if house.is_dir() else {})
 
 
 def _run(fleet: Fleet, spec: Path) -> tuple[dict, str]:
@@ -176,7 +178,7 @@ def test_numpy_resolved_and_fetched_from_pypi_is_built_on_an_offline_node(ssh_fl
     assert "[mlfleet env] building environment" in logs and "(1 wheels," in logs
     [shipped] = _shipped(fleet, "node-a")
     assert shipped.startswith(f"numpy-{numpy.__version__}-cp") and "manylinux" in shipped
-    [blob] = (state / "wheelhouse").iterdir()
+    [blob] = [p for p in (state / "wheelhouse").iterdir() if p.is_file()]
     assert blob.stat().st_size > 1_000_000  # the real wheel, not a stand-in
     packages = fleet.cli_json("db", "query", f"select name, version from run_packages where run_id = '{job['run_id']}'")
     assert packages["rows"] == [["numpy", numpy.__version__]]
