@@ -298,7 +298,15 @@ def test_out_of_descriptors_the_cli_says_busy_and_the_log_stays_small(fleet: Fle
         controller.rlimit(psutil.RLIMIT_NOFILE, (1024, 1024))
     log = (fleet.home.log_dir / "controller.log").read_text()
     assert log_size(fleet) < 32 * 1024, log[-3000:]
-    assert log.count("out of file descriptors") == 1 and "descriptors are free again" in log
+    # Said once per starvation, not once per refused client: each "out of" is answered by a "free again"
+    # before the next. A descriptor another part of the controller closes for a moment (its store, a log
+    # rotation) may end a starvation early and the flood start the next: seen once in a full suite.
+    said = [line for line in log.splitlines()
+            if "out of file descriptors (" in line or "descriptors are free again" in line]
+    kinds = ["out" if "out of file descriptors (" in line else "free" for line in said]
+    assert kinds and kinds[0] == "out" and kinds[-1] == "free", said
+    assert all(a != b for a, b in zip(kinds, kinds[1:])), said  # they alternate: never said twice in a row
+    assert kinds.count("out") <= 3, said
 
 
 def test_an_idle_flood_on_the_local_agent_does_not_cut_the_controller_off(fleet: Fleet) -> None:
