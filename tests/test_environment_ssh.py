@@ -48,6 +48,17 @@ def _shipped(fleet: Fleet, host: str) -> list[str]:
     return lines
 
 
+def offline_node(ssh_fleet: SshFleet, name: str) -> Path:
+    """Host ``name`` restarted behind an sshd whose sessions reach no package index, added and up: its state dir."""
+    server = ssh_fleet.servers[name]
+    server.stop()
+    server.extra_config = [NO_NETWORK]
+    server.start()
+    ssh_fleet.add(name)
+    ssh_fleet.wait_up(name, timeout=60)
+    return ssh_fleet.state_dir(name)
+
+
 def _wheelhouse(state_dir: Path) -> dict[str, tuple[int, int]]:
     """Each blob in the node's wheelhouse with its inode and mtime: an upload (temp name, then rename) changes both."""
     house = state_dir / "wheelhouse"
@@ -72,13 +83,7 @@ def test_an_offline_ssh_node_gets_the_wheels_once_builds_once_and_names_the_env_
         ssh_fleet: SshFleet) -> None:
     fleet = ssh_fleet.fleet
     offline_wheels(fleet)
-    server = ssh_fleet.servers["node-a"]
-    server.stop()
-    server.extra_config = [NO_NETWORK]
-    server.start()
-    ssh_fleet.add("node-a")
-    ssh_fleet.wait_up("node-a", timeout=60)
-    state = ssh_fleet.state_dir("node-a")
+    state = offline_node(ssh_fleet, "node-a")
     agent = psutil.Process(ssh_fleet.agent_pid("node-a")).environ()
     assert agent["UV_INDEX_URL"] == agent["PIP_INDEX_URL"] == f"{DEAD}/simple" and agent["HTTPS_PROXY"] == DEAD
 
@@ -165,13 +170,7 @@ def test_numpy_resolved_and_fetched_from_pypi_is_built_on_an_offline_node(ssh_fl
     import numpy
 
     fleet = ssh_fleet.fleet
-    server = ssh_fleet.servers["node-a"]
-    server.stop()
-    server.extra_config = [NO_NETWORK]
-    server.start()
-    ssh_fleet.add("node-a")
-    ssh_fleet.wait_up("node-a", timeout=60)
-    state = ssh_fleet.state_dir("node-a")
+    state = offline_node(ssh_fleet, "node-a")
     job, logs = _run(fleet, fleet.write_spec("numpy", NUMPY.format(python=platform.python_version(),
                                                                    version=numpy.__version__)))
     assert f"numpy {numpy.__version__} {state}/envs/" in logs and logs.rstrip().endswith(" 15"), logs

@@ -18,7 +18,7 @@ import shlex
 import pytest
 
 from conftest import CONFIGS, REPO, Fleet, SshFleet
-from test_environment_ssh import NO_NETWORK, _shipped
+from test_environment_ssh import _shipped, offline_node
 
 
 def quickstart_commands() -> list[list[str]]:
@@ -85,13 +85,7 @@ def test_the_demo_as_shipped_succeeds_on_a_host_that_has_no_numpy_and_reaches_no
     node builds the environment offline; the next run reuses it.
     """
     fleet = ssh_fleet.fleet
-    server = ssh_fleet.servers["node-a"]
-    server.stop()
-    server.extra_config = [NO_NETWORK]
-    server.start()
-    ssh_fleet.add("node-a")
-    ssh_fleet.wait_up("node-a", timeout=60)
-    state = ssh_fleet.state_dir("node-a")
+    state = offline_node(ssh_fleet, "node-a")
     demo = str(CONFIGS / "demo-train.yaml")
 
     first = fleet.cli("submit", demo, "--set", "constraints.hosts=[node-a]", "--wait", "--json", timeout=180)
