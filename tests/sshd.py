@@ -100,4 +100,7 @@ class SshServer:
         if self.process is None or self.process.poll() is not None:
             return
         for child in psutil.Process(self.process.pid).children(recursive=False):
-            child.kill()
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:  # its connection ended on its own between the listing and the kill
+                pass
