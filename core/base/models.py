@@ -112,6 +112,8 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return self.environment is not None and not self.environment.inherits
     # A grid or random search: one child job per point (docs/sweeps.md); children have none.
     sweep: SweepSpec | None = None
+    # Set only by deployments (core/deploy/): the run is a supervised server. A job spec file may not set it.
+    service: "ServicePlan | None" = None
 
     @property
     def argv(self) -> list[str]:
@@ -131,7 +133,7 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def content_hash(self) -> str:
         """sha256 of the canonical JSON of the spec: the run's ``spec_hash`` lineage field."""
         plain = to_plain(self)
-        for optional in ("environment", "sweep"):  # a spec without one hashes as it did before the field existed
+        for optional in ("environment", "sweep", "service"):  # a spec without one hashes as it did before the field existed
             if plain.get(optional) is None:
                 plain.pop(optional, None)
         return hashlib.sha256(msgspec.json.encode(plain, order="sorted")).hexdigest()
@@ -281,6 +283,102 @@ class NodePython(msgspec.Struct, frozen=True, kw_only=True):
     implementation: str = "cpython"
 
 
+# ---------------------------------------------------------------- services (deployments' replicas)
+
+class HealthProbe(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An HTTP check of a server on its node's loopback, made by the agent.
+
+    The liveness probe (``health``) says the process answers; the deep probe
+    makes a real prediction, so a server whose engine is dead while its
+    ``/health`` says 200 is still found out.
+    """
+
+    path: Annotated[str, Meta(min_length=1, max_length=2048, pattern=r"^/")] = "/health"
+    method: Literal["GET", "POST", "PUT", "HEAD"] = "GET"
+    body: Annotated[str, Meta(max_length=65536)] | None = None  # sent as is; JSON when it parses as JSON
+    expect_status: Annotated[int, Meta(ge=100, le=599)] = 200
+    interval: Seconds = Seconds(5.0)
+    timeout: Seconds = Seconds(2.0)
+    initial_delay: Seconds = Seconds(0.0)
+    failures: Annotated[int, Meta(ge=1, le=100)] = 3  # consecutive failed probes before a healthy server is unhealthy
+
+
+class MetricNames(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Which Prometheus families are a server's requests, errors and latency (vLLM's differ from a FastAPI app's).
+
+    Names are as the text format writes them, without ``_total``/``_bucket``
+    suffixes. Errors: a counter of its own, or else the samples of
+    ``requests`` whose ``status``/``code`` label starts with 5.
+    """
+
+    path: Annotated[str, Meta(min_length=1, max_length=2048, pattern=r"^/")] = "/metrics"
+    interval: Seconds = Seconds(5.0)
+    requests: str = "http_requests"
+    errors: str | None = None
+    latency: str = "http_request_duration_seconds"
+    # Gauges kept (all of the server's gauges when empty, at most 32)
+    gauges: list[str] = msgspec.field(default_factory=list)
+
+
+class ServicePlan(msgspec.Struct, frozen=True, kw_only=True):
+    """What makes a run a supervised server (a deployment's replica), in its LaunchRequest and its JobSpec.
+
+    The agent picks a free port at launch (kept across restarts of the
+    server), puts ``{port}`` and ``{model_path}`` into the argv (and
+    ``MLFLEET_PORT``, ``MLFLEET_MODEL_PATH``, ``MLFLEET_CAPTURE_FILE`` into the
+    environment), restarts the server when it exits (backoff doubling from
+    ``restart_backoff`` to ``max_backoff``; reset after ``max_backoff`` of
+    good running), probes ``health`` (and ``deep``) on 127.0.0.1 and scrapes
+    ``metrics``. A cancel is the only way such a run exits for good.
+    """
+
+    deployment: str
+    version: int  # the model version this replica serves
+    replica: str  # the replica's id (the deployment's own name for it; also the job's name)
+    health: HealthProbe = HealthProbe()
+    deep: HealthProbe | None = None
+    metrics: MetricNames | None = None  # None: not scraped
+    model_sha256: str | None = None  # the file in the node's model store (<state>/models/<sha256>/<model_file>)
+    model_file: str | None = None
+    port: int | None = None  # None: a free port picked by the agent
+    restart_backoff: float = 1.0
+    max_backoff: float = 30.0
+    capture_max_size: int = 256 * 1024**2  # bytes of captured inputs kept on the node before the oldest are dropped
+
+
+class ScrapeSample(msgspec.Struct, kw_only=True):
+    """One scrape of a server's Prometheus endpoint, reduced on the node to what mlfleet keeps.
+
+    Counters are totals since the server started (a restart resets them;
+    rates are computed from deltas, resets handled: core/deploy/serving_stats.py).
+    """
+
+    ts: float
+    requests: float | None = None
+    errors: float | None = None
+    latency_buckets: list[tuple[float, float]] = msgspec.field(default_factory=list)  # (le, cumulative count), +Inf last
+    latency_sum: float | None = None
+    latency_count: float | None = None
+    gauges: dict[str, float] = msgspec.field(default_factory=dict)
+    error: str = ""  # the scrape failed: why (the values above are then empty)
+
+
+ServiceHealth = Literal["starting", "healthy", "unhealthy"]
+
+
+class ServiceStatus(msgspec.Struct, kw_only=True):
+    """The agent's view of a supervised server, in its run's RunStatus."""
+
+    port: int | None = None
+    health: ServiceHealth = "starting"
+    since: float | None = None  # when ``health`` last changed, node clock
+    restarts: int = 0  # server processes started after the first
+    deep_ok: bool | None = None  # the last deep probe passed (None: none made yet, or no deep probe)
+    last_error: str = ""  # the last failed probe or crash, in words
+    probed_at: float | None = None
+    scrape: ScrapeSample | None = None  # the latest scrape
+
+
 class LaunchRequest(msgspec.Struct, kw_only=True):
     """What the controller asks an agent to run: one attempt of one job.
 
@@ -304,6 +402,8 @@ class LaunchRequest(msgspec.Struct, kw_only=True):
     artifact_roots: list[str] = msgspec.field(default_factory=list)
     # Run inside this environment, built (or reused) on the node first; None: the node user's login environment
     environment: EnvPlan | None = None
+    # A supervised server (a deployment's replica) rather than a job that runs to its end
+    service: ServicePlan | None = None
 
 
 ProcessState = Literal["starting", "running", "exited"]
@@ -324,6 +424,7 @@ class RunStatus(msgspec.Struct, kw_only=True):
     # state "starting" while the run's environment (LaunchRequest.environment) is being built or waited for:
     # when that began, by the node's clock; None otherwise. The job is "preparing" to its users then.
     preparing_since: float | None = None
+    service: ServiceStatus | None = None  # a supervised server's port, health, restarts and latest scrape
 
 
 # A metric line longer than this is one bad line, never sent (agents/metriclines.py): it keeps any one

@@ -86,6 +86,17 @@ class Home:
         return self.data_dir / "environments"
 
     @property
+    def model_store_dir(self) -> Path:
+        """Registered model files by content: ``<sha256>/<file name>`` (core/registry/; a node may vanish,
+        the model must not). Launches ship a replica's model from here."""
+        return self.data_dir / "models" / "sha256"
+
+    @property
+    def capture_dir(self) -> Path:
+        """Captured serving inputs as Parquet, ``<deployment>/<day>/...`` (core/deploy/capture)."""
+        return self.data_dir / "captures"
+
+    @property
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
 

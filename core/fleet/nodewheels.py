@@ -35,7 +35,8 @@ from mlfleet.core.base.private import private_dir
 
 # What ``mlfleet agent serve|connect`` imports: the node needs nothing else.
 # uv builds jobs' environments on the node (agents/envs/).
-AGENT_REQUIREMENTS = ["msgspec>=0.18", "psutil>=5.9", "nvidia-ml-py>=12.535", "pyyaml>=6.0", "uv>=0.13"]
+AGENT_REQUIREMENTS = ["msgspec>=0.18", "psutil>=5.9", "nvidia-ml-py>=12.535", "pyyaml>=6.0", "uv>=0.13",
+                      "prometheus_client>=0.20"]  # the agent scrapes the servers it supervises
 
 # Run on the node with its Python: what pip needs to pick wheels for it (standard library only).
 PROBE = ("import json, platform, sys, sysconfig; lib, ver = platform.libc_ver(); "

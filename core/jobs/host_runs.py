@@ -154,6 +154,7 @@ class HostRuns:
             item = {"status": status_raw, "metrics": {"run_id": run.run_id, "stream": "metrics", "offset": run.offset,
                                                       "end": run.offset, "data": "", "eof": True}}
         status = msgspec.convert(status_raw, RunStatus)
+        run.service = status.service  # a replica's port, health and latest scrape (core/deploy/ reads it)
         chunk_raw = item.get("metrics")
         drained = False
         if chunk_raw is not None:

@@ -60,7 +60,7 @@ class Launcher:
             env={**param_env(run.spec), **run.spec.env_strings()}, gpu_indices=run.gpus, code_hash=shipped,
             timeout=float(run.spec.timeout) if run.spec.timeout else None, inputs=list(run.spec.inputs),
             log_max_size=int(self.jobs.ctx.settings.logs.max_size), artifact_roots=self._artifact_roots(link.name),
-            environment=environment)
+            environment=environment, service=run.spec.service)
         try:
             if shipped:
                 await self._ship(link, shipped)

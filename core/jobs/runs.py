@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass, field
 
-from mlfleet.core.base.models import JobSpec, RunStatus
+from mlfleet.core.base.models import JobSpec, RunStatus, ServiceStatus
 from mlfleet.core.jobs import scheduler
 
 
@@ -47,6 +47,7 @@ class ActiveRun:
     finished_status: RunStatus | None = field(default=None)
     node_lineage: bool = False  # the agent's lineage.json is merged into the run's lineage
     lineage_asked: float = 0.0
+    service: ServiceStatus | None = None  # a supervised server's latest state from its agent (deployments)
 
 
 def queued(job: PendingJob, warm_hosts: frozenset[str] = frozenset()) -> scheduler.QueuedJob:

@@ -203,6 +203,9 @@ def _semantic_errors(spec: JobSpec, located: Located | None, display: str,
     for i, path in enumerate(spec.inputs):
         if not path.strip() or "\0" in path:
             fail(("inputs", i), "is not a path", "give a file, folder or glob, relative to workdir (data/train.csv)")
+    if spec.service is not None:
+        fail(("service",), "is set by deployments, not in a job spec",
+             "write a deployment spec and run mlfleet deploy apply FILE (docs/deployments.md)")
     environment_errors(spec.environment, fail)
     return errors
 
