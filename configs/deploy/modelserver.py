@@ -210,6 +210,8 @@ class Handler(BaseHTTPRequestHandler):
         self._send(route, status, json.dumps(answer).encode(), "application/json")
 
     def _send(self, route: str, status: int, data: bytes, content_type: str) -> None:
+        # Counted before the answer leaves: a client that reads /metrics right after its answer sees it counted.
+        self.app.metrics.requests.labels(route, str(status)).inc()
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
@@ -218,7 +220,14 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except OSError:  # the client went away; the request still counts
             pass
-        self.app.metrics.requests.labels(route, str(status)).inc()
+
+
+class Server(ThreadingHTTPServer):
+    """A thread per request, a real backlog, and a close that waits for the requests it accepted."""
+
+    request_queue_size = 128  # socketserver's 5 drops a burst of connections (the client retries a second later)
+    daemon_threads = False  # server_close() joins every request thread: in-flight requests finish
+    block_on_close = True
 
 
 def model_version() -> int:
@@ -244,7 +253,7 @@ def main(name: str, load: Callable[[Path], LoadedModel], argv: list[str] | None 
     """Load the model, serve until SIGTERM/SIGINT, answer what was accepted, return 0."""
     args = parse_args(argv, name)
     stop_asked = threading.Event()
-    server: ThreadingHTTPServer | None = None
+    server: Server | None = None
     app: App | None = None
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -268,12 +277,10 @@ def main(name: str, load: Callable[[Path], LoadedModel], argv: list[str] | None 
     app = App(model, metrics, broken=args.broken, delay=args.delay)
     handler = type("BoundHandler", (Handler,), {"app": app})
     try:
-        server = ThreadingHTTPServer((args.host, args.port), handler)
+        server = Server((args.host, args.port), handler)
     except OSError as exc:
         print(f"{name}: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr, flush=True)
         return 2
-    server.daemon_threads = False  # server_close() then joins every request thread: in-flight requests finish
-    server.block_on_close = True
     port = server.server_address[1]
     mode = " BROKEN (predict answers 500)" if app.broken else ""
     print(f"{name}: serving {model.describe} (version {metrics.loaded_version}) on "
@@ -283,4 +290,8 @@ def main(name: str, load: Callable[[Path], LoadedModel], argv: list[str] | None 
     app.stopping.set()
     server.server_close()  # stops accepting, then waits for the requests already accepted
     print(f"{name}: stopped, every accepted request answered", flush=True)
+    # A second SIGTERM while the interpreter winds down (buffers flushed at exit: capture) would
+    # otherwise find the default handler back and end the process with -15 instead of 0.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     return 0
