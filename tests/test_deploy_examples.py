@@ -186,6 +186,7 @@ def test_a_server_answers_health_predictions_and_metrics_that_count_them(example
     case = EXAMPLES[example]
     with serving(example, models[example]) as server:
         assert server.request("GET", "/health") == (200, {"status": "ok", "model": example, "version": 3})
+        assert server.request("GET", "/health?from=probe")[0] == 200
         for _ in range(5):
             status, answer = server.request("POST", "/predict", case["body"])
             assert status == 200, answer
@@ -194,7 +195,7 @@ def test_a_server_answers_health_predictions_and_metrics_that_count_them(example
             assert all(abs(sum(p.values()) - 1) < 1e-4 for p in answer["probabilities"])
         samples = server.metrics()
         assert predict_count(samples, "200") == 5
-        assert samples["http_requests_total"][(("route", "/health"), ("status", "200"))] == 1
+        assert samples["http_requests_total"][(("route", "/health"), ("status", "200"))] == 2
         assert samples["http_request_duration_seconds_count"] == {(("route", "/predict"),): 5.0}
         assert samples["inflight_requests"] == {(): 0.0} and samples["model_loaded_version"] == {(): 3.0}
         assert sum(samples["model_predictions_total"].values()) == 10

@@ -137,18 +137,23 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         """Silent: a replica's log is for its start and stop, not for every probe."""
 
+    @property
+    def route(self) -> str:
+        """The path without its query string (``/health?probe=1`` is /health)."""
+        return self.path.split("?", 1)[0]
+
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        if self.path == "/health":
+        if self.route == "/health":
             self._health()
-        elif self.path == "/metrics":
+        elif self.route == "/metrics":
             self._send("/metrics", 200, self.app.metrics.exposition(), CONTENT_TYPE_LATEST)
-        elif self.path == "/predict":
+        elif self.route == "/predict":
             self._json(self._route(), 405, {"error": "POST a JSON body to /predict"})
         else:
             self._json(self._route(), 404, {"error": f"no route {self.path[:200]}; try /predict, /health, /metrics"})
 
     def do_POST(self) -> None:  # noqa: N802
-        if self.path != "/predict":
+        if self.route != "/predict":
             self._json(self._route(), 404, {"error": "POST to /predict"})
             return
         metrics = self.app.metrics
@@ -204,7 +209,7 @@ class Handler(BaseHTTPRequestHandler):
                                         "version": self.app.metrics.loaded_version})
 
     def _route(self) -> str:
-        return self.path if self.path in ROUTES else "other"
+        return self.route if self.route in ROUTES else "other"
 
     def _json(self, route: str, status: int, answer: dict[str, Any]) -> None:
         self._send(route, status, json.dumps(answer).encode(), "application/json")
