@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import subprocess
 import sys
 import time
@@ -192,7 +193,6 @@ def test_registers_at_the_same_moment_get_distinct_versions(fleet: Fleet) -> Non
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(5)]
     answers = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), answers
-    import json
     assert sorted(json.loads(out)["version"] for out, _ in answers) == [1, 2, 3, 4, 5]
     stored = fleet.home.model_store_dir / json.loads(answers[0][0])["sha256"]
     assert [p.name for p in stored.iterdir()] == ["model.bin"]
