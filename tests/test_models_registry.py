@@ -223,3 +223,48 @@ def test_hostile_input_is_one_sentence(fleet: Fleet) -> None:
     assert fleet.cli_json("models", "history", "iris")["moves"] == []
     error = fleet.cli("models", "show", "nosuch", "--json")
     assert error.code == 4 and error.json()["error"]["kind"] == "NotFoundError"
+
+
+def test_a_copy_a_killed_controller_left_unfinished_is_cleared_at_start(fleet: Fleet) -> None:
+    run = _train(fleet)
+    first = _register(fleet, "iris", run)
+    folder = fleet.home.model_store_dir / first["sha256"]
+    leftover = folder / ".incoming-4242-7f00-model.bin"
+    leftover.write_bytes(b"half a model")
+    other = fleet.home.model_store_dir / ("0" * 64)
+    other.mkdir()
+    (other / ".incoming-1-2-weights.pt").write_bytes(b"")
+    fleet.cli("controller", "stop", check=True)
+    fleet.wait_for(lambda: fleet.controller_pid is None, what="the controller to stop")
+    fleet.cli("controller", "start", check=True)
+    assert not leftover.exists() and not list(other.iterdir())
+    assert [p.name for p in folder.iterdir()] == ["model.bin"]
+    assert fleet.cli_json("models", "show", "iris")["version"]["sha256"] == first["sha256"]
+
+
+def test_a_model_from_an_ssh_host_stays_when_the_host_is_gone(ssh_fleet) -> None:  # noqa: ANN001 - SshFleet
+    fleet = ssh_fleet.fleet
+    ssh_fleet.add("node-a")
+    ssh_fleet.wait_up("node-a")
+    (fleet.root / "specs").mkdir(exist_ok=True)
+    (fleet.root / "specs" / "train.py").write_text(TRAIN)
+    (fleet.root / "specs" / "data.csv").write_text("x,y\n1,2\n3,4\n")
+    spec = fleet.write_spec("remote", "name: remote\nconstraints: {hosts: [node-a]}\ninputs: [data.csv]\n"
+                                      "command: [python, train.py]\n")
+    done = fleet.cli("submit", str(spec), "--wait", "--json", timeout=120)
+    assert done.code == 0, done.out + done.err
+    run = fleet.cli_json("runs", "show", done.json()["run_id"])
+    assert run["host"] == "node-a"
+    node_copy = ssh_fleet.state_dir("node-a") / "runs" / run["run_id"] / "work" / "out" / "model.bin"
+    sha = hashlib.sha256(node_copy.read_bytes()).hexdigest()
+
+    first = _register(fleet, "iris", run, "--alias", "production")
+    assert first["copied"] is True and first["sha256"] == sha
+    assert hashlib.sha256((fleet.home.model_store_dir / sha / "model.bin").read_bytes()).hexdigest() == sha
+
+    ssh_fleet.stop()  # the node is gone, its disk with it
+    node_copy.unlink()
+    fleet.wait_for(lambda: ssh_fleet.host("node-a")["state"] != "up", timeout=60, what="node-a to be down")
+    assert fleet.cli_json("models", "show", "iris@production")["version"]["sha256"] == sha
+    again = _register(fleet, "iris", run)  # from the store: the host is not needed any more
+    assert again["version"] == 2 and again["copied"] is False
