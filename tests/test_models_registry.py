@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -268,3 +270,29 @@ def test_a_model_from_an_ssh_host_stays_when_the_host_is_gone(ssh_fleet) -> None
     assert fleet.cli_json("models", "show", "iris@production")["version"]["sha256"] == sha
     again = _register(fleet, "iris", run)  # from the store: the host is not needed any more
     assert again["version"] == 2 and again["copied"] is False
+
+
+def test_a_controller_killed_while_copying_registers_nothing_and_the_next_one_finishes_clean(fleet: Fleet) -> None:
+    run = _train(fleet)
+    sha = hashlib.sha256(_node_copy(fleet, run).read_bytes()).hexdigest()
+    folder = fleet.home.model_store_dir / sha
+    agent = fleet.agent_pid
+    assert agent is not None
+    os.kill(agent, signal.SIGSTOP)  # the agent answers no chunk: the copy is caught part way, every time
+    try:
+        register = subprocess.Popen([str(Path(sys.executable).with_name("mlfleet")), "models", "register", "iris",
+                                     "--run", run["run_id"], "--artifact", "model.bin"], env=fleet.env, cwd=REPO,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        fleet.wait_for(lambda: folder.is_dir() and any(p.name.startswith(".incoming-") for p in folder.iterdir()),
+                       what="the copy to begin")
+        os.kill(fleet.controller_pid, signal.SIGKILL)
+        _, err = register.communicate(timeout=60)
+    finally:
+        os.kill(agent, signal.SIGCONT)
+    assert register.returncode != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (folder / "model.bin").exists()
+
+    assert fleet.cli_json("models", "list") == []  # nothing was registered (the controller starts again here)
+    assert not folder.exists() or not list(folder.iterdir())  # and the half copy is gone
+    assert _register(fleet, "iris", run)["version"] == 1
+    assert [p.name for p in folder.iterdir()] == ["model.bin"]
