@@ -1,8 +1,8 @@
 """One HTTP/1.1 request to a model server on this node's loopback: did it answer the status it should, in time?
 
-Written on asyncio streams rather than with an HTTP library: the agent
-probes every replica every few seconds from its one event loop, and a probe
-needs only the status line. No thread, no connection pool, nothing kept
+Written on a bare asyncio protocol rather than with an HTTP library: the
+agent probes every replica every few seconds from its one event loop, and
+a probe needs only the status line. No thread, no connection pool, nothing kept
 between probes; ``Connection: close`` on every request. The whole exchange
 up to the status line is bounded by the probe's timeout, so a server that
 accepts and never answers costs a timed-out probe, never a stuck agent.
@@ -29,6 +29,60 @@ class _NotHttp(Exception):
     """The peer answered something that is not an HTTP status line."""
 
 
+class _Exchange(asyncio.Protocol):
+    """One request on one connection: sends it, reads the status line, drops the rest until the server closes.
+
+    A protocol rather than asyncio streams: a probe runs every second for
+    every replica, and a bare protocol costs a fraction of a stream pair.
+    """
+
+    def __init__(self, request: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        self.request = request
+        self.answered: asyncio.Future[int] = loop.create_future()  # the status code, or _NotHttp / OSError
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+        self.head = bytearray()
+        self.rest = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        if self.answered.done():
+            self.rest += len(data)
+            if self.rest > _MAX_DRAIN and self.transport is not None:
+                self.transport.close()
+            return
+        self.head += data
+        end = self.head.find(b"\n")
+        if end < 0:
+            if len(self.head) > _MAX_LINE:
+                self._answer(_NotHttp("an answer that is not HTTP"))
+            return
+        match = _STATUS_LINE.match(bytes(self.head[: end + 1]))
+        self._answer(int(match.group(1)) if match else _NotHttp("an answer that is not HTTP"))
+
+    def eof_received(self) -> bool:
+        self._answer(_NotHttp("closed the connection without answering"))
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._answer(exc if isinstance(exc, OSError) else _NotHttp("closed the connection without answering"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def _answer(self, outcome: int | Exception) -> None:
+        if self.answered.done():
+            return
+        if isinstance(outcome, Exception):
+            self.answered.set_exception(outcome)
+            if self.transport is not None:
+                self.transport.close()
+        else:
+            self.answered.set_result(outcome)
+
+
 def request_bytes(port: int, probe: HealthProbe) -> bytes:
     """The request a probe sends: method, path, Host, Connection: close, and its body if it has one."""
     path = urllib.parse.quote(probe.path, safe=_PATH_SAFE)
@@ -48,31 +102,6 @@ def request_bytes(port: int, probe: HealthProbe) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
 
 
-async def _status_line(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
-    writer.write(request)
-    await writer.drain()
-    try:
-        line = await reader.readline()
-    except ValueError:  # over the reader's limit
-        raise _NotHttp("an answer that is not HTTP") from None
-    if not line:
-        raise _NotHttp("closed the connection without answering")
-    match = _STATUS_LINE.match(line)
-    if match is None:
-        raise _NotHttp("an answer that is not HTTP")
-    return int(match.group(1))
-
-
-async def _drain(reader: asyncio.StreamReader) -> None:
-    """Read the rest of the answer, so the server is not cut off mid-write (it would log a reset)."""
-    left = _MAX_DRAIN
-    while left > 0:
-        chunk = await reader.read(min(65536, left))
-        if not chunk:
-            return
-        left -= len(chunk)
-
-
 async def check(port: int, probe: HealthProbe) -> str:
     """Probe ``127.0.0.1:port`` once: "" when it answered ``probe.expect_status`` in time, else why not, in words.
 
@@ -84,14 +113,13 @@ async def check(port: int, probe: HealthProbe) -> str:
     timeout = max(0.001, float(probe.timeout))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    writer: asyncio.StreamWriter | None = None
+    exchange = _Exchange(request_bytes(port, probe), loop)
     try:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, limit=_MAX_LINE),
-                                                    timeout)
-            status = await asyncio.wait_for(_status_line(reader, writer, request_bytes(port, probe)),
-                                            max(0.001, deadline - loop.time()))
-        except asyncio.TimeoutError:
+            async with asyncio.timeout_at(deadline):
+                await loop.create_connection(lambda: exchange, "127.0.0.1", port)
+                status = await exchange.answered
+        except TimeoutError:
             return f"{what}: no answer in {timeout:g} s"
         except ConnectionRefusedError:
             return f"{what}: connection refused"
@@ -99,11 +127,14 @@ async def check(port: int, probe: HealthProbe) -> str:
             return f"{what}: {exc}"
         except OSError as exc:  # reset, unreachable
             return f"{what}: {exc.strerror or type(exc).__name__}"
-        try:  # what follows the status line is not needed; a server that never ends it is still a pass
-            await asyncio.wait_for(_drain(reader), max(0.001, deadline - loop.time()))
-        except (asyncio.TimeoutError, OSError):
+        try:  # the rest of the answer is not needed; a server that never ends it still passed
+            async with asyncio.timeout_at(deadline):
+                await exchange.closed
+        except TimeoutError:
             pass
         return "" if status == probe.expect_status else f"{what}: {status}"
     finally:
-        if writer is not None:
-            writer.close()
+        if exchange.transport is not None:
+            exchange.transport.close()
+        if exchange.answered.done() and not exchange.answered.cancelled():
+            exchange.answered.exception()  # retrieved: never "exception was never retrieved"

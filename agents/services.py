@@ -193,9 +193,13 @@ class _Watched:
     probed_at: float | None = None
     scrape: ScrapeSample | None = None
     alive_checked: float = 0.0
+    paths: dict[str, str] = field(default_factory=dict)  # record -> its path, made once (pathlib costs, per tick)
+
+    def __post_init__(self) -> None:
+        self.paths = {name: str(self.run.file(f"{name}.json")) for name in ("started", "restarts", "exit")}
 
 
-def _stamp(path: Path) -> tuple[int, int, int] | None:
+def _stamp(path: str) -> tuple[int, int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
@@ -273,7 +277,7 @@ class ServiceWatch:
             self._watched[run_id] = _Watched(run=run, plan=plan, port=port)
 
     def _over(self, run_id: str, watched: _Watched, now: float) -> bool:
-        over = watched.run.file("exit.json").exists()
+        over = os.path.exists(watched.paths["exit"])
         if not over and now - watched.alive_checked >= ALIVE_S:
             watched.alive_checked = now
             try:
@@ -290,11 +294,11 @@ class ServiceWatch:
         """Read started.json / restarts.json when they changed; a new generation starts over as ``starting``."""
         changed = False
         for name in ("started", "restarts"):
-            path = watched.run.file(f"{name}.json")
+            path = watched.paths[name]
             stamp = _stamp(path)
             if stamp != watched.stamps.get(name):
                 watched.stamps[name] = stamp
-                setattr(watched, name, read_json(path))
+                setattr(watched, name, read_json(Path(path)))
                 changed = True
         if not changed and watched.generation:
             return

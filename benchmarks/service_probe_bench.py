@@ -5,6 +5,7 @@
 A real agent (``mlfleet agent serve`` on a fresh state dir) runs, in turn:
 
 * ``jobs``: N long-running plain jobs (``sleep``): the agent's floor (telemetry at 1 Hz, housekeeping);
+* ``live``: N replicas, each a stdlib ThreadingHTTPServer, with a liveness probe every second;
 * ``services``: N replicas, each a stdlib ThreadingHTTPServer, with a liveness probe and a deep probe
   (POST with a JSON body) both every second: 2N probes a second.
 
@@ -48,7 +49,7 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["MLFLEET_PORT"])), 
 '''
 
 
-async def measure(root: Path, kind: str, replicas: int, seconds: float) -> float:
+async def measure(root: Path, kind: str, replicas: int, seconds: float, with_deep: bool = True) -> float:
     state, sock = root / f"state-{kind}", root / f"{kind}.sock"
     agent = subprocess.Popen([sys.executable, "-m", "mlfleet", "agent", "serve", "--state-dir", str(state),
                               "--socket", str(sock), "--name", "bench"],
@@ -65,8 +66,8 @@ async def measure(root: Path, kind: str, replicas: int, seconds: float) -> float
                            interval=Seconds(1.0), timeout=Seconds(1.0))
         ids = [f"{kind}-{i}" for i in range(replicas)]
         for run_id in ids:
-            service = ServicePlan(deployment="bench", version=1, replica=run_id, health=every, deep=deep) \
-                if kind == "services" else None
+            service = ServicePlan(deployment="bench", version=1, replica=run_id, health=every,
+                                  deep=deep if with_deep else None) if kind != "jobs" else None
             argv = [sys.executable, str(root / "server.py")] if service else ["sleep", "3600"]
             request = LaunchRequest(run_id=run_id, job_id=run_id, argv=argv, workdir=str(root), env={},
                                     service=service)
@@ -106,6 +107,7 @@ async def main() -> None:
     try:
         (root / "server.py").write_text(SERVER)
         floor = await measure(root, "jobs", args.replicas, args.seconds)
+        live = await measure(root, "live", args.replicas, args.seconds, with_deep=False)
         probed = await measure(root, "services", args.replicas, args.seconds)
     finally:
         time.sleep(1)
@@ -113,8 +115,10 @@ async def main() -> None:
     print(f"| agent CPU, {args.replicas} runs, {args.seconds:.0f} s | % of one core |")
     print("|---|---:|")
     print(f"| {args.replicas} plain jobs (the floor) | {floor:.2f} |")
+    print(f"| {args.replicas} replicas, liveness probe at 1 Hz | {live:.2f} |")
     print(f"| {args.replicas} replicas, liveness + deep probe each at 1 Hz | {probed:.2f} |")
-    print(f"| probing ({2 * args.replicas} probes/s) | {probed - floor:.2f} |")
+    print(f"| probing: liveness ({args.replicas} probes/s) | {live - floor:.2f} |")
+    print(f"| probing: liveness + deep ({2 * args.replicas} probes/s) | {probed - floor:.2f} |")
 
 
 if __name__ == "__main__":

@@ -416,8 +416,10 @@ async def test_a_server_that_answers_garbage_or_hangs_up_fails_its_probes_in_wor
                        "while True:\n    conn, _ = sock.accept()\n    conn.recv(65536)\n"
                        "    conn.sendall(b'\\x00' * 100000 + b'\\n')\n    conn.close()\n")
     await node.launch("g", plan(deep=None), argv=["python", str(garbage)])
-    status = await node.until("g", lambda s: s["service"]["last_error"], "a failed probe")
+    status = await node.until("g", lambda s: "refused" not in s["service"]["last_error"] and s["service"]["last_error"],
+                              "a failed probe of the running server")
     assert status["service"]["last_error"] == "health probe GET /health: an answer that is not HTTP"
+    assert status["service"]["health"] == "starting"
 
 
 async def test_scrapes_are_skipped_or_kept_without_disturbing_health(node: Node) -> None:
