@@ -185,9 +185,7 @@ class _Runner:
             if reason != "exited":
                 return self._finish(code, reason=reason, message="")
             ended = time.time()
-            if ended - began >= most:  # it ran well: a new crash starts the backoff over
-                backoff = first
-            delay, backoff = backoff, min(backoff * 2, most)
+            delay, backoff = restart_delay(backoff, ended - began, first, most)
             count += 1
             exit_code, sig = (code, None) if code >= 0 else (None, -code)
             write_json_atomic(self.run.file("restarts.json"), {
@@ -314,6 +312,17 @@ def _job_umask(env: dict[str, str]) -> int:
     except ValueError:
         return -1
     return value if 0 <= value <= 0o777 else -1
+
+
+def restart_delay(backoff: float, ran_for: float, first: float, most: float) -> tuple[float, float]:
+    """How long to wait before restarting a server that ran ``ran_for`` seconds, and the wait after that. Pure.
+
+    The wait doubles from ``first`` up to ``most``; a process that ran
+    ``most`` seconds or more was running well, so its crash starts over at ``first``.
+    """
+    if ran_for >= most:
+        backoff = first
+    return backoff, min(backoff * 2, most)
 
 
 def _exit_words(code: int | None, sig: int | None) -> str:

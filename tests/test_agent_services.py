@@ -26,6 +26,7 @@ import pytest
 
 from conftest import Fleet
 from mlfleet.agents.httpprobe import request_bytes
+from mlfleet.agents.runner import restart_delay
 from mlfleet.agents.services import Health, after_probe, crash_words
 from mlfleet.core.base.errors import MlfleetError
 from mlfleet.core.base.models import HealthProbe, LaunchRequest, MetricNames, Seconds, ServicePlan, to_plain
@@ -460,6 +461,16 @@ def test_health_follows_liveness_and_deep_probes() -> None:
         s = after_probe(s, "health", "GET /health: connection refused", only_live, float(t))
     assert s.state == "starting"  # loading for a long time is not unhealthy; ready_timeout judges it
     assert after_probe(s, "health", "", only_live, 9.0).state == "healthy"
+
+
+def test_the_wait_before_a_restart_doubles_to_its_cap_and_starts_over_after_good_running() -> None:
+    waits, backoff = [], 1.0
+    for ran_for in (0.5, 0.5, 0.5, 0.5, 0.5, 0.5):
+        delay, backoff = restart_delay(backoff, ran_for, 1.0, 10.0)
+        waits.append(delay)
+    assert waits == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert restart_delay(backoff, 9.9, 1.0, 10.0) == (10.0, 10.0)  # not quite long enough
+    assert restart_delay(backoff, 10.0, 1.0, 10.0) == (1.0, 2.0)  # ran max_backoff seconds: starts over
 
 
 def test_exits_are_said_in_words() -> None:
