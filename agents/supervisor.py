@@ -84,7 +84,7 @@ def job_environment(request: LaunchRequest, run: RunDir) -> dict[str, str]:
     return env
 
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def model_path(state_dir: Path, plan: ServicePlan) -> str:
@@ -97,7 +97,7 @@ def model_path(state_dir: Path, plan: ServicePlan) -> str:
     if not plan.model_sha256:
         return ""
     name = plan.model_file or ""
-    if not _SHA256.match(plan.model_sha256):
+    if not _SHA256.fullmatch(plan.model_sha256):
         raise UsageError(f"model sha256 {plan.model_sha256[:80]!r} is not 64 hex digits")
     if not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name or len(name) > 255:
         raise UsageError(f"model file name {name[:80]!r} must be a plain file name")

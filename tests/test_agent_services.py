@@ -228,6 +228,10 @@ async def test_a_replica_gets_a_port_and_its_model_path_and_turns_healthy(node: 
     with pytest.raises(MlfleetError, match=rf"model {sha[:12]} \(model.npz\) is not on this host; ship it first"):
         await node.launch("r1", plan(model_sha256=sha, model_file="model.npz"))
     assert not (node.state / "runs" / "r1").exists()  # refused before anything was written: launched again later
+    with pytest.raises(MlfleetError, match=r"model file name '../../agent.lock' must be a plain file name"):
+        await node.launch("r1", plan(model_sha256=sha, model_file="../../agent.lock"))
+    with pytest.raises(MlfleetError, match=r"is not 64 hex digits"):
+        await node.launch("r1", plan(model_sha256=sha + "\n", model_file="model.npz"))
     store = node.state / "models" / sha
     store.mkdir(parents=True)
     (store / "model.npz").write_bytes(model)
