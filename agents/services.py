@@ -246,11 +246,14 @@ class ServiceWatch:
             self._scan()
             self._next_scan = time.monotonic() + SCAN_S
         for run_id, watched in list(self._watched.items()):
-            if self._over(run_id, watched, now):
-                continue
-            self._refresh(run_id, watched, now)
-            if not is_down(watched.started, watched.restarts) and watched.started:
-                self._start_due(run_id, watched, now)
+            try:
+                if self._over(run_id, watched, now):
+                    continue
+                self._refresh(run_id, watched, now)
+                if not is_down(watched.started, watched.restarts) and watched.started:
+                    self._start_due(run_id, watched, now)
+            except Exception:  # one run's trouble (a record removed under us) must not stop the others' probes
+                log.exception("probing service run %s failed", run_id)
 
     def _scan(self) -> None:
         try:
@@ -261,10 +264,13 @@ class ServiceWatch:
             if run_id in self._done or run_id in self._watched:
                 continue
             run = RunDir(self.runs_dir / run_id)
+            if run.file("exit.json").exists():
+                self._done.add(run_id)
+                continue
             if not run.file("launch.json").exists():
                 continue  # still being launched (service.json comes before launch.json): look again next scan
             service = read_json(run.file("service.json"))
-            if service is None or run.file("exit.json").exists():
+            if service is None:
                 self._done.add(run_id)
                 continue
             try:
