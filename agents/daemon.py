@@ -25,7 +25,7 @@ import msgspec
 
 from mlfleet import __version__
 from mlfleet.core.base.errors import NotFoundError, UnavailableError, UsageError
-from mlfleet.core.base.models import HostSample, LaunchRequest
+from mlfleet.core.base.models import HostSample, LaunchRequest, spec_dec_hook
 from mlfleet.core.base.listener import HELLO_DEADLINE_S, UnixListener
 from mlfleet.core.base.frames import MAX_FRAME
 from mlfleet.core.base.hello import PROTOCOL_VERSION
@@ -182,7 +182,7 @@ class AgentDaemon:
 
     async def rpc_launch(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         try:
-            launch = msgspec.convert(request, LaunchRequest)
+            launch = msgspec.convert(request, LaunchRequest, dec_hook=spec_dec_hook)  # a service plan's durations
         except msgspec.ValidationError as exc:
             raise UsageError(f"bad launch request: {exc}") from None
         # In a thread: the run's copy of its snapshot may take a moment, and telemetry must not wait for it.

@@ -309,6 +309,8 @@ class CaptureIngest:
                 self.finished.add(t.run_id)
                 return
             words = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, RemoteError) and exc.kind == "NotFoundError":  # dispatched, not launched yet
+                t.complained = words
             if words != t.complained:
                 log.warning("capture of %s on %s: %s (trying again)", t.run_id, t.host, words)
                 t.complained = words
