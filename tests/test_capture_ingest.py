@@ -212,11 +212,18 @@ def test_drift_check_of_a_deployment_flags_the_one_shifted_feature(fleet: Fleet)
 
     check = fleet.cli("drift", "check", "--deployment", "shop", "--reference", "shop-train", "--since", "1d",
                       "--fail-on-drift", "--json")
-    assert check.code == 3, check.err
+    assert check.code == 0, check.err  # one column of three: under the default drift_share, as for files
     report = check.json()
-    assert report["rows_current"] == 3000 and report["deployment"] == "shop"
+    assert report["rows_current"] == 3000 and report["deployment"] == "shop" and report["drifted"] is False
     assert report["current"] == "deployment shop captures since 1d ago"
     assert {c["column"]: c["drifted"] for c in report["columns"]} == {"x": True, "y": False, "city": False}
+    strict = fleet.files / "drift.yaml"
+    strict.write_text("drift_share: 0.3\n")
+    gate = fleet.cli("drift", "check", "--deployment", "shop", "--reference", "shop-train", "--since", "1d",
+                     "--config", str(strict), "--fail-on-drift")
+    assert gate.code == 3 and "DRIFT" in gate.out, gate.err
+    table = {line.split()[0]: line.split() for line in gate.out.splitlines() if line.split()}
+    assert "DRIFT" in table["x"] and "ok" in table["y"] and "ok" in table["city"]
 
     everything = fleet.cli_json("drift", "check", "--deployment", "shop", "--reference", str(reference))
     assert everything["rows_current"] == 3500  # no --since: the old captures too, and their y is far off
