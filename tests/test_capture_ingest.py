@@ -130,7 +130,7 @@ def _wait_for_a_rename(folder: Path, timeout: float) -> bool:
 
 def test_sigkilled_controller_leaves_every_captured_row_in_parquet_exactly_once(fleet: Fleet) -> None:
     spec = _replica_spec(fleet, "shop-v1-0", WRITER, "shop", 1)
-    harness = Harness(fleet, spec, interval=0.2, max_bytes=64 * 1024)
+    harness = Harness(fleet, spec, interval=0.2, max_bytes=32 * 1024)  # ~250 reads: kills land mid-stream
     harness.start()
     job_id, _ = _job(fleet, "shop-v1-0")
     run_id = fleet.wait_state(job_id, {"running"})["run_id"]
@@ -140,7 +140,7 @@ def test_sigkilled_controller_leaves_every_captured_row_in_parquet_exactly_once(
     captures = fleet.home.capture_dir / "shop"
 
     chance = random.Random()
-    mid_ingestion = on_rename = 0
+    mid_ingestion = on_rename = between = 0
     for round_ in range(6):
         if round_ % 2 == 0:
             fleet.wait_for(lambda: _newest_day(captures), timeout=60, what="the first Parquet file")
@@ -151,6 +151,8 @@ def test_sigkilled_controller_leaves_every_captured_row_in_parquet_exactly_once(
         committed = _committed(fleet)
         if committed is not None and committed[0] < size:
             mid_ingestion += 1
+        if committed is not None and list(captures.glob(f"*/{run_id}-{committed[0]:012d}.parquet")):
+            between += 1  # killed after a chunk's rename, before its commit: the restart writes that file again
         harness.start()
     assert mid_ingestion >= 2, "the kills should land while the stream was still being taken"
 
@@ -180,7 +182,8 @@ def test_sigkilled_controller_leaves_every_captured_row_in_parquet_exactly_once(
     assert got[LINES - 1][1].timestamp() == pytest.approx(BASE + (LINES - 1) * 10)  # naive UTC
     assert types["ts"] == "TIMESTAMP" and types["x"] == "DOUBLE" and types["city"] == "VARCHAR"
     assert types["output"] == "VARCHAR"
-    print(f"kills: 6, mid-ingestion: {mid_ingestion}, right after a rename: {on_rename}")
+    print(f"kills: 6, mid-ingestion: {mid_ingestion}, right after a rename: {on_rename}, "
+          f"between a rename and its commit: {between}")
 
 
 DRIFT_WRITER = CAPTURE_PATH + """\

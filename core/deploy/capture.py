@@ -61,6 +61,7 @@ class Tracked:
     ended: bool = False  # the run is over: read to the end once more, then it is done
     next_at: float = 0.0  # monotonic time of the next read
     complained: str = ""  # the last problem logged, so a lasting one is logged once
+    swept: bool = False  # temporary files of a killed controller removed
 
 
 @dataclass
@@ -131,12 +132,27 @@ def _sql_name(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
+def sweep_temporaries(capture_dir: Path, t: Tracked) -> None:
+    """Remove this run's temporary files that a killed controller left (once per run and process)."""
+    folder = capture_dir / t.deployment
+    if not folder.is_dir():
+        return
+    for day in os.scandir(folder):
+        if day.is_dir():
+            for entry in os.scandir(day.path):
+                if entry.name.startswith(f".{t.run_id}-") and entry.name.endswith(".tmp"):
+                    os.unlink(entry.path)
+
+
 def write_chunk(capture_dir: Path, t: Tracked, start: int, text: str) -> tuple[int, int, str | None]:
     """Parse ``text`` and write its rows to this chunk's Parquet file (by rename); (rows, bad lines, path).
 
     Runs on a worker thread with its own in-memory DuckDB connection: the controller's file is
     never touched here, and the event loop never waits on a parse or a write.
     """
+    if not t.swept:
+        sweep_temporaries(capture_dir, t)
+        t.swept = True
     batch = capture_rows.Batch()
     capture_rows.add_lines(batch, text)
     if batch.first_ts is None:
