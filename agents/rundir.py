@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 WORK_DIR = "work"
-STREAMS = {"stdout": "stdout.log", "stderr": "stderr.log", "metrics": "metrics.jsonl"}
+STREAMS = {"stdout": "stdout.log", "stderr": "stderr.log", "metrics": "metrics.jsonl", "capture": "capture.jsonl"}
 
 
 def start_ticks(pid: int) -> int | None:

@@ -79,6 +79,12 @@ def _selected(columns: list[str] | None, ref_types: dict[str, str], cur_types: d
     return [c for c in union if not config.rule(c).ignore]
 
 
+def source_columns(config: DriftConfig, source: FileSource) -> list[str]:
+    """The columns of a side's files that a check compares (the ignored ones left out)."""
+    with Engine(config.memory_limit, config.threads) as engine:
+        return [c for c in engine.describe(source) if not config.rule(c).ignore]
+
+
 def check_columns(config: DriftConfig, reference: FileSource | None, current: FileSource,
                   columns: list[str] | None) -> None:
     """Fail early (before any controller is started) on unreadable files or unknown --columns."""

@@ -29,6 +29,36 @@ def _columns(text: str | None) -> list[str] | None:
     return names
 
 
+def _current(args: argparse.Namespace) -> Any:
+    """CUR: the files of --current, or (without it) the captured inputs of --deployment."""
+    from mlfleet.core.drift.sources import resolve_captures, resolve_files
+
+    if args.current is not None:
+        if args.since is not None:
+            raise UsageError("--since reads a deployment's captures; drop --current to check the captures of "
+                             "--deployment NAME, or drop --since")
+        return resolve_files(args.current, "current")
+    if args.deployment is None:
+        raise UsageError("give --current FILES, or --deployment NAME to check what that deployment's replicas "
+                         "were sent")
+    since = None
+    if args.since is not None:
+        import time
+
+        from mlfleet.core.base.units import parse_duration
+
+        try:
+            seconds = parse_duration(args.since)
+        except (ValueError, TypeError):
+            seconds = -1.0
+        if seconds <= 0:
+            raise UsageError(f"--since {args.since!r}: give a duration such as 1d, 6h or 30m")
+        since = time.time() - seconds
+    from mlfleet.core.base.paths import Home
+
+    return resolve_captures(Home.from_env().capture_dir, args.deployment, since, args.since)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from mlfleet.core.drift.check import check_columns, run_check
     from mlfleet.core.drift.config import load_drift_config
@@ -36,10 +66,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     args.config_obj = load_drift_config(args.config)
     args.columns_list = _columns(args.columns)
-    args.current_source = resolve_files(args.current, "current")
+    args.current_source = _current(args)
     args.reference_source = None if looks_like_profile_name(args.reference) else resolve_files(args.reference,
                                                                                                 "reference")
     check_columns(args.config_obj, args.reference_source, args.current_source, args.columns_list)
+    args.captures = args.current is None
+    if args.captures and args.columns_list is None and args.reference_source is not None:
+        from mlfleet.core.drift.check import source_columns
+
+        args.columns_list = source_columns(args.config_obj, args.reference_source)  # the reference's features
     if args.config_obj.on_drift_submit:
         from mlfleet.core.jobs.spec import load_job_spec
 
@@ -58,8 +93,10 @@ async def _check(client: Any, args: argparse.Namespace) -> int:
     report = args.report
     if report is None:  # the reference is a profile: only the controller knows where it is
         reference = await client.call("drift_get_profile", name=args.reference)
-        report = await asyncio.to_thread(run_check, args.config_obj, reference, args.current_source,
-                                         args.columns_list)
+        columns = args.columns_list
+        if args.captures and columns is None:  # captures hold what servers were sent: compare the profile's features
+            columns = [c["column"] for c in reference["columns"]]
+        report = await asyncio.to_thread(run_check, args.config_obj, reference, args.current_source, columns)
     saved = await client.call("drift_save_report", report=report, run=args.run, deployment=args.deployment)
     report.update(report_id=saved["report_id"], run_id=saved["run_id"], deployment=saved["deployment"])
     if report["drifted"] and args.config_obj.on_drift_submit:
@@ -204,13 +241,17 @@ def register(sub: Any, add: Add) -> None:
     p = add(drift, "check", cmd_check, "compare current data with a reference (files or a saved profile)")
     p.add_argument("--reference", required=True, metavar="REF",
                    help="Parquet/CSV/JSON file, folder or quoted glob, or a profile name")
-    p.add_argument("--current", required=True, metavar="CUR", help="Parquet/CSV/JSON file, folder or quoted glob")
+    p.add_argument("--current", metavar="CUR", help="Parquet/CSV/JSON file, folder or quoted glob "
+                                                   "(without it: the captured inputs of --deployment)")
+    p.add_argument("--since", metavar="AGE", help="with --deployment and no --current: only inputs captured in the "
+                                                  "last AGE (1d, 6h)")
     p.add_argument("--columns", help="only these columns, separated by commas")
     p.add_argument("--config", help="drift.yaml with thresholds, per-column rules and on_drift (configs/drift.yaml)")
     p.add_argument("--fail-on-drift", action="store_true", help="exit 3 when the dataset drifted (for CI)")
     link = p.add_mutually_exclusive_group()
     link.add_argument("--run", help="link the report to this run (a unique prefix is enough)")
-    link.add_argument("--deployment", help="link the report to this deployment")
+    link.add_argument("--deployment", help="link the report to this deployment; without --current, check the "
+                                           "inputs its replicas captured")
     p = add(drift, "profile", cmd_profile, "save a reference profile so later checks scan only the current data")
     p.add_argument("reference", metavar="REF", help="Parquet/CSV/JSON file, folder or quoted glob")
     p.add_argument("--name", required=True, help="the profile's name, used as --reference NAME")

@@ -1,4 +1,5 @@
-"""What REF and CUR name: Parquet, CSV or JSON files or globs (or, elsewhere, a saved profile).
+"""What REF and CUR name: Parquet, CSV or JSON files or globs (or, elsewhere, a saved profile),
+or a deployment's captured inputs (``--deployment NAME``: the Parquet files the controller writes).
 
 A source becomes a DuckDB table function over its files; nothing is read
 into Python here.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import glob
 import os
+import re
+from datetime import datetime, timezone
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +35,45 @@ class FileSource:
         files = ", ".join(sql_string(f) for f in self.files)
         reader = {"parquet": "read_parquet", "csv": "read_csv", "json": "read_json"}[self.fmt]
         return f"{reader}([{files}], union_by_name = true)"
+
+
+# The columns every capture file has besides the inputs (core/deploy/capture_rows.py writes them);
+# left out of a check: the reference has only the features.
+CAPTURE_META = ("ts", "version", "replica_id", "run_id", "output")
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+@dataclass(frozen=True)
+class CaptureSource(FileSource):
+    """A deployment's captured inputs: its Parquet files, rows at or after ``since_us`` (microseconds, UTC)."""
+
+    since_us: int | None = None
+
+    def table_function(self) -> str:
+        where = f" where ts >= make_timestamp({int(self.since_us)})" if self.since_us is not None else ""
+        return f"(select * exclude ({', '.join(CAPTURE_META)}) from {super().table_function()}{where})"
+
+
+def resolve_captures(capture_dir: Path, deployment: str, since: float | None, since_words: str | None) -> CaptureSource:
+    """The capture files of ``deployment`` (only the days from ``since`` on); a UsageError when there are none.
+
+    Read straight from the controller's capture folder: the client runs on the controller's machine
+    (single-user installs), and the data stays where it lies, as for files.
+    """
+    if not deployment or "/" in deployment or deployment.startswith("."):
+        raise UsageError(f"--deployment {deployment!r}: give a deployment's name, as in 'mlfleet deploy list'")
+    folder = capture_dir / deployment
+    days = sorted(d.name for d in folder.iterdir() if d.is_dir() and _DAY.match(d.name)) if folder.is_dir() else []
+    if since is not None:
+        first = datetime.fromtimestamp(since, tz=timezone.utc).strftime("%Y-%m-%d")
+        days = [d for d in days if d >= first]
+    files = [f for d in days for f in sorted(glob.glob(os.path.join(glob.escape(str(folder / d)), "*.parquet")))]
+    window = f" since {since_words} ago" if since_words else ""
+    if not files:
+        raise UsageError(f"--deployment {deployment}: no captured inputs{window} in {folder}; its replicas capture "
+                         "with mlfleet.serve.capture and the controller writes them here every few seconds")
+    return CaptureSource(f"deployment {deployment} captures{window}", tuple(files), "parquet",
+                         None if since is None else int(since * 1_000_000))
 
 
 def sql_string(text: str) -> str:
