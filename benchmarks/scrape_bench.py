@@ -103,8 +103,8 @@ def main() -> None:
             proc.kill()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"load average {os.getloadavg()[0]:.2f}")
-    print(f"| replicas | series/page | page bytes | scrapes ok | failed | seconds | agent CPU (s) | CPU % of one core "
-          f"| reduce of one page (ms CPU) |")
+    print("| replicas | series/page | page bytes | scrapes ok | failed | seconds | agent CPU (s) | CPU % of one core "
+          "| reduce of one page (ms CPU) |")
     print("|---|---|---|---|---|---|---|---|---|")
     print(f"| {args.replicas} | {series} | {len(page)} | {ok} | {failed} | {args.seconds:g} | {cpu:.3f} "
           f"| {100 * cpu / args.seconds:.2f} | {parse_ms:.2f} |")
