@@ -25,7 +25,7 @@ import msgspec
 
 from mlfleet import __version__
 from mlfleet.core.base.errors import NotFoundError, UnavailableError, UsageError
-from mlfleet.core.base.models import HostSample, LaunchRequest
+from mlfleet.core.base.models import ByteSize, HostSample, LaunchRequest, Seconds
 from mlfleet.core.base.listener import HELLO_DEADLINE_S, UnixListener
 from mlfleet.core.base.frames import MAX_FRAME
 from mlfleet.core.base.hello import PROTOCOL_VERSION
@@ -36,6 +36,7 @@ from mlfleet.core.base.send_budget import SendBudget
 from mlfleet.agents.envs.build import is_ready
 from mlfleet.agents.envs.gc import collect_garbage
 from mlfleet.agents.envs.probe import node_facts
+from mlfleet.agents.modelstore import ModelStore
 from mlfleet.agents.supervisor import Supervisor
 from mlfleet.agents.telemetry import GpuSource, HostSampler, NvmlGpuSource
 
@@ -45,6 +46,14 @@ TELEMETRY_HISTORY = 600  # samples kept for a controller that was away (10 min a
 MAX_POLL_RUNS = 1000
 MAX_ENV_HASHES = 1000  # env_ready asks about this many at most
 POLL_BUDGET = MAX_FRAME // 8  # bytes of metric lines in one poll answer, all runs together (msgpack: unescaped)
+
+
+def _wire_number(kind: type, value: Any) -> Any:
+    """A ServicePlan's durations (Seconds) and sizes (ByteSize) arrive as the plain numbers the controller
+    checked already (to_plain); a zero ``initial_delay`` is a fine duration here, unlike in a spec file."""
+    if kind in (Seconds, ByteSize) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return Seconds(value) if kind is Seconds else ByteSize(int(value))
+    raise NotImplementedError(kind)
 
 
 class AgentDaemon:
@@ -61,6 +70,7 @@ class AgentDaemon:
         self.idle_exit = idle_exit
         self.gpu_source = gpu_source
         self.supervisor = Supervisor(state_dir)
+        self.models = ModelStore(state_dir)
         self.samples: collections.deque[HostSample] = collections.deque(maxlen=TELEMETRY_HISTORY)
         self.peers: set[Peer] = set()
         self.started_at = time.time()
@@ -182,7 +192,7 @@ class AgentDaemon:
 
     async def rpc_launch(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         try:
-            launch = msgspec.convert(request, LaunchRequest)
+            launch = msgspec.convert(request, LaunchRequest, dec_hook=_wire_number)
         except msgspec.ValidationError as exc:
             raise UsageError(f"bad launch request: {exc}") from None
         # In a thread: the run's copy of its snapshot may take a moment, and telemetry must not wait for it.
@@ -254,6 +264,14 @@ class AgentDaemon:
 
     async def rpc_code_unpack(self, peer: Peer, sha256: str) -> dict[str, Any]:
         return await asyncio.to_thread(self.supervisor.code.unpack, sha256)
+
+    async def rpc_model_status(self, peer: Peer, sha256: str, file_name: str | None = None) -> dict[str, Any]:
+        """Whether model ``sha256`` is committed here (as ``file_name`` when given) and where to upload it."""
+        return await asyncio.to_thread(self.models.status, sha256, file_name)
+
+    async def rpc_model_commit(self, peer: Peer, sha256: str, file_name: str) -> dict[str, Any]:
+        """Verify the uploaded model by its sha256 and move it to models/<sha256>/<file_name> (agents/modelstore.py)."""
+        return await asyncio.to_thread(self.models.commit, sha256, file_name)
 
     async def rpc_env_probe(self, peer: Peer, refresh: bool = False) -> dict[str, Any]:
         """What a job's environment can be built from here: interpreters (path, full version, implementation),

@@ -24,7 +24,7 @@ import psutil
 from mlfleet.core.base.errors import MlfleetError, NotFoundError, UsageError
 from mlfleet.core.base.private import USER_UMASK_ENV
 from mlfleet.core.base.spawn import own_python
-from mlfleet.core.base.models import DEFAULT_LOG_MAX_SIZE, MAX_METRIC_LINE, LaunchRequest, RunStatus, StreamChunk
+from mlfleet.core.base.models import DEFAULT_LOG_MAX_SIZE, MAX_METRIC_LINE, LaunchRequest, RunStatus, StreamChunk, to_plain
 
 from mlfleet.agents.artifacts import ROOTS_ENV, allowed_roots, open_artifact, run_roots
 from mlfleet.agents.codecache import CodeCache
@@ -157,7 +157,7 @@ class Supervisor:
                     "message": f"could not make the run's copy of snapshot {request.code_hash[:12]}: {why}"})
                 return self.status(request.run_id)
         env = job_environment(request, run)
-        write_json_atomic(run.file("launch.json"), msgspec.to_builtins(msgspec.structs.replace(request, env=env)))
+        write_json_atomic(run.file("launch.json"), to_plain(msgspec.structs.replace(request, env=env)))  # Seconds in a ServicePlan
         child = subprocess.Popen(
             own_python(str(run.root), module="mlfleet.agents.runner"),
             cwd=run.root, start_new_session=True,
