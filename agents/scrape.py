@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from typing import Iterable
 
@@ -55,6 +56,7 @@ MAX_BODY = 8 * 1024 * 1024  # a metrics page this large is not one mlfleet shoul
 MAX_GAUGES = 32
 MAX_HEADER = 64 * 1024
 _ERROR_LABELS = ("status", "code")
+_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 
 
 def _base(name: str) -> str:
@@ -182,10 +184,52 @@ def reduce_families(families: Iterable, names: MetricNames, ts: float) -> Scrape
                         latency_buckets=latency, latency_sum=lat_sum, latency_count=lat_count, gauges=gauges)
 
 
+def relevant_lines(text: str, names: MetricNames) -> str:
+    """The page without the sample lines the reduce would not look at, so the (pure Python) parser skips them.
+
+    Why: a server's page is mostly series mlfleet does not keep (per-route
+    buckets of other histograms, process and GC counters); parsing is most of
+    a scrape's CPU. Every ``#`` line is kept, so each kept sample is read in
+    the same family, with the same type, as in the whole page.
+    """
+    wanted = {_base(names.requests), _base(names.requests) + "_total", names.latency + "_bucket",
+              names.latency + "_sum", names.latency + "_count", *names.gauges}
+    if names.errors:
+        wanted |= {_base(names.errors), _base(names.errors) + "_total"}
+    all_gauges = not names.gauges
+    out = []
+    in_gauge = False
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if stripped[0] == "#":
+            out.append(stripped)
+            parts = stripped.split(None, 3)
+            if len(parts) == 4 and parts[1] == "TYPE":
+                in_gauge = all_gauges and parts[3].strip() == "gauge"
+            continue
+        if in_gauge:
+            out.append(stripped)
+            continue
+        end = len(stripped)
+        for stop in ("{", " ", "\t"):
+            at = stripped.find(stop)
+            if 0 <= at < end:
+                end = at
+        name = stripped[:end]
+        if name in wanted:
+            out.append(stripped)
+        elif end and not _METRIC_NAME.match(name):  # "<html>": not this format (a quoted UTF-8 name is passed on)
+            out.append(stripped)
+    out.append("")
+    return "\n".join(out)
+
+
 def reduce_text(text: str, names: MetricNames, ts: float) -> ScrapeSample:
     """Parse a metrics page and reduce it; a page that does not parse is a sample with ``error`` set."""
     try:
-        return reduce_families(text_string_to_metric_families(text), names, ts)
+        return reduce_families(text_string_to_metric_families(relevant_lines(text, names)), names, ts)
     except Exception as exc:  # noqa: BLE001 - the parser raises ValueError, IndexError...; all mean "not this format"
         detail = " ".join(str(exc).split())[:200]
         return ScrapeSample(ts=ts, error=f"the metrics page is not in the Prometheus text format ({detail or type(exc).__name__})")

@@ -316,3 +316,24 @@ def test_a_chunked_page_is_read_whole() -> None:
         assert got.error == "" and got.requests == 4.0
     finally:
         server.close()
+
+
+def test_skipping_unneeded_lines_before_parsing_changes_nothing_the_reduce_keeps() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from mlfleet.agents.scrape import reduce_families
+
+    registry = CollectorRegistry()
+    requests = Counter("http_requests", "r", ["route", "status"], registry=registry)
+    latency = Histogram("http_request_duration_seconds", "l", ["route"], registry=registry)
+    other = Histogram("db_query_seconds", "q", ["table"], registry=registry)
+    for i in range(50):
+        requests.labels(f"/r{i}", "200" if i % 7 else "502").inc(i)
+        latency.labels(f"/r{i}").observe(i / 100)
+        other.labels(f"t{i}").observe(i)
+        Gauge(f"pool_{i}", "g", registry=registry).set(i)
+    page = generate_latest(registry).decode()
+    for names in (NAMES, MetricNames(gauges=["pool_3", "pool_7"]), MetricNames(errors="db_query_seconds_count")):
+        whole = reduce_families(text_string_to_metric_families(page), names, ts=1.0)
+        assert reduce_text(page, names, ts=1.0) == whole
+        assert whole.requests == sum(range(50))
