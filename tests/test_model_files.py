@@ -202,3 +202,17 @@ async def test_a_replica_whose_model_is_not_in_the_store_fails_to_start_with_a_s
     # The controller goes on serving: a replica of another model is queued at once.
     assert (await controller.call("test_submit_replica", spec={**_replica(fleet, "plain", sha, "iris.pkl"),
                                                                 "service": None}))["job_id"]
+
+
+async def test_a_model_changed_in_the_store_after_it_was_registered_fails_the_replica_not_the_host(
+        fleet: Fleet, controller) -> None:
+    sha = hashlib.sha256(b"the registered bytes").hexdigest()
+    store = fleet.home.model_store_dir / sha
+    store.mkdir(parents=True)
+    (store / "iris.pkl").write_bytes(b"something else since")
+    job_id = (await controller.call("test_submit_replica", spec=_replica(fleet, "iris-v2-0", sha, "iris.pkl")))["job_id"]
+    done = await _wait_job(fleet, job_id, {"failed"})
+    assert (f"model file {store / 'iris.pkl'} no longer matches its sha256 {sha[:12]} (it changed in the "
+            "controller's model store), so replica iris-v2-0 cannot start; register the model again") in done["reason"]
+    assert not (fleet.home.local_agent_dir / "models" / sha).exists()
+    assert list((fleet.home.local_agent_dir / "models" / ".incoming").iterdir()) == []  # the bad upload was deleted

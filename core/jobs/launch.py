@@ -1,4 +1,5 @@
-"""Launching a run on its host, in the background: ship the code snapshot once per host and content, then launch.
+"""Launching a run on its host, in the background: ship the code snapshot (and a replica's model file,
+core/jobs/model_ship.py) once per host and content, then launch.
 
 Shipping can take a while and must never hold up the tick; launching is
 idempotent by run id on the agent, so a launch that failed (or was never
