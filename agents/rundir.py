@@ -14,6 +14,7 @@ Layout of ``STATE_DIR/runs/RUN_ID/``::
     exit.json     exit code, signal and reason, once it ended
     lineage.json  inputs' sha256, Python and packages hash, taken before the job starts
     stdout.log, stderr.log, metrics.jsonl
+    capture.jsonl  a replica's captured requests (mlfleet.serve), whole JSON lines
     logs.json     where each log file sits in its stream once its oldest part was cut (agents/logcap.py)
     logs.lock     held while a log file is cut, and by readers while they read one
     work/         the run's own copy of its code snapshot, where the job starts (its files are the run's)
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 WORK_DIR = "work"
+# capture.jsonl: a replica's captured inputs (mlfleet.serve, agents/serve.py), read in whole lines like metrics
 STREAMS = {"stdout": "stdout.log", "stderr": "stderr.log", "metrics": "metrics.jsonl", "capture": "capture.jsonl"}
 
 

@@ -138,7 +138,7 @@ def service_environment(plan: ServicePlan, run: RunDir, port: int, model: str) -
     """What mlfleet promises a replica's server besides a job's variables (DEPLOY.md "Agent side")."""
     return {"MLFLEET_PORT": str(port), "MLFLEET_MODEL_PATH": model,
             "MLFLEET_CAPTURE_FILE": str(run.file("capture.jsonl")), "MLFLEET_DEPLOYMENT": plan.deployment,
-            "MLFLEET_MODEL_VERSION": str(plan.version)}
+            "MLFLEET_MODEL_VERSION": str(plan.version), "MLFLEET_CAPTURE_MAX_SIZE": str(plan.capture_max_size)}
 
 
 def _complete_utf8(data: bytes) -> int:
@@ -323,7 +323,7 @@ class Supervisor:
         return service_status(run, self.probe_views.get(run.run_id), started, ended)
 
     def read(self, run_id: str, stream: str, offset: int, max_bytes: int = MAX_READ) -> StreamChunk:
-        """Bytes of a stream from ``offset``; metrics come in whole lines only.
+        """Bytes of a stream from ``offset``; metrics and capture come in whole lines only.
 
         ``eof`` is true when the run has exited and this chunk reaches the
         end of the file: nothing more will ever come.
@@ -336,8 +336,9 @@ class Supervisor:
         exited = self.status(run_id).state == "exited"  # read before the file, so eof is never early
         path = run.stream_path(stream)
         max_bytes = max(1, min(int(max_bytes), MAX_READ))
-        if stream == "metrics":
-            lines = read_lines(path, offset, max_bytes, exited, self._long_lines, run_id, self.max_metric_line)
+        if stream in ("metrics", "capture"):  # whole lines; each stream remembers its own long-line scan
+            key = run_id if stream == "metrics" else f"{run_id}\0{stream}"
+            lines = read_lines(path, offset, max_bytes, exited, self._long_lines, key, self.max_metric_line)
             return StreamChunk(run_id=run_id, stream=stream, offset=offset, end=lines.end,
                                data=lines.data.decode("utf-8", errors="replace"),
                                eof=exited and lines.end >= lines.size, more=lines.end > offset and lines.end < lines.size,

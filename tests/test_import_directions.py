@@ -149,6 +149,7 @@ def capability_of(name: str, public: dict[str, set[str]]) -> str | None:
 PACKAGE_RULES = {
     "mlfleet": lambda dst: False,
     "mlfleet.track": lambda dst: within(dst, "mlfleet.agents"),
+    "mlfleet.serve": lambda dst: within(dst, "mlfleet.agents"),  # the capture client, like track
     "mlfleet.main": lambda dst: True,
     "mlfleet.__main__": lambda dst: True,
 }

@@ -349,7 +349,7 @@ class ServicePlan(msgspec.Struct, frozen=True, kw_only=True):
     port: int | None = None  # None: a free port picked by the agent
     restart_backoff: float = 1.0
     max_backoff: float = 30.0
-    capture_max_size: int = 256 * 1024**2  # bytes of captured inputs kept on the node before the oldest are dropped
+    capture_max_size: int = 256 * 1024**2  # bytes of captured inputs kept on the node; past it new captures are dropped (and counted)
 
 
 class ScrapeSample(msgspec.Struct, kw_only=True):
