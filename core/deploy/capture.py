@@ -95,6 +95,8 @@ def cut(chunk: dict[str, Any], offset: int, skipping: bool, max_bytes: int) -> C
     bad = int(chunk.get("long_lines") or 0)  # an agent that cuts lines itself counts the long ones
     if start > offset:  # the node dropped its oldest lines; what it kept begins at a line
         skipping = False
+    if bad and not skipping:  # the agent cut whole lines itself and skipped the long ones: nothing is unfinished
+        return Chunk(data, end, bad, False, eof)
     at = 0
     if skipping:
         newline = data.find("\n")
