@@ -1,0 +1,3 @@
+"""Deployments (docs/deployments.md)."""
+
+PUBLIC = ("spec", "rollout", "serving_stats")
