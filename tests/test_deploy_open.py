@@ -317,7 +317,7 @@ def test_50_mb_up_and_down_arrive_intact_with_slow_readers_and_bounded_memory(ba
     assert got == size and digest.hexdigest() == hashlib.sha256(data).hexdigest()
 
     grew = peak.stop() - baseline
-    assert grew < 16 * 1024 * 1024, f"the forwarder grew by {grew / 2**20:.1f} MiB moving 50 MiB each way"
+    assert grew < 8 * 1024 * 1024, f"the forwarder grew by {grew / 2**20:.1f} MiB moving 50 MiB each way"
     fw.stop()
 
 
@@ -449,4 +449,58 @@ def test_constant_load_while_replicas_flip_every_300_ms_loses_no_request(backend
     assert done == 1000 and failures == []
     assert all(b.hits > 0 for b in backends)  # the flips really moved the traffic
     assert sum(line.startswith("→ ") for line in fw.lines) >= 4
+    fw.stop()
+
+
+def _ssh_connections(pid: int, sshd_port: int) -> list[Any]:
+    """The forwarder's TCP connections to one sshd: how many SSH connections it holds to that host."""
+    return [c for c in psutil.Process(pid).net_connections(kind="tcp")
+            if c.raddr and c.raddr.port == sshd_port and c.status == psutil.CONN_ESTABLISHED]
+
+
+def _forwards_to(server: Any, port: int) -> int:
+    """How many direct-tcpip channels this sshd opened to 127.0.0.1:port (its DEBUG1 log says each)."""
+    log = (server.root / "sshd.log").read_text(errors="replace")
+    return len(re.findall(rf"server_request_direct_tcpip: .*target 127\.0\.0\.1 port {port}\b", log))
+
+
+def test_a_remote_replica_is_reached_over_one_reused_ssh_connection(ssh_fleet, backends, forwarders) -> None:
+    fleet = ssh_fleet.fleet
+    server = ssh_fleet.servers["node-a"]
+    server.stop()
+    server.log_level = "DEBUG1"  # so that it logs each forward it makes: the proof the bytes went through it
+    server.start()
+    ssh_fleet.add("node-a")  # hosts.yaml and mlfleet's known_hosts, as a user adds a host
+    replica = backends[0]
+    remote = {"replica_id": "iris-v2-1", "host": "node-a", "port": replica.port, "version": 2, "local": False}
+    fw = forwarders([remote], env={"MLFLEET_HOME": str(fleet.root)})
+    assert f"→ 1 replica: node-a:{replica.port} (v2)" in fw.lines
+
+    assert [get(fw.port) for _ in range(50)] == [(200, b"b1")] * 50
+    assert _forwards_to(server, replica.port) == 50
+    first = _ssh_connections(fw.proc.pid, server.port)
+    assert len(first) == 1  # fifty TCP connections, one SSH connection
+
+    server.drop_connections()  # the link dies (a network blip, sshd restarted): the next dial makes a new one
+    assert [get(fw.port) for _ in range(20)] == [(200, b"b1")] * 20
+    again = _ssh_connections(fw.proc.pid, server.port)
+    assert len(again) == 1 and again[0].laddr != first[0].laddr
+    fw.stop()
+
+
+def test_a_remote_replica_whose_host_key_changed_is_refused_and_the_others_serve(ssh_fleet, backends,
+                                                                                 forwarders) -> None:
+    fleet = ssh_fleet.fleet
+    ssh_fleet.add("node-a")
+    server = ssh_fleet.servers["node-a"]
+    server.stop()
+    server.new_host_key()  # someone else answers at node-a's address now
+    server.start()
+    b1, b2, _ = backends
+    remote = {"replica_id": "iris-v1-2", "host": "node-a", "port": b1.port, "version": 1, "local": False}
+    fw = forwarders([remote, b2.endpoint()], env={"MLFLEET_HOME": str(fleet.root)})
+    assert [get(fw.port) for _ in range(10)] == [(200, b"b2")] * 10
+    assert b1.hits == 0 and _ssh_connections(fw.proc.pid, server.port) == []
+    refused = fw.wait_line(lambda line: line.startswith(f"cannot reach node-a:{b1.port} (v1)"))
+    assert "CHANGED" in refused
     fw.stop()
