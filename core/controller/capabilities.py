@@ -12,6 +12,7 @@ from mlfleet.core.controller.service import ControllerContext, RpcService, Servi
 from mlfleet.core.drift.api import DriftApi
 from mlfleet.core.fleet.service import FleetService
 from mlfleet.core.jobs.service import JobsService
+from mlfleet.core.registry.service import RegistryService
 from mlfleet.core.store.api import StoreApi
 from mlfleet.core.sweeps.service import SweepsService
 from mlfleet.core.tracking.api import RunsApi
@@ -25,6 +26,7 @@ def services(ctx: ControllerContext) -> list[Service]:
         jobs,  # the queue, dispatch, launches, a host's runs in its sync
         SweepsService(ctx, jobs),  # sweeps' children, and the hold that keeps each sweep's max_parallel
         RpcService("runs", RunsApi(ctx)),
+        RegistryService(ctx),  # the model registry: versions in the model store, aliases; leftovers cleared at start
         RpcService("drift", DriftApi(ctx)),
         RpcService("audit", AuditApi(ctx)),
         RpcService("db", StoreApi(ctx)),
