@@ -7,4 +7,5 @@ rest is this capability's own (tests/test_import_directions.py keeps that).
 # hostseen: when a host's numbers are stale, one definition for `hosts list` and the TUI's table and card.
 # hostlink: the live link to one host, which jobs launch and poll through.
 # service: the fleet's Service and its HostWork hook, by which another capability's work rides each poll.
-PUBLIC = ("hostseen", "hostlink", "service")
+# hostssh: an SSH connection of a client's own to a host, as strict as the controller's (deploy open's forwards).
+PUBLIC = ("hostseen", "hostlink", "service", "hostssh")

@@ -1,0 +1,81 @@
+"""``mlfleet deploy open NAME [--port 8080] [--bind 127.0.0.1]``: a deployment on a local port, until Ctrl-C.
+
+A foreground client process (like ``ssh -L``): the controller only says
+which replicas are healthy (``deploy_endpoints``, asked every 0.5 s); the
+bytes go from this process to the replicas directly or over this process's
+own SSH connections (core/deploy/dialers.py), never through the controller.
+``add_open_command(sub, add)`` adds it to the ``deploy`` group
+(core/deploy/commands.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from typing import Any
+
+from mlfleet.core.base.errors import UsageError
+from mlfleet.core.base.paths import Home
+from mlfleet.core.cli.output import Add, bounded
+from mlfleet.core.controller.client import ControllerClient, connect
+from mlfleet.core.deploy.dialers import FleetDialer
+from mlfleet.core.deploy.forward import Endpoint, serve_forward
+
+
+def add_open_command(sub: Any, add: Add) -> None:
+    p = add(sub, "open", cmd_open, "forward a local port to a deployment's healthy replicas, each new "
+            "connection to the next one (like ssh -L; Ctrl-C stops)")
+    p.add_argument("name", help="the deployment")
+    p.add_argument("--port", type=bounded(0, 65535), default=8080, help="local port (0: a free one, printed)")
+    p.add_argument("--bind", default="127.0.0.1", help="local address to listen on (default 127.0.0.1)")
+
+
+class _Endpoints:
+    """``deploy_endpoints`` for one deployment, reconnecting to the controller when it went away."""
+
+    def __init__(self, home: Home, client: ControllerClient, name: str) -> None:
+        self.home, self.client, self.name = home, client, name
+
+    async def __call__(self) -> list[Endpoint]:
+        if not self.client.connected:
+            self.client = await connect(self.home)
+        answer = await self.client.call("deploy_endpoints", request_timeout=10.0, name=self.name)
+        return [Endpoint.from_rpc(item) for item in answer["endpoints"]]
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def cmd_open(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_open(args))
+    except KeyboardInterrupt:  # Ctrl-C is how it ends: the forwarder closed its connections on the way out
+        return 0
+
+
+async def _open(args: argparse.Namespace) -> int:
+    home = Home.from_env()
+    source = _Endpoints(home, await connect(home), args.name)
+    dialer = FleetDialer(home)
+    as_json = bool(getattr(args, "json", False))
+
+    def say(line: str) -> None:
+        print(json.dumps({"message": line}) if as_json else line, flush=True)
+
+    def ready(port: int) -> None:
+        where = f"{args.bind}:{port}"
+        print(json.dumps({"deployment": args.name, "bind": args.bind, "port": port}) if as_json
+              else f"forwarding {where} to {args.name} (Ctrl-C to stop)", flush=True)
+
+    try:
+        await source()  # a deployment that does not exist is the user's mistake: one sentence, now
+        try:
+            await serve_forward(source, args.bind, args.port, dialer, ready, name=args.name, say=say)
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {args.bind}:{args.port}: {exc.strerror or exc}; choose another "
+                             "--port (0 picks a free one) or --bind") from None
+    finally:
+        await dialer.close()
+        await source.close()
+    return 0
