@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from mlfleet.core.audit.api import AuditApi
 from mlfleet.core.controller.service import ControllerContext, RpcService, Service
+from mlfleet.core.deploy.service import DeployService
 from mlfleet.core.drift.api import DriftApi
 from mlfleet.core.fleet.service import FleetService
 from mlfleet.core.jobs.service import JobsService
@@ -24,6 +25,7 @@ def services(ctx: ControllerContext) -> list[Service]:
         fleet,  # links in step with hosts.yaml, one sync per host and tick, telemetry windows
         jobs,  # the queue, dispatch, launches, a host's runs in its sync
         SweepsService(ctx, jobs),  # sweeps' children, and the hold that keeps each sweep's max_parallel
+        DeployService(ctx, jobs),  # deployments: each tick one rollout step, replicas submitted and cancelled as jobs
         RpcService("runs", RunsApi(ctx)),
         RpcService("drift", DriftApi(ctx)),
         RpcService("audit", AuditApi(ctx)),
