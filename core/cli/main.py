@@ -34,6 +34,7 @@ from mlfleet.core.drift import commands as drift_commands
 from mlfleet.core.cli import agent_commands
 from mlfleet.core.fleet import commands as fleet_commands
 from mlfleet.core.jobs import commands as jobs_commands
+from mlfleet.core.registry import commands as registry_commands
 from mlfleet.core.store import commands as store_commands
 from mlfleet.core.sweeps import commands as sweeps_commands
 from mlfleet.core.tracking import commands as tracking_commands
@@ -44,6 +45,7 @@ REGISTERS = (jobs_commands.register,  # submit, jobs
              deploy_commands.register,  # deploy
              fleet_commands.register,  # hosts
              tracking_commands.register,  # runs
+             registry_commands.register,  # models
              store_commands.register,  # db
              audit_commands.register,  # audit
              controller_commands.register,  # controller
