@@ -20,7 +20,7 @@ from mlfleet.core.base.bounds import Ident
 from mlfleet.core.base.errors import NotFoundError, UsageError
 from mlfleet.core.base.models import to_plain
 from mlfleet.core.base.protocol import Peer
-from mlfleet.core.deploy import records, serving_stats
+from mlfleet.core.deploy import records
 from mlfleet.core.deploy.progress import progress_words, replica_stats
 from mlfleet.core.deploy.replica_state import state_of
 from mlfleet.core.deploy.rollout import endpoints as healthy_endpoints
@@ -228,6 +228,8 @@ class DeployApi:
 
     async def rpc_deploy_metrics(self, peer: Peer, name: Ident, since: SinceSeconds = 3600.0) -> dict[str, Any]:
         """Each version's request rate, errors and latency side by side, over the last ``since`` seconds."""
+        from mlfleet.core.deploy import serving_stats
+
         d = self._get(name)
         now = time.time()
         scrapes = await self.store.read(records.scrapes_since, name, now - since)

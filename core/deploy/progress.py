@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from mlfleet.core.deploy import serving_stats
 
 
 def progress_words(d: dict[str, Any], replicas: list[dict[str, Any]]) -> str:
@@ -39,6 +38,8 @@ def replica_stats(scrapes: list[dict[str, Any]], since: float, now: float) -> di
     empty = {"rps": None, "error_rate": None, "p95": None}
     if not scrapes:
         return empty
+    from mlfleet.core.deploy import serving_stats
+
     found = serving_stats.compare_versions(scrapes, since, now)
     if not found:
         return empty

@@ -35,8 +35,10 @@ def state_of(facts: JobFacts) -> str:
     return "gone"
 
 
-def view_of(row: dict[str, Any], facts: JobFacts, revision_of_row: int) -> ReplicaView:
+def view_of(row: dict[str, Any], facts: JobFacts, revision_of_row: int,
+            unhealthy_since: float | None = None) -> ReplicaView:
     """The planner sees revisions as versions: a spec change of the same model version is a rollout too."""
     return ReplicaView(replica_id=row["replica_id"], version=revision_of_row, state=state_of(facts),  # type: ignore[arg-type]
                        created_at=row["created_at"], healthy_since=row.get("healthy_since"),
-                       draining_since=row.get("draining_since"), stopping=bool(row.get("stopping")))
+                       draining_since=row.get("draining_since"), stopping=bool(row.get("stopping")),
+                       unhealthy_since=unhealthy_since)

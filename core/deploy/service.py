@@ -61,6 +61,7 @@ class DeployService(BaseService):
         self.facts: dict[str, JobFacts] = {}  # replica id -> its job's facts at the last tick
         self.scraped: dict[str, float] = {}  # replica id -> ts of the newest scrape stored
         self.cancelled: set[str] = set()  # replica ids whose job's cancel was asked by this process
+        self.unhealthy_since: dict[str, float] = {}  # replica id -> when this process first saw it unhealthy
         self.lock = asyncio.Lock()  # a tick's step and a client's action never interleave on one deployment
         self.api = DeployApi(self)
 
@@ -156,7 +157,13 @@ class DeployService(BaseService):
             max_surge=spec.rollout.max_surge, max_unavailable=spec.rollout.max_unavailable,
             ready_timeout=float(spec.rollout.ready_timeout), drain=float(spec.rollout.drain),
             rollout_started_at=d.get("rollout_started_at"), stopped=d["phase"] == "stopped")
-        views = [view_of(r, self.facts.get(r["replica_id"], JobFacts("ended")), r["revision"]) for r in mine]
+        for r in mine:  # when each went unhealthy, by this controller's clock: the steady state's grace
+            if state_of(self.facts.get(r["replica_id"], JobFacts("ended"))) == "unhealthy":
+                self.unhealthy_since.setdefault(r["replica_id"], now)
+            else:
+                self.unhealthy_since.pop(r["replica_id"], None)
+        views = [view_of(r, self.facts.get(r["replica_id"], JobFacts("ended")), r["revision"],
+                         self.unhealthy_since.get(r["replica_id"])) for r in mine]
         step = rollout.plan(view, views, now)
         if step.new_target is not None and step.new_target != d["target_revision"]:
             rev = self.revisions[(name, step.new_target)]
@@ -187,14 +194,19 @@ class DeployService(BaseService):
                 changes.append({"replica_id": r["replica_id"], "ended_at": now})
             elif r.get("stopping") and r["replica_id"] not in self.cancelled:
                 to_cancel.append(r["replica_id"])
-        if step.phase != d["phase"] or step.reason != d.get("reason"):
+        if d["phase"] == "rolled_back" and step.phase == "stable":
+            pass  # stays "rolled_back" (with the rollback's reason) until the next rollout: what show should say
+        elif step.phase != d["phase"] or step.reason != d.get("reason"):
             if step.phase != d["phase"]:
                 kind = {"stable": "done", "rolled_back": "done", "failed": "failed", "stopped": "stopped"}.get(step.phase)
                 if kind is not None:
                     events.append(_event(name, kind, d["target_version"], phase=step.phase, reason=step.reason))
             d.update(phase=step.phase, reason=step.reason)
-        if step.phase in DONE_PHASES and d.get("stable_revision") != d["target_revision"]:
-            d.update(stable_revision=d["target_revision"], stable_version=d["target_version"])
+        if step.phase in DONE_PHASES:  # arrived: the target is what serves, and no rollout is under way
+            if d.get("stable_revision") != d["target_revision"]:
+                d.update(stable_revision=d["target_revision"], stable_version=d["target_version"])
+            if d.get("rollout_started_at") is not None:
+                d["rollout_started_at"] = None
         if d != before:
             d["updated_at"] = now
         await self.ctx.store.run(records.apply_tick, d if d != before else None, changes, events, audits)
@@ -202,6 +214,7 @@ class DeployService(BaseService):
             self.replicas.pop(replica_id, None)
             self.cancelled.discard(replica_id)
             self.scraped.pop(replica_id, None)
+            self.unhealthy_since.pop(replica_id, None)
         if to_cancel:
             await cancel_jobs(self.jobs, ACTOR, [by_id[i]["job_id"] for i in to_cancel])
             self.cancelled.update(to_cancel)
