@@ -126,7 +126,7 @@ async def cmd_alias(client: ControllerClient, args: argparse.Namespace) -> int:
 
 def _moves_table(moves: list[dict[str, Any]]) -> str:
     return render.table(["at", "alias", "from", "to", "by", "reason"],
-                        [[render.when(m["at"]), m["alias"],
+                        [[render.when(m["moved_at"]), m["alias"],
                           f"v{m['from_version']}" if m["from_version"] is not None else "-", f"v{m['to_version']}",
                           m["actor"], m["reason"]] for m in moves])
 

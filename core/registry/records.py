@@ -152,19 +152,19 @@ def history(con: duckdb.DuckDBPyConnection, name: str, alias: str | None = None,
     check_name(name)
     _known_model(con, name)
     where, params = ("and alias = ?", [name, check_alias(alias)]) if alias else ("", [name])
-    return rows(con, f"""select id, name, alias, from_version, to_version, actor, at, reason
+    return rows(con, f"""select id, name, alias, from_version, to_version, actor, moved_at, reason
                          from model_alias_history where name = ? {where} order by id desc limit ?""",
                 params + [limit])
 
 
 # The one query behind "which version was ALIAS at T, trained on what" (docs/models.md shows it for db query).
 AT_QUERY = """
-select h.alias, h.to_version as version, h.at as since, h.actor, h.reason,
+select h.alias, h.to_version as version, h.moved_at as since, h.actor, h.reason,
        v.run_id, v.job_id, v.sha256, v.file_name, v.code_hash, v.spec_hash, v.env_hash, v.inputs
 from model_alias_history h
 join model_versions v on v.name = h.name and v.version = h.to_version
-where h.name = ? and h.at <= to_timestamp(?) {alias}
-qualify row_number() over (partition by h.alias order by h.at desc, h.id desc) = 1
+where h.name = ? and h.moved_at <= to_timestamp(?) {alias}
+qualify row_number() over (partition by h.alias order by h.moved_at desc, h.id desc) = 1
 order by h.alias
 """
 
@@ -253,12 +253,12 @@ def _move(con: duckdb.DuckDBPyConnection, name: str, alias: str, version: int, a
     if before == version:  # no row: the history says only what changed
         return {"name": name, "alias": alias, "from_version": before, "to_version": version, "changed": False}
     at = now()
-    con.execute("""insert into model_alias_history (name, alias, from_version, to_version, actor, at, reason)
+    con.execute("""insert into model_alias_history (name, alias, from_version, to_version, actor, moved_at, reason)
                    values (?, ?, ?, ?, ?, to_timestamp(?), ?)""", [name, alias, before, version, actor, at, reason])
     audit(con, actor, "model.alias", f"{name}@{alias}", {"from_version": before, "to_version": version,
                                                          "reason": reason})
     return {"name": name, "alias": alias, "from_version": before, "to_version": version, "changed": True,
-            "actor": actor, "at": at, "reason": reason}
+            "actor": actor, "moved_at": at, "reason": reason}
 
 
 def known_run(con: duckdb.DuckDBPyConnection, ident: str) -> str:

@@ -23,7 +23,7 @@ CREATE TABLE model_versions (
 );
 
 -- One row per alias move, never updated or deleted: where NAME@ALIAS points now is its newest row,
--- and where it pointed at time T is its newest row with at <= T (docs/models.md has the query).
+-- and where it pointed at time T is its newest row with moved_at <= T (docs/models.md has the query).
 CREATE SEQUENCE model_alias_seq;
 CREATE TABLE model_alias_history (
     id            BIGINT DEFAULT nextval('model_alias_seq') PRIMARY KEY,
@@ -32,7 +32,7 @@ CREATE TABLE model_alias_history (
     from_version  INTEGER,                     -- NULL: the alias was new
     to_version    INTEGER NOT NULL,
     actor         VARCHAR NOT NULL,
-    at            TIMESTAMPTZ NOT NULL,
+    moved_at      TIMESTAMPTZ NOT NULL,
     reason        VARCHAR
 );
 CREATE INDEX model_alias_history_name ON model_alias_history (name, alias);
