@@ -17,6 +17,7 @@ thread and no process scan per probe.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import signal
@@ -347,10 +348,11 @@ class ServiceWatch:
 
     def _scraper(self) -> Callable[..., Any] | None:
         if self._scrape is False:
+            # By name: agents/scrape.py comes with the scrape helper's branch; a node without it skips scrapes.
+            # (Once it is on main this can be a plain ``from mlfleet.agents.scrape import scrape``.)
             try:
-                from mlfleet.agents.scrape import scrape  # noqa: PLC0415 - optional: a node without it skips scrapes
-                self._scrape = scrape
-            except ImportError:
+                self._scrape = getattr(importlib.import_module("mlfleet.agents.scrape"), "scrape")
+            except (ImportError, AttributeError):
                 self._scrape = None
         return self._scrape  # type: ignore[return-value]
 
