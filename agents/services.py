@@ -47,7 +47,8 @@ ProbeKind = Literal["health", "deep"]
 
 def _plain_units(kind: type, value: Any) -> Any:
     """Durations and sizes travel as plain numbers (core/base/models.to_plain)."""
-    if kind in (Seconds, ByteSize) and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(kind, type) and issubclass(kind, (Seconds, ByteSize)) and isinstance(value, (int, float)) \
+            and not isinstance(value, bool):  # Seconds' subclasses too (ZeroOrSeconds: a probe's initial_delay)
         return kind(value)
     raise NotImplementedError(kind)
 
