@@ -334,3 +334,41 @@ def test_a_controller_killed_mid_rollout_resumes_and_starts_nothing_twice(fleet:
     names = [j["name"] for j in replica_jobs(fleet)]
     assert len(names) == len(set(names))  # no replica started twice
     assert sorted(n for n in names if n.startswith("iris-v2-")) == ["iris-v2-3", "iris-v2-4"]
+
+
+def test_a_first_apply_that_never_gets_healthy_fails_and_a_fixed_apply_serves(fleet: Fleet) -> None:
+    register_versions(fleet, 2)
+    spec = deploy_spec(fleet, replicas=2, model="iris:2", ready_timeout="3s", extra="env: {BROKEN_VERSIONS: '2'}\n")
+    fleet.cli_json("deploy", "apply", str(spec))
+    fleet.wait_for(lambda: show(fleet)["phase"] == "failed", timeout=40, what="the first apply to fail")
+    fleet.wait_for(lambda: show(fleet)["replicas"] == [], timeout=30, what="its replicas stopped")
+    assert all(j["state"] == "cancelled" for j in replica_jobs(fleet))
+    assert "no v2 replica became healthy" in show(fleet)["reason"] and "failed" in kinds(fleet)
+    time.sleep(1.5)
+    assert len(replica_jobs(fleet)) == 2  # a failed deployment does not try again on its own
+
+    spec.write_text(spec.read_text().replace("model: iris:2", "model: iris:1"))
+    assert fleet.cli_json("deploy", "apply", str(spec))["change"] == "rolling"
+    wait_serving(fleet, 1, 2)
+
+
+def test_a_rollback_by_hand_goes_back_and_the_alias_does_not_pull_it_forward_again(fleet: Fleet) -> None:
+    register_versions(fleet, 2)
+    fleet.cli_json("deploy", "apply", str(deploy_spec(fleet, replicas=1)))
+    wait_serving(fleet, 1, 1)
+    fleet.cli("models", "alias", "iris", "production", "2", "--reason", "try v2", check=True)
+    wait_serving(fleet, 2, 1)
+
+    back = fleet.cli_json("deploy", "rollback", "iris")
+    assert back["changed"] and back["target_version"] == 1
+    d = wait_serving(fleet, 1, 1)
+    assert predict(d["endpoints"][0]) == (200, "1")
+    time.sleep(2)  # several ticks: production still says 2, and the deployment stays where the user put it
+    assert {e["version"] for e in endpoints(fleet)} == {1} and show(fleet)["target_version"] == 1
+    rollback = [e for e in fleet.cli_json("deploy", "history", "iris") if e["kind"] == "rollback"][-1]
+    assert rollback["actor"] != "controller" and rollback["version"] == 1
+
+    again = fleet.cli_json("deploy", "rollback", "iris", "--to", "2")
+    assert again["target_version"] == 2
+    wait_serving(fleet, 2, 1)
+    one_sentence(fleet.cli("deploy", "rollback", "iris", "--to", "9"), 4, "no version 9")

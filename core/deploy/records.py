@@ -81,13 +81,21 @@ def next_replica_number(con: duckdb.DuckDBPyConnection, name: str) -> int:
     return int(found[0][0]) + 1
 
 
-def insert_revision(con: duckdb.DuckDBPyConnection, rev: dict[str, Any]) -> None:
-    """A revision is written before the deployment row that names it: an orphan after a crash is harmless."""
-    con.execute("""insert into deploy_revisions (deployment, revision, model_version, model_sha256, model_file,
-                                                 spec, spec_hash, cause, created_at)
-                   values (?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(?))""",
-                [rev["deployment"], rev["revision"], rev["model_version"], rev["model_sha256"], rev["model_file"],
-                 json.dumps(rev["spec"]), rev["spec_hash"], rev.get("cause"), now()])
+def insert_revision(con: duckdb.DuckDBPyConnection, rev: dict[str, Any]) -> int:
+    """The next revision of the deployment, numbered here (on the writer): returns its number.
+
+    It is written before the deployment row that names it; one left behind by a crash in between is
+    harmless, and the next one is numbered past it.
+    """
+    with transaction(con):
+        number = int(con.execute("select coalesce(max(revision), 0) + 1 from deploy_revisions where deployment = ?",
+                                 [rev["deployment"]]).fetchall()[0][0])
+        con.execute("""insert into deploy_revisions (deployment, revision, model_version, model_sha256, model_file,
+                                                     spec, spec_hash, cause, created_at)
+                       values (?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(?))""",
+                    [rev["deployment"], number, rev["model_version"], rev["model_sha256"], rev["model_file"],
+                     json.dumps(rev["spec"]), rev["spec_hash"], rev.get("cause"), now()])
+    return number
 
 
 def write_deployment(con: duckdb.DuckDBPyConnection, row: dict[str, Any]) -> None:

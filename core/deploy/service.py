@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 import time
 from typing import Any
 
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 LOCAL_HOST = "local"  # the fleet's name for the controller's own machine (core/fleet/service.py)
 ACTOR = "controller"  # who the audit names for what a tick decides on its own (alias moves, rollbacks)
 DONE_PHASES = ("stable", "rolled_back")
+_REVISION = re.compile(r"(?<![\w-])v(\d+)\b")  # "v3" in the planner's words, not the "v3" inside "iris-v3-1"
 
 
 class DeployService(BaseService):
@@ -166,6 +168,7 @@ class DeployService(BaseService):
         views = [view_of(r, self.facts.get(r["replica_id"], JobFacts("ended")), r["revision"],
                          self.unhealthy_since.get(r["replica_id"])) for r in mine]
         step = rollout.plan(view, views, now)
+        step = dataclasses.replace(step, reason=self._versions_in(name, step.reason))
         if step.new_target is not None and step.new_target != d["target_revision"]:
             rev = self.revisions[(name, step.new_target)]
             events.append(_event(name, "rollback", rev["model_version"], reason=step.reason,
@@ -212,7 +215,8 @@ class DeployService(BaseService):
                 d["rollout_started_at"] = None
         if d != before:
             d["updated_at"] = now
-        await self.ctx.store.run(records.apply_tick, d if d != before else None, changes, events, audits)
+        if d != before or changes or events or audits:  # a quiet tick writes nothing
+            await self.ctx.store.run(records.apply_tick, d if d != before else None, changes, events, audits)
         for replica_id in ended:
             self.replicas.pop(replica_id, None)
             self.cancelled.discard(replica_id)
@@ -245,12 +249,11 @@ class DeployService(BaseService):
     async def new_revision(self, d: dict[str, Any], model: dict[str, Any], spec: DeploymentSpec,
                            cause: str) -> dict[str, Any]:
         """A revision row (written with the next deployment write): a model version and the spec it runs with."""
-        number = max([r for (n, r) in self.revisions if n == d["name"]], default=0) + 1
-        rev = {"deployment": d["name"], "revision": number, "model_version": model["version"],
-               "model_sha256": model["sha256"], "model_file": model["file_name"], "spec": to_plain(spec),
-               "spec_hash": spec.content_hash(), "cause": cause}
-        await self.ctx.store.run(records.insert_revision, rev)
-        self.revisions[(d["name"], number)] = rev
+        rev = {"deployment": d["name"], "model_version": model["version"], "model_sha256": model["sha256"],
+               "model_file": model["file_name"], "spec": to_plain(spec), "spec_hash": spec.content_hash(),
+               "cause": cause}
+        rev["revision"] = await self.ctx.store.run(records.insert_revision, rev)
+        self.revisions[(d["name"], rev["revision"])] = rev
         return rev
 
     def retarget(self, d: dict[str, Any], revision: int, actor: str, kind: str, cause: str,
@@ -299,6 +302,14 @@ class DeployService(BaseService):
         for r in made:
             self.replicas[r["replica_id"]] = r
             self.facts[r["replica_id"]] = JobFacts("pending")
+
+    def _versions_in(self, name: str, words: str) -> str:
+        """The planner counts revisions ("v3"); users count model versions: its words say those."""
+        def version(m: re.Match[str]) -> str:
+            rev = self.revisions.get((name, int(m.group(1))))
+            return f"v{rev['model_version']}" if rev is not None else m.group(0)
+
+        return _REVISION.sub(version, words)
 
     # ------------------------------------------------------------------ for the API
     def live(self, replica_id: str) -> JobFacts:
