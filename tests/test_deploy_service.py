@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -200,6 +202,13 @@ def test_apply_submits_one_job_per_replica_and_the_same_file_again_changes_nothi
 
     again = fleet.cli("deploy", "apply", str(spec))
     assert again.code == 0 and again.out.strip() == "iris: unchanged", again.out + again.err
+    racers = [subprocess.Popen([str(Path(sys.executable).with_name("mlfleet")), "deploy", "apply", str(spec), "--json"],
+                               env=fleet.env, stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    assert [json.loads(p.communicate(timeout=60)[0])["change"] for p in racers] == ["unchanged"] * 3
+    follows_staging = spec.read_text().replace("model: iris@production", "model: iris@staging")
+    fleet.cli("models", "alias", "iris", "staging", "1", "--reason", "same weights", check=True)
+    spec.write_text(follows_staging)
+    assert fleet.cli_json("deploy", "apply", str(spec))["change"] == "updated"  # another alias, the same version
     time.sleep(1.5)  # a few ticks: nothing new is started for an unchanged apply
     assert len(replica_jobs(fleet)) == 2
 
@@ -372,3 +381,38 @@ def test_a_rollback_by_hand_goes_back_and_the_alias_does_not_pull_it_forward_aga
     assert again["target_version"] == 2
     wait_serving(fleet, 2, 1)
     one_sentence(fleet.cli("deploy", "rollback", "iris", "--to", "9"), 4, "no version 9")
+
+
+def test_an_agent_killed_mid_rollout_leaves_its_servers_serving_and_the_rollout_finishes(fleet: Fleet) -> None:
+    register_versions(fleet, 2)
+    fleet.cli_json("deploy", "apply", str(deploy_spec(fleet, replicas=2)))
+    wait_serving(fleet, 1, 2)
+    fleet.cli("models", "alias", "iris", "production", "2", "--reason", "roll", check=True)
+    fleet.wait_for(lambda: any(r["version"] == 2 for r in show(fleet)["replicas"]), what="a v2 replica")
+    os.kill(fleet.agent_pid or 0, signal.SIGKILL)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # the controller starts the local agent again; it finds the servers
+        eps = endpoints(fleet)
+        assert eps, "a moment with no replica serving"  # a healthy server is not forgotten for its agent's restart
+        if {e["version"] for e in eps} == {2} and len(eps) == 2 and show(fleet)["phase"] == "stable":
+            break
+        time.sleep(0.2)
+    d = wait_serving(fleet, 2, 2)
+    assert not any(e["kind"] == "rollback" for e in fleet.cli_json("deploy", "history", "iris"))
+    assert all(predict(e) == (200, "2") for e in d["endpoints"])
+    names = [j["name"] for j in replica_jobs(fleet)]
+    assert len(names) == len(set(names)) == 4
+
+
+def test_an_agent_restart_in_steady_state_replaces_no_healthy_replica(fleet: Fleet) -> None:
+    """Its new agent says 'starting' until the first probes: the servers did not change, nothing is replaced."""
+    register_versions(fleet, 1)
+    fleet.cli_json("deploy", "apply", str(deploy_spec(fleet, replicas=2, ready_timeout="1s")))
+    wait_serving(fleet, 1, 2)
+    time.sleep(1.5)  # older than ready_timeout: a replica 'starting' now would count as never healthy
+    os.kill(fleet.agent_pid or 0, signal.SIGKILL)
+    fleet.wait_for(lambda: fleet.agent_pid is not None, what="a new agent")
+    time.sleep(3)
+    d = wait_serving(fleet, 1, 2)
+    assert [r["replica_id"] for r in d["replicas"]] == ["iris-v1-1", "iris-v1-2"]
+    assert "stop" not in kinds(fleet) and len(replica_jobs(fleet)) == 2

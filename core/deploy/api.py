@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 Replicas = Annotated[int, Meta(ge=0, le=1000)]
 SinceSeconds = Annotated[float, Meta(gt=0, le=400 * 86400)]
-SCALE_ONLY = ("replicas", "rollout")  # fields whose change needs no new replicas
+# Fields whose change needs no new replicas (the model reference counts by the version it names, not its words)
+SCALE_ONLY = ("replicas", "rollout", "model")
 STATS_WINDOW = 60.0  # deploy show's RPS, p95 and errors: over the last minute
 
 
@@ -89,10 +90,12 @@ class DeployApi:
                                     events, audits)
                     change = "started"
                 elif same_shape and model["version"] == d["target_version"]:
-                    events.append(_event(new.name, "scale", d["target_version"], actor, replicas=new.replicas,
-                                         before=before.get("replicas")))
-                    audits.append((actor, "deploy.scale", new.name, {"from": before.get("replicas"), "to": new.replicas}))
-                    change = "scaled"
+                    if before.get("replicas") != new.replicas:
+                        events.append(_event(new.name, "scale", d["target_version"], actor, replicas=new.replicas,
+                                             before=before.get("replicas")))
+                        audits.append((actor, "deploy.scale", new.name,
+                                       {"from": before.get("replicas"), "to": new.replicas}))
+                    change = "scaled" if before.get("replicas") != new.replicas else "updated"
                 else:
                     cause = (f"apply: model v{d['target_version']}\u2192v{model['version']}"
                              if model["version"] != d["target_version"] else "apply: spec changed")
@@ -109,6 +112,7 @@ class DeployApi:
         words = {"created": f"{new.name}: created; rolling out v{model['version']} ({new.replicas} replicas)",
                  "started": f"{new.name}: started again; rolling out v{model['version']}",
                  "scaled": f"{new.name}: scaled to {new.replicas} replicas",
+                 "updated": f"{new.name}: updated (v{d['target_version']} serves on; nothing to roll out)",
                  "rolling": f"{new.name}: rolling out v{d['target_version']} ({d['reason']})"}[change]
         return self._answer(d, change, words, warning)
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from mlfleet.core.base.models import ServiceStatus
 from mlfleet.core.deploy.rollout import ReplicaView
 
@@ -42,3 +44,22 @@ def view_of(row: dict[str, Any], facts: JobFacts, revision_of_row: int,
                        created_at=row["created_at"], healthy_since=row.get("healthy_since"),
                        draining_since=row.get("draining_since"), stopping=bool(row.get("stopping")),
                        unhealthy_since=unhealthy_since)
+
+
+def carried_health(previous: ServiceStatus | None, current: ServiceStatus | None, carried_since: float | None,
+                   now: float, grace: float) -> tuple[ServiceStatus | None, float | None]:
+    """A healthy server whose agent restarted says ``starting`` until its first probe: keep it healthy meanwhile.
+
+    Only when the server itself did not restart (same restart count) and for
+    at most ``grace`` seconds (a few probe intervals): otherwise the planner
+    would take a serving replica for one that never became healthy, and stop
+    it (an old version's mid-rollout) or replace it. Returns the status to use
+    and since when it is carried (None: not carried).
+    """
+    if current is None or previous is None or current.health != "starting" or previous.health != "healthy" \
+            or current.restarts != previous.restarts:
+        return current, None
+    since = now if carried_since is None else carried_since
+    if now - since >= grace:
+        return current, None
+    return msgspec.structs.replace(current, health="healthy", port=current.port or previous.port), since

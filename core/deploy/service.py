@@ -35,7 +35,7 @@ from mlfleet.core.base.models import TERMINAL_STATES, to_plain
 from mlfleet.core.base.rpc import rpc_methods
 from mlfleet.core.controller.service import BaseService, ControllerContext, Rpc
 from mlfleet.core.deploy import records, rollout
-from mlfleet.core.deploy.replica_state import JobFacts, state_of, view_of
+from mlfleet.core.deploy.replica_state import JobFacts, carried_health, state_of, view_of
 from mlfleet.core.deploy.spec import DeploymentSpec, replica_job_spec, validate_deployment_spec
 from mlfleet.core.jobs.group import cancel_jobs, submit_group
 from mlfleet.core.jobs.service import JobsService
@@ -65,6 +65,7 @@ class DeployService(BaseService):
         self.scraped: dict[str, float] = {}  # replica id -> ts of the newest scrape stored
         self.cancelled: set[str] = set()  # replica ids whose job's cancel was asked by this process
         self.unhealthy_since: dict[str, float] = {}  # replica id -> when this process first saw it unhealthy
+        self.carried: dict[str, float | None] = {}  # replica id -> since when its health is carried (replica_state)
         self.lock = asyncio.Lock()  # a tick's step and a client's action never interleave on one deployment
         self.api = DeployApi(self)
 
@@ -98,6 +99,7 @@ class DeployService(BaseService):
     async def _gather_facts(self) -> None:
         """Each open replica's job: queued, in flight (with its server's status), or ended."""
         by_job = {run.job_id: run for run in self.jobs.active.values()}
+        now = time.time()
         facts: dict[str, JobFacts] = {}
         unknown: dict[str, str] = {}
         for replica_id, row in self.replicas.items():
@@ -106,7 +108,11 @@ class DeployService(BaseService):
                 facts[replica_id] = JobFacts("pending")
             elif job_id in by_job:
                 run = by_job[job_id]
-                facts[replica_id] = JobFacts("active", run.run_id, run.host, run.service)
+                before = self.facts.get(replica_id)
+                service, self.carried[replica_id] = carried_health(
+                    before.service if before is not None and before.run_id == run.run_id else None, run.service,
+                    self.carried.get(replica_id), now, self._grace(row["deployment"]))
+                facts[replica_id] = JobFacts("active", run.run_id, run.host, service)
             else:
                 unknown[job_id] = replica_id
         if unknown:  # between the queue and a run (being dispatched), or ended: the file says which
@@ -118,6 +124,13 @@ class DeployService(BaseService):
                 facts[replica_id] = JobFacts("ended") if state is None or state in TERMINAL_STATES \
                     else JobFacts("pending" if state == "pending" else "active")
         self.facts = facts
+        self.carried = {k: v for k, v in self.carried.items() if v is not None and k in facts}
+
+    def _grace(self, name: str) -> float:
+        """How long a healthy replica's ``starting`` after an agent restart is still taken as healthy."""
+        health = (self.deployments.get(name, {}).get("spec") or {}).get("health") or {}
+        return max(2.0, float(health.get("interval", 5.0)) * float(health.get("failures", 3))
+                   + float(health.get("timeout", 2.0)))
 
     async def _store_scrapes(self) -> None:
         samples = []
