@@ -10,6 +10,7 @@ from __future__ import annotations
 from mlfleet.core.audit.api import AuditApi
 from mlfleet.core.controller.service import ControllerContext, RpcService, Service
 from mlfleet.core.deploy.capture import CaptureService
+from mlfleet.core.deploy.service import DeployService
 from mlfleet.core.drift.api import DriftApi
 from mlfleet.core.fleet.service import FleetService
 from mlfleet.core.jobs.service import JobsService
@@ -27,6 +28,7 @@ def services(ctx: ControllerContext) -> list[Service]:
         jobs,  # the queue, dispatch, launches, a host's runs in its sync
         SweepsService(ctx, jobs),  # sweeps' children, and the hold that keeps each sweep's max_parallel
         CaptureService(ctx, jobs),  # replicas' captured inputs into Parquet, exactly once (docs/drift.md)
+        DeployService(ctx, jobs),  # deployments: each tick one rollout step, replicas submitted and cancelled as jobs
         RpcService("runs", RunsApi(ctx)),
         RegistryService(ctx),  # the model registry: versions in the model store, aliases; leftovers cleared at start
         RpcService("drift", DriftApi(ctx)),
