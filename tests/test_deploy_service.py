@@ -91,10 +91,11 @@ command: [python, server.py, --port, "{{port}}"]
 replicas: {replicas}
 health:
   path: /health
-  interval: 0.2s
-  timeout: 1s
+  interval: 0.3s
+  timeout: 0.25s
   failures: 2
-  deep: {{path: /predict, method: POST, body: '{{"rows": [[1, 2]]}}', expect_status: 200, interval: 0.2s}}
+  deep: {{path: /predict, method: POST, body: '{{"rows": [[1, 2]]}}', expect_status: 200, interval: 0.3s,
+          timeout: 0.25s}}
 metrics: {{prometheus: /metrics, interval: 0.3s}}
 rollout: {{max_surge: 1, max_unavailable: 0, ready_timeout: {ready_timeout}, drain: 0.3s}}
 {extra}""")
@@ -158,6 +159,18 @@ def kinds(fleet: Fleet, name: str = "iris") -> list[str]:
 
 
 # ------------------------------------------------------------------ without health: rows, jobs, idempotence
+
+def test_a_spec_and_its_replica_jobs_decode_again_as_they_were_stored(fleet: Fleet) -> None:
+    """What the CLI sends and the controller stores is read back by the next controller (initial_delay 0s too)."""
+    from mlfleet.core.base.models import spec_from_plain, to_plain
+    from mlfleet.core.deploy.spec import load_deployment_spec, replica_job_spec, validate_deployment_spec
+
+    spec = load_deployment_spec(deploy_spec(fleet))
+    assert validate_deployment_spec(to_plain(spec)) == spec
+    job = replica_job_spec(spec, 3, "iris-v3-1", "ab" * 32, "model.bin")
+    assert spec_from_plain(to_plain(job)) == job
+
+
 
 def test_mistakes_are_one_sentence_and_leave_nothing_behind(fleet: Fleet) -> None:
     register_versions(fleet, 1)

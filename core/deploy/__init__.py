@@ -12,4 +12,4 @@ rest is this capability's own (tests/test_import_directions.py keeps that).
 # spec: a deployment spec read from YAML (the TUI and the CLI validate one before sending it).
 # rollout: the pure planner (views in, one step out): the TUI shows a rollout's phase and reasons from it.
 # serving_stats: request rates, error rates and latency quantiles from scrapes (TUI panels, reports).
-PUBLIC = ("spec", "rollout")  # serving_stats joins when it lands
+PUBLIC = ("spec", "rollout", "serving_stats")
