@@ -269,6 +269,17 @@ def test_no_replica_closes_connections_at_once_and_says_so_once_per_change(backe
     fw.stop()
 
 
+def test_the_same_replicas_listed_in_another_order_are_no_change(backends, forwarders) -> None:
+    b1, b2, b3 = backends
+    fw = forwarders([b1.endpoint(), b2.endpoint()], refresh=0.05)
+    fw._write([b2.endpoint(), b1.endpoint()])  # a controller may list them in any order
+    time.sleep(0.5)  # ten refreshes
+    fw.set([b3.endpoint()])
+    assert [line for line in fw.lines if line.startswith("→ ")] == [
+        f"→ 2 replicas: local:{b1.port} (v1), local:{b2.port} (v1)", f"→ 1 replica: local:{b3.port} (v1)"]
+    fw.stop()
+
+
 def _rss(pid: int) -> int:
     return psutil.Process(pid).memory_info().rss
 
@@ -480,6 +491,13 @@ def test_a_remote_replica_is_reached_over_one_reused_ssh_connection(ssh_fleet, b
     assert _forwards_to(server, replica.port) == 50
     first = _ssh_connections(fw.proc.pid, server.port)
     assert len(first) == 1  # fifty TCP connections, one SSH connection
+
+    data = _blob(8 * 1024 * 1024)  # bytes both ways through the channel, intact
+    conn = http.client.HTTPConnection("127.0.0.1", fw.port, timeout=60)
+    conn.request("POST", "/upload", body=data, headers={"Content-Length": str(len(data))})
+    assert conn.getresponse().read().decode() == hashlib.sha256(data).hexdigest()
+    conn.close()
+    assert get(fw.port, f"/download/{len(data)}") == (200, data)
 
     server.drop_connections()  # the link dies (a network blip, sshd restarted): the next dial makes a new one
     assert [get(fw.port) for _ in range(20)] == [(200, b"b1")] * 20

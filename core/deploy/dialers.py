@@ -20,6 +20,7 @@ from typing import Awaitable, Callable
 
 import asyncssh
 
+from mlfleet.core.base.errors import UnavailableError
 from mlfleet.core.base.paths import Home
 from mlfleet.core.deploy.forward import Endpoint, Reader, Writer
 from mlfleet.core.fleet.hostssh import connect_host
@@ -40,7 +41,7 @@ class SshPool:
         self._connect = connect
         self._conns: dict[str, asyncssh.SSHClientConnection] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._failed: dict[str, tuple[float, BaseException]] = {}  # host -> (when, why) of its last failed connect
+        self._failed: dict[str, tuple[float, str]] = {}  # host -> (when, why) of its last failed connect
         self.connects = 0  # SSH connections made so far (each handshake), for `deploy open`'s own checks
 
     async def connection(self, host: str) -> asyncssh.SSHClientConnection:
@@ -53,11 +54,11 @@ class SshPool:
             if conn is None or conn.is_closed():
                 failed = self._failed.get(host)
                 if failed is not None and time.monotonic() - failed[0] < RETRY_AFTER_S:
-                    raise failed[1]  # (a host that is down would hold every new connection for its timeout)
+                    raise UnavailableError(failed[1])  # (a host that is down would hold each connection 10 s)
                 try:
                     conn = await self._connect(host)
                 except Exception as exc:
-                    self._failed[host] = (time.monotonic(), exc)
+                    self._failed[host] = (time.monotonic(), str(exc) or type(exc).__name__)
                     raise
                 self._failed.pop(host, None)
                 self.connects += 1

@@ -97,8 +97,8 @@ class _Forwarder:
     def update(self, endpoints: list[Endpoint]) -> None:
         if self._fetch_problem is not None:
             self._fetch_problem = None
-        if self.known and endpoints == self.current:
-            return
+        if self.known and set(endpoints) == set(self.current):
+            return  # the same replicas, perhaps listed in another order: nothing to say, the turn goes on
         self.current, self.known = list(endpoints), True
         self.say(change_line(self.name, self.current))
 
