@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -33,9 +34,38 @@ def _predict(port: int) -> tuple[int, str]:
         conn.close()
 
 
-def test_mistakes_are_one_sentence(fleet: Fleet) -> None:
+def _open(fleet: Fleet, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(Path(sys.executable).with_name("mlfleet")), "deploy", "open", *args],
+                            env=fleet.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _ctrl_c(opened: subprocess.Popen[str]) -> None:
+    opened.send_signal(signal.SIGINT)
+    code = opened.wait(20)
+    assert opened.stderr is not None
+    err = opened.stderr.read()
+    assert code == 0 and "Traceback" not in err, err
+
+
+def test_mistakes_are_one_sentence_and_no_replica_is_said_once(fleet: Fleet) -> None:
     one_sentence(fleet.cli("deploy", "open", "nosuch"), 4, "nosuch")
     one_sentence(fleet.cli("deploy", "open", "iris", "--port", "70000"), 2, "--port")
+    register_versions(fleet, 1)
+    broken = deploy_spec(fleet, extra="env: {BROKEN_VERSIONS: '1'}\n")  # its deep probe fails: never healthy
+    fleet.cli_json("deploy", "apply", str(broken))
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        taken = busy.getsockname()[1]
+        one_sentence(fleet.cli("deploy", "open", "iris", "--port", str(taken)), 2, f"127.0.0.1:{taken}", "--port")
+
+    opened = _open(fleet, "iris", "--port", "0")
+    assert opened.stdout is not None
+    assert opened.stdout.readline() == "no healthy replica of iris; waiting\n"
+    ready = opened.stdout.readline()
+    port = int(ready.split()[1].rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        assert sock.recv(100) == b""  # closed at once: nothing to forward to
+    _ctrl_c(opened)
 
 
 def test_requests_through_deploy_open_never_fail_while_v1_rolls_to_v2(fleet: Fleet) -> None:
@@ -43,8 +73,7 @@ def test_requests_through_deploy_open_never_fail_while_v1_rolls_to_v2(fleet: Fle
     fleet.cli_json("deploy", "apply", str(deploy_spec(fleet)))
     wait_serving(fleet, 1, 2)
 
-    opened = subprocess.Popen([str(Path(sys.executable).with_name("mlfleet")), "deploy", "open", "iris", "--port", "0"],
-                              env=fleet.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    opened = _open(fleet, "iris", "--port", "0")
     try:
         assert opened.stdout is not None
         lines = [opened.stdout.readline().rstrip("\n") for _ in range(2)]
@@ -81,8 +110,4 @@ def test_requests_through_deploy_open_never_fail_while_v1_rolls_to_v2(fleet: Fle
             worker.join(30)
         assert failures == [] and set(answers) <= {(200, "1"), (200, "2")}, (failures, answers)
     finally:
-        opened.send_signal(signal.SIGINT)  # Ctrl-C
-        code = opened.wait(20)
-    assert opened.stderr is not None
-    err = opened.stderr.read()
-    assert code == 0 and "Traceback" not in err, err
+        _ctrl_c(opened)
