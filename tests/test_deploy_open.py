@@ -280,6 +280,18 @@ def test_the_same_replicas_listed_in_another_order_are_no_change(backends, forwa
     fw.stop()
 
 
+def test_a_list_that_cannot_be_read_keeps_the_last_one_and_says_so_once(backends, forwarders) -> None:
+    fw = forwarders([backends[0].endpoint()], refresh=0.05)
+    fw.file.write_text("{not json")  # as when the controller does not answer for a while
+    said = fw.wait_line(lambda line: line.startswith("cannot read the replicas of iris ("))
+    assert said.endswith("; keeping the last 1")
+    assert [get(fw.port) for _ in range(5)] == [(200, b"b1")] * 5
+    fw.set([backends[1].endpoint()])  # it answers again
+    assert get(fw.port) == (200, b"b2")
+    assert sum(line.startswith("cannot read") for line in fw.lines) == 1
+    fw.stop()
+
+
 def _rss(pid: int) -> int:
     return psutil.Process(pid).memory_info().rss
 
