@@ -114,6 +114,18 @@ def test_a_command_without_the_port_is_refused_with_what_to_do(tmp_path: Path) -
     assert load_deployment_spec(write(tmp_path, text + "port_from_env: true\n")).port_from_env
 
 
+def test_a_mistyped_placeholder_is_named(tmp_path: Path) -> None:
+    with pytest.raises(SpecErrors) as info:
+        load_deployment_spec(write(tmp_path, GOOD.replace('"{port}"', '"{prot}"')))
+    typo = next(e for e in info.value.errors if e.field == "command[5]")
+    assert typo.line == 3 and typo.hint == "did you mean {port}?"
+    # a string command runs through the shell: braces there are the shell's, only {port} is looked for
+    spec = load_deployment_spec(write(tmp_path, GOOD.replace(
+        'command: [python, serve.py, --model, "{model_path}", --port, "{port}"]',
+        "command: python serve.py --port {port} --opts '{x}'")))
+    assert replica_job_spec(spec, 1, "iris-v1-1", None, None).argv[-1].endswith("'{x}'")
+
+
 def test_rollout_and_probe_rules(tmp_path: Path) -> None:
     text = GOOD.replace("max_surge: 1, max_unavailable: 0", "max_surge: 0, max_unavailable: 0")
     text = text.replace("timeout: 1s", "timeout: 2s").replace("replicas: 2", "replicas: 65")
@@ -174,4 +186,8 @@ def test_hostile_values_are_sentences_not_tracebacks(tmp_path: Path) -> None:
     big.write_text("name: iris\nmodel: iris:1\ncommand: [serve, '{port}', " + "x" * 10_000_000 + "]\n")
     with pytest.raises(SpecError):
         load_deployment_spec(big)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("name: iris\nmodel: iris:1\ncommand: " + "[" * 5000 + "1" + "]" * 5000 + "\n")
+    with pytest.raises(SpecError, match="nests too deeply"):
+        load_deployment_spec(nested)
     assert isinstance(validate_deployment_spec(base), DeploymentSpec)

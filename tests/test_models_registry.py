@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -223,3 +225,74 @@ def test_hostile_input_is_one_sentence(fleet: Fleet) -> None:
     assert fleet.cli_json("models", "history", "iris")["moves"] == []
     error = fleet.cli("models", "show", "nosuch", "--json")
     assert error.code == 4 and error.json()["error"]["kind"] == "NotFoundError"
+
+
+def test_a_copy_a_killed_controller_left_unfinished_is_cleared_at_start(fleet: Fleet) -> None:
+    run = _train(fleet)
+    first = _register(fleet, "iris", run)
+    folder = fleet.home.model_store_dir / first["sha256"]
+    leftover = folder / ".incoming-4242-7f00-model.bin"
+    leftover.write_bytes(b"half a model")
+    other = fleet.home.model_store_dir / ("0" * 64)
+    other.mkdir()
+    (other / ".incoming-1-2-weights.pt").write_bytes(b"")
+    fleet.cli("controller", "stop", check=True)
+    fleet.wait_for(lambda: fleet.controller_pid is None, what="the controller to stop")
+    fleet.cli("controller", "start", check=True)
+    assert not leftover.exists() and not list(other.iterdir())
+    assert [p.name for p in folder.iterdir()] == ["model.bin"]
+    assert fleet.cli_json("models", "show", "iris")["version"]["sha256"] == first["sha256"]
+
+
+def test_a_model_from_an_ssh_host_stays_when_the_host_is_gone(ssh_fleet) -> None:  # noqa: ANN001 - SshFleet
+    fleet = ssh_fleet.fleet
+    ssh_fleet.add("node-a")
+    ssh_fleet.wait_up("node-a")
+    (fleet.root / "specs").mkdir(exist_ok=True)
+    (fleet.root / "specs" / "train.py").write_text(TRAIN)
+    (fleet.root / "specs" / "data.csv").write_text("x,y\n1,2\n3,4\n")
+    spec = fleet.write_spec("remote", "name: remote\nconstraints: {hosts: [node-a]}\ninputs: [data.csv]\n"
+                                      "command: [python, train.py]\n")
+    done = fleet.cli("submit", str(spec), "--wait", "--json", timeout=120)
+    assert done.code == 0, done.out + done.err
+    run = fleet.cli_json("runs", "show", done.json()["run_id"])
+    assert run["host"] == "node-a"
+    node_copy = ssh_fleet.state_dir("node-a") / "runs" / run["run_id"] / "work" / "out" / "model.bin"
+    sha = hashlib.sha256(node_copy.read_bytes()).hexdigest()
+
+    first = _register(fleet, "iris", run, "--alias", "production")
+    assert first["copied"] is True and first["sha256"] == sha
+    assert hashlib.sha256((fleet.home.model_store_dir / sha / "model.bin").read_bytes()).hexdigest() == sha
+
+    ssh_fleet.stop()  # the node is gone, its disk with it
+    node_copy.unlink()
+    fleet.wait_for(lambda: ssh_fleet.host("node-a")["state"] != "up", timeout=60, what="node-a to be down")
+    assert fleet.cli_json("models", "show", "iris@production")["version"]["sha256"] == sha
+    again = _register(fleet, "iris", run)  # from the store: the host is not needed any more
+    assert again["version"] == 2 and again["copied"] is False
+
+
+def test_a_controller_killed_while_copying_registers_nothing_and_the_next_one_finishes_clean(fleet: Fleet) -> None:
+    run = _train(fleet)
+    sha = hashlib.sha256(_node_copy(fleet, run).read_bytes()).hexdigest()
+    folder = fleet.home.model_store_dir / sha
+    agent = fleet.agent_pid
+    assert agent is not None
+    os.kill(agent, signal.SIGSTOP)  # the agent answers no chunk: the copy is caught part way, every time
+    try:
+        register = subprocess.Popen([str(Path(sys.executable).with_name("mlfleet")), "models", "register", "iris",
+                                     "--run", run["run_id"], "--artifact", "model.bin"], env=fleet.env, cwd=REPO,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        fleet.wait_for(lambda: folder.is_dir() and any(p.name.startswith(".incoming-") for p in folder.iterdir()),
+                       what="the copy to begin")
+        os.kill(fleet.controller_pid, signal.SIGKILL)
+        _, err = register.communicate(timeout=60)
+    finally:
+        os.kill(agent, signal.SIGCONT)
+    assert register.returncode != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (folder / "model.bin").exists()
+
+    assert fleet.cli_json("models", "list") == []  # nothing was registered (the controller starts again here)
+    assert not folder.exists() or not list(folder.iterdir())  # and the half copy is gone
+    assert _register(fleet, "iris", run)["version"] == 1
+    assert [p.name for p in folder.iterdir()] == ["model.bin"]

@@ -146,7 +146,7 @@ class Home:
         return (self.config_file, self.hosts_file, self.known_hosts_file, db, db.with_name(db.name + ".wal"),
                 db.with_name(db.name + ".tmp"), self.code_cache_dir, self.wheel_cache_dir, self.env_cache_dir, self.log_dir,
                 self.data_dir / "agents", self.run_dir, self.controller_socket, self.controller_lock,
-                self.local_agent_socket)
+                self.local_agent_socket, self.data_dir / "models", self.capture_dir)
 
     def ensure(self) -> None:
         """Create or reuse the folders, 0700; refuse one that another user owns or could swap."""

@@ -13,7 +13,7 @@ from mlfleet.core.deploy.service import DeployService
 from mlfleet.core.drift.api import DriftApi
 from mlfleet.core.fleet.service import FleetService
 from mlfleet.core.jobs.service import JobsService
-from mlfleet.core.registry.api import RegistryApi
+from mlfleet.core.registry.service import RegistryService
 from mlfleet.core.store.api import StoreApi
 from mlfleet.core.sweeps.service import SweepsService
 from mlfleet.core.tracking.api import RunsApi
@@ -28,7 +28,7 @@ def services(ctx: ControllerContext) -> list[Service]:
         SweepsService(ctx, jobs),  # sweeps' children, and the hold that keeps each sweep's max_parallel
         DeployService(ctx, jobs),  # deployments: each tick one rollout step, replicas submitted and cancelled as jobs
         RpcService("runs", RunsApi(ctx)),
-        RpcService("models", RegistryApi(ctx)),  # the model registry: versions in the model store, aliases
+        RegistryService(ctx),  # the model registry: versions in the model store, aliases; leftovers cleared at start
         RpcService("drift", DriftApi(ctx)),
         RpcService("audit", AuditApi(ctx)),
         RpcService("db", StoreApi(ctx)),

@@ -15,6 +15,7 @@ Every replica is a job (:func:`replica_job_spec`); the agent fills in
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
 from pathlib import Path
@@ -321,7 +322,9 @@ def _semantic_errors(spec: DeploymentSpec, data: dict[str, Any], located: Locate
             fail(parts, "holds a NUL character", "an argument cannot carry one; remove it")
         for m in _BARE_PLACEHOLDER.finditer(text):
             if m.group(0) not in (PORT, MODEL_PATH) and isinstance(spec.command, list) and m.group(0) == text:
-                fail(parts, f"{text} is not a placeholder mlfleet fills in", "use {port} or {model_path}")
+                close = difflib.get_close_matches(text, [PORT, MODEL_PATH], n=1)
+                fail(parts, f"{text} is not a placeholder mlfleet fills in",
+                     f"did you mean {close[0]}?" if close else "the placeholders are {port} and {model_path}")
     in_env = any(isinstance(v, str) and PORT in v for v in spec.env.values())
     if not spec.port_from_env and not in_env and not any(PORT in text for _, text in pieces):
         fail(("command",), "does not say where the server listens: mlfleet picks a free port on each node",

@@ -88,7 +88,7 @@ async def cmd_show(client: ControllerClient, args: argparse.Namespace) -> int:
         print_json(shown)
         return EXIT_OK
     v = shown["version"]
-    picked = f" (@{shown['alias']})" if shown.get("alias") else ""
+    picked = f" ({shown['name']}@{shown['alias']})" if shown.get("alias") else ""
     print(f"model {shown['name']}: {shown['versions']} version{'s' if shown['versions'] != 1 else ''}, latest "
           f"v{shown['latest']}; aliases {_aliases(shown['model_aliases'])}")
     print(f"version {v['version']}{picked}" + (f", aliased {', '.join(v['aliases'])}" if v["aliases"] else ""))

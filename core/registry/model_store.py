@@ -54,6 +54,27 @@ def present(path: Path, sha256: str) -> bool:
     return path.is_file() and not path.is_symlink() and sha256_of(path) == sha256
 
 
+def remove_leftovers(root: Path) -> list[Path]:
+    """Remove ``.incoming-*`` files under ``root/<sha256>/`` (only while no registration can be running)."""
+    removed: list[Path] = []
+    try:
+        folders = [f for f in root.iterdir() if f.is_dir() and not f.is_symlink()]
+    except OSError:
+        return removed
+    for folder in folders:
+        try:
+            leftovers = [p for p in folder.iterdir() if p.name.startswith(".incoming-")]
+        except OSError:
+            continue
+        for path in leftovers:
+            try:
+                path.unlink()
+            except OSError:
+                continue
+            removed.append(path)
+    return removed
+
+
 class Incoming:
     """A temporary file in the final folder, hashed as it is written; :meth:`place` or :meth:`discard` it."""
 

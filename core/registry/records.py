@@ -19,7 +19,7 @@ from typing import Any
 import duckdb
 
 from mlfleet.core.audit.records import audit
-from mlfleet.core.base.errors import NotFoundError, UsageError
+from mlfleet.core.base.errors import NotFoundError
 from mlfleet.core.registry.refs import check_alias, check_name, parse_ref
 from mlfleet.core.store.db import now, transaction
 from mlfleet.core.store.rows import rows
@@ -259,11 +259,3 @@ def _move(con: duckdb.DuckDBPyConnection, name: str, alias: str, version: int, a
                                                          "reason": reason})
     return {"name": name, "alias": alias, "from_version": before, "to_version": version, "changed": True,
             "actor": actor, "moved_at": at, "reason": reason}
-
-
-def known_run(con: duckdb.DuckDBPyConnection, ident: str) -> str:
-    """The run id ``ident`` names (a whole id or a unique prefix), or the tracking's one sentence."""
-    return tracking.resolve_run_id(con, ident)
-
-
-__all__ = ["resolve", "alias_version", "UsageError"]
