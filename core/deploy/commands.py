@@ -22,6 +22,7 @@ from mlfleet.core.base.units import format_duration, parse_duration
 from mlfleet.core.cli import render
 from mlfleet.core.cli.output import Add, bounded, client_command, print_json, say
 from mlfleet.core.controller.client import ControllerClient
+from mlfleet.core.deploy.open_command import add_open_command
 from mlfleet.core.deploy.spec import load_deployment_spec
 from mlfleet.core.jobs import log_output
 
@@ -210,3 +211,4 @@ def register(sub: Any, add: Add) -> None:
     p.add_argument("--replica", help="one replica (its id, or its number: 3 for iris-v2-3)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the replica stops")
     p.add_argument("--stderr", action="store_true", help="print stderr instead of stdout")
+    add_open_command(deploy, add)
