@@ -36,6 +36,7 @@ from mlfleet.core.base.send_budget import SendBudget
 from mlfleet.agents.envs.build import is_ready
 from mlfleet.agents.envs.gc import collect_garbage
 from mlfleet.agents.envs.probe import node_facts
+from mlfleet.agents.services import ServiceWatch, decode
 from mlfleet.agents.supervisor import Supervisor
 from mlfleet.agents.telemetry import GpuSource, HostSampler, NvmlGpuSource
 
@@ -61,6 +62,8 @@ class AgentDaemon:
         self.idle_exit = idle_exit
         self.gpu_source = gpu_source
         self.supervisor = Supervisor(state_dir)
+        self.services = ServiceWatch(self.supervisor.runs_dir, self.supervisor.probe_views,
+                                     lambda run_id: self.supervisor.status(run_id).state != "exited")
         self.samples: collections.deque[HostSample] = collections.deque(maxlen=TELEMETRY_HISTORY)
         self.peers: set[Peer] = set()
         self.started_at = time.time()
@@ -104,7 +107,8 @@ class AgentDaemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         log.info("agent %s serving on %s (state dir %s)", self.host_name, self.socket_path, self.state_dir)
-        tasks = [asyncio.create_task(self._sample_loop(sampler)), asyncio.create_task(self._housekeeping())]
+        tasks = [asyncio.create_task(self._sample_loop(sampler)), asyncio.create_task(self._housekeeping()),
+                 asyncio.create_task(self.services.run())]  # health of the model servers here (agents/services.py)
         try:
             await self._stop.wait()
         finally:
@@ -182,11 +186,14 @@ class AgentDaemon:
 
     async def rpc_launch(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         try:
-            launch = msgspec.convert(request, LaunchRequest)
+            launch = decode(request, LaunchRequest)  # a service's durations come as plain seconds
         except msgspec.ValidationError as exc:
             raise UsageError(f"bad launch request: {exc}") from None
         # In a thread: the run's copy of its snapshot may take a moment, and telemetry must not wait for it.
-        return msgspec.to_builtins(await asyncio.to_thread(self.supervisor.launch, launch))
+        status = await asyncio.to_thread(self.supervisor.launch, launch)
+        if launch.service is not None:
+            self.services.nudge()
+        return msgspec.to_builtins(status)
 
     async def rpc_status(self, peer: Peer, run_ids: list[str] | None = None) -> list[dict[str, Any]]:
         ids = self.supervisor.run_ids() if run_ids is None else run_ids

@@ -5,7 +5,12 @@ Layout of ``STATE_DIR/runs/RUN_ID/``::
     launch.json   what to run (LaunchRequest), written before anything starts
     runner.json   the runner's pid and process start time
     preparing.json  when the run's environment began to be built (and ended), if it has one (agents/envs/)
-    started.json  the job's pid/pgid and start time, once it started
+    started.json  the job's pid/pgid and start time, once it started (a restarted server's: its latest process,
+                  ``process_started_at`` its start, ``started_at`` still the run's first)
+    service.json  a service run's port ({"port": N}), written before the runner starts (agents/supervisor.py)
+    restarts.json a service run's server exits so far: count, last_exit_code, last_exit_signal, last_exit_at,
+                  backoff (the wait before the next start), restart_at (agents/runner.py)
+    capture.jsonl a service run's captured requests (mlfleet.serve.capture)
     exit.json     exit code, signal and reason, once it ended
     lineage.json  inputs' sha256, Python and packages hash, taken before the job starts
     stdout.log, stderr.log, metrics.jsonl

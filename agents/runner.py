@@ -15,6 +15,12 @@ runs, it looks up the job's Python and packages; both go to
 ``lineage.json``, written before ``exit.json`` (see agents/lineage.py).
 The job's stdout and stderr are kept under ``log_max_size`` each by a
 thread of the runner (see agents/logcap.py).
+
+A service run (``LaunchRequest.service``, a deployment's replica) is a
+server that should never end: when its process exits the runner starts it
+again after a backoff, counting each exit in ``restarts.json``, and writes
+``exit.json`` only when the run is cancelled (or times out). Its health is
+the agent's business (agents/services.py).
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ class _Runner:
         self.cancel_requested = False
         self.lineage: threading.Thread | None = None
         self.logs: LogKeeper | None = None
+        self.proc: subprocess.Popen[bytes] | None = None  # the job's process now (a server's latest)
+        self.first_started_at: float | None = None
 
     def on_sigterm(self, signum: int, frame: object) -> None:
         self.cancel_requested = True
@@ -80,43 +88,63 @@ class _Runner:
         inputs, hashed = self._hash_inputs()  # before the job starts: the inputs as the job found them
         if self.cancel_requested:  # cancelled while a large input was being hashed: never start it
             return self._finish(None, reason="cancelled", message="cancelled before it started")
-        try:
-            proc = subprocess.Popen(
-                self.launch["argv"],
-                cwd=self.launch["workdir"],
-                env=self.launch["env"],
-                stdin=open(os.devnull, "rb"),
-                stdout=stdout,
-                stderr=stderr,
-                process_group=0,
-                close_fds=True,
-                umask=_job_umask(self.launch.get("env") or {}),
-            )
-        except (OSError, KeyError, ValueError) as exc:
-            message = f"could not start {self.launch.get('argv', ['?'])[0]!r}: {getattr(exc, 'strerror', None) or exc}"
-            stderr.write(f"mlfleet: {message}\n".encode())
-            return self._finish(None, reason="failed-to-start", message=message)
+        proc = self._start(stderr_fd=stderr, stdout_fd=stdout)
+        if isinstance(proc, int):
+            return proc
         if self.logs is not None:
             self.logs.start()
         # The job's Python and packages are looked up while it runs (it may take a second).
         self.lineage = threading.Thread(target=self._record_lineage, args=(inputs, hashed), daemon=True)
         self.lineage.start()
         try:
+            if self.launch.get("service"):
+                return self._supervise_service(proc, stdout, stderr)
             return self._supervise(proc)
         except BaseException as exc:  # never leave a job running that nobody watches (disk full, say)
+            proc = self.proc or proc
             _signal_group(proc.pid, signal.SIGKILL)
             with contextlib.suppress(Exception):
                 proc.wait(5)
             return self._finish(None, reason="failed-to-start", message=f"the runner failed: {exc}")
 
-    def _supervise(self, proc: subprocess.Popen[bytes]) -> int:
-        started_at = time.time()
+    def _start(self, stdout_fd: io.RawIOBase, stderr_fd: io.RawIOBase) -> subprocess.Popen[bytes] | int:
+        """Start the job's process in a group of its own and record it in started.json (an int: the runner's exit)."""
+        try:
+            proc = subprocess.Popen(
+                self.launch["argv"],
+                cwd=self.launch["workdir"],
+                env=self.launch["env"],
+                stdin=subprocess.DEVNULL,  # not a file of ours: a server restarted a thousand times leaks none
+                stdout=stdout_fd,
+                stderr=stderr_fd,
+                process_group=0,
+                close_fds=True,
+                umask=_job_umask(self.launch.get("env") or {}),
+            )
+        except (OSError, KeyError, ValueError) as exc:
+            message = f"could not start {self.launch.get('argv', ['?'])[0]!r}: {getattr(exc, 'strerror', None) or exc}"
+            stderr_fd.write(f"mlfleet: {message}\n".encode())
+            return self._finish(None, reason="failed-to-start", message=message)
+        self.proc = proc
+        now = time.time()
+        if self.first_started_at is None:
+            self.first_started_at = now
+        # started_at stays the run's first start; a restarted server's own start is process_started_at. cancel
+        # (agents/supervisor.py) stops the group named here when the runner is gone.
         write_json_atomic(self.run.file("started.json"),
                           {"pid": proc.pid, "pgid": proc.pid, "create_time": _create_time(proc.pid),
-                           "start_ticks": start_ticks(proc.pid), "started_at": started_at})
+                           "start_ticks": start_ticks(proc.pid), "started_at": self.first_started_at,
+                           "process_started_at": now})
+        return proc
+
+    def _deadline(self) -> float | None:
         timeout = self.launch.get("timeout")
+        return self.first_started_at + timeout if timeout and self.first_started_at is not None else None
+
+    def _wait(self, proc: subprocess.Popen[bytes]) -> tuple[int, str]:
+        """Wait for the job's process to end (a cancel or the timeout stops its group); its code and why it ended."""
         grace = float(self.launch.get("kill_grace", 10.0))
-        deadline = started_at + timeout if timeout else None
+        deadline = self._deadline()
         reason, stop_at = "exited", None
         # WNOWAIT: see the exit without reaping, so the group id stays ours
         # until the stragglers in it are killed below.
@@ -132,7 +160,60 @@ class _Runner:
                 stop_at = float("inf")
         # Leave nothing of the job behind (dataloader workers hold GPU memory).
         _signal_group(proc.pid, signal.SIGKILL)
-        return self._finish(proc.wait(), reason=reason, message="")
+        return proc.wait(), reason
+
+    def _supervise(self, proc: subprocess.Popen[bytes]) -> int:
+        code, reason = self._wait(proc)
+        return self._finish(code, reason=reason, message="")
+
+    def _supervise_service(self, proc: subprocess.Popen[bytes], stdout: io.RawIOBase, stderr: io.RawIOBase) -> int:
+        """Keep a model server running until it is cancelled (or times out): each exit is followed by a restart.
+
+        The wait before a restart doubles from ``restart_backoff`` up to
+        ``max_backoff`` and goes back to ``restart_backoff`` once a process
+        ran ``max_backoff`` seconds. Every exit is counted in restarts.json
+        before the wait, so the agent sees the crash at once (its health
+        turns ``starting``); exit.json is written only when the run ends.
+        """
+        service = self.launch.get("service") or {}
+        first = max(0.1, float(service.get("restart_backoff") or 1.0))  # never a busy loop of crashes
+        most = max(first, float(service.get("max_backoff") or 30.0))
+        backoff, count = first, 0
+        while True:
+            began = time.time()
+            code, reason = self._wait(proc)
+            if reason != "exited":
+                return self._finish(code, reason=reason, message="")
+            ended = time.time()
+            if ended - began >= most:  # it ran well: a new crash starts the backoff over
+                backoff = first
+            delay, backoff = backoff, min(backoff * 2, most)
+            count += 1
+            exit_code, sig = (code, None) if code >= 0 else (None, -code)
+            write_json_atomic(self.run.file("restarts.json"), {
+                "count": count, "last_exit_code": exit_code, "last_exit_signal": sig, "last_exit_at": ended,
+                "backoff": delay, "restart_at": ended + delay})
+            stderr.write(f"mlfleet: the server {_exit_words(exit_code, sig)}; restarting it in {delay:g} s\n".encode())
+            ended_here = self._sleep_unless_stopped(ended + delay)
+            if ended_here is not None:
+                return self._finish(None, reason=ended_here, message=f"{ended_here} while waiting to restart the server")
+            started = self._start(stdout_fd=stdout, stderr_fd=stderr)
+            if isinstance(started, int):
+                return started
+            proc = started
+
+    def _sleep_unless_stopped(self, until: float) -> str | None:
+        """Sleep until ``until``; "cancelled" or "timeout" if the run ended meanwhile (a SIGTERM ends it at once)."""
+        deadline = self._deadline()
+        while True:
+            now = time.time()
+            if self.cancel_requested:
+                return "cancelled"
+            if deadline and now >= deadline:
+                return "timeout"
+            if now >= until:
+                return None
+            time.sleep(min(_POLL_S, until - now))
 
     def _prepare_environment(self, stdout: io.RawIOBase) -> int | None:
         """Build (or reuse) the run's environment, then run the job inside it: its ``bin`` first on PATH,
@@ -233,6 +314,15 @@ def _job_umask(env: dict[str, str]) -> int:
     except ValueError:
         return -1
     return value if 0 <= value <= 0o777 else -1
+
+
+def _exit_words(code: int | None, sig: int | None) -> str:
+    if sig:
+        try:
+            return f"was killed by {signal.Signals(sig).name}"
+        except ValueError:
+            return f"was killed by signal {sig}"
+    return f"exited with code {code}"
 
 
 def _create_time(pid: int) -> float | None:

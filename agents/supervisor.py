@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -21,16 +23,18 @@ from pathlib import Path
 import msgspec
 import psutil
 
-from mlfleet.core.base.errors import MlfleetError, NotFoundError, UsageError
+from mlfleet.core.base.errors import MlfleetError, NotFoundError, UnavailableError, UsageError
 from mlfleet.core.base.private import USER_UMASK_ENV
 from mlfleet.core.base.spawn import own_python
-from mlfleet.core.base.models import DEFAULT_LOG_MAX_SIZE, MAX_METRIC_LINE, LaunchRequest, RunStatus, StreamChunk
+from mlfleet.core.base.models import (DEFAULT_LOG_MAX_SIZE, MAX_METRIC_LINE, LaunchRequest, RunStatus, ServicePlan,
+                                      ServiceStatus, StreamChunk, to_plain)
 
 from mlfleet.agents.artifacts import ROOTS_ENV, allowed_roots, open_artifact, run_roots
 from mlfleet.agents.codecache import CodeCache
 from mlfleet.agents.logcap import read_log
 from mlfleet.agents.metriclines import Scans, read_lines
 from mlfleet.agents.rundir import STREAMS, WORK_DIR, RunDir, read_json, start_ticks, write_json_atomic
+from mlfleet.agents.services import ProbeViews, service_status
 
 # A runner that has not written runner.json this long after launch never started.
 _START_GRACE_S = 30.0
@@ -80,6 +84,63 @@ def job_environment(request: LaunchRequest, run: RunDir) -> dict[str, str]:
     return env
 
 
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def model_path(state_dir: Path, plan: ServicePlan) -> str:
+    """Where a replica's model file lies in the node's model store ("" for a server without one).
+
+    The file is shipped before the launch (core/jobs/launch.py): a server
+    started without it would only crash and restart, so its absence is
+    refused here like a snapshot's.
+    """
+    if not plan.model_sha256:
+        return ""
+    name = plan.model_file or ""
+    if not _SHA256.match(plan.model_sha256):
+        raise UsageError(f"model sha256 {plan.model_sha256[:80]!r} is not 64 hex digits")
+    if not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name or len(name) > 255:
+        raise UsageError(f"model file name {name[:80]!r} must be a plain file name")
+    path = state_dir / "models" / plan.model_sha256 / name
+    if not path.is_file():
+        raise NotFoundError(f"model {plan.model_sha256[:12]} ({name}) is not on this host; ship it first")
+    return str(path)
+
+
+def free_port(taken: set[int]) -> int:
+    """A TCP port free on 127.0.0.1 now (bind port 0, close), none of ``taken`` (other replicas' here).
+
+    It may be taken by someone else before the server binds it; the server
+    then fails, is restarted on the same port, and its probes say so.
+    """
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in taken:
+            return port
+    raise UnavailableError("no free TCP port on 127.0.0.1 for the server")
+
+
+def service_request(request: LaunchRequest, port: int, model: str) -> LaunchRequest:
+    """The request with ``{port}`` and ``{model_path}`` put into its argv items and env values.
+
+    Plain replacement, not ``str.format``: an argv may hold JSON or other braces of its own.
+    """
+    def fill(text: str) -> str:
+        return text.replace("{port}", str(port)).replace("{model_path}", model)
+
+    return msgspec.structs.replace(request, argv=[fill(a) for a in request.argv],
+                                   env={k: fill(v) for k, v in request.env.items()})
+
+
+def service_environment(plan: ServicePlan, run: RunDir, port: int, model: str) -> dict[str, str]:
+    """What mlfleet promises a replica's server besides a job's variables (DEPLOY.md "Agent side")."""
+    return {"MLFLEET_PORT": str(port), "MLFLEET_MODEL_PATH": model,
+            "MLFLEET_CAPTURE_FILE": str(run.file("capture.jsonl")), "MLFLEET_DEPLOYMENT": plan.deployment,
+            "MLFLEET_MODEL_VERSION": str(plan.version)}
+
+
 def _complete_utf8(data: bytes) -> int:
     """Length of ``data`` without a trailing, unfinished UTF-8 sequence."""
     for back in range(1, min(4, len(data)) + 1):
@@ -112,12 +173,16 @@ class Supervisor:
 
     def __init__(self, state_dir: Path, max_metric_line: int = MAX_METRIC_LINE) -> None:
         self.code = CodeCache(state_dir)
+        self.state_dir = state_dir
+        # The agent's probe results per service run (agents/services.py); empty where nothing probes (a fresh agent)
+        self.probe_views: ProbeViews = {}
         self.max_metric_line = max_metric_line
         self._long_lines: Scans = {}  # run -> how far the end of its current long metric line was looked for
         self._artifact_scans: Scans = {}  # the same, for the artifact scan
         self.runs_dir = state_dir / "runs"
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._ports = threading.Lock()  # a port is picked and written down by one launch at a time
         self._artifacts: dict[str, tuple[int, dict[str, int]]] = {}  # run -> (bytes scanned, path -> size)
 
     def _dir(self, run_id: str) -> RunDir:
@@ -142,6 +207,7 @@ class Supervisor:
             if not self.code.present(request.code_hash):
                 raise NotFoundError(f"snapshot {request.code_hash[:12]} is not on this host; ship it first")
             archive = self.code.verified_archive(request.code_hash)
+        model = model_path(self.state_dir, request.service) if request.service else ""
         try:
             run.root.mkdir()
         except FileExistsError:
@@ -156,8 +222,15 @@ class Supervisor:
                     "exit_code": 127, "signal": None, "reason": "failed-to-start", "finished_at": time.time(),
                     "message": f"could not make the run's copy of snapshot {request.code_hash[:12]}: {why}"})
                 return self.status(request.run_id)
+        if request.service is not None:  # the port is the run's from now on, kept across restarts of the server
+            with self._ports:
+                port = request.service.port or free_port(self._service_ports())
+                write_json_atomic(run.file("service.json"), {"port": port})
+            request = service_request(request, port, model)
         env = job_environment(request, run)
-        write_json_atomic(run.file("launch.json"), msgspec.to_builtins(msgspec.structs.replace(request, env=env)))
+        if request.service is not None:
+            env.update(service_environment(request.service, run, port, model))
+        write_json_atomic(run.file("launch.json"), to_plain(msgspec.structs.replace(request, env=env)))
         child = subprocess.Popen(
             own_python(str(run.root), module="mlfleet.agents.runner"),
             cwd=run.root, start_new_session=True,
@@ -189,6 +262,15 @@ class Supervisor:
             timer.start()
         return self.status(run_id)
 
+    def _service_ports(self) -> set[int]:
+        """Ports of this node's service runs that have not exited (a new replica must not get one of them)."""
+        ports = set()
+        for run_id in self.run_ids():
+            run = RunDir(self.runs_dir / run_id)
+            if (service := read_json(run.file("service.json"))) and not run.file("exit.json").exists():
+                ports.add(int(service.get("port") or 0))
+        return ports
+
     def reap(self) -> None:
         """Collect exited runner children so they do not linger as zombies."""
         for run_id, child in list(self._children.items()):
@@ -213,24 +295,32 @@ class Supervisor:
                 signal=exit_record.get("signal"),
                 reason=exit_record.get("reason", "exited"),
                 message=exit_record.get("message", ""),
+                service=self._service(run, started, str(exit_record.get("reason", "exited"))),
             )
         runner = run.runner
         if _alive(runner):
             if started:
                 return RunStatus(run_id=run_id, state="running", pid=started.get("pid"),
-                                 started_at=started.get("started_at"))
+                                 started_at=started.get("started_at"), service=self._service(run, started, None))
             preparing = read_json(run.file("preparing.json")) or {}
             since = preparing.get("since") if not preparing.get("ended_at") else None
-            return RunStatus(run_id=run_id, state="starting", preparing_since=since)
+            return RunStatus(run_id=run_id, state="starting", preparing_since=since,
+                             service=self._service(run, started, None))
         if runner is None and time.time() - run.root.stat().st_mtime < _START_GRACE_S:
-            return RunStatus(run_id=run_id, state="starting")
+            return RunStatus(run_id=run_id, state="starting", service=self._service(run, started, None))
         # The runner is gone without writing exit.json (host reboot, OOM killer, kill -9).
         if started and _alive(started):
             return RunStatus(run_id=run_id, state="running", pid=started.get("pid"), started_at=started.get("started_at"),
-                             message="runner is gone; the job is still running")
+                             message="runner is gone; the job is still running",
+                             service=self._service(run, started, None))
         return RunStatus(run_id=run_id, state="exited", pid=(started or {}).get("pid"),
                          started_at=(started or {}).get("started_at"), reason="lost",
-                         message="the run's supervisor died without recording an exit (host reboot or kill -9?)")
+                         message="the run's supervisor died without recording an exit (host reboot or kill -9?)",
+                         service=self._service(run, started, "lost"))
+
+    def _service(self, run: RunDir, started: dict | None, ended: str | None) -> ServiceStatus | None:
+        """A service run's port, health and restarts (None for a job): its folder plus the agent's probes."""
+        return service_status(run, self.probe_views.get(run.run_id), started, ended)
 
     def read(self, run_id: str, stream: str, offset: int, max_bytes: int = MAX_READ) -> StreamChunk:
         """Bytes of a stream from ``offset``; metrics come in whole lines only.

@@ -34,6 +34,10 @@ class Seconds(float):
     """A duration in seconds, written in specs as ``2h30m`` (decoded by config.spec_dec_hook)."""
 
 
+class ZeroOrSeconds(Seconds):
+    """A duration that may be zero (a probe's ``initial_delay``): a stored spec decodes again as it was written."""
+
+
 class Resources(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """What a job needs from one host."""
 
@@ -146,6 +150,11 @@ def spec_dec_hook(kind: type, value: Any) -> Any:
         if size > MAX_HOST_MEMORY:
             raise ValueError(f"{value!r} is larger than any machine ({units.format_size(MAX_HOST_MEMORY)} at most)")
         return ByteSize(size)
+    if kind is ZeroOrSeconds:
+        seconds = units.parse_duration(_scalar(value, "a duration like 0s or 2s"))
+        if seconds > MAX_TIMEOUT_S:
+            raise ValueError(f"{value!r} is longer than a year")
+        return ZeroOrSeconds(seconds)
     if kind is Seconds:
         seconds = units.parse_duration(_scalar(value, "a duration like 2h or 30m"))
         if seconds <= 0:
@@ -299,7 +308,7 @@ class HealthProbe(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     expect_status: Annotated[int, Meta(ge=100, le=599)] = 200
     interval: Seconds = Seconds(5.0)
     timeout: Seconds = Seconds(2.0)
-    initial_delay: Seconds = Seconds(0.0)
+    initial_delay: ZeroOrSeconds = ZeroOrSeconds(0.0)
     failures: Annotated[int, Meta(ge=1, le=100)] = 3  # consecutive failed probes before a healthy server is unhealthy
 
 

@@ -29,10 +29,12 @@ from mlfleet.core.base.errors import EXIT_OK, EXIT_USAGE, MlfleetError, UsageErr
 from mlfleet.core.cli import parser as cli_parser
 from mlfleet.core.cli.output import Command, print_json
 from mlfleet.core.controller import commands as controller_commands
+from mlfleet.core.deploy import commands as deploy_commands
 from mlfleet.core.drift import commands as drift_commands
 from mlfleet.core.cli import agent_commands
 from mlfleet.core.fleet import commands as fleet_commands
 from mlfleet.core.jobs import commands as jobs_commands
+from mlfleet.core.registry import commands as registry_commands
 from mlfleet.core.store import commands as store_commands
 from mlfleet.core.sweeps import commands as sweeps_commands
 from mlfleet.core.tracking import commands as tracking_commands
@@ -40,8 +42,10 @@ from mlfleet.core.tracking import commands as tracking_commands
 # Each capability's commands, in the order ``mlfleet --help`` lists them.
 REGISTERS = (jobs_commands.register,  # submit, jobs
              sweeps_commands.register,  # sweeps
+             deploy_commands.register,  # deploy
              fleet_commands.register,  # hosts
              tracking_commands.register,  # runs
+             registry_commands.register,  # models
              store_commands.register,  # db
              audit_commands.register,  # audit
              controller_commands.register,  # controller

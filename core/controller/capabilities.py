@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from mlfleet.core.audit.api import AuditApi
 from mlfleet.core.controller.service import ControllerContext, RpcService, Service
+from mlfleet.core.deploy.service import DeployService
 from mlfleet.core.drift.api import DriftApi
 from mlfleet.core.fleet.service import FleetService
 from mlfleet.core.jobs.service import JobsService
+from mlfleet.core.registry.api import RegistryApi
 from mlfleet.core.store.api import StoreApi
 from mlfleet.core.sweeps.service import SweepsService
 from mlfleet.core.tracking.api import RunsApi
@@ -24,7 +26,9 @@ def services(ctx: ControllerContext) -> list[Service]:
         fleet,  # links in step with hosts.yaml, one sync per host and tick, telemetry windows
         jobs,  # the queue, dispatch, launches, a host's runs in its sync
         SweepsService(ctx, jobs),  # sweeps' children, and the hold that keeps each sweep's max_parallel
+        DeployService(ctx, jobs),  # deployments: each tick one rollout step, replicas submitted and cancelled as jobs
         RpcService("runs", RunsApi(ctx)),
+        RpcService("models", RegistryApi(ctx)),  # the model registry: versions in the model store, aliases
         RpcService("drift", DriftApi(ctx)),
         RpcService("audit", AuditApi(ctx)),
         RpcService("db", StoreApi(ctx)),

@@ -9,4 +9,5 @@ rest is this capability's own (tests/test_import_directions.py keeps that).
 # overrides: --set PATH=VALUE applied to a spec's data (sweeps set each point the same way).
 # group: many jobs submitted in one transaction, held back by a limit, cancelled together (sweeps).
 # service: the jobs service, which a group's submit, holds and cancels act on.
-PUBLIC = ("spec", "submit_key", "overrides", "group", "service")
+# log_output: how a job's output is printed (deployments print a replica's the same way).
+PUBLIC = ("spec", "submit_key", "overrides", "group", "service", "log_output")

@@ -91,11 +91,20 @@ def _check_fits(jobs: "JobsService", actor: str, specs: list[JobSpec], queue_any
         if shape in seen:
             continue
         seen.add(shape)
-        impossible = never_fits(views, queued_job("new", spec, time.time(), actor), jobs.dispatcher.policy)
-        if impossible:
-            where = "; ".join(f"{r.host}: {r.message}" for r in impossible[:5])
+        where = never_fits_words(jobs, spec, actor, views)
+        if where:
             raise UsageError(f"{label(i)} can never fit on this fleet ({where}); change its resources or "
                              "constraints, or add a host that has them and submit with --queue-anyway")
+
+
+def never_fits_words(jobs: "JobsService", spec: JobSpec, actor: str, views: list[Any] | None = None) -> str | None:
+    """Why no host of the fleet could ever run ``spec`` ("host: reason; ..."), or None when one could.
+
+    Deployments ask it to warn about replicas that will never be placed.
+    """
+    views = jobs.dispatcher.host_views() if views is None else views
+    impossible = never_fits(views, queued_job("new", spec, time.time(), actor), jobs.dispatcher.policy)
+    return "; ".join(f"{r.host}: {r.message}" for r in impossible[:5]) if impossible else None
 
 
 async def _new_job_ids(jobs: "JobsService", count: int) -> list[str]:

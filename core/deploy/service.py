@@ -1,0 +1,311 @@
+"""Deployments inside the controller: each tick, every deployment converges one step towards its target.
+
+A deployment's state lives in the file (deployments, deploy_revisions,
+deploy_replicas); :meth:`DeployService.start` reads it back, so a
+controller killed mid-rollout carries on from the same rows: a replica's
+row is written in its job's submit transaction, so a replica is never
+started twice and never lost. Each tick, for each deployment: follow its
+alias (a move is a rollout), see every replica through its job (queued,
+in flight with its ServiceStatus, or ended), ask the pure planner
+(core/deploy/rollout.py) for one step, and carry it out: submit the new
+replicas' jobs (one ``submit_group`` per deployment and tick), mark the
+ones to drain, cancel the ones to stop, and write the phase, the events
+and the audit. The servers' newest scrapes are stored on the way
+(one batched insert per tick).
+
+The planner works on *revisions* (a model version plus the spec it was
+applied with), which it calls versions: a spec change of the same model
+version rolls out like a new version, and a rollback brings back the
+spec too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import msgspec
+
+from mlfleet.core.base.errors import MlfleetError, NotFoundError
+from mlfleet.core.base.models import TERMINAL_STATES, to_plain
+from mlfleet.core.base.rpc import rpc_methods
+from mlfleet.core.controller.service import BaseService, ControllerContext, Rpc
+from mlfleet.core.deploy import records, rollout
+from mlfleet.core.deploy.replica_state import JobFacts, state_of, view_of
+from mlfleet.core.deploy.spec import DeploymentSpec, replica_job_spec, validate_deployment_spec
+from mlfleet.core.jobs.group import cancel_jobs, submit_group
+from mlfleet.core.jobs.service import JobsService
+from mlfleet.core.registry.records import resolve
+from mlfleet.core.store.rows import rows
+
+log = logging.getLogger(__name__)
+
+LOCAL_HOST = "local"  # the fleet's name for the controller's own machine (core/fleet/service.py)
+ACTOR = "controller"  # who the audit names for what a tick decides on its own (alias moves, rollbacks)
+DONE_PHASES = ("stable", "rolled_back")
+
+
+class DeployService(BaseService):
+    name = "deploy"
+
+    def __init__(self, ctx: ControllerContext, jobs: JobsService) -> None:
+        from mlfleet.core.deploy.api import DeployApi
+
+        self.ctx = ctx
+        self.jobs = jobs
+        self.deployments: dict[str, dict[str, Any]] = {}  # name -> its row, as in the file
+        self.revisions: dict[tuple[str, int], dict[str, Any]] = {}  # (name, revision) -> its row
+        self.replicas: dict[str, dict[str, Any]] = {}  # replica id -> its row, replicas not ended
+        self.facts: dict[str, JobFacts] = {}  # replica id -> its job's facts at the last tick
+        self.scraped: dict[str, float] = {}  # replica id -> ts of the newest scrape stored
+        self.cancelled: set[str] = set()  # replica ids whose job's cancel was asked by this process
+        self.unhealthy_since: dict[str, float] = {}  # replica id -> when this process first saw it unhealthy
+        self.lock = asyncio.Lock()  # a tick's step and a client's action never interleave on one deployment
+        self.api = DeployApi(self)
+
+    async def start(self) -> None:
+        store = self.ctx.store
+        for row in await store.read(records.deployments):
+            self.deployments[row["name"]] = row
+            for rev in await store.read(records.revisions, row["name"]):
+                self.revisions[(row["name"], rev["revision"])] = rev
+        for row in await store.read(records.open_replicas):
+            self.replicas[row["replica_id"]] = row
+        self.scraped = await store.read(records.last_scrape_ts)
+
+    def status(self) -> dict[str, Any]:
+        return {"deployments": len(self.deployments), "replicas": len(self.replicas)}
+
+    def rpcs(self) -> dict[str, Rpc]:
+        return rpc_methods(self.api)
+
+    # ------------------------------------------------------------------ the tick
+    async def tick(self) -> None:
+        await self._gather_facts()
+        await self._store_scrapes()
+        for name in list(self.deployments):
+            try:
+                async with self.lock:
+                    await self._step(name)
+            except Exception:  # one deployment's trouble never stops the others (nor the services after this)
+                log.exception("deployment %s: this tick's step failed", name)
+
+    async def _gather_facts(self) -> None:
+        """Each open replica's job: queued, in flight (with its server's status), or ended."""
+        by_job = {run.job_id: run for run in self.jobs.active.values()}
+        facts: dict[str, JobFacts] = {}
+        unknown: dict[str, str] = {}
+        for replica_id, row in self.replicas.items():
+            job_id = row["job_id"]
+            if job_id in self.jobs.pending:
+                facts[replica_id] = JobFacts("pending")
+            elif job_id in by_job:
+                run = by_job[job_id]
+                facts[replica_id] = JobFacts("active", run.run_id, run.host, run.service)
+            else:
+                unknown[job_id] = replica_id
+        if unknown:  # between the queue and a run (being dispatched), or ended: the file says which
+            marks = ",".join("?" for _ in unknown)
+            states = {r["job_id"]: r["state"] for r in await self.ctx.store.read(
+                rows, f"select job_id, state from jobs where job_id in ({marks})", list(unknown))}
+            for job_id, replica_id in unknown.items():
+                state = states.get(job_id)
+                facts[replica_id] = JobFacts("ended") if state is None or state in TERMINAL_STATES \
+                    else JobFacts("pending" if state == "pending" else "active")
+        self.facts = facts
+
+    async def _store_scrapes(self) -> None:
+        samples = []
+        for replica_id, fact in self.facts.items():
+            scrape = fact.service.scrape if fact.service is not None else None
+            if scrape is None or scrape.ts <= self.scraped.get(replica_id, float("-inf")):
+                continue
+            row = self.replicas[replica_id]
+            samples.append({"deployment": row["deployment"], "version": row["version"], "replica_id": replica_id,
+                            "run_id": fact.run_id, **msgspec.to_builtins(scrape)})
+        if samples:
+            await self.ctx.store.run(records.insert_scrapes, samples)
+            for s in samples:
+                self.scraped[s["replica_id"]] = s["ts"]
+
+    async def _step(self, name: str) -> None:
+        d = self.deployments[name]
+        changes: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        audits: list[tuple[str, str, str, dict[str, Any]]] = []
+        before = dict(d)
+        await self._follow_alias(d, events, audits)
+        now = time.time()
+        mine = [r for r in self.replicas.values() if r["deployment"] == name]
+        for r in mine:  # facts the rows keep: first healthy, where it runs
+            fact = self.facts.get(r["replica_id"], JobFacts("ended"))
+            change: dict[str, Any] = {}
+            if state_of(fact) == "healthy" and r.get("healthy_since") is None:
+                change["healthy_since"] = now
+                events.append(_event(name, "healthy", r["version"], replica=r["replica_id"], host=fact.host))
+            port = fact.service.port if fact.service is not None else None
+            if fact.host and (fact.host, port) != (r.get("host"), r.get("port")):
+                change.update(host=fact.host, port=port)
+            if change:
+                r.update(change)
+                changes.append({"replica_id": r["replica_id"], **change})
+        spec = _spec(d)
+        view = rollout.DeploymentView(
+            target_version=d["target_revision"], stable_version=d.get("stable_revision"), replicas=spec.replicas,
+            max_surge=spec.rollout.max_surge, max_unavailable=spec.rollout.max_unavailable,
+            ready_timeout=float(spec.rollout.ready_timeout), drain=float(spec.rollout.drain),
+            rollout_started_at=d.get("rollout_started_at"), stopped=d["phase"] == "stopped")
+        for r in mine:  # when each went unhealthy, by this controller's clock: the steady state's grace
+            if state_of(self.facts.get(r["replica_id"], JobFacts("ended"))) == "unhealthy":
+                self.unhealthy_since.setdefault(r["replica_id"], now)
+            else:
+                self.unhealthy_since.pop(r["replica_id"], None)
+        views = [view_of(r, self.facts.get(r["replica_id"], JobFacts("ended")), r["revision"],
+                         self.unhealthy_since.get(r["replica_id"])) for r in mine]
+        step = rollout.plan(view, views, now)
+        if step.new_target is not None and step.new_target != d["target_revision"]:
+            rev = self.revisions[(name, step.new_target)]
+            events.append(_event(name, "rollback", rev["model_version"], reason=step.reason,
+                                 from_version=d["target_version"], revision=step.new_target))
+            audits.append((ACTOR, "deploy.rollback", name, {"from": d["target_version"], "to": rev["model_version"],
+                                                            "reason": step.reason, "automatic": True}))
+            d.update(target_revision=step.new_target, target_version=rev["model_version"])
+        by_id = {r["replica_id"]: r for r in mine}
+        for replica_id in step.drain:
+            r = by_id.get(replica_id)
+            if r is not None and r.get("draining_since") is None:
+                r["draining_since"] = now
+                changes.append({"replica_id": replica_id, "draining_since": now})
+                events.append(_event(name, "drain", r["version"], replica=replica_id, reason=step.reason))
+        to_cancel: list[str] = []
+        ended: list[str] = []
+        for replica_id in step.stop:
+            r = by_id.get(replica_id)
+            if r is not None and not r.get("stopping"):
+                r["stopping"] = True
+                changes.append({"replica_id": replica_id, "stopping": True})
+                events.append(_event(name, "stop", r["version"], replica=replica_id, reason=step.reason))
+        for r in mine:
+            fact = self.facts.get(r["replica_id"], JobFacts("ended"))
+            if r.get("stopping") and fact.where == "ended":
+                ended.append(r["replica_id"])
+                changes.append({"replica_id": r["replica_id"], "ended_at": now})
+            elif r.get("stopping") and r["replica_id"] not in self.cancelled:
+                to_cancel.append(r["replica_id"])
+        if d["phase"] == "rolled_back" and step.phase == "stable":
+            pass  # stays "rolled_back" (with the rollback's reason) until the next rollout: what show should say
+        elif step.phase != d["phase"] or step.reason != d.get("reason"):
+            if step.phase != d["phase"]:
+                kind = {"stable": "done", "rolled_back": "done", "failed": "failed", "stopped": "stopped"}.get(step.phase)
+                if kind is not None:
+                    events.append(_event(name, kind, d["target_version"], phase=step.phase, reason=step.reason))
+            d.update(phase=step.phase, reason=step.reason)
+        if step.phase in DONE_PHASES:  # arrived: the target is what serves, and no rollout is under way
+            if d.get("stable_revision") != d["target_revision"]:
+                d.update(stable_revision=d["target_revision"], stable_version=d["target_version"])
+            if d.get("rollout_started_at") is not None:
+                d["rollout_started_at"] = None
+        if d != before:
+            d["updated_at"] = now
+        await self.ctx.store.run(records.apply_tick, d if d != before else None, changes, events, audits)
+        for replica_id in ended:
+            self.replicas.pop(replica_id, None)
+            self.cancelled.discard(replica_id)
+            self.scraped.pop(replica_id, None)
+            self.unhealthy_since.pop(replica_id, None)
+        if to_cancel:
+            await cancel_jobs(self.jobs, ACTOR, [by_id[i]["job_id"] for i in to_cancel])
+            self.cancelled.update(to_cancel)
+        if step.start > 0 and d["phase"] != "stopped":
+            await self._start_replicas(d, step.start)
+
+    async def _follow_alias(self, d: dict[str, Any], events: list[dict[str, Any]],
+                            audits: list[tuple[str, str, str, dict[str, Any]]]) -> None:
+        """A deployment that follows NAME@ALIAS rolls out when the alias names another version."""
+        if not d.get("follows_alias") or d["phase"] == "stopped":
+            return
+        try:
+            found = await self.ctx.store.read(resolve, d["model_ref"])
+        except NotFoundError:  # the alias was removed: keep serving what is there
+            return
+        if found["version"] == d.get("alias_version"):
+            return
+        moved = f"alias {d['follows_alias']} moved {d.get('alias_version')}\u2192{found['version']}"
+        d["alias_version"] = found["version"]
+        if found["version"] == d["target_version"]:
+            return
+        rev = await self.new_revision(d, found, _spec(d), moved)
+        self.retarget(d, rev["revision"], ACTOR, "rollout", moved, events, audits)
+
+    async def new_revision(self, d: dict[str, Any], model: dict[str, Any], spec: DeploymentSpec,
+                           cause: str) -> dict[str, Any]:
+        """A revision row (written with the next deployment write): a model version and the spec it runs with."""
+        number = max([r for (n, r) in self.revisions if n == d["name"]], default=0) + 1
+        rev = {"deployment": d["name"], "revision": number, "model_version": model["version"],
+               "model_sha256": model["sha256"], "model_file": model["file_name"], "spec": to_plain(spec),
+               "spec_hash": spec.content_hash(), "cause": cause}
+        await self.ctx.store.run(records.insert_revision, rev)
+        self.revisions[(d["name"], number)] = rev
+        return rev
+
+    def retarget(self, d: dict[str, Any], revision: int, actor: str, kind: str, cause: str,
+                 events: list[dict[str, Any]], audits: list[tuple[str, str, str, dict[str, Any]]]) -> None:
+        """A new target: what serves fully now becomes the stable version the planner may fall back to."""
+        rev = self.revisions[(d["name"], revision)]
+        if d["phase"] in DONE_PHASES and d.get("target_revision") is not None:
+            d.update(stable_revision=d["target_revision"], stable_version=d["target_version"])
+        elif d["phase"] in ("failed", "stopped"):  # nothing serves: a first rollout again
+            d.update(stable_revision=None, stable_version=None)
+        previous = d.get("target_version")
+        d.update(target_revision=revision, target_version=rev["model_version"], phase="rolling",
+                 reason=cause, rollout_started_at=time.time(), updated_at=time.time())
+        events.append(_event(d["name"], kind, rev["model_version"], actor=actor, cause=cause,
+                             from_version=previous, revision=revision))
+        audits.append((actor, f"deploy.{kind}", d["name"], {"from": previous, "to": rev["model_version"],
+                                                             "revision": revision, "cause": cause}))
+
+    async def _start_replicas(self, d: dict[str, Any], count: int) -> None:
+        """``count`` new replicas of the target: their jobs and rows in one transaction (never started twice)."""
+        name = d["name"]
+        rev = self.revisions[(name, d["target_revision"])]
+        spec = validate_deployment_spec(rev["spec"])
+        first = await self.ctx.store.read(records.next_replica_number, name)
+        ids = [f"{name}-v{rev['model_version']}-{first + i}" for i in range(count)]
+        specs = [replica_job_spec(spec, rev["model_version"], rid, rev["model_sha256"], rev["model_file"]) for rid in ids]
+        created = time.time()
+        made: list[dict[str, Any]] = []
+
+        def record(con: Any, job_ids: list[str]) -> None:
+            made.clear()
+            made.extend({"replica_id": rid, "deployment": name, "version": rev["model_version"],
+                         "revision": rev["revision"], "job_id": job_id, "created_at": created, "healthy_since": None,
+                         "draining_since": None, "stopping": False, "ended_at": None, "host": None, "port": None}
+                        for rid, job_id in zip(ids, job_ids))
+            records.insert_replicas(con, made, [_event(name, "start", rev["model_version"], replica=r["replica_id"],
+                                                       job_id=r["job_id"]) for r in made])
+
+        try:
+            # queue_anyway: a replica no host can take now waits, and the planner's ready_timeout rolls it back
+            await submit_group(self.jobs, ACTOR, specs, d.get("spec_path"), True, record,
+                               lambda i: f"replica {ids[i]}")
+        except MlfleetError as exc:
+            log.warning("deployment %s: replicas could not be submitted: %s", name, exc)
+            return
+        for r in made:
+            self.replicas[r["replica_id"]] = r
+            self.facts[r["replica_id"]] = JobFacts("pending")
+
+    # ------------------------------------------------------------------ for the API
+    def live(self, replica_id: str) -> JobFacts:
+        return self.facts.get(replica_id, JobFacts("ended"))
+
+
+def _spec(d: dict[str, Any]) -> DeploymentSpec:
+    return validate_deployment_spec(d["spec"])
+
+
+def _event(deployment: str, kind: str, version: int | None, actor: str = ACTOR, **detail: Any) -> dict[str, Any]:
+    return {"deployment": deployment, "kind": kind, "version": version, "actor": actor,
+            "detail": {k: v for k, v in detail.items() if v is not None}}
