@@ -42,7 +42,7 @@ def allowed_roots(run_root: Path, workdir: str | None, extra: list[str]) -> list
 
 # The agent's own records in a run's folder: never artifacts (launch.json holds the job's environment).
 _RECORDS = {"launch.json", "runner.json", "started.json", "exit.json", "lineage.json", "cancel.json", "logs.json",
-            "logs.lock", "runner.log"}
+            "logs.lock", "runner.log", "service.json", "restarts.json"}
 
 
 def run_roots(run: RunDir) -> list[str]:

@@ -17,6 +17,7 @@ thread and no process scan per probe.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import signal
@@ -46,7 +47,8 @@ ProbeKind = Literal["health", "deep"]
 
 def _plain_units(kind: type, value: Any) -> Any:
     """Durations and sizes travel as plain numbers (core/base/models.to_plain)."""
-    if kind in (Seconds, ByteSize) and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(kind, type) and issubclass(kind, (Seconds, ByteSize)) and isinstance(value, (int, float)) \
+            and not isinstance(value, bool):  # Seconds' subclasses too (ZeroOrSeconds: a probe's initial_delay)
         return kind(value)
     raise NotImplementedError(kind)
 
@@ -347,10 +349,11 @@ class ServiceWatch:
 
     def _scraper(self) -> Callable[..., Any] | None:
         if self._scrape is False:
+            # By name: agents/scrape.py comes with the scrape helper's branch; a node without it skips scrapes.
+            # (Once it is on main this can be a plain ``from mlfleet.agents.scrape import scrape``.)
             try:
-                from mlfleet.agents.scrape import scrape  # noqa: PLC0415 - optional: a node without it skips scrapes
-                self._scrape = scrape
-            except ImportError:
+                self._scrape = getattr(importlib.import_module("mlfleet.agents.scrape"), "scrape")
+            except (ImportError, AttributeError):
                 self._scrape = None
         return self._scrape  # type: ignore[return-value]
 

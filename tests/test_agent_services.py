@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any, Callable
 
 import msgspec
@@ -425,7 +424,8 @@ async def test_scrapes_are_skipped_or_kept_without_disturbing_health(node: Node)
     await node.launch("r1", plan(metrics=MetricNames(interval=Seconds(0.2))))
     status = await node.healthy("r1")
     try:
-        import mlfleet.agents.scrape  # noqa: F401
+        from mlfleet.agents import scrape  # noqa: F401
+        del scrape
     except ImportError:
         assert status["service"]["scrape"] is None  # no scraper on this node yet: health alone
         return

@@ -11,10 +11,9 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-import msgspec
 
 from mlfleet.core.base.errors import UsageError
-from mlfleet.core.base.models import EnvPlan, LaunchRequest, RunStatus
+from mlfleet.core.base.models import EnvPlan, LaunchRequest, RunStatus, to_plain
 from mlfleet.core.environments import records as env_records
 from mlfleet.core.environments.resolve import EnvironmentFailure
 from mlfleet.core.fleet.hostlink import HostLink
@@ -66,7 +65,7 @@ class Launcher:
                 await self._ship(link, shipped)
             if run.cancel_requested_by:
                 return  # cancelled while its code was on the way: never start it
-            await link.request("launch", request=msgspec.to_builtins(request))
+            await link.request("launch", request=to_plain(request))  # a service's durations are Seconds
         except Exception as exc:  # noqa: BLE001 - logged, retried next tick
             log.warning("launch of %s on %s failed: %s (will retry)", run.run_id, link.name, exc)
             return
