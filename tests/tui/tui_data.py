@@ -224,6 +224,8 @@ FIXED_DEPLOYMENTS: list[dict[str, Any]] = [  # deploy_list
 FIXED_DEPLOY_SHOWS: dict[str, dict[str, Any]] = {  # deploy_show of each
     "iris": {"name": "iris", "model_ref": "iris@production", "phase": "rolling", "target_version": 2,
              "stable_version": 1, "reason": "alias production v1\u2192v2", "spec": {"replicas": 2},
+             "target_revision": 2, "stable_revision": 1,
+             "revisions": [{"revision": 1, "model_version": 1}, {"revision": 2, "model_version": 2}],
              "progress": "1/2 v2 healthy, 1 v1 healthy, 1 v2 starting",
              "replicas": [_replica("iris-v1-1", 1, 41001, "healthy", 12.5, 0.0123, 0.0),
                           _replica("iris-v2-3", 2, 41003, "healthy", 11.0, 0.0181, 0.02, restarts=1),

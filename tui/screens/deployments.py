@@ -22,7 +22,8 @@ from textual.widgets import Static
 from mlfleet.core.controller.client import ControllerClient
 from mlfleet.tui.screens.base import PollingScreen
 from mlfleet.tui.widgets.deploy_cells import (DEPLOYMENT_COLUMNS, REPLICA_COLUMNS, deployment_cells, replica_cells,
-                                              rollback_question, rollout_line, version)
+                                              rollback_question, rollback_target, rollout_line,
+                                              version)
 from mlfleet.tui.widgets.dialogs import Confirm, Prompt
 from mlfleet.tui.widgets.keyed_table import KeyedTable
 from mlfleet.tui.widgets.text import set_text
@@ -147,7 +148,14 @@ class DeploymentsScreen(PollingScreen):
         if d["phase"] == "stopped":
             self.notify(f"{d['name']} is stopped; start it with 'mlfleet deploy apply FILE' first", severity="warning")
             return
-        if not await self.app.push_screen_wait(Confirm(rollback_question(d), yes="Roll back")):
+        show = self.shows.get(d["name"])
+        to = rollback_target(show) if show is not None else None
+        if show is not None and to is None:
+            self.notify(f"{d['name']} has no earlier version to roll back to; give one with "
+                        f"'mlfleet deploy rollback {d['name']} --to VERSION'", severity="warning")
+            return
+        if not await self.app.push_screen_wait(Confirm(rollback_question(d["name"], d.get("target_version"), to),
+                                                       yes="Roll back")):
             return
         answer = await self.call("deploy_rollback", name=d["name"])
         if answer is not None:

@@ -111,9 +111,24 @@ def rollout_line(show: dict[str, Any]) -> str:
     return f"{line}  ({reason})" if reason and phase != "stable" else line
 
 
-def rollback_question(d: dict[str, Any]) -> str:
+def rollback_target(show: dict[str, Any]) -> int | None:
+    """The model version ``deploy_rollback`` without ``--to`` goes back to, read from ``deploy_show``.
+
+    The controller's rule: the stable version while a rollout to another one
+    is under way, else the newest earlier revision of another model version;
+    None when there is none (the controller would refuse).
+    """
+    target_rev, stable_rev = show.get("target_revision"), show.get("stable_revision")
+    revisions = {r["revision"]: r for r in show.get("revisions") or []}
+    if stable_rev is not None and stable_rev != target_rev and stable_rev in revisions:
+        return revisions[stable_rev]["model_version"]
+    earlier = [r for n, r in sorted(revisions.items()) if target_rev is not None and n < target_rev
+               and r["model_version"] != show.get("target_version")]
+    return earlier[-1]["model_version"] if earlier else None
+
+
+def rollback_question(name: str, target: int | None, to: int | None) -> str:
     """What a rollback will do, in the words of the confirmation dialog."""
-    target, stable = d.get("target_version"), d.get("stable_version")
-    to = f"v{stable}" if stable is not None and stable != target else "the version that served before it"
-    return (f"Roll {d['name']} back from {version(target)} to {to}? Its replicas start first; the "
-            f"{version(target)} replicas are drained and stopped as they become healthy.")
+    where = version(to) if to is not None else "the version that served before it"
+    return (f"Roll {name} back from {version(target)} to {where}? Replicas of {where} start first; each "
+            f"{version(target)} replica is drained and stopped once one of them is healthy in its place.")

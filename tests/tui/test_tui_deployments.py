@@ -1,0 +1,103 @@
+"""The deployments view, against a real controller serving a real model server (stdlib http.server) on loopback.
+
+The story: iris v1 is applied and serves, the production alias moves it to
+v2; in the TUI the user opens the Deployments view (``8``), sees the v2
+replica healthy on its port, asks for a rollback and says no (nothing
+happens), asks again and says yes: the controller rolls back to v1 and the
+view's history and rollout line say so.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from conftest import Fleet
+from mlfleet.core.base.paths import Home
+from mlfleet.tui.app import FleetApp
+from mlfleet.tui.screens.deployments import DeploymentsScreen
+from mlfleet.tui.widgets.dialogs import Confirm
+from test_deploy_service import deploy_spec, register_versions, wait_serving
+from tui_fleet import home, text_of, until  # noqa: F401  (home is a fixture)
+
+SIZE = (170, 40)
+
+
+def _arrange(home: Home) -> Fleet:
+    """iris v1 then v2 (the alias moved), one replica of the tiny server, through the CLI as a user would."""
+    fleet = Fleet(home.data_dir)
+    register_versions(fleet, 2)
+    _place_models_on_the_local_agent(home)
+    fleet.cli_json("deploy", "apply", str(deploy_spec(fleet, replicas=1, ready_timeout="20s")))
+    wait_serving(fleet, 1, 1)
+    fleet.cli("models", "alias", "iris", "production", "2", "--reason", "better on holdout", check=True)
+    wait_serving(fleet, 2, 1)
+    return fleet
+
+
+def _place_models_on_the_local_agent(home: Home) -> None:
+    """The registered files where the local agent's supervisor looks for them (``<state>/models/<sha256>/<file>``).
+
+    Stands in for the launcher's model shipping (``model_status``/``model_commit``, helper "scrape"), which is
+    not merged on this branch yet: without it every replica launch is refused with "model ... is not on this
+    host". Harmless once it is: the launcher then finds the file present and ships nothing.
+    """
+    for stored in (home.model_store_dir).glob("*/*"):
+        placed = home.data_dir / "agents" / "local" / "models" / stored.parent.name / stored.name
+        placed.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(stored, placed)
+
+
+async def _history_kinds(app: FleetApp) -> list[str]:
+    assert app.client is not None
+    return [e["kind"] for e in await app.client.call("deploy_history", name="iris")]
+
+
+async def test_the_deployments_view_shows_a_healthy_replica_and_rolls_back_only_when_confirmed(home: Home) -> None:
+    _arrange(home)
+    app = FleetApp(home)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await until(pilot, lambda: app.client is not None, "the connection to the controller", 30)
+        await pilot.press("8")
+        screen = await until(pilot, lambda: isinstance(app.screen, DeploymentsScreen) and app.screen,
+                             "the deployments view")
+        await until(pilot, lambda: "iris" in screen.table.shown, "the deployment's row", 20)
+        row = [str(c) for c in screen.table.get_row("iris")]
+        assert row[:6] == ["iris", "iris@production", "v2", "v2", "stable", "1/1"], row
+
+        def replica() -> list[str] | None:
+            keys = list(screen.replica_table.shown)
+            return [str(c) for c in screen.replica_table.get_row(keys[0])] if len(keys) == 1 else None
+
+        cells = await until(pilot, replica, "the one replica", 20)
+        assert cells[0].startswith("iris-v2-") and cells[2] == "v2" and cells[3] == "healthy", cells
+        host, port = cells[1].split(":")
+        assert host == "local" and port.isdigit(), cells  # the port the agent picked, as deploy show says
+        rollout = screen.query_one("#deploy-rollout")
+        assert "stable v2: 1/1 v2 healthy" in text_of(rollout)
+        before = await _history_kinds(app)
+        assert "rollback" not in before
+
+        screen.table.focus()
+        await pilot.press("r")
+        dialog = await until(pilot, lambda: isinstance(app.screen, Confirm) and app.screen, "the rollback question")
+        assert "Roll iris back from v2 to v1?" in dialog.question
+        await pilot.press("n")
+        await until(pilot, lambda: app.screen is screen, "the question gone")
+        await pilot.pause(1.0)
+        assert await _history_kinds(app) == before  # said no: nothing was asked of the controller
+        assert app.client is not None
+        assert (await app.client.call("deploy_show", name="iris"))["target_version"] == 2
+
+        await pilot.press("r")
+        await until(pilot, lambda: isinstance(app.screen, Confirm), "the rollback question again")
+        await pilot.press("y")
+        await until(pilot, lambda: app.screen is screen, "the question gone")
+        history = screen.query_one("#deploy-history")
+        await until(pilot, lambda: "rollback" in text_of(history), "the rollback in the view's history", 20)
+        assert "rollback" in await _history_kinds(app)
+        shown: Any = await app.client.call("deploy_show", name="iris")
+        assert shown["target_version"] == 1 and shown["stable_version"] == 2  # v2 served before
+        await until(pilot, lambda: [str(c) for c in screen.table.get_row("iris")][2] == "v1", "target v1 in the list")
+        await until(pilot, lambda: "v1 healthy" in text_of(rollout) or "v2\u2192v1" in text_of(rollout),
+                    "the rollout line of the rollback")
