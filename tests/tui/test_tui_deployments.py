@@ -16,7 +16,7 @@ from conftest import Fleet
 from mlfleet.core.base.paths import Home
 from mlfleet.tui.app import FleetApp
 from mlfleet.tui.screens.deployments import DeploymentsScreen
-from mlfleet.tui.widgets.dialogs import Confirm
+from mlfleet.tui.widgets.dialogs import Confirm, Prompt
 from test_deploy_service import deploy_spec, register_versions, wait_serving
 from tui_fleet import home, text_of, until  # noqa: F401  (home is a fixture)
 
@@ -101,3 +101,20 @@ async def test_the_deployments_view_shows_a_healthy_replica_and_rolls_back_only_
         await until(pilot, lambda: [str(c) for c in screen.table.get_row("iris")][2] == "v1", "target v1 in the list")
         await until(pilot, lambda: "v1 healthy" in text_of(rollout) or "v2\u2192v1" in text_of(rollout),
                     "the rollout line of the rollback")
+
+        await pilot.press("plus")  # scale: a word is refused in a sentence, a number is sent
+        await until(pilot, lambda: isinstance(app.screen, Prompt), "the scale question")
+        await pilot.press("ctrl+u", *"two", "enter")
+        await until(pilot, lambda: app.screen is screen, "the question gone")
+        await until(pilot, lambda: "not a number of replicas" in " ".join(str(t.render()) for t in app.screen.query("Toast")),
+                    "the sentence about 'two'")
+        await pilot.press("plus")
+        await until(pilot, lambda: isinstance(app.screen, Prompt), "the scale question again")
+        await pilot.press("ctrl+u", "2", "enter")
+        await until(pilot, lambda: [str(c) for c in screen.table.get_row("iris")][5].endswith("/2"), "two wanted")
+        assert "scale" in await _history_kinds(app)
+        assert (await app.client.call("deploy_show", name="iris"))["spec"]["replicas"] == 2
+
+        await pilot.press("colon", *"deploy", "enter")  # the command line knows the view too
+        await pilot.pause()
+        assert app.screen is screen

@@ -19,6 +19,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import Static
 
+from mlfleet.core.base.errors import RemoteError
 from mlfleet.core.controller.client import ControllerClient
 from mlfleet.tui.screens.base import PollingScreen
 from mlfleet.tui.widgets.deploy_cells import (DEPLOYMENT_COLUMNS, REPLICA_COLUMNS, deployment_cells, replica_cells,
@@ -90,7 +91,12 @@ class DeploymentsScreen(PollingScreen):
         deployments = await client.call("deploy_list")
         shows = {}
         for d in deployments[:SHOWN_AT_MOST]:
-            shows[d["name"]] = await client.call("deploy_show", name=d["name"])
+            try:
+                shows[d["name"]] = await client.call("deploy_show", name=d["name"])
+            except RemoteError as exc:
+                if exc.kind != "NotFoundError":
+                    raise
+                # gone between the list and its show: the next poll's list no longer has it
         self.show_deployments(deployments, shows)
         name = self.selected
         if name is not None:
