@@ -204,16 +204,16 @@ _T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
 
 
 def _replica(rid: str, v: int, port: int, health: str, rps: float | None, p95: float | None, err: float | None,
-             restarts: int = 0, draining: bool = False, host: str = "gpu-box-1") -> dict[str, Any]:
+             restarts: int = 0, draining: bool = False, host: str = "gpu-box-1", error: str = "") -> dict[str, Any]:
     return {"replica_id": rid, "version": v, "revision": v, "job_id": f"jd{port:05d}", "run_id": f"jd{port:05d}-1",
-            "host": host, "port": port, "health": health, "restarts": restarts, "last_error": "",
+            "host": host, "port": port, "health": health, "restarts": restarts, "last_error": error,
             "draining": draining, "stopping": False, "created_at": _T0, "healthy_since": _T0 + 5,
             "rps": rps, "error_rate": err, "p95": p95}
 
 
 FIXED_DEPLOYMENTS: list[dict[str, Any]] = [  # deploy_list
     {"name": "iris", "model": "iris@production", "phase": "rolling", "target_version": 2, "stable_version": 1,
-     "replicas": 2, "healthy": 2, "progress": "1/2 v2 healthy, 1 v1 healthy, 1 v2 starting",
+     "replicas": 2, "healthy": 2, "progress": "1/2 v2 healthy, 1 v1 healthy, 1 v2 unhealthy",
      "reason": "alias production v1\u2192v2", "updated_at": _T0 + 60},
     {"name": "sentiment", "model": "sentiment:3", "phase": "stable", "target_version": 3, "stable_version": 2,
      "replicas": 1, "healthy": 1, "progress": "1/1 v3 healthy", "reason": None, "updated_at": _T0 + 30},
@@ -226,10 +226,11 @@ FIXED_DEPLOY_SHOWS: dict[str, dict[str, Any]] = {  # deploy_show of each
              "stable_version": 1, "reason": "alias production v1\u2192v2", "spec": {"replicas": 2},
              "target_revision": 2, "stable_revision": 1,
              "revisions": [{"revision": 1, "model_version": 1}, {"revision": 2, "model_version": 2}],
-             "progress": "1/2 v2 healthy, 1 v1 healthy, 1 v2 starting",
+             "progress": "1/2 v2 healthy, 1 v1 healthy, 1 v2 unhealthy",
              "replicas": [_replica("iris-v1-1", 1, 41001, "healthy", 12.5, 0.0123, 0.0),
                           _replica("iris-v2-3", 2, 41003, "healthy", 11.0, 0.0181, 0.02, restarts=1),
-                          _replica("iris-v2-4", 2, 41004, "starting", None, None, None)]},
+                          _replica("iris-v2-4", 2, 41004, "unhealthy", None, None, None,
+                                   error="deep probe POST /predict: status 500, expected 200")]},
     "sentiment": {"name": "sentiment", "model_ref": "sentiment:3", "phase": "stable", "target_version": 3,
                   "stable_version": 2, "reason": "apply: model v2\u2192v3", "spec": {"replicas": 1},
                   "progress": "1/1 v3 healthy",

@@ -22,6 +22,7 @@ DEPLOYMENT_COLUMNS = (
 REPLICA_COLUMNS = (
     ("replica_id", "REPLICA"), ("endpoint", "HOST:PORT"), ("version", "VERSION"), ("health", "HEALTH"),
     ("restarts", "RESTARTS"), ("rps", "RPS"), ("p95", "P95 MS"), ("errors", "ERRORS"), ("job_id", "JOB"),
+    ("problem", "PROBLEM"),
 )
 PHASE_STYLES = {"stable": "green", "rolling": "cyan", "rolling_back": "yellow", "rolled_back": "yellow",
                 "failed": "bold red", "stopped": "dim"}
@@ -93,7 +94,14 @@ def replica_cells(r: dict[str, Any]) -> tuple[str | Text, ...]:
     restarts = r.get("restarts") or 0
     return (r["replica_id"], where, version(r.get("version")), Text(state, style=HEALTH_STYLES.get(state, "")),
             Text(str(restarts), style="yellow") if restarts else "0", rps(r.get("rps")), millis(r.get("p95")),
-            error_percent(r.get("error_rate")), r.get("job_id") or "-")
+            error_percent(r.get("error_rate")), r.get("job_id") or "-", problem(r))
+
+
+def problem(r: dict[str, Any]) -> Text | str:
+    """Why a replica does not serve (its last failed probe); a healthy one's old failure is no news."""
+    if r.get("health") in ("healthy", None) or not r.get("last_error"):
+        return ""
+    return Text(r["last_error"], style="red")
 
 
 def rollout_line(show: dict[str, Any]) -> str:
