@@ -118,3 +118,25 @@ async def test_the_deployments_view_shows_a_healthy_replica_and_rolls_back_only_
         await pilot.press("colon", *"deploy", "enter")  # the command line knows the view too
         await pilot.pause()
         assert app.screen is screen
+
+
+async def test_words_from_the_controller_are_shown_as_they_are_never_as_markup_or_escapes() -> None:
+    """A reason or an actor is text someone typed: ``[red]`` stays visible and an escape sequence is a space."""
+    from textual.app import App
+
+    from tui_data import FIXED_DEPLOY_SHOWS, FIXED_DEPLOYMENTS
+
+    hostile = "rollback by [bold red]eve[/] \x1b[2J now"
+    shows = {**FIXED_DEPLOY_SHOWS, "iris": {**FIXED_DEPLOY_SHOWS["iris"], "reason": hostile}}
+    history = [{"seq": 1, "ts": 0.0, "actor": "[i]eve", "kind": "rollback", "version": 1, "detail": {"cause": hostile}}]
+    screen = DeploymentsScreen()
+    app: App[None] = App()
+    async with app.run_test(size=SIZE) as pilot:
+        await app.push_screen(screen)
+        await pilot.pause()
+        screen.show_deployments(FIXED_DEPLOYMENTS, shows)
+        screen.show_history("iris", history)
+        await pilot.pause()
+        rollout, events = text_of(screen.query_one("#deploy-rollout")), text_of(screen.query_one("#deploy-history"))
+        assert "rollback by [bold red]eve[/]  [2J now" in rollout, rollout
+        assert "[i]eve" in events and "[bold red]eve[/]" in events and "\x1b" not in rollout + events, events

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, ClassVar
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -27,10 +28,16 @@ from mlfleet.tui.widgets.deploy_cells import (DEPLOYMENT_COLUMNS, REPLICA_COLUMN
                                               version)
 from mlfleet.tui.widgets.dialogs import Confirm, Prompt
 from mlfleet.tui.widgets.keyed_table import KeyedTable
+from mlfleet.tui.widgets.table_look import CONTROLS
 from mlfleet.tui.widgets.text import set_text
 
 SHOWN_AT_MOST = 50  # deployments whose replicas are asked for each poll (one deploy_show each)
 HISTORY_LINES = 6
+
+
+def plain(text: str) -> Text:
+    """Words from the controller (reasons, actors) shown as they are: never read as markup, no control characters."""
+    return Text("\n".join(line.translate(CONTROLS) for line in text.split("\n")))
 
 
 def at(epoch: float | None) -> str:
@@ -136,11 +143,11 @@ class DeploymentsScreen(PollingScreen):
             set_text(history, "")
             self.replica_table.show([])
             return
-        set_text(rollout, f"{name} · {show.get('model_ref') or '-'} · {rollout_line(show)}")
+        set_text(rollout, plain(f"{name} · {show.get('model_ref') or '-'} · {rollout_line(show)}"))
         self.replica_table.show([(r["replica_id"], replica_cells(r)) for r in show.get("replicas") or []])
         events = self.history.get(name) or []
         lines = [event_line(e) for e in reversed(events[-HISTORY_LINES:])]
-        set_text(history, "history (newest first)\n" + "\n".join(lines) if lines else "")
+        set_text(history, plain("history (newest first)\n" + "\n".join(lines)) if lines else "")
 
     def _deployment(self) -> dict[str, Any] | None:
         name = self.selected
