@@ -37,6 +37,7 @@ from mlfleet.agents.envs.build import is_ready
 from mlfleet.agents.envs.gc import collect_garbage
 from mlfleet.agents.envs.probe import node_facts
 from mlfleet.agents.services import ServiceWatch, decode
+from mlfleet.agents.modelstore import ModelStore
 from mlfleet.agents.supervisor import Supervisor
 from mlfleet.agents.telemetry import GpuSource, HostSampler, NvmlGpuSource
 
@@ -64,6 +65,7 @@ class AgentDaemon:
         self.supervisor = Supervisor(state_dir)
         self.services = ServiceWatch(self.supervisor.runs_dir, self.supervisor.probe_views,
                                      lambda run_id: self.supervisor.status(run_id).state != "exited")
+        self.models = ModelStore(state_dir)
         self.samples: collections.deque[HostSample] = collections.deque(maxlen=TELEMETRY_HISTORY)
         self.peers: set[Peer] = set()
         self.started_at = time.time()
@@ -261,6 +263,14 @@ class AgentDaemon:
 
     async def rpc_code_unpack(self, peer: Peer, sha256: str) -> dict[str, Any]:
         return await asyncio.to_thread(self.supervisor.code.unpack, sha256)
+
+    async def rpc_model_status(self, peer: Peer, sha256: str, file_name: str | None = None) -> dict[str, Any]:
+        """Whether model ``sha256`` is committed here (as ``file_name`` when given) and where to upload it."""
+        return await asyncio.to_thread(self.models.status, sha256, file_name)
+
+    async def rpc_model_commit(self, peer: Peer, sha256: str, file_name: str) -> dict[str, Any]:
+        """Verify the uploaded model by its sha256 and move it to models/<sha256>/<file_name> (agents/modelstore.py)."""
+        return await asyncio.to_thread(self.models.commit, sha256, file_name)
 
     async def rpc_env_probe(self, peer: Peer, refresh: bool = False) -> dict[str, Any]:
         """What a job's environment can be built from here: interpreters (path, full version, implementation),

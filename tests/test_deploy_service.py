@@ -269,6 +269,20 @@ def test_v1_serves_then_an_alias_move_rolls_to_v2_without_a_gap(fleet: Fleet) ->
     text = fleet.cli("deploy", "show", "iris").out
     assert "progress: 2/2 v2 healthy" in text and "healthy" in text
 
+    # Serving numbers per version, from the agent's scrapes (the deep probe's own requests count too).
+    for e in d["endpoints"]:
+        for _ in range(5):
+            assert predict(e) == (200, "2")
+    def both_versions() -> list[dict[str, Any]] | None:
+        found = fleet.cli_json("deploy", "metrics", "iris", "--since", "10m")["versions"]
+        return found if [v["version"] for v in found] == [1, 2] and all(v["requests"] > 0 for v in found) else None
+    versions = fleet.wait_for(both_versions, what="both versions' request counts")
+    assert all(v["errors"] == 0 and v["p95"] is not None for v in versions)
+    table = fleet.cli("deploy", "metrics", "iris", "--since", "10m").out
+    assert "v1" in table and "v2" in table and "P95 MS" in table
+    logs = fleet.cli("deploy", "logs", "iris", "--replica", d["endpoints"][0]["replica_id"])
+    assert logs.code == 0 and "serving version 2" in logs.out, logs.err
+
 
 def test_a_broken_v2_is_rolled_back_while_v1_keeps_serving(fleet: Fleet) -> None:
     register_versions(fleet, 2)
@@ -288,6 +302,7 @@ def test_a_broken_v2_is_rolled_back_while_v1_keeps_serving(fleet: Fleet) -> None
     assert d["phase"] == "rolled_back" and "rolling back to v1" in d["reason"]
     assert "rollback" in kinds(fleet)
     assert any(a["action"] == "deploy.rollback" for a in fleet.cli_json("audit", "list"))
+    assert {r["version"] for r in d["replicas"]} == {1}
 
 
 def test_a_v2_no_host_can_take_leaves_v1_serving(fleet: Fleet) -> None:

@@ -22,6 +22,7 @@ spec too.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -194,6 +195,8 @@ class DeployService(BaseService):
                 changes.append({"replica_id": r["replica_id"], "ended_at": now})
             elif r.get("stopping") and r["replica_id"] not in self.cancelled:
                 to_cancel.append(r["replica_id"])
+        if step.phase in ("rolling_back", "rolled_back") and (d.get("reason") or "").startswith("rolling back to"):
+            step = dataclasses.replace(step, reason=d["reason"])  # why it rolls back, not the steps on the way
         if d["phase"] == "rolled_back" and step.phase == "stable":
             pass  # stays "rolled_back" (with the rollback's reason) until the next rollout: what show should say
         elif step.phase != d["phase"] or step.reason != d.get("reason"):

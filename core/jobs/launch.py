@@ -11,13 +11,13 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-
 from mlfleet.core.base.errors import UsageError
 from mlfleet.core.base.models import EnvPlan, LaunchRequest, RunStatus, to_plain
 from mlfleet.core.environments import records as env_records
 from mlfleet.core.environments.resolve import EnvironmentFailure
 from mlfleet.core.fleet.hostlink import HostLink
 from mlfleet.core.jobs import records
+from mlfleet.core.jobs.model_ship import ModelShipper, ModelUnavailable
 from mlfleet.core.jobs.params import param_env, render_argv
 from mlfleet.core.jobs.runs import ActiveRun
 
@@ -32,6 +32,7 @@ class Launcher:
         self.jobs = jobs
         self._launching: set[str] = set()
         self._shipping: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self.models = ModelShipper(jobs.ctx.home.model_store_dir)  # a replica's model file, once per host and sha
 
     def launch_soon(self, link: HostLink, run: ActiveRun) -> None:
         """Launch in the background: shipping code can take a while and must not hold up the tick."""
@@ -63,9 +64,16 @@ class Launcher:
         try:
             if shipped:
                 await self._ship(link, shipped)
+            if run.spec.service is not None and run.spec.service.model_sha256:
+                await self.models.ship(link, run.spec.service)
             if run.cancel_requested_by:
                 return  # cancelled while its code was on the way: never start it
-            await link.request("launch", request=to_plain(request))  # a service's durations are Seconds
+            await link.request("launch", request=to_plain(request))  # to_plain: a ServicePlan holds Seconds
+        except ModelUnavailable as exc:  # the controller's own copy: no retry helps, the run fails with the sentence
+            if run.run_id in self.jobs.active and not run.cancel_requested_by:
+                await self.jobs.host_runs.finish(run, RunStatus(run_id=run.run_id, state="exited",
+                                                                reason="failed-to-start", message=str(exc)))
+            return
         except Exception as exc:  # noqa: BLE001 - logged, retried next tick
             log.warning("launch of %s on %s failed: %s (will retry)", run.run_id, link.name, exc)
             return
