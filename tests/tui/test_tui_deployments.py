@@ -9,7 +9,6 @@ view's history and rollout line say so.
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 from conftest import Fleet
@@ -27,25 +26,11 @@ def _arrange(home: Home) -> Fleet:
     """iris v1 then v2 (the alias moved), one replica of the tiny server, through the CLI as a user would."""
     fleet = Fleet(home.data_dir)
     register_versions(fleet, 2)
-    _place_models_on_the_local_agent(home)
     fleet.cli_json("deploy", "apply", str(deploy_spec(fleet, replicas=1, ready_timeout="20s")))
     wait_serving(fleet, 1, 1)
     fleet.cli("models", "alias", "iris", "production", "2", "--reason", "better on holdout", check=True)
     wait_serving(fleet, 2, 1)
     return fleet
-
-
-def _place_models_on_the_local_agent(home: Home) -> None:
-    """The registered files where the local agent's supervisor looks for them (``<state>/models/<sha256>/<file>``).
-
-    Stands in for the launcher's model shipping (``model_status``/``model_commit``, helper "scrape"), which is
-    not merged on this branch yet: without it every replica launch is refused with "model ... is not on this
-    host". Harmless once it is: the launcher then finds the file present and ships nothing.
-    """
-    for stored in (home.model_store_dir).glob("*/*"):
-        placed = home.data_dir / "agents" / "local" / "models" / stored.parent.name / stored.name
-        placed.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(stored, placed)
 
 
 async def _history_kinds(app: FleetApp) -> list[str]:
