@@ -14,6 +14,7 @@ from typing import Any
 from conftest import Fleet
 from mlfleet.core.base.paths import Home
 from mlfleet.tui.app import FleetApp
+from mlfleet.tui.screens.deployment_detail import DeploymentScreen
 from mlfleet.tui.screens.deployments import DeploymentsScreen
 from mlfleet.tui.widgets.dialogs import Confirm, Prompt
 from test_deploy_service import deploy_spec, register_versions, wait_serving
@@ -64,6 +65,16 @@ async def test_the_deployments_view_shows_a_healthy_replica_and_rolls_back_only_
         assert "rollback" not in before
 
         screen.table.focus()
+        await pilot.press("enter")  # the deployment's page: both versions' serving numbers, the whole history
+        page = await until(pilot, lambda: isinstance(app.screen, DeploymentScreen) and app.screen, "its page")
+        await until(pilot, lambda: {"1", "2"} <= set(page.versions_table.shown), "v1 and v2 side by side", 20)
+        roles = {k: str(page.versions_table.get_row(k)[1]) for k in page.versions_table.shown}
+        assert roles["2"] == "target", roles
+        kinds = [str(page.history_table.get_row(k)[1]) for k in page.history_table.shown]
+        assert kinds[-1] == "apply" and "rollout" in kinds, kinds  # newest first
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is screen, "back on the list")
+
         await pilot.press("r")
         dialog = await until(pilot, lambda: isinstance(app.screen, Confirm) and app.screen, "the rollback question")
         assert "Roll iris back from v2 to v1?" in dialog.question

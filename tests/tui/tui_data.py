@@ -249,3 +249,10 @@ FIXED_DEPLOY_HISTORY: list[dict[str, Any]] = [  # deploy_history iris, oldest fi
     {"seq": 4, "deployment": "iris", "ts": _T0 + 41, "actor": "controller", "kind": "start", "version": 2,
      "detail": {"replica_id": "iris-v2-3"}},
 ]
+FIXED_DEPLOY_METRICS: dict[str, Any] = {  # deploy_metrics iris --since 1h
+    "deployment": "iris", "since": _T0 - 3600, "until": _T0 + 60, "target_version": 2, "stable_version": 1,
+    "versions": [{"version": 1, "replicas": 2, "requests": 41250, "errors": 12, "rps": 12.5, "error_rate": 0.00029,
+                  "p50": 0.0061, "p95": 0.0123, "p99": 0.0311, "latency_mean": 0.007, "gauges": {}},
+                 {"version": 2, "replicas": 2, "requests": 660, "errors": 13, "rps": 11.0, "error_rate": 0.0197,
+                  "p50": 0.0094, "p95": 0.0181, "p99": 0.2403, "latency_mean": 0.012, "gauges": {}}],
+}

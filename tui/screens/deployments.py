@@ -6,15 +6,15 @@ and errors (the list's numbers are their totals), and ``deploy_history``
 of the one under the cursor. Below the list: that deployment's rollout
 line (``rolling v1→v2: 1/2 v2 healthy, 1 v1 draining``), its replicas
 and its latest events. ``r`` rolls it back after asking (``mlfleet deploy
-rollback NAME``), ``+`` scales it (``mlfleet deploy scale NAME N``).
+rollback NAME``), ``+`` scales it (``mlfleet deploy scale NAME N``), enter
+opens :class:`~mlfleet.tui.screens.deployment_detail.DeploymentScreen`
+(each version's serving numbers side by side and the whole history).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any, ClassVar
 
-from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -23,35 +23,14 @@ from textual.widgets import Static
 from mlfleet.core.base.errors import RemoteError
 from mlfleet.core.controller.client import ControllerClient
 from mlfleet.tui.screens.base import PollingScreen
-from mlfleet.tui.widgets.deploy_cells import (DEPLOYMENT_COLUMNS, REPLICA_COLUMNS, deployment_cells, replica_cells,
-                                              rollback_question, rollback_target, rollout_line,
-                                              version)
-from mlfleet.tui.widgets.dialogs import Confirm, Prompt
+from mlfleet.tui.screens.deployment_detail import DeploymentScreen, ask_rollback, ask_scale
+from mlfleet.tui.widgets.deploy_cells import (DEPLOYMENT_COLUMNS, REPLICA_COLUMNS, deployment_cells, event_line,
+                                              plain, replica_cells, rollout_line)
 from mlfleet.tui.widgets.keyed_table import KeyedTable
-from mlfleet.tui.widgets.table_look import CONTROLS
 from mlfleet.tui.widgets.text import set_text
 
 SHOWN_AT_MOST = 50  # deployments whose replicas are asked for each poll (one deploy_show each)
 HISTORY_LINES = 6
-
-
-def plain(text: str) -> Text:
-    """Words from the controller (reasons, actors) shown as they are: never read as markup, no control characters."""
-    return Text("\n".join(line.translate(CONTROLS) for line in text.split("\n")))
-
-
-def at(epoch: float | None) -> str:
-    """An event's time (epoch seconds, as deploy_history sends it) as local ``YYYY-mm-dd HH:MM:SS``."""
-    return "-" if epoch is None else dt.datetime.fromtimestamp(float(epoch)).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def event_line(e: dict[str, Any]) -> str:
-    """One event of ``deploy_history``: when, what, which version, who, and why when it says."""
-    detail = e.get("detail") or {}
-    why = detail.get("cause") or detail.get("reason") or detail.get("replica_id") or ""
-    if e["kind"] == "scale":
-        why = f"{detail.get('before', '?')} -> {detail.get('replicas', '?')} replicas"
-    return f"{at(e.get('ts'))}  {e['kind']:<9} {version(e.get('version')):<4} {e.get('actor') or '-':<10} {why}".rstrip()
 
 
 class DeploymentsScreen(PollingScreen):
@@ -153,42 +132,21 @@ class DeploymentsScreen(PollingScreen):
         name = self.selected
         return next((d for d in self.deployments if d["name"] == name), None)
 
+    @on(KeyedTable.RowSelected, "#deploy-table")
+    def _open(self, event: KeyedTable.RowSelected) -> None:
+        if event.key is not None:
+            screen = DeploymentScreen(event.key)
+            screen.client = self.client
+            self.app.push_screen(screen)
+
     @work(exclusive=True, group="action")
     async def action_rollback(self) -> None:
         d = self._deployment()
-        if d is None:
-            return
-        if d["phase"] == "stopped":
-            self.notify(f"{d['name']} is stopped; start it with 'mlfleet deploy apply FILE' first", severity="warning")
-            return
-        show = self.shows.get(d["name"])
-        to = rollback_target(show) if show is not None else None
-        if show is not None and to is None:
-            self.notify(f"{d['name']} has no earlier version to roll back to; give one with "
-                        f"'mlfleet deploy rollback {d['name']} --to VERSION'", severity="warning")
-            return
-        if not await self.app.push_screen_wait(Confirm(rollback_question(d["name"], d.get("target_version"), to),
-                                                       yes="Roll back")):
-            return
-        answer = await self.call("deploy_rollback", name=d["name"])
-        if answer is not None:
-            self.notify(answer["message"])
-        self.wake()
+        if d is not None and await ask_rollback(self, self.client, self.shows.get(d["name"]) or d):
+            self.wake()
 
     @work(exclusive=True, group="action")
     async def action_scale(self) -> None:
         d = self._deployment()
-        if d is None:
-            return
-        text = await self.app.push_screen_wait(
-            Prompt(f"Scale {d['name']} to how many replicas? (now {d.get('replicas')})", value=str(d.get("replicas")),
-                   placeholder="replicas"))
-        if text is None or text == "":
-            return
-        if not text.isdigit():
-            self.notify(f"{text!r} is not a number of replicas; give a whole number such as 2", severity="error")
-            return
-        answer = await self.call("deploy_scale", name=d["name"], replicas=int(text))
-        if answer is not None:
-            self.notify(answer["message"])
-        self.wake()
+        if d is not None and await ask_scale(self, self.client, d["name"], d.get("replicas")):
+            self.wake()

@@ -9,11 +9,13 @@ in percent of requests.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from rich.text import Text
 
 from mlfleet.core.cli.render import number
+from mlfleet.tui.widgets.table_look import CONTROLS
 
 DEPLOYMENT_COLUMNS = (
     ("name", "DEPLOYMENT"), ("model", "MODEL"), ("target", "TARGET"), ("stable", "STABLE"), ("phase", "PHASE"),
@@ -48,7 +50,7 @@ def error_percent(rate: float | None) -> Text | str:
     """Errors in percent of requests; red as soon as there is one."""
     if rate is None:
         return "-"
-    return Text(f"{rate * 100:.1f}%", style="red") if rate > 0 else "0.0%"
+    return Text(f"{rate * 100:.2f}%", style="red") if rate > 0 else "0.00%"
 
 
 def serving_totals(replicas: list[dict[str, Any]]) -> dict[str, float | None]:
@@ -140,3 +142,22 @@ def rollback_question(name: str, target: int | None, to: int | None) -> str:
     where = version(to) if to is not None else "the version that served before it"
     return (f"Roll {name} back from {version(target)} to {where}? Replicas of {where} start first; each "
             f"{version(target)} replica is drained and stopped once one of them is healthy in its place.")
+
+
+def plain(text: str) -> Text:
+    """Words from the controller (reasons, actors) shown as they are: never read as markup, no control characters."""
+    return Text("\n".join(line.translate(CONTROLS) for line in text.split("\n")))
+
+
+def at(epoch: float | None) -> str:
+    """An event's time (epoch seconds, as deploy_history sends it) as local ``YYYY-mm-dd HH:MM:SS``."""
+    return "-" if epoch is None else dt.datetime.fromtimestamp(float(epoch)).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def event_line(e: dict[str, Any]) -> str:
+    """One event of ``deploy_history``: when, what, which version, who, and why when it says."""
+    detail = e.get("detail") or {}
+    why = detail.get("cause") or detail.get("reason") or detail.get("replica_id") or ""
+    if e["kind"] == "scale":
+        why = f"{detail.get('before', '?')} -> {detail.get('replicas', '?')} replicas"
+    return f"{at(e.get('ts'))}  {e['kind']:<9} {version(e.get('version')):<4} {e.get('actor') or '-':<10} {why}".rstrip()
