@@ -102,8 +102,10 @@ async def test_the_deployments_view_shows_a_healthy_replica_and_rolls_back_only_
         await until(pilot, lambda: isinstance(app.screen, Prompt), "the scale question")
         await pilot.press("ctrl+u", *"two", "enter")
         await until(pilot, lambda: app.screen is screen, "the question gone")
-        await until(pilot, lambda: "not a number of replicas" in " ".join(str(t.render()) for t in app.screen.query("Toast")),
-                    "the sentence about 'two'")
+        def toasts() -> str:
+            return " ".join(str(t.render()) for t in app.screen.query("Toast"))
+
+        await until(pilot, lambda: "not a number of replicas" in toasts(), "the sentence about 'two'")
         await pilot.press("plus")
         await until(pilot, lambda: isinstance(app.screen, Prompt), "the scale question again")
         await pilot.press("ctrl+u", "2", "enter")

@@ -237,7 +237,8 @@ FIXED_DEPLOY_SHOWS: dict[str, dict[str, Any]] = {  # deploy_show of each
                   "replicas": [_replica("sentiment-v3-1", 3, 42001, "healthy", 3.25, 0.250, 0.0, host="local")]},
     "ranker": {"name": "ranker", "model_ref": "ranker@canary", "phase": "rolled_back", "target_version": 4,
                "stable_version": 5, "reason": "v5 replica ranker-v5-2 not healthy in 2m", "spec": {"replicas": 1},
-               "progress": "0/1 v4 starting", "replicas": [_replica("ranker-v4-3", 4, 43003, "starting", None, None, None)]},
+               "progress": "0/1 v4 starting",
+               "replicas": [_replica("ranker-v4-3", 4, 43003, "starting", None, None, None)]},
 }
 FIXED_DEPLOY_HISTORY: list[dict[str, Any]] = [  # deploy_history iris, oldest first
     {"seq": 1, "deployment": "iris", "ts": _T0, "actor": "alice", "kind": "apply", "version": 1,

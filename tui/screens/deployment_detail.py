@@ -104,7 +104,7 @@ def history_cells(e: dict[str, Any]) -> tuple[str | Text, ...]:
 
 
 class DeploymentScreen(Screen[None]):
-    """``deploy show``, ``deploy metrics --since 1h`` and ``deploy history`` of one deployment, refreshed while on view."""
+    """``deploy show``, ``deploy metrics --since 1h`` and ``deploy history`` of one deployment, while on view."""
 
     TITLE = "mlfleet · deployment"
     POLL_S = 2.0

@@ -160,4 +160,5 @@ def event_line(e: dict[str, Any]) -> str:
     why = detail.get("cause") or detail.get("reason") or detail.get("replica_id") or ""
     if e["kind"] == "scale":
         why = f"{detail.get('before', '?')} -> {detail.get('replicas', '?')} replicas"
-    return f"{at(e.get('ts'))}  {e['kind']:<9} {version(e.get('version')):<4} {e.get('actor') or '-':<10} {why}".rstrip()
+    who = e.get("actor") or "-"
+    return f"{at(e.get('ts'))}  {e['kind']:<9} {version(e.get('version')):<4} {who:<10} {why}".rstrip()
