@@ -138,3 +138,26 @@ async def test_words_from_the_controller_are_shown_as_they_are_never_as_markup_o
         rollout, events = text_of(screen.query_one("#deploy-rollout")), text_of(screen.query_one("#deploy-history"))
         assert "rollback by [bold red]eve[/]  [2J now" in rollout, rollout
         assert "[i]eve" in events and "[bold red]eve[/]" in events and "\x1b" not in rollout + events, events
+
+
+async def test_a_deployment_with_nothing_to_go_back_to_says_so_and_asks_nothing() -> None:
+    """Only one version ever served: ``r`` names the CLI's ``--to`` instead of opening a question the controller
+    would refuse (no controller needed: nothing may be sent)."""
+    from textual.app import App
+
+    from tui_data import FIXED_DEPLOY_SHOWS, FIXED_DEPLOYMENTS
+
+    only = {**FIXED_DEPLOY_SHOWS["sentiment"], "target_revision": 1, "stable_revision": 1,
+            "revisions": [{"revision": 1, "model_version": 3}]}
+    screen = DeploymentsScreen()
+    app: App[None] = App()
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await app.push_screen(screen)
+        await pilot.pause()
+        screen.show_deployments([FIXED_DEPLOYMENTS[1]], {"sentiment": only})
+        screen.table.focus()
+        await pilot.press("r")
+        await pilot.pause(0.3)
+        assert app.screen is screen
+        toasts = " ".join(str(t.render()) for t in app.screen.query("Toast"))
+        assert "sentiment has no earlier version to roll back to" in toasts and "--to VERSION" in toasts, toasts
