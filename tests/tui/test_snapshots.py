@@ -19,6 +19,8 @@ from textual.screen import Screen
 
 from mlfleet.tui.screens.audit import AuditScreen
 from mlfleet.tui.screens.compare import CompareScreen
+from mlfleet.tui.screens.deployment_detail import DeploymentScreen
+from mlfleet.tui.screens.deployments import DeploymentsScreen
 from mlfleet.tui.screens.drift import DriftReportScreen, DriftScreen
 from mlfleet.tui.screens.fleet import FleetScreen
 from mlfleet.tui.screens.jobs import JobsScreen, job_detail
@@ -28,7 +30,8 @@ from mlfleet.tui.screens.sweeps import SweepsScreen
 from mlfleet.tui.widgets.dialogs import Confirm, TextPanel
 from mlfleet.tui.widgets.job_log import JobLog, LogRequest
 from mlfleet.tui.widgets.job_table import JobTable
-from tui_data import (FIXED_AUDIT, FIXED_COMPARISON, FIXED_DRIFT_LIST, FIXED_DRIFT_REPORT, FIXED_HOSTS, FIXED_JOBS,
+from tui_data import (FIXED_AUDIT, FIXED_COMPARISON, FIXED_DEPLOY_HISTORY, FIXED_DEPLOY_METRICS, FIXED_DEPLOY_SHOWS,
+                      FIXED_DEPLOYMENTS, FIXED_DRIFT_LIST, FIXED_DRIFT_REPORT, FIXED_HOSTS, FIXED_JOBS,
                       FIXED_LINEAGE, FIXED_RUNS, FIXED_SWEEP, FIXED_SWEEPS, GPU_HISTORY, JOB_METRICS, WHY_PENDING)
 
 APP_CSS = Path(__file__).resolve().parents[2] / "tui" / "app.tcss"
@@ -177,3 +180,38 @@ def test_a_sweep_looks_right(snap_compare: Any) -> None:
         await pilot.pause()
 
     assert snap_compare(StillApp(SweepScreen("lr-grid")), terminal_size=(130, 40), run_before=feed)
+
+
+def test_the_deployments_view_looks_right(snap_compare: Any) -> None:
+    async def feed(pilot: Pilot[Any]) -> None:
+        await pilot.pause()  # the view's widgets are mounted before its first answer, as in the app
+        screen: DeploymentsScreen = pilot.app.screen
+        screen.show_deployments(FIXED_DEPLOYMENTS, FIXED_DEPLOY_SHOWS)
+        screen.show_history("iris", FIXED_DEPLOY_HISTORY)
+        screen.table.focus()
+        await pilot.pause()
+
+    assert snap_compare(StillApp(DeploymentsScreen()), terminal_size=(150, 26), run_before=feed)
+
+
+def test_the_rollback_confirmation_looks_right(snap_compare: Any) -> None:
+    async def feed(pilot: Pilot[Any]) -> None:
+        await pilot.pause()  # the view's widgets are mounted before its first answer, as in the app
+        screen: DeploymentsScreen = pilot.app.screen
+        screen.show_deployments(FIXED_DEPLOYMENTS, FIXED_DEPLOY_SHOWS)
+        screen.table.focus()
+        await pilot.press("r")
+        await pilot.pause()
+
+    assert snap_compare(StillApp(DeploymentsScreen()), terminal_size=(120, 24), run_before=feed)
+
+
+def test_a_deployment_looks_right(snap_compare: Any) -> None:
+    async def feed(pilot: Pilot[Any]) -> None:
+        await pilot.pause()  # the view's widgets are mounted before its first answer, as in the app
+        shown = {**FIXED_DEPLOY_SHOWS["iris"], "endpoints": [{"replica_id": "iris-v1-1", "host": "gpu-box-1",
+                                                             "port": 41001, "version": 1, "local": False}]}
+        pilot.app.screen.show_deployment(shown, FIXED_DEPLOY_METRICS, FIXED_DEPLOY_HISTORY)
+        await pilot.pause()
+
+    assert snap_compare(StillApp(DeploymentScreen("iris")), terminal_size=(150, 30), run_before=feed)

@@ -197,3 +197,63 @@ FIXED_SWEEP: dict[str, Any] = {  # sweep_show of lr-grid
                   "point": {"params.lr": _LRS[i // 2], "params.opt": _OPTS[i % 2]}, "objective": _LOSSES[i]}
                  for i in range(6)],
 }
+
+
+# ------------------------------------------------------------------ deployments (deploy_list, deploy_show, history)
+_T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
+
+
+def _replica(rid: str, v: int, port: int, health: str, rps: float | None, p95: float | None, err: float | None,
+             restarts: int = 0, draining: bool = False, host: str = "gpu-box-1", error: str = "") -> dict[str, Any]:
+    return {"replica_id": rid, "version": v, "revision": v, "job_id": f"jd{port:05d}", "run_id": f"jd{port:05d}-1",
+            "host": host, "port": port, "health": health, "restarts": restarts, "last_error": error,
+            "draining": draining, "stopping": False, "created_at": _T0, "healthy_since": _T0 + 5,
+            "rps": rps, "error_rate": err, "p95": p95}
+
+
+FIXED_DEPLOYMENTS: list[dict[str, Any]] = [  # deploy_list
+    {"name": "iris", "model": "iris@production", "phase": "rolling", "target_version": 2, "stable_version": 1,
+     "replicas": 2, "healthy": 2, "progress": "1/2 v2 healthy, 1 v1 healthy, 1 v2 unhealthy",
+     "reason": "alias production v1\u2192v2", "updated_at": _T0 + 60},
+    {"name": "sentiment", "model": "sentiment:3", "phase": "stable", "target_version": 3, "stable_version": 2,
+     "replicas": 1, "healthy": 1, "progress": "1/1 v3 healthy", "reason": None, "updated_at": _T0 + 30},
+    {"name": "ranker", "model": "ranker@canary", "phase": "rolled_back", "target_version": 4, "stable_version": 5,
+     "replicas": 1, "healthy": 0, "progress": "0/1 v4 starting",
+     "reason": "v5 replica ranker-v5-2 not healthy in 2m", "updated_at": _T0 + 90},
+]
+FIXED_DEPLOY_SHOWS: dict[str, dict[str, Any]] = {  # deploy_show of each
+    "iris": {"name": "iris", "model_ref": "iris@production", "phase": "rolling", "target_version": 2,
+             "stable_version": 1, "reason": "alias production v1\u2192v2", "spec": {"replicas": 2},
+             "target_revision": 2, "stable_revision": 1,
+             "revisions": [{"revision": 1, "model_version": 1}, {"revision": 2, "model_version": 2}],
+             "progress": "1/2 v2 healthy, 1 v1 healthy, 1 v2 unhealthy",
+             "replicas": [_replica("iris-v1-1", 1, 41001, "healthy", 12.5, 0.0123, 0.0),
+                          _replica("iris-v2-3", 2, 41003, "healthy", 11.0, 0.0181, 0.02, restarts=1),
+                          _replica("iris-v2-4", 2, 41004, "unhealthy", None, None, None,
+                                   error="deep probe POST /predict: status 500, expected 200")]},
+    "sentiment": {"name": "sentiment", "model_ref": "sentiment:3", "phase": "stable", "target_version": 3,
+                  "stable_version": 2, "reason": "apply: model v2\u2192v3", "spec": {"replicas": 1},
+                  "progress": "1/1 v3 healthy",
+                  "replicas": [_replica("sentiment-v3-1", 3, 42001, "healthy", 3.25, 0.250, 0.0, host="local")]},
+    "ranker": {"name": "ranker", "model_ref": "ranker@canary", "phase": "rolled_back", "target_version": 4,
+               "stable_version": 5, "reason": "v5 replica ranker-v5-2 not healthy in 2m", "spec": {"replicas": 1},
+               "progress": "0/1 v4 starting",
+               "replicas": [_replica("ranker-v4-3", 4, 43003, "starting", None, None, None)]},
+}
+FIXED_DEPLOY_HISTORY: list[dict[str, Any]] = [  # deploy_history iris, oldest first
+    {"seq": 1, "deployment": "iris", "ts": _T0, "actor": "alice", "kind": "apply", "version": 1,
+     "detail": {"change": "created"}},
+    {"seq": 2, "deployment": "iris", "ts": _T0 + 1, "actor": "alice", "kind": "rollout", "version": 1,
+     "detail": {"cause": "first apply of v1"}},
+    {"seq": 3, "deployment": "iris", "ts": _T0 + 40, "actor": "bob", "kind": "rollout", "version": 2,
+     "detail": {"cause": "alias production v1\u2192v2"}},
+    {"seq": 4, "deployment": "iris", "ts": _T0 + 41, "actor": "controller", "kind": "start", "version": 2,
+     "detail": {"replica_id": "iris-v2-3"}},
+]
+FIXED_DEPLOY_METRICS: dict[str, Any] = {  # deploy_metrics iris --since 1h
+    "deployment": "iris", "since": _T0 - 3600, "until": _T0 + 60, "target_version": 2, "stable_version": 1,
+    "versions": [{"version": 1, "replicas": 2, "requests": 41250, "errors": 12, "rps": 12.5, "error_rate": 0.00029,
+                  "p50": 0.0061, "p95": 0.0123, "p99": 0.0311, "latency_mean": 0.007, "gauges": {}},
+                 {"version": 2, "replicas": 2, "requests": 660, "errors": 13, "rps": 11.0, "error_rate": 0.0197,
+                  "p50": 0.0094, "p95": 0.0181, "p99": 0.2403, "latency_mean": 0.012, "gauges": {}}],
+}
