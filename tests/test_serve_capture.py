@@ -221,3 +221,21 @@ async def test_the_agent_serves_the_capture_stream_in_whole_lines_by_offset(agen
     records = [json.loads(line) for line in whole.splitlines()]
     assert len(records) > 100 and chunks > 10
     assert all(set(r) == {"ts", "inputs", "outputs"} for r in records)
+
+
+def test_a_server_in_an_environment_without_mlfleet_captures_through_the_agents_client_copy(tmp_path: Path) -> None:
+    """A replica inside its own environment has none of the agent's packages: the client folder the agent keeps
+    (agents/envs/client.py) must carry serve as it carries track, standard library only."""
+    from mlfleet.agents.envs.client import refresh_client
+
+    folder = refresh_client(tmp_path / "state")
+    capture_file = tmp_path / "capture.jsonl"
+    script = ("import sys; sys.path.append(sys.argv[1]); from mlfleet import serve; "
+              "serve.capture({'x': 1.5}, {'y': 2}); serve.flush() if hasattr(serve, 'flush') else None")
+    # -I -S: no site-packages at all, as in an environment that lacks mlfleet and its dependencies
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", script, str(folder)], capture_output=True, text=True,
+                          env={"MLFLEET_CAPTURE_FILE": str(capture_file), "PATH": os.environ.get("PATH", "")},
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in capture_file.read_text().splitlines()]
+    assert [(r["inputs"], r["outputs"]) for r in rows] == [({"x": 1.5}, {"y": 2})]

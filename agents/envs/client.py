@@ -1,4 +1,4 @@
-"""``from mlfleet import track`` inside a job's environment, without installing mlfleet into it.
+"""``from mlfleet import track`` (and ``serve``) inside a job's environment, without installing mlfleet into it.
 
 WHY: a job in its own environment runs that environment's ``python``, which
 has none of the agent's packages; yet ``mlfleet.track`` is how it reports
@@ -24,9 +24,10 @@ def client_dir(state_dir: Path) -> Path:
 
 
 def refresh_client(state_dir: Path) -> Path:
-    """Write the agent's track client under ``envs/.client`` where it differs (by rename: a job may be reading it)."""
+    """Write the agent's track and serve clients under ``envs/.client`` where they differ (by rename: a job may
+    be reading one). Both are standard library only; serve is what a model server in an environment captures with."""
     import mlfleet
-    from mlfleet.agents import track
+    from mlfleet.agents import serve, track
 
     root = client_dir(state_dir)
     package = Path(mlfleet.__file__).parent  # mlfleet/track.py sits beside it (package/ in a checkout)
@@ -35,6 +36,8 @@ def refresh_client(state_dir: Path) -> Path:
         Path("mlfleet/track.py"): (package / "track.py").read_bytes(),
         Path("mlfleet/agents/__init__.py"): b"",
         Path("mlfleet/agents/track.py"): Path(track.__file__).read_bytes(),
+        Path("mlfleet/serve.py"): (package / "serve.py").read_bytes(),
+        Path("mlfleet/agents/serve.py"): Path(serve.__file__).read_bytes(),
     }
     for relative, data in files.items():
         target = root / relative
