@@ -19,7 +19,6 @@ from mlfleet.core.base.errors import UsageError
 from mlfleet.core.base.paths import Home
 from mlfleet.core.cli.output import Add, bounded
 from mlfleet.core.controller.client import ControllerClient, connect
-from mlfleet.core.deploy.dialers import FleetDialer
 from mlfleet.core.deploy.forward import Endpoint, serve_forward
 
 
@@ -57,6 +56,8 @@ def cmd_open(args: argparse.Namespace) -> int:
 async def _open(args: argparse.Namespace) -> int:
     home = Home.from_env()
     source = _Endpoints(home, await connect(home), args.name)
+    from mlfleet.core.deploy.dialers import FleetDialer  # asyncssh: only here, never when a node's agent starts
+
     dialer = FleetDialer(home)
     as_json = bool(getattr(args, "json", False))
 

@@ -63,3 +63,20 @@ def carried_health(previous: ServiceStatus | None, current: ServiceStatus | None
     if now - since >= grace:
         return current, None
     return msgspec.structs.replace(current, health="healthy", port=current.port or previous.port), since
+
+
+def health_from_file(row: dict[str, Any]) -> ServiceStatus | None:
+    """A replica as its row last knew it, for the moments after a controller restart before its agent answers.
+
+    WHY: until the first poll the runs in flight carry no server status, and
+    "starting" would make the planner stop an old version's serving replica
+    mid-rollout (or replace one past its ready timeout), and the endpoints
+    empty, failing every new connection through ``deploy open``. A replica
+    that was healthy, is not being drained or stopped, and has a known port is
+    taken as healthy for a few probe intervals; its agent's answer replaces
+    this as soon as it comes.
+    """
+    if row.get("healthy_since") is None or row.get("draining_since") is not None or row.get("stopping") \
+            or not row.get("port"):
+        return None
+    return ServiceStatus(port=int(row["port"]), health="healthy")

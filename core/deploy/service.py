@@ -35,7 +35,7 @@ from mlfleet.core.base.models import TERMINAL_STATES, to_plain
 from mlfleet.core.base.rpc import rpc_methods
 from mlfleet.core.controller.service import BaseService, ControllerContext, Rpc
 from mlfleet.core.deploy import records, rollout
-from mlfleet.core.deploy.replica_state import JobFacts, carried_health, state_of, view_of
+from mlfleet.core.deploy.replica_state import JobFacts, carried_health, health_from_file, state_of, view_of
 from mlfleet.core.deploy.spec import DeploymentSpec, replica_job_spec, validate_deployment_spec
 from mlfleet.core.jobs.group import cancel_jobs, submit_group
 from mlfleet.core.jobs.service import JobsService
@@ -45,6 +45,9 @@ from mlfleet.core.store.rows import rows
 log = logging.getLogger(__name__)
 
 LOCAL_HOST = "local"  # the fleet's name for the controller's own machine (core/fleet/service.py)
+# How long after a controller start a replica's health may still come from its row (replica_state.health_from_file):
+# enough for the host links to connect and answer a first poll.
+FILE_HEALTH_GRACE = 15.0
 ACTOR = "controller"  # who the audit names for what a tick decides on its own (alias moves, rollbacks)
 DONE_PHASES = ("stable", "rolled_back")
 _REVISION = re.compile(r"(?<![\w-])v(\d+)\b")  # "v3" in the planner's words, not the "v3" inside "iris-v3-1"
@@ -66,6 +69,7 @@ class DeployService(BaseService):
         self.cancelled: set[str] = set()  # replica ids whose job's cancel was asked by this process
         self.unhealthy_since: dict[str, float] = {}  # replica id -> when this process first saw it unhealthy
         self.carried: dict[str, float | None] = {}  # replica id -> since when its health is carried (replica_state)
+        self.started_at = time.time()  # a restarted controller knows its replicas' health only from the file at first
         self.lock = asyncio.Lock()  # a tick's step and a client's action never interleave on one deployment
         self.api = DeployApi(self)
 
@@ -78,6 +82,8 @@ class DeployService(BaseService):
         for row in await store.read(records.open_replicas):
             self.replicas[row["replica_id"]] = row
         self.scraped = await store.read(records.last_scrape_ts)
+        self.started_at = time.time()
+        await self._gather_facts()  # clients may ask for endpoints before the first tick: answer from the file then
 
     def status(self) -> dict[str, Any]:
         return {"deployments": len(self.deployments), "replicas": len(self.replicas)}
@@ -112,6 +118,8 @@ class DeployService(BaseService):
                 service, self.carried[replica_id] = carried_health(
                     before.service if before is not None and before.run_id == run.run_id else None, run.service,
                     self.carried.get(replica_id), now, self._grace(row["deployment"]))
+                if service is None and now - self.started_at < FILE_HEALTH_GRACE + self._grace(row["deployment"]):
+                    service = health_from_file(row)  # before its agent's first answer since this controller started
                 facts[replica_id] = JobFacts("active", run.run_id, run.host, service)
             else:
                 unknown[job_id] = replica_id
