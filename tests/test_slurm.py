@@ -1,0 +1,134 @@
+"""Stories of runs handed to a real Slurm (tests/slurm.py: munged, slurmctld, slurmd, two fake GPUs).
+
+The agent's supervisor is the one a login node's agent runs; its run folders
+live on a filesystem the "compute node" shares (here: the same machine).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pytest
+
+from mlfleet.agents import slurm
+from mlfleet.agents.rundir import RunDir
+from mlfleet.agents.supervisor import Supervisor
+from mlfleet.core.base.models import LaunchRequest, SlurmPlan
+
+from slurm import slurm_cluster  # noqa: F401  (the fixture; tests/ is on sys.path, as for tests/sshd.py)
+
+
+@pytest.fixture
+def supervisor(slurm_cluster, tmp_path, monkeypatch):
+    for key, value in slurm_cluster.env.items():
+        monkeypatch.setenv(key, value)
+    return Supervisor(tmp_path / "agent")
+
+
+def _request(run_id: str, code: str, gres: str | None = "gpu:1", **plan) -> LaunchRequest:
+    return LaunchRequest(run_id=run_id, job_id="job-" + run_id, argv=[sys.executable, "-c", code], workdir="/",
+                         env={}, slurm=SlurmPlan(gres=gres, **plan))
+
+
+def _wait(sup: Supervisor, run_id: str, state: str = "exited", within: float = 60.0):
+    deadline = time.monotonic() + within
+    while True:
+        status = sup.status(run_id)
+        if status.state == state or time.monotonic() > deadline:
+            return status
+        time.sleep(0.3)
+
+
+def test_a_one_gpu_job_runs_with_slurms_gpus_and_its_metrics_are_read_once(supervisor, slurm_cluster):
+    code = ("import os, json\nfrom mlfleet import track\n"
+            "print('CVD=' + os.environ.get('CUDA_VISIBLE_DEVICES', '-'))\n"
+            "for i in range(5): track.log({'loss': 1.0 / (i + 1)}, step=i)\n")
+    status = supervisor.launch(_request("gpu1", code))
+    assert status.state in ("starting", "running")
+    again = supervisor.launch(_request("gpu1", code))  # a launch asked twice is one Slurm job
+    assert again.run_id == "gpu1"
+    status = _wait(supervisor, "gpu1")
+    assert (status.state, status.exit_code, status.reason) == ("exited", 0, "exited"), status
+    out = supervisor.read("gpu1", "stdout", 0).data
+    assert "CVD=0" in out or "CVD=1" in out, out  # Slurm's choice, not the agent's ("" for an SSH host asked none)
+    chunk = supervisor.read("gpu1", "metrics", 0)
+    lines = [json.loads(line) for line in chunk.data.splitlines()]
+    assert [line["step"] for line in lines if "loss" in line.get("metrics", line)] == [0, 1, 2, 3, 4]
+    assert chunk.eof and supervisor.read("gpu1", "metrics", chunk.end).data == ""
+    assert slurm_cluster.submitted_names().count("mlfleet-gpu1") == 1
+
+
+def test_a_job_exiting_7_is_failed_with_exit_code_7(supervisor):
+    supervisor.launch(_request("seven", "raise SystemExit(7)", gres=None))
+    status = _wait(supervisor, "seven")
+    assert (status.state, status.exit_code) == ("exited", 7), status
+
+
+def test_a_job_that_cannot_fit_now_shows_slurms_reason_and_cancel_ends_it(supervisor, slurm_cluster):
+    supervisor.launch(_request("hog", "import time; time.sleep(60)", gres="gpu:2"))
+    assert _wait(supervisor, "hog", "running").state == "running"
+    supervisor.launch(_request("waiter", "print('never')", gres="gpu:2"))
+    time.sleep(3)
+    supervisor.slurm_queue.forget()
+    waiting = supervisor.status("waiter")
+    assert waiting.state == "starting" and "Resources" in waiting.message, waiting
+    assert "no node of the partition has what the job asks free now" in waiting.message
+    for run_id in ("waiter", "hog"):
+        supervisor.cancel(run_id)
+    assert _wait(supervisor, "hog").reason == "cancelled"
+    assert _wait(supervisor, "waiter").state == "exited"
+    assert "never" not in supervisor.read("waiter", "stdout", 0).data
+
+
+def test_a_job_slurm_can_never_start_is_failed_with_the_reason(supervisor):
+    supervisor.launch(_request("toobig", "print('x')", gres="gpu:5"))
+    status = _wait(supervisor, "toobig")
+    assert status.state == "exited" and status.reason == "failed-to-start", status
+    # 22.05 refuses it at sbatch; a Slurm that queues it ends it with BadConstraints: failed either way, with why
+    assert "node configuration is not available" in status.message or "BadConstraints" in status.message, status
+
+
+def test_sbatch_refusing_a_job_fails_it_with_slurms_words(supervisor):
+    status = supervisor.launch(_request("nopart", "print('x')", gres=None, partition="nosuchpartition"))
+    assert status.state == "exited" and status.reason == "failed-to-start"
+    assert "partition" in status.message.lower(), status
+
+
+def test_an_agent_that_died_after_sbatch_never_submits_twice(supervisor, slurm_cluster, tmp_path):
+    supervisor.launch(_request("crash", "import time; time.sleep(5)", gres=None))
+    run = RunDir(supervisor.runs_dir / "crash")
+    run.file(slurm.SLURM_FILE).unlink()  # the agent died between sbatch and writing slurm.json
+    fresh = Supervisor(supervisor.state_dir)  # a restarted agent, asked again by a restarted controller
+    slurm.submit(run, SlurmPlan(), fresh.slurm_queue)
+    assert _wait(fresh, "crash").exit_code == 0
+    assert slurm_cluster.submitted_names().count("mlfleet-crash") == 1
+
+
+def test_a_poll_of_many_runs_asks_slurm_at_most_twice(supervisor):
+    for i in range(5):
+        supervisor.launch(_request(f"many{i}", "print(1)", gres=None))
+    for i in range(5):
+        _wait(supervisor, f"many{i}")
+    supervisor.slurm_queue.forget()
+    before = supervisor.slurm_queue.commands
+    for run_id in supervisor.run_ids():
+        supervisor.status(run_id)
+    assert supervisor.slurm_queue.commands - before <= 2
+
+
+def test_the_cluster_is_described_by_partitions_nodes_and_gpus_by_type(slurm_cluster, monkeypatch):
+    for key, value in slurm_cluster.env.items():
+        monkeypatch.setenv(key, value)
+    info = slurm.slurm_info()
+    (part,) = info["partitions"]
+    assert part["name"] == "debug" and part["default"] and part["up"]
+    assert part["gpus_per_node"] == {"fake": 2} and part["nodes"]["total"] == 1
+
+
+def test_parsers_take_what_slurm_prints():
+    assert slurm.parse_sinfo("gpu*|up|3/1/1/5|gpu:a100:4(S:0-1),gpu:2|64|512000|5\n")["partitions"][0][
+        "gpus_per_node"] == {"a100": 4, "gpu": 2}
+    jobs = slurm.parse_squeue("12|mlfleet-r1|PENDING|QOSMaxGRESPerUser|gpu|gres:gpu:1|\n13|other|RUNNING|None\n")
+    assert list(jobs) == ["mlfleet-r1"] and "GPUs per user" in slurm.reason_words(jobs["mlfleet-r1"].reason)
