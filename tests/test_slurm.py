@@ -132,3 +132,17 @@ def test_parsers_take_what_slurm_prints():
         "gpus_per_node"] == {"a100": 4, "gpu": 2}
     jobs = slurm.parse_squeue("12|mlfleet-r1|PENDING|QOSMaxGRESPerUser|gpu|gres:gpu:1|\n13|other|RUNNING|None\n")
     assert list(jobs) == ["mlfleet-r1"] and "GPUs per user" in slurm.reason_words(jobs["mlfleet-r1"].reason)
+
+
+def test_adding_a_slurm_cluster_is_one_command_and_a_mistake_is_one_sentence(fleet):
+    from mlfleet.core.fleet.inventory import load_inventory
+
+    added = fleet.cli("hosts", "add-slurm", "cluster", "--login", "ml@login1.example.com", "--partition", "gpu",
+                      "--account", "vision", "--qos", "normal")
+    assert added.code == 0, added.err
+    (path,) = list(fleet.root.rglob("hosts.yaml"))
+    host = {h.name: h for h in load_inventory(path)}["cluster"]
+    assert (host.kind, host.address, host.user, host.labels["backend"]) == ("slurm", "login1.example.com", "ml", "slurm")
+    assert (host.slurm.partition, host.slurm.account, host.slurm.qos) == ("gpu", "vision", "normal")
+    bad = fleet.cli("hosts", "add-slurm", "c2", "--login", "ml@")
+    assert bad.code != 0 and "--login" in bad.err and "Traceback" not in bad.err
