@@ -146,3 +146,23 @@ def test_adding_a_slurm_cluster_is_one_command_and_a_mistake_is_one_sentence(fle
     assert (host.slurm.partition, host.slurm.account, host.slurm.qos) == ("gpu", "vision", "normal")
     bad = fleet.cli("hosts", "add-slurm", "c2", "--login", "ml@")
     assert bad.code != 0 and "--login" in bad.err and "Traceback" not in bad.err
+
+
+def test_the_scheduler_sees_a_cluster_as_its_biggest_node_and_never_counts_it_full():
+    from mlfleet.core.jobs import scheduler
+    from mlfleet.core.jobs.dispatch import slurm_view
+
+    cluster = slurm.parse_sinfo("cpu*|up|0/10/0/10|(null)|64|256000|10\ngpu|up|8/0/0/8|gpu:a100:4|32|512000|8\n")
+    view = slurm_view("hpc", True, {"backend": "slurm"}, cluster, "gpu", None)
+    assert [g.name for g in view.gpus] == ["a100"] * 4 and view.cpu_count == 32
+    # every node of the partition is allocated: the job is still placed, and waits in Slurm's queue, not ours
+    jobs = [scheduler.QueuedJob("fits", gpus=2, gpu_types=("a100",), hosts=("hpc",)),
+            scheduler.QueuedJob("never", gpus=5, hosts=("hpc",))]
+    decision = scheduler.schedule([view], jobs)
+    assert [p.job_id for p in decision.placements] == ["fits"]
+    assert "need 5" in decision.short_reason("never"), decision.short_reason("never")
+    # the next tick's view is the same however many runs went there: Slurm queues them
+    again = slurm_view("hpc", True, {"backend": "slurm"}, cluster, "gpu", None)
+    assert [p.job_id for p in scheduler.schedule([again], [scheduler.QueuedJob("next", gpus=4)]).placements] == ["next"]
+    default = slurm_view("hpc", True, {}, cluster, None, None)
+    assert default.gpus == () and default.cpu_count == 64  # the default partition (cpu*) without a partition named
