@@ -166,3 +166,36 @@ def test_the_scheduler_sees_a_cluster_as_its_biggest_node_and_never_counts_it_fu
     assert [p.job_id for p in scheduler.schedule([again], [scheduler.QueuedJob("next", gpus=4)]).placements] == ["next"]
     default = slurm_view("hpc", True, {}, cluster, None, None)
     assert default.gpus == () and default.cpu_count == 64  # the default partition (cpu*) without a partition named
+
+
+GPU_JOB = """name: on-slurm
+constraints: {{hosts: [cluster]}}
+resources: {{gpus: 1}}
+command: [python, -c, "import os, time\\nfrom mlfleet import track\\nprint('CVD=' + os.environ['CUDA_VISIBLE_DEVICES'])\\nfor s in range(30):\\n    track.log({{'loss': 1.0 / (s + 1)}}, step=s); track.flush(); time.sleep({pause})"]
+"""
+
+
+def test_a_cluster_behind_its_login_node_runs_a_gpu_job_once_through_a_controller_sigkill(ssh_fleet, slurm_cluster):
+    import os
+    import signal
+
+    fleet, server = ssh_fleet.fleet, ssh_fleet.servers["node-a"]
+    fleet.cli("hosts", "add-slurm", "cluster", "--login", f"{server.user}@127.0.0.1", "--port", str(server.port),
+              "--identity", str(ssh_fleet.user_key), "--state-dir", str(ssh_fleet.state_dir("node-a")),
+              "--agent-command", f"env SLURM_CONF={slurm_cluster.conf} {sys.executable} -m mlfleet", check=True)
+    fleet.cli("hosts", "trust", "cluster", "--yes", check=True)
+    host = fleet.wait_for(lambda: (h := ssh_fleet.host("cluster"))["state"] == "up" and h["info"].get("slurm") and h,
+                          60, what="the cluster to be up with its sinfo")
+    (part,) = host["info"]["slurm"]["partitions"]
+    assert part["gpus_per_node"] == {"fake": 2} and part["nodes"]["total"] == 1
+
+    job_id = fleet.cli("submit", str(fleet.write_spec("gpu", GPU_JOB.format(pause=0.3))), check=True).out.strip()
+    fleet.wait_state(job_id, {"running"}, timeout=90)
+    os.kill(fleet.controller_pid, signal.SIGKILL)  # mid-job: the next command starts a new controller
+    job = fleet.wait_state(job_id, {"succeeded", "failed"}, timeout=120)
+    assert job["state"] == "succeeded" and job["host"] == "cluster", job
+    points = fleet.cli_json("db", "query", f"select step, count(*) from metrics where run_id = '{job['run_id']}' "
+                                           "group by step order by step")["rows"]
+    assert points == [[step, 1] for step in range(30)]
+    assert any(line in fleet.cli("jobs", "logs", job_id).out for line in ("CVD=0", "CVD=1"))
+    assert slurm_cluster.submitted_names().count(f"mlfleet-{job['run_id']}") == 1

@@ -72,7 +72,8 @@ def cmd_hosts_add_slurm(args: argparse.Namespace) -> int:
     identity = str(Path(args.identity).expanduser().absolute()) if args.identity else None
     slurm = {k: v for k, v in {"partition": args.partition, "account": args.account, "qos": args.qos}.items() if v}
     host = {"name": args.name, "address": address, "port": args.port, "user": user if sep else None,
-            "identity": identity, "labels": labels, "state_dir": args.state_dir, "slurm": slurm}
+            "identity": identity, "labels": labels, "state_dir": args.state_dir, "slurm": slurm,
+            "agent_command": args.agent_command}
     host = {k: v for k, v in host.items() if v is not None}
     return client_command(_hosts_add)(argparse.Namespace(**vars(args), host=host))
 
@@ -249,6 +250,7 @@ def register(sub: Any, add: Add) -> None:
     p.add_argument("--account", help="sbatch --account")
     p.add_argument("--qos", help="sbatch --qos")
     p.add_argument("--state-dir", help="the agent's folder, on the filesystem the compute nodes share")
+    p.add_argument("--agent-command", help="how to run mlfleet on the login node (default: mlfleet)")
     p.add_argument("--label", action="append", metavar="KEY=VALUE", help="e.g. region=eu-west (repeatable)")
     add(hosts, "remove", client_command(cmd_hosts_remove), "remove a host from hosts.yaml").add_argument("name")
     add(hosts, "check", client_command(cmd_hosts_check), "connect to a host now and report").add_argument("name")
