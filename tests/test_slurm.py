@@ -17,7 +17,9 @@ from mlfleet.agents.rundir import RunDir
 from mlfleet.agents.supervisor import Supervisor
 from mlfleet.core.base.models import LaunchRequest, SlurmPlan
 
-from slurm import slurm_cluster  # noqa: F401  (the fixture; tests/ is on sys.path, as for tests/sshd.py)
+import slurm as slurm_fixtures  # tests/slurm.py (tests/ is on sys.path, as for tests/sshd.py)
+
+slurm_cluster = slurm_fixtures.slurm_cluster  # the real cluster, one per module
 
 
 @pytest.fixture
@@ -176,18 +178,26 @@ command: [python, -c, "import os, time\\nfrom mlfleet import track\\nprint('CVD=
 
 
 def test_a_cluster_behind_its_login_node_runs_a_gpu_job_once_through_a_controller_sigkill(ssh_fleet, slurm_cluster):
-    import os
-    import signal
+    fleet = _add_cluster(ssh_fleet, slurm_cluster)
+    host = fleet.wait_for(lambda: (h := ssh_fleet.host("cluster"))["state"] == "up" and h["info"].get("slurm") and h,
+                          60, what="the cluster to be up with its sinfo")
+    (part,) = host["info"]["slurm"]["partitions"]
+    assert part["gpus_per_node"] == {"fake": 2} and part["nodes"]["total"] == 1
+    _gpu_job_through_a_controller_sigkill(fleet, slurm_cluster)
 
+
+def _add_cluster(ssh_fleet, slurm_cluster):
     fleet, server = ssh_fleet.fleet, ssh_fleet.servers["node-a"]
     fleet.cli("hosts", "add-slurm", "cluster", "--login", f"{server.user}@127.0.0.1", "--port", str(server.port),
               "--identity", str(ssh_fleet.user_key), "--state-dir", str(ssh_fleet.state_dir("node-a")),
               "--agent-command", f"env SLURM_CONF={slurm_cluster.conf} {sys.executable} -m mlfleet", check=True)
     fleet.cli("hosts", "trust", "cluster", "--yes", check=True)
-    host = fleet.wait_for(lambda: (h := ssh_fleet.host("cluster"))["state"] == "up" and h["info"].get("slurm") and h,
-                          60, what="the cluster to be up with its sinfo")
-    (part,) = host["info"]["slurm"]["partitions"]
-    assert part["gpus_per_node"] == {"fake": 2} and part["nodes"]["total"] == 1
+    return fleet
+
+
+def _gpu_job_through_a_controller_sigkill(fleet, slurm_cluster):
+    import os
+    import signal
 
     job_id = fleet.cli("submit", str(fleet.write_spec("gpu", GPU_JOB.format(pause=0.3))), check=True).out.strip()
     fleet.wait_state(job_id, {"running"}, timeout=90)
@@ -199,3 +209,20 @@ def test_a_cluster_behind_its_login_node_runs_a_gpu_job_once_through_a_controlle
     assert points == [[step, 1] for step in range(30)]
     assert any(line in fleet.cli("jobs", "logs", job_id).out for line in ("CVD=0", "CVD=1"))
     assert slurm_cluster.submitted_names().count(f"mlfleet-{job['run_id']}") == 1
+
+
+def test_jobs_why_shows_slurms_reason_for_a_job_queued_there_and_cancel_reaches_slurm(ssh_fleet, slurm_cluster):
+    fleet = _add_cluster(ssh_fleet, slurm_cluster)
+    spec = "name: {name}\nconstraints: {{hosts: [cluster]}}\nresources: {{gpus: 2}}\ncommand: [sleep, '120']\n"
+    hog = fleet.cli("submit", str(fleet.write_spec("hog", spec.format(name="hog"))), check=True).out.strip()
+    fleet.wait_state(hog, {"running"}, timeout=90)
+    waiter = fleet.cli("submit", str(fleet.write_spec("waiter", spec.format(name="waiter"))), check=True).out.strip()
+    why = fleet.wait_for(lambda: "Resources" in (out := fleet.cli("jobs", "why", waiter).out) and out, 60,
+                         what="Slurm's reason in jobs why")
+    assert "waiting for resources" in why and "cluster" in why
+    for job_id in (waiter, hog):
+        fleet.cli("jobs", "cancel", job_id, check=True)
+    assert fleet.wait_state(hog, {"cancelled", "failed", "succeeded"}, timeout=90)["state"] == "cancelled"
+    assert fleet.wait_state(waiter, {"cancelled", "failed", "succeeded"}, timeout=90)["state"] == "cancelled"
+    fleet.wait_for(lambda: "mlfleet-" not in slurm_cluster.run("squeue", "-h", "-o", "%j"), 30,
+                   what="the Slurm jobs to leave the queue")
