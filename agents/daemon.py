@@ -167,6 +167,12 @@ class AgentDaemon:
     async def rpc_hello(self, peer: Peer, protocol: int, role: str = "") -> dict[str, Any]:
         return {"protocol": PROTOCOL_VERSION, "role": "agent", "version": __version__, "host": self.host_name}
 
+    async def rpc_slurm_info(self, peer: Peer) -> dict[str, Any]:
+        """The Slurm cluster this (login) node submits to: partitions, nodes, GPUs by type (one sinfo)."""
+        from mlfleet.agents.slurm import slurm_info
+
+        return await asyncio.to_thread(slurm_info)
+
     async def rpc_info(self, peer: Peer) -> dict[str, Any]:
         latest = self.samples[-1] if self.samples else None
         return {

@@ -110,10 +110,13 @@ class _Runner:
     def _start(self, stdout_fd: io.RawIOBase, stderr_fd: io.RawIOBase) -> subprocess.Popen[bytes] | int:
         """Start the job's process in a group of its own and record it in started.json (an int: the runner's exit)."""
         try:
+            env = self.launch["env"]
+            if self.launch.get("slurm") and "CUDA_VISIBLE_DEVICES" in os.environ:  # the GPUs Slurm gave the job
+                env = {**env, "CUDA_VISIBLE_DEVICES": os.environ["CUDA_VISIBLE_DEVICES"]}
             proc = subprocess.Popen(
                 self.launch["argv"],
                 cwd=self.launch["workdir"],
-                env=self.launch["env"],
+                env=env,
                 stdin=subprocess.DEVNULL,  # not a file of ours: a server restarted a thousand times leaks none
                 stdout=stdout_fd,
                 stderr=stderr_fd,

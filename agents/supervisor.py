@@ -35,6 +35,7 @@ from mlfleet.agents.logcap import read_log
 from mlfleet.agents.metriclines import Scans, read_lines
 from mlfleet.agents.rundir import STREAMS, WORK_DIR, RunDir, read_json, start_ticks, write_json_atomic
 from mlfleet.agents.services import ProbeViews, service_status
+from mlfleet.agents import slurm
 
 # A runner that has not written runner.json this long after launch never started.
 _START_GRACE_S = 30.0
@@ -184,6 +185,7 @@ class Supervisor:
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._ports = threading.Lock()  # a port is picked and written down by one launch at a time
         self._artifacts: dict[str, tuple[int, dict[str, int]]] = {}  # run -> (bytes scanned, path -> size)
+        self.slurm_queue = slurm.SlurmQueue()  # one squeue answers every Slurm run of a poll (agents/slurm.py)
 
     def _dir(self, run_id: str) -> RunDir:
         if not run_id or "/" in run_id or run_id.startswith(".") or len(run_id) > 200:
@@ -230,7 +232,11 @@ class Supervisor:
         env = job_environment(request, run)
         if request.service is not None:
             env.update(service_environment(request.service, run, port, model))
+        if request.slurm is not None:  # Slurm gives the job its GPUs (and sets CUDA_VISIBLE_DEVICES itself)
+            env.pop("CUDA_VISIBLE_DEVICES", None)
         write_json_atomic(run.file("launch.json"), to_plain(msgspec.structs.replace(request, env=env)))
+        if request.slurm is not None:
+            return self._submit_slurm(run, request)
         child = subprocess.Popen(
             own_python(str(run.root), module="mlfleet.agents.runner"),
             cwd=run.root, start_new_session=True,
@@ -242,6 +248,15 @@ class Supervisor:
         self._children[request.run_id] = child
         return RunStatus(run_id=request.run_id, state="starting")
 
+    def _submit_slurm(self, run: RunDir, request: LaunchRequest) -> RunStatus:
+        assert request.slurm is not None
+        try:
+            slurm.submit(run, request.slurm, self.slurm_queue)
+        except MlfleetError as exc:  # sbatch refused it (a bad partition, account, QOS): failed, with Slurm's why
+            write_json_atomic(run.file("exit.json"), {"exit_code": None, "signal": None, "reason": "failed-to-start",
+                                                       "finished_at": time.time(), "message": str(exc)})
+        return self.status(request.run_id)
+
     def cancel(self, run_id: str) -> RunStatus:
         """Ask the run's runner to stop the job gracefully (it escalates to SIGKILL)."""
         run = self._existing(run_id)
@@ -249,6 +264,10 @@ class Supervisor:
         if status.state == "exited":
             return status
         write_json_atomic(run.file("cancel.json"), {"requested_at": time.time()})
+        if slurm.is_slurm_run(run):
+            slurm.cancel(run)  # Slurm signals the batch step (the runner), which stops the job gracefully
+            self.slurm_queue.forget()
+            return self.status(run_id)
         runner, started = run.runner, run.started
         if _alive(runner):
             os.kill(int(runner["pid"]), signal.SIGTERM)  # type: ignore[index]
@@ -283,6 +302,8 @@ class Supervisor:
 
     def status(self, run_id: str) -> RunStatus:
         run = self._existing(run_id)
+        if slurm.is_slurm_run(run):
+            return slurm.status(run, self.slurm_queue)
         exit_record = run.exit
         started = run.started
         if exit_record is not None:

@@ -8,6 +8,11 @@ missing=()
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)   # the TUI is tried in a real terminal
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)    # the fleet tests talk to real sshd on loopback
 command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
+# the Slurm stories run against a real slurmctld and slurmd on localhost (tests/slurm.py)
+[ -x /usr/sbin/slurmctld ] || missing+=(slurmctld)
+[ -x /usr/sbin/slurmd ] || missing+=(slurmd)
+command -v sbatch >/dev/null 2>&1 || missing+=(slurm-client)
+[ -x /usr/sbin/munged ] || missing+=(munge)
 if ((${#missing[@]})); then
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
     echo "installing ${missing[*]} (apt)" >&2

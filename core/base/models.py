@@ -388,6 +388,21 @@ class ServiceStatus(msgspec.Struct, kw_only=True):
     scrape: ScrapeSample | None = None  # the latest scrape
 
 
+class SlurmPlan(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """How a run is handed to Slurm on a ``slurm`` host (agents/slurm.py): the sbatch options mlfleet sets.
+
+    None of these is required: an empty plan is the cluster's default partition, account and QOS.
+    """
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    gres: str | None = None  # e.g. "gpu:1" or "gpu:a100:2"
+    cpus: int | None = None
+    memory_mb: int | None = None
+    time_limit_min: int | None = None  # --time, from the job's timeout
+
+
 class LaunchRequest(msgspec.Struct, kw_only=True):
     """What the controller asks an agent to run: one attempt of one job.
 
@@ -413,6 +428,8 @@ class LaunchRequest(msgspec.Struct, kw_only=True):
     environment: EnvPlan | None = None
     # A supervised server (a deployment's replica) rather than a job that runs to its end
     service: ServicePlan | None = None
+    # Submitted to Slurm with sbatch on this (login) node instead of started here (agents/slurm.py)
+    slurm: SlurmPlan | None = None
 
 
 ProcessState = Literal["starting", "running", "exited"]

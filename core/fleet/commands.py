@@ -58,6 +58,26 @@ def cmd_hosts_add(args: argparse.Namespace) -> int:
     return client_command(_hosts_add)(argparse.Namespace(**vars(args), host=host))
 
 
+def cmd_hosts_add_slurm(args: argparse.Namespace) -> int:
+    """A Slurm cluster reached through its login node's agent (docs/slurm.md)."""
+    user, sep, address = args.login.rpartition("@")
+    if not address:
+        raise UsageError(f"--login {args.login!r}: write it as [user@]login-node, e.g. --login ml@login1")
+    labels = {"backend": "slurm"}
+    for item in args.label or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UsageError(f"--label {item!r}: write it as KEY=VALUE, e.g. --label region=eu-west")
+        labels[key] = value
+    identity = str(Path(args.identity).expanduser().absolute()) if args.identity else None
+    slurm = {k: v for k, v in {"partition": args.partition, "account": args.account, "qos": args.qos}.items() if v}
+    host = {"name": args.name, "address": address, "port": args.port, "user": user if sep else None,
+            "identity": identity, "labels": labels, "state_dir": args.state_dir, "slurm": slurm,
+            "agent_command": args.agent_command}
+    host = {k: v for k, v in host.items() if v is not None}
+    return client_command(_hosts_add)(argparse.Namespace(**vars(args), host=host))
+
+
 def _jump_hops(text: str, identity: str | None) -> list[dict[str, Any]]:
     """``--proxy-jump [user@]host[:port],...`` as hosts.yaml's proxy_jump (each hop with the host's --identity)."""
     from mlfleet.core.fleet.sshimport import parse_jump
@@ -221,6 +241,17 @@ def register(sub: Any, add: Add) -> None:
                        help="reach the host through these SSH jump hosts, like ssh -J (they use --identity too)")
     route.add_argument("--proxy-command", metavar="COMMAND",
                        help="reach the host through this command's input and output, e.g. 'ssh -W %%h:%%p bastion'")
+    p = add(hosts, "add-slurm", cmd_hosts_add_slurm, "add a Slurm cluster, reached through its login node")
+    p.add_argument("name")
+    p.add_argument("--login", required=True, metavar="[USER@]HOST", help="the login node, where mlfleet's agent runs")
+    p.add_argument("--port", type=bounded(1, 65535), default=22)
+    p.add_argument("--identity", help="private key file")
+    p.add_argument("--partition", help="sbatch --partition (default: the cluster's default partition)")
+    p.add_argument("--account", help="sbatch --account")
+    p.add_argument("--qos", help="sbatch --qos")
+    p.add_argument("--state-dir", help="the agent's folder, on the filesystem the compute nodes share")
+    p.add_argument("--agent-command", help="how to run mlfleet on the login node (default: mlfleet)")
+    p.add_argument("--label", action="append", metavar="KEY=VALUE", help="e.g. region=eu-west (repeatable)")
     add(hosts, "remove", client_command(cmd_hosts_remove), "remove a host from hosts.yaml").add_argument("name")
     add(hosts, "check", client_command(cmd_hosts_check), "connect to a host now and report").add_argument("name")
     p = add(hosts, "trust", client_command(cmd_hosts_trust), "show a host's key and record it once you confirm")

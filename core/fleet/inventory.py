@@ -66,8 +66,16 @@ class JumpHost(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_de
         return Path(self.identity).expanduser() if self.identity else None
 
 
+class SlurmDefaults(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """A ``slurm`` host's sbatch defaults: the host is a cluster's login node, whose agent submits with sbatch."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+
+
 class HostConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
-    """One SSH-managed host."""
+    """One SSH-managed host (a Slurm cluster's login node when ``slurm`` is set: docs/slurm.md)."""
 
     name: Name
     address: Address
@@ -83,6 +91,11 @@ class HostConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
     # How the connection is made when the host is not reached directly (docs/fleet.md, "Jump hosts").
     proxy_jump: Annotated[list[JumpHost], Meta(max_length=8)] = msgspec.field(default_factory=list)
     proxy_command: Annotated[str, Meta(min_length=1, max_length=4096)] | None = None
+    slurm: SlurmDefaults | None = None  # runs here are submitted to Slurm (agents/slurm.py)
+
+    @property
+    def kind(self) -> str:
+        return "slurm" if self.slurm is not None else "ssh"
 
     def __post_init__(self) -> None:
         if self.proxy_jump and self.proxy_command:

@@ -209,6 +209,12 @@ class FleetService(BaseService):
             link.recorded_state = link.state
         if not up:
             return
+        config = self.inventory.get(link.name)
+        if config is not None and config.slurm is not None and "slurm" not in link.info:
+            try:  # once per connection: the cluster's shape (hosts list, the scheduler's view of it)
+                link.info = {**link.info, "slurm": await link.request("slurm_info", request_timeout=60)}
+            except MlfleetError as exc:
+                log.warning("sinfo on %s failed: %s", link.name, exc)
         parts = [await work.before_poll(link) for work in self.work]
         # A run that writes faster than one answer per tick carries is drained by asking again at once
         # (for up to half a tick, so scheduling and cancels elsewhere are not held back), so ingestion keeps up

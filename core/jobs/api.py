@@ -134,6 +134,9 @@ class JobsApi:
         detail = await self.store.read(records.get_job, job)
         reasons = self.c.waiting_reasons.get(detail["job_id"], []) if detail["state"] == "pending" else []
         detail["why_pending"] = [{"host": r.host, "check": r.check, "message": r.message} for r in reasons]
+        run = self.c.active.get(detail.get("run_id") or "")
+        if run is not None and run.waiting and run.state != "running":  # queued on the host (a Slurm job)
+            detail["waiting_on_host"] = {"host": run.host, "message": run.waiting}
         detail["key"] = await self.store.read(submit_keys.key_of, detail["job_id"])
         return detail
 

@@ -153,7 +153,11 @@ async def cmd_jobs_why(client: ControllerClient, args: argparse.Namespace) -> in
     job = await client.call("job_show", job=args.id)
     if args.json:
         print_json({"job_id": job["job_id"], "state": job["state"], "reason": job["reason"],
-                    "why_pending": job["why_pending"]})
+                    "why_pending": job["why_pending"], "waiting_on_host": job.get("waiting_on_host")})
+        return EXIT_OK
+    if job.get("waiting_on_host"):  # placed, and queued there: Slurm's reason, in words
+        where = job["waiting_on_host"]
+        print(f"{job['job_id']} is {job['state']} on {where['host']}, waiting to start: {where['message']}")
         return EXIT_OK
     if job["state"] != "pending":
         print(f"{job['job_id']} is not pending: it is {job['state']}" + (f" ({job['reason']})" if job["reason"] else ""))

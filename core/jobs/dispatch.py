@@ -121,6 +121,11 @@ class Dispatcher:
 
     def _host_view(self, link: HostLink) -> scheduler.HostView:
         """What the scheduler sees of a host: live telemetry plus what mlfleet has placed there."""
+        cluster = link.info.get("slurm")
+        config = self.jobs.fleet.inventory.get(link.name)
+        if config is not None and config.slurm is not None:
+            return slurm_view(link.name, link.up and link.state == "up" and isinstance(cluster, dict), link.labels,
+                              cluster or {}, config.slurm.partition, self.jobs.fleet.drained.get(link.name))
         latest = link.latest
         in_use = [r for r in self.jobs.active.values() if r.host == link.name]
         since = time.time() - float(self.jobs.ctx.settings.scheduler.utilization_window)
@@ -147,3 +152,25 @@ class Dispatcher:
             gpu_links=tuple(tuple(row) for row in latest.gpu_links) if latest and latest.gpu_links else None,
             releases=tuple(scheduler.Release(r.started_at + float(r.spec.timeout), tuple(r.gpus))
                            for r in in_use if r.spec.timeout and r.started_at and r.gpus))
+
+
+def slurm_view(name: str, up: bool, labels: dict[str, str], cluster: dict, partition: str | None,
+               drained: str | None) -> scheduler.HostView:
+    """A Slurm cluster as one host the size of its partition's biggest node (pure).
+
+    Slurm queues what does not fit now, so nothing is counted as in use and
+    no GPU is "really free" by NVML: a job is placed here when it could ever
+    fit one node of the partition, and Slurm's queue does the rest.
+    """
+    parts = [p for p in cluster.get("partitions", []) if (p["name"] == partition if partition else p.get("default"))]
+    parts = parts or list(cluster.get("partitions", []))[:1]
+    best = max(parts, key=lambda p: (sum(p["gpus_per_node"].values()), p["cpus_per_node"]), default=None)
+    gpus: list[scheduler.GpuView] = []
+    if best is not None:
+        for gtype, count in sorted(best["gpus_per_node"].items()):
+            for _ in range(count):
+                gpus.append(scheduler.GpuView(index=len(gpus), name=gtype))
+    return scheduler.HostView(name=name, up=up and best is not None, labels=labels,
+                              cpu_count=best["cpus_per_node"] if best else 0,
+                              memory_total=best["memory_mb_per_node"] * 2**20 if best else 0, gpus=tuple(gpus),
+                              drained=drained)

@@ -155,6 +155,7 @@ class HostRuns:
                                                       "end": run.offset, "data": "", "eof": True}}
         status = msgspec.convert(status_raw, RunStatus)
         run.service = status.service  # a replica's port, health and latest scrape (core/deploy/ reads it)
+        run.waiting = status.message if status.state == "starting" else ""
         chunk_raw = item.get("metrics")
         drained = False
         if chunk_raw is not None:

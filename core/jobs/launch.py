@@ -13,7 +13,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from mlfleet.core.base.errors import UsageError
-from mlfleet.core.base.models import EnvPlan, LaunchRequest, RunStatus, to_plain
+from mlfleet.core.base.models import EnvPlan, LaunchRequest, RunStatus, SlurmPlan, to_plain
 from mlfleet.core.environments import records as env_records
 from mlfleet.core.environments.resolve import EnvironmentFailure
 from mlfleet.core.fleet.hostlink import HostLink
@@ -61,7 +61,9 @@ class Launcher:
             env={**param_env(run.spec), **run.spec.env_strings()}, gpu_indices=run.gpus, code_hash=shipped,
             timeout=float(run.spec.timeout) if run.spec.timeout else None, inputs=list(run.spec.inputs),
             log_max_size=int(self.jobs.ctx.settings.logs.max_size), artifact_roots=self._artifact_roots(link.name),
-            environment=environment, service=run.spec.service)
+            environment=environment, service=run.spec.service, slurm=self._slurm_plan(link.name, run))
+        if request.slurm is not None:
+            request.gpu_indices = []  # Slurm picks the GPUs
         try:
             if shipped:
                 await self._ship(link, shipped)
@@ -94,6 +96,20 @@ class Launcher:
         plan = await self.jobs.environments.plan(link, run.spec.environment, run.code_hash)
         await self.jobs.ctx.store.run(env_records.record_run_environment, run.run_id, plan)
         return plan
+
+    def _slurm_plan(self, host: str, run: ActiveRun) -> SlurmPlan | None:
+        """sbatch's options for a run on a ``slurm`` host (None elsewhere): the host's defaults and the job's needs."""
+        config = self.jobs.fleet.inventory.get(host)
+        if config is None or config.slurm is None:
+            return None
+        res = run.spec.resources
+        gpu_type = res.gpu_types[0] if len(res.gpu_types) == 1 else None
+        gres = (f"gpu:{gpu_type}:{res.gpus}" if gpu_type else f"gpu:{res.gpus}") if res.gpus else None
+        timeout = float(run.spec.timeout) if run.spec.timeout else None
+        return SlurmPlan(partition=config.slurm.partition, account=config.slurm.account, qos=config.slurm.qos,
+                         gres=gres, cpus=max(1, int(-(-res.cpus // 1))) if res.cpus else None,
+                         memory_mb=int(res.memory) // 2**20 if res.memory else None,
+                         time_limit_min=max(1, int(-(-timeout // 60))) if timeout else None)
 
     def _artifact_roots(self, host: str) -> list[str]:
         """Folders beyond a run's own whose files its agent may serve (hosts.yaml, or config.yaml's local:)."""

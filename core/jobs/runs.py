@@ -48,6 +48,7 @@ class ActiveRun:
     node_lineage: bool = False  # the agent's lineage.json is merged into the run's lineage
     lineage_asked: float = 0.0
     service: ServiceStatus | None = None  # a supervised server's latest state from its agent (deployments)
+    waiting: str = ""  # why a launched run has not started, in its agent's words (Slurm's pending reason)
 
 
 def queued(job: PendingJob, warm_hosts: frozenset[str] = frozenset()) -> scheduler.QueuedJob:

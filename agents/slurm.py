@@ -1,0 +1,289 @@
+"""Runs handed to Slurm: the agent on a login node submits, watches and cancels them with Slurm's commands.
+
+The job itself is the same runner as on any host (``python -m
+mlfleet.agents.runner RUNDIR``, started by a small batch script), writing
+the same files into the run folder, which must be on the filesystem the
+compute nodes share: the agent reads metrics and logs by offset, and the
+runner's ``exit.json`` is the truth about an exit whenever it is there.
+
+Why it is built like this:
+
+* **No request storms**: the state of every run comes from one ``squeue``
+  per poll (:class:`SlurmQueue` keeps it for a short while, so a poll of a
+  thousand runs asks once) and, only when some run left ``squeue`` without
+  an ``exit.json``, one ``scontrol show job -o`` for all of them. Text
+  output only: ``--json`` changes between versions (and 22.05's ``sacct
+  --json`` reported exit code 0 for a job that exited 7); ``scontrol``
+  works without slurmdbd.
+* **Idempotent submits**: the job is named ``mlfleet-<run_id>`` and carries
+  the run id as its comment; before ``sbatch`` the run folder's
+  ``slurm.json`` and the queue are looked at, so a submit asked again (a
+  controller restart, a retried request) never makes a second job.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlfleet.agents.rundir import RunDir, read_json, write_json_atomic
+from mlfleet.core.base.errors import UnavailableError
+from mlfleet.core.base.models import RunStatus, SlurmPlan
+
+JOB_PREFIX = "mlfleet-"
+SLURM_FILE = "slurm.json"
+COMMAND_TIMEOUT_S = 60.0  # sbatch under load is slow (submitit 1659): slow, not dead
+QUEUE_MAX_AGE_S = 1.0  # one squeue answers every run of one poll
+SQUEUE_FORMAT = "%i|%j|%T|%r|%P|%b|%N"
+
+# Slurm's pending reasons, in a user's words (squeue's %r).
+REASON_WORDS = {
+    "Resources": "waiting for resources: no node of the partition has what the job asks free now",
+    "Priority": "waiting behind jobs of higher priority",
+    "ReqNodeNotAvail": "a node the job needs is not available (down, drained or reserved)",
+    "QOSMaxGRESPerUser": "the QOS's limit on GPUs per user is reached",
+    "QOSMaxJobsPerUserLimit": "the QOS's limit on jobs per user is reached",
+    "AssocGrpGRES": "the account's GPU limit is reached",
+    "PartitionTimeLimit": "the job's time limit is over the partition's",
+    "BadConstraints": "no node of the partition can ever fit what the job asks",
+    "Dependency": "waiting for a job it depends on",
+    "JobHeldUser": "held by its user",
+    "JobHeldAdmin": "held by an administrator",
+    "BeginTime": "its start time has not come yet",
+}
+
+
+def reason_words(reason: str) -> str:
+    """Slurm's reason code with what it means (the code is kept, so it can be looked up)."""
+    words = REASON_WORDS.get(reason)
+    return f"{reason}: {words}" if words else reason
+
+
+def job_name(run_id: str) -> str:
+    return JOB_PREFIX + run_id
+
+
+def slurm_env() -> dict[str, str]:
+    return dict(os.environ)
+
+
+def _command(argv: list[str], timeout: float = COMMAND_TIMEOUT_S) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=slurm_env())
+    except FileNotFoundError:
+        raise UnavailableError(f"{argv[0]} is not installed on this host; is it a Slurm login node?") from None
+    except subprocess.TimeoutExpired:
+        raise UnavailableError(f"{argv[0]} did not answer in {timeout:.0f} s (slurmctld busy or down?)") from None
+    if done.returncode != 0:
+        raise UnavailableError(f"{argv[0]} failed: {done.stderr.strip().removeprefix(argv[0] + ': ') or done.returncode}")
+    return done.stdout
+
+
+# ------------------------------------------------------------------ parsers (pure)
+@dataclass(frozen=True)
+class QueuedJob:
+    job_id: str
+    name: str
+    state: str  # PENDING, RUNNING, COMPLETING, ...
+    reason: str
+    partition: str = ""
+    gres: str = ""
+    nodes: str = ""
+
+
+def parse_squeue(text: str) -> dict[str, QueuedJob]:
+    """``squeue -h -o SQUEUE_FORMAT`` lines, by job name (only mlfleet's jobs)."""
+    jobs = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 4 or not parts[1].startswith(JOB_PREFIX):
+            continue
+        parts += [""] * (7 - len(parts))
+        jobs[parts[1]] = QueuedJob(parts[0], parts[1], parts[2], parts[3], parts[4], parts[5], parts[6])
+    return jobs
+
+
+def parse_scontrol_jobs(text: str) -> dict[str, dict[str, str]]:
+    """``scontrol show job -o`` (one job a line, ``Key=Value`` words), by JobName; the first match wins."""
+    jobs: dict[str, dict[str, str]] = {}
+    for line in text.splitlines():
+        fields = dict(word.split("=", 1) for word in line.split() if "=" in word)
+        name = fields.get("JobName", "")
+        if name.startswith(JOB_PREFIX):
+            jobs.setdefault(name, fields)
+    return jobs
+
+
+def parse_sinfo(text: str) -> dict[str, Any]:
+    """``sinfo -h -o '%P|%a|%F|%G|%c|%m|%D'``: partitions with nodes idle/alloc/down and GPUs by type.
+
+    ``%F`` is allocated/idle/other/total nodes; ``%G`` a GRES list such as
+    ``gpu:a100:4(S:0-1),gpu:2``; a GRES without a type is counted as ``gpu``.
+    """
+    partitions = []
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 7:
+            continue
+        name, avail, counts, gres, cpus, memory, nodes = parts[:7]
+        alloc, idle, other, total = (int(x) if x.isdigit() else 0 for x in (counts.split("/") + ["0"] * 4)[:4])
+        gpus: dict[str, int] = {}
+        for item in gres.split(","):
+            item = item.split("(")[0]
+            bits = item.split(":")
+            if bits[0] != "gpu" or len(bits) < 2:
+                continue
+            gtype, count = (bits[1], bits[2]) if len(bits) >= 3 else ("gpu", bits[1])
+            if count.isdigit():
+                gpus[gtype] = gpus.get(gtype, 0) + int(count)
+        default = name.endswith("*")
+        partitions.append({"name": name.rstrip("*"), "default": default, "up": avail == "up",
+                           "nodes": {"allocated": alloc, "idle": idle, "down": other, "total": total},
+                           "gpus_per_node": gpus, "cpus_per_node": int(cpus.rstrip("+")) if cpus.rstrip("+").isdigit()
+                           else 0, "memory_mb_per_node": int(memory.rstrip("+")) if memory.rstrip("+").isdigit()
+                           else 0, "node_count": int(nodes) if nodes.isdigit() else total})
+    return {"partitions": partitions}
+
+
+def sbatch_argv(plan: SlurmPlan, run: RunDir, script: Path) -> list[str]:
+    """The sbatch command for one run (pure: tested without Slurm)."""
+    argv = ["sbatch", "--parsable", f"--job-name={job_name(run.run_id)}", f"--comment={run.run_id}",
+            f"--output={run.file('slurm-%j.out')}", f"--error={run.file('slurm-%j.out')}", f"--chdir={run.root}"]
+    if plan.partition:
+        argv.append(f"--partition={plan.partition}")
+    if plan.account:
+        argv.append(f"--account={plan.account}")
+    if plan.qos:
+        argv.append(f"--qos={plan.qos}")
+    if plan.gres:
+        argv.append(f"--gres={plan.gres}")
+    if plan.cpus:
+        argv.append(f"--cpus-per-task={plan.cpus}")
+    if plan.memory_mb:
+        argv.append(f"--mem={plan.memory_mb}M")
+    if plan.time_limit_min:
+        argv.append(f"--time={plan.time_limit_min}")
+    return [*argv, str(script)]
+
+
+def batch_script(run: RunDir) -> str:
+    """The script sbatch runs: the same runner as everywhere, in the run's folder."""
+    return (f"#!/bin/sh\n# mlfleet run {run.run_id}\nexec {shlex.quote(sys.executable)} -m mlfleet.agents.runner "
+            f"{shlex.quote(str(run.root))}\n")
+
+
+def status_of(run: RunDir, queued: QueuedJob | None, final: dict[str, str] | None) -> RunStatus:
+    """A Slurm run's status from its folder, its line in squeue and (gone from squeue) scontrol's record. Pure
+    but for reading the run's own files; exit.json, written by the runner, wins over anything Slurm says."""
+    run_id = run.run_id
+    exit_record = run.exit
+    started = run.started or {}
+    if exit_record is not None:
+        return RunStatus(run_id=run_id, state="exited", pid=started.get("pid"), started_at=started.get("started_at"),
+                         finished_at=exit_record.get("finished_at"), exit_code=exit_record.get("exit_code"),
+                         signal=exit_record.get("signal"), reason=exit_record.get("reason", "exited"),
+                         message=exit_record.get("message", ""))
+    if queued is not None:
+        if queued.state == "PENDING":
+            return RunStatus(run_id=run_id, state="starting", message=f"pending in Slurm ({reason_words(queued.reason)})")
+        if started:
+            return RunStatus(run_id=run_id, state="running", pid=started.get("pid"),
+                             started_at=started.get("started_at"))
+        return RunStatus(run_id=run_id, state="starting", message=f"Slurm job {queued.state.lower()}")
+    if final is None:
+        return RunStatus(run_id=run_id, state="starting", message="submitted; not in Slurm's queue yet")
+    state, reason = final.get("JobState", ""), final.get("Reason", "")
+    code, _, sig = final.get("ExitCode", "0:0").partition(":")
+    if state == "CANCELLED":
+        return RunStatus(run_id=run_id, state="exited", reason="cancelled", message="cancelled in Slurm")
+    if state in ("COMPLETED", "FAILED") and run.runner is not None:
+        return RunStatus(run_id=run_id, state="exited", reason="lost", exit_code=int(code) if code.isdigit() else None,
+                         message=f"the Slurm job ended ({state}, {reason}) without the runner recording an exit")
+    return RunStatus(run_id=run_id, state="exited", reason="failed-to-start",
+                     exit_code=int(code) if code.isdigit() else None, signal=int(sig) if sig.isdigit() and sig != "0"
+                     else None, message=f"Slurm ended the job before it started: {state} ({reason_words(reason)})")
+
+
+# ------------------------------------------------------------------ the agent's side
+@dataclass
+class SlurmQueue:
+    """The queue as one squeue saw it, shared by every run of one poll; counts the commands it ran."""
+
+    max_age: float = QUEUE_MAX_AGE_S
+    commands: int = 0
+    _at: float = -1e9
+    _jobs: dict[str, QueuedJob] = field(default_factory=dict)
+    _final: dict[str, dict[str, str]] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def jobs(self) -> dict[str, QueuedJob]:
+        with self._lock:
+            if time.monotonic() - self._at > self.max_age:
+                self.commands += 1
+                self._jobs = parse_squeue(_command(["squeue", "-h", "-o", SQUEUE_FORMAT]))
+                self._final = None
+                self._at = time.monotonic()
+            return self._jobs
+
+    def final(self) -> dict[str, dict[str, str]]:
+        """Records of jobs that left squeue (one scontrol for all of them, once per squeue)."""
+        self.jobs()
+        with self._lock:
+            if self._final is None:
+                self.commands += 1
+                self._final = parse_scontrol_jobs(_command(["scontrol", "show", "job", "-o"]))
+            return self._final
+
+    def forget(self) -> None:
+        with self._lock:
+            self._at = -1e9
+
+
+def is_slurm_run(run: RunDir) -> bool:
+    return run.file(SLURM_FILE).exists() or bool((run.launch or {}).get("slurm"))
+
+
+def submit(run: RunDir, plan: SlurmPlan, queue: SlurmQueue) -> str:
+    """Submit the run's runner with sbatch once; its Slurm job id. Asked again, the existing job's id."""
+    recorded = read_json(run.file(SLURM_FILE))
+    if recorded and recorded.get("job_id"):
+        return str(recorded["job_id"])
+    queue.forget()
+    existing = queue.jobs().get(job_name(run.run_id))
+    if existing is not None:  # submitted, then the agent died before slurm.json was written
+        write_json_atomic(run.file(SLURM_FILE), {"job_id": existing.job_id, "submitted_at": time.time()})
+        return existing.job_id
+    script = run.file("slurm-batch.sh")
+    script.write_text(batch_script(run))
+    script.chmod(0o700)
+    out = _command(sbatch_argv(plan, run, script))
+    job_id = out.strip().split(";")[0]
+    write_json_atomic(run.file(SLURM_FILE), {"job_id": job_id, "submitted_at": time.time()})
+    queue.forget()
+    return job_id
+
+
+def status(run: RunDir, queue: SlurmQueue) -> RunStatus:
+    if run.exit is not None:
+        return status_of(run, None, None)
+    name = job_name(run.run_id)
+    queued = queue.jobs().get(name)
+    final = None if queued is not None or not run.file(SLURM_FILE).exists() else queue.final().get(name)
+    return status_of(run, queued, final)
+
+
+def cancel(run: RunDir) -> None:
+    """scancel by name: the one job of this run, whatever its id."""
+    _command(["scancel", f"--name={job_name(run.run_id)}"])
+
+
+def slurm_info() -> dict[str, Any]:
+    """The cluster as ``hosts list`` shows it: one sinfo call."""
+    return parse_sinfo(_command(["sinfo", "-h", "-o", "%P|%a|%F|%G|%c|%m|%D"]))
