@@ -102,6 +102,12 @@ def request_bytes(port: int, probe: HealthProbe) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
 
 
+def answered_wrong(error: str) -> bool:
+    """Whether ``check``'s words say the server answered, with another status (``POST /predict: 500``)."""
+    tail = error.rsplit(": ", 1)[-1]
+    return len(tail) == 3 and tail.isdigit()
+
+
 async def check(port: int, probe: HealthProbe) -> str:
     """Probe ``127.0.0.1:port`` once: "" when it answered ``probe.expect_status`` in time, else why not, in words.
 

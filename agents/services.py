@@ -31,7 +31,7 @@ import msgspec
 from mlfleet.core.base.models import ByteSize, HealthProbe, ScrapeSample, Seconds, ServiceHealth, ServicePlan, \
     ServiceStatus
 
-from mlfleet.agents.httpprobe import check
+from mlfleet.agents.httpprobe import answered_wrong, check
 from mlfleet.agents.rundir import RunDir, read_json
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,7 @@ class Health:
     deep_ok: bool | None = None  # the last deep probe passed (None: none yet, or no deep probe)
     live_failures: int = 0  # consecutive
     deep_failures: int = 0
+    deep_wrong: int = 0  # consecutive deep probes the server answered, with another status than expected
     last_error: str = ""
 
 
@@ -158,13 +159,20 @@ def after_probe(health: Health, kind: ProbeKind, error: str, plan: ServicePlan, 
     then ``healthy``; a healthy server whose ``failures`` consecutive probes
     of either kind failed is ``unhealthy``; both passing again, ``healthy``.
     A starting server that fails stays starting (a model may take minutes
-    to load; the deployment's ``ready_timeout`` judges that).
+    to load; the deployment's ``ready_timeout`` judges that), except one that
+    is up and broken: its liveness passes, yet ``deep.failures`` real
+    predictions in a row were *answered* with another status (a 500, not a
+    refused connection or a timeout). That one is ``unhealthy`` at once, so a
+    broken version is rolled back within a few probe intervals, not at its
+    ready timeout.
     """
     ok = not error
     if kind == "health":
         health = replace(health, live_ok=ok, live_failures=0 if ok else health.live_failures + 1)
     else:
-        health = replace(health, deep_ok=ok, deep_failures=0 if ok else health.deep_failures + 1)
+        wrong = bool(error) and answered_wrong(error)
+        health = replace(health, deep_ok=ok, deep_failures=0 if ok else health.deep_failures + 1,
+                         deep_wrong=health.deep_wrong + 1 if wrong else 0)
     if error:
         health = replace(health, last_error=f"{'health' if kind == 'health' else 'deep'} probe {error}")
     passing = health.live_ok is True and (plan.deep is None or health.deep_ok is True)
@@ -173,6 +181,9 @@ def after_probe(health: Health, kind: ProbeKind, error: str, plan: ServicePlan, 
     if health.state != "healthy" and passing:
         return replace(health, state="healthy", since=now)
     if health.state == "healthy" and failing:
+        return replace(health, state="unhealthy", since=now)
+    if health.state == "starting" and plan.deep is not None and health.live_ok is True \
+            and health.deep_wrong >= plan.deep.failures:
         return replace(health, state="unhealthy", since=now)
     return health
 

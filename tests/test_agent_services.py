@@ -466,6 +466,18 @@ def test_health_follows_liveness_and_deep_probes() -> None:
     assert s.state == "starting"  # loading for a long time is not unhealthy; ready_timeout judges it
     assert after_probe(s, "health", "", only_live, 9.0).state == "healthy"
 
+    # Up and broken: liveness passes, predictions are answered 500: unhealthy while still starting (rolled back
+    # within a few probes). Refused or timed-out predictions are a server still loading: it stays starting.
+    b = after_probe(Health(), "health", "", p, 1.0)
+    b = after_probe(b, "deep", "POST /predict: 500", p, 2.0)
+    assert b.state == "starting"
+    b = after_probe(b, "deep", "POST /predict: 500", p, 3.0)
+    assert (b.state, b.since) == ("unhealthy", 3.0)
+    loading = after_probe(Health(), "health", "", p, 1.0)
+    for t in range(2, 8):
+        loading = after_probe(loading, "deep", "POST /predict: no answer in 2 s", p, float(t))
+    assert loading.state == "starting"
+
 
 def test_the_wait_before_a_restart_doubles_to_its_cap_and_starts_over_after_good_running() -> None:
     waits, backoff = [], 1.0
