@@ -119,3 +119,94 @@ def test_deploy_metrics_match_what_the_load_generator_measured(fleet: Fleet) -> 
     assert got["errors"] == 0, got
     assert got["requests"] - had >= summary["ok"], (got, had, summary)
     assert got["requests"] - had <= summary["ok"] * 1.2 + 200, (got, had, summary)
+
+
+def test_a_broken_v2_under_200_rps_is_rolled_back_and_no_request_fails(fleet: Fleet) -> None:
+    register_versions(fleet, 2)
+    spec = deploy_spec(fleet, replicas=2, model="iris:1", extra="env: {BROKEN_VERSIONS: '2'}\n")
+    fleet.cli_json("deploy", "apply", str(spec))
+    wait_serving(fleet, 1, 2)
+    opened, port = _open(fleet)
+    try:
+        async def story() -> dict[str, Any]:
+            load = asyncio.create_task(run_load("127.0.0.1", port, rate=200, duration=15, body=b"{}"))
+            await asyncio.sleep(1)
+            spec.write_text(spec.read_text().replace("model: iris:1", "model: iris:2"))
+            await asyncio.to_thread(fleet.cli, "deploy", "apply", str(spec), check=True)
+            await asyncio.to_thread(fleet.wait_for, lambda: show(fleet)["phase"] == "rolled_back", 40)
+            return await load
+        summary = asyncio.run(story())
+    finally:
+        opened.terminate()
+        opened.wait(20)
+    assert summary["failed"] == 0, summary
+    wait_serving(fleet, 1, 2)
+
+
+def test_the_agent_sigkilled_under_200_rps_mid_rollout_loses_nothing_and_starts_nothing_twice(fleet: Fleet) -> None:
+    import os
+    import signal
+    from test_deploy_service import replica_jobs
+    register_versions(fleet, 2)
+    fleet.cli_json("deploy", "apply", str(deploy_spec(fleet, replicas=2)))
+    wait_serving(fleet, 1, 2)
+    opened, port = _open(fleet)
+    try:
+        async def story() -> dict[str, Any]:
+            load = asyncio.create_task(run_load("127.0.0.1", port, rate=200, duration=25, body=b"{}"))
+            await asyncio.sleep(1)
+            await asyncio.to_thread(fleet.cli, "models", "alias", "iris", "production", "2", "--reason", "roll",
+                                    check=True)
+            await asyncio.to_thread(fleet.wait_for,
+                                    lambda: any(r["version"] == 2 for r in show(fleet)["replicas"]), 30)
+            os.kill(fleet.agent_pid or 0, signal.SIGKILL)
+            await asyncio.to_thread(wait_serving, fleet, 2, 2, "iris", 90)
+            return await load
+        summary = asyncio.run(story())
+    finally:
+        opened.terminate()
+        opened.wait(20)
+    assert summary["failed"] == 0, summary
+    names = [j["name"] for j in replica_jobs(fleet)]
+    assert len(names) == len(set(names)) == 4, names
+    assert not any(e["kind"] == "rollback" for e in fleet.cli_json("deploy", "history", "iris"))
+
+
+def test_the_controller_sigkilled_under_200_rps_mid_rollout_loses_nothing(fleet: Fleet) -> None:
+    import os
+    import signal
+    from test_deploy_service import replica_jobs
+    register_versions(fleet, 2)
+    fleet.cli_json("deploy", "apply", str(deploy_spec(fleet, replicas=2)))
+    wait_serving(fleet, 1, 2)
+    opened, port = _open(fleet)
+    try:
+        async def story() -> dict[str, Any]:
+            load = asyncio.create_task(run_load("127.0.0.1", port, rate=200, duration=25, body=b"{}"))
+            await asyncio.sleep(1)
+            await asyncio.to_thread(fleet.cli, "models", "alias", "iris", "production", "2", "--reason", "roll",
+                                    check=True)
+            await asyncio.to_thread(fleet.wait_for,
+                                    lambda: any(r["version"] == 2 for r in show(fleet)["replicas"]), 30)
+            os.kill(fleet.controller_pid or 0, signal.SIGKILL)
+            await asyncio.to_thread(wait_serving, fleet, 2, 2, "iris", 90)
+            return await load
+        summary = asyncio.run(story())
+    finally:
+        opened.terminate()
+        opened.wait(20)
+    assert summary["failed"] == 0, summary
+    names = [j["name"] for j in replica_jobs(fleet)]
+    assert len(names) == len(set(names)) == 4, names
+
+
+def test_a_server_that_exits_at_once_forever_fails_the_first_apply_and_leaves_nothing_running(fleet: Fleet) -> None:
+    from test_deploy_service import replica_jobs
+    register_versions(fleet, 1)
+    spec = deploy_spec(fleet, replicas=1, ready_timeout="4s")
+    spec.write_text(spec.read_text().replace('command: [python, server.py, --port, "{port}"]',
+                                             'command: [python, -c, "raise SystemExit(3)", "{port}"]'))
+    fleet.cli_json("deploy", "apply", str(spec))
+    fleet.wait_for(lambda: show(fleet)["phase"] == "failed", timeout=40, what="the apply to fail")
+    fleet.wait_for(lambda: all(j["state"] in ("cancelled", "failed") for j in replica_jobs(fleet)), timeout=30,
+                   what="its replica job ended")
