@@ -48,6 +48,9 @@ LOCAL_HOST = "local"  # the fleet's name for the controller's own machine (core/
 # How long after a controller start a replica's health may still come from its row (replica_state.health_from_file):
 # enough for the host links to connect and answer a first poll.
 FILE_HEALTH_GRACE = 15.0
+# A drain never shorter than this: deploy open refreshes its endpoints every 0.5 s, and must have seen a replica
+# leave before it stops.
+MIN_DRAIN = 1.5
 ACTOR = "controller"  # who the audit names for what a tick decides on its own (alias moves, rollbacks)
 DONE_PHASES = ("stable", "rolled_back")
 _REVISION = re.compile(r"(?<![\w-])v(\d+)\b")  # "v3" in the planner's words, not the "v3" inside "iris-v3-1"
@@ -179,14 +182,14 @@ class DeployService(BaseService):
         view = rollout.DeploymentView(
             target_version=d["target_revision"], stable_version=d.get("stable_revision"), replicas=spec.replicas,
             max_surge=spec.rollout.max_surge, max_unavailable=spec.rollout.max_unavailable,
-            ready_timeout=float(spec.rollout.ready_timeout), drain=float(spec.rollout.drain),
+            ready_timeout=float(spec.rollout.ready_timeout), drain=max(float(spec.rollout.drain), MIN_DRAIN),
             rollout_started_at=d.get("rollout_started_at"), stopped=d["phase"] == "stopped")
         for r in mine:  # when each went unhealthy, by this controller's clock: the steady state's grace
             if state_of(self.facts.get(r["replica_id"], JobFacts("ended"))) == "unhealthy":
                 self.unhealthy_since.setdefault(r["replica_id"], now)
             else:
                 self.unhealthy_since.pop(r["replica_id"], None)
-        views = [view_of(r, self.facts.get(r["replica_id"], JobFacts("ended")), r["revision"],
+        views = [view_of(self._drain_from_start(r), self.facts.get(r["replica_id"], JobFacts("ended")), r["revision"],
                          self.unhealthy_since.get(r["replica_id"])) for r in mine]
         step = rollout.plan(view, views, now)
         step = dataclasses.replace(step, reason=self._versions_in(name, step.reason))
@@ -333,6 +336,16 @@ class DeployService(BaseService):
         return _REVISION.sub(version, words)
 
     # ------------------------------------------------------------------ for the API
+    def _drain_from_start(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A replica drained before this controller started drains again from its start.
+
+        WHY: while no controller ran, ``deploy open`` could not learn that the
+        replica left the endpoints, and still sends it new connections; stopping
+        it at once on restart would reset them.
+        """
+        since = row.get("draining_since")
+        return row if since is None or since >= self.started_at else {**row, "draining_since": self.started_at}
+
     def live(self, replica_id: str) -> JobFacts:
         return self.facts.get(replica_id, JobFacts("ended"))
 
