@@ -72,7 +72,7 @@ def test_a_wheel_install_bootstraps_a_node_without_an_index_and_an_upgrade_resta
                                   capture_output=True, text=True, check=True, cwd="/").stdout
     assert node_mlfleet.startswith(f"{first}/venv/lib/"), node_mlfleet
     cached = sorted(p.name.split("-")[0] for p in (fleet.root / "wheelhouse").glob("*/*.whl"))
-    assert cached == ["msgspec", "nvidia_ml_py", "psutil", "pyyaml", "uv"]  # uv: the node builds job environments
+    assert cached == ["msgspec", "nvidia_ml_py", "prometheus_client", "psutil", "pyyaml", "uv"]  # uv: job environments; prometheus_client: scrapes
     up = ssh_fleet.wait_up("node-a", timeout=60)
     old_agent = ssh_fleet.agent_pid("node-a")
     assert old_agent is not None and psutil.Process(old_agent).cmdline()[0].startswith(f"{first}/venv/")
