@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -92,6 +93,23 @@ def load_in_background(port: int, rate: float, duration: float) -> tuple[threadi
     return thread, result
 
 
+def _stop_leftovers(root: Path) -> None:
+    import psutil
+
+    mine = []
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            text = " ".join(proc.info["cmdline"] or []) + " " + " ".join((proc.info["environ"] or {}).values())
+        except (psutil.Error, OSError):
+            continue
+        if str(root) in text and proc.pid != os.getpid():
+            mine.append(proc)
+    for proc in mine:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(mine, timeout=5)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=200.0)
@@ -136,7 +154,9 @@ def main() -> int:
         if opened is not None:
             opened.terminate()
             opened.wait(10)
+        subprocess.run([MLFLEET, "deploy", "stop", "sentiment"], env=install.env, capture_output=True, timeout=60)
         subprocess.run([MLFLEET, "controller", "stop"], env=install.env, capture_output=True, timeout=60)
+        _stop_leftovers(root)  # replicas outlive a controller by design: end what this run started
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 
