@@ -75,7 +75,7 @@ def test_a_spec_without_environment_keeps_its_hash(tmp_path: Path) -> None:
     from mlfleet.core.base.models import to_plain
 
     plain = to_plain(spec)
-    del plain["environment"], plain["sweep"]  # what a spec looked like before these fields existed
+    del plain["environment"], plain["sweep"], plain["service"]  # what a spec looked like before these fields existed
     assert spec.content_hash() == hashlib.sha256(msgspec.json.encode(plain, order="sorted")).hexdigest()
 
 
