@@ -99,6 +99,9 @@ class FleetApi:
         host = self.c.inventory.get(name)
         if host is None:
             raise NotFoundError(f"no host {name!r}; list them with 'mlfleet hosts list'")
+        if host.is_local:
+            raise UsageError(f"{name}'s agent runs on the controller's machine (transport: local), reached without "
+                             "SSH; it has no host key and needs no bootstrap")
         return host
 
     async def rpc_host_key(self, peer: Peer, name: Ident) -> dict[str, Any]:
@@ -151,8 +154,9 @@ class FleetApi:
             raise NotFoundError(f"no host {name!r}; list them with 'mlfleet hosts list'")
         started = time.monotonic()
         # A transport of its own: the probe must not replace the link's connection (uploads use it).
-        transport = SshAgentTransport(self.c.inventory[name], self.c.home.known_hosts_file) \
-            if name in self.c.inventory else link.transport
+        config = self.c.inventory.get(name)
+        transport = SshAgentTransport(config, self.c.home.known_hosts_file) \
+            if config is not None and not config.is_local else link.transport
         try:
             probe = await transport.connect()
         except MlfleetError as exc:

@@ -59,10 +59,18 @@ def cmd_hosts_add(args: argparse.Namespace) -> int:
 
 
 def cmd_hosts_add_slurm(args: argparse.Namespace) -> int:
-    """A Slurm cluster reached through its login node's agent (docs/slurm.md)."""
-    user, sep, address = args.login.rpartition("@")
-    if not address:
-        raise UsageError(f"--login {args.login!r}: write it as [user@]login-node, e.g. --login ml@login1")
+    """A Slurm cluster reached through its login node's agent (docs/slurm.md); no ``--login``: this machine is it."""
+    if args.login is None:
+        given = [f"--{flag}" for flag, value in (("port", args.port), ("identity", args.identity),
+                                                 ("agent-command", args.agent_command)) if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} only say how to reach a login node over SSH; give --login too, "
+                             "or leave them out when the controller runs on the login node itself")
+        user, sep, address = "", "", None
+    else:
+        user, sep, address = args.login.rpartition("@")
+        if not address:
+            raise UsageError(f"--login {args.login!r}: write it as [user@]login-node, e.g. --login ml@login1")
     labels = {"backend": "slurm"}
     for item in args.label or []:
         key, eq, value = item.partition("=")
@@ -74,6 +82,8 @@ def cmd_hosts_add_slurm(args: argparse.Namespace) -> int:
     host = {"name": args.name, "address": address, "port": args.port, "user": user if sep else None,
             "identity": identity, "labels": labels, "state_dir": args.state_dir, "slurm": slurm,
             "agent_command": args.agent_command}
+    if address is None:  # the controller is on the login node: its agent starts here, no SSH (transport: local)
+        host.update(transport="local", state_dir=args.state_dir or f".mlfleet/slurm/{args.name}")
     host = {k: v for k, v in host.items() if v is not None}
     return client_command(_hosts_add)(argparse.Namespace(**vars(args), host=host))
 
@@ -95,6 +105,10 @@ def _jump_hops(text: str, identity: str | None) -> list[dict[str, Any]]:
 
 async def _hosts_add(client: ControllerClient, args: argparse.Namespace) -> int:
     answer = await client.call("hosts_add", host=args.host)
+    if args.host.get("transport") == "local":
+        say(args, answer, f"added {args.name}; its agent starts on this machine, in {args.host['state_dir']} "
+                          f"(see it with 'mlfleet hosts list')")
+        return EXIT_OK
     say(args, answer, f"added {args.name}; next: 'mlfleet hosts trust {args.name}' to check and record its host key")
     return EXIT_OK
 
@@ -243,13 +257,15 @@ def register(sub: Any, add: Add) -> None:
                        help="reach the host through this command's input and output, e.g. 'ssh -W %%h:%%p bastion'")
     p = add(hosts, "add-slurm", cmd_hosts_add_slurm, "add a Slurm cluster, reached through its login node")
     p.add_argument("name")
-    p.add_argument("--login", required=True, metavar="[USER@]HOST", help="the login node, where mlfleet's agent runs")
-    p.add_argument("--port", type=bounded(1, 65535), default=22)
+    p.add_argument("--login", metavar="[USER@]HOST",
+                   help="the login node, where mlfleet's agent runs (leave out when this machine is the login node)")
+    p.add_argument("--port", type=bounded(1, 65535), help="the login node's SSH port (default 22)")
     p.add_argument("--identity", help="private key file")
     p.add_argument("--partition", help="sbatch --partition (default: the cluster's default partition)")
     p.add_argument("--account", help="sbatch --account")
     p.add_argument("--qos", help="sbatch --qos")
-    p.add_argument("--state-dir", help="the agent's folder, on the filesystem the compute nodes share")
+    p.add_argument("--state-dir", help="the agent's folder, on the filesystem the compute nodes share "
+                   "(default: ~/.mlfleet/agent over SSH, ~/.mlfleet/slurm/NAME without --login)")
     p.add_argument("--agent-command", help="how to run mlfleet on the login node (default: mlfleet)")
     p.add_argument("--label", action="append", metavar="KEY=VALUE", help="e.g. region=eu-west (repeatable)")
     add(hosts, "remove", client_command(cmd_hosts_remove), "remove a host from hosts.yaml").add_argument("name")

@@ -29,6 +29,8 @@ RULES: dict[str, tuple[str, str]] = {
              "(128 characters at most)"),
     "address": ("is not a host name or IP address", "write e.g. 10.0.0.12, gpu-a.example.com or fd00::12, without "
                 "a scheme, brackets or a port (give the port with --port; 255 characters at most)"),
+    "transport": ("is not a transport", "write ssh (the default) or local (a Slurm cluster whose login node runs "
+                  "the controller)"),
     "port": ("is not a TCP port", "use a number from 1 to 65535 (SSH's is 22)"),
     "user": ("is not a user name", "write the login name on the node, e.g. ml"),
     "identity": ("is not a file name", "name the private key file, e.g. ~/.ssh/id_ed25519"),
@@ -45,7 +47,7 @@ _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 def field_problem(message: str, data: Any) -> tuple[str, str, str] | None:
     """(dotted field, problem, hint) for a msgspec message about a host field; None when it has no rule here."""
     match = _PATH.search(message)
-    if not match or not message.startswith("Expected"):
+    if not match or not message.startswith(("Expected", "Invalid enum value")):
         return None  # unknown and missing fields, proxy_jump with proxy_command: already in words
     path = match.group("path")
     parts = [p for p in re.split(r"[.\[\]]+", path) if p]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncssh
 
-from mlfleet.core.base.errors import NotFoundError
+from mlfleet.core.base.errors import NotFoundError, UsageError
 from mlfleet.core.base.paths import Home
 from mlfleet.core.fleet.inventory import LOCAL_HOST, HostConfig, load_inventory
 from mlfleet.core.fleet.transport import route
@@ -35,4 +35,8 @@ async def connect_host(home: Home, name: str) -> asyncssh.SSHClientConnection:
     UnavailableError / HostKeyError (with the fingerprint and what to do)
     when it cannot be reached or its key is not the recorded one.
     """
-    return await route.connect(host_config(home, name), home.known_hosts_file)
+    host = host_config(home, name)
+    if host.is_local:
+        raise UsageError(f"host {name!r}'s agent runs on the controller's machine (transport: local): there is "
+                         "no SSH connection to make; reach it from this machine")
+    return await route.connect(host, home.known_hosts_file)

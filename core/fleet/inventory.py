@@ -15,6 +15,10 @@ hosts:
     proxy_jump:                         # optional: reached through these SSH hops, in order (ssh -J)
       - {address: bastion.example.com, port: 22, user: ops, identity: ~/.ssh/id_bastion}
     # proxy_command: ssh -W %h:%p bastion   # or: the output of this command is the connection (not both)
+  - name: cluster                       # a Slurm cluster whose login node runs this controller (docs/slurm.md)
+    transport: local                    # its agent is on this machine, started like the host "local"'s, no SSH
+    state_dir: /shared/home/ml/.mlfleet/cluster   # on the filesystem the compute nodes share
+    slurm: {partition: gpu}
 ```
 
 Edits made by ``mlfleet hosts add|remove`` keep the rest of the file as the
@@ -27,7 +31,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 import yaml
@@ -74,11 +78,22 @@ class SlurmDefaults(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, om
     qos: str | None = None
 
 
+# Fields that only say how to reach a host over SSH: meaningless for an agent on the controller's machine.
+SSH_ONLY_FIELDS = ("address", "user", "identity", "proxy_jump", "proxy_command", "agent_command", "simulate_gpus")
+
+
 class HostConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
-    """One SSH-managed host (a Slurm cluster's login node when ``slurm`` is set: docs/slurm.md)."""
+    """One SSH-managed host (a Slurm cluster's login node when ``slurm`` is set: docs/slurm.md).
+
+    ``transport: local`` is the one other kind: a Slurm cluster whose login
+    node is the controller's own machine, its agent started here without
+    SSH (a second agent beside the embedded host ``local``, with its own
+    state dir on the shared filesystem).
+    """
 
     name: Name
-    address: Address
+    address: Address | None = None  # required for transport ssh (checked below, in words)
+    transport: Literal["ssh", "local"] = "ssh"
     port: Port = 22
     user: str | None = None
     identity: str | None = None
@@ -98,12 +113,42 @@ class HostConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_
         return "slurm" if self.slurm is not None else "ssh"
 
     def __post_init__(self) -> None:
+        if self.transport == "local":
+            self._check_local()
+        elif self.address is None:
+            raise ValueError("address is missing: give the host name or IP address mlfleet reaches it at over SSH")
         if self.proxy_jump and self.proxy_command:
             raise ValueError("give proxy_jump or proxy_command, not both (ssh uses only the first one written)")
+
+    def _check_local(self) -> None:
+        """A local host is a Slurm login node reached without SSH: no SSH field, a slurm block, a state dir."""
+        if self.slurm is None:
+            raise ValueError("transport: local is for a Slurm cluster whose login node runs the controller (give "
+                             "slurm:); this machine's own agent is already the host 'local'")
+        given = [f for f in SSH_ONLY_FIELDS
+                 if getattr(self, f) not in (None, [], "mlfleet" if f == "agent_command" else None)]
+        if self.port != 22:
+            given.insert(1 if self.address else 0, "port")
+        if given:
+            names = ", ".join(given[:-1]) + f" and {given[-1]}" if len(given) > 1 else given[0]
+            raise ValueError(f"{names} only {'says' if len(given) == 1 else 'say'} how to reach a host over SSH, and "
+                             "a transport: local host's agent runs on the controller's machine; leave "
+                             f"{'it' if len(given) == 1 else 'them'} out, or give transport: ssh")
+
+    @property
+    def is_local(self) -> bool:
+        """Its agent runs on the controller's machine (transport: local): started here, never over SSH."""
+        return self.transport == "local"
 
     @property
     def identity_path(self) -> Path | None:
         return Path(self.identity).expanduser() if self.identity else None
+
+
+def local_state_dir(host: HostConfig) -> Path:
+    """A transport: local host's state dir on this machine: relative to the user's home, as over SSH."""
+    path = Path(host.state_dir).expanduser()
+    return path if path.is_absolute() else Path.home() / path
 
 
 class Inventory(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -144,6 +189,15 @@ def load_inventory(path: Path) -> list[HostConfig]:
             raise SpecError(located.path, line, f"hosts[{i}].name",
                             f"host {host.name!r} appears twice (first on line {seen[host.name]})", "keep one")
         seen[host.name] = line or 0
+    first_in: dict[Path, HostConfig] = {}  # two agents in one state dir would take each other's runs
+    for i, host in enumerate(inventory.hosts):
+        if not host.is_local:
+            continue
+        twin = first_in.setdefault(local_state_dir(host), host)
+        if twin is not host:
+            raise SpecError(located.path, located.line_of(("hosts", i, "state_dir")), f"hosts[{i}].state_dir",
+                            f"host {twin.name!r} has the same state dir {local_state_dir(host)} on this machine",
+                            "give each transport: local host a state dir of its own")
     return inventory.hosts
 
 

@@ -22,9 +22,9 @@ from mlfleet.core.base.settings import file_digest
 from mlfleet.core.controller.service import BaseService, ControllerContext, Rpc
 from mlfleet.core.fleet import records
 from mlfleet.core.fleet.hostlink import HostLink
-from mlfleet.core.fleet.inventory import HostConfig, load_inventory
+from mlfleet.core.fleet.inventory import HostConfig, load_inventory, local_state_dir
 from mlfleet.core.fleet.telemetry_flush import flush_telemetry, telemetry_loop
-from mlfleet.core.fleet.transport.local import LocalAgentTransport
+from mlfleet.core.fleet.transport.local import SLURM_VARIABLES, LocalAgentTransport
 from mlfleet.core.fleet.transport.ssh import SshAgentTransport
 from mlfleet.core.store.rows import rows
 
@@ -142,9 +142,18 @@ class FleetService(BaseService):
                 del self.inventory[name]
         for name, host in wanted.items():
             if name not in self.links:
-                self.links[name] = HostLink(SshAgentTransport(host, self.home.known_hosts_file),
-                                            labels=dict(host.labels), on_connect=self._fence)
+                self.links[name] = HostLink(self._transport(host), labels=dict(host.labels), on_connect=self._fence)
                 self.inventory[name] = host
+
+    def _transport(self, host: HostConfig) -> SshAgentTransport | LocalAgentTransport:
+        """How the controller reaches the host's agent: SSH, or (transport: local) an agent it starts here."""
+        if not host.is_local:
+            return SshAgentTransport(host, self.home.known_hosts_file)
+        settings = self.settings
+        return LocalAgentTransport(self.home, host.name, sample_interval=float(settings.telemetry.sample_interval),
+                                   log_max_size=int(settings.controller.log_max_size),
+                                   log_backups=settings.controller.log_backups, state_dir=local_state_dir(host),
+                                   keep_env=SLURM_VARIABLES)
 
     def active_on(self, host: str) -> list[str]:
         """Runs in flight on ``host``."""

@@ -4,11 +4,18 @@ It speaks the same protocol over the same kind of socket as a remote agent;
 the only difference is that we start it ourselves when it is not running.
 It runs detached in its own session, so restarting the controller never
 touches it or its jobs.
+
+The same transport serves a Slurm cluster whose login node runs the
+controller (hosts.yaml ``transport: local``, docs/slurm.md): a second agent
+of its own name, with its state dir on the shared filesystem and a socket
+of its own, which keeps ``SLURM_CONF`` so its sbatch reaches the cluster
+the controller's user would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import shutil
 import subprocess
@@ -22,6 +29,8 @@ from mlfleet.core.base.spawn import local_agent_environment, own_python
 
 _START_TIMEOUT_S = 20.0
 IDLE_EXIT_S = 300
+# What a login node's agent keeps from the controller's environment beyond a login's (core/base/spawn.py).
+SLURM_VARIABLES = ("SLURM_CONF",)
 
 
 class LocalAgentTransport:
@@ -29,14 +38,17 @@ class LocalAgentTransport:
     address = None
 
     def __init__(self, home: Home, host: str = "local", sample_interval: float = 1.0,
-                 simulate_gpus: str | None = None, log_max_size: int = 10 * 1024**2, log_backups: int = 3) -> None:
+                 simulate_gpus: str | None = None, log_max_size: int = 10 * 1024**2, log_backups: int = 3,
+                 state_dir: Path | None = None, keep_env: tuple[str, ...] = ()) -> None:
         self.simulate_gpus = simulate_gpus
         self.log_max_size = log_max_size
         self.log_backups = log_backups
         self.home = home
         self.host = host
-        self.socket_path: Path = home.local_agent_socket
-        self.state_dir: Path = home.local_agent_dir
+        self.socket_path: Path = home.local_agent_socket if state_dir is None else agent_socket(home, host)
+        self.state_dir: Path = home.local_agent_dir if state_dir is None else state_dir
+        self.log_path = home.log_dir / f"agent-{host}.log"
+        self.keep_env = keep_env
         self.sample_interval = sample_interval
         self._child: subprocess.Popen[bytes] | None = None
 
@@ -61,7 +73,7 @@ class LocalAgentTransport:
             except UnavailableError as exc:
                 last = exc
         raise UnavailableError(f"the local agent did not start within {_START_TIMEOUT_S:.0f} s ({last}); "
-                               f"see {self.home.log_dir / 'agent-local.log'}")
+                               f"see {self.log_path}")
 
     async def _hello(self) -> Peer:
         if not self.home.trusted_socket(self.socket_path):  # never send a launch (and its env) to a planted socket
@@ -85,7 +97,7 @@ class LocalAgentTransport:
 
     def _spawn(self) -> None:
         private_dir(self.home.log_dir)
-        log_path = self.home.log_dir / "agent-local.log"
+        log_path = self.log_path
         log = open_private(log_path)  # also as stdout/stderr: a crash before logging is set up lands there too
         try:
             self._child = subprocess.Popen(
@@ -97,10 +109,19 @@ class LocalAgentTransport:
                  "--log-backups", str(self.log_backups),
                  *(["--simulate-gpus", self.simulate_gpus] if self.simulate_gpus else [])),
                 cwd="/", start_new_session=True, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
-                env=local_agent_environment(os.environ),
+                env={**local_agent_environment(os.environ),
+                     **{k: os.environ[k] for k in self.keep_env if k in os.environ}},
             )
         finally:
             os.close(log)
+
+
+def agent_socket(home: Home, host: str) -> Path:
+    """The socket of host ``host``'s agent on this machine, beside the controller's (short enough for AF_UNIX)."""
+    path = home.run_dir / f"agent-{host}.sock"
+    if len(str(path)) > 100:
+        path = home.run_dir / f"agent-{hashlib.sha256(host.encode()).hexdigest()[:12]}.sock"
+    return path
 
 
 def _copy_private(source: Path, target: Path) -> None:
