@@ -15,6 +15,7 @@ import pytest
 
 import slurm as slurm_fixtures  # tests/slurm.py
 from conftest import Fleet
+from test_environment_jobs import offline_wheels
 from test_slurm import _gpu_job_through_a_controller_sigkill
 
 slurm_cluster = slurm_fixtures.slurm_cluster  # the real cluster, one per module
@@ -108,3 +109,33 @@ def test_no_login_with_ssh_options_or_a_local_host_with_ssh_fields_is_one_senten
                     "  - {name: b, transport: local, state_dir: /s/x, slurm: {}}\n")
     with pytest.raises(SpecError, match="same state dir /s/x"):
         load_inventory(path)
+
+
+ENV_JOB = """name: {name}
+constraints: {{hosts: [cluster]}}
+command: [python, -c, "import sys, tinypkg; print('value', tinypkg.VALUE, sys.prefix)"]
+environment:
+  requirements: [tinypkg]
+"""
+
+
+def test_an_environment_is_built_once_on_the_shared_filesystem_and_slurm_jobs_run_inside_it(fleet, slurm_cluster):
+    offline_wheels(fleet)  # tiny wheels, no index: nothing reaches PyPI
+    state = _add_local_cluster(fleet, slurm_cluster)
+    _wait_cluster_up(fleet)
+    outputs = []
+    for name in ("env-one", "env-two"):
+        job_id = _submit(fleet, name, ENV_JOB.format(name=name))
+        job = fleet.wait_state(job_id, {"succeeded", "failed"}, timeout=180)
+        logs = fleet.cli("jobs", "logs", job_id).out
+        assert (job["state"], job["host"]) == ("succeeded", "cluster"), logs
+        assert slurm_cluster.submitted_names().count(f"mlfleet-{job['run_id']}") == 1  # a Slurm job each
+        outputs.append(logs)
+    env_hashes = fleet.cli_json("db", "query", "select env_hash from runs order by created_at")["rows"]
+    assert len(env_hashes) == 2 and env_hashes[0] == env_hashes[1]
+    (env_hash,) = env_hashes[0]
+    built = [p.name for p in (state / "envs").iterdir() if not p.name.startswith(".")]
+    assert built == [env_hash]  # once per hash, in the cluster agent's state dir
+    for logs in outputs:  # the Slurm job's python is the environment's
+        assert f"value 42 {state / 'envs' / env_hash}" in logs, logs
+    assert "reusing it" in outputs[1]
