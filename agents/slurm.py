@@ -205,10 +205,35 @@ def status_of(run: RunDir, queued: QueuedJob | None, final: dict[str, str] | Non
         return RunStatus(run_id=run_id, state="exited", reason="cancelled", message="cancelled in Slurm")
     if state in ("COMPLETED", "FAILED") and run.runner is not None:
         return RunStatus(run_id=run_id, state="exited", reason="lost", exit_code=int(code) if code.isdigit() else None,
-                         message=f"the Slurm job ended ({state}, {reason}) without the runner recording an exit")
+                         message=f"the Slurm job ended ({state}, {reason}) without the runner recording an exit"
+                         + output_tail(run, final))
     return RunStatus(run_id=run_id, state="exited", reason="failed-to-start",
                      exit_code=int(code) if code.isdigit() else None, signal=int(sig) if sig.isdigit() and sig != "0"
-                     else None, message=f"Slurm ended the job before it started: {state} ({reason_words(reason)})")
+                     else None, message=f"Slurm ended the job before it started: {state} ({reason_words(reason)})"
+                     + output_tail(run, final))
+
+
+def output_tail(run: RunDir, final: dict[str, str], lines: int = 5, max_bytes: int = 2048) -> str:
+    """``; slurm-ID.out ends: ...``: what Slurm's own output file says of a job that died before the runner took
+    over (a python missing on the compute node, a module load that failed), or "" when it said nothing.
+
+    Why: that file is written by Slurm, not the runner, so ``jobs logs`` never shows it; the one line a user
+    reads about the failure must say what went wrong there. The file comes from scontrol's ``StdOut=`` (the
+    run folder's newest ``slurm-*.out`` when scontrol does not say), and only its end is read.
+    """
+    named = final.get("StdOut", "")
+    path = Path(named) if named.startswith(str(run.root) + "/") else max(
+        run.root.glob("slurm-*.out"), key=lambda p: p.stat().st_mtime, default=None)
+    if path is None:
+        return ""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - max_bytes))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    kept = [" ".join(line.split()) for line in text.splitlines() if line.strip()][-lines:]
+    return f"; {path.name} ends: {' | '.join(kept)}" if kept else ""
 
 
 # ------------------------------------------------------------------ the agent's side

@@ -139,3 +139,29 @@ def test_an_environment_is_built_once_on_the_shared_filesystem_and_slurm_jobs_ru
     for logs in outputs:  # the Slurm job's python is the environment's
         assert f"value 42 {state / 'envs' / env_hash}" in logs, logs
     assert "reusing it" in outputs[1]
+
+
+def test_a_run_slurm_ends_before_the_runner_starts_says_what_slurms_own_output_file_says(slurm_cluster, tmp_path,
+                                                                                          monkeypatch):
+    import sys
+    import time
+
+    from mlfleet.agents import slurm
+    from mlfleet.agents.supervisor import Supervisor
+    from mlfleet.core.base.models import LaunchRequest, SlurmPlan
+
+    for key, value in slurm_cluster.env.items():
+        monkeypatch.setenv(key, value)
+    # The compute node lacks the login node's interpreter (a python on a login node's local disk): the batch
+    # script's exec fails in Slurm's shell, before the runner exists, and only slurm-JOBID.out says why.
+    monkeypatch.setattr(slurm, "batch_script",
+                        lambda run: f"#!/bin/sh\nexec /login-node-only/bin/python3 -m mlfleet.agents.runner {run.root}\n")
+    supervisor = Supervisor(tmp_path / "agent")
+    supervisor.launch(LaunchRequest(run_id="nopython", job_id="job-nopython", argv=[sys.executable, "-c", "1"],
+                                    workdir="/", env={}, slurm=SlurmPlan()))
+    deadline = time.monotonic() + 60
+    while (status := supervisor.status("nopython")).state != "exited" and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert status.reason == "failed-to-start" and "Slurm ended the job before it started: FAILED" in status.message
+    assert ".out ends: " in status.message and "/login-node-only/bin/python3" in status.message, status.message
+    assert "not found" in status.message.lower(), status.message
