@@ -165,3 +165,20 @@ def test_a_run_slurm_ends_before_the_runner_starts_says_what_slurms_own_output_f
     assert status.reason == "failed-to-start" and "Slurm ended the job before it started: FAILED" in status.message
     assert ".out ends: " in status.message and "/login-node-only/bin/python3" in status.message, status.message
     assert "not found" in status.message.lower(), status.message
+
+
+def test_the_hosts_files_in_docs_slurm_md_load_as_written(tmp_path):
+    """Every hosts.yaml shown in docs/slurm.md loads, so the page cannot rot."""
+    import re
+
+    from mlfleet.core.fleet.inventory import load_inventory
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "slurm.md").read_text()
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", page, re.S) if b.startswith("hosts:")]
+    assert len(blocks) == 2
+    kinds = []
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"hosts-{i}.yaml"
+        path.write_text(block)
+        kinds += [(h.kind, h.transport) for h in load_inventory(path)]
+    assert kinds == [("slurm", "ssh"), ("slurm", "local")]
