@@ -9,6 +9,7 @@ agent's state dir under the installation plays the shared home folder.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -119,8 +120,16 @@ environment:
 """
 
 
-def test_an_environment_is_built_once_on_the_shared_filesystem_and_slurm_jobs_run_inside_it(fleet, slurm_cluster):
-    offline_wheels(fleet)  # tiny wheels, no index: nothing reaches PyPI
+@pytest.fixture
+def wheels_beside(fleet):
+    """Tiny wheels, no index: nothing reaches PyPI (their folder beside the installation is removed after)."""
+    offline_wheels(fleet)
+    yield
+    shutil.rmtree(fleet.files, ignore_errors=True)
+
+
+def test_an_environment_is_built_once_on_the_shared_filesystem_and_slurm_jobs_run_inside_it(fleet, slurm_cluster,
+                                                                                             wheels_beside):
     state = _add_local_cluster(fleet, slurm_cluster)
     _wait_cluster_up(fleet)
     outputs = []
