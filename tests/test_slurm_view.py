@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import pytest
+from rich.console import Console
 from textual.app import App
 
 from mlfleet.agents import slurm
@@ -24,6 +25,7 @@ from mlfleet.core.jobs import scheduler
 from mlfleet.core.jobs.dispatch import slurm_view
 from mlfleet.core.jobs.slurm_plan import free_gpus_words, partition_and_gres
 from mlfleet.tui.screens.fleet import FleetScreen
+from mlfleet.tui.screens.jobs import job_detail
 
 import slurm as slurm_fixtures  # tests/slurm.py
 from test_slurm import _add_cluster
@@ -169,6 +171,9 @@ def test_hosts_list_and_the_tui_show_the_cluster_and_jobs_why_its_free_gpus(ssh_
     assert "pending in Slurm (Resources: waiting for resources" in why, why
     assert why.rstrip().endswith("; partition debug has 0 of 2 GPUs free (fake: 0/2)"), why
 
+    page = Console(width=200, record=True)  # the TUI's job page (Enter on the job) says the same
+    page.print(job_detail(fleet.cli_json("jobs", "show", waiter)))
+    assert "partition debug has 0 of 2 GPUs free (fake: 0/2)" in page.export_text()
     host = ssh_fleet.host("cluster")
     row, card = asyncio.run(_fleet_view_of(host))
     assert row[6] == "0/2 free", row
