@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the words below are pure; the TUI and the CLI import them w
 
 log = logging.getLogger(__name__)
 
+clock = time.time  # the wall clock sinfo's "at" is read against (a snapshot test pins it)
 REFRESH_S = 15.0  # the cluster's free GPUs are this old at most (plus one sinfo): not every tick, not once a day
 
 
@@ -90,7 +91,7 @@ def age_text(shape: dict[str, Any], now: float | None = None) -> str:
     at = shape.get("at")
     if not at:
         return "sinfo"
-    return f"sinfo {max(0, int((now or time.time()) - float(at)))} s ago"
+    return f"sinfo {max(0, int((now or clock()) - float(at)))} s ago"
 
 
 PARTITION_HEADERS = ["partition", "state", "nodes", "idle", "allocated", "down", "gpus free/total"]
