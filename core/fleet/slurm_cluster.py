@@ -32,14 +32,16 @@ class ClusterRefresh:
 
     def __init__(self, interval: float = REFRESH_S) -> None:
         self.interval = interval
-        self.asked = 0  # slurm_info requests made, all clusters together (tests count them)
+        self.asked = 0  # slurm_info requests made, all clusters together
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._failed_at: dict[str, float] = {}  # a failing sinfo is asked again after an interval, not every tick
 
     def refresh_soon(self, link: "HostLink") -> None:
         """Ask in the background when due; a fresh connection (no answer yet) is asked at once."""
         shape = link.info.get("slurm")
+        now = time.monotonic()
         due = not isinstance(shape, dict) or time.time() - float(shape.get("at", 0)) >= self.interval
-        if not due or link.name in self._tasks:
+        if not due or link.name in self._tasks or now - self._failed_at.get(link.name, -1e9) < self.interval:
             return
         self.asked += 1
         task = asyncio.get_running_loop().create_task(self._ask(link), name=f"sinfo {link.name}")
@@ -50,8 +52,10 @@ class ClusterRefresh:
         try:
             shape = await link.request("slurm_info", request_timeout=60)
         except MlfleetError as exc:  # the previous shape stays, and says how old it is
-            log.warning("sinfo on %s failed: %s", link.name, exc)
+            log.warning("sinfo on %s failed: %s (asked again in %.0f s)", link.name, exc, self.interval)
+            self._failed_at[link.name] = time.monotonic()
             return
+        self._failed_at.pop(link.name, None)
         link.info = {**link.info, "slurm": {**shape, "at": time.time()}}
 
     def cancel(self) -> None:
