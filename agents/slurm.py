@@ -24,6 +24,7 @@ Why it is built like this:
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -294,15 +295,12 @@ _IDLE_STATES = {"idle"}
 _BUSY_STATES = {"alloc", "mix", "comp"}  # running jobs; the rest (down, drain, drng, fail, maint, resv, ...) are down
 
 
+_BETWEEN_ITEMS = re.compile(r",(?![^(]*\))")  # a comma not inside parentheses
+
+
 def split_gres(text: str) -> list[str]:
     """A GRES list split on the commas between items, not those inside ``(IDX:0,2-3)``."""
-    items, depth, start = [], 0, 0
-    for i, char in enumerate(text):
-        depth += {"(": 1, ")": -1}.get(char, 0)
-        if char == "," and depth == 0:
-            items.append(text[start:i])
-            start = i + 1
-    items.append(text[start:])
+    items = _BETWEEN_ITEMS.split(text) if "(" in text else text.split(",")
     return [item.strip() for item in items if item.strip()]
 
 
@@ -344,6 +342,7 @@ def parse_sinfo_nodes(text: str) -> dict[str, Any]:
     it is in.
     """
     partitions: dict[str, dict[str, Any]] = {}
+    gres_cache: dict[str, dict[str, int]] = {}
     nodes_seen: dict[str, tuple[str, dict[str, int], dict[str, int]]] = {}
     for line in text.splitlines():
         parts = line.strip().split("|")
@@ -351,12 +350,19 @@ def parse_sinfo_nodes(text: str) -> dict[str, Any]:
             continue
         node, pname, avail, compact, cpus, memory, gres, used = (p.strip() for p in parts[:8])
         name = pname.rstrip("*")
-        part = partitions.setdefault(name, {
-            "name": name, "default": pname.endswith("*"), "up": avail == "up",
-            "nodes": {"allocated": 0, "idle": 0, "down": 0, "total": 0}, "gpus_per_node": {}, "cpus_per_node": 0,
-            "memory_mb_per_node": 0, "node_count": 0, "gpus": {}})
+        part = partitions.get(name)
+        if part is None:
+            part = partitions[name] = {
+                "name": name, "default": pname.endswith("*"), "up": avail == "up",
+                "nodes": {"allocated": 0, "idle": 0, "down": 0, "total": 0}, "gpus_per_node": {}, "cpus_per_node": 0,
+                "memory_mb_per_node": 0, "node_count": 0, "gpus": {}}
         state = node_state(compact)
-        total, in_use = gres_gpus(gres), gres_gpus(used)
+        total = gres_cache.get(gres)
+        if total is None:  # most nodes of a cluster share a handful of GRES strings
+            total = gres_cache[gres] = gres_gpus(gres)
+        in_use = gres_cache.get(used)
+        if in_use is None:
+            in_use = gres_cache[used] = gres_gpus(used)
         if "gpu" in in_use and "gpu" not in total and len(total) == 1:  # a typeless count of a one-type node
             in_use = {next(iter(total)): in_use["gpu"]}
         takes_jobs = state != "down" and avail == "up"
