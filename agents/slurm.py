@@ -24,6 +24,7 @@ Why it is built like this:
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -309,6 +310,116 @@ def cancel(run: RunDir) -> None:
     _command(["scancel", f"--name={job_name(run.run_id)}"])
 
 
+
+
+# ------------------------------------------------------------------ the cluster's shape, node by node (pure)
+# One sinfo line per node and partition (-N), no truncation (":|" is width 0 and "|" after each field): GresUsed is
+# per node, so free GPUs per partition and type are sums over exact lines, whatever sinfo would have grouped.
+SINFO_NODE_FIELDS = "NodeList:|,Partition:|,Available:|,StateCompact:|,CPUs:|,Memory:|,Gres:|,GresUsed:|"
+_IDLE_STATES = {"idle"}
+_BUSY_STATES = {"alloc", "mix", "comp"}  # running jobs; the rest (down, drain, drng, fail, maint, resv, ...) are down
+
+
+_BETWEEN_ITEMS = re.compile(r",(?![^(]*\))")  # a comma not inside parentheses
+
+
+def split_gres(text: str) -> list[str]:
+    """A GRES list split on the commas between items, not those inside ``(IDX:0,2-3)``."""
+    items = _BETWEEN_ITEMS.split(text) if "(" in text else text.split(",")
+    return [item.strip() for item in items if item.strip()]
+
+
+def gres_gpus(text: str) -> dict[str, int]:
+    """GPUs by type in a GRES list (``gpu:a100:4(S:0-1),gpu:2``); a GPU without a type is counted as ``gpu``."""
+    gpus: dict[str, int] = {}
+    for item in split_gres(text):
+        bits = item.split("(")[0].split(":")
+        if bits[0] != "gpu" or len(bits) < 2:
+            continue
+        gtype, count = (bits[1], bits[2]) if len(bits) >= 3 else ("gpu", bits[1])
+        if count.isdigit():
+            gpus[gtype] = gpus.get(gtype, 0) + int(count)
+    return gpus
+
+
+def node_state(compact: str) -> str:
+    """``idle``, ``allocated`` or ``down`` for sinfo's compact state (``mix``, ``idle~``, ``down*``, ``drng``...)."""
+    base = compact.strip().lower().rstrip("*~#!%$@^-+")
+    if "*" in compact:  # not responding
+        return "down"
+    return "idle" if base in _IDLE_STATES else "allocated" if base in _BUSY_STATES else "down"
+
+
+def _number(text: str) -> int:
+    text = text.strip().rstrip("+")
+    return int(text) if text.isdigit() else 0
+
+
+def parse_sinfo_nodes(text: str) -> dict[str, Any]:
+    """``sinfo -h -N -O SINFO_NODE_FIELDS``: partitions with nodes idle/allocated/down and GPUs free/total by type.
+
+    Each partition keeps the keys of :func:`parse_sinfo` (``gpus_per_node`` and
+    the rest describe its biggest node) and adds ``gpus``: ``{type: {"total",
+    "free", "free_max_node"}}``. A GPU is free on a node that is up and takes
+    jobs (idle or partly allocated, in a partition that is up); those of a
+    down or drained node count in the total only. ``gpus`` and ``nodes`` at
+    the top are the cluster's, each node counted once however many partitions
+    it is in.
+    """
+    partitions: dict[str, dict[str, Any]] = {}
+    gres_cache: dict[str, dict[str, int]] = {}
+    nodes_seen: dict[str, tuple[str, dict[str, int], dict[str, int]]] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 8:
+            continue
+        node, pname, avail, compact, cpus, memory, gres, used = (p.strip() for p in parts[:8])
+        name = pname.rstrip("*")
+        part = partitions.get(name)
+        if part is None:
+            part = partitions[name] = {
+                "name": name, "default": pname.endswith("*"), "up": avail == "up",
+                "nodes": {"allocated": 0, "idle": 0, "down": 0, "total": 0}, "gpus_per_node": {}, "cpus_per_node": 0,
+                "memory_mb_per_node": 0, "node_count": 0, "gpus": {}}
+        state = node_state(compact)
+        total = gres_cache.get(gres)
+        if total is None:  # most nodes of a cluster share a handful of GRES strings
+            total = gres_cache[gres] = gres_gpus(gres)
+        in_use = gres_cache.get(used)
+        if in_use is None:
+            in_use = gres_cache[used] = gres_gpus(used)
+        if "gpu" in in_use and "gpu" not in total and len(total) == 1:  # a typeless count of a one-type node
+            in_use = {next(iter(total)): in_use["gpu"]}
+        takes_jobs = state != "down" and avail == "up"
+        free = {gtype: max(0, count - in_use.get(gtype, 0)) if takes_jobs else 0 for gtype, count in total.items()}
+        part["nodes"][state] += 1
+        part["nodes"]["total"] += 1
+        part["node_count"] += 1
+        size = (sum(total.values()), _number(cpus), _number(memory))
+        if size > (sum(part["gpus_per_node"].values()), part["cpus_per_node"], part["memory_mb_per_node"]):
+            part["gpus_per_node"], part["cpus_per_node"], part["memory_mb_per_node"] = dict(total), size[1], size[2]
+        for gtype, count in total.items():
+            entry = part["gpus"].setdefault(gtype, {"total": 0, "free": 0, "free_max_node": 0})
+            entry["total"] += count
+            entry["free"] += free[gtype]
+            entry["free_max_node"] = max(entry["free_max_node"], free[gtype])
+        nodes_seen.setdefault(node, (state, total, free))
+    cluster_nodes = {"allocated": 0, "idle": 0, "down": 0, "total": len(nodes_seen)}
+    cluster_gpus: dict[str, dict[str, int]] = {}
+    for state, total, free in nodes_seen.values():
+        cluster_nodes[state] += 1
+        for gtype, count in total.items():
+            entry = cluster_gpus.setdefault(gtype, {"total": 0, "free": 0})
+            entry["total"] += count
+            entry["free"] += free[gtype]
+    return {"partitions": list(partitions.values()), "nodes": cluster_nodes, "gpus": cluster_gpus}
+
+
+def slurm_shape() -> dict[str, Any]:
+    """The cluster's shape now, free GPUs included: one ``sinfo``, whatever the number of nodes."""
+    return parse_sinfo_nodes(_command(["sinfo", "-h", "-N", "-O", SINFO_NODE_FIELDS]))
+
+
 def slurm_info() -> dict[str, Any]:
-    """The cluster as ``hosts list`` shows it: one sinfo call."""
-    return parse_sinfo(_command(["sinfo", "-h", "-o", "%P|%a|%F|%G|%c|%m|%D"]))
+    """The cluster as ``hosts list`` shows it: one sinfo call (node by node, so free GPUs are known)."""
+    return slurm_shape()

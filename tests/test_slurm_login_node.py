@@ -52,9 +52,10 @@ def test_a_job_exiting_7_on_a_cluster_whose_login_node_runs_the_controller_is_fa
     host = _wait_cluster_up(fleet)
     (part,) = host["info"]["slurm"]["partitions"]
     assert part["name"] == "debug" and part["gpus_per_node"] == {"fake": 2}
-    assert host["labels"]["backend"] == "slurm" and host["kind"] == "local"  # reached without SSH
+    assert host["labels"]["backend"] == "slurm" and host["kind"] == "slurm"
+    assert host["address"] is None  # reached without SSH: the controller started its agent here
     table = fleet.cli("hosts", "list", check=True).out
-    assert any(line.split()[:3] == ["cluster", "local", "up"] for line in table.splitlines()), table
+    assert any(line.split()[:3] == ["cluster", "slurm", "up"] for line in table.splitlines()), table
 
     job_id = _submit(fleet, "seven", "name: seven\nconstraints: {hosts: [cluster]}\n"
                                      "command: [python, -c, 'raise SystemExit(7)']\n")

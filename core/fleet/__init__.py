@@ -8,4 +8,5 @@ rest is this capability's own (tests/test_import_directions.py keeps that).
 # hostlink: the live link to one host, which jobs launch and poll through.
 # service: the fleet's Service and its HostWork hook, by which another capability's work rides each poll.
 # hostssh: an SSH connection of a client's own to a host, as strict as the controller's (deploy open's forwards).
-PUBLIC = ("hostseen", "hostlink", "service", "hostssh")
+# slurm_cluster: a Slurm cluster's shape (sinfo) in words and table cells, for hosts list, jobs why and the TUI.
+PUBLIC = ("hostseen", "hostlink", "service", "hostssh", "slurm_cluster")

@@ -20,7 +20,7 @@ from mlfleet.core.base.words import plural
 from mlfleet.core.cli import render
 from mlfleet.core.cli.output import Add, bounded, client_command, print_json, say
 from mlfleet.core.controller.client import ControllerClient
-from mlfleet.core.fleet import agent_commands, hostseen
+from mlfleet.core.fleet import agent_commands, hostseen, slurm_cluster
 
 
 async def cmd_hosts_list(client: ControllerClient, args: argparse.Namespace) -> int:
@@ -35,10 +35,17 @@ async def cmd_hosts_list(client: ControllerClient, args: argparse.Namespace) -> 
         gpus = str(len(t.get("gpus", []))) if t.get("gpu_state") == "ok" else t.get("gpu_state", "-").replace("_", " ")
         if h.get("simulated") and t.get("gpu_state") == "ok":
             gpus += " (simulated)"
+        if h["kind"] == "slurm":  # the cluster's GPUs, not the login node's
+            gpus = slurm_cluster.cluster_gpus_cell((h.get("info") or {}).get("slurm"))
         state = f"{h['state']}, drained" if h.get("drained") else h["state"]
         rows.append([h["name"], h["kind"], state, render.percent(t.get("cpu_percent")) if t else "-", mem, gpus,
                      h["running_jobs"], h["agent_version"], hostseen.seen_text(h), h["message"] or ""])
     print(render.table(["host", "kind", "state", "cpu", "memory", "gpus", "jobs", "agent", "seen", "problem"], rows))
+    for h in hosts:  # a cluster's partitions under the table: nodes idle/allocated/down, GPUs free/total by type
+        shape = (h.get("info") or {}).get("slurm")
+        if h["kind"] == "slurm" and isinstance(shape, dict):
+            print(f"\n{h['name']}: Slurm cluster ({slurm_cluster.age_text(shape)})")
+            print(render.table(slurm_cluster.PARTITION_HEADERS, slurm_cluster.partition_rows(shape)))
     return EXIT_OK
 
 
@@ -78,7 +85,14 @@ def cmd_hosts_add_slurm(args: argparse.Namespace) -> int:
             raise UsageError(f"--label {item!r}: write it as KEY=VALUE, e.g. --label region=eu-west")
         labels[key] = value
     identity = str(Path(args.identity).expanduser().absolute()) if args.identity else None
-    slurm = {k: v for k, v in {"partition": args.partition, "account": args.account, "qos": args.qos}.items() if v}
+    slurm: dict[str, Any] = {k: v for k, v in {"partition": args.partition, "account": args.account,
+                                                 "qos": args.qos}.items() if v}
+    for item in args.gpu_partition or []:
+        gtype, eq, part = item.partition("=")
+        if not eq or not gtype or not part:
+            raise UsageError(f"--gpu-partition {item!r}: write it as GPU_TYPE=PARTITION, e.g. --gpu-partition "
+                             "a100=gpu-a100")
+        slurm.setdefault("gpu_partitions", {})[gtype] = part
     host = {"name": args.name, "address": address, "port": args.port, "user": user if sep else None,
             "identity": identity, "labels": labels, "state_dir": args.state_dir, "slurm": slurm,
             "agent_command": args.agent_command}
@@ -264,6 +278,9 @@ def register(sub: Any, add: Add) -> None:
     p.add_argument("--partition", help="sbatch --partition (default: the cluster's default partition)")
     p.add_argument("--account", help="sbatch --account")
     p.add_argument("--qos", help="sbatch --qos")
+    p.add_argument("--gpu-partition", action="append", metavar="GPU_TYPE=PARTITION",
+                   help="jobs asking for this GPU type go to this partition, for a cluster whose GRES has no GPU "
+                        "types, e.g. a100=gpu-a100 (repeatable)")
     p.add_argument("--state-dir", help="the agent's folder, on the filesystem the compute nodes share "
                    "(default: ~/.mlfleet/agent over SSH, ~/.mlfleet/slurm/NAME without --login)")
     p.add_argument("--agent-command", help="how to run mlfleet on the login node (default: mlfleet)")

@@ -38,6 +38,8 @@ RULES: dict[str, tuple[str, str]] = {
     "state_dir": ("is not a folder", "name the agent's folder on the node, e.g. .mlfleet/agent"),
     "labels": ("is not a label", "labels are KEY=VALUE text, e.g. region=eu-west"),
     "proxy_jump": ("is not a list of jump hosts", "give at most 8 hops, each [user@]host[:port]"),
+    "gpu_partitions": ("is not a Slurm partition name", "map each GPU type to a partition as sinfo names them, "
+                       "e.g. a100=gpu-a100 (letters, digits, '.', '_', '+' and '-')"),
     "proxy_command": ("is not a command", "write the command whose input and output reach the host, "
                       "e.g. ssh -W %h:%p bastion (4096 characters at most)"),
 }

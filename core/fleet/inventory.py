@@ -70,12 +70,23 @@ class JumpHost(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_de
         return Path(self.identity).expanduser() if self.identity else None
 
 
+# A Slurm partition or GPU type name as sinfo prints it (no spaces, commas or colons: sbatch's lists use those).
+SlurmWord = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.+-]+$")]
+
+
 class SlurmDefaults(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
-    """A ``slurm`` host's sbatch defaults: the host is a cluster's login node, whose agent submits with sbatch."""
+    """A ``slurm`` host's sbatch defaults: the host is a cluster's login node, whose agent submits with sbatch.
+
+    ``gpu_partitions`` maps a GPU type to the partition whose nodes have it,
+    for clusters whose GRES names no type (``gpu:4``): a job asking for
+    ``gpu_type: a100`` goes to that partition with ``--gres=gpu:N``
+    (docs/slurm.md, "GPU types by partition").
+    """
 
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
+    gpu_partitions: dict[SlurmWord, SlurmWord] = msgspec.field(default_factory=dict)
 
 
 # Fields that only say how to reach a host over SSH: meaningless for an agent on the controller's machine.

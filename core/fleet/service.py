@@ -23,6 +23,7 @@ from mlfleet.core.controller.service import BaseService, ControllerContext, Rpc
 from mlfleet.core.fleet import records
 from mlfleet.core.fleet.hostlink import HostLink
 from mlfleet.core.fleet.inventory import HostConfig, load_inventory, local_state_dir
+from mlfleet.core.fleet.slurm_cluster import ClusterRefresh
 from mlfleet.core.fleet.telemetry_flush import flush_telemetry, telemetry_loop
 from mlfleet.core.fleet.transport.local import SLURM_VARIABLES, LocalAgentTransport
 from mlfleet.core.fleet.transport.ssh import SshAgentTransport
@@ -74,6 +75,7 @@ class FleetService(BaseService):
         self._inventory_digest: str | None = None
         self._syncing: dict[str, asyncio.Task[None]] = {}  # a host's sync goes on across ticks while it is slow
         self._first = True
+        self.clusters = ClusterRefresh()  # Slurm clusters' sinfo, refreshed now and then (core/fleet/slurm_cluster.py)
         settings = ctx.settings
         self.links["local"] = HostLink(
             LocalAgentTransport(ctx.home, "local", sample_interval=float(settings.telemetry.sample_interval),
@@ -114,6 +116,7 @@ class FleetService(BaseService):
     def ticks_ended(self) -> None:
         for task in self._syncing.values():
             task.cancel()
+        self.clusters.cancel()
 
     async def stop(self) -> None:
         await flush_telemetry(self.ctx.store, self.links, self.settings)
@@ -150,10 +153,12 @@ class FleetService(BaseService):
         if not host.is_local:
             return SshAgentTransport(host, self.home.known_hosts_file)
         settings = self.settings
-        return LocalAgentTransport(self.home, host.name, sample_interval=float(settings.telemetry.sample_interval),
-                                   log_max_size=int(settings.controller.log_max_size),
-                                   log_backups=settings.controller.log_backups, state_dir=local_state_dir(host),
-                                   keep_env=SLURM_VARIABLES)
+        local = LocalAgentTransport(self.home, host.name, sample_interval=float(settings.telemetry.sample_interval),
+                                    log_max_size=int(settings.controller.log_max_size),
+                                    log_backups=settings.controller.log_backups, state_dir=local_state_dir(host),
+                                    keep_env=SLURM_VARIABLES)
+        local.kind = host.kind  # "slurm": hosts list and the TUI show the cluster, however it is reached
+        return local
 
     def active_on(self, host: str) -> list[str]:
         """Runs in flight on ``host``."""
@@ -219,11 +224,8 @@ class FleetService(BaseService):
         if not up:
             return
         config = self.inventory.get(link.name)
-        if config is not None and config.slurm is not None and "slurm" not in link.info:
-            try:  # once per connection: the cluster's shape (hosts list, the scheduler's view of it)
-                link.info = {**link.info, "slurm": await link.request("slurm_info", request_timeout=60)}
-            except MlfleetError as exc:
-                log.warning("sinfo on %s failed: %s", link.name, exc)
+        if config is not None and config.slurm is not None:  # the cluster's shape, every REFRESH_S, in the background
+            self.clusters.refresh_soon(link)
         parts = [await work.before_poll(link) for work in self.work]
         # A run that writes faster than one answer per tick carries is drained by asking again at once
         # (for up to half a tick, so scheduling and cancels elsewhere are not held back), so ingestion keeps up

@@ -22,6 +22,7 @@ from mlfleet.core.jobs import records
 from mlfleet.core.jobs import submit_store as submit_keys
 from mlfleet.core.jobs.runs import PendingJob, queued_job
 from mlfleet.core.jobs.scheduler import Decision, never_fits
+from mlfleet.core.jobs.slurm_plan import free_gpus_words
 from mlfleet.core.jobs.snapshot import snapshot
 from mlfleet.core.jobs.spec import validate_job_spec
 from mlfleet.core.jobs.submit_key import check_submit_key
@@ -137,6 +138,11 @@ class JobsApi:
         run = self.c.active.get(detail.get("run_id") or "")
         if run is not None and run.waiting and run.state != "running":  # queued on the host (a Slurm job)
             detail["waiting_on_host"] = {"host": run.host, "message": run.waiting}
+            config = self.c.fleet.inventory.get(run.host)
+            link = self.c.ctx.links.get(run.host)
+            if config is not None and config.slurm is not None and link is not None:  # and the partition's free GPUs
+                detail["waiting_on_host"]["cluster"] = free_gpus_words(
+                    config.slurm, link.info.get("slurm"), run.spec.resources.gpus, run.spec.resources.gpu_types)
         detail["key"] = await self.store.read(submit_keys.key_of, detail["job_id"])
         return detail
 

@@ -157,7 +157,8 @@ async def cmd_jobs_why(client: ControllerClient, args: argparse.Namespace) -> in
         return EXIT_OK
     if job.get("waiting_on_host"):  # placed, and queued there: Slurm's reason, in words
         where = job["waiting_on_host"]
-        print(f"{job['job_id']} is {job['state']} on {where['host']}, waiting to start: {where['message']}")
+        cluster = f"; {where['cluster']}" if where.get("cluster") else ""  # a Slurm partition's free GPUs
+        print(f"{job['job_id']} is {job['state']} on {where['host']}, waiting to start: {where['message']}{cluster}")
         return EXIT_OK
     if job["state"] != "pending":
         print(f"{job['job_id']} is not pending: it is {job['state']}" + (f" ({job['reason']})" if job["reason"] else ""))

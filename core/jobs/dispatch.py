@@ -125,7 +125,8 @@ class Dispatcher:
         config = self.jobs.fleet.inventory.get(link.name)
         if config is not None and config.slurm is not None:
             return slurm_view(link.name, link.up and link.state == "up" and isinstance(cluster, dict), link.labels,
-                              cluster or {}, config.slurm.partition, self.jobs.fleet.drained.get(link.name))
+                              cluster or {}, config.slurm.partition, self.jobs.fleet.drained.get(link.name),
+                              config.slurm.gpu_partitions)
         latest = link.latest
         in_use = [r for r in self.jobs.active.values() if r.host == link.name]
         since = time.time() - float(self.jobs.ctx.settings.scheduler.utilization_window)
@@ -155,21 +156,34 @@ class Dispatcher:
 
 
 def slurm_view(name: str, up: bool, labels: dict[str, str], cluster: dict, partition: str | None,
-               drained: str | None) -> scheduler.HostView:
+               drained: str | None, gpu_partitions: dict[str, str] | None = None) -> scheduler.HostView:
     """A Slurm cluster as one host the size of its partition's biggest node (pure).
 
     Slurm queues what does not fit now, so nothing is counted as in use and
     no GPU is "really free" by NVML: a job is placed here when it could ever
-    fit one node of the partition, and Slurm's queue does the rest.
+    fit one node of the partition, and Slurm's queue does the rest. With a
+    ``gpu_partitions`` map (for a cluster whose GRES has no types), each
+    mapped partition's biggest node adds its GPUs under the mapped type's
+    name, so a job naming that type is placed (and sent there:
+    core/jobs/slurm_plan.py).
     """
-    parts = [p for p in cluster.get("partitions", []) if (p["name"] == partition if partition else p.get("default"))]
-    parts = parts or list(cluster.get("partitions", []))[:1]
+    partitions = list(cluster.get("partitions", []))
+    parts = [p for p in partitions if (p["name"] == partition if partition else p.get("default"))]
+    parts = parts or partitions[:1]
     best = max(parts, key=lambda p: (sum(p["gpus_per_node"].values()), p["cpus_per_node"]), default=None)
+    type_of = {}  # partition -> the GPU type the map gives its typeless GPUs (the first type named for it)
+    for gtype, part_name in (gpu_partitions or {}).items():
+        type_of.setdefault(part_name, gtype)
+    shown = ([best] if best is not None else []) + [
+        p for p in partitions if p["name"] in type_of and (best is None or p["name"] != best["name"])]
     gpus: list[scheduler.GpuView] = []
-    if best is not None:
-        for gtype, count in sorted(best["gpus_per_node"].items()):
+    for part in shown:
+        biggest = max((p for p in partitions if p["name"] == part["name"]),
+                      key=lambda p: sum(p["gpus_per_node"].values()))  # an old agent's sinfo may list it twice
+        for gtype, count in sorted(biggest["gpus_per_node"].items()):
+            label = type_of.get(part["name"], gtype)  # the map names a partition's GPUs, typed in GRES or not
             for _ in range(count):
-                gpus.append(scheduler.GpuView(index=len(gpus), name=gtype))
+                gpus.append(scheduler.GpuView(index=len(gpus), name=label))
     return scheduler.HostView(name=name, up=up and best is not None, labels=labels,
                               cpu_count=best["cpus_per_node"] if best else 0,
                               memory_total=best["memory_mb_per_node"] * 2**20 if best else 0, gpus=tuple(gpus),

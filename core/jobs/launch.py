@@ -21,6 +21,7 @@ from mlfleet.core.jobs import records
 from mlfleet.core.jobs.model_ship import ModelShipper, ModelUnavailable
 from mlfleet.core.jobs.params import param_env, render_argv
 from mlfleet.core.jobs.runs import ActiveRun
+from mlfleet.core.jobs.slurm_plan import partition_and_gres
 
 if TYPE_CHECKING:
     from mlfleet.core.jobs.service import JobsService
@@ -103,10 +104,9 @@ class Launcher:
         if config is None or config.slurm is None:
             return None
         res = run.spec.resources
-        gpu_type = res.gpu_types[0] if len(res.gpu_types) == 1 else None
-        gres = (f"gpu:{gpu_type}:{res.gpus}" if gpu_type else f"gpu:{res.gpus}") if res.gpus else None
+        partition, gres = partition_and_gres(config.slurm, res.gpus, res.gpu_types)  # gpu_partitions, GRES types
         timeout = float(run.spec.timeout) if run.spec.timeout else None
-        return SlurmPlan(partition=config.slurm.partition, account=config.slurm.account, qos=config.slurm.qos,
+        return SlurmPlan(partition=partition, account=config.slurm.account, qos=config.slurm.qos,
                          gres=gres, cpus=max(1, int(-(-res.cpus // 1))) if res.cpus else None,
                          memory_mb=int(res.memory) // 2**20 if res.memory else None,
                          time_limit_min=max(1, int(-(-timeout // 60))) if timeout else None)

@@ -30,7 +30,7 @@ from mlfleet.tui.screens.sweeps import SweepsScreen
 from mlfleet.tui.widgets.dialogs import Confirm, TextPanel
 from mlfleet.tui.widgets.job_log import JobLog, LogRequest
 from mlfleet.tui.widgets.job_table import JobTable
-from tui_data import (FIXED_AUDIT, FIXED_COMPARISON, FIXED_DEPLOY_HISTORY, FIXED_DEPLOY_METRICS, FIXED_DEPLOY_SHOWS,
+from tui_data import (FIXED_AUDIT, FIXED_CLUSTER, FIXED_COMPARISON, FIXED_DEPLOY_HISTORY, FIXED_DEPLOY_METRICS, FIXED_DEPLOY_SHOWS,
                       FIXED_DEPLOYMENTS, FIXED_DRIFT_LIST, FIXED_DRIFT_REPORT, FIXED_HOSTS, FIXED_JOBS,
                       FIXED_LINEAGE, FIXED_RUNS, FIXED_SWEEP, FIXED_SWEEPS, GPU_HISTORY, JOB_METRICS, WHY_PENDING)
 
@@ -70,6 +70,21 @@ def test_the_fleet_view_looks_right(snap_compare: Any) -> None:
         await pilot.pause()
 
     assert snap_compare(StillApp(FleetScreen()), terminal_size=(150, 34), run_before=feed)
+
+
+def test_a_slurm_cluster_looks_right(snap_compare: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cluster's row says its GPUs free/total, and its card a row per partition in place of the login node's GPUs."""
+    from mlfleet.core.fleet import slurm_cluster
+
+    monkeypatch.setattr(slurm_cluster, "clock", lambda: 1_700_000_000.0)  # "sinfo 7 s ago", every run
+
+    async def feed(pilot: Pilot[Any]) -> None:
+        await pilot.pause()
+        screen: FleetScreen = pilot.app.screen
+        await screen.show_hosts([FIXED_CLUSTER, FIXED_HOSTS[0]])
+        await pilot.pause()
+
+    assert snap_compare(StillApp(FleetScreen()), terminal_size=(150, 30), run_before=feed)
 
 
 def test_the_jobs_view_looks_right(snap_compare: Any) -> None:

@@ -257,3 +257,26 @@ FIXED_DEPLOY_METRICS: dict[str, Any] = {  # deploy_metrics iris --since 1h
                  {"version": 2, "replicas": 2, "requests": 660, "errors": 13, "rps": 11.0, "error_rate": 0.0197,
                   "p50": 0.0094, "p95": 0.0181, "p99": 0.2403, "latency_mean": 0.012, "gauges": {}}],
 }
+
+# A Slurm cluster as hosts_list sends it: the login node's telemetry and sinfo's partitions (info.slurm).
+FIXED_CLUSTER: dict[str, Any] = {
+    "name": "hpc", "kind": "slurm", "state": "up", "message": "", "agent_version": "0.1.0",
+    "last_seen": 1_700_000_000.0, "seen_ago": 0.4, "stale": False, "labels": {"backend": "slurm"},
+    "running_jobs": 3, "simulated": False, "drained": None,
+    "info": {"slurm": {"at": 1_700_000_000.0 - 7, "nodes": {"allocated": 3, "idle": 2, "down": 1, "total": 6},
+                       "gpus": {"gpu": {"total": 24, "free": 5}},
+                       "partitions": [
+                           {"name": "cpu", "default": True, "up": True, "node_count": 2,
+                            "nodes": {"allocated": 1, "idle": 1, "down": 0, "total": 2}, "gpus_per_node": {},
+                            "cpus_per_node": 32, "memory_mb_per_node": 128000, "gpus": {}},
+                           {"name": "gpu-a100", "default": False, "up": True, "node_count": 2,
+                            "nodes": {"allocated": 1, "idle": 1, "down": 0, "total": 2}, "gpus_per_node": {"gpu": 4},
+                            "cpus_per_node": 64, "memory_mb_per_node": 512000,
+                            "gpus": {"gpu": {"total": 8, "free": 5, "free_max_node": 4}}},
+                           {"name": "gpu-h100", "default": False, "up": True, "node_count": 2,
+                            "nodes": {"allocated": 1, "idle": 0, "down": 1, "total": 2}, "gpus_per_node": {"gpu": 8},
+                            "cpus_per_node": 96, "memory_mb_per_node": 1024000,
+                            "gpus": {"gpu": {"total": 16, "free": 0, "free_max_node": 0}}}]}},
+    "telemetry": _telemetry(4.0, 12.0, "no_driver", []),
+    "history": {"cpu_percent": _history(60, 3, 4), "memory_percent": _history(60, 2, 1, step=1)},
+}

@@ -308,7 +308,7 @@ def _run_id_filters(run_ids: list[str]) -> list[tuple[str, int]]:
 
 
 def job_detail(job: dict[str, Any]) -> Table:
-    """``job_show`` as a page: state, why pending per host, events and runs."""
+    """``job_show`` as a page: state, why pending per host (or why it waits on its host), events and runs."""
     page = Table.grid(padding=(0, 1))
     page.add_column(style="bold", no_wrap=True)
     page.add_column()
@@ -323,6 +323,10 @@ def job_detail(job: dict[str, Any]) -> Table:
         for r in why:
             text.append(value(r.get("host")), style="bold").append(f" [{value(r.get('check'))}] {value(r.get('message'))}\n")
         page.add_row("why pending", text if why else "the scheduler has not looked at it yet")
+    where = job.get("waiting_on_host")
+    if where:  # placed, and queued on its host (Slurm): its reason, and the partition's free GPUs
+        page.add_row("waiting", Text(value(where.get("host")), style="bold").append(
+            f" {value(where.get('message'))}" + (f"; {where['cluster']}" if where.get("cluster") else "")))
     events = Text()
     for e in job.get("events") or []:
         events.append(f"{when(e.get('ts'))}  {value(e.get('state')):<10} {e.get('reason') or ''}\n")

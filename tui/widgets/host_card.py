@@ -18,6 +18,7 @@ from textual.reactive import reactive
 from textual.widgets import Label, Static
 
 from mlfleet.core.fleet.hostseen import is_stale, seen_text
+from mlfleet.core.fleet.slurm_cluster import PARTITION_HEADERS, age_text, partition_rows
 from mlfleet.core.base.units import format_size
 from mlfleet.tui.widgets.spark import SparkLine, spark
 from mlfleet.tui.widgets.text import set_text
@@ -76,7 +77,8 @@ class HostCard(Vertical):
             sparkline = self.query_one(selector, SparkLine)
             sparkline.values = tuple(history.get(key) or ())
             sparkline.display = bool(sparkline.values)  # no flat line pretending to be history
-        gpus = gpu_view(telemetry, host.get("gpu_history") or {})
+        gpus = (cluster_view(host.get("info", {}).get("slurm")) if host.get("kind") == "slurm"
+                else gpu_view(telemetry, host.get("gpu_history") or {}))
         lines = len(gpus.plain.splitlines()) if isinstance(gpus, Text) else 1
         self.query_one("#gpus", Static).update(gpus, layout=lines != self._gpu_lines)
         self._gpu_lines = lines
@@ -153,6 +155,23 @@ def gpu_view(telemetry: dict[str, Any] | None, history: dict[int, list[float]] |
     for n, row in enumerate(rows):
         cells = [c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
         text.append("  ".join(cells).rstrip() + ("\n" if n < len(rows) - 1 else ""), style="bold" if n == 0 else "")
+    return text
+
+
+def cluster_view(shape: dict[str, Any] | None) -> str | Text:
+    """A Slurm cluster's partitions, a row each: nodes idle/allocated/down and GPUs free/total by type (sinfo)."""
+    if not isinstance(shape, dict):
+        return "SLURM  waiting for the first sinfo"
+    rows = [tuple(h.upper() for h in PARTITION_HEADERS)]
+    rows += [tuple(str(c) for c in row) for row in partition_rows(shape)]
+    if len(rows) == 1:
+        return "SLURM  sinfo shows no partition"
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    text = Text()
+    for n, row in enumerate(rows):
+        cells = [c.ljust(w) if i in (0, 1, 6) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        text.append("  ".join(cells).rstrip() + "\n", style="bold" if n == 0 else "")
+    text.append(age_text(shape), style="dim")
     return text
 
 

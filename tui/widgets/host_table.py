@@ -11,6 +11,7 @@ from typing import Any
 from rich.text import Text
 
 from mlfleet.core.fleet.hostseen import is_stale, seen_text
+from mlfleet.core.fleet.slurm_cluster import cluster_gpus_cell
 from mlfleet.core.base.units import format_size
 
 HOST_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -45,9 +46,13 @@ def host_cells(host: dict[str, Any]) -> tuple[str | Text, ...]:
     if host.get("drained"):
         badges.append("DRAINED")
     stale = is_stale(host)
+    gpu_count = _gpu_count(t)
+    if host.get("kind") == "slurm":  # the cluster's GPUs (free/total, from sinfo), not its login node's
+        gpu_count = cluster_gpus_cell((host.get("info") or {}).get("slurm"))
+        gpu_util = gpu_mem = "-"
     live = (f"{t['cpu_percent']:.0f} % of {t['cpu_count']}" if t else "-",
             f"{format_size(t['memory_used'])} / {format_size(t['memory_total'])}" if t else "-",
-            _gpu_count(t), gpu_util, gpu_mem)
+            gpu_count, gpu_util, gpu_mem)
     seen = seen_text(host)
     return (
         host["name"], Text(state, style=STATE_STYLES.get(state, "")), host.get("kind") or "-", labels,
