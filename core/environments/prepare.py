@@ -182,7 +182,7 @@ class EnvironmentPreparer:
         await asyncio.gather(*tasks)
 
     async def _missing(self, link: Any, facts: NodeFacts, wheels: list[PinnedWheel]) -> list[PinnedWheel]:
-        if link.transport.kind == "local":  # the local agent's wheelhouse is a folder on this machine
+        if link.transport.on_this_machine:  # the local agent's wheelhouse is a folder on this machine
             folder = Path(facts.state_dir) / "wheelhouse"
             return [w for w in wheels if not (folder / w.sha256).is_file()]
         # WHY ask every time: the node is the truth. Its wheelhouse may have been wiped (cleaned by hand, a
@@ -196,7 +196,7 @@ class EnvironmentPreparer:
         return [w for w in wheels if w.sha256 in absent]
 
     async def _ship_one(self, link: Any, facts: NodeFacts, wheel: PinnedWheel) -> None:
-        if link.transport.kind == "local":
+        if link.transport.on_this_machine:
             await asyncio.to_thread(self.wheelhouse.link_into, wheel, Path(facts.state_dir) / "wheelhouse")
         else:
             await link.transport.upload(self.wheelhouse.path(wheel.sha256), f"{facts.state_dir}/wheelhouse/{wheel.sha256}")

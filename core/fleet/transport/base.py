@@ -16,6 +16,7 @@ class AgentTransport(Protocol):
     host: str
     kind: str
     address: str | None
+    on_this_machine: bool  # the agent runs here: files reach it by link or copy, never by upload
 
     async def connect(self) -> Peer:
         """A Peer that has said hello; raises UnavailableError when the agent cannot be reached."""

@@ -34,8 +34,9 @@ SLURM_VARIABLES = ("SLURM_CONF",)
 
 
 class LocalAgentTransport:
-    kind = "local"
+    kind = "local"  # "slurm" for a cluster whose login node runs the controller (set by the fleet)
     address = None
+    on_this_machine = True  # files reach it by link or copy, never by upload
 
     def __init__(self, home: Home, host: str = "local", sample_interval: float = 1.0,
                  simulate_gpus: str | None = None, log_max_size: int = 10 * 1024**2, log_backups: int = 3,

@@ -27,6 +27,7 @@ class SshAgentTransport:
     def __init__(self, config: HostConfig, known_hosts: Path) -> None:
         self._conn: asyncssh.SSHClientConnection | None = None
         self.config = config
+        self.on_this_machine = False
         self.kind = config.kind  # "slurm" for a cluster's login node: hosts list and the TUI show it as a cluster
         self.host = config.name
         self.address = route.describe(config)
