@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from mlfleet.core.base.errors import SpecError
+from mlfleet.core.base.errors import SpecError, SpecErrors
 from mlfleet.core.base.models import Constraints, Environment, JobSpec, Resources, spec_dec_hook
 from mlfleet.core.base.sweep_models import Distribution, Objective, RandomSearch, SweepSpec
 from mlfleet.core.base.yamlsource import Located, dotted
@@ -159,3 +159,76 @@ def check_absolute_paths(located: Located, parts: tuple, field: str, paths: list
             raise SpecError(located.path, located.line_of((*parts, j)), f"{field}[{j}]",
                             f"{folder!r} is not an absolute path", "write the folder's full path on the node, "
                             "e.g. /data/models")
+
+
+# ------------------------------------------------ every mistake in one pass
+
+_ABSENT = object()
+
+
+def collect_errors(data: dict[str, Any], kind: type[msgspec.Struct], located: Located | None, *, display: str,
+                   max_errors: int, structs: dict[tuple[Any, ...], type[msgspec.Struct]] | None = None,
+                   stand_ins: dict[tuple[Any, ...], Any] | None = None,
+                   dec_hook: Any = spec_dec_hook) -> tuple[Any, list[SpecError], set[tuple[Any, ...]], dict[str, Any]]:
+    """Convert ``data`` to ``kind``; on each error set the wrong value aside and convert again.
+
+    Why: a user fixes a file in one pass only if every mistake is reported,
+    but msgspec stops at the first. Each wrong value is dropped (its default
+    takes its place) or, for a required field, replaced by its stand-in, and
+    conversion goes on, up to ``max_errors``. Job specs, deployment specs and
+    pipeline specs share this loop, so they agree on what "all the errors" is.
+
+    Returns the converted value (None when no stand-in could take a required
+    field's place, or too many errors), the errors, the field paths set
+    aside (checks that involve them should be skipped, their value is not the
+    user's: :func:`touches`) and the data that converted.
+    """
+    stand_ins = stand_ins or {}
+    errors: list[SpecError] = []
+    removed: set[tuple[Any, ...]] = set()
+    while True:
+        try:
+            return msgspec.convert(data, kind, dec_hook=dec_hook, str_keys=True), errors, removed, data
+        except msgspec.ValidationError as exc:
+            parts, error = validation_error(str(exc), data, located, structs)
+            if located is None and error.path != display:
+                error = SpecError(display, None, error.field, error.problem, error.hint)
+            errors.append(error)
+            while parts and isinstance(parts[-1], int):  # a list item: set the whole list aside (indices stay true)
+                parts = parts[:-1]
+            missing = error.problem == "is required but missing"
+            if len(errors) >= max_errors or not parts or parts in removed or (missing and parts not in stand_ins):
+                return None, errors, removed, data
+            removed.add(parts)
+            data = set_aside(data, parts, stand_ins.get(parts) if missing or parts in stand_ins else _ABSENT)
+
+
+def set_aside(data: Any, parts: tuple[Any, ...], value: Any = _ABSENT) -> Any:
+    """A copy of ``data`` with the value at ``parts`` dropped (no ``value``) or replaced; the original is kept."""
+    copy = dict(data)
+    if len(parts) == 1:
+        if value is _ABSENT:
+            copy.pop(parts[0], None)
+        else:
+            copy[parts[0]] = value
+        return copy
+    inner = copy.get(parts[0])
+    if isinstance(inner, dict):
+        copy[parts[0]] = set_aside(inner, parts[1:], value)
+    else:
+        copy.pop(parts[0], None)
+    return copy
+
+
+def touches(parts: tuple[Any, ...], removed: set[tuple[Any, ...]]) -> bool:
+    """Whether ``parts`` is, holds or lies inside a path that was set aside."""
+    return any(parts[:len(r)] == r or r[:len(parts)] == parts for r in removed)
+
+
+def raise_collected(errors: list[SpecError], max_errors: int) -> None:
+    """Nothing when there are no errors; one SpecError alone; several as SpecErrors, by line, at most ``max_errors``."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        ordered = sorted(errors[:max_errors], key=lambda e: (e.line is None, e.line or 0))
+        raise SpecErrors(ordered)
