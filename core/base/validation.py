@@ -149,6 +149,9 @@ def _known_fields(parts: tuple[Any, ...], structs: dict[tuple[Any, ...], type[ms
                         ("sweep", "random", "space", "*"): Distribution}
     key = tuple("*" if isinstance(p, int) else p for p in parts)  # "*": any list item
     struct = table.get(key) or (table.get(key[:-1] + ("*",)) if key else None)  # or any key of a mapping
+    if struct is None:  # "*" for a mapping's key anywhere on the path (steps.*.gate: any step's gate)
+        struct = next((s for pattern, s in table.items() if len(pattern) == len(key)
+                       and all(p == "*" or p == k for p, k in zip(pattern, key))), None)
     return list(struct.__struct_fields__) if struct else []
 
 

@@ -45,26 +45,57 @@ def load_job_spec(path: str | Path, overrides: list[Override] | None = None) -> 
     if not isinstance(located.data, dict):
         raise SpecError(located.path, located.line_of(()), None, f"a job spec must be a YAML mapping, got {_describe(located.data)}",
                         "start with 'name:' and 'command:' (see configs/)")
-    data = dict(located.data)
-    # argv items and environment values are text: keep what was typed, not YAML's reading
-    # of it (0.10 -> 0.1, 010 -> 8, yes -> True).
+    data = as_typed_in_file(dict(located.data), located)  # before the overrides: it reads the file's text
+    data = bounds_as_numbers(apply(data, overrides or []))
+    spec, errors = _checked(data, located, Path(path).parent)
+    _raise_if_any(blame_overrides(errors, overrides or []))
+    assert spec is not None  # no errors: it converted
+    return spec
+
+
+def as_typed_in_file(data: dict[str, Any], located: Located) -> dict[str, Any]:
+    """``data`` with the values that are text kept as typed in the file, not as YAML read them.
+
+    argv items, environment values, tags and labels are text: ``0.10`` stays
+    "0.10", ``010`` stays "010", ``yes`` stays "yes". ``located`` must be the
+    view whose paths start at the job (a pipeline's inline job: ``Located.under``).
+    """
     if isinstance(data.get("command"), list):
         data["command"] = [located.as_typed(("command", i), v) for i, v in enumerate(data["command"])]
     for parts in (("env",), ("tags",), ("constraints", "labels")):
         mapping = _get(data, parts)
         if isinstance(mapping, dict):
             _put(data, parts, {k: located.as_typed(parts + (k,), v) for k, v in mapping.items()})
-    typed_as_written(data, located)  # before the overrides: it reads the file's text, which an override replaced
-    data = bounds_as_numbers(apply(data, overrides or []))
+    typed_as_written(data, located)
+    return data
+
+
+def job_spec_errors(data: dict[str, Any], located: Located, base: Path) -> list[SpecError]:
+    """Every mistake in a job's data, its workdir (relative to ``base``) included; empty when it is a valid job.
+
+    For specs that hold a job (a pipeline's inline ``job:``): they report
+    these errors with their own, and resolve the job with :func:`resolve_job_spec`.
+    """
+    return _checked(data, located, base)[1]
+
+
+def resolve_job_spec(data: dict[str, Any], located: Located, base: Path) -> JobSpec:
+    """A valid job's data as its JobSpec, the workdir made absolute (relative to ``base``); raises SpecError(s)."""
+    spec, errors = _checked(data, located, base)
+    _raise_if_any(errors)
+    assert spec is not None
+    return spec
+
+
+def _checked(data: dict[str, Any], located: Located, base: Path) -> tuple[JobSpec | None, list[SpecError]]:
+    """The resolved spec (None unless it is valid) and every mistake found, the workdir check included."""
     spec, errors, removed = _validate(data, located)
     if spec is not None and len(errors) < MAX_SPEC_ERRORS and not touches(("workdir",), removed):
         try:
-            spec = _resolve(spec, Path(path), located)
+            spec = _resolve(spec, base, located)
         except SpecError as exc:
             errors.append(exc)
-    _raise_if_any(blame_overrides(errors, overrides or []))
-    assert spec is not None  # no errors: it converted
-    return spec
+    return (spec if not errors else None), errors
 
 
 def _get(data: Any, parts: tuple[str, ...]) -> Any:
@@ -179,10 +210,10 @@ def _swept_paths(spec: JobSpec) -> set[str]:
     return set(spec.sweep.grid or {}) | set(spec.sweep.random.space if spec.sweep.random else {})
 
 
-def _resolve(spec: JobSpec, path: Path, located: Located) -> JobSpec:
+def _resolve(spec: JobSpec, base: Path, located: Located) -> JobSpec:
     workdir = Path(spec.workdir).expanduser()
     if not workdir.is_absolute():
-        workdir = (path.parent / workdir).resolve()
+        workdir = (base / workdir).resolve()
     if not workdir.is_dir():
         line = located.line_of(("workdir",))
         problem = f"folder {str(workdir)!r} does not exist"
