@@ -13,6 +13,7 @@ import re
 from typing import Annotated, Any
 
 import msgspec
+import msgspec.inspect
 from msgspec import Meta
 
 from mlfleet.core.base.errors import SpecError, SpecErrors
@@ -23,6 +24,7 @@ from mlfleet.core.base.yamlsource import Located, dotted
 AbsolutePath = Annotated[str, Meta(min_length=1, max_length=4096)]  # checked by check_absolute_paths
 
 _PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_KEY_PATH_RE = re.compile(r" - at `key` in `\$(?P<path>[^`]*)`$")
 _TOKEN_RE = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+|\.\.\.)\]")
 _TYPE_WORDS = {
     "int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
@@ -46,11 +48,27 @@ def validation_error(message: str, data: Any, located: Located | None,
     display = located.path if located else "job spec"
     match = _PATH_RE.search(message)
     parts: tuple[Any, ...] = ()
+    key_match = _KEY_PATH_RE.search(message)
+    if key_match:  # a mapping's key is wrong (a step named "a.b"): point at that key
+        parts = _parse_path(key_match.group("path"), data, structs)
+        key = _first_bad_name(data, parts, structs)
+        if key is not None:
+            parts = parts + (key,)
+        line = located.line_of(parts) if located else None
+        problem = f"the name {key!r} " if key is not None else "a name here "
+        if "matching regex" in message:
+            problem += "must start with a letter or digit and hold only letters, digits, '_' and '-'"
+        else:
+            problem += message[: key_match.start()].replace("Expected `str`", "must be text").strip()
+        return parts, SpecError(display, line, dotted(parts) or None, problem)
     if match:
         parts = _parse_path(match.group("path"), data, structs)
         message = message[: match.start()]
     problem, hint = message, ""
-    if m := re.match(r"Object contains unknown field `(.+)`", message):
+    if m := re.match(r"Invalid enum value (.+)$", message):
+        choices = _choices(parts, structs)
+        problem = f"{m.group(1)} is not one of {', '.join(choices)}" if choices else f"{m.group(1)} is not an allowed value"
+    elif m := re.match(r"Object contains unknown field `(.+)`", message):
         key = m.group(1)
         parts = parts + (key,)
         known = _known_fields(parts[:-1], structs)
@@ -140,6 +158,39 @@ def _replace_at(data: Any, parts: tuple[Any, ...], value: Any) -> Any:
     if isinstance(copy, dict):
         copy[parts[0]] = _replace_at(copy.get(parts[0]), parts[1:], value)
     return copy
+
+
+def _first_bad_name(data: Any, parts: tuple[Any, ...], structs: dict[tuple[Any, ...], type[msgspec.Struct]] | None) -> Any:
+    """msgspec says only "a key in this mapping"; find which, by validating each key alone."""
+    node = _value_at(data, parts)
+    if not isinstance(node, dict):
+        return None
+    root = (structs or {}).get((), JobSpec)
+    for key, value in node.items():
+        try:
+            msgspec.convert(_replace_at(data, parts, {key: value}), root, dec_hook=spec_dec_hook, str_keys=True)
+        except msgspec.ValidationError as exc:
+            if "at `key` in" in str(exc):
+                return key
+    return None
+
+
+def _choices(parts: tuple[Any, ...], structs: dict[tuple[Any, ...], type[msgspec.Struct]] | None) -> list[str]:
+    """The values a Literal field allows (``concurrency``: queue, replace, skip), for the sentence that refuses one."""
+    if not parts or not isinstance(parts[-1], str) or not _known_fields(parts[:-1], structs):
+        return []
+    table = structs or {(): JobSpec}
+    key = tuple("*" if isinstance(p, int) else p for p in parts[:-1])
+    struct = table.get(key) or next((st for pattern, st in table.items() if len(pattern) == len(key)
+                                     and all(p == "*" or p == k for p, k in zip(pattern, key))), None)
+    if struct is None:
+        return []
+    info = msgspec.inspect.type_info(struct)
+    for field in getattr(info, "fields", ()):
+        if field.name == parts[-1]:
+            kinds = field.type.types if isinstance(field.type, msgspec.inspect.UnionType) else (field.type,)
+            return [str(v) for t in kinds if isinstance(t, msgspec.inspect.LiteralType) for v in t.values]
+    return []
 
 
 def _known_fields(parts: tuple[Any, ...], structs: dict[tuple[Any, ...], type[msgspec.Struct]] | None) -> list[str]:

@@ -12,7 +12,7 @@ that read it. Pure: data in, data out.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from mlfleet.core.jobs.params import PLACEHOLDER, lookup, text_of
 
@@ -27,16 +27,21 @@ class Filled:
     unknown: list[tuple[tuple[Any, ...], str]] = field(default_factory=list)
 
 
-def fill(value: Any, params: dict[str, Any], found: Filled, at: tuple[Any, ...] = ()) -> Any:
-    """``value`` with every ``{params.KEY}`` the params answer replaced; others are left as written and noted."""
+def fill(value: Any, params: dict[str, Any], found: Filled, at: tuple[Any, ...] = (),
+         text_at: Callable[[tuple[Any, ...]], bool] = lambda at: False) -> Any:
+    """``value`` with every ``{params.KEY}`` the params answer replaced; others are left as written and noted.
+
+    ``text_at(path)`` says where a value is text whatever it holds (an argv
+    item, an environment value): there a whole placeholder becomes text too.
+    """
     if isinstance(value, dict):
-        return {k: fill(v, params, found, at + (k,)) for k, v in value.items()}
+        return {k: fill(v, params, found, at + (k,), text_at) for k, v in value.items()}
     if isinstance(value, list):
-        return [fill(v, params, found, at + (i,)) for i, v in enumerate(value)]
+        return [fill(v, params, found, at + (i,), text_at) for i, v in enumerate(value)]
     if not isinstance(value, str) or "{params." not in value:
         return value
     whole = PLACEHOLDER.fullmatch(value)
-    if whole:
+    if whole and not text_at(at):
         answer = lookup(params, whole.group(1))
         if answer is _MISSING:
             found.unknown.append((at, whole.group(1)))

@@ -97,21 +97,44 @@ def check_pipeline(data: dict[str, Any], located: Located, base: Path) -> tuple[
         steps_data = {}
         for name, step in data["steps"].items():
             fills[name] = Filled()
-            steps_data[name] = fill(step, params, fills[name], ("steps", name))
+            steps_data[name] = fill(step, params, fills[name], ("steps", name), _job_text)
         data = {**data, "steps": steps_data}
+    unknown = _unknown_placeholders(data, located, fills)
     raw, errors, removed, data = collect_errors(data, PipelineFile, located, display=display,
                                                 max_errors=MAX_SPEC_ERRORS, structs=STRUCTS, stand_ins=_STAND_INS,
                                                 dec_hook=None)
+    # a value holding an unknown placeholder is wrong for that reason, whatever else msgspec says of it
+    said = {e.field for e in unknown}
+    errors = unknown + [e for e in errors if e.field not in said]
     if raw is None:
-        return None, errors
+        return None, errors[:MAX_SPEC_ERRORS]
     check = _Checker(raw, data, located, base, removed, fills)
     steps = check.steps()
     triggers = check.triggers()
-    errors = (errors + check.errors)[:MAX_SPEC_ERRORS]
+    errors = sorted(errors + check.errors, key=lambda e: (e.line is None, e.line or 0))[:MAX_SPEC_ERRORS]
     if errors:
         return None, errors
     return Pipeline(name=raw.name, project=raw.project, params=dict(raw.params), on=triggers,
                     concurrency=raw.concurrency, steps=steps), []
+
+
+def _unknown_placeholders(data: dict[str, Any], located: Located, fills: dict[str, Filled]) -> list[SpecError]:
+    """A ``{params.KEY}`` the pipeline's params do not answer, except where an inline job's own params do.
+
+    In an inline job's command it is the job's check that speaks (the job's
+    own params may answer at dispatch), so it is not said twice.
+    """
+    out = []
+    for name, found in fills.items():
+        job = data["steps"][name].get("job") if isinstance(data["steps"][name], dict) else None
+        own = job.get("params") if isinstance(job, dict) else None
+        for parts, key in found.unknown:
+            in_job = parts[2:3] == ("job",) and isinstance(job, dict) and "spec" not in job
+            if in_job and (parts[3:4] == ("command",) or (isinstance(own, dict) and _has(own, key))):
+                continue
+            out.append(SpecError(located.path, located.line_of(parts), dotted(parts),
+                                 f"{{params.{key}}} names no param of the pipeline", "add it under params:, or fix the name"))
+    return out
 
 
 class _Checker:
@@ -122,6 +145,7 @@ class _Checker:
         self.raw, self.data, self.located, self.base, self.removed, self.fills = raw, data, located, base, removed, fills
         self.errors: list[SpecError] = []
         self.sites: dict[tuple[str, str], tuple[Any, ...]] = {}  # (step, upstream) -> where the edge is written
+        self.bad_outputs: set[tuple[str, str]] = set()  # declared, but wrong: already said, so no "has no output"
 
     def fail(self, parts: tuple[Any, ...], problem: str, hint: str = "") -> None:
         if touches(parts, self.removed):
@@ -138,7 +162,8 @@ class _Checker:
         out: dict[str, Step] = {}
         for name, step in self.raw.steps.items():
             at = ("steps", name)
-            kinds = [k for k in STEP_KINDS if getattr(step, k) is not None]
+            written = self.data["steps"][name]
+            kinds = sorted((k for k in STEP_KINDS if getattr(step, k) is not None), key=list(written).index)
             if not kinds:
                 self.fail(at, "has no kind", f"give it one of {', '.join(STEP_KINDS)} (see docs/pipelines.md)")
                 continue
@@ -146,10 +171,6 @@ class _Checker:
                 self.fail(at + (kinds[1],), f"is a second kind for this step (it is already a {kinds[0]} step)",
                           "a step does one thing: split it in two steps and join them with needs:")
                 continue
-            for parts, key in self.fills[name].unknown:
-                if not self._job_answers(name, parts, key):
-                    self.fail(parts, f"{{params.{key}}} names no param of the pipeline",
-                              "add it under params:, or fix the name")
             out[name] = Step(name=name, kind=kinds[0], job=self._job(name, step), drift=step.drift, gate=step.gate,
                              register=step.register, promote=step.promote, needs=list(step.needs),
                              inputs=self._inputs(name, step), outputs=self._outputs(name, step, kinds[0]),
@@ -158,12 +179,6 @@ class _Checker:
             self._references(name, step, out)
         self._cycle(out)
         return out
-
-    def _job_answers(self, name: str, parts: tuple[Any, ...], key: str) -> bool:
-        """A placeholder inside an inline job that the job's own params answer is the job's (filled at dispatch)."""
-        job = self.data["steps"][name].get("job")
-        own = job.get("params") if isinstance(job, dict) else None
-        return parts[2:3] == ("job",) and isinstance(own, dict) and _has(own, key)
 
     def _job(self, name: str, step: StepFile) -> Any:
         if step.job is None:
@@ -260,6 +275,7 @@ class _Checker:
         out = {}
         for key, path in step.outputs.items():
             text = path.strip()
+            self.bad_outputs.add((name, key))
             if text.startswith("/") or ".." in Path(text).parts or not text or "\0" in text:
                 self.fail(at + (key,), f"{path!r} is not a path inside the workdir",
                           "outputs are written by the job, relative to its workdir (out/data.parquet)")
@@ -267,6 +283,7 @@ class _Checker:
                 self.fail(at + (key,), f"{path!r} is a pattern", "name the one file or folder the step writes")
             else:
                 out[key] = text
+                self.bad_outputs.discard((name, key))
         return out
 
     # ---------------------------------------------------------- references
@@ -284,7 +301,7 @@ class _Checker:
                 continue
             self.sites.setdefault((name, item.step), parts)
             outputs = steps[item.step].outputs
-            if item.output not in outputs:
+            if item.output not in outputs and (item.step, item.output) not in self.bad_outputs:
                 close = difflib.get_close_matches(item.output or "", list(outputs), n=1)
                 hint = (f"did you mean {item.step}.outputs.{close[0]}?" if close else
                         f"its outputs are {', '.join(outputs)}" if outputs else
@@ -374,6 +391,12 @@ class _Checker:
                           "names this pipeline itself, so each run would start the next forever",
                           "name another pipeline, or use schedule:")
         return Triggers(schedule=schedule, data=_as_list(on.data), drift=on.drift, after=after)
+
+
+def _job_text(parts: tuple[Any, ...]) -> bool:
+    """Where a job holds text whatever it reads like: argv items, environment values, tags, labels."""
+    inner = parts[3:] if parts[2:3] == ("job",) else parts[5:] if parts[2:5] == ("job", "set") else None
+    return inner is not None and (inner[:1] in (("command",), ("env",), ("tags",)) or inner[:2] == ("constraints", "labels"))
 
 
 def _as_list(value: Any) -> list[Any]:
