@@ -99,14 +99,15 @@ def step_spec(step: Step) -> dict[str, Any]:
     """The resolved spec a key covers: the step's kind fields and its wiring, params left to their own part.
 
     A job's ``name`` is left out (the pipeline names its jobs; renaming a
-    pipeline is no reason to re-run its steps), and so are its ``inputs``
-    (hashed by content, as parts of their own) and its ``params``.
+    pipeline is no reason to re-run its steps), and so are its ``params``
+    (a part of their own) and its ``workdir``: the code hash stands for what
+    is in it, so the same code in another checkout is the same step.
     """
     plain: dict[str, Any] = {"kind": step.kind, "needs": sorted(step.needs), "outputs": dict(step.outputs),
                              "inputs": [i.text for i in step.inputs]}
     if step.job is not None:
         job = to_plain(step.job)
-        for dropped in ("name", "params"):
+        for dropped in ("name", "params", "workdir"):
             job.pop(dropped, None)
         for optional in ("environment", "sweep", "service"):  # absent is absent, as JobSpec.content_hash says
             if job.get(optional) is None:
