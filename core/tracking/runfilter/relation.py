@@ -62,9 +62,10 @@ class _RelationParser(_Parser):
 
     def factor(self) -> Term:
         tok = self.tok
-        self.terms += 1
-        if self.terms > MAX_TERMS:
-            raise self.fail(f"a requirement may hold at most {MAX_TERMS} numbers and fields")
+        if tok.kind not in ("-", "("):
+            self.terms += 1
+            if self.terms > MAX_TERMS:
+                raise self.fail(f"a requirement may hold at most {MAX_TERMS} numbers and fields")
         if tok.kind == "number":
             self.take()
             return self._number(tok.text, tok.column)
