@@ -17,6 +17,7 @@ import pytest
 from mlfleet.core.base.errors import SpecError, SpecErrors
 from mlfleet.core.jobs.overrides import parse_overrides
 from mlfleet.core.pipelines import graph
+from mlfleet.core.pipelines.cron import cron_problem
 from mlfleet.core.pipelines.spec import code_excludes, load_pipeline_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -144,7 +145,8 @@ def test_a_job_from_a_spec_file_takes_set_changes(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("old,new,at,field,words", [
     ("concurrency: replace", "concurency: replace", "concurency", "concurency", "did you mean 'concurrency'"),
-    ("concurrency: replace", "concurrency: sometimes", "concurrency", "concurrency", "queue"),
+    ("concurrency: replace", "concurrency: sometimes", "concurrency", "concurrency",
+     "concurrency: 'sometimes' is not one of queue, replace, skip"),
     ("    needs: [check]", "    need: [check]", "need:", "steps.gate.need", "did you mean 'needs'"),
     ("      workdir: code\n    inputs: [data", "      workdir: code\n      comand: x\n    inputs: [data", "comand",
      "steps.prepare.job.comand", "did you mean 'command'"),
@@ -295,3 +297,21 @@ def test_hostile_files_are_one_sentence(tmp_path: Path, text: str, words: str) -
     with pytest.raises(SpecError) as caught:
         load_pipeline_spec(path)
     assert words in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["*/15 * * * *", "0 9-17 * * mon-fri", "0 0 1,15 * *", "30 2 * jan,jul 0", "@weekly",
+                                  "0 0 * * 7"])
+def test_a_cron_people_write_is_taken(text: str) -> None:
+    assert cron_problem(text) is None
+
+
+@pytest.mark.parametrize("text,problem", [
+    ("*/0 * * * *", "the minute field '*/0': the step '0' is not a whole number from 1 up"),
+    ("0 17-9 * * *", "the hour field '17-9': the range '17-9' runs backwards"),
+    ("0 0 * foo *", "the month field 'foo': 'foo' is not a number or a name"),
+    ("0 0 0 * *", "the day of month field '0': 0 is outside 1-31"),
+    ("@sometimes", "'@sometimes' is not a cron shorthand"),
+    ("* * * * * *", "has 6 fields, not 5"),
+])
+def test_a_cron_that_would_never_fire_says_which_field(text: str, problem: str) -> None:
+    assert problem in (cron_problem(text) or ""), cron_problem(text)

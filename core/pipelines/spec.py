@@ -4,9 +4,8 @@ The same contract as job and deployment specs: msgspec checks the shape
 (through core/base/validation.py's :func:`collect_errors`, so all mistakes
 come in one pass, with "did you mean"), then the checks types cannot
 express. A step's ``job:`` is checked by the jobs capability's own rules
-(``job_spec_errors``), so a job in a pipeline and a job in a file never
-disagree; ``job: {spec: FILE}`` reads a job spec file with ``load_job_spec``
-(``set:`` changes it as ``--set`` would). The references between steps (needs,
+(core/pipelines/job_steps.py), so a job in a pipeline and a job in a file
+never disagree. The references between steps (needs,
 ``STEP.outputs.NAME`` inputs, a gate's challenger, ...) are checked here, and
 so is the DAG they make: a cycle is named at the line that closes it.
 
@@ -23,15 +22,16 @@ from typing import Any
 
 import msgspec
 
-from mlfleet.core.base.errors import SpecError, SpecErrors, UsageError
+from mlfleet.core.base.errors import SpecError
+from mlfleet.core.base.models import JobSpec
 from mlfleet.core.base.validation import collect_errors, raise_collected, touches
 from mlfleet.core.base.yamlsource import Located, dotted, read_yaml
 from mlfleet.core.deploy.spec import parse_model_ref
-from mlfleet.core.jobs.overrides import Override, apply, blame_overrides, parse_path
-from mlfleet.core.jobs.spec import as_typed_in_file, job_spec_errors, load_job_spec, resolve_job_spec
+from mlfleet.core.jobs.overrides import Override, apply, blame_overrides
 from mlfleet.core.pipelines import graph
 from mlfleet.core.pipelines.cron import EXAMPLE as CRON_EXAMPLE
 from mlfleet.core.pipelines.cron import cron_problem
+from mlfleet.core.pipelines.job_steps import job_of_step, typed_jobs
 from mlfleet.core.pipelines.models import (STEP_KINDS, DriftStepFile, DriftTrigger, GateStepFile, Input, Pipeline, PipelineFile,
                                            PromoteStepFile, RegisterStepFile, Step, StepFile, Triggers, TriggersFile)
 from mlfleet.core.pipelines.params import Filled, fill
@@ -59,7 +59,7 @@ def load_pipeline_spec(path: str | Path, overrides: list[Override] | None = None
     if not isinstance(located.data, dict):
         raise SpecError(located.path, located.line_of(()), None, "a pipeline spec must be a YAML mapping",
                         "start with 'name:' and 'steps:' (see configs/pipelines/)")
-    data = _typed_jobs(dict(located.data), located)
+    data = typed_jobs(dict(located.data), located)
     data = apply(data, overrides or [])
     pipeline, errors = check_pipeline(data, located, Path(path).resolve().parent)
     raise_collected(blame_overrides(errors, overrides or []), MAX_SPEC_ERRORS)
@@ -73,19 +73,6 @@ def validate_pipeline_spec(data: dict[str, Any], located: Located, base: Path) -
     raise_collected(errors, MAX_SPEC_ERRORS)
     assert pipeline is not None
     return pipeline
-
-
-def _typed_jobs(data: dict[str, Any], located: Located) -> dict[str, Any]:
-    """Inline jobs' text values as typed in the file (before overrides and params change what the file says)."""
-    steps = data.get("steps")
-    if not isinstance(steps, dict):
-        return data
-    out = {}
-    for name, step in steps.items():
-        if isinstance(step, dict) and isinstance(step.get("job"), dict) and "spec" not in step["job"]:
-            step = {**step, "job": as_typed_in_file(dict(step["job"]), located.under(("steps", name, "job")))}
-        out[name] = step
-    return {**data, "steps": out}
 
 
 def check_pipeline(data: dict[str, Any], located: Located, base: Path) -> tuple[Pipeline | None, list[SpecError]]:
@@ -180,57 +167,12 @@ class _Checker:
         self._cycle(out)
         return out
 
-    def _job(self, name: str, step: StepFile) -> Any:
+    def _job(self, name: str, step: StepFile) -> JobSpec | None:
         if step.job is None:
             return None
-        at = ("steps", name, "job")
-        job = dict(step.job)
-        if "spec" in job:
-            return self._job_file(name, job)
-        job.setdefault("name", f"{self.raw.name}-{name}")
-        job.setdefault("project", self.raw.project)
-        view = self.located.under(at, job)
-        found = [e for e in job_spec_errors(job, view, self.base) if not touches(at, self.removed)]
-        for error in found:
-            field = f"{dotted(at)}.{error.field}" if error.field else dotted(at)
-            self.errors.append(SpecError(error.path, error.line, field, error.problem, error.hint))
-        return None if found else resolve_job_spec(job, view, self.base)
-
-    def _job_file(self, name: str, job: dict[str, Any]) -> Any:
-        at = ("steps", name, "job")
-        for key in job:
-            if key not in ("spec", "set"):
-                self.fail(at + (key,), "cannot come with spec: (the job is the file's)",
-                          f"change the file's job with set: {{{key}: ...}}, or write the job inline without spec:")
-                return None
-        spec, changes = job["spec"], job.get("set", {})
-        if not isinstance(spec, str) or not spec.strip():
-            self.fail(at + ("spec",), "must be the path of a job spec file", "e.g. spec: ../train.yaml")
-            return None
-        if not isinstance(changes, dict):
-            self.fail(at + ("set",), "must be a mapping of spec paths to values", "e.g. set: {params.lr: 0.1}")
-            return None
-        overrides = []
-        for key, value in changes.items():
-            said = f"{self.located.path}:{self.located.line_of(at + ('set', key))}: {dotted(at + ('set',))}"
-            try:
-                overrides.append(Override(said, parse_path(str(key), said), value))
-            except UsageError as exc:
-                self.fail(at + ("set", key), str(exc).split(": ", 1)[-1].split("; ")[0], "e.g. params.lr or command[1]")
-                return None
-        path = Path(spec).expanduser()
-        try:
-            return load_job_spec(path if path.is_absolute() else self.base / path, overrides)
-        except SpecErrors as exc:
-            self.errors.extend(exc.errors)
-        except SpecError as exc:
-            if exc.problem == "file not found":
-                self.fail(at + ("spec",), f"{spec!r} is not a file", "a relative spec is taken from the pipeline file's folder")
-            else:
-                self.errors.append(exc)
-        except UsageError as exc:  # an override the file's shape cannot take
-            self.fail(at + ("set",), str(exc))
-        return None
+        job, errors = job_of_step(self.raw.name, self.raw.project, name, dict(step.job), self.located, self.base)
+        self.errors.extend(errors)
+        return job
 
     def _inputs(self, name: str, step: StepFile) -> list[Input]:
         written = [(("steps", name, "inputs", i), text) for i, text in enumerate(step.inputs)]
