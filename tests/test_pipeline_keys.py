@@ -249,10 +249,27 @@ def test_one_value_has_one_encoding() -> None:
         canonical({"x": object()})
 
 
+def test_the_pure_modules_do_no_io_and_read_no_clock() -> None:
+    """docs/architecture.md: step keys and gate decisions are pure functions over plain data."""
+    import ast
+    forbidden = {"os", "pathlib", "subprocess", "time", "datetime", "random", "socket", "shutil", "io", "tempfile",
+                 "asyncio", "duckdb", "glob"}
+    folder = Path(__file__).resolve().parent.parent / "core" / "pipelines"
+    for name in ("graph", "keys", "explain", "gates", "params", "cron", "models"):
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                assert not {a.name.split(".")[0] for a in node.names} & forbidden, (name, node.lineno)
+            elif isinstance(node, ast.ImportFrom):
+                assert (node.module or "").split(".")[0] not in forbidden, (name, node.lineno)
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id not in ("open", "print", "input"), (name, node.lineno)
+
+
 def test_the_key_moves_with_each_part_and_not_with_their_order() -> None:
     one = step_key({"kind": "job"}, {"lr": 0.1, "seed": 1}, "e", "c", {"a": "1", "b": "2"})
     two = step_key({"kind": "job"}, {"seed": 1, "lr": 0.1}, "e", "c", {"b": "2", "a": "1"})
-    assert one.key == two.key and one.parts == two.parts
+    assert one.key == two.key and one.parts == two.parts and one.parts.params_hash == two.parts.params_hash
     assert len({one.key, step_key({"kind": "job"}, {"lr": 0.1, "seed": 1}, "e2", "c", {"a": "1", "b": "2"}).key,
                 step_key({"kind": "job"}, {"lr": 0.1, "seed": 1}, "e", None, {"a": "1", "b": "2"}).key}) == 3
 

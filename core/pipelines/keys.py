@@ -89,6 +89,11 @@ class KeyParts(msgspec.Struct, frozen=True, kw_only=True):
     inputs: dict[str, str]
     upstream: dict[str, str] = msgspec.field(default_factory=dict)
 
+    @property
+    def params_hash(self) -> str:
+        """sha256 of the params part, for a table column or a quick equality (explain reads the values)."""
+        return sha256_of(self.params)
+
 
 class StepKey(msgspec.Struct, frozen=True, kw_only=True):
     key: str
