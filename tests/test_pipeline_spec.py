@@ -315,3 +315,16 @@ def test_a_cron_people_write_is_taken(text: str) -> None:
 ])
 def test_a_cron_that_would_never_fire_says_which_field(text: str, problem: str) -> None:
     assert problem in (cron_problem(text) or ""), cron_problem(text)
+
+
+def test_a_long_chain_that_closes_on_itself_is_named_short(tmp_path: Path) -> None:
+    rows = ["name: chain", "steps:"] + [f"  s{i}: {{needs: [s{(i + 1) % 150}], job: {{command: [x]}}}}" for i in range(150)]
+    error = only_error(write(tmp_path, "\n".join(rows) + "\n"))
+    assert error.line == 3 and "makes a cycle: s0 → s1 → s2 → s3 → … (143 more) → s147 → s148 → s149 → s0" in str(error)
+    assert len(str(error)) < 300
+
+
+def test_too_many_steps_is_said_in_steps(tmp_path: Path) -> None:
+    rows = ["name: many", "steps:"] + [f"  s{i}: {{job: {{command: [x]}}}}" for i in range(201)]
+    error = only_error(write(tmp_path, "\n".join(rows) + "\n"))
+    assert "steps: is too long: 200 entries at most" in str(error)

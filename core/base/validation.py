@@ -90,9 +90,11 @@ def validation_error(message: str, data: Any, located: Located | None,
         if "matching regex" in message and parts and parts[-1] in ("name", "project"):
             problem = "must start with a letter or digit and hold only letters, digits, '.', '_' and '-'"
         elif m2 := re.match(r"of length <= (\d+)", m.group(2)):
-            problem = f"is too long: {m2.group(1)} characters at most"
+            unit = "entries" if m.group(1) in ("array", "object") else "characters"  # a list or a mapping counts entries
+            problem = f"is too long: {m2.group(1)} {unit} at most"
         elif m2 := re.match(r"of length >= (\d+)", m.group(2)):
-            problem = "is empty" if m2.group(1) == "1" else f"is too short: {m2.group(1)} characters at least"
+            unit = "entries" if m.group(1) in ("array", "object") else "characters"
+            problem = "is empty" if m2.group(1) == "1" else f"is too short: {m2.group(1)} {unit} at least"
     line = located.line_of(parts) if located else None
     return parts, SpecError(display, line, dotted(parts) or None, problem, hint)
 
@@ -245,6 +247,8 @@ def collect_errors(data: dict[str, Any], kind: type[msgspec.Struct], located: Lo
             return msgspec.convert(data, kind, dec_hook=dec_hook, str_keys=True), errors, removed, data
         except msgspec.ValidationError as exc:
             parts, error = validation_error(str(exc), data, located, structs)
+            if error.problem == "is required but missing" and parts in removed:
+                return None, errors, removed, data  # missing because it was set aside: the first error said why
             if located is None and error.path != display:
                 error = SpecError(display, None, error.field, error.problem, error.hint)
             errors.append(error)

@@ -100,11 +100,9 @@ def judge(relation: Relation, challenger: RunSummary, champion: RunSummary | Non
         return RequirementResult(text=relation.text, passed=False, left=_try(relation.left, challenger, champion),
                                  right=_try(relation.right, challenger, champion), verdict=f"fails: {exc}")
     holds = _HOLDS[relation.op](left, right)
-    shown = f"{_show(left)} {relation.op} {_show(right)}"
-    if not isinstance(relation.right, Number):
-        shown += f" ({show_term(relation.right)})"
-    verdict = f"holds: {shown}" if holds else f"fails: {_show(left)} is not {relation.op} {_show(right)}" + \
-        (f" ({show_term(relation.right)})" if not isinstance(relation.right, Number) else "")
+    source = "" if isinstance(relation.right, Number) else f" ({show_term(relation.right)})"  # where the bar came from
+    verdict = f"holds: {_show(left)} {relation.op} {_show(right)}{source}" if holds else \
+        f"fails: {_show(left)} is not {relation.op} {_show(right)}{source}"
     return RequirementResult(text=relation.text, passed=holds, left=float(left), right=float(right), verdict=verdict)
 
 

@@ -313,7 +313,8 @@ class _Checker:
         cycle = graph.find_cycle(upstream)
         if cycle:
             where = self.sites.get((cycle[0], cycle[1]), ("steps", cycle[0]))
-            self.fail(where, f"makes a cycle: {' → '.join(cycle)} (each waits for the next)",
+            shown = cycle if len(cycle) <= 9 else cycle[:4] + [f"… ({len(cycle) - 8} more)"] + cycle[-4:]
+            self.fail(where, f"makes a cycle: {' → '.join(shown)} (each waits for the next)",
                       "a step cannot wait for itself, directly or through others: drop one of these links")
 
     # ------------------------------------------------------------ triggers
