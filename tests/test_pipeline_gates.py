@@ -11,6 +11,8 @@ sentence with its column.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mlfleet.core.base.errors import UsageError
 from mlfleet.core.pipelines.gates import GateDecision, RunSummary, decide
@@ -133,3 +135,15 @@ def test_a_requirement_that_does_not_parse_is_one_sentence_with_its_column(text:
         decide([text], run("run z", accuracy=0.9), CHAMPION)
     message = str(caught.value)
     assert sentence in message and "\n" not in message, message
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("metrics.params.champion.acc.max.min.last 0123456789+-*()<>=!'\"_ae")),
+               max_size=120))
+def test_any_text_either_parses_or_is_one_sentence(text: str) -> None:
+    try:
+        decision = decide([text], run("run f", accuracy=0.9, lr=0.1), CHAMPION)
+    except UsageError as exc:
+        assert "\n" not in str(exc) and " at column " in str(exc), str(exc)
+    else:
+        assert len(decision.requirements) == 1 and isinstance(decision.passed, bool)
