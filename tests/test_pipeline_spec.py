@@ -328,3 +328,17 @@ def test_too_many_steps_is_said_in_steps(tmp_path: Path) -> None:
     rows = ["name: many", "steps:"] + [f"  s{i}: {{job: {{command: [x]}}}}" for i in range(201)]
     error = only_error(write(tmp_path, "\n".join(rows) + "\n"))
     assert "steps: is too long: 200 entries at most" in str(error)
+
+
+def test_a_pipeline_sent_as_data_is_checked_the_same_without_lines(tmp_path: Path) -> None:
+    from mlfleet.core.base.yamlsource import parse_yaml
+    from mlfleet.core.pipelines.spec import validate_pipeline_spec
+    (tmp_path / "code").mkdir()
+    data = parse_yaml(textwrap.dedent(GOOD), "x").data
+    assert validate_pipeline_spec(data, tmp_path).steps["prepare"].job.workdir == str(tmp_path / "code")
+    data["steps"]["gate"]["needs"] = ["chek"]
+    with pytest.raises(SpecError) as caught:
+        validate_pipeline_spec(data, tmp_path)
+    assert str(caught.value) == "pipeline spec: steps.gate.needs[0]: names no step 'chek'; did you mean 'check'?"
+    with pytest.raises(SpecError, match="must be a mapping"):
+        validate_pipeline_spec(["x"], tmp_path)

@@ -67,9 +67,15 @@ def load_pipeline_spec(path: str | Path, overrides: list[Override] | None = None
     return msgspec.structs.replace(pipeline, source=str(Path(path).resolve()))
 
 
-def validate_pipeline_spec(data: dict[str, Any], located: Located, base: Path) -> Pipeline:
-    """A pipeline's data (already read) validated and resolved; relative paths are taken from ``base``."""
-    pipeline, errors = check_pipeline(data, located, base)
+def validate_pipeline_spec(data: Any, base: Path, located: Located | None = None) -> Pipeline:
+    """A pipeline's data (already read, or sent as data) validated and resolved; relative paths are taken from ``base``.
+
+    Without ``located`` the errors name the field but no line (the RPC's check of a spec sent as data).
+    """
+    if not isinstance(data, dict):
+        raise SpecError(located.path if located else "pipeline spec", None, None, "a pipeline spec must be a mapping")
+    located = located or Located("pipeline spec", data)
+    pipeline, errors = check_pipeline(typed_jobs(dict(data), located), located, base)
     raise_collected(errors, MAX_SPEC_ERRORS)
     assert pipeline is not None
     return pipeline
