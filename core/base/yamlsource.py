@@ -39,6 +39,23 @@ class Located:
             return self.raw[parts]
         return value
 
+    def under(self, prefix: tuple[Any, ...], data: Any = None) -> "Located":
+        """The view of the value at ``prefix`` as a document of its own, lines still the file's.
+
+        Why: a spec inside a spec (a pipeline step's inline ``job:``) is
+        checked by its own validator, which asks for paths from its root;
+        through this view its errors still land on the right line.
+        """
+        n = len(prefix)
+
+        def rebased(table: dict[tuple[Any, ...], Any]) -> dict[tuple[Any, ...], Any]:
+            return {k[n:]: v for k, v in table.items() if k[:n] == prefix}
+
+        lines = rebased(self.lines)
+        if prefix in self.key_lines:
+            lines.setdefault((), self.key_lines[prefix])
+        return Located(self.path, data, lines, rebased(self.key_lines), rebased(self.raw))
+
     def line_of(self, parts: tuple[Any, ...]) -> int | None:
         """The line of the deepest known node on ``parts`` (a key's line when it is a key)."""
         for n in range(len(parts), -1, -1):

@@ -28,7 +28,7 @@ from mlfleet.core.base import units
 from mlfleet.core.base.errors import SpecError, SpecErrors
 from mlfleet.core.base.models import (NAME_PATTERN, Constraints, Environment, EnvValue, HealthProbe, JobSpec, MetricNames,
                                       Name, Resources, Seconds, ServicePlan, spec_dec_hook, to_plain)
-from mlfleet.core.base.validation import validation_error
+from mlfleet.core.base.validation import collect_errors, raise_collected, touches
 from mlfleet.core.base.yamlsource import Located, dotted, read_yaml
 from mlfleet.core.jobs.overrides import Override, apply, blame_overrides
 from mlfleet.core.jobs.spec import validate_job_spec
@@ -145,7 +145,6 @@ STRUCTS: dict[tuple[Any, ...], type[msgspec.Struct]] = {
 # Fields shared with job specs, checked by the jobs capability's own rules (same paths, same lines).
 _JOB_FIELDS = ("name", "command", "project", "workdir", "env", "environment", "resources", "constraints")
 _STAND_INS: dict[tuple[Any, ...], Any] = {("name",): "x", ("command",): ["{port}"], ("model",): "x"}
-_ABSENT = object()
 
 
 def parse_model_ref(ref: str) -> tuple[str, str | None, int | None]:
@@ -237,56 +236,18 @@ def _put(data: dict[str, Any], parts: tuple[str, ...], value: Any) -> None:
 
 
 def _raise_if_any(errors: list[SpecError]) -> None:
-    if len(errors) == 1:
-        raise errors[0]
-    if errors:
-        ordered = sorted(errors[:MAX_SPEC_ERRORS], key=lambda e: (e.line is None, e.line or 0))
-        raise SpecErrors(ordered)
+    raise_collected(errors, MAX_SPEC_ERRORS)
 
 
 def _validate(data: dict[str, Any], located: Located | None) -> tuple[DeploymentSpec | None, list[SpecError], set[tuple]]:
-    """Convert; on each error set the wrong value aside and convert again, so later errors are found too."""
+    """Convert, setting each wrong value aside so later errors are found too (core/base/validation.py), then the checks types cannot express."""
     display = located.path if located else "deployment spec"
-    errors: list[SpecError] = []
-    removed: set[tuple[Any, ...]] = set()
-    while True:
-        try:
-            spec = msgspec.convert(data, DeploymentSpec, dec_hook=deploy_dec_hook, str_keys=True)
-            break
-        except msgspec.ValidationError as exc:
-            parts, error = validation_error(str(exc), data, located, STRUCTS)
-            if located is None:
-                error = SpecError(display, None, error.field, error.problem, error.hint)
-            errors.append(error)
-            while parts and isinstance(parts[-1], int):  # a list item: set the whole list aside
-                parts = parts[:-1]
-            missing = error.problem == "is required but missing"
-            if len(errors) >= MAX_SPEC_ERRORS or not parts or parts in removed or (missing and parts not in _STAND_INS):
-                return None, errors, removed
-            removed.add(parts)
-            data = _set_aside(data, parts, _STAND_INS.get(parts) if missing or parts in _STAND_INS else _ABSENT)
+    spec, errors, removed, data = collect_errors(data, DeploymentSpec, located, display=display, max_errors=MAX_SPEC_ERRORS,
+                                           structs=STRUCTS, stand_ins=_STAND_INS, dec_hook=deploy_dec_hook)
+    if spec is None:
+        return None, errors, removed
     errors.extend(_semantic_errors(spec, data, located, display, removed))
     return spec, errors[:MAX_SPEC_ERRORS], removed
-
-
-def _set_aside(data: Any, parts: tuple[Any, ...], value: Any) -> Any:
-    copy = dict(data)
-    if len(parts) == 1:
-        if value is _ABSENT:
-            copy.pop(parts[0], None)
-        else:
-            copy[parts[0]] = value
-        return copy
-    inner = copy.get(parts[0])
-    if isinstance(inner, dict):
-        copy[parts[0]] = _set_aside(inner, parts[1:], value)
-    else:
-        copy.pop(parts[0], None)
-    return copy
-
-
-def _touches(parts: tuple[Any, ...], removed: set[tuple[Any, ...]]) -> bool:
-    return any(parts[:len(r)] == r or r[:len(parts)] == parts for r in removed)
 
 
 def _semantic_errors(spec: DeploymentSpec, data: dict[str, Any], located: Located | None, display: str,
@@ -294,7 +255,7 @@ def _semantic_errors(spec: DeploymentSpec, data: dict[str, Any], located: Locate
     errors: list[SpecError] = []
 
     def fail(parts: tuple[Any, ...], problem: str, hint: str = "") -> None:
-        if _touches(parts, removed):
+        if touches(parts, removed):
             return
         line = located.line_of(parts) if located else None
         errors.append(SpecError(display, line, dotted(parts), problem, hint))
@@ -304,9 +265,9 @@ def _semantic_errors(spec: DeploymentSpec, data: dict[str, Any], located: Locate
     try:
         validate_job_spec(shared, located)
     except SpecErrors as exc:
-        errors.extend(_as_display(e, display) for e in exc.errors if e.field is None or not _touches(_path_of(e), removed))
+        errors.extend(_as_display(e, display) for e in exc.errors if e.field is None or not touches(_path_of(e), removed))
     except SpecError as exc:
-        if exc.field is None or not _touches(_path_of(exc), removed):
+        if exc.field is None or not touches(_path_of(exc), removed):
             errors.append(_as_display(exc, display))
 
     try:

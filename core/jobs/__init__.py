@@ -10,4 +10,6 @@ rest is this capability's own (tests/test_import_directions.py keeps that).
 # group: many jobs submitted in one transaction, held back by a limit, cancelled together (sweeps).
 # service: the jobs service, which a group's submit, holds and cancels act on.
 # log_output: how a job's output is printed (deployments print a replica's the same way).
-PUBLIC = ("spec", "submit_key", "overrides", "group", "service", "log_output")
+# params: the {params.KEY} placeholder and how a value reads as text (pipelines fill their params into steps).
+# snapshot: a workdir as a content-addressed archive (pipelines hash a step's code without its data files).
+PUBLIC = ("spec", "submit_key", "overrides", "group", "service", "log_output", "params", "snapshot")

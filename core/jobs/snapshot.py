@@ -21,6 +21,7 @@ symlink between listing and packing cannot redirect a read either.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import gzip
 import hashlib
 import io
@@ -57,7 +58,7 @@ class _Entry:
     link: str | None = None  # a symlink's target, relative to its folder
 
 
-def snapshot(workdir: Path, cache_dir: Path, private: tuple[Path, ...] = ()) -> Snapshot:
+def snapshot(workdir: Path, cache_dir: Path, private: tuple[Path, ...] = (), exclude: tuple[str, ...] = ()) -> Snapshot:
     """Pack ``workdir`` into ``cache_dir/<sha256>.tar.gz`` (kept once per content).
 
     ``private`` are mlfleet's own files and folders (``Home.own_paths``):
@@ -65,10 +66,22 @@ def snapshot(workdir: Path, cache_dir: Path, private: tuple[Path, ...] = ()) -> 
     which must not travel to a node; and reading the live DuckDB file from
     the controller process would drop its lock on the file (closing any
     descriptor of a file releases a process's POSIX locks on it).
+
+    ``exclude`` are paths relative to the workdir (a file, a folder and all
+    under it, or a glob) left out of the archive and so out of its hash: a
+    pipeline's declared inputs and outputs (core/pipelines/), so that new
+    data never looks like new code to a step that does not read it. Empty by
+    default: a job's snapshot hashes exactly as it always did.
     """
     root = Path(os.path.realpath(workdir))
     inside = _private_inside(root, private)
     entries, skipped = _list_entries(root)
+    if exclude:
+        kept_code = [e for e in entries if not excluded(e.rel, exclude)]
+        if len(kept_code) != len(entries):
+            skipped.append(f"{len(entries) - len(kept_code)} declared data file(s) ({', '.join(exclude)}): "
+                           "a pipeline's inputs and outputs, not code; left out")
+        entries = kept_code
     kept = [e for e in entries if not any(e.rel == d or e.rel.startswith(d + "/") for d in inside)]
     if len(kept) != len(entries):
         left = sorted({d for e in entries if e not in kept for d in inside if e.rel == d or e.rel.startswith(d + "/")})
@@ -110,6 +123,19 @@ def snapshot(workdir: Path, cache_dir: Path, private: tuple[Path, ...] = ()) -> 
             fh.write(data)  # 0600 whatever the umask: the snapshot is the user's code
         os.replace(tmp, target)
     return Snapshot(digest, target, files, total, skipped)
+
+
+def excluded(rel: str, patterns: tuple[str, ...]) -> bool:
+    """Whether the workdir-relative path ``rel`` is one of ``patterns``: the path, a folder above it, or a glob match."""
+    for pattern in patterns:
+        clean = pattern.strip().strip("/")
+        if clean.startswith("./"):
+            clean = clean[2:]
+        if not clean:
+            continue
+        if rel == clean or rel.startswith(clean + "/") or fnmatch.fnmatchcase(rel, clean):
+            return True
+    return False
 
 
 def _private_inside(root: Path, private: tuple[Path, ...]) -> set[str]:

@@ -13,10 +13,10 @@ from typing import Any
 import msgspec
 
 from mlfleet.core.base import units
-from mlfleet.core.base.errors import SpecError, SpecErrors
-from mlfleet.core.base.models import MAX_GPU_MEMORY, JobSpec, spec_dec_hook
+from mlfleet.core.base.errors import SpecError
+from mlfleet.core.base.models import MAX_GPU_MEMORY, JobSpec
 from mlfleet.core.base.sweep_models import bounds_as_numbers
-from mlfleet.core.base.validation import validation_error
+from mlfleet.core.base.validation import collect_errors, raise_collected, touches
 from mlfleet.core.base.yamlsource import Located, dotted, read_yaml
 from mlfleet.core.jobs.env_spec import environment_errors, typed_as_written, workdir_errors
 from mlfleet.core.jobs.overrides import Override, apply, blame_overrides
@@ -45,26 +45,57 @@ def load_job_spec(path: str | Path, overrides: list[Override] | None = None) -> 
     if not isinstance(located.data, dict):
         raise SpecError(located.path, located.line_of(()), None, f"a job spec must be a YAML mapping, got {_describe(located.data)}",
                         "start with 'name:' and 'command:' (see configs/)")
-    data = dict(located.data)
-    # argv items and environment values are text: keep what was typed, not YAML's reading
-    # of it (0.10 -> 0.1, 010 -> 8, yes -> True).
+    data = as_typed_in_file(dict(located.data), located)  # before the overrides: it reads the file's text
+    data = bounds_as_numbers(apply(data, overrides or []))
+    spec, errors = _checked(data, located, Path(path).parent)
+    _raise_if_any(blame_overrides(errors, overrides or []))
+    assert spec is not None  # no errors: it converted
+    return spec
+
+
+def as_typed_in_file(data: dict[str, Any], located: Located) -> dict[str, Any]:
+    """``data`` with the values that are text kept as typed in the file, not as YAML read them.
+
+    argv items, environment values, tags and labels are text: ``0.10`` stays
+    "0.10", ``010`` stays "010", ``yes`` stays "yes". ``located`` must be the
+    view whose paths start at the job (a pipeline's inline job: ``Located.under``).
+    """
     if isinstance(data.get("command"), list):
         data["command"] = [located.as_typed(("command", i), v) for i, v in enumerate(data["command"])]
     for parts in (("env",), ("tags",), ("constraints", "labels")):
         mapping = _get(data, parts)
         if isinstance(mapping, dict):
             _put(data, parts, {k: located.as_typed(parts + (k,), v) for k, v in mapping.items()})
-    typed_as_written(data, located)  # before the overrides: it reads the file's text, which an override replaced
-    data = bounds_as_numbers(apply(data, overrides or []))
+    typed_as_written(data, located)
+    return data
+
+
+def job_spec_errors(data: dict[str, Any], located: Located, base: Path) -> list[SpecError]:
+    """Every mistake in a job's data, its workdir (relative to ``base``) included; empty when it is a valid job.
+
+    For specs that hold a job (a pipeline's inline ``job:``): they report
+    these errors with their own, and resolve the job with :func:`resolve_job_spec`.
+    """
+    return _checked(data, located, base)[1]
+
+
+def resolve_job_spec(data: dict[str, Any], located: Located, base: Path) -> JobSpec:
+    """A valid job's data as its JobSpec, the workdir made absolute (relative to ``base``); raises SpecError(s)."""
+    spec, errors = _checked(data, located, base)
+    _raise_if_any(errors)
+    assert spec is not None
+    return spec
+
+
+def _checked(data: dict[str, Any], located: Located, base: Path) -> tuple[JobSpec | None, list[SpecError]]:
+    """The resolved spec (None unless it is valid) and every mistake found, the workdir check included."""
     spec, errors, removed = _validate(data, located)
-    if spec is not None and len(errors) < MAX_SPEC_ERRORS and not _touches(("workdir",), removed):
+    if spec is not None and len(errors) < MAX_SPEC_ERRORS and not touches(("workdir",), removed):
         try:
-            spec = _resolve(spec, Path(path), located)
+            spec = _resolve(spec, base, located)
         except SpecError as exc:
             errors.append(exc)
-    _raise_if_any(blame_overrides(errors, overrides or []))
-    assert spec is not None  # no errors: it converted
-    return spec
+    return (spec if not errors else None), errors
 
 
 def _get(data: Any, parts: tuple[str, ...]) -> Any:
@@ -95,63 +126,25 @@ def validate_job_spec(data: dict[str, Any], located: Located | None = None) -> J
 
 
 def _raise_if_any(errors: list[SpecError]) -> None:
-    if len(errors) == 1:
-        raise errors[0]
-    if errors:
-        ordered = sorted(errors[:MAX_SPEC_ERRORS], key=lambda e: (e.line is None, e.line or 0))
-        raise SpecErrors(ordered)
+    raise_collected(errors, MAX_SPEC_ERRORS)
 
 
 def _validate(data: dict[str, Any], located: Located | None) -> tuple[JobSpec | None, list[SpecError], set[tuple]]:
-    """Convert, and on each error set the wrong value aside and convert again, so later errors are found too.
+    """Convert, setting each wrong value aside so later errors are found too (core/base/validation.py), then the checks types cannot express.
 
     Returns the spec (with defaults where values were set aside; None when
     that was not possible), the errors, and the paths set aside (checks that
     involve them are skipped: their value is not the user's).
     """
     display = located.path if located else "job spec"
-    errors: list[SpecError] = []
-    removed: set[tuple[Any, ...]] = set()
-    while True:
-        try:
-            spec = msgspec.convert(data, JobSpec, dec_hook=spec_dec_hook, str_keys=True)
-            break
-        except msgspec.ValidationError as exc:
-            parts, error = validation_error(str(exc), data, located)
-            errors.append(error)
-            while parts and isinstance(parts[-1], int):  # a list item: set the whole list aside (indices stay true)
-                parts = parts[:-1]
-            missing = error.problem == "is required but missing"
-            if len(errors) >= MAX_SPEC_ERRORS or not parts or parts in removed or (missing and parts not in _STAND_INS):
-                return None, errors, removed
-            removed.add(parts)
-            data = _set_aside(data, parts, _STAND_INS.get(parts) if missing or parts in _STAND_INS else _ABSENT)
+    spec, errors, removed, _ = collect_errors(data, JobSpec, located, display=display, max_errors=MAX_SPEC_ERRORS,
+                                           stand_ins=_STAND_INS)
+    if spec is None:
+        return None, errors, removed
     errors.extend(_semantic_errors(spec, located, display, removed))
     return spec, errors, removed
 
 
-_ABSENT = object()
-
-
-def _set_aside(data: Any, parts: tuple[Any, ...], value: Any) -> Any:
-    """A copy of ``data`` with the value at ``parts`` dropped (``_ABSENT``) or replaced."""
-    copy = dict(data)
-    if len(parts) == 1:
-        if value is _ABSENT:
-            copy.pop(parts[0], None)
-        else:
-            copy[parts[0]] = value
-        return copy
-    inner = copy.get(parts[0])
-    if isinstance(inner, dict):
-        copy[parts[0]] = _set_aside(inner, parts[1:], value)
-    else:
-        copy.pop(parts[0], None)
-    return copy
-
-
-def _touches(parts: tuple[Any, ...], removed: set[tuple[Any, ...]]) -> bool:
-    return any(parts[:len(r)] == r or r[:len(parts)] == parts for r in removed)
 
 
 def _semantic_errors(spec: JobSpec, located: Located | None, display: str,
@@ -160,7 +153,7 @@ def _semantic_errors(spec: JobSpec, located: Located | None, display: str,
     errors: list[SpecError] = []
 
     def fail(parts: tuple[Any, ...], problem: str, hint: str = "", also: tuple[tuple[Any, ...], ...] = ()) -> None:
-        if any(_touches(p, removed) for p in (parts, *also)):
+        if any(touches(p, removed) for p in (parts, *also)):
             return
         line = located.line_of(parts) if located else None
         errors.append(SpecError(display, line, dotted(parts), problem, hint))
@@ -217,10 +210,10 @@ def _swept_paths(spec: JobSpec) -> set[str]:
     return set(spec.sweep.grid or {}) | set(spec.sweep.random.space if spec.sweep.random else {})
 
 
-def _resolve(spec: JobSpec, path: Path, located: Located) -> JobSpec:
+def _resolve(spec: JobSpec, base: Path, located: Located) -> JobSpec:
     workdir = Path(spec.workdir).expanduser()
     if not workdir.is_absolute():
-        workdir = (path.parent / workdir).resolve()
+        workdir = (base / workdir).resolve()
     if not workdir.is_dir():
         line = located.line_of(("workdir",))
         problem = f"folder {str(workdir)!r} does not exist"

@@ -8,4 +8,5 @@ rest is this capability's own (tests/test_import_directions.py keeps that).
 # records: a run's rows (created, finished, lineage merged), for jobs, which start and end runs, and drift.
 # lineage: what a run used (git, inputs, GPUs), taken at submit and merged from the node.
 # run_ingest: a chunk of a run's metric lines taken in exactly once (jobs hand over what each poll brought).
-PUBLIC = ("run_keys", "records", "lineage", "run_ingest")
+# runfilter: the runs filter language; pipelines read their gates' requirements with its parse_relation.
+PUBLIC = ("run_keys", "records", "lineage", "run_ingest", "runfilter")

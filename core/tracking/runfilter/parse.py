@@ -30,7 +30,9 @@ _OPS = ("<=", ">=", "!=", "<>", "==", "=", "<", ">")
 
 
 
-def _tokens(text: str, label: str) -> list[_Token]:
+def _tokens(text: str, label: str, arithmetic: bool = False) -> list[_Token]:
+    """The filter's tokens; ``arithmetic`` adds ``+`` and ``*`` and ends a name at a ``-`` that a letter does not follow
+    (``max-0.005`` is a subtraction there, ``val-loss`` still a name)."""
     out: list[_Token] = []
     i, n = 0, len(text)
     while i < n:
@@ -62,13 +64,14 @@ def _tokens(text: str, label: str) -> list[_Token]:
             if i < n and name_char(text[i]) and text[i] != "-":
                 raise FilterError(label, f"unexpected {text[i]!r} after the number {match.group()}", i + 1)
             continue
-        if ch == "-":
-            out.append(_Token("-", "-", col, "-"))
+        if ch == "-" or (arithmetic and ch in "+*"):
+            out.append(_Token(ch, ch, col, ch))
             i += 1
             continue
         if name_start(ch):
             end = i + 1
-            while end < n and name_char(text[end]):
+            while end < n and name_char(text[end]) and not (
+                    arithmetic and text[end] == "-" and not name_start(text[end + 1:end + 2] or " ")):
                 end += 1
             out.append(_Token("name", text[i:end], col, text[i:end]))
             i = end
@@ -100,11 +103,11 @@ def _quoted(text: str, start: int, label: str) -> tuple[str, int]:
 # ---------------------------------------------------------------- parser
 
 class _Parser:
-    def __init__(self, text: str, label: str) -> None:
+    def __init__(self, text: str, label: str, arithmetic: bool = False) -> None:
         if len(text) > MAX_LENGTH:
             raise FilterError(label, f"the text is longer than {MAX_LENGTH} characters", MAX_LENGTH + 1)
         self.label = label
-        self.tokens = _tokens(text, label)
+        self.tokens = _tokens(text, label, arithmetic)
         self.pos = 0
         self.depth = 0
         self.fields: set[Field] = set()

@@ -96,6 +96,62 @@ Node = Union[Compare, And, Or, Not]
 
 
 @dataclass(frozen=True)
+class Number:
+    """A number written in an arithmetic term, with its text (``0.005``): exact arithmetic starts from the text."""
+
+    value: float
+    text: str
+
+
+@dataclass(frozen=True)
+class Operand:
+    """A field of one of the runs a relation compares: ``scope`` None is the run itself, else e.g. ``champion``."""
+
+    field: Field
+    scope: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.scope}.{self.field}" if self.scope else str(self.field)
+
+
+@dataclass(frozen=True)
+class Arith:
+    """``left op right`` with op one of + - *."""
+
+    op: str
+    left: "Term"
+    right: "Term"
+
+
+Term = Union[Number, Operand, Arith]
+
+
+@dataclass(frozen=True)
+class Relation:
+    """``left op right`` between two arithmetic terms (op one of COMPARISONS): one requirement of a gate."""
+
+    left: Term
+    op: str
+    right: Term
+    text: str  # as written
+
+
+def show_term(term: Term) -> str:
+    """A term as text, parenthesised where the reading needs it."""
+    if isinstance(term, Number):
+        return term.text
+    if isinstance(term, Operand):
+        return str(term)
+    left, right = show_term(term.left), show_term(term.right)
+    if term.op == "*":
+        left = f"({left})" if isinstance(term.left, Arith) and term.left.op != "*" else left
+        right = f"({right})" if isinstance(term.right, Arith) and term.right.op != "*" else right
+    elif term.op == "-" and isinstance(term.right, Arith) and term.right.op != "*":
+        right = f"({right})"
+    return f"{left} {term.op} {right}"
+
+
+@dataclass(frozen=True)
 class SortKey:
     field: Field
     descending: bool = False

@@ -1,0 +1,17 @@
+"""Pipelines: a DAG of steps (jobs, drift checks, gates, registers, promotes) that retrains and promotes models (issue 17).
+
+This folder holds the pure foundation (docs/pipelines.md, "Design (work in
+progress)"): the spec and its checks, the DAG, step keys and why a key
+changed, and gate decisions. The service that runs pipelines, their CLI and
+their tables come next, on top of these modules.
+
+``PUBLIC`` names the modules other capabilities and the TUI may import; the
+rest is this capability's own (tests/test_import_directions.py keeps that).
+"""
+
+# models: a pipeline as plain data (Pipeline, Step, Input), what the TUI will show.
+# spec: pipeline.yaml read and validated (load_pipeline_spec), the CLI and TUI check one before sending it.
+# graph: topological order and "which steps depend on X".
+# keys: step keys and their named parts; explain: why a step's key changed, in sentences.
+# gates: a challenger against the champion, into a decision record.
+PUBLIC = ("models", "spec", "graph", "keys", "explain", "gates")

@@ -1,0 +1,53 @@
+"""Cron expressions of ``on: schedule:``, checked for shape: five fields, each within its range.
+
+Only the check for now (issue 17: the service will compute the next time).
+The dialect is Vixie cron's, the one people know from crontab(5): ``*``,
+numbers, ``a-b`` ranges, ``/step``, lists with commas, month and weekday
+names, and the ``@daily``-style shorthands. One sentence per mistake, naming
+the field, so a schedule that would never fire is refused when it is written.
+"""
+
+from __future__ import annotations
+
+MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+_FIELDS = (("minute", 0, 59, {}), ("hour", 0, 23, {}), ("day of month", 1, 31, {}),
+           ("month", 1, 12, {m: i + 1 for i, m in enumerate(
+               ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"])}),
+           ("day of week", 0, 7, {d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])}))
+EXAMPLE = "write five fields (minute hour day-of-month month day-of-week), e.g. '0 3 * * *' for 03:00 daily, or @daily"
+
+
+def cron_problem(text: str) -> str | None:
+    """Why ``text`` is not a cron expression (one sentence), or None when it is one."""
+    text = text.strip()
+    if text.startswith("@"):
+        return None if text.lower() in MACROS else f"{text!r} is not a cron shorthand ({', '.join(sorted(MACROS))})"
+    fields = text.split()
+    if len(fields) != 5:
+        return f"{text!r} has {len(fields)} field{'s' if len(fields) != 1 else ''}, not 5"
+    for value, (label, low, high, names) in zip(fields, _FIELDS):
+        for item in value.split(","):
+            problem = _item_problem(item, low, high, names)
+            if problem:
+                return f"the {label} field {value!r}: {problem}"
+    return None
+
+
+def _item_problem(item: str, low: int, high: int, names: dict[str, int]) -> str | None:
+    base, slash, step = item.partition("/")
+    if slash and (not step.isdigit() or int(step) == 0):
+        return f"the step {step!r} is not a whole number from 1 up"
+    if base == "*":
+        return None
+    first, dash, last = base.partition("-")
+    bounds = []
+    for part in (first, last) if dash else (first,):
+        number = names.get(part.lower()) if part.lower() in names else int(part) if part.isdigit() else None
+        if number is None:
+            return f"{part!r} is not a number" + (" or a name" if names else "")
+        if not low <= number <= high:
+            return f"{number} is outside {low}-{high}"
+        bounds.append(number)
+    if dash and bounds[0] > bounds[1]:
+        return f"the range {base!r} runs backwards"
+    return None
