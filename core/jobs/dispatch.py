@@ -65,6 +65,7 @@ class Dispatcher:
             if job is None or placement.host not in self.jobs.ctx.links:
                 continue  # cancelled, or its host removed, while the scheduler was thinking
             await self._dispatch(job, placement)
+        self.jobs.launcher.flush()  # a sweep's runs placed on one Slurm host in this tick go as one job array
 
     def _held(self) -> dict[str, tuple[str, str]]:
         """Waiting jobs a hold keeps out of this cycle (a sweep at its max_parallel), with why."""

@@ -66,6 +66,7 @@ class HostRuns:
             if run.cancel_requested_by and run.finished_status is None:
                 with contextlib.suppress(MlfleetError):
                     await link.request("cancel", run_id=run.run_id)
+        self.jobs.launcher.flush()  # launches retried together: a sweep's runs stay one job array
         await self._ask_env_ready(link)
         await self._collect_env_garbage(link)
         return _RunsPoll(self, link, runs)
