@@ -160,6 +160,17 @@ def test_squeue_and_scontrol_lines_of_an_arrays_tasks_map_to_their_runs():
     assert final["mlfleet-array-r0_2"]["JobState"] == "CANCELLED"
 
 
+def test_every_child_of_a_gpu_sweep_is_placed_on_a_cluster_in_the_same_tick():
+    from mlfleet.core.jobs import scheduler
+    from mlfleet.core.jobs.dispatch import slurm_view
+
+    cluster = slurm.parse_sinfo("gpu*|up|0/2/0/2|gpu:a100:2|8|64000|2\n")
+    view = slurm_view("hpc", True, {}, cluster, None, None)  # one node's worth: two GPUs
+    children = [scheduler.QueuedJob(f"child{i}", gpus=1, hosts=("hpc",)) for i in range(6)]
+    decision = scheduler.schedule([view], children)
+    assert sorted(p.job_id for p in decision.placements) == [f"child{i}" for i in range(6)]  # one array, not three
+
+
 # ------------------------------------------------------------------ the whole way: controller, SSH, Slurm
 SWEEP = """name: {name}
 constraints: {{hosts: [cluster]}}
@@ -180,11 +191,10 @@ def test_a_six_run_sweep_on_a_cluster_is_one_job_array_and_each_run_lands_once(s
     arrays = _arrays(slurm_cluster, "mlfleet-array-")
     assert list(arrays.values()) == [list(range(6))], arrays  # one array of six tasks
     assert not [n for n in slurm_cluster.submitted_names() if not n.startswith("mlfleet-array-")]
-    rows = fleet.cli_json("db", "query", "select r.params, m.value, count(*) from runs r join metrics m "
-                                         "on m.run_id = r.run_id where m.key = 'x2' group by all")["rows"]
-    got = sorted((json.loads(params)["x"] if isinstance(params, str) else params["x"], value, count)
-                 for params, value, count in rows)
-    assert got == [(x, float(x * x), 1) for x in range(1, 7)]  # each run its point's param, its metric once
+    rows = fleet.cli_json("db", "query", "select p.value_num, m.value, count(*) from params p join metrics m "
+                                         "on m.run_id = p.run_id where p.key = 'x' and m.key = 'x2' group by all "
+                                         "order by 1")["rows"]
+    assert rows == [[x, x * x, 1] for x in range(1, 7)]  # each run has its point's param, and its metric once
 
 
 def test_a_sweep_waiting_in_slurm_says_why_per_task_and_cancels_one_child_then_all(ssh_fleet, slurm_cluster):
@@ -205,7 +215,9 @@ def test_a_sweep_waiting_in_slurm_says_why_per_task_and_cancels_one_child_then_a
     assert fleet.wait_state(waiting[1], {"cancelled", "failed", "succeeded"}, timeout=60)["state"] == "cancelled"
     others = [j for j in children.values() if j != waiting[1]]
     assert all(fleet.job(j)["state"] in ("running", "dispatched", "preparing") for j in others)
-    (array,) = {n for n in slurm_cluster.run("squeue", "-h", "-r", "-o", "%j").split()}
+    names = set(slurm_cluster.run("squeue", "-h", "-r", "-o", "%j").split())
+    assert len(names) == 1, names  # the four children are one array
+    (array,) = names
     assert len(slurm_cluster.run("squeue", "-h", "-r", "-o", "%i").split()) == 3  # only its task left the queue
     fleet.cli("sweeps", "cancel", "wide", check=True)
     fleet.wait_for(lambda: fleet.cli_json("sweeps", "show", "wide")["progress"]["cancelled"] == 4, 90,

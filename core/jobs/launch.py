@@ -8,15 +8,18 @@ sure to have happened) is simply tried again next tick.
 Runs of one sweep launched onto one Slurm host in the same tick are
 gathered and sent together (the agent's ``launch_array``): one
 ``sbatch --array`` for all of them (agents/slurm_array.py). The tick's
-callers (dispatch, a host's poll) call :meth:`Launcher.flush` when they
-have placed what they place; a short timer flushes anything else.
+callers (dispatch, a host's poll) gather inside :meth:`Launcher.together`,
+which sends what was gathered when the last of them is done (a host's poll
+runs beside the dispatch and must not send half of its sweep); a short
+timer sends what a caller outside it gathered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from mlfleet.core.base.errors import UsageError
 from mlfleet.core.base.models import EnvPlan, LaunchRequest, RunStatus, SlurmPlan, to_plain
@@ -44,6 +47,7 @@ class Launcher:
         self._shipping: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._gathering: dict[tuple[str, str], tuple[HostLink, list[ActiveRun]]] = {}  # (host, sweep) -> its runs
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._together = 0  # callers inside together(): nothing gathered is sent before the last one is done
         self.models = ModelShipper(jobs.ctx.home.model_store_dir)  # a replica's model file, once per host and sha
 
     def launch_soon(self, link: HostLink, run: ActiveRun) -> None:
@@ -61,8 +65,20 @@ class Launcher:
         task = loop.create_task(self._launch(link, run))
         task.add_done_callback(lambda _: self._launching.discard(run.run_id))
 
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """Launches asked for inside are gathered, and sent when the last caller inside is done."""
+        self._together += 1
+        try:
+            yield
+        finally:
+            self._together -= 1
+            self.flush()
+
     def flush(self) -> None:
         """Launch the sweeps' runs gathered so far: each sweep's runs on one Slurm host together, as one array."""
+        if self._together:
+            return  # a dispatch is still placing: its last caller sends them
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
