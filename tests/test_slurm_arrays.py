@@ -188,9 +188,11 @@ def test_a_six_run_sweep_on_a_cluster_is_one_job_array_and_each_run_lands_once(s
     done = fleet.cli("submit", str(spec), "--wait", "--json", timeout=240)
     assert done.code == 0, done.err + done.out
     assert done.json()["progress"]["succeeded"] == 6
-    arrays = _arrays(slurm_cluster, "mlfleet-array-")
-    assert list(arrays.values()) == [list(range(6))], arrays  # one array of six tasks
-    assert not [n for n in slurm_cluster.submitted_names() if not n.startswith("mlfleet-array-")]
+    run_ids = {run["run_id"] for run in fleet.cli_json("runs", "list", "--where", "sweep = 'six'")}
+    arrays = {key: tasks for key, tasks in slurm_cluster.array_tasks().items()
+              if key[0].removeprefix(slurm_array.ARRAY_PREFIX) in run_ids}
+    assert len(run_ids) == 6 and list(arrays.values()) == [list(range(6))], arrays  # one array of six tasks
+    assert not run_ids & {n.removeprefix(slurm.JOB_PREFIX) for n in slurm_cluster.submitted_names()}  # no job alone
     rows = fleet.cli_json("db", "query", "select p.value_num, m.value, count(*) from params p join metrics m "
                                          "on m.run_id = p.run_id where p.key = 'x' and m.key = 'x2' group by all "
                                          "order by 1")["rows"]
