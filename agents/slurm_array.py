@@ -78,7 +78,8 @@ def submit(arrays_dir: Path, runs: list[RunDir], plan: SlurmPlan, queue: SlurmQu
 
 
 def intend(arrays_dir: Path, runs: list[RunDir], plan: SlurmPlan) -> tuple[Path, list[str]]:
-    """The array's folder (list, script, array.json) and each run's slurm-array.json; the folder and sbatch argv."""
+    """Each run's slurm-array.json, then the array's folder (list, script) and, last, array.json: the intent is
+    whole once array.json is there (a run whose array has none was never submitted). The folder and sbatch argv."""
     name = array_name(runs[0].run_id)
     folder = arrays_dir / name
     for run in runs:
@@ -90,11 +91,16 @@ def intend(arrays_dir: Path, runs: list[RunDir], plan: SlurmPlan) -> tuple[Path,
     script.write_text(array_script(name, folder))
     script.chmod(0o700)
     argv = array_argv(plan, name, folder, len(runs))
-    write_json_atomic(folder / "array.json", {"name": name, "runs": [run.run_id for run in runs], "argv": argv,
-                                              "runs_dir": str(runs[0].root.parent)})
     for task, run in enumerate(runs):
         write_json_atomic(run.file(ARRAY_TASK_FILE), {"array": name, "task": task})
+    write_json_atomic(folder / "array.json", {"name": name, "runs": [run.run_id for run in runs], "argv": argv,
+                                              "runs_dir": str(runs[0].root.parent)})
     return folder, argv
+
+
+def intended(arrays_dir: Path, name: str) -> bool:
+    """Was the array's intent written whole (and so, maybe, submitted)?"""
+    return (arrays_dir / name / "array.json").exists()
 
 
 def resume(arrays_dir: Path, name: str, queue: SlurmQueue) -> str:

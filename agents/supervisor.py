@@ -208,7 +208,11 @@ class Supervisor:
         if run.root.is_dir():
             if (array := slurm_array.unfinished_array(run)) is not None:  # put in an array whose submit was cut short
                 with self._arrays:
-                    self._resume_arrays({array})
+                    if slurm_array.intended(self.state_dir / slurm_array.ARRAYS_DIR, array):
+                        self._resume_arrays({array})
+                    elif request.slurm is not None:  # its array was never submitted: now alone
+                        run.file(slurm.ARRAY_TASK_FILE).unlink(missing_ok=True)
+                        return self._submit_slurm(run, request)
             return self.status(request.run_id)
         prepared = self._prepare(run, request)
         if isinstance(prepared, RunStatus):
@@ -254,10 +258,13 @@ class Supervisor:
                 if not isinstance(self._prepare(run, request), RunStatus):
                     fresh.append(run)
             elif run.exit is None and not run.file(slurm.SLURM_FILE).exists():
-                if (array := slurm_array.unfinished_array(run)) is not None:
-                    unfinished.add(array)
-                elif run.launch is not None and not slurm_array.adopt_single(run, self.slurm_queue):
-                    fresh.append(run)  # prepared, then the agent died before any sbatch: never submitted
+                array = slurm_array.unfinished_array(run)
+                if array is not None and slurm_array.intended(self.state_dir / slurm_array.ARRAYS_DIR, array):
+                    unfinished.add(array)  # maybe submitted: Slurm is asked before anything is sent again
+                elif array is None and run.launch is not None and slurm_array.adopt_single(run, self.slurm_queue):
+                    continue  # sent alone before, and in Slurm's queue
+                elif run.launch is not None:  # prepared (its array's intent unfinished), then the agent died
+                    fresh.append(run)  # before any sbatch: never submitted
         if fresh:
             assert requests[0].slurm is not None
             try:

@@ -12,6 +12,8 @@ import os
 import subprocess
 import time
 
+import pytest
+
 from mlfleet.agents import slurm, slurm_array
 from mlfleet.agents.rundir import RunDir
 from mlfleet.agents.supervisor import Supervisor
@@ -93,25 +95,27 @@ def test_an_agent_that_died_after_the_arrays_sbatch_never_submits_it_twice(super
     assert json.loads(RunDir(fresh.runs_dir / "died1").file(slurm.SLURM_FILE).read_text())["job_id"] == f"{array_id}_1"
 
 
-def test_an_agent_that_died_before_the_arrays_sbatch_submits_it_once_when_asked_again(supervisor, slurm_cluster):
-    requests = [_request(f"early{i}", "print('once')", gres=None) for i in range(2)]
+@pytest.mark.parametrize("died", ["after-the-intent", "inside-the-intent"])
+def test_an_agent_that_died_before_the_arrays_sbatch_submits_it_once_when_asked_again(supervisor, slurm_cluster, died):
+    prefix = "early" if died == "after-the-intent" else "half"
+    requests = [_request(f"{prefix}{i}", "print('once')", gres=None) for i in range(2)]
     runs = []
     for request in requests:  # the runs prepared and the intent written, then the agent died before sbatch
         run = RunDir(supervisor.runs_dir / request.run_id)
         supervisor._prepare(run, request)
         runs.append(run)
-    slurm_array.intend(supervisor.state_dir / slurm_array.ARRAYS_DIR, runs, SlurmPlan())
+    folder, _ = slurm_array.intend(supervisor.state_dir / slurm_array.ARRAYS_DIR, runs, SlurmPlan())
+    if died == "inside-the-intent":  # each run's slurm-array.json written, the array's own array.json not yet
+        (folder / "array.json").unlink()
     fresh = Supervisor(supervisor.state_dir)
     fresh.launch_array(requests)
     fresh.launch_array(requests)
     for i in range(2):
-        assert _wait(fresh, f"early{i}").exit_code == 0
-    assert list(_arrays(slurm_cluster, slurm_array.array_name("early0")).values()) == [[0, 1]]
+        assert _wait(fresh, f"{prefix}{i}").exit_code == 0
+    assert list(_arrays(slurm_cluster, slurm_array.array_name(f"{prefix}0")).values()) == [[0, 1]]
 
 
 def test_runs_that_differ_in_what_they_ask_slurm_are_refused_as_one_array(supervisor):
-    import pytest
-
     from mlfleet.core.base.errors import UsageError
 
     with pytest.raises(UsageError, match="same sbatch options"):
