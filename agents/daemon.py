@@ -203,6 +203,15 @@ class AgentDaemon:
             self.services.nudge()
         return msgspec.to_builtins(status)
 
+    async def rpc_launch_array(self, peer: Peer, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Slurm runs of one sweep submitted as one job array (agents/slurm_array.py); each run's status."""
+        try:
+            launches = [decode(request, LaunchRequest) for request in requests]
+        except msgspec.ValidationError as exc:
+            raise UsageError(f"bad launch request: {exc}") from None
+        statuses = await asyncio.to_thread(self.supervisor.launch_array, launches)  # sbatch may take a while
+        return [msgspec.to_builtins(status) for status in statuses]
+
     async def rpc_status(self, peer: Peer, run_ids: list[str] | None = None) -> list[dict[str, Any]]:
         ids = self.supervisor.run_ids() if run_ids is None else run_ids
         out = []

@@ -111,8 +111,10 @@ class _Runner:
         """Start the job's process in a group of its own and record it in started.json (an int: the runner's exit)."""
         try:
             env = self.launch["env"]
-            if self.launch.get("slurm") and "CUDA_VISIBLE_DEVICES" in os.environ:  # the GPUs Slurm gave the job
-                env = {**env, "CUDA_VISIBLE_DEVICES": os.environ["CUDA_VISIBLE_DEVICES"]}
+            if self.launch.get("slurm") is not None:  # ({}: Slurm's defaults) the GPUs Slurm gave the job, and
+                # Slurm's words for it (SLURM_JOB_ID, an array's SLURM_ARRAY_TASK_ID ...) that launch.json lacks
+                env = {**env, **{k: v for k, v in os.environ.items()
+                                 if k.startswith("SLURM_") or k == "CUDA_VISIBLE_DEVICES"}}
             proc = subprocess.Popen(
                 self.launch["argv"],
                 cwd=self.launch["workdir"],

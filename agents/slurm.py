@@ -40,9 +40,11 @@ from mlfleet.core.base.models import RunStatus, SlurmPlan
 
 JOB_PREFIX = "mlfleet-"
 SLURM_FILE = "slurm.json"
+ARRAY_TASK_FILE = "slurm-array.json"  # a task of a job array: {"array": name, "task": i}, before sbatch (slurm_array.py)
 COMMAND_TIMEOUT_S = 60.0  # sbatch under load is slow (submitit 1659): slow, not dead
 QUEUE_MAX_AGE_S = 1.0  # one squeue answers every run of one poll
-SQUEUE_FORMAT = "%i|%j|%T|%r|%P|%b|%N"
+SQUEUE_FORMAT = "%i|%j|%T|%r|%P|%b|%N|%F|%K"  # %F/%K: array job id and task id (N/A for a job)
+SQUEUE_ARGV = ["squeue", "-h", "-r", "-o", SQUEUE_FORMAT]  # -r: an array's tasks one a line, pending ones too
 
 # Slurm's pending reasons, in a user's words (squeue's %r).
 REASON_WORDS = {
@@ -97,28 +99,42 @@ class QueuedJob:
     partition: str = ""
     gres: str = ""
     nodes: str = ""
+    array_job_id: str = ""  # a task of a job array: the array's id and the task's index
+    task: str = ""
+
+
+def task_key(name: str, task: str) -> str:
+    """How a task of an array is found in :class:`SlurmQueue`: ``NAME_TASK`` (a job alone: its name)."""
+    return f"{name}_{task}"
 
 
 def parse_squeue(text: str) -> dict[str, QueuedJob]:
-    """``squeue -h -o SQUEUE_FORMAT`` lines, by job name (only mlfleet's jobs)."""
+    """``squeue -h -r -o SQUEUE_FORMAT`` lines, by job name, an array's tasks by ``NAME_TASK`` (mlfleet's only)."""
     jobs = {}
     for line in text.splitlines():
         parts = line.strip().split("|")
         if len(parts) < 4 or not parts[1].startswith(JOB_PREFIX):
             continue
-        parts += [""] * (7 - len(parts))
-        jobs[parts[1]] = QueuedJob(parts[0], parts[1], parts[2], parts[3], parts[4], parts[5], parts[6])
+        parts += [""] * (9 - len(parts))
+        array, task = (parts[7], parts[8]) if parts[8].isdigit() else ("", "")
+        job = QueuedJob(parts[0], parts[1], parts[2], parts[3], parts[4], parts[5], parts[6], array, task)
+        jobs[task_key(job.name, task) if task else job.name] = job
     return jobs
 
 
 def parse_scontrol_jobs(text: str) -> dict[str, dict[str, str]]:
-    """``scontrol show job -o`` (one job a line, ``Key=Value`` words), by JobName; the first match wins."""
+    """``scontrol show job -o`` (one job a line, ``Key=Value`` words), by JobName, an array's tasks by
+    ``NAME_TASK`` (``ArrayTaskId``; a range of tasks still pending is in squeue, not here); the first match wins."""
     jobs: dict[str, dict[str, str]] = {}
     for line in text.splitlines():
         fields = dict(word.split("=", 1) for word in line.split() if "=" in word)
         name = fields.get("JobName", "")
-        if name.startswith(JOB_PREFIX):
-            jobs.setdefault(name, fields)
+        if not name.startswith(JOB_PREFIX):
+            continue
+        task = fields.get("ArrayTaskId", "")
+        if "ArrayJobId" in fields and not task.isdigit():
+            continue
+        jobs.setdefault(task_key(name, task) if task else name, fields)
     return jobs
 
 
@@ -157,6 +173,12 @@ def sbatch_argv(plan: SlurmPlan, run: RunDir, script: Path) -> list[str]:
     """The sbatch command for one run (pure: tested without Slurm)."""
     argv = ["sbatch", "--parsable", f"--job-name={job_name(run.run_id)}", f"--comment={run.run_id}",
             f"--output={run.file('slurm-%j.out')}", f"--error={run.file('slurm-%j.out')}", f"--chdir={run.root}"]
+    return [*argv, *plan_options(plan), str(script)]
+
+
+def plan_options(plan: SlurmPlan) -> list[str]:
+    """sbatch's options for what the job asks (partition, account, QOS, GPUs, CPUs, memory, time)."""
+    argv = []
     if plan.partition:
         argv.append(f"--partition={plan.partition}")
     if plan.account:
@@ -171,7 +193,7 @@ def sbatch_argv(plan: SlurmPlan, run: RunDir, script: Path) -> list[str]:
         argv.append(f"--mem={plan.memory_mb}M")
     if plan.time_limit_min:
         argv.append(f"--time={plan.time_limit_min}")
-    return [*argv, str(script)]
+    return argv
 
 
 def batch_script(run: RunDir) -> str:
@@ -253,7 +275,7 @@ class SlurmQueue:
         with self._lock:
             if time.monotonic() - self._at > self.max_age:
                 self.commands += 1
-                self._jobs = parse_squeue(_command(["squeue", "-h", "-o", SQUEUE_FORMAT]))
+                self._jobs = parse_squeue(_command(SQUEUE_ARGV))
                 self._final = None
                 self._at = time.monotonic()
             return self._jobs
@@ -273,7 +295,7 @@ class SlurmQueue:
 
 
 def is_slurm_run(run: RunDir) -> bool:
-    return run.file(SLURM_FILE).exists() or bool((run.launch or {}).get("slurm"))
+    return run.file(SLURM_FILE).exists() or (run.launch or {}).get("slurm") is not None  # {}: the defaults
 
 
 def submit(run: RunDir, plan: SlurmPlan, queue: SlurmQueue) -> str:
@@ -296,18 +318,37 @@ def submit(run: RunDir, plan: SlurmPlan, queue: SlurmQueue) -> str:
     return job_id
 
 
+def queue_key(run: RunDir) -> str:
+    """The run's key in :class:`SlurmQueue`: its job's name, or ``NAME_TASK`` for a task of an array."""
+    task = read_json(run.file(ARRAY_TASK_FILE))
+    return task_key(str(task["array"]), str(task["task"])) if task and task.get("array") else job_name(run.run_id)
+
+
 def status(run: RunDir, queue: SlurmQueue) -> RunStatus:
     if run.exit is not None:
         return status_of(run, None, None)
-    name = job_name(run.run_id)
-    queued = queue.jobs().get(name)
-    final = None if queued is not None or not run.file(SLURM_FILE).exists() else queue.final().get(name)
+    key = queue_key(run)
+    queued = queue.jobs().get(key)
+    final = None if queued is not None or not run.file(SLURM_FILE).exists() else queue.final().get(key)
+    if queued is None and final is None and run.file(SLURM_FILE).exists() and run.file("cancel.json").exists():
+        # Cancelled before it started and already forgotten by Slurm (an array's pending task leaves no record)
+        return RunStatus(run_id=run.run_id, state="exited", reason="cancelled", message="cancelled in Slurm")
     return status_of(run, queued, final)
 
 
-def cancel(run: RunDir) -> None:
-    """scancel by name: the one job of this run, whatever its id."""
-    _command(["scancel", f"--name={job_name(run.run_id)}"])
+def cancel(run: RunDir, queue: SlurmQueue | None = None) -> None:
+    """scancel by name: the one job of this run, whatever its id; a task of an array: that task only (``ID_TASK``)."""
+    task = read_json(run.file(ARRAY_TASK_FILE))
+    if not task:
+        _command(["scancel", f"--name={job_name(run.run_id)}"])
+        return
+    job_id = str((read_json(run.file(SLURM_FILE)) or {}).get("job_id") or "")
+    if not job_id and queue is not None:  # sbatch answered, the agent died before slurm.json: the queue knows
+        queue.forget()
+        queued = queue.jobs().get(queue_key(run))
+        job_id = queued.job_id if queued is not None else ""
+    if job_id:
+        _command(["scancel", job_id])
 
 
 

@@ -35,7 +35,7 @@ from mlfleet.agents.logcap import read_log
 from mlfleet.agents.metriclines import Scans, read_lines
 from mlfleet.agents.rundir import STREAMS, WORK_DIR, RunDir, read_json, start_ticks, write_json_atomic
 from mlfleet.agents.services import ProbeViews, service_status
-from mlfleet.agents import slurm
+from mlfleet.agents import slurm, slurm_array
 
 # A runner that has not written runner.json this long after launch never started.
 _START_GRACE_S = 30.0
@@ -186,6 +186,9 @@ class Supervisor:
         self._ports = threading.Lock()  # a port is picked and written down by one launch at a time
         self._artifacts: dict[str, tuple[int, dict[str, int]]] = {}  # run -> (bytes scanned, path -> size)
         self.slurm_queue = slurm.SlurmQueue()  # one squeue answers every Slurm run of a poll (agents/slurm.py)
+        # One job array submit at a time: a retried launch_array arriving while the first is still at sbatch
+        # must see the first one's intent, not take its prepared runs for never submitted ones.
+        self._arrays = threading.Lock()
 
     def _dir(self, run_id: str) -> RunDir:
         if not run_id or "/" in run_id or run_id.startswith(".") or len(run_id) > 200:
@@ -203,7 +206,84 @@ class Supervisor:
         """Start a run once; asking again for the same run_id returns its status."""
         run = self._dir(request.run_id)
         if run.root.is_dir():
+            if (array := slurm_array.unfinished_array(run)) is not None:  # put in an array whose submit was cut short
+                with self._arrays:
+                    if slurm_array.intended(self.state_dir / slurm_array.ARRAYS_DIR, array):
+                        self._resume_arrays({array})
+                    elif request.slurm is not None:  # its array was never submitted: now alone
+                        run.file(slurm.ARRAY_TASK_FILE).unlink(missing_ok=True)
+                        return self._submit_slurm(run, request)
             return self.status(request.run_id)
+        prepared = self._prepare(run, request)
+        if isinstance(prepared, RunStatus):
+            return prepared
+        request = prepared
+        if request.slurm is not None:
+            return self._submit_slurm(run, request)
+        child = subprocess.Popen(
+            own_python(str(run.root), module="mlfleet.agents.runner"),
+            cwd=run.root, start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(run.file("runner.log"), "ab"),
+            close_fds=True,
+        )
+        self._children[request.run_id] = child
+        return RunStatus(run_id=request.run_id, state="starting")
+
+    def launch_array(self, requests: list[LaunchRequest]) -> list[RunStatus]:
+        """Many Slurm runs (a sweep's) as one job array (agents/slurm_array.py); each run's status.
+
+        Asked again (a retried request, a restarted controller or agent),
+        no run is submitted twice: runs already in an array are skipped, and
+        an array whose submit was cut short is found in Slurm first.
+        """
+        plans = {msgspec.json.encode(r.slurm) for r in requests}
+        if any(r.slurm is None or r.service is not None for r in requests) or len(plans) > 1:
+            raise UsageError("a job array's runs must all be Slurm jobs (no servers) with the same sbatch options")
+        if len(requests) > slurm_array.MAX_TASKS:
+            raise UsageError(f"a job array has {slurm_array.MAX_TASKS} runs at most, not {len(requests)}")
+        if len({r.run_id for r in requests}) != len(requests):
+            raise UsageError("a job array names a run twice")
+        with self._arrays:
+            self._launch_array(requests)
+        return [self.status(r.run_id) for r in requests]
+
+    def _launch_array(self, requests: list[LaunchRequest]) -> None:
+        fresh: list[RunDir] = []
+        unfinished: set[str] = set()
+        for request in requests:
+            run = self._dir(request.run_id)
+            if not run.root.is_dir():
+                if not isinstance(self._prepare(run, request), RunStatus):
+                    fresh.append(run)
+            elif run.exit is None and not run.file(slurm.SLURM_FILE).exists():
+                array = slurm_array.unfinished_array(run)
+                if array is not None and slurm_array.intended(self.state_dir / slurm_array.ARRAYS_DIR, array):
+                    unfinished.add(array)  # maybe submitted: Slurm is asked before anything is sent again
+                elif array is None and run.launch is not None and slurm_array.adopt_single(run, self.slurm_queue):
+                    continue  # sent alone before, and in Slurm's queue
+                elif run.launch is not None:  # prepared (its array's intent unfinished), then the agent died
+                    fresh.append(run)  # before any sbatch: never submitted
+        if fresh:
+            assert requests[0].slurm is not None
+            try:
+                slurm_array.submit(self.state_dir / slurm_array.ARRAYS_DIR, fresh, requests[0].slurm, self.slurm_queue)
+            except MlfleetError as exc:  # sbatch refused it: every run of it failed, with Slurm's why
+                for run in fresh:
+                    if not run.file(slurm.SLURM_FILE).exists():
+                        write_json_atomic(run.file("exit.json"), {
+                            "exit_code": None, "signal": None, "reason": "failed-to-start",
+                            "finished_at": time.time(), "message": str(exc)})
+        self._resume_arrays(unfinished)
+
+    def _resume_arrays(self, names: set[str]) -> None:
+        for name in sorted(names):
+            slurm_array.resume(self.state_dir / slurm_array.ARRAYS_DIR, name, self.slurm_queue)
+
+    def _prepare(self, run: RunDir, request: LaunchRequest) -> LaunchRequest | RunStatus:
+        """The run's folder, its copy of the code and its launch.json; the request as launched, or the
+        status it ended with here (asked twice at once, or its snapshot could not be copied)."""
         archive = None
         if request.code_hash:  # checked before the run exists: a dropped snapshot is shipped again, then launched
             if not self.code.present(request.code_hash):
@@ -235,18 +315,7 @@ class Supervisor:
         if request.slurm is not None:  # Slurm gives the job its GPUs (and sets CUDA_VISIBLE_DEVICES itself)
             env.pop("CUDA_VISIBLE_DEVICES", None)
         write_json_atomic(run.file("launch.json"), to_plain(msgspec.structs.replace(request, env=env)))
-        if request.slurm is not None:
-            return self._submit_slurm(run, request)
-        child = subprocess.Popen(
-            own_python(str(run.root), module="mlfleet.agents.runner"),
-            cwd=run.root, start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(run.file("runner.log"), "ab"),
-            close_fds=True,
-        )
-        self._children[request.run_id] = child
-        return RunStatus(run_id=request.run_id, state="starting")
+        return request
 
     def _submit_slurm(self, run: RunDir, request: LaunchRequest) -> RunStatus:
         assert request.slurm is not None
@@ -265,7 +334,7 @@ class Supervisor:
             return status
         write_json_atomic(run.file("cancel.json"), {"requested_at": time.time()})
         if slurm.is_slurm_run(run):
-            slurm.cancel(run)  # Slurm signals the batch step (the runner), which stops the job gracefully
+            slurm.cancel(run, self.slurm_queue)  # Slurm signals the batch step (the runner), which stops the job gracefully
             self.slurm_queue.forget()
             return self.status(run_id)
         runner, started = run.runner, run.started

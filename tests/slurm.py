@@ -69,6 +69,23 @@ class SlurmCluster:
             names.append(line)
         return names
 
+    def array_tasks(self) -> dict[tuple[str, str], list[int]]:
+        """Every job array the controller ran or queues, as (name, array job id) -> its task ids (jobcomp, squeue -r).
+
+        A task cancelled while it was still pending never reaches jobcomp.
+        """
+        tasks: dict[tuple[str, str], set[int]] = {}
+        lines = (self.root / "jobcomp.txt").read_text().splitlines() if (self.root / "jobcomp.txt").exists() else []
+        for line in lines:
+            fields = dict(word.split("=", 1) for word in line.split() if "=" in word)
+            if fields.get("ArrayTaskId", "").isdigit():
+                tasks.setdefault((fields["Name"], fields["ArrayJobId"]), set()).add(int(fields["ArrayTaskId"]))
+        for line in self.run("squeue", "-h", "-r", "-o", "%j|%F|%K").split():
+            name, array, task = line.split("|")
+            if task.isdigit():
+                tasks.setdefault((name, array), set()).add(int(task))
+        return {key: sorted(ids) for key, ids in tasks.items()}
+
     def log(self) -> str:
         parts = []
         for name in ("slurmctld.log", "slurmd.log", "munged.log"):

@@ -60,11 +60,12 @@ class Dispatcher:
             await self.jobs.ctx.store.run(records.set_pending_reason, changed)
         self._stored_reasons = reasons
         await self._audit_refusals(decision)
-        for placement in decision.placements:
-            job = self.jobs.pending.pop(placement.job_id, None)
-            if job is None or placement.host not in self.jobs.ctx.links:
-                continue  # cancelled, or its host removed, while the scheduler was thinking
-            await self._dispatch(job, placement)
+        with self.jobs.launcher.together():  # a sweep's runs placed on one Slurm host in this tick: one job array
+            for placement in decision.placements:
+                job = self.jobs.pending.pop(placement.job_id, None)
+                if job is None or placement.host not in self.jobs.ctx.links:
+                    continue  # cancelled, or its host removed, while the scheduler was thinking
+                await self._dispatch(job, placement)
 
     def _held(self) -> dict[str, tuple[str, str]]:
         """Waiting jobs a hold keeps out of this cycle (a sweep at its max_parallel), with why."""
@@ -187,4 +188,4 @@ def slurm_view(name: str, up: bool, labels: dict[str, str], cluster: dict, parti
     return scheduler.HostView(name=name, up=up and best is not None, labels=labels,
                               cpu_count=best["cpus_per_node"] if best else 0,
                               memory_total=best["memory_mb_per_node"] * 2**20 if best else 0, gpus=tuple(gpus),
-                              drained=drained)
+                              drained=drained, queues=True)

@@ -58,14 +58,15 @@ class HostRuns:
     async def before_poll(self, link: HostLink) -> "_RunsPoll":
         """Cancels asked for and launches not yet made on this host; then its runs ride the poll."""
         runs = [r for r in self.jobs.active.values() if r.host == link.name]
-        for run in runs:
-            if run.job_id in self.jobs.cancels and not run.cancel_requested_by:
-                run.cancel_requested_by = self.jobs.cancels.pop(run.job_id)
-            if run.state in NOT_STARTED_STATES and not run.launched and not run.cancel_requested_by:
-                self.jobs.launcher.launch_soon(link, run)
-            if run.cancel_requested_by and run.finished_status is None:
-                with contextlib.suppress(MlfleetError):
-                    await link.request("cancel", run_id=run.run_id)
+        with self.jobs.launcher.together():  # launches retried together: a sweep's runs stay one job array
+            for run in runs:
+                if run.job_id in self.jobs.cancels and not run.cancel_requested_by:
+                    run.cancel_requested_by = self.jobs.cancels.pop(run.job_id)
+                if run.state in NOT_STARTED_STATES and not run.launched and not run.cancel_requested_by:
+                    self.jobs.launcher.launch_soon(link, run)
+                if run.cancel_requested_by and run.finished_status is None:
+                    with contextlib.suppress(MlfleetError):
+                        await link.request("cancel", run_id=run.run_id)
         await self._ask_env_ready(link)
         await self._collect_env_garbage(link)
         return _RunsPoll(self, link, runs)

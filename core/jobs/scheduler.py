@@ -90,8 +90,9 @@ def schedule(hosts: list[HostView], queue: list[QueuedJob], policy: Policy = Pol
                     shadow = start
             continue
         cap, chosen = best
-        take(job, cap, chosen)
-        index.moved(cap)
+        if not cap.view.queues:
+            take(job, cap, chosen)
+            index.moved(cap)
         held[job.project] = held.get(job.project, 0) + job.gpus
         penalty[job.project] = policy.fair_share_weight * held[job.project] / total_gpus
         note = f"environment already built on {cap.view.name}" if cap.view.name in job.warm_hosts else ""

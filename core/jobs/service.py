@@ -44,6 +44,9 @@ class JobsService(BaseService):
         self.holds: list[Callable[[list[str], list[str]], dict[str, tuple[str, str]]]] = []
         # Takes a spec with a sweep: block from the submit RPC (core/sweeps/service.py sets it).
         self.sweep_submit: Callable[..., Awaitable[dict[str, Any]]] | None = None
+        # The sweep a job belongs to (None: none); runs of one sweep sent to a Slurm host in one tick become
+        # one job array (core/jobs/launch.py). core/sweeps/service.py sets it.
+        self.array_group: Callable[[str], str | None] = lambda job_id: None
         self.job_changed = asyncio.Condition()
         self.launcher = Launcher(self)
         self.environments = EnvironmentPreparer(ctx.home, ctx.settings)  # resolved, fetched, shipped before a launch

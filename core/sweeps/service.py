@@ -27,6 +27,7 @@ class SweepsService(BaseService):
         self.api = SweepsApi(self)
         jobs.holds.append(self.hold)
         jobs.sweep_submit = self.submit
+        jobs.array_group = self.sweep_of
 
     async def start(self) -> None:
         for row in await self.ctx.store.read(records.open_members):
@@ -40,6 +41,11 @@ class SweepsService(BaseService):
         # Ended children stay in ``members`` until a restart (a few bytes each): a child between
         # states (a retry going back to the queue) must never be taken for one without a sweep.
         return limits.held(self.members, waiting, in_flight)
+
+    def sweep_of(self, job_id: str) -> str | None:
+        """The name of the sweep a job is a child of (None: not a sweep's), so its runs can share a job array."""
+        member = self.members.get(job_id)
+        return member.sweep if member is not None else None
 
     def status(self) -> dict[str, Any]:
         return {"children": len(self.members)}

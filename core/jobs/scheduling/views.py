@@ -51,6 +51,9 @@ class HostView:
     drained: str | None = None  # why, when drained
     releases: tuple[Release, ...] = ()
     gpu_links: tuple[tuple[int, ...], ...] | None = None  # pairwise link level by GPU index (0 = NVLink)
+    # A cluster engine's queue (Slurm): a placement takes nothing from it, so every job of a tick that could
+    # ever fit goes there at once (a sweep's children in one job array), and its own queue holds the rest.
+    queues: bool = False
 
 
 @dataclass(frozen=True)
