@@ -1,0 +1,199 @@
+"""The audit chain: how an event is hashed and linked to the one before it (docs/audit.md).
+
+Every audit row carries ``seq`` (its place, gap-free from 1), ``prev_hash``
+(the hash of row ``seq - 1``; :data:`GENESIS` for the first) and ``hash``::
+
+    hash = sha256(utf8(canonical(seq, ts, actor, action, target, detail) + prev_hash))
+
+The canonical encoding is plain text that both Python (:func:`canonical`)
+and DuckDB SQL (:data:`CANONICAL_SQL`) build byte for byte, so
+``audit verify`` recomputes every row's hash in one vectorised query
+instead of a Python loop over a million rows:
+
+    seq "|" ts_us "|" field(actor) field(action) field(target) field(detail)
+
+where ``ts_us`` is the event's time in whole microseconds since the epoch
+(what DuckDB stores; no time zone or float formatting in play),
+``field(x)`` is ``len(utf8(x)) ":" x`` (a length prefix: no value can
+forge a field boundary, whatever quotes, newlines, NULs or ``|`` it holds)
+and ``~`` for NULL (distinct from the empty string, ``0:``). ``detail`` is
+the JSON text exactly as stored (DuckDB keeps a JSON value's text as given).
+
+Rows are only ever appended by :func:`append_events`, on the store's one
+writer thread, inside the capability's own transaction: it reads the head
+(``max(seq)``) in that transaction, so two writes can never link to the same
+row, and a rolled-back write takes its chain rows with it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from typing import Any, Iterable, NamedTuple
+
+import duckdb
+import numpy as np
+
+GENESIS = "0" * 64  # the prev_hash of the first event
+_moved: set[int] = set()  # connections whose writes appended events since the head file last looked
+
+
+def field_sql(column: str) -> str:
+    return f"coalesce(strlen({column})::varchar || ':' || {column}, '~')"
+
+
+CANONICAL_SQL = ("seq::varchar || '|' || epoch_us(ts)::varchar || '|' || "
+                 + " || ".join(field_sql(c) for c in ("actor", "action", "target", "detail::varchar")))
+HASH_SQL = f"sha256({CANONICAL_SQL} || coalesce(prev_hash, ''))"
+
+
+class Event(NamedTuple):
+    """One event as it is hashed: ``ts_us`` whole microseconds since the epoch, ``detail`` JSON text (or None)."""
+
+    seq: int
+    ts_us: int
+    actor: str
+    action: str
+    target: str | None
+    detail: str | None
+
+
+def _field(value: str | None) -> str:
+    return "~" if value is None else f"{len(value.encode('utf-8'))}:{value}"
+
+
+def canonical(event: Event) -> str:
+    """The text an event's hash is taken over (before prev_hash): the same as :data:`CANONICAL_SQL` builds."""
+    return (f"{event.seq}|{event.ts_us}|" + _field(event.actor) + _field(event.action) + _field(event.target)
+            + _field(event.detail))
+
+
+def event_hash(event: Event, prev_hash: str) -> str:
+    return hashlib.sha256((canonical(event) + prev_hash).encode("utf-8")).hexdigest()
+
+
+class Head(NamedTuple):
+    """The chain's newest event: what the head file and a notary keep."""
+
+    seq: int
+    hash: str
+    ts_us: int
+
+
+def read_head(con: duckdb.DuckDBPyConnection) -> Head | None:
+    """The newest chained event (highest seq; the newest id of a repeated seq), or None for an empty chain.
+
+    ``max(seq)`` is answered from row-group statistics and the row is then
+    found by zone maps: a millisecond at a million events, where
+    ``order by seq desc limit 1`` would sort-scan the table.
+    """
+    found = con.execute("""select seq, hash, epoch_us(ts) from audit
+                           where seq = (select max(seq) from audit) order by id desc limit 1""").fetchall()
+    if not found or found[0][1] is None:
+        return None
+    return Head(int(found[0][0]), str(found[0][1]), int(found[0][2]))
+
+
+def micros_to_datetime(ts_us: int) -> datetime.datetime:
+    """Exact: DuckDB stores a TIMESTAMPTZ as whole microseconds, and this hands it exactly those."""
+    return datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc) + datetime.timedelta(microseconds=ts_us)
+
+
+def to_micros(seconds: float) -> int:
+    return int(round(seconds * 1_000_000))
+
+
+def detail_text(detail: dict[str, Any] | str | None) -> str:
+    """The JSON text stored (and hashed) for a detail: ASCII-only, so no encoding can differ between writers."""
+    if isinstance(detail, str):
+        return detail
+    return json.dumps(detail or {})
+
+
+def append_events(con: duckdb.DuckDBPyConnection, ts: float,
+                  events: Iterable[tuple[str, str, str | None, str]]) -> Head | None:
+    """Append (actor, action, target, detail JSON text) events at ``ts``, chained after the head, in order.
+
+    Called inside the caller's transaction (or as one statement of its own):
+    the head it links to is the one that transaction sees. Returns the new head.
+    """
+    batch = list(events)
+    if not batch:
+        return None
+    head = read_head(con)
+    if head is None and _has_unchained(con):
+        seal_unchained(con)
+        head = read_head(con)
+    seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
+    ts_us = to_micros(ts)
+    cols: dict[str, list[Any]] = {"seq": [], "actor": [], "action": [], "target": [], "detail": [],
+                                  "prev_hash": [], "hash": []}
+    for actor, action, target, detail in batch:
+        seq += 1
+        digest = event_hash(Event(seq, ts_us, actor, action, target, detail), prev)
+        for name, value in (("seq", seq), ("actor", actor), ("action", action), ("target", target),
+                            ("detail", detail), ("prev_hash", prev), ("hash", digest)):
+            cols[name].append(value)
+        prev = digest
+    if len(batch) == 1:
+        con.execute("""insert into audit (ts, actor, action, target, detail, seq, prev_hash, hash)
+                       values (?, ?, ?, ?, ?, ?, ?, ?)""",
+                    [micros_to_datetime(ts_us), cols["actor"][0], cols["action"][0], cols["target"][0],
+                     cols["detail"][0], cols["seq"][0], cols["prev_hash"][0], cols["hash"][0]])
+    else:
+        arrays = {name: np.array(values, dtype=np.int64 if name == "seq" else object) for name, values in cols.items()}
+        con.register("_audit_batch", arrays)
+        try:
+            con.execute("""insert into audit (ts, actor, action, target, detail, seq, prev_hash, hash)
+                           select ?, actor, action, target, detail, seq, prev_hash, hash from _audit_batch
+                           order by seq""", [micros_to_datetime(ts_us)])
+        finally:
+            con.unregister("_audit_batch")
+    _moved.add(id(con))
+    return Head(seq, prev, ts_us)
+
+
+def take_moved(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether events were appended on ``con`` since the last call (the head file's cue to look at the head)."""
+    if id(con) in _moved:
+        _moved.discard(id(con))
+        return True
+    return False
+
+
+def _has_unchained(con: duckdb.DuckDBPyConnection) -> bool:
+    return bool(con.execute("select count(*) from audit where hash is null").fetchall()[0][0])
+
+
+def seal_unchained(con: duckdb.DuckDBPyConnection) -> int:
+    """Chain the rows written before the chain existed (migration 0013 numbered them; hashes are done here).
+
+    Only a chain of such rows at its end is sealed: a row without a hash
+    *between* hashed rows is no legacy row but a tampered one, for
+    ``audit verify`` to name, and is left as it is. Returns how many were sealed.
+    """
+    last = con.execute("select max(seq) from audit where hash is not null").fetchall()[0][0]
+    rows = con.execute("""select id, seq, epoch_us(ts), actor, action, target, detail::varchar from audit
+                          where hash is null and seq > ? order by seq, id""", [last or 0]).fetchall()
+    if not rows:
+        return 0
+    prev = GENESIS
+    if last is not None:
+        prev = con.execute("select hash from audit where seq = ? order by id desc limit 1", [last]).fetchall()[0][0]
+    ids, prevs, hashes = [], [], []
+    for ident, seq, ts_us, actor, action, target, detail in rows:
+        digest = event_hash(Event(int(seq), int(ts_us), actor, action, target, detail), prev)
+        ids.append(ident)
+        prevs.append(prev)
+        hashes.append(digest)
+        prev = digest
+    con.register("_audit_seal", {"id": np.array(ids, dtype=np.int64), "prev_hash": np.array(prevs, dtype=object),
+                                 "hash": np.array(hashes, dtype=object)})
+    try:
+        con.execute("""update audit set prev_hash = s.prev_hash, hash = s.hash from _audit_seal s
+                       where audit.id = s.id""")
+    finally:
+        con.unregister("_audit_seal")
+    _moved.add(id(con))
+    return len(rows)
