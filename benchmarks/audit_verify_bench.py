@@ -10,7 +10,9 @@ controller whose every write adds one event). Then times
 ``verify.verify`` (what the ``audit_verify`` RPC runs, on its own
 connection) ``--repeat`` times, and ``mlfleet audit verify`` end to end
 (client, socket, controller, answer) against a controller started
-beforehand on that home. Prints a Markdown table for BENCHMARKS.md.
+beforehand on that home; then ``--writes`` audited writes through the
+store's writer with and without the head file's fsynced line (its cost).
+Prints a Markdown table for BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -101,10 +103,34 @@ def time_cli(home: Path, repeat: int) -> list[float]:
     return times
 
 
+def time_writes(home: Path, writes: int) -> tuple[float, float]:
+    """Milliseconds per audited write through the store's writer, with and without the head file's fsynced line."""
+    import asyncio
+
+    from mlfleet.core.audit.records import audit
+
+    async def go() -> tuple[float, float]:
+        store = Store(home / "mlfleet.duckdb")
+        heads = head_file.HeadFile(home / "audit-head.log")
+        await store.run(heads.catch_up)
+        per_write = []
+        for hooked in (True, False):
+            store.after_write[:] = [heads.after_write] if hooked else []
+            t0 = time.perf_counter()
+            for i in range(writes):
+                await store.run(audit, "bench", "job.priority", f"j{i}", {"from": 0, "to": 1})
+            per_write.append((time.perf_counter() - t0) / writes * 1000)
+        store.close()
+        return per_write[0], per_write[1]
+
+    return asyncio.run(go())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--writes", type=int, default=300, help="audited writes timed with and without the head file")
     parser.add_argument("--keep", type=Path, help="build in this folder and keep it")
     args = parser.parse_args()
     home = args.keep or Path(tempfile.mkdtemp(prefix="mlfacb", dir="/tmp"))
@@ -117,6 +143,7 @@ def main() -> None:
         fn_times, answer = time_function(home / "mlfleet.duckdb", home / "audit-head.log", args.repeat)
         assert answer["ok"] and answer["events"] == args.events, answer
         cli_times = time_cli(home, args.repeat)
+        hooked_ms, bare_ms = time_writes(home, args.writes)
     finally:
         if not args.keep:
             shutil.rmtree(home, ignore_errors=True)
@@ -130,6 +157,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for what, times in (("verify.verify (the RPC's function)", fn_times), ("`mlfleet audit verify` end to end", cli_times)):
         print(f"| {what} | {args.events:,} | {min(times):.2f} | {statistics.median(times):.2f} | {max(times):.2f} |")
+    print(f"\none audited write through the store's writer on that chain ({args.writes} each): "
+          f"{hooked_ms:.2f} ms with the head file's fsynced line, {bare_ms:.2f} ms without it")
 
 
 if __name__ == "__main__":

@@ -136,6 +136,17 @@ def test_a_cut_tail_is_caught_by_the_head_file_even_after_the_chain_grew_again(f
     assert _verify(fleet)[1]["kind"] == "truncated"
 
 
+def test_a_row_added_by_hand_without_a_hash_is_not_sealed_at_the_next_start(fleet: Fleet) -> None:
+    con = _stopped_store(fleet)
+    last = con.execute("select max(seq) from audit").fetchall()[0][0]
+    con.execute("""insert into audit (ts, actor, action, target, detail, seq)
+                   values (now(), 'mallory', 'model.alias', 'iris@production', '{}', ?)""", [last + 1])
+    con.close()
+    code, answer = _verify(fleet)  # this start writes controller.start after it: still named, never chained in
+    assert code == 1 and answer["kind"] == "unchained", answer
+    assert answer["broken"]["seq"] == last + 1 and answer["broken"]["actor"] == "mallory"
+
+
 def test_a_store_from_before_the_chain_is_chained_at_its_first_start(fleet: Fleet) -> None:
     fleet.root.mkdir(exist_ok=True)
     con = duckdb.connect(str(fleet.home.db_path))

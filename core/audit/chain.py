@@ -88,11 +88,16 @@ def read_head(con: duckdb.DuckDBPyConnection) -> Head | None:
     found by zone maps: a millisecond at a million events, where
     ``order by seq desc limit 1`` would sort-scan the table.
     """
+    found = _newest_row(con)
+    if found is None or found[1] is None:
+        return None
+    return Head(int(found[0]), str(found[1]), int(found[2]))
+
+
+def _newest_row(con: duckdb.DuckDBPyConnection) -> tuple[Any, ...] | None:
     found = con.execute("""select seq, hash, epoch_us(ts) from audit
                            where seq = (select max(seq) from audit) order by id desc limit 1""").fetchall()
-    if not found or found[0][1] is None:
-        return None
-    return Head(int(found[0][0]), str(found[0][1]), int(found[0][2]))
+    return found[0] if found else None
 
 
 def micros_to_datetime(ts_us: int) -> datetime.datetime:
@@ -121,11 +126,11 @@ def append_events(con: duckdb.DuckDBPyConnection, ts: float,
     batch = list(events)
     if not batch:
         return None
-    head = read_head(con)
-    if head is None and _has_unchained(con):
-        seal_unchained(con)
-        head = read_head(con)
-    seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
+    newest = _newest_row(con)
+    if newest is not None and newest[1] is None and seal_unchained(con):  # the first write after an upgrade
+        newest = _newest_row(con)
+    # After the newest row, whatever it is: a hand-made row without a hash stays for ``audit verify`` to name.
+    seq, prev = (int(newest[0]), newest[1] or GENESIS) if newest else (0, GENESIS)
     ts_us = to_micros(ts)
     cols: dict[str, list[Any]] = {"seq": [], "actor": [], "action": [], "target": [], "detail": [],
                                   "prev_hash": [], "hash": []}
@@ -162,25 +167,22 @@ def take_moved(con: duckdb.DuckDBPyConnection) -> bool:
     return False
 
 
-def _has_unchained(con: duckdb.DuckDBPyConnection) -> bool:
-    return bool(con.execute("select count(*) from audit where hash is null").fetchall()[0][0])
-
-
 def seal_unchained(con: duckdb.DuckDBPyConnection) -> int:
     """Chain the rows written before the chain existed (migration 0013 numbered them; hashes are done here).
 
-    Only a chain of such rows at its end is sealed: a row without a hash
-    *between* hashed rows is no legacy row but a tampered one, for
-    ``audit verify`` to name, and is left as it is. Returns how many were sealed.
+    Only a table with no hashed row at all is sealed: once the chain exists,
+    a row without a hash is no legacy row but one written around mlfleet
+    (by hand, while the controller was down), and sealing it would make it
+    look genuine; it is left for ``audit verify`` to name. Returns how many
+    were sealed.
     """
-    last = con.execute("select max(seq) from audit where hash is not null").fetchall()[0][0]
+    if con.execute("select count(*) from audit where hash is not null").fetchall()[0][0]:
+        return 0
     rows = con.execute("""select id, seq, epoch_us(ts), actor, action, target, detail::varchar from audit
-                          where hash is null and seq > ? order by seq, id""", [last or 0]).fetchall()
+                          order by seq, id""").fetchall()
     if not rows:
         return 0
     prev = GENESIS
-    if last is not None:
-        prev = con.execute("select hash from audit where seq = ? order by id desc limit 1", [last]).fetchall()[0][0]
     ids, prevs, hashes = [], [], []
     for ident, seq, ts_us, actor, action, target, detail in rows:
         digest = event_hash(Event(int(seq), int(ts_us), actor, action, target, detail), prev)
