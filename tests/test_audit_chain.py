@@ -234,3 +234,17 @@ def test_a_detail_of_unicode_quotes_newlines_and_nuls_hashes_the_same_in_sql(mem
     stored, computed = mem.execute(f"select list(hash order by seq), list({chain.HASH_SQL} order by seq) "
                                    "from audit").fetchall()[0]
     assert stored == computed
+
+
+def test_a_sweep_submitted_and_cancelled_as_groups_is_on_the_chain_one_event_per_job(fleet: Fleet) -> None:
+    spec = fleet.write_spec("long", "name: long\ncommand: \"sleep 60\"\nsweep:\n  grid:\n    params.i: [1, 2, 3, 4, 5]\n"
+                                    "  max_parallel: 1\n")
+    assert fleet.cli("submit", str(spec)).code == 0  # five jobs in one transaction (audit_many)
+    assert fleet.cli_json("sweeps", "cancel", "long")["cancelled"] >= 4  # the queued ones in one transaction
+    code, answer = _verify(fleet)
+    assert code == 0, answer
+    events = fleet.cli_json("audit", "list", "--limit", "100")
+    submits = [e for e in events if e["action"] == "job.submit"]
+    cancels = [e for e in events if e["action"] == "job.cancel" and json.loads(e["detail"]) == {"state": "pending"}]
+    assert len(submits) == 5 and len({e["target"] for e in submits}) == 5 and len(cancels) >= 4
+    assert sorted(e["seq"] for e in events) == list(range(1, len(events) + 1))
