@@ -248,3 +248,14 @@ def test_a_sweep_submitted_and_cancelled_as_groups_is_on_the_chain_one_event_per
     cancels = [e for e in events if e["action"] == "job.cancel" and json.loads(e["detail"]) == {"state": "pending"}]
     assert len(submits) == 5 and len({e["target"] for e in submits}) == 5 and len(cancels) >= 4
     assert sorted(e["seq"] for e in events) == list(range(1, len(events) + 1))
+
+
+def test_a_head_file_left_behind_by_a_crash_after_a_commit_verifies_and_catches_up(fleet: Fleet) -> None:
+    _stopped_store(fleet).close()
+    heads = fleet.home.audit_head_file
+    lines = heads.read_bytes().splitlines(keepends=True)
+    heads.write_bytes(b"".join(lines[:-2]) + lines[-2][:40])  # the last head never written, the one before half
+    code, answer = _verify(fleet)
+    assert code == 0 and answer["ok"], answer
+    newest = heads.read_text().splitlines()[-1].split()
+    assert int(newest[0]) == answer["head"]["seq"] and newest[1] == answer["head"]["hash"]
