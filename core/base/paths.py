@@ -97,6 +97,11 @@ class Home:
         return self.data_dir / "captures"
 
     @property
+    def audit_head_file(self) -> Path:
+        """The audit chain's head, one fixed-width line per write, outside the DuckDB file (core/audit/head_file.py)."""
+        return self.data_dir / "audit-head.log"
+
+    @property
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
 

@@ -7,7 +7,7 @@ the queue is scheduled on what they reported.
 
 from __future__ import annotations
 
-from mlfleet.core.audit.api import AuditApi
+from mlfleet.core.audit.service import AuditService
 from mlfleet.core.controller.service import ControllerContext, RpcService, Service
 from mlfleet.core.deploy.capture import CaptureService
 from mlfleet.core.deploy.service import DeployService
@@ -24,6 +24,7 @@ def services(ctx: ControllerContext) -> list[Service]:
     fleet = FleetService(ctx)
     jobs = JobsService(ctx, fleet)
     return [
+        AuditService(ctx),  # first: the chain's head file follows every write, the other services' starts too
         fleet,  # links in step with hosts.yaml, one sync per host and tick, telemetry windows
         jobs,  # the queue, dispatch, launches, a host's runs in its sync
         SweepsService(ctx, jobs),  # sweeps' children, and the hold that keeps each sweep's max_parallel
@@ -32,6 +33,5 @@ def services(ctx: ControllerContext) -> list[Service]:
         RpcService("runs", RunsApi(ctx)),
         RegistryService(ctx),  # the model registry: versions in the model store, aliases; leftovers cleared at start
         RpcService("drift", DriftApi(ctx)),
-        RpcService("audit", AuditApi(ctx)),
         RpcService("db", StoreApi(ctx)),
     ]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import duckdb
 import numpy as np
 
+from mlfleet.core.audit.records import audit_many
 from mlfleet.core.base.errors import UsageError
 from mlfleet.core.base.models import TERMINAL_STATES, JobSpec, to_plain
 from mlfleet.core.jobs.runs import PendingJob, queued_job
@@ -161,8 +162,7 @@ def insert_jobs(con: duckdb.DuckDBPyConnection, job_rows: list[dict[str, Any]], 
         con.execute("""insert into job_events (job_id, ts, state, reason, host, run_id)
                        select job_id, to_timestamp(?), 'pending', 'submitted', null, null from _jobs_batch""", [now()])
         # One audit row each, as a single submit writes: the trail says who queued every job.
-        con.execute("""insert into audit (ts, actor, action, target, detail)
-                       select to_timestamp(?), ?, 'job.submit', job_id, detail from _jobs_batch""", [now(), actor])
+        audit_many(con, actor, "job.submit", zip(batch["job_id"], batch["detail"]))
     finally:
         con.unregister("_jobs_batch")
 
@@ -205,8 +205,6 @@ def _cancel_pending_many(con: duckdb.DuckDBPyConnection, job_ids: list[str], act
             con.execute("""insert into job_events (job_id, ts, state, reason, host, run_id)
                            select job_id, to_timestamp(?), 'cancelled', ?, null, null from _cancel_batch""",
                         [ts, f"cancelled by {actor}"])
-            con.execute("""insert into audit (ts, actor, action, target, detail)
-                           select to_timestamp(?), ?, 'job.cancel', job_id, '{"state": "pending"}' from _cancel_batch""",
-                        [ts, actor])
+            audit_many(con, actor, "job.cancel", ((job_id, {"state": "pending"}) for job_id in job_ids))
     finally:
         con.unregister("_cancel_batch")

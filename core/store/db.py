@@ -94,11 +94,24 @@ class Store:
         self._stopping: set[asyncio.Task[None]] = set()
         self.queries = QueryPool(self.con, query_workers)
         self.catalog = Catalog.of(self.con)  # what db query may name; relations are re-read per query
+        # Called on the writer thread after each write, committed or not (the audit chain's head file
+        # appends the head once its transaction has committed): a hook's failure is logged, never the write's.
+        self.after_write: list[Callable[[duckdb.DuckDBPyConnection], None]] = []
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn(self.con, ...)`` on the writer thread."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer, functools.partial(fn, self.con, *args, **kwargs))
+        return await loop.run_in_executor(self._writer, self._write, functools.partial(fn, self.con, *args, **kwargs))
+
+    def _write(self, call: Callable[[], T]) -> T:
+        try:
+            return call()
+        finally:
+            for hook in self.after_write:
+                try:
+                    hook(self.con)
+                except Exception:
+                    log.exception("after-write hook %r failed", hook)
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn(cursor, ...)`` on a reader thread with its own cursor.

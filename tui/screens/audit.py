@@ -1,9 +1,11 @@
 """The audit view: every action, newest first (as ``mlfleet audit list``), with a filter, and the chain's status.
 
-The trail is plain rows of the ``audit`` table today: no hash links them,
-so there is nothing to verify yet. The status line says that in words and
-what a user can do meanwhile, rather than "not verified" with no why. A
-controller that answers ``audit_verify`` gets its answer shown instead.
+Every event is a link of a hash chain (docs/audit.md); the status line
+shows the controller's ``audit_verify`` verdict: intact with its event
+count, or BROKEN with the sentence that names the first broken row and
+what was done to it. A controller from before the chain (no
+``audit_verify``) gets a line that says so, in words, and what a user can
+do meanwhile.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def audit_cells(event: dict[str, Any]) -> tuple[str, ...]:
             event.get("target") or "-", detail)
 
 
-NO_CHAIN = ("audit trail: plain rows in the DuckDB file, not a hash chain yet, so nothing here can prove it unedited. "
+NO_CHAIN = ("audit trail: this controller keeps no hash chain (it predates it), so nothing here can prove it unedited. "
             "The file is private to its owner (0600); to keep a copy that cannot change, "
             "save 'mlfleet audit list --json --limit 10000' elsewhere.")
 
