@@ -59,7 +59,18 @@ class Constraints(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     hosts: list[str] = msgspec.field(default_factory=list)
 
 
-EnvValue = str | int | float | bool
+class SecretRef(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``env: {HF_TOKEN: {secret: hf}}``: a value kept in the controller's secret store (docs/secrets.md).
+
+    The spec (its JSON in DuckDB, its hash) holds only this reference; the
+    value is looked up at launch and travels to the agent in
+    ``LaunchRequest.secret_env``, never in ``env``.
+    """
+
+    secret: Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+EnvValue = str | int | float | bool | SecretRef
 
 PYTHON_VERSION_PATTERN = r"^3(\.[0-9]{1,3}){0,2}$"  # a version prefix: "3", "3.11" or "3.11.2"
 Requirement = Annotated[str, Meta(min_length=1, max_length=4096)]
@@ -127,12 +138,17 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return list(self.command)
 
     def env_strings(self) -> dict[str, str]:
+        """The plain env values as text; secret references are left out (:meth:`secret_refs`)."""
         def text(v: EnvValue) -> str:
             if isinstance(v, bool):
                 return "1" if v else "0"
             return str(v)
 
-        return {k: text(v) for k, v in self.env.items()}
+        return {k: text(v) for k, v in self.env.items() if not isinstance(v, SecretRef)}
+
+    def secret_refs(self) -> dict[str, str]:
+        """Env key -> the name of the secret it takes its value from (resolved only at launch)."""
+        return {k: v.secret for k, v in self.env.items() if isinstance(v, SecretRef)}
 
     def content_hash(self) -> str:
         """sha256 of the canonical JSON of the spec: the run's ``spec_hash`` lineage field."""
@@ -415,6 +431,9 @@ class LaunchRequest(msgspec.Struct, kw_only=True):
     argv: list[str]
     workdir: str
     env: dict[str, str]
+    # Values of the spec's secret references (docs/secrets.md): sent at launch, never written to launch.json;
+    # the runner gets them on its stdin (a Slurm run: a 0600 file it deletes once read) and masks them in the logs
+    secret_env: dict[str, str] = msgspec.field(default_factory=dict)
     gpu_indices: list[int] = msgspec.field(default_factory=list)
     code_hash: str | None = None  # run in this shipped snapshot instead of ``workdir``
     timeout: float | None = None

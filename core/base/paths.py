@@ -102,6 +102,11 @@ class Home:
         return self.data_dir / "audit-head.log"
 
     @property
+    def secrets_file(self) -> Path:
+        """The secret store: one 0600 JSON file, never the DuckDB file (core/team/secret_store.py, docs/secrets.md)."""
+        return self.data_dir / "secrets.json"
+
+    @property
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
 

@@ -37,6 +37,7 @@ from mlfleet.core.jobs import commands as jobs_commands
 from mlfleet.core.registry import commands as registry_commands
 from mlfleet.core.store import commands as store_commands
 from mlfleet.core.sweeps import commands as sweeps_commands
+from mlfleet.core.team import secret_commands
 from mlfleet.core.tracking import commands as tracking_commands
 
 # Each capability's commands, in the order ``mlfleet --help`` lists them.
@@ -50,7 +51,8 @@ REGISTERS = (jobs_commands.register,  # submit, jobs
              audit_commands.register,  # audit
              controller_commands.register,  # controller
              agent_commands.register,  # agent
-             drift_commands.register)  # drift
+             drift_commands.register,  # drift
+             secret_commands.register)  # secrets
 
 
 def build_parser(tui: Command | None = None) -> argparse.ArgumentParser:

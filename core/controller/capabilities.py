@@ -17,6 +17,7 @@ from mlfleet.core.jobs.service import JobsService
 from mlfleet.core.registry.service import RegistryService
 from mlfleet.core.store.api import StoreApi
 from mlfleet.core.sweeps.service import SweepsService
+from mlfleet.core.team.secrets_api import SecretsApi
 from mlfleet.core.tracking.api import RunsApi
 
 
@@ -34,4 +35,5 @@ def services(ctx: ControllerContext) -> list[Service]:
         RegistryService(ctx),  # the model registry: versions in the model store, aliases; leftovers cleared at start
         RpcService("drift", DriftApi(ctx)),
         RpcService("db", StoreApi(ctx)),
+        RpcService("secrets", SecretsApi(ctx)),  # the secret store, outside DuckDB (docs/secrets.md)
     ]

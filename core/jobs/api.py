@@ -25,6 +25,7 @@ from mlfleet.core.jobs.scheduler import Decision, never_fits
 from mlfleet.core.jobs.slurm_plan import free_gpus_words
 from mlfleet.core.jobs.snapshot import snapshot
 from mlfleet.core.jobs.spec import validate_job_spec
+from mlfleet.core.team.secret_store import SecretStore, unknown_secrets
 from mlfleet.core.jobs.submit_key import check_submit_key
 from mlfleet.core.store.rows import rows
 from mlfleet.core.tracking.lineage import git_lineage
@@ -47,6 +48,7 @@ class JobsApi:
                          queue_anyway: bool = False, key: str | None = None) -> dict[str, Any]:
         """Queue a job. With ``key`` (the client's idempotency key) a retry gets the same job back."""
         job_spec = validate_job_spec(spec)
+        unknown_secrets(SecretStore(self.c.ctx.home.secrets_file), job_spec.secret_refs())
         if not Path(job_spec.workdir).is_absolute():
             raise UsageError("workdir must be an absolute path when submitting through the API")
         actor = peer.info["actor"]

@@ -21,7 +21,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Iterator
 
-from mlfleet.core.base.errors import UsageError
+from mlfleet.core.base.errors import MlfleetError, UsageError
 from mlfleet.core.base.models import EnvPlan, LaunchRequest, RunStatus, SlurmPlan, to_plain
 from mlfleet.core.environments import records as env_records
 from mlfleet.core.environments.resolve import EnvironmentFailure
@@ -31,6 +31,7 @@ from mlfleet.core.jobs.model_ship import ModelShipper, ModelUnavailable
 from mlfleet.core.jobs.params import param_env, render_argv
 from mlfleet.core.jobs.runs import ActiveRun
 from mlfleet.core.jobs.slurm_plan import partition_and_gres
+from mlfleet.core.team.secret_store import SecretStore
 
 if TYPE_CHECKING:
     from mlfleet.core.jobs.service import JobsService
@@ -165,8 +166,16 @@ class Launcher:
         except Exception as exc:  # noqa: BLE001 - the host or the index was not reached: retried next tick
             log.warning("preparing the environment of %s for %s failed: %s (will retry)", run.run_id, link.name, exc)
             return None
+        try:  # the values travel in secret_env only, looked up now (docs/secrets.md); the spec keeps the names
+            secret_env = SecretStore(self.jobs.ctx.home.secrets_file).values(run.spec.secret_refs()) \
+                if run.spec.secret_refs() else {}
+        except MlfleetError as exc:  # removed since submit, or a store refused: the run fails with the sentence
+            if run.run_id in self.jobs.active and not run.cancel_requested_by:
+                await self.jobs.host_runs.finish(run, RunStatus(run_id=run.run_id, state="exited",
+                                                                reason="failed-to-start", message=str(exc)))
+            return None
         request = LaunchRequest(
-            run_id=run.run_id, job_id=run.job_id, argv=render_argv(run.spec), workdir=run.spec.workdir,
+            secret_env=secret_env, run_id=run.run_id, job_id=run.job_id, argv=render_argv(run.spec), workdir=run.spec.workdir,
             env={**param_env(run.spec), **run.spec.env_strings()}, gpu_indices=run.gpus, code_hash=shipped,
             timeout=float(run.spec.timeout) if run.spec.timeout else None, inputs=list(run.spec.inputs),
             log_max_size=int(self.jobs.ctx.settings.logs.max_size), artifact_roots=self._artifact_roots(link.name),

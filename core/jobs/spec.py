@@ -14,13 +14,14 @@ import msgspec
 
 from mlfleet.core.base import units
 from mlfleet.core.base.errors import SpecError
-from mlfleet.core.base.models import MAX_GPU_MEMORY, JobSpec
+from mlfleet.core.base.models import MAX_GPU_MEMORY, JobSpec, SecretRef
 from mlfleet.core.base.sweep_models import bounds_as_numbers
 from mlfleet.core.base.validation import collect_errors, raise_collected, touches
 from mlfleet.core.base.yamlsource import Located, dotted, read_yaml
 from mlfleet.core.jobs.env_spec import environment_errors, typed_as_written, workdir_errors
 from mlfleet.core.jobs.overrides import Override, apply, blame_overrides
 from mlfleet.core.jobs.params import env_collisions, unknown_placeholders
+from mlfleet.core.team.secret_store import NAME_PATTERN as SECRET_NAME
 
 
 
@@ -182,9 +183,12 @@ def _semantic_errors(spec: JobSpec, located: Located | None, display: str,
         if spec.resources.gpu_types and spec.resources.gpus == 0:  # it would be ignored: a job without GPUs
             fail(("resources", "gpu_type"), "is set but resources.gpus is 0, so it would have no effect",
                  "ask for gpus: 1 or more, or drop gpu_type", also=gpus)
-    for key in spec.env:
+    for key, value in spec.env.items():
         if not key or "=" in key or "\0" in key:
             fail(("env", key), "is not a valid environment variable name")
+        elif isinstance(value, SecretRef) and not SECRET_NAME.fullmatch(value.secret):
+            fail(("env", key, "secret"), f"{value.secret[:80]!r} is not a secret name",
+                 "use letters, digits, '_', '.' or '-' (see mlfleet secrets list)")
     if spec.tags and any(not k for k in spec.tags):
         fail(("tags",), "has an empty key")
     swept = {p[len("params."):] for p in _swept_paths(spec) if p.startswith("params.")}

@@ -1,0 +1,1 @@
+"""The team capability: policy, roles, quotas and secrets (only secrets so far; docs/secrets.md)."""
