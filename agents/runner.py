@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import signal
@@ -47,6 +48,7 @@ from mlfleet.agents.failure import failure_words
 from mlfleet.agents.lineage import hash_launch_inputs, job_interpreter, node_lineage
 from mlfleet.agents.logcap import LogKeeper
 from mlfleet.agents.rundir import RunDir, start_ticks, write_json_atomic
+from mlfleet.agents.secretmask import SECRET_FILE, MaskingPump
 from mlfleet.core.base.models import DEFAULT_LOG_MAX_SIZE, EnvPlan
 
 _POLL_S = 0.1
@@ -62,6 +64,8 @@ class _Runner:
         self.logs: LogKeeper | None = None
         self.proc: subprocess.Popen[bytes] | None = None  # the job's process now (a server's latest)
         self.first_started_at: float | None = None
+        self.secret_env: dict[str, str] = {}  # the launch's secret values: in this process's memory only
+        self.pumps: list[MaskingPump] = []  # with secrets: the pipes that mask them on the way to the log files
 
     def on_sigterm(self, signum: int, frame: object) -> None:
         self.cancel_requested = True
@@ -77,7 +81,18 @@ class _Runner:
             return self._finish(None, reason="failed-to-start", message=f"cannot open log files: {exc}")
         self.run.stream_path("metrics").touch()
         try:
-            self.logs = LogKeeper(self.run, {"stdout": stdout.fileno(), "stderr": stderr.fileno()},
+            self.secret_env = read_secret_env(self.run, self.launch)
+        except (OSError, ValueError) as exc:
+            return self._finish(None, reason="failed-to-start", message=f"the run's secrets did not arrive: {exc}")
+        files = {"stdout": stdout.fileno(), "stderr": stderr.fileno()}
+        if self.secret_env:  # the job writes into pipes, the runner copies into the files, values masked
+            self._log_files = (stdout, stderr)  # kept open: the pumps write into their fds
+            self.pumps = [MaskingPump(stdout.fileno(), list(self.secret_env.values())),
+                          MaskingPump(stderr.fileno(), list(self.secret_env.values()))]
+            stdout = open(self.pumps[0].write_fd, "wb", buffering=0, closefd=False)
+            stderr = open(self.pumps[1].write_fd, "wb", buffering=0, closefd=False)
+        try:
+            self.logs = LogKeeper(self.run, files,
                                   int(self.launch.get("log_max_size") or DEFAULT_LOG_MAX_SIZE))
         except (OSError, TypeError, ValueError) as exc:  # the cap must never stop a job from running
             logging.getLogger(__name__).warning("logs will not be kept under their limit: %s", exc)
@@ -110,7 +125,7 @@ class _Runner:
     def _start(self, stdout_fd: io.RawIOBase, stderr_fd: io.RawIOBase) -> subprocess.Popen[bytes] | int:
         """Start the job's process in a group of its own and record it in started.json (an int: the runner's exit)."""
         try:
-            env = self.launch["env"]
+            env = {**self.launch["env"], **self.secret_env}
             if self.launch.get("slurm") is not None:  # ({}: Slurm's defaults) the GPUs Slurm gave the job, and
                 # Slurm's words for it (SLURM_JOB_ID, an array's SLURM_ARRAY_TASK_ID ...) that launch.json lacks
                 env = {**env, **{k: v for k, v in os.environ.items()
@@ -280,6 +295,8 @@ class _Runner:
             logging.getLogger(__name__).warning("recording lineage failed: %s", exc)
 
     def _finish(self, code: int | None, reason: str, message: str) -> int:
+        for pump in self.pumps:  # the job's last output reaches the files before exit.json says it ended
+            pump.close()
         if self.logs is not None:  # a last cut: a finished run's logs are within the limit
             self.logs.stop()
         if self.lineage is not None:  # lineage.json comes before exit.json, so an exited run has it
@@ -304,6 +321,28 @@ class _Runner:
         except Exception as exc:  # a reason is a courtesy: it must never keep exit.json from being written
             logging.getLogger(__name__).warning("reading why the job failed: %s", exc)
             return ""
+
+
+def read_secret_env(run: RunDir, launch: dict) -> dict[str, str]:
+    """The launch's secret values: from the file a Slurm submit left (deleted here), else from stdin.
+
+    launch.json names only their keys (``secret_keys``); the agent writes the
+    values into this process's stdin (or that file) and nowhere else.
+    """
+    keys = launch.get("secret_keys") or []
+    if not keys:
+        return {}
+    path = run.file(SECRET_FILE)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+        path.unlink(missing_ok=True)
+    except FileNotFoundError:
+        raw = sys.stdin.buffer.read()
+    values = json.loads(raw or b"{}")
+    if not isinstance(values, dict) or set(values) != set(keys) or not all(isinstance(v, str) for v in values.values()):
+        raise ValueError(f"expected the values of {', '.join(sorted(keys))}")
+    return values
 
 
 def _job_umask(env: dict[str, str]) -> int:

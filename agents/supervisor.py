@@ -9,6 +9,8 @@ pid *plus* process start time, so a reused pid is never mistaken for a run.
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
 import os
 import re
 import signal
@@ -33,6 +35,7 @@ from mlfleet.agents.artifacts import ROOTS_ENV, allowed_roots, open_artifact, ru
 from mlfleet.agents.codecache import CodeCache
 from mlfleet.agents.logcap import read_log
 from mlfleet.agents.metriclines import Scans, read_lines
+from mlfleet.agents.secretmask import SECRET_FILE
 from mlfleet.agents.rundir import STREAMS, WORK_DIR, RunDir, read_json, start_ticks, write_json_atomic
 from mlfleet.agents.services import ProbeViews, service_status
 from mlfleet.agents import slurm, slurm_array
@@ -223,11 +226,15 @@ class Supervisor:
         child = subprocess.Popen(
             own_python(str(run.root), module="mlfleet.agents.runner"),
             cwd=run.root, start_new_session=True,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if request.secret_env else subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=open(run.file("runner.log"), "ab"),
             close_fds=True,
         )
+        if child.stdin is not None:  # the secret values: in the runner's memory, never in the run's folder
+            with child.stdin:
+                with contextlib.suppress(BrokenPipeError):
+                    child.stdin.write(json.dumps(request.secret_env).encode())
         self._children[request.run_id] = child
         return RunStatus(run_id=request.run_id, state="starting")
 
@@ -314,7 +321,11 @@ class Supervisor:
             env.update(service_environment(request.service, run, port, model))
         if request.slurm is not None:  # Slurm gives the job its GPUs (and sets CUDA_VISIBLE_DEVICES itself)
             env.pop("CUDA_VISIBLE_DEVICES", None)
-        write_json_atomic(run.file("launch.json"), to_plain(msgspec.structs.replace(request, env=env)))
+        journal = to_plain(msgspec.structs.replace(request, env=env, secret_env={}))
+        journal["secret_keys"] = sorted(request.secret_env)  # the values never reach the journal (docs/secrets.md)
+        if request.secret_env and request.slurm is not None:  # sbatch starts the runner: no stdin of ours
+            write_json_atomic(run.file(SECRET_FILE), dict(request.secret_env))  # 0600; the runner deletes it
+        write_json_atomic(run.file("launch.json"), journal)
         return request
 
     def _submit_slurm(self, run: RunDir, request: LaunchRequest) -> RunStatus:
