@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import secrets as pysecrets
 import string
 import subprocess
@@ -175,3 +176,36 @@ def test_masking_holds_back_only_the_start_of_a_secret() -> None:
     assert masker.feed(b" pw=hun") == b" pw="
     assert masker.feed(b"ter22!") == b"***!"
     assert masker.feed(b"hunter") == b"" and masker.flush() == b"hunter"
+
+
+WAITER = """\
+import os, time
+v = os.environ["TOK"]
+print("before", v, flush=True)
+while not os.path.exists(os.environ["GO"]):
+    time.sleep(0.1)
+print("after", v, flush=True)
+"""
+
+
+def test_an_agent_killed_while_a_job_with_a_secret_runs_needs_no_value_again(fleet: Fleet) -> None:
+    canary = pysecrets.token_hex(16)
+    assert set_secret(fleet, "tok", canary).code == 0
+    go = fleet.files / "go"
+    (fleet.root / "specs").mkdir(exist_ok=True)
+    (fleet.root / "specs" / "waiter.py").write_text(WAITER)
+    spec = fleet.write_spec("waiter", f"name: waiter\ncommand: [python, waiter.py]\n"
+                                      f"env:\n  TOK: {{secret: tok}}\n  GO: '{go}'\n")
+    job_id = fleet.cli("submit", str(spec), check=True).out.strip()
+    fleet.wait_state(job_id, {"running"})
+    fleet.wait_for(lambda: "before" in fleet.cli("jobs", "logs", job_id).out, what="the job's first line")
+    agent = fleet.agent_pid
+    assert agent is not None
+    os.kill(agent, signal.SIGKILL)
+    fleet.wait_for(lambda: fleet.cli("hosts", "list").code == 0 and fleet.agent_pid not in (None, agent),
+                   what="a new agent", timeout=40)
+    go.touch()
+    final = fleet.wait_state(job_id, {"succeeded", "failed"})
+    assert final["state"] == "succeeded" and len(final["runs"]) == 1
+    assert fleet.cli("jobs", "logs", job_id).out.splitlines() == ["before ***", "after ***"]
+    assert occurrences(fleet.root, canary.encode()) == [str(fleet.home.secrets_file)]
