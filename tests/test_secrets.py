@@ -97,7 +97,8 @@ def test_a_canary_secret_reaches_the_job_and_no_file_or_output(fleet: Fleet) -> 
                  ("db", "query", "select * from jobs", "--json"), ("db", "query", "select * from runs", "--json"),
                  ("db", "query", "select * from audit", "--json"), ("runs", "show", run_id, "--json"),
                  ("runs", "export", "--output", str(export)), ("audit", "export", "--output", str(audit_export)),
-                 ("secrets", "list"), ("secrets", "list", "--json")):
+                 ("secrets", "list"), ("secrets", "list", "--json"), ("jobs", "show", job_id), ("jobs", "list"),
+                 ("runs", "show", run_id), ("runs", "list"), ("audit", "list")):
         result = fleet.cli(*args)
         assert result.code == 0, (args, result.err)
         outputs.append(result.out + result.err)
@@ -143,6 +144,12 @@ def test_hostile_names_values_and_a_store_others_can_read_are_refused(fleet: Fle
     spec = fleet.write_spec("s", "name: s\ncommand: [true]\nenv:\n  T: {secret: hf}\n")
     submitted = fleet.cli("submit", str(spec))
     assert submitted.code == 2 and "has mode 0644" in submitted.err
+    os.chmod(fleet.home.secrets_file, 0o600)
+    os.chown(fleet.home.secrets_file, 65534, 65534)  # someone else's file in our home: perhaps planted
+    planted = fleet.cli("secrets", "list")
+    assert planted.code == 2 and "is owned by uid 65534, not by you" in planted.err, planted.err
+    os.chown(fleet.home.secrets_file, os.getuid(), os.getgid())
+    assert fleet.cli_json("secrets", "list")["secrets"][0]["name"] == "hf"
     bad_ref = fleet.write_spec("b", "name: b\ncommand: [true]\nenv:\n  T: {secret: ../x}\n")
     refused = fleet.cli("submit", str(bad_ref))
     assert refused.code == 2 and "is not a secret name" in refused.err, refused.err
