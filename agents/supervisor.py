@@ -279,6 +279,7 @@ class Supervisor:
             except MlfleetError as exc:  # sbatch refused it: every run of it failed, with Slurm's why
                 for run in fresh:
                     if not run.file(slurm.SLURM_FILE).exists():
+                        run.file(SECRET_FILE).unlink(missing_ok=True)  # no runner will come to read it
                         write_json_atomic(run.file("exit.json"), {
                             "exit_code": None, "signal": None, "reason": "failed-to-start",
                             "finished_at": time.time(), "message": str(exc)})
@@ -333,6 +334,7 @@ class Supervisor:
         try:
             slurm.submit(run, request.slurm, self.slurm_queue)
         except MlfleetError as exc:  # sbatch refused it (a bad partition, account, QOS): failed, with Slurm's why
+            run.file(SECRET_FILE).unlink(missing_ok=True)  # no runner will come to read it
             write_json_atomic(run.file("exit.json"), {"exit_code": None, "signal": None, "reason": "failed-to-start",
                                                        "finished_at": time.time(), "message": str(exc)})
         return self.status(request.run_id)
@@ -346,6 +348,7 @@ class Supervisor:
         write_json_atomic(run.file("cancel.json"), {"requested_at": time.time()})
         if slurm.is_slurm_run(run):
             slurm.cancel(run, self.slurm_queue)  # Slurm signals the batch step (the runner), which stops the job gracefully
+            run.file(SECRET_FILE).unlink(missing_ok=True)  # still pending: its runner will never read it
             self.slurm_queue.forget()
             return self.status(run_id)
         runner, started = run.runner, run.started

@@ -47,3 +47,24 @@ def test_a_slurm_run_gets_its_secret_and_no_file_keeps_it(supervisor, tmp_path) 
     out = supervisor.read("sec1", "stdout", 0).data
     assert out.splitlines() == [f"sha {hashlib.sha256(canary.encode()).hexdigest()}", "tok ***"]
     assert occurrences(tmp_path, canary.encode()) == []  # the 0600 hand-over file is gone too
+
+
+def test_a_pending_slurm_run_cancelled_or_refused_leaves_no_secret_behind(supervisor, tmp_path) -> None:
+    canary = pysecrets.token_hex(16)
+
+    def request(run_id: str, code: str, **plan) -> LaunchRequest:
+        return LaunchRequest(run_id=run_id, job_id="job-" + run_id, argv=[sys.executable, "-c", code], workdir="/",
+                             env={}, secret_env={"TOK": canary}, slurm=SlurmPlan(**plan))
+
+    supervisor.launch(request("hog", "import time; time.sleep(60)", gres="gpu:2"))
+    supervisor.launch(request("waiter", "print('never')", gres="gpu:2"))  # pending: no GPU free for it
+    waiter = tmp_path / "agent" / "runs" / "waiter"
+    assert (waiter / "secret_env.json").stat().st_mode & 0o777 == 0o600  # waits for a runner Slurm has not started
+    refused = supervisor.launch(request("nopart", "print('x')", partition="nosuchpartition"))
+    assert refused.reason == "failed-to-start"
+    for run_id in ("waiter", "hog"):
+        supervisor.cancel(run_id)
+    deadline = time.monotonic() + 60
+    while {supervisor.status(r).state for r in ("hog", "waiter")} != {"exited"} and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert occurrences(tmp_path, canary.encode()) == []
