@@ -57,7 +57,7 @@ class Masker:
 
 
 def mask_text(text: str, values: list[str]) -> str:
-    """``text`` with every value replaced (for what the runner or agent says itself)."""
+    """``text`` with every value replaced, all at once (what any chunking of it must come to)."""
     masker = Masker(values)
     return (masker.feed(text.encode()) + masker.flush()).decode("utf-8", "replace")
 
