@@ -23,10 +23,10 @@ from pathlib import Path
 import msgspec
 import psutil
 
-from mlfleet.core.base.errors import MlfleetError, NotFoundError, UnavailableError, UsageError
+from mlfleet.core.base.errors import GpuClaimedError, MlfleetError, NotFoundError, UnavailableError, UsageError
 from mlfleet.core.base.private import USER_UMASK_ENV
 from mlfleet.core.base.spawn import own_python
-from mlfleet.core.base.models import (DEFAULT_LOG_MAX_SIZE, MAX_METRIC_LINE, LaunchRequest, RunStatus, ServicePlan,
+from mlfleet.core.base.models import (DEFAULT_LOG_MAX_SIZE, MAX_METRIC_LINE, GpuClaim, LaunchRequest, RunStatus, ServicePlan,
                                       ServiceStatus, StreamChunk, to_plain)
 
 from mlfleet.agents.artifacts import ROOTS_ENV, allowed_roots, open_artifact, run_roots
@@ -35,7 +35,7 @@ from mlfleet.agents.logcap import read_log
 from mlfleet.agents.metriclines import Scans, read_lines
 from mlfleet.agents.rundir import STREAMS, WORK_DIR, RunDir, read_json, start_ticks, write_json_atomic
 from mlfleet.agents.services import ProbeViews, service_status
-from mlfleet.agents import slurm, slurm_array
+from mlfleet.agents import claims, slurm, slurm_array
 
 # A runner that has not written runner.json this long after launch never started.
 _START_GRACE_S = 30.0
@@ -189,6 +189,8 @@ class Supervisor:
         # One job array submit at a time: a retried launch_array arriving while the first is still at sbatch
         # must see the first one's intent, not take its prepared runs for never submitted ones.
         self._arrays = threading.Lock()
+        # Each GPU's memory as the node's telemetry last saw it (the daemon keeps it): how much a share may reserve
+        self.gpu_memory_totals: dict[int, int] = {}
 
     def _dir(self, run_id: str) -> RunDir:
         if not run_id or "/" in run_id or run_id.startswith(".") or len(run_id) > 200:
@@ -206,6 +208,7 @@ class Supervisor:
         """Start a run once; asking again for the same run_id returns its status."""
         run = self._dir(request.run_id)
         if run.root.is_dir():
+            self._same_controller(run, request)
             if (array := slurm_array.unfinished_array(run)) is not None:  # put in an array whose submit was cut short
                 with self._arrays:
                     if slurm_array.intended(self.state_dir / slurm_array.ARRAYS_DIR, array):
@@ -291,8 +294,9 @@ class Supervisor:
             archive = self.code.verified_archive(request.code_hash)
         model = model_path(self.state_dir, request.service) if request.service else ""
         try:
-            run.root.mkdir()
+            self._claim(run, request)
         except FileExistsError:
+            self._same_controller(run, request)
             return self.status(request.run_id)
         if archive is not None:
             try:
@@ -316,6 +320,45 @@ class Supervisor:
             env.pop("CUDA_VISIBLE_DEVICES", None)
         write_json_atomic(run.file("launch.json"), to_plain(msgspec.structs.replace(request, env=env)))
         return request
+
+    def _claim(self, run: RunDir, request: LaunchRequest) -> None:
+        """Make the run's folder and write its GPU claim, refused if another live run holds its GPUs.
+
+        Checked and written under the node's claims lock, so of two launches
+        racing for one GPU (two controllers) exactly one gets it; the folder
+        exists from here on, so the same run asked again is never refused by
+        its own claim. Slurm runs claim nothing (Slurm gives them GPUs).
+        """
+        if request.slurm is not None or not request.gpu_indices:
+            run.root.mkdir()
+            if request.slurm is None:
+                claims.write_claim(run, request)
+            return
+        with claims.claiming(self.state_dir):
+            if run.root.is_dir():
+                raise FileExistsError(run.root)
+            claims.check(request, self.gpu_claims(), self.gpu_memory_totals)
+            run.root.mkdir()
+            claims.write_claim(run, request)
+
+    def _same_controller(self, run: RunDir, request: LaunchRequest) -> None:
+        """A run id already here from another controller is not this launch's run (job ids are random, not unique
+        across controllers): refused, so the asking controller never mistakes another's run for its own."""
+        record = read_json(run.file(claims.CLAIM_FILE)) or {}
+        theirs = str(record.get("controller") or "")
+        if request.controller and theirs and theirs != request.controller:
+            raise GpuClaimedError(f"refused: run id {request.run_id} is already another controller's run on this "
+                                  f"node (controller {theirs}); the job is placed again under a new run id")
+
+    def gpu_claims(self) -> list[GpuClaim]:
+        """The GPUs this node's live runs hold (agents/claims.py); every telemetry sample carries them."""
+        return claims.held(self.runs_dir, self._live)
+
+    def _live(self, run_id: str) -> bool:
+        try:
+            return self.status(run_id).state != "exited"
+        except MlfleetError:  # removed meanwhile, or Slurm unreachable: a Slurm run holds no claim here anyway
+            return False
 
     def _submit_slurm(self, run: RunDir, request: LaunchRequest) -> RunStatus:
         assert request.slurm is not None

@@ -205,6 +205,27 @@ class HostRuns:
         return gpu_usage(run.run_id, run.gpus, started, finished, samples, stored,
                          float(self.jobs.ctx.settings.telemetry.sample_interval))
 
+    async def refused(self, run: ActiveRun, reason: str) -> None:
+        """The node refused the launch (its GPUs are another live run's, docs/scheduler.md "Many controllers, one
+        node"): not the job's failure. The run ends ``refused`` with the node's sentence, the job waits again with
+        no attempt spent, and the scheduler keeps off those GPUs until the node's telemetry shows the claim."""
+        if run.run_id not in self.jobs.active:
+            return
+        log.info("%s refused %s: %s", run.host, run.run_id, reason)
+        await self.store.run(records.refuse_run, run.job_id, run.run_id, run.host, reason)
+        del self.jobs.active[run.run_id]
+        self.jobs.dispatcher.note_refusal(run.host, run.gpus)
+        if run.job_id in self.jobs.cancels or run.cancel_requested_by:  # cancelled while it was being refused
+            await self.store.run(records.cancel_pending, run.job_id,
+                                 run.cancel_requested_by or self.jobs.cancels.pop(run.job_id))
+        else:
+            priority = (await self.store.read(rows, "select priority from jobs where job_id = ?",
+                                              [run.job_id]))[0]["priority"]
+            self.jobs.pending[run.job_id] = PendingJob(run.job_id, run.spec, priority, time.time(), run.attempt,
+                                                       run.max_attempts + 1, run.owner, code_hash=run.code_hash,
+                                                       failed_hosts=run.failed_hosts + (run.host,))
+        await self.jobs.notify_jobs()
+
     async def finish(self, run: ActiveRun, status: RunStatus) -> None:
         run.cancel_requested_by = run.cancel_requested_by or self.jobs.cancels.pop(run.job_id, None)
         if status.reason == "cancelled" or (run.cancel_requested_by and status.exit_code != 0):
