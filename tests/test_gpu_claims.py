@@ -159,10 +159,13 @@ def test_two_controllers_sharing_one_agent_never_put_two_jobs_on_one_gpu(fleet: 
         spec = "name: sleeper\nresources: {gpus: 1}\nconstraints: {hosts: [node]}\n" \
                f"command: [python, -c, \"{SLEEPER.format(s=3)}\"]\n"
         jobs: dict[str, list[str]] = {"alice": [], "bob": []}
-        for _ in range(2):  # 2 x 2 GPUs of jobs from each controller, submitted at full speed, interleaved
-            for name, controller in (("alice", alice), ("bob", bob)):
-                path = controller.write_spec("sleeper", spec)
-                jobs[name] += [controller.cli("submit", str(path), check=True).out.strip() for _ in range(2)]
+        for name, controller in (("alice", alice), ("bob", bob)):  # 2 x 2 GPUs of jobs from each controller
+            controller.cli("hosts", "drain", "node", check=True)  # queued first, so both place at the same moment
+            path = controller.write_spec("sleeper", spec)
+            jobs[name] += [controller.cli("submit", str(path), check=True).out.strip() for _ in range(4)]
+        opening = [subprocess.Popen([str(Path(sys.executable).with_name("mlfleet")), "hosts", "undrain", "node"],
+                                    env=c.env, stdout=subprocess.DEVNULL) for c in (alice, bob)]
+        assert [p.wait(60) for p in opening] == [0, 0]
 
         for name, controller in (("alice", alice), ("bob", bob)):
             for job_id in jobs[name]:
@@ -196,9 +199,12 @@ def test_two_controllers_sharing_one_agent_never_put_two_jobs_on_one_gpu(fleet: 
             for gpu2, start2, end2, run_id2 in spans:
                 if run_id != run_id2 and gpu == gpu2:
                     assert end <= start2 or end2 <= start, f"{run_id} and {run_id2} overlapped on GPU {gpu}"
-        if refused:  # a refusal is audited and its job's attempts grew with it
-            actions = [e["action"] for c in (alice, bob) for e in c.cli_json("audit", "list")]
-            assert actions.count("run.refused") == refused
+        assert refused, "the two controllers never raced: nothing here tested the node's claims"
+        actions = [e["action"] for c in (alice, bob) for e in c.cli_json("audit", "list")]
+        assert actions.count("run.refused") == refused  # every refusal is audited
+        why = [w for name, c in (("alice", alice), ("bob", bob)) for j in jobs[name]
+               if (w := c.cli_json("jobs", "why", j))["refused"]]
+        assert why and all(w["refused"][0]["reason"].startswith("refused: GPU") for w in why), why
         print(f"{refused} launches were refused by the node's claims")
     finally:
         bob.kill_everything()
