@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import threading
 import time
 from pathlib import Path
@@ -69,17 +70,27 @@ def write_claim(run: RunDir, request: LaunchRequest) -> None:
     write_json_atomic(run.file(CLAIM_FILE), claim_record(request))
 
 
-def held(runs_dir: Path, live: Callable[[str], bool]) -> list[GpuClaim]:
+def held(runs_dir: Path, live: Callable[[str], bool], ended: set[tuple[str, int]] | None = None) -> list[GpuClaim]:
     """Every GPU claim of a live run in ``runs_dir``, by index then run.
 
     A run folder without ``claim.json`` (one an older agent started) claims
     what its ``launch.json`` asked for. ``live(run_id)`` says whether the run
     is starting or running; runs with an exit record are skipped before it
-    is asked (the cheap test first: a node keeps thousands of old runs).
+    is asked, and remembered in ``ended`` (name and inode: an exit is
+    forever) so that a node keeping thousands of old runs reads none of them
+    again at each sample.
     """
     claims: list[GpuClaim] = []
-    for path in sorted(runs_dir.iterdir()):
-        if not path.is_dir() or path.name.startswith(".") or (path / "exit.json").exists():
+    ended = set() if ended is None else ended
+    with os.scandir(runs_dir) as entries:
+        folders = sorted((e for e in entries if e.is_dir() and not e.name.startswith(".")), key=lambda e: e.name)
+    for entry in folders:
+        key = (entry.name, entry.inode())
+        if key in ended:
+            continue
+        path = Path(entry.path)
+        if (path / "exit.json").exists():
+            ended.add(key)
             continue
         record = read_json(path / CLAIM_FILE)
         if record is None:

@@ -227,7 +227,10 @@ class AgentDaemon:
         out = []
         for run_id in ids:
             try:
-                out.append(msgspec.to_builtins(self.supervisor.status(run_id)))
+                status = msgspec.to_builtins(self.supervisor.status(run_id))
+                if controller := self.supervisor.controller_of(run_id):  # whose run: a fence stops only its own
+                    status["controller"] = controller
+                out.append(status)
             except NotFoundError as exc:  # one unknown run must not hide the others
                 out.append({"run_id": run_id, "state": "unknown", "message": str(exc)})
         return out

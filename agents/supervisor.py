@@ -191,6 +191,7 @@ class Supervisor:
         self._arrays = threading.Lock()
         # Each GPU's memory as the node's telemetry last saw it (the daemon keeps it): how much a share may reserve
         self.gpu_memory_totals: dict[int, int] = {}
+        self._ended: set[tuple[str, int]] = set()  # run folders with an exit record: they hold no claim, ever
 
     def _dir(self, run_id: str) -> RunDir:
         if not run_id or "/" in run_id or run_id.startswith(".") or len(run_id) > 200:
@@ -350,9 +351,13 @@ class Supervisor:
             raise GpuClaimedError(f"refused: run id {request.run_id} is already another controller's run on this "
                                   f"node (controller {theirs}); the job is placed again under a new run id")
 
+    def controller_of(self, run_id: str) -> str:
+        """The controller that launched the run, by its claim ("" when not known: an older controller or agent)."""
+        return str((read_json(self._dir(run_id).file(claims.CLAIM_FILE)) or {}).get("controller") or "")
+
     def gpu_claims(self) -> list[GpuClaim]:
         """The GPUs this node's live runs hold (agents/claims.py); every telemetry sample carries them."""
-        return claims.held(self.runs_dir, self._live)
+        return claims.held(self.runs_dir, self._live, self._ended)
 
     def _live(self, run_id: str) -> bool:
         try:

@@ -23,6 +23,7 @@ from mlfleet.core.base.protocol import Peer
 from mlfleet.core.environments.warm import env_key
 from mlfleet.core.fleet.hostlink import HostLink
 from mlfleet.core.jobs import records
+from mlfleet.core.jobs.launch import controller_identity
 from mlfleet.core.jobs.runs import ActiveRun, PendingJob, failure_words
 from mlfleet.core.store.rows import rows
 from mlfleet.core.tracking import records as run_records
@@ -119,8 +120,9 @@ class HostRuns:
         stopped, so a job never runs twice past the partition. A fence that cannot be completed fails
         the connection (it is tried again), so nothing is launched on a node that was not fenced."""
         statuses = await peer.request("status", request_timeout=self.jobs.ctx.answer_timeout)
+        me = controller_identity(self.jobs.ctx.home.data_dir)  # another controller's run sharing the node is not ours
         going = [s["run_id"] for s in statuses if s.get("state") in ("starting", "running")
-                 and s["run_id"] not in self.jobs.active]
+                 and s["run_id"] not in self.jobs.active and s.get("controller", me) == me]
         if not going:
             return
         marks = ",".join("?" for _ in going)
