@@ -137,36 +137,70 @@ def _second_fleet(root: Path) -> Fleet:
     return other
 
 
+class _TwoControllers:
+    """Alice's and Bob's controllers (two homes) with one SSH node between them: the same sshd, the same state dir,
+    so one agent answers both."""
+
+    def __init__(self, fleet: Fleet, gpu_count: int) -> None:
+        from sshd import SshServer, keygen
+
+        key = keygen(fleet.root / "user_key")
+        self.server = SshServer(fleet.root / "sshd", key).start()
+        self.alice, self.bob = fleet, _second_fleet(fleet.root)
+        try:
+            self._add_node(key, gpu_count)
+        except BaseException:
+            self.close()
+            raise
+
+    def _add_node(self, key: Path, gpu_count: int) -> None:
+        self.state, gpus = self.alice.root / "shared-state", self.alice.root / "gpus.yaml"
+        gpus.write_text(f"gpus:\n  - {{name: NVIDIA H100 80GB HBM3, count: {gpu_count}, memory_total: 80GiB}}\n")
+        for controller in self.both:
+            controller.cli("hosts", "add", "node", "--address", "127.0.0.1", "--port", str(self.server.port),
+                           "--user", self.server.user, "--identity", str(key),
+                           "--agent-command", f"{sys.executable} -m mlfleet", "--state-dir", str(self.state),
+                           "--simulate-gpus", str(gpus), check=True)
+            controller.cli("hosts", "trust", "node", "--yes", check=True)
+        for controller in self.both:
+            controller.wait_for(lambda c=controller: len((self.node(c)["telemetry"] or {}).get("gpus", [])) == gpu_count,
+                                timeout=60, what="the shared node up")
+
+    @property
+    def both(self) -> tuple[Fleet, Fleet]:
+        return self.alice, self.bob
+
+    @staticmethod
+    def node(controller: Fleet) -> dict:
+        return next(h for h in controller.cli_json("hosts", "list") if h["name"] == "node")
+
+    def close(self) -> None:
+        import shutil
+
+        self.bob.kill_everything()
+        self.server.stop()
+        shutil.rmtree(self.bob.root, ignore_errors=True)
+        shutil.rmtree(self.bob.root.with_name(self.bob.root.name + "-files"), ignore_errors=True)
+
+
+def _sleeper_spec(seconds: float) -> str:
+    return ("name: sleeper\nresources: {gpus: 1}\nconstraints: {hosts: [node]}\n"
+            f"command: [python, -c, \"{SLEEPER.format(s=seconds)}\"]\n")
+
+
 @pytest.mark.timeout(400)
 def test_two_controllers_sharing_one_agent_never_put_two_jobs_on_one_gpu(fleet: Fleet) -> None:
-    from sshd import SshServer, keygen
-
-    key = keygen(fleet.root / "user_key")
-    server = SshServer(fleet.root / "sshd", key).start()
-    alice, bob = fleet, _second_fleet(fleet.root)
-    state, gpus = fleet.root / "shared-state", fleet.root / "gpus.yaml"
-    gpus.write_text("gpus:\n  - {name: NVIDIA H100 80GB HBM3, count: 2, memory_total: 80GiB}\n")
+    two = _TwoControllers(fleet, gpu_count=2)
+    alice, bob, state = two.alice, two.bob, two.state
     try:
-        for controller in (alice, bob):  # the same node, the same agent (one state dir), each its own controller
-            controller.cli("hosts", "add", "node", "--address", "127.0.0.1", "--port", str(server.port),
-                           "--user", server.user, "--identity", str(key), "--agent-command", f"{sys.executable} -m mlfleet",
-                           "--state-dir", str(state), "--simulate-gpus", str(gpus), check=True)
-            controller.cli("hosts", "trust", "node", "--yes", check=True)
-        for controller in (alice, bob):
-            controller.wait_for(lambda c=controller: len(((h := next(x for x in c.cli_json("hosts", "list")
-                                                                      if x["name"] == "node"))["telemetry"] or {})
-                                                          .get("gpus", [])) == 2 and h, timeout=60, what="node up")
-        spec = "name: sleeper\nresources: {gpus: 1}\nconstraints: {hosts: [node]}\n" \
-               f"command: [python, -c, \"{SLEEPER.format(s=3)}\"]\n"
         jobs: dict[str, list[str]] = {"alice": [], "bob": []}
         for name, controller in (("alice", alice), ("bob", bob)):  # 2 x 2 GPUs of jobs from each controller
             controller.cli("hosts", "drain", "node", check=True)  # queued first, so both place at the same moment
-            path = controller.write_spec("sleeper", spec)
+            path = controller.write_spec("sleeper", _sleeper_spec(3))
             jobs[name] += [controller.cli("submit", str(path), check=True).out.strip() for _ in range(4)]
         opening = [subprocess.Popen([str(Path(sys.executable).with_name("mlfleet")), "hosts", "undrain", "node"],
                                     env=c.env, stdout=subprocess.DEVNULL) for c in (alice, bob)]
         assert [p.wait(60) for p in opening] == [0, 0]
-
         for name, controller in (("alice", alice), ("bob", bob)):
             for job_id in jobs[name]:
                 job = controller.wait_state(job_id, {"succeeded", "failed", "cancelled", "lost"}, timeout=180)
@@ -207,8 +241,26 @@ def test_two_controllers_sharing_one_agent_never_put_two_jobs_on_one_gpu(fleet: 
         assert why and all(w["refused"][0]["reason"].startswith("refused: GPU") for w in why), why
         print(f"{refused} launches were refused by the node's claims")
     finally:
-        bob.kill_everything()
-        server.stop()
-        import shutil
-        shutil.rmtree(bob.root, ignore_errors=True)
-        shutil.rmtree(bob.root.with_name(bob.root.name + "-files"), ignore_errors=True)
+        two.close()
+
+
+@pytest.mark.timeout(300)
+def test_a_gpu_another_controllers_run_holds_is_in_use_to_this_one(fleet: Fleet) -> None:
+    two = _TwoControllers(fleet, gpu_count=1)
+    alice, bob = two.alice, two.bob
+    try:
+        first = alice.cli("submit", str(alice.write_spec("sleeper", _sleeper_spec(12))), check=True).out.strip()
+        held = alice.wait_state(first, {"running"}, timeout=60)
+        bob.wait_for(lambda: [c["run_id"] for c in two.node(bob)["telemetry"]["gpu_claims"]] == [held["run_id"]],
+                     what="Alice's claim in Bob's telemetry")
+        second = bob.cli("submit", str(bob.write_spec("sleeper", _sleeper_spec(1))), check=True).out.strip()
+        why = bob.wait_for(lambda: "GPU 0 held by" in (out := bob.cli("jobs", "why", second).out) and out,
+                           what="Bob's job to wait for the GPU Alice's run holds")
+        assert "pending" in why and bob.job(second)["state"] == "pending", why
+        assert alice.job(first)["state"] == "running"  # still: Bob waits for it, he does not try the node and fail
+        done = bob.wait_state(second, {"succeeded", "failed"}, timeout=90)
+        assert done["state"] == "succeeded" and alice.job(first)["state"] == "succeeded"
+        runs = bob.cli_json("db", "query", f"select state from runs where job_id = '{second}'")["rows"]
+        assert runs == [["succeeded"]]  # placed once, after Alice's run: never refused
+    finally:
+        two.close()
