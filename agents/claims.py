@@ -70,6 +70,43 @@ def write_claim(run: RunDir, request: LaunchRequest) -> None:
     write_json_atomic(run.file(CLAIM_FILE), claim_record(request))
 
 
+def make_run(state_dir: Path, run: RunDir, request: LaunchRequest, current: Callable[[], list[GpuClaim]],
+             memory_totals: dict[int, int]) -> None:
+    """Make the run's folder and write its claim, refused if another live run holds its GPUs.
+
+    Checked and written under the node's claims lock, so of two launches
+    racing for one GPU (two controllers) exactly one gets it; the folder
+    exists from here on, so the same run asked again is never refused by
+    its own claim (``FileExistsError``: the caller answers its status).
+    Slurm runs claim nothing (Slurm gives them GPUs).
+    """
+    if request.slurm is not None or not request.gpu_indices:
+        run.root.mkdir()
+        if request.slurm is None:
+            write_claim(run, request)  # no GPUs, but whose run it is
+        return
+    with claiming(state_dir):
+        if run.root.is_dir():
+            raise FileExistsError(run.root)
+        check(request, current(), memory_totals)
+        run.root.mkdir()
+        write_claim(run, request)
+
+
+def same_controller(run: RunDir, request: LaunchRequest) -> None:
+    """A run id already here from another controller is not this launch's run (job ids are random, unique in one
+    controller's store only): refused, so the asking controller never mistakes another's run for its own."""
+    theirs = controller_of(run)
+    if request.controller and theirs and theirs != request.controller:
+        raise GpuClaimedError(f"refused: run id {request.run_id} is already another controller's run on this "
+                              f"node (controller {theirs}); the job is placed again under a new run id")
+
+
+def controller_of(run: RunDir) -> str:
+    """The controller that launched the run, by its claim ("" when not known: an older controller or agent)."""
+    return str((read_json(run.file(CLAIM_FILE)) or {}).get("controller") or "")
+
+
 def held(runs_dir: Path, live: Callable[[str], bool], ended: set[tuple[str, int]] | None = None) -> list[GpuClaim]:
     """Every GPU claim of a live run in ``runs_dir``, by index then run.
 

@@ -23,11 +23,11 @@ from pathlib import Path
 import msgspec
 import psutil
 
-from mlfleet.core.base.errors import GpuClaimedError, MlfleetError, NotFoundError, UnavailableError, UsageError
+from mlfleet.core.base.errors import MlfleetError, NotFoundError, UnavailableError, UsageError
 from mlfleet.core.base.private import USER_UMASK_ENV
 from mlfleet.core.base.spawn import own_python
-from mlfleet.core.base.models import (DEFAULT_LOG_MAX_SIZE, MAX_METRIC_LINE, GpuClaim, LaunchRequest, RunStatus, ServicePlan,
-                                      ServiceStatus, StreamChunk, to_plain)
+from mlfleet.core.base.models import (DEFAULT_LOG_MAX_SIZE, MAX_METRIC_LINE, GpuClaim, LaunchRequest, RunStatus,
+                                      ServicePlan, ServiceStatus, StreamChunk, to_plain)
 
 from mlfleet.agents.artifacts import ROOTS_ENV, allowed_roots, open_artifact, run_roots
 from mlfleet.agents.codecache import CodeCache
@@ -209,7 +209,7 @@ class Supervisor:
         """Start a run once; asking again for the same run_id returns its status."""
         run = self._dir(request.run_id)
         if run.root.is_dir():
-            self._same_controller(run, request)
+            claims.same_controller(run, request)
             if (array := slurm_array.unfinished_array(run)) is not None:  # put in an array whose submit was cut short
                 with self._arrays:
                     if slurm_array.intended(self.state_dir / slurm_array.ARRAYS_DIR, array):
@@ -295,9 +295,10 @@ class Supervisor:
             archive = self.code.verified_archive(request.code_hash)
         model = model_path(self.state_dir, request.service) if request.service else ""
         try:
-            self._claim(run, request)
+            # the folder and its GPU claim, refused if another live run holds its GPUs (agents/claims.py)
+            claims.make_run(self.state_dir, run, request, self.gpu_claims, self.gpu_memory_totals)
         except FileExistsError:
-            self._same_controller(run, request)
+            claims.same_controller(run, request)
             return self.status(request.run_id)
         if archive is not None:
             try:
@@ -322,38 +323,9 @@ class Supervisor:
         write_json_atomic(run.file("launch.json"), to_plain(msgspec.structs.replace(request, env=env)))
         return request
 
-    def _claim(self, run: RunDir, request: LaunchRequest) -> None:
-        """Make the run's folder and write its GPU claim, refused if another live run holds its GPUs.
-
-        Checked and written under the node's claims lock, so of two launches
-        racing for one GPU (two controllers) exactly one gets it; the folder
-        exists from here on, so the same run asked again is never refused by
-        its own claim. Slurm runs claim nothing (Slurm gives them GPUs).
-        """
-        if request.slurm is not None or not request.gpu_indices:
-            run.root.mkdir()
-            if request.slurm is None:
-                claims.write_claim(run, request)
-            return
-        with claims.claiming(self.state_dir):
-            if run.root.is_dir():
-                raise FileExistsError(run.root)
-            claims.check(request, self.gpu_claims(), self.gpu_memory_totals)
-            run.root.mkdir()
-            claims.write_claim(run, request)
-
-    def _same_controller(self, run: RunDir, request: LaunchRequest) -> None:
-        """A run id already here from another controller is not this launch's run (job ids are random, not unique
-        across controllers): refused, so the asking controller never mistakes another's run for its own."""
-        record = read_json(run.file(claims.CLAIM_FILE)) or {}
-        theirs = str(record.get("controller") or "")
-        if request.controller and theirs and theirs != request.controller:
-            raise GpuClaimedError(f"refused: run id {request.run_id} is already another controller's run on this "
-                                  f"node (controller {theirs}); the job is placed again under a new run id")
-
     def controller_of(self, run_id: str) -> str:
         """The controller that launched the run, by its claim ("" when not known: an older controller or agent)."""
-        return str((read_json(self._dir(run_id).file(claims.CLAIM_FILE)) or {}).get("controller") or "")
+        return claims.controller_of(self._dir(run_id))
 
     def gpu_claims(self) -> list[GpuClaim]:
         """The GPUs this node's live runs hold (agents/claims.py); every telemetry sample carries them."""
