@@ -120,12 +120,13 @@ def held(runs_dir: Path, live: Callable[[str], bool], ended: set[tuple[str, int]
     claims: list[GpuClaim] = []
     ended = set() if ended is None else ended
     with os.scandir(runs_dir) as entries:
-        folders = sorted((e for e in entries if e.is_dir() and not e.name.startswith(".")), key=lambda e: e.name)
-    for entry in folders:
-        key = (entry.name, entry.inode())
+        folders = [(e.name, e.inode()) for e in entries if not e.name.startswith(".")]
+    for key in folders:
         if key in ended:
             continue
-        path = Path(entry.path)
+        path = runs_dir / key[0]
+        if not path.is_dir():
+            continue
         if (path / "exit.json").exists():
             ended.add(key)
             continue
