@@ -100,7 +100,7 @@ class AgentDaemon:
         if self.gpu_source is None:
             self.gpu_source = NvmlGpuSource()
         sampler = HostSampler(self.state_dir, self.gpu_source)
-        self.samples.append(sampler.sample())
+        self.samples.append(self._sample(sampler))
         self.socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._listener = UnixListener(self.socket_path, self._on_connect, name=f"the agent of {self.host_name}",
                                       max_connections=max_connections, setting="agent serve --max-connections")
@@ -124,11 +124,21 @@ class AgentDaemon:
             self.gpu_source.close()
             log.info("agent stopped; %d run(s) keep running on their own", self.supervisor.active_count())
 
+    def _sample(self, sampler: HostSampler) -> HostSample:
+        """A telemetry sample with the node's GPU claims (agents/claims.py): every controller sees them at once."""
+        sample = sampler.sample()
+        self.supervisor.gpu_memory_totals = {g.index: g.memory_total for g in sample.gpus if g.memory_total}
+        try:
+            sample.gpu_claims = self.supervisor.gpu_claims()
+        except OSError:  # a run folder removed while being read: the next sample has them
+            log.warning("the GPU claims could not be read for this sample", exc_info=True)
+        return sample
+
     async def _sample_loop(self, sampler: HostSampler) -> None:
         while True:
             started = time.monotonic()
             try:
-                self.samples.append(await asyncio.to_thread(sampler.sample))
+                self.samples.append(await asyncio.to_thread(self._sample, sampler))
             except Exception:  # telemetry must never take the agent down
                 log.exception("telemetry sample failed")
             await asyncio.sleep(max(0.05, self.sample_interval - (time.monotonic() - started)))
@@ -217,7 +227,10 @@ class AgentDaemon:
         out = []
         for run_id in ids:
             try:
-                out.append(msgspec.to_builtins(self.supervisor.status(run_id)))
+                status = msgspec.to_builtins(self.supervisor.status(run_id))
+                if controller := self.supervisor.controller_of(run_id):  # whose run: a fence stops only its own
+                    status["controller"] = controller
+                out.append(status)
             except NotFoundError as exc:  # one unknown run must not hide the others
                 out.append({"run_id": run_id, "state": "unknown", "message": str(exc)})
         return out

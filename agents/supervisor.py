@@ -28,8 +28,8 @@ import psutil
 from mlfleet.core.base.errors import MlfleetError, NotFoundError, UnavailableError, UsageError
 from mlfleet.core.base.private import USER_UMASK_ENV
 from mlfleet.core.base.spawn import own_python
-from mlfleet.core.base.models import (DEFAULT_LOG_MAX_SIZE, MAX_METRIC_LINE, LaunchRequest, RunStatus, ServicePlan,
-                                      ServiceStatus, StreamChunk, to_plain)
+from mlfleet.core.base.models import (DEFAULT_LOG_MAX_SIZE, MAX_METRIC_LINE, GpuClaim, LaunchRequest, RunStatus,
+                                      ServicePlan, ServiceStatus, StreamChunk, to_plain)
 
 from mlfleet.agents.artifacts import ROOTS_ENV, allowed_roots, open_artifact, run_roots
 from mlfleet.agents.codecache import CodeCache
@@ -38,7 +38,7 @@ from mlfleet.agents.metriclines import Scans, read_lines
 from mlfleet.agents.secretmask import SECRET_FILE
 from mlfleet.agents.rundir import STREAMS, WORK_DIR, RunDir, read_json, start_ticks, write_json_atomic
 from mlfleet.agents.services import ProbeViews, service_status
-from mlfleet.agents import slurm, slurm_array
+from mlfleet.agents import claims, slurm, slurm_array
 
 # A runner that has not written runner.json this long after launch never started.
 _START_GRACE_S = 30.0
@@ -192,6 +192,9 @@ class Supervisor:
         # One job array submit at a time: a retried launch_array arriving while the first is still at sbatch
         # must see the first one's intent, not take its prepared runs for never submitted ones.
         self._arrays = threading.Lock()
+        # Each GPU's memory as the node's telemetry last saw it (the daemon keeps it): how much a share may reserve
+        self.gpu_memory_totals: dict[int, int] = {}
+        self._ended: set[tuple[str, int]] = set()  # run folders with an exit record: they hold no claim, ever
 
     def _dir(self, run_id: str) -> RunDir:
         if not run_id or "/" in run_id or run_id.startswith(".") or len(run_id) > 200:
@@ -209,6 +212,7 @@ class Supervisor:
         """Start a run once; asking again for the same run_id returns its status."""
         run = self._dir(request.run_id)
         if run.root.is_dir():
+            claims.same_controller(run, request)
             if (array := slurm_array.unfinished_array(run)) is not None:  # put in an array whose submit was cut short
                 with self._arrays:
                     if slurm_array.intended(self.state_dir / slurm_array.ARRAYS_DIR, array):
@@ -299,8 +303,10 @@ class Supervisor:
             archive = self.code.verified_archive(request.code_hash)
         model = model_path(self.state_dir, request.service) if request.service else ""
         try:
-            run.root.mkdir()
+            # the folder and its GPU claim, refused if another live run holds its GPUs (agents/claims.py)
+            claims.make_run(self.state_dir, run, request, self.gpu_claims, self.gpu_memory_totals)
         except FileExistsError:
+            claims.same_controller(run, request)
             return self.status(request.run_id)
         if archive is not None:
             try:
@@ -328,6 +334,20 @@ class Supervisor:
             write_json_atomic(run.file(SECRET_FILE), dict(request.secret_env))  # 0600; the runner deletes it
         write_json_atomic(run.file("launch.json"), journal)
         return request
+
+    def controller_of(self, run_id: str) -> str:
+        """The controller that launched the run, by its claim ("" when not known: an older controller or agent)."""
+        return claims.controller_of(self._dir(run_id))
+
+    def gpu_claims(self) -> list[GpuClaim]:
+        """The GPUs this node's live runs hold (agents/claims.py); every telemetry sample carries them."""
+        return claims.held(self.runs_dir, self._live, self._ended)
+
+    def _live(self, run_id: str) -> bool:
+        try:
+            return self.status(run_id).state != "exited"
+        except MlfleetError:  # removed meanwhile, or Slurm unreachable: a Slurm run holds no claim here anyway
+            return False
 
     def _submit_slurm(self, run: RunDir, request: LaunchRequest) -> RunStatus:
         assert request.slurm is not None

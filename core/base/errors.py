@@ -90,6 +90,17 @@ class HostUnreachableError(UnavailableError):
         super().__init__(f"host {host} is unreachable{': ' + why if why else ''}")
 
 
+class GpuClaimedError(UnavailableError):
+    """A launch asked for GPUs another live run on the node holds (agents/claims.py).
+
+    Not a failure of the job: its controller gives the run back to the queue
+    (core/jobs/launch.py), and the job is placed again, elsewhere or later.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
 class UnsafePathError(UnavailableError):
     """A folder, file or socket mlfleet would use belongs to someone else, or someone else could swap it."""
 

@@ -235,6 +235,23 @@ class GpuSample(msgspec.Struct, kw_only=True):
 GpuState = Literal["ok", "no_driver", "error"]
 
 
+class GpuClaim(msgspec.Struct, kw_only=True):
+    """A GPU a live run on the node holds, by the node's own books (agents/claims.py).
+
+    Every controller sharing the node sees it in the node's telemetry, so a
+    GPU one controller placed on is in use for all of them before NVML
+    shows the job's process. ``gpu_memory`` set: a share of the GPU by
+    memory reservation (others may share it); None: the GPU is the run's alone.
+    """
+
+    index: int
+    run_id: str
+    job_id: str = ""
+    controller: str = ""  # who placed it: user@host:home of its controller ("" from an older controller)
+    owner: str = ""  # the user who submitted the job, as its controller knows them
+    gpu_memory: int | None = None
+
+
 class HostSample(msgspec.Struct, kw_only=True):
     """One telemetry sample of a host, numbered by the agent (``seq``)."""
 
@@ -256,6 +273,8 @@ class HostSample(msgspec.Struct, kw_only=True):
     # How closely each pair of GPUs is linked (0 NVLink, then NVML's topology levels: 10 same board,
     # 20 PCIe switches, 30 host bridge, 40 NUMA node, 50 across sockets); None when unknown.
     gpu_links: list[list[int]] | None = None
+    # The GPUs live runs on this node hold, whichever controller placed them (agents/claims.py)
+    gpu_claims: list[GpuClaim] = msgspec.field(default_factory=list)
 
 
 # ------------------------------------------------------- job execution
@@ -449,6 +468,11 @@ class LaunchRequest(msgspec.Struct, kw_only=True):
     service: ServicePlan | None = None
     # Submitted to Slurm with sbatch on this (login) node instead of started here (agents/slurm.py)
     slurm: SlurmPlan | None = None
+    # The node's GPU claim of this run (agents/claims.py): a share by memory reservation (None: the GPUs whole),
+    # and who asked, so a refusal names the holder to another controller's user
+    gpu_memory: int | None = None
+    controller: str = ""
+    owner: str = ""
 
 
 ProcessState = Literal["starting", "running", "exited"]

@@ -151,9 +151,13 @@ async def cmd_jobs_show(client: ControllerClient, args: argparse.Namespace) -> i
 
 async def cmd_jobs_why(client: ControllerClient, args: argparse.Namespace) -> int:
     job = await client.call("job_show", job=args.id)
+    # Launches a node refused (its GPUs held by another controller's run): no attempt spent, placed again
+    refused = [{"run_id": r["run_id"], "host": r["host"], "reason": r["end_reason"]}
+               for r in job.get("runs", []) if r["state"] == "refused"]
     if args.json:
         print_json({"job_id": job["job_id"], "state": job["state"], "reason": job["reason"],
-                    "why_pending": job["why_pending"], "waiting_on_host": job.get("waiting_on_host")})
+                    "why_pending": job["why_pending"], "waiting_on_host": job.get("waiting_on_host"),
+                    "refused": refused})
         return EXIT_OK
     if job.get("waiting_on_host"):  # placed, and queued there: Slurm's reason, in words
         where = job["waiting_on_host"]
@@ -166,6 +170,10 @@ async def cmd_jobs_why(client: ControllerClient, args: argparse.Namespace) -> in
     print(f"{job['job_id']} is pending: {job['reason']}")
     for r in job["why_pending"]:
         print(f"  {r['host']}: {r['message']}")
+    if refused:
+        last = refused[-1]
+        print(f"  its last launch, run {last['run_id']} on {last['host']}, was {last['reason']} "
+              f"({len(refused)} refused so far; none counts as an attempt)")
     return EXIT_OK
 
 

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from mlfleet.core.jobs.service import JobsService
 
 
+REFUSED_HOLD_S = 10.0  # a few of the node's 1 Hz samples: by then its telemetry shows the claim that refused us
+
+
 class Dispatcher:
     def __init__(self, jobs: "JobsService") -> None:
         self.jobs = jobs
@@ -36,6 +39,35 @@ class Dispatcher:
             backfill=settings.scheduler.backfill)
         self._refusals_audited: set[tuple[str, str]] = set()
         self._stored_reasons: dict[str, str] = {}  # the short reasons last written, by waiting job
+        # GPUs a node refused a launch onto (another controller's claim), by host: counted in use until then
+        # (monotonic), so the next tick does not place there again before the node's telemetry shows the claim
+        self._refused: dict[str, dict[int, float]] = {}
+
+    def note_refusal(self, host: str, gpus: list[int]) -> None:
+        """The node said another run holds (some of) ``gpus``: keep off them for a few telemetry samples."""
+        until = time.monotonic() + REFUSED_HOLD_S
+        self._refused.setdefault(host, {}).update(dict.fromkeys(gpus, until))
+
+    def _foreign_claims(self, link: HostLink) -> tuple[set[int], dict[int, int]]:
+        """GPUs the node says runs this controller does not know hold: whole ones, and memory reserved per GPU."""
+        whole: set[int] = set()
+        reserved: dict[int, int] = {}
+        sample = link.latest
+        for claim in sample.gpu_claims if sample else []:
+            if claim.run_id in self.jobs.active:
+                continue  # ours: counted from what we placed
+            if claim.gpu_memory is None:
+                whole.add(claim.index)
+            else:
+                reserved[claim.index] = reserved.get(claim.index, 0) + claim.gpu_memory
+        now = time.monotonic()
+        refused = self._refused.get(link.name, {})
+        for index, until in list(refused.items()):
+            if until < now:
+                del refused[index]
+            else:
+                whole.add(index)
+        return whole, reserved
 
     async def schedule(self) -> None:
         if not self.jobs.pending:
@@ -132,12 +164,14 @@ class Dispatcher:
         in_use = [r for r in self.jobs.active.values() if r.host == link.name]
         since = time.time() - float(self.jobs.ctx.settings.scheduler.utilization_window)
         window = [s for s in link.history if s.ts >= since] or ([latest] if latest else [])
+        foreign, foreign_memory = self._foreign_claims(link)  # other controllers' runs, by the node's claims
         gpus = []
         for g in latest.gpus if latest else []:
             peaks = [x.utilization for s in window for x in s.gpus if x.index == g.index and x.utilization is not None]
             visible = {p.run_id for p in g.processes if p.run_id}
             reserved = sum(int(r.spec.resources.gpu_memory or 0) for r in in_use
                            if r.spec.resources.gpu_memory and g.index in r.gpus and r.run_id not in visible)
+            reserved += foreign_memory.get(g.index, 0)  # a share NVML shows is counted there too: the safe side
             gpus.append(scheduler.GpuView(
                 index=g.index, name=g.name, memory_total=g.memory_total, memory_free=g.memory_free,
                 utilization=max(peaks) if peaks else None,
@@ -147,7 +181,7 @@ class Dispatcher:
             name=link.name, up=link.up and link.state == "up" and latest is not None, labels=link.labels,
             cpu_count=latest.cpu_count if latest else 0, memory_total=latest.memory_total if latest else 0,
             gpus=tuple(gpus),
-            gpus_in_use=frozenset(i for r in in_use if r.spec.resources.gpu_memory is None for i in r.gpus),
+            gpus_in_use=frozenset(i for r in in_use if r.spec.resources.gpu_memory is None for i in r.gpus) | foreign,
             cpus_in_use=sum(r.spec.resources.cpus for r in in_use),
             memory_in_use=sum(r.spec.resources.memory or 0 for r in in_use),
             drained=self.jobs.fleet.drained.get(link.name),

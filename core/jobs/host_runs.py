@@ -23,6 +23,7 @@ from mlfleet.core.base.protocol import Peer
 from mlfleet.core.environments.warm import env_key
 from mlfleet.core.fleet.hostlink import HostLink
 from mlfleet.core.jobs import records
+from mlfleet.core.jobs.launch import controller_identity
 from mlfleet.core.jobs.runs import ActiveRun, PendingJob, failure_words
 from mlfleet.core.store.rows import rows
 from mlfleet.core.tracking import records as run_records
@@ -119,8 +120,9 @@ class HostRuns:
         stopped, so a job never runs twice past the partition. A fence that cannot be completed fails
         the connection (it is tried again), so nothing is launched on a node that was not fenced."""
         statuses = await peer.request("status", request_timeout=self.jobs.ctx.answer_timeout)
+        me = controller_identity(self.jobs.ctx.home.data_dir)  # another controller's run sharing the node is not ours
         going = [s["run_id"] for s in statuses if s.get("state") in ("starting", "running")
-                 and s["run_id"] not in self.jobs.active]
+                 and s["run_id"] not in self.jobs.active and s.get("controller", me) == me]
         if not going:
             return
         marks = ",".join("?" for _ in going)
@@ -204,6 +206,27 @@ class HostRuns:
         samples = list(link.history) if link is not None else []
         return gpu_usage(run.run_id, run.gpus, started, finished, samples, stored,
                          float(self.jobs.ctx.settings.telemetry.sample_interval))
+
+    async def refused(self, run: ActiveRun, reason: str) -> None:
+        """The node refused the launch (its GPUs are another live run's, docs/scheduler.md "Many controllers, one
+        node"): not the job's failure. The run ends ``refused`` with the node's sentence, the job waits again with
+        no attempt spent, and the scheduler keeps off those GPUs until the node's telemetry shows the claim."""
+        if run.run_id not in self.jobs.active:
+            return
+        log.info("%s refused %s: %s", run.host, run.run_id, reason)
+        await self.store.run(records.refuse_run, run.job_id, run.run_id, run.host, reason)
+        del self.jobs.active[run.run_id]
+        self.jobs.dispatcher.note_refusal(run.host, run.gpus)
+        if run.job_id in self.jobs.cancels or run.cancel_requested_by:  # cancelled while it was being refused
+            await self.store.run(records.cancel_pending, run.job_id,
+                                 run.cancel_requested_by or self.jobs.cancels.pop(run.job_id))
+        else:
+            priority = (await self.store.read(rows, "select priority from jobs where job_id = ?",
+                                              [run.job_id]))[0]["priority"]
+            self.jobs.pending[run.job_id] = PendingJob(run.job_id, run.spec, priority, time.time(), run.attempt,
+                                                       run.max_attempts + 1, run.owner, code_hash=run.code_hash,
+                                                       failed_hosts=run.failed_hosts + (run.host,))
+        await self.jobs.notify_jobs()
 
     async def finish(self, run: ActiveRun, status: RunStatus) -> None:
         run.cancel_requested_by = run.cancel_requested_by or self.jobs.cancels.pop(run.job_id, None)

@@ -18,10 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import getpass
+import os
 import logging
+import socket
+from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from mlfleet.core.base.errors import MlfleetError, UsageError
+from mlfleet.core.base.errors import MlfleetError, RemoteError, UsageError
 from mlfleet.core.base.models import EnvPlan, LaunchRequest, RunStatus, SlurmPlan, to_plain
 from mlfleet.core.environments import records as env_records
 from mlfleet.core.environments.resolve import EnvironmentFailure
@@ -40,6 +45,17 @@ log = logging.getLogger(__name__)
 
 GATHER_S = 0.5  # the longest a sweep's run waits for its siblings of the same tick when nobody flushes
 MAX_ARRAY = 500  # runs in one launch_array (one RPC frame, one sbatch: Slurm's MaxArraySize is 1001 by default)
+
+
+@functools.lru_cache(maxsize=8)
+def controller_identity(data_dir: Path) -> str:
+    """Who this controller is on a node it shares with others: ``user@machine:data dir`` (names the holder of a
+    GPU in another controller's refusal, and keeps run ids of two controllers apart on one node)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a uid with no name (a container): the number says who
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}:{data_dir}"
 
 
 class Launcher:
@@ -108,6 +124,12 @@ class Launcher:
             if run.cancel_requested_by:
                 return  # cancelled while its code was on the way: never start it
             await link.request("launch", request=to_plain(request))  # to_plain: a ServicePlan holds Seconds
+        except RemoteError as exc:
+            if exc.kind != "GpuClaimedError":
+                log.warning("launch of %s on %s failed: %s (will retry)", run.run_id, link.name, exc)
+                return
+            await self.jobs.host_runs.refused(run, str(exc))  # another controller's run holds the GPUs: placed again
+            return
         except ModelUnavailable as exc:  # the controller's own copy: no retry helps, the run fails with the sentence
             if run.run_id in self.jobs.active and not run.cancel_requested_by:
                 await self.jobs.host_runs.finish(run, RunStatus(run_id=run.run_id, state="exited",
@@ -179,7 +201,9 @@ class Launcher:
             env={**param_env(run.spec), **run.spec.env_strings()}, gpu_indices=run.gpus, code_hash=shipped,
             timeout=float(run.spec.timeout) if run.spec.timeout else None, inputs=list(run.spec.inputs),
             log_max_size=int(self.jobs.ctx.settings.logs.max_size), artifact_roots=self._artifact_roots(link.name),
-            environment=environment, service=run.spec.service, slurm=self._slurm_plan(link.name, run))
+            environment=environment, service=run.spec.service, slurm=self._slurm_plan(link.name, run),
+            gpu_memory=int(run.spec.resources.gpu_memory) if run.spec.resources.gpu_memory is not None else None,
+            controller=controller_identity(self.jobs.ctx.home.data_dir), owner=run.owner)  # the node's GPU claim
         if request.slurm is not None:
             request.gpu_indices = []  # Slurm picks the GPUs
         return request

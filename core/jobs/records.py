@@ -127,6 +127,23 @@ def finish_run(con: duckdb.DuckDBPyConnection, job_id: str, run_id: str, run_sta
         _event(con, job_id, job_state, reason, host[0][0] if host else None, run_id)
 
 
+def refuse_run(con: duckdb.DuckDBPyConnection, job_id: str, run_id: str, host: str, reason: str) -> None:
+    """A launch the node refused (its GPUs held by another controller's run): the run ends ``refused``, the job
+    waits again, and the refusal costs no attempt (``max_attempts`` grows by one with the attempt it used).
+
+    The run row keeps the node's sentence as its ``end_reason``, so `jobs why` and `jobs show` say what happened;
+    the refusal is audited.
+    """
+    with transaction(con):
+        con.execute("""update runs set state = 'refused', finished_at = to_timestamp(?), end_reason = ?
+                       where run_id = ?""", [now(), reason, run_id])
+        con.execute("update ingest_offsets set complete = true where run_id = ?", [run_id])
+        con.execute("""update jobs set state = 'pending', reason = ?, host = null, gpus = null,
+                       max_attempts = max_attempts + 1 where job_id = ?""", [f"{host} {reason}", job_id])
+        _event(con, job_id, "pending", f"{host} {reason}", host, run_id)
+        audit(con, "controller", "run.refused", run_id, {"job_id": job_id, "host": host, "reason": reason})
+
+
 def request_cancel(con: duckdb.DuckDBPyConnection, job_id: str, actor: str) -> None:
     """Remember a cancel of a started job until the agent has stopped it (survives a restart)."""
     with transaction(con):
@@ -154,7 +171,7 @@ def jobs_in_states(con: duckdb.DuckDBPyConnection, states: tuple[str, ...]) -> l
 
 # The hosts where a job's attempts failed, oldest first: a retry prefers another host (core/jobs/scheduler.py).
 _FAILED_HOSTS = """select coalesce(list(h.host order by h.attempt), []) from (select host, min(attempt) as attempt
-                   from runs where job_id = j.job_id and state = 'failed' group by host) h"""
+                   from runs where job_id = j.job_id and state in ('failed', 'refused') group by host) h"""
 
 
 def resolve_job_id(con: duckdb.DuckDBPyConnection, ident: str) -> str:
