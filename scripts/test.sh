@@ -25,4 +25,8 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "mlfleet
 # adapters: torch (CPU build, pinned), Lightning and transformers, so the adapter tests run, never skip.
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,adapters]'
 export MLFLEET_REQUIRE_ADAPTERS=1
-exec .venv/bin/python -m pytest "$@"
+# Several workers (pytest-xdist): the stories wait on sshd, controllers and Slurm far more than they compute,
+# so twice the cores, 4 to 8. MLFLEET_TEST_WORKERS overrides it; a later -n in "$@" wins (-n 0: one process).
+cores=$(nproc 2>/dev/null || echo 2)
+workers=$((cores * 2)); ((workers < 4)) && workers=4; ((workers > 8)) && workers=8
+exec .venv/bin/python -m pytest -n "${MLFLEET_TEST_WORKERS:-$workers}" "$@"

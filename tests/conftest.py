@@ -3,6 +3,12 @@
 Each test gets its own MLFLEET_HOME (short, so Unix socket paths fit) and
 talks to a real controller and a real local agent through the real CLI.
 Whatever processes the test started are stopped afterwards.
+
+The suite runs on several pytest-xdist workers (scripts/test.sh), so nothing
+here may be shared between two tests running at once: every home, port,
+socket and daemon is the test's own. What cannot be (one Slurm node per
+machine, a wheel built in the checkout) is put in an ``xdist_group`` by
+:func:`pytest_collection_modifyitems` and runs on one worker.
 """
 
 from __future__ import annotations
@@ -164,6 +170,32 @@ class SshFleet:
     def stop(self) -> None:
         for server in self.servers.values():
             server.stop()
+
+
+# Fixtures whose tests must share one worker (--dist loadgroup, pyproject's addopts), and why.
+SERIAL_GROUPS = {
+    # tests/slurm.py: a cluster's node is named after this machine; two at once on it may clash.
+    "slurm_cluster": "slurm",
+}
+
+
+# For a test that builds a wheel of this checkout (``hosts bootstrap`` from the editable install, ``pip wheel
+# REPO``): pip builds in the tree (build/, mlfleet.egg-info), and two builds at once take each other's files.
+builds_checkout_wheel = pytest.mark.xdist_group("checkout-wheel")
+
+
+# For a story that drives full-speed load (100-200 requests/s) and promises that no request fails: several at
+# once on a 2-core CI machine starve each other's servers, so they take turns on one worker (others run beside).
+under_full_load = pytest.mark.xdist_group("full-load")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the node ids
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Any test that uses a fixture of SERIAL_GROUPS joins its group, so a new Slurm test file needs no marker."""
+    for item in items:
+        for fixture, group in SERIAL_GROUPS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture
