@@ -189,6 +189,12 @@ builds_checkout_wheel = pytest.mark.xdist_group("checkout-wheel")
 under_full_load = pytest.mark.xdist_group("full-load")
 
 
+# For a story that computes (not waits) for a minute or more on its own (a million keys, 400 random queries, a
+# wheel and a venv): beside the other workers on 2 cores it may take twice that. The suite's 120 s
+# (pyproject) is a guard against hangs, not a promise about speed; so is this.
+cpu_heavy = pytest.mark.timeout(300)
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the node ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Any test that uses a fixture of SERIAL_GROUPS joins its group, so a new Slurm test file needs no marker."""
