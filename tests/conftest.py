@@ -7,8 +7,8 @@ Whatever processes the test started are stopped afterwards.
 The suite runs on several pytest-xdist workers (scripts/test.sh), so nothing
 here may be shared between two tests running at once: every home, port,
 socket and daemon is the test's own. What cannot be (one Slurm node per
-machine, a wheel built in the checkout) is put in an ``xdist_group`` by
-:func:`pytest_collection_modifyitems` and runs on one worker.
+machine, a wheel built in the checkout) is put in an ``xdist_group`` (``--dist loadgroup``, set by
+:func:`pytest_configure`) and runs on one worker.
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ class SshFleet:
             server.stop()
 
 
-# Fixtures whose tests must share one worker (--dist loadgroup, pyproject's addopts), and why.
+# Fixtures whose tests must share one worker (--dist loadgroup, see pytest_configure), and why.
 SERIAL_GROUPS = {
     # tests/slurm.py: a cluster's node is named after this machine; two at once on it may clash.
     "slurm_cluster": "slurm",
@@ -193,6 +193,17 @@ under_full_load = pytest.mark.xdist_group("full-load")
 # wheel and a venv): beside the other workers on 2 cores it may take twice that. The suite's 120 s
 # (pyproject) is a guard against hangs, not a promise about speed; so is this.
 cpu_heavy = pytest.mark.timeout(300)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """``-n N`` alone means xdist's ``--dist load``, which splits the groups above: make it loadgroup.
+
+    Here rather than in pyproject's addopts, so a venv without pytest-xdist still runs ``pytest tests/x.py``.
+    """
+    if getattr(config.option, "dist", "no") == "load":  # the xdist controller: its scheduler
+        config.option.dist = "loadgroup"
+    if hasattr(config, "workerinput"):  # a worker (it parsed no --dist): name each test with its group
+        config.option.loadgroup = True
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the node ids
