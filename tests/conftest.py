@@ -184,9 +184,11 @@ SERIAL_GROUPS = {
 builds_checkout_wheel = pytest.mark.xdist_group("checkout-wheel")
 
 
-# For a story that drives full-speed load (100-200 requests/s) and promises that no request fails: several at
-# once on a 2-core CI machine starve each other's servers, so they take turns on one worker (others run beside).
-under_full_load = pytest.mark.xdist_group("full-load")
+# For a story that drives full-speed load (100-200 requests/s) and promises that no request fails: beside other
+# workers on a 2-core CI machine its servers starve (run 1 under -n 4: thousands of timeouts, even one at a time).
+# scripts/test.sh runs them after the parallel part, alone (MLFLEET_TEST_PART, below); under a plain
+# ``pytest -n N`` they at least take turns on one worker (the "full-load" group).
+under_full_load = pytest.mark.full_load
 
 
 # For a story that computes (not waits) for a minute or more on its own (a million keys, 400 random queries, a
@@ -207,12 +209,26 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the node ids
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Any test that uses a fixture of SERIAL_GROUPS joins its group, so a new Slurm test file needs no marker."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Groups and parts.
+
+    Any test that uses a fixture of SERIAL_GROUPS joins its group, so a new Slurm test file needs no marker;
+    the full_load stories join "full-load". MLFLEET_TEST_PART (scripts/test.sh) keeps only one part:
+    ``parallel`` all but the full_load stories, ``alone`` only those; unset, everything runs.
+    """
     for item in items:
         for fixture, group in SERIAL_GROUPS.items():
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(pytest.mark.xdist_group(group))
+        if item.get_closest_marker("full_load"):
+            item.add_marker(pytest.mark.xdist_group("full-load"))
+    part = os.environ.get("MLFLEET_TEST_PART", "")
+    if part in ("parallel", "alone"):
+        keep = [item for item in items if bool(item.get_closest_marker("full_load")) == (part == "alone")]
+        dropped = [item for item in items if item not in keep]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = keep
 
 
 @pytest.fixture
