@@ -48,8 +48,15 @@ def test_max_parallel_two_never_runs_more_than_two_and_says_why_the_rest_wait(fl
                                           if j["state"] == "pending" and "reached" in (j["reason"] or "")), None),
                             timeout=60, what="a child waiting for max_parallel")
     assert reason.startswith("sweep par: max_parallel 2 reached (2 of its children running)")
-    why = fleet.cli("jobs", "why", next(j["job_id"] for j in fleet.cli_json("jobs", "list") if j["state"] == "pending"))
-    assert "sweep par: max_parallel 2" in why.out
+    # A child seen pending may start before ``jobs why`` asks (a CLI call takes seconds on a loaded machine):
+    # then ask again, of whichever child is pending by then.
+    def why_of_a_pending_child() -> str | None:
+        pending = [j["job_id"] for j in fleet.cli_json("jobs", "list") if j["state"] == "pending"]
+        said = fleet.cli("jobs", "why", pending[0]).out if pending else ""
+        return None if "is not pending" in said else said
+
+    why = fleet.wait_for(why_of_a_pending_child, timeout=60, what="jobs why of a pending child")
+    assert "sweep par: max_parallel 2" in why
     fleet.wait_for(lambda: fleet.cli_json("sweeps", "show", "par")["progress"]["succeeded"] == 5, timeout=90,
                    what="all five children")
     spans = fleet.cli_json("db", "query", "select epoch(started_at), epoch(finished_at) from runs")["rows"]
