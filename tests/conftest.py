@@ -185,7 +185,7 @@ builds_checkout_wheel = pytest.mark.xdist_group("checkout-wheel")
 
 
 # For a story that drives full-speed load (100-200 requests/s) and promises that no request fails: beside other
-# workers on a 2-core CI machine its servers starve (run 1 under -n 4: thousands of timeouts, even one at a time).
+# workers on a 2-core machine its servers starve (under -n 4: thousands of timeouts, even taking turns).
 # scripts/test.sh runs them after the parallel part, alone (MLFLEET_TEST_PART, below); under a plain
 # ``pytest -n N`` they at least take turns on one worker (the "full-load" group).
 under_full_load = pytest.mark.full_load
@@ -225,7 +225,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     part = os.environ.get("MLFLEET_TEST_PART", "")
     if part in ("parallel", "alone"):
         keep = [item for item in items if bool(item.get_closest_marker("full_load")) == (part == "alone")]
-        dropped = [item for item in items if item not in keep]
+        kept = {id(item) for item in keep}
+        dropped = [item for item in items if id(item) not in kept]
         if dropped:
             config.hook.pytest_deselected(items=dropped)
             items[:] = keep
