@@ -3,6 +3,12 @@
 Each test gets its own MLFLEET_HOME (short, so Unix socket paths fit) and
 talks to a real controller and a real local agent through the real CLI.
 Whatever processes the test started are stopped afterwards.
+
+The suite runs on several pytest-xdist workers (scripts/test.sh), so nothing
+here may be shared between two tests running at once: every home, port,
+socket and daemon is the test's own. What cannot be (one Slurm node per
+machine, a wheel built in the checkout) is put in an ``xdist_group`` (``--dist loadgroup``, set by
+:func:`pytest_configure`) and runs on one worker.
 """
 
 from __future__ import annotations
@@ -164,6 +170,66 @@ class SshFleet:
     def stop(self) -> None:
         for server in self.servers.values():
             server.stop()
+
+
+# Fixtures whose tests must share one worker (--dist loadgroup, see pytest_configure), and why.
+SERIAL_GROUPS = {
+    # tests/slurm.py: a cluster's node is named after this machine; two at once on it may clash.
+    "slurm_cluster": "slurm",
+}
+
+
+# For a test that builds a wheel of this checkout (``hosts bootstrap`` from the editable install, ``pip wheel
+# REPO``): pip builds in the tree (build/, mlfleet.egg-info), and two builds at once take each other's files.
+builds_checkout_wheel = pytest.mark.xdist_group("checkout-wheel")
+
+
+# For a story that drives full-speed load (100-200 requests/s) and promises that no request fails: beside other
+# workers on a 2-core machine its servers starve (under -n 4: thousands of timeouts, even taking turns).
+# scripts/test.sh runs them after the parallel part, alone (MLFLEET_TEST_PART, below); under a plain
+# ``pytest -n N`` they at least take turns on one worker (the "full-load" group).
+under_full_load = pytest.mark.full_load
+
+
+# For a story that computes (not waits) for a minute or more on its own (a million keys, 400 random queries, a
+# wheel and a venv): beside the other workers on 2 cores it may take twice that. The suite's 120 s
+# (pyproject) is a guard against hangs, not a promise about speed; so is this.
+cpu_heavy = pytest.mark.timeout(300)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """``-n N`` alone means xdist's ``--dist load``, which splits the groups above: make it loadgroup.
+
+    Here rather than in pyproject's addopts, so a venv without pytest-xdist still runs ``pytest tests/x.py``.
+    """
+    if getattr(config.option, "dist", "no") == "load":  # the xdist controller: its scheduler
+        config.option.dist = "loadgroup"
+    if hasattr(config, "workerinput"):  # a worker (it parsed no --dist): name each test with its group
+        config.option.loadgroup = True
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the node ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Groups and parts.
+
+    Any test that uses a fixture of SERIAL_GROUPS joins its group, so a new Slurm test file needs no marker;
+    the full_load stories join "full-load". MLFLEET_TEST_PART (scripts/test.sh) keeps only one part:
+    ``parallel`` all but the full_load stories, ``alone`` only those; unset, everything runs.
+    """
+    for item in items:
+        for fixture, group in SERIAL_GROUPS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(group))
+        if item.get_closest_marker("full_load"):
+            item.add_marker(pytest.mark.xdist_group("full-load"))
+    part = os.environ.get("MLFLEET_TEST_PART", "")
+    if part in ("parallel", "alone"):
+        keep = [item for item in items if bool(item.get_closest_marker("full_load")) == (part == "alone")]
+        kept = {id(item) for item in keep}
+        dropped = [item for item in items if id(item) not in kept]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = keep
 
 
 @pytest.fixture

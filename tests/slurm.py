@@ -13,6 +13,18 @@ key, its own ports, ``SLURM_CONF`` pointing at it), and the daemons are
 stopped by their pid files: nothing system-wide is started or touched but
 the two device files. If the daemons cannot start, the fixture fails and
 says why: these tests never skip.
+
+Under pytest-xdist (scripts/test.sh runs the suite on several workers) every
+test that uses ``slurm_cluster`` is put in the ``xdist_group("slurm")`` by
+tests/conftest.py (SERIAL_GROUPS), so all Slurm stories run on one worker,
+one cluster at a time: each cluster's node is named after this machine
+(slurmd -N hostname) and they share /dev/fakegpuN. A new Slurm test file
+gets this by using the fixture (``slurm_cluster = slurm_fixtures.slurm_cluster``
+as in tests/test_slurm.py); a helper that starts a cluster itself, without
+the fixture, must say ``pytestmark = pytest.mark.xdist_group("slurm")``.
+The cluster stays module-scoped (a fresh one per file, about a few seconds):
+stories read the controller's whole job log (``submitted_names``), so one
+file's jobs must not be seen by the next.
 """
 
 from __future__ import annotations
@@ -167,7 +179,10 @@ def start_cluster() -> SlurmCluster:
         (root / sub).mkdir()
     for dev in GPU_DEVICES:
         if not dev.exists():
-            os.mknod(dev, 0o666 | 0o020000, os.makedev(1, 3))  # a character device like /dev/null
+            try:
+                os.mknod(dev, 0o666 | 0o020000, os.makedev(1, 3))  # a character device like /dev/null
+            except FileExistsError:  # another test run on this machine made it between the check and here
+                pass
     (root / "slurm.conf").write_text(_config(root, node))
     (root / "gres.conf").write_text("AutoDetect=off\n" + "".join(
         f"NodeName={node} Name=gpu Type=fake File={dev}\n" for dev in GPU_DEVICES))

@@ -31,6 +31,10 @@ def keygen(path: Path) -> Path:
     return path
 
 
+class PortTakenError(RuntimeError):
+    """sshd exited because its port was bound by someone else first."""
+
+
 class SshServer:
     def __init__(self, root: Path, user_key: Path, log_level: str = "ERROR") -> None:
         assert os.path.exists(SSHD), ("sshd is not installed: run the tests with 'bash scripts/test.sh', "
@@ -42,6 +46,7 @@ class SshServer:
         self.log_level = log_level  # DEBUG1 shows each forward it makes (a jump host's proof of the route)
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.started_once = False  # once it listened, its port is its address: a restart keeps it
         self.extra_config: list[str] = []  # more sshd_config lines (e.g. SetEnv), read at the next start
         self.new_host_key()
 
@@ -52,6 +57,22 @@ class SshServer:
         keygen(self.root / "host_key")
 
     def start(self) -> "SshServer":
+        """Listen on ``self.port``; at the first start, on another free port if someone took that one meanwhile.
+
+        free_port() only names a port that was free a moment ago: under pytest-xdist another worker's
+        server (or a replica, a controller) may bind it before sshd does. A restart keeps its port
+        (the host's address), so only the first start moves.
+        """
+        for _ in range(5):
+            try:
+                return self._start()
+            except PortTakenError:
+                if self.started_once:
+                    raise
+                self.port = free_port()
+        return self._start()
+
+    def _start(self) -> "SshServer":
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
         (self.root / "authorized_keys").write_text(Path(f"{self.user_key}.pub").read_text())
         config = self.root / "sshd_config"
@@ -78,9 +99,13 @@ class SshServer:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"sshd exited: {(self.root / 'sshd.log').read_text()[-500:]}")
+                said = (self.root / 'sshd.log').read_text()[-500:]
+                if "Address already in use" in said:
+                    raise PortTakenError(f"sshd could not bind 127.0.0.1:{self.port}: {said}")
+                raise RuntimeError(f"sshd exited: {said}")
             with socket.socket() as probe:
                 if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    self.started_once = True
                     return self
             time.sleep(0.05)
         raise RuntimeError("sshd did not listen within 10 s")

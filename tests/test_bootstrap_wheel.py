@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from conftest import REPO, CliResult, Fleet, SshFleet
+from conftest import REPO, CliResult, Fleet, SshFleet, builds_checkout_wheel
 
 # On the node, every index pip might use points at nothing: only what bootstrap ships can be installed.
 NO_INDEX = "SetEnv PIP_INDEX_URL=http://127.0.0.1:9/simple PIP_EXTRA_INDEX_URL=http://127.0.0.1:9/simple PIP_NO_CACHE_DIR=1"
@@ -44,6 +44,7 @@ def _cli(fleet: Fleet, venv: Path, *args: str, env: dict[str, str] | None = None
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+@builds_checkout_wheel
 def test_a_wheel_install_bootstraps_a_node_without_an_index_and_an_upgrade_restarts_its_agent(
         ssh_fleet: SshFleet) -> None:
     fleet = ssh_fleet.fleet

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import Fleet
+from conftest import Fleet, under_full_load
 from test_deploy_service import deploy_spec, one_sentence, register_versions, show, wait_serving
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -52,11 +52,13 @@ def _rolling_under_load(fleet: Fleet, surge: int, unavailable: int) -> dict[str,
         opened.wait(20)
 
 
+@under_full_load
 def test_200_rps_through_deploy_open_loses_nothing_while_rolling_with_surge(fleet: Fleet) -> None:
     summary = _rolling_under_load(fleet, surge=1, unavailable=0)
     assert summary["failed"] == 0, summary
 
 
+@under_full_load
 def test_200_rps_through_deploy_open_loses_nothing_while_rolling_without_surge(fleet: Fleet) -> None:
     summary = _rolling_under_load(fleet, surge=0, unavailable=1)
     assert summary["failed"] == 0, summary
@@ -97,6 +99,7 @@ def test_rollback_to_the_current_version_changes_nothing(fleet: Fleet) -> None:
     assert [r["replica_id"] for r in after["replicas"]] == [r["replica_id"] for r in d["replicas"]]
 
 
+@under_full_load
 def test_deploy_metrics_match_what_the_load_generator_measured(fleet: Fleet) -> None:
     register_versions(fleet, 1)
     spec = deploy_spec(fleet, replicas=2, model="iris:1", extra="env: {BROKEN_VERSIONS: ''}\n")
@@ -121,6 +124,7 @@ def test_deploy_metrics_match_what_the_load_generator_measured(fleet: Fleet) -> 
     assert got["requests"] - had <= summary["ok"] * 1.2 + 200, (got, had, summary)
 
 
+@under_full_load
 def test_a_broken_v2_under_200_rps_is_rolled_back_and_no_request_fails(fleet: Fleet) -> None:
     register_versions(fleet, 2)
     spec = deploy_spec(fleet, replicas=2, model="iris:1", extra="env: {BROKEN_VERSIONS: '2'}\n")
@@ -143,6 +147,7 @@ def test_a_broken_v2_under_200_rps_is_rolled_back_and_no_request_fails(fleet: Fl
     wait_serving(fleet, 1, 2)
 
 
+@under_full_load
 def test_the_agent_sigkilled_under_200_rps_mid_rollout_loses_nothing_and_starts_nothing_twice(fleet: Fleet) -> None:
     import os
     import signal
@@ -172,6 +177,7 @@ def test_the_agent_sigkilled_under_200_rps_mid_rollout_loses_nothing_and_starts_
     assert not any(e["kind"] == "rollback" for e in fleet.cli_json("deploy", "history", "iris"))
 
 
+@under_full_load
 def test_the_controller_sigkilled_under_200_rps_mid_rollout_loses_nothing(fleet: Fleet) -> None:
     import os
     import signal

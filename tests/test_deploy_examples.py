@@ -31,7 +31,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import CONFIGS, REPO, Fleet
+from conftest import CONFIGS, REPO, Fleet, under_full_load
 from mlfleet.core.jobs.spec import load_job_spec
 
 DEPLOY = CONFIGS / "deploy"
@@ -337,6 +337,7 @@ def test_each_prediction_is_captured_with_named_inputs(example: str, models: dic
 
 
 @both
+@under_full_load
 def test_the_load_generator_sees_no_failure_at_200_requests_a_second(example: str, models: dict[str, Path]) -> None:
     with serving(example, models[example]) as server:
         summary = asyncio.run(run_load("127.0.0.1", server.port, rate=200, duration=3,

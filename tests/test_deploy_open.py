@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 import psutil
 import pytest
 
+from conftest import under_full_load
 from mlfleet.core.deploy.forward import Endpoint, change_line
 
 HARNESS = Path(__file__).with_name("forward_harness.py")
@@ -450,6 +451,7 @@ async def _load(port: int, rate: float, seconds: float) -> tuple[int, list[str]]
     return done, failures
 
 
+@under_full_load
 def test_constant_load_while_replicas_flip_every_300_ms_loses_no_request(backends, forwarders) -> None:
     b1, b2, b3 = backends
     fw = forwarders([b1.endpoint()], refresh=0.5)

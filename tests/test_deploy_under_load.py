@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from conftest import Fleet
+from conftest import Fleet, under_full_load
 from test_deploy_service import deploy_spec, kinds, register_versions, show, wait_serving
 
 
@@ -96,6 +96,7 @@ def _wait_replica_of(fleet: Fleet, version: int) -> None:
                    what=f"a v{version} replica to be started")
 
 
+@under_full_load
 def test_requests_never_fail_through_rollouts_a_rollback_an_unplaceable_spec_and_killed_agent_and_controller(
         fleet: Fleet) -> None:
     register_versions(fleet, 3)

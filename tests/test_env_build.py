@@ -82,7 +82,8 @@ def test_an_environment_is_built_offline_and_its_console_scripts_work_after_the_
     started = time.monotonic()
     assert ensure_env(state, plan, again, compile_after=False) == root
     warm = time.monotonic() - started
-    assert warm < 0.1 and not any("building" in line for line in again) and "reusing" in again[0]
+    # The log says it was reused; the time only has to be far from a build's (a loaded machine stalls 100 ms).
+    assert warm < 2 and not any("building" in line for line in again) and "reusing" in again[0]
     assert is_ready(state, plan.env_hash) and not is_ready(state, "0" * 64)
     print(f"\ncold build {cold:.3f} s, warm {warm * 1000:.1f} ms")
 
@@ -196,14 +197,20 @@ def test_a_setup_command_that_forks_a_daemon_does_not_hold_the_build_or_outlive_
     state = tmp_path / "state"
     _ship_all(state, wheels)
     pid_file = tmp_path / "daemon.pid"
+    # The same build without the daemon, now, on this machine: the suite shares its cores with other workers,
+    # so the daemon's build is held to this one plus 4 s (the bug held it 5 s on the daemon's output).
+    started = time.monotonic()
+    ensure_env(state, _plan(wheels, setup=["echo before", "echo after"], salt="baseline"), Log(), compile_after=False)
+    baseline = time.monotonic() - started
     plan = _plan(wheels, setup=[f"sleep 300 & echo $! > {pid_file}", "echo after"])
     started = time.monotonic()
     log = Log()
     root = ensure_env(state, plan, log, compile_after=False)
-    assert time.monotonic() - started < 4, log
+    took = time.monotonic() - started
+    assert took < baseline + 4, (f"{took:.1f} s, {baseline:.1f} s without the daemon", log)
     assert is_ready(state, plan.env_hash) and root.is_dir() and "after" in log
     pid = int(pid_file.read_text())
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(pid)

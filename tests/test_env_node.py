@@ -43,8 +43,9 @@ def test_broken_and_hung_shims_are_skipped_within_the_timeout(tmp_path: Path) ->
     real.mkdir()
     (real / "python3").symlink_to(sys.executable)
     started = time.monotonic()
-    found = interpreters([shims, real], timeout=1.0)
-    assert time.monotonic() - started < 5
+    # 3 s each: a real Python's start on a loaded machine (xdist workers share the cores) can take over 1 s.
+    found = interpreters([shims, real], timeout=3.0)
+    assert time.monotonic() - started < 20  # not the shim's 30 s
     assert [p.version for p in found] == [VERSION]
 
 
@@ -146,7 +147,7 @@ async def test_a_job_with_an_environment_is_preparing_then_runs_pythons_from_it(
         started = time.monotonic()
         await peer.request("launch", request=launch("env-2", plan))
         status, _ = await _finish(peer, "env-2")
-        assert status["exit_code"] == 0 and time.monotonic() - started < 5
+        assert status["exit_code"] == 0 and time.monotonic() - started < 30  # the log below says it was reused
         out = await _stdout(peer, "env-2")
         assert "is ready here: reusing it" in out and "building" not in out and f"job {root}" in out
 
@@ -180,7 +181,7 @@ async def test_a_run_cancelled_while_its_environment_builds_never_starts(agent, 
         started = time.monotonic()
         await peer.request("cancel", run_id="env-cancel")
         status, _ = await _finish(peer, "env-cancel", timeout=10)
-        assert status["reason"] == "cancelled" and time.monotonic() - started < 5
+        assert status["reason"] == "cancelled" and time.monotonic() - started < 20  # not the setup's 30 s
         assert "ran" not in (await _stdout(peer, "env-cancel")).splitlines()
         assert not (state / "envs" / plan.env_hash).exists()
         assert not [p for p in os.listdir(state / "envs") if not p.endswith(".lock")]

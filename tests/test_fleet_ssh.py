@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
-from conftest import Fleet, SshFleet
+from conftest import Fleet, SshFleet, builds_checkout_wheel
 
 STEADY = """name: steady
 constraints: {{hosts: [{host}]}}
@@ -181,6 +181,7 @@ def test_the_workdir_is_shipped_once_per_content_and_respects_gitignore(ssh_flee
     assert shipped == 1
 
 
+@builds_checkout_wheel
 def test_bootstrap_installs_the_agent_on_a_host_with_only_python(ssh_fleet: SshFleet) -> None:
     fleet = ssh_fleet.fleet
     server = ssh_fleet.servers["node-a"]

@@ -35,7 +35,7 @@ from typing import Any
 import psutil
 import pytest
 
-from conftest import Fleet
+from conftest import Fleet, cpu_heavy
 from mlfleet.core.tracking import run_keys as cli_run_keys
 from mlfleet.core.base.errors import UsageError
 from mlfleet.core.tracking.ingest import parse_lines
@@ -194,6 +194,7 @@ def test_a_run_with_a_million_keys_is_listed_shown_and_compared_in_bounded_answe
     assert rss.peak < RSS_BOUND, f"controller RSS reached {rss.peak / 2**20:.0f} MiB"
 
 
+@cpu_heavy
 def test_all_keys_pages_through_a_million_keys_once_each_in_order(fleet: Fleet) -> None:
     wide = submit(fleet, "wide", WIDE)
     pid = fleet.controller_pid

@@ -78,11 +78,21 @@ class Other:
     """The second OS user: runs commands as itself with a Python it can execute."""
 
     def __init__(self) -> None:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", OTHER],
-                       capture_output=True)  # exit 9 when it exists already: either way it is there now
         import pwd
+        import time
 
-        self.uid = pwd.getpwnam(OTHER).pw_uid
+        # Two xdist workers (or two test runs) may make the user at once: the loser's useradd finds
+        # /etc/passwd locked (exit 10, "try again later"), not only the user there (exit 9). So it tries again.
+        for _ in range(40):
+            made = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", OTHER],
+                                  capture_output=True, text=True)
+            if made.returncode != 10:
+                break
+            time.sleep(0.25)
+        try:
+            self.uid = pwd.getpwnam(OTHER).pw_uid
+        except KeyError:
+            raise AssertionError(f"useradd {OTHER} failed ({made.returncode}): {made.stderr.strip()}") from None
         self.python = next((p for p in (os.path.realpath(sys.executable), "/usr/bin/python3", "/usr/local/bin/python3")
                             if self.run([p, "-c", "pass"], check=False).returncode == 0), None)
         assert self.python, f"no Python that {OTHER} may run"

@@ -16,9 +16,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
+from conftest import cpu_heavy
 from mlfleet.core.base.errors import UsageError
 from mlfleet.core.tracking.runfilter import And, Compare, FilterError, Field, Not, Or, SortKey, parse_filter, parse_sort
 from mlfleet.core.tracking.ingest import ParsedBatch
@@ -213,6 +213,7 @@ def listed(store: Store, where: str | None, sort: str | None = None) -> list[str
     return [r["run_id"] for r in run_queries.list_runs(store.con, where, sort, limit=1000)]
 
 
+@cpu_heavy
 def test_random_filters_pick_the_same_runs_as_python(store_and_runs) -> None:
     store, runs = store_and_runs
     rng = random.Random(11)

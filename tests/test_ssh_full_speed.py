@@ -21,7 +21,7 @@ import duckdb
 import psutil
 import pytest
 
-from conftest import Fleet, SshFleet
+from conftest import Fleet, SshFleet, cpu_heavy
 
 BURSTS, LINES_PER_BURST = 5, 100_000  # two points a line: 1,000,000 points, written unthrottled in bursts
 WRITER = f"""\
@@ -73,6 +73,7 @@ def assert_every_point_once(fleet: Fleet, state_dir: Path, run_id: str) -> None:
     assert offset == [(stream.stat().st_size, len(lines), 0, True)]
 
 
+@cpu_heavy
 @pytest.mark.parametrize("where", ["ssh", "local"])
 def test_a_full_speed_writer_survives_link_agent_and_controller_kills(ssh_fleet: SshFleet, where: str) -> None:
     fleet = ssh_fleet.fleet

@@ -40,16 +40,22 @@ def test_a_two_by_three_grid_makes_six_runs_with_their_params_and_finds_the_best
 
 
 def test_max_parallel_two_never_runs_more_than_two_and_says_why_the_rest_wait(fleet: Fleet) -> None:
-    spec = fleet.write_spec("par", "name: par\ncommand: \"sleep 1.5\"\nsweep:\n  grid:\n    params.i: [0, 1, 2, 3, 4]\n"
+    spec = fleet.write_spec("par", "name: par\ncommand: \"sleep 6\"\nsweep:\n  grid:\n    params.i: [0, 1, 2, 3, 4]\n"
                                    "  max_parallel: 2\n")
     answer = fleet.cli("submit", str(spec), "--json")
     assert answer.code == 0, answer.err
-    reason = fleet.wait_for(lambda: next((j["reason"] for j in fleet.cli_json("jobs", "list")
-                                          if j["state"] == "pending" and "reached" in (j["reason"] or "")), None),
-                            what="a child waiting for max_parallel")
+    # A child seen pending may start before ``jobs why`` asks (a CLI call takes seconds on a loaded machine):
+    # then look again, for whichever child is pending by then.
+    def a_waiting_child() -> tuple[str, str] | None:
+        for job in fleet.cli_json("jobs", "list"):
+            if job["state"] == "pending" and "reached" in (job["reason"] or ""):
+                said = fleet.cli("jobs", "why", job["job_id"]).out
+                return None if "is not pending" in said else (job["reason"], said)
+        return None
+
+    reason, why = fleet.wait_for(a_waiting_child, timeout=60, what="a child waiting for max_parallel")
     assert reason.startswith("sweep par: max_parallel 2 reached (2 of its children running)")
-    why = fleet.cli("jobs", "why", next(j["job_id"] for j in fleet.cli_json("jobs", "list") if j["state"] == "pending"))
-    assert "sweep par: max_parallel 2" in why.out
+    assert "sweep par: max_parallel 2" in why
     fleet.wait_for(lambda: fleet.cli_json("sweeps", "show", "par")["progress"]["succeeded"] == 5, timeout=90,
                    what="all five children")
     spans = fleet.cli_json("db", "query", "select epoch(started_at), epoch(finished_at) from runs")["rows"]

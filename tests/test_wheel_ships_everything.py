@@ -20,6 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cpu_heavy
+
+pytestmark = cpu_heavy  # the module's first test builds a wheel and a venv (its fixture) first
+
 REPO = Path(__file__).resolve().parent.parent
 SOURCE_ROOTS = ("core", "agents", "tui", "package")
 DATA_SUFFIXES = (".sql", ".tcss")  # the migrations and the TUI's stylesheet: read at run time, not imported

@@ -104,7 +104,9 @@ def _uv() -> str:
 
 
 def _uv_environment(cache_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_", "VIRTUAL_ENV"))}
+    # Without COLUMNS: an exported one (pytest-xdist's workers set COLUMNS=80) makes uv wrap its sentences,
+    # and first_sentence would give the user half of one.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_", "VIRTUAL_ENV")) and k != "COLUMNS"}
     env.update(UV_PYTHON_DOWNLOADS="never", UV_NO_CONFIG="1", UV_CACHE_DIR=str(cache_dir), NO_COLOR="1")
     return env
 
