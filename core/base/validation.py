@@ -89,6 +89,8 @@ def validation_error(message: str, data: Any, located: Located | None,
         problem = f"must be {_words(m.group(1))} {m.group(2)}"
         if "matching regex" in message and parts and parts[-1] in ("name", "project"):
             problem = "must start with a letter or digit and hold only letters, digits, '.', '_' and '-'"
+        elif (m2 := re.search(r"matching regex '(.+)'$", m.group(2))) and (words := pattern_words(m2.group(1))):
+            problem = words
         elif m2 := re.match(r"of length <= (\d+)", m.group(2)):
             unit = "entries" if m.group(1) in ("array", "object") else "characters"  # a list or a mapping counts entries
             problem = f"is too long: {m2.group(1)} {unit} at most"
@@ -97,6 +99,25 @@ def validation_error(message: str, data: Any, located: Located | None,
             problem = "is empty" if m2.group(1) == "1" else f"is too short: {m2.group(1)} {unit} at least"
     line = located.line_of(parts) if located else None
     return parts, SpecError(display, line, dotted(parts) or None, problem, hint)
+
+
+_CLASS_WORDS = {"A-Z": "", "a-z": "", "0-9": ""}
+
+
+def pattern_words(pattern: str) -> str | None:
+    """A simple name pattern in words (``^[A-Za-z0-9_.+-]+$``, optionally a comma list of them): users are
+    told which characters are allowed, never shown a regular expression; None for any other pattern."""
+    m = re.fullmatch(r"\^\[([^\]]+)\]\+(\(,\[\1\]\+\)\*)?\$", pattern)
+    if m is None:
+        return None
+    rest = m.group(1)
+    for span in _CLASS_WORDS:
+        rest = rest.replace(span, "")
+    others = ", ".join(repr(ch) for ch in rest.replace("\\", ""))
+    allowed = "letters, digits" + (f" and {others}" if others else "")
+    if m.group(2):
+        return f"must be one name or several separated by commas, each of {allowed} only"
+    return f"must hold only {allowed}"
 
 
 def _value_at(data: Any, parts: tuple[Any, ...]) -> Any:

@@ -72,6 +72,8 @@ class JumpHost(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_de
 
 # A Slurm partition or GPU type name as sinfo prints it (no spaces, commas or colons: sbatch's lists use those).
 SlurmWord = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.+-]+$")]
+# sbatch --partition takes a list: one word or several separated by commas.
+SlurmWords = Annotated[str, Meta(min_length=1, max_length=1024, pattern=r"^[A-Za-z0-9_.+-]+(,[A-Za-z0-9_.+-]+)*$")]
 
 
 class SlurmDefaults(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
@@ -83,9 +85,9 @@ class SlurmDefaults(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, om
     (docs/slurm.md, "GPU types by partition").
     """
 
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
+    partition: SlurmWords | None = None
+    account: SlurmWord | None = None
+    qos: SlurmWord | None = None
     gpu_partitions: dict[SlurmWord, SlurmWord] = msgspec.field(default_factory=dict)
 
 
