@@ -12,6 +12,7 @@ import hashlib
 import io
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -248,8 +249,12 @@ def test_a_workdir_holding_the_mlfleet_home_never_ships_it_and_the_store_stays_l
         (project / "train.py").write_text("import os\nprint(sorted(os.listdir('.')))\n")
         (project / "job.yaml").write_text("name: homebound\ncommand: [python, train.py]\n")
         fleet.cli("controller", "start", check=True)
+        subprocess.run([str(Path(sys.executable).with_name("mlfleet")), "secrets", "set", "canary"], env=fleet.env,
+                       input="a-canary-value-never-shipped\n", text=True, check=True, capture_output=True)
+        assert fleet.home.secrets_file.exists() and fleet.home.audit_head_file.exists()
         answer = fleet.cli_json("submit", str(project / "job.yaml"))
         said = next(s for s in answer["code_skipped"] if "mlfleet's own" in s)
+        # the secret store and the audit chain's head file stay home too (the job lists only the project's files)
         assert "h/mlfleet.duckdb" in said and "h/logs" in said and "never shipped" in said, said
         assert fleet.wait_state(answer["job_id"], {"succeeded", "failed"})["state"] == "succeeded"
         assert fleet.cli("jobs", "logs", answer["job_id"]).out.strip() == "['job.yaml', 'train.py']"

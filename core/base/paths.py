@@ -104,7 +104,7 @@ class Home:
     @property
     def secrets_file(self) -> Path:
         """The secret store: one 0600 JSON file, never the DuckDB file (core/team/secret_store.py, docs/secrets.md)."""
-        return self.data_dir / "secrets.json"
+        return self.data_dir / "secrets" / "secrets.json"  # its own 0700 folder: the temp files beside it too
 
     @property
     def log_dir(self) -> Path:
@@ -156,7 +156,8 @@ class Home:
         return (self.config_file, self.hosts_file, self.known_hosts_file, db, db.with_name(db.name + ".wal"),
                 db.with_name(db.name + ".tmp"), self.code_cache_dir, self.wheel_cache_dir, self.env_cache_dir, self.log_dir,
                 self.data_dir / "agents", self.run_dir, self.controller_socket, self.controller_lock,
-                self.local_agent_socket, self.data_dir / "models", self.capture_dir)
+                self.local_agent_socket, self.data_dir / "models", self.capture_dir, self.audit_head_file,
+                self.secrets_file.parent)
 
     def ensure(self) -> None:
         """Create or reuse the folders, 0700; refuse one that another user owns or could swap."""
