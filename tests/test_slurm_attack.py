@@ -154,6 +154,40 @@ def test_a_pending_job_scancelled_by_hand_ends_as_cancelled_not_failed_to_start(
     _wait(sup, "hog2", within=60)
 
 
+def test_a_pending_job_scancelled_by_hand_while_the_agent_looked_away_still_ends(slurm_env, tmp_path):
+    """Slurm forgets an ended job after MinJobAge (2 s here, 300 s by default): an agent that was away (restarted,
+    its host unreachable) longer than that must not leave the run 'starting' for ever."""
+    sup = Supervisor(tmp_path / "agent")
+    sup.launch(_request("hog3", "import time; time.sleep(120)", gres="gpu:2"))
+    assert _wait(sup, "hog3", "running", 60).state == "running"
+    sup.launch(_request("forgot", "print('never')", gres="gpu:2"))
+    time.sleep(2)
+    slurm_env.run("scancel", "--name=mlfleet-forgot")
+    time.sleep(15)  # nobody polls: Slurm purges the record meanwhile
+    fresh = Supervisor(tmp_path / "agent")  # the agent comes back
+    status = _wait(fresh, "forgot", within=60)
+    sup.cancel("hog3")
+    _wait(sup, "hog3", within=60)
+    assert status.state == "exited", status
+
+
+def test_a_pending_array_task_scancelled_by_hand_ends_its_run(slurm_env, tmp_path):
+    """docs/slurm.md: 'A task cancelled while pending leaves no record in Slurm' - cancelled by a user with
+    scancel ID_TASK (no cancel.json), its run must still end, not wait for ever."""
+    sup = Supervisor(tmp_path / "agent")
+    sup.launch(_request("hog4", "import time; time.sleep(120)", gres="gpu:2"))
+    assert _wait(sup, "hog4", "running", 60).state == "running"
+    sup.launch_array([_request(f"arr{i}", "print('task')", gres="gpu:2") for i in range(2)])
+    time.sleep(2)
+    task = json.loads(RunDir(sup.runs_dir / "arr1").file(slurm.SLURM_FILE).read_text())["job_id"]
+    slurm_env.run("scancel", task)
+    status = _wait(sup, "arr1", within=45)
+    sup.cancel("hog4")
+    sup.cancel("arr0")
+    _wait(sup, "hog4", within=60)
+    assert status.state == "exited", status
+
+
 def test_a_job_past_its_slurm_time_limit_is_reported_as_a_timeout(slurm_env, tmp_path):
     """--time=1: Slurm ends the job (state TIMEOUT). The run must say timeout, not 'cancelled'."""
     sup = Supervisor(tmp_path / "agent")
@@ -161,6 +195,18 @@ def test_a_job_past_its_slurm_time_limit_is_reported_as_a_timeout(slurm_env, tmp
     status = _wait(sup, "overtime", within=180)
     assert status is not None and status.state == "exited", status
     assert "timeout" in (status.reason + " " + status.message).lower(), status
+
+
+def test_a_spec_timeout_of_whole_minutes_is_reported_as_a_timeout_not_a_cancel(slurm_env, tmp_path):
+    """launch.py gives a spec ``timeout: 60`` to both the runner (60 s) and sbatch (--time=1): whoever fires
+    first, the run timed out; it must never read 'cancelled'."""
+    sup = Supervisor(tmp_path / "agent")
+    request = LaunchRequest(run_id="minute", job_id="job-minute", argv=[sys.executable, "-c",
+                            "import time; time.sleep(600)"], workdir="/", env={}, timeout=60.0,
+                            slurm=SlurmPlan(time_limit_min=1))
+    sup.launch(request)
+    status = _wait(sup, "minute", within=180)
+    assert status is not None and status.state == "exited" and status.reason == "timeout", status
 
 
 # ------------------------------------------------------------------ slurmctld away for a while
@@ -230,7 +276,8 @@ import sys
 from mlfleet.agents.supervisor import Supervisor
 from mlfleet.core.base.models import LaunchRequest, SlurmPlan
 sup = Supervisor(__import__('pathlib').Path(sys.argv[1]))
-reqs = [LaunchRequest(run_id=f"pt{i:02d}", job_id=f"job-pt{i:02d}", argv=[sys.executable, "-c", "print('point')"],
+prefix = sys.argv[2]
+reqs = [LaunchRequest(run_id=f"{prefix}{i:02d}", job_id=f"job-{prefix}{i:02d}", argv=[sys.executable, "-c", "print('point')"],
                       workdir="/", env={}, slurm=SlurmPlan()) for i in range(20)]
 sup.launch_array(reqs)
 """
@@ -243,13 +290,13 @@ def test_agents_sigkilled_at_random_during_a_twenty_point_array_submit_never_sub
     script.write_text(textwrap.dedent(STORM))
     rng = random.Random(19)
     for _ in range(4):  # a login node's agent SIGKILLed at random moments, then asked again
-        proc = subprocess.Popen([sys.executable, str(script), str(state)], env=os.environ.copy(),
+        proc = subprocess.Popen([sys.executable, str(script), str(state), "pt"], env=os.environ.copy(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.2, 1.2))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    done = subprocess.run([sys.executable, str(script), str(state)], env=os.environ.copy(), capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run([sys.executable, str(script), str(state), "pt"], env=os.environ.copy(),
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     sup = Supervisor(state)
     ids = [f"pt{i:02d}" for i in range(20)]
@@ -271,6 +318,33 @@ def test_agents_sigkilled_at_random_during_a_twenty_point_array_submit_never_sub
     for run_id in ids:
         assert "point" in RunDir(state / "runs" / run_id).file("stdout.log").read_text() \
             if RunDir(state / "runs" / run_id).file("stdout.log").exists() else True
+
+
+KILL_AT = {"intent": "array.json", "answer": "submitted.json"}
+
+
+@pytest.mark.parametrize("moment", sorted(KILL_AT))
+def test_an_agent_sigkilled_exactly_between_intent_and_sbatch_answer_never_submits_twice(slurm_env, tmp_path,
+                                                                                           moment):
+    state = tmp_path / "agent"
+    script = tmp_path / "storm.py"
+    script.write_text(textwrap.dedent(STORM))
+    proc = subprocess.Popen([sys.executable, str(script), str(state), moment], env=os.environ.copy(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list((state / "slurm-arrays").glob(f"*/{KILL_AT[moment]}")) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run([sys.executable, str(script), str(state), moment], env=os.environ.copy(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sup = Supervisor(state)
+    ids = [f"{moment}{i:02d}" for i in range(20)]
+    ends = {run_id: _wait(sup, run_id, within=120) for run_id in ids}
+    assert all(s is not None and s.exit_code == 0 for s in ends.values()), ends
+    arrays = [key for key in slurm_env.array_tasks() if (state / "slurm-arrays" / key[0]).exists()]
+    assert len(arrays) == 1 and slurm_env.array_tasks()[arrays[0]] == list(range(20)), slurm_env.array_tasks()
 
 
 # ------------------------------------------------------------------ hostile hosts.yaml and add-slurm input
