@@ -301,7 +301,8 @@ def test_agents_sigkilled_at_random_during_a_twenty_point_array_submit_never_sub
     sup = Supervisor(state)
     ids = [f"pt{i:02d}" for i in range(20)]
     ends = {run_id: _wait(sup, run_id, within=120) for run_id in ids}
-    assert all(s is not None and s.exit_code == 0 for s in ends.values()), ends
+    bad = {run_id: s for run_id, s in ends.items() if s is None or s.exit_code != 0}
+    assert not bad, bad
     runs_of_arrays: dict[str, int] = {}
     for (name, _array_id), tasks in slurm_env.array_tasks().items():
         intent = json.loads((state / "slurm-arrays" / name / "array.json").read_text()) \
@@ -342,7 +343,8 @@ def test_an_agent_sigkilled_exactly_between_intent_and_sbatch_answer_never_submi
     sup = Supervisor(state)
     ids = [f"{moment}{i:02d}" for i in range(20)]
     ends = {run_id: _wait(sup, run_id, within=120) for run_id in ids}
-    assert all(s is not None and s.exit_code == 0 for s in ends.values()), ends
+    bad = {run_id: s for run_id, s in ends.items() if s is None or s.exit_code != 0}
+    assert not bad, bad
     arrays = [key for key in slurm_env.array_tasks() if (state / "slurm-arrays" / key[0]).exists()]
     assert len(arrays) == 1 and slurm_env.array_tasks()[arrays[0]] == list(range(20)), slurm_env.array_tasks()
 
