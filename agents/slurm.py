@@ -77,9 +77,9 @@ def slurm_env() -> dict[str, str]:
     return dict(os.environ)
 
 
-def _command(argv: list[str], timeout: float = COMMAND_TIMEOUT_S) -> str:
+def _command(argv: list[str], timeout: float = COMMAND_TIMEOUT_S, cwd: Path | None = None) -> str:
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=slurm_env())
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=slurm_env(), cwd=cwd)
     except FileNotFoundError:
         raise UnavailableError(f"{argv[0]} is not installed on this host; is it a Slurm login node?") from None
     except subprocess.TimeoutExpired:
@@ -169,10 +169,30 @@ def parse_sinfo(text: str) -> dict[str, Any]:
     return {"partitions": partitions}
 
 
+def output_option(folder: Path, pattern: str) -> str:
+    """sbatch's ``--output`` for a job whose working dir is ``folder``: ``pattern``, relative (it lands there).
+
+    Why not the path: Slurm expands ``%j``, ``%x``... and backslash escapes in ``--output``, and slurmstepd
+    puts the working dir in front of a relative name before it expands it, so a folder with ``%`` or ``\\``
+    in its path can hold no Slurm output file at all (the job fails: JobLaunchFailure). There the output is
+    ``/dev/null`` and the batch script sends its own output to the same file name (:func:`redirect_line`).
+    """
+    return "/dev/null" if "%" in str(folder) or "\\" in str(folder) else pattern
+
+
+def redirect_line(folder: Path, name: str) -> str:
+    """The batch script's ``exec >>NAME 2>&1`` when Slurm cannot write its output file there, else ""."""
+    return f'exec >>"{name}" 2>&1\n' if output_option(folder, "x") == "/dev/null" else ""
+
+
 def sbatch_argv(plan: SlurmPlan, run: RunDir, script: Path) -> list[str]:
-    """The sbatch command for one run (pure: tested without Slurm)."""
+    """The sbatch command for one run (pure: tested without Slurm); run it in the run folder (``cwd``).
+
+    sbatch started in the run folder makes it the job's working dir: no path in ``--chdir`` nor ``--output``.
+    """
+    out = output_option(run.root, "slurm-%j.out")
     argv = ["sbatch", "--parsable", f"--job-name={job_name(run.run_id)}", f"--comment={run.run_id}",
-            f"--output={run.file('slurm-%j.out')}", f"--error={run.file('slurm-%j.out')}", f"--chdir={run.root}"]
+            f"--output={out}", f"--error={out}"]
     return [*argv, *plan_options(plan), str(script)]
 
 
@@ -198,8 +218,8 @@ def plan_options(plan: SlurmPlan) -> list[str]:
 
 def batch_script(run: RunDir) -> str:
     """The script sbatch runs: the same runner as everywhere, in the run's folder."""
-    return (f"#!/bin/sh\n# mlfleet run {run.run_id}\nexec {shlex.quote(sys.executable)} -m mlfleet.agents.runner "
-            f"{shlex.quote(str(run.root))}\n")
+    return (f"#!/bin/sh\n# mlfleet run {run.run_id}\n{redirect_line(run.root, 'slurm-$SLURM_JOB_ID.out')}"
+            f"exec {shlex.quote(sys.executable)} -m mlfleet.agents.runner {shlex.quote(str(run.root))}\n")
 
 
 def status_of(run: RunDir, queued: QueuedJob | None, final: dict[str, str] | None) -> RunStatus:
@@ -241,11 +261,15 @@ def output_tail(run: RunDir, final: dict[str, str], lines: int = 5, max_bytes: i
     over (a python missing on the compute node, a module load that failed), or "" when it said nothing.
 
     Why: that file is written by Slurm, not the runner, so ``jobs logs`` never shows it; the one line a user
-    reads about the failure must say what went wrong there. The file comes from scontrol's ``StdOut=`` (the
-    run folder's newest ``slurm-*.out`` when scontrol does not say), and only its end is read.
+    reads about the failure must say what went wrong there. The file is scontrol's ``StdOut=`` when that is
+    a file (a path with spaces is cut in ``scontrol -o``'s words), else ``slurm-JOBID.out`` in the run folder,
+    else the run folder's newest ``slurm-*.out``; only its end is read.
     """
-    named = final.get("StdOut", "")
-    path = Path(named) if named.startswith(str(run.root) + "/") else max(
+    named, job_id = final.get("StdOut", ""), final.get("JobId", "")
+    candidates = [Path(named)] if named.startswith("/") else []
+    if job_id.isdigit():
+        candidates.append(run.file(f"slurm-{job_id}.out"))
+    path = next((p for p in candidates if p.is_file()), None) or max(
         run.root.glob("slurm-*.out"), key=lambda p: p.stat().st_mtime, default=None)
     if path is None:
         return ""
@@ -311,7 +335,7 @@ def submit(run: RunDir, plan: SlurmPlan, queue: SlurmQueue) -> str:
     script = run.file("slurm-batch.sh")
     script.write_text(batch_script(run))
     script.chmod(0o700)
-    out = _command(sbatch_argv(plan, run, script))
+    out = _command(sbatch_argv(plan, run, script), cwd=run.root)
     job_id = out.strip().split(";")[0]
     write_json_atomic(run.file(SLURM_FILE), {"job_id": job_id, "submitted_at": time.time()})
     queue.forget()
