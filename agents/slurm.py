@@ -77,15 +77,28 @@ def slurm_env() -> dict[str, str]:
     return dict(os.environ)
 
 
+# How a Slurm command says slurmctld did not answer (nothing was refused: ask again later)
+UNREACHABLE_WORDS = ("unable to contact slurm controller", "socket timed out", "connection refused",
+                     "zero bytes were transmitted", "communication connection failure", "connect failure",
+                     "temporarily unable to accept", "backup controller in standby")
+
+
+class SlurmUnreachable(UnavailableError):
+    """slurmctld did not answer (down, restarting, overloaded): nothing was refused, the same command may work
+    later. Any other failure of a Slurm command (sbatch's refusal of a partition, say) is a plain
+    :class:`UnavailableError` with Slurm's sentence."""
+
+
 def _command(argv: list[str], timeout: float = COMMAND_TIMEOUT_S, cwd: Path | None = None) -> str:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=slurm_env(), cwd=cwd)
     except FileNotFoundError:
         raise UnavailableError(f"{argv[0]} is not installed on this host; is it a Slurm login node?") from None
     except subprocess.TimeoutExpired:
-        raise UnavailableError(f"{argv[0]} did not answer in {timeout:.0f} s (slurmctld busy or down?)") from None
+        raise SlurmUnreachable(f"{argv[0]} did not answer in {timeout:.0f} s (slurmctld busy or down?)") from None
     if done.returncode != 0:
-        raise UnavailableError(f"{argv[0]} failed: {done.stderr.strip().removeprefix(argv[0] + ': ') or done.returncode}")
+        error = SlurmUnreachable if any(w in done.stderr.lower() for w in UNREACHABLE_WORDS) else UnavailableError
+        raise error(f"{argv[0]} failed: {done.stderr.strip().removeprefix(argv[0] + ': ') or done.returncode}")
     return done.stdout
 
 
