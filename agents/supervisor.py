@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -194,6 +195,8 @@ class Supervisor:
         # a poll that submits a run left unsubmitted (slurmctld was down) must not race the launch doing it.
         # Reentrant: a launch resuming an array submits a run alone under it.
         self._arrays = threading.RLock()
+        self._preparing: set[str] = set()  # runs whose folder is being made by this process (not never-prepared)
+        self._preparing_lock = threading.Lock()
         # Each GPU's memory as the node's telemetry last saw it (the daemon keeps it): how much a share may reserve
         self.gpu_memory_totals: dict[int, int] = {}
         self._ended: set[tuple[str, int]] = set()  # run folders with an exit record: they hold no claim, ever
@@ -213,6 +216,9 @@ class Supervisor:
     def launch(self, request: LaunchRequest) -> RunStatus:
         """Start a run once; asking again for the same run_id returns its status."""
         run = self._dir(request.run_id)
+        if run.root.is_dir() and self._never_prepared(run):
+            claims.same_controller(run, request)
+            self._discard(run)  # the agent died before launch.json: nothing of it ran, so it is prepared again
         if run.root.is_dir():
             claims.same_controller(run, request)
             if (array := slurm_array.unfinished_array(run)) is not None:  # put in an array whose submit was cut short
@@ -267,6 +273,9 @@ class Supervisor:
         unfinished: set[str] = set()
         for request in requests:
             run = self._dir(request.run_id)
+            if run.root.is_dir() and self._never_prepared(run):
+                claims.same_controller(run, request)
+                self._discard(run)  # the agent died between its folder and its launch.json: prepared again
             if not run.root.is_dir():
                 if not isinstance(self._prepare(run, request), RunStatus):
                     fresh.append(run)
@@ -295,9 +304,33 @@ class Supervisor:
         for name in sorted(names):
             slurm_array.resume(self.state_dir / slurm_array.ARRAYS_DIR, name, self.slurm_queue)
 
+    def _never_prepared(self, run: RunDir) -> bool:
+        """A run folder without launch.json nor exit.json that no launch of this process is making: the agent
+        died between its mkdir and its launch.json (written last, by rename), so nothing of it ever ran."""
+        with self._preparing_lock:
+            if run.run_id in self._preparing:
+                return False
+        return not run.file("launch.json").exists() and not run.file("exit.json").exists()
+
+    def _discard(self, run: RunDir) -> None:
+        """Remove a never-prepared run folder (its claim goes with it) so the launch makes it again, whole."""
+        aside = run.root.with_name(f".{run.run_id}.unprepared.{os.getpid()}.{time.monotonic_ns()}")
+        with contextlib.suppress(FileNotFoundError):
+            run.root.rename(aside)  # hidden at once: run_ids() and the claims skip dot names
+            shutil.rmtree(aside, ignore_errors=True)
+
     def _prepare(self, run: RunDir, request: LaunchRequest) -> LaunchRequest | RunStatus:
         """The run's folder, its copy of the code and its launch.json; the request as launched, or the
         status it ended with here (asked twice at once, or its snapshot could not be copied)."""
+        with self._preparing_lock:
+            self._preparing.add(run.run_id)
+        try:
+            return self._prepare_run(run, request)
+        finally:
+            with self._preparing_lock:
+                self._preparing.discard(run.run_id)
+
+    def _prepare_run(self, run: RunDir, request: LaunchRequest) -> LaunchRequest | RunStatus:
         archive = None
         if request.code_hash:  # checked before the run exists: a dropped snapshot is shipped again, then launched
             if not self.code.present(request.code_hash):
