@@ -81,6 +81,9 @@ def slurm_env() -> dict[str, str]:
 UNREACHABLE_WORDS = ("unable to contact slurm controller", "socket timed out", "connection refused",
                      "zero bytes were transmitted", "communication connection failure", "connect failure",
                      "temporarily unable to accept", "backup controller in standby")
+# A submitted job in neither squeue nor scontrol this long after its submit was forgotten by Slurm (MinJobAge):
+# twice a queue refresh and then some, so a submit the last squeue did not see yet is never taken for one.
+FORGOTTEN_GRACE_S = 2 * QUEUE_MAX_AGE_S + 10.0
 
 
 class SlurmUnreachable(UnavailableError):
@@ -367,10 +370,35 @@ def status(run: RunDir, queue: SlurmQueue) -> RunStatus:
     key = queue_key(run)
     queued = queue.jobs().get(key)
     final = None if queued is not None or not run.file(SLURM_FILE).exists() else queue.final().get(key)
-    if queued is None and final is None and run.file(SLURM_FILE).exists() and run.file("cancel.json").exists():
-        # Cancelled before it started and already forgotten by Slurm (an array's pending task leaves no record)
-        return RunStatus(run_id=run.run_id, state="exited", reason="cancelled", message="cancelled in Slurm")
+    if queued is None and final is None and run.file(SLURM_FILE).exists():
+        if run.file("cancel.json").exists():
+            # Cancelled before it started and already forgotten by Slurm (an array's pending task leaves no record)
+            return RunStatus(run_id=run.run_id, state="exited", reason="cancelled", message="cancelled in Slurm")
+        forgotten = _forgotten(run)
+        if forgotten is not None:
+            return forgotten
     return status_of(run, queued, final)
+
+
+def _forgotten(run: RunDir) -> RunStatus | None:
+    """A submitted job that is in neither squeue nor scontrol: Slurm forgot it (MinJobAge, 300 s by default)
+    while nobody looked, e.g. a scancel by hand while the agent was away. Lost, with why, once it was submitted
+    longer ago than :data:`FORGOTTEN_GRACE_S`; else None (the queue may not show a fresh submit yet)."""
+    recorded = read_json(run.file(SLURM_FILE)) or {}
+    try:
+        age = time.time() - float(recorded.get("submitted_at") or 0)
+    except (TypeError, ValueError):
+        age = float("inf")
+    if age < FORGOTTEN_GRACE_S or run.exit is not None:  # exit.json may have come after it was first read
+        return None
+    job = recorded.get("job_id", "?")
+    if run.runner is None:
+        message = (f"the Slurm job {job} left the queue without starting and Slurm keeps no record of it "
+                   "(cancelled outside mlfleet?)")
+    else:
+        message = (f"the Slurm job {job} ended without the runner recording an exit, and Slurm keeps no record "
+                   "of it (its node failed, or it was killed outside mlfleet?)")
+    return RunStatus(run_id=run.run_id, state="exited", reason="lost", message=message)
 
 
 def cancel(run: RunDir, queue: SlurmQueue | None = None) -> None:
