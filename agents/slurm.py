@@ -63,6 +63,16 @@ REASON_WORDS = {
 }
 
 
+# Slurm's end states of a job it stopped itself (a SIGTERM mlfleet did not send): the run's reason and why, in words.
+STOPPED_BY_SLURM = {
+    "TIMEOUT": ("timeout", "Slurm stopped the job at its time limit (TIMEOUT)"),
+    "DEADLINE": ("timeout", "Slurm stopped the job at its deadline (DEADLINE)"),
+    "CANCELLED": ("cancelled", "cancelled in Slurm (outside mlfleet)"),
+    "PREEMPTED": ("cancelled", "preempted in Slurm (PREEMPTED)"),
+    "NODE_FAIL": ("lost", "the job's node failed in Slurm (NODE_FAIL)"),
+}
+
+
 def reason_words(reason: str) -> str:
     """Slurm's reason code with what it means (the code is kept, so it can be looked up)."""
     words = REASON_WORDS.get(reason)
@@ -261,7 +271,11 @@ def status_of(run: RunDir, queued: QueuedJob | None, final: dict[str, str] | Non
     state, reason = final.get("JobState", ""), final.get("Reason", "")
     code, _, sig = final.get("ExitCode", "0:0").partition(":")
     if state == "CANCELLED":
-        return RunStatus(run_id=run_id, state="exited", reason="cancelled", message="cancelled in Slurm")
+        return RunStatus(run_id=run_id, state="exited", reason="cancelled", message="cancelled in Slurm" if
+                         run.file("cancel.json").exists() else "cancelled in Slurm (outside mlfleet)")
+    if state in STOPPED_BY_SLURM and run.runner is not None:  # the runner was killed before it wrote its exit
+        why, words = STOPPED_BY_SLURM[state]
+        return RunStatus(run_id=run_id, state="exited", reason=why, message=words)
     if state in ("COMPLETED", "FAILED") and run.runner is not None:
         return RunStatus(run_id=run_id, state="exited", reason="lost", exit_code=int(code) if code.isdigit() else None,
                          message=f"the Slurm job ended ({state}, {reason}) without the runner recording an exit"
@@ -358,6 +372,29 @@ def submit(run: RunDir, plan: SlurmPlan, queue: SlurmQueue) -> str:
     return job_id
 
 
+def slurm_stopped(run: RunDir, exit_record: dict[str, Any], queue: SlurmQueue) -> RunStatus:
+    """A run whose runner got a SIGTERM mlfleet did not send: why, from scontrol's ``JobState`` (TIMEOUT: a
+    timeout, CANCELLED: a scancel outside mlfleet, NODE_FAIL: lost...), written into exit.json once known.
+
+    Why not at once: the runner cannot tell Slurm's time limit from a scancel by hand; Slurm can, once the job
+    is done completing. Until then the run is still "running" (a terminal status is never taken back). The same
+    squeue and scontrol as every poll's answer it; a job Slurm no longer knows keeps the runner's guess.
+    """
+    key = queue_key(run)
+    started = run.started or {}
+    queued = queue.jobs().get(key)
+    final = None if queued is not None or not run.file(SLURM_FILE).exists() else queue.final().get(key)
+    state = (final or {}).get("JobState", "") if queued is None else queued.state
+    if queued is not None or state in ("RUNNING", "COMPLETING", "SUSPENDED", "STOPPED"):
+        return RunStatus(run_id=run.run_id, state="running", pid=started.get("pid"),
+                         started_at=started.get("started_at"), message="stopped by Slurm; asking Slurm why")
+    record = {**exit_record, "slurm_state": state or "unknown"}
+    if state in STOPPED_BY_SLURM:
+        record["reason"], record["message"] = STOPPED_BY_SLURM[state]
+    write_json_atomic(run.file("exit.json"), record)
+    return status_of(run, None, None)
+
+
 def queue_key(run: RunDir) -> str:
     """The run's key in :class:`SlurmQueue`: its job's name, or ``NAME_TASK`` for a task of an array."""
     task = read_json(run.file(ARRAY_TASK_FILE))
@@ -365,7 +402,10 @@ def queue_key(run: RunDir) -> str:
 
 
 def status(run: RunDir, queue: SlurmQueue) -> RunStatus:
-    if run.exit is not None:
+    exit_record = run.exit
+    if exit_record is not None:
+        if exit_record.get("slurm_stopped") and not exit_record.get("slurm_state"):
+            return slurm_stopped(run, exit_record, queue)
         return status_of(run, None, None)
     key = queue_key(run)
     queued = queue.jobs().get(key)
