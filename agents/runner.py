@@ -52,6 +52,8 @@ from mlfleet.agents.secretmask import SECRET_FILE, MaskingPump
 from mlfleet.core.base.models import DEFAULT_LOG_MAX_SIZE, EnvPlan
 
 _POLL_S = 0.1
+# Slurm's limit is from the job's start, a few seconds before the runner's; its time-limit check runs late, never early
+SLURM_LIMIT_SLACK_S = 5.0
 ENV_LOG_PREFIX = "[mlfleet env] "  # the environment build's lines in the job's stdout
 
 
@@ -66,11 +68,13 @@ class _Runner:
         self.first_started_at: float | None = None
         self.secret_env: dict[str, str] = {}  # the launch's secret values: in this process's memory only
         self.pumps: list[MaskingPump] = []  # with secrets: the pipes that mask them on the way to the log files
+        self.began = time.time()
 
     def on_sigterm(self, signum: int, frame: object) -> None:
         self.cancel_requested = True
 
     def main(self) -> int:
+        self.began = time.time()  # about when Slurm started the job: the batch script execs this runner
         me = psutil.Process()
         write_json_atomic(self.run.file("runner.json"), {"pid": me.pid, "create_time": me.create_time(),
                                                          "start_ticks": start_ticks(me.pid)})
@@ -308,10 +312,25 @@ class _Runner:
             message = self._failure_words()
         elif reason == "failed-to-start":
             exit_code = 127
-        write_json_atomic(self.run.file("exit.json"), {
-            "exit_code": exit_code, "signal": sig, "reason": reason, "message": message, "finished_at": time.time(),
-        })
+        record = {"exit_code": exit_code, "signal": sig, "reason": reason, "message": message,
+                  "finished_at": time.time()}
+        if reason == "cancelled" and self.launch.get("slurm") is not None and not self.run.file("cancel.json").exists():
+            record.update(self._stopped_by_slurm())
+        write_json_atomic(self.run.file("exit.json"), record)
         return 0
+
+    def _stopped_by_slurm(self) -> dict:
+        """A SIGTERM that mlfleet did not ask for (no cancel.json): Slurm stopped the job (its ``--time``, a
+        preemption, a scancel by hand). Why is scontrol's ``JobState``, which the agent reads (agents/slurm.py,
+        ``slurm_stopped``); this is the runner's guess for when Slurm has forgotten the job by then: a timeout
+        when the job ran its whole time limit, else a cancel in Slurm."""
+        limit = float((self.launch.get("slurm") or {}).get("time_limit_min") or 0) * 60
+        ran = time.time() - self.began
+        if limit and ran >= limit - SLURM_LIMIT_SLACK_S:
+            return {"reason": "timeout", "slurm_stopped": True,
+                    "message": f"stopped by Slurm at its time limit ({limit / 60:g} min)"}
+        return {"reason": "cancelled", "slurm_stopped": True,
+                "message": "stopped by Slurm (SIGTERM without a cancel from mlfleet)"}
 
 
     def _failure_words(self) -> str:

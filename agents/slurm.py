@@ -63,6 +63,16 @@ REASON_WORDS = {
 }
 
 
+# Slurm's end states of a job it stopped itself (a SIGTERM mlfleet did not send): the run's reason and why, in words.
+STOPPED_BY_SLURM = {
+    "TIMEOUT": ("timeout", "Slurm stopped the job at its time limit (TIMEOUT)"),
+    "DEADLINE": ("timeout", "Slurm stopped the job at its deadline (DEADLINE)"),
+    "CANCELLED": ("cancelled", "cancelled in Slurm (outside mlfleet)"),
+    "PREEMPTED": ("cancelled", "preempted in Slurm (PREEMPTED)"),
+    "NODE_FAIL": ("lost", "the job's node failed in Slurm (NODE_FAIL)"),
+}
+
+
 def reason_words(reason: str) -> str:
     """Slurm's reason code with what it means (the code is kept, so it can be looked up)."""
     words = REASON_WORDS.get(reason)
@@ -77,15 +87,31 @@ def slurm_env() -> dict[str, str]:
     return dict(os.environ)
 
 
-def _command(argv: list[str], timeout: float = COMMAND_TIMEOUT_S) -> str:
+# How a Slurm command says slurmctld did not answer (nothing was refused: ask again later)
+UNREACHABLE_WORDS = ("unable to contact slurm controller", "socket timed out", "connection refused",
+                     "zero bytes were transmitted", "communication connection failure", "connect failure",
+                     "temporarily unable to accept", "backup controller in standby")
+# A submitted job in neither squeue nor scontrol this long after its submit was forgotten by Slurm (MinJobAge):
+# twice a queue refresh and then some, so a submit the last squeue did not see yet is never taken for one.
+FORGOTTEN_GRACE_S = 2 * QUEUE_MAX_AGE_S + 10.0
+
+
+class SlurmUnreachable(UnavailableError):
+    """slurmctld did not answer (down, restarting, overloaded): nothing was refused, the same command may work
+    later. Any other failure of a Slurm command (sbatch's refusal of a partition, say) is a plain
+    :class:`UnavailableError` with Slurm's sentence."""
+
+
+def _command(argv: list[str], timeout: float = COMMAND_TIMEOUT_S, cwd: Path | None = None) -> str:
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=slurm_env())
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=slurm_env(), cwd=cwd)
     except FileNotFoundError:
         raise UnavailableError(f"{argv[0]} is not installed on this host; is it a Slurm login node?") from None
     except subprocess.TimeoutExpired:
-        raise UnavailableError(f"{argv[0]} did not answer in {timeout:.0f} s (slurmctld busy or down?)") from None
+        raise SlurmUnreachable(f"{argv[0]} did not answer in {timeout:.0f} s (slurmctld busy or down?)") from None
     if done.returncode != 0:
-        raise UnavailableError(f"{argv[0]} failed: {done.stderr.strip().removeprefix(argv[0] + ': ') or done.returncode}")
+        error = SlurmUnreachable if any(w in done.stderr.lower() for w in UNREACHABLE_WORDS) else UnavailableError
+        raise error(f"{argv[0]} failed: {done.stderr.strip().removeprefix(argv[0] + ': ') or done.returncode}")
     return done.stdout
 
 
@@ -169,10 +195,30 @@ def parse_sinfo(text: str) -> dict[str, Any]:
     return {"partitions": partitions}
 
 
+def output_option(folder: Path, pattern: str) -> str:
+    """sbatch's ``--output`` for a job whose working dir is ``folder``: ``pattern``, relative (it lands there).
+
+    Why not the path: Slurm expands ``%j``, ``%x``... and backslash escapes in ``--output``, and slurmstepd
+    puts the working dir in front of a relative name before it expands it, so a folder with ``%`` or ``\\``
+    in its path can hold no Slurm output file at all (the job fails: JobLaunchFailure). There the output is
+    ``/dev/null`` and the batch script sends its own output to the same file name (:func:`redirect_line`).
+    """
+    return "/dev/null" if "%" in str(folder) or "\\" in str(folder) else pattern
+
+
+def redirect_line(folder: Path, name: str) -> str:
+    """The batch script's ``exec >>NAME 2>&1`` when Slurm cannot write its output file there, else ""."""
+    return f'exec >>"{name}" 2>&1\n' if output_option(folder, "x") == "/dev/null" else ""
+
+
 def sbatch_argv(plan: SlurmPlan, run: RunDir, script: Path) -> list[str]:
-    """The sbatch command for one run (pure: tested without Slurm)."""
+    """The sbatch command for one run (pure: tested without Slurm); run it in the run folder (``cwd``).
+
+    sbatch started in the run folder makes it the job's working dir: no path in ``--chdir`` nor ``--output``.
+    """
+    out = output_option(run.root, "slurm-%j.out")
     argv = ["sbatch", "--parsable", f"--job-name={job_name(run.run_id)}", f"--comment={run.run_id}",
-            f"--output={run.file('slurm-%j.out')}", f"--error={run.file('slurm-%j.out')}", f"--chdir={run.root}"]
+            f"--output={out}", f"--error={out}"]
     return [*argv, *plan_options(plan), str(script)]
 
 
@@ -198,8 +244,8 @@ def plan_options(plan: SlurmPlan) -> list[str]:
 
 def batch_script(run: RunDir) -> str:
     """The script sbatch runs: the same runner as everywhere, in the run's folder."""
-    return (f"#!/bin/sh\n# mlfleet run {run.run_id}\nexec {shlex.quote(sys.executable)} -m mlfleet.agents.runner "
-            f"{shlex.quote(str(run.root))}\n")
+    return (f"#!/bin/sh\n# mlfleet run {run.run_id}\n{redirect_line(run.root, 'slurm-$SLURM_JOB_ID.out')}"
+            f"exec {shlex.quote(sys.executable)} -m mlfleet.agents.runner {shlex.quote(str(run.root))}\n")
 
 
 def status_of(run: RunDir, queued: QueuedJob | None, final: dict[str, str] | None) -> RunStatus:
@@ -225,7 +271,11 @@ def status_of(run: RunDir, queued: QueuedJob | None, final: dict[str, str] | Non
     state, reason = final.get("JobState", ""), final.get("Reason", "")
     code, _, sig = final.get("ExitCode", "0:0").partition(":")
     if state == "CANCELLED":
-        return RunStatus(run_id=run_id, state="exited", reason="cancelled", message="cancelled in Slurm")
+        return RunStatus(run_id=run_id, state="exited", reason="cancelled", message="cancelled in Slurm" if
+                         run.file("cancel.json").exists() else "cancelled in Slurm (outside mlfleet)")
+    if state in STOPPED_BY_SLURM and run.runner is not None:  # the runner was killed before it wrote its exit
+        why, words = STOPPED_BY_SLURM[state]
+        return RunStatus(run_id=run_id, state="exited", reason=why, message=words)
     if state in ("COMPLETED", "FAILED") and run.runner is not None:
         return RunStatus(run_id=run_id, state="exited", reason="lost", exit_code=int(code) if code.isdigit() else None,
                          message=f"the Slurm job ended ({state}, {reason}) without the runner recording an exit"
@@ -241,11 +291,15 @@ def output_tail(run: RunDir, final: dict[str, str], lines: int = 5, max_bytes: i
     over (a python missing on the compute node, a module load that failed), or "" when it said nothing.
 
     Why: that file is written by Slurm, not the runner, so ``jobs logs`` never shows it; the one line a user
-    reads about the failure must say what went wrong there. The file comes from scontrol's ``StdOut=`` (the
-    run folder's newest ``slurm-*.out`` when scontrol does not say), and only its end is read.
+    reads about the failure must say what went wrong there. The file is scontrol's ``StdOut=`` when that is
+    a file (a path with spaces is cut in ``scontrol -o``'s words), else ``slurm-JOBID.out`` in the run folder,
+    else the run folder's newest ``slurm-*.out``; only its end is read.
     """
-    named = final.get("StdOut", "")
-    path = Path(named) if named.startswith(str(run.root) + "/") else max(
+    named, job_id = final.get("StdOut", ""), final.get("JobId", "")
+    candidates = [Path(named)] if named.startswith("/") else []
+    if job_id.isdigit():
+        candidates.append(run.file(f"slurm-{job_id}.out"))
+    path = next((p for p in candidates if p.is_file()), None) or max(
         run.root.glob("slurm-*.out"), key=lambda p: p.stat().st_mtime, default=None)
     if path is None:
         return ""
@@ -311,11 +365,34 @@ def submit(run: RunDir, plan: SlurmPlan, queue: SlurmQueue) -> str:
     script = run.file("slurm-batch.sh")
     script.write_text(batch_script(run))
     script.chmod(0o700)
-    out = _command(sbatch_argv(plan, run, script))
+    out = _command(sbatch_argv(plan, run, script), cwd=run.root)
     job_id = out.strip().split(";")[0]
     write_json_atomic(run.file(SLURM_FILE), {"job_id": job_id, "submitted_at": time.time()})
     queue.forget()
     return job_id
+
+
+def slurm_stopped(run: RunDir, exit_record: dict[str, Any], queue: SlurmQueue) -> RunStatus:
+    """A run whose runner got a SIGTERM mlfleet did not send: why, from scontrol's ``JobState`` (TIMEOUT: a
+    timeout, CANCELLED: a scancel outside mlfleet, NODE_FAIL: lost...), written into exit.json once known.
+
+    Why not at once: the runner cannot tell Slurm's time limit from a scancel by hand; Slurm can, once the job
+    is done completing. Until then the run is still "running" (a terminal status is never taken back). The same
+    squeue and scontrol as every poll's answer it; a job Slurm no longer knows keeps the runner's guess.
+    """
+    key = queue_key(run)
+    started = run.started or {}
+    queued = queue.jobs().get(key)
+    final = None if queued is not None or not run.file(SLURM_FILE).exists() else queue.final().get(key)
+    state = (final or {}).get("JobState", "") if queued is None else queued.state
+    if queued is not None or state in ("RUNNING", "COMPLETING", "SUSPENDED", "STOPPED"):
+        return RunStatus(run_id=run.run_id, state="running", pid=started.get("pid"),
+                         started_at=started.get("started_at"), message="stopped by Slurm; asking Slurm why")
+    record = {**exit_record, "slurm_state": state or "unknown"}
+    if state in STOPPED_BY_SLURM:
+        record["reason"], record["message"] = STOPPED_BY_SLURM[state]
+    write_json_atomic(run.file("exit.json"), record)
+    return status_of(run, None, None)
 
 
 def queue_key(run: RunDir) -> str:
@@ -325,15 +402,43 @@ def queue_key(run: RunDir) -> str:
 
 
 def status(run: RunDir, queue: SlurmQueue) -> RunStatus:
-    if run.exit is not None:
+    exit_record = run.exit
+    if exit_record is not None:
+        if exit_record.get("slurm_stopped") and not exit_record.get("slurm_state"):
+            return slurm_stopped(run, exit_record, queue)
         return status_of(run, None, None)
     key = queue_key(run)
     queued = queue.jobs().get(key)
     final = None if queued is not None or not run.file(SLURM_FILE).exists() else queue.final().get(key)
-    if queued is None and final is None and run.file(SLURM_FILE).exists() and run.file("cancel.json").exists():
-        # Cancelled before it started and already forgotten by Slurm (an array's pending task leaves no record)
-        return RunStatus(run_id=run.run_id, state="exited", reason="cancelled", message="cancelled in Slurm")
+    if queued is None and final is None and run.file(SLURM_FILE).exists():
+        if run.file("cancel.json").exists():
+            # Cancelled before it started and already forgotten by Slurm (an array's pending task leaves no record)
+            return RunStatus(run_id=run.run_id, state="exited", reason="cancelled", message="cancelled in Slurm")
+        forgotten = _forgotten(run)
+        if forgotten is not None:
+            return forgotten
     return status_of(run, queued, final)
+
+
+def _forgotten(run: RunDir) -> RunStatus | None:
+    """A submitted job that is in neither squeue nor scontrol: Slurm forgot it (MinJobAge, 300 s by default)
+    while nobody looked, e.g. a scancel by hand while the agent was away. Lost, with why, once it was submitted
+    longer ago than :data:`FORGOTTEN_GRACE_S`; else None (the queue may not show a fresh submit yet)."""
+    recorded = read_json(run.file(SLURM_FILE)) or {}
+    try:
+        age = time.time() - float(recorded.get("submitted_at") or 0)
+    except (TypeError, ValueError):
+        age = float("inf")
+    if age < FORGOTTEN_GRACE_S or run.exit is not None:  # exit.json may have come after it was first read
+        return None
+    job = recorded.get("job_id", "?")
+    if run.runner is None:
+        message = (f"the Slurm job {job} left the queue without starting and Slurm keeps no record of it "
+                   "(cancelled outside mlfleet?)")
+    else:
+        message = (f"the Slurm job {job} ended without the runner recording an exit, and Slurm keeps no record "
+                   "of it (its node failed, or it was killed outside mlfleet?)")
+    return RunStatus(run_id=run.run_id, state="exited", reason="lost", message=message)
 
 
 def cancel(run: RunDir, queue: SlurmQueue | None = None) -> None:

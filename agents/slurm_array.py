@@ -32,7 +32,7 @@ from pathlib import Path
 
 from mlfleet.agents.rundir import RunDir, read_json, write_json_atomic
 from mlfleet.agents.slurm import (ARRAY_TASK_FILE, JOB_PREFIX, SLURM_FILE, SlurmQueue, _command, job_name,
-                                  plan_options)
+                                  output_option, plan_options, redirect_line)
 from mlfleet.core.base.errors import UsageError
 from mlfleet.core.base.models import SlurmPlan
 
@@ -47,12 +47,16 @@ def array_name(first_run_id: str) -> str:
 
 
 def array_argv(plan: SlurmPlan, name: str, folder: Path, count: int) -> list[str]:
-    """The sbatch command of an array of ``count`` tasks (pure: tested without Slurm)."""
+    """The sbatch command of an array of ``count`` tasks (pure: tested without Slurm); run it in ``folder``.
+
+    No path in ``--output`` (Slurm expands ``%`` patterns and backslashes there: slurm.output_option) and no
+    ``--chdir``: sbatch started in the array's folder makes it the tasks' working dir.
+    """
     if not 1 <= count <= MAX_TASKS:
         raise UsageError(f"a job array has 1 to {MAX_TASKS} tasks, not {count}")
-    out = folder / "slurm-%A_%a.out"
+    out = output_option(folder, "slurm-%A_%a.out")
     return ["sbatch", "--parsable", f"--array=0-{count - 1}", f"--job-name={name}", f"--comment={name}",
-            f"--output={out}", f"--error={out}", f"--chdir={folder}", *plan_options(plan), str(folder / "batch.sh")]
+            f"--output={out}", f"--error={out}", *plan_options(plan), str(folder / "batch.sh")]
 
 
 def array_script(name: str, folder: Path, python: str = sys.executable) -> str:
@@ -60,6 +64,7 @@ def array_script(name: str, folder: Path, python: str = sys.executable) -> str:
     listing, marker, py = (shlex.quote(str(folder / "runs.list")), shlex.quote(str(folder / "job_id")),
                            shlex.quote(python))
     return (f"#!/bin/sh\n# mlfleet job array {name}: task N runs the run folder on line N+1 of runs.list\n"
+            + redirect_line(folder, "slurm-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}.out") +
             f"[ -s {marker} ] || echo \"$SLURM_ARRAY_JOB_ID\" > {marker}  # the array's id, should sbatch's answer be lost\n"
             f"run=$(sed -n \"$((SLURM_ARRAY_TASK_ID + 1))p\" {listing})\n"
             f"if [ -z \"$run\" ]; then echo \"mlfleet: no run folder for task $SLURM_ARRAY_TASK_ID in {listing}\" >&2; "
@@ -134,7 +139,7 @@ def find(name: str, folder: Path, queue: SlurmQueue) -> str:
 
 
 def _sbatch(folder: Path, runs: list[RunDir], argv: list[str], queue: SlurmQueue) -> str:
-    array_id = _command(argv).strip().split(";")[0]
+    array_id = _command(argv, cwd=folder).strip().split(";")[0]
     record(folder, runs, array_id)
     queue.forget()
     return array_id

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,7 +30,7 @@ from mlfleet.core.base.errors import MlfleetError, NotFoundError, UnavailableErr
 from mlfleet.core.base.private import USER_UMASK_ENV
 from mlfleet.core.base.spawn import own_python
 from mlfleet.core.base.models import (DEFAULT_LOG_MAX_SIZE, MAX_METRIC_LINE, GpuClaim, LaunchRequest, RunStatus,
-                                      ServicePlan, ServiceStatus, StreamChunk, to_plain)
+                                      ServicePlan, ServiceStatus, SlurmPlan, StreamChunk, to_plain)
 
 from mlfleet.agents.artifacts import ROOTS_ENV, allowed_roots, open_artifact, run_roots
 from mlfleet.agents.codecache import CodeCache
@@ -189,9 +190,13 @@ class Supervisor:
         self._ports = threading.Lock()  # a port is picked and written down by one launch at a time
         self._artifacts: dict[str, tuple[int, dict[str, int]]] = {}  # run -> (bytes scanned, path -> size)
         self.slurm_queue = slurm.SlurmQueue()  # one squeue answers every Slurm run of a poll (agents/slurm.py)
-        # One job array submit at a time: a retried launch_array arriving while the first is still at sbatch
-        # must see the first one's intent, not take its prepared runs for never submitted ones.
-        self._arrays = threading.Lock()
+        # One Slurm submit (a job array's or a run's) at a time: a retried launch_array arriving while the first
+        # is still at sbatch must see the first one's intent, not take its prepared runs for never submitted ones;
+        # a poll that submits a run left unsubmitted (slurmctld was down) must not race the launch doing it.
+        # Reentrant: a launch resuming an array submits a run alone under it.
+        self._arrays = threading.RLock()
+        self._preparing: set[str] = set()  # runs whose folder is being made by this process (not never-prepared)
+        self._preparing_lock = threading.Lock()
         # Each GPU's memory as the node's telemetry last saw it (the daemon keeps it): how much a share may reserve
         self.gpu_memory_totals: dict[int, int] = {}
         self._ended: set[tuple[str, int]] = set()  # run folders with an exit record: they hold no claim, ever
@@ -211,6 +216,9 @@ class Supervisor:
     def launch(self, request: LaunchRequest) -> RunStatus:
         """Start a run once; asking again for the same run_id returns its status."""
         run = self._dir(request.run_id)
+        if run.root.is_dir() and self._never_prepared(run):
+            claims.same_controller(run, request)
+            self._discard(run)  # the agent died before launch.json: nothing of it ran, so it is prepared again
         if run.root.is_dir():
             claims.same_controller(run, request)
             if (array := slurm_array.unfinished_array(run)) is not None:  # put in an array whose submit was cut short
@@ -219,14 +227,14 @@ class Supervisor:
                         self._resume_arrays({array})
                     elif request.slurm is not None:  # its array was never submitted: now alone
                         run.file(slurm.ARRAY_TASK_FILE).unlink(missing_ok=True)
-                        return self._submit_slurm(run, request)
-            return self.status(request.run_id)
+                        return self._submit_slurm(run, request.slurm)
+            return self.status(request.run_id)  # a Slurm run never submitted (the agent died before sbatch): now
         prepared = self._prepare(run, request)
         if isinstance(prepared, RunStatus):
             return prepared
         request = prepared
         if request.slurm is not None:
-            return self._submit_slurm(run, request)
+            return self._submit_slurm(run, request.slurm)
         child = subprocess.Popen(
             own_python(str(run.root), module="mlfleet.agents.runner"),
             cwd=run.root, start_new_session=True,
@@ -265,6 +273,9 @@ class Supervisor:
         unfinished: set[str] = set()
         for request in requests:
             run = self._dir(request.run_id)
+            if run.root.is_dir() and self._never_prepared(run):
+                claims.same_controller(run, request)
+                self._discard(run)  # the agent died between its folder and its launch.json: prepared again
             if not run.root.is_dir():
                 if not isinstance(self._prepare(run, request), RunStatus):
                     fresh.append(run)
@@ -293,9 +304,33 @@ class Supervisor:
         for name in sorted(names):
             slurm_array.resume(self.state_dir / slurm_array.ARRAYS_DIR, name, self.slurm_queue)
 
+    def _never_prepared(self, run: RunDir) -> bool:
+        """A run folder without launch.json nor exit.json that no launch of this process is making: the agent
+        died between its mkdir and its launch.json (written last, by rename), so nothing of it ever ran."""
+        with self._preparing_lock:
+            if run.run_id in self._preparing:
+                return False
+        return not run.file("launch.json").exists() and not run.file("exit.json").exists()
+
+    def _discard(self, run: RunDir) -> None:
+        """Remove a never-prepared run folder (its claim goes with it) so the launch makes it again, whole."""
+        aside = run.root.with_name(f".{run.run_id}.unprepared.{os.getpid()}.{time.monotonic_ns()}")
+        with contextlib.suppress(FileNotFoundError):
+            run.root.rename(aside)  # hidden at once: run_ids() and the claims skip dot names
+            shutil.rmtree(aside, ignore_errors=True)
+
     def _prepare(self, run: RunDir, request: LaunchRequest) -> LaunchRequest | RunStatus:
         """The run's folder, its copy of the code and its launch.json; the request as launched, or the
         status it ended with here (asked twice at once, or its snapshot could not be copied)."""
+        with self._preparing_lock:
+            self._preparing.add(run.run_id)
+        try:
+            return self._prepare_run(run, request)
+        finally:
+            with self._preparing_lock:
+                self._preparing.discard(run.run_id)
+
+    def _prepare_run(self, run: RunDir, request: LaunchRequest) -> LaunchRequest | RunStatus:
         archive = None
         if request.code_hash:  # checked before the run exists: a dropped snapshot is shipped again, then launched
             if not self.code.present(request.code_hash):
@@ -349,15 +384,53 @@ class Supervisor:
         except MlfleetError:  # removed meanwhile, or Slurm unreachable: a Slurm run holds no claim here anyway
             return False
 
-    def _submit_slurm(self, run: RunDir, request: LaunchRequest) -> RunStatus:
-        assert request.slurm is not None
+    def _submit_slurm(self, run: RunDir, plan: SlurmPlan) -> RunStatus:
+        """sbatch the run once (slurm.submit is idempotent); its status. Only Slurm's refusal fails the run:
+        with slurmctld not answering it stays waiting, and a later launch or poll submits it (:meth:`status`)."""
+        with self._arrays:
+            if run.exit is None:
+                try:
+                    slurm.submit(run, plan, self.slurm_queue)
+                except slurm.SlurmUnreachable as exc:
+                    return RunStatus(run_id=run.run_id, state="starting",
+                                     message=f"Slurm is unavailable: {exc}; it is submitted once Slurm answers")
+                except MlfleetError as exc:  # sbatch refused it (a bad partition, account, QOS): failed, with why
+                    run.file(SECRET_FILE).unlink(missing_ok=True)  # no runner will come to read it
+                    write_json_atomic(run.file("exit.json"), {
+                        "exit_code": None, "signal": None, "reason": "failed-to-start", "finished_at": time.time(),
+                        "message": str(exc)})
+        return self.status(run.run_id)
+
+    def _unsubmitted(self, run: RunDir, cancelled_too: bool = False) -> SlurmPlan | None:
+        """The plan of a prepared Slurm run that was never sent to Slurm alone nor put in an array (slurmctld
+        was down at its launch, or the agent died between launch.json and sbatch), else None (and None for a
+        cancelled one, unless ``cancelled_too``: it must not be submitted now)."""
+        if (run.file(slurm.SLURM_FILE).exists() or run.file(slurm.ARRAY_TASK_FILE).exists()
+                or run.file("exit.json").exists() or (run.file("cancel.json").exists() and not cancelled_too)):
+            return None
+        launch = run.launch
+        if launch is None or launch.get("slurm") is None:
+            return None
         try:
-            slurm.submit(run, request.slurm, self.slurm_queue)
-        except MlfleetError as exc:  # sbatch refused it (a bad partition, account, QOS): failed, with Slurm's why
-            run.file(SECRET_FILE).unlink(missing_ok=True)  # no runner will come to read it
-            write_json_atomic(run.file("exit.json"), {"exit_code": None, "signal": None, "reason": "failed-to-start",
-                                                       "finished_at": time.time(), "message": str(exc)})
-        return self.status(request.run_id)
+            return msgspec.convert(launch["slurm"], SlurmPlan)
+        except (msgspec.ValidationError, TypeError):
+            return None
+
+    def _slurm_status(self, run: RunDir) -> RunStatus:
+        """A Slurm run's status; one left unsubmitted is submitted now (unless a submit is under way here)."""
+        plan = self._unsubmitted(run)
+        if plan is not None and self._arrays.acquire(blocking=False):
+            try:
+                if self._unsubmitted(run) is not None:
+                    return self._submit_slurm(run, plan)
+            finally:
+                self._arrays.release()
+        try:
+            return slurm.status(run, self.slurm_queue)
+        except slurm.SlurmUnreachable as exc:  # the job goes on, or waits, without slurmctld: nothing ended
+            started = run.started or {}
+            return RunStatus(run_id=run.run_id, state="running" if started else "starting", pid=started.get("pid"),
+                             started_at=started.get("started_at"), message=f"Slurm is unavailable: {exc}")
 
     def cancel(self, run_id: str) -> RunStatus:
         """Ask the run's runner to stop the job gracefully (it escalates to SIGKILL)."""
@@ -367,6 +440,13 @@ class Supervisor:
             return status
         write_json_atomic(run.file("cancel.json"), {"requested_at": time.time()})
         if slurm.is_slurm_run(run):
+            with self._arrays:  # never sent to Slurm (it was down): it ends here, and is never submitted now
+                if self._unsubmitted(run, cancelled_too=True) is not None:
+                    run.file(SECRET_FILE).unlink(missing_ok=True)
+                    write_json_atomic(run.file("exit.json"), {
+                        "exit_code": None, "signal": None, "reason": "cancelled", "finished_at": time.time(),
+                        "message": "cancelled before it was submitted to Slurm"})
+                    return self.status(run_id)
             slurm.cancel(run, self.slurm_queue)  # Slurm signals the batch step (the runner), which stops the job gracefully
             run.file(SECRET_FILE).unlink(missing_ok=True)  # still pending: its runner will never read it
             self.slurm_queue.forget()
@@ -406,7 +486,7 @@ class Supervisor:
     def status(self, run_id: str) -> RunStatus:
         run = self._existing(run_id)
         if slurm.is_slurm_run(run):
-            return slurm.status(run, self.slurm_queue)
+            return self._slurm_status(run)
         exit_record = run.exit
         started = run.started
         if exit_record is not None:
