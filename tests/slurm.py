@@ -71,31 +71,35 @@ class SlurmCluster:
         return done.stdout
 
     def submitted_names(self) -> list[str]:
-        """Job names of every job the controller ever accepted (its log), so a double submit is seen."""
-        names = []
-        for line in (self.root / "jobcomp.txt").read_text().splitlines() if (self.root / "jobcomp.txt").exists() else []:
-            for word in line.split():
-                if word.startswith("Name="):
-                    names.append(word[5:])
-        for line in self.run("squeue", "-h", "-o", "%j").split():
-            names.append(line)
-        return names
+        """Job names of every job the controller ever accepted (its log), so a double submit is seen.
+
+        squeue is read before jobcomp, and jobs are told apart by id: a job that ends between the two reads
+        is in squeue's answer (so never missed), and one seen in both is one job (so never counted twice).
+        """
+        jobs = dict(line.split("|", 1) for line in self.run("squeue", "-h", "-o", "%A|%j").split())
+        for fields in self._jobcomp():
+            jobs[fields.get("JobId", "")] = fields.get("Name", "")
+        return list(jobs.values())
+
+    def _jobcomp(self) -> list[dict[str, str]]:
+        path = self.root / "jobcomp.txt"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [dict(word.split("=", 1) for word in line.split() if "=" in word) for line in lines]
 
     def array_tasks(self) -> dict[tuple[str, str], list[int]]:
-        """Every job array the controller ran or queues, as (name, array job id) -> its task ids (jobcomp, squeue -r).
+        """Every job array the controller ran or queues, as (name, array job id) -> its task ids (squeue -r,
+        then jobcomp: a task that ends between the two reads is in one of them).
 
         A task cancelled while it was still pending never reaches jobcomp.
         """
         tasks: dict[tuple[str, str], set[int]] = {}
-        lines = (self.root / "jobcomp.txt").read_text().splitlines() if (self.root / "jobcomp.txt").exists() else []
-        for line in lines:
-            fields = dict(word.split("=", 1) for word in line.split() if "=" in word)
-            if fields.get("ArrayTaskId", "").isdigit():
-                tasks.setdefault((fields["Name"], fields["ArrayJobId"]), set()).add(int(fields["ArrayTaskId"]))
         for line in self.run("squeue", "-h", "-r", "-o", "%j|%F|%K").split():
             name, array, task = line.split("|")
             if task.isdigit():
                 tasks.setdefault((name, array), set()).add(int(task))
+        for fields in self._jobcomp():
+            if fields.get("ArrayTaskId", "").isdigit():
+                tasks.setdefault((fields["Name"], fields["ArrayJobId"]), set()).add(int(fields["ArrayTaskId"]))
         return {key: sorted(ids) for key, ids in tasks.items()}
 
     def log(self) -> str:
