@@ -11,7 +11,7 @@ import pytest
 from mlfleet.core.base.errors import NotFoundError, UsageError
 from mlfleet.core.registry import records
 from mlfleet.core.registry.refs import check_reason, parse_ref
-from mlfleet.core.registry.when import parse_at
+from mlfleet.core.base.when import parse_at
 from mlfleet.core.store import schema
 
 

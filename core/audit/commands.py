@@ -42,9 +42,9 @@ async def cmd_audit_head(client: ControllerClient, args: argparse.Namespace) -> 
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
-    from mlfleet.core.audit.export import parse_since
+    from mlfleet.core.base.when import parse_at
 
-    args.since_ts = parse_since(args.since, time.time()) if args.since else None  # before a controller starts
+    args.since_ts = parse_at(args.since, time.time(), "--since") if args.since else None  # before a controller starts
     args.output = str(check_output(Path(args.output).expanduser().absolute(), Home.from_env().own_folders(),
                                    args.force))  # the controller checks again: scripts call the RPC directly
     return client_command(_audit_export)(args)

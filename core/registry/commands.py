@@ -2,7 +2,7 @@
 
 The controller checks names, aliases and reasons and copies the artifact
 (core/registry/api.py); here a ``--at`` time is read in the user's own
-local time (core/registry/when.py) before it travels as Unix seconds, and
+local time (core/base/when.py) before it travels as Unix seconds, and
 answers are printed with the CLI toolkit (``--json``: the answer as is).
 """
 
@@ -18,7 +18,7 @@ from mlfleet.core.cli import render
 from mlfleet.core.cli.output import Add, bounded, client_command, positive, print_json, say
 from mlfleet.core.controller.client import ControllerClient
 from mlfleet.core.registry.refs import MAX_VERSION
-from mlfleet.core.registry.when import parse_at
+from mlfleet.core.base.when import parse_at
 
 
 def _aliases(aliases: dict[str, int]) -> str:

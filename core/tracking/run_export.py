@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -12,7 +11,8 @@ import numpy as np
 
 from mlfleet.core.base.errors import UsageError
 from mlfleet.core.tracking.export_format import FORMATS, compression, export_format
-from mlfleet.core.base.output_path import check_output, os_failure, place, temp_beside
+from mlfleet.core.base.output_path import check_output
+from mlfleet.core.store.copy_out import copy_to_file
 
 from mlfleet.core.tracking.run_queries import LIST_COLUMNS, NAN, marks, select_run_ids, texts
 
@@ -38,7 +38,6 @@ def export_runs(con: duckdb.DuckDBPyConnection, output: str, fmt: str | None = N
     ids = select_run_ids(con, where, sort, limit=10_000_000)
     order = np.arange(len(ids), dtype=np.int64)
     con.register("_export_ids", {"run_id": texts(ids), "_order": order})
-    tmp = temp_beside(target)
     try:
         if points:
             keys = list(dict.fromkeys(metrics or []))
@@ -52,25 +51,15 @@ def export_runs(con: duckdb.DuckDBPyConnection, output: str, fmt: str | None = N
             query = (f"select {', '.join('r.' + c for c in LIST_COLUMNS)}, x.* exclude (run_id, _order) "
                      "from runs r join _export_extra x on x.run_id = r.run_id order by x._order")
             params = []
-        try:
-            packed = compression(output) if fmt == "csv" else None  # a fixed word, chosen by the name's ending
-            options = EXPORT_FORMATS[fmt][:-1] + (f", compression {packed})" if packed else ")")
-            count = con.execute(f"copy ({query}) to ? {options}", params + [str(tmp)]).fetchall()[0][0]
-        except duckdb.Error as exc:
-            raise UsageError(f"cannot write {target}: {str(exc).strip().splitlines()[0]}") from None
-        if mode is not None:  # written 0600 (the controller's umask): the user's file gets the user's mode
-            try:
-                os.chmod(tmp, mode)
-            except OSError as exc:
-                raise os_failure(exc, "write", target) from None
-        place(tmp, target, force)
+        packed = compression(output) if fmt == "csv" else None  # a fixed word, chosen by the name's ending
+        options = EXPORT_FORMATS[fmt][:-1] + (f", compression {packed})" if packed else ")")
+        count = copy_to_file(con, query, params, options, target, mode, force)
     finally:
         for name in ("_export_ids", "_export_extra"):
             try:
                 con.unregister(name)
             except duckdb.Error:
                 pass
-        tmp.unlink(missing_ok=True)
     return {"output": str(target), "format": fmt, "rows": count, "runs": len(ids),
             "kind": "points" if points else "runs"}
 

@@ -1,4 +1,5 @@
-"""``models history --at T``: a time as people write it, read in the client, where "local time" means the user's.
+"""A time as people write it (``models history --at T``, ``audit export --since T``), read in the client, where
+"local time" means the user's.
 
 Pure: the caller passes ``now``. Takes an ISO date-time (``2026-11-28``,
 ``2026-11-28 14:30``, ``2026-11-28T14:30:00+01:00``; without an offset it is
@@ -15,8 +16,8 @@ from mlfleet.core.base.errors import UsageError
 from mlfleet.core.base.units import parse_duration
 
 
-def parse_at(text: str, now: float) -> float:
-    """Unix seconds for ``text`` (see the module's doc); a time it cannot read is one sentence."""
+def parse_at(text: str, now: float, flag: str = "--at") -> float:
+    """Unix seconds for ``text`` (see the module's doc); a time it cannot read is one sentence naming ``flag``."""
     raw = text.strip()
     low = raw.lower()
     if low == "now":
@@ -41,6 +42,6 @@ def parse_at(text: str, now: float) -> float:
             try:
                 return (stamp.astimezone() if stamp.tzinfo is None else stamp).timestamp()
             except (ValueError, OverflowError, OSError):
-                raise UsageError(f"--at {raw!r} is out of the range of dates this machine can convert") from None
-    raise UsageError(f"--at {raw!r} is not a time; write e.g. '2026-11-28 14:30' (local time unless it has an "
+                raise UsageError(f"{flag} {raw!r} is out of the range of dates this machine can convert") from None
+    raise UsageError(f"{flag} {raw!r} is not a time; write e.g. '2026-11-28 14:30' (local time unless it has an "
                      "offset), '2h' or '3d ago', or '@' and Unix seconds")
