@@ -13,6 +13,7 @@ EXIT_USAGE = 2  # bad input: a spec, a flag, a filter
 EXIT_DRIFT = 3  # reserved for drift checks (--fail-on-drift)
 EXIT_NOT_FOUND = 4  # a job, run or host that does not exist
 EXIT_UNAVAILABLE = 5  # controller or agent could not be reached or started
+EXIT_DENIED = 6  # the policy (policy.yaml: a role, a quota at submit, residency) does not allow it
 
 
 class MlfleetError(Exception):
@@ -60,6 +61,12 @@ class UsageError(MlfleetError):
     """A command-line argument or request parameter is wrong."""
 
     exit_code = EXIT_USAGE
+
+
+class PermissionDeniedError(MlfleetError):
+    """The controller's policy does not allow this caller this action; the sentence names the permission and rule."""
+
+    exit_code = EXIT_DENIED
 
 
 class NotFoundError(MlfleetError):
