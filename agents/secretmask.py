@@ -12,7 +12,9 @@ two halves.
 
 from __future__ import annotations
 
+import bisect
 import os
+import re
 import threading
 
 MASK = b"***"
@@ -20,40 +22,53 @@ SECRET_FILE = "secret_env.json"  # a Slurm run's secret values, 0600, deleted by
 
 
 class Masker:
-    """Replaces the given values in a byte stream fed in arbitrary chunks."""
+    """Replaces the given values in a byte stream fed in arbitrary chunks, as :func:`mask_text` would all at once.
+
+    Matching is leftmost-longest (a regex alternation, longest value first):
+    scanning from the left, the longest value that starts at a position is
+    masked and the scan goes on after it. A decision is written out only when
+    no later byte could change it: from the first position whose rest is a
+    proper start of some value (``AAAA`` may still become ``AAAAA``; ``xyz``
+    may still become ``xyzw``), the bytes wait for the next chunk.
+    """
 
     def __init__(self, values: list[str]) -> None:
-        # longest first: a value that contains another is masked whole
         self.values = sorted({v.encode() for v in values if v}, key=len, reverse=True)
+        self.pattern = re.compile(b"|".join(re.escape(v) for v in self.values)) if self.values else None
+        self.longest = len(self.values[0]) if self.values else 0
         self.pending = b""
 
     def feed(self, chunk: bytes) -> bytes:
         """What may be written now of ``pending + chunk``, masked; the rest waits for the next chunk."""
-        data = self._replace(self.pending + chunk)
-        keep = self._held_back(data)
-        self.pending = data[len(data) - keep:] if keep else b""
-        return data[:len(data) - keep]
+        data = self.pending + chunk
+        if self.pattern is None:
+            return data
+        out: list[bytes] = []
+        pos = 0
+        growable = [start for start in range(max(0, len(data) - self.longest + 1), len(data))
+                    if self._could_grow(data, start)]
+        while True:
+            after = bisect.bisect_left(growable, pos)
+            hold = growable[after] if after < len(growable) else len(data)
+            match = self.pattern.search(data, pos)
+            if match is None or match.start() >= hold:
+                break
+            # It starts before anything undecided, so no later byte can make a longer match there: final.
+            out += (data[pos:match.start()], MASK)
+            pos = match.end()
+        out.append(data[pos:hold])
+        self.pending = data[hold:]
+        return b"".join(out)
 
     def flush(self) -> bytes:
-        """The end of the stream: what was held back (it is no secret's start any more)."""
-        out, self.pending = self.pending, b""
-        return out
+        """The end of the stream: what was held back, masked with what there is."""
+        data, self.pending = self.pending, b""
+        return self.pattern.sub(MASK, data) if self.pattern is not None else data
 
-    def _replace(self, data: bytes) -> bytes:
-        for value in self.values:
-            if value in data:
-                data = data.replace(value, MASK)
-        return data
-
-    def _held_back(self, data: bytes) -> int:
-        """The length of the longest end of ``data`` that is a proper start of some value."""
-        best = 0
-        for value in self.values:
-            for n in range(min(len(value) - 1, len(data)), best, -1):
-                if data.endswith(value[:n]):
-                    best = n
-                    break
-        return best
+    def _could_grow(self, data: bytes, start: int) -> bool:
+        """Whether ``data[start:]`` is a proper start of some value (more bytes could make a longer match)."""
+        rest = data[start:]
+        return len(rest) < self.longest and any(len(v) > len(rest) and v.startswith(rest) for v in self.values)
 
 
 def mask_text(text: str, values: list[str]) -> str:

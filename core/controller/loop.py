@@ -68,6 +68,7 @@ class Controller:
         if foreign:
             log.warning("%d file(s) in %s belong to root and were left as they are: %s", len(foreign),
                         self.home.data_dir, ", ".join(map(str, foreign[:5])))
+        ctx.access.load()  # a bad policy.yaml stops the start, as a bad config.yaml does
         for service in self.services:
             service.prepare()
         store = ctx.opened_store = Store(self.home.db_path, query_workers=self.settings.query.workers,

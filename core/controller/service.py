@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 from mlfleet.core.base.paths import Home
 from mlfleet.core.base.rpc import rpc_methods
 from mlfleet.core.base.settings import Settings
+from mlfleet.core.team.access import Access
 
 if TYPE_CHECKING:
     from mlfleet.core.fleet.hostlink import HostLink
@@ -42,6 +43,7 @@ class ControllerContext:
         self.opened_store: Store | None = None  # set by the loop once the file is open
         self.stopping = asyncio.Event()
         self.stopped_by: str | None = None  # who asked (controller stop); None: a signal
+        self.access = Access(home.config_dir)  # policy.yaml as it is now, and OS groups (docs/team.md)
 
     @property
     def store(self) -> Store:
