@@ -24,6 +24,7 @@ from mlfleet import __version__
 from mlfleet.core.base.bounds import usage_dispatcher
 from mlfleet.core.base.hello import PROTOCOL_VERSION
 from mlfleet.core.base.listener import HELLO_DEADLINE_S, UnixListener
+from mlfleet.core.base.private import user_name
 from mlfleet.core.base.protocol import SERVER_FRAME_DEADLINE_S, SERVER_MAX_REQUEST, Peer
 from mlfleet.core.base.rpc import method_dispatcher, rpc_methods
 from mlfleet.core.base.send_budget import SendBudget
@@ -92,7 +93,8 @@ class ControllerApi:
     async def rpc_hello(self, peer: Peer, protocol: int, role: str = "") -> dict[str, Any]:
         if self.listener is not None:
             self.listener.greeted(peer)  # a client, not a bare socket: evicted for a newcomer only when idle
-        return {"protocol": PROTOCOL_VERSION, "role": "controller", "version": __version__}
+        # owner: the controller's OS user; a caller who is someone else sends its own code (core/jobs/code_send.py)
+        return {"protocol": PROTOCOL_VERSION, "role": "controller", "version": __version__, "owner": user_name(os.getuid())}
 
     async def rpc_status(self, peer: Peer) -> dict[str, Any]:
         facts: dict[str, Any] = {}

@@ -35,9 +35,10 @@ SUBMIT_TIMEOUT_S = 60.0  # the first attempt: the controller snapshots the workd
 class ControllerClient:
     """A connection to the controller; ``await client.call("jobs_list")``."""
 
-    def __init__(self, peer: Peer, home: Home) -> None:
+    def __init__(self, peer: Peer, home: Home, remote: bool = False) -> None:
         self.peer = peer
         self.home = home
+        self.remote = remote  # reached over SSH: the controller cannot see this machine's files
 
     async def call(self, method: str, request_timeout: float | None = 60.0, **params: Any) -> Any:
         """Call one controller method; ``request_timeout`` bounds the wait (params are the method's own)."""

@@ -113,7 +113,10 @@ async def _trigger(client: Any, args: argparse.Namespace, report_id: str) -> dic
     from mlfleet.core.base.models import to_plain
 
     spec_path = args.config_obj.on_drift_submit
-    answer = await client.call("submit", spec=to_plain(args.trigger_spec), spec_path=spec_path)
+    from mlfleet.core.jobs.code_send import with_code
+
+    answer = await client.call("submit", **await with_code(client, {"spec": to_plain(args.trigger_spec),
+                                                                     "spec_path": spec_path}))
     await client.call("drift_trigger", report=report_id, job_id=answer["job_id"], spec_path=spec_path)
     if not args.json:
         print(f"drift found: submitted {answer['job_id']} ({spec_path})", file=sys.stderr)

@@ -20,6 +20,7 @@ from mlfleet.core.base.models import SHOWN_JOB_STATES, TERMINAL_STATES, JobSpec,
 from mlfleet.core.base.protocol import Peer
 from mlfleet.core.jobs import records
 from mlfleet.core.jobs import submit_store as submit_keys
+from mlfleet.core.jobs.code_upload import must_send_code
 from mlfleet.core.jobs.runs import PendingJob, queued_job
 from mlfleet.core.jobs.scheduler import Decision, never_fits
 from mlfleet.core.jobs.slurm_plan import free_gpus_words
@@ -45,19 +46,28 @@ class JobsApi:
         return self.c.ctx.store
 
     async def rpc_submit(self, peer: Peer, spec: dict[str, Any], spec_path: str | None = None,
-                         queue_anyway: bool = False, key: str | None = None) -> dict[str, Any]:
-        """Queue a job. With ``key`` (the client's idempotency key) a retry gets the same job back."""
+                         queue_anyway: bool = False, key: str | None = None,
+                         code: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Queue a job. With ``key`` (the client's idempotency key) a retry gets the same job back.
+
+        ``code`` names a snapshot the caller sent (core/jobs/code_upload.py):
+        then the workdir is only a label and is never read here. Without it
+        the controller packs the workdir itself, which only its own OS user
+        may ask for: it would read the files as that user.
+        """
+        actor = peer.info["actor"]
+        if code is None:
+            must_send_code(actor)
         job_spec = validate_job_spec(spec)
         unknown_secrets(SecretStore(self.c.ctx.home.secrets_file), job_spec.secret_refs())
         if not Path(job_spec.workdir).is_absolute():
             raise UsageError("workdir must be an absolute path when submitting through the API")
-        actor = peer.info["actor"]
         if job_spec.sweep is not None:  # one child job per point: the sweeps capability queues them
             if self.c.sweep_submit is None:
                 raise UsageError("this controller does not run sweeps")
             if key is not None:
                 check_submit_key(key)
-            return await self.c.sweep_submit(actor, job_spec, spec_path, queue_anyway, key)
+            return await self.c.sweep_submit(actor, job_spec, spec_path, queue_anyway, key, code=code)
         if key is not None:
             check_submit_key(key)
             earlier = await self.store.read(submit_keys.find, actor, key)
@@ -74,8 +84,11 @@ class JobsApi:
         submitted = time.time()
         workdir = Path(job_spec.workdir)
         home = self.c.ctx.home
-        snap, git = await asyncio.gather(asyncio.to_thread(snapshot, workdir, home.code_cache_dir, home.own_paths()),
-                                         asyncio.to_thread(git_lineage, workdir))
+        if code is not None:
+            snap, git = await self.c.code_uploads.uploaded(code, actor)
+        else:
+            snap, git = await asyncio.gather(asyncio.to_thread(snapshot, workdir, home.code_cache_dir, home.own_paths()),
+                                             asyncio.to_thread(git_lineage, workdir))
         answer = {"job_id": job_id, "state": "pending", "name": job_spec.name, "project": job_spec.project,
                   "code_hash": snap.sha256, "code_files": snap.files, "code_skipped": snap.skipped, "lineage": git,
                   "key": key}

@@ -25,6 +25,7 @@ from mlfleet.core.cli import render
 from mlfleet.core.cli.output import Add, bounded, client_command, positive, print_json, say
 from mlfleet.core.controller.client import ControllerClient, connect, submit_with_retry
 from mlfleet.core.jobs import log_output as cli_logs
+from mlfleet.core.jobs.code_send import with_code
 from mlfleet.core.jobs.overrides import parse_overrides
 from mlfleet.core.jobs.spec import load_job_spec
 from mlfleet.core.jobs.submit_key import check_submit_key, new_submit_key
@@ -63,9 +64,10 @@ async def _submit(home: Home, args: argparse.Namespace) -> int:
               f"{args.retry_for:.0f} s", file=sys.stderr)
 
     try:
+        params = await with_code(first, {"spec": to_plain(args.spec), "spec_path": str(Path(args.file).absolute()),
+                                         "queue_anyway": args.queue_anyway, "key": args.key}, home)
         answer, client = await submit_with_retry(
-            first, {"spec": to_plain(args.spec), "spec_path": str(Path(args.file).absolute()),
-                    "queue_anyway": args.queue_anyway, "key": args.key},
+            first, params,
             retry_for=args.retry_for, resubmit=_resubmit_command(args), on_retry=asking_again)
         try:
             return await _submitted(client, args, answer)

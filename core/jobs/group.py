@@ -43,22 +43,32 @@ Record = Callable[[duckdb.DuckDBPyConnection, list[str]], Any]
 
 
 async def submit_group(jobs: "JobsService", actor: str, specs: list[JobSpec], spec_path: str | None,
-                       queue_anyway: bool, record: Record, label: Callable[[int], str]) -> tuple[list[str], Any, dict]:
+                       queue_anyway: bool, record: Record, label: Callable[[int], str],
+                       code: dict[str, Any] | None = None) -> tuple[list[str], Any, dict]:
     """Queue every spec as a job; ``record`` writes the caller's rows in the same transaction.
 
     Returns the job ids, what ``record`` returned (when it is not None
     nothing was written and nothing queued), and the code snapshot's facts.
-    ``label(i)`` names the i-th job in a refusal.
+    ``label(i)`` names the i-th job in a refusal. ``code``: the snapshot the
+    caller sent of the one workdir all specs share (core/jobs/code_upload.py);
+    without it the controller packs each workdir, as its own user.
     """
     for spec in specs:
         if not Path(spec.workdir).is_absolute():
             raise UsageError("workdir must be an absolute path when submitting through the API")
+    workdirs = sorted({spec.workdir for spec in specs})
+    if code is not None and len(workdirs) > 1:
+        raise UsageError(f"the jobs name {len(workdirs)} workdirs but one code snapshot was sent; "
+                         "submit them separately, one workdir each")
     _check_fits(jobs, actor, specs, queue_anyway, label)
     ids = await _new_job_ids(jobs, len(specs))
     home = jobs.ctx.home
-    workdirs = sorted({spec.workdir for spec in specs})
-    made = await asyncio.gather(*(asyncio.gather(asyncio.to_thread(snapshot, Path(w), home.code_cache_dir, home.own_paths()),
-                                                 asyncio.to_thread(git_lineage, Path(w))) for w in workdirs))
+    if code is not None:
+        made = [await jobs.code_uploads.uploaded(code, actor)] if workdirs else []
+    else:
+        made = await asyncio.gather(*(asyncio.gather(
+            asyncio.to_thread(snapshot, Path(w), home.code_cache_dir, home.own_paths()),
+            asyncio.to_thread(git_lineage, Path(w))) for w in workdirs))
     by_workdir = dict(zip(workdirs, made))
     submitted = time.time()
     job_rows = []

@@ -24,6 +24,7 @@ from mlfleet.core.controller.service import BaseService, ControllerContext, Rpc
 from mlfleet.core.environments.prepare import EnvironmentPreparer
 from mlfleet.core.fleet.service import FleetService
 from mlfleet.core.jobs import records, scheduler
+from mlfleet.core.jobs.code_upload import CodeUploadApi, CodeUploads
 from mlfleet.core.jobs.dispatch import Dispatcher
 from mlfleet.core.jobs.host_runs import HostRuns
 from mlfleet.core.jobs.launch import Launcher
@@ -52,6 +53,7 @@ class JobsService(BaseService):
         self.environments = EnvironmentPreparer(ctx.home, ctx.settings)  # resolved, fetched, shipped before a launch
         self.dispatcher = Dispatcher(self)
         self.host_runs = HostRuns(self)
+        self.code_uploads = CodeUploads(ctx.home)  # snapshots other users send (they are never read from their paths)
         fleet.take_part(self.host_runs)  # a host's runs ride its connection (fence) and its poll
 
     async def start(self) -> None:
@@ -85,7 +87,7 @@ class JobsService(BaseService):
     def rpcs(self) -> dict[str, Rpc]:
         from mlfleet.core.jobs.api import JobsApi
 
-        return rpc_methods(JobsApi(self))
+        return {**rpc_methods(JobsApi(self)), **rpc_methods(CodeUploadApi(self.code_uploads))}
 
     def runs_on(self, host: str) -> list[ActiveRun]:
         return [r for r in self.active.values() if r.host == host]

@@ -34,8 +34,10 @@ class SweepsApi:
         return self.s.ctx.store
 
     async def submit(self, actor: str, spec: JobSpec, spec_path: str | None, queue_anyway: bool,
-                     key: str | None) -> dict[str, Any]:
-        """Expand, check and queue a sweep; with ``key``, a retry gets the same sweep back."""
+                     key: str | None, code: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Expand, check and queue a sweep; with ``key``, a retry gets the same sweep back.
+
+        ``code``: the snapshot the caller sent of the sweep's workdir (core/jobs/code_upload.py)."""
         plain = to_plain(spec)
         spec_hash = spec.content_hash()
         if key is not None:
@@ -58,7 +60,8 @@ class SweepsApi:
             return records.insert_sweep(con, row, points, job_ids, actor)
 
         ids, earlier, facts = await submit_group(self.s.jobs, actor, [c.spec for c in made], spec_path, queue_anyway,
-                                                 record, lambda i: f"{made[i].spec.name} (point {made[i].point})")
+                                                 record, lambda i: f"{made[i].spec.name} (point {made[i].point})",
+                                                 code=code)
         if earlier is not None:  # another attempt with this key was recorded while this one snapshotted
             return _same_sweep(earlier, key or "", spec_hash, plain)
         for job_id, child in zip(ids, made):

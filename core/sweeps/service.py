@@ -34,8 +34,8 @@ class SweepsService(BaseService):
             self.members[row["job_id"]] = limits.Member(row["name"], row["idx"], row["max_parallel"])
 
     async def submit(self, actor: str, spec: JobSpec, spec_path: str | None, queue_anyway: bool,
-                     key: str | None) -> dict[str, Any]:
-        return await self.api.submit(actor, spec, spec_path, queue_anyway, key)
+                     key: str | None, code: dict[str, Any] | None = None) -> dict[str, Any]:
+        return await self.api.submit(actor, spec, spec_path, queue_anyway, key, code=code)
 
     def hold(self, waiting: list[str], in_flight: list[str]) -> dict[str, tuple[str, str]]:
         # Ended children stay in ``members`` until a restart (a few bytes each): a child between

@@ -22,6 +22,7 @@ from textual.containers import Vertical
 from textual.widgets import Static
 
 from mlfleet.core.controller.client import ControllerClient, submit_with_retry
+from mlfleet.core.jobs.code_send import with_code
 from mlfleet.core.jobs.overrides import parse_overrides
 from mlfleet.core.jobs.spec import load_job_spec
 from mlfleet.core.sweeps.children import children as sweep_children
@@ -266,8 +267,9 @@ class JobsScreen(PollingScreen):
         except MlfleetError:
             retry_for = float(ClientSettings().submit_retry)
         try:
+            params = await with_code(client, {"spec": to_plain(spec), "spec_path": spec_path, "key": key})
             answer, used = await submit_with_retry(
-                client, {"spec": to_plain(spec), "spec_path": spec_path, "key": key}, retry_for=retry_for,
+                client, params, retry_for=retry_for,
                 resubmit=" ".join(["mlfleet", "submit", shlex.quote(spec_path),
                                    *(f"--set {shlex.quote(x)}" for x in picked.sets),
                                    *([f"--name {shlex.quote(picked.name)}"] if picked.name else []), "--key", key]),
