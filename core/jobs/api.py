@@ -73,6 +73,7 @@ class JobsApi:
             earlier = await self.store.read(submit_keys.find, actor, key)
             if earlier is not None:  # a retry: the job is there, whatever the fleet looks like now
                 return submit_keys.same_job(earlier, job_spec.content_hash(), to_plain(job_spec))
+        uploaded = await self.c.code_uploads.uploaded(code, actor) if code is not None else None
         dispatcher = self.c.dispatcher
         impossible = never_fits(dispatcher.host_views(), queued_job("new", job_spec, time.time(), peer.info["actor"]),
                                 dispatcher.policy)
@@ -84,8 +85,8 @@ class JobsApi:
         submitted = time.time()
         workdir = Path(job_spec.workdir)
         home = self.c.ctx.home
-        if code is not None:
-            snap, git = await self.c.code_uploads.uploaded(code, actor)
+        if uploaded is not None:  # the caller's own snapshot: the workdir is never read here
+            snap, git = uploaded
         else:
             snap, git = await asyncio.gather(asyncio.to_thread(snapshot, workdir, home.code_cache_dir, home.own_paths()),
                                              asyncio.to_thread(git_lineage, workdir))

@@ -31,6 +31,7 @@ MAX_ENTRIES = 200_000
 MAX_LINK_HOPS = 40  # as the kernel's own limit on symlinks followed in one lookup
 # Headers are 512 bytes (PAX ones a few more): content plus this much per entry is all a snapshot inflates to.
 _HEADER_ALLOWANCE = 3 * 512
+MAX_TRAILING = 1024 * 1024  # zeros after a tar's end (its record padding is 10 KiB): any more is not a snapshot
 
 
 class UnsafeArchive(UsageError):
@@ -83,8 +84,11 @@ def check_archive(path: Path, max_content: int = MAX_SNAPSHOT_BYTES) -> ArchiveF
                     kinds[parts] = kind
                     if kind == "link":
                         links[parts] = member.linkname
-            while bounded.read(1 << 20):  # the rest of the gzip stream: its CRC and length are checked at its end
-                pass
+            end = bounded.read_bytes
+            while bounded.read(1 << 16):  # the rest of the gzip stream: its CRC and length are checked at its end
+                if bounded.read_bytes - end > MAX_TRAILING:
+                    raise UnsafeArchive(f"goes on for more than {MAX_TRAILING // 1024} KiB after the end of its tar "
+                                        "(a snapshot ends there)")
         except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
             raise UnsafeArchive(f"is not a whole gzip tar ({exc or type(exc).__name__})") from None
     for parts in kinds:
