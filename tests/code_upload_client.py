@@ -12,7 +12,7 @@ counted in ``calls``.
 
     story SOCKET WORKDIR MARKER        make WORKDIR (0700, a git repo); submit its job.yaml as an older client
                                        would (no code), then twice as this one (keys k-first, k-second), then
-                                       k-first again; each waits for the job and reads its stdout
+                                       k-first again, then sweep.yaml; each waits for its jobs and reads stdout
     submit-code SOCKET WORKDIR SHA256  a submit that names code SHA256 (someone else's)
     chunk SOCKET UPLOAD                add bytes to upload UPLOAD (someone else's)
 """
@@ -58,24 +58,29 @@ def _make_workdir(workdir: Path, marker: str) -> None:
     workdir.chmod(0o700)
     (workdir / "train.py").write_text(f"print({marker!r})\n")
     (workdir / "job.yaml").write_text("name: alices-job\ncommand: [python, train.py]\n")
+    (workdir / "sweep.yaml").write_text("name: alices-sweep\ncommand: [python, train.py]\n"
+                                        "sweep:\n  grid:\n    params.lr: [0.1, 0.01]\n")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(workdir)]
     subprocess.run(["git", "init", "-q", str(workdir)], check=True)
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-qm", "one"], check=True)
 
 
-async def _submit_once(socket: str, workdir: Path, key: str) -> dict[str, Any]:
+async def _submit_once(socket: str, workdir: Path, key: str, spec_file: str = "job.yaml") -> dict[str, Any]:
     before = collections.Counter(calls)
-    spec = load_job_spec(workdir / "job.yaml")
+    spec = load_job_spec(workdir / spec_file)
     client = await _open(socket)
-    params = await with_code(client, {"spec": to_plain(spec), "spec_path": str(workdir / "job.yaml"), "key": key})
+    params = await with_code(client, {"spec": to_plain(spec), "spec_path": str(workdir / spec_file), "key": key})
     answer, used = await submit_with_retry(client, params, retry_for=5, resubmit="(test)",
                                            reopen=lambda: _open(socket))
-    job = answer
-    while job["state"] not in TERMINAL_STATES:
-        job = await used.call("job_wait", request_timeout=90, job=answer["job_id"], timeout=60)
-    logs = await used.call("job_logs", job=answer["job_id"])
-    return {"answer": answer, "job": job, "stdout": logs["data"], "sent": params.get("code"),
+    jobs = []
+    for job_id in answer.get("jobs") or [answer["job_id"]]:  # a sweep's children, or the one job
+        job = {"state": "pending"}
+        while job["state"] not in TERMINAL_STATES:
+            job = await used.call("job_wait", request_timeout=90, job=job_id, timeout=60)
+        job["stdout"] = (await used.call("job_logs", job=job_id))["data"]
+        jobs.append(job)
+    return {"answer": answer, "job": jobs[0], "jobs": jobs, "stdout": jobs[0]["stdout"], "sent": params.get("code"),
             "calls": dict(collections.Counter(calls) - before)}
 
 
@@ -88,7 +93,8 @@ async def story(socket: str, workdir: Path, marker: str) -> dict[str, Any]:
         bare = {"error": str(exc), "kind": getattr(exc, "kind", type(exc).__name__)}
     return {"bare": bare, "first": await _submit_once(socket, workdir, "k-first"),
             "second": await _submit_once(socket, workdir, "k-second"),
-            "again": await _submit_once(socket, workdir, "k-first")}
+            "again": await _submit_once(socket, workdir, "k-first"),
+            "sweep": await _submit_once(socket, workdir, "k-sweep", "sweep.yaml")}
 
 
 async def submit_bare(socket: str, workdir: Path) -> dict[str, Any]:

@@ -131,7 +131,7 @@ def test_another_users_job_runs_the_code_she_sent_and_the_controller_never_reads
         assert first["job"]["state"] == "succeeded", first["job"]
         assert "trained-by-alice" in first["stdout"]
         sent = first["sent"]["sha256"]
-        assert first["answer"]["code_hash"] == sent and first["answer"]["code_files"] == 2
+        assert first["answer"]["code_hash"] == sent and first["answer"]["code_files"] == 3
         assert first["calls"]["code_upload_begin"] == 1 and first["calls"]["code_upload_end"] == 1
         assert first["calls"]["code_upload_chunk"] >= 1
         assert first["sent"]["lineage"]["git_commit"]  # her repository's commit, computed by her client
@@ -143,6 +143,12 @@ def test_another_users_job_runs_the_code_she_sent_and_the_controller_never_reads
         # The first key again (a retry): the same job, nothing sent, nothing queued.
         assert again["answer"]["existing"] is True and again["answer"]["job_id"] == first["answer"]["job_id"]
         assert "code_upload_begin" not in again["calls"]
+        # A sweep from the same workdir: its children run the same code, sent once (core/jobs/group.py).
+        sweep = story["sweep"]
+        assert sweep["answer"]["sweep_id"] and sweep["answer"]["code_hash"] == sent
+        assert "code_upload_begin" not in sweep["calls"]
+        assert [j["state"] for j in sweep["jobs"]] == ["succeeded", "succeeded"]
+        assert all("trained-by-alice" in j["stdout"] for j in sweep["jobs"])
 
         archives, incoming = _cache_state(fleet)
         assert archives == {f"{sent}.tar.gz"} and incoming == []
@@ -355,3 +361,27 @@ def test_who_packs_the_code() -> None:
     assert not must_send_own_code({"owner": "alice"}, "alice")
     assert not must_send_own_code({}, "alice")  # a controller older than team mode: one's own
     assert must_send_own_code({"owner": "alice"}, "alice", remote=True)  # over SSH it cannot see this machine
+
+
+@pytest.mark.parametrize("case", sorted(set(HOSTILE) - {"compression bomb"}))
+def test_the_node_refuses_the_same_archives_and_writes_nothing_outside_its_cache(tmp_path: Path, case: str) -> None:
+    """The node checks again (agents/codecache.py): an archive that reached it by another way escapes nowhere.
+
+    (The bomb is left out here: the node stops reading at the tar's end, so zeros after it cost it nothing.)
+    """
+    from mlfleet.agents.codecache import CodeCache
+    from mlfleet.core.base.errors import UsageError
+
+    state = tmp_path / "state" / "deep"
+    state.mkdir(parents=True)
+    cache = CodeCache(state)
+    data = HOSTILE[case][0]
+    sha = hashlib.sha256(data).hexdigest()
+    (cache.incoming / f"{sha}.tar.gz").write_bytes(data)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(UsageError) as caught:
+        cache.unpack(sha)
+    assert sha[:12] in str(caught.value)
+    after = sorted(str(p) for p in tmp_path.rglob("*"))
+    assert [p for p in after if p not in before] == []  # no tree, no file beside or above it
+    assert not cache.path(sha).exists()
