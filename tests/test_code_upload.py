@@ -232,7 +232,11 @@ async def _upload_bytes(client: ControllerClient, data: bytes, claim: str | None
 
 
 def test_hostile_archives_are_refused_with_a_sentence_and_leave_nothing_in_the_cache(fleet: Fleet) -> None:
+    leftover = fleet.home.code_cache_dir / ".incoming" / "u0.part"  # a controller stopped mid-upload left it
+    leftover.parent.mkdir(parents=True, mode=0o700)
+    leftover.write_bytes(b"half an archive")
     sock = _started(fleet)
+    assert not leftover.exists()  # cleared at start
 
     async def story() -> dict[str, str]:
         refused = {}
