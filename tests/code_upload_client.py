@@ -15,6 +15,7 @@ counted in ``calls``.
                                        k-first again, then sweep.yaml; each waits for its jobs and reads stdout
     submit-code SOCKET WORKDIR SHA256  a submit that names code SHA256 (someone else's)
     chunk SOCKET UPLOAD                add bytes to upload UPLOAD (someone else's)
+    deploy-apply SOCKET WORKDIR        apply a deployment whose replicas the controller would pack from WORKDIR
 """
 
 from __future__ import annotations
@@ -114,6 +115,11 @@ async def chunk(socket: str, upload: str) -> dict[str, Any]:
     return await client.call("code_upload_chunk", upload=upload, offset=0, data=b"alice was here")
 
 
+async def deploy_apply(socket: str, workdir: Path) -> dict[str, Any]:
+    client = await _open(socket)
+    return await client.call("deploy_apply", spec={"name": "alices-serving", "model": "m:1", "workdir": str(workdir)})
+
+
 async def main(argv: list[str]) -> dict[str, Any]:
     command, socket, *rest = argv
     if command == "story":
@@ -122,6 +128,8 @@ async def main(argv: list[str]) -> dict[str, Any]:
         return await submit_bare(socket, Path(rest[0]))
     if command == "submit-code":
         return await submit_code(socket, Path(rest[0]), rest[1])
+    if command == "deploy-apply":
+        return await deploy_apply(socket, Path(rest[0]))
     if command == "chunk":
         return await chunk(socket, rest[0])
     raise SystemExit(f"unknown command {command}")

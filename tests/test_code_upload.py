@@ -302,7 +302,7 @@ def test_another_user_cannot_add_to_an_upload_nor_use_code_she_did_not_send(flee
     os.chown(project, alice.pw_uid, alice.pw_gid)
     os.chown(project / "job.yaml", alice.pw_uid, alice.pw_gid)
     try:
-        async def story() -> tuple[dict, dict, dict, dict, set[str], list[str]]:
+        async def story() -> tuple[dict, dict, dict, dict, dict, set[str], list[str]]:
             client = await _client(sock)
             try:
                 good = _targz([_entry("train.py", data=b"print('the controller user code')\n")])
@@ -314,6 +314,7 @@ def test_another_user_cannot_add_to_an_upload_nor_use_code_she_did_not_send(flee
                 done = await client.call("code_upload_end", upload=begun["upload"])  # whole, and only our bytes
                 borrowed = await asyncio.to_thread(_as, alice, "submit-code", str(sock), str(project), sha)
                 has = await asyncio.to_thread(_as, alice, "submit-code", str(sock), str(project), "2" * 64)
+                deploy = await asyncio.to_thread(_as, alice, "deploy-apply", str(sock), "/home/someone-else/project")
                 # Mid-upload, the connection closes: its partial file goes with it.
                 half = await _client(sock)
                 begun = await half.call("code_upload_begin", sha256="3" * 64, size=1000)
@@ -321,17 +322,19 @@ def test_another_user_cannot_add_to_an_upload_nor_use_code_she_did_not_send(flee
                 during = _cache_state(fleet)[1]
                 await half.close()
                 await asyncio.sleep(0.5)
-                return intruder, done, borrowed, has, set(during), _cache_state(fleet)[1]
+                return intruder, done, borrowed, has, deploy, set(during), _cache_state(fleet)[1]
             finally:
                 await client.close()
 
-        intruder, done, borrowed, unknown, during, after = asyncio.run(story())
+        intruder, done, borrowed, unknown, deploy, during, after = asyncio.run(story())
         assert intruder["kind"] == "PermissionDeniedError", intruder
         assert intruder["uids"] == [alice.pw_uid] * 3 and int(intruder["cap_eff"], 16) == 0
         assert f"is not {alice.pw_name}'s on this connection" in intruder["error"]
         assert done["files"] == 1
         assert borrowed["kind"] == "NotFoundError" and f"was not sent by {alice.pw_name}" in borrowed["error"]
         assert unknown["kind"] == "NotFoundError"
+        # A deployment's replicas are packed by the controller from the workdir: from another user, refused.
+        assert deploy["kind"] == "PermissionDeniedError" and "does not read other users' files" in deploy["error"]
         assert len(during) == 1 and after == []
     finally:
         for p in (project / "job.yaml", project):

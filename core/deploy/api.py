@@ -26,6 +26,7 @@ from mlfleet.core.deploy.replica_state import state_of
 from mlfleet.core.deploy.rollout import endpoints as healthy_endpoints
 from mlfleet.core.deploy.spec import DeploymentSpec, parse_model_ref, validate_deployment_spec
 from mlfleet.core.jobs.group import never_fits_words
+from mlfleet.core.jobs.code_upload import must_be_controller_user
 from mlfleet.core.registry.records import resolve
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class DeployApi:
     async def rpc_deploy_apply(self, peer: Peer, spec: dict[str, Any], spec_path: str | None = None) -> dict[str, Any]:
         """Create or update a deployment from its spec; the same spec again changes nothing."""
         actor = peer.info["actor"]
+        must_be_controller_user(actor, "apply a deployment")  # its replicas' code is packed here, from its workdir
         new = validate_deployment_spec(spec)
         if not Path(new.workdir).is_absolute():
             raise UsageError("workdir must be an absolute path when applying through the API")

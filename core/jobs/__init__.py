@@ -13,4 +13,6 @@ rest is this capability's own (tests/test_import_directions.py keeps that).
 # params: the {params.KEY} placeholder and how a value reads as text (pipelines fill their params into steps).
 # snapshot: a workdir as a content-addressed archive (pipelines hash a step's code without its data files).
 # code_send: a client that is not the controller's OS user packs and sends its own code (every submitting client).
-PUBLIC = ("spec", "submit_key", "overrides", "group", "service", "log_output", "params", "snapshot", "code_send")
+# code_upload: the controller's side of that; deployments refuse a workdir from another user with it.
+PUBLIC = ("spec", "submit_key", "overrides", "group", "service", "log_output", "params", "snapshot", "code_send",
+          "code_upload")

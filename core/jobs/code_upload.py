@@ -76,6 +76,20 @@ def must_send_code(actor: str) -> None:
             "install the same version)")
 
 
+def must_be_controller_user(actor: str, what: str) -> None:
+    """Refuse ``what`` (a request whose workdir the controller itself would pack later) from anyone but its user.
+
+    Why: a deployment's replicas are packed from its workdir at each scale-up,
+    by the controller, as its own user; until deployments take sent code, a
+    path from another user must not be read.
+    """
+    if actor != controller_user():
+        raise PermissionDeniedError(
+            f"{actor} may not {what} on {controller_user()}'s controller: its code would be read from the workdir as "
+            f"{controller_user()}, and the controller does not read other users' files; ask {controller_user()} "
+            "to apply it")
+
+
 @dataclass
 class Upload:
     upload_id: str
