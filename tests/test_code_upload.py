@@ -270,6 +270,26 @@ def test_hostile_archives_are_refused_with_a_sentence_and_leave_nothing_in_the_c
             refused["dropped"] = str(caught.value)
         finally:
             await client.close()
+        for _ in range(2):  # per user: at most 4 uploads open, and 256 MiB claimed in them (each connection's dropped)
+            client = await _client(sock)
+            try:
+                if "too many" not in refused:
+                    for i in range(4):
+                        await client.call("code_upload_begin", sha256=f"{i}" * 64, size=10)
+                    with pytest.raises(RemoteError) as caught:
+                        await client.call("code_upload_begin", sha256="5" * 64, size=10)
+                    refused["too many"] = str(caught.value)
+                else:
+                    await client.call("code_upload_begin", sha256="6" * 64, size=MAX_SNAPSHOT_BYTES)
+                    with pytest.raises(RemoteError) as caught:
+                        await client.call("code_upload_begin", sha256="7" * 64, size=1)
+                    refused["too many bytes"] = str(caught.value)
+            finally:
+                await client.close()
+            for _ in range(50):  # the controller drops a closed connection's uploads as it sees the close
+                if not _cache_state(fleet)[1]:
+                    break
+                await asyncio.sleep(0.1)
         return refused
 
     refused = asyncio.run(story())
@@ -282,7 +302,9 @@ def test_hostile_archives_are_refused_with_a_sentence_and_leave_nothing_in_the_c
     assert "ended after 10 of its" in refused["truncated upload"]
     assert "at byte 5 where byte 0 was due" in refused["out of order"]
     assert "no code upload" in refused["dropped"]
-    assert _cache_state(fleet) == (set(), [])
+    assert "already has 4 code uploads in progress" in refused["too many"]
+    assert "would hold more than 256 MiB" in refused["too many bytes"]
+    fleet.wait_for(lambda: _cache_state(fleet) == (set(), []), timeout=5, what="the partial uploads to go")
     assert not list((fleet.home.code_cache_dir / ".senders").iterdir())
 
 

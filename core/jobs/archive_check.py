@@ -89,7 +89,7 @@ def check_archive(path: Path, max_content: int = MAX_SNAPSHOT_BYTES) -> ArchiveF
                 if bounded.read_bytes - end > MAX_TRAILING:
                     raise UnsafeArchive(f"goes on for more than {MAX_TRAILING // 1024} KiB after the end of its tar "
                                         "(a snapshot ends there)")
-        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError, UnicodeError) as exc:  # a broken header too
             raise UnsafeArchive(f"is not a whole gzip tar ({exc or type(exc).__name__})") from None
     for parts in kinds:
         through = next((parts[:d] for d in range(1, len(parts)) if parts[:d] in links), None)
