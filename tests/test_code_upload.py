@@ -17,6 +17,7 @@ gives a group access.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 import io
@@ -31,6 +32,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
+import psutil
 import pytest
 
 from conftest import Fleet
@@ -65,7 +67,11 @@ def alice() -> Iterator[pwd.struct_passwd]:
     try:
         yield pwd.getpwnam(name)
     finally:
-        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)  # only that user's processes
+        user = pwd.getpwnam(name)
+        for proc in psutil.process_iter(["uids"]):  # whatever this user still runs: only the test started it
+            with contextlib.suppress(psutil.Error, TypeError):
+                if proc.info["uids"].real == user.pw_uid:
+                    proc.kill()
         subprocess.run(["userdel", "-r", name], capture_output=True)
 
 
