@@ -19,6 +19,7 @@ from mlfleet.core.base.errors import NotFoundError, UsageError
 from mlfleet.core.base.models import SHOWN_JOB_STATES, TERMINAL_STATES, JobSpec, spec_from_plain, to_plain
 from mlfleet.core.base.protocol import Peer
 from mlfleet.core.jobs import records
+from mlfleet.core.jobs.policy_limits import refuse_contradictions, residency_of
 from mlfleet.core.jobs import submit_store as submit_keys
 from mlfleet.core.jobs.runs import PendingJob, queued_job
 from mlfleet.core.jobs.scheduler import Decision, never_fits
@@ -52,6 +53,7 @@ class JobsApi:
         if not Path(job_spec.workdir).is_absolute():
             raise UsageError("workdir must be an absolute path when submitting through the API")
         actor = peer.info["actor"]
+        await refuse_contradictions(self.c, actor, [job_spec])  # residency the job's own constraints defy: refused now
         if job_spec.sweep is not None:  # one child job per point: the sweeps capability queues them
             if self.c.sweep_submit is None:
                 raise UsageError("this controller does not run sweeps")
@@ -64,7 +66,9 @@ class JobsApi:
             if earlier is not None:  # a retry: the job is there, whatever the fleet looks like now
                 return submit_keys.same_job(earlier, job_spec.content_hash(), to_plain(job_spec))
         dispatcher = self.c.dispatcher
-        impossible = never_fits(dispatcher.host_views(), queued_job("new", job_spec, time.time(), peer.info["actor"]),
+        residency = residency_of(self.c.ctx.access.loaded, job_spec)
+        impossible = never_fits(dispatcher.host_views(),
+                                queued_job("new", job_spec, time.time(), peer.info["actor"], residency=residency),
                                 dispatcher.policy)
         if impossible and not queue_anyway:
             where = "; ".join(f"{r.host}: {r.message}" for r in impossible[:5])
