@@ -1,0 +1,113 @@
+"""A team's policy.yaml holds on a real controller: a project's GPU quota makes its next job wait (and only its own),
+and residency keeps a project's jobs in their region, refused at submit and at placement, on the audit trail.
+
+The fleet: the embedded host ``local`` in us-east and an SSH node ``node-a`` (real sshd on loopback) in eu-west,
+two simulated H100s each.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import json
+
+import pytest
+from conftest import Fleet, SshFleet
+
+GPUS = "gpus:\n  - {name: NVIDIA H100 80GB HBM3, count: 2, memory_total: 80GiB}\n"
+POLICY = """\
+quotas:
+  - {project: vision, gpus: 1}
+residency:
+  - {project: eu-health, regions: [eu-west]}
+"""
+
+
+def _two_regions(fleet: Fleet, ssh_fleet: SshFleet) -> None:
+    gpus = fleet.root / "gpus.yaml"
+    gpus.write_text(GPUS)
+    (fleet.home.config_dir / "policy.yaml").write_text(POLICY)
+    fleet.home.config_file.write_text("scheduler: {utilization_window: 1s}\n"
+                                      f"local: {{simulate_gpus: {gpus}, labels: {{region: us-east}}}}\n")
+    fleet.cli("controller", "start", check=True)
+    ssh_fleet.add("node-a", "--simulate-gpus", str(gpus), "--label", "region=eu-west")
+    for name in ("local", "node-a"):
+        fleet.wait_for(lambda n=name: len((ssh_fleet.host(n)["telemetry"] or {}).get("gpus", [])) == 2, timeout=60,
+                       what=f"{name}'s simulated GPUs")
+
+
+def _submit(fleet: Fleet, name: str, project: str, constraints: str = "") -> str:
+    spec = fleet.write_spec(name, f"name: {name}\nproject: {project}\nresources: {{gpus: 1}}\n{constraints}"
+                                  "command: sleep 300\n")
+    return fleet.cli("submit", str(spec), check=True).out.strip()
+
+
+def _reason(fleet: Fleet, job_id: str, check: str) -> dict:
+    return fleet.wait_for(lambda: next((r for r in fleet.job(job_id)["why_pending"] if r["check"] == check), None),
+                          what=f"a {check} reason for {job_id}")
+
+
+@pytest.mark.timeout(240)
+def test_a_project_at_its_quota_waits_while_other_projects_run_and_starts_when_its_job_ends(
+        fleet: Fleet, ssh_fleet: SshFleet) -> None:
+    _two_regions(fleet, ssh_fleet)
+    first = _submit(fleet, "vision-1", "vision")
+    fleet.wait_state(first, {"running"})
+    second = _submit(fleet, "vision-2", "vision")
+    reason = _reason(fleet, second, "quota")
+    assert reason["message"] == "project vision holds 1 of 1 GPUs (policy.yaml:2 (quotas[0]))"
+    assert "quota: project vision holds 1 of 1 GPUs (policy.yaml:2 (quotas[0]))" in fleet.cli("jobs", "why", second).out
+    other = _submit(fleet, "nlp-1", "nlp")  # behind vision-2 in the queue, free GPUs left: it does not wait for it
+    fleet.wait_state(other, {"running"})
+    assert fleet.job(second)["state"] == "pending"
+
+    fleet.cli("jobs", "cancel", first, check=True)
+    fleet.wait_state(second, {"running"})
+
+    # The policy is the file as it is now: a user cap added while the controller runs holds from the next cycle.
+    me = pwd.getpwuid(os.getuid()).pw_name
+    (fleet.home.config_dir / "policy.yaml").write_text(
+        f"quotas:\n  - {{project: vision, gpus: 1}}\n  - {{user: {me}, gpus: 2}}\n"
+        "residency:\n  - {project: eu-health, regions: [eu-west]}\n")
+    third = _submit(fleet, "nlp-2", "nlp")
+    assert _reason(fleet, third, "quota")["message"] == f"{me} holds 2 of 2 GPUs (policy.yaml:3 (quotas[1]))"
+    for job_id in (second, other, third):
+        fleet.cli("jobs", "cancel", job_id)
+
+
+@pytest.mark.timeout(240)
+def test_residency_refuses_contradicting_constraints_at_submit_and_keeps_jobs_in_their_region(
+        fleet: Fleet, ssh_fleet: SshFleet) -> None:
+    _two_regions(fleet, ssh_fleet)
+    rule = "policy.yaml:4 (residency[0])"
+    for name, constraints in (("pinned-us", "constraints: {hosts: [local]}\n"),
+                              ("labelled-us", "constraints: {labels: {region: us-*}}\n")):
+        spec = fleet.write_spec(name, f"name: {name}\nproject: eu-health\nresources: {{gpus: 1}}\n{constraints}"
+                                      "command: sleep 300\n")
+        refused = fleet.cli("submit", str(spec))
+        assert refused.code == 6, refused
+        assert refused.err.count("\n") == 1 and rule in refused.err and "Traceback" not in refused.err
+        assert f"may not submit {name}: {rule} keeps its data in eu-west" in refused.err
+    denied = [json.loads(e["detail"]) for e in fleet.cli_json("audit", "list", "--action", "policy.denied")]
+    assert sorted(d["job"] for d in denied) == ["labelled-us", "pinned-us"]
+    assert all(d["rule"] == rule and d["regions"] == ["eu-west"] for d in denied)
+
+    # Both hosts empty: best fit would take "local" (ties go by name); the project's data may only go to eu-west.
+    first = _submit(fleet, "eu-1", "eu-health")
+    assert fleet.wait_state(first, {"running"})["host"] == "node-a"
+    second = _submit(fleet, "eu-2", "eu-health")  # local is freer now (2 free against 1): still node-a
+    assert fleet.wait_state(second, {"running"})["host"] == "node-a"
+    third = _submit(fleet, "eu-3", "eu-health")  # node-a is full: waits, though local has two GPUs free
+    reason = _reason(fleet, third, "residency")
+    assert reason == {"host": "local", "check": "residency",
+                      "message": f"region us-east; data may go to eu-west only ({rule})"}
+    assert "region us-east; data may go to eu-west only" in fleet.cli("jobs", "why", third).out
+    refused = fleet.wait_for(lambda: [json.loads(e["detail"]) for e in fleet.cli_json("audit", "list", "--action",
+                                                                                          "scheduler.refuse")
+                                      if e["target"] == third], what="the placement refusal audited")
+    assert refused[0]["hosts"] == ["local"] and rule in refused[0]["reasons"][0]
+
+    fleet.cli("jobs", "cancel", first, check=True)
+    assert fleet.wait_state(third, {"running"})["host"] == "node-a"
+    for job_id in (second, third):
+        fleet.cli("jobs", "cancel", job_id)
