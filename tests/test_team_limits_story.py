@@ -111,3 +111,34 @@ def test_residency_refuses_contradicting_constraints_at_submit_and_keeps_jobs_in
     assert fleet.wait_state(third, {"running"})["host"] == "node-a"
     for job_id in (second, third):
         fleet.cli("jobs", "cancel", job_id)
+
+
+@pytest.mark.timeout(300)
+def test_a_models_replicas_stay_where_the_data_of_the_run_that_made_it_may_go(fleet: Fleet, ssh_fleet: SshFleet) -> None:
+    from test_deploy_service import TRAIN, deploy_spec, replica_jobs
+
+    _two_regions(fleet, ssh_fleet)
+    folder = fleet.root / "specs"
+    folder.mkdir(exist_ok=True)
+    (folder / "train.py").write_text(TRAIN)
+    train = fleet.write_spec("train", "name: train\nproject: eu-health\ncommand: [python, train.py, '1']\n")
+    done = fleet.cli("submit", str(train), "--wait", "--json", timeout=120)
+    assert done.code == 0 and done.json()["host"] == "node-a", done.out + done.err  # the run's data stays in eu-west
+    fleet.cli_json("models", "register", "iris", "--run", done.json()["run_id"], "--artifact", "model.bin",
+                   "--alias", "production")
+
+    # The deployment is of project default: the residency it keeps is the run's, which made the model.
+    pinned = deploy_spec(fleet, name="iris", replicas=1, extra="constraints: {hosts: [local]}\n")
+    refused = fleet.cli("deploy", "apply", str(pinned))
+    assert refused.code == 6 and "policy.yaml:4 (residency[0]) keeps its data in eu-west" in refused.err, refused
+    assert "constraints.hosts are all outside it: local (us-east)" in refused.err
+    assert fleet.cli_json("deploy", "list") == []
+    denied = [json.loads(e["detail"]) for e in fleet.cli_json("audit", "list", "--action", "policy.denied")]
+    assert [d["rule"] for d in denied] == ["policy.yaml:4 (residency[0])"]
+
+    free = deploy_spec(fleet, name="iris", replicas=1)
+    fleet.cli("deploy", "apply", str(free), check=True)
+    replica = fleet.wait_for(lambda: next((j for j in replica_jobs(fleet) if j.get("host")), None),
+                             what="the replica placed", timeout=60)
+    assert replica["host"] == "node-a"  # both hosts empty: best fit alone would take local
+    fleet.cli("deploy", "stop", "iris")
