@@ -88,8 +88,14 @@ def test_residency_refuses_contradicting_constraints_at_submit_and_keeps_jobs_in
         assert refused.code == 6, refused
         assert refused.err.count("\n") == 1 and rule in refused.err and "Traceback" not in refused.err
         assert f"may not submit {name}: {rule} keeps its data in eu-west" in refused.err
+    # A sweep's points are checked one by one: the point pinned to the us host refuses the whole sweep.
+    sweep = fleet.write_spec("eu-sweep", "name: eu-sweep\nproject: eu-health\ncommand: sleep 1\n"
+                                         "sweep: {grid: {constraints.hosts: [[node-a], [local]]}}\n")
+    refused = fleet.cli("submit", str(sweep))
+    assert refused.code == 6 and f"{rule} keeps its data in eu-west" in refused.err, refused
+    assert fleet.cli_json("sweeps", "list") == []
     denied = [json.loads(e["detail"]) for e in fleet.cli_json("audit", "list", "--action", "policy.denied")]
-    assert sorted(d["job"] for d in denied) == ["labelled-us", "pinned-us"]
+    assert sorted(d["job"] for d in denied) == ["eu-sweep-1", "labelled-us", "pinned-us"]  # the point that went astray
     assert all(d["rule"] == rule and d["regions"] == ["eu-west"] for d in denied)
 
     # Both hosts empty: best fit would take "local" (ties go by name); the project's data may only go to eu-west.

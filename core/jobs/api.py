@@ -53,7 +53,6 @@ class JobsApi:
         if not Path(job_spec.workdir).is_absolute():
             raise UsageError("workdir must be an absolute path when submitting through the API")
         actor = peer.info["actor"]
-        await refuse_contradictions(self.c, actor, [job_spec])  # residency the job's own constraints defy: refused now
         if job_spec.sweep is not None:  # one child job per point: the sweeps capability queues them
             if self.c.sweep_submit is None:
                 raise UsageError("this controller does not run sweeps")
@@ -65,6 +64,7 @@ class JobsApi:
             earlier = await self.store.read(submit_keys.find, actor, key)
             if earlier is not None:  # a retry: the job is there, whatever the fleet looks like now
                 return submit_keys.same_job(earlier, job_spec.content_hash(), to_plain(job_spec))
+        await refuse_contradictions(self.c, actor, [job_spec])  # residency the job's own constraints defy: refused now
         dispatcher = self.c.dispatcher
         residency = residency_of(self.c.ctx.access.loaded, job_spec)
         impossible = never_fits(dispatcher.host_views(),

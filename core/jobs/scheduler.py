@@ -59,6 +59,7 @@ def schedule(hosts: list[HostView], queue: list[QueuedJob], policy: Policy = Pol
     placed as if it were not there.
     """
     decision = Decision()
+    capped = bool(quotas)
     by_user, by_project = dict(quotas.held_by_user), dict(quotas.held_by_project)
     caps = {h.name: capacity(h, policy) for h in sorted(hosts, key=lambda h: h.name)}
     total_gpus = max(sum(len(h.gpus) for h in hosts), 1)
@@ -78,7 +79,7 @@ def schedule(hosts: list[HostView], queue: list[QueuedJob], policy: Policy = Pol
             # The rest of the run gets the same answer, unless a reservation still to come may
             # move the shadow and with it which side of it these jobs' timeouts fall on.
             settled = run.timeout is None or shadow != float("inf")
-            if not quotas:
+            if not capped:
                 decision.waiting.update(dict.fromkeys(line.drop(run) if settled else [line.pop(run).job_id], reasons))
                 continue
             for job in line.drop_jobs(run) if settled else [line.pop(run)]:  # a job past its cap says so first
@@ -86,7 +87,7 @@ def schedule(hosts: list[HostView], queue: list[QueuedJob], policy: Policy = Pol
                 decision.waiting[job.job_id] = reasons if over is None else [over]
             continue
         job = line.pop(run)
-        if quotas and (over := quotas.blocks(job, by_user, by_project)) is not None:
+        if capped and (over := quotas.blocks(job, by_user, by_project)) is not None:
             decision.waiting[job.job_id] = [over]  # before any host is looked at: nothing learned for the shape
             continue
         if shape.allowed is None:
@@ -112,7 +113,7 @@ def schedule(hosts: list[HostView], queue: list[QueuedJob], policy: Policy = Pol
             index.moved(cap)
         held[job.project] = held.get(job.project, 0) + job.gpus
         penalty[job.project] = policy.fair_share_weight * held[job.project] / total_gpus
-        if quotas and job.gpus:
+        if capped and job.gpus:
             by_user[job.owner] = by_user.get(job.owner, 0) + job.gpus
             by_project[job.project] = by_project.get(job.project, 0) + job.gpus
         note = f"environment already built on {cap.view.name}" if cap.view.name in job.warm_hosts else ""
