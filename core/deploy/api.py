@@ -18,15 +18,16 @@ from msgspec import Meta
 
 from mlfleet.core.base.bounds import Ident
 from mlfleet.core.base.errors import NotFoundError, UsageError
-from mlfleet.core.base.models import to_plain
+from mlfleet.core.base.models import JobSpec, to_plain
 from mlfleet.core.base.protocol import Peer
 from mlfleet.core.deploy import records
 from mlfleet.core.deploy.progress import progress_words, replica_stats
 from mlfleet.core.deploy.replica_state import state_of
 from mlfleet.core.deploy.rollout import endpoints as healthy_endpoints
-from mlfleet.core.deploy.spec import DeploymentSpec, parse_model_ref, validate_deployment_spec
+from mlfleet.core.deploy.spec import DeploymentSpec, parse_model_ref, replica_job_spec, validate_deployment_spec
 from mlfleet.core.jobs.group import never_fits_words
 from mlfleet.core.jobs.code_upload import must_be_controller_user
+from mlfleet.core.jobs.policy_limits import refuse_contradictions
 from mlfleet.core.registry.records import resolve
 
 if TYPE_CHECKING:
@@ -63,7 +64,11 @@ class DeployApi:
             raise UsageError("workdir must be an absolute path when applying through the API")
         _, alias, _ = parse_model_ref(new.model)
         model = await self.store.read(resolve, new.model)  # a NotFoundError says which model or alias is missing
-        warning = self._never_fits(new)
+        # The model's files never go where the data of the run that made it may not: pinned hosts outside are refused.
+        origin = await self.s.origin(model["name"], model["version"])
+        await refuse_contradictions(self.s.jobs, actor, [replica_job_spec(new, model["version"], new.name, None, None)],
+                                    origin=origin)
+        warning = self._never_fits(new, origin)
         async with self.s.lock:
             d = self.s.deployments.get(new.name)
             events: list[dict[str, Any]] = []
@@ -118,11 +123,10 @@ class DeployApi:
                  "rolling": f"{new.name}: rolling out v{d['target_version']} ({d['reason']})"}[change]
         return self._answer(d, change, words, warning)
 
-    def _never_fits(self, spec: DeploymentSpec) -> str | None:
+    def _never_fits(self, spec: DeploymentSpec, origin: JobSpec | None = None) -> str | None:
         """A spec no host can ever take is applied all the same (the rollout rolls back), with a warning."""
-        from mlfleet.core.deploy.spec import replica_job_spec
-
-        where = never_fits_words(self.s.jobs, replica_job_spec(spec, 1, f"{spec.name}-check", None, None), "check")
+        where = never_fits_words(self.s.jobs, replica_job_spec(spec, 1, f"{spec.name}-check", None, None), "check",
+                                 origin=origin)
         if not where:
             return None
         return (f"no host of this fleet can run a replica of {spec.name} ({where}); its new replicas will wait and the "

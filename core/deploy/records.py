@@ -75,6 +75,14 @@ def revisions(con: duckdb.DuckDBPyConnection, name: str) -> list[dict[str, Any]]
     return found
 
 
+def model_origin_spec(con: duckdb.DuckDBPyConnection, name: str, version: int) -> dict[str, Any] | None:
+    """The spec of the job whose run made this model version (its residency holds for the replicas that serve it)."""
+    found = rows(con, """select j.spec from model_versions m left join runs r on r.run_id = m.run_id
+                         join jobs j on j.job_id = coalesce(m.job_id, r.job_id)
+                         where m.name = ? and m.version = ?""", [name, version])
+    return _json(found[0]["spec"]) if found else None
+
+
 def next_replica_number(con: duckdb.DuckDBPyConnection, name: str) -> int:
     """Replica numbers are never reused within a deployment: a name always means one job."""
     found = con.execute("select count(*) from deploy_replicas where deployment = ?", [name]).fetchall()

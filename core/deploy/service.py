@@ -31,12 +31,12 @@ from typing import Any
 import msgspec
 
 from mlfleet.core.base.errors import MlfleetError, NotFoundError
-from mlfleet.core.base.models import TERMINAL_STATES, to_plain
+from mlfleet.core.base.models import TERMINAL_STATES, JobSpec, spec_from_plain, to_plain
 from mlfleet.core.base.rpc import rpc_methods
 from mlfleet.core.controller.service import BaseService, ControllerContext, Rpc
 from mlfleet.core.deploy import records, rollout
 from mlfleet.core.deploy.replica_state import JobFacts, carried_health, health_from_file, state_of, view_of
-from mlfleet.core.deploy.spec import DeploymentSpec, replica_job_spec, validate_deployment_spec
+from mlfleet.core.deploy.spec import DeploymentSpec, parse_model_ref, replica_job_spec, validate_deployment_spec
 from mlfleet.core.jobs.group import cancel_jobs, submit_group
 from mlfleet.core.jobs.service import JobsService
 from mlfleet.core.registry.records import resolve
@@ -75,6 +75,11 @@ class DeployService(BaseService):
         self.started_at = time.time()  # a restarted controller knows its replicas' health only from the file at first
         self.lock = asyncio.Lock()  # a tick's step and a client's action never interleave on one deployment
         self.api = DeployApi(self)
+        # The spec of the run each served model version came from (model, version) -> spec, and the replica jobs'
+        # model versions: a replica may run only where that run's data may go (policy.yaml residency).
+        self.origins: dict[tuple[str, int], JobSpec | None] = {}
+        self.origin_of_job: dict[str, tuple[str, int]] = {}
+        jobs.data_from = self.data_from
 
     async def start(self) -> None:
         store = self.ctx.store
@@ -84,9 +89,31 @@ class DeployService(BaseService):
                 self.revisions[(row["name"], rev["revision"])] = rev
         for row in await store.read(records.open_replicas):
             self.replicas[row["replica_id"]] = row
+            d = self.deployments.get(row["deployment"])
+            if d is not None:
+                key = (parse_model_ref(d["model_ref"])[0], row["version"])
+                await self.origin(*key)
+                self.origin_of_job[row["job_id"]] = key
         self.scraped = await store.read(records.last_scrape_ts)
         self.started_at = time.time()
         await self._gather_facts()  # clients may ask for endpoints before the first tick: answer from the file then
+
+    async def origin(self, model: str, version: int) -> JobSpec | None:
+        """The spec of the job whose run made ``model`` version ``version`` (read once; None: not known here)."""
+        key = (model, version)
+        if key not in self.origins:
+            plain = await self.ctx.store.read(records.model_origin_spec, model, version)
+            try:
+                self.origins[key] = spec_from_plain(plain) if plain is not None else None
+            except Exception:  # a spec an older mlfleet wrote and this one cannot read: the replica's own rules hold
+                log.warning("model %s v%s: the spec of the run that made it cannot be read", model, version)
+                self.origins[key] = None
+        return self.origins[key]
+
+    def data_from(self, job_id: str) -> JobSpec | None:
+        """For the scheduler: the spec of the run whose model a replica job serves (None: not a replica)."""
+        key = self.origin_of_job.get(job_id)
+        return self.origins.get(key) if key is not None else None
 
     def status(self) -> dict[str, Any]:
         return {"deployments": len(self.deployments), "replicas": len(self.replicas)}
@@ -304,6 +331,8 @@ class DeployService(BaseService):
         first = await self.ctx.store.read(records.next_replica_number, name)
         ids = [f"{name}-v{rev['model_version']}-{first + i}" for i in range(count)]
         specs = [replica_job_spec(spec, rev["model_version"], rid, rev["model_sha256"], rev["model_file"]) for rid in ids]
+        origin = (parse_model_ref(spec.model)[0], rev["model_version"])
+        await self.origin(*origin)
         created = time.time()
         made: list[dict[str, Any]] = []
 
@@ -318,8 +347,9 @@ class DeployService(BaseService):
 
         try:
             # queue_anyway: a replica no host can take now waits, and the planner's ready_timeout rolls it back
-            await submit_group(self.jobs, ACTOR, specs, d.get("spec_path"), True, record,
-                               lambda i: f"replica {ids[i]}")
+            ids_made, _, _ = await submit_group(self.jobs, ACTOR, specs, d.get("spec_path"), True, record,
+                                                lambda i: f"replica {ids[i]}", check_policy=False)
+            self.origin_of_job.update(dict.fromkeys(ids_made, origin))
         except MlfleetError as exc:
             log.warning("deployment %s: replicas could not be submitted: %s", name, exc)
             return

@@ -19,6 +19,7 @@ from mlfleet.core.base.errors import NotFoundError, UsageError
 from mlfleet.core.base.models import SHOWN_JOB_STATES, TERMINAL_STATES, JobSpec, spec_from_plain, to_plain
 from mlfleet.core.base.protocol import Peer
 from mlfleet.core.jobs import records
+from mlfleet.core.jobs.policy_limits import refuse_contradictions, residency_of
 from mlfleet.core.jobs import submit_store as submit_keys
 from mlfleet.core.jobs.code_upload import must_send_code
 from mlfleet.core.jobs.runs import PendingJob, queued_job
@@ -73,9 +74,12 @@ class JobsApi:
             earlier = await self.store.read(submit_keys.find, actor, key)
             if earlier is not None:  # a retry: the job is there, whatever the fleet looks like now
                 return submit_keys.same_job(earlier, job_spec.content_hash(), to_plain(job_spec))
+        await refuse_contradictions(self.c, actor, [job_spec])  # residency the job's own constraints defy: refused now
         uploaded = await self.c.code_uploads.uploaded(code, actor) if code is not None else None
         dispatcher = self.c.dispatcher
-        impossible = never_fits(dispatcher.host_views(), queued_job("new", job_spec, time.time(), peer.info["actor"]),
+        residency = residency_of(self.c.ctx.access.loaded, job_spec)
+        impossible = never_fits(dispatcher.host_views(),
+                                queued_job("new", job_spec, time.time(), peer.info["actor"], residency=residency),
                                 dispatcher.policy)
         if impossible and not queue_anyway:
             where = "; ".join(f"{r.host}: {r.message}" for r in impossible[:5])

@@ -18,10 +18,12 @@ from mlfleet.core.environments.warm import env_key
 from mlfleet.core.fleet.hostlink import HostLink
 from mlfleet.core.jobs import records, scheduler
 from mlfleet.core.jobs.params import render_argv
+from mlfleet.core.jobs.policy_limits import ResidencyCache, quotas_of
 from mlfleet.core.jobs.runs import ActiveRun, PendingJob, queued
 
 if TYPE_CHECKING:
     from mlfleet.core.jobs.service import JobsService
+    from mlfleet.core.team.policy import LoadedPolicy
 
 
 REFUSED_HOLD_S = 10.0  # a few of the node's 1 Hz samples: by then its telemetry shows the claim that refused us
@@ -42,6 +44,7 @@ class Dispatcher:
         # GPUs a node refused a launch onto (another controller's claim), by host: counted in use until then
         # (monotonic), so the next tick does not place there again before the node's telemetry shows the claim
         self._refused: dict[str, dict[int, float]] = {}
+        self._residency = ResidencyCache()
 
     def note_refusal(self, host: str, gpus: list[int]) -> None:
         """The node said another run holds (some of) ``gpus``: keep off them for a few telemetry samples."""
@@ -75,14 +78,19 @@ class Dispatcher:
         views = self.host_views()
         held = self._held()
         warm = self.jobs.environments.warm
+        loaded = self.jobs.ctx.access.loaded  # the policy as it is now: residency and quotas follow its changes
         queue = [queued(job, warm.warm_hosts(env_key(job.spec.environment, job.code_hash))
-                        if job.spec.builds_environment and job.spec.environment else frozenset())
+                        if job.spec.builds_environment and job.spec.environment else frozenset(),
+                        self.residency(loaded, job))
                  for job in self.jobs.pending.values() if job.job_id not in held]
         usage: dict[str, int] = {}
         for run in self.jobs.active.values():
             usage[run.spec.project] = usage.get(run.spec.project, 0) + len(run.gpus)
+        quotas = quotas_of(loaded, self.jobs.ctx.access.groups_of, [job.owner for job in queue],
+                           ((run.owner, run.spec.project, len(run.gpus) or run.spec.resources.gpus)
+                            for run in self.jobs.active.values()))
         # Pure and CPU-bound: off the event loop, so a big queue never stalls polling or clients.
-        decision = await asyncio.to_thread(scheduler.schedule, views, queue, self.policy, time.time(), usage)
+        decision = await asyncio.to_thread(scheduler.schedule, views, queue, self.policy, time.time(), usage, quotas)
         for job_id, (where, why) in held.items():  # kept back by a limit, not by the hosts: that is the reason
             decision.waiting[job_id] = [scheduler.Reason(where, "limit", why)]
         self.jobs.waiting_reasons = decision.waiting
@@ -99,6 +107,17 @@ class Dispatcher:
                     continue  # cancelled, or its host removed, while the scheduler was thinking
                 await self._dispatch(job, placement)
 
+    def residency(self, loaded: LoadedPolicy, job: PendingJob) -> scheduler.Residency | None:
+        """Where the job's data may go: its own rules, and those of the run its data came from (a replica's model)."""
+        own = self._residency.get(loaded, job.spec)
+        origin = self.jobs.data_from(job.job_id)
+        if origin is None:
+            return own
+        theirs = self._residency.get(loaded, origin)
+        if theirs is None or own is None:
+            return own or theirs
+        return scheduler.Residency(own.regions & theirs.regions, f"{own.rule}, {theirs.rule}", own.label)
+
     def _held(self) -> dict[str, tuple[str, str]]:
         """Waiting jobs a hold keeps out of this cycle (a sweep at its max_parallel), with why."""
         if not self.jobs.holds:
@@ -111,7 +130,7 @@ class Dispatcher:
         return held
 
     async def _audit_refusals(self, decision: scheduler.Decision) -> None:
-        """Data residency: every host a job's hard constraints kept it off is audited, once.
+        """Data residency: every host a job's hard constraints or the policy's residency kept it off is audited, once.
 
         One event per job and tick at most, naming the hosts newly refused
         (a fleet of hundreds must not write hundreds of rows per job).
@@ -120,7 +139,7 @@ class Dispatcher:
         for job_id, reasons in decision.waiting.items():
             new: dict[str, str] = {}
             for reason in reasons:
-                if reason.check == "constraint":
+                if reason.check in ("constraint", "residency"):
                     for host in reason.hosts or (reason.host,):
                         if (job_id, host) not in self._refusals_audited:
                             new[host] = reason.message

@@ -24,6 +24,7 @@ import numpy as np
 from mlfleet.core.audit.records import audit_many
 from mlfleet.core.base.errors import UsageError
 from mlfleet.core.base.models import TERMINAL_STATES, JobSpec, to_plain
+from mlfleet.core.jobs.policy_limits import refuse_contradictions, residency_of
 from mlfleet.core.jobs.runs import PendingJob, queued_job
 from mlfleet.core.jobs.scheduler import never_fits
 from mlfleet.core.jobs.snapshot import snapshot
@@ -44,14 +45,18 @@ Record = Callable[[duckdb.DuckDBPyConnection, list[str]], Any]
 
 async def submit_group(jobs: "JobsService", actor: str, specs: list[JobSpec], spec_path: str | None,
                        queue_anyway: bool, record: Record, label: Callable[[int], str],
-                       code: dict[str, Any] | None = None) -> tuple[list[str], Any, dict]:
+                       check_policy: bool = True, code: dict[str, Any] | None = None) -> tuple[list[str], Any, dict]:
     """Queue every spec as a job; ``record`` writes the caller's rows in the same transaction.
 
     Returns the job ids, what ``record`` returned (when it is not None
     nothing was written and nothing queued), and the code snapshot's facts.
-    ``label(i)`` names the i-th job in a refusal. ``code``: the snapshot the
-    caller sent of the one workdir all specs share (core/jobs/code_upload.py);
-    without it the controller packs each workdir, as its own user.
+    ``label(i)`` names the i-th job in a refusal. ``check_policy`` refuses
+    a spec whose constraints defy the policy's residency (a sweep's points);
+    deployments check theirs at apply and pass False, so a policy changed
+    later makes their replicas wait with the reason rather than fail a tick.
+    ``code``: the snapshot the caller sent of the one workdir all specs share
+    (core/jobs/code_upload.py); without it the controller packs each
+    workdir, as its own user.
     """
     for spec in specs:
         if not Path(spec.workdir).is_absolute():
@@ -60,6 +65,8 @@ async def submit_group(jobs: "JobsService", actor: str, specs: list[JobSpec], sp
     if code is not None and len(workdirs) > 1:
         raise UsageError(f"the jobs name {len(workdirs)} workdirs but one code snapshot was sent; "
                          "submit them separately, one workdir each")
+    if check_policy:
+        await refuse_contradictions(jobs, actor, specs)
     _check_fits(jobs, actor, specs, queue_anyway, label)
     ids = await _new_job_ids(jobs, len(specs))
     home = jobs.ctx.home
@@ -108,13 +115,18 @@ def _check_fits(jobs: "JobsService", actor: str, specs: list[JobSpec], queue_any
                              "constraints, or add a host that has them and submit with --queue-anyway")
 
 
-def never_fits_words(jobs: "JobsService", spec: JobSpec, actor: str, views: list[Any] | None = None) -> str | None:
+def never_fits_words(jobs: "JobsService", spec: JobSpec, actor: str, views: list[Any] | None = None,
+                     origin: JobSpec | None = None) -> str | None:
     """Why no host of the fleet could ever run ``spec`` ("host: reason; ..."), or None when one could.
 
-    Deployments ask it to warn about replicas that will never be placed.
+    Deployments ask it to warn about replicas that will never be placed
+    (``origin``: the spec of the run that made the model, whose residency holds too).
     """
     views = jobs.dispatcher.host_views() if views is None else views
-    impossible = never_fits(views, queued_job("new", spec, time.time(), actor), jobs.dispatcher.policy)
+    loaded = jobs.ctx.access.loaded
+    residency = residency_of(loaded, spec, residency_of(loaded, origin) if origin is not None else None)
+    impossible = never_fits(views, queued_job("new", spec, time.time(), actor, residency=residency),
+                            jobs.dispatcher.policy)
     return "; ".join(f"{r.host}: {r.message}" for r in impossible[:5]) if impossible else None
 
 

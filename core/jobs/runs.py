@@ -51,12 +51,15 @@ class ActiveRun:
     waiting: str = ""  # why a launched run has not started, in its agent's words (Slurm's pending reason)
 
 
-def queued(job: PendingJob, warm_hosts: frozenset[str] = frozenset()) -> scheduler.QueuedJob:
-    return queued_job(job.job_id, job.spec, job.submitted, job.owner, job.failed_hosts, warm_hosts)
+def queued(job: PendingJob, warm_hosts: frozenset[str] = frozenset(),
+           residency: scheduler.Residency | None = None) -> scheduler.QueuedJob:
+    return queued_job(job.job_id, job.spec, job.submitted, job.owner, job.failed_hosts, warm_hosts, residency)
 
 
 def queued_job(job_id: str, spec: JobSpec, submitted: float, owner: str,
-               failed_hosts: tuple[str, ...] = (), warm_hosts: frozenset[str] = frozenset()) -> scheduler.QueuedJob:
+               failed_hosts: tuple[str, ...] = (), warm_hosts: frozenset[str] = frozenset(),
+               residency: scheduler.Residency | None = None) -> scheduler.QueuedJob:
+    """The scheduler's view of a job; ``residency`` is the policy's, asked again each cycle (policy_limits.py)."""
     r = spec.resources
     return scheduler.QueuedJob(
         job_id=job_id, priority=spec.priority, submitted=submitted, gpus=r.gpus,
@@ -64,7 +67,7 @@ def queued_job(job_id: str, spec: JobSpec, submitted: float, owner: str,
         gpu_types=tuple(r.gpu_types), cpus=r.cpus, memory=int(r.memory) if r.memory is not None else None,
         labels=dict(spec.constraints.labels), hosts=tuple(spec.constraints.hosts), project=spec.project,
         owner=owner, timeout=float(spec.timeout) if spec.timeout else None, avoid_hosts=failed_hosts,
-        warm_hosts=warm_hosts)
+        warm_hosts=warm_hosts, residency=residency)
 
 
 def failure_words(status: RunStatus) -> str:

@@ -36,21 +36,31 @@ from mlfleet.core.jobs.scheduling.capacity import (HostCapacity, cannot_fit_now,
 from mlfleet.core.jobs.scheduling.ordering import JobQueue
 from mlfleet.core.jobs.scheduling.reasons import DETAILED_REASONS, GROUP_FROM, reasons_by_words, summaries, summary_reason
 from mlfleet.core.jobs.scheduling.views import (EXCLUDING_THROTTLE, GiB, Decision, GpuProcessView, GpuView, HostView, Placement,
-                                           Policy, QueuedJob, Reason, Release)
+                                           Policy, QueuedJob, Quotas, Reason, Release, Residency)
 
 __all__ = ["EXCLUDING_THROTTLE", "Decision", "GiB", "GpuProcessView", "GpuView", "HostView", "Placement", "Policy",
-           "QueuedJob", "Reason", "Release", "never_fits", "schedule", "type_matches"]
+           "QueuedJob", "Quotas", "Reason", "Release", "Residency", "never_fits", "schedule", "type_matches"]
+
+NO_QUOTAS = Quotas()
 
 
 def schedule(hosts: list[HostView], queue: list[QueuedJob], policy: Policy = Policy(), now: float = 0.0,
-             usage: dict[str, int] | None = None) -> Decision:
+             usage: dict[str, int] | None = None, quotas: Quotas = NO_QUOTAS) -> Decision:
     """Place what fits, in order of effective priority; say why the rest wait.
 
     ``usage`` is GPUs held per project by running jobs (for fair share);
     ``now`` only ages waiting jobs. See :class:`JobQueue` for the order
     (O(n log n)) and why look-alike jobs are kept together.
+
+    ``quotas`` caps the GPUs a user or project holds at once. A job that
+    would pass a cap waits with the quota's words and is passed over: it
+    takes no host, makes no backfill reservation and tells nothing about
+    its shape, so the jobs behind it (other users' look-alikes too) are
+    placed as if it were not there.
     """
     decision = Decision()
+    capped = bool(quotas)
+    by_user, by_project = dict(quotas.held_by_user), dict(quotas.held_by_project)
     caps = {h.name: capacity(h, policy) for h in sorted(hosts, key=lambda h: h.name)}
     total_gpus = max(sum(len(h.gpus) for h in hosts), 1)
     held = dict(usage or {})
@@ -69,9 +79,17 @@ def schedule(hosts: list[HostView], queue: list[QueuedJob], policy: Policy = Pol
             # The rest of the run gets the same answer, unless a reservation still to come may
             # move the shadow and with it which side of it these jobs' timeouts fall on.
             settled = run.timeout is None or shadow != float("inf")
-            decision.waiting.update(dict.fromkeys(line.drop(run) if settled else [line.pop(run).job_id], reasons))
+            if not capped:
+                decision.waiting.update(dict.fromkeys(line.drop(run) if settled else [line.pop(run).job_id], reasons))
+                continue
+            for job in line.drop_jobs(run) if settled else [line.pop(run)]:  # a job past its cap says so first
+                over = quotas.blocks(job, by_user, by_project)
+                decision.waiting[job.job_id] = reasons if over is None else [over]
             continue
         job = line.pop(run)
+        if capped and (over := quotas.blocks(job, by_user, by_project)) is not None:
+            decision.waiting[job.job_id] = [over]  # before any host is looked at: nothing learned for the shape
+            continue
         if shape.allowed is None:
             shape.allowed = allowed_hosts(job, host_groups, index.caps, policy)
         blocked = {} if finishes_before_shadow else reserved
@@ -95,6 +113,9 @@ def schedule(hosts: list[HostView], queue: list[QueuedJob], policy: Policy = Pol
             index.moved(cap)
         held[job.project] = held.get(job.project, 0) + job.gpus
         penalty[job.project] = policy.fair_share_weight * held[job.project] / total_gpus
+        if capped and job.gpus:
+            by_user[job.owner] = by_user.get(job.owner, 0) + job.gpus
+            by_project[job.project] = by_project.get(job.project, 0) + job.gpus
         note = f"environment already built on {cap.view.name}" if cap.view.name in job.warm_hosts else ""
         decision.placements.append(Placement(job.job_id, cap.view.name, tuple(sorted(chosen)), note))
     return decision

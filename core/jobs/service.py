@@ -18,7 +18,7 @@ import asyncio
 import json
 from typing import Any, Awaitable, Callable
 
-from mlfleet.core.base.models import spec_from_plain
+from mlfleet.core.base.models import JobSpec, spec_from_plain
 from mlfleet.core.base.rpc import rpc_methods
 from mlfleet.core.controller.service import BaseService, ControllerContext, Rpc
 from mlfleet.core.environments.prepare import EnvironmentPreparer
@@ -48,6 +48,9 @@ class JobsService(BaseService):
         # The sweep a job belongs to (None: none); runs of one sweep sent to a Slurm host in one tick become
         # one job array (core/jobs/launch.py). core/sweeps/service.py sets it.
         self.array_group: Callable[[str], str | None] = lambda job_id: None
+        # The spec of the run whose data a job carries (None: its own only): a deployment's replica serves a model
+        # made by a run, and that run's residency holds for the replica too. core/deploy/service.py sets it.
+        self.data_from: Callable[[str], JobSpec | None] = lambda job_id: None
         self.job_changed = asyncio.Condition()
         self.launcher = Launcher(self)
         self.environments = EnvironmentPreparer(ctx.home, ctx.settings)  # resolved, fetched, shipped before a launch

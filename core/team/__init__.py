@@ -5,4 +5,5 @@ rest is this capability's own (tests/test_import_directions.py keeps that).
 """
 
 # secret_store: jobs check a spec's secret references at submit and look their values up at launch.
-PUBLIC = ("secret_store",)
+# policy, quotas, residency: the scheduler's caps and regions come from the team policy (core/jobs/policy_limits.py).
+PUBLIC = ("secret_store", "policy", "quotas", "residency")

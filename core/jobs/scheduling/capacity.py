@@ -135,6 +135,13 @@ def static_check(job: QueuedJob, host: HostView) -> Reason | None:
         have = host.labels.get(key)
         if have is None or not fnmatch.fnmatchcase(have, pattern):
             return Reason(host.name, "constraint", f"label {key}={have or '(none)'} (need {pattern})")
+    residency = job.residency
+    if residency is not None:
+        region = host.labels.get(residency.label)
+        if region is None or region not in residency.regions:
+            allowed = ", ".join(sorted(residency.regions)) or "none"
+            said = f"region {region}" if region is not None else f"no {residency.label} label"
+            return Reason(host.name, "residency", f"{said}; data may go to {allowed} only ({residency.rule})")
     return None
 
 

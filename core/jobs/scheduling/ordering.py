@@ -99,6 +99,12 @@ class JobQueue:
         self._close(run.project, self._heads[run.project])
         return ids
 
+    def drop_jobs(self, run: _Run) -> list[QueuedJob]:
+        """As :meth:`drop`, the jobs themselves (when each needs a look of its own: quotas)."""
+        jobs = [entry[3] for entry in run.jobs]
+        self.drop(run)
+        return jobs
+
     def _close(self, project: str, heads: list) -> None:
         heapq.heappop(heads)
         if not heads:
@@ -108,9 +114,12 @@ class JobQueue:
 def _run_key(job: QueuedJob) -> tuple:
     """The job's project and timeout, then its shape: everything that decides where it can go.
 
+    The owner is not part of it: a quota is checked per job (schedule()),
+    never cached for a shape, so one user's cap never answers for another's job.
+
     Jobs with the same key get the same answer in a cycle (see JobQueue); one
     flat tuple, because it is built for every waiting job.
     """
     labels = tuple(sorted(job.labels.items())) if job.labels else ()
     return (job.project, job.timeout, job.gpus, job.gpu_memory, job.gpu_types, job.cpus, job.memory, labels,
-            job.hosts)
+            job.hosts, job.residency)

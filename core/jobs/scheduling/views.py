@@ -73,6 +73,57 @@ class QueuedJob:
     timeout: float | None = None
     avoid_hosts: tuple[str, ...] = ()  # where earlier attempts failed: used only when nothing else fits
     warm_hosts: frozenset[str] = frozenset()  # where the job's environment is built already: wins best-fit ties
+    residency: Residency | None = None  # the regions its data may go to (policy.yaml), None: anywhere
+
+
+@dataclass(frozen=True)
+class Residency:
+    """Where a job's data may go: hosts whose ``label`` label is one of ``regions`` (``rule`` says which rules)."""
+
+    regions: frozenset[str]
+    rule: str  # "policy.yaml:12 (residency[0])": named in every reason
+    label: str = "region"
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """GPUs each user and project may hold at once (policy.yaml), and what running jobs hold now.
+
+    A cap is (GPUs, the rule in words); a user or project without one has
+    no cap. ``held_*`` count the GPUs of jobs already placed, before this
+    cycle: the scheduler adds what it places as it goes.
+    """
+
+    users: dict[str, tuple[int, str]] = field(default_factory=dict)
+    projects: dict[str, tuple[int, str]] = field(default_factory=dict)
+    held_by_user: dict[str, int] = field(default_factory=dict)
+    held_by_project: dict[str, int] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.users or self.projects)
+
+    def blocks(self, job: QueuedJob, by_user: dict[str, int], by_project: dict[str, int]) -> Reason | None:
+        """Why placing ``job`` would take its owner or project past a cap (None: it would not)."""
+        if not job.gpus:
+            return None
+        cap = self.users.get(job.owner)
+        if cap is not None:
+            held = by_user.get(job.owner, 0)
+            if held + job.gpus > cap[0]:
+                return Reason("quota", "quota", f"{job.owner} holds {held} of {cap[0]} GPUs{_needs(job, held, cap[0])} "
+                                                f"({cap[1]})")
+        cap = self.projects.get(job.project)
+        if cap is not None:
+            held = by_project.get(job.project, 0)
+            if held + job.gpus > cap[0]:
+                return Reason("quota", "quota", f"project {job.project} holds {held} of {cap[0]} GPUs"
+                                                f"{_needs(job, held, cap[0])} ({cap[1]})")
+        return None
+
+
+def _needs(job: QueuedJob, held: int, cap: int) -> str:
+    """Nothing when the cap is reached; else how many the job wants (more than is left)."""
+    return "" if held >= cap else f" and the job needs {job.gpus}"
 
 
 @dataclass(frozen=True)
@@ -95,7 +146,7 @@ class Placement:
 @dataclass(frozen=True)
 class Reason:
     host: str  # a host, or "N hosts" for a group that failed alike (see ``hosts``)
-    check: str  # constraint | host-down | drained | gpu-count | gpu-type | gpu-memory | cpus | memory
+    check: str  # constraint | residency | quota | host-down | drained | gpu-count | gpu-type | gpu-memory | cpus | memory
     message: str
     hosts: tuple[str, ...] = ()  # for a group: its hosts (big fleets get one reason per kind, not per host)
 
