@@ -17,10 +17,14 @@ import os
 import pwd
 import time
 from pathlib import Path
+from typing import Any, Awaitable, Callable
 
-from mlfleet.core.base.errors import MlfleetError
+from mlfleet.core.base.errors import MlfleetError, PermissionDeniedError
 from mlfleet.core.base.private import user_name
-from mlfleet.core.team.policy import NO_POLICY, POLICY_FILE, LoadedPolicy, load_policy
+from mlfleet.core.team.policy import NO_POLICY, POLICY_FILE, LoadedPolicy, Role, load_policy
+from mlfleet.core.team.roles import Decision, Identity, Permission, decide, projects_named, standing
+
+Audit = Callable[[str, str, "str | None", "dict[str, Any] | None"], Awaitable[None]]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +95,52 @@ class Access:
         groups = groups_of(user)
         self._groups[user] = (now, groups)
         return groups
+
+    @property
+    def team_mode(self) -> bool:
+        """A policy file is in force or the controller serves a team group: roles are more than "everyone is admin"."""
+        return self.loaded.active or self.team_group is not None
+
+    def identity(self, user: str) -> Identity:
+        return Identity(user, self.groups_of(user))
+
+    def role_of(self, user: str, project: str | None = None) -> Role | None:
+        """``user``'s role in ``project`` (None: the role that holds everywhere); None when they have none."""
+        return standing(self.loaded, self.identity(user), project, controller_user=self.controller_user,
+                        team_group=self.team_group).role
+
+    def decide(self, user: str, permission: Permission, *, project: str | None = None, owner: str | None = None,
+               target: str | None = None) -> Decision:
+        """:func:`roles.decide` with the policy in force, the user's OS groups and this controller's facts."""
+        return decide(self.loaded, self.identity(user), permission, project=project, owner=owner, target=target,
+                      controller_user=self.controller_user, team_group=self.team_group)
+
+    async def check(self, audit: Audit, user: str, permission: Permission, *, method: str,
+                    project: str | None = None, owner: str | None = None, target: str | None = None) -> Decision:
+        """The decision, or PermissionDeniedError (exit 6) with its sentence after a ``policy.denied`` audit row."""
+        decision = self.decide(user, permission, project=project, owner=owner, target=target)
+        if not decision.allowed:
+            assert decision.sentence is not None
+            await audit(user, "policy.denied", target or project, {
+                "permission": permission.name.lower(), "rule": decision.rule, "role": decision.role,
+                "needed": decision.needed, "method": method, **({"project": project} if project else {}),
+                **({"owner": owner} if owner else {})})
+            raise PermissionDeniedError(decision.sentence)
+        return decision
+
+    def whoami(self, user: str) -> dict[str, Any]:
+        """What ``policy show`` prints: the caller, their groups and roles (everywhere and per project) with the rules."""
+        loaded = self.loaded
+        who = self.identity(user)
+        facts = dict(controller_user=self.controller_user, team_group=self.team_group)
+        overall = standing(loaded, who, None, **facts)
+        projects = []
+        for project in projects_named(loaded):
+            found = standing(loaded, who, project, **facts)
+            projects.append({"project": project, "role": found.role, "rule": found.rule})
+        return {"user": user, "groups": sorted(who.groups), "role": overall.role, "rule": overall.rule,
+                "projects": projects, "owner": self.controller_user, "team": self.team_group,
+                "policy": loaded.active, "policy_path": str(self.path), "policy_error": self.error}
 
     def _file_stamp(self) -> tuple[int, int, int] | None:
         try:
