@@ -16,7 +16,7 @@ import pytest
 from mlfleet.core.base.errors import SpecError
 from mlfleet.core.base.paths import Home
 from mlfleet.core.base.settings import Settings
-from mlfleet.core.team.permissions import ANYWHERE, METHOD_PERMISSIONS
+from mlfleet.core.team.permissions import ANYWHERE, HANDLER_CHECKED, METHOD_PERMISSIONS
 from mlfleet.core.team.policy import NO_POLICY, ROLES, load_policy, policy_mistakes, role_rank
 from mlfleet.core.team.roles import ANY_PROJECT, Identity, Permission, decide, standing
 
@@ -144,6 +144,6 @@ def test_every_rpc_the_controller_answers_has_a_permission() -> None:
     ctx = ControllerContext(Home(config_dir=root, data_dir=root), Settings())
     api = ControllerApi(ctx, services(ctx))
     assert set(METHOD_PERMISSIONS) == set(api.table)
-    assert ANYWHERE <= set(METHOD_PERMISSIONS)
+    assert ANYWHERE <= set(METHOD_PERMISSIONS) and HANDLER_CHECKED <= set(METHOD_PERMISSIONS)
     assert METHOD_PERMISSIONS["hello"] is Permission.CONNECT and METHOD_PERMISSIONS["shutdown"] is Permission.SHUTDOWN
     root.rmdir()
