@@ -50,6 +50,8 @@ class DeployApi:
     async def _may_change(self, peer: Peer, method: str, name: str, project: str | None = None) -> None:
         """Refused unless the caller is a maintainer in the deployment's project (and in a new spec's project)."""
         d = self.s.deployments.get(name)
+        if d is None and project is None:
+            self._get(name)  # no such deployment: say so, not that the caller lacks a role somewhere
         projects = {p for p in ((d["spec"].get("project") or "default") if d is not None else None, project) if p}
         for each in sorted(projects) or [None]:
             await self.s.ctx.require(peer.info["actor"], Permission.DEPLOY, method=method, project=each,
