@@ -147,3 +147,63 @@ def test_every_rpc_the_controller_answers_has_a_permission() -> None:
     assert ANYWHERE <= set(METHOD_PERMISSIONS) and HANDLER_CHECKED <= set(METHOD_PERMISSIONS)
     assert METHOD_PERMISSIONS["hello"] is Permission.CONNECT and METHOD_PERMISSIONS["shutdown"] is Permission.SHUTDOWN
     root.rmdir()
+
+
+def test_a_method_without_a_permission_is_refused_before_its_handler_runs() -> None:
+    import asyncio
+    import types
+
+    from mlfleet.core.base.errors import PermissionDeniedError
+    from mlfleet.core.controller.api import ControllerApi
+    from mlfleet.core.controller.service import ControllerContext
+
+    root = Path(tempfile.mkdtemp(prefix="mlf", dir="/tmp"))
+    ran = []
+
+    async def mystery(peer) -> str:
+        ran.append(peer)
+        return "answered"
+
+    class Mystery:
+        name = "mystery"
+
+        def rpcs(self):
+            return {"mystery": mystery}
+
+    api = ControllerApi(ControllerContext(Home(config_dir=root, data_dir=root), Settings()), [Mystery()])
+    peer = types.SimpleNamespace(info={"actor": "anyone"})
+    with pytest.raises(PermissionDeniedError, match="'mystery' has no permission in core/team/permissions.py"):
+        asyncio.run(api.handler(peer, "mystery", {}))
+    assert ran == []
+    root.rmdir()
+
+
+def test_access_check_audits_a_refusal_with_the_permission_and_rule(tmp_path: Path) -> None:
+    import asyncio
+
+    from mlfleet.core.base.errors import PermissionDeniedError
+    from mlfleet.core.team.access import Access
+
+    (tmp_path / "policy.yaml").write_text("roles:\n  - {user: nobody, role: operator, projects: [vision]}\n")
+    access = Access(tmp_path)
+    access.load()
+    rows: list[tuple] = []
+
+    async def audit(actor, action, target, detail) -> None:
+        rows.append((actor, action, target, detail))
+
+    asyncio.run(access.check(audit, "nobody", Permission.CANCEL, method="job_cancel", project="vision",
+                             owner="nobody", target="job j1"))
+    assert rows == [] and access.role_of("nobody", "vision") == "operator" and access.role_of("nobody") is None
+    with pytest.raises(PermissionDeniedError) as refused:
+        asyncio.run(access.check(audit, "nobody", Permission.CANCEL, method="job_cancel", project="vision",
+                                 owner="bob", target="job j2"))
+    assert refused.value.exit_code == 6
+    assert str(refused.value) == ("nobody (operator in vision, policy.yaml:2 (roles[0])) may not cancel bob's job j2: "
+                                  "that needs maintainer in vision")
+    assert rows == [("nobody", "policy.denied", "job j2", {
+        "permission": "cancel", "rule": "policy.yaml:2 (roles[0])", "role": "operator", "needed": "maintainer",
+        "method": "job_cancel", "project": "vision", "owner": "bob"})]
+    me = access.whoami("nobody")
+    assert me["projects"] == [{"project": "vision", "role": "operator", "rule": "policy.yaml:2 (roles[0])"}]
+    assert me["policy"] is True and me["role"] is None
