@@ -170,3 +170,40 @@ def test_roles_decide_who_may_submit_cancel_and_read_files(fleet: Fleet, team: d
     assert shown["user"] == bob.name and shown["role"] == "operator" and shown["policy"] is True
     assert shown["projects"] == [{"project": "vision", "role": "maintainer", "rule": "policy.yaml:4 (roles[2])"}]
     assert shown["owner"] == pwd.getpwuid(os.getuid()).pw_name
+
+
+TRAIN = """\
+import os
+from mlfleet import track
+os.makedirs("out", exist_ok=True)
+with open("out/model.bin", "wb") as fh:
+    fh.write(b"weights")
+track.log_artifact("out/model.bin")
+"""
+
+
+def test_models_maintainers_register_and_move_aliases_admins_move_production(fleet: Fleet,
+                                                                                team: dict[str, User]) -> None:
+    alice, bob = team["alice"], team["bob"]
+    specs = fleet.root / "specs"
+    specs.mkdir(exist_ok=True)
+    (specs / "train.py").write_text(TRAIN)
+    spec = fleet.write_spec("train", "name: train\nproject: vision\ncommand: [python, train.py]\n")
+    done = fleet.cli("submit", str(spec), "--wait", "--json", timeout=120)
+    assert done.code == 0, done.out + done.err
+    run_id = done.json()["run_id"]
+
+    refused = alice.cli(fleet, "models", "register", "m", "--run", run_id, "--artifact", "model.bin")
+    assert refused.code == 6, refused.err
+    assert refused.err.strip() == (f"mlfleet: {alice.name} (operator, policy.yaml:3 (roles[1])) may not register "
+                                   "models in vision: that needs maintainer in vision")
+    made = bob.cli(fleet, "models", "register", "m", "--run", run_id, "--artifact", "model.bin")
+    assert made.code == 0, made.err
+
+    assert bob.cli(fleet, "models", "alias", "m", "staging", "1").code == 0
+    refused = bob.cli(fleet, "models", "alias", "m", "production", "1")
+    assert refused.code == 6, refused.err
+    assert refused.err.strip() == (f"mlfleet: {bob.name} (maintainer in vision, policy.yaml:4 (roles[2])) may not "
+                                   "move protected aliases (m@production): that needs admin in vision")
+    assert fleet.cli("models", "alias", "m", "production", "1").code == 0  # the controller's user is an admin
+    assert "production" in fleet.cli_json("models", "show", "m@production")["version"]["aliases"]
