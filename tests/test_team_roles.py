@@ -84,7 +84,7 @@ def test_a_role_in_any_project_passes_the_gate_and_the_handler_decides(loaded) -
     assert allowed(loaded, "olga", Permission.READ, ANY_PROJECT)
     assert not allowed(loaded, "olga", Permission.DEPLOY, ANY_PROJECT)
     d = decide(loaded, Identity("eve"), Permission.SUBMIT, project=ANY_PROJECT, controller_user=OWNER)
-    assert d.sentence == "eve (no role) may not submit jobs in any project: that needs operator in any project"
+    assert d.sentence == "eve (no role) may not submit jobs: that needs operator in at least one project"
     # an admin in one project is no admin of the hosts
     assert not allowed(loaded, "ada", Permission.HOSTS, None)
 
@@ -204,6 +204,10 @@ def test_access_check_audits_a_refusal_with_the_permission_and_rule(tmp_path: Pa
     assert rows == [("nobody", "policy.denied", "job j2", {
         "permission": "cancel", "rule": "policy.yaml:2 (roles[0])", "role": "operator", "needed": "maintainer",
         "method": "job_cancel", "project": "vision", "owner": "bob"})]
+    with pytest.raises(PermissionDeniedError):  # the same refusal at once: refused, not audited again
+        asyncio.run(access.check(audit, "nobody", Permission.CANCEL, method="job_cancel", project="vision",
+                                 owner="bob", target="job j2"))
+    assert len(rows) == 1
     me = access.whoami("nobody")
     assert me["projects"] == [{"project": "vision", "role": "operator", "rule": "policy.yaml:2 (roles[0])"}]
     assert me["policy"] is True and me["role"] is None

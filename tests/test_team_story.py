@@ -91,6 +91,7 @@ def team(fleet: Fleet) -> Iterator[dict[str, User]]:
         users["viewer"] = User(f"mlft{tag}v", None)
         users["alice"] = User(f"mlft{tag}a", group)
         users["bob"] = User(f"mlft{tag}b", group)
+        users["stranger"] = User(f"mlft{tag}s", None)  # in no rule
         v, b = users["viewer"].name, users["bob"].name
         (fleet.root / "policy.yaml").write_text(
             "roles:\n"
@@ -141,6 +142,15 @@ def test_roles_decide_who_may_submit_cancel_and_read_files(fleet: Fleet, team: d
     assert alice.cli(fleet, "jobs", "retry", a_id).code == 0  # her own job, again
     assert fleet.cli("jobs", "cancel", b_id).code == 0
     assert fleet.job(b_id)["state"] == "cancelled"
+
+    # Someone in no rule is refused everything but hello, before any job is looked up.
+    stranger = team["stranger"]
+    refused = stranger.cli(fleet, "jobs", "list")
+    assert refused.code == 6 and refused.err.strip() == (
+        f"mlfleet: {stranger.name} (no role) may not read: that needs viewer in at least one project")
+    refused = stranger.cli(fleet, "jobs", "cancel", "no-such-job")
+    assert refused.code == 6 and refused.err.strip() == (
+        f"mlfleet: {stranger.name} (no role) may not cancel jobs or sweeps: that needs operator in at least one project")
 
     # Hosts and the controller itself are admins' only.
     refused = bob.cli(fleet, "controller", "stop")

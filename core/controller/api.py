@@ -29,6 +29,7 @@ from mlfleet.core.base.rpc import method_dispatcher, rpc_methods
 from mlfleet.core.base.send_budget import SendBudget
 from mlfleet.core.base.errors import PermissionDeniedError
 from mlfleet.core.team.permissions import HANDLER_CHECKED, METHOD_PERMISSIONS, gate_project
+from mlfleet.core.team.roles import ANY_PROJECT, Permission
 
 if TYPE_CHECKING:
     from mlfleet.core.controller.service import ControllerContext, Rpc, Service
@@ -62,7 +63,8 @@ class ControllerApi:
 
         Checked before the parameters, so a caller without the role learns
         nothing about the method's shape. The handlers in HANDLER_CHECKED
-        check themselves, where the target decides (whose job, which project).
+        check themselves, where the target decides (whose job, which project);
+        a caller with no role anywhere is refused before them all the same.
         """
         async def handle(peer: Peer, method: str, params: dict[str, Any]) -> Any:
             permission = METHOD_PERMISSIONS.get(method)
@@ -71,8 +73,14 @@ class ControllerApi:
                     raise PermissionDeniedError(f"the request {method!r} has no permission in "
                                                 "core/team/permissions.py, so no one may call it")
                 return await inner(peer, method, params)  # unknown: the dispatcher's own answer
-            if permission.role is not None and method not in HANDLER_CHECKED:
-                await self.c.require(peer.info["actor"], permission, method=method, project=gate_project(method))
+            actor = peer.info["actor"]
+            if permission.role is None:
+                pass
+            elif method not in HANDLER_CHECKED:
+                await self.c.require(actor, permission, method=method, project=gate_project(method))
+            elif not self.c.access.decide(actor, Permission.READ, project=ANY_PROJECT).allowed:
+                # no role anywhere: refused here (nothing of the target is looked up); else the handler decides
+                await self.c.require(actor, permission, method=method, project=ANY_PROJECT)
             return await inner(peer, method, params)
 
         return handle

@@ -22,7 +22,7 @@ from typing import Any, Awaitable, Callable
 from mlfleet.core.base.errors import MlfleetError, PermissionDeniedError
 from mlfleet.core.base.private import user_name
 from mlfleet.core.team.policy import NO_POLICY, POLICY_FILE, LoadedPolicy, Role, load_policy
-from mlfleet.core.team.roles import Decision, Identity, Permission, decide, projects_named, standing
+from mlfleet.core.team.roles import ANY_PROJECT, Decision, Identity, Permission, decide, projects_named, standing
 
 Audit = Callable[[str, str, "str | None", "dict[str, Any] | None"], Awaitable[None]]
 
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 RECHECK_S = 1.0
 GROUPS_TTL_S = 10.0
+DENIED_AUDIT_EVERY_S = 60.0  # the same refusal again (a TUI polling) is refused but audited once a minute
+DENIED_KEPT = 10_000
 
 
 def groups_of(user: str) -> frozenset[str]:
@@ -59,6 +61,7 @@ class Access:
         self._stamp: tuple[int, int, int] | None = None
         self._checked = 0.0
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
+        self._denied: dict[tuple[str, str, str | None, str | None], float] = {}  # last audited refusal of each kind
 
     def load(self) -> None:
         """Read the file now; a mistake is raised (the controller's start stops on it)."""
@@ -121,12 +124,25 @@ class Access:
         decision = self.decide(user, permission, project=project, owner=owner, target=target)
         if not decision.allowed:
             assert decision.sentence is not None
-            await audit(user, "policy.denied", target or project, {
-                "permission": permission.name.lower(), "rule": decision.rule, "role": decision.role,
-                "needed": decision.needed, "method": method, **({"project": project} if project else {}),
-                **({"owner": owner} if owner else {})})
+            named = None if project == ANY_PROJECT else project  # the gate asked about any project: none to name
+            if self._audit_due((user, method, named, target)):
+                await audit(user, "policy.denied", target or named, {
+                    "permission": permission.name.lower(), "rule": decision.rule, "role": decision.role,
+                    "needed": decision.needed, "method": method, **({"project": named} if named else {}),
+                    **({"owner": owner} if owner else {})})
             raise PermissionDeniedError(decision.sentence)
         return decision
+
+    def _audit_due(self, key: tuple[str, str, str | None, str | None]) -> bool:
+        """Whether this refusal goes on the audit trail now: once a minute per user, method and target."""
+        now = time.monotonic()
+        last = self._denied.get(key)
+        if last is not None and now - last < DENIED_AUDIT_EVERY_S:
+            return False
+        if len(self._denied) >= DENIED_KEPT:
+            self._denied = {k: t for k, t in self._denied.items() if now - t < DENIED_AUDIT_EVERY_S}
+        self._denied[key] = now
+        return True
 
     def whoami(self, user: str) -> dict[str, Any]:
         """What ``policy show`` prints: the caller, their groups and roles (everywhere and per project) with the rules."""

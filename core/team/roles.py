@@ -136,7 +136,8 @@ def decide(loaded: LoadedPolicy, who: Identity, permission: Permission, *, proje
 def refusal(who: Identity, permission: Permission, found: Standing, needed: Role | None, *,
             project: str | None, owner: str | None, target: str | None) -> str:
     """``alice (operator in vision, policy.yaml:3 (roles[1])) may not cancel bob's job 42: that needs maintainer in vision``."""
-    where = " in any project" if project == ANY_PROJECT else f" in {project}" if project is not None else ""
+    where = f" in {project}" if project is not None and project != ANY_PROJECT else ""
+    needs = f"{needed} in at least one project" if project == ANY_PROJECT else f"{needed}{where}"
     has = found.role or "no role"
     if found.role is not None and found.project is not None:
         has += f" in {found.project}"
@@ -144,14 +145,14 @@ def refusal(who: Identity, permission: Permission, found: Standing, needed: Role
         has += where
     said = f"{has}, {found.rule}" if found.rule else has
     if target is None:
-        action = f"{permission.words}{where}"
+        action = f"{permission.words}{' jobs or sweeps' if permission.owned else ''}{where}"
     elif owner is not None and owner != who.user:
         action = f"{permission.words} {owner}'s {target}"
     elif owner is not None:
         action = f"{permission.words} their own {target}"
     else:
         action = f"{permission.words} ({target})"
-    return f"{who.user} ({said}) may not {action}: that needs {needed}{where}"
+    return f"{who.user} ({said}) may not {action}: that needs {needs}"
 
 
 def projects_named(loaded: LoadedPolicy) -> list[str]:
