@@ -217,3 +217,15 @@ def test_models_maintainers_register_and_move_aliases_admins_move_production(fle
                                    "move protected aliases (m@production): that needs admin in vision")
     assert fleet.cli("models", "alias", "m", "production", "1").code == 0  # the controller's user is an admin
     assert "production" in fleet.cli_json("models", "show", "m@production")["version"]["aliases"]
+
+    # Deployments: a maintainer in the deployment's project; an operator is refused before anything starts.
+    web = alice.home / "web.yaml"
+    web.write_text("name: web\nmodel: m@staging\nproject: vision\ncommand: [python, -m, http.server, '{port}']\n")
+    os.chown(web, alice.uid, alice.gid)
+    refused = alice.cli(fleet, "deploy", "apply", str(web))
+    assert refused.code == 6, refused.err
+    assert refused.err.strip() == (f"mlfleet: {alice.name} (operator, policy.yaml:3 (roles[1])) may not change "
+                                   "deployments (web): that needs maintainer in vision")
+    assert fleet.cli_json("deploy", "list") == []
+    missing = bob.cli(fleet, "deploy", "scale", "nosuch", "2")
+    assert missing.code == 4, missing.err  # not there: said so, whatever the role
