@@ -28,6 +28,7 @@ from mlfleet.core.deploy.spec import DeploymentSpec, parse_model_ref, replica_jo
 from mlfleet.core.jobs.group import never_fits_words
 from mlfleet.core.jobs.policy_limits import refuse_contradictions
 from mlfleet.core.registry.records import resolve
+from mlfleet.core.team.roles import Permission
 
 if TYPE_CHECKING:
     from mlfleet.core.deploy.service import DeployService
@@ -47,6 +48,16 @@ class DeployApi:
     def store(self):  # noqa: ANN201 - the controller's Store
         return self.s.ctx.store
 
+    async def _may_change(self, peer: Peer, method: str, name: str, project: str | None = None) -> None:
+        """Refused unless the caller is a maintainer in the deployment's project (and in a new spec's project)."""
+        d = self.s.deployments.get(name)
+        if d is None and project is None:
+            self._get(name)  # no such deployment: say so, not that the caller lacks a role somewhere
+        projects = {p for p in ((d["spec"].get("project") or "default") if d is not None else None, project) if p}
+        for each in sorted(projects) or [None]:
+            await self.s.ctx.require(peer.info["actor"], Permission.DEPLOY, method=method, project=each,
+                                     target=name)
+
     def _get(self, name: str) -> dict[str, Any]:
         d = self.s.deployments.get(name)
         if d is None:
@@ -58,6 +69,7 @@ class DeployApi:
         """Create or update a deployment from its spec; the same spec again changes nothing."""
         actor = peer.info["actor"]
         new = validate_deployment_spec(spec)
+        await self._may_change(peer, "deploy_apply", new.name, new.project)
         if not Path(new.workdir).is_absolute():
             raise UsageError("workdir must be an absolute path when applying through the API")
         _, alias, _ = parse_model_ref(new.model)
@@ -137,6 +149,7 @@ class DeployApi:
 
     async def rpc_deploy_scale(self, peer: Peer, name: Ident, replicas: Replicas) -> dict[str, Any]:
         actor = peer.info["actor"]
+        await self._may_change(peer, "deploy_scale", name)
         async with self.s.lock:
             d = self._get(name)
             before = d["spec"].get("replicas")
@@ -153,6 +166,7 @@ class DeployApi:
     async def rpc_deploy_stop(self, peer: Peer, name: Ident) -> dict[str, Any]:
         """Take every replica out of the endpoints and stop it; ``deploy apply`` starts it again."""
         actor = peer.info["actor"]
+        await self._may_change(peer, "deploy_stop", name)
         async with self.s.lock:
             d = self._get(name)
             if d["phase"] == "stopped":
@@ -167,6 +181,7 @@ class DeployApi:
                                   ) -> dict[str, Any]:
         """A new target: model version ``to`` (with the spec it last ran with), or by default what served before."""
         actor = peer.info["actor"]
+        await self._may_change(peer, "deploy_rollback", name)
         async with self.s.lock:
             d = self._get(name)
             if d["phase"] == "stopped":
