@@ -94,3 +94,19 @@ def test_a_residency_constraint_is_never_broken_and_each_refusal_is_audited(flee
     fleet.wait_for(lambda: any(e["action"] == "scheduler.refuse" and e["target"] == job_id
                                for e in fleet.cli_json("audit", "list")), what="the refusal in the audit trail")
     assert fleet.job(job_id)["state"] == "pending"
+
+
+def test_a_raised_priority_puts_a_waiting_job_first(fleet: Fleet) -> None:
+    _simulate(fleet, _gpu())
+    _wait_gpus(fleet, 1)
+    hold = fleet.write_spec("hold", "name: hold\nresources: {gpus: 1}\ncommand: [sleep, '60']\n")
+    quick = fleet.write_spec("quick", "name: quick\nresources: {gpus: 1}\ncommand: [true]\n")
+    holder = fleet.cli("submit", str(hold), check=True).out.strip()
+    fleet.wait_state(holder, {"running"})
+    early = fleet.cli("submit", str(quick), check=True).out.strip()
+    late = fleet.cli("submit", str(quick), check=True).out.strip()
+    fleet.cli("jobs", "priority", late, "10", check=True)  # the later one, raised: it must go first now
+    fleet.cli("jobs", "cancel", holder, check=True)
+    fleet.wait_state(late, {"running", "succeeded"})
+    first, second = fleet.wait_state(late, {"succeeded"}), fleet.wait_state(early, {"succeeded"})
+    assert first["started_at"] <= second["started_at"], (first, second)

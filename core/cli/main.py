@@ -37,7 +37,7 @@ from mlfleet.core.jobs import commands as jobs_commands
 from mlfleet.core.registry import commands as registry_commands
 from mlfleet.core.store import commands as store_commands
 from mlfleet.core.sweeps import commands as sweeps_commands
-from mlfleet.core.team import secret_commands
+from mlfleet.core.team import policy_commands, secret_commands
 from mlfleet.core.tracking import commands as tracking_commands
 
 # Each capability's commands, in the order ``mlfleet --help`` lists them.
@@ -52,7 +52,8 @@ REGISTERS = (jobs_commands.register,  # submit, jobs
              controller_commands.register,  # controller
              agent_commands.register,  # agent
              drift_commands.register,  # drift
-             secret_commands.register)  # secrets
+             secret_commands.register,  # secrets
+             policy_commands.register)  # policy
 
 
 def build_parser(tui: Command | None = None) -> argparse.ArgumentParser:

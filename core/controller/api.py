@@ -24,10 +24,12 @@ from mlfleet import __version__
 from mlfleet.core.base.bounds import usage_dispatcher
 from mlfleet.core.base.hello import PROTOCOL_VERSION
 from mlfleet.core.base.listener import HELLO_DEADLINE_S, UnixListener
-from mlfleet.core.base.private import user_name
-from mlfleet.core.base.protocol import SERVER_FRAME_DEADLINE_S, SERVER_MAX_REQUEST, Peer
+from mlfleet.core.base.protocol import SERVER_FRAME_DEADLINE_S, SERVER_MAX_REQUEST, Handler, Peer
 from mlfleet.core.base.rpc import method_dispatcher, rpc_methods
 from mlfleet.core.base.send_budget import SendBudget
+from mlfleet.core.base.errors import PermissionDeniedError
+from mlfleet.core.team.permissions import HANDLER_CHECKED, METHOD_PERMISSIONS, gate_project
+from mlfleet.core.team.roles import ANY_PROJECT, Permission
 
 if TYPE_CHECKING:
     from mlfleet.core.controller.service import ControllerContext, Rpc, Service
@@ -54,7 +56,34 @@ class ControllerApi:
         self.listener: UnixListener | None = None
         self._send_budget = SendBudget()  # answers made and not read, all clients together
         self.table = self._table()
-        self.handler = usage_dispatcher(self.table, method_dispatcher(self.table))  # a bad parameter: exit 2
+        self.handler = self._gated(usage_dispatcher(self.table, method_dispatcher(self.table)))  # bad parameter: exit 2
+
+    def _gated(self, inner: "Handler") -> "Handler":
+        """``inner`` behind each method's base permission (core/team/permissions.py); an unlisted method is refused.
+
+        Checked before the parameters, so a caller without the role learns
+        nothing about the method's shape. The handlers in HANDLER_CHECKED
+        check themselves, where the target decides (whose job, which project);
+        a caller with no role anywhere is refused before them all the same.
+        """
+        async def handle(peer: Peer, method: str, params: dict[str, Any]) -> Any:
+            permission = METHOD_PERMISSIONS.get(method)
+            if permission is None:
+                if method in self.table:  # answered but never given a permission: a bug, refused safely
+                    raise PermissionDeniedError(f"the request {method!r} has no permission in "
+                                                "core/team/permissions.py, so no one may call it")
+                return await inner(peer, method, params)  # unknown: the dispatcher's own answer
+            actor = peer.info["actor"]
+            if permission.role is None:
+                pass
+            elif method not in HANDLER_CHECKED:
+                await self.c.require(actor, permission, method=method, project=gate_project(method))
+            elif not self.c.access.decide(actor, Permission.READ, project=ANY_PROJECT).allowed:
+                # no role anywhere: refused here (nothing of the target is looked up); else the handler decides
+                await self.c.require(actor, permission, method=method, project=ANY_PROJECT)
+            return await inner(peer, method, params)
+
+        return handle
 
     def _table(self) -> "dict[str, Rpc]":
         """Every service's requests and this server's own; two answering the same name is a bug, found at start."""
@@ -93,8 +122,14 @@ class ControllerApi:
     async def rpc_hello(self, peer: Peer, protocol: int, role: str = "") -> dict[str, Any]:
         if self.listener is not None:
             self.listener.greeted(peer)  # a client, not a bare socket: evicted for a newcomer only when idle
-        # owner: the controller's OS user; a caller who is someone else sends its own code (core/jobs/code_send.py)
-        return {"protocol": PROTOCOL_VERSION, "role": "controller", "version": __version__, "owner": user_name(os.getuid())}
+        access, user = self.c.access, peer.info["actor"]
+        return {"protocol": PROTOCOL_VERSION, "role": "controller", "version": __version__, "user": user,
+                "user_role": access.role_of(user), "owner": access.controller_user, "team": access.team_group,
+                "policy": access.loaded.active}
+
+    async def rpc_whoami(self, peer: Peer) -> dict[str, Any]:
+        """The caller as the controller sees them: groups, role everywhere and per project, with the rules."""
+        return self.c.access.whoami(peer.info["actor"])
 
     async def rpc_status(self, peer: Peer) -> dict[str, Any]:
         facts: dict[str, Any] = {}
@@ -109,6 +144,8 @@ class ControllerApi:
             **(self.listener.facts() if self.listener is not None else {}),
             "log": str(self.c.home.log_dir / "controller.log"), "log_max_size": int(self.c.settings.controller.log_max_size),
             "log_backups": self.c.settings.controller.log_backups,
+            "policy_path": str(self.c.access.path), "policy": self.c.access.loaded.active,
+            "policy_error": self.c.access.error, "team": self.c.access.team_group,
         }
 
     async def rpc_shutdown(self, peer: Peer, stop_local_agent: bool = True) -> dict[str, Any]:

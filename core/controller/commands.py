@@ -61,7 +61,7 @@ async def _controller_action(home: Home, args: argparse.Namespace) -> int:
                           f"{status['pending']} pending, {status['active']} active; {_hosts_states(status['hosts'])}; "
                           f"{status['connections']} of {status['max_connections']} connections; "
                           f"log {status['log']} (rotated at {render.format_size(status['log_max_size'])}, "
-                          f"{status['log_backups']} kept)")
+                          f"{status['log_backups']} kept)" + _policy_words(status))
         return EXIT_OK
     if args.action == "start":
         if client is not None:
@@ -98,3 +98,15 @@ def register(sub: Any, add: Add) -> None:
     """Add the ``controller`` command to the top-level subparsers."""
     p = add(sub, "controller", cmd_controller, "start, stop or inspect the controller")
     p.add_argument("action", choices=["start", "stop", "status", "run"], help="run = in the foreground")
+
+
+def _policy_words(status: dict[str, Any]) -> str:
+    """``; policy /etc/.../policy.yaml in force`` (or absent, or the mistake of a file that turned bad)."""
+    if "policy_path" not in status:  # an older controller
+        return ""
+    words = f"; policy {status['policy_path']} " + ("in force" if status.get("policy") else "absent")
+    if status.get("team"):
+        words += f"; team {status['team']}"
+    if status.get("policy_error"):
+        words += f"; policy error (the last good policy stays in force): {status['policy_error']}"
+    return words

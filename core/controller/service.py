@@ -21,6 +21,7 @@ from mlfleet.core.team.access import Access
 
 if TYPE_CHECKING:
     from mlfleet.core.fleet.hostlink import HostLink
+    from mlfleet.core.team.roles import Permission
     from mlfleet.core.store.db import Store
 
 Rpc = Callable[..., Awaitable[Any]]  # async def handler(peer, **params), parameters checked by its type hints
@@ -55,6 +56,28 @@ class ControllerContext:
         from mlfleet.core.audit.records import audit
 
         await self.store.run(audit, actor, action, target, detail)
+
+    async def require(self, actor: str, permission: "Permission", *, method: str, project: str | None = None,
+                      owner: str | None = None, target: str | None = None) -> None:
+        """Refuse (PermissionDeniedError, exit 6, a ``policy.denied`` audit row) unless the policy allows it.
+
+        The handlers' finer check where the target decides (whose job, which
+        project, a protected alias); the method's base permission was checked
+        before the handler ran (core/controller/api.py).
+        """
+        await self.access.check(self.audit, actor, permission, method=method, project=project, owner=owner,
+                                target=target)
+
+    def may_touch_server_files(self, actor: str) -> bool:
+        """Whether ``actor`` may have the controller open files on its machine (db query's file readers)."""
+        from mlfleet.core.team.roles import Permission
+
+        return self.access.decide(actor, Permission.SERVER_FILES).allowed
+
+    async def require_server_files(self, actor: str, method: str) -> None:
+        from mlfleet.core.team.roles import Permission
+
+        await self.require(actor, Permission.SERVER_FILES, method=method)
 
     def stop(self, by: str | None = None) -> None:
         """Stop serving; ``by`` is the user who asked (audited as the controller stops)."""

@@ -29,6 +29,7 @@ from mlfleet.core.jobs.group import never_fits_words
 from mlfleet.core.jobs.code_upload import must_be_controller_user
 from mlfleet.core.jobs.policy_limits import refuse_contradictions
 from mlfleet.core.registry.records import resolve
+from mlfleet.core.team.roles import Permission
 
 if TYPE_CHECKING:
     from mlfleet.core.deploy.service import DeployService
@@ -48,6 +49,16 @@ class DeployApi:
     def store(self):  # noqa: ANN201 - the controller's Store
         return self.s.ctx.store
 
+    async def _may_change(self, peer: Peer, method: str, name: str, project: str | None = None) -> None:
+        """Refused unless the caller is a maintainer in the deployment's project (and in a new spec's project)."""
+        d = self.s.deployments.get(name)
+        if d is None and project is None:
+            self._get(name)  # no such deployment: say so, not that the caller lacks a role somewhere
+        projects = {p for p in ((d["spec"].get("project") or "default") if d is not None else None, project) if p}
+        for each in sorted(projects) or [None]:
+            await self.s.ctx.require(peer.info["actor"], Permission.DEPLOY, method=method, project=each,
+                                     target=name)
+
     def _get(self, name: str) -> dict[str, Any]:
         d = self.s.deployments.get(name)
         if d is None:
@@ -58,8 +69,9 @@ class DeployApi:
     async def rpc_deploy_apply(self, peer: Peer, spec: dict[str, Any], spec_path: str | None = None) -> dict[str, Any]:
         """Create or update a deployment from its spec; the same spec again changes nothing."""
         actor = peer.info["actor"]
-        must_be_controller_user(actor, "apply a deployment")  # its replicas' code is packed here, from its workdir
         new = validate_deployment_spec(spec)
+        await self._may_change(peer, "deploy_apply", new.name, new.project)
+        must_be_controller_user(actor, "apply a deployment")  # its replicas' code is packed here, from its workdir
         if not Path(new.workdir).is_absolute():
             raise UsageError("workdir must be an absolute path when applying through the API")
         _, alias, _ = parse_model_ref(new.model)
@@ -139,6 +151,7 @@ class DeployApi:
 
     async def rpc_deploy_scale(self, peer: Peer, name: Ident, replicas: Replicas) -> dict[str, Any]:
         actor = peer.info["actor"]
+        await self._may_change(peer, "deploy_scale", name)
         async with self.s.lock:
             d = self._get(name)
             before = d["spec"].get("replicas")
@@ -155,6 +168,7 @@ class DeployApi:
     async def rpc_deploy_stop(self, peer: Peer, name: Ident) -> dict[str, Any]:
         """Take every replica out of the endpoints and stop it; ``deploy apply`` starts it again."""
         actor = peer.info["actor"]
+        await self._may_change(peer, "deploy_stop", name)
         async with self.s.lock:
             d = self._get(name)
             if d["phase"] == "stopped":
@@ -169,6 +183,7 @@ class DeployApi:
                                   ) -> dict[str, Any]:
         """A new target: model version ``to`` (with the spec it last ran with), or by default what served before."""
         actor = peer.info["actor"]
+        await self._may_change(peer, "deploy_rollback", name)
         async with self.s.lock:
             d = self._get(name)
             if d["phase"] == "stopped":

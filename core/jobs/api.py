@@ -27,6 +27,7 @@ from mlfleet.core.jobs.scheduler import Decision, never_fits
 from mlfleet.core.jobs.slurm_plan import free_gpus_words
 from mlfleet.core.jobs.snapshot import snapshot
 from mlfleet.core.jobs.spec import validate_job_spec
+from mlfleet.core.team.roles import Permission
 from mlfleet.core.team.secret_store import SecretStore, unknown_secrets
 from mlfleet.core.jobs.submit_key import check_submit_key
 from mlfleet.core.store.rows import rows
@@ -57,9 +58,10 @@ class JobsApi:
         may ask for: it would read the files as that user.
         """
         actor = peer.info["actor"]
+        job_spec = validate_job_spec(spec)
+        await self.c.ctx.require(actor, Permission.SUBMIT, method="submit", project=job_spec.project)
         if code is None:
             must_send_code(actor)
-        job_spec = validate_job_spec(spec)
         unknown_secrets(SecretStore(self.c.ctx.home.secrets_file), job_spec.secret_refs())
         if not Path(job_spec.workdir).is_absolute():
             raise UsageError("workdir must be an absolute path when submitting through the API")
@@ -179,8 +181,16 @@ class JobsApi:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.c.job_changed.wait(), min(left, 1.0))
 
+    async def _allowed(self, peer: Peer, permission: Permission, method: str, job: str) -> dict[str, Any]:
+        """The job's current run, once the caller may act on it (their own: operator; another's: maintainer)."""
+        current = await self.store.read(records.job_run, job)
+        await self.c.ctx.require(peer.info["actor"], permission, method=method, project=current["project"],
+                                 owner=current["owner"], target=f"job {current['job_id']}")
+        return current
+
     async def rpc_job_cancel(self, peer: Peer, job: Ident) -> dict[str, Any]:
-        return await self.cancel(job, peer.info["actor"])
+        current = await self._allowed(peer, Permission.CANCEL, "job_cancel", job)
+        return await self.cancel(current["job_id"], peer.info["actor"])
 
     async def cancel(self, job: str, actor: str) -> dict[str, Any]:
         """Cancel a queued job, or ask a started one's agent to stop it (sweeps cancel their children so too)."""
@@ -212,7 +222,7 @@ class JobsApi:
             raise UsageError(f"priority must be a whole number, not {priority!r}")
         if not -1000 <= priority <= 1000:
             raise UsageError(f"priority {priority} is out of range; use a number from -1000 to 1000, as in job specs")
-        job_id = (await self.store.read(records.job_run, job))["job_id"]
+        job_id = (await self._allowed(peer, Permission.PRIORITISE, "job_set_priority", job))["job_id"]
         before = await self.store.run(records.set_job_priority, job_id, priority, peer.info["actor"])
         pending = self.c.pending.get(job_id)
         if pending is not None:
@@ -223,7 +233,7 @@ class JobsApi:
 
     async def rpc_job_retry(self, peer: Peer, job: Ident, force: bool = False) -> dict[str, Any]:
         """Queue an ended job (failed, cancelled, lost; succeeded only with ``force``) for one more attempt."""
-        current = await self.store.read(records.job_run, job)
+        current = await self._allowed(peer, Permission.RETRY, "job_retry", job)
         job_id, state = current["job_id"], current["state"]
         if state not in TERMINAL_STATES:
             raise UsageError(f"job {job_id} is {state}; only an ended job can be retried (cancel it first)")

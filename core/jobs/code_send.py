@@ -8,8 +8,9 @@ same bytes, so the same hash), computes the git lineage itself, and sends the
 archive in chunks unless the controller says it already has it from this
 user. The submit then carries ``code={"sha256", "files", "skipped", "lineage"}``.
 
-The archive is made in a private folder of the client's own data dir and
-removed once sent: the controller's cache is where it lives from then on.
+The archive is made in a private folder of the client's own data dir (a
+private temp folder when that home is not the caller's) and removed once
+sent: the controller's cache is where it lives from then on.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mlfleet.core.base.errors import MlfleetError
 from mlfleet.core.base.paths import Home
 from mlfleet.core.base.private import private_dir, user_name
 from mlfleet.core.controller.client import ControllerClient
@@ -56,9 +58,7 @@ async def with_code(client: ControllerClient, params: dict[str, Any], home: Home
 
 async def send_code(client: ControllerClient, workdir: Path, home: Home) -> dict[str, Any]:
     """Snapshot ``workdir`` here, send it unless the controller has it from us, and say what a submit names."""
-    private_dir(home.data_dir)
-    private_dir(home.data_dir / "outgoing-code")
-    outgoing = Path(tempfile.mkdtemp(dir=home.data_dir / "outgoing-code"))  # 0700; its own per submit
+    outgoing = _outgoing(home)
     try:
         snap, lineage = await asyncio.gather(asyncio.to_thread(snapshot, workdir, outgoing, home.own_paths()),
                                              asyncio.to_thread(git_lineage, workdir))
@@ -68,6 +68,18 @@ async def send_code(client: ControllerClient, workdir: Path, home: Home) -> dict
     finally:
         shutil.rmtree(outgoing, ignore_errors=True)
     return {"sha256": snap.sha256, "files": snap.files, "skipped": snap.skipped, "lineage": lineage}
+
+
+def _outgoing(home: Home) -> Path:
+    """A new private folder for one archive: in the caller's data dir, or a temp one when that is not theirs.
+
+    (A client may use a home it does not own: the shared controller's, opened to its team.)
+    """
+    try:
+        base: Path | None = private_dir(home.data_dir / "outgoing-code") if private_dir(home.data_dir) else None
+    except (MlfleetError, OSError):
+        base = None
+    return Path(tempfile.mkdtemp(prefix="mlfleet-code-", dir=base))  # 0700, this submit's own
 
 
 async def upload(client: ControllerClient, archive: Path, sha256: str, chunk_bytes: int = CHUNK_BYTES) -> dict[str, Any]:

@@ -208,9 +208,9 @@ def get_job(con: duckdb.DuckDBPyConnection, ident: str) -> dict[str, Any]:
 
 
 def job_run(con: duckdb.DuckDBPyConnection, ident: str) -> dict[str, Any]:
-    """The job's current run (host and run id), for logs and cancel."""
+    """The job's current run (host and run id), for logs and cancel, and whose it is (owner, project)."""
     job_id = resolve_job_id(con, ident)
-    return rows(con, "select job_id, state, host, run_id from jobs where job_id = ?", [job_id])[0]
+    return rows(con, "select job_id, state, host, run_id, owner, project from jobs where job_id = ?", [job_id])[0]
 
 
 

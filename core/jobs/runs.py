@@ -53,16 +53,17 @@ class ActiveRun:
 
 def queued(job: PendingJob, warm_hosts: frozenset[str] = frozenset(),
            residency: scheduler.Residency | None = None) -> scheduler.QueuedJob:
-    return queued_job(job.job_id, job.spec, job.submitted, job.owner, job.failed_hosts, warm_hosts, residency)
+    return queued_job(job.job_id, job.spec, job.submitted, job.owner, job.failed_hosts, warm_hosts, residency,
+                      priority=job.priority)  # the job's priority now: 'jobs priority' may have changed the spec's
 
 
 def queued_job(job_id: str, spec: JobSpec, submitted: float, owner: str,
                failed_hosts: tuple[str, ...] = (), warm_hosts: frozenset[str] = frozenset(),
-               residency: scheduler.Residency | None = None) -> scheduler.QueuedJob:
+               residency: scheduler.Residency | None = None, priority: int | None = None) -> scheduler.QueuedJob:
     """The scheduler's view of a job; ``residency`` is the policy's, asked again each cycle (policy_limits.py)."""
     r = spec.resources
     return scheduler.QueuedJob(
-        job_id=job_id, priority=spec.priority, submitted=submitted, gpus=r.gpus,
+        job_id=job_id, priority=spec.priority if priority is None else priority, submitted=submitted, gpus=r.gpus,
         gpu_memory=int(r.gpu_memory) if r.gpu_memory is not None else None,
         gpu_types=tuple(r.gpu_types), cpus=r.cpus, memory=int(r.memory) if r.memory is not None else None,
         labels=dict(spec.constraints.labels), hosts=tuple(spec.constraints.hosts), project=spec.project,

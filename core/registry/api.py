@@ -21,6 +21,7 @@ from mlfleet.core.base.bounds import ListLimit, MAX_CHUNK
 from mlfleet.core.base.errors import NotFoundError, UnavailableError, UsageError
 from mlfleet.core.base.protocol import Peer
 from mlfleet.core.registry import model_store, records, refs
+from mlfleet.core.team.roles import Permission
 from mlfleet.core.tracking import records as tracking
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ class RegistryApi:
             refs.check_alias(alias)
         reason = refs.check_reason(reason)
         found = await self.store.read(tracking.find_artifact, run, artifact)
+        await self.c.require(peer.info["actor"], Permission.REGISTER_MODEL, method="model_register",
+                             project=await self.store.read(_run_project, found["run_id"]))
         if not found.get("sha256") or found.get("size") is None:
             raise UsageError(f"artifact {found['path']} of run {found['run_id']} was logged without a sha256; "
                              "log it with track.log_artifact, which hashes it")
@@ -110,6 +113,12 @@ class RegistryApi:
         refs.check_alias(alias)
         refs.check_version(version)
         reason = refs.check_reason(reason)
+        loaded = self.c.access.loaded
+        protected = loaded.policy.protected_aliases if loaded.policy is not None else ["production"]
+        permission = Permission.MOVE_PROTECTED_ALIAS if alias in protected else Permission.MOVE_ALIAS
+        await self.c.require(peer.info["actor"], permission, method="model_alias",
+                             project=await self.store.read(_version_project, name, version),
+                             target=f"{name}@{alias}")
         return await self.store.run(records.move_alias, name, alias, version, peer.info["actor"], reason)
 
     async def rpc_model_history(self, peer: Peer, name: Text, at: float | None = None,
@@ -123,3 +132,16 @@ class RegistryApi:
                 raise UsageError("at must be a time, got a number that is none")
             return {"kind": "at", **await self.store.read(records.aliases_at, name, at, alias)}
         return {"kind": "moves", "name": name, "moves": await self.store.read(records.history, name, alias)}
+
+
+def _run_project(con: Any, run_id: str) -> str | None:
+    """The project of the run a version comes from: a maintainer there may register it."""
+    found = con.execute("select project from runs where run_id = ?", [run_id]).fetchall()
+    return found[0][0] if found else None
+
+
+def _version_project(con: Any, name: str, version: int) -> str | None:
+    """The project of the run behind ``name:version`` (None: no such version, or its run is gone)."""
+    found = con.execute("select r.project from model_versions v join runs r on r.run_id = v.run_id "
+                        "where v.name = ? and v.version = ?", [name, version]).fetchall()
+    return found[0][0] if found else None

@@ -82,6 +82,10 @@ class QueryRefused(UsageError):
     """The SQL would do more than read the store (or cannot be checked); the sentence says what and why."""
 
 
+class FileReadsOff(QueryRefused):
+    """The SQL reads a file and file reads are off (for this caller: in team mode only admins read files)."""
+
+
 @dataclass(frozen=True)
 class Catalog:
     """What a user query may name, read from the store's connection (names in DuckDB's ASCII lower case)."""
@@ -310,7 +314,7 @@ class Walk:
         name = fold(node.get("function_name", ""))
         if name in FILE_TABLE_FUNCTIONS:
             if not self.files:
-                raise QueryRefused(f"db query refused {name}(): {_FILES_OFF}")
+                raise FileReadsOff(f"db query refused {name}(): {_FILES_OFF}")
             for arg in node.get("arguments", []):
                 option = option_name(arg)
                 if option in _WRITING_OPTIONS:
@@ -328,7 +332,7 @@ class Walk:
             return
         shown = ".".join(p for p in (node.get("catalog_name"), node.get("schema_name"), node.get("table_name")) if p)
         if any(mark in name for mark in "/.:\\"):
-            raise QueryRefused(f"db query refused {shown!r}: it is not a table of the store, and {_FILES_OFF}")
+            raise FileReadsOff(f"db query refused {shown!r}: it is not a table of the store, and {_FILES_OFF}")
         raise QueryRefused(f"db query refused {shown!r}: it is not a table or view of the store "
                            "('select table_name from duckdb_tables()' lists them)")
 

@@ -20,6 +20,7 @@ from mlfleet.core.jobs.group import cancel_jobs, submit_group
 from mlfleet.core.sweeps import records
 from mlfleet.core.sweeps.children import children as expand
 from mlfleet.core.sweeps.limits import Member
+from mlfleet.core.team.roles import Permission
 
 if TYPE_CHECKING:
     from mlfleet.core.sweeps.service import SweepsService
@@ -78,6 +79,8 @@ class SweepsApi:
         """Cancel every child not ended yet: queued ones at once, started ones stopped as ``jobs cancel`` does."""
         actor = peer.info["actor"]
         found = await self.store.read(records.resolve_sweep, sweep)
+        await self.s.ctx.require(actor, Permission.CANCEL, method="sweep_cancel", project=found["project"],
+                                 owner=found["owner"], target=f"sweep {found['name']}")
         await self.store.run(records.mark_cancelled, found["sweep_id"], actor)
         ids = await self.store.read(records.job_ids, found["sweep_id"])
         counts = await cancel_jobs(self.s.jobs, actor, ids)

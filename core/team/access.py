@@ -17,15 +17,21 @@ import os
 import pwd
 import time
 from pathlib import Path
+from typing import Any, Awaitable, Callable
 
-from mlfleet.core.base.errors import MlfleetError
+from mlfleet.core.base.errors import MlfleetError, PermissionDeniedError
 from mlfleet.core.base.private import user_name
-from mlfleet.core.team.policy import NO_POLICY, POLICY_FILE, LoadedPolicy, load_policy
+from mlfleet.core.team.policy import NO_POLICY, POLICY_FILE, LoadedPolicy, Role, load_policy
+from mlfleet.core.team.roles import ANY_PROJECT, Decision, Identity, Permission, decide, projects_named, standing
+
+Audit = Callable[[str, str, "str | None", "dict[str, Any] | None"], Awaitable[None]]
 
 log = logging.getLogger(__name__)
 
 RECHECK_S = 1.0
 GROUPS_TTL_S = 10.0
+DENIED_AUDIT_EVERY_S = 60.0  # the same refusal again (a TUI polling) is refused but audited once a minute
+DENIED_KEPT = 10_000
 
 
 def groups_of(user: str) -> frozenset[str]:
@@ -55,6 +61,7 @@ class Access:
         self._stamp: tuple[int, int, int] | None = None
         self._checked = 0.0
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
+        self._denied: dict[tuple[str, str, str | None, str | None], float] = {}  # last audited refusal of each kind
 
     def load(self) -> None:
         """Read the file now; a mistake is raised (the controller's start stops on it)."""
@@ -91,6 +98,65 @@ class Access:
         groups = groups_of(user)
         self._groups[user] = (now, groups)
         return groups
+
+    @property
+    def team_mode(self) -> bool:
+        """A policy file is in force or the controller serves a team group: roles are more than "everyone is admin"."""
+        return self.loaded.active or self.team_group is not None
+
+    def identity(self, user: str) -> Identity:
+        return Identity(user, self.groups_of(user))
+
+    def role_of(self, user: str, project: str | None = None) -> Role | None:
+        """``user``'s role in ``project`` (None: the role that holds everywhere); None when they have none."""
+        return standing(self.loaded, self.identity(user), project, controller_user=self.controller_user,
+                        team_group=self.team_group).role
+
+    def decide(self, user: str, permission: Permission, *, project: str | None = None, owner: str | None = None,
+               target: str | None = None) -> Decision:
+        """:func:`roles.decide` with the policy in force, the user's OS groups and this controller's facts."""
+        return decide(self.loaded, self.identity(user), permission, project=project, owner=owner, target=target,
+                      controller_user=self.controller_user, team_group=self.team_group)
+
+    async def check(self, audit: Audit, user: str, permission: Permission, *, method: str,
+                    project: str | None = None, owner: str | None = None, target: str | None = None) -> Decision:
+        """The decision, or PermissionDeniedError (exit 6) with its sentence after a ``policy.denied`` audit row."""
+        decision = self.decide(user, permission, project=project, owner=owner, target=target)
+        if not decision.allowed:
+            assert decision.sentence is not None
+            named = None if project == ANY_PROJECT else project  # the gate asked about any project: none to name
+            if self._audit_due((user, method, named, target)):
+                await audit(user, "policy.denied", target or named, {
+                    "permission": permission.name.lower(), "rule": decision.rule, "role": decision.role,
+                    "needed": decision.needed, "method": method, **({"project": named} if named else {}),
+                    **({"owner": owner} if owner else {})})
+            raise PermissionDeniedError(decision.sentence)
+        return decision
+
+    def _audit_due(self, key: tuple[str, str, str | None, str | None]) -> bool:
+        """Whether this refusal goes on the audit trail now: once a minute per user, method and target."""
+        now = time.monotonic()
+        last = self._denied.get(key)
+        if last is not None and now - last < DENIED_AUDIT_EVERY_S:
+            return False
+        if len(self._denied) >= DENIED_KEPT:
+            self._denied = {k: t for k, t in self._denied.items() if now - t < DENIED_AUDIT_EVERY_S}
+        self._denied[key] = now
+        return True
+
+    def whoami(self, user: str) -> dict[str, Any]:
+        """What ``policy show`` prints: the caller, their groups and roles (everywhere and per project) with the rules."""
+        loaded = self.loaded
+        who = self.identity(user)
+        facts = dict(controller_user=self.controller_user, team_group=self.team_group)
+        overall = standing(loaded, who, None, **facts)
+        projects = []
+        for project in projects_named(loaded):
+            found = standing(loaded, who, project, **facts)
+            projects.append({"project": project, "role": found.role, "rule": found.rule})
+        return {"user": user, "groups": sorted(who.groups), "role": overall.role, "rule": overall.rule,
+                "projects": projects, "owner": self.controller_user, "team": self.team_group,
+                "policy": loaded.active, "policy_path": str(self.path), "policy_error": self.error}
 
     def _file_stamp(self) -> tuple[int, int, int] | None:
         try:

@@ -151,8 +151,63 @@ def load_policy(path: Path) -> LoadedPolicy:
     return LoadedPolicy(policy, str(path), {k: v for k, v in lines.items() if v})
 
 
-def _check_one_of(located: Located, section: str, rules: list[Any], keys: tuple[str, ...]) -> None:
-    for i, rule in enumerate(rules):
+_SECTIONS: dict[str, tuple[type[msgspec.Struct], tuple[str, ...]]] = {
+    "roles": (RoleRule, ("user", "group")), "quotas": (QuotaRule, ("user", "group", "project")),
+    "residency": (ResidencyRule, ()),
+}
+
+
+def policy_mistakes(path: Path) -> list[SpecError]:
+    """Every mistake in ``path``, one SpecError each at its line (``policy check``: fix them all in one go).
+
+    :func:`load_policy` stops at the first; this checks each rule on its own
+    so one bad rule does not hide the next.
+    """
+    try:
+        load_policy(path)
+        return []
+    except SpecError as exc:
+        first = exc
+    try:
+        located = read_yaml(path, allow_empty=True)
+    except SpecError as exc:  # not YAML at all: that one sentence
+        return [exc]
+    data = located.data
+    if not isinstance(data, dict):
+        return [first]
+    mistakes: list[SpecError] = []
+    top = {k: ([] if k in _SECTIONS and isinstance(v, list) else v) for k, v in data.items()}
+    try:
+        msgspec.convert(top, Policy, str_keys=True)
+    except msgspec.ValidationError as exc:
+        mistakes.append(spec_error_from_validation(str(exc), top, located, {(): Policy}))
+    for section, (kind, one_of) in _SECTIONS.items():
+        items = data.get(section)
+        if not isinstance(items, list):
+            continue
+        for i, item in enumerate(items):
+            try:
+                rule = msgspec.convert(item, kind, str_keys=True)
+            except msgspec.ValidationError as exc:
+                message = str(exc)
+                message = message.replace("`$", f"`$.{section}[{i}]", 1) if "`$" in message else \
+                    f"{message} - at `$.{section}[{i}]`"
+                mistakes.append(spec_error_from_validation(message, data, located, {("roles", "*"): RoleRule,
+                                ("quotas", "*"): QuotaRule, ("residency", "*"): ResidencyRule}))
+                continue
+            try:
+                if one_of:
+                    _check_one_of(located, section, [rule], one_of, start=i)
+                elif rule.project is None and not rule.tags and rule.inputs is None:
+                    raise SpecError(located.path, located.line_of((section, i)), f"{section}[{i}]",
+                                    "says which regions but not for what", "give a project, tags or inputs")
+            except SpecError as exc:
+                mistakes.append(exc)
+    return mistakes or [first]
+
+
+def _check_one_of(located: Located, section: str, rules: list[Any], keys: tuple[str, ...], start: int = 0) -> None:
+    for i, rule in enumerate(rules, start):
         given = [k for k in keys if getattr(rule, k) is not None]
         if len(given) != 1:
             said = "both " + " and ".join(given) if given else "none of " + ", ".join(keys)
