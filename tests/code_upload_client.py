@@ -117,7 +117,8 @@ async def chunk(socket: str, upload: str) -> dict[str, Any]:
 
 async def deploy_apply(socket: str, workdir: Path) -> dict[str, Any]:
     client = await _open(socket)
-    return await client.call("deploy_apply", spec={"name": "alices-serving", "model": "m:1", "workdir": str(workdir)})
+    return await client.call("deploy_apply", spec={"name": "alices-serving", "model": "m:1", "workdir": str(workdir),
+                                                   "command": ["python", "server.py", "--port", "{port}"]})
 
 
 async def main(argv: list[str]) -> dict[str, Any]:

@@ -53,18 +53,21 @@ async def with_code(client: ControllerClient, params: dict[str, Any], home: Home
     workdir = (params.get("spec") or {}).get("workdir")
     if not workdir:
         return params
-    return {**params, "code": await send_code(client, Path(workdir), home or client.home)}
+    project = (params.get("spec") or {}).get("project")
+    return {**params, "code": await send_code(client, Path(workdir), home or client.home, project)}
 
 
-async def send_code(client: ControllerClient, workdir: Path, home: Home) -> dict[str, Any]:
-    """Snapshot ``workdir`` here, send it unless the controller has it from us, and say what a submit names."""
+async def send_code(client: ControllerClient, workdir: Path, home: Home, project: str | None = None) -> dict[str, Any]:
+    """Snapshot ``workdir`` here, send it unless the controller has it from us, and say what a submit names.
+
+    ``project``: the job's, so a caller who may not submit there is refused before anything is sent."""
     outgoing = _outgoing(home)
     try:
         snap, lineage = await asyncio.gather(asyncio.to_thread(snapshot, workdir, outgoing, home.own_paths()),
                                              asyncio.to_thread(git_lineage, workdir))
-        has = await client.call("code_has", sha256=snap.sha256)
+        has = await client.call("code_has", sha256=snap.sha256, project=project)
         if not has["present"]:
-            await upload(client, snap.path, snap.sha256)
+            await upload(client, snap.path, snap.sha256, project=project)
     finally:
         shutil.rmtree(outgoing, ignore_errors=True)
     return {"sha256": snap.sha256, "files": snap.files, "skipped": snap.skipped, "lineage": lineage}
@@ -82,10 +85,11 @@ def _outgoing(home: Home) -> Path:
     return Path(tempfile.mkdtemp(prefix="mlfleet-code-", dir=base))  # 0700, this submit's own
 
 
-async def upload(client: ControllerClient, archive: Path, sha256: str, chunk_bytes: int = CHUNK_BYTES) -> dict[str, Any]:
+async def upload(client: ControllerClient, archive: Path, sha256: str, chunk_bytes: int = CHUNK_BYTES,
+                 project: str | None = None) -> dict[str, Any]:
     """Send ``archive`` in order, ``chunk_bytes`` a request; the controller checks it whole at the end."""
     size = archive.stat().st_size
-    begun = await client.call("code_upload_begin", sha256=sha256, size=size)
+    begun = await client.call("code_upload_begin", sha256=sha256, size=size, project=project)
     upload_id = begun["upload"]
     with open(archive, "rb") as fh:
         offset = 0

@@ -35,7 +35,7 @@ import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Awaitable, Callable
 
 from msgspec import Meta
 
@@ -45,6 +45,7 @@ from mlfleet.core.base.private import private_dir, user_name
 from mlfleet.core.base.protocol import Peer
 from mlfleet.core.jobs.archive_check import check_archive
 from mlfleet.core.jobs.snapshot import MAX_SNAPSHOT_BYTES, Snapshot
+from mlfleet.core.team.roles import ANY_PROJECT, Permission
 
 CHUNK_BYTES = 1024 * 1024  # what a client sends a request: well under the server's 4 MiB request frame
 MAX_CHUNK_BYTES = 2 * CHUNK_BYTES
@@ -60,6 +61,7 @@ UploadId = Annotated[str, Meta(pattern="^u[0-9a-f]{32}$")]
 ArchiveSize = Annotated[int, Meta(ge=1, le=MAX_SNAPSHOT_BYTES)]
 ChunkOffset = Annotated[int, Meta(ge=0, le=MAX_SNAPSHOT_BYTES)]
 ChunkData = Annotated[bytes, Meta(min_length=1, max_length=MAX_CHUNK_BYTES)]
+ProjectName = Annotated[str, Meta(min_length=1, max_length=256)]
 
 
 def controller_user() -> str:
@@ -112,9 +114,15 @@ class CodeUploads:
         self.senders = self.cache / ".senders"
         self.uploads: dict[str, Upload] = {}
         self._lock = asyncio.Lock()  # the rename and the senders file: one writer at a time
-        private_dir(self.cache)
+
+    def start(self) -> None:
+        """At the controller's start (not at construction: building the services touches no file)."""
         if self.incoming.exists():  # what a controller that stopped mid-upload left behind
             shutil.rmtree(self.incoming, ignore_errors=True)
+        self._folders()
+
+    def _folders(self) -> None:
+        private_dir(self.cache)
         private_dir(self.incoming)
         private_dir(self.senders)
 
@@ -140,6 +148,7 @@ class CodeUploads:
                              "wait for them to finish")
         if len(self.uploads) >= MAX_UPLOADS:
             raise UsageError(f"the controller has {len(self.uploads)} code uploads in progress; try again in a moment")
+        self._folders()
         upload_id = "u" + secrets.token_hex(16)
         path = self.incoming / f"{upload_id}.part"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -283,16 +292,28 @@ def _fsync_dir(path: Path) -> None:
 
 
 class CodeUploadApi:
-    """``rpc_code_has`` and ``rpc_code_upload_*``: the caller is the OS user behind the socket."""
+    """``rpc_code_has`` and ``rpc_code_upload_*``: the caller is the OS user behind the socket.
 
-    def __init__(self, uploads: CodeUploads) -> None:
+    ``code_has`` and ``code_upload_begin`` name the project the code is for,
+    so a caller who may not submit there hears the submit's own refusal
+    ("may not submit jobs in vision"), before any byte is sent.
+    """
+
+    def __init__(self, uploads: CodeUploads, require: Callable[..., Awaitable[None]]) -> None:
         self.u = uploads
+        self.require = require  # ControllerContext.require
 
-    async def rpc_code_has(self, peer: Peer, sha256: Sha256) -> dict[str, Any]:
+    async def _may_submit(self, peer: Peer, project: str | None) -> None:
+        await self.require(peer.info["actor"], Permission.SUBMIT, method="submit", project=project or ANY_PROJECT)
+
+    async def rpc_code_has(self, peer: Peer, sha256: Sha256, project: ProjectName | None = None) -> dict[str, Any]:
         """Whether the caller already sent this archive (then it need not be sent again)."""
+        await self._may_submit(peer, project)
         return {"sha256": sha256, "present": self.u.sent_by(sha256, peer.info["actor"])}
 
-    async def rpc_code_upload_begin(self, peer: Peer, sha256: Sha256, size: ArchiveSize) -> dict[str, Any]:
+    async def rpc_code_upload_begin(self, peer: Peer, sha256: Sha256, size: ArchiveSize,
+                                    project: ProjectName | None = None) -> dict[str, Any]:
+        await self._may_submit(peer, project)
         return {"upload": self.u.begin(peer, peer.info["actor"], sha256, size), "chunk_bytes": CHUNK_BYTES}
 
     async def rpc_code_upload_chunk(self, peer: Peer, upload: UploadId, offset: ChunkOffset,

@@ -61,6 +61,7 @@ class JobsService(BaseService):
 
     async def start(self) -> None:
         """Rebuild the in-memory queue and active runs from the file (after a crash too)."""
+        await asyncio.to_thread(self.code_uploads.start)  # partial uploads of a controller that stopped are gone
         store = self.ctx.store
         for row in await store.run(records.jobs_in_states, ("pending", "dispatched", "preparing", "running")):
             spec = spec_from_plain(json.loads(row["spec"]) if isinstance(row["spec"], str) else row["spec"])
@@ -90,7 +91,7 @@ class JobsService(BaseService):
     def rpcs(self) -> dict[str, Rpc]:
         from mlfleet.core.jobs.api import JobsApi
 
-        return {**rpc_methods(JobsApi(self)), **rpc_methods(CodeUploadApi(self.code_uploads))}
+        return {**rpc_methods(JobsApi(self)), **rpc_methods(CodeUploadApi(self.code_uploads, self.ctx.require))}
 
     def runs_on(self, host: str) -> list[ActiveRun]:
         return [r for r in self.active.values() if r.host == host]

@@ -53,13 +53,13 @@ METHOD_PERMISSIONS: dict[str, Permission] = {
 # sentence names them: "cancel bob's job j42: that needs maintainer in vision"); the gate lets them through.
 HANDLER_CHECKED: frozenset[str] = frozenset({
     "submit", "job_cancel", "job_retry", "job_set_priority", "sweep_cancel", "model_register", "model_alias",
-    "deploy_apply", "deploy_scale", "deploy_stop", "deploy_rollback"})
+    "deploy_apply", "deploy_scale", "deploy_stop", "deploy_rollback", "code_has", "code_upload_begin"})
 
 # The gate of these counts a role in any project: reads (lists are not split by project), drift records and
-# code uploads (an archive has no project; the submit that names it is checked in its project).
+# an upload's chunks and end (its begin was checked in its project; the submit that names it is checked again).
 ANYWHERE: frozenset[str] = frozenset(
     {m for m, p in METHOD_PERMISSIONS.items() if p is P.READ} | {"drift_save_report", "drift_trigger"}
-    | {"code_has", "code_upload_begin", "code_upload_chunk", "code_upload_end"})
+    | {"code_upload_chunk", "code_upload_end"})
 
 
 def gate_project(method: str) -> str | None:
