@@ -95,6 +95,16 @@ def controller_banner(hello: dict[str, Any], host: str | None = None) -> str:
     return " · ".join(parts)
 
 
+def shared_controller(home: Home) -> ControllerUrl | None:
+    """The shared controller this process talks to over SSH, or None for this machine's own.
+
+    For commands that would otherwise read this machine's installation
+    directly (its capture files, say): with a shared one, those files are
+    on the head node, not here.
+    """
+    return remote.configured_target(home)
+
+
 async def try_connect(home: Home) -> ControllerClient | None:
     """A client for a running controller, or None when none answers."""
     client = await _attempt(home)
@@ -125,7 +135,7 @@ async def connect(home: Home | None = None, autostart: bool = True) -> Controlle
     then reported as such: never "could not start", never a second one.
     """
     home = home or Home.from_env()
-    target = remote.configured_target(home)
+    target = shared_controller(home)
     if target is not None:  # a shared controller: reached over SSH, never started from here
         return await connect_remote(home, target)
     client = await _attempt(home)
