@@ -64,7 +64,12 @@ class ControllerClient:
 
     async def call(self, method: str, request_timeout: float | None = 60.0, **params: Any) -> Any:
         """Call one controller method; ``request_timeout`` bounds the wait (params are the method's own)."""
-        return await self.peer.request(method, request_timeout=request_timeout, **params)
+        if self._ssh is None:
+            return await self.peer.request(method, request_timeout=request_timeout, **params)
+        asking = asyncio.ensure_future(self.peer.request(method, request_timeout=request_timeout, **params))
+        await asyncio.sleep(0)  # the request is written (it is, before its first wait)...
+        remote.quick_ack(self._ssh)  # ...and only then: sending it is what made the kernel delay its ACKs
+        return await asking
 
     @property
     def connected(self) -> bool:

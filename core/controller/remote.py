@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,27 @@ async def _group_name(conn: asyncssh.SSHClientConnection, gid: int | None) -> st
         if name:
             return name
     return f"gid {gid}"
+
+
+def quick_ack(conn: asyncssh.SSHClientConnection) -> None:
+    """Acknowledge the answer's segments at once (Linux TCP_QUICKACK), once each request is sent.
+
+    Why: the head's sshd does not set TCP_NODELAY on a connection without a
+    terminal, so it holds the last small segment of an answer until the
+    previous ones are acknowledged; a client that asks again right after an
+    answer (a TUI refresh: status, then the jobs) is taken by Linux for an
+    interactive peer and delays its ACKs by 40 ms. Measured: status then
+    jobs_list took 59 ms over loopback SSH, each alone 3 and 10 ms
+    (BENCHMARKS.md, "A team's clients"). The flag is not permanent (sending
+    data turns the delay on again), so it is set after every request is
+    written; a no-op where the option does not exist.
+    """
+    option = getattr(socket, "TCP_QUICKACK", None)
+    sock = conn.get_extra_info("socket")
+    if option is None or sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, option, 1)
 
 
 def _local_user() -> str:
