@@ -201,3 +201,32 @@ async def test_the_tui_says_whose_controller_it_is_and_who_you_are(head: Head, t
         assert app.sub_title.startswith(f"root's controller on 127.0.0.1 · team {head.group} · you: {alice.name} ("), \
             app.sub_title
     assert not (tui_home / "controller.lock").exists() and not list(tui_home.glob("*.duckdb"))  # nothing local
+
+
+def test_the_controllers_own_user_stops_it_over_ssh(head: Head) -> None:
+    # Root's key is the head sshd's own user's (per_user servers allow it): to the controller, its own user.
+    client = head.fleet.root / "client-home"
+    client.mkdir(mode=0o700)
+    (client / "config.yaml").write_text(f"controller:\n  identity: {head.sshd.user_key}\n")
+    env = {**os.environ, "MLFLEET_HOME": str(client),
+           ENV: f"ssh://root@127.0.0.1:{head.sshd.port}{head.socket}"}
+
+    def mlfleet(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([MLFLEET, *args], env=env, capture_output=True, text=True, timeout=60)
+
+    assert mlfleet("controller", "trust", "--yes").returncode == 0
+    status = json_of(mlfleet("controller", "status", "--json"))
+    assert status["hello"]["user"] == "root" and status["pid"] == head.process.pid
+    stopped = mlfleet("controller", "stop", "--json")
+    assert stopped.returncode == 0 and json_of(stopped)["stopped"] is True, stopped.stderr
+    assert head.process.wait(30) == 0
+    assert not head.socket.exists()  # its team socket went with it
+    gone = mlfleet("controller", "status")
+    assert gone.returncode == 5 and "nothing is listening at" in gone.stderr, gone.stderr
+    assert not (client / "controller.lock").exists()  # and nothing was started here
+
+
+def json_of(result: subprocess.CompletedProcess[str]) -> dict:
+    import json
+
+    return json.loads(result.stdout)
