@@ -21,7 +21,7 @@ from typing import Any
 
 from mlfleet.core.base import logfile
 from mlfleet.core.base.controller_url import parse_url
-from mlfleet.core.base.errors import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, MlfleetError, UnavailableError, UsageError
+from mlfleet.core.base.errors import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, MlfleetError, SpecError, UnavailableError, UsageError
 from mlfleet.core.base.paths import Home
 from mlfleet.core.base.private import use_private_umask
 from mlfleet.core.base.settings import load_settings
@@ -41,7 +41,12 @@ def cmd_controller(args: argparse.Namespace) -> int:
     if args.url is not None:
         raise UsageError(f"controller {args.action} takes no URL (only 'controller trust URL' does); "
                          "name a shared controller with --controller URL before the command")
-    target = configured_target(home)
+    try:
+        target = configured_target(home)
+    except SpecError:
+        if args.action not in ("status", "stop"):
+            raise
+        target = None  # a broken config.yaml must not keep this machine's controller from being seen or stopped
     if target is not None and args.action in ("start", "run", "serve"):
         raise UsageError(STARTED_ON_HEAD)
     if args.action != "serve" and (args.team or args.socket):
