@@ -78,7 +78,7 @@ def prepare_folder(team: TeamSocket) -> None:
     folder = team.path.parent
     if not folder.exists():
         try:
-            folder.mkdir(mode=FOLDER_MODE, parents=True)
+            folder.mkdir(mode=FOLDER_MODE)  # one level only: folders above made 0700 here would shut the team out
             os.chown(folder, os.getuid(), team.gid)
             os.chmod(folder, FOLDER_MODE)  # mkdir's mode is cut by the umask
         except OSError as exc:
