@@ -2,7 +2,12 @@
 
 Each :class:`SshServer` is its own ``sshd -D`` on a free high port, with a
 generated host key, accepting one generated user key. Several of them are
-several "hosts" on one machine. The README's test command installs
+several "hosts" on one machine. With ``per_user=True`` each OS user has
+keys of their own (``AuthorizedKeysFile ROOT/keys/%u``, filled by
+:meth:`SshServer.allow`): a second real user logs in with their key only.
+sshd reads those files as the user logging in, so they live in a 0755
+folder of their own in /tmp (the server's root is usually a 0700 one),
+removed by :meth:`SshServer.remove_keys`. The README's test command installs
 openssh-server; without it these tests fail, they do not skip.
 """
 
@@ -13,6 +18,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +42,7 @@ class PortTakenError(RuntimeError):
 
 
 class SshServer:
-    def __init__(self, root: Path, user_key: Path, log_level: str = "ERROR") -> None:
+    def __init__(self, root: Path, user_key: Path, log_level: str = "ERROR", per_user: bool = False) -> None:
         assert os.path.exists(SSHD), ("sshd is not installed: run the tests with 'bash scripts/test.sh', "
                                       "which installs openssh-server")
         self.root = root
@@ -48,6 +54,11 @@ class SshServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.started_once = False  # once it listened, its port is its address: a restart keeps it
         self.extra_config: list[str] = []  # more sshd_config lines (e.g. SetEnv), read at the next start
+        self.per_user = per_user  # keys per OS user (KEYS/USER), the running user's being user_key
+        self.keys_dir: Path | None = None
+        if per_user:
+            self.keys_dir = Path(tempfile.mkdtemp(prefix="mlfkeys", dir="/tmp"))
+            os.chmod(self.keys_dir, 0o755)
         self.new_host_key()
 
     def new_host_key(self) -> None:
@@ -75,13 +86,16 @@ class SshServer:
     def _start(self) -> "SshServer":
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
         (self.root / "authorized_keys").write_text(Path(f"{self.user_key}.pub").read_text())
+        if self.per_user:
+            self.allow(self.user, self.user_key)
+        keys = self.keys_dir / "%u" if self.keys_dir is not None else self.root / "authorized_keys"
         config = self.root / "sshd_config"
         config.write_text("\n".join([
             f"Port {self.port}",
             "ListenAddress 127.0.0.1",
             f"HostKey {self.root / 'host_key'}",
             f"PidFile {self.root / 'sshd.pid'}",
-            f"AuthorizedKeysFile {self.root / 'authorized_keys'}",
+            f"AuthorizedKeysFile {keys}",
             "StrictModes no",
             "UsePAM no",
             "PasswordAuthentication no",
@@ -109,6 +123,18 @@ class SshServer:
                     return self
             time.sleep(0.05)
         raise RuntimeError("sshd did not listen within 10 s")
+
+    def allow(self, user: str, key: Path) -> None:
+        """Let OS user ``user`` log in with the private key ``key`` (its ``.pub`` beside it); per_user servers only."""
+        assert self.keys_dir is not None, "a server made without per_user=True takes one key for its one user"
+        path = self.keys_dir / user
+        path.write_text(Path(f"{key}.pub").read_text())
+        os.chmod(path, 0o644)
+
+    def remove_keys(self) -> None:
+        """Remove the per-user keys' folder (after :meth:`stop`, when the server is done with)."""
+        if self.keys_dir is not None:
+            shutil.rmtree(self.keys_dir, ignore_errors=True)
 
     def stop(self) -> None:
         """Stop the server and its open connections (as a host going down would)."""

@@ -111,7 +111,10 @@ class FleetApp(App[int]):
                 await asyncio.sleep(self.RETRY_S)
                 continue
             self.client, self.problem = client, ""
-            self.sub_title = f"controller of {self.home.data_dir}"
+            # A shared one says whose it is and who we are to it ("carol's controller on head · team ml · you: alice
+            # (operator)"); this machine's own, where its files are.
+            self.sub_title = (client.banner if client.remote is not None or client.hello.get("team")
+                              else f"controller of {self.home.data_dir}")
             self._hand_client()
             return
 

@@ -1,4 +1,4 @@
-"""A 0600 Unix socket server that never holds more connections than it was told.
+"""A 0600 Unix socket server (or 0660 for one group) that never holds more connections than it was told.
 
 The controller and every agent serve through this. Why an accept loop of
 our own rather than ``asyncio.start_unix_server``: asyncio admits every
@@ -98,11 +98,15 @@ def fd_budget(wanted: int) -> int:
 
 
 class UnixListener:
-    """Serve ``on_connect(reader, writer)`` on a 0600 Unix socket, holding at most ``max_connections``."""
+    """Serve ``on_connect(reader, writer)`` on a 0600 (or ``mode``/``group``) Unix socket, holding at most ``max_connections``."""
 
     def __init__(self, path: Path, on_connect: OnConnect, *, max_connections: int, name: str,
-                 setting: str = "", backlog: int = BACKLOG, limit: int = 64 * 1024) -> None:
+                 setting: str = "", backlog: int = BACKLOG, limit: int = 64 * 1024,
+                 mode: int = 0o600, group: int | None = None) -> None:
+        """``mode`` and ``group`` (a gid) open the socket to a group: a team controller's 0660 socket."""
         self.path = path
+        self.mode = mode
+        self.group = group
         self.on_connect = on_connect
         self.name = name
         self.setting = setting  # where the cap is configured, for the sentences
@@ -123,7 +127,7 @@ class UnixListener:
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> "UnixListener":
-        """Bind (born 0600: no window where others may connect) and start accepting."""
+        """Bind (born 0600: no window where others may connect), give it its group and mode, then accept."""
         self._loop = asyncio.get_running_loop()
         self.max_connections = fd_budget(self.wanted)
         if self.max_connections < self.wanted:
@@ -140,7 +144,13 @@ class UnixListener:
             raise
         finally:
             os.umask(old)
-        os.chmod(self.path, 0o600)
+        try:
+            if self.group is not None:
+                os.chown(self.path, -1, self.group)  # the group first: the mode then opens it to that group only
+            os.chmod(self.path, self.mode)
+        except OSError:
+            sock.close()
+            raise
         sock.listen(self.backlog)
         sock.setblocking(False)
         self._sock = sock

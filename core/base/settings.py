@@ -7,6 +7,8 @@ controller:
   max_connections: 256  # clients held at once; over it a newcomer is told the controller is busy
   log_max_size: 10MiB   # logs/controller.log and logs/agent-local.log rotate at this size
   log_backups: 3        # rotated files kept (controller.log.1 ...); 0: the log is emptied instead
+  url: null             # a shared controller: ssh://[user@]host[:port][/socket] (docs/team.md); null: this machine's
+  identity: null        # the SSH private key for url (null: ssh-agent and ~/.ssh/id_*)
 telemetry:
   sample_interval: 1s   # agent sampling period (the local agent)
   window: 10s           # one averaged row per host per window in DuckDB
@@ -53,6 +55,7 @@ import msgspec
 from msgspec import Meta
 
 from mlfleet.core.base import units
+from mlfleet.core.base.controller_url import url_problem
 from mlfleet.core.base.validation import spec_error_from_validation
 from mlfleet.core.base.errors import SpecError
 from mlfleet.core.base.validation import AbsolutePath, check_absolute_paths
@@ -68,6 +71,10 @@ class ControllerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tru
     # logs/controller.log and logs/agent-local.log: rotated at this size, this many old files kept.
     log_max_size: ByteSize = ByteSize(10 * 1024**2)
     log_backups: Annotated[int, Meta(ge=0, le=100)] = 3
+    # A shared controller on a head node, reached over SSH (docs/team.md); --controller and
+    # MLFLEET_CONTROLLER come first. None: this machine's own controller, started on demand.
+    url: Annotated[str, Meta(min_length=1, max_length=4096)] | None = None
+    identity: Annotated[str, Meta(min_length=1, max_length=4096)] | None = None  # None: ssh-agent, ~/.ssh/id_*
 
 
 class TelemetrySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -170,6 +177,9 @@ def load_settings(path: Path) -> Settings:
     if not 64 * 1024 <= settings.controller.log_max_size <= 1024**4:
         raise SpecError(located.path, located.line_of(("controller", "log_max_size")), "controller.log_max_size",
                         f"{int(settings.controller.log_max_size)} bytes is out of range", "use between 64KiB and 1TiB")
+    if settings.controller.url is not None and (problem := url_problem(settings.controller.url)):
+        raise SpecError(located.path, located.line_of(("controller", "url")), "controller.url", problem,
+                        "or remove it to use this machine's own controller")
     check_absolute_paths(located, ("local", "artifact_roots"), "local.artifact_roots", settings.local.artifact_roots)
     check_absolute_paths(located, ("environments", "find_links"), "environments.find_links",
                          settings.environments.find_links)

@@ -20,11 +20,13 @@ one, this CLI has no ``tui`` command and asks for a command.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
 from mlfleet import __version__
 from mlfleet.core.audit import commands as audit_commands
+from mlfleet.core.base import controller_url
 from mlfleet.core.base.errors import EXIT_OK, EXIT_USAGE, MlfleetError, UsageError
 from mlfleet.core.cli import parser as cli_parser
 from mlfleet.core.cli.output import Command, print_json
@@ -61,6 +63,9 @@ def build_parser(tui: Command | None = None) -> argparse.ArgumentParser:
     description = "A terminal control center for GPU fleets." + (" With no command, opens the TUI." if tui else "")
     parser = cli_parser.CommandParser(prog="mlfleet", description=description)
     parser.add_argument("--version", action="version", version=f"mlfleet {__version__}")
+    parser.add_argument("--controller", metavar="URL", dest="controller_url",
+                        help=f"a shared controller, ssh://[user@]host[:port][/socket] (sets {controller_url.ENV}; "
+                             "before it: that variable, then controller.url in config.yaml)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(parent: Any, name: str, fn: Command, help_text: str, json_flag: bool = True) -> argparse.ArgumentParser:
@@ -95,6 +100,8 @@ def main(argv: list[str] | None = None, tui: Command | None = None) -> int:
     args = argparse.Namespace(json=cli_parser.asked_for_json(argv))  # for a mistake found while parsing
     try:
         args = parser.parse_args(argv)
+        if getattr(args, "controller_url", None):  # for this process and what it starts, as the variable would
+            os.environ[controller_url.ENV] = args.controller_url
         if getattr(args, "command", None) is None:
             args.func = tui or _no_command
         return args.func(args)

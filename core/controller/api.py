@@ -1,4 +1,4 @@
-"""The controller's RPC server: what clients (CLI, TUI) may ask, over its 0600 Unix socket.
+"""The controller's RPC server: what clients (CLI, TUI) may ask, over its 0600 Unix socket (and a team's 0660 one).
 
 Each capability answers its own requests (its service's ``rpcs()`` table:
 core/jobs/api.py, core/fleet/api.py, core/tracking/api.py, ...); this
@@ -28,11 +28,13 @@ from mlfleet.core.base.protocol import SERVER_FRAME_DEADLINE_S, SERVER_MAX_REQUE
 from mlfleet.core.base.rpc import method_dispatcher, rpc_methods
 from mlfleet.core.base.send_budget import SendBudget
 from mlfleet.core.base.errors import PermissionDeniedError
+from mlfleet.core.controller import team_socket
 from mlfleet.core.team.permissions import HANDLER_CHECKED, METHOD_PERMISSIONS, gate_project
 from mlfleet.core.team.roles import ANY_PROJECT, Permission
 
 if TYPE_CHECKING:
     from mlfleet.core.controller.service import ControllerContext, Rpc, Service
+    from mlfleet.core.controller.team_socket import TeamSocket
 
 
 def _peer_user(writer: asyncio.StreamWriter) -> str:
@@ -54,6 +56,8 @@ class ControllerApi:
         self.services = services
         self.peers: set[Peer] = set()
         self.listener: UnixListener | None = None
+        self.team_listener: UnixListener | None = None  # controller serve --team: the group's 0660 socket
+        self.team: "TeamSocket | None" = None
         self._send_budget = SendBudget()  # answers made and not read, all clients together
         self.table = self._table()
         self.handler = self._gated(usage_dispatcher(self.table, method_dispatcher(self.table)))  # bad parameter: exit 2
@@ -102,6 +106,18 @@ class ControllerApi:
                                      setting="controller.max_connections in config.yaml")
         return await self.listener.start()
 
+    async def listen_team(self, team: "TeamSocket") -> UnixListener:
+        """Serve the team too, on ``team.path`` (0660, group ``team.group``), by the same handler.
+
+        Both sockets share one cap on clients each; the identity is SO_PEERCRED on either.
+        """
+        self.team = team
+        self.team_listener = UnixListener(team.path, self._on_connect, name="the team's controller",
+                                          max_connections=self.c.settings.controller.max_connections,
+                                          setting="controller.max_connections in config.yaml",
+                                          mode=team_socket.SOCKET_MODE, group=team.gid)
+        return await self.team_listener.start()
+
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = Peer(reader, writer, self.handler, name="client", hello_deadline=HELLO_DEADLINE_S,
                     max_incoming=SERVER_MAX_REQUEST, frame_deadline=SERVER_FRAME_DEADLINE_S, require_hello=True,
@@ -120,12 +136,17 @@ class ControllerApi:
 
     # ------------------------------------------------------------ basics
     async def rpc_hello(self, peer: Peer, protocol: int, role: str = "") -> dict[str, Any]:
-        if self.listener is not None:
-            self.listener.greeted(peer)  # a client, not a bare socket: evicted for a newcomer only when idle
-        access, user = self.c.access, peer.info["actor"]
-        return {"protocol": PROTOCOL_VERSION, "role": "controller", "version": __version__, "user": user,
-                "user_role": access.role_of(user), "owner": access.controller_user, "team": access.team_group,
-                "policy": access.loaded.active}
+        for listener in (self.listener, self.team_listener):
+            if listener is not None:
+                listener.greeted(peer)  # a client, not a bare socket: evicted for a newcomer only when idle
+        return {"protocol": PROTOCOL_VERSION, "role": "controller", "version": __version__,
+                **self.who(peer.info["actor"])}
+
+    def who(self, user: str) -> dict[str, Any]:
+        """The caller as this controller sees them, and whose controller it is (docs/team.md, the wire)."""
+        access = self.c.access
+        return {"user": user, "user_role": access.role_of(user), "owner": access.controller_user,
+                "team": access.team_group, "host": socket.gethostname(), "policy": access.loaded.active}
 
     async def rpc_whoami(self, peer: Peer) -> dict[str, Any]:
         """The caller as the controller sees them: groups, role everywhere and per project, with the rules."""
@@ -142,6 +163,8 @@ class ControllerApi:
             **facts, "schema_version": store.version,
             "db_queries": store.queries.running,
             **(self.listener.facts() if self.listener is not None else {}),
+            **team_socket.facts(self.team),
+            **({"team_connections": self.team_listener.open_count} if self.team_listener is not None else {}),
             "log": str(self.c.home.log_dir / "controller.log"), "log_max_size": int(self.c.settings.controller.log_max_size),
             "log_backups": self.c.settings.controller.log_backups,
             "policy_path": str(self.c.access.path), "policy": self.c.access.loaded.active,

@@ -1,8 +1,11 @@
 """What the CLI and the TUI use to talk to the controller.
 
 :func:`connect` returns a client for a running controller, starting one in
-the background first when none runs (``autostart``). Clients hold no state
-of their own and never open the DuckDB file.
+the background first when none runs (``autostart``). With a shared
+controller set (``--controller ssh://...``, MLFLEET_CONTROLLER or
+controller.url: core/controller/remote.py) it connects to that one over
+SSH instead, and never starts anything. Clients hold no state of their own
+and never open the DuckDB file.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import os
 import signal
 import subprocess
 import time
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import psutil
 
+from mlfleet.core.base.controller_url import ControllerUrl
 from mlfleet.core.base.errors import MlfleetError, RemoteError, SubmitUncertainError, UnavailableError
 from mlfleet.core.base.paths import Home
 from mlfleet.core.base.private import open_private
@@ -25,6 +29,10 @@ from mlfleet.core.fleet.inventory import load_inventory
 from mlfleet.core.base.settings import load_settings
 from mlfleet.core.base.protocol import Peer, open_unix_peer
 from mlfleet.core.base.spawn import own_python
+from mlfleet.core.controller import remote
+
+if TYPE_CHECKING:
+    import asyncssh
 
 START_TIMEOUT_S = 30.0
 BUSY_RETRY_S = 3.0  # how long a running controller that drops our connection is retried before "busy"
@@ -33,16 +41,35 @@ SUBMIT_TIMEOUT_S = 60.0  # the first attempt: the controller snapshots the workd
 
 
 class ControllerClient:
-    """A connection to the controller; ``await client.call("jobs_list")``."""
+    """A connection to the controller; ``await client.call("jobs_list")``.
 
-    def __init__(self, peer: Peer, home: Home, remote: bool = False) -> None:
+    ``hello`` is the controller's answer to our hello: who we are to it
+    (``user``, ``role``), whose controller it is (``owner``, ``host``), its
+    ``team`` and whether a ``policy`` is active (docs/team.md, the wire).
+    ``remote`` is the shared controller's URL when it was reached over SSH.
+    """
+
+    def __init__(self, peer: Peer, home: Home, hello: dict[str, Any] | None = None,
+                 remote: ControllerUrl | None = None, ssh: "asyncssh.SSHClientConnection | None" = None) -> None:
         self.peer = peer
+        self._ssh = ssh  # the SSH connection under a remote client: closed with it
         self.home = home
-        self.remote = remote  # reached over SSH: the controller cannot see this machine's files
+        self.hello: dict[str, Any] = dict(hello if hello is not None else peer.info)
+        self.remote = remote
+
+    @property
+    def banner(self) -> str:
+        """``carol's controller on head · team ml · you: alice (operator)``: what the TUI's header shows."""
+        return controller_banner(self.hello, self.remote.host if self.remote is not None else None)
 
     async def call(self, method: str, request_timeout: float | None = 60.0, **params: Any) -> Any:
         """Call one controller method; ``request_timeout`` bounds the wait (params are the method's own)."""
-        return await self.peer.request(method, request_timeout=request_timeout, **params)
+        if self._ssh is None:
+            return await self.peer.request(method, request_timeout=request_timeout, **params)
+        asking = asyncio.ensure_future(self.peer.request(method, request_timeout=request_timeout, **params))
+        await asyncio.sleep(0)  # the request is written (it is, before its first wait)...
+        remote.quick_ack(self._ssh)  # ...and only then: sending it is what made the kernel delay its ACKs
+        return await asking
 
     @property
     def connected(self) -> bool:
@@ -50,12 +77,37 @@ class ControllerClient:
 
     async def close(self) -> None:
         await self.peer.close()
+        if self._ssh is not None:
+            self._ssh.close()
+            await self._ssh.wait_closed()
 
     async def __aenter__(self) -> "ControllerClient":
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def controller_banner(hello: dict[str, Any], host: str | None = None) -> str:
+    """Whose controller, where, which team and who we are to it, in one line (the hello answer's words)."""
+    owner, user, role = hello.get("owner"), hello.get("user"), hello.get("user_role")
+    where = host or hello.get("host")
+    parts = [f"{owner}'s controller" + (f" on {where}" if where else "") if owner else "the controller"]
+    if hello.get("team"):
+        parts.append(f"team {hello['team']}")
+    if user:
+        parts.append(f"you: {user}" + (f" ({role})" if role else ""))
+    return " · ".join(parts)
+
+
+def shared_controller(home: Home) -> ControllerUrl | None:
+    """The shared controller this process talks to over SSH, or None for this machine's own.
+
+    For commands that would otherwise read this machine's installation
+    directly (its capture files, say): with a shared one, those files are
+    on the head node, not here.
+    """
+    return remote.configured_target(home)
 
 
 async def try_connect(home: Home) -> ControllerClient | None:
@@ -88,6 +140,9 @@ async def connect(home: Home | None = None, autostart: bool = True) -> Controlle
     then reported as such: never "could not start", never a second one.
     """
     home = home or Home.from_env()
+    target = shared_controller(home)
+    if target is not None:  # a shared controller: reached over SSH, never started from here
+        return await connect_remote(home, target)
     client = await _attempt(home)
     if isinstance(client, ControllerClient):
         return client
@@ -106,6 +161,12 @@ async def connect(home: Home | None = None, autostart: bool = True) -> Controlle
         return await _wait_for_start(home, start)
     finally:
         start.close()
+
+
+async def connect_remote(home: Home, target: ControllerUrl) -> ControllerClient:
+    """A client of the shared controller at ``target`` (core/controller/remote.py); closing it closes the SSH link."""
+    peer, hello, conn = await remote.open_remote(home, target)
+    return ControllerClient(peer, home, hello, remote=target, ssh=conn)
 
 
 async def _wait_for_start(home: Home, start: "ControllerStart") -> ControllerClient:

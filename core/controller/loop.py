@@ -20,28 +20,39 @@ import logging
 import os
 import signal
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from mlfleet.core.audit import records as audit_records
 from mlfleet.core.audit.config_change import audit_config_change, os_user
-from mlfleet.core.base.errors import UnavailableError
+from mlfleet.core.base.errors import UnavailableError, UsageError
 from mlfleet.core.base.paths import Home
 from mlfleet.core.base.settings import Settings, store_memory_limit
 from mlfleet.core.controller.service import ControllerContext, Service
+from mlfleet.core.controller.team_socket import TeamSocket, prepare_folder
 from mlfleet.core.store.db import Store
+
+if TYPE_CHECKING:
+    from mlfleet.core.base.listener import UnixListener
+    from mlfleet.core.controller.api import ControllerApi
 
 log = logging.getLogger(__name__)
 
 
 class Controller:
     def __init__(self, home: Home, settings: Settings | None = None,
-                 services: Callable[[ControllerContext], list[Service]] | None = None) -> None:
-        """``services`` builds the capabilities' services (core/controller/capabilities.py by default)."""
+                 services: Callable[[ControllerContext], list[Service]] | None = None,
+                 team: TeamSocket | None = None) -> None:
+        """``services`` builds the capabilities' services (core/controller/capabilities.py by default).
+
+        ``team`` (``controller serve --team GROUP``) opens a second socket to that OS group (docs/team.md).
+        """
         if services is None:
             from mlfleet.core.controller.capabilities import services
         self.home = home
         self.ctx = ControllerContext(home, settings or Settings())
         self.settings = self.ctx.settings
+        self.team = team
+        self.ctx.access.team_group = team.group if team is not None else None
         self.services = services(self.ctx)
         self._lock_fd: int | None = None
 
@@ -69,6 +80,8 @@ class Controller:
             log.warning("%d file(s) in %s belong to root and were left as they are: %s", len(foreign),
                         self.home.data_dir, ", ".join(map(str, foreign[:5])))
         ctx.access.load()  # a bad policy.yaml stops the start, as a bad config.yaml does
+        if self.team is not None:
+            prepare_folder(self.team)  # before the store opens: a wrong --socket leaves nothing behind
         for service in self.services:
             service.prepare()
         store = ctx.opened_store = Store(self.home.db_path, query_workers=self.settings.query.workers,
@@ -82,18 +95,23 @@ class Controller:
         await audit_config_change(store, self.home)
         api = ControllerApi(ctx, self.services)
         server = await api.listen(self.home.controller_socket)
+        team_server: UnixListener | None = None
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, ctx.stopping.set)
-        log.info("controller serving on %s", self.home.controller_socket)
-        if ready is not None:
-            ready.set()
-        tasks = [loop.create_task(self._tick_loop())]
-        tasks += [loop.create_task(beside()) for service in self.services for beside in service.loops()]
+        tasks: list[asyncio.Task[None]] = []
         try:
+            team_server = await self._listen_team(api)  # a refusal stops the start, through the same clean stop
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, ctx.stopping.set)
+            log.info("controller serving on %s", self.home.controller_socket)
+            if ready is not None:
+                ready.set()
+            tasks.append(loop.create_task(self._tick_loop()))
+            tasks += [loop.create_task(beside()) for service in self.services for beside in service.loops()]
             await ctx.stopping.wait()
         finally:
             server.close()
+            if team_server is not None:
+                team_server.close()
             # Users' queries are interrupted and answer their clients before the connections close.
             await store.queries.stop_all("the controller is stopping")
             for task in tasks:
@@ -113,9 +131,21 @@ class Controller:
             except Exception:  # a full disk must not keep the controller from stopping; the log says it
                 log.exception("could not record controller.stop on the audit chain")
             store.close()
-            with contextlib.suppress(FileNotFoundError):
-                self.home.controller_socket.unlink()
+            for path in (self.home.controller_socket, *([self.team.path] if self.team else [])):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
             log.info("controller stopped")
+
+    async def _listen_team(self, api: ControllerApi) -> UnixListener | None:
+        if self.team is None:
+            return None
+        try:
+            server = await api.listen_team(self.team)
+        except OSError as exc:
+            raise UsageError(f"--socket {self.team.path}: cannot serve the team there ({exc.strerror}); "
+                             f"choose another --socket") from None
+        log.info("controller serving team %s on %s", self.team.group, self.team.path)
+        return server
 
     def stop(self, by: str | None = None) -> None:
         """Stop serving; ``by`` is the user who asked (audited as the controller stops)."""

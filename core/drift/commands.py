@@ -55,8 +55,13 @@ def _current(args: argparse.Namespace) -> Any:
             raise UsageError(f"--since {args.since!r}: give a duration such as 1d, 6h or 30m")
         since = time.time() - seconds
     from mlfleet.core.base.paths import Home
+    from mlfleet.core.controller.client import shared_controller
 
-    return resolve_captures(Home.from_env().capture_dir, args.deployment, since, args.since)
+    home = Home.from_env()
+    if (shared := shared_controller(home)) is not None:  # the captures are the head node's files, not ours
+        raise UsageError(f"drift check --deployment reads the captured requests on the controller's machine, and "
+                         f"the controller is shared ({shared.url}): run it on {shared.host}, or give --current FILES")
+    return resolve_captures(home.capture_dir, args.deployment, since, args.since)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

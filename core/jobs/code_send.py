@@ -43,7 +43,7 @@ def must_send_own_code(hello: dict[str, Any], me: str, remote: bool = False) -> 
 
 
 def sends_own_code(client: ControllerClient) -> bool:
-    return must_send_own_code(client.peer.info, user_name(os.getuid()), getattr(client, "remote", False))
+    return must_send_own_code(client.hello, user_name(os.getuid()), client.remote is not None)
 
 
 async def with_code(client: ControllerClient, params: dict[str, Any], home: Home | None = None) -> dict[str, Any]:
