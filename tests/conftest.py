@@ -250,3 +250,9 @@ def fleet() -> Fleet:
     finally:
         installation.kill_everything()
         shutil.rmtree(root, ignore_errors=True)
+
+
+# The team stories' fixtures (head, team_users): imported here so every module can ask for them by name.
+from team_head import head, team_users  # noqa: E402
+
+TEAM_FIXTURES = (head, team_users)

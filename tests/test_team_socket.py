@@ -11,80 +11,21 @@ never what their CLI says.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-import pytest
 from conftest import Fleet
-from sshd import SshServer, keygen
-from team_users import TeamUsers, User
+from team_head import Head
+from team_users import TeamUsers
 
 from mlfleet.core.base.controller_url import ENV
 from mlfleet.core.base.paths import Home
 
 MLFLEET = str(Path(sys.executable).with_name("mlfleet"))
-
-
-@dataclass
-class Head:
-    """The head node: a root controller serving a team, and the sshd its members come in by."""
-
-    fleet: Fleet
-    group: str
-    socket: Path
-    sshd: SshServer
-    process: subprocess.Popen[bytes]
-
-    def url(self, user: User, socket: Path | None = None) -> str:
-        return f"ssh://{user.name}@127.0.0.1:{self.sshd.port}{socket or self.socket}"
-
-    def member(self, users: TeamUsers, *, in_team: bool = True) -> User:
-        """A user with their key allowed by the head's sshd, in the team's group or not."""
-        user = users.user(groups=(self.group,) if in_team else ())
-        self.sshd.allow(user.name, user.key)
-        return user
-
-
-@pytest.fixture
-def team_users() -> Iterator[TeamUsers]:
-    users = TeamUsers()
-    try:
-        yield users
-    finally:
-        users.remove_all()
-
-
-@pytest.fixture
-def head(fleet: Fleet, team_users: TeamUsers) -> Iterator[Head]:
-    group = team_users.group()
-    base = Path(tempfile.mkdtemp(prefix="mlft", dir="/tmp"))  # not under pytest's 0700 tmp: the team must reach it
-    os.chmod(base, 0o755)
-    socket = base / "team" / "c.sock"  # team/ is made by serve: 0750, root:GROUP
-    sshd = SshServer(fleet.root / "sshd", keygen(fleet.root / "user_key"), per_user=True).start()
-    log = open(fleet.root / "serve.log", "ab")
-    process = subprocess.Popen([MLFLEET, "controller", "serve", "--team", group, "--socket", str(socket)],
-                               env=fleet.env, stdout=log, stderr=log, cwd="/")
-    try:
-        fleet.wait_for(lambda: socket.exists() and fleet.cli("controller", "status").code == 0, 30,
-                       what="the team controller to serve")
-        yield Head(fleet, group, socket, sshd, process)
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
-        sshd.stop()
-        sshd.remove_keys()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_a_team_member_reaches_the_shared_controller_over_ssh_and_her_jobs_are_hers(

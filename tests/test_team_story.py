@@ -1,119 +1,67 @@
-"""A team on one controller: real OS users, a policy.yaml, the real CLI run as each of them.
+"""A team on one shared controller: real OS users, a policy.yaml, the real CLI run as each of them over SSH.
 
 The controller runs as this test's user (root here), who is always an
-admin. Three OS users are made for the test (unique per xdist worker,
-removed afterwards): a viewer, and alice and bob, operators through their
-group, bob also a maintainer in project vision. Each runs ``mlfleet`` as
-themselves (subprocess user=/group=/extra_groups=, their own HOME), so the
-identity the controller sees is the one SO_PEERCRED gives, as in team mode.
-
-Until ``controller serve --team`` (the 0660 team socket) is in, two things
-stand in for it, and only for it: the controller's home, run dir and
-socket are opened to other users with chmod, and the client run as the
-other users accepts a socket it does not own (``Home.trusted_socket``
-replaced in the small launcher below), as a client of the team socket will.
-Everything else is the real CLI and the real controller.
+admin, with ``controller serve --team GROUP`` (tests/team_head.py). Four
+OS users are made for the test (unique per xdist worker, removed
+afterwards), all in the team's group so they reach the 0660 socket: a
+viewer, alice and bob (operators through a second group, bob also a
+maintainer in project vision) and a stranger whom no rule names. Each runs
+``mlfleet`` as themselves with ``MLFLEET_CONTROLLER=ssh://THEM@127.0.0.1:PORT/SOCKET``,
+so the identity the controller sees is what sshd's process is
+(SO_PEERCRED), as in a real team.
 """
 
 from __future__ import annotations
 
-import grp
 import json
 import os
 import pwd
-import secrets
-import shutil
-import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from conftest import CliResult, Fleet
-
-LAUNCHER = """\
-import site, sys
-from pathlib import Path
-site.addsitedir(sys.argv.pop(1))  # this checkout's packages (the test's venv may be under a folder they cannot enter)
-from mlfleet.core.base import paths
-# Stands in for the team socket's rule (a socket of the controller's user, in the team's group).
-paths.Home.trusted_socket = lambda self, path: Path(path).exists()
-from mlfleet.main import main
-sys.exit(main(sys.argv[1:]))
-"""
+from team_head import Head
+from team_users import TeamUsers
 
 
-def interpreter_for_others() -> str:
-    """A Python of this version other users may run (the test's own may live under /root, closed to them)."""
-    mine = Path(sys.executable).resolve()
-    if all(os.stat(p).st_mode & 0o001 for p in [*mine.parents, mine]):
-        return str(mine)
-    found = shutil.which(f"python{sys.version_info.major}.{sys.version_info.minor}", path="/usr/bin:/usr/local/bin")
-    if found is None:
-        pytest.skip(f"no python{sys.version_info.major}.{sys.version_info.minor} that other users may run")
-    return found
+class Member:
+    """A team member as the stories use them: their CLI against the shared controller, their files."""
 
-
-class User:
-    def __init__(self, name: str, group: str | None) -> None:
-        self.name = name
-        subprocess.run(["useradd", "-m", "-s", "/bin/sh", *(["-G", group] if group else []), name], check=True,
-                       capture_output=True)
-        entry = pwd.getpwnam(name)
-        self.uid, self.gid, self.home = entry.pw_uid, entry.pw_gid, Path(entry.pw_dir)
-        self.groups = [grp.getgrnam(group).gr_gid] if group else []
+    def __init__(self, user, fleet: Fleet) -> None:  # noqa: ANN001 - team_users.User
+        self.user, self.fleet = user, fleet
+        self.name, self.uid, self.gid, self.home = user.name, user.uid, user.gid, user.home
 
     def cli(self, fleet: Fleet, *args: str) -> CliResult:
-        """``mlfleet ARGS`` as this user, in their home, talking to the fleet's controller."""
-        env = {"HOME": str(self.home), "USER": self.name, "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-               "MLFLEET_HOME": str(fleet.root)}
-        proc = subprocess.run([interpreter_for_others(), "-c", LAUNCHER, sysconfig.get_paths()["purelib"], *args], env=env, capture_output=True, text=True,
-                              timeout=60, cwd=self.home, user=self.uid, group=self.gid, extra_groups=self.groups)
-        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+        """``mlfleet ARGS`` as this user, in their home, on the shared controller (``fleet`` is the head's)."""
+        result = self.user.cli(*args, timeout=90)
+        return CliResult(result.code, result.out, result.err)
 
     def spec(self, name: str, project: str) -> Path:
         """A job spec in their home that can never be placed (so it stays pending), owned by them."""
-        path = self.home / f"{name}.yaml"
-        path.write_text(f"name: {name}\nproject: {project}\ncommand: [true]\nresources: {{gpus: 64}}\n")
-        os.chown(path, self.uid, self.gid)
-        return path
+        return self.user.write(f"{name}.yaml", f"name: {name}\nproject: {project}\ncommand: [true]\n"
+                                               "resources: {gpus: 64}\n")
 
 
 @pytest.fixture
-def team(fleet: Fleet) -> Iterator[dict[str, User]]:
-    tag = os.environ.get("PYTEST_XDIST_WORKER", "m").replace("gw", "") + secrets.token_hex(2)
-    group = f"mlft{tag}g"
-    subprocess.run(["groupadd", group], check=True, capture_output=True)
-    users: dict[str, User] = {}
-    try:
-        users["viewer"] = User(f"mlft{tag}v", None)
-        users["alice"] = User(f"mlft{tag}a", group)
-        users["bob"] = User(f"mlft{tag}b", group)
-        users["stranger"] = User(f"mlft{tag}s", None)  # in no rule
-        v, b = users["viewer"].name, users["bob"].name
-        (fleet.root / "policy.yaml").write_text(
-            "roles:\n"
-            f"  - {{user: {v}, role: viewer}}\n"
-            f"  - {{group: {group}, role: operator}}\n"
-            f"  - {{user: {b}, role: maintainer, projects: [vision]}}\n")
-        fleet.home.config_file.write_text("query:\n  allow_file_reads: true\n")
-        fleet.cli("controller", "start", check=True)
-        # Stands in for the team socket (controller serve --team): let the other users reach the 0600 socket.
-        for path in (fleet.root, fleet.home.run_dir):
-            os.chmod(path, 0o711)
-        os.chmod(fleet.home.controller_socket, 0o666)
-        os.chmod(fleet.home.config_file, 0o644)  # submit reads client.submit_retry from it (their own, in team mode)
-        yield users
-    finally:
-        fleet.cli("controller", "stop")
-        for user in users.values():
-            subprocess.run(["userdel", "-r", user.name], capture_output=True)
-        subprocess.run(["groupdel", group], capture_output=True)
+def team(request: pytest.FixtureRequest, fleet: Fleet, team_users: TeamUsers) -> Iterator[dict[str, Member]]:
+    operators = team_users.group("o")
+    viewer, bob = f"{team_users.prefix}a1", f"{team_users.prefix}a3"  # the names the users below get, in order
+    (fleet.root / "policy.yaml").write_text(
+        "roles:\n"
+        f"  - {{user: {viewer}, role: viewer}}\n"
+        f"  - {{group: {operators}, role: operator}}\n"
+        f"  - {{user: {bob}, role: maintainer, projects: [vision]}}\n")
+    fleet.home.config_file.write_text("query:\n  allow_file_reads: true\n")
+    head: Head = request.getfixturevalue("head")
+    users = {"viewer": head.joined(team_users), "alice": head.joined(team_users, groups=(operators,)),
+             "bob": head.joined(team_users, groups=(operators,)), "stranger": head.joined(team_users)}
+    assert (users["viewer"].name, users["bob"].name) == (viewer, bob)
+    yield {role: Member(user, fleet) for role, user in users.items()}
 
 
-def test_roles_decide_who_may_submit_cancel_and_read_files(fleet: Fleet, team: dict[str, User]) -> None:
+def test_roles_decide_who_may_submit_cancel_and_read_files(fleet: Fleet, team: dict[str, Member]) -> None:
     viewer, alice, bob = team["viewer"], team["alice"], team["bob"]
 
     # A viewer reads but cannot submit: exit 6, the sentence names the permission and the rule.
@@ -193,7 +141,7 @@ track.log_artifact("out/model.bin")
 
 
 def test_models_maintainers_register_and_move_aliases_admins_move_production(fleet: Fleet,
-                                                                                team: dict[str, User]) -> None:
+                                                                                team: dict[str, Member]) -> None:
     alice, bob = team["alice"], team["bob"]
     specs = fleet.root / "specs"
     specs.mkdir(exist_ok=True)
@@ -219,9 +167,8 @@ def test_models_maintainers_register_and_move_aliases_admins_move_production(fle
     assert "production" in fleet.cli_json("models", "show", "m@production")["version"]["aliases"]
 
     # Deployments: a maintainer in the deployment's project; an operator is refused before anything starts.
-    web = alice.home / "web.yaml"
-    web.write_text("name: web\nmodel: m@staging\nproject: vision\ncommand: [python, -m, http.server, '{port}']\n")
-    os.chown(web, alice.uid, alice.gid)
+    web = alice.user.write("web.yaml", "name: web\nmodel: m@staging\nproject: vision\n"
+                                       "command: [python, -m, http.server, '{port}']\n")
     refused = alice.cli(fleet, "deploy", "apply", str(web))
     assert refused.code == 6, refused.err
     assert refused.err.strip() == (f"mlfleet: {alice.name} (operator, policy.yaml:3 (roles[1])) may not change "
