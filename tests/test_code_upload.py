@@ -11,13 +11,15 @@ nothing in the controller's code cache.
 
 The controller's socket is 0600; the test opens its folder and the socket to
 alice, standing in for the team socket (``controller serve --team``) that
-gives a group access.
+gives a group access, and her client (tests/code_upload_client.py) runs the
+CLI's own submit functions on it. The real CLI over SSH to the real team
+socket takes the same path (tests/test_team_socket.py, tests/test_team_story.py:
+their users' submits now send their code).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import hashlib
 import io
@@ -25,17 +27,16 @@ import json
 import os
 import pwd
 import subprocess
-import sys
-import sysconfig
 import tarfile
 import zlib
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Iterator
 
-import psutil
 import pytest
 
 from conftest import Fleet
+from team_users import TeamUsers
 from mlfleet.core.base.errors import RemoteError
 from mlfleet.core.base.paths import Home
 from mlfleet.core.base.protocol import open_unix_peer
@@ -45,34 +46,22 @@ from mlfleet.core.jobs.code_send import must_send_own_code
 from mlfleet.core.jobs.snapshot import MAX_SNAPSHOT_BYTES, snapshot
 
 DRIVER = Path(__file__).with_name("code_upload_client.py")
-# The test's interpreter may sit under a folder only its user can enter (a pyenv in /root): another user runs
-# the system's Python of the same version with this environment's packages, mlfleet's editable install included.
-_SYSTEM_PYTHON = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
-_RUN_DRIVER = ["-c", "import runpy, site, sys; site.addsitedir(sys.argv[1]); sys.argv = sys.argv[2:]; "
-               "runpy.run_path(sys.argv[0], run_name='__main__')", sysconfig.get_paths()["purelib"], str(DRIVER)]
+
+
+@dataclass(frozen=True)
+class Other:
+    pw: pwd.struct_passwd
+    python: str  # an interpreter with this checkout's packages that this user may run (tests/team_users.py)
 
 
 @pytest.fixture
-def alice() -> Iterator[pwd.struct_passwd]:
-    """A second OS user with a home of her own, removed afterwards."""
-    if not os.access(_SYSTEM_PYTHON, os.X_OK):
-        pytest.skip(f"{_SYSTEM_PYTHON} (the test's Python version, runnable by another user) is not installed")
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw")
-    name = f"mlfu{worker}{os.getpid() % 100000}"[:31]
-    made = subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], capture_output=True, text=True)
-    if made.returncode == 9:  # a previous run on this worker and pid left it
-        subprocess.run(["userdel", "-r", name], capture_output=True)
-        made = subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], capture_output=True, text=True)
-    assert made.returncode == 0, made.stderr
+def alice() -> Iterator[Other]:
+    """A second OS user with a home of her own (tests/team_users.py: unique per worker, removed afterwards)."""
+    team = TeamUsers()
     try:
-        yield pwd.getpwnam(name)
+        yield Other(pwd.getpwnam(team.user().name), team.python)
     finally:
-        user = pwd.getpwnam(name)
-        for proc in psutil.process_iter(["uids"]):  # whatever this user still runs: only the test started it
-            with contextlib.suppress(psutil.Error, TypeError):
-                if proc.info["uids"].real == user.pw_uid:
-                    proc.kill()
-        subprocess.run(["userdel", "-r", name], capture_output=True)
+        team.remove_all()
 
 
 def _started(fleet: Fleet) -> Path:
@@ -91,20 +80,22 @@ def _env(user: pwd.struct_passwd) -> dict[str, str]:
             "MLFLEET_HOME": f"{user.pw_dir}/mlf", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-def _as(user: pwd.struct_passwd, *args: str, timeout: float = 240) -> dict[str, Any]:
-    """The driver as ``user`` (subprocess user=/group=, no extra groups), its JSON answer."""
-    proc = subprocess.run([_SYSTEM_PYTHON, *_RUN_DRIVER, *args], user=user.pw_uid, group=user.pw_gid, extra_groups=[],
+def _as(other: Other, *args: str, timeout: float = 240) -> dict[str, Any]:
+    """The driver as ``other`` (subprocess user=/group=, no extra groups), its JSON answer."""
+    user = other.pw
+    proc = subprocess.run([other.python, str(DRIVER), *args], user=user.pw_uid, group=user.pw_gid, extra_groups=[],
                           env=_env(user), cwd=user.pw_dir, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
 
-def _as_in_own_mounts(user: pwd.struct_passwd, mount: Path, *args: str, timeout: float = 240) -> dict[str, Any]:
-    """The driver as ``user`` in a mount namespace of its own, with a 0700 tmpfs of theirs at ``mount``."""
+def _as_in_own_mounts(other: Other, mount: Path, *args: str, timeout: float = 240) -> dict[str, Any]:
+    """The driver as ``other`` in a mount namespace of its own, with a 0700 tmpfs of theirs at ``mount``."""
+    user = other.pw
     mount_then_drop = 'mount -t tmpfs -o "mode=0700,uid=$1,gid=$2" none "$0" && shift 2 && exec "$@"'
     cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount_then_drop, str(mount),
            str(user.pw_uid), str(user.pw_gid), "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
-           "--clear-groups", "--", _SYSTEM_PYTHON, *_RUN_DRIVER, *args]
+           "--clear-groups", "--", other.python, str(DRIVER), *args]
     proc = subprocess.run(cmd, env=_env(user), cwd=user.pw_dir, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
@@ -116,7 +107,7 @@ def _cache_state(fleet: Fleet) -> tuple[set[str], list[str]]:
 
 
 def test_another_users_job_runs_the_code_she_sent_and_the_controller_never_reads_her_workdir(
-        fleet: Fleet, alice: pwd.struct_passwd) -> None:
+        fleet: Fleet, alice: Other) -> None:
     sock = _started(fleet)
     mount = fleet.root.with_name(fleet.root.name + "-alice-mnt")
     mount.mkdir()
@@ -124,13 +115,13 @@ def test_another_users_job_runs_the_code_she_sent_and_the_controller_never_reads
         workdir = mount / "project"
         story = _as_in_own_mounts(alice, mount, "story", str(sock), str(workdir), "trained-by-alice")
         assert "ok" in story, story
-        assert story["uids"] == [alice.pw_uid] * 3 and int(story["cap_eff"], 16) == 0  # her, unprivileged
+        assert story["uids"] == [alice.pw.pw_uid] * 3 and int(story["cap_eff"], 16) == 0  # her, unprivileged
         story = story["ok"]
         assert not workdir.exists()  # where the controller runs, her workdir is not there at all
 
         bare = story["bare"]  # the submit an older client sends: a path, no code
         assert bare["kind"] == "PermissionDeniedError"
-        assert f"{alice.pw_name} submitted a workdir path" in bare["error"]
+        assert f"{alice.pw.pw_name} submitted a workdir path" in bare["error"]
         assert "does not read other users' files" in bare["error"] and "must pack and send its code" in bare["error"]
 
         first, second, again = story["first"], story["second"], story["again"]
@@ -158,7 +149,7 @@ def test_another_users_job_runs_the_code_she_sent_and_the_controller_never_reads
 
         archives, incoming = _cache_state(fleet)
         assert archives == {f"{sent}.tar.gz"} and incoming == []
-        assert (fleet.home.code_cache_dir / ".senders" / sent).read_text().split() == [alice.pw_name]
+        assert (fleet.home.code_cache_dir / ".senders" / sent).read_text().split() == [alice.pw.pw_name]
         run = fleet.cli_json("runs", "show", first["job"]["run_id"])
         assert json.dumps(run).count(first["sent"]["lineage"]["git_commit"]) >= 1  # her lineage is the run's
     finally:
@@ -322,13 +313,13 @@ def _huge_claim() -> bytes:
 
 
 def test_another_user_cannot_add_to_an_upload_nor_use_code_she_did_not_send(fleet: Fleet,
-                                                                             alice: pwd.struct_passwd) -> None:
+                                                                             alice: Other) -> None:
     sock = _started(fleet)
     project = fleet.root.with_name(fleet.root.name + "-alice-project")
     project.mkdir()
     (project / "job.yaml").write_text("name: borrowed\ncommand: [python, train.py]\n")
-    os.chown(project, alice.pw_uid, alice.pw_gid)
-    os.chown(project / "job.yaml", alice.pw_uid, alice.pw_gid)
+    os.chown(project, alice.pw.pw_uid, alice.pw.pw_gid)
+    os.chown(project / "job.yaml", alice.pw.pw_uid, alice.pw.pw_gid)
     try:
         async def story() -> tuple[dict, dict, dict, dict, dict, set[str], list[str]]:
             client = await _client(sock)
@@ -356,10 +347,10 @@ def test_another_user_cannot_add_to_an_upload_nor_use_code_she_did_not_send(flee
 
         intruder, done, borrowed, unknown, deploy, during, after = asyncio.run(story())
         assert intruder["kind"] == "PermissionDeniedError", intruder
-        assert intruder["uids"] == [alice.pw_uid] * 3 and int(intruder["cap_eff"], 16) == 0
-        assert f"is not {alice.pw_name}'s on this connection" in intruder["error"]
+        assert intruder["uids"] == [alice.pw.pw_uid] * 3 and int(intruder["cap_eff"], 16) == 0
+        assert f"is not {alice.pw.pw_name}'s on this connection" in intruder["error"]
         assert done["files"] == 1
-        assert borrowed["kind"] == "NotFoundError" and f"was not sent by {alice.pw_name}" in borrowed["error"]
+        assert borrowed["kind"] == "NotFoundError" and f"was not sent by {alice.pw.pw_name}" in borrowed["error"]
         assert unknown["kind"] == "NotFoundError"
         # A deployment's replicas are packed by the controller from the workdir: from another user, refused.
         assert deploy["kind"] == "PermissionDeniedError" and "does not read other users' files" in deploy["error"]
