@@ -1,10 +1,10 @@
 """Every controller RPC method's base permission: checked before its handler runs.
 
 A method missing from the table is refused (a new RPC must say who may call
-it; tests/test_team_permissions.py keeps the table equal to the methods the
+it; tests/test_team_roles.py keeps the table equal to the methods the
 controller answers). Where the target decides more (whose job, which
 project, a protected alias), the handler checks again with the finer
-permission (core/team/guard.py).
+permission (ControllerContext.require, core/controller/service.py).
 """
 
 from __future__ import annotations
