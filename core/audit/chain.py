@@ -137,7 +137,7 @@ def append_events(con: duckdb.DuckDBPyConnection, ts: float,
     cols: dict[str, list[Any]] = {"seq": [], "actor": [], "action": [], "target": [], "detail": [],
                                   "prev_hash": [], "hash": []}
     for actor, action, target, detail in batch:
-        actor, action, target, detail = (_text(actor), _text(action), _text(target), _text(detail))
+        actor, action, target, detail = (_text(actor), _text(action), _text(target), _json_text(_text(detail)))
         seq += 1
         digest = event_hash(Event(seq, ts_us, actor, action, target, detail), prev)
         for name, value in (("seq", seq), ("actor", actor), ("action", action), ("target", target),
@@ -214,3 +214,25 @@ def seal_unchained(con: duckdb.DuckDBPyConnection) -> int:
         con.unregister("_audit_seal")
     _moved.add(id(con))
     return len(rows)
+
+
+def _json_text(detail: str | None) -> str | None:
+    """JSON text DuckDB's JSON type takes: an escaped lone surrogate (``"\\ud800"``, from a file name decoded
+    with surrogateescape, say) becomes U+FFFD; DuckDB refuses it, and with it the capability's whole write."""
+    if detail is None or "\\ud" not in detail.lower():
+        return detail
+    try:
+        value = json.loads(detail)
+    except ValueError:
+        return detail  # not JSON at all: the insert says so, as before
+    return json.dumps(_whole(value))
+
+
+def _whole(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    if isinstance(value, dict):
+        return {_whole(k): _whole(v) for k, v in value.items()}
+    return value

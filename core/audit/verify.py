@@ -4,7 +4,7 @@ DuckDB recomputes every row's hash from its content (chain.HASH_SQL, the
 same bytes Python hashes) and compares each row with the one before it in
 ``seq`` order (``lag``): the hash must match the content, ``prev_hash``
 must be the previous row's hash, and ``seq`` must be the previous seq + 1.
-That is one scan (and, only when the scan order does not pass, one sort); Python only looks
+That is a parallel scan and a hash join (and, only when they find a fault, one sort); Python only looks
 at the few rows around the first failure to say what happened there
 (edited, deleted, inserted, reordered, replaced), and at the head file to
 catch a cut tail, which leaves a chain that checks on its own.
@@ -35,15 +35,27 @@ select count(*) as events, max(seq) as head_seq,
 from linked
 """
 
-# The same check in the order the scan yields the rows, with no sort: a third less work at a million rows
-# (measured). That order is unspecified, but a pass is sound whatever it was: a first row with seq 1 and
-# the genesis prev_hash, then each row seq + 1 of the one before and linked to its hash, is the chain in
-# seq order with nothing missing, repeated or out of place. Any flag (a tampered store, or rows stored out
-# of seq order) sends verify to CHECK_SQL's sorted answer, which alone names a row.
-FAST_SQL = CHECK_SQL.replace("lag(hash) over w", "lag(hash) over ()").replace(
-    "lag(seq) over w", "lag(seq) over ()").replace("from checked window w as (order by seq, id)", "from checked")
-assert "order by" not in FAST_SQL
-
+# The check without a sort or an unpartitioned window (both run on one thread): a parallel scan recomputes
+# every hash, and a hash join of each row with the row of seq - 1 checks the links. Sound on its own terms:
+# seqs 1..N each once, seq 1 on the genesis, every other row's prev_hash the hash of the row before it, is
+# the chain in seq order with nothing missing, repeated or out of place. Measured at a million rows on two
+# cores: 1.1 s against 1.6 s for the same check in scan order with lag() over (). Any flag sends verify to
+# CHECK_SQL's sorted answer, which alone names a row.
+FAST_SQL = f"""
+with content as (
+    select count(*) as events, max(seq) as head_seq, min(seq) as low, count(distinct seq) as seqs,
+           min(seq) filter (where {chain.HASH_SQL} is distinct from hash) as bad_content,
+           min(seq) filter (where seq = 1 and prev_hash is distinct from '{chain.GENESIS}') as bad_genesis
+    from audit
+), links as (
+    select min(b.seq) as bad_link from audit b left join audit a on a.seq = b.seq - 1
+    where b.seq > 1 and (a.hash is null or a.hash is distinct from b.prev_hash)
+)
+select events, head_seq,
+       coalesce(bad_content, bad_genesis, bad_link,
+                case when events > 0 and (low <> 1 or seqs <> events or head_seq <> events) then low end)
+from content, links
+"""
 
 
 def verify(con: duckdb.DuckDBPyConnection, head_path: Path) -> dict[str, Any]:
