@@ -32,6 +32,10 @@ RECHECK_S = 0.0  # a stat per use (microseconds): the request right after an edi
 GROUPS_TTL_S = 10.0
 DENIED_AUDIT_EVERY_S = 60.0  # the same refusal again (a TUI polling) is refused but audited once a minute
 DENIED_KEPT = 10_000
+# A caller chooses much of a refusal's key (a submit's project, a target's name): without a budget per user each
+# made-up project is a new row on the audit chain. Past it, one row says so and the rest of the minute is refused
+# without a row each.
+DENIED_AUDITED_PER_USER = 30
 
 
 def groups_of(user: str) -> frozenset[str]:
@@ -62,6 +66,7 @@ class Access:
         self._checked = 0.0
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
         self._denied: dict[tuple[str, str, str | None, str | None], float] = {}  # last audited refusal of each kind
+        self._denied_by_user: dict[str, tuple[float, int]] = {}  # user -> (their minute's start, rows audited in it)
 
     def load(self) -> None:
         """Read the file now; a mistake is raised (the controller's start stops on it)."""
@@ -125,24 +130,36 @@ class Access:
         if not decision.allowed:
             assert decision.sentence is not None
             named = None if project == ANY_PROJECT else project  # the gate asked about any project: none to name
-            if self._audit_due((user, method, named, target)):
+            due = self._audit_due((user, method, named, target))
+            if due:
                 await audit(user, "policy.denied", target or named, {
                     "permission": permission.name.lower(), "rule": decision.rule, "role": decision.role,
                     "needed": decision.needed, "method": method, **({"project": named} if named else {}),
-                    **({"owner": owner} if owner else {})})
+                    **({"owner": owner} if owner else {}),
+                    **({"flood": f"{user}'s further refusals this minute are not audited (more than "
+                                 f"{DENIED_AUDITED_PER_USER})"} if due == "last" else {})})
             raise PermissionDeniedError(decision.sentence)
         return decision
 
-    def _audit_due(self, key: tuple[str, str, str | None, str | None]) -> bool:
-        """Whether this refusal goes on the audit trail now: once a minute per user, method and target."""
+    def _audit_due(self, key: tuple[str, str, str | None, str | None]) -> str | None:
+        """Whether this refusal goes on the audit trail now: once a minute per user, method and target, and at
+        most DENIED_AUDITED_PER_USER a minute per user ("last": the one that reaches that budget, which says so)."""
         now = time.monotonic()
         last = self._denied.get(key)
         if last is not None and now - last < DENIED_AUDIT_EVERY_S:
-            return False
+            return None
+        user = key[0]
+        start, count = self._denied_by_user.get(user, (now, 0))
+        if now - start >= DENIED_AUDIT_EVERY_S:
+            start, count = now, 0
+        if count >= DENIED_AUDITED_PER_USER:
+            return None
+        self._denied_by_user[user] = (start, count + 1)
         if len(self._denied) >= DENIED_KEPT:
             self._denied = {k: t for k, t in self._denied.items() if now - t < DENIED_AUDIT_EVERY_S}
+            self._denied_by_user = {u: v for u, v in self._denied_by_user.items() if now - v[0] < DENIED_AUDIT_EVERY_S}
         self._denied[key] = now
-        return True
+        return "last" if count + 1 == DENIED_AUDITED_PER_USER else "yes"
 
     def whoami(self, user: str) -> dict[str, Any]:
         """What ``policy show`` prints: the caller, their groups and roles (everywhere and per project) with the rules."""

@@ -1,0 +1,59 @@
+"""Attacks on a team controller by its own members: real OS users on the real team socket, doing what no CLI does.
+
+Each story is one attack that once worked (or still does: those are marked
+xfail, strict, with the finding in their reason), made by a real OS user
+(tests/team_users.py) against the root controller of tests/team_head.py, or
+against ``controller serve`` itself. The raw requests go through
+tests/team_attack_client.py, run as that user, so the identity the
+controller sees is the socket's peer (SO_PEERCRED), as in a real team.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import Fleet
+from team_head import Head
+from team_users import TeamUsers, User
+
+CLIENT = str(Path(__file__).with_name("team_attack_client.py"))
+
+
+def _raw(user: User, head: Head, method: str, params: dict, count: int = 1) -> dict:
+    """``count`` calls of ``method`` as ``user`` on the team socket; the client's JSON summary."""
+    result = user.run(user.python, CLIENT, str(head.socket), method, json.dumps(params), str(count), timeout=120)
+    assert result.code == 0, result.err
+    return json.loads(result.out)
+
+
+def _denied_rows(fleet: Fleet, actor: str) -> int:
+    rows = fleet.cli_json("db", "query",
+                          f"select count(*) as n from audit where action = 'policy.denied' and actor = '{actor}'")
+    rows = rows.get("rows", rows) if isinstance(rows, dict) else rows
+    first = rows[0]
+    return int(first["n"] if isinstance(first, dict) else first[0])
+
+
+@pytest.mark.timeout(240)
+def test_a_viewer_cannot_flood_the_audit_chain_by_naming_a_new_project_in_each_refused_submit(
+        fleet: Fleet, team_users: TeamUsers, request: pytest.FixtureRequest) -> None:
+    """Finding (fixed): refusals were audited once a minute per (user, method, project, target), and a submit's
+    project is the caller's to choose, so a viewer wrote one audit row per made-up project: 300 refused submits,
+    300 rows on the hash chain (and the memo of audited refusals grew without bound, rebuilt on every insert
+    past 10,000). Now each user's refusals are audited at most a few dozen times a minute, the first one past
+    that saying so; every request is still refused."""
+    viewers = team_users.group("v")
+    (fleet.root / "policy.yaml").write_text(f"roles:\n  - {{group: {viewers}, role: viewer}}\n")
+    head: Head = request.getfixturevalue("head")
+    viewer = head.member(team_users, groups=(viewers,))
+    spec = {"name": "flood", "project": "p{i}", "command": ["true"], "workdir": "/tmp"}
+    flood = _raw(viewer, head, "submit", {"spec": spec, "code": {"sha256": "0" * 64}}, count=300)
+    assert flood["answered"] == 0 and sum(flood["refused"].values()) == 300, flood
+    assert "may not submit jobs in p0" in flood["first_error"], flood
+    audited = _denied_rows(fleet, viewer.name)
+    assert 2 <= audited <= 30, f"{audited} policy.denied rows for one viewer's 300 refused submits"
+    flood_note = fleet.cli_json("db", "query", "select detail from audit where action = 'policy.denied' "
+                                               f"and actor = '{viewer.name}' and detail like '%not audited%'")
+    assert flood_note, "the first refusal past the budget says that more are not audited"
