@@ -10,12 +10,17 @@ controller sees is the socket's peer (SO_PEERCRED), as in a real team.
 
 from __future__ import annotations
 
+import grp
 import json
+import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 from conftest import Fleet
-from team_head import Head
+from team_head import MLFLEET, Head
 from team_users import TeamUsers, User
 
 CLIENT = str(Path(__file__).with_name("team_attack_client.py"))
@@ -57,3 +62,41 @@ def test_a_viewer_cannot_flood_the_audit_chain_by_naming_a_new_project_in_each_r
     flood_note = fleet.cli_json("db", "query", "select detail from audit where action = 'policy.denied' "
                                                f"and actor = '{viewer.name}' and detail like '%not audited%'")
     assert flood_note, "the first refusal past the budget says that more are not audited"
+
+
+@pytest.mark.timeout(120)
+def test_serve_refuses_a_socket_folder_another_user_made_before_it(fleet: Fleet, team_users: TeamUsers) -> None:
+    """Finding (fixed): ``serve --team`` refused only a folder every user may write. A member who made the socket's
+    folder first (``mkdir /run/mlfleet`` before the service's first start) owned it: they could unlink the team
+    socket and bind their own in its place, so every member's ``secrets set`` and code went to them, and swap a
+    symlink in between the bind and the chown/chmod by path, so root gave the team group a file of their choice.
+    Now a folder (or a folder above it) that is not root's or the controller's user's, or that its group may
+    write, is refused in one sentence, exit 2."""
+    group = team_users.group()
+    squatter = team_users.user(groups=(group,))
+    base = Path(tempfile.mkdtemp(prefix="mlft", dir="/tmp"))
+    os.chmod(base, 0o755)
+    try:
+        for name, mode, owner in (("theirs", 0o755, squatter), ("grouped", 0o770, None)):
+            folder = base / name
+            folder.mkdir()
+            os.chmod(folder, mode)
+            if owner is not None:
+                os.chown(folder, owner.uid, owner.gid)
+            else:
+                os.chown(folder, 0, grp.getgrnam(group).gr_gid)
+            process = subprocess.Popen([MLFLEET, "controller", "serve", "--team", group, "--socket",
+                                        str(folder / "c.sock")], env=fleet.env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True, cwd="/")
+            try:
+                out, err = process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.terminate()
+                process.communicate(timeout=20)
+                raise AssertionError(f"serve --team took the socket folder {folder} (mode {mode:04o}, "
+                                     f"owner {owner.name if owner else 'root'}) and served the team there")
+            assert process.returncode == 2, (out, err)
+            assert err.count("\n") == 1 and "Traceback" not in err and str(folder) in err, err
+            assert not (folder / "c.sock").exists()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
