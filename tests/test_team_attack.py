@@ -100,3 +100,36 @@ def test_serve_refuses_a_socket_folder_another_user_made_before_it(fleet: Fleet,
             assert not (folder / "c.sock").exists()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.timeout(180)
+def test_a_policy_file_others_may_write_or_own_is_not_obeyed(fleet: Fleet, team_users: TeamUsers) -> None:
+    """Finding (fixed): the controller obeyed any policy.yaml at its path: one made 0666 (or 0664 for the team
+    group, or a symlink to a member's own file) let a member write ``{user: me, role: admin}`` and be admin at
+    the next request. secrets.json is refused when others may touch it; now policy.yaml is too: at start the
+    start stops in one sentence, and a file that turns so while the controller runs is a bad file (the
+    last good policy stays in force, ``controller status`` says why)."""
+    member = team_users.user()
+    policy = fleet.root / "policy.yaml"
+    # (A file others may write at start is tightened by the start itself, with the rest of the installation;
+    # a symlink is never followed by that, so it is the start's case.) A symlink to a file the member owns:
+    # theirs to rewrite whenever they like.
+    theirs = member.write("policy.yaml", f"roles:\n  - {{user: {member.name}, role: admin}}\n")
+    policy.symlink_to(theirs)
+    refused = fleet.cli("controller", "start")
+    assert refused.code != 0 and member.name in refused.err and "Traceback" not in refused.err, refused
+    assert "who may give anyone any role" in refused.err, refused.err
+
+    # A good file at start, made writable by everyone later: the last good one stays in force.
+    policy.unlink()
+    policy.write_text(f"roles:\n  - {{user: {member.name}, role: viewer}}\n")
+    fleet.cli("controller", "start", check=True)
+    try:
+        policy.write_text(f"roles:\n  - {{user: {member.name}, role: admin}}\n")
+        policy.chmod(0o666)
+        status = fleet.cli_json("controller", "status")
+        assert status["policy_error"] and "writable" in status["policy_error"], status
+        whoami = fleet.cli_json("policy", "show")
+        assert whoami["policy_error"], whoami
+    finally:
+        fleet.cli("controller", "stop")
