@@ -133,3 +133,24 @@ def test_a_policy_file_others_may_write_or_own_is_not_obeyed(fleet: Fleet, team_
         assert whoami["policy_error"], whoami
     finally:
         fleet.cli("controller", "stop")
+
+
+@pytest.mark.timeout(120)
+def test_residency_inputs_are_matched_as_the_paths_they_name_not_as_spelt(fleet: Fleet) -> None:
+    """Finding (fixed): an ``inputs:`` glob was matched against an absolute path as written, so
+    ``/data//eu/x``, ``/data/./eu/x`` or ``/data/us/../eu/x`` (the same file as ``/data/eu/x``) matched no rule
+    on ``/data/eu/**`` and the job could run in any region. Only relative paths were normalised. Now every
+    input is matched as the path it names too; here each spelling pinned to a host outside eu-west is refused
+    at submit, exit 6, like the plain one."""
+    (fleet.root / "policy.yaml").write_text("residency:\n  - {inputs: \"/data/eu/**\", regions: [eu-west]}\n")
+    fleet.cli("controller", "start", check=True)
+    try:
+        for i, path in enumerate(("/data/eu/x.csv", "/data//eu/x.csv", "/data/./eu/x.csv", "/data/us/../eu/x.csv",
+                                  "//data/eu/x.csv")):
+            spec = fleet.write_spec(f"eu{i}", f"name: eu{i}\ncommand: [true]\ninputs: [\"{path}\"]\n"
+                                              "constraints: {hosts: [local]}\n")
+            refused = fleet.cli("submit", str(spec), "--queue-anyway")
+            assert refused.code == 6, (path, refused)
+            assert "residency[0]) keeps its data in eu-west" in refused.err, (path, refused.err)
+    finally:
+        fleet.cli("controller", "stop")
