@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import grp
 import os
+import pwd
 import socket
 import stat
 from dataclasses import dataclass
@@ -55,11 +56,18 @@ def team_socket(group: str, path: Path | None = None) -> TeamSocket:
 
 
 def folder_problem(folder: Path) -> None:
-    """Refuse a folder others may write to (anyone could replace the socket there with their own)."""
+    """Refuse a folder others may write to, or that another user owns (they could replace the socket with their own).
+
+    The folders above it too: whoever may rename one of them may put a folder
+    of their own in its place. A folder above that every user may write is
+    fine when it is sticky (/tmp): there no one but its owner renames the
+    folder below.
+    """
     try:
         st = folder.stat()
     except FileNotFoundError:
-        return  # made by prepare_folder, 0750
+        _owners_problem(folder.parent, checked=False)  # the folder is made by prepare_folder, 0750
+        return
     except OSError as exc:
         raise UsageError(f"--socket: cannot read the folder {folder}: {exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
@@ -68,6 +76,37 @@ def folder_problem(folder: Path) -> None:
         raise UsageError(f"--socket: the folder {folder} is writable by every user (mode {stat.S_IMODE(st.st_mode):04o}),"
                          f" so anyone could replace the team socket there; use a folder only its owner may write "
                          f"(the default {DEFAULT_TEAM_SOCKET.parent} is made 0750)")
+    if st.st_mode & stat.S_IWGRP:
+        raise UsageError(f"--socket: the folder {folder} is writable by its group (mode {stat.S_IMODE(st.st_mode):04o}),"
+                         f" so its members could replace the team socket there; chmod g-w {folder}, or remove it "
+                         f"and let serve make it (0750)")
+    _owners_problem(folder, checked=True)
+
+
+def _owners_problem(start: Path, checked: bool) -> None:
+    """Refuse ``start`` or a folder above it that another user owns, or that others may write (``checked``:
+    ``start``'s own mode was looked at already; sticky folders such as /tmp are fine above)."""
+    real = Path(os.path.realpath(start))
+    for above in [real, *real.parents]:
+        try:
+            st = above.stat()
+        except OSError:
+            continue  # a part that is missing: prepare_folder says so
+        if st.st_uid not in (0, os.getuid()):
+            raise UsageError(f"--socket: the folder {above} belongs to {_user(st.st_uid)}, who could replace the "
+                             f"team socket there; use a folder of root's or {_user(os.getuid())}'s (or remove it "
+                             "and let serve make it)")
+        if (above != real or not checked) and st.st_mode & (stat.S_IWOTH | stat.S_IWGRP) and not st.st_mode & stat.S_ISVTX:
+            raise UsageError(f"--socket: the folder {above} is writable by others (mode {stat.S_IMODE(st.st_mode):04o}),"
+                             f" so they could replace the folders below it; choose a --socket under folders only "
+                             "their owners may write")
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def prepare_folder(team: TeamSocket) -> None:

@@ -67,11 +67,18 @@ def _matches(rule: ResidencyRule, project: str, tags: Mapping[str, str], paths: 
 
 
 def _paths(inputs: Iterable[str], workdir: str | None) -> list[str]:
+    """Each input as written, and the absolute path it names (``//``, ``.`` and ``..`` folded): a rule on
+    ``/data/eu/**`` is not slipped past by ``/data//eu/x`` or ``/data/us/../eu/x`` either."""
     out: list[str] = []
     for path in inputs:
         out.append(path)
-        if workdir and not path.startswith("/"):
-            out.append(posixpath.normpath(posixpath.join(workdir, path)))
+        if path.startswith("/"):
+            named = posixpath.normpath(path)
+        elif workdir:
+            named = posixpath.normpath(posixpath.join(workdir, path))
+        else:
+            continue
+        out.append("/" + named.lstrip("/"))  # normpath keeps a leading "//" (POSIX leaves its meaning open)
     return out
 
 
