@@ -154,3 +154,39 @@ def test_residency_inputs_are_matched_as_the_paths_they_name_not_as_spelt(fleet:
             assert "residency[0]) keeps its data in eu-west" in refused.err, (path, refused.err)
     finally:
         fleet.cli("controller", "stop")
+
+
+@pytest.mark.timeout(180)
+def test_an_operator_cannot_tie_someone_elses_job_or_a_made_up_one_to_a_drift_report(
+        fleet: Fleet, team_users: TeamUsers, request: pytest.FixtureRequest) -> None:
+    """Finding (fixed): ``drift_trigger`` recorded any job id the caller named, so an operator could write on the
+    audit chain that anyone's job (or one that never existed) was the retraining a drift report started. Now
+    the job must exist, and another user's job needs what acting on others' jobs needs (maintainer there)."""
+    operators = team_users.group("o")
+    (fleet.root / "policy.yaml").write_text(f"roles:\n  - {{group: {operators}, role: operator}}\n")
+    head: Head = request.getfixturevalue("head")
+    alice = head.joined(team_users, groups=(operators,))
+    bob = head.joined(team_users, groups=(operators,))
+    spec = "name: never\ncommand: [true]\nresources: {gpus: 64}\n"
+    jobs = {}
+    for user in (alice, bob):
+        path = user.write("never.yaml", spec)
+        jobs[user.name] = user.cli("submit", str(path), "--queue-anyway", check=True).out.strip()
+    report = {"reference": "r.parquet", "current": "c.parquet", "drifted": True, "drifted_columns": 1,
+              "column_count": 1, "compared_columns": 1, "drift_share": 1.0, "drift_share_threshold": 0.5,
+              "multiple_testing": "none", "columns": []}
+    saved = _raw(alice, head, "drift_save_report", {"report": report})
+    assert saved["answered"] == 1, saved
+    report_id = saved["first_answer"]["report_id"]
+
+    theirs = _raw(alice, head, "drift_trigger", {"report": report_id, "job_id": jobs[bob.name], "spec_path": "x"})
+    assert theirs["refused"] == {"PermissionDeniedError": 1}, theirs
+    assert theirs["first_error"].endswith(f"may not record a drift trigger for {bob.name}'s job {jobs[bob.name]}: "
+                                          "that needs maintainer in default"), theirs
+    made_up = _raw(alice, head, "drift_trigger", {"report": report_id, "job_id": "jnosuch", "spec_path": "x"})
+    assert made_up["refused"] == {"NotFoundError": 1}, made_up
+    own = _raw(alice, head, "drift_trigger", {"report": report_id, "job_id": jobs[alice.name], "spec_path": "x"})
+    assert own["answered"] == 1, own
+    triggers = fleet.cli_json("db", "query", "select target, actor from audit where action = 'drift.trigger'")
+    triggers = triggers.get("rows", triggers) if isinstance(triggers, dict) else triggers
+    assert len(triggers) == 1, triggers

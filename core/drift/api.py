@@ -13,6 +13,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import duckdb
+
 from mlfleet.core.base.bounds import Ident, ListLimit
 from mlfleet.core.base.errors import UsageError
 from mlfleet.core.base.private import private_dir
@@ -20,6 +22,7 @@ from mlfleet.core.base.protocol import Peer
 from mlfleet.core.tracking import records as run_records
 from mlfleet.core.store import rows as store_rows
 from mlfleet.core.drift import records as drift_records
+from mlfleet.core.team.roles import Permission
 
 if TYPE_CHECKING:
     from mlfleet.core.controller.service import ControllerContext
@@ -42,15 +45,28 @@ class DriftApi:
                     "drift_share", "drift_share_threshold", "multiple_testing", "columns"):
             if key not in report:
                 raise UsageError(f"a drift report needs {key!r}")
+        columns = report["columns"]
+        if not isinstance(columns, list) or not all(
+                isinstance(c, dict) and isinstance(c.get("column"), str) and isinstance(c.get("test"), str)
+                for c in columns):
+            raise UsageError("a drift report's columns must be a list of {column, test, ...} records")
         run_id = await self.store.read(run_records.resolve_run_id, run) if run else None
         report_id = await self._new_drift_id("drift_reports", "report_id", "d")
-        await self.store.run(drift_records.save_report, report_id, report, peer.info["actor"], run_id,
-                             deployment or None)
+        try:
+            await self.store.run(drift_records.save_report, report_id, report, peer.info["actor"], run_id,
+                                 deployment or None)
+        except (TypeError, ValueError, duckdb.Error) as exc:  # a hand-made report of the wrong types (not our CLI's)
+            raise UsageError(f"a drift report with a value of the wrong type could not be stored: {exc}") from None
         return {"report_id": report_id, "run_id": run_id, "deployment": deployment or None}
 
     async def rpc_drift_trigger(self, peer: Peer, report: Ident, job_id: Ident, spec_path: str) -> dict[str, Any]:
         """Record that a retraining job was submitted because of this report (audited)."""
         report_id = await self.store.read(drift_records.resolve_report_id, report)
+        job = await self.store.read(drift_records.triggered_job, job_id)
+        actor = peer.info["actor"]
+        if job["owner"] != actor:  # someone else's job, as acting on others' jobs: maintainer in its project
+            await self.c.require(actor, Permission.TRIGGER, method="drift_trigger", project=job["project"],
+                                 owner=job["owner"], target=f"job {job['job_id']}")
         await self.store.run(drift_records.record_trigger, report_id, job_id, spec_path, peer.info["actor"])
         return {"report_id": report_id, "job_id": job_id}
 

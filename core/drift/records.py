@@ -85,17 +85,27 @@ def save_report(con: duckdb.DuckDBPyConnection, report_id: str, report: dict[str
              float(report["drift_share"]), float(report["drift_share_threshold"]), report["multiple_testing"],
              run_id, deployment, report.get("elapsed_s"), _json(report.get("config") or {}),
              _json(report.get("notes") or [])])
-        con.executemany(
-            """insert into drift_columns (report_id, position, column_name, kind, test, statistic, threshold, drifted,
-               ref_type, cur_type, stats, notes, histogram) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            [[report_id, i, c["column"], c.get("kind"), c["test"], c.get("statistic"), c.get("threshold"),
-              c.get("drifted"), c.get("ref_type"), c.get("cur_type"), _json(c.get("stats") or {}),
-              _json(c.get("notes") or []), _json(c.get("histogram") or {})]
-             for i, c in enumerate(report["columns"])])
+        columns = [[report_id, i, c["column"], c.get("kind"), c["test"], c.get("statistic"), c.get("threshold"),
+                    c.get("drifted"), c.get("ref_type"), c.get("cur_type"), _json(c.get("stats") or {}),
+                    _json(c.get("notes") or []), _json(c.get("histogram") or {})]
+                   for i, c in enumerate(report["columns"])]
+        if columns:  # a report of no columns (nothing was compared) has no rows here
+            con.executemany(
+                """insert into drift_columns (report_id, position, column_name, kind, test, statistic, threshold,
+                   drifted, ref_type, cur_type, stats, notes, histogram) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                columns)
         audit(con, actor, "drift.check", report_id,
               {"drifted": bool(report["drifted"]), "drifted_columns": int(report["drifted_columns"]),
                "columns": int(report["column_count"]), "reference": report["reference"],
                "current": report["current"], "run_id": run_id, "deployment": deployment})
+
+
+def triggered_job(con: duckdb.DuckDBPyConnection, job_id: str) -> dict[str, Any]:
+    """The job a trigger names (its owner and project decide who may record it); NotFoundError when there is none."""
+    found = rows(con, "select job_id, owner, project from jobs where job_id = ?", [job_id])
+    if not found:
+        raise NotFoundError(f"no job {job_id!r}: a drift trigger records the retraining job that was submitted")
+    return found[0]
 
 
 def record_trigger(con: duckdb.DuckDBPyConnection, report_id: str, job_id: str, spec_path: str, actor: str) -> None:

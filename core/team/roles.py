@@ -43,6 +43,7 @@ class Permission(enum.Enum):
     CANCEL = ("cancel", "operator", True)  # a job or a sweep
     RETRY = ("retry", "operator", True)
     PRIORITISE = ("re-prioritise", "operator", True)
+    TRIGGER = ("record a drift trigger for", "operator", True)  # tie a job to the drift report that started it
     REGISTER_MODEL = ("register models", "maintainer", False)
     MOVE_ALIAS = ("move aliases", "maintainer", False)
     MOVE_PROTECTED_ALIAS = ("move protected aliases", "admin", False)
