@@ -155,3 +155,23 @@ def test_a_maintainer_deploys_her_own_code_and_scaling_reuses_it(fleet: Fleet, t
                                    "deployments (web2): that needs maintainer in vision")
     assert archives(fleet) == sent_files
     assert [x["name"] for x in fleet.cli_json("deploy", "list")] == ["web"]
+
+
+def test_with_a_shared_controller_deploy_open_and_hosts_add_identity_say_where_to_run_them(fleet: Fleet) -> None:
+    """Both act on this machine's files (its loopback and hosts.yaml; a key path here): one sentence each, exit 2."""
+    url = "ssh://carol@127.0.0.1:1/srv/team.sock"  # nothing listens there: the refusal comes before any connection
+    key = fleet.files / "id_test"
+    key.write_text("not a key")
+    opened = fleet.cli("--controller", url, "deploy", "open", "web", "--port", "9000")
+    assert opened.code == 2 and opened.err.strip() == (
+        f"mlfleet: deploy open reaches the replicas from the controller's machine (its loopback and hosts.yaml), and "
+        f"the controller is shared ({url}): run 'mlfleet deploy open web --port 9000' on 127.0.0.1 and reach it from "
+        "here with 'ssh -L 9000:127.0.0.1:9000 carol@127.0.0.1:1'"), opened.err
+    for command in (["hosts", "add", "gpu1", "--address", "10.0.0.9", "--identity", str(key)],
+                    ["hosts", "add-slurm", "hpc", "--login", "ml@login1", "--identity", str(key)]):
+        added = fleet.cli("--controller", url, *command)
+        assert added.code == 2 and added.err.strip() == (
+            f"mlfleet: {' '.join(command[:2])} --identity names a key file on this machine, but the controller is "
+            f"shared ({url}) and opens hosts' keys on 127.0.0.1 as its own user: run 'mlfleet {' '.join(command[:2])}' "
+            "on 127.0.0.1, with a key file there"), added.err
+    assert "gpu1" not in fleet.home.hosts_file.read_text() if fleet.home.hosts_file.exists() else True
