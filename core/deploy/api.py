@@ -1,7 +1,7 @@
 """Client RPCs for deployments: apply (declarative), list, show, history, scale, stop, rollback, endpoints, metrics.
 
 ``deploy_apply`` is idempotent: the same spec again is "unchanged". A new
-model version or spec is a new revision and a rollout; a change of
+model version, spec or sent code is a new revision and a rollout; a change of
 ``replicas`` (or of the ``rollout:`` block) alone is a scale. Every action
 takes the service's lock, so it never interleaves with a tick's step on
 the same deployment, and writes its rows, event and audit in one
@@ -66,12 +66,22 @@ class DeployApi:
         return d
 
     # ------------------------------------------------------------------ actions
-    async def rpc_deploy_apply(self, peer: Peer, spec: dict[str, Any], spec_path: str | None = None) -> dict[str, Any]:
-        """Create or update a deployment from its spec; the same spec again changes nothing."""
+    async def rpc_deploy_apply(self, peer: Peer, spec: dict[str, Any], spec_path: str | None = None,
+                               code: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Create or update a deployment from its spec; the same spec (and code) again changes nothing.
+
+        ``code`` names a snapshot of the workdir the caller sent (core/jobs/code_send.py): the new
+        revision records it, and every replica of that revision runs it, so the workdir is only a label
+        here. Without it the replicas are packed from the workdir by the controller, which only its
+        own OS user may ask for.
+        """
         actor = peer.info["actor"]
         new = validate_deployment_spec(spec)
         await self._may_change(peer, "deploy_apply", new.name, new.project)
-        must_be_controller_user(actor, "apply a deployment")  # its replicas' code is packed here, from its workdir
+        if code is None:
+            must_be_controller_user(actor, "apply a deployment")  # its replicas' code would be packed here
+        else:
+            code = await self._sent_code(code, actor)
         if not Path(new.workdir).is_absolute():
             raise UsageError("workdir must be an absolute path when applying through the API")
         _, alias, _ = parse_model_ref(new.model)
@@ -92,10 +102,10 @@ class DeployApi:
                      "target_version": None, "stable_version": None, "target_revision": None, "stable_revision": None,
                      "phase": "rolling", "reason": None, "rollout_started_at": None, "created_by": actor,
                      "created_at": time.time(), "updated_at": time.time()}
-                rev = await self.s.new_revision(d, model, new, "first apply")
+                rev = await self.s.new_revision(d, model, new, "first apply", code, actor)
                 self.s.retarget(d, rev["revision"], actor, "rollout", f"first apply of v{model['version']}", events, audits)
                 change = "created"
-            elif d["spec_hash"] == new.content_hash() and d["phase"] != "stopped":
+            elif d["spec_hash"] == new.content_hash() and d["phase"] != "stopped" and self._same_code(d, code):
                 return self._answer(d, "unchanged", f"{new.name}: unchanged", warning)
             else:
                 before = d["spec"]
@@ -104,11 +114,11 @@ class DeployApi:
                 same_shape = {k: v for k, v in before.items() if k not in SCALE_ONLY} == \
                     {k: v for k, v in plain.items() if k not in SCALE_ONLY}
                 if d["phase"] == "stopped":
-                    rev = await self.s.new_revision(d, model, new, "applied after a stop")
+                    rev = await self.s.new_revision(d, model, new, "applied after a stop", code, actor)
                     self.s.retarget(d, rev["revision"], actor, "rollout", f"started again with v{model['version']}",
                                     events, audits)
                     change = "started"
-                elif same_shape and model["version"] == d["target_version"]:
+                elif same_shape and model["version"] == d["target_version"] and self._same_code(d, code):
                     if before.get("replicas") != new.replicas:
                         events.append(_event(new.name, "scale", d["target_version"], actor, replicas=new.replicas,
                                              before=before.get("replicas")))
@@ -117,8 +127,9 @@ class DeployApi:
                     change = "scaled" if before.get("replicas") != new.replicas else "updated"
                 else:
                     cause = (f"apply: model v{d['target_version']}\u2192v{model['version']}"
-                             if model["version"] != d["target_version"] else "apply: spec changed")
-                    rev = await self.s.new_revision(d, model, new, cause)
+                             if model["version"] != d["target_version"]
+                             else "apply: spec changed" if not same_shape else "apply: code changed")
+                    rev = await self.s.new_revision(d, model, new, cause, code, actor)
                     self.s.retarget(d, rev["revision"], actor, "rollout", cause, events, audits)
                     change = "rolling"
             d["updated_at"] = time.time()
@@ -134,6 +145,16 @@ class DeployApi:
                  "updated": f"{new.name}: updated (v{d['target_version']} serves on; nothing to roll out)",
                  "rolling": f"{new.name}: rolling out v{d['target_version']} ({d['reason']})"}[change]
         return self._answer(d, change, words, warning)
+
+    async def _sent_code(self, code: Any, actor: str) -> dict[str, Any]:
+        """What a revision records of the code ``actor`` sent: refused now (not at a later tick) unless it is theirs."""
+        snap, lineage = await self.s.jobs.code_uploads.uploaded(code, actor)
+        return {"sha256": snap.sha256, "files": snap.files, "skipped": snap.skipped, "lineage": lineage}
+
+    def _same_code(self, d: dict[str, Any], code: dict[str, Any] | None) -> bool:
+        """Whether ``code`` is what the target revision runs (None and None: both packed from the workdir here)."""
+        had, _ = self.s.code_of(d)
+        return (had or {}).get("sha256") == (code or {}).get("sha256")
 
     def _never_fits(self, spec: DeploymentSpec, origin: JobSpec | None = None) -> str | None:
         """A spec no host can ever take is applied all the same (the rollout rolls back), with a warning."""
@@ -206,7 +227,7 @@ class DeployApi:
                     model_name, _, _ = parse_model_ref(d["model_ref"])
                     model = await self.store.read(resolve, f"{model_name}:{to}")
                     target = await self.s.new_revision(d, model, validate_deployment_spec(d["spec"]),
-                                                       f"rollback to v{to}")
+                                                       f"rollback to v{to}", *self.s.code_of(d))
             if target["revision"] == d["target_revision"]:
                 return {"name": name, "changed": False, "target_version": d["target_version"],
                         "message": f"{name} is already at v{d['target_version']}"}

@@ -44,7 +44,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 async def _apply(client: ControllerClient, args: argparse.Namespace) -> int:
-    answer = await client.call("deploy_apply", spec=to_plain(args.spec), spec_path=str(Path(args.file).absolute()))
+    """Another user's controller (or one over SSH) never reads the workdir: the code is packed here and sent."""
+    from mlfleet.core.jobs.code_send import send_code, sends_own_code
+
+    spec = args.spec
+    code = (await send_code(client, Path(spec.workdir), client.home, spec.project, deployment=spec.name)
+            if sends_own_code(client) else None)
+    answer = await client.call("deploy_apply", spec=to_plain(spec), spec_path=str(Path(args.file).absolute()),
+                               **({"code": code} if code is not None else {}))
     for warning in answer.get("warnings") or []:
         print(f"mlfleet: warning: {warning}", file=sys.stderr)
     say(args, answer, answer["message"])

@@ -53,8 +53,26 @@ def cmd_open(args: argparse.Namespace) -> int:
         return 0
 
 
+def _refuse_shared(home: Home, name: str, port: int) -> None:
+    """With a shared controller, this machine is the wrong end: say where to run it instead.
+
+    WHY: the forwarder dials a replica on the controller's machine at this machine's 127.0.0.1 and the
+    others with this machine's hosts.yaml; with the controller on a head node both are the head's.
+    """
+    from mlfleet.core.controller.client import shared_controller
+
+    shared = shared_controller(home)
+    if shared is not None:
+        shown = port or 8080
+        raise UsageError(f"deploy open reaches the replicas from the controller's machine (its loopback and "
+                         f"hosts.yaml), and the controller is shared ({shared.url}): run 'mlfleet deploy open {name} "
+                         f"--port {shown}' on {shared.host} and reach it from here with "
+                         f"'ssh -L {shown}:127.0.0.1:{shown} {shared.where}'")
+
+
 async def _open(args: argparse.Namespace) -> int:
     home = Home.from_env()
+    _refuse_shared(home, args.name, args.port)
     source = _Endpoints(home, await connect(home), args.name)
     from mlfleet.core.deploy.dialers import FleetDialer  # asyncssh: only here, never when a node's agent starts
 

@@ -68,10 +68,11 @@ def replicas_of(con: duckdb.DuckDBPyConnection, name: str, include_ended: bool =
 
 def revisions(con: duckdb.DuckDBPyConnection, name: str) -> list[dict[str, Any]]:
     found = rows(con, """select deployment, revision, model_version, model_sha256, model_file, spec, spec_hash, cause,
-                                epoch(created_at) as created_at
+                                epoch(created_at) as created_at, code, code_by
                          from deploy_revisions where deployment = ? order by revision""", [name])
     for r in found:
         r["spec"] = _json(r["spec"])
+        r["code"] = _json(r["code"])
     return found
 
 
@@ -93,16 +94,19 @@ def insert_revision(con: duckdb.DuckDBPyConnection, rev: dict[str, Any]) -> int:
     """The next revision of the deployment, numbered here (on the writer): returns its number.
 
     It is written before the deployment row that names it; one left behind by a crash in between is
-    harmless, and the next one is numbered past it.
+    harmless, and the next one is numbered past it. ``code``/``code_by``: the snapshot its applier sent
+    and who (None: its replicas are packed from the workdir by the controller's own user).
     """
     with transaction(con):
         number = int(con.execute("select coalesce(max(revision), 0) + 1 from deploy_revisions where deployment = ?",
                                  [rev["deployment"]]).fetchall()[0][0])
+        code = rev.get("code")
         con.execute("""insert into deploy_revisions (deployment, revision, model_version, model_sha256, model_file,
-                                                     spec, spec_hash, cause, created_at)
-                       values (?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(?))""",
+                                                     spec, spec_hash, cause, created_at, code, code_by)
+                       values (?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(?), ?, ?)""",
                     [rev["deployment"], number, rev["model_version"], rev["model_sha256"], rev["model_file"],
-                     json.dumps(rev["spec"]), rev["spec_hash"], rev.get("cause"), now()])
+                     json.dumps(rev["spec"]), rev["spec_hash"], rev.get("cause"), now(),
+                     json.dumps(code) if code is not None else None, rev.get("code_by")])
     return number
 
 

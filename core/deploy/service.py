@@ -294,18 +294,32 @@ class DeployService(BaseService):
         d["alias_version"] = found["version"]
         if found["version"] == d["target_version"]:
             return
-        rev = await self.new_revision(d, found, _spec(d), moved)
+        rev = await self.new_revision(d, found, _spec(d), moved, *self.code_of(d))
         self.retarget(d, rev["revision"], ACTOR, "rollout", moved, events, audits)
 
     async def new_revision(self, d: dict[str, Any], model: dict[str, Any], spec: DeploymentSpec,
-                           cause: str) -> dict[str, Any]:
-        """A revision row (written with the next deployment write): a model version and the spec it runs with."""
+                           cause: str, code: dict[str, Any] | None = None, code_by: str | None = None
+                           ) -> dict[str, Any]:
+        """A revision row (written with the next deployment write): a model version and the spec it runs with.
+
+        ``code``: the snapshot ``code_by`` sent for it (every replica of the revision runs that archive);
+        None: its replicas are packed from the workdir, as the controller's own user.
+        """
         rev = {"deployment": d["name"], "model_version": model["version"], "model_sha256": model["sha256"],
                "model_file": model["file_name"], "spec": to_plain(spec), "spec_hash": spec.content_hash(),
-               "cause": cause}
+               "cause": cause, "code": code, "code_by": code_by if code is not None else None}
         rev["revision"] = await self.ctx.store.run(records.insert_revision, rev)
         self.revisions[(d["name"], rev["revision"])] = rev
         return rev
+
+    def code_of(self, d: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+        """The code of the deployment's target revision and who sent it: what a revision made from it runs.
+
+        WHY: an alias move or a rollback to a version never served keeps the spec, so it keeps the code that
+        spec was applied with; the controller never falls back to reading another user's workdir.
+        """
+        rev = self.revisions.get((d["name"], d.get("target_revision")))
+        return (rev.get("code"), rev.get("code_by")) if rev is not None else (None, None)
 
     def retarget(self, d: dict[str, Any], revision: int, actor: str, kind: str, cause: str,
                  events: list[dict[str, Any]], audits: list[tuple[str, str, str, dict[str, Any]]]) -> None:
@@ -347,8 +361,10 @@ class DeployService(BaseService):
 
         try:
             # queue_anyway: a replica no host can take now waits, and the planner's ready_timeout rolls it back
+            # code: the revision's sent snapshot (never the workdir, read as the controller's user), as its sender's
             ids_made, _, _ = await submit_group(self.jobs, ACTOR, specs, d.get("spec_path"), True, record,
-                                                lambda i: f"replica {ids[i]}", check_policy=False)
+                                                lambda i: f"replica {ids[i]}", check_policy=False,
+                                                code=rev.get("code"), code_from=rev.get("code_by"))
             self.origin_of_job.update(dict.fromkeys(ids_made, origin))
         except MlfleetError as exc:
             log.warning("deployment %s: replicas could not be submitted: %s", name, exc)

@@ -49,7 +49,26 @@ async def cmd_hosts_list(client: ControllerClient, args: argparse.Namespace) -> 
     return EXIT_OK
 
 
+def _identity_here_only(args: argparse.Namespace, command: str) -> None:
+    """``--identity`` names a file on this machine; a shared controller reads hosts' keys on its own: say so.
+
+    WHY: the path would be resolved here (this user's ``~``, this folder) and then opened by the controller
+    on the head node, as its own user: another file, or none.
+    """
+    if not args.identity:
+        return
+    from mlfleet.core.base.paths import Home
+    from mlfleet.core.controller.client import shared_controller
+
+    shared = shared_controller(Home.from_env())
+    if shared is not None:
+        raise UsageError(f"{command} --identity names a key file on this machine, but the controller is shared "
+                         f"({shared.url}) and opens hosts' keys on {shared.host} as its own user: run "
+                         f"'mlfleet {command}' on {shared.host}, with a key file there")
+
+
 def cmd_hosts_add(args: argparse.Namespace) -> int:
+    _identity_here_only(args, "hosts add")
     labels = {}
     for item in args.label or []:
         key, sep, value = item.partition("=")
@@ -67,6 +86,7 @@ def cmd_hosts_add(args: argparse.Namespace) -> int:
 
 def cmd_hosts_add_slurm(args: argparse.Namespace) -> int:
     """A Slurm cluster reached through its login node's agent (docs/slurm.md); no ``--login``: this machine is it."""
+    _identity_here_only(args, "hosts add-slurm")
     if args.login is None:
         given = [f"--{flag}" for flag, value in (("port", args.port), ("identity", args.identity),
                                                  ("agent-command", args.agent_command)) if value is not None]

@@ -6,7 +6,8 @@ So the client packs the snapshot itself, with the same
 :func:`~mlfleet.core.jobs.snapshot.snapshot` the controller would use (the
 same bytes, so the same hash), computes the git lineage itself, and sends the
 archive in chunks unless the controller says it already has it from this
-user. The submit then carries ``code={"sha256", "files", "skipped", "lineage"}``.
+user. The submit then carries ``code={"sha256", "files", "skipped", "lineage"}``;
+so does ``deploy apply`` (its replicas run that code: core/deploy/api.py).
 
 The archive is made in a private folder of the client's own data dir (a
 private temp folder when that home is not the caller's) and removed once
@@ -57,17 +58,20 @@ async def with_code(client: ControllerClient, params: dict[str, Any], home: Home
     return {**params, "code": await send_code(client, Path(workdir), home or client.home, project)}
 
 
-async def send_code(client: ControllerClient, workdir: Path, home: Home, project: str | None = None) -> dict[str, Any]:
+async def send_code(client: ControllerClient, workdir: Path, home: Home, project: str | None = None,
+                    deployment: str | None = None) -> dict[str, Any]:
     """Snapshot ``workdir`` here, send it unless the controller has it from us, and say what a submit names.
 
-    ``project``: the job's, so a caller who may not submit there is refused before anything is sent."""
+    ``project``: the job's, so a caller who may not submit there is refused before anything is sent;
+    ``deployment``: the code is a deployment's (``deploy apply``), so one who may not apply it is refused."""
     outgoing = _outgoing(home)
+    scope = {"project": project, **({"deployment": deployment} if deployment is not None else {})}
     try:
         snap, lineage = await asyncio.gather(asyncio.to_thread(snapshot, workdir, outgoing, home.own_paths()),
                                              asyncio.to_thread(git_lineage, workdir))
-        has = await client.call("code_has", sha256=snap.sha256, project=project)
+        has = await client.call("code_has", sha256=snap.sha256, **scope)
         if not has["present"]:
-            await upload(client, snap.path, snap.sha256, project=project)
+            await upload(client, snap.path, snap.sha256, project=project, deployment=deployment)
     finally:
         shutil.rmtree(outgoing, ignore_errors=True)
     return {"sha256": snap.sha256, "files": snap.files, "skipped": snap.skipped, "lineage": lineage}
@@ -86,10 +90,11 @@ def _outgoing(home: Home) -> Path:
 
 
 async def upload(client: ControllerClient, archive: Path, sha256: str, chunk_bytes: int = CHUNK_BYTES,
-                 project: str | None = None) -> dict[str, Any]:
+                 project: str | None = None, deployment: str | None = None) -> dict[str, Any]:
     """Send ``archive`` in order, ``chunk_bytes`` a request; the controller checks it whole at the end."""
     size = archive.stat().st_size
-    begun = await client.call("code_upload_begin", sha256=sha256, size=size, project=project)
+    begun = await client.call("code_upload_begin", sha256=sha256, size=size, project=project,
+                              **({"deployment": deployment} if deployment is not None else {}))
     upload_id = begun["upload"]
     with open(archive, "rb") as fh:
         offset = 0

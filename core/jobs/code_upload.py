@@ -39,6 +39,7 @@ from typing import Annotated, Any, Awaitable, Callable
 
 from msgspec import Meta
 
+from mlfleet.core.base.bounds import Ident
 from mlfleet.core.base.errors import NotFoundError, PermissionDeniedError, UsageError
 from mlfleet.core.base.paths import Home
 from mlfleet.core.base.private import private_dir, user_name
@@ -81,9 +82,10 @@ def must_send_code(actor: str) -> None:
 def must_be_controller_user(actor: str, what: str) -> None:
     """Refuse ``what`` (a request whose workdir the controller itself would pack later) from anyone but its user.
 
-    Why: a deployment's replicas are packed from its workdir at each scale-up,
-    by the controller, as its own user; until deployments take sent code, a
-    path from another user must not be read.
+    Why: a deployment applied without sent code has its replicas packed from
+    its workdir at each scale-up, by the controller, as its own user; a path
+    from another user must not be read (their client sends the code instead:
+    ``deploy_apply(code=...)``).
     """
     if actor != controller_user():
         raise PermissionDeniedError(
@@ -296,24 +298,32 @@ class CodeUploadApi:
 
     ``code_has`` and ``code_upload_begin`` name the project the code is for,
     so a caller who may not submit there hears the submit's own refusal
-    ("may not submit jobs in vision"), before any byte is sent.
+    ("may not submit jobs in vision"), before any byte is sent. Code for a
+    deployment names it too (``deployment``): then the caller hears
+    ``deploy apply``'s refusal ("may not change deployments (web)") instead.
     """
 
     def __init__(self, uploads: CodeUploads, require: Callable[..., Awaitable[None]]) -> None:
         self.u = uploads
         self.require = require  # ControllerContext.require
 
-    async def _may_submit(self, peer: Peer, project: str | None) -> None:
+    async def _may_send(self, peer: Peer, project: str | None, deployment: str | None) -> None:
+        if deployment is not None:  # the code of a deployment's replicas: who may apply it may send it
+            await self.require(peer.info["actor"], Permission.DEPLOY, method="deploy_apply",
+                               project=project or ANY_PROJECT, target=deployment)
+            return
         await self.require(peer.info["actor"], Permission.SUBMIT, method="submit", project=project or ANY_PROJECT)
 
-    async def rpc_code_has(self, peer: Peer, sha256: Sha256, project: ProjectName | None = None) -> dict[str, Any]:
+    async def rpc_code_has(self, peer: Peer, sha256: Sha256, project: ProjectName | None = None,
+                           deployment: Ident | None = None) -> dict[str, Any]:
         """Whether the caller already sent this archive (then it need not be sent again)."""
-        await self._may_submit(peer, project)
+        await self._may_send(peer, project, deployment)
         return {"sha256": sha256, "present": self.u.sent_by(sha256, peer.info["actor"])}
 
     async def rpc_code_upload_begin(self, peer: Peer, sha256: Sha256, size: ArchiveSize,
-                                    project: ProjectName | None = None) -> dict[str, Any]:
-        await self._may_submit(peer, project)
+                                    project: ProjectName | None = None,
+                                    deployment: Ident | None = None) -> dict[str, Any]:
+        await self._may_send(peer, project, deployment)
         return {"upload": self.u.begin(peer, peer.info["actor"], sha256, size), "chunk_bytes": CHUNK_BYTES}
 
     async def rpc_code_upload_chunk(self, peer: Peer, upload: UploadId, offset: ChunkOffset,

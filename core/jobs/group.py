@@ -45,7 +45,8 @@ Record = Callable[[duckdb.DuckDBPyConnection, list[str]], Any]
 
 async def submit_group(jobs: "JobsService", actor: str, specs: list[JobSpec], spec_path: str | None,
                        queue_anyway: bool, record: Record, label: Callable[[int], str],
-                       check_policy: bool = True, code: dict[str, Any] | None = None) -> tuple[list[str], Any, dict]:
+                       check_policy: bool = True, code: dict[str, Any] | None = None,
+                       code_from: str | None = None) -> tuple[list[str], Any, dict]:
     """Queue every spec as a job; ``record`` writes the caller's rows in the same transaction.
 
     Returns the job ids, what ``record`` returned (when it is not None
@@ -56,7 +57,10 @@ async def submit_group(jobs: "JobsService", actor: str, specs: list[JobSpec], sp
     later makes their replicas wait with the reason rather than fail a tick.
     ``code``: the snapshot the caller sent of the one workdir all specs share
     (core/jobs/code_upload.py); without it the controller packs each
-    workdir, as its own user.
+    workdir, as its own user. ``code_from``: who sent ``code`` when the
+    jobs are submitted by someone else on their behalf (a deployment's
+    replicas, submitted by the controller with the code its applier sent);
+    by default ``actor``.
     """
     for spec in specs:
         if not Path(spec.workdir).is_absolute():
@@ -71,7 +75,7 @@ async def submit_group(jobs: "JobsService", actor: str, specs: list[JobSpec], sp
     ids = await _new_job_ids(jobs, len(specs))
     home = jobs.ctx.home
     if code is not None:
-        made = [await jobs.code_uploads.uploaded(code, actor)] if workdirs else []
+        made = [await jobs.code_uploads.uploaded(code, code_from or actor)] if workdirs else []
     else:
         made = await asyncio.gather(*(asyncio.gather(
             asyncio.to_thread(snapshot, Path(w), home.code_cache_dir, home.own_paths()),
