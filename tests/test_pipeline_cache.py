@@ -17,6 +17,7 @@ import pytest
 from mlfleet.core.base.errors import UsageError
 from mlfleet.core.jobs.overrides import parse_overrides
 from mlfleet.core.pipelines import graph, records
+from mlfleet.core.pipelines.gates import RunSummary, decide
 from mlfleet.core.pipelines.keys import StepFacts, StepKey
 from mlfleet.core.pipelines.models import Pipeline
 from mlfleet.core.pipelines.outputs import OutputError, hash_output, hash_outputs, verify_outputs
@@ -326,3 +327,57 @@ def test_steps_below_a_running_step_wait_and_below_a_failed_one_are_skipped(flee
     after = plan(pipeline, facts, {}, settled=records.settled(fleet.con, run_id))
     assert set(after.named("skipped")) == set("bcde")
     assert after.decisions["b"].reasons == ["upstream step a failed"]
+
+
+GATED = """\
+name: gated
+steps:
+  train:
+    job: {command: [python, train.py], workdir: code}
+    outputs: {model: out/model.npz}
+  gate:
+    gate: {challenger: train, champion: iris@production, require: ["metrics.acc.max >= champion.metrics.acc.max"]}
+  register:
+    register: {model: iris, step: train, artifact: model.npz}
+  promote:
+    promote: {alias: production, register: register, gate: gate}
+"""
+
+
+def test_a_gate_that_does_not_pass_is_recorded_and_stops_promotion(tmp_path: Path) -> None:
+    (tmp_path / "code").mkdir()
+    (tmp_path / "gated.yaml").write_text(GATED)
+    pipeline = load_pipeline_spec(tmp_path / "gated.yaml")
+    store = Store(tmp_path / "mlfleet.duckdb")
+    try:
+        con = store.con
+        run_id = records.new_run(con, pipeline, "ann", trigger="drift", cause={"deployment": "iris"})
+        facts = {"train": StepFacts(code_hash="c" * 64)}
+        first = plan(pipeline, facts, {}, settled=records.settled(con, run_id))
+        key = first.decisions["train"].key
+        train = plan(pipeline, facts, {key.key: Lookup()}, settled=records.settled(con, run_id)).decisions["train"]
+        assert train.state == "run"
+        records.set_step(con, run_id, "train", "running", key=train.key, job_id="j1")
+        (tmp_path / "code" / "out").mkdir()
+        (tmp_path / "code" / "out" / "model.npz").write_bytes(b"weights")
+        records.succeed_step(con, run_id, "train", hash_outputs(tmp_path / "code", pipeline.steps["train"].outputs))
+        now = plan(pipeline, facts, {}, settled=records.settled(con, run_id))
+        assert now.named("lookup") == ["gate"] and now.named("waiting") == ["promote"]
+        assert now.named("run") == ["register"] and "acts on the registry" in now.decisions["register"].reasons[0]
+        decision = decide(["metrics.acc.max >= champion.metrics.acc.max"],
+                          RunSummary(label="run r2", metrics={"acc": {"max": 0.8}}),
+                          RunSummary(label="iris@production (version 3)", metrics={"acc": {"max": 0.9}}))
+        records.set_step(con, run_id, "gate", "running", key=now.decisions["gate"].key)
+        records.record_gate(con, run_id, "gate", "iris@production", decision, challenger_run="r2",
+                            champion_version=3, champion_run="r1")
+        after = plan(pipeline, facts, {}, settled=records.settled(con, run_id))
+        assert after.decisions["gate"].state == "gate-failed" and after.named("skipped") == ["promote"]
+        assert after.decisions["promote"].reasons == ["gate gate did not pass"]
+        kept = records.gate_decision(con, run_id, "gate")
+        assert kept is not None and kept["passed"] is False and kept["champion_version"] == 3
+        assert kept["decision"]["requirements"][0]["left"] == 0.8
+        assert records.get_run(con, run_id)["cause"] == {"deployment": "iris"}
+        assert con.execute("select count(*) from audit where action = 'pipeline.run' and target = ?",
+                           [run_id]).fetchall()[0][0] == 1
+    finally:
+        store.close()
