@@ -71,6 +71,7 @@ class Fleet:
         self.store = Store(root / "mlfleet.duckdb")
         self.con = self.store.con
         self.ran: list[str] = []
+        self.env: dict[str, str] = {}  # a step's env_hash (its resolved lockfile) when not the default
 
     def pipeline(self, sets: dict[str, str] | None = None) -> Pipeline:
         return load_pipeline_spec(self.spec, parse_overrides([f"{k}={v}" for k, v in (sets or {}).items()]))
@@ -85,7 +86,7 @@ class Fleet:
                 if item.step is None:
                     path = Path(item.text) if item.kind == "host" else code / item.text
                     files[item.text] = hashlib.sha256(path.read_bytes()).hexdigest()
-            out[name] = StepFacts(env_hash="env1", code_hash=hashlib.sha256((code / f"{name}.py").read_bytes())
+            out[name] = StepFacts(env_hash=self.env.get(name, "env1"), code_hash=hashlib.sha256((code / f"{name}.py").read_bytes())
                                   .hexdigest(), files=files)
         return out
 
@@ -251,6 +252,7 @@ def mutations(fleet: Fleet) -> list[tuple[str, object, set[str]]]:
             ("data/other.csv", code / "data" / "other.csv", below("e")),
             ("labels", fleet.labels, below("b"))]
     out += [("params.lr", {"params.lr": "0.2"}, below("b")), ("params.rows", {"params.rows": "11"}, below("a"))]
+    out += [(f"environment of {name}", ("env", name), below(name)) for name in "abcde"]
     return out
 
 
@@ -267,6 +269,10 @@ def test_flipping_each_input_the_code_or_a_param_reruns_exactly_its_dependents(f
             before = flip_byte(how)
             _, ran = fleet.run(fleet.pipeline())
             how.write_bytes(before)
+        elif isinstance(how, tuple):
+            fleet.env[how[1]] = "env2"
+            _, ran = fleet.run(fleet.pipeline())
+            fleet.env.clear()
         else:
             _, ran = fleet.run(fleet.pipeline(how))
         assert set(ran) == expected and len(ran) == len(expected), (what, ran, expected)
