@@ -2,8 +2,10 @@
 
 This folder holds the pure foundation (docs/pipelines.md, "Design (work in
 progress)"): the spec and its checks, the DAG, step keys and why a key
-changed, and gate decisions. The service that runs pipelines, their CLI and
-their tables come next, on top of these modules.
+changed, and gate decisions; and the layer the service will use: the
+store's records and step cache (records), the planner (plan, pure), output
+hashing and checks (outputs) and their shared records (state). The service
+that runs pipelines and their CLI come next, on top of these modules.
 
 ``PUBLIC`` names the modules other capabilities and the TUI may import; the
 rest is this capability's own (tests/test_import_directions.py keeps that).
