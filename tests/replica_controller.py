@@ -21,6 +21,7 @@ from mlfleet.core.controller.capabilities import services
 from mlfleet.core.controller.loop import Controller
 from mlfleet.core.controller.service import ControllerContext, RpcService, Service
 from mlfleet.core.jobs.group import submit_group
+from mlfleet.core.team.roles import Permission
 
 
 class ReplicaApi:
@@ -36,7 +37,7 @@ class ReplicaApi:
 def build(ctx: ControllerContext) -> list[Service]:
     made = services(ctx)
     jobs = next(s for s in made if s.name == "jobs")
-    return [*made, RpcService("replica-test", ReplicaApi(jobs))]
+    return [*made, RpcService("replica-test", ReplicaApi(jobs), permissions={"test_submit_replica": Permission.SUBMIT})]
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ class ControllerApi:
         self.team: "TeamSocket | None" = None
         self._send_budget = SendBudget()  # answers made and not read, all clients together
         self.table = self._table()
+        self.permissions = self._permissions()
         self.handler = self._gated(usage_dispatcher(self.table, method_dispatcher(self.table)))  # bad parameter: exit 2
 
     def _gated(self, inner: "Handler") -> "Handler":
@@ -71,7 +72,7 @@ class ControllerApi:
         a caller with no role anywhere is refused before them all the same.
         """
         async def handle(peer: Peer, method: str, params: dict[str, Any]) -> Any:
-            permission = METHOD_PERMISSIONS.get(method)
+            permission = self.permissions.get(method)
             if permission is None:
                 if method in self.table:  # answered but never given a permission: a bug, refused safely
                     raise PermissionDeniedError(f"the request {method!r} has no permission in "
@@ -88,6 +89,17 @@ class ControllerApi:
             return await inner(peer, method, params)
 
         return handle
+
+    def _permissions(self) -> "dict[str, Permission]":
+        """core/team/permissions.py's table and what services declare for RPCs of their own (never a core one)."""
+        table = dict(METHOD_PERMISSIONS)
+        for service in self.services:
+            for method, permission in getattr(service, "permissions", dict)().items():  # optional hook
+                if method in table or method not in service.rpcs():
+                    raise RuntimeError(f"service {service.name!r} declares a permission for {method!r}, which is "
+                                       "already in core/team/permissions.py or not one of its RPCs")
+                table[method] = permission
+        return table
 
     def _table(self) -> "dict[str, Rpc]":
         """Every service's requests and this server's own; two answering the same name is a bug, found at start."""

@@ -29,7 +29,7 @@ from mlfleet.core.fleet.inventory import load_inventory
 from mlfleet.core.base.settings import load_settings
 from mlfleet.core.base.protocol import Peer, open_unix_peer
 from mlfleet.core.base.spawn import own_python
-from mlfleet.core.controller import remote
+from mlfleet.core.controller import target as controller_target
 
 if TYPE_CHECKING:
     import asyncssh
@@ -66,6 +66,8 @@ class ControllerClient:
         """Call one controller method; ``request_timeout`` bounds the wait (params are the method's own)."""
         if self._ssh is None:
             return await self.peer.request(method, request_timeout=request_timeout, **params)
+        from mlfleet.core.controller import remote  # an SSH client: imported only where one is dialled
+
         asking = asyncio.ensure_future(self.peer.request(method, request_timeout=request_timeout, **params))
         await asyncio.sleep(0)  # the request is written (it is, before its first wait)...
         remote.quick_ack(self._ssh)  # ...and only then: sending it is what made the kernel delay its ACKs
@@ -107,7 +109,7 @@ def shared_controller(home: Home) -> ControllerUrl | None:
     directly (its capture files, say): with a shared one, those files are
     on the head node, not here.
     """
-    return remote.configured_target(home)
+    return controller_target.configured_target(home)
 
 
 async def try_connect(home: Home) -> ControllerClient | None:
@@ -165,6 +167,8 @@ async def connect(home: Home | None = None, autostart: bool = True) -> Controlle
 
 async def connect_remote(home: Home, target: ControllerUrl) -> ControllerClient:
     """A client of the shared controller at ``target`` (core/controller/remote.py); closing it closes the SSH link."""
+    from mlfleet.core.controller import remote  # an SSH client: imported only where one is dialled
+
     peer, hello, conn = await remote.open_remote(home, target)
     return ControllerClient(peer, home, hello, remote=target, ssh=conn)
 

@@ -28,9 +28,8 @@ from mlfleet.core.base.settings import load_settings
 from mlfleet.core.base.words import plural
 from mlfleet.core.cli import render
 from mlfleet.core.cli.output import Add, say
-from mlfleet.core.controller import remote
 from mlfleet.core.controller.client import connect, controller_pid, lock_held, try_connect
-from mlfleet.core.controller.remote import STARTED_ON_HEAD, configured_target
+from mlfleet.core.controller.target import STARTED_ON_HEAD, configured_target
 from mlfleet.core.controller.team_socket import DEFAULT_TEAM_SOCKET, TeamSocket, team_socket
 
 
@@ -145,6 +144,8 @@ def _status_text(status: dict[str, Any], hello: dict[str, Any]) -> str:
 
 async def _trust(home: Home, args: argparse.Namespace) -> int:
     """Show the shared controller's head key and record it once the user confirms (like ``hosts trust``)."""
+    from mlfleet.core.controller import remote  # an SSH client: imported only where one is dialled
+
     if args.url is not None:
         try:
             target = parse_url(args.url)

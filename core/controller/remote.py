@@ -17,30 +17,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
-from pathlib import Path
 from typing import Any
 
 import asyncssh
 
-from mlfleet.core.base.controller_url import ENV, ControllerUrl, parse_url
+from mlfleet.core.base.controller_url import ControllerUrl
 from mlfleet.core.base.errors import UnavailableError, UsageError
 from mlfleet.core.base.paths import Home
 from mlfleet.core.base.protocol import Peer
-from mlfleet.core.base.settings import load_settings
+from mlfleet.core.controller.target import STARTED_ON_HEAD, configured_target, identity_of
 from mlfleet.core.fleet import hostkeys
 from mlfleet.core.fleet.hostcheck import identity_problem
+
+__all__ = ["STARTED_ON_HEAD", "configured_target", "identity_of"]  # (their home is target.py)
 
 CONNECT_TIMEOUT_S = 10.0
 KEEPALIVE_INTERVAL_S = 15.0
 KEEPALIVE_COUNT_MAX = 3
 _OPEN_PROHIBITED = 1  # SSH_OPEN_ADMINISTRATIVELY_PROHIBITED
-
-STARTED_ON_HEAD = ("a shared controller is started on its head node with 'mlfleet controller serve --team GROUP'"
-                   " (this command runs this machine's own controller: unset --controller, MLFLEET_CONTROLLER "
-                   "and controller.url to use it)")
-
 
 class RemoteHostKeyError(UnavailableError):
     """The head node's key is unknown or changed: refused until ``controller trust`` records it."""
@@ -57,29 +52,6 @@ class RemoteHostKeyError(UnavailableError):
             message = (f"{where} presented a host key mlfleet does not know ({shown}); check it and run "
                        f"'mlfleet controller trust {target.url}' to record it")
         super().__init__(message)
-
-
-def configured_target(home: Home, environ: dict[str, str] | None = None) -> ControllerUrl | None:
-    """The shared controller this process talks to (see the module's doc), or None for this machine's own."""
-    env = os.environ if environ is None else environ
-    url = env.get(ENV, "").strip()
-    if url:
-        try:
-            return parse_url(url)
-        except ValueError as exc:
-            raise UsageError(f"--controller (or {ENV}): {exc}") from None
-    if not home.config_file.exists():
-        return None
-    url = load_settings(home.config_file).controller.url  # checked there, with its line
-    return parse_url(url) if url else None
-
-
-def identity_of(home: Home) -> Path | None:
-    """``controller.identity`` from config.yaml (None: ssh-agent and the default ~/.ssh keys)."""
-    if not home.config_file.exists():
-        return None
-    identity = load_settings(home.config_file).controller.identity
-    return Path(identity).expanduser() if identity else None
 
 
 async def open_remote(home: Home, target: ControllerUrl) -> tuple[Peer, dict[str, Any], asyncssh.SSHClientConnection]:

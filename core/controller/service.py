@@ -114,6 +114,9 @@ class Service(Protocol):
     def rpcs(self) -> dict[str, Rpc]:
         """The client requests this capability answers: ``{method: handler}``."""
 
+    def permissions(self) -> dict[str, "Permission"]:
+        """Base permissions of RPCs not in core/team/permissions.py (a plug-in's, a test's own): ``{method: p}``."""
+
 
 class BaseService:
     """A :class:`Service` whose hooks do nothing: a capability overrides the ones it needs."""
@@ -144,13 +147,20 @@ class BaseService:
     def rpcs(self) -> dict[str, Rpc]:
         return {}
 
+    def permissions(self) -> dict[str, "Permission"]:
+        return {}
+
 
 class RpcService(BaseService):
     """A capability that only answers clients: its API object's ``rpc_*`` methods are its table."""
 
-    def __init__(self, name: str, api: object) -> None:
+    def __init__(self, name: str, api: object, permissions: "dict[str, Permission] | None" = None) -> None:
         self.name = name
         self.api = api
+        self._permissions = dict(permissions or {})
+
+    def permissions(self) -> dict[str, "Permission"]:
+        return self._permissions
 
     def rpcs(self) -> dict[str, Rpc]:
         return rpc_methods(self.api)
