@@ -300,3 +300,19 @@ def test_a_job_that_writes_into_the_agents_code_cache_cannot_change_what_the_nex
     expected = hashlib.sha256(POISONER.encode()).hexdigest()
     assert f"ran: {expected}" in out  # byte for byte the snapshot whose hash the run records
     assert fleet.cli_json("runs", "show", done["run_id"])["code_hash"] == first["code_hash"]
+
+
+def test_one_workdir_snapshotted_by_many_threads_at_once_is_one_archive(tmp_path: Path) -> None:
+    """Fifty submits of one workdir at once snapshot it in threads; they once shared a temp name and collided."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mlfleet.core.jobs.snapshot import snapshot
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "train.py").write_text("print('hi')\n" * 1000)
+    cache = tmp_path / "cache"
+    with ThreadPoolExecutor(16) as pool:
+        snaps = list(pool.map(lambda _: snapshot(work, cache), range(64)))
+    assert len({s.sha256 for s in snaps}) == 1
+    assert sorted(p.name for p in cache.iterdir()) == [f"{snaps[0].sha256}.tar.gz"]

@@ -26,6 +26,7 @@ import gzip
 import hashlib
 import io
 import os
+import secrets
 import stat
 import subprocess
 import tarfile
@@ -118,8 +119,10 @@ def snapshot(workdir: Path, cache_dir: Path, private: tuple[Path, ...] = (), exc
     private_dir(cache_dir)
     target = cache_dir / f"{digest}.tar.gz"
     if not target.exists():
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "wb") as fh:
+        # A name of its own: the controller snapshots in threads, and two submits of one workdir at once
+        # shared "<digest>.<pid>.tmp": one renamed it away under the other (FileNotFoundError at its rename).
+        tmp = target.with_suffix(f".{os.getpid()}.{secrets.token_hex(6)}.tmp")
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb") as fh:
             fh.write(data)  # 0600 whatever the umask: the snapshot is the user's code
         os.replace(tmp, target)
     return Snapshot(digest, target, files, total, skipped)
