@@ -87,3 +87,29 @@ def bounded(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def confirm_key(args: argparse.Namespace, where: str, key_type: str, fingerprint: str, known: list[str]) -> bool:
+    """Show a host key and ask to trust it (``--yes`` skips the question); whether to record it.
+
+    ``hosts trust`` and ``controller trust`` ask alike: without a terminal and
+    without ``--yes`` it is the user's mistake, one sentence.
+    """
+    from mlfleet.core.base.errors import UsageError
+
+    if not args.json:
+        print(f"{where} presents {key_type} key {fingerprint}")
+        if known:
+            print(f"mlfleet had recorded {', '.join(known)} for it: the key has CHANGED")
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        raise UsageError(f"confirm the key of {where} with --yes when there is no terminal to ask")
+    try:
+        answer = input("Trust this key? [y/N] ").strip().lower()
+    except EOFError:
+        answer = ""
+    if answer not in ("y", "yes"):
+        print("nothing recorded")
+        return False
+    return True

@@ -27,7 +27,7 @@ from mlfleet.core.base.private import use_private_umask
 from mlfleet.core.base.settings import load_settings
 from mlfleet.core.base.words import plural
 from mlfleet.core.cli import render
-from mlfleet.core.cli.output import Add, say
+from mlfleet.core.cli.output import Add, confirm_key, say
 from mlfleet.core.controller.client import connect, controller_pid, lock_held, try_connect
 from mlfleet.core.controller.target import STARTED_ON_HEAD, configured_target
 from mlfleet.core.controller.team_socket import DEFAULT_TEAM_SOCKET, TeamSocket, team_socket
@@ -165,20 +165,8 @@ async def _trust(home: Home, args: argparse.Namespace) -> int:
         say(args, {**facts, "trusted": True, "recorded": False},
             f"{where} is already trusted: {facts['key_type']} {key.fingerprint}")
         return EXIT_OK
-    if not args.json:
-        print(f"{where} presents {facts['key_type']} key {key.fingerprint}")
-        if known:
-            print(f"mlfleet had recorded {', '.join(known)} for it: the key has CHANGED")
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise UsageError(f"confirm the key of {where} with --yes when there is no terminal to ask")
-        try:
-            answer = input("Trust this key? [y/N] ").strip().lower()
-        except EOFError:
-            answer = ""
-        if answer not in ("y", "yes"):
-            print("nothing recorded")
-            return EXIT_FAILED
+    if not confirm_key(args, where, facts["key_type"], key.fingerprint, known):
+        return EXIT_FAILED
     remote.record(home, target, key)
     say(args, {**facts, "trusted": True, "recorded": True}, f"recorded {key.fingerprint} for {where}")
     return EXIT_OK

@@ -18,7 +18,7 @@ from typing import Any
 from mlfleet.core.base.errors import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, MlfleetError, UsageError
 from mlfleet.core.base.words import plural
 from mlfleet.core.cli import render
-from mlfleet.core.cli.output import Add, bounded, client_command, print_json, say
+from mlfleet.core.cli.output import Add, bounded, client_command, confirm_key, print_json, say
 from mlfleet.core.controller.client import ControllerClient
 from mlfleet.core.fleet import agent_commands, hostseen, slurm_cluster
 
@@ -196,20 +196,8 @@ async def cmd_hosts_trust(client: ControllerClient, args: argparse.Namespace) ->
             say(args, {**key, "recorded": False, **extra},
                 f"{where} is already trusted: {key['key_type']} {key['fingerprint']}")
             return EXIT_OK
-        if not args.json:
-            print(f"{where} presents {key['key_type']} key {key['fingerprint']}")
-            if key["known"]:
-                print(f"mlfleet had recorded {', '.join(key['known'])} for it: the key has CHANGED")
-        if not args.yes:
-            if not sys.stdin.isatty():
-                raise UsageError(f"confirm the key of {where} with --yes when there is no terminal to ask")
-            try:
-                answer = input("Trust this key? [y/N] ").strip().lower()
-            except EOFError:
-                answer = ""
-            if answer not in ("y", "yes"):
-                print("nothing recorded")
-                return EXIT_FAILED
+        if not confirm_key(args, where, key["key_type"], key["fingerprint"], key["known"]):
+            return EXIT_FAILED
         result = await client.call("host_trust", name=args.name, fingerprint=key["fingerprint"])
         if result.get("jump_host"):
             hops.append({**result, "address": key["address"], "port": key["port"]})
