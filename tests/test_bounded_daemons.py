@@ -10,10 +10,13 @@ common open-file limit of 1024, as on the tester's machine.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import resource
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -171,6 +174,48 @@ def test_an_idle_flood_past_the_open_file_limit_never_locks_users_out_nor_fills_
     log = (fleet.home.log_dir / "controller.log").read_text()
     assert "Traceback" not in log and "out of file descriptors" not in log  # the cap kept descriptors free
     assert log.count("mlfleet.core.base.listener") <= 2  # "full" and "taking connections again", if at all
+
+
+def test_a_backlog_that_evicts_every_held_connection_at_once_never_holds_both(fleet: Fleet) -> None:
+    """A stalled controller (a loaded machine) wakes to a backlog bigger than its cap: what it evicts is let go at once.
+
+    The first 256 idle clients are held; then the controller is stopped while 600 more queue, and resumed.
+    One wake-up evicts all 256 held ones; its descriptors must not outlive the eviction (an aborted
+    transport closes its socket only on the loop's next turn: the CI machine saw 383 held).
+    """
+    pid = start_controller(fleet)
+    sock = fleet.home.controller_socket
+    controller = psutil.Process(pid)
+    held = idle_clients(sock, CAP)
+    fleet.wait_for(lambda: controller.num_fds() >= CAP, timeout=10, what="the first clients to be held")
+    time.sleep(0.2)  # their transports are made (a victim with a transport is the case)
+    counts: list[int] = []
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            with contextlib.suppress(OSError):
+                counts.append(len(os.listdir(f"/proc/{pid}/fd")))
+
+    controller.suspend()
+    try:
+        queued = idle_clients(sock, 600)
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        time.sleep(0.05)
+    finally:
+        controller.resume()
+    try:
+        fleet.wait_for(lambda: closed_by_peer(held, wait=0.05) >= CAP - 8, timeout=10, what="the held ones to be evicted")
+        time.sleep(0.3)
+        sampling.set()
+        sampler.join()
+        assert max(counts) < CAP + FDS_BASELINE, max(counts)
+        assert fleet.cli("jobs", "list").code == 0
+    finally:
+        sampling.set()
+        close_all(held + queued)
+    assert "Traceback" not in (fleet.home.log_dir / "controller.log").read_text()
 
 
 def test_idle_clients_that_said_hello_make_room_for_a_newcomer_idlest_first(fleet: Fleet) -> None:

@@ -244,9 +244,10 @@ class UnixListener:
                                     f"{f', {self.setting}' if self.setting else ''}); connect again")
         self._forget(victim)
         if victim.writer is not None:
-            victim.writer.transport.abort()  # its descriptor is closed in this loop iteration
-        else:
-            victim.sock.close()  # accepted but not served yet: closed now (a burst must not pile them up)
+            victim.writer.transport.abort()  # off the selector now; asyncio closes the socket only on the next turn
+        # Closed now, not on the loop's next turn: one wake-up to a backlog past the cap evicts every held
+        # connection, and deferred closes would hold twice the cap until it returns (closing again is a no-op).
+        victim.sock.close()
         self.evicted += 1
         return True
 

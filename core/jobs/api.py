@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlfleet.core.base.bounds import ChunkSize, Ident, ListLimit, Offset, WaitSeconds
-from mlfleet.core.base.errors import NotFoundError, UsageError
+from mlfleet.core.base.errors import NotFoundError, RemoteError, UsageError
 from mlfleet.core.base.models import SHOWN_JOB_STATES, TERMINAL_STATES, JobSpec, spec_from_plain, to_plain
 from mlfleet.core.base.protocol import Peer
 from mlfleet.core.jobs import records
@@ -263,6 +263,13 @@ class JobsApi:
         link = self.c.ctx.links.get(host)
         if link is None:
             raise NotFoundError(f"host {host} is no longer configured")
-        chunk = await link.request("read", run_id=run_id, stream=stream, offset=offset, max_bytes=max_bytes)
+        try:
+            chunk = await link.request("read", run_id=run_id, stream=stream, offset=offset, max_bytes=max_bytes)
+        except RemoteError as error:
+            # Dispatched or preparing: the run has its id but its launch (code, environment) is still on its way, so nothing
+            # is there to read yet (a follower asking this early must keep waiting, not be told the run is unknown).
+            if error.kind != "NotFoundError" or current["state"] not in ("dispatched", "preparing") or run is not None:
+                raise
+            chunk = {"run_id": run_id, "stream": stream, "offset": offset, "end": offset, "data": "", "eof": False}
         chunk.update(job_id=current["job_id"], state=current["state"])
         return chunk
