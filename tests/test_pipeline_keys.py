@@ -274,6 +274,24 @@ def test_the_key_moves_with_each_part_and_not_with_their_order() -> None:
                 step_key({"kind": "job"}, {"lr": 0.1, "seed": 1}, "e", None, {"a": "1", "b": "2"}).key}) == 3
 
 
+def test_where_and_when_a_job_runs_is_not_what_it_computes(five: Pipeline) -> None:
+    """Another host (constraints), a higher priority or more retries keep the key; more memory does not."""
+    import msgspec
+
+    from mlfleet.core.base.models import Constraints
+    from mlfleet.core.pipelines.keys import key_of_step
+
+    step = five.steps["a"]
+    assert step.job is not None
+    base = key_of_step(step, StepFacts(), {}, {}).key
+    for changed in ({"priority": 9}, {"retries": 3}, {"constraints": Constraints(hosts=["node-b"])}):
+        moved = msgspec.structs.replace(step, job=msgspec.structs.replace(step.job, **changed))
+        assert key_of_step(moved, StepFacts(), {}, {}).key == base, changed
+    bigger = msgspec.structs.replace(step.job.resources, memory=(step.job.resources.memory or 0) + 2**30)
+    grown = msgspec.structs.replace(step, job=msgspec.structs.replace(step.job, resources=bigger))
+    assert key_of_step(grown, StepFacts(), {}, {}).key != base
+
+
 # ------------------------------------------------ the code hash without data
 
 def tree(folder: Path) -> Path:

@@ -14,6 +14,7 @@ from mlfleet.core.deploy.service import DeployService
 from mlfleet.core.drift.api import DriftApi
 from mlfleet.core.fleet.service import FleetService
 from mlfleet.core.jobs.service import JobsService
+from mlfleet.core.pipelines.service import PipelineService
 from mlfleet.core.registry.service import RegistryService
 from mlfleet.core.store.api import StoreApi
 from mlfleet.core.sweeps.service import SweepsService
@@ -31,6 +32,7 @@ def services(ctx: ControllerContext) -> list[Service]:
         SweepsService(ctx, jobs),  # sweeps' children, and the hold that keeps each sweep's max_parallel
         CaptureService(ctx, jobs),  # replicas' captured inputs into Parquet, exactly once (docs/drift.md)
         DeployService(ctx, jobs),  # deployments: each tick one rollout step, replicas submitted and cancelled as jobs
+        PipelineService(ctx, jobs),  # pipeline runs: a driver per run, resumed from the store at start
         RpcService("runs", RunsApi(ctx)),
         RegistryService(ctx),  # the model registry: versions in the model store, aliases; leftovers cleared at start
         RpcService("drift", DriftApi(ctx)),

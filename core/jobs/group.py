@@ -27,7 +27,7 @@ from mlfleet.core.base.models import TERMINAL_STATES, JobSpec, to_plain
 from mlfleet.core.jobs.policy_limits import refuse_contradictions, residency_of
 from mlfleet.core.jobs.runs import PendingJob, queued_job
 from mlfleet.core.jobs.scheduler import never_fits
-from mlfleet.core.jobs.snapshot import snapshot
+from mlfleet.core.jobs.snapshot import Snapshot, snapshot
 from mlfleet.core.store.db import now, transaction
 from mlfleet.core.store.rows import rows
 from mlfleet.core.tracking.lineage import git_lineage
@@ -46,7 +46,8 @@ Record = Callable[[duckdb.DuckDBPyConnection, list[str]], Any]
 async def submit_group(jobs: "JobsService", actor: str, specs: list[JobSpec], spec_path: str | None,
                        queue_anyway: bool, record: Record, label: Callable[[int], str],
                        check_policy: bool = True, code: dict[str, Any] | None = None,
-                       code_from: str | None = None) -> tuple[list[str], Any, dict]:
+                       code_from: str | None = None,
+                       prepared: "tuple[Snapshot, dict[str, Any] | None] | None" = None) -> tuple[list[str], Any, dict]:
     """Queue every spec as a job; ``record`` writes the caller's rows in the same transaction.
 
     Returns the job ids, what ``record`` returned (when it is not None
@@ -60,7 +61,10 @@ async def submit_group(jobs: "JobsService", actor: str, specs: list[JobSpec], sp
     workdir, as its own user. ``code_from``: who sent ``code`` when the
     jobs are submitted by someone else on their behalf (a deployment's
     replicas, submitted by the controller with the code its applier sent);
-    by default ``actor``.
+    by default ``actor``. ``prepared``: the snapshot (already in the code
+    cache) and git lineage the caller made of the one workdir, shipped as
+    is: a pipeline step's bundle, its code with its inputs put in place
+    (core/pipelines/bundle.py).
     """
     for spec in specs:
         if not Path(spec.workdir).is_absolute():
@@ -74,7 +78,12 @@ async def submit_group(jobs: "JobsService", actor: str, specs: list[JobSpec], sp
     _check_fits(jobs, actor, specs, queue_anyway, label)
     ids = await _new_job_ids(jobs, len(specs))
     home = jobs.ctx.home
-    if code is not None:
+    if prepared is not None:
+        if len(workdirs) != 1:
+            raise UsageError("a prepared snapshot stands for one workdir; the jobs name "
+                             f"{len(workdirs)}")
+        made = [prepared]
+    elif code is not None:
         made = [await jobs.code_uploads.uploaded(code, code_from or actor)] if workdirs else []
     else:
         made = await asyncio.gather(*(asyncio.gather(

@@ -33,7 +33,10 @@ from mlfleet.core.base.models import to_plain
 from mlfleet.core.pipelines.graph import topological_order, upstream_of
 from mlfleet.core.pipelines.models import Pipeline, Step
 
-KEY_VERSION = 1  # bumped when what a key covers changes, so no old key matches a new meaning
+KEY_VERSION = 2  # bumped when what a key covers changes, so no old key matches a new meaning
+# A job's fields that say where and when it runs, not what it computes: moving a step to another host
+# (constraints), raising its priority or its retries is no reason to run it again.
+SCHEDULING_FIELDS = ("priority", "retries", "constraints")
 
 
 def canonical(value: Any) -> Any:
@@ -106,13 +109,14 @@ def step_spec(step: Step) -> dict[str, Any]:
     A job's ``name`` is left out (the pipeline names its jobs; renaming a
     pipeline is no reason to re-run its steps), and so are its ``params``
     (a part of their own) and its ``workdir``: the code hash stands for what
-    is in it, so the same code in another checkout is the same step.
+    is in it, so the same code in another checkout is the same step. So are
+    the fields that only place it (``SCHEDULING_FIELDS``).
     """
     plain: dict[str, Any] = {"kind": step.kind, "needs": sorted(step.needs), "outputs": dict(step.outputs),
                              "inputs": [i.text for i in step.inputs]}
     if step.job is not None:
         job = to_plain(step.job)
-        for dropped in ("name", "params", "workdir"):
+        for dropped in ("name", "params", "workdir", *SCHEDULING_FIELDS):
             job.pop(dropped, None)
         for optional in ("environment", "sweep", "service"):  # absent is absent, as JobSpec.content_hash says
             if job.get(optional) is None:

@@ -48,8 +48,11 @@ def _parts(value: Any) -> KeyParts | None:
 # ------------------------------------------------------------------ writes
 
 def new_run(con: duckdb.DuckDBPyConnection, pipeline: Pipeline, actor: str, trigger: str = "manual",
-            cause: Mapping[str, Any] | None = None) -> str:
-    """Record a run of ``pipeline`` (running) and one queued row per step, with its audit event; the run's id."""
+            cause: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None) -> str:
+    """Record a run of ``pipeline`` (running) and one queued row per step, with its audit event; the run's id.
+
+    ``options``: what the run was asked (``force``, ``no_cache``), kept so a restarted controller plans alike.
+    """
     if trigger not in TRIGGERS:
         raise UsageError(f"trigger {trigger!r} is not one of {', '.join(TRIGGERS)}")
     at = now()
@@ -58,11 +61,12 @@ def new_run(con: duckdb.DuckDBPyConnection, pipeline: Pipeline, actor: str, trig
         while con.execute("select 1 from pipeline_runs where run_id = ?", [run_id]).fetchall():
             run_id = "p" + secrets.token_hex(6)
         con.execute("""insert into pipeline_runs (run_id, name, project, source, spec, params, state, trigger, cause,
-                                                  actor, created_at)
-                       values (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, to_timestamp(?))""",
+                                                  actor, created_at, options)
+                       values (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, to_timestamp(?), ?)""",
                     [run_id, pipeline.name, pipeline.project, pipeline.source or None,
                      msgspec.json.encode(pipeline).decode(), json.dumps(pipeline.params, default=str), trigger,
-                     json.dumps(dict(cause)) if cause is not None else None, actor, at])
+                     json.dumps(dict(cause)) if cause is not None else None, actor, at,
+                     json.dumps(dict(options)) if options is not None else None])
         con.executemany("""insert into pipeline_steps (run_id, step, position, kind, state, created_at)
                            values (?, ?, ?, ?, 'queued', to_timestamp(?))""",
                         [[run_id, name, i, step.kind, at] for i, (name, step) in enumerate(pipeline.steps.items())])

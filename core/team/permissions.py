@@ -43,6 +43,9 @@ METHOD_PERMISSIONS: dict[str, Permission] = {
     # runs: an export writes a file on the controller's machine
     "run_show": P.READ, "run_artifacts": P.READ, "run_artifact_read": P.READ, "runs_list": P.READ,
     "runs_compare": P.READ, "run_metrics": P.READ, "runs_export": P.SERVER_FILES,
+    # pipelines: the pipeline's project (run) and the run's starter (cancel) decide in the handlers
+    "pipeline_run": P.SUBMIT, "pipeline_cancel": P.CANCEL, "pipeline_wait": P.READ, "pipeline_list": P.READ,
+    "pipeline_show": P.READ, "pipeline_why": P.READ,
     # hosts
     "hosts_list": P.READ, "hosts_add": P.HOSTS, "hosts_remove": P.HOSTS, "hosts_drain": P.HOSTS,
     "host_key": P.HOSTS, "host_trust": P.HOSTS, "hosts_bootstrap": P.HOSTS, "hosts_stop_agent": P.HOSTS,
@@ -53,7 +56,8 @@ METHOD_PERMISSIONS: dict[str, Permission] = {
 # sentence names them: "cancel bob's job j42: that needs maintainer in vision"); the gate lets them through.
 HANDLER_CHECKED: frozenset[str] = frozenset({
     "submit", "job_cancel", "job_retry", "job_set_priority", "sweep_cancel", "model_register", "model_alias",
-    "deploy_apply", "deploy_scale", "deploy_stop", "deploy_rollback", "code_has", "code_upload_begin"})
+    "deploy_apply", "deploy_scale", "deploy_stop", "deploy_rollback", "code_has", "code_upload_begin",
+    "pipeline_run", "pipeline_cancel"})
 
 # The gate of these counts a role in any project: reads (lists are not split by project), drift records and
 # an upload's chunks and end (its begin was checked in its project; the submit that names it is checked again).

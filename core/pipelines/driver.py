@@ -1,0 +1,361 @@
+"""One pipeline run driven to its end: plan, reuse what is cached, run the rest, collect outputs, plan again.
+
+The loop (docs/pipelines.md, "Tables, the step cache and the planner"):
+
+1. a job step whose job ended is closed: succeeded, its outputs fetched from
+   the node into the controller's output store and recorded with their
+   sha256 (from then on its key is a cache entry); failed or cancelled, with
+   the job's reason;
+2. the planner decides every step not settled yet, asking the cache about
+   each key it can make (a hit's outputs are re-read before it counts);
+3. cached steps are recorded with the run they reuse, skipped ones with why,
+   job steps are submitted as jobs with their bundle (the step marked
+   running with its key and job in the jobs' own transaction, so a crash
+   never leaves a job without its step or a step without its job), and
+   drift, gate, register and promote steps run here (executors.py);
+4. when no step is left to decide or running, the run ends: succeeded when
+   every step succeeded or was cached, else failed (or cancelled) with the
+   first reason.
+
+Everything it acts on is read back from the store each pass, so a
+controller killed at any point resumes by driving the run again
+(service.py, at start): finished steps are settled and never re-run, a job
+in flight is waited for, a step whose job ended while the controller was
+down is closed now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+
+from mlfleet.core.base.errors import MlfleetError
+from mlfleet.core.base.models import TERMINAL_STATES
+from mlfleet.core.jobs.group import submit_group
+from mlfleet.core.pipelines import records
+from mlfleet.core.pipelines.bundle import bundle_sources, make_bundle
+from mlfleet.core.pipelines.facts import Measured, measure
+from mlfleet.core.pipelines.keys import KeyParts, StepKey, champion_input
+from mlfleet.core.pipelines.models import Pipeline, Step
+from mlfleet.core.pipelines.outputs import verify_outputs
+from mlfleet.core.pipelines.plan import Decision, Lookup, Plan, plan
+from mlfleet.core.pipelines.state import OutputDigest, Settled
+from mlfleet.core.pipelines.step_run import StepOutcome, StepRun
+from mlfleet.core.store.rows import rows
+
+if TYPE_CHECKING:
+    from mlfleet.core.pipelines.service import PipelineService
+
+log = logging.getLogger(__name__)
+POLL_S = 1.0  # a job's end is noticed at once (jobs.job_changed); this is the fallback
+_OK = ("succeeded", "cached")
+
+
+class RunDriver:
+    """Drives one run; one task per run, made by the service (at a run's start, or at the controller's)."""
+
+    def __init__(self, service: "PipelineService", run_id: str, pipeline: Pipeline, actor: str,
+                 force: list[str], no_cache: bool) -> None:
+        self.service = service
+        self.store = service.ctx.store
+        self.run_id = run_id
+        self.pipeline = pipeline
+        self.actor = actor
+        self.force = list(force)
+        self.no_cache = no_cache
+        self.measured: Measured | None = None
+        self.previous: dict[str, KeyParts] = {}
+        self.cancelled = False
+        self.outcomes: dict[str, StepOutcome] = {}
+
+    # ------------------------------------------------------------ the loop
+    async def drive(self) -> None:
+        try:
+            await self._prepare()
+            while not self.cancelled:
+                moved = await self.advance()
+                if moved is None:
+                    return
+                if not moved:
+                    await self._wait()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the run ends failed with the sentence; the controller carries on
+            words = str(exc) if isinstance(exc, MlfleetError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, MlfleetError):
+                log.exception("pipeline run %s", self.run_id)
+            await self._end("failed", f"the run stopped: {words}")
+        finally:
+            await self.service.changed()
+
+    async def _prepare(self) -> None:
+        # A drift, gate, register or promote step that was running when the controller stopped ran
+        # inside it and was cut short: it is decided and run again (each is safe to repeat).
+        await self.store.run(_requeue_interrupted, self.run_id)
+        home = self.service.ctx.home
+        champions = await self.store.read(_champions, self.pipeline)
+        self.measured = await asyncio.to_thread(measure, self.pipeline, home.code_cache_dir, home.own_paths(),
+                                                champions)
+        self.previous = await self.store.read(_previous_parts, self.pipeline, self.run_id)
+
+    async def advance(self) -> bool | None:
+        """One pass; True: something changed (go again at once), False: wait for a job, None: the run ended."""
+        state = (await self.store.read(records.get_run, self.run_id))["state"]
+        if state != "running":
+            return None
+        if await self._close_ended_jobs():
+            return True
+        settled = await self.store.read(records.settled, self.run_id)
+        decided = await self._plan(settled)
+        acted = False
+        for decision in decided.decisions.values():
+            if decision.settled or self.cancelled:
+                continue
+            acted = await self._act(decision) or acted
+        if acted:
+            return True
+        if any(d.state in ("running", "queued") for d in decided.decisions.values() if d.settled) or \
+                any(d.state in ("waiting", "lookup", "run") for d in decided.decisions.values() if not d.settled):
+            return False
+        await self._finish(decided)
+        return None
+
+    async def _wait(self) -> None:
+        condition = self.service.jobs.job_changed
+        async with condition:
+            try:
+                await asyncio.wait_for(condition.wait(), POLL_S)
+            except asyncio.TimeoutError:
+                pass
+
+    # ------------------------------------------------------------ planning
+    async def _plan(self, settled: dict[str, Settled]) -> Plan:
+        assert self.measured is not None
+        found: dict[str, Lookup] = {}
+        while True:
+            current = plan(self.pipeline, self.measured.facts, found, settled=settled, previous=self.previous,
+                           force=self.force, no_cache=self.no_cache)
+            needed = current.lookups()
+            if not needed:
+                return current
+            for key in needed.values():
+                found[key.key] = await self._lookup(key)
+
+    async def _lookup(self, key: StepKey) -> Lookup:
+        hit = await self.store.read(records.cached_step, self.pipeline.project, key.key)
+        if hit is None:
+            return Lookup()
+        return Lookup(hit=hit, problems=await asyncio.to_thread(verify_outputs, hit.outputs))
+
+    # ------------------------------------------------------------ acting
+    async def _act(self, decision: Decision) -> bool:
+        name = decision.step
+        step = self.pipeline.steps[name]
+        why = "; ".join(decision.reasons) or None
+        if decision.state == "cached" and decision.key is not None and decision.hit is not None:
+            await self.store.run(records.mark_cached, self.run_id, name, decision.key, decision.hit, why or "cached")
+            return True
+        if decision.state == "skipped":
+            await self.store.run(records.set_step, self.run_id, name, "skipped", reason=why)
+            return True
+        if decision.state != "run" or decision.key is None:
+            return False
+        if step.job is not None:
+            try:
+                await self._submit(step, decision, why)
+            except MlfleetError as exc:  # a bundle too big, a job no host could run: this step fails, with why
+                await self.store.run(records.set_step, self.run_id, name, "failed", key=decision.key,
+                                     reason=f"its job could not be submitted: {exc}")
+        else:
+            await self.store.run(records.set_step, self.run_id, name, "running", key=decision.key, reason=why,
+                                 forced=decision.forced)
+            await self.service.changed()
+            outcome = await self._execute(step)
+            self.outcomes[name] = outcome
+            await self.store.run(_record_outcome, self.run_id, name, outcome)
+        await self.service.changed()
+        return True
+
+    async def _submit(self, step: Step, decision: Decision, why: str | None) -> None:
+        assert self.measured is not None and step.job is not None and decision.key is not None
+        name = step.name
+        upstream = await self.store.read(_upstream_outputs, self.run_id, step)
+        extra = bundle_sources(self.pipeline, name, self.measured.matched.get(name, {}), upstream)
+        home = self.service.ctx.home
+        made = await asyncio.to_thread(make_bundle, self.pipeline, name, home.code_cache_dir, home.own_paths(), extra)
+        from mlfleet.core.tracking.lineage import git_lineage
+
+        lineage = await asyncio.to_thread(git_lineage, Path(step.job.workdir))
+        key, run_id, forced = decision.key, self.run_id, decision.forced
+
+        def record(con: duckdb.DuckDBPyConnection, ids: list[str]) -> None:
+            records.set_step(con, run_id, name, "running", key=key, reason=why, job_id=ids[0], forced=forced)
+
+        await submit_group(self.service.jobs, self.actor, [step.job], self.pipeline.source or None, True, record,
+                           lambda i: f"step {name}", prepared=(made, lineage))
+
+    async def _execute(self, step: Step) -> StepOutcome:
+        from mlfleet.core.pipelines.executors import execute
+
+        jobs_of = await self.store.read(_job_runs, self.run_id)
+        outputs = await self.store.read(_stored_outputs, self.run_id)
+        earlier = dict(self.outcomes)
+        earlier.update({k: v for k, v in (await self.store.read(_outcomes, self.run_id)).items() if k not in earlier})
+        run = StepRun(ctx=self.service.ctx, run_id=self.run_id, pipeline=self.pipeline, step=step, actor=self.actor,
+                      job_run=lambda s: jobs_of.get(s), output_path=lambda s, o: outputs.get((s, o)),
+                      outcome_of=lambda s: earlier.get(s))
+        try:
+            return await execute(run)
+        except MlfleetError as exc:
+            return StepOutcome("failed", str(exc))
+
+    async def _close_ended_jobs(self) -> bool:
+        """Close the job steps whose job ended: outputs collected, or the job's reason. True: one was closed."""
+        ended = await self.store.read(_ended_job_steps, self.run_id)
+        for row in ended:
+            step = self.pipeline.steps[row["step"]]
+            if row["job_state"] == "succeeded":
+                await self._collect(step, row)
+            elif row["job_state"] == "cancelled":
+                await self.store.run(records.set_step, self.run_id, step.name, "cancelled",
+                                     reason=f"job {row['job_id']} was cancelled: {row['job_reason']}")
+            else:
+                await self.store.run(records.set_step, self.run_id, step.name, "failed",
+                                     reason=f"job {row['job_id']} {row['job_state']}: {row['job_reason']}")
+            await self.service.changed()
+        return bool(ended)
+
+    async def _collect(self, step: Step, row: dict[str, Any]) -> None:
+        where = f"job {row['job_id']} on {row['host']}"
+        digests: dict[str, OutputDigest] = {}
+        if step.outputs:
+            from mlfleet.core.pipelines.transfer import collect_outputs
+
+            link = self.service.ctx.links.get(row["host"])
+            if link is None:
+                await self.store.run(records.set_step, self.run_id, step.name, "failed",
+                                     reason=f"{where} succeeded but host {row['host']} is no longer configured, "
+                                            "so its outputs cannot be fetched")
+                return
+            try:
+                digests = await collect_outputs(link, row["run_id"], step.outputs, self.service.outputs, row["host"])
+            except MlfleetError as exc:
+                await self.store.run(records.set_step, self.run_id, step.name, "failed",
+                                     reason=f"{where} succeeded but its outputs could not be kept: {exc}")
+                return
+        why = f"{row['reason']}; ran as {where}" if row.get("reason") else f"ran as {where}"
+        await self.store.run(records.succeed_step, self.run_id, step.name, digests, reason=why)
+
+    # ------------------------------------------------------------ the end
+    async def _finish(self, decided: Plan) -> None:
+        states = {d.step: d for d in decided.decisions.values()}
+        bad = [d for d in states.values() if d.state not in _OK]
+        if not bad:
+            await self._end("succeeded", f"{len(states)} steps: "
+                            f"{sum(d.state == 'cached' for d in states.values())} cached, "
+                            f"{sum(d.state == 'succeeded' for d in states.values())} ran")
+            return
+        first = next((d for d in bad if d.state in ("failed", "gate-failed", "cancelled")), bad[0])
+        words = {"gate-failed": "did not pass", "failed": "failed", "cancelled": "was cancelled",
+                 "skipped": "was skipped"}.get(first.state, first.state)
+        reason = f"step {first.step} {words}" + (f": {first.reasons[0]}" if first.reasons else "")
+        await self._end("cancelled" if first.state == "cancelled" else "failed", reason)
+
+    async def _end(self, state: str, reason: str) -> None:
+        await self.store.run(_end_if_running, self.run_id, state, reason)
+        await self.service.ended(self.run_id)
+
+
+# ---------------------------------------------------------------- store reads (the store's thread)
+
+def _champions(con: duckdb.DuckDBPyConnection, pipeline: Pipeline) -> dict[str, str]:
+    """Each gate's NAME@ALIAS -> the model file behind it now (its sha256 and version), or "none"."""
+    out: dict[str, str] = {}
+    for step in pipeline.steps.values():
+        if step.gate is None or champion_input(step) is None:
+            continue
+        name, _, alias = step.gate.champion.partition("@")
+        found = con.execute("""select v.version, v.sha256 from model_alias_history h
+                               join model_versions v on v.name = h.name and v.version = h.to_version
+                               where h.name = ? and h.alias = ? order by h.id desc limit 1""", [name, alias]).fetchall()
+        out[step.gate.champion] = f"v{found[0][0]} {found[0][1]}" if found else "none"
+    return out
+
+
+def _previous_parts(con: duckdb.DuckDBPyConnection, pipeline: Pipeline, run_id: str) -> dict[str, KeyParts]:
+    out = {}
+    for name in pipeline.steps:
+        parts = records.previous_parts(con, pipeline.project, pipeline.name, name, before_run=run_id)
+        if parts is not None:
+            out[name] = parts
+    return out
+
+
+def _ended_job_steps(con: duckdb.DuckDBPyConnection, run_id: str) -> list[dict[str, Any]]:
+    terminal = ",".join(f"'{s}'" for s in sorted(TERMINAL_STATES))
+    return rows(con, f"""select s.step, s.job_id, s.reason, j.state as job_state, j.reason as job_reason, j.host, j.run_id
+                         from pipeline_steps s join jobs j on j.job_id = s.job_id
+                         where s.run_id = ? and s.state = 'running' and j.state in ({terminal})""", [run_id])
+
+
+def _upstream_outputs(con: duckdb.DuckDBPyConnection, run_id: str, step: Step) -> dict[tuple[str, str], OutputDigest]:
+    out: dict[tuple[str, str], OutputDigest] = {}
+    for up in {i.step for i in step.inputs if i.step is not None}:
+        for name, digest in records.outputs_of(con, run_id, up).items():
+            out[(up, name)] = digest
+    return out
+
+
+def _stored_outputs(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[tuple[str, str], Path]:
+    found = rows(con, "select step, name, stored from pipeline_step_outputs where run_id = ? and stored is not null",
+                 [run_id])
+    return {(r["step"], r["name"]): Path(r["stored"]) for r in found}
+
+
+def _job_runs(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, str]:
+    """Each job step of the run -> the tracking run behind it (a cached step's: the run it reused)."""
+    found = rows(con, """select s.step, coalesce(j.run_id, src_job.run_id) as run
+                         from pipeline_steps s
+                         left join jobs j on j.job_id = s.job_id
+                         left join pipeline_steps src on src.run_id = s.source_run and src.step = s.step
+                         left join jobs src_job on src_job.job_id = src.job_id
+                         where s.run_id = ? and s.kind = 'job'""", [run_id])
+    return {r["step"]: r["run"] for r in found if r["run"]}
+
+
+def _outcomes(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, StepOutcome]:
+    import json
+
+    found = rows(con, "select step, state, reason, detail from pipeline_steps where run_id = ? and detail is not null",
+                 [run_id])
+    out = {}
+    for r in found:
+        detail = json.loads(r["detail"]) if isinstance(r["detail"], str) else r["detail"]
+        state = r["state"] if r["state"] in ("succeeded", "failed", "gate-failed") else "failed"
+        out[r["step"]] = StepOutcome(state, r["reason"] or "", detail or {})
+    return out
+
+
+def _record_outcome(con: duckdb.DuckDBPyConnection, run_id: str, step: str, outcome: StepOutcome) -> None:
+    import json
+
+    from mlfleet.core.store.db import transaction
+
+    with transaction(con):
+        records.set_step(con, run_id, step, outcome.state, reason=outcome.reason)
+        con.execute("update pipeline_steps set detail = ? where run_id = ? and step = ?",
+                    [json.dumps(outcome.details, default=str), run_id, step])
+
+
+def _requeue_interrupted(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    con.execute("""update pipeline_steps set state = 'queued', key = null, key_parts = null, started_at = null
+                   where run_id = ? and state = 'running' and kind <> 'job'""", [run_id])
+
+
+def _end_if_running(con: duckdb.DuckDBPyConnection, run_id: str, state: str, reason: str) -> None:
+    if con.execute("select state from pipeline_runs where run_id = ?", [run_id]).fetchall()[0][0] == "running":
+        records.end_run(con, run_id, state, reason)

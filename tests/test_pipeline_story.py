@@ -1,0 +1,166 @@
+"""A five-step pipeline through the real controller and agents: cached by content, re-run exactly where it changed.
+
+Every step has its own code folder and writes an output that is a hash of
+everything it read (its code, its inputs), so a change anywhere upstream
+shows in every output below it. The mutation story flips one byte in each
+thing a step's key covers, one at a time, and asserts the exact set of
+steps that ran: no false hit (a step that should have run was cached) and
+no needless re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from conftest import Fleet, SshFleet
+
+STEP_SCRIPT = '''\
+"""Step {name}: writes the sha256 of its code and of every file it reads."""
+import hashlib, os, sys, time
+h = hashlib.sha256(open(__file__, "rb").read())
+for path in sys.argv[2:]:
+    h.update(open(path, "rb").read())
+time.sleep(float(os.environ.get("STEP_SLEEP", "0")))
+os.makedirs(os.path.dirname(sys.argv[1]) or ".", exist_ok=True)
+open(sys.argv[1], "w").write(h.hexdigest() + "\\n")
+'''
+
+# step -> (its output path, what it reads: workdir files or STEP.outputs.NAME)
+STEPS = {
+    "prepare": ("out/prepared.txt", ["data/raw.csv"]),
+    "features": ("out/features.txt", ["data/extra.csv"]),
+    "train": ("out/model.txt", ["prepare.outputs.out", "features.outputs.out"]),
+    "evaluate": ("out/report.txt", ["train.outputs.out"]),
+    "publish": ("out/published.txt", ["evaluate.outputs.out"]),
+}
+BELOW = {"prepare": {"train", "evaluate", "publish"}, "features": {"train", "evaluate", "publish"},
+         "train": {"evaluate", "publish"}, "evaluate": {"publish"}, "publish": set()}
+
+
+def read_path(reader: str, item: str) -> str:
+    """Where a step finds what it reads: its own workdir file, or an upstream output at its producer's path."""
+    if ".outputs." in item:
+        return STEPS[item.split(".")[0]][0]
+    return item
+
+
+def write_pipeline(root: Path, extra_env: str = "") -> Path:
+    for name, (output, reads) in STEPS.items():
+        folder = root / name
+        (folder / "data").mkdir(parents=True, exist_ok=True)
+        (folder / "step.py").write_text(STEP_SCRIPT.format(name=name))
+    (root / "prepare" / "data" / "raw.csv").write_text("a,b\n1,2\n3,4\n")
+    (root / "features" / "data" / "extra.csv").write_text("c\n5\n6\n")
+    lines = ["name: five", "project: demo", "steps:"]
+    for name, (output, reads) in STEPS.items():
+        args = json.dumps(["python3", "step.py", output, *[read_path(name, r) for r in reads]])
+        lines += [f"  {name}:",
+                  f"    job: {{workdir: {name}, command: {args}{extra_env}}}",
+                  f"    inputs: {json.dumps(reads)}",
+                  f"    outputs: {{out: {output}}}"]
+    path = root / "pipeline.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run(fleet: Fleet, path: Path, *args: str, code: int = 0) -> dict[str, Any]:
+    done = fleet.cli("pipeline", "run", str(path), "--wait", "--json", *args, timeout=240)
+    assert done.code == code, done.out + done.err
+    return done.json()
+
+
+def ran(shown: dict[str, Any]) -> set[str]:
+    return {s["step"] for s in shown["steps"] if s["state"] == "succeeded"}
+
+
+def states(shown: dict[str, Any]) -> dict[str, str]:
+    return {s["step"]: s["state"] for s in shown["steps"]}
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_every_change_re_runs_exactly_the_steps_below_it_and_nothing_else(fleet: Fleet, tmp_path: Path) -> None:
+    path = write_pipeline(tmp_path)
+    first = run(fleet, path)
+    assert first["state"] == "succeeded" and ran(first) == set(STEPS), states(first)
+    again = run(fleet, path)
+    assert ran(again) == set() and set(states(again).values()) == {"cached"}
+    # one mutation at a time: each step's code, then each workdir input
+    mutations = [(tmp_path / name / "step.py", {name} | BELOW[name]) for name in STEPS]
+    mutations += [(tmp_path / "prepare" / "data" / "raw.csv", {"prepare"} | BELOW["prepare"]),
+                  (tmp_path / "features" / "data" / "extra.csv", {"features"} | BELOW["features"])]
+    for target, expected in mutations:
+        flip_byte(target)
+        shown = run(fleet, path)
+        assert ran(shown) == expected, (target, states(shown))
+        assert all(state == "cached" for step, state in states(shown).items() if step not in expected)
+        why = fleet.cli_json("pipeline", "why", shown["run_id"], sorted(expected)[0])
+        assert why["changes"], why  # it says which part of the key changed
+    # each output is still a function of everything above it: the last run's files say so
+    last = fleet.cli_json("pipeline", "show", shown["run_id"])
+    assert all(len(s["outputs"]) == 1 and len(s["outputs"][0]["sha256"]) == 64 for s in last["steps"])
+
+
+def test_a_deleted_output_is_a_miss_never_a_false_hit(fleet: Fleet, tmp_path: Path) -> None:
+    path = write_pipeline(tmp_path)
+    first = run(fleet, path)
+    train = next(s for s in first["steps"] if s["step"] == "train")
+    stored = fleet.home.data_dir / "pipeline-outputs" / train["outputs"][0]["sha256"]
+    assert stored.is_dir(), list((fleet.home.data_dir / "pipeline-outputs").iterdir())
+    for item in stored.iterdir():
+        item.unlink()
+    shown = run(fleet, path)
+    assert ran(shown) == {"train"}, states(shown)  # its bytes came back the same: nothing below re-ran
+    reasons = " ".join(next(s for s in shown["steps"] if s["step"] == "train")["reasons"])
+    assert "is missing" in reasons, reasons
+
+
+def test_a_controller_killed_mid_pipeline_resumes_without_re_running_finished_steps(fleet: Fleet,
+                                                                                     tmp_path: Path) -> None:
+    path = write_pipeline(tmp_path, extra_env=", env: {STEP_SLEEP: '1.5'}")
+    started = fleet.cli("pipeline", "run", str(path), "--json", check=True).json()
+    run_id = started["run_id"]
+    fleet.wait_for(lambda: states(fleet.cli_json("pipeline", "show", run_id)).get("train") == "running",
+                   timeout=90, what="train to be running")
+    pid = fleet.controller_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    fleet.wait_for(lambda: fleet.controller_pid is None, timeout=20, what="the controller to be gone")
+    fleet.cli("controller", "start", check=True)
+    done = fleet.wait_for(lambda: (s := fleet.cli_json("pipeline", "show", run_id))["state"] != "running" and s,
+                          timeout=120, what="the run to end")
+    assert done["state"] == "succeeded", done
+    jobs = fleet.cli_json("db", "query", "select name, count(*) from jobs group by name order by name")["rows"]
+    assert {name: count for name, count in jobs} == {f"five-{s}": 1 for s in STEPS}, jobs
+
+
+def test_an_unchanged_pipeline_on_another_host_runs_nothing_and_a_change_runs_there(ssh_fleet: SshFleet,
+                                                                                     tmp_path: Path) -> None:
+    fleet = ssh_fleet.fleet
+    ssh_fleet.add("node-a")
+    ssh_fleet.wait_up("node-a")
+    fleet.cli("hosts", "drain", "local", check=True)
+    path = write_pipeline(tmp_path)
+    first = run(fleet, path)
+    hosts = fleet.cli_json("db", "query", "select distinct host from jobs")["rows"]
+    assert hosts == [["node-a"]], hosts
+    # another machine: node-b only. Nothing runs: the cache lives with the controller, not with a host.
+    ssh_fleet.add("node-b")
+    ssh_fleet.wait_up("node-b")
+    fleet.cli("hosts", "drain", "node-a", check=True)
+    again = run(fleet, path)
+    assert ran(again) == set() and first["state"] == "succeeded"
+    # a change to evaluate runs it (and publish) on node-b, reading train's output made on node-a
+    flip_byte(tmp_path / "evaluate" / "step.py")
+    shown = run(fleet, path)
+    assert ran(shown) == {"evaluate", "publish"}, states(shown)
+    placed = fleet.cli_json("db", "query", "select name, host from jobs where host = 'node-b' order by name")["rows"]
+    assert placed == [["five-evaluate", "node-b"], ["five-publish", "node-b"]], placed
