@@ -58,7 +58,10 @@ def pipeline_from_data(data: Any) -> Pipeline:
 class PipelinesApi:
     def __init__(self, service: "PipelineService") -> None:
         self.s = service
-        self.store = service.ctx.store
+
+    @property
+    def store(self) -> Any:
+        return self.s.ctx.store  # opened after the RPC table is made
 
     async def rpc_pipeline_run(self, peer: Peer, pipeline: dict[str, Any], force: list[str] | None = None,
                                no_cache: bool = False) -> dict[str, Any]:
