@@ -38,6 +38,7 @@ from mlfleet.core.base.models import TERMINAL_STATES
 from mlfleet.core.jobs.group import submit_group
 from mlfleet.core.pipelines import records
 from mlfleet.core.pipelines.bundle import bundle_sources, make_bundle
+from mlfleet.core.pipelines.spec import code_excludes
 from mlfleet.core.pipelines.facts import Measured, measure
 from mlfleet.core.pipelines.keys import KeyParts, StepKey, champion_input
 from mlfleet.core.pipelines.models import Pipeline, Step
@@ -71,6 +72,7 @@ class RunDriver:
         self.previous: dict[str, KeyParts] = {}
         self.cancelled = False
         self.outcomes: dict[str, StepOutcome] = {}
+        self._lineages: dict[str, dict[str, Any] | None] = {}
 
     # ------------------------------------------------------------ the loop
     async def drive(self) -> None:
@@ -111,11 +113,16 @@ class RunDriver:
             return True
         settled = await self.store.read(records.settled, self.run_id)
         decided = await self._plan(settled)
-        acted = False
-        for decision in decided.decisions.values():
-            if decision.settled or self.cancelled:
-                continue
-            acted = await self._act(decision) or acted
+        todo = [d for d in decided.decisions.values() if not d.settled and not self.cancelled]
+        acted = await self._record_cached_and_skipped([d for d in todo if d.state in ("cached", "skipped")])
+        jobs = [d for d in todo if d.state == "run" and d.key is not None and self.pipeline.steps[d.step].job is not None]
+        if jobs:
+            await self._submit_all(jobs)
+            acted = True
+        for decision in todo:
+            if decision.state == "run" and decision.key is not None and self.pipeline.steps[decision.step].job is None:
+                await self._run_here(decision)
+                acted = True
         if acted:
             return True
         if any(d.state in ("running", "queued") for d in decided.decisions.values() if d.settled) or \
@@ -152,51 +159,81 @@ class RunDriver:
         return Lookup(hit=hit, problems=await asyncio.to_thread(verify_outputs, hit.outputs))
 
     # ------------------------------------------------------------ acting
-    async def _act(self, decision: Decision) -> bool:
-        name = decision.step
-        step = self.pipeline.steps[name]
-        why = "; ".join(decision.reasons) or None
-        if decision.state == "cached" and decision.key is not None and decision.hit is not None:
-            await self.store.run(records.mark_cached, self.run_id, name, decision.key, decision.hit, why or "cached")
-            return True
-        if decision.state == "skipped":
-            await self.store.run(records.set_step, self.run_id, name, "skipped", reason=why)
-            return True
-        if decision.state != "run" or decision.key is None:
+    async def _record_cached_and_skipped(self, decisions: list[Decision]) -> bool:
+        """Every cached and skipped decision of a pass in one transaction (a 200-step re-run is one commit)."""
+        if not decisions:
             return False
-        if step.job is not None:
-            try:
-                await self._submit(step, decision, why)
-            except MlfleetError as exc:  # a bundle too big, a job no host could run: this step fails, with why
-                await self.store.run(records.set_step, self.run_id, name, "failed", key=decision.key,
-                                     reason=f"its job could not be submitted: {exc}")
-        else:
-            await self.store.run(records.set_step, self.run_id, name, "running", key=decision.key, reason=why,
-                                 forced=decision.forced)
-            await self.service.changed()
-            outcome = await self._execute(step)
-            self.outcomes[name] = outcome
-            await self.store.run(_record_outcome, self.run_id, name, outcome)
+        items = [(d.step, d.state, d.key, d.hit, "; ".join(d.reasons) or d.state) for d in decisions]
+        await self.store.run(records.mark_many, self.run_id, items)
         await self.service.changed()
         return True
 
-    async def _submit(self, step: Step, decision: Decision, why: str | None) -> None:
-        assert self.measured is not None and step.job is not None and decision.key is not None
-        name = step.name
-        upstream = await self.store.read(_upstream_outputs, self.run_id, step)
-        extra = bundle_sources(self.pipeline, name, self.measured.matched.get(name, {}), upstream)
-        home = self.service.ctx.home
-        made = await asyncio.to_thread(make_bundle, self.pipeline, name, home.code_cache_dir, home.own_paths(), extra)
-        from mlfleet.core.tracking.lineage import git_lineage
+    async def _run_here(self, decision: Decision) -> None:
+        """A drift, gate, register or promote step, run inside the controller."""
+        name = decision.step
+        await self.store.run(records.set_step, self.run_id, name, "running", key=decision.key,
+                             reason="; ".join(decision.reasons) or None, forced=decision.forced)
+        await self.service.changed()
+        outcome = await self._execute(self.pipeline.steps[name])
+        self.outcomes[name] = outcome
+        await self.store.run(_record_outcome, self.run_id, name, outcome)
+        await self.service.changed()
 
-        lineage = await asyncio.to_thread(git_lineage, Path(step.job.workdir))
-        key, run_id, forced = decision.key, self.run_id, decision.forced
+    async def _submit_all(self, decisions: list[Decision]) -> None:
+        """The job steps decided to run, as jobs: steps that ship the same bundle go in one submit (one commit)."""
+        assert self.measured is not None
+        groups: dict[tuple[Any, ...], list[tuple[Decision, dict[str, Path]]]] = {}
+        failed: list[tuple[Decision, str]] = []
+        for decision in decisions:
+            step = self.pipeline.steps[decision.step]
+            assert step.job is not None
+            try:
+                upstream = await self.store.read(_upstream_outputs, self.run_id, step)
+                extra = bundle_sources(self.pipeline, step.name, self.measured.matched.get(step.name, {}), upstream)
+            except MlfleetError as exc:
+                failed.append((decision, str(exc)))
+                continue
+            group = (step.job.workdir, code_excludes(self.pipeline, step.name), tuple(sorted(extra.items())))
+            groups.setdefault(group, []).append((decision, extra))
+        for members in groups.values():
+            try:
+                await self._submit_group(members)
+            except MlfleetError as exc:  # a bundle too big, a job no host could run: these steps fail, with why
+                failed += [(decision, str(exc)) for decision, _ in members]
+        for decision, words in failed:
+            await self.store.run(records.set_step, self.run_id, decision.step, "failed", key=decision.key,
+                                 reason=f"its job could not be submitted: {words}")
+        await self.service.changed()
+
+    async def _submit_group(self, members: list[tuple[Decision, dict[str, Path]]]) -> None:
+        assert self.measured is not None
+        first = self.pipeline.steps[members[0][0].step]
+        assert first.job is not None
+        extra = members[0][1]
+        home = self.service.ctx.home
+        if extra:
+            made = await asyncio.to_thread(make_bundle, self.pipeline, first.name, home.code_cache_dir,
+                                           home.own_paths(), extra)
+        else:  # nothing to put in place: the code snapshot measured at the start is the bundle
+            made = self.measured.code[first.name]
+        lineage = await self._lineage(first.job.workdir)
+        run_id = self.run_id
+        steps = [(d.step, d.key, "; ".join(d.reasons) or None, d.forced) for d, _ in members]
 
         def record(con: duckdb.DuckDBPyConnection, ids: list[str]) -> None:
-            records.set_step(con, run_id, name, "running", key=key, reason=why, job_id=ids[0], forced=forced)
+            for (name, key, why, forced), job_id in zip(steps, ids):
+                records.set_step(con, run_id, name, "running", key=key, reason=why, job_id=job_id, forced=forced)
 
-        await submit_group(self.service.jobs, self.actor, [step.job], self.pipeline.source or None, True, record,
-                           lambda i: f"step {name}", prepared=(made, lineage))
+        specs = [self.pipeline.steps[d.step].job for d, _ in members]
+        await submit_group(self.service.jobs, self.actor, specs, self.pipeline.source or None, True, record,  # type: ignore[arg-type]
+                           lambda i: f"step {steps[i][0]}", prepared=(made, lineage))
+
+    async def _lineage(self, workdir: str) -> dict[str, Any] | None:
+        if workdir not in self._lineages:
+            from mlfleet.core.tracking.lineage import git_lineage
+
+            self._lineages[workdir] = await asyncio.to_thread(git_lineage, Path(workdir))
+        return self._lineages[workdir]
 
     async def _execute(self, step: Step) -> StepOutcome:
         from mlfleet.core.pipelines.executors import execute

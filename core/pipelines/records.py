@@ -120,9 +120,25 @@ def mark_cached(con: duckdb.DuckDBPyConnection, run_id: str, step: str, key: Ste
                 reason: str) -> None:
     """The step reuses ``hit``: state cached, the run it came from, and a copy of the outputs it stands on."""
     with transaction(con):
-        set_step(con, run_id, step, "cached", key=key, reason=reason)
-        con.execute("update pipeline_steps set source_run = ? where run_id = ? and step = ?", [hit.run_id, run_id, step])
-        record_outputs(con, run_id, step, hit.outputs)
+        _mark_cached(con, run_id, step, key, hit, reason)
+
+
+def _mark_cached(con: duckdb.DuckDBPyConnection, run_id: str, step: str, key: StepKey, hit: CacheHit,
+                 reason: str) -> None:
+    set_step(con, run_id, step, "cached", key=key, reason=reason)
+    con.execute("update pipeline_steps set source_run = ? where run_id = ? and step = ?", [hit.run_id, run_id, step])
+    record_outputs(con, run_id, step, hit.outputs)
+
+
+def mark_many(con: duckdb.DuckDBPyConnection, run_id: str,
+              items: list[tuple[str, str, StepKey | None, CacheHit | None, str]]) -> None:
+    """Many steps' plan in one transaction: (step, "cached" or "skipped", key, hit, reason) each."""
+    with transaction(con):
+        for step, state, key, hit, reason in items:
+            if state == "cached" and key is not None and hit is not None:
+                _mark_cached(con, run_id, step, key, hit, reason)
+            else:
+                set_step(con, run_id, step, "skipped", reason=reason)
 
 
 def record_gate(con: duckdb.DuckDBPyConnection, run_id: str, step: str, champion: str, decision: GateDecision, *,
