@@ -10,9 +10,12 @@ sockets and devices are refused with the tree hash's sentence (a link's
 target is a path on this host; a FIFO could block the agent).
 
 The tars are deterministic (sorted names, zero times and owners, modes
-0644/0755 only) and live in ``RUN/outputs/``, beside ``index.json`` which
-records what was packed: asking again with the same paths answers the
-same, without reading the outputs again. The path is read in the run's work
+0644/0755 only). They carry what the hash covers: the files, and a folder
+output's own folder (so an empty one arrives as a folder); an empty folder
+inside one adds nothing to its hash and is not carried (as in git). The
+tars live in ``RUN/outputs/``, beside ``index.json``, which records what
+was packed: asking again with the same paths answers the same, without
+reading the outputs again. The path is read in the run's work
 folder: its copy of the code snapshot (``work/``), or for a run without code
 the launch workdir; both are ``launch.json``'s ``workdir``.
 """
