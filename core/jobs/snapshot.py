@@ -101,8 +101,7 @@ def snapshot(workdir: Path, cache_dir: Path, private: tuple[Path, ...] = (), exc
         skipped.append(f"{', '.join(left)}: mlfleet's own (its store, keys and logs); never shipped")
     entries = kept
     if extra:
-        added = _extra_entries(extra)
-        taken = {e.rel for e in added}
+        added, taken = _extra_entries(extra)
         entries = [e for e in entries if not any(_overlaps(e.rel, rel) for rel in taken)] + added
     total = sum(e.size for e in entries)
     if total > MAX_SNAPSHOT_BYTES and extra:
@@ -153,15 +152,20 @@ def _overlaps(code: str, rel: str) -> bool:
     return code == rel or code.startswith(rel + "/") or rel.startswith(code + "/")
 
 
-def _extra_entries(extra: Mapping[str, Path]) -> list[_Entry]:
-    """The files of each extra source, at their workdir-relative paths, sorted; UsageError for a link or special file."""
+def _extra_entries(extra: Mapping[str, Path]) -> tuple[list[_Entry], set[str]]:
+    """The files of each extra source at their workdir-relative paths, sorted, and the paths the sources take;
+    UsageError for a link or a special file."""
     out: list[_Entry] = []
+    taken: set[str] = set()
     for rel in sorted(extra):
         try:
             parts = relative_parts(rel)
         except TreeError as exc:
             raise UsageError(f"bundle path {rel!r} {exc.problem}") from None
         rel_clean = "/".join(parts)
+        if clash := next((t for t in taken if _overlaps(t, rel_clean)), None):
+            raise UsageError(f"bundle paths {clash} and {rel} overlap; each input needs a path of its own")
+        taken.add(rel_clean)
         source = Path(extra[rel])
         if not source.is_absolute():
             raise UsageError(f"the source of bundle path {rel} must be an absolute path, not {str(source)!r}")
@@ -170,7 +174,7 @@ def _extra_entries(extra: Mapping[str, Path]) -> list[_Entry]:
             out.append(_Entry(f"{rel_clean}/{below}" if below else rel_clean, size,
                               source=(base, f"{top}/{below}" if below else top)))
     out.sort(key=lambda e: e.rel)
-    return out
+    return out, taken
 
 
 def _walk_source(base: Path, top: str, shown: str) -> Iterator[tuple[str, int]]:
