@@ -500,7 +500,9 @@ class Supervisor:
 
     def outputs_read(self, run_id: str, name: str, offset: int, max_bytes: int = MAX_READ) -> dict:
         """Raw bytes of a packed output's tar from ``offset`` (at most MAX_READ), with ``end`` and ``eof``."""
-        return read_packed(self._existing(run_id), name, offset, max(1, min(int(max_bytes), MAX_READ)))
+        if not isinstance(max_bytes, int):
+            raise UsageError("max_bytes must be a whole number")
+        return read_packed(self._existing(run_id), name, offset, max(1, min(max_bytes, MAX_READ)))
 
     def _logged_artifacts(self, run_id: str) -> dict[str, int]:
         """Paths the run's metric stream names as artifacts; scanned incrementally, kept in memory.

@@ -330,3 +330,19 @@ def test_the_agents_tar_is_deterministic(tmp_path: Path) -> None:
     pack_outputs(one, {"t": "out/t"})
     pack_outputs(two, {"t": "out/t"})
     assert one.file("outputs/t.tar").read_bytes() == two.file("outputs/t.tar").read_bytes()
+
+
+def test_a_run_still_going_is_not_packed(fleet: Fleet) -> None:
+    submitted = fleet.cli("submit", str(fleet.write_spec("slow", "name: slow\ncommand: [sleep, '30']\n")), "--json")
+    assert submitted.code == 0, submitted.out + submitted.err
+    job = fleet.wait_state(submitted.json()["job_id"], {"running"})
+
+    async def ask(link: CountingLink) -> str:
+        with pytest.raises(MlfleetError) as caught:
+            await link.request("outputs_pack", run_id=job["run_id"], outputs={"m": "model.bin"})
+        return str(caught.value)
+
+    try:
+        assert "has not ended; its outputs are packed once it has" in asyncio.run(_with_agent(fleet, ask))
+    finally:
+        fleet.cli("jobs", "cancel", submitted.json()["job_id"])
