@@ -251,6 +251,15 @@ class AgentDaemon:
         """A chunk of a file the run logged as an artifact (base64); any other path is refused."""
         return await asyncio.to_thread(self.supervisor.read_artifact, run_id, path, offset, max_bytes)
 
+    async def rpc_outputs_pack(self, peer: Peer, run_id: str, outputs: dict[str, str]) -> dict[str, Any]:
+        """A pipeline step's outputs hashed and packed on this node: {name: {path, sha256, size, files, archive_size}}."""
+        return await asyncio.to_thread(self.supervisor.outputs_pack, run_id, outputs)
+
+    async def rpc_outputs_read(self, peer: Peer, run_id: str, name: str, offset: int = 0,
+                               max_bytes: int = 1024 * 1024) -> dict[str, Any]:
+        """A chunk of a packed output's tar, raw bytes in ``data``; only what outputs_pack packed."""
+        return await asyncio.to_thread(self.supervisor.outputs_read, run_id, name, offset, max_bytes)
+
     async def rpc_poll(self, peer: Peer, telemetry_since: int = 0, metrics: dict[str, int] | None = None,
                        max_bytes: int = POLL_BUDGET) -> dict[str, Any]:
         """One round trip for everything the controller pulls each tick.

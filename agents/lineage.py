@@ -4,7 +4,8 @@ The runner calls :func:`node_lineage` and writes the answer to the run's
 ``lineage.json``; the controller stores it with the run.
 
 Inputs (the spec's ``inputs:``, relative to the workdir, globs allowed) are
-hashed in full (sha256). Hashes are cached in ``STATE_DIR/hash-cache/`` by
+hashed in full (sha256); a folder with the shared tree hash (core/base/tree_hash.py),
+so a link or FIFO inside one is an input error naming it, not followed. Hashes are cached in ``STATE_DIR/hash-cache/`` by
 (real path, size, mtime_ns, inode): a 200 GB dataset is read once, and
 again only when it changes. Like git's index and rsync, this trusts that a
 file rewritten in place keeps neither its size nor its mtime.
@@ -31,6 +32,7 @@ from pathlib import Path
 import msgspec
 
 from mlfleet.core.base.models import InputDigest, NodeLineage
+from mlfleet.core.base.tree_hash import TreeError, digest_at
 
 from mlfleet.agents.rundir import write_json_atomic
 
@@ -56,7 +58,14 @@ class HashCache:
 
     def sha256(self, path: str) -> tuple[str, int]:
         real = os.path.realpath(path)
-        st = os.stat(real)
+        fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return self.sha256_open(fd, real, os.fstat(fd))
+        finally:
+            os.close(fd)
+
+    def sha256_open(self, fd: int, real: str, st: os.stat_result) -> tuple[str, int]:
+        """The sha256 of the open file ``fd`` (at ``real``, with ``st``), from the cache when it is unchanged."""
         key = {"path": real, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
         entry = self.entry_path(real)
         try:
@@ -66,12 +75,12 @@ class HashCache:
         except (OSError, ValueError):
             pass
         h = hashlib.sha256()
-        with open(real, "rb") as fh:
-            while chunk := fh.read(4 << 20):
-                h.update(chunk)
-                self.hashed_bytes += len(chunk)
+        os.lseek(fd, 0, os.SEEK_SET)
+        while chunk := os.read(fd, 4 << 20):
+            h.update(chunk)
+            self.hashed_bytes += len(chunk)
         digest = h.hexdigest()
-        after = os.stat(real)
+        after = os.fstat(fd)
         if (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns):  # unchanged while we read it
             self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             write_json_atomic(entry, {**key, "sha256": digest})
@@ -101,20 +110,17 @@ def _digest(shown: str, path: str, cache: HashCache) -> InputDigest:
     if not os.path.isdir(path):
         digest, size = cache.sha256(path)
         return InputDigest(path=shown, sha256=digest, size=size)
-    # A folder: sha256 over "relative path\0file sha256\n" of its files in sorted order.
-    h = hashlib.sha256()
-    total = files = 0
-    for folder, dirs, names in os.walk(path, followlinks=False):
-        dirs.sort()
-        for name in sorted(names):
-            full = os.path.join(folder, name)
-            if not os.path.isfile(full):
-                continue
-            digest, size = cache.sha256(full)
-            h.update(f"{os.path.relpath(full, path)}\0{digest}\n".encode("utf-8", "surrogateescape"))
-            total += size
-            files += 1
-    return InputDigest(path=shown, sha256=h.hexdigest(), size=total, files=files)
+    # A folder: the shared tree hash (core/base/tree_hash.py), the one pipelines key on; each file through the cache.
+    real = os.path.realpath(path)  # the folder itself may be reached through links; nothing inside it is followed
+
+    def cached(fd: int, rel: str, st: os.stat_result) -> tuple[str, int]:
+        return cache.sha256_open(fd, os.path.join(real, rel) if rel else real, st)
+
+    try:
+        sha, size, files = digest_at(Path(os.path.dirname(real)), [os.path.basename(real)], cached)
+    except TreeError as exc:
+        return InputDigest(path=shown, error=exc.problem)
+    return InputDigest(path=shown, sha256=sha, size=size, files=files)
 
 
 def job_interpreter(argv: list[str], env: dict[str, str]) -> str:

@@ -32,6 +32,7 @@ from mlfleet.agents.artifacts import open_artifact, run_roots
 from mlfleet.agents.codecache import CodeCache
 from mlfleet.agents.logcap import read_log
 from mlfleet.agents.metriclines import Scans, read_lines
+from mlfleet.agents.outputs import pack_outputs, read_packed
 from mlfleet.agents.secretmask import SECRET_FILE
 from mlfleet.agents.rundir import STREAMS, WORK_DIR, RunDir, read_json, start_ticks, write_json_atomic
 from mlfleet.agents.services import ProbeViews, service_status
@@ -489,6 +490,19 @@ class Supervisor:
             data = fh.read(max(1, min(int(max_bytes), MAX_READ)))
         return {"run_id": run_id, "path": path, "offset": offset, "end": offset + len(data), "size": st.st_size,
                 "data": base64.b64encode(data).decode("ascii"), "eof": offset + len(data) >= st.st_size}
+
+    def outputs_pack(self, run_id: str, outputs: dict[str, str]) -> dict[str, dict]:
+        """A pipeline step's declared outputs hashed and packed in its run folder (agents/outputs.py); an ended run's only."""
+        run = self._existing(run_id)
+        if self.status(run_id).state != "exited":  # a job still writing its outputs would be packed half done
+            raise UsageError(f"run {run_id} has not ended; its outputs are packed once it has")
+        return pack_outputs(run, outputs)
+
+    def outputs_read(self, run_id: str, name: str, offset: int, max_bytes: int = MAX_READ) -> dict:
+        """Raw bytes of a packed output's tar from ``offset`` (at most MAX_READ), with ``end`` and ``eof``."""
+        if not isinstance(max_bytes, int):
+            raise UsageError("max_bytes must be a whole number")
+        return read_packed(self._existing(run_id), name, offset, max(1, min(max_bytes, MAX_READ)))
 
     def _logged_artifacts(self, run_id: str) -> dict[str, int]:
         """Paths the run's metric stream names as artifacts; scanned incrementally, kept in memory.

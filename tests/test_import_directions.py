@@ -44,6 +44,7 @@ AGENT_CORE = {
     f"{BASE}.listener": "the 0600 Unix socket listener the agent accepts the controller on",
     f"{BASE}.private": "USER_UMASK_ENV: the environment variable that gives a job the user's umask",
     f"{BASE}.spawn": "own_python: the interpreter the agent and its jobs are started with",
+    f"{BASE}.tree_hash": "the one file/folder content hash: what an agent packs or records hashes as the controller's",
 }
 
 @dataclass(frozen=True)

@@ -32,10 +32,11 @@ import subprocess
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from mlfleet.core.base.errors import UsageError
 from mlfleet.core.base.private import private_dir
+from mlfleet.core.base.tree_hash import TreeError, relative_parts
 
 MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024
 _ALWAYS_SKIPPED = {".git", "__pycache__", ".venv", ".mypy_cache", ".pytest_cache"}
@@ -57,9 +58,11 @@ class _Entry:
     rel: str
     size: int = 0
     link: str | None = None  # a symlink's target, relative to its folder
+    source: tuple[Path, str] | None = None  # an extra entry's (folder, path below it) to read it from, not the workdir
 
 
-def snapshot(workdir: Path, cache_dir: Path, private: tuple[Path, ...] = (), exclude: tuple[str, ...] = ()) -> Snapshot:
+def snapshot(workdir: Path, cache_dir: Path, private: tuple[Path, ...] = (), exclude: tuple[str, ...] = (),
+             extra: Mapping[str, Path] = {}) -> Snapshot:
     """Pack ``workdir`` into ``cache_dir/<sha256>.tar.gz`` (kept once per content).
 
     ``private`` are mlfleet's own files and folders (``Home.own_paths``):
@@ -73,6 +76,15 @@ def snapshot(workdir: Path, cache_dir: Path, private: tuple[Path, ...] = (), exc
     pipeline's declared inputs and outputs (core/pipelines/), so that new
     data never looks like new code to a step that does not read it. Empty by
     default: a job's snapshot hashes exactly as it always did.
+
+    ``extra`` maps workdir-relative paths to absolute source files or
+    folders packed there (a pipeline step's *bundle*: its inputs and the
+    upstream outputs it reads, at the paths their producers declared). They
+    come after the code and replace a code entry at (or under, or above) the
+    same path; a link anywhere in a source is refused with a UsageError
+    naming it, never followed, and a FIFO or device is never read. They count
+    against MAX_SNAPSHOT_BYTES. Empty: the archive is byte for byte what it
+    was without the parameter.
     """
     root = Path(os.path.realpath(workdir))
     inside = _private_inside(root, private)
@@ -88,7 +100,13 @@ def snapshot(workdir: Path, cache_dir: Path, private: tuple[Path, ...] = (), exc
         left = sorted({d for e in entries if e not in kept for d in inside if e.rel == d or e.rel.startswith(d + "/")})
         skipped.append(f"{', '.join(left)}: mlfleet's own (its store, keys and logs); never shipped")
     entries = kept
+    if extra:
+        added, taken = _extra_entries(extra)
+        entries = [e for e in entries if not any(_overlaps(e.rel, rel) for rel in taken)] + added
     total = sum(e.size for e in entries)
+    if total > MAX_SNAPSHOT_BYTES and extra:
+        raise UsageError(f"workdir {workdir} with the step's inputs holds {total / 1024**2:.0f} MiB of files "
+                         f"({MAX_SNAPSHOT_BYTES // 1024**2} MiB at most): data that big belongs on a host path")
     if total > MAX_SNAPSHOT_BYTES:
         raise UsageError(f"workdir {workdir} holds {total / 1024**2:.0f} MiB of files; mlfleet ships code, not data "
                          f"({MAX_SNAPSHOT_BYTES // 1024**2} MiB at most): add data folders to .gitignore")
@@ -105,7 +123,8 @@ def snapshot(workdir: Path, cache_dir: Path, private: tuple[Path, ...] = (), exc
                     info.type, info.linkname, info.mode = tarfile.SYMTYPE, entry.link, 0o777
                     tar.addfile(info)
                     continue
-                with _open_inside(root, entry.rel) as fh:
+                base, inside_rel = entry.source or (root, entry.rel)
+                with _open_inside(base, inside_rel) as fh:
                     if fh is None:  # gone or replaced by something else since it was listed
                         skipped.append(f"{entry.rel} changed while it was packed; left out")
                         continue
@@ -126,6 +145,74 @@ def snapshot(workdir: Path, cache_dir: Path, private: tuple[Path, ...] = (), exc
             fh.write(data)  # 0600 whatever the umask: the snapshot is the user's code
         os.replace(tmp, target)
     return Snapshot(digest, target, files, total, skipped)
+
+
+def _overlaps(code: str, rel: str) -> bool:
+    """Whether a code entry at ``code`` collides with an extra entry at ``rel`` (same path, under it, or above it)."""
+    return code == rel or code.startswith(rel + "/") or rel.startswith(code + "/")
+
+
+def _extra_entries(extra: Mapping[str, Path]) -> tuple[list[_Entry], set[str]]:
+    """The files of each extra source at their workdir-relative paths, sorted, and the paths the sources take;
+    UsageError for a link or a special file."""
+    out: list[_Entry] = []
+    taken: set[str] = set()
+    for rel in sorted(extra):
+        try:
+            parts = relative_parts(rel)
+        except TreeError as exc:
+            raise UsageError(f"bundle path {rel!r} {exc.problem}") from None
+        rel_clean = "/".join(parts)
+        if clash := next((t for t in taken if _overlaps(t, rel_clean)), None):
+            raise UsageError(f"bundle paths {clash} and {rel} overlap; each input needs a path of its own")
+        taken.add(rel_clean)
+        source = Path(extra[rel])
+        if not source.is_absolute():
+            raise UsageError(f"the source of bundle path {rel} must be an absolute path, not {str(source)!r}")
+        base, top = Path(os.path.realpath(source.parent)), source.name  # the folders above may be links; it may not
+        for below, size in _walk_source(base, top, str(source)):
+            out.append(_Entry(f"{rel_clean}/{below}" if below else rel_clean, size,
+                              source=(base, f"{top}/{below}" if below else top)))
+    out.sort(key=lambda e: e.rel)
+    return out, taken
+
+
+def _walk_source(base: Path, top: str, shown: str) -> Iterator[tuple[str, int]]:
+    """(path below ``base/top``, size) of every file there ("" for a file itself), by descriptors, links refused."""
+    try:
+        fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UsageError(f"bundle source {shown} cannot be read: {exc.strerror or exc}") from None
+    try:
+        yield from _walk_entry(fd, top, "", shown)
+    finally:
+        os.close(fd)
+
+
+def _walk_entry(dir_fd: int, name: str, below: str, shown: str) -> Iterator[tuple[str, int]]:
+    where = f"{shown}/{below}" if below else shown
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError as exc:
+        raise UsageError(f"bundle source {where} cannot be read: {exc.strerror or exc}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise UsageError(f"bundle source {where} is a symbolic link; a bundle holds files, never links")
+    if stat.S_ISREG(st.st_mode):
+        yield below, st.st_size
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"bundle source {where} is neither a file nor a folder (a FIFO, socket or device is never read)")
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        raise UsageError(f"bundle source {where} cannot be read: {exc.strerror or exc}") from None
+    try:
+        with os.scandir(fd) as listing:
+            names = sorted(e.name for e in listing)
+        for child in names:
+            yield from _walk_entry(fd, child, f"{below}/{child}" if below else child, shown)
+    finally:
+        os.close(fd)
 
 
 def excluded(rel: str, patterns: tuple[str, ...]) -> bool:
