@@ -68,7 +68,7 @@ def test_a_schedule_fires_once_per_due_time_and_never_for_times_before_arming() 
     firings, state = decide(nightly, state, Observations(now=at(2, 3, 0)))
     assert [f.trigger for f in firings] == ["schedule"]
     assert firings[0].cause["due"] == at(2, 3).isoformat() and firings[0].cause["missed"] == 0
-    assert firings[0].cause["firing"] == "1:schedule" and state.version == 1
+    assert firings[0].cause["firing"].endswith(".1:schedule") and state.version == 1
     again, state = decide(nightly, state, Observations(now=at(2, 3, 1)))
     assert again == [] and state.version == 1, "the same due time never fires twice"
     assert next_due(nightly.on, state) == at(3, 3)
@@ -124,7 +124,7 @@ def test_data_first_look_is_a_baseline_then_each_change_fires_once() -> None:
     assert cause["digest"] == data_digest(changed) and cause["previous"] == data_digest(files)
     firings, state = decide(fed, state, Observations(now=at(2, 4), data={"data/a.csv": "1" * 64}))
     assert firings[0].cause["removed"] == ["data/b.csv", "data/c.csv"]
-    assert firings[0].cause["firing"] == f"{state.version}:data"
+    assert firings[0].cause["firing"].endswith(f".{state.version}:data")
 
 
 def test_a_data_change_of_many_files_lists_twenty_and_counts_the_rest() -> None:

@@ -102,6 +102,11 @@ class TriggerLoop:
             if covered is not None:
                 events.append((firing, "skipped", None, f"{covered} covers it (one tick, one world seen)"))
                 continue
+            before = await self._started_before(pipeline, firing)
+            if before is not None:  # a tick replayed: the run it started is going already
+                events.append((firing, "started", before, "started before the controller stopped"))
+                covered = f"run {before} started this tick"
+                continue
             admission = admit(pipeline.concurrency, running, 1 if state.queued is not None else 0, firing)
             if admission.outcome == "queued":
                 state.queued = firing
@@ -136,17 +141,19 @@ class TriggerLoop:
 
     async def _start(self, pipeline: Pipeline, firing: Firing) -> tuple[str | None, str]:
         """The run the firing started (or had started before a restart), or None and the sentence why not."""
-        key = str(firing.cause.get("firing", ""))
-        if key:
-            before = await self.ctx.store.read(records.run_of_firing, pipeline.project, pipeline.name, key)
-            if before is not None:
-                return before, ""
+        before = await self._started_before(pipeline, firing)
+        if before is not None:
+            return before, ""
         try:
             return await self.start_run(pipeline, firing.trigger, dict(firing.cause)), ""
         except MlfleetError as exc:
             log.warning("pipeline %s/%s: the %s trigger fired but the run could not start: %s", pipeline.project,
                         pipeline.name, firing.trigger, exc)
             return None, f"the run could not start: {exc}"
+
+    async def _started_before(self, pipeline: Pipeline, firing: Firing) -> str | None:
+        key = str(firing.cause.get("firing", ""))
+        return await self.ctx.store.read(records.run_of_firing, pipeline.project, pipeline.name, key) if key else None
 
     async def _cancel(self, run_ids: list[str], reason: str) -> None:
         if self.cancel_run is None:

@@ -123,16 +123,20 @@ def triggers_view(con: duckdb.DuckDBPyConnection, name: str | None = None, limit
 def record_event(con: duckdb.DuckDBPyConnection, project: str, name: str, firing: Firing, outcome: str,
                  run_id: str | None, reason: str, actor: str = "controller") -> None:
     """A firing and what came of it, with its audit row ("each firing is audited with its cause")."""
+    with transaction(con):
+        _insert_event(con, project, name, firing, outcome, run_id, reason, actor)
+
+
+def _insert_event(con: duckdb.DuckDBPyConnection, project: str, name: str, firing: Firing, outcome: str,
+                  run_id: str | None, reason: str, actor: str) -> None:
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome {outcome!r} is not one of {', '.join(OUTCOMES)}")
     cause = {**firing.cause, "reason": reason}
-    with transaction(con):
-        con.execute("""insert into pipeline_trigger_events (at, project, name, trigger, cause, outcome, run_id)
-                       values (make_timestamptz(?::bigint), ?, ?, ?, ?, ?, ?)""",
-                    [micros(firing.at), project, name, firing.trigger, json.dumps(cause, default=str), outcome,
-                     run_id])
-        audit(con, actor, "pipeline.trigger", run_id or f"{project}/{name}",
-              {"name": name, "project": project, "trigger": firing.trigger, "outcome": outcome, "cause": cause})
+    con.execute("""insert into pipeline_trigger_events (fired_at, project, name, trigger, cause, outcome, run_id)
+                   values (make_timestamptz(?::bigint), ?, ?, ?, ?, ?, ?)""",
+                [micros(firing.at), project, name, firing.trigger, json.dumps(cause, default=str), outcome, run_id])
+    audit(con, actor, "pipeline.trigger", run_id or f"{project}/{name}",
+          {"name": name, "project": project, "trigger": firing.trigger, "outcome": outcome, "cause": cause})
 
 
 def settle_tick(con: duckdb.DuckDBPyConnection, project: str, name: str, state: TriggerState,
@@ -145,16 +149,16 @@ def settle_tick(con: duckdb.DuckDBPyConnection, project: str, name: str, state: 
         if not save_state(con, project, name, state):
             return False
         for firing, outcome, run_id, reason in events:
-            record_event(con, project, name, firing, outcome, run_id, reason, actor)
+            _insert_event(con, project, name, firing, outcome, run_id, reason, actor)
     return True
 
 
 def events(con: duckdb.DuckDBPyConnection, name: str | None = None, limit: int = 50,
            project: str | None = None) -> list[dict[str, Any]]:
     """Firings newest first: at, project, name, trigger, cause, outcome, run_id."""
-    found = rows(con, """select at, project, name, trigger, cause, outcome, run_id from pipeline_trigger_events
-                         where (? is null or name = ?) and (? is null or project = ?)
-                         order by at desc limit ?""", [name, name, project, project, int(limit)])
+    found = rows(con, """select fired_at as "at", project, name, trigger, cause, outcome, run_id
+                         from pipeline_trigger_events where (? is null or name = ?) and (? is null or project = ?)
+                         order by fired_at desc limit ?""", [name, name, project, project, int(limit)])
     for row in found:
         row["cause"] = json.loads(row["cause"]) if isinstance(row["cause"], str) else row["cause"]
     return found

@@ -71,7 +71,7 @@ class TriggerState(msgspec.Struct, kw_only=True):
     """What an armed definition's triggers have accounted for; saved after every tick that changed it.
 
     ``version`` grows by one with each tick that fired: a firing's key is
-    ``VERSION:TRIGGER[:RUN]`` (in its cause as ``firing``), so a controller
+    ``ARMED_US.VERSION:TRIGGER[:RUN]`` (in its cause as ``firing``), so a controller
     that started a run and stopped before saving the state finds that run
     by its key and does not start it again.
     """
@@ -165,7 +165,7 @@ def decide(pipeline: Pipeline, state: TriggerState,
     """The firings due now, in the order schedule, data, drift, after; and the state that accounts for them."""
     new = msgspec.structs.replace(state, schedule=dict(state.schedule), after=dict(state.after))
     firings: list[Firing] = []
-    version = state.version + 1  # the version the state will have once these firings are saved
+    version = f"{firing_epoch(state)}.{state.version + 1}"  # of the state once these firings are saved
     on = pipeline.on
     schedule = _schedule(on.schedule, new, seen.now)
     if schedule is not None:
@@ -198,8 +198,14 @@ def decide(pipeline: Pipeline, state: TriggerState,
                 "pipeline": run.name, "run_id": run.run_id, "ended_at": run.ended_at.isoformat(),
                 "firing": f"{version}:after:{run.run_id}"}))
     if firings:
-        new.version = version
+        new.version = state.version + 1
     return firings, new
+
+
+def firing_epoch(state: TriggerState) -> int:
+    """The arming's time in microseconds: a definition disarmed and armed anew restarts its versions at 0,
+    and its firing keys must not match the runs of the earlier arming."""
+    return (state.armed_at - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
 
 
 def _schedule(exprs: list[str], state: TriggerState, now: datetime) -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ CREATE TABLE pipeline_definitions (
 -- One row per firing, whatever came of it: started (run_id), queued, replaced (run_id: the new run;
 -- the cancelled ones are in the cause) or skipped (the cause says why). Each also has its audit row.
 CREATE TABLE pipeline_trigger_events (
-    at          TIMESTAMPTZ NOT NULL,
+    fired_at    TIMESTAMPTZ NOT NULL,       -- ("at" is a keyword of DuckDB's SQL)
     project     VARCHAR NOT NULL,
     name        VARCHAR NOT NULL,
     trigger     VARCHAR NOT NULL,           -- schedule | data | drift | after
