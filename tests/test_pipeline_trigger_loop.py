@@ -339,3 +339,40 @@ def test_a_pipeline_disarmed_and_armed_anew_still_fires_after_its_first_arming_f
     events = tick(loop, datetime(2026, 3, 3, 3, tzinfo=UTC))
     assert outcomes(events) == [("schedule", "started")] and len(checkout.started) == 2
     assert events[0]["run_id"] == checkout.started[1][0]
+
+
+def test_arming_refuses_an_after_loop_through_other_armed_pipelines(checkout: Checkout) -> None:
+    from mlfleet.core.base.errors import UsageError
+
+    con = checkout.store.con
+    trigger_records.arm(con, checkout.pipeline("on: {after: b}", name="a"), "alice")
+    trigger_records.arm(con, checkout.pipeline("on: {after: c}", name="b"), "alice")
+    with pytest.raises(UsageError, match=r"loop of after: in project 'demo' \(\w after \w, \w after \w, \w after \w\)"):
+        trigger_records.arm(con, checkout.pipeline("on: {after: a}", name="c"), "alice")
+    assert [d["name"] for d in trigger_records.armed(con)] == ["a", "b"], "nothing armed by the refusal"
+    trigger_records.arm(con, checkout.pipeline('on: {schedule: "@daily"}', name="c"), "alice")
+
+
+def test_its_own_drift_steps_report_never_fires_a_pipelines_drift_trigger(checkout: Checkout) -> None:
+    con = checkout.store.con
+    watched = checkout.pipeline("on: {drift: {deployment: iris}}")
+    trigger_records.arm(con, watched, "alice")
+    own_run = records.new_run(con, watched, "alice")
+    report = {"reference": "ref.parquet", "current": "capture/iris", "drifted": True, "drifted_columns": 2,
+              "column_count": 4, "compared_columns": 4, "drift_share": 0.5, "drift_share_threshold": 0.5,
+              "multiple_testing": "none", "columns": []}
+    drift_records.save_report(con, "d-own", report, trigger_records.report_actor(own_run), None, "iris")
+    records.end_run(con, own_run, "succeeded")
+    loop = checkout.loop()
+    assert tick(loop) == []
+    drift_records.save_report(con, "d-user", report, "alice", None, "iris")
+    assert outcomes(tick(loop)) == [("drift", "started")]
+
+
+def test_a_definition_whose_spec_no_longer_reads_is_listed_with_why_and_skipped(checkout: Checkout) -> None:
+    con = checkout.store.con
+    trigger_records.arm(con, checkout.pipeline('on: {schedule: "* * * * *"}'), "alice")
+    con.execute("""update pipeline_definitions set spec = '{"name": "retrain"}'""")
+    [broken] = trigger_records.triggers_view(con)["armed"]
+    assert "no longer reads" in broken["problem"] and "re-arm" in broken["problem"]
+    assert tick(checkout.loop(), datetime.now(UTC) + timedelta(hours=1)) == [] and checkout.started == []

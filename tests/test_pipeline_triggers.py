@@ -154,6 +154,12 @@ def test_drift_fires_on_a_new_drifted_report_only() -> None:
         "d-2", 2, "iris", 4), "the newest of the two drifted reports, and how many there were"
     again, state = decide(watched, state, Observations(now=at(3, 3), drift=drifted))
     assert again == [], "a report read once never fires again"
+    own = DriftReport(report_id="d-own", created_at=at(4), drifted=True, made_by="demo/retrain")
+    others = DriftReport(report_id="d-others", created_at=at(4, 1), drifted=True, made_by="demo/monitor")
+    firings, state = decide(watched, state, Observations(now=at(4, 2), drift=[own]))
+    assert firings == [] and state.drift == Mark(at=at(4), id="d-own"), "its own drift step's report: read, not fired on"
+    firings, state = decide(watched, state, Observations(now=at(4, 2), drift=[others]))
+    assert [f.cause["report_id"] for f in firings] == ["d-others"], "another pipeline's check is a cause like any"
 
 
 # ------------------------------------------------------------------ after

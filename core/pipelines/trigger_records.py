@@ -18,7 +18,8 @@ import duckdb
 import msgspec
 
 from mlfleet.core.audit.records import audit
-from mlfleet.core.base.errors import NotFoundError
+from mlfleet.core.base.errors import NotFoundError, UsageError
+from mlfleet.core.pipelines.graph import find_cycle
 from mlfleet.core.pipelines.models import Pipeline
 from mlfleet.core.pipelines.triggers import (DriftReport, Firing, SucceededRun, TriggerState, arm_state,
                                              has_triggers, next_due)
@@ -56,6 +57,7 @@ def arm(con: duckdb.DuckDBPyConnection, pipeline: Pipeline, actor: str,
         return None
     at = at or datetime.now(timezone.utc)
     with transaction(con):
+        _refuse_after_cycle(con, pipeline)
         old = load_state(con, pipeline.project, pipeline.name)
         state = arm_state(pipeline.on, at, old)
         con.execute("""insert or replace into pipeline_definitions (project, name, spec, source, armed_by, armed_at,
@@ -67,6 +69,19 @@ def arm(con: duckdb.DuckDBPyConnection, pipeline: Pipeline, actor: str,
               {"on": msgspec.to_builtins(pipeline.on), "concurrency": pipeline.concurrency,
                "source": pipeline.source or None})
     return armed(con, pipeline.name, project=pipeline.project)[0]
+
+
+def _refuse_after_cycle(con: duckdb.DuckDBPyConnection, pipeline: Pipeline) -> None:
+    """``after:`` edges among the project's armed pipelines must not close a loop (a → b → a runs forever)."""
+    upstream = {d["name"]: list(d["pipeline"].on.after) for d in armed(con, project=pipeline.project)
+                if d["pipeline"] is not None}
+    upstream[pipeline.name] = [n for n in pipeline.on.after if n != pipeline.name]
+    cycle = find_cycle(upstream)
+    if cycle and pipeline.name in cycle:
+        links = ", ".join(f"{a} after {b}" for a, b in zip(cycle, cycle[1:]))
+        raise UsageError(f"arming pipeline {pipeline.name!r} would close a loop of after: in project "
+                         f"{pipeline.project!r} ({links}), so each run would start the next forever; remove one "
+                         "after: or disarm one of them")
 
 
 def disarm(con: duckdb.DuckDBPyConnection, project: str, name: str, actor: str, missing_ok: bool = False) -> bool:
@@ -87,9 +102,15 @@ def armed(con: duckdb.DuckDBPyConnection, name: str | None = None,
     found = con.execute("""select project, name, spec, source, armed_by, epoch_us(armed_at), state
                            from pipeline_definitions where (? is null or name = ?) and (? is null or project = ?)
                            order by project, name""", [name, name, project, project]).fetchall()
-    return [{"project": p, "name": n, "pipeline": msgspec.json.decode(spec, type=Pipeline), "source": source,
-             "armed_by": by, "armed_at": utc(at), "state": _state(state)}
-            for p, n, spec, source, by, at, state in found]
+    out = []
+    for p, n, spec, source, by, at, state in found:
+        try:
+            pipeline, problem = msgspec.json.decode(spec, type=Pipeline), None
+        except msgspec.ValidationError as exc:  # armed by an mlfleet whose Pipeline had other fields
+            pipeline, problem = None, f"its armed spec no longer reads ({exc}); run the file again to re-arm it"
+        out.append({"project": p, "name": n, "pipeline": pipeline, "problem": problem, "source": source,
+                    "armed_by": by, "armed_at": utc(at), "state": _state(state)})
+    return out
 
 
 def load_state(con: duckdb.DuckDBPyConnection, project: str, name: str) -> TriggerState | None:
@@ -109,6 +130,11 @@ def triggers_view(con: duckdb.DuckDBPyConnection, name: str | None = None, limit
     """The ``pipeline_triggers`` answer: the armed definitions (with the next schedule time) and recent firings."""
     listed = []
     for d in armed(con, name):
+        if d["pipeline"] is None:
+            listed.append({"name": d["name"], "project": d["project"], "problem": d["problem"], "on": {},
+                           "concurrency": None, "next": {}, "queued": False,
+                           "armed_at": d["armed_at"].isoformat(), "armed_by": d["armed_by"]})
+            continue
         on, due = d["pipeline"].on, next_due(d["pipeline"].on, d["state"])
         listed.append({"name": d["name"], "project": d["project"], "on": msgspec.to_builtins(on),
                        "concurrency": d["pipeline"].concurrency,
@@ -194,12 +220,25 @@ def succeeded_since(con: duckdb.DuckDBPyConnection, project: str, names: list[st
 
 def drift_reports_since(con: duckdb.DuckDBPyConnection, deployment: str, since: datetime,
                         limit: int = 100) -> list[DriftReport]:
-    """Drift reports linked to ``deployment`` (core/drift/records.py save_report) made at or after ``since``."""
-    found = con.execute("""select report_id, epoch_us(created_at), drifted, drifted_columns, drift_share
-                           from drift_reports where deployment = ? and epoch_us(created_at) >= ?
-                           order by created_at, report_id limit ?""", [deployment, micros(since), limit]).fetchall()
+    """Drift reports linked to ``deployment`` (core/drift/records.py save_report) made at or after ``since``.
+
+    A report a pipeline's drift step saved has the actor ``pipeline:RUN_ID``
+    (REPORT_ACTOR); ``made_by`` names that run's pipeline (PROJECT/NAME), so a
+    pipeline's own check never fires its own drift trigger.
+    """
+    found = con.execute("""select d.report_id, epoch_us(d.created_at), d.drifted, d.drifted_columns, d.drift_share,
+                                  r.project || '/' || r.name
+                           from drift_reports d left join pipeline_runs r on d.actor = 'pipeline:' || r.run_id
+                           where d.deployment = ? and epoch_us(d.created_at) >= ?
+                           order by d.created_at, d.report_id limit ?""",
+                        [deployment, micros(since), limit]).fetchall()
     return [DriftReport(report_id=r, created_at=utc(at), drifted=bool(d), drifted_columns=int(c or 0),
-                        drift_share=float(s or 0.0)) for r, at, d, c, s in found]
+                        drift_share=float(s or 0.0), made_by=by) for r, at, d, c, s, by in found]
+
+
+def report_actor(run_id: str) -> str:
+    """The actor a pipeline's drift step saves its report as (so its own drift trigger knows it: see above)."""
+    return f"pipeline:{run_id}"
 
 
 def now_utc() -> datetime:

@@ -19,11 +19,14 @@ cause nor loses one:
   baseline and fires nothing: arming is not a change of the data.
 * **drift**: on a drift report of the deployment newer than the last one
   seen that says drifted; several new drifted reports make one firing
-  (the newest), the cause counts them.
+  (the newest), the cause counts them. A report this pipeline's own drift
+  step made is read but never fires it: a retrain whose check still sees
+  drift would otherwise start itself again, forever.
 * **after**: on each newly succeeded run of a named pipeline of the same
   project (names are a project's). A pipeline never fires itself: the spec
-  check refuses ``after:`` naming it, and :func:`decide` ignores it again
-  for a definition that came another way.
+  check refuses ``after:`` naming it, :func:`decide` ignores it again
+  for a definition that came another way, and arming refuses a loop
+  through other armed pipelines (trigger_records.arm).
 
 Every tick starts from the arming time, never from the past: a schedule, a
 drift report or an upstream run from before the pipeline was armed fires
@@ -95,6 +98,7 @@ class DriftReport(msgspec.Struct, frozen=True, kw_only=True):
     drifted: bool
     drifted_columns: int = 0
     drift_share: float = 0.0
+    made_by: str | None = None  # PROJECT/NAME of the pipeline whose drift step saved it, if one did
 
 
 class SucceededRun(msgspec.Struct, frozen=True, kw_only=True):
@@ -180,7 +184,7 @@ def decide(pipeline: Pipeline, state: TriggerState,
         for report in sorted(seen.drift, key=lambda r: (r.created_at, r.report_id)):
             if new.drift.before(report.created_at, report.report_id):
                 new.drift = Mark(at=report.created_at, id=report.report_id)
-                if report.drifted:
+                if report.drifted and report.made_by != f"{pipeline.project}/{pipeline.name}":
                     drifted.append(report)
         if drifted:
             last = drifted[-1]
