@@ -376,3 +376,38 @@ def test_a_definition_whose_spec_no_longer_reads_is_listed_with_why_and_skipped(
     [broken] = trigger_records.triggers_view(con)["armed"]
     assert "no longer reads" in broken["problem"] and "re-arm" in broken["problem"]
     assert tick(checkout.loop(), datetime.now(UTC) + timedelta(hours=1)) == [] and checkout.started == []
+
+
+def test_a_tick_with_nothing_due_writes_nothing(checkout: Checkout) -> None:
+    con = checkout.store.con
+    definition = trigger_records.arm(con, checkout.pipeline('on: {schedule: "0 3 * * *", after: etl}'), "alice")
+    assert definition is not None
+    writes: list[object] = []
+    checkout.store.after_write.append(writes.append)
+    loop = checkout.loop()
+    for minutes in range(3):
+        assert tick(loop, definition["armed_at"] + timedelta(minutes=minutes)) == []
+    assert writes == [], "the controller ticks every second: an idle definition costs reads only"
+
+
+def test_a_file_rerun_while_a_tick_starts_a_run_keeps_the_rearmed_state(checkout: Checkout) -> None:
+    con = checkout.store.con
+    nightly = checkout.pipeline('on: {schedule: "0 3 * * *"}')
+    definition = trigger_records.arm(con, nightly, "alice")
+    assert definition is not None
+    twice = checkout.pipeline('on: {schedule: ["0 3 * * *", "0 15 * * *"]}')
+
+    async def start_and_rearm(pipeline: Pipeline, trigger: str, cause: dict[str, Any]) -> str:
+        run_id = await checkout.start_run(pipeline, trigger, cause)
+        await checkout.store.run(trigger_records.arm, twice, "bob", definition["armed_at"] + timedelta(hours=20))
+        return run_id
+
+    night = (definition["armed_at"] + timedelta(days=1)).replace(hour=3, minute=0, second=0, microsecond=0)
+    events = tick(TriggerLoop(checkout.ctx, start_and_rearm), night)
+    assert outcomes(events) == [("schedule", "started")]
+    [kept] = trigger_records.armed(con)
+    assert set(kept["state"].schedule) == {"0 3 * * *", "0 15 * * *"}, "the re-arm's state, not the tick's"
+    assert [e["outcome"] for e in trigger_records.events(con)] == ["started"]
+    replay = tick(checkout.loop(), night + timedelta(minutes=1))
+    assert outcomes(replay) == [("schedule", "started")] and replay[0]["run_id"] == events[0]["run_id"]
+    assert len(checkout.started) == 1, "the due time the re-arm kept finds its run by its key"

@@ -75,7 +75,8 @@ class TriggerLoop:
             if definition["pipeline"] is None:
                 continue  # its spec no longer reads: triggers_view says so; running the file re-arms it
             try:
-                recorded += await self._visit(definition["pipeline"], definition["state"], now)
+                recorded += await self._visit(definition["pipeline"], definition["state"], definition["armed_at"],
+                                              now)
             except MlfleetError as exc:
                 log.warning("pipeline %s/%s: its triggers were not evaluated this tick: %s",
                             definition["project"], definition["name"], exc)
@@ -84,7 +85,9 @@ class TriggerLoop:
                               definition["name"])
         return recorded
 
-    async def _visit(self, pipeline: Pipeline, state: TriggerState, now: datetime) -> list[dict[str, Any]]:
+    async def _visit(self, pipeline: Pipeline, state: TriggerState, armed_at: datetime,
+                     now: datetime) -> list[dict[str, Any]]:
+        read = msgspec.structs.replace(state)  # what the store holds: a tick that changes nothing writes nothing
         events: list[tuple[Firing, str, str | None, str]] = []
         running = await self._running(pipeline)
         if state.queued is not None and not running:
@@ -129,8 +132,10 @@ class TriggerLoop:
             events.append((firing, admission.outcome, run_id, admission.reason))
             running = [run_id] if admission.cancel else running + [run_id]
             covered = f"run {run_id} started this tick"
+        if not events and state == read:
+            return []
         if not await self.ctx.store.run(records.settle_tick, pipeline.project, pipeline.name, state, events,
-                                        self.actor):
+                                        armed_at, self.actor):
             return []  # disarmed while this tick ran: its firings stand (runs started are the service's), no rows
         return [{"project": pipeline.project, "name": pipeline.name, "trigger": f.trigger, "outcome": outcome,
                  "run_id": run_id, "reason": reason, "cause": f.cause} for f, outcome, run_id, reason in events]

@@ -166,14 +166,22 @@ def _insert_event(con: duckdb.DuckDBPyConnection, project: str, name: str, firin
 
 
 def settle_tick(con: duckdb.DuckDBPyConnection, project: str, name: str, state: TriggerState,
-                events: list[tuple[Firing, str, str | None, str]], actor: str = "controller") -> bool:
+                events: list[tuple[Firing, str, str | None, str]], armed_at: datetime,
+                actor: str = "controller") -> bool:
     """One definition's tick in one transaction: its events (firing, outcome, run id, reason) and its new state.
 
-    False (and nothing written) when the definition was disarmed while the tick ran.
+    ``armed_at`` is the arming the tick read: when the file was run again
+    meanwhile (re-armed), its state wins and only the events are written
+    (a firing replayed from it finds its run by its key). False, and
+    nothing written, when the definition was disarmed meanwhile.
     """
     with transaction(con):
-        if not save_state(con, project, name, state):
+        found = con.execute("select epoch_us(armed_at) from pipeline_definitions where project = ? and name = ?",
+                            [project, name]).fetchall()
+        if not found:
             return False
+        if utc(found[0][0]) == armed_at:
+            save_state(con, project, name, state)
         for firing, outcome, run_id, reason in events:
             _insert_event(con, project, name, firing, outcome, run_id, reason, actor)
     return True
