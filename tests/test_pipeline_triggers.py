@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from mlfleet.core.pipelines.cron import cron_problem, next_time
+from mlfleet.core.pipelines.cron import cron_problem, next_time, previous_time
 from mlfleet.core.pipelines.models import Pipeline
 from mlfleet.core.pipelines.spec import validate_pipeline_spec
 from mlfleet.core.pipelines.triggers import (DriftReport, Firing, Mark, Observations, SucceededRun, admit,
@@ -55,6 +55,8 @@ def test_next_time_is_utc_vixie_cron() -> None:
     assert next_time("0 3 * * *", datetime(2026, 3, 2, 4, 30, tzinfo=plus2)) == at(2, 3)
     # leap day: only in leap years
     assert next_time("0 0 29 2 *", at(1)) == datetime(2028, 2, 29, tzinfo=UTC)
+    assert previous_time("0 3 * * *", at(2, 3)) == at(2, 3), "at or before"
+    assert previous_time("0 3 * * *", at(2, 2, 59)) == at(1, 3)
     assert cron_problem("0 3 * * *") is None and "not 5" in (cron_problem("0 3 * *") or "")
 
 

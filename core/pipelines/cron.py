@@ -20,7 +20,7 @@ dates there, and here.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from croniter import croniter
 
@@ -74,7 +74,16 @@ def next_time(expr: str, after: datetime) -> datetime:
     ``expr`` must have passed :func:`cron_problem`; croniter's own
     ValueError is let through otherwise (a checked spec never gets there).
     """
-    start = after.replace(tzinfo=timezone.utc) if after.tzinfo is None else after.astimezone(timezone.utc)
-    found = croniter(expr.strip().lower() if expr.strip().startswith("@") else expr.strip(), start,
-                     day_or=True, implement_cron_bug=True).get_next(datetime)
-    return found.astimezone(timezone.utc)
+    return _iterator(expr, after).get_next(datetime).astimezone(timezone.utc)
+
+
+def previous_time(expr: str, at: datetime) -> datetime:
+    """The last time ``expr`` was due at or before ``at``, in UTC."""
+    candidate = next_time(expr, at - timedelta(microseconds=1))
+    return candidate if candidate <= at else _iterator(expr, at).get_prev(datetime).astimezone(timezone.utc)
+
+
+def _iterator(expr: str, start: datetime) -> croniter:
+    start = start.replace(tzinfo=timezone.utc) if start.tzinfo is None else start.astimezone(timezone.utc)
+    text = expr.strip().lower() if expr.strip().startswith("@") else expr.strip()
+    return croniter(text, start, day_or=True, implement_cron_bug=True)

@@ -27,6 +27,7 @@ version) is looked up in ``pipeline_runs`` before a start.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -144,7 +145,7 @@ class TriggerLoop:
         if self.running is None:
             return await self.ctx.store.read(records.running_runs, pipeline.project, pipeline.name)
         found = self.running(pipeline.project, pipeline.name)
-        return list(await found if asyncio.iscoroutine(found) or isinstance(found, asyncio.Future) else found)
+        return list(await found if inspect.isawaitable(found) else found)
 
     async def _start(self, pipeline: Pipeline, firing: Firing) -> tuple[str | None, str]:
         """The run the firing started (or had started before a restart), or None and the sentence why not."""

@@ -192,7 +192,7 @@ def events(con: duckdb.DuckDBPyConnection, name: str | None = None, limit: int =
     """Firings newest first: at, project, name, trigger, cause, outcome, run_id."""
     found = rows(con, """select fired_at as "at", project, name, trigger, cause, outcome, run_id
                          from pipeline_trigger_events where (? is null or name = ?) and (? is null or project = ?)
-                         order by fired_at desc limit ?""", [name, name, project, project, int(limit)])
+                         order by fired_at desc, rowid desc limit ?""", [name, name, project, project, int(limit)])
     for row in found:
         row["cause"] = json.loads(row["cause"]) if isinstance(row["cause"], str) else row["cause"]
     return found

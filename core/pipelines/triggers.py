@@ -40,9 +40,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 import msgspec
-from croniter import croniter
-
-from mlfleet.core.pipelines.cron import next_time
+from mlfleet.core.pipelines.cron import next_time, previous_time
 from mlfleet.core.pipelines.models import Concurrency, Pipeline, Triggers
 
 TriggerName = Literal["schedule", "data", "drift", "after"]
@@ -244,16 +242,6 @@ def _schedule(exprs: list[str], state: TriggerState, now: datetime) -> dict[str,
     if len(due) > 1:
         cause["also"] = due[1:]
     return cause
-
-
-def previous_time(expr: str, at: datetime) -> datetime:
-    """The last time ``expr`` was due at or before ``at`` (UTC)."""
-    candidate = next_time(expr, at - timedelta(microseconds=1))
-    if candidate <= at:
-        return candidate
-    start = at.astimezone(timezone.utc)
-    text = expr.strip().lower() if expr.strip().startswith("@") else expr.strip()
-    return croniter(text, start, day_or=True, implement_cron_bug=True).get_prev(datetime).astimezone(timezone.utc)
 
 
 def data_digest(hashes: dict[str, str]) -> str:
