@@ -411,3 +411,21 @@ def test_a_file_rerun_while_a_tick_starts_a_run_keeps_the_rearmed_state(checkout
     replay = tick(checkout.loop(), night + timedelta(minutes=1))
     assert outcomes(replay) == [("schedule", "started")] and replay[0]["run_id"] == events[0]["run_id"]
     assert len(checkout.started) == 1, "the due time the re-arm kept finds its run by its key"
+
+
+def test_a_change_seen_in_the_tick_the_queued_run_starts_is_covered_by_it(checkout: Checkout) -> None:
+    con = checkout.store.con
+    (checkout.root / "data" / "a.csv").write_text("1\n")
+    trigger_records.arm(con, checkout.pipeline("on: {data: [data/*.csv]}"), "alice")
+    loop = checkout.loop()
+    tick(loop)
+    (checkout.root / "data" / "a.csv").write_text("2\n")
+    assert outcomes(tick(loop)) == [("data", "started")]
+    (checkout.root / "data" / "a.csv").write_text("3\n")
+    assert outcomes(tick(loop)) == [("data", "queued")]
+    checkout.end(checkout.started[0][0])
+    (checkout.root / "data" / "a.csv").write_text("4\n")
+    events = tick(loop)
+    assert outcomes(events) == [("data", "started"), ("data", "skipped")]
+    assert "covers it" in events[1]["reason"] and len(checkout.started) == 2
+    assert trigger_records.load_state(con, "demo", "retrain").queued is None, "nothing left waiting"

@@ -90,6 +90,7 @@ class TriggerLoop:
                      now: datetime) -> list[dict[str, Any]]:
         read = msgspec.structs.replace(state)  # what the store holds: a tick that changes nothing writes nothing
         events: list[tuple[Firing, str, str | None, str]] = []
+        covered: str | None = None  # the run (or queued firing) that covers the rest of this tick's firings
         running = await self._running(pipeline)
         if state.queued is not None and not running:
             waited = state.queued
@@ -100,10 +101,10 @@ class TriggerLoop:
             events.append((firing, "started" if run_id else "skipped", run_id,
                            "the run it waited for ended" if run_id else problem))
             running = [run_id] if run_id else running
+            covered = f"run {run_id} started this tick" if run_id else None
         seen = Observations(now=now, data=await self._data(pipeline, now), drift=await self._drift(pipeline, state),
                             succeeded=await self._succeeded(pipeline, state))
         firings, state = decide(pipeline, state, seen)
-        covered: str | None = None
         for firing in firings:
             if covered is not None:
                 events.append((firing, "skipped", None, f"{covered} covers it (one tick, one world seen)"))
