@@ -1,13 +1,28 @@
-"""Cron expressions of ``on: schedule:``, checked for shape: five fields, each within its range.
+"""Cron expressions of ``on: schedule:``: their shape (:func:`cron_problem`) and their next time (:func:`next_time`).
 
-Only the check for now (issue 17: the service will compute the next time).
 The dialect is Vixie cron's, the one people know from crontab(5): ``*``,
 numbers, ``a-b`` ranges, ``/step``, lists with commas, month and weekday
 names, and the ``@daily``-style shorthands. One sentence per mistake, naming
 the field, so a schedule that would never fire is refused when it is written.
+
+**Times are UTC.** A schedule means the same instant whatever zone the
+controller's machine (or its service manager) runs in, and UTC has no DST:
+``0 2 * * *`` fires every day exactly once, never twice on the night the
+clocks go back nor zero times on the night they go forward, and a missed
+time after a downtime is counted the same on every controller. The cost is
+that ``0 3 * * *`` is 03:00 UTC, which ``pipeline triggers`` shows as the
+next time with its offset. The next time itself is croniter's, in Vixie's semantics exactly: day-of-month
+and day-of-week are OR-ed when both are restricted, except that a field
+starting with ``*`` (``*/2``) makes them AND-ed, as Vixie and ISC cron do
+(https://crontab.guru/cron-bug.html): ``0 0 */2 * 1`` is Mondays of odd
+dates there, and here.
 """
 
 from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from croniter import croniter
 
 MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
 _FIELDS = (("minute", 0, 59, {}), ("hour", 0, 23, {}), ("day of month", 1, 31, {}),
@@ -51,3 +66,24 @@ def _item_problem(item: str, low: int, high: int, names: dict[str, int]) -> str 
     if dash and bounds[0] > bounds[1]:
         return f"the range {base!r} runs backwards"
     return None
+
+
+def next_time(expr: str, after: datetime) -> datetime:
+    """The first time ``expr`` is due strictly after ``after`` (aware; naive is read as UTC), in UTC.
+
+    ``expr`` must have passed :func:`cron_problem`; croniter's own
+    ValueError is let through otherwise (a checked spec never gets there).
+    """
+    return _iterator(expr, after).get_next(datetime).astimezone(timezone.utc)
+
+
+def previous_time(expr: str, at: datetime) -> datetime:
+    """The last time ``expr`` was due at or before ``at``, in UTC."""
+    candidate = next_time(expr, at - timedelta(microseconds=1))
+    return candidate if candidate <= at else _iterator(expr, at).get_prev(datetime).astimezone(timezone.utc)
+
+
+def _iterator(expr: str, start: datetime) -> croniter:
+    start = start.replace(tzinfo=timezone.utc) if start.tzinfo is None else start.astimezone(timezone.utc)
+    text = expr.strip().lower() if expr.strip().startswith("@") else expr.strip()
+    return croniter(text, start, day_or=True, implement_cron_bug=True)

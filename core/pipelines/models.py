@@ -36,7 +36,7 @@ class DriftTrigger(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 class TriggersFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``on:``: what starts a run besides ``pipeline run``. Shapes only for now; the service will act on them."""
+    """``on:``: what starts a run besides ``pipeline run`` (core/pipelines/triggers.py decides when)."""
 
     schedule: Annotated[list[Text], Meta(max_length=16)] | Text | None = None  # cron, five fields
     data: Annotated[list[PathText], Meta(max_length=100)] | PathText | None = None  # files or globs
