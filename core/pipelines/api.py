@@ -20,7 +20,7 @@ from mlfleet.core.base.models import to_plain
 from mlfleet.core.base.protocol import Peer
 from mlfleet.core.jobs.code_upload import must_be_controller_user
 from mlfleet.core.jobs.spec import validate_job_spec
-from mlfleet.core.pipelines import views
+from mlfleet.core.pipelines import trigger_records, views
 from mlfleet.core.pipelines.graph import find_cycle, upstream_of
 from mlfleet.core.pipelines.models import Pipeline
 from mlfleet.core.pipelines.plan import check_force
@@ -72,6 +72,7 @@ class PipelinesApi:
             # The controller packs each job step's workdir as its own user (code and inputs).
             must_be_controller_user(actor, f"run pipeline {resolved.name}")
         check_force(resolved, force or [])
+        await self.store.run(trigger_records.arm, resolved, actor)  # its on: (a file without one disarms)
         run_id = await self.s.start_run(resolved, actor, force=list(force or []), no_cache=no_cache)
         await self.s.first_plan(run_id)
         return await self.store.read(views.show, run_id)
@@ -103,3 +104,7 @@ class PipelinesApi:
         cancelled = await self.s.cancel(shown["run_id"], actor)
         after = await self.store.read(views.show, shown["run_id"])
         return {"run_id": shown["run_id"], "state": after["state"], "cancelled": cancelled}
+
+    async def rpc_pipeline_triggers(self, peer: Peer, name: str | None = None,
+                                    limit: ListLimit = 50) -> dict[str, Any]:
+        return await self.store.read(trigger_records.triggers_view, name, int(limit))

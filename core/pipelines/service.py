@@ -37,6 +37,12 @@ class PipelineService(BaseService):
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._changed: asyncio.Condition | None = None
         self._outputs: Any = None
+        from mlfleet.core.jobs.code_upload import controller_user
+        from mlfleet.core.pipelines.trigger_loop import TriggerLoop
+
+        self.trigger_actor = controller_user()  # a trigger's runs are the controller's (audited with their cause)
+        self.triggers = TriggerLoop(ctx, self._start_triggered, cancel_run=self._cancel_replaced,
+                                    actor=self.trigger_actor)
 
     @property
     def outputs(self) -> Any:
@@ -72,6 +78,16 @@ class PipelineService(BaseService):
         self._drive(run_id, pipeline, actor, list(force or []), no_cache)
         return run_id
 
+    async def _start_triggered(self, pipeline: Pipeline, trigger: str, cause: dict[str, Any]) -> str:
+        return await self.start_run(pipeline, self.trigger_actor, trigger=trigger, cause=cause)
+
+    async def _cancel_replaced(self, run_id: str, reason: str) -> None:
+        await self.cancel(run_id, self.trigger_actor, reason)
+
+    async def tick(self) -> None:
+        """Evaluate the armed pipelines' triggers (schedule, data, drift, after) and start what is due."""
+        await self.triggers.tick()
+
     def _drive(self, run_id: str, pipeline: Pipeline, actor: str, force: list[str], no_cache: bool) -> None:
         driver = RunDriver(self, run_id, pipeline, actor, force, no_cache)
         self.drivers[run_id] = driver
@@ -104,7 +120,7 @@ class PipelineService(BaseService):
             except asyncio.TimeoutError:
                 pass
 
-    async def cancel(self, run_id: str, actor: str) -> list[str]:
+    async def cancel(self, run_id: str, actor: str, reason: str | None = None) -> list[str]:
         """Cancel a run: its jobs in flight stopped, every step not ended marked cancelled, the run cancelled."""
         from mlfleet.core.jobs.group import cancel_jobs
 
@@ -120,7 +136,7 @@ class PipelineService(BaseService):
                 await task
         if jobs:
             await cancel_jobs(self.jobs, actor, jobs)
-        cancelled = await self.ctx.store.run(_cancel_run, run_id, actor)
+        cancelled = await self.ctx.store.run(_cancel_run, run_id, actor, reason or f"cancelled by {actor}")
         await self.changed()
         return cancelled
 
@@ -150,7 +166,7 @@ def _new_run(con: Any, pipeline: Pipeline, actor: str, trigger: str, cause: dict
     return records.new_run(con, pipeline, actor, trigger, cause, options)
 
 
-def _cancel_run(con: Any, run_id: str, actor: str) -> list[str]:
+def _cancel_run(con: Any, run_id: str, actor: str, reason: str) -> list[str]:
     from mlfleet.core.audit.records import audit
     from mlfleet.core.store.db import transaction
 
@@ -162,7 +178,7 @@ def _cancel_run(con: Any, run_id: str, actor: str) -> list[str]:
             "select step from pipeline_steps where run_id = ? and state in ('queued', 'running') order by position",
             [run_id]).fetchall()]
         for step in open_steps:
-            records.set_step(con, run_id, step, "cancelled", reason=f"cancelled by {actor}")
-        records.end_run(con, run_id, "cancelled", f"cancelled by {actor}")
+            records.set_step(con, run_id, step, "cancelled", reason=reason)
+        records.end_run(con, run_id, "cancelled", reason)
         audit(con, actor, "pipeline.cancel", run_id, {"name": run["name"], "steps": open_steps})
     return open_steps

@@ -45,7 +45,7 @@ METHOD_PERMISSIONS: dict[str, Permission] = {
     "runs_compare": P.READ, "run_metrics": P.READ, "runs_export": P.SERVER_FILES,
     # pipelines: the pipeline's project (run) and the run's starter (cancel) decide in the handlers
     "pipeline_run": P.SUBMIT, "pipeline_cancel": P.CANCEL, "pipeline_wait": P.READ, "pipeline_list": P.READ,
-    "pipeline_show": P.READ, "pipeline_why": P.READ,
+    "pipeline_show": P.READ, "pipeline_why": P.READ, "pipeline_triggers": P.READ,
     # hosts
     "hosts_list": P.READ, "hosts_add": P.HOSTS, "hosts_remove": P.HOSTS, "hosts_drain": P.HOSTS,
     "host_key": P.HOSTS, "host_trust": P.HOSTS, "hosts_bootstrap": P.HOSTS, "hosts_stop_agent": P.HOSTS,
