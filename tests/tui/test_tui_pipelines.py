@@ -18,6 +18,7 @@ from textual.app import App
 import pipeline_answers as answers
 from mlfleet.tui.app import COMMANDS, FleetApp, VIEWS
 from mlfleet.tui.screens.pipelines import PipelinesScreen, history_text
+from mlfleet.tui.widgets.dialogs import Confirm
 from mlfleet.tui.widgets.keyed_table import KeyedTable
 from tui_fleet import text_of
 
@@ -118,3 +119,29 @@ def test_the_view_is_key_9_and_the_pipelines_command() -> None:
     keys = {b.key: b.action for b in FleetApp.BINDINGS}  # type: ignore[union-attr]
     assert keys["9"] == "show_view('pipelines')"
     assert FleetApp.MODES["pipelines"] is PipelinesScreen
+
+
+async def test_enter_moves_to_the_steps_and_an_ended_run_has_nothing_to_cancel() -> None:
+    app = PipelinesApp()
+    async with app.run_test(size=(150, 40)) as pilot:
+        await pilot.pause()
+        screen: PipelinesScreen = app.screen
+        screen.show_runs(answers.LIST)
+        screen.table.focus()
+        await pilot.press("j")
+        screen.show_run(answers.RUN)
+        await pilot.pause()
+        await pilot.press("enter")
+        await pilot.pause()
+        assert screen.focused is screen.step_table, "enter on a run moves to its steps"
+        screen.table.focus()
+        await pilot.press("c")  # the run under the cursor has ended
+        await pilot.pause()
+        said = [n.message for n in app._notifications]
+        assert any("p7f3a9c01 has ended (succeeded): nothing to cancel" in m for m in said), said
+        await pilot.press("k", "c")  # the running one: asked first
+        await pilot.pause()
+        assert isinstance(app.screen, Confirm) and "Cancel pipeline run p8b4c0d12" in app.screen.question
+        await pilot.press("n")  # kept
+        await pilot.pause()
+        assert app.screen is screen
