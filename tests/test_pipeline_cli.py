@@ -130,7 +130,9 @@ def test_run_refuses_a_bad_file_or_a_force_naming_no_step_before_any_controller_
                                              "did you mean 'train'?\n"), wrong.err
     broken = write(fleet, "broken.yaml", SMALL.replace("needs: [prepare]", "needs: [prepair]"))
     assert fleet.cli("pipeline", "run", str(broken), "--wait").code == 2
-    assert fleet.cli("pipeline", "run", str(EXAMPLE), "--timeout", "0").code == 2
+    assert fleet.cli("pipeline", "run", str(EXAMPLE), "--wait", "--timeout", "0").code == 2
+    alone = fleet.cli("pipeline", "run", str(EXAMPLE), "--timeout", "60")
+    assert alone.code == 2 and alone.err == "mlfleet: --timeout is how long --wait waits: give --wait with it\n"
     assert fleet.controller_pid is None, "nothing was started for a run that was refused"
 
 

@@ -14,7 +14,8 @@ controller answers the pipeline RPCs with "unknown method" and these fail
   writes the same bytes, train stays cached; ``why`` says what changed;
 * a gate on the challenger's metric that it cannot meet ends the gate
   "did not pass", skips the register below it, and ``--wait`` exits 1;
-* a long step is cancelled with ``pipeline cancel``;
+* ``--wait --timeout`` on a long step stops waiting (exit 1, naming the
+  run), the run goes on, and ``pipeline cancel`` ends it;
 * ``pipeline triggers`` answers its two lists, and a name nothing knows is
   not found (exit 4).
 """
@@ -136,9 +137,11 @@ def test_a_gate_the_challenger_cannot_pass_skips_the_register_and_fails_the_wait
 
 def test_a_long_run_is_cancelled(fleet: Fleet) -> None:
     path = write(fleet, "slow", SLOW)
-    started = fleet.cli("pipeline", "run", str(path), timeout=120)
-    assert started.code == 0, started.err
-    run_id = started.out.strip()
+    waited = fleet.cli("pipeline", "run", str(path), "--wait", "--timeout", "3", timeout=120)
+    assert waited.code == 1, waited.err
+    assert "is still running after 3 s; it goes on" in waited.err, waited.err
+    run_id = waited.err.split("pipeline run ")[1].split()[0]
+    assert fleet.cli_json("pipeline", "show", run_id)["state"] == "running", "a wait that timed out leaves the run"
     fleet.wait_for(lambda: states(fleet.cli_json("pipeline", "show", run_id))["nap"] == "running", timeout=60,
                    what="the first step to run")
     cancelled = fleet.cli_json("pipeline", "cancel", run_id)

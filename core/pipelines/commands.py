@@ -86,6 +86,8 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Checked here (the file, ``--force``), before any controller is started for it."""
+    if args.timeout is not None and not args.wait:
+        raise UsageError("--timeout is how long --wait waits: give --wait with it")
     args.pipeline = load(args)
     args.force = check_force(args.pipeline, args.force or [])
     return client_command(_run)(args)

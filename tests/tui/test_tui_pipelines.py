@@ -2,8 +2,9 @@
 
 The view is fed the service's answers, written out in the contract's
 shapes (tests/pipeline_answers.py), through the same methods its poller
-calls; the real view polls a real controller once the pipelines service is
-merged (tests/test_pipeline_cli_story.py drives the CLI twins there).
+calls. The last story (marked ``pipeline_service``) runs a pipeline on a
+real controller and watches it in the real app: it needs the pipelines
+service (tests/test_pipeline_cli_story.py drives the CLI twins there).
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import pytest
 from textual.app import App
 
 import pipeline_answers as answers
+from conftest import Fleet
+from mlfleet.core.base.paths import Home
 from mlfleet.tui.app import COMMANDS, FleetApp, VIEWS
 from mlfleet.tui.screens.pipelines import PipelinesScreen, history_text
 from mlfleet.tui.widgets.dialogs import Confirm
 from mlfleet.tui.widgets.keyed_table import KeyedTable
-from tui_fleet import text_of
+from test_pipeline_cli_story import PREPARE_AND_TRAIN, write
+from tui_fleet import home, text_of, until  # noqa: F401  (home is a fixture)
 
 APP_CSS = Path(__file__).resolve().parents[2] / "tui" / "app.tcss"
 
@@ -145,3 +149,24 @@ async def test_enter_moves_to_the_steps_and_an_ended_run_has_nothing_to_cancel()
         await pilot.press("n")  # kept
         await pilot.pause()
         assert app.screen is screen
+
+
+@pytest.mark.pipeline_service
+async def test_a_run_started_from_the_cli_is_drawn_in_the_view_as_it_ends(home: Home) -> None:
+    fleet = Fleet(home.data_dir)
+    done = fleet.cli("pipeline", "run", str(write(fleet, "story", PREPARE_AND_TRAIN)), "--wait", "--json",
+                     timeout=360)
+    assert done.code == 0, done.err + done.out
+    run_id = done.json()["run_id"]
+    app = FleetApp(home)
+    async with app.run_test(size=(160, 44), notifications=True) as pilot:
+        await until(pilot, lambda: app.client is not None, "the connection to the controller", 30)
+        await pilot.press("9")
+        screen = await until(pilot, lambda: isinstance(app.screen, PipelinesScreen) and app.screen,
+                             "the pipelines view")
+        await until(pilot, lambda: run_id in screen.table.shown, "the run's row", 20)
+        dag = await until(pilot, lambda: "│ ✓ train │" in (t := text_of(screen.query_one("#pipeline-dag"))) and t,
+                          "the run's DAG with its states", 20)
+        assert "│ ✓ prepare │" in dag and "prepare ─▶ train" in dag
+        assert row_text(screen.step_table, "train")[2] == "✓ succeeded"
+        assert "triggers: none armed" in text_of(screen.query_one("#pipeline-triggers"))
