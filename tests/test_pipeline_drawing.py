@@ -22,13 +22,13 @@ from mlfleet.core.pipelines.spec import load_pipeline_spec
 REPO = Path(__file__).resolve().parent.parent
 LOOP = {"prepare": [], "train": ["prepare"], "drift": ["train"], "gate": ["drift", "train"],
         "register": ["gate", "train"], "promote": ["register", "gate"]}
-BOX_LABEL = re.compile(r"│ (.+?) │")
+BOX_LABEL = re.compile(r"│ (.+?) │|\[(.+?)\]")
 
 
 def boxed_names(text: str) -> list[str]:
-    """The names inside the boxes of a drawing (the symbol, when there is one, dropped)."""
+    """The names inside the boxes (and ``[chips]``) of a drawing, the symbol, when there is one, dropped."""
     names = []
-    for label in BOX_LABEL.findall(text):
+    for label in (box or chip for box, chip in BOX_LABEL.findall(text)):
         names.append(label.split(" ", 1)[1] if label[:1] in {s for s, _ in drawing.SYMBOLS.values()} | {"?"}
                      else label)
     return names
@@ -113,6 +113,32 @@ def test_a_layer_wider_than_the_terminal_wraps_onto_more_rows() -> None:
 └────────┘  └────────┘  └────────┘"""
 
 
+def test_a_layer_of_more_than_three_rows_of_boxes_is_drawn_as_chips_a_row_a_line() -> None:
+    upstream = {"src": [], **{f"s{i}": ["src"] for i in range(10)}}
+    assert drawing.draw(upstream, 24, states={"s0": "failed"}) == """\
+┌─────┐
+│ src │
+└─────┘
+  src ─▶ s0, s1, s2, s3,
+         s4, s5, s6, s7,
+         s8, s9
+[✗ s0]  [s1]  [s2]  [s3]
+[s4]  [s5]  [s6]  [s7]
+[s8]  [s9]
+✗ failed"""
+    assert "│ s9 │" in drawing.draw(upstream, 60), "boxes while three rows hold the layer"
+    many = {"src": [], **{f"step-{i:02d}": ["src"] for i in range(12)}}
+    assert drawing.draw(many, 40) == """\
+┌─────┐
+│ src │
+└─────┘
+  src ─▶ the 12 steps below
+[step-00]  [step-01]  [step-02]
+[step-03]  [step-04]  [step-05]
+[step-06]  [step-07]  [step-08]
+[step-09]  [step-10]  [step-11]"""
+
+
 def test_a_box_wider_than_the_terminal_falls_back_to_an_indented_list() -> None:
     upstream = {"prepare-the-data": [], "train-the-model": ["prepare-the-data"], "gate": ["train-the-model"]}
     assert drawing.draw(upstream, 21, states={"prepare-the-data": "succeeded"}) == """\
@@ -147,16 +173,22 @@ def _assert_readable(upstream: dict[str, list[str]], width: int, states: dict[st
     assert text == drawing.draw(upstream, width, states=states), "the same input draws the same text"
     lines = text.splitlines()
     assert all(len(line) <= width for line in lines), max(lines, key=len)
-    if any(line.startswith("┌") for line in lines):
+    if any(line.startswith(("┌", "[")) for line in lines):
         names = boxed_names(text)
         assert sorted(names) == sorted(upstream), "every step appears once, as a box"
     else:  # the indented fallback: every step once at the start of its line
         starts = [line.strip().split(" ← ")[0] for line in lines if not line.strip().startswith("←")]
         assert sorted(s.split(" ", 1)[-1] for s in starts if s.split(" ", 1)[-1] in upstream) == sorted(upstream)
+    edge_text = "\n".join(line for line in lines if "─▶" in line or not line.startswith(("┌", "│", "└", "[")))
+    layer_of = {name: depth for depth, layer in enumerate(drawing.layers(upstream)) for name in layer}
     for source, target in drawing.edges(upstream):
-        edge_text = "\n".join(line for line in lines if "─▶" in line or not line.lstrip().startswith(("┌", "│", "└")))
-        assert re.search(rf"(?<![\w-]){re.escape(source)}(?![\w-])", edge_text), (source, target)
-        assert re.search(rf"(?<![\w-]){re.escape(target)}(?![\w-])", edge_text), (source, target)
+        # each end by its name, or as the whole layer next to the other end ("the 198 steps above")
+        above = f"the {sum(1 for d in layer_of.values() if d == layer_of[source])} steps above"
+        below = f"the {sum(1 for d in layer_of.values() if d == layer_of[target])} steps below"
+        assert (re.search(rf"(?<![\w-]){re.escape(source)}(?![\w-])", edge_text)
+                or (above in edge_text and layer_of[source] == layer_of[target] - 1)), (source, target)
+        assert (re.search(rf"(?<![\w-]){re.escape(target)}(?![\w-])", edge_text)
+                or (below in edge_text and layer_of[source] == layer_of[target] - 1)), (source, target)
     return text
 
 
@@ -168,8 +200,12 @@ def test_a_200_step_fan_out_and_fan_in_stays_readable_at_every_width() -> None:
     for width in (40, 80, 120, 200):
         text = _assert_readable(upstream, width, states={n: "succeeded" for n in upstream})
         heights[width] = len(text.splitlines())
-    # the edges are wrapped lists, not one line per edge: a wide terminal shows the 396 edges in under 150 lines
-    assert heights[40] > heights[80] > heights[120] > heights[200] and heights[120] < 150, heights
+    # a row of steps a line, and the 396 edges in two: an 80-column terminal shows it all in 50 lines
+    assert heights[40] > heights[80] > heights[120] > heights[200] and heights[80] < 50, heights
+    text = drawing.draw(upstream, 100, states={n: "succeeded" for n in upstream})
+    lines = text.splitlines()
+    assert lines[3] == "  prepare ─▶ the 198 steps below"
+    assert lines[4].startswith("[✓ shard-000]  [✓ shard-001]  ") and "  the 198 steps above ─▶ merge" in lines
 
 
 def test_a_200_step_chain_is_one_box_a_layer() -> None:

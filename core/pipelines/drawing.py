@@ -6,9 +6,12 @@ one more than its deepest upstream step; ties keep the file's order, from
 :func:`~mlfleet.core.pipelines.graph.topological_order`). Under each layer
 the edges into the next are written as ``a, b ─▶ c, d`` lines, grouped by
 the set of steps they come from: an edge that skips layers (train → gate)
-is as plain as one that does not, and a 200-step fan-out is one line that
-wraps, not 200 crossing wires. A layer wider than ``width`` wraps onto more
-rows of boxes; when even one box is wider than ``width``, the DAG falls back
+is as plain as one that does not, and a 200-step fan-out is one line, not
+200 crossing wires (``prepare ─▶ the 198 steps below`` when the names of a
+whole layer would fill more than two lines). A layer wider than ``width`` wraps onto more
+rows of boxes, and one that would need more than :data:`BOX_ROWS` rows is
+drawn as ``[✓ name]`` chips, a row of them a line (a third of the height);
+when even one box is wider than ``width``, the DAG falls back
 to an indented list (one step a line, indented by layer, ``← upstream``).
 Every line fits ``width`` (a name longer than the whole width is cut with
 ``…``, the only case where a name is not shown whole).
@@ -43,6 +46,7 @@ ARROW = " ─▶ "
 GAP = 2  # spaces between two boxes of a row
 EDGE_INDENT = "  "
 MIN_WIDTH = 8
+BOX_ROWS = 3  # a layer that needs more rows of boxes than this is drawn as ``[name]`` chips, a row a line
 
 
 def shown_state(state: str | None, kind: str | None) -> str | None:
@@ -131,8 +135,13 @@ def _boxed(upstream: Mapping[str, Sequence[str]], by_layer: list[list[str]], lab
     for depth, layer in enumerate(by_layer):
         if depth:
             for sources, targets in incoming[depth]:
-                lines += _wrapped(sources, targets, width)
-        for row in _rows([labels[n] for n in layer], width):
+                lines += _wrapped(_as_layer(sources, by_layer[depth - 1], "above", width),
+                                  _as_layer(targets, layer, "below", width), width)
+        rows = _rows([labels[n] for n in layer], width)
+        if len(rows) > BOX_ROWS:  # a wide fan-out: one line per row of steps, not three
+            lines += _wrap_plain([f"[{labels[n]}]" for n in layer], width)
+            continue
+        for row in rows:
             lines += _box_row(row)
     return lines
 
@@ -173,6 +182,13 @@ def _edge_groups(upstream: Mapping[str, Sequence[str]],
                 groups.setdefault(sources, []).append(target)
         out.append([(list(s), t) for s, t in groups.items()])
     return out
+
+
+def _as_layer(names: list[str], layer: list[str], where: str, width: int) -> list[str]:
+    """``names``, or ``["the 198 steps below"]`` when they are the whole layer and would fill more than two lines."""
+    if names == layer and len(_wrap_words(names, EDGE_INDENT, EDGE_INDENT, width)) > 2:
+        return [f"the {len(names)} steps {where}"]
+    return names
 
 
 def _wrapped(sources: list[str], targets: list[str], width: int) -> list[str]:
