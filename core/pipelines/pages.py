@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mlfleet.core.base.models import to_plain
 from mlfleet.core.cli import render
 from mlfleet.core.pipelines import graph
 from mlfleet.core.pipelines.drawing import symbol
@@ -37,7 +38,8 @@ def check_answer(pipeline: Pipeline) -> dict[str, Any]:
     """``pipeline check --json``: the pipeline's identity and its steps in the order they run."""
     order = graph.topological_order(graph.upstream_of(pipeline))
     return {"name": pipeline.name, "project": pipeline.project, "source": pipeline.source,
-            "params": pipeline.params, "concurrency": pipeline.concurrency, "on": triggers_text(pipeline.on),
+            "params": pipeline.params, "concurrency": pipeline.concurrency, "on": to_plain(pipeline.on),
+            "triggers": triggers_text(pipeline.on),
             "steps": [step_summary(pipeline.steps[name]) for name in order]}
 
 
@@ -50,8 +52,8 @@ def check_text(pipeline: Pipeline) -> str:
     lines = [head]
     if pipeline.params:
         lines.append("params: " + render.value(pipeline.params))
-    if answer["on"] != "-":
-        lines.append(f"on: {answer['on']}; concurrency {pipeline.concurrency}")
+    if answer["triggers"] != "-":
+        lines.append(f"on: {answer['triggers']}; concurrency {pipeline.concurrency}")
     lines.append(render.table(["step", "kind", "waits for", "inputs", "outputs"],
                               [[s["step"], s["kind"], render.value(s["upstream"]), render.value(s["inputs"]),
                                 render.value(s["outputs"])] for s in steps]))
