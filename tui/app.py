@@ -1,5 +1,5 @@
-"""The TUI: a small Textual app with eight views, Fleet, Jobs, Runs, Drift, Audit, Sweeps, Models and
-Deployments.
+"""The TUI: a small Textual app with nine views, Fleet, Jobs, Runs, Drift, Audit, Sweeps, Models,
+Deployments and Pipelines.
 
 The app holds the one connection to the controller (started on demand by
 :func:`mlfleet.core.controller.client.connect`) and hands it to the view on screen;
@@ -8,7 +8,7 @@ banner that says so, a notification gives the reason in one sentence, and
 the app keeps trying every few seconds: a user never sees a traceback for it.
 
 Keys follow k9s and lazygit: ``:`` opens a command line (``:hosts``,
-``:jobs``, ``:runs``, ``:drift``, ``:audit``, ``:sweeps``, ``:models``, ``:deploy``, ``:q``), ``/`` filters, ``?``
+``:jobs``, ``:runs``, ``:drift``, ``:audit``, ``:sweeps``, ``:models``, ``:deploy``, ``:pipelines``, ``:q``), ``/`` filters, ``?``
 shows every key of the screen, ``j``/``k`` move, enter opens, esc goes back.
 Every binding of the screen is also a command of the palette (ctrl+p).
 """
@@ -37,27 +37,29 @@ from mlfleet.tui.screens.drift import DriftScreen
 from mlfleet.tui.screens.fleet import FleetScreen
 from mlfleet.tui.screens.jobs import JobsScreen
 from mlfleet.tui.screens.models import ModelsScreen
+from mlfleet.tui.screens.pipelines import PipelinesScreen
 from mlfleet.tui.screens.runs import RunsScreen
 from mlfleet.tui.screens.sweeps import SweepsScreen
 from mlfleet.tui.widgets.dialogs import CommandLine
 
-VIEWS = ("fleet", "jobs", "runs", "drift", "audit", "sweeps", "models", "deployments")
+VIEWS = ("fleet", "jobs", "runs", "drift", "audit", "sweeps", "models", "deployments", "pipelines")
 COMMANDS = {  # what ':' understands, k9s style, with the aliases people type
     "hosts": "fleet", "host": "fleet", "fleet": "fleet", "nodes": "fleet", "no": "fleet",
     "jobs": "jobs", "job": "jobs", "runs": "runs", "run": "runs", "drift": "drift", "audit": "audit",
     "sweeps": "sweeps", "sweep": "sweeps", "models": "models", "model": "models",
     "deployments": "deployments", "deployment": "deployments", "deploy": "deployments", "deploys": "deployments",
+    "pipelines": "pipelines", "pipeline": "pipelines", "pipe": "pipelines",
 }
 
 
 class FleetApp(App[int]):
-    """mlfleet's control center: ``1``..``8`` or ``:name`` switch views, ``q`` quits."""
+    """mlfleet's control center: ``1``..``9`` or ``:name`` switch views, ``q`` quits."""
 
     CSS_PATH = "app.tcss"
     TITLE = "mlfleet"
     MODES = {"fleet": FleetScreen, "jobs": JobsScreen, "runs": RunsScreen, "drift": DriftScreen,
              "audit": AuditScreen, "sweeps": SweepsScreen, "models": ModelsScreen,
-             "deployments": DeploymentsScreen}
+             "deployments": DeploymentsScreen, "pipelines": PipelinesScreen}
     DEFAULT_MODE = "fleet"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("1", "show_view('fleet')", "Fleet"),
@@ -68,6 +70,7 @@ class FleetApp(App[int]):
         Binding("6", "show_view('sweeps')", "Sweeps"),
         Binding("7", "show_view('models')", "Models"),
         Binding("8", "show_view('deployments')", "Deploy"),
+        Binding("9", "show_view('pipelines')", "Pipelines"),
         # priority: handled before the keys typed right after it are handed to the focused widget
         Binding("colon", "command_line", "Command", key_display=":", priority=True),
         Binding("question_mark", "toggle_keys", "Keys", key_display="?"),
@@ -173,7 +176,7 @@ class FleetApp(App[int]):
             screen.focus_body()
 
     def action_command_line(self) -> None:
-        """k9s's ``:``: type a view's name (``hosts``, ``jobs``, ``runs``, ``drift``, ``audit``, ``sweeps``, ``models``, ``deploy``) or ``q``."""
+        """k9s's ``:``: type a view's name (``hosts``, ``jobs``, ``runs``, ``drift``, ``audit``, ``sweeps``, ``models``, ``deploy``, ``pipelines``) or ``q``."""
         if isinstance(self.focused, Input):
             self.focused.insert_text_at_cursor(":")  # typing in a field: ':' is just a character
         elif isinstance(self.screen, PollingScreen):
@@ -198,7 +201,7 @@ class FleetApp(App[int]):
                 self.pop_screen()  # leave a detail screen first
             await self.action_show_view(COMMANDS[word])
         else:
-            self.notify(f"unknown command {word!r}; try :hosts :jobs :runs :drift :audit :sweeps :models :deploy :q", severity="warning")
+            self.notify(f"unknown command {word!r}; try :hosts :jobs :runs :drift :audit :sweeps :models :deploy :pipelines :q", severity="warning")
 
     def action_toggle_keys(self) -> None:
         """Show (or hide) every key of the screen on view, with what it does."""

@@ -36,6 +36,7 @@ from mlfleet.core.drift import commands as drift_commands
 from mlfleet.core.cli import agent_commands
 from mlfleet.core.fleet import commands as fleet_commands
 from mlfleet.core.jobs import commands as jobs_commands
+from mlfleet.core.pipelines import commands as pipelines_commands
 from mlfleet.core.registry import commands as registry_commands
 from mlfleet.core.store import commands as store_commands
 from mlfleet.core.sweeps import commands as sweeps_commands
@@ -46,6 +47,7 @@ from mlfleet.core.tracking import commands as tracking_commands
 REGISTERS = (jobs_commands.register,  # submit, jobs
              sweeps_commands.register,  # sweeps
              deploy_commands.register,  # deploy
+             pipelines_commands.register,  # pipeline
              fleet_commands.register,  # hosts
              tracking_commands.register,  # runs
              registry_commands.register,  # models

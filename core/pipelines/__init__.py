@@ -4,8 +4,9 @@ This folder holds the pure foundation (docs/pipelines.md, "Design (work in
 progress)"): the spec and its checks, the DAG, step keys and why a key
 changed, and gate decisions; and the layer the service will use: the
 store's records and step cache (records), the planner (plan, pure), output
-hashing and checks (outputs) and their shared records (state). The service
-that runs pipelines and their CLI come next, on top of these modules.
+hashing and checks (outputs) and their shared records (state). The CLI
+(commands, with pages for the words and drawing for the DAG) speaks to the
+pipelines service.
 
 ``PUBLIC`` names the modules other capabilities and the TUI may import; the
 rest is this capability's own (tests/test_import_directions.py keeps that).
@@ -16,4 +17,5 @@ rest is this capability's own (tests/test_import_directions.py keeps that).
 # graph: topological order and "which steps depend on X".
 # keys: step keys and their named parts; explain: why a step's key changed, in sentences.
 # gates: a challenger against the champion, into a decision record.
-PUBLIC = ("models", "spec", "graph", "keys", "explain", "gates")
+# drawing: the DAG as text; pages: the words of the service's answers (the CLI's and the TUI's Pipelines view).
+PUBLIC = ("models", "spec", "graph", "keys", "explain", "gates", "drawing", "pages")

@@ -24,6 +24,7 @@ from mlfleet.tui.screens.deployments import DeploymentsScreen
 from mlfleet.tui.screens.drift import DriftReportScreen, DriftScreen
 from mlfleet.tui.screens.fleet import FleetScreen
 from mlfleet.tui.screens.jobs import JobsScreen, job_detail
+from mlfleet.tui.screens.pipelines import PipelinesScreen
 from mlfleet.tui.screens.runs import RunsScreen
 from mlfleet.tui.screens.sweep_detail import SweepScreen
 from mlfleet.tui.screens.sweeps import SweepsScreen
@@ -230,3 +231,23 @@ def test_a_deployment_looks_right(snap_compare: Any) -> None:
         await pilot.pause()
 
     assert snap_compare(StillApp(DeploymentScreen("iris")), terminal_size=(150, 30), run_before=feed)
+
+
+def test_the_pipelines_view_looks_right(snap_compare: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline_answers  # tests/: the pipelines service's answers, in the contract's shapes
+    from mlfleet.core.cli import render
+
+    ended = render.elapsed
+    monkeypatch.setattr(render, "elapsed", lambda start, end=None: ended(start, end) if end else "2h 5m")
+
+    async def feed(pilot: Pilot[Any]) -> None:
+        await pilot.pause()  # the view's widgets are mounted before its first answer, as in the app
+        screen: PipelinesScreen = pilot.app.screen
+        screen.show_runs(pipeline_answers.LIST)
+        screen.table.focus()
+        await pilot.press("j")  # onto the run whose gate did not pass
+        screen.show_run(pipeline_answers.RUN)
+        screen.show_triggers(pipeline_answers.TRIGGERS)
+        await pilot.pause()
+
+    assert snap_compare(StillApp(PipelinesScreen()), terminal_size=(150, 40), run_before=feed)

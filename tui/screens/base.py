@@ -31,7 +31,7 @@ from mlfleet.core.base.errors import MlfleetError
 from mlfleet.tui.widgets.text import set_text
 
 
-COMMAND_WORDS = ["hosts", "fleet", "jobs", "runs", "drift", "audit", "sweeps", "models", "deploy", "deployments", "help", "quit"]
+COMMAND_WORDS = ["hosts", "fleet", "jobs", "runs", "drift", "audit", "sweeps", "models", "deploy", "deployments", "pipelines", "help", "quit"]
 
 
 class PollingScreen(Screen[None]):
@@ -73,7 +73,7 @@ class PollingScreen(Screen[None]):
         yield Static(id="banner")
         yield from self.compose_body()
         yield Input(placeholder=self.FILTER_HINT, id="filter")
-        yield Input(placeholder=":hosts :jobs :runs :drift :audit :sweeps :models :deploy :help :q", id="command",
+        yield Input(placeholder=":hosts :jobs :runs :drift :audit :sweeps :models :deploy :pipelines :help :q", id="command",
                     suggester=SuggestFromList(COMMAND_WORDS, case_sensitive=False))
         yield Footer()
 
