@@ -42,6 +42,7 @@ TRAIN = """\
 import hashlib, os, sys
 from mlfleet import track
 acc = float(sys.argv[1])
+track.summary("loss", "min")
 for step, value in enumerate([acc - 0.1, acc, acc - 0.05]):
     track.log({"acc": value, "loss": 1 - value}, step=step)
 track.log_params({"lr": 0.1})
@@ -61,7 +62,8 @@ steps:
     gate:
       challenger: train
       champion: iris@production
-      require: ["metrics.acc.max >= champion.metrics.acc.max + 0.05", "params.lr <= 0.5"]
+      require: ["metrics.acc.max >= champion.metrics.acc.max + 0.05", "params.lr <= 0.5",
+                "metrics.loss.summary <= champion.metrics.loss.summary"]
   floor:
     gate: {challenger: train, champion: fresh@production, require: ["metrics.acc.max >= 0.85"]}
   f1:
@@ -146,6 +148,10 @@ class Loop:
 @pytest.fixture
 async def loop(fleet: Fleet):
     home = fleet.home
+    home.ensure()
+    # A policy in force, so a pipeline's actor is checked as a user is: the controller's user is an admin,
+    # mallory an operator (who may run pipelines but not register models or move production by hand).
+    (fleet.root / "policy.yaml").write_text("roles:\n  - {user: mallory, role: operator}\n")
     controller = Controller(home, load_settings(home.config_file))
     ready = asyncio.Event()
     serving = asyncio.create_task(controller.run(ready))
@@ -174,7 +180,7 @@ async def test_a_gate_judges_the_challenger_against_the_champion_and_records_the
     loop.jobs["train"] = winner["run_id"]
     passed = await loop.step("gate")
     assert passed.state == "succeeded", passed
-    assert passed.reason == "passed: 2 of 2 requirements hold"
+    assert passed.reason == "passed: 3 of 3 requirements hold"
     assert passed.details["champion_version"] == 1 and passed.details["champion_run"] == champion["run_id"]
     first = passed.details["decision"]["requirements"][0]
     assert (first["left"], first["right"]) == (0.9, 0.85) and "holds: 0.9 >= 0.85" in first["verdict"]
@@ -189,11 +195,13 @@ async def test_a_gate_judges_the_challenger_against_the_champion_and_records_the
     loop.jobs["train"] = loser["run_id"]
     failed = await loop.step("gate")
     assert failed.state == "gate-failed", failed
-    assert failed.reason.startswith("failed: 1 of 2 requirements did not hold") and "0.82 is not >= 0.85" in failed.reason
+    assert failed.reason.startswith("failed: 1 of 3 requirements did not hold") and "0.82 is not >= 0.85" in failed.reason
     kept = await loop.ctx.store.read(records.gate_decision, loop.run_id, "gate")
     assert kept["passed"] is False
     numbers = [(r["left"], r["right"], r["passed"]) for r in kept["decision"]["requirements"]]
-    assert numbers == [(0.82, 0.85, False), (0.1, 0.5, True)]
+    assert numbers[:2] == [(0.82, 0.85, False), (0.1, 0.5, True)]
+    # loss.summary: the min the run declared with track.summary (1 - 0.82 against the champion's 1 - 0.8).
+    assert numbers[2] == (pytest.approx(0.18), pytest.approx(0.2), True)
     state = await loop.read("select state from pipeline_steps where run_id = ? and step = 'gate'", [loop.run_id])
     assert state == [{"state": "gate-failed"}]
 
@@ -226,7 +234,11 @@ async def test_register_is_idempotent_and_promote_moves_the_alias_on_the_audit_t
     winner = await loop.train("0.9")
     loop.jobs["train"] = winner["run_id"]
 
-    # Register: a new version through the registry's own path (copied into the model store, audited as me).
+    # Register: a new version through the registry's own path (its permission: not for mallory, an operator;
+    # copied into the model store, audited as the pipeline's actor).
+    denied = await loop.step("register", actor="mallory")
+    assert denied.state == "failed" and denied.reason == ("mallory (operator, policy.yaml:2 (roles[0])) may not "
+                                                          "register models in default: that needs maintainer in default")
     made = await loop.step("register")
     assert made.state == "succeeded", made
     assert (made.details["model"], made.details["version"], made.details["reused"]) == ("iris", 2, False)
@@ -243,6 +255,14 @@ async def test_register_is_idempotent_and_promote_moves_the_alias_on_the_audit_t
     # Promote after a passed gate: the alias moves 1 -> 2, with the reason and the pipeline run in its history.
     assert (await loop.step("gate")).state == "succeeded"
     passed_in = loop.run_id
+    # Not for a pipeline run by someone who may not move production by hand: refused as the RPC refuses them.
+    denied = await loop.step("promote", actor="mallory")
+    assert denied.state == "failed" and denied.reason.startswith("mallory (operator, policy.yaml:2 (roles[0])) "
+                                                                 "may not move protected aliases (iris@production)")
+    assert (await cli_json(fleet, "models", "show", "iris@production"))["version"]["version"] == 1
+    denials = await loop.read("select target from audit where action = 'policy.denied' and actor = 'mallory' "
+                              "order by id")
+    assert denials == [{"target": "default"}, {"target": "iris@production"}]  # the register, then the promote
     moved = await loop.step("promote")
     assert moved.state == "succeeded", moved
     assert moved.details == {"model": "iris", "alias": "production", "from_version": 1, "to_version": 2,
@@ -350,3 +370,78 @@ async def test_a_drift_step_reports_a_shifted_feature_and_stores_the_report(loop
     (data / "reference.csv").unlink()
     gone = await loop.step("check")
     assert gone.state == "failed" and gone.reason == f"reference data/reference.csv ({data / 'reference.csv'}) does not exist"
+
+
+SERVER = '''\
+import json, os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+port = int(sys.argv[sys.argv.index("--port") + 1])
+version = os.environ.get("MLFLEET_MODEL_VERSION", "?")
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        body = json.dumps({"version": version}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+'''
+
+
+async def until(what: str, check: Any, timeout: float = 90) -> Any:
+    """Poll ``await check()`` without blocking the controller's loop, until it answers something true."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        value = await check()
+        if value:
+            return value
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+async def test_a_promote_rolls_out_the_deployments_that_follow_the_alias_on_the_next_tick(loop: Loop) -> None:
+    fleet = loop.fleet
+    champion = await loop.train("0.8")
+    await cli_json(fleet, "models", "register", "iris", "--run", champion["run_id"], "--artifact", "model.bin",
+                   "--alias", "production")
+    serve = loop.folder / "serve"
+    serve.mkdir()
+    (serve / "server.py").write_text(SERVER)
+    (serve / "iris.yaml").write_text("""\
+name: iris
+model: iris@production
+command: [python, server.py, --port, "{port}"]
+replicas: 1
+health: {path: /health, interval: 0.3s, timeout: 0.25s, failures: 2}
+rollout: {max_surge: 1, max_unavailable: 0, ready_timeout: 20s, drain: 0.3s}
+""")
+    await cli_json(fleet, "deploy", "apply", str(serve / "iris.yaml"))
+
+    async def serving(version: int) -> Any:
+        d = await cli_json(fleet, "deploy", "show", "iris")
+        eps = d["endpoints"]
+        return d if d["phase"] == "stable" and [e["version"] for e in eps] == [version] else None
+
+    await until("v1 to serve", lambda: serving(1))
+
+    await loop.start_run()
+    winner = await loop.train("0.9")
+    loop.jobs["train"] = winner["run_id"]
+    assert (await loop.step("gate")).state == "succeeded"
+    assert (await loop.step("register")).details["version"] == 2
+    moved = await loop.step("promote")
+    assert moved.state == "succeeded" and moved.details["deployments"] == ["iris"]
+    assert moved.reason == "moved iris@production from version 1 to version 2; iris will roll out on the next tick"
+
+    # Nothing else is called: the deploy service's tick sees the alias name another version and rolls out.
+    await until("v2 to serve", lambda: serving(2))
+    history = await cli_json(fleet, "deploy", "history", "iris")
+    rollout = [e for e in history if e["kind"] == "rollout"][-1]
+    assert rollout["detail"]["cause"] == "alias production moved 1\u21922" and rollout["version"] == 2
