@@ -7,4 +7,7 @@ rest is this capability's own (tests/test_import_directions.py keeps that).
 
 # records: resolve('iris@production' / 'iris:3' / 'iris') and alias_version: what deployments (core/deploy),
 # pipelines later and the TUI need to turn a model reference into a version, its sha256 and file.
-PUBLIC = ("records",)
+# api: RegistryApi.register and .move_alias, the RPCs' own code path for a caller inside the controller (a
+# pipeline's register and promote steps), so the permission checks and the audit are the same.
+# refs: what a model name, alias, reference and reason may be (a gate's champion, a promote's reason).
+PUBLIC = ("records", "api", "refs")

@@ -44,12 +44,21 @@ class RegistryApi:
     async def rpc_model_register(self, peer: Peer, name: Text, run: Text, artifact: Text, alias: Text | None = None,
                                  reason: str | None = None) -> dict[str, Any]:
         """Version N+1 of ``name`` from an artifact ``run`` logged, copied into the model store and verified."""
+        return await self.register(peer.info["actor"], name, run, artifact, alias, reason)
+
+    async def register(self, actor: str, name: str, run: str, artifact: str, alias: str | None = None,
+                       reason: str | None = None) -> dict[str, Any]:
+        """The registration as ``actor``: what ``model_register`` does, for a caller inside the controller too.
+
+        PUBLIC for core/pipelines (a register step registers through this, so the checks, the permission and
+        the audit are the RPC's).
+        """
         refs.check_name(name)
         if alias is not None:
             refs.check_alias(alias)
         reason = refs.check_reason(reason)
         found = await self.store.read(tracking.find_artifact, run, artifact)
-        await self.c.require(peer.info["actor"], Permission.REGISTER_MODEL, method="model_register",
+        await self.c.require(actor, Permission.REGISTER_MODEL, method="model_register",
                              project=await self.store.read(_run_project, found["run_id"]))
         if not found.get("sha256") or found.get("size") is None:
             raise UsageError(f"artifact {found['path']} of run {found['run_id']} was logged without a sha256; "
@@ -57,8 +66,8 @@ class RegistryApi:
         name_in_store = model_store.file_name(found["path"])
         facts = await self.store.read(records.run_facts, found["run_id"])
         copied = await self._fetch(found, name_in_store)
-        version = await self.store.run(records.insert_version, name, found, name_in_store, facts,
-                                       peer.info["actor"], alias, reason)
+        version = await self.store.run(records.insert_version, name, found, name_in_store, facts, actor, alias,
+                                       reason)
         version["copied"] = copied
         version["store_path"] = str(model_store.target(self.c.home.model_store_dir, found["sha256"], name_in_store))
         return version
@@ -109,6 +118,14 @@ class RegistryApi:
     async def rpc_model_alias(self, peer: Peer, name: Text, alias: Text, version: int,
                               reason: str | None = None) -> dict[str, Any]:
         """Point ``NAME@ALIAS`` at ``version``; the move is appended to the alias history (who, when, from, to, why)."""
+        return await self.move_alias(peer.info["actor"], name, alias, version, reason)
+
+    async def move_alias(self, actor: str, name: str, alias: str, version: int,
+                         reason: str | None = None) -> dict[str, Any]:
+        """The alias move as ``actor``, protected aliases included: what ``model_alias`` does.
+
+        PUBLIC for core/pipelines (a promote step moves its alias through this).
+        """
         refs.check_name(name)
         refs.check_alias(alias)
         refs.check_version(version)
@@ -116,10 +133,10 @@ class RegistryApi:
         loaded = self.c.access.loaded
         protected = loaded.policy.protected_aliases if loaded.policy is not None else ["production"]
         permission = Permission.MOVE_PROTECTED_ALIAS if alias in protected else Permission.MOVE_ALIAS
-        await self.c.require(peer.info["actor"], permission, method="model_alias",
+        await self.c.require(actor, permission, method="model_alias",
                              project=await self.store.read(_version_project, name, version),
                              target=f"{name}@{alias}")
-        return await self.store.run(records.move_alias, name, alias, version, peer.info["actor"], reason)
+        return await self.store.run(records.move_alias, name, alias, version, actor, reason)
 
     async def rpc_model_history(self, peer: Peer, name: Text, at: float | None = None,
                                 alias: Text | None = None) -> dict[str, Any]:

@@ -9,4 +9,5 @@ rest is this capability's own (tests/test_import_directions.py keeps that).
 # lineage: what a run used (git, inputs, GPUs), taken at submit and merged from the node.
 # run_ingest: a chunk of a run's metric lines taken in exactly once (jobs hand over what each poll brought).
 # runfilter: the runs filter language; pipelines read their gates' requirements with its parse_relation.
-PUBLIC = ("run_keys", "records", "lineage", "run_ingest", "runfilter")
+# metric_keys: summary_sql, what metrics.K.min/max/mean/last/count mean over a run's rows (pipelines' gates).
+PUBLIC = ("run_keys", "records", "lineage", "run_ingest", "runfilter", "metric_keys")
