@@ -40,7 +40,7 @@ import msgspec
 
 from mlfleet.core.base.errors import MlfleetError, UsageError
 from mlfleet.core.drift import stored_check, summary as drift_summary
-from mlfleet.core.pipelines import records, summaries
+from mlfleet.core.pipelines import records, summaries, trigger_records
 from mlfleet.core.pipelines.gates import decide
 from mlfleet.core.pipelines.spec import REFERENCE
 from mlfleet.core.pipelines.step_run import StepOutcome, StepRun
@@ -209,7 +209,9 @@ async def _drift(run: StepRun) -> StepOutcome:
     config = str(_file_path(run, spec.config)) if spec.config is not None else None
     if config is not None and not Path(config).is_file():
         raise StepFailed(f"drift config {spec.config} ({config}) does not exist")
-    report = await stored_check.check_and_store(run.ctx.store, run.ctx.home.capture_dir, run.actor, str(reference),
+    # Saved as the pipeline run's (pipeline:RUN_ID): its own check must never fire its own drift trigger.
+    report = await stored_check.check_and_store(run.ctx.store, run.ctx.home.capture_dir,
+                                                trigger_records.report_actor(run.run_id), str(reference),
                                                 str(current) if current is not None else None, spec.deployment,
                                                 config)
     drifted = [c["column"] for c in report["columns"] if c.get("drifted")]
