@@ -64,8 +64,10 @@ class PipelinesApi:
         return self.s.ctx.store  # opened after the RPC table is made
 
     async def rpc_pipeline_run(self, peer: Peer, pipeline: dict[str, Any], force: list[str] | None = None,
-                               no_cache: bool = False) -> dict[str, Any]:
+                               no_cache: bool = False, reason: str | None = None) -> dict[str, Any]:
         actor = peer.info["actor"]
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
+            raise UsageError("pipeline_run: reason must be text of at most 1000 characters")
         resolved = pipeline_from_data(pipeline)
         await self.s.ctx.require(actor, Permission.SUBMIT, method="pipeline_run", project=resolved.project)
         if any(step.job is not None for step in resolved.steps.values()):
@@ -73,7 +75,8 @@ class PipelinesApi:
             must_be_controller_user(actor, f"run pipeline {resolved.name}")
         check_force(resolved, force or [])
         await self.store.run(trigger_records.arm, resolved, actor)  # its on: (a file without one disarms)
-        run_id = await self.s.start_run(resolved, actor, force=list(force or []), no_cache=no_cache)
+        run_id = await self.s.start_run(resolved, actor, force=list(force or []), no_cache=no_cache,
+                                        cause={"reason": reason} if reason else None)
         await self.s.first_plan(run_id)
         return await self.store.read(views.show, run_id)
 
