@@ -34,19 +34,17 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from mlfleet.core.base.errors import MlfleetError
-from mlfleet.core.base.models import TERMINAL_STATES
 from mlfleet.core.jobs.group import submit_group
-from mlfleet.core.pipelines import records
+from mlfleet.core.pipelines import records, run_reads
 from mlfleet.core.pipelines.bundle import bundle_sources, make_bundle
 from mlfleet.core.pipelines.spec import code_excludes
 from mlfleet.core.pipelines.facts import Measured, measure
-from mlfleet.core.pipelines.keys import KeyParts, StepKey, champion_input
+from mlfleet.core.pipelines.keys import KeyParts, StepKey
 from mlfleet.core.pipelines.models import Pipeline, Step
 from mlfleet.core.pipelines.outputs import verify_outputs
 from mlfleet.core.pipelines.plan import Decision, Lookup, Plan, plan
 from mlfleet.core.pipelines.state import OutputDigest, Settled
 from mlfleet.core.pipelines.step_run import StepOutcome, StepRun
-from mlfleet.core.store.rows import rows
 
 if TYPE_CHECKING:
     from mlfleet.core.pipelines.service import PipelineService
@@ -97,12 +95,12 @@ class RunDriver:
     async def _prepare(self) -> None:
         # A drift, gate, register or promote step that was running when the controller stopped ran
         # inside it and was cut short: it is decided and run again (each is safe to repeat).
-        await self.store.run(_requeue_interrupted, self.run_id)
+        await self.store.run(run_reads.requeue_interrupted, self.run_id)
         home = self.service.ctx.home
-        champions = await self.store.read(_champions, self.pipeline)
+        champions = await self.store.read(run_reads.champions, self.pipeline)
         self.measured = await asyncio.to_thread(measure, self.pipeline, home.code_cache_dir, home.own_paths(),
                                                 champions)
-        self.previous = await self.store.read(_previous_parts, self.pipeline, self.run_id)
+        self.previous = await self.store.read(run_reads.previous_parts, self.pipeline, self.run_id)
 
     async def advance(self) -> bool | None:
         """One pass; True: something changed (go again at once), False: wait for a job, None: the run ended."""
@@ -176,7 +174,7 @@ class RunDriver:
         await self.service.changed()
         outcome = await self._execute(self.pipeline.steps[name])
         self.outcomes[name] = outcome
-        await self.store.run(_record_outcome, self.run_id, name, outcome)
+        await self.store.run(run_reads.record_outcome, self.run_id, name, outcome)
         await self.service.changed()
 
     async def _submit_all(self, decisions: list[Decision]) -> None:
@@ -188,7 +186,7 @@ class RunDriver:
             step = self.pipeline.steps[decision.step]
             assert step.job is not None
             try:
-                upstream = await self.store.read(_upstream_outputs, self.run_id, step)
+                upstream = await self.store.read(run_reads.upstream_outputs, self.run_id, step)
                 extra = bundle_sources(self.pipeline, step.name, self.measured.matched.get(step.name, {}), upstream)
             except MlfleetError as exc:
                 failed.append((decision, str(exc)))
@@ -238,10 +236,10 @@ class RunDriver:
     async def _execute(self, step: Step) -> StepOutcome:
         from mlfleet.core.pipelines.executors import execute
 
-        jobs_of = await self.store.read(_job_runs, self.run_id)
-        outputs = await self.store.read(_stored_outputs, self.run_id)
+        jobs_of = await self.store.read(run_reads.job_runs, self.run_id)
+        outputs = await self.store.read(run_reads.stored_outputs, self.run_id)
         earlier = dict(self.outcomes)
-        earlier.update({k: v for k, v in (await self.store.read(_outcomes, self.run_id)).items() if k not in earlier})
+        earlier.update({k: v for k, v in (await self.store.read(run_reads.outcomes, self.run_id)).items() if k not in earlier})
         run = StepRun(ctx=self.service.ctx, run_id=self.run_id, pipeline=self.pipeline, step=step, actor=self.actor,
                       job_run=lambda s: jobs_of.get(s), output_path=lambda s, o: outputs.get((s, o)),
                       outcome_of=lambda s: earlier.get(s))
@@ -252,7 +250,7 @@ class RunDriver:
 
     async def _close_ended_jobs(self) -> bool:
         """Close the job steps whose job ended: outputs collected, or the job's reason. True: one was closed."""
-        ended = await self.store.read(_ended_job_steps, self.run_id)
+        ended = await self.store.read(run_reads.ended_job_steps, self.run_id)
         for row in ended:
             step = self.pipeline.steps[row["step"]]
             if row["job_state"] == "succeeded":
@@ -303,96 +301,5 @@ class RunDriver:
         await self._end("cancelled" if first.state == "cancelled" else "failed", reason)
 
     async def _end(self, state: str, reason: str) -> None:
-        await self.store.run(_end_if_running, self.run_id, state, reason)
+        await self.store.run(run_reads.end_if_running, self.run_id, state, reason)
         await self.service.ended(self.run_id)
-
-
-# ---------------------------------------------------------------- store reads (the store's thread)
-
-def _champions(con: duckdb.DuckDBPyConnection, pipeline: Pipeline) -> dict[str, str]:
-    """Each gate's NAME@ALIAS -> the model file behind it now (its sha256 and version), or "none"."""
-    out: dict[str, str] = {}
-    for step in pipeline.steps.values():
-        if step.gate is None or champion_input(step) is None:
-            continue
-        name, _, alias = step.gate.champion.partition("@")
-        found = con.execute("""select v.version, v.sha256 from model_alias_history h
-                               join model_versions v on v.name = h.name and v.version = h.to_version
-                               where h.name = ? and h.alias = ? order by h.id desc limit 1""", [name, alias]).fetchall()
-        out[step.gate.champion] = f"v{found[0][0]} {found[0][1]}" if found else "none"
-    return out
-
-
-def _previous_parts(con: duckdb.DuckDBPyConnection, pipeline: Pipeline, run_id: str) -> dict[str, KeyParts]:
-    out = {}
-    for name in pipeline.steps:
-        parts = records.previous_parts(con, pipeline.project, pipeline.name, name, before_run=run_id)
-        if parts is not None:
-            out[name] = parts
-    return out
-
-
-def _ended_job_steps(con: duckdb.DuckDBPyConnection, run_id: str) -> list[dict[str, Any]]:
-    terminal = ",".join(f"'{s}'" for s in sorted(TERMINAL_STATES))
-    return rows(con, f"""select s.step, s.job_id, s.reason, j.state as job_state, j.reason as job_reason, j.host, j.run_id
-                         from pipeline_steps s join jobs j on j.job_id = s.job_id
-                         where s.run_id = ? and s.state = 'running' and j.state in ({terminal})""", [run_id])
-
-
-def _upstream_outputs(con: duckdb.DuckDBPyConnection, run_id: str, step: Step) -> dict[tuple[str, str], OutputDigest]:
-    out: dict[tuple[str, str], OutputDigest] = {}
-    for up in {i.step for i in step.inputs if i.step is not None}:
-        for name, digest in records.outputs_of(con, run_id, up).items():
-            out[(up, name)] = digest
-    return out
-
-
-def _stored_outputs(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[tuple[str, str], Path]:
-    found = rows(con, "select step, name, stored from pipeline_step_outputs where run_id = ? and stored is not null",
-                 [run_id])
-    return {(r["step"], r["name"]): Path(r["stored"]) for r in found}
-
-
-def _job_runs(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, str]:
-    """Each job step of the run -> the tracking run behind it (a cached step's: the run it reused)."""
-    found = rows(con, """select s.step, coalesce(j.run_id, src_job.run_id) as run
-                         from pipeline_steps s
-                         left join jobs j on j.job_id = s.job_id
-                         left join pipeline_steps src on src.run_id = s.source_run and src.step = s.step
-                         left join jobs src_job on src_job.job_id = src.job_id
-                         where s.run_id = ? and s.kind = 'job'""", [run_id])
-    return {r["step"]: r["run"] for r in found if r["run"]}
-
-
-def _outcomes(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, StepOutcome]:
-    import json
-
-    found = rows(con, "select step, state, reason, detail from pipeline_steps where run_id = ? and detail is not null",
-                 [run_id])
-    out = {}
-    for r in found:
-        detail = json.loads(r["detail"]) if isinstance(r["detail"], str) else r["detail"]
-        state = r["state"] if r["state"] in ("succeeded", "failed", "gate-failed") else "failed"
-        out[r["step"]] = StepOutcome(state, r["reason"] or "", detail or {})
-    return out
-
-
-def _record_outcome(con: duckdb.DuckDBPyConnection, run_id: str, step: str, outcome: StepOutcome) -> None:
-    import json
-
-    from mlfleet.core.store.db import transaction
-
-    with transaction(con):
-        records.set_step(con, run_id, step, outcome.state, reason=outcome.reason)
-        con.execute("update pipeline_steps set detail = ? where run_id = ? and step = ?",
-                    [json.dumps(outcome.details, default=str), run_id, step])
-
-
-def _requeue_interrupted(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
-    con.execute("""update pipeline_steps set state = 'queued', key = null, key_parts = null, started_at = null
-                   where run_id = ? and state = 'running' and kind <> 'job'""", [run_id])
-
-
-def _end_if_running(con: duckdb.DuckDBPyConnection, run_id: str, state: str, reason: str) -> None:
-    if con.execute("select state from pipeline_runs where run_id = ?", [run_id]).fetchall()[0][0] == "running":
-        records.end_run(con, run_id, state, reason)
