@@ -204,6 +204,10 @@ async def test_a_gate_judges_the_challenger_against_the_champion_and_records_the
     assert numbers[2] == (pytest.approx(0.18), pytest.approx(0.2), True)
     state = await loop.read("select state from pipeline_steps where run_id = ? and step = 'gate'", [loop.run_id])
     assert state == [{"state": "gate-failed"}]
+    # Both decisions are on the audit chain, with who ran the pipeline and the numbers compared.
+    gates = await loop.read("select actor, target, detail from audit where action = 'pipeline.gate' order by id")
+    assert [(g["actor"], g["target"].endswith("/gate")) for g in gates] == [(ME, True), (ME, True)]
+    assert '"passed": false' in gates[-1]["detail"] and "0.82" in gates[-1]["detail"]
 
     # No champion yet (a model never registered): champion. requirements hold, a floor is still judged.
     floor = await loop.step("floor")

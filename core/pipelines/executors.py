@@ -99,7 +99,8 @@ async def _gate(run: StepRun) -> StepOutcome:
         champion = await store.read(summaries.run_summary, champion_run, label, metrics)
     decision = decide(gate.require, challenger, champion)
     await store.run(records.record_gate, run.run_id, run.step.name, gate.champion, decision,
-                    challenger_run=challenger_run, champion_version=version, champion_run=champion_run)
+                    challenger_run=challenger_run, champion_version=version, champion_run=champion_run,
+                    actor=run.actor)
     details = {"decision": msgspec.to_builtins(decision), "passed": decision.passed, "champion": gate.champion,
                "champion_version": version, "champion_run": champion_run, "challenger_run": challenger_run}
     return StepOutcome("succeeded" if decision.passed else "gate-failed", decision.summary, details)

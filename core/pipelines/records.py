@@ -142,9 +142,15 @@ def mark_many(con: duckdb.DuckDBPyConnection, run_id: str,
 
 
 def record_gate(con: duckdb.DuckDBPyConnection, run_id: str, step: str, champion: str, decision: GateDecision, *,
-                challenger_run: str | None, champion_version: int | None, champion_run: str | None) -> None:
-    """A gate's decision and the runs it compared; the step ends succeeded (passed) or gate-failed."""
+                challenger_run: str | None, champion_version: int | None, champion_run: str | None,
+                actor: str = "controller") -> None:
+    """A gate's decision and the runs it compared, on the audit chain too; the step ends succeeded or gate-failed."""
     with transaction(con):
+        audit(con, actor, "pipeline.gate", f"{run_id}/{step}",
+              {"passed": decision.passed, "challenger_run": challenger_run, "champion": champion,
+               "champion_version": champion_version, "champion_run": champion_run, "summary": decision.summary,
+               "requirements": [{"requirement": r.text, "left": r.left, "right": r.right, "passed": r.passed}
+                                for r in decision.requirements]})
         con.execute("""insert or replace into pipeline_gate_decisions (run_id, step, passed, challenger_run, champion,
                                                                        champion_version, champion_run, decision,
                                                                        decided_at)
