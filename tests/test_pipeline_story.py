@@ -129,11 +129,15 @@ def test_a_deleted_output_is_a_miss_never_a_false_hit(fleet: Fleet, tmp_path: Pa
 
 def test_a_controller_killed_mid_pipeline_resumes_without_re_running_finished_steps(fleet: Fleet,
                                                                                      tmp_path: Path) -> None:
-    path = write_pipeline(tmp_path, extra_env=", env: {STEP_SLEEP: '1.5'}")
+    path = write_pipeline(tmp_path, extra_env=", env: {STEP_SLEEP: '3'}")
     started = fleet.cli("pipeline", "run", str(path), "--json", check=True).json()
     run_id = started["run_id"]
-    fleet.wait_for(lambda: states(fleet.cli_json("pipeline", "show", run_id)).get("train") == "running",
-                   timeout=90, what="train to be running")
+
+    def midway() -> bool:  # some steps done, some running: the moment to kill it
+        seen = set(states(fleet.cli_json("pipeline", "show", run_id)).values())
+        return "succeeded" in seen and "running" in seen
+
+    fleet.wait_for(midway, timeout=120, interval=0.1, what="the run to be midway")
     pid = fleet.controller_pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)

@@ -21,8 +21,7 @@ dates there, and here.
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-
-from croniter import croniter
+from typing import Any
 
 MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
 _FIELDS = (("minute", 0, 59, {}), ("hour", 0, 23, {}), ("day of month", 1, 31, {}),
@@ -83,7 +82,11 @@ def previous_time(expr: str, at: datetime) -> datetime:
     return candidate if candidate <= at else _iterator(expr, at).get_prev(datetime).astimezone(timezone.utc)
 
 
-def _iterator(expr: str, start: datetime) -> croniter:
+def _iterator(expr: str, start: datetime) -> Any:
+    # Imported here: a node's wheel install has only the agent's dependencies, and every command module
+    # (this one through the pipeline spec) is imported by the CLI, 'mlfleet --version' included.
+    from croniter import croniter
+
     start = start.replace(tzinfo=timezone.utc) if start.tzinfo is None else start.astimezone(timezone.utc)
     text = expr.strip().lower() if expr.strip().startswith("@") else expr.strip()
     return croniter(text, start, day_or=True, implement_cron_bug=True)
