@@ -17,6 +17,7 @@ from typing import Any
 import duckdb
 import msgspec
 
+from mlfleet.core.base.models import spec_dec_hook, to_plain
 from mlfleet.core.audit.records import audit
 from mlfleet.core.base.errors import NotFoundError, UsageError
 from mlfleet.core.pipelines.graph import find_cycle
@@ -63,7 +64,7 @@ def arm(con: duckdb.DuckDBPyConnection, pipeline: Pipeline, actor: str,
         con.execute("""insert or replace into pipeline_definitions (project, name, spec, source, armed_by, armed_at,
                                                                     state)
                        values (?, ?, ?, ?, ?, make_timestamptz(?::bigint), ?)""",
-                    [pipeline.project, pipeline.name, msgspec.json.encode(pipeline).decode(), pipeline.source or None,
+                    [pipeline.project, pipeline.name, msgspec.json.encode(to_plain(pipeline)).decode(), pipeline.source or None,
                      actor, micros(at), msgspec.json.encode(state).decode()])
         audit(con, actor, "pipeline.arm" if old is None else "pipeline.rearm", f"{pipeline.project}/{pipeline.name}",
               {"on": msgspec.to_builtins(pipeline.on), "concurrency": pipeline.concurrency,
@@ -105,7 +106,7 @@ def armed(con: duckdb.DuckDBPyConnection, name: str | None = None,
     out = []
     for p, n, spec, source, by, at, state in found:
         try:
-            pipeline, problem = msgspec.json.decode(spec, type=Pipeline), None
+            pipeline, problem = msgspec.json.decode(spec, type=Pipeline, dec_hook=spec_dec_hook), None
         except msgspec.ValidationError as exc:  # armed by an mlfleet whose Pipeline had other fields
             pipeline, problem = None, f"its armed spec no longer reads ({exc}); run the file again to re-arm it"
         out.append({"project": p, "name": n, "pipeline": pipeline, "problem": problem, "source": source,
