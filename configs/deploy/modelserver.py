@@ -14,7 +14,9 @@ deployment needs from a server is here, once:
   matter), ``inflight_requests``, ``model_loaded_version`` and
   ``model_predictions_total{label}``;
 * each prediction's inputs and outputs go to ``mlfleet.serve.capture`` (for
-  drift checks), when that module is importable;
+  drift checks), when that module is importable; except the agent's deep
+  probes (``User-Agent: mlfleet-agent``): the same row every few seconds is
+  not traffic, and would be most of an idle deployment's captures;
 * SIGTERM (or SIGINT): stop accepting, answer every request already
   accepted, exit 0. Replicas are cancelled with SIGTERM after a drain, so
   a rollout loses no request that reached the server;
@@ -54,6 +56,7 @@ except ImportError:
 MAX_BODY = 1 << 20  # bytes of a /predict body; more is 413
 BROKEN_ENV = "MLFLEET_EXAMPLE_BROKEN"
 DELAY_ENV = "MLFLEET_EXAMPLE_DELAY"
+PROBE_AGENT = "mlfleet-agent"  # the User-Agent of the agent's health probes (agents/httpprobe.py): not captured
 ROUTES = ("/health", "/predict", "/metrics")  # the route label's values, plus "other": hostile paths add no series
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -185,7 +188,8 @@ class Handler(BaseHTTPRequestHandler):
             return 500, {"error": f"prediction failed: {type(exc).__name__}"}
         for label in prediction.labels:
             app.metrics.predictions.labels(label).inc()
-        app.capture(prediction)
+        if self.headers.get("User-Agent") != PROBE_AGENT:
+            app.capture(prediction)
         return 200, prediction.answer
 
     def _body(self) -> Any:

@@ -23,6 +23,9 @@ import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import duckdb
+
+from mlfleet.core.base.errors import UsageError
 from mlfleet.core.drift import records
 from mlfleet.core.drift.check import run_check, source_columns
 from mlfleet.core.drift.config import load_drift_config
@@ -34,8 +37,10 @@ if TYPE_CHECKING:
 
 
 def compute(reference: str, current: str | None, deployment: str | None, config: str | None,
-            capture_dir: Path, columns: list[str] | None = None) -> dict[str, Any]:
+            capture_dir: Path, columns: list[str] | None = None, since: float | None = None) -> dict[str, Any]:
     """The report of ``current`` (files) or ``deployment``'s captured inputs against ``reference`` (files); blocking.
+
+    ``since`` (seconds since the epoch): only the captures made at or after it.
 
     Raises UsageError (one sentence) for missing files, an unreadable side or
     a bad drift.yaml (SpecError), as ``drift check`` does.
@@ -46,7 +51,7 @@ def compute(reference: str, current: str | None, deployment: str | None, config:
         cur: FileSource = resolve_files(current, "current")
     else:
         assert deployment is not None, "a drift check reads current files or a deployment's captures"
-        cur = resolve_captures(capture_dir, deployment, None, None)
+        cur = resolve_captures(capture_dir, deployment, since, None)
         if columns is None:
             columns = source_columns(settings, ref)  # the reference's features, not the capture's metadata
     return run_check(settings, ref, cur, columns)
@@ -54,9 +59,12 @@ def compute(reference: str, current: str | None, deployment: str | None, config:
 
 async def check_and_store(store: "Store", capture_dir: Path, actor: str, reference: str, current: str | None = None,
                           deployment: str | None = None, config: str | None = None,
-                          columns: list[str] | None = None) -> dict[str, Any]:
-    """Compute the report (in a thread) and store it as ``drift_save_report`` does; the report with its id."""
-    report = await asyncio.to_thread(compute, reference, current, deployment, config, capture_dir, columns)
+                          columns: list[str] | None = None, since: float | None = None) -> dict[str, Any]:
+    """Compute the report (in a thread) and store it as ``drift_save_report`` does; the report with its id.
+
+    ``since`` (seconds since the epoch) limits a deployment's captures to those made at or after it.
+    """
+    report = await asyncio.to_thread(compute, reference, current, deployment, config, capture_dir, columns, since)
     report_id = await store.read(new_report_id)
     await store.run(records.save_report, report_id, report, actor, None, deployment)
     report.update(report_id=report_id, run_id=None, deployment=deployment)
@@ -69,3 +77,21 @@ def new_report_id(con: Any) -> str:
         ident = "d" + secrets.token_hex(4)
         if not rows(con, "select 1 from drift_reports where report_id = ?", [ident]):
             return ident
+
+
+def capture_window(capture_dir: Path, deployment: str, since: float | None) -> tuple[int, float | None]:
+    """How many captures of ``deployment`` were made at or after ``since``, and the newest one's time (seconds);
+    ``(0, None)`` when there are none. Blocking (DuckDB): what the drift watch asks before it checks, so an idle
+    deployment costs no report, and where its next window starts."""
+    try:
+        source = resolve_captures(capture_dir, deployment, since, None)
+    except UsageError:
+        return 0, None
+    where = f" where ts >= make_timestamp({int(since * 1_000_000)})" if since is not None else ""
+    con = duckdb.connect()
+    try:
+        count, newest = con.execute(f"select count(*), epoch_us(max(ts)) from {FileSource.table_function(source)}"
+                                    f"{where}").fetchone() or (0, None)
+    finally:
+        con.close()
+    return int(count or 0), None if newest is None else newest / 1_000_000

@@ -16,7 +16,7 @@ import msgspec
 
 from mlfleet.core.base.bounds import Ident, ListLimit, WaitSeconds
 from mlfleet.core.base.errors import UsageError
-from mlfleet.core.base.models import to_plain
+from mlfleet.core.base.models import spec_dec_hook, to_plain
 from mlfleet.core.base.protocol import Peer
 from mlfleet.core.jobs.code_upload import must_be_controller_user
 from mlfleet.core.jobs.spec import validate_job_spec
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 def pipeline_from_data(data: Any) -> Pipeline:
     """A resolved pipeline sent as data, checked: shape, references, no cycle, every job a valid job."""
     try:
-        pipeline = msgspec.convert(data, Pipeline)
+        pipeline = msgspec.convert(data, Pipeline, dec_hook=spec_dec_hook)
     except msgspec.ValidationError as exc:
         raise UsageError(f"pipeline_run: the pipeline is not a resolved pipeline ({exc}); send what "
                          "load_pipeline_spec returns") from None

@@ -27,12 +27,24 @@ MAX_STEPS = 200
 MAX_REQUIREMENTS = 32
 
 
+DEFAULT_DRIFT_EVERY = "5m"
+
+
 class DriftTrigger(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``on: drift:``: run when a drift check of this deployment's captured traffic reports drift."""
+    """``on: drift:``: run when a drift check of this deployment's captured traffic reports drift.
+
+    Without ``reference:`` the trigger reacts to drift reports someone saved
+    (``drift check --deployment D --save``). With it the controller checks
+    the deployment's new captures itself every ``every`` (core/pipelines/
+    trigger_loop.py): ``reference`` is a file (resolved to an absolute path at
+    load, from the pipeline file's folder) or ``STEP.outputs.NAME``, the output
+    of that step in this pipeline's newest succeeded or cached run.
+    """
 
     deployment: Name
-    reference: PathText | None = None  # the training data to compare with (default: the model version's)
+    reference: PathText | None = None  # what the captures are compared with; None: only saved reports fire
     config: PathText | None = None  # a drift.yaml (core/drift/config.py), relative to the pipeline file
+    every: Annotated[str, Meta(min_length=1, max_length=64)] | float | int = DEFAULT_DRIFT_EVERY  # between checks
 
 
 class TriggersFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

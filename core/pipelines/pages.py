@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlfleet.core.base.models import to_plain
+from mlfleet.core.base.units import format_duration
 from mlfleet.core.cli import render
 from mlfleet.core.pipelines import graph
 from mlfleet.core.pipelines.drawing import symbol
@@ -70,8 +71,9 @@ def triggers_text(on: Any) -> str:
             parts.append(f"{field} {render.value(value)}")
     drift = plain.get("drift")
     if drift:
-        deployment = drift.get("deployment") if isinstance(drift, Mapping) else getattr(drift, "deployment", None)
-        parts.append(f"drift of {deployment}")
+        get = drift.get if isinstance(drift, Mapping) else (lambda key: getattr(drift, key, None))
+        watched = f" (checked every {format_duration(float(get('every') or 300))})" if get("reference") else ""
+        parts.append(f"drift of {get('deployment')}{watched}")
     return "; ".join(parts) or "-"
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from mlfleet.core.base.models import spec_dec_hook
 from mlfleet.core.base.rpc import rpc_methods
 from mlfleet.core.controller.service import BaseService, ControllerContext, Rpc
 from mlfleet.core.jobs.service import JobsService
@@ -64,7 +65,8 @@ class PipelineService(BaseService):
         for row in await self.ctx.store.read(rows, "select run_id, spec, actor, options from pipeline_runs "
                                                    "where state = 'running' order by created_at"):
             pipeline = msgspec.json.decode(row["spec"] if isinstance(row["spec"], (str, bytes))
-                                           else json.dumps(row["spec"]), type=Pipeline)
+                                           else json.dumps(row["spec"]), type=Pipeline,
+                                           dec_hook=spec_dec_hook)
             options = json.loads(row["options"]) if isinstance(row["options"], str) else (row["options"] or {})
             self._drive(row["run_id"], pipeline, row["actor"], list(options.get("force") or []),
                         bool(options.get("no_cache")))

@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 
 from mlfleet.core.base.errors import SpecError
+from mlfleet.core.base.units import parse_duration
 from mlfleet.core.base.models import JobSpec
 from mlfleet.core.base.validation import collect_errors, raise_collected, touches
 from mlfleet.core.base.yamlsource import Located, dotted, read_yaml
@@ -32,11 +33,12 @@ from mlfleet.core.pipelines import graph
 from mlfleet.core.pipelines.cron import EXAMPLE as CRON_EXAMPLE
 from mlfleet.core.pipelines.cron import cron_problem
 from mlfleet.core.pipelines.job_steps import job_of_step, typed_jobs
-from mlfleet.core.pipelines.models import (STEP_KINDS, DriftStepFile, DriftTrigger, GateStepFile, Input, Pipeline, PipelineFile,
+from mlfleet.core.pipelines.models import (DEFAULT_DRIFT_EVERY, STEP_KINDS, DriftStepFile, DriftTrigger, GateStepFile, Input, Pipeline, PipelineFile,
                                            PromoteStepFile, RegisterStepFile, Step, StepFile, Triggers, TriggersFile)
 from mlfleet.core.pipelines.params import Filled, fill
 from mlfleet.core.tracking.runfilter import FilterError, parse_relation
 
+MIN_DRIFT_EVERY = 1.0  # seconds: the shortest ``on: drift: every:`` (each check scans the window's captures)
 MAX_SPEC_ERRORS = 10  # a pipeline holds several steps: a few mistakes each, but past this it is one mistake repeated
 STRUCTS: dict[tuple[Any, ...], type[msgspec.Struct]] = {
     (): PipelineFile, ("on",): TriggersFile, ("on", "drift"): DriftTrigger, ("steps", "*"): StepFile,
@@ -103,7 +105,7 @@ def check_pipeline(data: dict[str, Any], located: Located, base: Path) -> tuple[
         return None, errors[:MAX_SPEC_ERRORS]
     check = _Checker(raw, data, located, base, removed, fills)
     steps = check.steps()
-    triggers = check.triggers()
+    triggers = check.triggers(steps)
     errors = sorted(errors + check.errors, key=lambda e: (e.line is None, e.line or 0))[:MAX_SPEC_ERRORS]
     if errors:
         return None, errors
@@ -325,7 +327,7 @@ class _Checker:
 
     # ------------------------------------------------------------ triggers
 
-    def triggers(self) -> Triggers:
+    def triggers(self, steps: dict[str, Step]) -> Triggers:
         on = self.raw.on
         schedule = _as_list(on.schedule)
         for i, text in enumerate(schedule):
@@ -339,7 +341,50 @@ class _Checker:
                 self.fail(("on", "after", i) if isinstance(on.after, list) else ("on", "after"),
                           "names this pipeline itself, so each run would start the next forever",
                           "name another pipeline, or use schedule:")
-        return Triggers(schedule=schedule, data=_as_list(on.data), drift=on.drift, after=after)
+        drift = self._drift_trigger(on.drift, steps) if on.drift is not None else None
+        return Triggers(schedule=schedule, data=_as_list(on.data), drift=drift, after=after)
+
+    def _drift_trigger(self, drift: DriftTrigger, steps: dict[str, Step]) -> DriftTrigger:
+        """``on: drift:`` resolved: ``every`` in seconds, a file ``reference``/``config`` absolute; mistakes said."""
+        at = ("on", "drift")
+        every: float = parse_duration(DEFAULT_DRIFT_EVERY)
+        try:
+            every = parse_duration(drift.every)
+        except ValueError as exc:
+            self.fail(at + ("every",), str(exc), "e.g. every: 5m (how often the controller checks new captures)")
+        else:
+            if every < MIN_DRIFT_EVERY:
+                self.fail(at + ("every",), f"{drift.every!r} is under {MIN_DRIFT_EVERY:g} s",
+                          "checks cost a scan of the captures: give 1s or more (5m is the default)")
+        reference = drift.reference.strip() if drift.reference is not None else None
+        if reference is not None:
+            ref = REFERENCE.match(reference)
+            like = _LOOKS_LIKE_REFERENCE.match(reference)
+            if ref:
+                self._trigger_reference(at + ("reference",), ref.group(1), ref.group(2), steps)
+            elif like and like.group(1) in self.raw.steps and "/" not in reference:
+                self.fail(at + ("reference",), f"{reference!r} names step {like.group(1)} but not its outputs",
+                          f"did you mean {like.group(1)}.outputs.{like.group(3)}?")
+            elif "\0" in reference:
+                self.fail(at + ("reference",), "is not a path", "give a file (data/reference.csv) or STEP.outputs.NAME")
+            else:
+                reference = str((self.base / Path(reference).expanduser()).resolve())
+        config = str((self.base / Path(drift.config.strip()).expanduser()).resolve()) if drift.config else None
+        return msgspec.structs.replace(drift, reference=reference, config=config, every=every)
+
+    def _trigger_reference(self, parts: tuple[Any, ...], step: str, output: str, steps: dict[str, Step]) -> None:
+        """``reference: STEP.outputs.NAME`` of ``on: drift:`` names a job step of this pipeline and one of its outputs."""
+        if not self._known(parts, step, steps):
+            return
+        outputs = steps[step].outputs
+        if steps[step].kind != "job":
+            self.fail(parts, f"step {step} is a {steps[step].kind} step, not a job step",
+                      "name the job step that writes the reference")
+        elif output not in outputs and (step, output) not in self.bad_outputs:
+            close = difflib.get_close_matches(output, list(outputs), n=1)
+            self.fail(parts, f"step {step} has no output {output!r}",
+                      f"did you mean {step}.outputs.{close[0]}?" if close else
+                      f"its outputs are {', '.join(outputs)}" if outputs else f"declare it under steps.{step}.outputs")
 
 
 def _job_text(parts: tuple[Any, ...]) -> bool:

@@ -13,7 +13,10 @@ Per definition and tick, in order:
    loop (core/pipelines/data_hash.py: a stat per unchanged file, at most
    ``max_bytes`` read per tick, at most every ``data_interval`` seconds);
    drift reports of the watched deployment since the last one read;
-   succeeded runs of the ``after:`` pipelines since the last one read;
+   succeeded runs of the ``after:`` pipelines since the last one read; a
+   drift watch's finished check taken in and the next one started when due
+   (``on: drift:`` with ``reference:``: the controller checks the captures
+   itself, in a task, one per definition at a time);
 3. decide, then admit each firing and start, queue, replace or skip it; the
    firings after the first that started or queued a run in one tick are
    skipped as covered by it (they saw the same world, and one run reads it);
@@ -31,18 +34,21 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from mlfleet.core.base.errors import MlfleetError
+from mlfleet.core.drift import stored_check
 from mlfleet.core.controller.service import ControllerContext
 from mlfleet.core.pipelines import trigger_records as records
 from mlfleet.core.pipelines.data_hash import DataHasher
 from mlfleet.core.pipelines.models import Pipeline
-from mlfleet.core.pipelines.triggers import Firing, Observations, TriggerState, admit, decide
+from mlfleet.core.pipelines.spec import REFERENCE
+from mlfleet.core.pipelines.triggers import (Firing, Observations, TriggerState, admit, decide, drift_check_due,
+                                            drift_window)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +71,8 @@ class TriggerLoop:
         self.data_interval = data_interval
         self.actor = actor
         self._data_checked: dict[tuple[str, str], float] = {}  # (project, name) -> monotonic time of the last hash
+        self._checks: dict[tuple[str, str], asyncio.Task[datetime | None]] = {}  # the drift watch's check going
+        self._checked_at: dict[tuple[str, str], datetime] = {}  # when the drift watch last started a check
         self.ticks = 0
 
     async def tick(self, now: datetime | None = None) -> list[dict[str, Any]]:
@@ -102,6 +110,7 @@ class TriggerLoop:
                            "the run it waited for ended" if run_id else problem))
             running = [run_id] if run_id else running
             covered = f"run {run_id} started this tick" if run_id else None
+        self._watch(pipeline, state, now)
         seen = Observations(now=now, data=await self._data(pipeline, now), drift=await self._drift(pipeline, state),
                             succeeded=await self._succeeded(pipeline, state))
         firings, state = decide(pipeline, state, seen)
@@ -141,6 +150,12 @@ class TriggerLoop:
             return []  # disarmed while this tick ran: its firings stand (runs started are the service's), no rows
         return [{"project": pipeline.project, "name": pipeline.name, "trigger": f.trigger, "outcome": outcome,
                  "run_id": run_id, "reason": reason, "cause": f.cause} for f, outcome, run_id, reason in events]
+
+    async def checks_done(self) -> None:
+        """Wait for the drift watch's checks going (a stopping controller, a test that ticks by hand)."""
+        going = [t for t in self._checks.values() if not t.done()]
+        if going:
+            await asyncio.gather(*going, return_exceptions=True)
 
     async def _running(self, pipeline: Pipeline) -> list[str]:
         if self.running is None:
@@ -187,6 +202,66 @@ class TriggerLoop:
         if pipeline.on.drift is None or state.drift is None:
             return []
         return await self.ctx.store.read(records.drift_reports_since, pipeline.on.drift.deployment, state.drift.at)
+
+    def _watch(self, pipeline: Pipeline, state: TriggerState, now: datetime) -> None:
+        """The drift watch (``on: drift:`` with ``reference:``): take in a finished check (where the next window
+        starts), and start the next one when due. One check per definition at a time, as a task: its DuckDB work
+        runs in threads, so neither the event loop nor the other definitions' triggers wait for it. Its report,
+        saved like anyone's, is read by :meth:`_drift` and fires through triggers.decide."""
+        key = (pipeline.project, pipeline.name)
+        task = self._checks.get(key)
+        if task is not None:
+            if not task.done():
+                return
+            del self._checks[key]
+            checked = None if task.cancelled() else task.result()
+            if checked is not None and (state.drift_checked is None or checked > state.drift_checked):
+                state.drift_checked = checked
+        if not drift_check_due(pipeline.on, self._checked_at.get(key), now):
+            return
+        self._checked_at[key] = now
+        self._checks[key] = asyncio.get_running_loop().create_task(
+            self._check_drift(pipeline, drift_window(state)), name=f"drift watch {pipeline.project}/{pipeline.name}")
+
+    async def _check_drift(self, pipeline: Pipeline, since: datetime) -> datetime | None:
+        """Check the deployment's captures made since ``since`` against the reference and save the report as the
+        controller; where the next window starts (just past the newest capture read), or None when nothing was
+        checked (no reference yet, no captures in the window, or a problem, which is logged)."""
+        drift = pipeline.on.drift
+        assert drift is not None and drift.reference is not None
+        name = f"pipeline {pipeline.project}/{pipeline.name}"
+        try:
+            reference = await self._reference(pipeline, drift.reference)
+            if reference is None:
+                log.info("%s: the drift watch has no reference yet (%s): no step run of it has succeeded", name,
+                         drift.reference)
+                return None
+            capture_dir = self.ctx.home.capture_dir
+            count, newest = await asyncio.to_thread(stored_check.capture_window, capture_dir, drift.deployment,
+                                                    since.timestamp())
+            if not count or newest is None:
+                return None
+            report = await stored_check.check_and_store(self.ctx.store, capture_dir, self.actor, reference, None,
+                                                        drift.deployment, drift.config, since=since.timestamp())
+            log.info("%s: the drift watch checked %d captures of %s: report %s, %s", name, count, drift.deployment,
+                     report["report_id"], "drifted" if report["drifted"] else "no drift")
+            return datetime.fromtimestamp(newest, timezone.utc) + timedelta(microseconds=1)
+        except MlfleetError as exc:
+            log.warning("%s: the drift watch of %s could not check: %s", name, drift.deployment, exc)
+        except Exception:  # one broken check must not stop the watch
+            log.exception("%s: the drift watch of %s failed", name, drift.deployment)
+        return None
+
+    async def _reference(self, pipeline: Pipeline, text: str) -> str | None:
+        """The watch's reference: a file as resolved at load, or where the controller keeps ``STEP.outputs.NAME``
+        of this pipeline's newest succeeded or cached run of that step (None: no such run yet)."""
+        ref = REFERENCE.match(text)
+        if ref is None:
+            if not Path(text).exists():
+                raise MlfleetError(f"reference {text} does not exist")
+            return text
+        return await self.ctx.store.read(records.newest_output, pipeline.project, pipeline.name, ref.group(1),
+                                         ref.group(2))
 
     async def _succeeded(self, pipeline: Pipeline, state: TriggerState) -> list[Any]:
         names = [n for n in pipeline.on.after if n != pipeline.name]

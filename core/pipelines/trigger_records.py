@@ -17,6 +17,7 @@ from typing import Any
 import duckdb
 import msgspec
 
+from mlfleet.core.base.models import spec_dec_hook, to_plain
 from mlfleet.core.audit.records import audit
 from mlfleet.core.base.errors import NotFoundError, UsageError
 from mlfleet.core.pipelines.graph import find_cycle
@@ -63,7 +64,7 @@ def arm(con: duckdb.DuckDBPyConnection, pipeline: Pipeline, actor: str,
         con.execute("""insert or replace into pipeline_definitions (project, name, spec, source, armed_by, armed_at,
                                                                     state)
                        values (?, ?, ?, ?, ?, make_timestamptz(?::bigint), ?)""",
-                    [pipeline.project, pipeline.name, msgspec.json.encode(pipeline).decode(), pipeline.source or None,
+                    [pipeline.project, pipeline.name, msgspec.json.encode(to_plain(pipeline)).decode(), pipeline.source or None,
                      actor, micros(at), msgspec.json.encode(state).decode()])
         audit(con, actor, "pipeline.arm" if old is None else "pipeline.rearm", f"{pipeline.project}/{pipeline.name}",
               {"on": msgspec.to_builtins(pipeline.on), "concurrency": pipeline.concurrency,
@@ -105,7 +106,7 @@ def armed(con: duckdb.DuckDBPyConnection, name: str | None = None,
     out = []
     for p, n, spec, source, by, at, state in found:
         try:
-            pipeline, problem = msgspec.json.decode(spec, type=Pipeline), None
+            pipeline, problem = msgspec.json.decode(spec, type=Pipeline, dec_hook=spec_dec_hook), None
         except msgspec.ValidationError as exc:  # armed by an mlfleet whose Pipeline had other fields
             pipeline, problem = None, f"its armed spec no longer reads ({exc}); run the file again to re-arm it"
         out.append({"project": p, "name": n, "pipeline": pipeline, "problem": problem, "source": source,
@@ -235,13 +236,30 @@ def drift_reports_since(con: duckdb.DuckDBPyConnection, deployment: str, since: 
     pipeline's own check never fires its own drift trigger.
     """
     found = con.execute("""select d.report_id, epoch_us(d.created_at), d.drifted, d.drifted_columns, d.drift_share,
-                                  r.project || '/' || r.name
+                                  r.project || '/' || r.name,
+                                  (select list(c.column_name order by c.position) from drift_columns c
+                                   where c.report_id = d.report_id and c.drifted)
                            from drift_reports d left join pipeline_runs r on d.actor = 'pipeline:' || r.run_id
                            where d.deployment = ? and epoch_us(d.created_at) >= ?
                            order by d.created_at, d.report_id limit ?""",
                         [deployment, micros(since), limit]).fetchall()
     return [DriftReport(report_id=r, created_at=utc(at), drifted=bool(d), drifted_columns=int(c or 0),
-                        drift_share=float(s or 0.0), made_by=by) for r, at, d, c, s, by in found]
+                        drift_share=float(s or 0.0), made_by=by, drifted_features=tuple(f or ()))
+            for r, at, d, c, s, by, f in found]
+
+
+def newest_output(con: duckdb.DuckDBPyConnection, project: str, name: str, step: str,
+                  output: str) -> str | None:
+    """Where the controller keeps ``step``'s output ``output`` of this pipeline's newest succeeded or cached step run
+    (what ``on: drift: reference: STEP.outputs.NAME`` compares with); None when no run has it stored."""
+    found = con.execute("""select o.stored from pipeline_step_outputs o
+                           join pipeline_steps s on s.run_id = o.run_id and s.step = o.step
+                           join pipeline_runs r on r.run_id = s.run_id
+                           where r.project = ? and r.name = ? and s.step = ? and o.name = ?
+                             and s.state in ('succeeded', 'cached') and o.stored is not null
+                           order by coalesce(s.ended_at, s.created_at) desc, r.created_at desc limit 1""",
+                        [project, name, step, output]).fetchall()
+    return str(found[0][0]) if found else None
 
 
 def report_actor(run_id: str) -> str:

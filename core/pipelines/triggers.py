@@ -22,6 +22,12 @@ cause nor loses one:
   (the newest), the cause counts them. A report this pipeline's own drift
   step made is read but never fires it: a retrain whose check still sees
   drift would otherwise start itself again, forever.
+* **drift watch** (``on: drift:`` with ``reference:``): the controller
+  checks the deployment's captures itself, at most every ``every``
+  (:func:`drift_check_due`), over the captures since the later of the
+  trigger's last firing and its last check (:func:`drift_window`), so
+  captures already checked or acted on never fire again. Its report is
+  saved like anyone's and fires through the rule above.
 * **after**: on each newly succeeded run of a named pipeline of the same
   project (names are a project's). A pipeline never fires itself: the spec
   check refuses ``after:`` naming it, :func:`decide` ignores it again
@@ -86,6 +92,8 @@ class TriggerState(msgspec.Struct, kw_only=True):
     drift: Mark | None = None  # the newest report of drift_deployment read
     after: dict[str, Mark] = msgspec.field(default_factory=dict)  # upstream pipeline -> its newest succeeded run read
     queued: Firing | None = None  # the one firing waiting for a running run to end (concurrency: queue)
+    drift_fired: datetime | None = None  # when the drift trigger last fired
+    drift_checked: datetime | None = None  # the watch's window start after its last check (past the newest capture read)
 
 
 class DriftReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -97,6 +105,7 @@ class DriftReport(msgspec.Struct, frozen=True, kw_only=True):
     drifted_columns: int = 0
     drift_share: float = 0.0
     made_by: str | None = None  # PROJECT/NAME of the pipeline whose drift step saved it, if one did
+    drifted_features: tuple[str, ...] = ()  # the columns it found drifted, in the report's order
 
 
 class SucceededRun(msgspec.Struct, frozen=True, kw_only=True):
@@ -151,7 +160,26 @@ def arm_state(on: Triggers, now: datetime, old: TriggerState | None = None) -> T
         drift_deployment=deployment,
         drift=(old.drift if same_drift and old is not None else Mark(at=now)) if deployment else None,
         after={name: (old.after.get(name) if old else None) or Mark(at=now) for name in on.after},
-        queued=old.queued if old else None)
+        queued=old.queued if old else None,
+        drift_fired=old.drift_fired if same_drift and old is not None else None,
+        drift_checked=old.drift_checked if same_drift and old is not None else None)
+
+
+def drift_check_due(on: Triggers, last_check: datetime | None, now: datetime) -> bool:
+    """Whether the drift watch (``on: drift:`` with ``reference:``) checks now: never before ``every`` has passed
+    since the last attempt (``last_check``; None: none yet, so at once)."""
+    if on.drift is None or on.drift.reference is None:
+        return False
+    if last_check is None:
+        return True
+    return (now - last_check).total_seconds() >= float(on.drift.every)
+
+
+def drift_window(state: TriggerState) -> datetime:
+    """Where the watch's next check starts reading captures: the latest of the arming, the trigger's last firing
+    and the end of its last check. Captures before it were checked or acted on already; reading them again could
+    fire a second retrain for the drift the first one answered."""
+    return max(t for t in (state.armed_at, state.drift_fired, state.drift_checked) if t is not None)
 
 
 def next_due(on: Triggers, state: TriggerState) -> datetime | None:
@@ -186,9 +214,11 @@ def decide(pipeline: Pipeline, state: TriggerState,
                     drifted.append(report)
         if drifted:
             last = drifted[-1]
+            new.drift_fired = seen.now
             firings.append(Firing(trigger="drift", at=seen.now, cause={
                 "deployment": on.drift.deployment, "report_id": last.report_id,
                 "report_at": last.created_at.isoformat(), "drifted_columns": last.drifted_columns,
+                "drifted_features": list(last.drifted_features[:MAX_LISTED]),
                 "drift_share": last.drift_share, "drifted_reports": len(drifted), "firing": f"{version}:drift"}))
     for run in sorted(seen.succeeded, key=lambda r: (r.ended_at, r.run_id)):
         if run.name == pipeline.name or run.name not in on.after:  # never itself, only what it names

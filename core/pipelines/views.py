@@ -10,6 +10,7 @@ import duckdb
 import msgspec
 
 from mlfleet.core.base.errors import NotFoundError
+from mlfleet.core.base.models import spec_dec_hook
 from mlfleet.core.pipelines import records
 from mlfleet.core.pipelines.explain import explain
 from mlfleet.core.pipelines.graph import upstream_of
@@ -41,11 +42,15 @@ def show(con: duckdb.DuckDBPyConnection, ident: str) -> dict[str, Any]:
     run_id = resolve_run(con, ident)
     run = records.get_run(con, run_id)
     spec = con.execute("select spec from pipeline_runs where run_id = ?", [run_id]).fetchall()[0][0]
-    pipeline = msgspec.json.decode(spec if isinstance(spec, (str, bytes)) else json.dumps(spec), type=Pipeline)
+    pipeline = msgspec.json.decode(spec if isinstance(spec, (str, bytes)) else json.dumps(spec), type=Pipeline,
+                                 dec_hook=spec_dec_hook)
     details = {r["step"]: _json(r["detail"]) for r in rows(con, "select step, detail from pipeline_steps "
                                                                   "where run_id = ?", [run_id])}
-    tracking = {r["job_id"]: r["run_id"] for r in rows(con, """select j.job_id, j.run_id from jobs j
-                 join pipeline_steps s on s.job_id = j.job_id where s.run_id = ?""", [run_id])}
+    # a step's tracking run: its own job's, or for a cached step the job's of the run it reused (what a gate judged
+    # and a register registered, so `run` traces a model version back to this run's step either way)
+    tracking = {r["step"]: r["run_id"] for r in rows(con, """select s.step, j.run_id from pipeline_steps s
+                 left join pipeline_steps src on src.run_id = s.source_run and src.step = s.step
+                 join jobs j on j.job_id = coalesce(s.job_id, src.job_id) where s.run_id = ?""", [run_id])}
     steps = []
     for row in records.run_steps(con, run_id):
         outputs = records.outputs_of(con, run_id, row["step"])
@@ -57,7 +62,7 @@ def show(con: duckdb.DuckDBPyConnection, ident: str) -> dict[str, Any]:
         steps.append({
             "step": row["step"], "kind": row["kind"], "state": row["state"], "key": row["key"],
             "reasons": (row["reason"] or "").split("; ") if row["reason"] else [], "forced": bool(row["forced"]),
-            "job_id": row["job_id"], "run": tracking.get(row["job_id"]) if row["job_id"] else None,
+            "job_id": row["job_id"], "run": tracking.get(row["step"]),
             "source_run": row["source_run"], "started_at": _iso(row["started_at"]), "ended_at": _iso(row["ended_at"]),
             "outputs": [{"name": d.name, "path": d.path, "sha256": d.sha256, "size": d.size, "files": d.files}
                         for d in outputs.values()],

@@ -13,6 +13,9 @@ request ``[5.1, 3.5, 1.4, 0.2]`` is a setosa here too. Writes
 and logs both as artifacts, with loss/accuracy curves and ``val_accuracy``,
 through ``mlfleet.track`` (no-ops outside mlfleet). Settings come from the
 job's ``params`` (``--set params.epochs=300``), a flag given here wins.
+With ``data`` (a CSV of the four features and the species index, as the
+closed-loop pipeline's prepare step writes it) it learns from that file
+instead of drawing rows, so a model is traceable to the data it saw.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 CLASSES = ("setosa", "versicolor", "virginica")
 MEANS = np.array([[5.01, 3.43, 1.46, 0.25], [5.94, 2.77, 4.26, 1.33], [6.59, 2.97, 5.55, 2.03]])
 SPREADS = np.array([[0.35, 0.38, 0.17, 0.11], [0.52, 0.31, 0.47, 0.20], [0.64, 0.32, 0.55, 0.27]])
-DEFAULTS = {"seed": 0, "rows": 3000, "epochs": 300, "lr": 0.5, "l2": 0.001, "broken": False, "out": "out"}
+DEFAULTS = {"seed": 0, "rows": 3000, "epochs": 300, "lr": 0.5, "l2": 0.001, "broken": False, "out": "out",
+            "data": ""}
 
 
 def dataset(seed: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,6 +42,14 @@ def dataset(seed: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
     y = rng.integers(0, len(CLASSES), size=rows)
     x = np.round(np.clip(rng.normal(MEANS[y], SPREADS[y]), 0.1, None), 1)
     return x, y
+
+
+def load_rows(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of a CSV of the four features and the species index (no header), e.g. data/iris.csv."""
+    table = np.loadtxt(path, delimiter=",", ndmin=2)
+    if table.shape[1] != len(FEATURES) + 1:
+        raise SystemExit(f"{path}: {table.shape[1]} columns; expected {', '.join(FEATURES)} and the species index")
+    return table[:, :len(FEATURES)], table[:, len(FEATURES)].astype(int)
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -59,7 +71,7 @@ def settings() -> dict:
 
 def main() -> None:
     cfg = settings()
-    x, y = dataset(int(cfg["seed"]), int(cfg["rows"]))
+    x, y = load_rows(str(cfg["data"])) if cfg["data"] else dataset(int(cfg["seed"]), int(cfg["rows"]))
     split = len(y) * 4 // 5
     x_train, y_train, x_val, y_val = x[:split], y[:split], x[split:], y[split:]
     mean, std = x_train.mean(axis=0), x_train.std(axis=0)
