@@ -1,6 +1,6 @@
 """Pipelines side by side: a no-op re-run of one 5-step DAG (mlfleet vs ``dvc repro``), and a 200-step fan-out.
 
-    .venv/bin/python benchmarks/pipeline_bench.py [--repeat 5] [--dvc PATH] [--fanout 199]
+    .venv/bin/python benchmarks/pipeline_bench.py [--repeat 5] [--dvc PATH] [--fanout 199] [--fanout-repeat 3]
 
 DVC is not a dependency of mlfleet: install it into a venv of its own
 (``python3 -m venv /tmp/dvcvenv && /tmp/dvcvenv/bin/pip install dvc==3.67.1``)
@@ -33,7 +33,10 @@ from the root step's ``ended_at`` (the moment its outputs are recorded and
 the planner may go on) to the last fan-out step's ``started_at`` (stamped
 in the transaction that inserts its job), checked against the jobs table
 (every fan-out job is in it). The run is then let finish, and ``--repeat``
-no-op re-runs of all the steps (all cached) are timed as above.
+no-op re-runs of all the steps (all cached) are timed as above. Then
+``--fanout-repeat`` - 1 more first runs (the root's input changed each time,
+so every key is new) are measured the same way and cancelled once every
+fan-out job is queued (199 real jobs take a while on a small machine).
 
 Prints Markdown tables for BENCHMARKS.md, with the machine and the load
 average at the start and the end (the figures are wall times: other work on
@@ -275,6 +278,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--dvc", default=shutil.which("dvc"), help="the dvc command (default: dvc on PATH)")
     ap.add_argument("--fanout", type=int, default=199, help="steps reading the root's output (total: this + 1)")
+    ap.add_argument("--fanout-repeat", type=int, default=3,
+                    help="first runs of the fan-out measured (the first is let finish, the others are cancelled)")
     ap.add_argument("--skip-fanout", action="store_true")
     args = ap.parse_args()
     load_before = os.getloadavg()
@@ -313,6 +318,13 @@ def main() -> None:
                 results["fan_noop"] = mlfleet_noop(fleet, fan, args.repeat, args.fanout + 1)
                 results["fan_check"] = [timed([MLFLEET, "pipeline", "check", str(fan)], fan.parent, fleet.env)[0]
                                         for _ in range(args.repeat)]
+            more = []
+            for i in range(args.fanout_repeat - 1):  # a new seed: the root runs, every fan-out key is new
+                (fan.parent / "root" / "seed.txt").write_text(f"seed {i}\n")
+                more.append(fanout_first_run(fleet, fan, args.fanout))
+                fleet.json("pipeline", "cancel", more[-1]["run_id"])
+                wait_ended(fleet, more[-1]["run_id"], 300)
+            results["fanout_all"] = [measured, *more]
     finally:
         fleet.stop()
         shutil.rmtree(fleet.root, ignore_errors=True)
@@ -330,23 +342,27 @@ def main() -> None:
     print(f"| start-up floor (`pipeline check` / `dvc --version`) | {ms(results['check'])} | {dvc_floor} |")
     if "fanout" in results:
         f = results["fanout"]
+        every = results["fanout_all"]
+        pick = lambda key: ms([r[key] for r in every])  # noqa: E731
         total = args.fanout + 1
-        print(f"\n| {total}-step fan-out (1 root, {args.fanout} readers) | ms |")
+        print(f"\n| {total}-step fan-out (1 root, {args.fanout} readers), first run: min / median of "
+              f"{len(every)} | ms |")
         print("|---|---:|")
-        print(f"| `pipeline run` (no --wait) returns (root planned and submitted) | {f['cli_return'] * 1000:,.0f} |")
-        print(f"| root's job ran (its started_at → ended_at) | {f['root_ran'] * 1000:,.0f} |")
-        print(f"| root ended → first fan-out step queued with its job | {f['planned_first'] * 1000:,.0f} |")
-        print(f"| root ended → all {args.fanout} fan-out steps queued with their jobs | "
-              f"{f['planned_last'] * 1000:,.0f} |")
-        print(f"| root ended → last fan-out job's submitted_at | {f['jobs_after_root'] * 1000:,.0f} |")
+        print(f"| `pipeline run` (no --wait) returns (root planned and submitted) | {pick('cli_return')} |")
+        print(f"| root's job ran (its started_at → ended_at) | {pick('root_ran')} |")
+        print(f"| root ended → first fan-out step queued with its job | {pick('planned_first')} |")
+        print(f"| root ended → all {args.fanout} fan-out jobs in the jobs table (their submitted_at) | "
+              f"{pick('jobs_after_root')} |")
+        print(f"| root ended → all {args.fanout} fan-out steps marked running with their job | "
+              f"{pick('planned_last')} |")
         print(f"| `pipeline run` started → all {args.fanout} jobs seen in the jobs table (polled every 0.2 s) | "
-              f"{f['all_queued_wall'] * 1000:,.0f} |")
-        print(f"| then until the run ended ({f['state']}) | {f['rest'] * 1000:,.0f} |")
+              f"{pick('all_queued_wall')} |")
+        print(f"| the first run, from then until it ended ({f['state']}; one sample) | {f['rest'] * 1000:,.0f} |")
         if "fan_noop" in results:
             n = results["fan_noop"]
-            print(f"| no-op re-run, whole command (min / median) | {ms(n['wall'])} |")
-            print(f"| no-op re-run, the controller (min / median) | {ms(n['controller'])} |")
-            print(f"| `pipeline check` of the {total}-step file (min / median) | {ms(results['fan_check'])} |")
+            print(f"| no-op re-run, whole command | {ms(n['wall'])} |")
+            print(f"| no-op re-run, the controller (run created → ended) | {ms(n['controller'])} |")
+            print(f"| `pipeline check` of the {total}-step file | {ms(results['fan_check'])} |")
 
 
 if __name__ == "__main__":
