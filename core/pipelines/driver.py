@@ -39,7 +39,7 @@ from mlfleet.core.pipelines import records, run_reads
 from mlfleet.core.pipelines.bundle import bundle_sources, make_bundle
 from mlfleet.core.pipelines.spec import code_excludes
 from mlfleet.core.pipelines.facts import Measured, measure
-from mlfleet.core.pipelines.keys import KeyParts, StepKey
+from mlfleet.core.pipelines.keys import KeyParts
 from mlfleet.core.pipelines.models import Pipeline, Step
 from mlfleet.core.pipelines.outputs import verify_outputs
 from mlfleet.core.pipelines.plan import Decision, Lookup, Plan, plan
@@ -147,14 +147,12 @@ class RunDriver:
             needed = current.lookups()
             if not needed:
                 return current
-            for key in needed.values():
-                found[key.key] = await self._lookup(key)
-
-    async def _lookup(self, key: StepKey) -> Lookup:
-        hit = await self.store.read(records.cached_step, self.pipeline.project, key.key)
-        if hit is None:
-            return Lookup()
-        return Lookup(hit=hit, problems=await asyncio.to_thread(verify_outputs, hit.outputs))
+            keys = sorted({key.key for key in needed.values()})
+            hits = await self.store.read(records.cached_steps, self.pipeline.project, keys)
+            problems = await asyncio.to_thread(lambda: {k: verify_outputs(h.outputs) for k, h in hits.items()})
+            for key in keys:
+                hit = hits.get(key)
+                found[key] = Lookup(hit=hit, problems=problems[key]) if hit is not None else Lookup()
 
     # ------------------------------------------------------------ acting
     async def _record_cached_and_skipped(self, decisions: list[Decision]) -> bool:
@@ -182,11 +180,15 @@ class RunDriver:
         assert self.measured is not None
         groups: dict[tuple[Any, ...], list[tuple[Decision, dict[str, Path]]]] = {}
         failed: list[tuple[Decision, str]] = []
+        reads = sorted({(self.run_id, i.step) for d in decisions for i in self.pipeline.steps[d.step].inputs
+                        if i.step is not None})
+        kept = await self.store.read(records.outputs_of_many, reads)
         for decision in decisions:
             step = self.pipeline.steps[decision.step]
             assert step.job is not None
             try:
-                upstream = await self.store.read(run_reads.upstream_outputs, self.run_id, step)
+                upstream = {(up, name): digest for (_, up), outputs in kept.items()
+                            if up in {i.step for i in step.inputs} for name, digest in outputs.items()}
                 extra = bundle_sources(self.pipeline, step.name, self.measured.matched.get(step.name, {}), upstream)
             except MlfleetError as exc:
                 failed.append((decision, str(exc)))

@@ -133,13 +133,33 @@ def _mark_cached(con: duckdb.DuckDBPyConnection, run_id: str, step: str, key: St
 
 def mark_many(con: duckdb.DuckDBPyConnection, run_id: str,
               items: list[tuple[str, str, StepKey | None, CacheHit | None, str]]) -> None:
-    """Many steps' plan in one transaction: (step, "cached" or "skipped", key, hit, reason) each."""
+    """Many steps' plan in one transaction: (step, "cached" or "skipped", key, hit, reason) each.
+
+    Set-based (one update of the steps, one insert of the reused outputs), so a 200-step re-run that is
+    all cached costs three statements, not three per step.
+    """
+    if not items:
+        return
+    at = now()
+    steps = [[step, state, key.key if key else None, msgspec.json.encode(key.parts).decode() if key else None,
+              hit.run_id if hit is not None and state == "cached" else None, reason]
+             for step, state, key, hit, reason in items]
+    outputs = [[run_id, step, d.name, d.path, d.sha256, d.size, d.files, d.host, d.stored, at]
+               for step, state, _, hit, _ in items if state == "cached" and hit is not None
+               for d in hit.outputs.values()]
     with transaction(con):
-        for step, state, key, hit, reason in items:
-            if state == "cached" and key is not None and hit is not None:
-                _mark_cached(con, run_id, step, key, hit, reason)
-            else:
-                set_step(con, run_id, step, "skipped", reason=reason)
+        con.execute("create temp table if not exists _plan_marks (step VARCHAR, state VARCHAR, key VARCHAR, "
+                    "key_parts VARCHAR, source_run VARCHAR, reason VARCHAR)")
+        con.execute("delete from _plan_marks")
+        con.executemany("insert into _plan_marks values (?, ?, ?, ?, ?, ?)", steps)
+        con.execute("""update pipeline_steps s set state = m.state, key = coalesce(m.key, s.key),
+                              key_parts = coalesce(m.key_parts::JSON, s.key_parts), reason = m.reason,
+                              source_run = coalesce(m.source_run, s.source_run), ended_at = to_timestamp(?)
+                       from _plan_marks m where s.run_id = ? and s.step = m.step""", [at, run_id])
+        if outputs:
+            con.executemany(f"""insert or replace into pipeline_step_outputs (run_id, step, {_OUTPUT_COLUMNS},
+                                                                              recorded_at)
+                                values (?, ?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(?))""", outputs)
 
 
 def record_gate(con: duckdb.DuckDBPyConnection, run_id: str, step: str, champion: str, decision: GateDecision, *,
@@ -195,6 +215,54 @@ def cached_step(con: duckdb.DuckDBPyConnection, project: str, key: str) -> Cache
                     outputs=outputs_of(con, row["run_id"], row["step"]))
 
 
+def cached_steps(con: duckdb.DuckDBPyConnection, project: str, keys: list[str]) -> dict[str, CacheHit]:
+    """:func:`cached_step` for many keys in two queries: key -> its newest succeeded step run (absent: none)."""
+    if not keys:
+        return {}
+    marks = ",".join("?" for _ in keys)
+    found = rows(con, f"""select run_id, step, key, key_parts from (
+                             select s.run_id, s.step, s.key, s.key_parts,
+                                    row_number() over (partition by s.key
+                                                       order by s.ended_at desc nulls last, s.run_id desc) as n
+                             from pipeline_steps s join pipeline_runs r on r.run_id = s.run_id
+                             where r.project = ? and s.state = 'succeeded' and s.key in ({marks}))
+                          where n = 1""", [project, *keys])
+    made = outputs_of_many(con, [(r["run_id"], r["step"]) for r in found])
+    return {r["key"]: CacheHit(run_id=r["run_id"], step=r["step"], key=r["key"], parts=_parts(r["key_parts"]),
+                               outputs=made.get((r["run_id"], r["step"]), {})) for r in found}
+
+
+def outputs_of_many(con: duckdb.DuckDBPyConnection,
+                    steps: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, OutputDigest]]:
+    """:func:`outputs_of` for many (run, step) pairs in one query."""
+    if not steps:
+        return {}
+    runs = sorted({run for run, _ in steps})
+    marks = ",".join("?" for _ in runs)
+    wanted = set(steps)
+    out: dict[tuple[str, str], dict[str, OutputDigest]] = {}
+    for r in rows(con, f"select run_id, step, {_OUTPUT_COLUMNS} from pipeline_step_outputs "
+                       f"where run_id in ({marks}) order by name", runs):
+        pair = (r.pop("run_id"), r.pop("step"))
+        if pair in wanted:
+            out.setdefault(pair, {})[r["name"]] = msgspec.convert(r, OutputDigest)
+    return out
+
+
+def previous_parts_all(con: duckdb.DuckDBPyConnection, project: str, pipeline: str,
+                       before_run: str | None = None) -> dict[str, KeyParts]:
+    """:func:`previous_parts` of every step of a pipeline in one query."""
+    found = con.execute("""select step, key_parts from (
+                               select s.step, s.key_parts,
+                                      row_number() over (partition by s.step
+                                                         order by r.created_at desc, s.run_id desc) as n
+                               from pipeline_steps s join pipeline_runs r on r.run_id = s.run_id
+                               where r.project = ? and r.name = ? and s.key_parts is not null
+                                 and s.run_id is distinct from ?)
+                           where n = 1""", [project, pipeline, before_run]).fetchall()
+    return {step: parts for step, raw in found if (parts := _parts(raw)) is not None}
+
+
 def previous_parts(con: duckdb.DuckDBPyConnection, project: str, pipeline: str, step: str,
                    before_run: str | None = None) -> KeyParts | None:
     """The key parts of the last earlier run of this pipeline's step that had a key (what ``why`` compares with)."""
@@ -228,12 +296,14 @@ def run_steps(con: duckdb.DuckDBPyConnection, run_id: str) -> list[dict[str, Any
 def settled(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Settled]:
     """A run's steps past planning (any state but queued without a key), as plan.plan reads them."""
     out: dict[str, Settled] = {}
-    for row in run_steps(con, run_id):
+    steps = run_steps(con, run_id)
+    kept = outputs_of_many(con, [(run_id, r["step"]) for r in steps if r["state"] in ("cached", "succeeded")])
+    for row in steps:
         if row["state"] == "queued" and row["key"] is None:
             continue
         parts = _parts(row["key_parts"]) if row["key_parts"] is not None else None
         key = StepKey(key=row["key"], parts=parts) if row["key"] is not None and parts is not None else None
-        made = outputs_of(con, run_id, row["step"]) if row["state"] in ("cached", "succeeded") else {}
+        made = kept.get((run_id, row["step"]), {})
         out[row["step"]] = Settled(state=row["state"], key=key, outputs={n: d.sha256 for n, d in made.items()},
                                    reason=row["reason"])
     return out

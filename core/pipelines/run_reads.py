@@ -15,8 +15,7 @@ import duckdb
 from mlfleet.core.base.models import TERMINAL_STATES
 from mlfleet.core.pipelines import records
 from mlfleet.core.pipelines.keys import KeyParts, champion_input
-from mlfleet.core.pipelines.models import Pipeline, Step
-from mlfleet.core.pipelines.state import OutputDigest
+from mlfleet.core.pipelines.models import Pipeline
 from mlfleet.core.pipelines.step_run import StepOutcome
 from mlfleet.core.store.db import transaction
 from mlfleet.core.store.rows import rows
@@ -36,12 +35,8 @@ def champions(con: duckdb.DuckDBPyConnection, pipeline: Pipeline) -> dict[str, s
 
 
 def previous_parts(con: duckdb.DuckDBPyConnection, pipeline: Pipeline, run_id: str) -> dict[str, KeyParts]:
-    out = {}
-    for name in pipeline.steps:
-        parts = records.previous_parts(con, pipeline.project, pipeline.name, name, before_run=run_id)
-        if parts is not None:
-            out[name] = parts
-    return out
+    """Each step's key parts in the last earlier run of this pipeline that had them (explain's "before")."""
+    return records.previous_parts_all(con, pipeline.project, pipeline.name, before_run=run_id)
 
 
 def ended_job_steps(con: duckdb.DuckDBPyConnection, run_id: str) -> list[dict[str, Any]]:
@@ -49,14 +44,6 @@ def ended_job_steps(con: duckdb.DuckDBPyConnection, run_id: str) -> list[dict[st
     return rows(con, f"""select s.step, s.job_id, s.reason, j.state as job_state, j.reason as job_reason, j.host, j.run_id
                          from pipeline_steps s join jobs j on j.job_id = s.job_id
                          where s.run_id = ? and s.state = 'running' and j.state in ({terminal})""", [run_id])
-
-
-def upstream_outputs(con: duckdb.DuckDBPyConnection, run_id: str, step: Step) -> dict[tuple[str, str], OutputDigest]:
-    out: dict[tuple[str, str], OutputDigest] = {}
-    for up in {i.step for i in step.inputs if i.step is not None}:
-        for name, digest in records.outputs_of(con, run_id, up).items():
-            out[(up, name)] = digest
-    return out
 
 
 def stored_outputs(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[tuple[str, str], Path]:
