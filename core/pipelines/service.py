@@ -10,6 +10,7 @@ moves. Triggers (trigger_loop.py, when armed) start runs through
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from typing import Any
@@ -134,7 +135,7 @@ class PipelineService(BaseService):
         jobs = [s["job_id"] for s in steps if s["state"] == "running" and s["job_id"]]
         if task is not None:
             task.cancel()
-            with _suppress():
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # its end is ours to write now
                 await task
         if jobs:
             await cancel_jobs(self.jobs, actor, jobs)
@@ -153,14 +154,6 @@ class PipelineService(BaseService):
         from mlfleet.core.pipelines.api import PipelinesApi
 
         return rpc_methods(PipelinesApi(self))
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> bool:
-        return exc[0] is not None and issubclass(exc[0], (asyncio.CancelledError, Exception))
 
 
 def _new_run(con: Any, pipeline: Pipeline, actor: str, trigger: str, cause: dict[str, Any] | None,
