@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import Fleet, SshFleet
+from test_environment_jobs import offline_wheels
 
 STEP_SCRIPT = '''\
 """Step {name}: writes the sha256 of its code and of every file it reads."""
@@ -48,18 +49,22 @@ def read_path(reader: str, item: str) -> str:
     return item
 
 
-def write_pipeline(root: Path, extra_env: str = "") -> Path:
+def write_pipeline(root: Path, extra_env: str = "", locked: str | None = None) -> Path:
+    """The five steps; ``locked``: the step that runs in an environment built from its requirements.txt."""
     for name, (output, reads) in STEPS.items():
         folder = root / name
         (folder / "data").mkdir(parents=True, exist_ok=True)
         (folder / "step.py").write_text(STEP_SCRIPT.format(name=name))
+    if locked is not None:
+        (root / locked / "requirements.txt").write_text("# the lock of this step\ntinypkg==1.0\ntinydep==2.0\n")
     (root / "prepare" / "data" / "raw.csv").write_text("a,b\n1,2\n3,4\n")
     (root / "features" / "data" / "extra.csv").write_text("c\n5\n6\n")
     lines = ["name: five", "project: demo", "steps:"]
     for name, (output, reads) in STEPS.items():
         args = json.dumps(["python3", "step.py", output, *[read_path(name, r) for r in reads]])
+        environment = ", environment: {requirements: requirements.txt}" if name == locked else ""
         lines += [f"  {name}:",
-                  f"    job: {{workdir: {name}, command: {args}{extra_env}}}",
+                  f"    job: {{workdir: {name}, command: {args}{extra_env}{environment}}}",
                   f"    inputs: {json.dumps(reads)}",
                   f"    outputs: {{out: {output}}}"]
     path = root / "pipeline.yaml"
@@ -85,9 +90,9 @@ def states(shown: dict[str, Any]) -> dict[str, str]:
 
 
 def flip_byte(path: Path) -> None:
-    """One bit of one byte: in a script, inside its docstring (it still runs); in data, in the middle."""
+    """One bit of one byte: in a script or a lock, inside its first comment (it still works); in data, the middle."""
     data = bytearray(path.read_bytes())
-    data[4 if path.suffix == ".py" else len(data) // 2] ^= 0x01
+    data[4 if path.suffix in (".py", ".txt") else len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
 
 
@@ -172,3 +177,38 @@ def test_an_unchanged_pipeline_on_another_host_runs_nothing_and_a_change_runs_th
     assert ran(shown) == {"evaluate", "publish"}, states(shown)
     placed = fleet.cli_json("db", "query", "select name, host from jobs where host = 'node-b' order by name")["rows"]
     assert placed == [["five-evaluate", "node-b"], ["five-publish", "node-b"]], placed
+
+
+def test_a_changed_lockfile_re_runs_the_step_that_builds_from_it_and_what_reads_it(fleet: Fleet,
+                                                                                    tmp_path: Path) -> None:
+    offline_wheels(fleet)  # train's environment is built offline from tiny wheels
+    path = write_pipeline(tmp_path, locked="train")
+    first = run(fleet, path)
+    assert ran(first) == set(STEPS)
+    flip_byte(tmp_path / "train" / "requirements.txt")  # a byte of its comment: the same packages
+    shown = run(fleet, path)
+    # train runs again in its new environment; it wrote the same bytes (its script does not read the lock),
+    # so what reads its output is decided by content and stays cached
+    assert ran(shown) == {"train"}, states(shown)
+    changes = fleet.cli_json("pipeline", "why", shown["run_id"], "train")["changes"]
+    assert any(c.startswith("environment changed") for c in changes), changes
+
+
+def test_new_data_starts_a_run_by_itself_and_says_why(fleet: Fleet, tmp_path: Path) -> None:
+    """on: data: the controller notices a file of the glob changed, starts a run, and audits the firing."""
+    path = write_pipeline(tmp_path)
+    text = path.read_text().replace("project: demo\n", "project: demo\non:\n  data: [prepare/data/*.csv]\n")
+    path.write_text(text)
+    first = run(fleet, path)  # a manual run arms the trigger (its baseline: the files as they are)
+    assert first["trigger"] == "manual" and ran(first) == set(STEPS)
+    flip_byte(tmp_path / "prepare" / "data" / "raw.csv")
+    fired = fleet.wait_for(lambda: next((r for r in fleet.cli_json("pipeline", "list", "five")
+                                         if r["trigger"] == "data"), None), timeout=60, what="a run started by data")
+    done = fleet.wait_for(lambda: (s := fleet.cli_json("pipeline", "show", fired["run_id"]))["state"] != "running"
+                          and s, timeout=120, what="the data run to end")
+    assert done["state"] == "succeeded" and "raw.csv" in json.dumps(done["cause"]), done["cause"]
+    assert ran(done) == {"prepare", "train", "evaluate", "publish"}  # features reads none of it
+    history = fleet.cli_json("pipeline", "triggers", "five")["history"]
+    assert [(h["trigger"], h["outcome"], h["run_id"]) for h in history][:1] == [("data", "started", fired["run_id"])]
+    audit = fleet.cli_json("db", "query", "select action, target from audit where action = 'pipeline.trigger'")
+    assert len(audit["rows"]) == 1, audit
