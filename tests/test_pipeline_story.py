@@ -185,7 +185,8 @@ def test_a_changed_lockfile_re_runs_the_step_that_builds_from_it_and_what_reads_
     path = write_pipeline(tmp_path, locked="train")
     first = run(fleet, path)
     assert ran(first) == set(STEPS)
-    flip_byte(tmp_path / "train" / "requirements.txt")  # a byte of its comment: the same packages
+    lock = tmp_path / "train" / "requirements.txt"
+    lock.write_text(lock.read_text().replace("tinypkg==1.0", "tinypkg==0.9"))  # a pin moved: 1.0 → 0.9
     shown = run(fleet, path)
     # train runs again in its new environment; it wrote the same bytes (its script does not read the lock),
     # so what reads its output is decided by content and stays cached
