@@ -172,6 +172,107 @@ def test_a_recursive_glob_input_is_data_not_code_for_its_neighbours(fleet: Fleet
         (states(again), step_of(again, "other")["reasons"])
 
 
+def test_a_stale_copy_where_an_upstream_output_lands_is_not_the_readers_code(fleet: Fleet, tmp_path: Path) -> None:
+    """train's checkout holds an old out/a.txt where prepare's output is put: the bundle replaces it, so it is data."""
+    for folder in ("prepare", "train/out"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "train" / "out" / "a.txt").write_text("stale from a local run\n")
+    steps = {"prepare": {"job": sh("prepare", "mkdir -p out && echo fresh > out/a.txt"), "outputs": {"d": "out/a.txt"}},
+             "train": {"job": sh("train", "cat out/a.txt > res.txt"), "inputs": ["prepare.outputs.d"],
+                       "outputs": {"r": "res.txt"}}}
+    path = write_pipeline(tmp_path, steps)
+    first = run(fleet, path)
+    assert stored_text(fleet, first, "train") == "fresh\n"
+    (tmp_path / "train" / "out" / "a.txt").write_text("another stale copy\n")
+    again = run(fleet, path)
+    assert states(again) == {"prepare": "cached", "train": "cached"}, step_of(again, "train")["reasons"]
+
+
+def test_moving_the_checkout_renaming_the_file_touching_and_reordering_re_run_nothing(fleet: Fleet,
+                                                                                        tmp_path: Path) -> None:
+    first_root = tmp_path / "one"
+    for folder in ("prepare", "train"):
+        (first_root / folder).mkdir(parents=True)
+    (first_root / "prepare" / "raw.csv").write_text("1,2\n")
+    steps = {"prepare": {"job": sh("prepare", "mkdir -p out && cat raw.csv > out/a.txt", env={"A": "1", "B": "2"}),
+                         "inputs": ["raw.csv"], "outputs": {"d": "out/a.txt"}},
+             "train": {"job": sh("train", "cat out/a.txt > res.txt"), "inputs": ["prepare.outputs.d"],
+                       "outputs": {"r": "res.txt"}}}
+    path = write_pipeline(first_root, steps)
+    assert set(states(run(fleet, path)).values()) == {"succeeded"}
+    moved = tmp_path / "two"
+    os.rename(first_root, moved)
+    os.rename(moved / "pipeline.yaml", moved / "renamed.yaml")
+    for item in moved.rglob("*"):
+        os.utime(item, (1, 1))
+    text = json.loads((moved / "renamed.yaml").read_text())
+    text["steps"] = dict(reversed(list(text["steps"].items())))  # keys in another order
+    text["steps"]["prepare"]["job"] = dict(reversed(list(text["steps"]["prepare"]["job"].items())))
+    text["steps"]["prepare"]["job"]["env"] = {"B": "2", "A": "1"}
+    text = dict(reversed(list(text.items())))
+    (moved / "renamed.yaml").write_text(json.dumps(text))
+    again = run(fleet, moved / "renamed.yaml")
+    assert states(again) == {"prepare": "cached", "train": "cached"}, [s["reasons"] for s in again["steps"]]
+
+
+def test_a_controller_killed_again_and_again_runs_every_step_exactly_once(fleet: Fleet, tmp_path: Path) -> None:
+    """SIGKILL the controller three times at moments spread over a five-step run; it ends succeeded, one job a step."""
+    import random
+    import signal
+    import time
+
+    from test_pipeline_story import STEPS
+    from test_pipeline_story import write_pipeline as five_steps
+
+    path = five_steps(tmp_path, extra_env=", env: {STEP_SLEEP: '0.7'}")
+    started = fleet.cli("pipeline", "run", str(path), "--json", check=True).json()
+    run_id = started["run_id"]
+    chance = random.Random(int(os.environ.get("ATTACK_SEED", "17")))
+    for _ in range(3):
+        time.sleep(chance.uniform(0.3, 2.5))
+        pid = fleet.controller_pid
+        if pid is None:
+            break
+        os.kill(pid, signal.SIGKILL)
+        fleet.wait_for(lambda: fleet.controller_pid is None, timeout=20, what="the controller to be gone")
+        fleet.cli("controller", "start", check=True)
+    done = fleet.wait_for(lambda: (s := fleet.cli_json("pipeline", "show", run_id))["state"] != "running" and s,
+                          timeout=150, what="the run to end")
+    assert done["state"] == "succeeded", (done["reason"], [(s["step"], s["state"], s["reasons"])
+                                                          for s in done["steps"]])
+    jobs = fleet.cli_json("db", "query", "select name, count(*) from jobs group by name order by name")["rows"]
+    assert {name: count for name, count in jobs} == {f"five-{s}": 1 for s in STEPS}, jobs
+
+
+def test_an_agent_killed_while_it_packs_outputs_is_asked_again_once_it_is_back(fleet: Fleet, tmp_path: Path) -> None:
+    """The job succeeded; its host went away while packing its output. Collect again when it is back, never re-run."""
+    import signal
+    import time
+
+    (tmp_path / "w").mkdir()
+    steps = {"big": {"job": sh("w", "mkdir -p out && head -c 200000000 /dev/zero > out/big.bin"),
+                     "outputs": {"b": "out/big.bin"}},
+             "after": {"job": sh("w", "ls -l out/big.bin > res.txt"), "inputs": ["big.outputs.b"],
+                       "outputs": {"r": "res.txt"}}}
+    started = fleet.cli("pipeline", "run", str(write_pipeline(tmp_path, steps)), "--json", check=True).json()
+    deadline = time.monotonic() + 60
+    packing = []
+    while not packing and time.monotonic() < deadline:
+        packing = list(fleet.home.local_agent_dir.rglob("outputs/.b.*.tmp"))
+        time.sleep(0.02)
+    assert packing, "the agent was never seen packing the output"
+    pid = fleet.agent_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    fleet.wait_for(lambda: fleet.agent_pid is None, timeout=20, what="the agent to be gone")
+    fleet.cli("hosts", "start-agent", "local", check=True)
+    done = fleet.wait_for(lambda: (s := fleet.cli_json("pipeline", "show", started["run_id"]))["state"] != "running"
+                          and s, timeout=120, what="the run to end")
+    assert done["state"] == "succeeded", [(s["step"], s["state"], s["reasons"]) for s in done["steps"]]
+    jobs = fleet.cli_json("db", "query", "select name, count(*) from jobs group by name order by name")["rows"]
+    assert jobs == [["attack-after", 1], ["attack-big", 1]], jobs
+
+
 # ---------------------------------------------------------------- hostile runs, straight to the RPC
 
 def _plain(tmp_path: Path, steps: dict[str, Any]) -> dict[str, Any]:
