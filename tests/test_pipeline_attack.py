@@ -273,6 +273,80 @@ def test_an_agent_killed_while_it_packs_outputs_is_asked_again_once_it_is_back(f
     assert jobs == [["attack-after", 1], ["attack-big", 1]], jobs
 
 
+def test_cancel_while_outputs_wait_for_their_host_ends_the_run_and_wait_exits_1(fleet: Fleet, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "w").mkdir()
+    steps = {"big": {"job": sh("w", "mkdir -p out && head -c 200000000 /dev/zero > out/big.bin"),
+                     "outputs": {"b": "out/big.bin"}}}
+    path = write_pipeline(tmp_path, steps)
+    fleet.cli("controller", "start", check=True)
+    waiting = subprocess.Popen([str(Path(sys.executable).with_name("mlfleet")), "pipeline", "run", str(path),
+                                "--wait", "--json"], env=fleet.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(fleet.home.local_agent_dir.rglob("outputs/.b.*.tmp")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        pid = fleet.agent_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        run_id = fleet.cli_json("pipeline", "list")[0]["run_id"]
+        cancelled = fleet.cli("pipeline", "cancel", run_id, "--json")
+        assert cancelled.code == 0 and "Traceback" not in cancelled.err, cancelled
+        assert cancelled.json()["state"] == "cancelled", cancelled.out
+        out, err = waiting.communicate(timeout=60)
+        assert waiting.returncode == 1, (waiting.returncode, err, out[:500])
+    finally:
+        waiting.kill()
+    shown = fleet.cli_json("pipeline", "show", run_id)
+    assert states(shown) == {"big": "cancelled"} and shown["state"] == "cancelled", shown
+
+
+def test_two_runs_of_one_file_at_once_both_succeed_and_a_third_is_all_cached(fleet: Fleet, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    for folder in ("prepare", "train"):
+        (tmp_path / folder).mkdir()
+    steps = {"prepare": {"job": sh("prepare", "mkdir -p out && sleep 1 && echo x > out/a.txt"),
+                         "outputs": {"d": "out/a.txt"}},
+             "train": {"job": sh("train", "cat out/a.txt > res.txt"), "inputs": ["prepare.outputs.d"],
+                       "outputs": {"r": "res.txt"}}}
+    path = write_pipeline(tmp_path, steps)
+    fleet.cli("controller", "start", check=True)
+    both = [subprocess.Popen([str(Path(sys.executable).with_name("mlfleet")), "pipeline", "run", str(path),
+                              "--wait", "--json"], env=fleet.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    answers = [p.communicate(timeout=90) for p in both]
+    assert [p.returncode for p in both] == [0, 0], answers
+    assert all(json.loads(out)["state"] == "succeeded" for out, _ in answers)
+    third = run(fleet, path)
+    assert states(third) == {"prepare": "cached", "train": "cached"}, states(third)
+
+
+def test_a_cancel_racing_the_end_leaves_one_consistent_answer(fleet: Fleet, tmp_path: Path) -> None:
+    (tmp_path / "w").mkdir()
+    path = write_pipeline(tmp_path, {"a": {"job": sh("w", "echo a > a.txt"), "outputs": {"o": "a.txt"}},
+                                     "b": {"job": sh("w", "cat a.txt > b.txt"), "inputs": ["a.outputs.o"],
+                                           "outputs": {"o": "b.txt"}}})
+    for _ in range(3):
+        started = fleet.cli("pipeline", "run", str(path), "--json", "--no-cache", check=True).json()
+        answer = fleet.cli("pipeline", "cancel", started["run_id"], "--json")
+        assert answer.code == 0, answer
+        shown = fleet.cli_json("pipeline", "show", started["run_id"])
+        assert shown["state"] in ("cancelled", "succeeded"), shown
+        left = {s["state"] for s in shown["steps"]}
+        assert not left & {"queued", "running"}, shown
+        if shown["state"] == "succeeded":
+            assert left == {"succeeded"}, shown
+    listed = fleet.cli_json("pipeline", "list")
+    assert all(r["state"] != "running" for r in listed), listed
+
+
 # ---------------------------------------------------------------- hostile runs, straight to the RPC
 
 def _plain(tmp_path: Path, steps: dict[str, Any]) -> dict[str, Any]:
