@@ -436,3 +436,28 @@ def test_cli_mistakes_are_one_sentence_with_no_traceback(fleet: Fleet, tmp_path:
     first = run(fleet, path)
     why = fleet.cli("pipeline", "why", first["run_id"], "nosuchstep", "--json")
     assert why.code != 0 and "Traceback" not in why.err and "nosuchstep" in why.err, why
+
+
+# ---------------------------------------------------------------- a second OS user (team mode)
+
+def test_a_team_member_can_neither_cancel_anothers_run_nor_run_job_steps_as_the_controller(
+        fleet: Fleet, team_users: Any, request: Any) -> None:
+    operators = team_users.group("o")
+    (fleet.root / "policy.yaml").write_text(f"roles:\n  - {{group: {operators}, role: operator}}\n")
+    head = request.getfixturevalue("head")
+    member = head.joined(team_users, groups=(operators,))
+    work = fleet.files / "w"
+    work.mkdir()
+    path = write_pipeline(fleet.files, {"slow": {"job": sh(str(work), "sleep 30")}})
+    started = fleet.cli("pipeline", "run", str(path), "--json", check=True).json()
+    try:
+        refused = member.cli("pipeline", "cancel", started["run_id"], "--json")
+        assert refused.code != 0 and "Traceback" not in refused.err and "may not" in refused.err, refused
+        assert member.cli_json("pipeline", "show", started["run_id"])["state"] == "running"
+        theirs = member.write("p/pipeline.yaml", json.dumps({"name": "mine", "project": "demo", "steps": {
+            "s": {"job": {"workdir": ".", "command": ["id"]}}}}))
+        ran = member.cli("pipeline", "run", str(theirs), "--json")
+        assert ran.code != 0 and "Traceback" not in ran.err and ran.err.strip(), ran
+        assert all(r["name"] != "mine" for r in fleet.cli_json("pipeline", "list")), "a member's job steps ran"
+    finally:
+        fleet.cli("pipeline", "cancel", started["run_id"])
