@@ -140,6 +140,27 @@ def test_an_output_edited_in_the_controllers_store_never_reaches_a_reader(fleet:
     assert stored.read_text() == "hello\n"
 
 
+def test_a_step_with_a_memory_size_and_a_timeout_runs_and_survives_a_controller_restart(fleet: Fleet,
+                                                                                           tmp_path: Path) -> None:
+    """Sizes and durations (``memory: 64MiB``, ``timeout: 1h``: the shipped closed loop has one) decode everywhere."""
+    import signal
+
+    (tmp_path / "w").mkdir()
+    steps = {"s": {"job": sh("w", "sleep 2; echo ok > res.txt", resources={"cpus": 1, "memory": "64MiB"},
+                             timeout="1h"), "outputs": {"r": "res.txt"}}}
+    started = fleet.cli("pipeline", "run", str(write_pipeline(tmp_path, steps)), "--json")
+    assert started.code == 0, started.err
+    run_id = started.json()["run_id"]
+    pid = fleet.controller_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    fleet.wait_for(lambda: fleet.controller_pid is None, timeout=20, what="the controller to be gone")
+    fleet.cli("controller", "start", check=True)
+    done = fleet.wait_for(lambda: (s := fleet.cli_json("pipeline", "show", run_id))["state"] != "running" and s,
+                          timeout=60, what="the run to end")
+    assert done["state"] == "succeeded", done
+
+
 # ---------------------------------------------------------------- needless re-runs
 
 def test_reordering_a_steps_inputs_re_runs_nothing(fleet: Fleet, tmp_path: Path) -> None:
@@ -383,7 +404,13 @@ def test_the_rpc_refuses_what_a_file_could_not_say(fleet: Fleet, tmp_path: Path)
     def bad_output(data: dict[str, Any]) -> None:
         data["steps"]["a"]["outputs"] = {"../up": "x.txt"}
 
-    for change, words in [(many, "200"), (cycle, "cycle"), (unknown, "not a step"), (relative, "absolute"),
+    def two_kinds(data: dict[str, Any]) -> None:
+        data["steps"]["a"]["kind"] = "gate"
+
+    def fake_input(data: dict[str, Any]) -> None:
+        data["steps"]["a"]["inputs"] = [{"text": "b.outputs.x", "kind": "step"}]
+
+    for change, words in [(two_kinds, "kind"), (fake_input, "b.outputs.x"), (many, "200"), (cycle, "cycle"), (unknown, "not a step"), (relative, "absolute"),
                           (bad_name, "a/../x y"), (bad_output, "../up")]:
         answer = send(change)
         assert isinstance(answer, str) and answer.startswith("ERROR ") and words in answer, \
