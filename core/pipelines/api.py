@@ -23,7 +23,7 @@ from mlfleet.core.jobs.code_upload import must_be_controller_user
 from mlfleet.core.jobs.spec import validate_job_spec
 from mlfleet.core.pipelines import trigger_records, views
 from mlfleet.core.pipelines.graph import find_cycle, upstream_of
-from mlfleet.core.pipelines.models import MAX_STEPS, STEP_NAME_PATTERN, Pipeline
+from mlfleet.core.pipelines.models import MAX_STEPS, STEP_KINDS, STEP_NAME_PATTERN, Pipeline, decode_pipeline
 from mlfleet.core.pipelines.plan import check_force
 from mlfleet.core.team.roles import Permission
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 def pipeline_from_data(data: Any) -> Pipeline:
     """A resolved pipeline sent as data, checked: shape, references, no cycle, every job a valid job."""
     try:
-        pipeline = msgspec.convert(data, Pipeline)
+        pipeline = decode_pipeline(data)
     except msgspec.ValidationError as exc:
         raise UsageError(f"pipeline_run: the pipeline is not a resolved pipeline ({exc}); send what "
                          "load_pipeline_spec returns") from None
@@ -77,6 +77,15 @@ def _within_file_limits(pipeline: Pipeline) -> None:
             if bad is not None:
                 raise UsageError(f"pipeline {pipeline.name}: {what} name {bad!r} is not valid (letters, digits, "
                                  "_ and -, a letter or digit first, 64 at most)")
+        kinds = [k for k in STEP_KINDS if getattr(step, k) is not None]
+        if kinds != [step.kind]:
+            raise UsageError(f"pipeline {pipeline.name}: step {name} is of kind {step.kind} but carries "
+                             f"{', '.join(kinds) or 'no kind'}; a step has exactly its own kind's fields")
+        for item in step.inputs:
+            if (item.kind == "step") != (item.step is not None and item.output is not None) or \
+                    (item.kind == "host") != item.text.startswith("/"):
+                raise UsageError(f"pipeline {pipeline.name}: step {name}'s input {item.text!r} is not a "
+                                 f"{item.kind} input as load_pipeline_spec makes one")
         if len(step.needs) > MAX_STEPS or len(step.inputs) > 1000 or len(step.outputs) > 100:
             raise UsageError(f"pipeline {pipeline.name}: step {name} has more needs, inputs or outputs than a "
                              "pipeline file may declare")
