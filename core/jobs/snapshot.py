@@ -216,16 +216,34 @@ def _walk_entry(dir_fd: int, name: str, below: str, shown: str) -> Iterator[tupl
 
 
 def excluded(rel: str, patterns: tuple[str, ...]) -> bool:
-    """Whether the workdir-relative path ``rel`` is one of ``patterns``: the path, a folder above it, or a glob match."""
+    """Whether the workdir-relative path ``rel`` is one of ``patterns``: the path, a folder above it, or a glob match.
+
+    A ``**/`` also matches no folder at all, as in ``glob(..., recursive=True)``
+    (which hashes a pipeline's glob inputs): ``data/**/*.csv`` is
+    ``data/x.csv`` too, so that file leaves the code hash as it enters the
+    input's.
+    """
     for pattern in patterns:
         clean = pattern.strip().strip("/")
         if clean.startswith("./"):
             clean = clean[2:]
         if not clean:
             continue
-        if rel == clean or rel.startswith(clean + "/") or fnmatch.fnmatchcase(rel, clean):
+        if rel == clean or rel.startswith(clean + "/") or any(fnmatch.fnmatchcase(rel, p) for p in _globs(clean)):
             return True
     return False
+
+
+def _globs(pattern: str) -> list[str]:
+    """``pattern`` and each spelling of it with some of its ``**/`` standing for no folder (at most 4 of them)."""
+    out = [pattern]
+    for _ in range(min(pattern.count("**/"), 4)):
+        out = list(dict.fromkeys(out + [p[:i] + p[i + 3:] for p in out for i in _starts(p, "**/")]))
+    return out
+
+
+def _starts(text: str, part: str) -> list[int]:
+    return [i for i in range(len(text)) if text.startswith(part, i)]
 
 
 def _private_inside(root: Path, private: tuple[Path, ...]) -> set[str]:

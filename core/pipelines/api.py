@@ -9,6 +9,7 @@ cannot send what a file could not say.
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,13 +17,13 @@ import msgspec
 
 from mlfleet.core.base.bounds import Ident, ListLimit, WaitSeconds
 from mlfleet.core.base.errors import UsageError
-from mlfleet.core.base.models import spec_dec_hook, to_plain
+from mlfleet.core.base.models import Name, to_plain
 from mlfleet.core.base.protocol import Peer
 from mlfleet.core.jobs.code_upload import must_be_controller_user
 from mlfleet.core.jobs.spec import validate_job_spec
 from mlfleet.core.pipelines import trigger_records, views
 from mlfleet.core.pipelines.graph import find_cycle, upstream_of
-from mlfleet.core.pipelines.models import Pipeline
+from mlfleet.core.pipelines.models import MAX_STEPS, STEP_KINDS, STEP_NAME_PATTERN, Pipeline, decode_pipeline
 from mlfleet.core.pipelines.plan import check_force
 from mlfleet.core.team.roles import Permission
 
@@ -33,12 +34,13 @@ if TYPE_CHECKING:
 def pipeline_from_data(data: Any) -> Pipeline:
     """A resolved pipeline sent as data, checked: shape, references, no cycle, every job a valid job."""
     try:
-        pipeline = msgspec.convert(data, Pipeline, dec_hook=spec_dec_hook)
+        pipeline = decode_pipeline(data)
     except msgspec.ValidationError as exc:
         raise UsageError(f"pipeline_run: the pipeline is not a resolved pipeline ({exc}); send what "
                          "load_pipeline_spec returns") from None
     if not pipeline.steps:
         raise UsageError(f"pipeline {pipeline.name} has no steps")
+    _within_file_limits(pipeline)
     for name, step in pipeline.steps.items():
         if step.name != name:
             raise UsageError(f"pipeline {pipeline.name}: step {name!r} calls itself {step.name!r}")
@@ -53,6 +55,40 @@ def pipeline_from_data(data: Any) -> Pipeline:
     if cycle:
         raise UsageError(f"pipeline {pipeline.name}: the steps make a cycle: {' → '.join(cycle)}")
     return pipeline
+
+
+def _within_file_limits(pipeline: Pipeline) -> None:
+    """What pipeline.yaml's own types bound (models.py), bounded here too: a client skipping the CLI gets no more.
+
+    Why: a run of 10,000 steps, or a step named ``a/../b``, is nothing a file
+    can say; the planner, the job names and the tables take the file's limits
+    for granted.
+    """
+    for value, kind in ((pipeline.name, Name), (pipeline.project, Name)):
+        try:
+            msgspec.convert(value, kind)
+        except msgspec.ValidationError:
+            raise UsageError(f"pipeline_run: {value!r} is not a valid pipeline or project name") from None
+    if len(pipeline.steps) > MAX_STEPS:
+        raise UsageError(f"pipeline {pipeline.name} has {len(pipeline.steps)} steps; {MAX_STEPS} at most")
+    for name, step in pipeline.steps.items():
+        for what, names in (("step", [name]), ("output", list(step.outputs))):
+            bad = next((n for n in names if len(n) > 64 or not re.match(STEP_NAME_PATTERN, n)), None)
+            if bad is not None:
+                raise UsageError(f"pipeline {pipeline.name}: {what} name {bad!r} is not valid (letters, digits, "
+                                 "_ and -, a letter or digit first, 64 at most)")
+        kinds = [k for k in STEP_KINDS if getattr(step, k) is not None]
+        if kinds != [step.kind]:
+            raise UsageError(f"pipeline {pipeline.name}: step {name} is of kind {step.kind} but carries "
+                             f"{', '.join(kinds) or 'no kind'}; a step has exactly its own kind's fields")
+        for item in step.inputs:
+            if (item.kind == "step") != (item.step is not None and item.output is not None) or \
+                    (item.kind == "host") != item.text.startswith("/"):
+                raise UsageError(f"pipeline {pipeline.name}: step {name}'s input {item.text!r} is not a "
+                                 f"{item.kind} input as load_pipeline_spec makes one")
+        if len(step.needs) > MAX_STEPS or len(step.inputs) > 1000 or len(step.outputs) > 100:
+            raise UsageError(f"pipeline {pipeline.name}: step {name} has more needs, inputs or outputs than a "
+                             "pipeline file may declare")
 
 
 class PipelinesApi:

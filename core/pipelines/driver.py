@@ -5,7 +5,9 @@ The loop (docs/pipelines.md, "Tables, the step cache and the planner"):
 1. a job step whose job ended is closed: succeeded, its outputs fetched from
    the node into the controller's output store and recorded with their
    sha256 (from then on its key is a cache entry); failed or cancelled, with
-   the job's reason;
+   the job's reason; a succeeded job whose host is away when its outputs
+   are asked for (an agent restarted while packing) stays running, asked
+   again on a later pass;
 2. the planner decides every step not settled yet, asking the cache about
    each key it can make (a hit's outputs are re-read before it counts);
 3. cached steps are recorded with the run they reuse, skipped ones with why,
@@ -33,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from mlfleet.core.base.errors import MlfleetError
+from mlfleet.core.base.errors import MlfleetError, UnavailableError
 from mlfleet.core.jobs.group import submit_group
 from mlfleet.core.pipelines import records, run_reads
 from mlfleet.core.pipelines.bundle import bundle_sources, make_bundle
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
     from mlfleet.core.pipelines.service import PipelineService
 
 log = logging.getLogger(__name__)
+COLLECT_PATIENCE_S = 600.0  # how long a succeeded job's outputs wait for its host to be back
 POLL_S = 1.0  # a job's end is noticed at once (jobs.job_changed); this is the fallback
 _OK = ("succeeded", "cached")
 
@@ -71,6 +74,7 @@ class RunDriver:
         self.cancelled = False
         self.outcomes: dict[str, StepOutcome] = {}
         self._lineages: dict[str, dict[str, Any] | None] = {}
+        self._collect_waiting: dict[str, float] = {}  # step -> when its host was first found away at collect
 
     # ------------------------------------------------------------ the loop
     async def drive(self) -> None:
@@ -253,20 +257,29 @@ class RunDriver:
     async def _close_ended_jobs(self) -> bool:
         """Close the job steps whose job ended: outputs collected, or the job's reason. True: one was closed."""
         ended = await self.store.read(run_reads.ended_job_steps, self.run_id)
+        closed = 0
         for row in ended:
             step = self.pipeline.steps[row["step"]]
             if row["job_state"] == "succeeded":
-                await self._collect(step, row)
+                if not await self._collect(step, row):
+                    continue  # its host is away: asked again on a later pass
             elif row["job_state"] == "cancelled":
                 await self.store.run(records.set_step, self.run_id, step.name, "cancelled",
                                      reason=f"job {row['job_id']} was cancelled: {row['job_reason']}")
             else:
                 await self.store.run(records.set_step, self.run_id, step.name, "failed",
                                      reason=f"job {row['job_id']} {row['job_state']}: {row['job_reason']}")
+            closed += 1
             await self.service.changed()
-        return bool(ended)
+        return bool(closed)
 
-    async def _collect(self, step: Step, row: dict[str, Any]) -> None:
+    async def _collect(self, step: Step, row: dict[str, Any]) -> bool:
+        """Keep a succeeded job's outputs and close its step; False: its host is away now, so ask again later.
+
+        Why not fail at once: the job ran and succeeded; an agent restarted (or
+        a link that dropped) while it packed is no reason to lose its work and
+        run it again. Past COLLECT_PATIENCE_S of trying, the step fails, with why.
+        """
         where = f"job {row['job_id']} on {row['host']}"
         digests: dict[str, OutputDigest] = {}
         if step.outputs:
@@ -277,15 +290,28 @@ class RunDriver:
                 await self.store.run(records.set_step, self.run_id, step.name, "failed",
                                      reason=f"{where} succeeded but host {row['host']} is no longer configured, "
                                             "so its outputs cannot be fetched")
-                return
+                return True
             try:
                 digests = await collect_outputs(link, row["run_id"], step.outputs, self.service.outputs, row["host"])
+            except UnavailableError as exc:
+                loop = asyncio.get_running_loop()
+                first = self._collect_waiting.setdefault(step.name, loop.time())
+                if loop.time() - first < COLLECT_PATIENCE_S:
+                    log.info("pipeline run %s: step %s's outputs wait for host %s (%s)", self.run_id, step.name,
+                             row["host"], exc)
+                    return False
+                await self.store.run(records.set_step, self.run_id, step.name, "failed",
+                                     reason=f"{where} succeeded but its outputs could not be fetched for "
+                                            f"{COLLECT_PATIENCE_S:.0f} s: {exc}")
+                return True
             except MlfleetError as exc:
                 await self.store.run(records.set_step, self.run_id, step.name, "failed",
                                      reason=f"{where} succeeded but its outputs could not be kept: {exc}")
-                return
+                return True
+        self._collect_waiting.pop(step.name, None)
         why = f"{row['reason']}; ran as {where}" if row.get("reason") else f"ran as {where}"
         await self.store.run(records.succeed_step, self.run_id, step.name, digests, reason=why)
+        return True
 
     # ------------------------------------------------------------ the end
     async def _finish(self, decided: Plan) -> None:

@@ -37,6 +37,7 @@ from mlfleet.core.pipelines.keys import MISSING, StepFacts, champion_input, sha2
 from mlfleet.core.pipelines.models import Pipeline, Step
 from mlfleet.core.pipelines.outputs import OutputError, hash_output
 from mlfleet.core.pipelines.spec import code_excludes
+from mlfleet.core.pipelines.state import OutputDigest
 
 _GLOB_CHARS = set("*?[")
 
@@ -106,7 +107,7 @@ def workdir_input_hash(workdir: Path, text: str) -> tuple[str, list[str]]:
             if exc.problem.startswith("is missing") or "does not exist" in exc.problem or "missing" in exc.problem:
                 return MISSING, []
             raise UsageError(f"input {text} of the workdir {workdir}: {exc.problem}") from None
-        return digest.sha256, [clean.rstrip("/")]
+        return content_identity(digest), [clean.rstrip("/")]
     root = os.path.realpath(workdir)
     found = sorted(os.path.relpath(p, root) for p in glob.glob(os.path.join(root, clean), recursive=True)
                    if os.path.isfile(p) and not os.path.islink(p))
@@ -118,10 +119,23 @@ def workdir_input_hash(workdir: Path, text: str) -> tuple[str, list[str]]:
     return lines.hexdigest(), found
 
 
+def content_identity(digest: OutputDigest) -> str:
+    """An input's key part: a file's sha256, or a folder's tree hash marked as a folder's.
+
+    Why the mark: a folder's tree hash is the sha256 of its listing
+    (``a.csv\\0SHA\\n``...), so a file holding exactly that listing hashes
+    the same; a step that reads ``data/a.csv`` computes something else when
+    ``data`` is that file.
+    """
+    if digest.files is None:
+        return digest.sha256
+    return hashlib.sha256(b"folder\0" + digest.sha256.encode("ascii")).hexdigest()
+
+
 def host_input_hash(path: str) -> str:
     """The content hash of a host path input, read on the controller's machine; ``missing`` when it is not there."""
     try:
-        return hash_output(Path("/"), path, path.lstrip("/")).sha256
+        return content_identity(hash_output(Path("/"), path, path.lstrip("/")))
     except OutputError as exc:
         if "missing" in exc.problem:
             return MISSING

@@ -33,7 +33,7 @@ from mlfleet.core.base.models import to_plain
 from mlfleet.core.pipelines.graph import topological_order, upstream_of
 from mlfleet.core.pipelines.models import Pipeline, Step
 
-KEY_VERSION = 2  # bumped when what a key covers changes, so no old key matches a new meaning
+KEY_VERSION = 3  # bumped when what a key covers changes, so no old key matches a new meaning
 # A job's fields that say where and when it runs, not what it computes: moving a step to another host
 # (constraints), raising its priority or its retries is no reason to run it again.
 SCHEDULING_FIELDS = ("priority", "retries", "constraints")
@@ -103,7 +103,7 @@ class StepKey(msgspec.Struct, frozen=True, kw_only=True):
     parts: KeyParts
 
 
-def step_spec(step: Step) -> dict[str, Any]:
+def step_spec(step: Step, placement: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The resolved spec a key covers: the step's kind fields and its wiring, params left to their own part.
 
     A job's ``name`` is left out (the pipeline names its jobs; renaming a
@@ -111,9 +111,16 @@ def step_spec(step: Step) -> dict[str, Any]:
     (a part of their own) and its ``workdir``: the code hash stands for what
     is in it, so the same code in another checkout is the same step. So are
     the fields that only place it (``SCHEDULING_FIELDS``).
+
+    Inputs are a set (sorted: listing them in another order computes the
+    same thing). ``placement``: each upstream output the step reads -> the
+    path its producer declared, which is where the reader finds it
+    (bundle.py): the same bytes at another path are another input.
     """
     plain: dict[str, Any] = {"kind": step.kind, "needs": sorted(step.needs), "outputs": dict(step.outputs),
-                             "inputs": [i.text for i in step.inputs]}
+                             "inputs": sorted(i.text for i in step.inputs)}
+    if placement:
+        plain["placed"] = dict(sorted(placement.items()))
     if step.job is not None:
         job = to_plain(step.job)
         for dropped in ("name", "params", "workdir", *SCHEDULING_FIELDS):
@@ -163,8 +170,17 @@ def champion_input(step: Step) -> str | None:
     return f"champion {step.gate.champion}" if step.gate is not None else None
 
 
+def placement_of(pipeline: Pipeline, step: Step) -> dict[str, str]:
+    """Each upstream output ``step`` reads (as written) -> the path its producer declared: where the reader finds it."""
+    out: dict[str, str] = {}
+    for item in step.inputs:
+        if item.step is not None and item.step in pipeline.steps:
+            out[item.text] = pipeline.steps[item.step].outputs.get(item.output or "", "")
+    return out
+
+
 def key_of_step(step: Step, facts: StepFacts, produced: Mapping[str, Mapping[str, str]],
-                keys: Mapping[str, StepKey]) -> StepKey:
+                keys: Mapping[str, StepKey], placement: Mapping[str, str] | None = None) -> StepKey:
     """:func:`step_key` for a resolved step, from what was measured and what its upstream steps made.
 
     Files read from another step enter by content (``produced[step][output]``),
@@ -182,7 +198,7 @@ def key_of_step(step: Step, facts: StepFacts, produced: Mapping[str, Mapping[str
         inputs[champion] = facts.files.get(champion, "none")
     read = {i.step for i in step.inputs if i.step is not None}
     upstream = {up: keys[up].key for up in step.upstream() if up not in read}
-    return step_key(step_spec(step), step_params(step), facts.env_hash, facts.code_hash, inputs, upstream)
+    return step_key(step_spec(step, placement), step_params(step), facts.env_hash, facts.code_hash, inputs, upstream)
 
 
 def pipeline_keys(pipeline: Pipeline, facts: Mapping[str, StepFacts], outputs_of: OutputsOf) -> dict[str, StepKey]:
@@ -201,7 +217,7 @@ def pipeline_keys(pipeline: Pipeline, facts: Mapping[str, StepFacts], outputs_of
         read = {i.step for i in step.inputs if i.step is not None}
         if any(up not in keys for up in step.upstream()) or any(up not in produced for up in read):
             continue
-        keys[name] = key_of_step(step, facts.get(name, StepFacts()), produced, keys)
+        keys[name] = key_of_step(step, facts.get(name, StepFacts()), produced, keys, placement_of(pipeline, step))
         made = outputs_of(name, keys[name])
         if made is not None:
             produced[name] = dict(made)

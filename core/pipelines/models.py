@@ -165,6 +165,28 @@ class Step(msgspec.Struct, frozen=True, kw_only=True):
         return list(dict.fromkeys(names))
 
 
+def decode_pipeline(data: Any) -> "Pipeline":
+    """A Pipeline from its stored JSON text (str or bytes) or its builtins (a request), sizes and durations included.
+
+    Why one function: a job's ``memory: 512MiB`` or ``timeout: 1h`` travels as
+    a number and decodes back only with the job spec's own hook; without it
+    every pipeline with such a step was refused by ``pipeline_run`` (the
+    shipped closed loop has one) and unreadable when stored.
+    """
+    from mlfleet.core.base.models import spec_dec_hook
+
+    if isinstance(data, (str, bytes)):
+        return msgspec.json.decode(data, type=Pipeline, dec_hook=spec_dec_hook)
+    return msgspec.convert(data, Pipeline, dec_hook=spec_dec_hook, str_keys=True)
+
+
+def encode_pipeline(pipeline: "Pipeline") -> str:
+    """The JSON text a pipeline is stored as (sizes as bytes, durations as seconds: what decode_pipeline reads)."""
+    from mlfleet.core.base.models import to_plain
+
+    return msgspec.json.encode(to_plain(pipeline)).decode()
+
+
 class Pipeline(msgspec.Struct, frozen=True, kw_only=True):
     """A validated pipeline: what the service plans runs of."""
 

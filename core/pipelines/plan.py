@@ -40,7 +40,7 @@ import msgspec
 from mlfleet.core.base.errors import UsageError
 from mlfleet.core.pipelines.explain import explain
 from mlfleet.core.pipelines.graph import topological_order, upstream_of
-from mlfleet.core.pipelines.keys import KeyParts, StepFacts, StepKey, key_of_step
+from mlfleet.core.pipelines.keys import KeyParts, StepFacts, StepKey, key_of_step, placement_of
 from mlfleet.core.pipelines.models import Pipeline, Step
 from mlfleet.core.pipelines.state import PASSED, CacheHit, Settled
 
@@ -121,7 +121,7 @@ def plan(pipeline: Pipeline, facts: Mapping[str, StepFacts], found: Mapping[str,
                 produced[name] = dict(done.outputs)
             continue
         decisions[name] = _decide(step, facts.get(name, StepFacts()), found, decisions, keys, produced,
-                                  previous.get(name), name in force, no_cache)
+                                  previous.get(name), name in force, no_cache, placement_of(pipeline, step))
         decision = decisions[name]
         if decision.key is not None:
             keys[name] = decision.key
@@ -132,7 +132,7 @@ def plan(pipeline: Pipeline, facts: Mapping[str, StepFacts], found: Mapping[str,
 
 def _decide(step: Step, facts: StepFacts, found: Mapping[str, Lookup], decisions: Mapping[str, Decision],
             keys: Mapping[str, StepKey], produced: Mapping[str, Mapping[str, str]], previous: KeyParts | None,
-            forced: bool, no_cache: bool) -> Decision:
+            forced: bool, no_cache: bool, placement: Mapping[str, str] | None = None) -> Decision:
     name = step.name
     ups = step.upstream()
     blocked = [f"{'gate' if decisions[u].state == 'gate-failed' else 'upstream step'} {u} {_BLOCKING[decisions[u].state]}"
@@ -143,7 +143,7 @@ def _decide(step: Step, facts: StepFacts, found: Mapping[str, Lookup], decisions
     if pending:
         return Decision(step=name, state="waiting",
                         reasons=["waits for " + ", ".join(f"{u} ({_pending(decisions[u].state)})" for u in pending)])
-    key = key_of_step(step, facts, produced, keys)
+    key = key_of_step(step, facts, produced, keys, placement)
     changed = explain(previous, key.parts)
     if forced or no_cache:
         return Decision(step=name, state="run", key=key, forced=forced,

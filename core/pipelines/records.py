@@ -22,10 +22,9 @@ import msgspec
 
 from mlfleet.core.audit.records import audit
 from mlfleet.core.base.errors import NotFoundError, UsageError
-from mlfleet.core.base.models import to_plain
 from mlfleet.core.pipelines.gates import GateDecision
 from mlfleet.core.pipelines.keys import KeyParts, StepKey
-from mlfleet.core.pipelines.models import Pipeline
+from mlfleet.core.pipelines.models import Pipeline, encode_pipeline
 from mlfleet.core.pipelines.state import ENDED, RUN_STATES, STEP_STATES, CacheHit, OutputDigest, Settled
 from mlfleet.core.store.db import now, transaction
 from mlfleet.core.store.rows import rows
@@ -65,7 +64,7 @@ def new_run(con: duckdb.DuckDBPyConnection, pipeline: Pipeline, actor: str, trig
                                                   actor, created_at, options)
                        values (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, to_timestamp(?), ?)""",
                     [run_id, pipeline.name, pipeline.project, pipeline.source or None,
-                     msgspec.json.encode(to_plain(pipeline)).decode(), json.dumps(pipeline.params, default=str), trigger,
+                     encode_pipeline(pipeline), json.dumps(pipeline.params, default=str), trigger,
                      json.dumps(dict(cause)) if cause is not None else None, actor, at,
                      json.dumps(dict(options)) if options is not None else None])
         con.executemany("""insert into pipeline_steps (run_id, step, position, kind, state, created_at)

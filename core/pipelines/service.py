@@ -15,15 +15,12 @@ import json
 import logging
 from typing import Any
 
-import msgspec
-
-from mlfleet.core.base.models import spec_dec_hook
 from mlfleet.core.base.rpc import rpc_methods
 from mlfleet.core.controller.service import BaseService, ControllerContext, Rpc
 from mlfleet.core.jobs.service import JobsService
 from mlfleet.core.pipelines import records
 from mlfleet.core.pipelines.driver import RunDriver
-from mlfleet.core.pipelines.models import Pipeline
+from mlfleet.core.pipelines.models import Pipeline, decode_pipeline
 from mlfleet.core.store.rows import rows
 
 log = logging.getLogger(__name__)
@@ -65,9 +62,7 @@ class PipelineService(BaseService):
         """Drive again every run the store says is running (a controller that stopped or was killed mid-run)."""
         for row in await self.ctx.store.read(rows, "select run_id, spec, actor, options from pipeline_runs "
                                                    "where state = 'running' order by created_at"):
-            pipeline = msgspec.json.decode(row["spec"] if isinstance(row["spec"], (str, bytes))
-                                           else json.dumps(row["spec"]), type=Pipeline,
-                                           dec_hook=spec_dec_hook)
+            pipeline = decode_pipeline(row["spec"] if isinstance(row["spec"], (str, bytes)) else json.dumps(row["spec"]))
             options = json.loads(row["options"]) if isinstance(row["options"], str) else (row["options"] or {})
             self._drive(row["run_id"], pipeline, row["actor"], list(options.get("force") or []),
                         bool(options.get("no_cache")))

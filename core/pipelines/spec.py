@@ -408,9 +408,12 @@ def code_excludes(pipeline: Pipeline, step: str) -> tuple[str, ...]:
     """The workdir paths to leave out of ``step``'s code hash (``snapshot(..., exclude=...)``).
 
     Every declared data path of the job steps that share its workdir: their
-    workdir inputs and their outputs. Why all of them: the prepare step's
-    output lands in the workdir that train's code is packed from; without
-    this, new data would look like new code to every step there.
+    workdir inputs, their outputs, and the paths where the upstream outputs
+    they read are put (their producers' declared paths). Why all of them:
+    the prepare step's output lands in the workdir that train's code is
+    packed from; without this, new data would look like new code to every
+    step there (and a stale local copy where an upstream output is put,
+    which the bundle replaces anyway, would be code).
     """
     job = pipeline.steps[step].job
     if job is None:
@@ -421,4 +424,6 @@ def code_excludes(pipeline: Pipeline, step: str) -> tuple[str, ...]:
             continue
         out += [i.text for i in other.inputs if i.kind == "workdir"]
         out += list(other.outputs.values())
+        out += [pipeline.steps[i.step].outputs[i.output] for i in other.inputs
+                if i.step is not None and i.step in pipeline.steps and i.output in pipeline.steps[i.step].outputs]
     return tuple(dict.fromkeys(out))

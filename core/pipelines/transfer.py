@@ -6,7 +6,8 @@ controller reads each tar in chunks (``outputs_read``, raw bytes in the
 frame) into a temporary file inside the store, which unpacks, re-hashes and
 keeps it (core/pipelines/output_store.py). Content the store already holds
 is not read again: the same model written by two runs crosses the network
-once. A missing, linked or special output fails with the agent's sentence.
+once (the kept copy is re-hashed first: one changed in the store is fetched
+again). A missing, linked or special output fails with the agent's sentence.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 from mlfleet.core.base.bounds import MAX_CHUNK
 from mlfleet.core.base.errors import ProtocolError
 from mlfleet.core.pipelines.output_store import OutputStore
+from mlfleet.core.pipelines.outputs import verify_output
 from mlfleet.core.pipelines.state import OutputDigest
 
 CHUNK = MAX_CHUNK  # bytes per outputs_read: what an agent reads at most
@@ -42,12 +44,29 @@ async def collect_outputs(link: Link, run_id: str, outputs: Mapping[str, str], s
             raise ProtocolError(f"host {host} packed no output {name} of run {run_id}")
         digest = OutputDigest(name=name, path=path, sha256=str(answer["sha256"]), size=int(answer["size"]),
                               files=None if answer.get("files") is None else int(answer["files"]), host=host)
-        if not await asyncio.to_thread(store.has, digest):
-            await _fetch(link, run_id, digest, int(answer.get("archive_size") or 0), store, host)
         stored = store.path_of(digest.sha256, digest.path)
+        if not await asyncio.to_thread(_kept_intact, store, digest, stored):
+            await _fetch(link, run_id, digest, int(answer.get("archive_size") or 0), store, host)
         digests[name] = OutputDigest(name=name, path=path, sha256=digest.sha256, size=digest.size, files=digest.files,
                                      host=host, stored=str(stored))
     return digests
+
+
+def _kept_intact(store: OutputStore, digest: OutputDigest, stored: object) -> bool:
+    """Whether the store already holds this content, re-hashed: a copy changed in place is dropped, to be fetched again.
+
+    ``store.has`` looks at the kind and size only; a stored file edited with
+    its size kept would otherwise be what the next reader is shipped, under
+    the key of the bytes its host reported.
+    """
+    if not store.has(digest):
+        return False
+    kept = OutputDigest(name=digest.name, path=digest.path, sha256=digest.sha256, size=digest.size,
+                        files=digest.files, stored=str(stored))
+    if verify_output(kept) is None:
+        return True
+    store.remove(digest.sha256)
+    return False
 
 
 async def _fetch(link: Link, run_id: str, digest: OutputDigest, archive_size: int, store: OutputStore,

@@ -17,11 +17,10 @@ from typing import Any
 import duckdb
 import msgspec
 
-from mlfleet.core.base.models import spec_dec_hook, to_plain
 from mlfleet.core.audit.records import audit
 from mlfleet.core.base.errors import NotFoundError, UsageError
 from mlfleet.core.pipelines.graph import find_cycle
-from mlfleet.core.pipelines.models import Pipeline
+from mlfleet.core.pipelines.models import Pipeline, decode_pipeline, encode_pipeline
 from mlfleet.core.pipelines.triggers import (DriftReport, Firing, SucceededRun, TriggerState, arm_state,
                                              has_triggers, next_due)
 from mlfleet.core.store.db import now, transaction
@@ -64,7 +63,7 @@ def arm(con: duckdb.DuckDBPyConnection, pipeline: Pipeline, actor: str,
         con.execute("""insert or replace into pipeline_definitions (project, name, spec, source, armed_by, armed_at,
                                                                     state)
                        values (?, ?, ?, ?, ?, make_timestamptz(?::bigint), ?)""",
-                    [pipeline.project, pipeline.name, msgspec.json.encode(to_plain(pipeline)).decode(), pipeline.source or None,
+                    [pipeline.project, pipeline.name, encode_pipeline(pipeline), pipeline.source or None,
                      actor, micros(at), msgspec.json.encode(state).decode()])
         audit(con, actor, "pipeline.arm" if old is None else "pipeline.rearm", f"{pipeline.project}/{pipeline.name}",
               {"on": msgspec.to_builtins(pipeline.on), "concurrency": pipeline.concurrency,
@@ -106,7 +105,7 @@ def armed(con: duckdb.DuckDBPyConnection, name: str | None = None,
     out = []
     for p, n, spec, source, by, at, state in found:
         try:
-            pipeline, problem = msgspec.json.decode(spec, type=Pipeline, dec_hook=spec_dec_hook), None
+            pipeline, problem = decode_pipeline(spec), None
         except msgspec.ValidationError as exc:  # armed by an mlfleet whose Pipeline had other fields
             pipeline, problem = None, f"its armed spec no longer reads ({exc}); run the file again to re-arm it"
         out.append({"project": p, "name": n, "pipeline": pipeline, "problem": problem, "source": source,

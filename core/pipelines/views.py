@@ -10,12 +10,11 @@ import duckdb
 import msgspec
 
 from mlfleet.core.base.errors import NotFoundError
-from mlfleet.core.base.models import spec_dec_hook
 from mlfleet.core.pipelines import records
 from mlfleet.core.pipelines.explain import explain
 from mlfleet.core.pipelines.graph import upstream_of
 from mlfleet.core.pipelines.keys import KeyParts
-from mlfleet.core.pipelines.models import Pipeline
+from mlfleet.core.pipelines.models import decode_pipeline
 from mlfleet.core.store.rows import rows
 
 
@@ -42,8 +41,7 @@ def show(con: duckdb.DuckDBPyConnection, ident: str) -> dict[str, Any]:
     run_id = resolve_run(con, ident)
     run = records.get_run(con, run_id)
     spec = con.execute("select spec from pipeline_runs where run_id = ?", [run_id]).fetchall()[0][0]
-    pipeline = msgspec.json.decode(spec if isinstance(spec, (str, bytes)) else json.dumps(spec), type=Pipeline,
-                                 dec_hook=spec_dec_hook)
+    pipeline = decode_pipeline(spec if isinstance(spec, (str, bytes)) else json.dumps(spec))
     details = {r["step"]: _json(r["detail"]) for r in rows(con, "select step, detail from pipeline_steps "
                                                                   "where run_id = ?", [run_id])}
     # a step's tracking run: its own job's, or for a cached step the job's of the run it reused (what a gate judged
