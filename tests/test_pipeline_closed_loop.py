@@ -12,8 +12,9 @@ the data), real model servers and real captures. The story, as a user lives it:
 3. normal requests: the watch checks them (a clean report, saved as the controller) and fires nothing;
 4. requests with petal_length shifted by 1.5 cm: the watch's report says drifted, the trigger fires
    (its history names the report and the drifted feature), a run with trigger ``drift`` retrains
-   (train is the challenger the arming run trained, reused from the cache: the same data and code
-   make the same model), its gate passes with its numbers recorded, register makes version 2,
+   (labelled rows of the new kind arrived in prepare's input glob meanwhile, so prepare and train run
+   again on them; with nothing new they would be reused from the cache), its gate passes with its
+   numbers recorded, register makes version 2,
    promote moves production to 2 and the deployment rolls out to version 2;
 5. the served version is traceable to its data: version 2's run is the pipeline run's train step's
    run, and that step's key holds prepare.outputs.data by the sha256 prepare's output was stored with.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -41,25 +43,31 @@ pytestmark = [pytest.mark.pypi, pytest.mark.timeout(900)]  # the iris environmen
 
 
 def loop_copy(fleet: Fleet) -> Path:
-    """The shipped loop with its watch every 2 s, its relative paths made absolute (the copy lives elsewhere)."""
+    """The shipped loop with its watch every 2 s, reading a copy of configs/deploy (labelled rows land there)."""
     text = LOOP.read_text()
     assert "    every: 1m " in text and text.count("../deploy/") == 2 and text.count("iris-drift.yaml") == 2
-    text = text.replace("    every: 1m ", "    every: 2s ").replace("../deploy/", f"{DEPLOY}/")
+    deploy = fleet.files / "deploy"
+    shutil.copytree(DEPLOY, deploy, ignore=shutil.ignore_patterns("__pycache__", "out", "data"))
+    text = text.replace("    every: 1m ", "    every: 2s ").replace("../deploy/", f"{deploy}/")
     text = text.replace("iris-drift.yaml", str(LOOP.parent / "iris-drift.yaml"))
     path = fleet.files / "closed-loop.yaml"
     path.write_text(text)
     return path
 
 
-def features(seed: int, rows: int, shift: float = 0.0) -> list[list[float]]:
-    """Iris-like measurements (the example's own generator), petal_length moved by ``shift`` cm."""
+def labelled(seed: int, rows: int, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Iris-like measurements (the example's own generator), petal_length moved by ``shift`` cm, and species."""
     rng = np.random.default_rng(seed)
     means = np.array([[5.01, 3.43, 1.46, 0.25], [5.94, 2.77, 4.26, 1.33], [6.59, 2.97, 5.55, 2.03]])
     spreads = np.array([[0.35, 0.38, 0.17, 0.11], [0.52, 0.31, 0.47, 0.20], [0.64, 0.32, 0.55, 0.27]])
     y = rng.integers(0, 3, size=rows)
     x = np.round(np.clip(rng.normal(means[y], spreads[y]), 0.1, None), 1)
     x[:, 2] += shift
-    return [[round(float(v), 1) for v in row] for row in x]
+    return x, y
+
+
+def features(seed: int, rows: int, shift: float = 0.0) -> list[list[float]]:
+    return [[round(float(v), 1) for v in row] for row in labelled(seed, rows, shift)[0]]
 
 
 def predict(endpoint: dict[str, Any], rows: list[list[float]]) -> dict[str, Any]:
@@ -137,7 +145,12 @@ def test_a_shifted_feature_in_served_inputs_retrains_gates_and_rolls_out_a_model
     assert len(watch_reports(fleet)) == 1
     assert fleet.cli_json("pipeline", "triggers", "iris-closed-loop")["history"] == []
 
-    # 4. petal_length shifted: the watch says drifted and the loop fires
+    # 4. the world moved: labelled rows of the new kind arrive where prepare reads them (nothing fires for
+    #    that: the loop has no on: data), then petal_length shifts in what is served: the loop fires
+    x, y = labelled(11, 400, shift=1.5)
+    arrived = fleet.files / "deploy" / "iris" / "data" / "labelled"
+    arrived.mkdir(parents=True)
+    np.savetxt(arrived / "batch-1.csv", np.column_stack([x, y]), fmt="%.1f", delimiter=",")
     shifted = predict(endpoint, features(8, 300, shift=1.5))
     assert shifted["version"] == 1
 
@@ -156,10 +169,12 @@ def test_a_shifted_feature_in_served_inputs_retrains_gates_and_rolls_out_a_model
         return shown if shown["state"] != "running" else None
     run = fleet.wait_for(ended, timeout=300, interval=1, what="the retraining run to end")
     assert run["trigger"] == "drift" and run["cause"]["report_id"] == drifted[0], run
-    assert states(run) == {"prepare": "cached", "train": "cached", "drift": "succeeded", "gate": "succeeded",
+    # prepare read the new rows (a new input hash), so train learnt again, from them
+    assert states(run) == {"prepare": "succeeded", "train": "succeeded", "drift": "succeeded", "gate": "succeeded",
                            "register": "succeeded", "promote": "succeeded"}, run
     assert run["state"] == "succeeded"
-    assert step(run, "train")["source_run"] == arming["run_id"], "the challenger the arming run trained"
+    why = fleet.cli_json("pipeline", "why", run_id, "prepare")["changes"]
+    assert any(c.startswith("input data/labelled/*.csv changed") for c in why), why
     assert step(run, "drift")["detail"]["drifted"] is True  # recorded, not a reason to stop (fail_on_drift: false)
     gate = step(run, "gate")["detail"]
     decision = gate.get("decision", gate)
@@ -184,5 +199,5 @@ def test_a_shifted_feature_in_served_inputs_retrains_gates_and_rolls_out_a_model
     assert parts["inputs"]["prepare.outputs.data"] == data["sha256"]
     [[made]] = query(fleet, f"select sha256 from pipeline_step_outputs where run_id = '{arming['run_id']}' "
                             "and step = 'prepare' and name = 'data'")
-    assert made == data["sha256"], "the rows the arming run's prepare wrote, which train learnt from"
+    assert made != data["sha256"], "the drift run's rows hold the labelled ones the arming run had not"
     print(f"closed loop story: {time.monotonic() - started:.0f} s")
