@@ -103,7 +103,8 @@ def test_the_closed_loop_example_validates_in_the_order_it_reads() -> None:
     train = pipeline.steps["train"].job
     assert train is not None and train.params["lr"] == 0.5 and train.params["epochs"] == 300  # set: from params
     assert train.workdir == str(REPO / "configs/deploy/iris")  # the job file's workdir, relative to the job file
-    assert code_excludes(pipeline, "train") == ("data/iris.csv", "out/model.npz", "out/reference.csv")
+    assert code_excludes(pipeline, "train") == ("data/labelled/*.csv", "data/iris.csv", "out/model.npz",
+                                                "out/reference.csv")  # every data path of its workdir
 
 
 def test_a_good_pipeline_resolves_params_inputs_and_triggers(tmp_path: Path) -> None:
